@@ -1,0 +1,10 @@
+//! Ballast's coordinator: a Raft replica (openraft, fjall storage, tonic transport) holding the
+//! fleet state machine and serving the client and cluster-administration APIs.
+
+#[path = "fleet_stub.rs"]
+pub mod fleet;
+pub mod raft;
+pub mod error;
+pub mod node;
+pub mod replica;
+pub mod service;

@@ -1,0 +1,376 @@
+//! Starting a replica: open the data dir, settle the cluster identity (bootstrap, join or
+//! restart), start openraft and the gRPC server, and run the background duties.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ballast_protocol::client::{BallastClient, ClientConfig};
+use ballast_protocol::pb;
+use ballast_protocol::pb::cluster_server::ClusterServer;
+use ballast_protocol::pb::fleet_server::FleetServer;
+use ballast_protocol::pb::raft_server::RaftServer;
+use ballast_protocol::validate::{validate_address, validate_id};
+use openraft::{Config, SnapshotPolicy};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::raft::log_store::LogStore;
+use crate::raft::network::PeerNetwork;
+use crate::raft::state_machine::StateMachineStore;
+use crate::raft::store::{META_CLUSTER_ID, META_NODE_ID, Store, StoreError};
+use crate::raft::types::{NodeId, Raft, ReplicaNode};
+use crate::replica::{Replica, Timing};
+use crate::service::cluster::ClusterService;
+use crate::service::fleet::FleetService;
+use crate::service::raft::RaftService;
+
+/// Largest gRPC message a replica accepts or sends (bulk domain moves, snapshot chunks).
+pub use ballast_protocol::client::MAX_MESSAGE_BYTES;
+
+/// Everything a replica needs to start; built from `ballast-coord`'s flags.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// Replica id, unique in the cluster, never reused for another data dir.
+    pub id: NodeId,
+    /// AZ label.
+    pub az: String,
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Address peers and clients use to reach this replica (defaults to `listen`).
+    pub advertise: Option<String>,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Create a new cluster with this replica as its only voter (ignored once initialised).
+    pub bootstrap: bool,
+    /// Addresses of existing members to join through.
+    pub join: Vec<String>,
+    /// Heartbeat interval.
+    pub heartbeat: Duration,
+    /// Election timeout range.
+    pub election_timeout: (Duration, Duration),
+    /// Snapshot after this many entries since the last one.
+    pub snapshot_entries: u64,
+    /// Snapshot at least this often when anything was applied.
+    pub snapshot_interval: Duration,
+    /// Entries kept in the log behind a snapshot (for followers that lag slightly).
+    pub logs_to_keep: u64,
+    /// Lease given to shards that register without naming one.
+    pub default_shard_lease: Duration,
+}
+
+/// Why a replica could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// Flags are inconsistent or invalid.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// The data dir could not be used.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The data dir belongs to another replica or cluster.
+    #[error("data dir {dir}: {reason}")]
+    Identity {
+        /// Data directory.
+        dir: String,
+        /// What does not match.
+        reason: String,
+    },
+    /// openraft refused to start.
+    #[error("raft: {0}")]
+    Raft(String),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// Address.
+        addr: SocketAddr,
+        /// OS error.
+        source: std::io::Error,
+    },
+    /// Joining through the given addresses failed.
+    #[error("joining through {through}: {reason}")]
+    Join {
+        /// Join addresses.
+        through: String,
+        /// Last failure.
+        reason: String,
+    },
+}
+
+/// A started replica: its shared handle, the server task and a way to stop both.
+pub struct RunningNode {
+    /// The replica (for embedding and tests).
+    pub replica: Arc<Replica>,
+    /// Address actually bound (useful with port 0).
+    pub local_addr: SocketAddr,
+    server: JoinHandle<Result<(), tonic::transport::Error>>,
+    stop: watch::Sender<bool>,
+}
+
+impl RunningNode {
+    /// Stops serving and shuts Raft down.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.server.await;
+        let _ = self.replica.raft.shutdown().await;
+    }
+
+    /// Waits until the server ends (it ends only on shutdown or a fatal server error).
+    pub async fn wait(&mut self) -> Result<(), String> {
+        match (&mut self.server).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+fn raft_config(config: &NodeConfig, cluster_id: &str) -> Result<Config, NodeError> {
+    let (min, max) = config.election_timeout;
+    Config {
+        cluster_name: cluster_id.to_string(),
+        heartbeat_interval: config.heartbeat.as_millis() as u64,
+        election_timeout_min: min.as_millis() as u64,
+        election_timeout_max: max.as_millis() as u64,
+        install_snapshot_timeout: 5_000,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_entries),
+        max_in_snapshot_log_to_keep: config.logs_to_keep,
+        purge_batch_size: 64,
+        max_payload_entries: 256,
+        snapshot_max_chunk_size: 3 * 1024 * 1024,
+        ..Default::default()
+    }
+    .validate()
+    .map_err(|e| NodeError::Config(e.to_string()))
+}
+
+/// Settles which cluster this data dir belongs to, creating or learning the id as needed.
+async fn cluster_identity(config: &NodeConfig, store: &Store) -> Result<String, NodeError> {
+    let dir = config.data_dir.display().to_string();
+    match store.read_meta::<NodeId>(META_NODE_ID)? {
+        Some(stored) if stored != config.id => {
+            return Err(NodeError::Identity {
+                dir,
+                reason: format!("it holds replica {stored}, not replica {}", config.id),
+            });
+        }
+        _ => {}
+    }
+    if let Some(id) = store.read_meta::<String>(META_CLUSTER_ID)? {
+        return Ok(id);
+    }
+    let cluster_id = if config.bootstrap {
+        uuid::Uuid::new_v4().to_string()
+    } else if !config.join.is_empty() {
+        learn_cluster_id(&config.join).await?
+    } else {
+        return Err(NodeError::Config(format!(
+            "data dir {dir} is empty: pass --bootstrap to start a new cluster or --join ADDR to join one"
+        )));
+    };
+    store.write_meta(META_NODE_ID, &config.id, false)?;
+    store.write_meta(META_CLUSTER_ID, &cluster_id, true)?;
+    Ok(cluster_id)
+}
+
+async fn learn_cluster_id(join: &[String]) -> Result<String, NodeError> {
+    let mut client_config = ClientConfig::new(join.to_vec());
+    client_config.retry_budget = Duration::from_secs(60);
+    let client = BallastClient::new(client_config).map_err(|e| NodeError::Join {
+        through: join.join(","),
+        reason: e.to_string(),
+    })?;
+    let status = client
+        .cluster(|mut c, req| async move {
+            c.status(req.wrap(pb::StatusRequest { options: None })).await
+        })
+        .await
+        .map_err(|e| NodeError::Join {
+            through: join.join(","),
+            reason: e.to_string(),
+        })?;
+    status
+        .header
+        .map(|h| h.cluster_id)
+        .filter(|id| !id.is_empty())
+        .ok_or_else(|| NodeError::Join {
+            through: join.join(","),
+            reason: "the answer carried no cluster id".into(),
+        })
+}
+
+/// Starts a replica and returns once it serves.
+pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
+    if config.id == 0 {
+        return Err(NodeError::Config("--id must be at least 1".into()));
+    }
+    validate_id("az", &config.az).map_err(|e| NodeError::Config(e.to_string()))?;
+    let advertise = config
+        .advertise
+        .clone()
+        .unwrap_or_else(|| config.listen.to_string());
+    validate_address("advertise", &advertise).map_err(|e| NodeError::Config(e.to_string()))?;
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| NodeError::Identity {
+        dir: config.data_dir.display().to_string(),
+        reason: format!("cannot create it: {e}"),
+    })?;
+    let store = Store::open(&config.data_dir)?;
+    let cluster_id = cluster_identity(&config, &store).await?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| NodeError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    let local_addr = listener.local_addr().map_err(|source| NodeError::Listen {
+        addr: config.listen,
+        source,
+    })?;
+
+    let raft_config = Arc::new(raft_config(&config, &cluster_id)?);
+    let log_store = LogStore::new(store.clone());
+    let state_machine =
+        StateMachineStore::open(store.clone()).map_err(|e| NodeError::Raft(e.to_string()))?;
+    let shared = state_machine.shared();
+    let raft = Raft::new(
+        config.id,
+        raft_config,
+        PeerNetwork::new(cluster_id.clone()),
+        log_store,
+        state_machine,
+    )
+    .await
+    .map_err(|e| NodeError::Raft(e.to_string()))?;
+
+    let node = ReplicaNode {
+        address: advertise,
+        az: config.az.clone(),
+    };
+    let replica = Arc::new(Replica::new(
+        config.id,
+        node.clone(),
+        cluster_id.clone(),
+        raft.clone(),
+        shared,
+        store,
+        Timing {
+            election_timeout_max: config.election_timeout.1,
+            default_shard_lease: config.default_shard_lease,
+        },
+    ));
+
+    let (stop, stopped) = watch::channel(false);
+    let server = serve(replica.clone(), listener, stopped.clone());
+
+    if config.bootstrap && !raft.is_initialized().await.map_err(|e| NodeError::Raft(e.to_string()))? {
+        tracing::info!(cluster_id = %cluster_id, id = config.id, "bootstrapping a new cluster");
+        raft.initialize([(config.id, node.clone())].into_iter().collect::<std::collections::BTreeMap<_, _>>())
+            .await
+            .map_err(|e| NodeError::Raft(e.to_string()))?;
+    }
+    if !config.join.is_empty() {
+        tokio::spawn(join_loop(replica.clone(), config.join.clone(), node, stopped.clone()));
+    }
+    tokio::spawn(snapshot_timer(raft, config.snapshot_interval, stopped));
+    tracing::info!(id = config.id, az = %config.az, %local_addr, cluster_id = %cluster_id, "replica serving");
+    Ok(RunningNode {
+        replica,
+        local_addr,
+        server,
+        stop,
+    })
+}
+
+fn serve(
+    replica: Arc<Replica>,
+    listener: TcpListener,
+    mut stopped: watch::Receiver<bool>,
+) -> JoinHandle<Result<(), tonic::transport::Error>> {
+    let raft = RaftServer::new(RaftService::new(replica.clone()))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let fleet = FleetServer::new(FleetService::new(replica.clone()))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let cluster = ClusterServer::new(ClusterService::new(replica));
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(raft)
+            .add_service(fleet)
+            .add_service(cluster)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            }),
+    )
+}
+
+/// Asks the leader (through any join address) to add this replica until it is a voter.
+/// Idempotent, so it also runs after a restart that still passes `--join`.
+async fn join_loop(
+    replica: Arc<Replica>,
+    join: Vec<String>,
+    node: ReplicaNode,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let mut client_config = ClientConfig::new(join.clone());
+    client_config.cluster_id = Some(replica.cluster_id.clone());
+    // Adding a learner waits for it to catch up, which may take a snapshot transfer.
+    client_config.attempt_timeout = Duration::from_secs(120);
+    let client = match BallastClient::new(client_config) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot build the join client");
+            return;
+        }
+    };
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let request = pb::JoinRequest {
+            id: replica.id,
+            address: node.address.clone(),
+            az: node.az.clone(),
+        };
+        let outcome = tokio::select! {
+            r = client.cluster(|mut c, req| {
+                let request = request.clone();
+                async move { c.join(req.wrap(request)).await }
+            }) => r,
+            _ = stopped.wait_for(|s| *s) => return,
+        };
+        match outcome {
+            Ok(_) => {
+                tracing::info!(id = replica.id, "joined the cluster as a voter");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, through = %join.join(","), "join attempt failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// Takes a snapshot at least every `interval` when entries were applied since the last one,
+/// so a quiet cluster still compacts its log.
+async fn snapshot_timer(raft: Raft, interval: Duration, mut stopped: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = stopped.wait_for(|s| *s) => return,
+        }
+        let metrics = raft.metrics().borrow().clone();
+        let applied = metrics.last_applied.map(|l| l.index);
+        let snapshot = metrics.snapshot.map(|l| l.index);
+        if applied > snapshot
+            && let Err(e) = raft.trigger().snapshot().await
+        {
+            tracing::warn!(error = %e, "scheduled snapshot could not start");
+            return;
+        }
+    }
+}

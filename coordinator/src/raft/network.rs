@@ -1,0 +1,169 @@
+//! Raft RPCs to peers over tonic. Every message names the cluster it belongs to; a replica of
+//! another cluster refuses it, so two Ballast groups sharing hosts can never mix.
+
+use std::time::Duration;
+
+use ballast_protocol::client::endpoint_uri;
+use ballast_protocol::pb::raft_client::RaftClient;
+use ballast_protocol::pb::{RaftMessage, SnapshotChunk};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+use super::types::{NodeId, ReplicaNode, TypeConfig};
+
+/// Creates peer clients for openraft.
+#[derive(Clone)]
+pub struct PeerNetwork {
+    cluster_id: String,
+}
+
+impl PeerNetwork {
+    /// A network that stamps `cluster_id` on every message.
+    pub fn new(cluster_id: String) -> Self {
+        Self { cluster_id }
+    }
+}
+
+/// Connection to one peer.
+pub struct PeerClient {
+    target: NodeId,
+    target_node: ReplicaNode,
+    client: RaftClient<Channel>,
+    cluster_id: String,
+}
+
+/// Opens a lazily connected channel to a peer's address.
+pub fn peer_channel(address: &str) -> Result<Channel, String> {
+    Ok(Endpoint::from_shared(endpoint_uri(address))
+        .map_err(|e| format!("peer address {address:?}: {e}"))?
+        .connect_timeout(Duration::from_millis(300))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(5))
+        .connect_lazy())
+}
+
+impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &ReplicaNode) -> Self::Network {
+        let channel = peer_channel(&node.address).unwrap_or_else(|e| {
+            tracing::error!(target, error = %e, "invalid peer address; using a dead channel");
+            Endpoint::from_static("http://0.0.0.0:1").connect_lazy()
+        });
+        PeerClient {
+            target,
+            target_node: node.clone(),
+            client: RaftClient::new(channel),
+            cluster_id: self.cluster_id.clone(),
+        }
+    }
+}
+
+type RpcResult<T, E> = Result<T, RPCError<NodeId, ReplicaNode, RaftError<NodeId, E>>>;
+
+impl PeerClient {
+    fn encode<T: Serialize>(&self, value: &T) -> Result<Vec<u8>, NetworkError> {
+        serde_json::to_vec(value).map_err(|e| NetworkError::new(&e))
+    }
+
+    /// Maps a transport failure onto openraft's retry classes: an unreachable peer is backed
+    /// off, anything else is retried at once.
+    fn status_error<E: std::error::Error>(
+        &self,
+        status: Status,
+    ) -> RPCError<NodeId, ReplicaNode, RaftError<NodeId, E>> {
+        match status.code() {
+            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => {
+                RPCError::Unreachable(Unreachable::new(&status))
+            }
+            _ => RPCError::Network(NetworkError::new(&status)),
+        }
+    }
+
+    fn decode<T, E>(&self, reply: RaftMessage) -> RpcResult<T, E>
+    where
+        T: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let result: Result<T, RaftError<NodeId, E>> =
+            serde_json::from_slice(&reply.payload).map_err(|e| NetworkError::new(&e))?;
+        result.map_err(|e| {
+            RPCError::RemoteError(RemoteError::new_with_node(
+                self.target,
+                self.target_node.clone(),
+                e,
+            ))
+        })
+    }
+
+    fn message(&self, payload: Vec<u8>, option: &RPCOption) -> tonic::Request<RaftMessage> {
+        let mut request = tonic::Request::new(RaftMessage {
+            cluster_id: self.cluster_id.clone(),
+            payload,
+        });
+        request.set_timeout(option.hard_ttl());
+        request
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerClient {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<NodeId>, openraft::error::Infallible> {
+        let request = self.message(self.encode(&rpc)?, &option);
+        let reply = self
+            .client
+            .append_entries(request)
+            .await
+            .map_err(|s| self.status_error(s))?;
+        self.decode(reply.into_inner())
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
+        let mut request = tonic::Request::new(SnapshotChunk {
+            cluster_id: self.cluster_id.clone(),
+            vote: self.encode(&rpc.vote)?,
+            meta: self.encode(&rpc.meta)?,
+            offset: rpc.offset,
+            data: rpc.data,
+            done: rpc.done,
+        });
+        request.set_timeout(option.hard_ttl());
+        let reply = self
+            .client
+            .install_snapshot(request)
+            .await
+            .map_err(|s| self.status_error(s))?;
+        self.decode(reply.into_inner())
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> RpcResult<VoteResponse<NodeId>, openraft::error::Infallible> {
+        let request = self.message(self.encode(&rpc)?, &option);
+        let reply = self
+            .client
+            .vote(request)
+            .await
+            .map_err(|s| self.status_error(s))?;
+        self.decode(reply.into_inner())
+    }
+}

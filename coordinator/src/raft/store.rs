@@ -1,0 +1,165 @@
+//! The replica's one fjall database: the Raft log, Raft metadata (vote, committed index, purge
+//! point, cluster identity) and the latest state-machine snapshot live in separate keyspaces of
+//! it, so a single journal fsync makes a log append durable.
+
+use std::path::Path;
+
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// Why the replica's disk state could not be opened or used.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// fjall failed (I/O, corruption, locked by another process).
+    #[error("storage at {path}: {source}")]
+    Fjall {
+        /// Data directory involved.
+        path: String,
+        /// The underlying error.
+        source: fjall::Error,
+    },
+    /// A stored record did not decode.
+    #[error("storage at {path}: record {key:?} in keyspace {keyspace} is corrupt: {reason}")]
+    Corrupt {
+        /// Data directory involved.
+        path: String,
+        /// Keyspace of the record.
+        keyspace: &'static str,
+        /// Key of the record.
+        key: String,
+        /// Decoder message.
+        reason: String,
+    },
+}
+
+/// Handles to the database and its keyspaces; clones share the same database.
+#[derive(Clone)]
+pub struct Store {
+    /// The database (journal shared by all keyspaces).
+    pub db: Database,
+    /// Raft log: big-endian index → JSON entry.
+    pub log: Keyspace,
+    /// Raft and cluster metadata: small JSON records under fixed keys.
+    pub meta: Keyspace,
+    /// The latest snapshot: `meta` → JSON snapshot metadata, `data` → encoded fleet state.
+    pub snapshot: Keyspace,
+    path: String,
+}
+
+/// Meta key: the Raft vote.
+pub const META_VOTE: &str = "vote";
+/// Meta key: last committed log id (lets a restart re-apply committed entries).
+pub const META_COMMITTED: &str = "committed";
+/// Meta key: last purged log id.
+pub const META_PURGED: &str = "last_purged";
+/// Meta key: cluster id stamped at bootstrap (or learned when joining).
+pub const META_CLUSTER_ID: &str = "cluster_id";
+/// Meta key: this replica's node id, so a data dir cannot be started under another id.
+pub const META_NODE_ID: &str = "node_id";
+
+impl Store {
+    /// Opens (or creates) the database in `dir`. The cache is kept small: the coordinator's
+    /// working set is the in-memory fleet state, not the log.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let path = dir.display().to_string();
+        let wrap = |source| StoreError::Fjall {
+            path: path.clone(),
+            source,
+        };
+        let db = Database::builder(dir)
+            .cache_size(4 * 1024 * 1024)
+            .worker_threads(1)
+            .open()
+            .map_err(wrap)?;
+        let log = db
+            .keyspace("log", KeyspaceCreateOptions::default)
+            .map_err(wrap)?;
+        let meta = db
+            .keyspace("meta", KeyspaceCreateOptions::default)
+            .map_err(wrap)?;
+        let snapshot = db
+            .keyspace("snapshot", KeyspaceCreateOptions::default)
+            .map_err(wrap)?;
+        Ok(Self {
+            db,
+            log,
+            meta,
+            snapshot,
+            path,
+        })
+    }
+
+    /// Data directory path, for messages.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// Wraps a fjall error with the data directory.
+    pub fn err(&self, source: fjall::Error) -> StoreError {
+        StoreError::Fjall {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// Reads a JSON record from the meta keyspace.
+    pub fn read_meta<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StoreError> {
+        self.read_json(&self.meta, "meta", key)
+    }
+
+    /// Reads a JSON record from `keyspace`.
+    pub fn read_json<T: DeserializeOwned>(
+        &self,
+        keyspace: &Keyspace,
+        name: &'static str,
+        key: &str,
+    ) -> Result<Option<T>, StoreError> {
+        let Some(bytes) = keyspace.get(key).map_err(|e| self.err(e))? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| StoreError::Corrupt {
+                path: self.path.clone(),
+                keyspace: name,
+                key: key.to_string(),
+                reason: e.to_string(),
+            })
+    }
+
+    /// Writes a JSON record to the meta keyspace; `durable` fsyncs the journal before returning.
+    pub fn write_meta<T: Serialize>(
+        &self,
+        key: &str,
+        value: &T,
+        durable: bool,
+    ) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(value).map_err(|e| StoreError::Corrupt {
+            path: self.path.clone(),
+            keyspace: "meta",
+            key: key.to_string(),
+            reason: e.to_string(),
+        })?;
+        self.meta.insert(key, bytes).map_err(|e| self.err(e))?;
+        if durable {
+            self.sync()?;
+        }
+        Ok(())
+    }
+
+    /// Fsyncs the journal: everything written so far survives a crash.
+    pub fn sync(&self) -> Result<(), StoreError> {
+        self.db.persist(PersistMode::SyncAll).map_err(|e| self.err(e))
+    }
+
+    /// Bytes the database occupies on disk.
+    pub fn disk_space(&self) -> u64 {
+        self.db.disk_space().unwrap_or(0)
+    }
+}
+
+/// Log keys are big-endian indexes so that key order is log order.
+pub fn log_key(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
+}

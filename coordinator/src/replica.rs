@@ -1,0 +1,271 @@
+//! One running replica: the Raft handle, the state it applies, and what every service needs to
+//! answer (headers, leader lookup, forwarding, linearizable reads, proposing).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ballast_protocol::pb;
+use ballast_protocol::pb::raft_client::RaftClient;
+use ballast_protocol::{CLUSTER_ID_HEADER, FORWARDED_HEADER, LEADER_ADDRESS_HEADER};
+use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
+use openraft::{RaftMetrics, ServerState};
+use tonic::metadata::{MetadataMap, MetadataValue};
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+
+use crate::error::fleet_status;
+use crate::fleet::Applied;
+use crate::raft::network::peer_channel;
+use crate::raft::state_machine::SharedState;
+use crate::raft::store::Store;
+use crate::raft::types::{NodeId, Raft, RaftRequest, ReplicaNode};
+
+/// Timing knobs the services need at run time.
+#[derive(Clone, Debug)]
+pub struct Timing {
+    /// Upper bound of the election timeout (= the leader lease openraft grants).
+    pub election_timeout_max: Duration,
+    /// Default shard lease length when a registration names none.
+    pub default_shard_lease: Duration,
+}
+
+/// A running replica, shared by all services.
+pub struct Replica {
+    /// This replica's node id.
+    pub id: NodeId,
+    /// Its AZ label.
+    pub az: String,
+    /// Address it serves on (client API and Raft).
+    pub address: String,
+    /// The cluster it belongs to.
+    pub cluster_id: String,
+    /// openraft handle.
+    pub raft: Raft,
+    /// Applied fleet state.
+    pub state: Arc<SharedState>,
+    /// On-disk store (for status figures).
+    pub store: Store,
+    /// Timing knobs.
+    pub timing: Timing,
+    channels: Mutex<HashMap<String, Channel>>,
+}
+
+/// Where a write or linearizable read must go.
+pub enum Route {
+    /// This replica leads: serve here.
+    Local,
+    /// Another replica leads: forward to this address.
+    Forward(String),
+}
+
+impl Replica {
+    /// Assembles a replica from its parts.
+    pub fn new(
+        id: NodeId,
+        node: ReplicaNode,
+        cluster_id: String,
+        raft: Raft,
+        state: Arc<SharedState>,
+        store: Store,
+        timing: Timing,
+    ) -> Self {
+        Self {
+            id,
+            az: node.az,
+            address: node.address,
+            cluster_id,
+            raft,
+            state,
+            store,
+            timing,
+            channels: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A snapshot of openraft's metrics.
+    pub fn metrics(&self) -> RaftMetrics<NodeId, ReplicaNode> {
+        self.raft.metrics().borrow().clone()
+    }
+
+    /// The current leader and its node record, if one is known.
+    pub fn leader(&self) -> Option<(NodeId, ReplicaNode)> {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        let leader = metrics.current_leader?;
+        let node = metrics
+            .membership_config
+            .membership()
+            .get_node(&leader)?
+            .clone();
+        Some((leader, node))
+    }
+
+    /// The header every answer carries.
+    pub fn header(&self) -> pb::ResponseHeader {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        pb::ResponseHeader {
+            cluster_id: self.cluster_id.clone(),
+            member_id: self.id,
+            revision: self.state.revision(),
+            raft_term: metrics.current_term,
+            leader_id: metrics.current_leader.unwrap_or(0),
+        }
+    }
+
+    /// Wraps an answer, stamping the cluster id and the leader's address into its metadata so
+    /// clients can pin the cluster and find the leader.
+    pub fn respond<T>(&self, message: T) -> Response<T> {
+        let mut response = Response::new(message);
+        stamp(response.metadata_mut(), CLUSTER_ID_HEADER, &self.cluster_id);
+        if let Some((_, leader)) = self.leader() {
+            stamp(response.metadata_mut(), LEADER_ADDRESS_HEADER, &leader.address);
+        }
+        response
+    }
+
+    /// Refuses requests addressed to another cluster.
+    pub fn check_cluster(&self, metadata: &MetadataMap) -> Result<(), Status> {
+        match metadata.get(CLUSTER_ID_HEADER).map(|v| v.to_str()) {
+            None => Ok(()),
+            Some(Ok(id)) if id == self.cluster_id => Ok(()),
+            Some(Ok(id)) => Err(Status::failed_precondition(format!(
+                "cluster id mismatch: replica {} at {} belongs to cluster {}, the request was for cluster {id}",
+                self.id, self.address, self.cluster_id
+            ))),
+            Some(Err(_)) => Err(Status::invalid_argument(format!(
+                "metadata {CLUSTER_ID_HEADER} is not valid ASCII"
+            ))),
+        }
+    }
+
+    /// Refuses peer messages from another cluster.
+    pub fn check_peer_cluster(&self, cluster_id: &str) -> Result<(), Status> {
+        if cluster_id == self.cluster_id {
+            Ok(())
+        } else {
+            Err(Status::failed_precondition(format!(
+                "cluster id mismatch: replica {} belongs to cluster {}, the peer message came from cluster {cluster_id:?}",
+                self.id, self.cluster_id
+            )))
+        }
+    }
+
+    /// Decides where a leader-only operation runs. A request that was already forwarded once
+    /// is never forwarded again (leadership moved in between): the client retries instead.
+    pub fn route(&self, metadata: &MetadataMap) -> Result<Route, Status> {
+        match self.leader() {
+            Some((leader, _)) if leader == self.id => Ok(Route::Local),
+            Some((_, node)) if metadata.get(FORWARDED_HEADER).is_none() => {
+                Ok(Route::Forward(node.address))
+            }
+            Some((leader, _)) => Err(Status::unavailable(format!(
+                "replica {} is not the leader (replica {leader} is) and the request was already forwarded once; retry",
+                self.id
+            ))),
+            None => Err(Status::unavailable(format!(
+                "replica {} knows no leader (election in progress or no quorum); retry",
+                self.id
+            ))),
+        }
+    }
+
+    /// A cached channel to another replica's address.
+    pub fn channel_to(&self, address: &str) -> Result<Channel, Status> {
+        let mut channels = self
+            .channels
+            .lock()
+            .map_err(|_| Status::internal("channel cache poisoned"))?;
+        if let Some(channel) = channels.get(address) {
+            return Ok(channel.clone());
+        }
+        let channel = peer_channel(address).map_err(Status::internal)?;
+        channels.insert(address.to_string(), channel.clone());
+        Ok(channel)
+    }
+
+    /// Builds the forwarded copy of a request: same message, cluster id, forwarded mark.
+    pub fn forwarded<T>(&self, message: T) -> Request<T> {
+        let mut request = Request::new(message);
+        stamp(request.metadata_mut(), CLUSTER_ID_HEADER, &self.cluster_id);
+        stamp(request.metadata_mut(), FORWARDED_HEADER, &self.id.to_string());
+        request.set_timeout(Duration::from_secs(10));
+        request
+    }
+
+    /// Proposes a fleet command on this replica (which must lead) and waits until it is
+    /// committed and applied.
+    pub async fn propose(&self, request: RaftRequest) -> Result<Applied, Status> {
+        match self.raft.client_write(request).await {
+            Ok(response) => response.data.outcome.map_err(|e| fleet_status(&e)),
+            Err(error) => Err(raft_write_status(error)),
+        }
+    }
+
+    /// Makes a following read linearizable: on the leader by confirming leadership with a
+    /// quorum; on a follower by asking the leader for its read index and waiting to apply it.
+    pub async fn linearize(&self) -> Result<(), Status> {
+        match self.route(&MetadataMap::new())? {
+            Route::Local => {
+                self.raft.ensure_linearizable().await.map_err(|e| {
+                    Status::unavailable(format!(
+                        "could not confirm leadership for a linearizable read: {e}"
+                    ))
+                })?;
+                Ok(())
+            }
+            Route::Forward(address) => {
+                let mut client = RaftClient::new(self.channel_to(&address)?);
+                let mut request = Request::new(pb::ReadIndexRequest {
+                    cluster_id: self.cluster_id.clone(),
+                });
+                request.set_timeout(Duration::from_secs(5));
+                let index = client.read_index(request).await?.into_inner().index;
+                self.raft
+                    .wait(Some(Duration::from_secs(5)))
+                    .applied_index_at_least(Some(index), "linearizable read")
+                    .await
+                    .map_err(|e| {
+                        Status::unavailable(format!(
+                            "replica {} did not catch up to read index {index}: {e}",
+                            self.id
+                        ))
+                    })?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Whether this replica currently leads.
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().state == ServerState::Leader
+    }
+}
+
+/// Maps an openraft write failure to a status the client can act on.
+pub fn raft_write_status(
+    error: RaftError<NodeId, ClientWriteError<NodeId, ReplicaNode>>,
+) -> Status {
+    match error {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => Status::unavailable(format!(
+            "leadership changed before the write was proposed (leader now {:?}); retry",
+            f.leader_id
+        )),
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(
+            ChangeMembershipError::InProgress(e),
+        )) => Status::aborted(format!(
+            "another membership change is in progress; retry: {e}"
+        )),
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+            Status::failed_precondition(format!("membership change refused: {e}"))
+        }
+        RaftError::Fatal(e) => Status::unavailable(format!("raft stopped: {e}")),
+    }
+}
+
+fn stamp(metadata: &mut MetadataMap, key: &'static str, value: &str) {
+    if let Ok(value) = MetadataValue::try_from(value) {
+        metadata.insert(key, value);
+    }
+}

@@ -1,0 +1,383 @@
+//! The `Cluster` service: status, placement, membership changes, leadership transfer and
+//! on-demand snapshots.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ballast_protocol::pb;
+use ballast_protocol::pb::cluster_client::ClusterClient;
+use ballast_protocol::pb::cluster_server::Cluster;
+use ballast_protocol::pb::raft_client::RaftClient;
+use ballast_protocol::validate::{validate_address, validate_id};
+use openraft::{ChangeMembers, ServerState};
+use tonic::{Request, Response, Status};
+
+use crate::error::invalid;
+use crate::raft::types::{NodeId, ReplicaNode};
+use crate::replica::{Replica, Route, raft_write_status};
+
+/// Serves the `Cluster` API of one replica.
+pub struct ClusterService {
+    replica: Arc<Replica>,
+}
+
+impl ClusterService {
+    /// Wraps a replica.
+    pub fn new(replica: Arc<Replica>) -> Self {
+        Self { replica }
+    }
+
+    fn cluster_client(&self, address: &str) -> Result<ClusterClient<tonic::transport::Channel>, Status> {
+        Ok(ClusterClient::new(self.replica.channel_to(address)?))
+    }
+
+    fn raft_client(&self, address: &str) -> Result<RaftClient<tonic::transport::Channel>, Status> {
+        Ok(RaftClient::new(self.replica.channel_to(address)?))
+    }
+}
+
+fn state_name(state: ServerState) -> &'static str {
+    match state {
+        ServerState::Leader => "leader",
+        ServerState::Follower => "follower",
+        ServerState::Candidate => "candidate",
+        ServerState::Learner => "learner",
+        ServerState::Shutdown => "shutdown",
+    }
+}
+
+/// Judges whether the voters are spread so that losing one AZ keeps a quorum.
+pub fn placement(voter_azs: &[String]) -> pb::Placement {
+    let mut per_az: BTreeMap<&str, usize> = BTreeMap::new();
+    for az in voter_azs {
+        *per_az.entry(az.as_str()).or_insert(0) += 1;
+    }
+    let crowded: Vec<String> = per_az
+        .iter()
+        .filter(|(_, n)| **n > 1)
+        .map(|(az, n)| format!("{az} holds {n} voters"))
+        .collect();
+    let (healthy, message) = if voter_azs.len() < 3 {
+        (
+            false,
+            format!(
+                "{} voter(s): at least three voters in three AZs are needed to survive an AZ loss",
+                voter_azs.len()
+            ),
+        )
+    } else if !crowded.is_empty() {
+        (
+            false,
+            format!(
+                "losing one AZ may lose quorum: {}",
+                crowded.join(", ")
+            ),
+        )
+    } else {
+        (
+            true,
+            format!("{} voters in {} distinct AZs", voter_azs.len(), per_az.len()),
+        )
+    };
+    let mut azs = voter_azs.to_vec();
+    azs.sort();
+    pb::Placement {
+        healthy,
+        voter_azs: azs,
+        message,
+    }
+}
+
+#[tonic::async_trait]
+impl Cluster for ClusterService {
+    async fn status(
+        &self,
+        request: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        let replica = &self.replica;
+        replica.check_cluster(request.metadata())?;
+        let metrics = replica.metrics();
+        let membership = metrics.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let last_log_index = metrics.last_log_index.unwrap_or(0);
+        let matched = metrics.replication.as_ref();
+        let mut members = Vec::new();
+        let mut voter_azs = Vec::new();
+        for (id, node) in membership.nodes() {
+            let is_voter = voters.contains(id);
+            if is_voter {
+                voter_azs.push(node.az.clone());
+            }
+            let matched_index = if *id == replica.id {
+                last_log_index
+            } else {
+                matched
+                    .and_then(|m| m.get(id).cloned().flatten())
+                    .map(|l| l.index)
+                    .unwrap_or(0)
+            };
+            members.push(pb::Member {
+                id: *id,
+                address: node.address.clone(),
+                az: node.az.clone(),
+                role: if is_voter { "voter" } else { "learner" }.to_string(),
+                leader: metrics.current_leader == Some(*id),
+                matched_index,
+                lag: if matched.is_some() || *id == replica.id {
+                    last_log_index.saturating_sub(matched_index)
+                } else {
+                    0
+                },
+            });
+        }
+        let counts = replica.state.fleet().counts();
+        let leader_address = replica.leader().map(|(_, n)| n.address).unwrap_or_default();
+        Ok(replica.respond(pb::StatusResponse {
+            header: Some(replica.header()),
+            state: state_name(metrics.state).to_string(),
+            applied_index: metrics.last_applied.map(|l| l.index).unwrap_or(0),
+            last_log_index,
+            snapshot_index: metrics.snapshot.map(|l| l.index).unwrap_or(0),
+            purged_index: metrics.purged.map(|l| l.index).unwrap_or(0),
+            members,
+            placement: Some(placement(&voter_azs)),
+            az: replica.az.clone(),
+            address: replica.address.clone(),
+            leader_address,
+            shard_count: counts.shards as u64,
+            domain_count: counts.domains as u64,
+            binding_count: counts.bindings as u64,
+            quota_count: counts.quotas as u64,
+            provider_count: counts.providers as u64,
+        }))
+    }
+
+    async fn join(
+        &self,
+        request: Request<pb::JoinRequest>,
+    ) -> Result<Response<pb::JoinResponse>, Status> {
+        let replica = &self.replica;
+        replica.check_cluster(request.metadata())?;
+        if let Route::Forward(address) = replica.route(request.metadata())? {
+            let answer = self
+                .cluster_client(&address)?
+                .join(replica.forwarded(request.into_inner()))
+                .await?;
+            return Ok(replica.respond(answer.into_inner()));
+        }
+        let join = request.into_inner();
+        if join.id == 0 {
+            return Err(invalid("id", "replica ids start at 1"));
+        }
+        validate_address("address", &join.address).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        validate_id("az", &join.az).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let node = ReplicaNode {
+            address: join.address.clone(),
+            az: join.az.clone(),
+        };
+        let membership = replica.metrics().membership_config.membership().clone();
+        if let Some(existing) = membership.get_node(&join.id) {
+            if existing.address != node.address {
+                return Err(Status::already_exists(format!(
+                    "replica id {} is already a member at {}; remove it before joining it at {}",
+                    join.id, existing.address, node.address
+                )));
+            }
+        } else if let Some((other, _)) = membership
+            .nodes()
+            .find(|(_, n)| n.address == node.address)
+        {
+            return Err(Status::already_exists(format!(
+                "address {} already belongs to replica {other}",
+                node.address
+            )));
+        }
+        if !membership.voter_ids().any(|v| v == join.id) {
+            tracing::info!(id = join.id, address = %node.address, az = %node.az, "adding learner");
+            // Blocks until the learner has caught up, so promotion never stalls the quorum.
+            replica
+                .raft
+                .add_learner(join.id, node, true)
+                .await
+                .map_err(raft_write_status)?;
+            tracing::info!(id = join.id, "promoting caught-up learner to voter");
+            replica
+                .raft
+                .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([join.id])), false)
+                .await
+                .map_err(raft_write_status)?;
+        }
+        Ok(replica.respond(pb::JoinResponse {
+            header: Some(replica.header()),
+            role: "voter".to_string(),
+        }))
+    }
+
+    async fn remove_member(
+        &self,
+        request: Request<pb::RemoveMemberRequest>,
+    ) -> Result<Response<pb::RemoveMemberResponse>, Status> {
+        let replica = &self.replica;
+        replica.check_cluster(request.metadata())?;
+        if let Route::Forward(address) = replica.route(request.metadata())? {
+            let answer = self
+                .cluster_client(&address)?
+                .remove_member(replica.forwarded(request.into_inner()))
+                .await?;
+            return Ok(replica.respond(answer.into_inner()));
+        }
+        let id = request.into_inner().id;
+        let membership = replica.metrics().membership_config.membership().clone();
+        if membership.get_node(&id).is_none() {
+            return Err(Status::not_found(format!("replica {id} is not a member")));
+        }
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        if voters.contains(&id) {
+            if voters.len() == 1 {
+                return Err(Status::failed_precondition(format!(
+                    "replica {id} is the last voter; removing it would leave no cluster"
+                )));
+            }
+            replica
+                .raft
+                .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
+                .await
+                .map_err(raft_write_status)?;
+        } else {
+            replica
+                .raft
+                .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
+                .await
+                .map_err(raft_write_status)?;
+        }
+        Ok(replica.respond(pb::RemoveMemberResponse {
+            header: Some(replica.header()),
+        }))
+    }
+
+    async fn transfer_leader(
+        &self,
+        request: Request<pb::TransferLeaderRequest>,
+    ) -> Result<Response<pb::TransferLeaderResponse>, Status> {
+        let replica = &self.replica;
+        replica.check_cluster(request.metadata())?;
+        if let Route::Forward(address) = replica.route(request.metadata())? {
+            let answer = self
+                .cluster_client(&address)?
+                .transfer_leader(replica.forwarded(request.into_inner()))
+                .await?;
+            return Ok(replica.respond(answer.into_inner()));
+        }
+        let target = request.into_inner().target;
+        if target == replica.id {
+            return Ok(replica.respond(pb::TransferLeaderResponse {
+                header: Some(replica.header()),
+            }));
+        }
+        let metrics = replica.metrics();
+        let membership = metrics.membership_config.membership().clone();
+        let voters: Vec<NodeId> = membership.voter_ids().collect();
+        let Some(target_node) = membership.get_node(&target).cloned() else {
+            return Err(Status::not_found(format!("replica {target} is not a member")));
+        };
+        if !voters.contains(&target) {
+            return Err(Status::failed_precondition(format!(
+                "replica {target} is a learner; only a voter can lead"
+            )));
+        }
+        // The target must hold the whole log, or it cannot win the election.
+        let caught_up = replica
+            .raft
+            .wait(Some(Duration::from_secs(3)))
+            .metrics(
+                |m| {
+                    let last = m.last_log_index;
+                    m.replication
+                        .as_ref()
+                        .and_then(|r| r.get(&target).cloned().flatten())
+                        .map(|l| Some(l.index) == last)
+                        .unwrap_or(false)
+                },
+                "transfer target caught up",
+            )
+            .await;
+        if caught_up.is_err() {
+            return Err(Status::unavailable(format!(
+                "replica {target} has not caught up with the leader's log; retry later"
+            )));
+        }
+        let lease = replica.timing.election_timeout_max;
+        let pause_ms = (lease * 4).as_millis() as u64;
+        for voter in voters.iter().filter(|v| **v != target && **v != replica.id) {
+            if let Some(node) = membership.get_node(voter) {
+                let control = pb::ElectionControl {
+                    cluster_id: replica.cluster_id.clone(),
+                    millis: pause_ms,
+                };
+                if let Err(e) = self.raft_client(&node.address)?.pause_election(control).await {
+                    tracing::warn!(voter, error = %e, "could not pause a voter's election timer");
+                }
+            }
+        }
+        // Stop granting the lease: once it runs out on every follower, the target campaigns
+        // and, holding the whole log, wins.
+        replica.raft.runtime_config().heartbeat(false);
+        replica.raft.runtime_config().elect(false);
+        let campaign = pb::ElectionControl {
+            cluster_id: replica.cluster_id.clone(),
+            millis: (lease + Duration::from_millis(50)).as_millis() as u64,
+        };
+        let started = self.raft_client(&target_node.address)?.campaign(campaign).await;
+        let moved = match started {
+            Ok(_) => replica
+                .raft
+                .wait(Some(lease * 4))
+                .metrics(|m| m.current_leader == Some(target), "leadership moved")
+                .await
+                .is_ok(),
+            Err(e) => {
+                tracing::warn!(target, error = %e, "transfer target refused to campaign");
+                false
+            }
+        };
+        replica.raft.runtime_config().heartbeat(true);
+        replica.raft.runtime_config().elect(true);
+        if !moved {
+            return Err(Status::aborted(format!(
+                "leadership did not move to replica {target} in time; the cluster keeps a leader, retry"
+            )));
+        }
+        Ok(replica.respond(pb::TransferLeaderResponse {
+            header: Some(replica.header()),
+        }))
+    }
+
+    async fn snapshot(
+        &self,
+        request: Request<pb::SnapshotRequest>,
+    ) -> Result<Response<pb::SnapshotResponse>, Status> {
+        let replica = &self.replica;
+        replica.check_cluster(request.metadata())?;
+        let applied = replica.metrics().last_applied.map(|l| l.index).unwrap_or(0);
+        replica
+            .raft
+            .trigger()
+            .snapshot()
+            .await
+            .map_err(|e| Status::unavailable(format!("raft stopped: {e}")))?;
+        let metrics = replica
+            .raft
+            .wait(Some(Duration::from_secs(30)))
+            .metrics(
+                |m| m.snapshot.map(|l| l.index).unwrap_or(0) >= applied,
+                "snapshot built",
+            )
+            .await
+            .map_err(|e| Status::deadline_exceeded(format!("snapshot not built in time: {e}")))?;
+        Ok(replica.respond(pb::SnapshotResponse {
+            header: Some(replica.header()),
+            snapshot_index: metrics.snapshot.map(|l| l.index).unwrap_or(0),
+        }))
+    }
+}

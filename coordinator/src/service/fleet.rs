@@ -1,0 +1,346 @@
+//! The `Fleet` service: fleet writes (forwarded to the leader) and reads (linearizable by
+//! default, local when `stale`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use ballast_protocol::pb;
+use ballast_protocol::pb::fleet_client::FleetClient;
+use ballast_protocol::pb::fleet_server::Fleet;
+use tonic::{Request, Response, Status};
+
+use super::convert::to_fleet;
+use crate::error::{fleet_status, invalid};
+use crate::fleet::{FleetState, ShardRecord, ShardStatus};
+use crate::raft::types::RaftRequest;
+use crate::replica::{Replica, Route};
+
+/// Longest client request id accepted (ids are remembered for deduplication).
+pub const MAX_REQUEST_ID_LEN: usize = 128;
+const DEFAULT_PAGE: usize = 1000;
+const MAX_PAGE: usize = 10_000;
+
+/// Serves the `Fleet` API of one replica.
+pub struct FleetService {
+    replica: Arc<Replica>,
+}
+
+impl FleetService {
+    /// Wraps a replica.
+    pub fn new(replica: Arc<Replica>) -> Self {
+        Self { replica }
+    }
+
+    /// Checks the cluster id and, unless `stale`, makes the read linearizable.
+    async fn before_read<T>(
+        &self,
+        request: &Request<T>,
+        options: Option<&pb::ReadOptions>,
+    ) -> Result<(), Status> {
+        self.replica.check_cluster(request.metadata())?;
+        if !options.is_some_and(|o| o.stale) {
+            self.replica.linearize().await?;
+        }
+        Ok(())
+    }
+}
+
+fn page_size(limit: u32) -> Result<usize, Status> {
+    match limit as usize {
+        0 => Ok(DEFAULT_PAGE),
+        n if n <= MAX_PAGE => Ok(n),
+        n => Err(invalid(
+            "limit",
+            format!("{n} is above the maximum page size {MAX_PAGE}"),
+        )),
+    }
+}
+
+fn status_name(status: &ShardStatus) -> &'static str {
+    match status {
+        ShardStatus::Active => "active",
+        ShardStatus::Draining => "draining",
+    }
+}
+
+fn shard_message(record: &ShardRecord, domains: usize, bindings: usize) -> pb::Shard {
+    pb::Shard {
+        id: record.id.clone(),
+        address: record.address.clone(),
+        az: record.az.clone(),
+        registered_at_ms: record.registered_at_ms,
+        lease_expires_at_ms: record.lease_expires_at_ms,
+        status: status_name(&record.status).to_string(),
+        domain_count: domains as u64,
+        binding_count: bindings as u64,
+    }
+}
+
+fn binding_counts(fleet: &FleetState) -> HashMap<&str, usize> {
+    let mut counts = HashMap::new();
+    for (_, shard) in fleet.bindings() {
+        *counts.entry(shard).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// One page of `(key, value)` pairs from an ordered iterator, resuming after `after`.
+fn page<'a>(
+    items: impl Iterator<Item = (&'a str, &'a str)>,
+    after: &str,
+    limit: usize,
+) -> (Vec<(&'a str, &'a str)>, String) {
+    let mut out: Vec<_> = items
+        .skip_while(|(k, _)| !after.is_empty() && *k <= after)
+        .take(limit + 1)
+        .collect();
+    let next = if out.len() > limit {
+        out.truncate(limit);
+        out.last().map(|(k, _)| k.to_string()).unwrap_or_default()
+    } else {
+        String::new()
+    };
+    (out, next)
+}
+
+#[tonic::async_trait]
+impl Fleet for FleetService {
+    async fn write(
+        &self,
+        request: Request<pb::WriteRequest>,
+    ) -> Result<Response<pb::WriteResponse>, Status> {
+        let replica = &self.replica;
+        replica.check_cluster(request.metadata())?;
+        if let Route::Forward(address) = replica.route(request.metadata())? {
+            let mut client = FleetClient::new(replica.channel_to(&address)?);
+            let answer = client
+                .write(replica.forwarded(request.into_inner()))
+                .await?;
+            return Ok(replica.respond(answer.into_inner()));
+        }
+        let message = request.into_inner();
+        if message.request_id.len() > MAX_REQUEST_ID_LEN {
+            return Err(invalid(
+                "request_id",
+                format!(
+                    "{} bytes is longer than the limit of {MAX_REQUEST_ID_LEN}",
+                    message.request_id.len()
+                ),
+            ));
+        }
+        let command = to_fleet(message.command, replica.timing.default_shard_lease)?;
+        FleetState::validate_command(&command).map_err(|e| fleet_status(&e))?;
+        let applied = replica
+            .propose(RaftRequest {
+                request_id: message.request_id,
+                command,
+            })
+            .await?;
+        let mut header = replica.header();
+        header.revision = applied.revision;
+        Ok(replica.respond(pb::WriteResponse {
+            header: Some(header),
+            changed: applied.changed,
+        }))
+    }
+
+    async fn list_shards(
+        &self,
+        request: Request<pb::ListShardsRequest>,
+    ) -> Result<Response<pb::ListShardsResponse>, Status> {
+        self.before_read(&request, request.get_ref().options.as_ref())
+            .await?;
+        let header = self.replica.header();
+        let fleet = self.replica.state.fleet();
+        let bindings = binding_counts(&fleet);
+        let shards = fleet
+            .shards()
+            .map(|s| {
+                shard_message(
+                    s,
+                    fleet.domains_of(&s.id).len(),
+                    bindings.get(s.id.as_str()).copied().unwrap_or(0),
+                )
+            })
+            .collect();
+        drop(fleet);
+        Ok(self.replica.respond(pb::ListShardsResponse {
+            header: Some(header),
+            shards,
+        }))
+    }
+
+    async fn get_shard(
+        &self,
+        request: Request<pb::GetShardRequest>,
+    ) -> Result<Response<pb::GetShardResponse>, Status> {
+        self.before_read(&request, request.get_ref().options.as_ref())
+            .await?;
+        let id = &request.get_ref().id;
+        let header = self.replica.header();
+        let fleet = self.replica.state.fleet();
+        let Some(record) = fleet.shard(id) else {
+            return Err(Status::not_found(format!("shard {id:?} is not registered")));
+        };
+        let domains: Vec<String> = fleet.domains_of(id).into_iter().map(String::from).collect();
+        let clusters: Vec<String> = fleet
+            .bindings()
+            .filter(|(_, s)| s == id)
+            .map(|(c, _)| c.to_string())
+            .collect();
+        let slices = fleet
+            .quotas()
+            .filter_map(|q| {
+                q.slices.get(id).map(|amount| pb::QuotaSliceOf {
+                    provider: q.provider.clone(),
+                    region: q.region.clone(),
+                    amount: *amount,
+                })
+            })
+            .collect();
+        let shard = shard_message(record, domains.len(), clusters.len());
+        drop(fleet);
+        Ok(self.replica.respond(pb::GetShardResponse {
+            header: Some(header),
+            shard: Some(shard),
+            domains,
+            clusters,
+            slices,
+        }))
+    }
+
+    async fn list_domains(
+        &self,
+        request: Request<pb::ListDomainsRequest>,
+    ) -> Result<Response<pb::ListDomainsResponse>, Status> {
+        self.before_read(&request, request.get_ref().options.as_ref())
+            .await?;
+        let message = request.get_ref();
+        let limit = page_size(message.limit)?;
+        let header = self.replica.header();
+        let fleet = self.replica.state.fleet();
+        let (items, next_after) = if message.shard.is_empty() {
+            page(fleet.domains(), &message.after, limit)
+        } else {
+            if fleet.shard(&message.shard).is_none() {
+                return Err(Status::not_found(format!(
+                    "shard {:?} is not registered",
+                    message.shard
+                )));
+            }
+            let shard = message.shard.as_str();
+            page(
+                fleet.domains_of(shard).into_iter().map(|d| (d, shard)),
+                &message.after,
+                limit,
+            )
+        };
+        let domains = items
+            .into_iter()
+            .map(|(domain, shard)| pb::DomainAssignment {
+                domain: domain.to_string(),
+                shard: shard.to_string(),
+            })
+            .collect();
+        drop(fleet);
+        Ok(self.replica.respond(pb::ListDomainsResponse {
+            header: Some(header),
+            domains,
+            next_after,
+        }))
+    }
+
+    async fn list_bindings(
+        &self,
+        request: Request<pb::ListBindingsRequest>,
+    ) -> Result<Response<pb::ListBindingsResponse>, Status> {
+        self.before_read(&request, request.get_ref().options.as_ref())
+            .await?;
+        let message = request.get_ref();
+        let limit = page_size(message.limit)?;
+        let header = self.replica.header();
+        let fleet = self.replica.state.fleet();
+        let shard = message.shard.as_str();
+        let (items, next_after) = page(
+            fleet
+                .bindings()
+                .filter(|(_, s)| shard.is_empty() || *s == shard),
+            &message.after,
+            limit,
+        );
+        let bindings = items
+            .into_iter()
+            .map(|(cluster, shard)| pb::Binding {
+                cluster: cluster.to_string(),
+                shard: shard.to_string(),
+            })
+            .collect();
+        drop(fleet);
+        Ok(self.replica.respond(pb::ListBindingsResponse {
+            header: Some(header),
+            bindings,
+            next_after,
+        }))
+    }
+
+    async fn list_quotas(
+        &self,
+        request: Request<pb::ListQuotasRequest>,
+    ) -> Result<Response<pb::ListQuotasResponse>, Status> {
+        self.before_read(&request, request.get_ref().options.as_ref())
+            .await?;
+        let header = self.replica.header();
+        let quotas = self
+            .replica
+            .state
+            .fleet()
+            .quotas()
+            .map(|q| {
+                let used: u64 = q.slices.values().sum();
+                pb::Quota {
+                    provider: q.provider.clone(),
+                    region: q.region.clone(),
+                    total: q.total,
+                    slices: q
+                        .slices
+                        .iter()
+                        .map(|(shard, amount)| pb::QuotaSlice {
+                            shard: shard.clone(),
+                            amount: *amount,
+                        })
+                        .collect(),
+                    unallocated: q.total.saturating_sub(used),
+                }
+            })
+            .collect();
+        Ok(self.replica.respond(pb::ListQuotasResponse {
+            header: Some(header),
+            quotas,
+        }))
+    }
+
+    async fn list_providers(
+        &self,
+        request: Request<pb::ListProvidersRequest>,
+    ) -> Result<Response<pb::ListProvidersResponse>, Status> {
+        self.before_read(&request, request.get_ref().options.as_ref())
+            .await?;
+        let header = self.replica.header();
+        let providers = self
+            .replica
+            .state
+            .fleet()
+            .providers()
+            .map(|p| pb::Provider {
+                name: p.name.clone(),
+                endpoint: p.endpoint.clone(),
+                region: p.region.clone(),
+                capacity_types: p.capacity_types.clone(),
+            })
+            .collect();
+        Ok(self.replica.respond(pb::ListProvidersResponse {
+            header: Some(header),
+            providers,
+        }))
+    }
+}

@@ -1,0 +1,6 @@
+//! gRPC services of a replica: thin layers over [`crate::replica::Replica`].
+
+pub mod cluster;
+pub mod convert;
+pub mod fleet;
+pub mod raft;

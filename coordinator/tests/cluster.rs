@@ -1,0 +1,219 @@
+//! Three real `ballast-coord` processes on loopback: formation, replication through any
+//! replica, leader SIGKILL under writes, follower restart, snapshot install on a new replica,
+//! membership changes and leadership transfer.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use ballast_testkit::{FAST_FLAGS, TestCluster, wait_for};
+use common::{assign, coord_binary, domains, register};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_through_any_replica_reach_all_three() {
+    let cluster = TestCluster::start(coord_binary(), 3, FAST_FLAGS).await;
+    let status = cluster.status(1).await.expect("status of replica 1");
+    let placement = status.placement.expect("placement");
+    assert!(placement.healthy, "{}", placement.message);
+    assert_eq!(placement.voter_azs, vec!["az-a", "az-b", "az-c"]);
+
+    cluster
+        .client()
+        .write(register("s1", "az-a"))
+        .await
+        .expect("registering s1");
+    let mut last_revision = 0;
+    for id in 1..=3u64 {
+        // Each write goes to one replica only: followers must forward to the leader.
+        let client = cluster.client_of(id);
+        for n in 0..5 {
+            let answer = client
+                .write(assign(&format!("zone=az-a/rack=r{id}-{n}"), "s1"))
+                .await
+                .unwrap_or_else(|e| panic!("write through replica {id}: {e}"));
+            let header = answer.header.expect("header");
+            assert!(header.revision > last_revision, "revisions increase");
+            last_revision = header.revision;
+        }
+    }
+    for id in 1..=3u64 {
+        cluster.wait_for_revision(id, last_revision).await;
+    }
+    let reference = domains(&cluster.client_of(1), true).await;
+    assert_eq!(reference.len(), 15);
+    for id in 2..=3u64 {
+        assert_eq!(domains(&cluster.client_of(id), true).await, reference);
+    }
+    // A linearizable read through a follower sees the latest write.
+    let leader = cluster.leader().await;
+    let follower = (1..=3u64).find(|id| *id != leader).expect("a follower");
+    assert_eq!(domains(&cluster.client_of(follower), false).await, reference);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_sigkill_loses_no_acknowledged_write() {
+    let mut cluster = TestCluster::start(coord_binary(), 3, FAST_FLAGS).await;
+    let client = Arc::new(cluster.client());
+    client.write(register("s1", "az-a")).await.expect("register");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let client = client.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut acknowledged = Vec::new();
+            let mut n = 0u64;
+            // Bounded: at most 2000 writes or until told to stop.
+            while !stop.load(Ordering::Relaxed) && n < 2000 {
+                let domain = format!("zone=az-a/rack=r{n}");
+                if client.write(assign(&domain, "s1")).await.is_ok() {
+                    acknowledged.push(domain);
+                }
+                n += 1;
+            }
+            acknowledged
+        })
+    };
+    wait_for("30 acknowledged writes", Duration::from_secs(30), || async {
+        let status = cluster.status(1).await?;
+        (status.header?.revision >= 30).then_some(())
+    })
+    .await;
+    let old_leader = cluster.leader().await;
+    cluster.kill(old_leader);
+    let new_leader = cluster.leader().await;
+    assert_ne!(new_leader, old_leader);
+    // Keep writing through the new leader for a while.
+    let revision_at_kill = cluster
+        .status(new_leader)
+        .await
+        .and_then(|s| s.header)
+        .map(|h| h.revision)
+        .unwrap_or(0);
+    wait_for("writes after failover", Duration::from_secs(30), || async {
+        let status = cluster.status(new_leader).await?;
+        (status.header?.revision >= revision_at_kill + 20).then_some(())
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    let acknowledged = writer.await.expect("writer task");
+    assert!(acknowledged.len() >= 50, "only {} writes acknowledged", acknowledged.len());
+
+    let present: BTreeSet<String> = domains(&client, false)
+        .await
+        .into_iter()
+        .map(|(d, _)| d)
+        .collect();
+    let missing: Vec<_> = acknowledged.iter().filter(|d| !present.contains(*d)).collect();
+    assert!(missing.is_empty(), "acknowledged writes lost: {missing:?}");
+
+    // The killed replica comes back from its own disk and converges.
+    cluster.restart(old_leader);
+    let revision = cluster
+        .status(new_leader)
+        .await
+        .and_then(|s| s.header)
+        .map(|h| h.revision)
+        .expect("revision");
+    cluster.wait_for_revision(old_leader, revision).await;
+    assert_eq!(domains(&cluster.client_of(old_leader), true).await.len(), present.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_follower_catches_up_and_new_replica_gets_a_snapshot() {
+    let mut flags = FAST_FLAGS.to_vec();
+    flags.extend(["--snapshot-entries", "50", "--logs-to-keep", "0"]);
+    let mut cluster = TestCluster::start(coord_binary(), 3, &flags).await;
+    let client = cluster.client();
+    client.write(register("s1", "az-a")).await.expect("register");
+    let leader = cluster.leader().await;
+    let follower = (1..=3u64).find(|id| *id != leader).expect("follower");
+    cluster.kill(follower);
+
+    let mut revision = 0;
+    for n in 0..120 {
+        let answer = client
+            .write(assign(&format!("zone=az-b/rack=r{n}"), "s1"))
+            .await
+            .expect("write with one follower down");
+        revision = answer.header.expect("header").revision;
+    }
+    cluster.restart(follower);
+    cluster.wait_for_revision(follower, revision).await;
+    assert_eq!(domains(&cluster.client_of(follower), true).await.len(), 120);
+
+    // The leader has compacted its log; a new replica can only catch up from a snapshot.
+    // More writes with every follower up, then an on-demand snapshot: the leader purges.
+    for n in 0..60 {
+        revision = client
+            .write(assign(&format!("zone=az-c/rack=r{n}"), "s1"))
+            .await
+            .expect("write")
+            .header
+            .expect("header")
+            .revision;
+    }
+    let snapshot = cluster
+        .client_of(leader)
+        .cluster(|mut c, req| async move {
+            c.snapshot(req.wrap(ballast_protocol::pb::SnapshotRequest {})).await
+        })
+        .await
+        .expect("on-demand snapshot");
+    assert!(snapshot.snapshot_index > 0);
+    wait_for("the leader to purge its log", Duration::from_secs(30), || async {
+        let status = cluster.status(leader).await?;
+        (status.purged_index > 0).then_some(())
+    })
+    .await;
+    cluster.add(4).await;
+    cluster.wait_for_revision(4, revision).await;
+    let status4 = cluster.status(4).await.expect("status of replica 4");
+    assert!(status4.snapshot_index > 0, "replica 4 did not install a snapshot");
+    assert_eq!(domains(&cluster.client_of(4), true).await.len(), 180);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remove_a_voter_add_a_fresh_one_and_transfer_leadership() {
+    let mut cluster = TestCluster::start(coord_binary(), 3, FAST_FLAGS).await;
+    let client = cluster.client();
+    let leader = cluster.leader().await;
+    let victim = (1..=3u64).find(|id| *id != leader).expect("follower");
+
+    client
+        .cluster(|mut c, req| async move {
+            c.remove_member(req.wrap(ballast_protocol::pb::RemoveMemberRequest { id: victim }))
+                .await
+        })
+        .await
+        .expect("removing a voter");
+    cluster.wait_for_voters(2).await;
+    cluster.discard(victim);
+
+    cluster.add(4).await;
+    let status = cluster.status(cluster.leader().await).await.expect("status");
+    let ids: BTreeSet<u64> = status.members.iter().map(|m| m.id).collect();
+    assert!(!ids.contains(&victim) && ids.contains(&4), "members now {ids:?}");
+
+    let leader = cluster.leader().await;
+    let target = cluster
+        .replicas
+        .iter()
+        .map(|r| r.id)
+        .find(|id| *id != leader)
+        .expect("target");
+    let client = cluster.client();
+    client
+        .cluster(|mut c, req| async move {
+            c.transfer_leader(req.wrap(ballast_protocol::pb::TransferLeaderRequest { target }))
+                .await
+        })
+        .await
+        .expect("transferring leadership");
+    assert_eq!(cluster.leader().await, target);
+    // The cluster still takes writes after the transfer.
+    client.write(register("s9", "az-c")).await.expect("write after transfer");
+}

@@ -1,0 +1,162 @@
+//! `ballastctl cluster ...`
+
+use ballast_protocol::pb;
+use clap::Subcommand;
+use serde_json::json;
+
+use crate::Context;
+use crate::output::{Rendered, table};
+
+/// Cluster commands.
+#[derive(Subcommand, Debug)]
+pub enum ClusterCmd {
+    /// Status of the replica reached: role, indexes, placement, fleet counts.
+    Status,
+    /// Members with AZ, role and replication lag.
+    Members,
+    /// The current leader.
+    Leader,
+    /// Move leadership to another voter.
+    TransferLeader {
+        /// Target replica id.
+        id: u64,
+    },
+    /// Remove a replica from the cluster.
+    Remove {
+        /// Replica id.
+        id: u64,
+    },
+    /// Take a snapshot on the replica reached (compacting its log).
+    Snapshot,
+}
+
+async fn status(ctx: &Context) -> anyhow::Result<pb::StatusResponse> {
+    let options = ctx.read_options();
+    Ok(ctx
+        .client
+        .cluster(|mut c, req| async move {
+            c.status(req.wrap(pb::StatusRequest { options })).await
+        })
+        .await?)
+}
+
+fn member_json(m: &pb::Member) -> serde_json::Value {
+    json!({
+        "id": m.id, "address": m.address, "az": m.az, "role": m.role,
+        "leader": m.leader, "matched_index": m.matched_index, "lag": m.lag,
+    })
+}
+
+fn members_table(members: &[pb::Member]) -> String {
+    table(
+        &["id", "address", "az", "role", "leader", "matched", "lag"],
+        members
+            .iter()
+            .map(|m| {
+                vec![
+                    m.id.to_string(),
+                    m.address.clone(),
+                    m.az.clone(),
+                    m.role.clone(),
+                    if m.leader { "*".into() } else { String::new() },
+                    m.matched_index.to_string(),
+                    m.lag.to_string(),
+                ]
+            })
+            .collect(),
+    )
+}
+
+/// Runs a cluster command.
+pub async fn run(ctx: &Context, cmd: ClusterCmd) -> anyhow::Result<Rendered> {
+    match cmd {
+        ClusterCmd::Status => {
+            let s = status(ctx).await?;
+            let h = s.header.clone().unwrap_or_default();
+            let p = s.placement.clone().unwrap_or_default();
+            let json = json!({
+                "cluster_id": h.cluster_id, "id": h.member_id, "az": s.az, "address": s.address,
+                "state": s.state, "leader": h.leader_id, "leader_address": s.leader_address,
+                "term": h.raft_term, "revision": h.revision,
+                "applied_index": s.applied_index, "last_log_index": s.last_log_index,
+                "snapshot_index": s.snapshot_index, "purged_index": s.purged_index,
+                "members": s.members.iter().map(member_json).collect::<Vec<_>>(),
+                "placement": { "healthy": p.healthy, "voter_azs": p.voter_azs, "message": p.message },
+                "counts": { "shards": s.shard_count, "domains": s.domain_count,
+                    "bindings": s.binding_count, "quotas": s.quota_count, "providers": s.provider_count },
+            });
+            let human = format!(
+                "cluster {}\nreplica {} ({}, {}) is {}; leader {} at {}; term {}; revision {}\n\
+                 log: applied {} last {} snapshot {} purged {}\n\
+                 placement: {} ({})\n\
+                 fleet: {} shards, {} domains, {} bindings, {} quotas, {} providers\n\n{}",
+                h.cluster_id, h.member_id, s.address, s.az, s.state, h.leader_id,
+                s.leader_address, h.raft_term, h.revision, s.applied_index, s.last_log_index,
+                s.snapshot_index, s.purged_index,
+                if p.healthy { "healthy" } else { "AT RISK" }, p.message,
+                s.shard_count, s.domain_count, s.binding_count, s.quota_count, s.provider_count,
+                members_table(&s.members),
+            );
+            Ok(Rendered { json, human })
+        }
+        ClusterCmd::Members => {
+            let s = status(ctx).await?;
+            Ok(Rendered {
+                json: json!({ "members": s.members.iter().map(member_json).collect::<Vec<_>>() }),
+                human: members_table(&s.members),
+            })
+        }
+        ClusterCmd::Leader => {
+            let s = status(ctx).await?;
+            let h = s.header.unwrap_or_default();
+            let leader = s.members.iter().find(|m| m.leader);
+            match leader {
+                Some(m) => Ok(Rendered {
+                    json: json!({ "leader": m.id, "address": m.address, "az": m.az, "term": h.raft_term }),
+                    human: format!("{} {} {} (term {})", m.id, m.address, m.az, h.raft_term),
+                }),
+                None => anyhow::bail!(
+                    "replica {} knows no leader (term {}): election in progress or no quorum",
+                    h.member_id,
+                    h.raft_term
+                ),
+            }
+        }
+        ClusterCmd::TransferLeader { id } => {
+            ctx.client
+                .cluster(|mut c, req| async move {
+                    c.transfer_leader(req.wrap(pb::TransferLeaderRequest { target: id }))
+                        .await
+                })
+                .await?;
+            Ok(Rendered {
+                json: json!({ "leader": id }),
+                human: format!("leadership moved to replica {id}"),
+            })
+        }
+        ClusterCmd::Remove { id } => {
+            ctx.client
+                .cluster(|mut c, req| async move {
+                    c.remove_member(req.wrap(pb::RemoveMemberRequest { id })).await
+                })
+                .await?;
+            Ok(Rendered {
+                json: json!({ "removed": id }),
+                human: format!("replica {id} removed"),
+            })
+        }
+        ClusterCmd::Snapshot => {
+            let r = ctx
+                .client
+                .cluster(|mut c, req| async move {
+                    c.snapshot(req.wrap(pb::SnapshotRequest {})).await
+                })
+                .await?;
+            let member = r.header.as_ref().map(|h| h.member_id).unwrap_or(0);
+            Ok(Rendered {
+                json: json!({ "id": member, "snapshot_index": r.snapshot_index }),
+                human: format!("replica {member} snapshot at log index {}", r.snapshot_index),
+            })
+        }
+    }
+}

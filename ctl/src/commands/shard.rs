@@ -1,0 +1,162 @@
+//! `ballastctl shard ...`
+
+use ballast_protocol::pb;
+use ballast_protocol::pb::command::Command as Wire;
+use clap::Subcommand;
+use serde_json::json;
+
+use super::command;
+use crate::Context;
+use crate::output::{Rendered, revision, table, write_result};
+
+/// Shard commands.
+#[derive(Subcommand, Debug)]
+pub enum ShardCmd {
+    /// All registered shards.
+    List,
+    /// One shard with its domains, clusters and quota slices.
+    Show {
+        /// Shard id.
+        id: String,
+    },
+    /// Stop giving the shard new domains, bindings or quota.
+    Drain {
+        /// Shard id.
+        id: String,
+    },
+    /// Undo a drain.
+    Activate {
+        /// Shard id.
+        id: String,
+    },
+    /// Register a shard by hand (shard workers register themselves).
+    Register {
+        /// Shard id.
+        id: String,
+        /// Address the shard serves on.
+        #[arg(long)]
+        address: String,
+        /// AZ of the shard.
+        #[arg(long)]
+        az: String,
+        /// Lease length in milliseconds (0 = coordinator default).
+        #[arg(long, default_value_t = 0)]
+        lease_ms: u64,
+    },
+    /// Remove a shard: its domains, bindings and quota slices go back to the pool.
+    Remove {
+        /// Shard id.
+        id: String,
+    },
+}
+
+fn shard_json(s: &pb::Shard) -> serde_json::Value {
+    json!({
+        "id": s.id, "address": s.address, "az": s.az, "status": s.status,
+        "registered_at_ms": s.registered_at_ms, "lease_expires_at_ms": s.lease_expires_at_ms,
+        "domains": s.domain_count, "bindings": s.binding_count,
+    })
+}
+
+/// Runs a shard command.
+pub async fn run(ctx: &Context, cmd: ShardCmd) -> anyhow::Result<Rendered> {
+    let (what, wire) = match cmd {
+        ShardCmd::List => {
+            let options = ctx.read_options();
+            let r = ctx
+                .client
+                .fleet(|mut c, req| async move {
+                    c.list_shards(req.wrap(pb::ListShardsRequest { options })).await
+                })
+                .await?;
+            return Ok(Rendered {
+                json: json!({
+                    "revision": revision(&r.header),
+                    "shards": r.shards.iter().map(shard_json).collect::<Vec<_>>(),
+                }),
+                human: table(
+                    &["id", "az", "status", "address", "domains", "bindings"],
+                    r.shards
+                        .iter()
+                        .map(|s| {
+                            vec![
+                                s.id.clone(),
+                                s.az.clone(),
+                                s.status.clone(),
+                                s.address.clone(),
+                                s.domain_count.to_string(),
+                                s.binding_count.to_string(),
+                            ]
+                        })
+                        .collect(),
+                ),
+            });
+        }
+        ShardCmd::Show { id } => {
+            let options = ctx.read_options();
+            let r = ctx
+                .client
+                .fleet(|mut c, req| {
+                    let id = id.clone();
+                    async move { c.get_shard(req.wrap(pb::GetShardRequest { options, id })).await }
+                })
+                .await?;
+            let shard = r.shard.clone().unwrap_or_default();
+            let slices: Vec<_> = r
+                .slices
+                .iter()
+                .map(|s| json!({ "provider": s.provider, "region": s.region, "amount": s.amount }))
+                .collect();
+            let mut json = shard_json(&shard);
+            json["revision"] = json!(revision(&r.header));
+            json["domain_list"] = json!(r.domains);
+            json["clusters"] = json!(r.clusters);
+            json["slices"] = json!(slices);
+            let human = format!(
+                "shard {} ({}) in {} at {}\ndomains ({}): {}\nclusters ({}): {}\nquota slices: {}",
+                shard.id,
+                shard.status,
+                shard.az,
+                shard.address,
+                r.domains.len(),
+                r.domains.join(" "),
+                r.clusters.len(),
+                r.clusters.join(" "),
+                r.slices
+                    .iter()
+                    .map(|s| format!("{}/{}={}", s.provider, s.region, s.amount))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            );
+            return Ok(Rendered { json, human });
+        }
+        ShardCmd::Drain { id } => (
+            format!("shard {id} draining"),
+            Wire::DrainShard(pb::DrainShard { id }),
+        ),
+        ShardCmd::Activate { id } => (
+            format!("shard {id} active"),
+            Wire::ActivateShard(pb::ActivateShard { id }),
+        ),
+        ShardCmd::Register {
+            id,
+            address,
+            az,
+            lease_ms,
+        } => (
+            format!("shard {id} registered"),
+            Wire::RegisterShard(pb::RegisterShard {
+                id,
+                address,
+                az,
+                lease_ttl_ms: lease_ms,
+            }),
+        ),
+        ShardCmd::Remove { id } => (
+            format!("shard {id} removed"),
+            Wire::RemoveShard(pb::RemoveShard { id }),
+        ),
+    };
+    let response = ctx.client.write(command(wire)).await?;
+    Ok(write_result(what, &response))
+}

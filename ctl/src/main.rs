@@ -1,0 +1,125 @@
+//! `ballastctl`: operate a Ballast coordinator cluster.
+//!
+//! Exit codes: 0 success; 1 the cluster refused the request (bad input, not found, conflict);
+//! 2 usage error; 3 no coordinator reachable (or no leader) within the retry budget.
+
+mod commands;
+mod output;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use ballast_protocol::client::{BallastClient, ClientConfig, ClientError};
+use clap::{Parser, Subcommand};
+
+/// Operate a Ballast coordinator cluster.
+#[derive(Parser, Debug)]
+#[command(name = "ballastctl", version)]
+struct Cli {
+    /// Coordinator client addresses, comma-separated.
+    #[arg(
+        long,
+        global = true,
+        env = "BALLAST_ENDPOINTS",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:7701"
+    )]
+    endpoints: Vec<String>,
+    /// Refuse to talk to any cluster but this one.
+    #[arg(long, global = true, env = "BALLAST_CLUSTER_ID")]
+    cluster_id: Option<String>,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Serve reads from the replica reached, without confirming it is current.
+    #[arg(long, global = true)]
+    stale: bool,
+    /// Give up after this many seconds of retries.
+    #[arg(long, global = true, default_value_t = 15)]
+    timeout_secs: u64,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Coordinator replicas: status, members, leader, membership and snapshots.
+    #[command(subcommand)]
+    Cluster(commands::cluster::ClusterCmd),
+    /// Shard workers: list, show, drain, activate, register, remove.
+    #[command(subcommand)]
+    Shard(commands::shard::ShardCmd),
+    /// Topology domains and the shard owning each.
+    #[command(subcommand)]
+    Domain(commands::domain::DomainCmd),
+    /// Cluster → shard bindings.
+    #[command(subcommand)]
+    Binding(commands::binding::BindingCmd),
+    /// Quotas per (provider, region) and their per-shard slices.
+    #[command(subcommand)]
+    Quota(commands::quota::QuotaCmd),
+    /// Provider registry.
+    #[command(subcommand)]
+    Provider(commands::provider::ProviderCmd),
+}
+
+/// Settings every command receives.
+pub struct Context {
+    /// Connected client.
+    pub client: BallastClient,
+    /// `--stale`.
+    pub stale: bool,
+}
+
+impl Context {
+    /// Read options for this invocation.
+    pub fn read_options(&self) -> Option<ballast_protocol::pb::ReadOptions> {
+        Some(ballast_protocol::pb::ReadOptions { stale: self.stale })
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<output::Rendered> {
+    let mut config = ClientConfig::new(cli.endpoints);
+    config.cluster_id = cli.cluster_id;
+    config.retry_budget = Duration::from_secs(cli.timeout_secs);
+    let ctx = Context {
+        client: BallastClient::new(config)?,
+        stale: cli.stale,
+    };
+    match cli.command {
+        Command::Cluster(c) => commands::cluster::run(&ctx, c).await,
+        Command::Shard(c) => commands::shard::run(&ctx, c).await,
+        Command::Domain(c) => commands::domain::run(&ctx, c).await,
+        Command::Binding(c) => commands::binding::run(&ctx, c).await,
+        Command::Quota(c) => commands::quota::run(&ctx, c).await,
+        Command::Provider(c) => commands::provider::run(&ctx, c).await,
+    }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let json = cli.json;
+    match run(cli).await {
+        Ok(rendered) => {
+            if json {
+                println!("{}", rendered.json);
+            } else if !rendered.human.is_empty() {
+                println!("{}", rendered.human);
+            }
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("error: {}", one_line(&error));
+            match error.downcast_ref::<ClientError>() {
+                Some(ClientError::Unavailable { .. }) => ExitCode::from(3),
+                Some(ClientError::Config(_)) => ExitCode::from(2),
+                _ => ExitCode::from(1),
+            }
+        }
+    }
+}
+
+fn one_line(error: &anyhow::Error) -> String {
+    format!("{error:#}").replace('\n', " ")
+}

@@ -1,0 +1,23 @@
+//! Ballast's wire contract and the one client library every binary uses to reach the coordinator.
+//!
+//! - [`pb`]: generated gRPC types and services (from `proto/ballast/v1/*.proto`).
+//! - [`validate`]: input rules shared by the coordinator (before proposing) and shard workers.
+//! - [`client`]: the leader-aware client: endpoint failover, idempotent retries, cluster id pinning.
+
+pub mod client;
+pub mod validate;
+
+/// Generated protobuf and gRPC code for package `ballast.v1`.
+pub mod pb {
+    #![allow(missing_docs, clippy::all)]
+    tonic::include_proto!("ballast.v1");
+}
+
+/// gRPC metadata key carrying the cluster id a request is meant for; a replica of another
+/// cluster rejects the request with `FailedPrecondition`. Replicas also stamp it on answers.
+pub const CLUSTER_ID_HEADER: &str = "ballast-cluster-id";
+/// gRPC metadata key a replica sets on answers with the client address of the current leader.
+pub const LEADER_ADDRESS_HEADER: &str = "ballast-leader-address";
+/// gRPC metadata key marking a request a follower forwarded to the leader, so that a request is
+/// forwarded at most once even while leadership moves.
+pub const FORWARDED_HEADER: &str = "ballast-forwarded";

@@ -1,0 +1,318 @@
+//! Harness for tests that run real `ballast-coord` processes on loopback: free ports, data
+//! dirs, bootstrap/join, SIGKILL, restart and waiting for conditions. Every test that starts
+//! processes uses this one harness instead of rolling its own.
+
+use std::fs::File;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ballast_protocol::client::{BallastClient, ClientConfig};
+use ballast_protocol::pb;
+use ballast_protocol::pb::cluster_client::ClusterClient;
+
+/// Timing flags that keep test clusters quick to elect and to compact.
+pub const FAST_FLAGS: &[&str] = &[
+    "--heartbeat-ms",
+    "50",
+    "--election-min-ms",
+    "300",
+    "--election-max-ms",
+    "600",
+];
+
+/// AZ label for replica `id` (1 → az-a, 2 → az-b, ...).
+pub fn az_of(id: u64) -> String {
+    format!("az-{}", (b'a' + ((id - 1) % 26) as u8) as char)
+}
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("binding an ephemeral port on loopback")
+}
+
+/// One replica process (possibly stopped).
+pub struct Replica {
+    /// Replica id.
+    pub id: u64,
+    /// AZ label.
+    pub az: String,
+    /// `127.0.0.1:port`.
+    pub address: String,
+    /// Its data dir.
+    pub data_dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Replica {
+    /// Whether the process is running (as far as the harness knows).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+}
+
+/// A set of coordinator replicas on loopback, killed when dropped.
+pub struct TestCluster {
+    /// Replicas by position (ids are 1-based and need not be contiguous after removals).
+    pub replicas: Vec<Replica>,
+    binary: PathBuf,
+    extra: Vec<String>,
+    dir: tempfile::TempDir,
+}
+
+impl TestCluster {
+    /// Starts `size` replicas: replica 1 bootstraps, the others join through it. Returns once
+    /// every replica is a voter. `extra` flags go to every replica.
+    pub async fn start(binary: &Path, size: u64, extra: &[&str]) -> TestCluster {
+        let mut cluster = TestCluster {
+            replicas: Vec::new(),
+            binary: binary.to_path_buf(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            dir: tempfile::tempdir().expect("creating a temp dir"),
+        };
+        cluster.spawn_new(1, &["--bootstrap".to_string()]);
+        cluster.wait_for_voters(1).await;
+        for id in 2..=size {
+            cluster.add(id).await;
+        }
+        cluster
+    }
+
+    /// Starts a fresh replica `id` that joins through the running members, and waits until
+    /// it is a voter.
+    pub async fn add(&mut self, id: u64) {
+        let join = self.running_endpoints().join(",");
+        let voters = self.voter_count().await + 1;
+        self.spawn_new(id, &["--join".to_string(), join]);
+        self.wait_for_voters(voters).await;
+    }
+
+    fn spawn_new(&mut self, id: u64, role_args: &[String]) {
+        let port = free_port();
+        let replica = Replica {
+            id,
+            az: az_of(id),
+            address: format!("127.0.0.1:{port}"),
+            data_dir: self.dir.path().join(format!("replica-{id}")),
+            child: None,
+        };
+        self.replicas.push(replica);
+        let index = self.replicas.len() - 1;
+        self.spawn(index, role_args);
+    }
+
+    fn spawn(&mut self, index: usize, role_args: &[String]) {
+        let replica = &self.replicas[index];
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("replica-{}.log", replica.id)))
+            .expect("opening the replica log");
+        let child = Command::new(&self.binary)
+            .arg("--id")
+            .arg(replica.id.to_string())
+            .arg("--az")
+            .arg(&replica.az)
+            .arg("--listen")
+            .arg(&replica.address)
+            .arg("--data-dir")
+            .arg(&replica.data_dir)
+            .args(role_args)
+            .args(&self.extra)
+            .env("RUST_LOG", "info,openraft=warn,fjall=warn,lsm_tree=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("cloning the log handle"))
+            .stderr(log)
+            .spawn()
+            .expect("starting ballast-coord");
+        self.replicas[index].child = Some(child);
+    }
+
+    fn index_of(&self, id: u64) -> usize {
+        self.replicas
+            .iter()
+            .position(|r| r.id == id)
+            .unwrap_or_else(|| panic!("no replica {id} in the test cluster"))
+    }
+
+    /// The replica with id `id`.
+    pub fn replica(&self, id: u64) -> &Replica {
+        &self.replicas[self.index_of(id)]
+    }
+
+    /// SIGKILLs replica `id` (no shutdown path runs).
+    pub fn kill(&mut self, id: u64) {
+        let index = self.index_of(id);
+        if let Some(mut child) = self.replicas[index].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Restarts a killed replica with only its identity flags: membership is on disk.
+    pub fn restart(&mut self, id: u64) {
+        let index = self.index_of(id);
+        assert!(
+            self.replicas[index].child.is_none(),
+            "replica {id} is still running"
+        );
+        self.spawn(index, &[]);
+    }
+
+    /// Forgets a replica entirely (after it was removed from the cluster).
+    pub fn discard(&mut self, id: u64) {
+        self.kill(id);
+        let index = self.index_of(id);
+        self.replicas.remove(index);
+    }
+
+    /// Addresses of the replicas the harness believes are running.
+    pub fn running_endpoints(&self) -> Vec<String> {
+        self.replicas
+            .iter()
+            .filter(|r| r.is_running())
+            .map(|r| r.address.clone())
+            .collect()
+    }
+
+    /// Addresses of every replica, running or not.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.replicas.iter().map(|r| r.address.clone()).collect()
+    }
+
+    /// A leader-aware client over every replica.
+    pub fn client(&self) -> BallastClient {
+        BallastClient::connect(&self.endpoints()).expect("building a client")
+    }
+
+    /// A client that talks to replica `id` only.
+    pub fn client_of(&self, id: u64) -> BallastClient {
+        let mut config = ClientConfig::new(vec![self.replica(id).address.clone()]);
+        config.retry_budget = Duration::from_secs(10);
+        BallastClient::new(config).expect("building a client")
+    }
+
+    /// Status as replica `id` sees it (no retries beyond its own endpoint).
+    pub async fn status(&self, id: u64) -> Option<pb::StatusResponse> {
+        let mut client = ClusterClient::connect(format!("http://{}", self.replica(id).address))
+            .await
+            .ok()?;
+        client
+            .status(pb::StatusRequest {
+                options: Some(pb::ReadOptions { stale: true }),
+            })
+            .await
+            .ok()
+            .map(|r| r.into_inner())
+    }
+
+    /// The leader id agreed by a running replica, waiting up to 20 s for one.
+    pub async fn leader(&self) -> u64 {
+        let ids: Vec<u64> = self
+            .replicas
+            .iter()
+            .filter(|r| r.is_running())
+            .map(|r| r.id)
+            .collect();
+        wait_for("a leader", Duration::from_secs(20), || async {
+            for id in &ids {
+                if let Some(status) = self.status(*id).await
+                    && status.state == "leader"
+                {
+                    return Some(*id);
+                }
+            }
+            None
+        })
+        .await
+    }
+
+    async fn voter_count(&self) -> usize {
+        let leader = self.leader().await;
+        self.status(leader)
+            .await
+            .map(|s| s.members.iter().filter(|m| m.role == "voter").count())
+            .unwrap_or(0)
+    }
+
+    /// Waits until the leader reports `count` voters.
+    pub async fn wait_for_voters(&self, count: usize) {
+        wait_for(
+            &format!("{count} voters"),
+            Duration::from_secs(30),
+            || async {
+                let leader = self.leader().await;
+                let status = self.status(leader).await?;
+                let voters = status.members.iter().filter(|m| m.role == "voter").count();
+                (voters == count).then_some(())
+            },
+        )
+        .await
+    }
+
+    /// Waits until replica `id` has applied at least fleet revision `revision`.
+    pub async fn wait_for_revision(&self, id: u64, revision: u64) {
+        wait_for(
+            &format!("replica {id} at revision {revision}"),
+            Duration::from_secs(30),
+            || async {
+                let status = self.status(id).await?;
+                (status.header?.revision >= revision).then_some(())
+            },
+        )
+        .await
+    }
+
+    /// The directory holding data dirs and logs (kept if the test fails? no: printed).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Concatenated process logs, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for r in &self.replicas {
+            let path = self.dir.path().join(format!("replica-{}.log", r.id));
+            out.push_str(&format!("==== replica {} ====\n", r.id));
+            out.push_str(&std::fs::read_to_string(path).unwrap_or_default());
+        }
+        out
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        for replica in &mut self.replicas {
+            if let Some(mut child) = replica.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        if std::thread::panicking() {
+            eprintln!("{}", self.logs());
+        }
+    }
+}
+
+/// Polls `probe` every 50 ms until it yields a value; panics with `what` after `limit`.
+/// The limits are generous on purpose: they bound a hung test, they do not measure speed.
+pub async fn wait_for<T, F, Fut>(what: &str, limit: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let started = Instant::now();
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        if started.elapsed() > limit {
+            panic!("timed out after {limit:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
