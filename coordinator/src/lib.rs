@@ -1,10 +1,11 @@
 //! Ballast's coordinator: a Raft replica (openraft, fjall storage, tonic transport) holding the
 //! fleet state machine and serving the client and cluster-administration APIs.
 
+pub mod config;
+pub mod error;
 #[path = "fleet_stub.rs"]
 pub mod fleet;
-pub mod raft;
-pub mod error;
 pub mod node;
+pub mod raft;
 pub mod replica;
 pub mod service;

@@ -185,7 +185,8 @@ async fn learn_cluster_id(join: &[String]) -> Result<String, NodeError> {
     })?;
     let status = client
         .cluster(|mut c, req| async move {
-            c.status(req.wrap(pb::StatusRequest { options: None })).await
+            c.status(req.wrap(pb::StatusRequest { options: None }))
+                .await
         })
         .await
         .map_err(|e| NodeError::Join {
@@ -208,17 +209,10 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
         return Err(NodeError::Config("--id must be at least 1".into()));
     }
     validate_id("az", &config.az).map_err(|e| NodeError::Config(e.to_string()))?;
-    let advertise = config
-        .advertise
-        .clone()
-        .unwrap_or_else(|| config.listen.to_string());
-    validate_address("advertise", &advertise).map_err(|e| NodeError::Config(e.to_string()))?;
     std::fs::create_dir_all(&config.data_dir).map_err(|e| NodeError::Identity {
         dir: config.data_dir.display().to_string(),
         reason: format!("cannot create it: {e}"),
     })?;
-    let store = Store::open(&config.data_dir)?;
-    let cluster_id = cluster_identity(&config, &store).await?;
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| NodeError::Listen {
@@ -229,6 +223,14 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
         addr: config.listen,
         source,
     })?;
+    // Port 0 binds an ephemeral port; peers must be told the real one.
+    let advertise = config
+        .advertise
+        .clone()
+        .unwrap_or_else(|| local_addr.to_string());
+    validate_address("advertise", &advertise).map_err(|e| NodeError::Config(e.to_string()))?;
+    let store = Store::open(&config.data_dir)?;
+    let cluster_id = cluster_identity(&config, &store).await?;
 
     let raft_config = Arc::new(raft_config(&config, &cluster_id)?);
     let log_store = LogStore::new(store.clone());
@@ -265,14 +267,28 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
     let (stop, stopped) = watch::channel(false);
     let server = serve(replica.clone(), listener, stopped.clone());
 
-    if config.bootstrap && !raft.is_initialized().await.map_err(|e| NodeError::Raft(e.to_string()))? {
-        tracing::info!(cluster_id = %cluster_id, id = config.id, "bootstrapping a new cluster");
-        raft.initialize([(config.id, node.clone())].into_iter().collect::<std::collections::BTreeMap<_, _>>())
+    if config.bootstrap
+        && !raft
+            .is_initialized()
             .await
-            .map_err(|e| NodeError::Raft(e.to_string()))?;
+            .map_err(|e| NodeError::Raft(e.to_string()))?
+    {
+        tracing::info!(cluster_id = %cluster_id, id = config.id, "bootstrapping a new cluster");
+        raft.initialize(
+            [(config.id, node.clone())]
+                .into_iter()
+                .collect::<std::collections::BTreeMap<_, _>>(),
+        )
+        .await
+        .map_err(|e| NodeError::Raft(e.to_string()))?;
     }
     if !config.join.is_empty() {
-        tokio::spawn(join_loop(replica.clone(), config.join.clone(), node, stopped.clone()));
+        tokio::spawn(join_loop(
+            replica.clone(),
+            config.join.clone(),
+            node,
+            stopped.clone(),
+        ));
     }
     tokio::spawn(snapshot_timer(raft, config.snapshot_interval, stopped));
     tracing::info!(id = config.id, az = %config.az, %local_addr, cluster_id = %cluster_id, "replica serving");

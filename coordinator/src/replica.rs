@@ -120,7 +120,11 @@ impl Replica {
         let mut response = Response::new(message);
         stamp(response.metadata_mut(), CLUSTER_ID_HEADER, &self.cluster_id);
         if let Some((_, leader)) = self.leader() {
-            stamp(response.metadata_mut(), LEADER_ADDRESS_HEADER, &leader.address);
+            stamp(
+                response.metadata_mut(),
+                LEADER_ADDRESS_HEADER,
+                &leader.address,
+            );
         }
         response
     }
@@ -189,7 +193,11 @@ impl Replica {
     pub fn forwarded<T>(&self, message: T) -> Request<T> {
         let mut request = Request::new(message);
         stamp(request.metadata_mut(), CLUSTER_ID_HEADER, &self.cluster_id);
-        stamp(request.metadata_mut(), FORWARDED_HEADER, &self.id.to_string());
+        stamp(
+            request.metadata_mut(),
+            FORWARDED_HEADER,
+            &self.id.to_string(),
+        );
         request.set_timeout(Duration::from_secs(10));
         request
     }

@@ -50,14 +50,20 @@ async fn writes_through_any_replica_reach_all_three() {
     // A linearizable read through a follower sees the latest write.
     let leader = cluster.leader().await;
     let follower = (1..=3u64).find(|id| *id != leader).expect("a follower");
-    assert_eq!(domains(&cluster.client_of(follower), false).await, reference);
+    assert_eq!(
+        domains(&cluster.client_of(follower), false).await,
+        reference
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_sigkill_loses_no_acknowledged_write() {
     let mut cluster = TestCluster::start(coord_binary(), 3, FAST_FLAGS).await;
     let client = Arc::new(cluster.client());
-    client.write(register("s1", "az-a")).await.expect("register");
+    client
+        .write(register("s1", "az-a"))
+        .await
+        .expect("register");
 
     let stop = Arc::new(AtomicBool::new(false));
     let writer = {
@@ -77,10 +83,14 @@ async fn leader_sigkill_loses_no_acknowledged_write() {
             acknowledged
         })
     };
-    wait_for("30 acknowledged writes", Duration::from_secs(30), || async {
-        let status = cluster.status(1).await?;
-        (status.header?.revision >= 30).then_some(())
-    })
+    wait_for(
+        "30 acknowledged writes",
+        Duration::from_secs(30),
+        || async {
+            let status = cluster.status(1).await?;
+            (status.header?.revision >= 30).then_some(())
+        },
+    )
     .await;
     let old_leader = cluster.leader().await;
     cluster.kill(old_leader);
@@ -100,14 +110,21 @@ async fn leader_sigkill_loses_no_acknowledged_write() {
     .await;
     stop.store(true, Ordering::Relaxed);
     let acknowledged = writer.await.expect("writer task");
-    assert!(acknowledged.len() >= 50, "only {} writes acknowledged", acknowledged.len());
+    assert!(
+        acknowledged.len() >= 50,
+        "only {} writes acknowledged",
+        acknowledged.len()
+    );
 
     let present: BTreeSet<String> = domains(&client, false)
         .await
         .into_iter()
         .map(|(d, _)| d)
         .collect();
-    let missing: Vec<_> = acknowledged.iter().filter(|d| !present.contains(*d)).collect();
+    let missing: Vec<_> = acknowledged
+        .iter()
+        .filter(|d| !present.contains(*d))
+        .collect();
     assert!(missing.is_empty(), "acknowledged writes lost: {missing:?}");
 
     // The killed replica comes back from its own disk and converges.
@@ -119,7 +136,10 @@ async fn leader_sigkill_loses_no_acknowledged_write() {
         .map(|h| h.revision)
         .expect("revision");
     cluster.wait_for_revision(old_leader, revision).await;
-    assert_eq!(domains(&cluster.client_of(old_leader), true).await.len(), present.len());
+    assert_eq!(
+        domains(&cluster.client_of(old_leader), true).await.len(),
+        present.len()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -128,7 +148,10 @@ async fn restarted_follower_catches_up_and_new_replica_gets_a_snapshot() {
     flags.extend(["--snapshot-entries", "50", "--logs-to-keep", "0"]);
     let mut cluster = TestCluster::start(coord_binary(), 3, &flags).await;
     let client = cluster.client();
-    client.write(register("s1", "az-a")).await.expect("register");
+    client
+        .write(register("s1", "az-a"))
+        .await
+        .expect("register");
     let leader = cluster.leader().await;
     let follower = (1..=3u64).find(|id| *id != leader).expect("follower");
     cluster.kill(follower);
@@ -159,20 +182,28 @@ async fn restarted_follower_catches_up_and_new_replica_gets_a_snapshot() {
     let snapshot = cluster
         .client_of(leader)
         .cluster(|mut c, req| async move {
-            c.snapshot(req.wrap(ballast_protocol::pb::SnapshotRequest {})).await
+            c.snapshot(req.wrap(ballast_protocol::pb::SnapshotRequest {}))
+                .await
         })
         .await
         .expect("on-demand snapshot");
     assert!(snapshot.snapshot_index > 0);
-    wait_for("the leader to purge its log", Duration::from_secs(30), || async {
-        let status = cluster.status(leader).await?;
-        (status.purged_index > 0).then_some(())
-    })
+    wait_for(
+        "the leader to purge its log",
+        Duration::from_secs(30),
+        || async {
+            let status = cluster.status(leader).await?;
+            (status.purged_index > 0).then_some(())
+        },
+    )
     .await;
     cluster.add(4).await;
     cluster.wait_for_revision(4, revision).await;
     let status4 = cluster.status(4).await.expect("status of replica 4");
-    assert!(status4.snapshot_index > 0, "replica 4 did not install a snapshot");
+    assert!(
+        status4.snapshot_index > 0,
+        "replica 4 did not install a snapshot"
+    );
     assert_eq!(domains(&cluster.client_of(4), true).await.len(), 180);
 }
 
@@ -194,9 +225,15 @@ async fn remove_a_voter_add_a_fresh_one_and_transfer_leadership() {
     cluster.discard(victim);
 
     cluster.add(4).await;
-    let status = cluster.status(cluster.leader().await).await.expect("status");
+    let status = cluster
+        .status(cluster.leader().await)
+        .await
+        .expect("status");
     let ids: BTreeSet<u64> = status.members.iter().map(|m| m.id).collect();
-    assert!(!ids.contains(&victim) && ids.contains(&4), "members now {ids:?}");
+    assert!(
+        !ids.contains(&victim) && ids.contains(&4),
+        "members now {ids:?}"
+    );
 
     let leader = cluster.leader().await;
     let target = cluster
@@ -215,5 +252,8 @@ async fn remove_a_voter_add_a_fresh_one_and_transfer_leadership() {
         .expect("transferring leadership");
     assert_eq!(cluster.leader().await, target);
     // The cluster still takes writes after the transfer.
-    client.write(register("s9", "az-c")).await.expect("write after transfer");
+    client
+        .write(register("s9", "az-c"))
+        .await
+        .expect("write after transfer");
 }

@@ -216,7 +216,7 @@ impl BallastClient {
                 factory,
             )
         })
-            .await
+        .await
     }
 
     /// Runs one call on the `Cluster` service with failover and retries.
@@ -233,7 +233,7 @@ impl BallastClient {
                 factory,
             )
         })
-            .await
+        .await
     }
 
     /// Runs `op` against the preferred endpoint, then the others, until it succeeds, fails with
@@ -247,8 +247,7 @@ impl BallastClient {
         let mut attempt: usize = 0;
         let mut last_error: String;
         loop {
-            let index =
-                (self.preferred.load(Ordering::Relaxed) + attempt) % self.endpoints.len();
+            let index = (self.preferred.load(Ordering::Relaxed) + attempt) % self.endpoints.len();
             let factory = RequestFactory {
                 cluster_id: self.cluster_id(),
             };
@@ -278,8 +277,9 @@ impl BallastClient {
             }
             // A full pass over every endpoint failed: back off briefly (an election is
             // usually under way) instead of spinning.
-            if attempt % self.endpoints.len() == 0 {
-                let pause = Duration::from_millis(50 * (attempt / self.endpoints.len()).min(10) as u64);
+            if attempt.is_multiple_of(self.endpoints.len()) {
+                let pause =
+                    Duration::from_millis(50 * (attempt / self.endpoints.len()).min(10) as u64);
                 tokio::time::sleep(pause).await;
             }
         }
@@ -287,7 +287,10 @@ impl BallastClient {
 
     /// Pins the cluster id from the first answer and steers future calls to the leader.
     fn learn(&self, index: usize, metadata: &MetadataMap) -> Result<(), ClientError> {
-        if let Some(answered) = metadata.get(CLUSTER_ID_HEADER).and_then(|v| v.to_str().ok()) {
+        if let Some(answered) = metadata
+            .get(CLUSTER_ID_HEADER)
+            .and_then(|v| v.to_str().ok())
+        {
             let mut pinned = self
                 .cluster_id
                 .lock()

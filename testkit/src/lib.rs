@@ -1,6 +1,7 @@
 //! Harness for tests that run real `ballast-coord` processes on loopback: free ports, data
 //! dirs, bootstrap/join, SIGKILL, restart and waiting for conditions. Every test that starts
-//! processes uses this one harness instead of rolling its own.
+//! processes uses this one harness instead of rolling its own; the demo and the benchmarks
+//! launch their clusters with it too.
 
 use std::fs::File;
 use std::net::TcpListener;
@@ -49,9 +50,43 @@ pub struct Replica {
 }
 
 impl Replica {
+    /// OS process id while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     /// Whether the process is running (as far as the harness knows).
     pub fn is_running(&self) -> bool {
         self.child.is_some()
+    }
+}
+
+/// How to launch replicas and where to keep their files.
+#[derive(Clone, Debug, Default)]
+pub struct ClusterOptions {
+    /// Program to run (`ballast-coord`, or another binary embedding it).
+    pub program: PathBuf,
+    /// Arguments placed before the replica flags (e.g. a subcommand name).
+    pub leading_args: Vec<String>,
+    /// Flags appended for every replica.
+    pub extra: Vec<String>,
+    /// Keep data dirs and logs here instead of in a temporary directory.
+    pub dir: Option<PathBuf>,
+    /// Listen on `base_port + id - 1` instead of ephemeral ports.
+    pub base_port: Option<u16>,
+}
+
+enum Dir {
+    Temp(tempfile::TempDir),
+    Kept(PathBuf),
+}
+
+impl Dir {
+    fn path(&self) -> &Path {
+        match self {
+            Dir::Temp(t) => t.path(),
+            Dir::Kept(p) => p,
+        }
     }
 }
 
@@ -59,20 +94,38 @@ impl Replica {
 pub struct TestCluster {
     /// Replicas by position (ids are 1-based and need not be contiguous after removals).
     pub replicas: Vec<Replica>,
-    binary: PathBuf,
-    extra: Vec<String>,
-    dir: tempfile::TempDir,
+    options: ClusterOptions,
+    dir: Dir,
 }
 
 impl TestCluster {
     /// Starts `size` replicas: replica 1 bootstraps, the others join through it. Returns once
     /// every replica is a voter. `extra` flags go to every replica.
     pub async fn start(binary: &Path, size: u64, extra: &[&str]) -> TestCluster {
+        Self::start_with(
+            ClusterOptions {
+                program: binary.to_path_buf(),
+                extra: extra.iter().map(|s| s.to_string()).collect(),
+                ..ClusterOptions::default()
+            },
+            size,
+        )
+        .await
+    }
+
+    /// Like [`TestCluster::start`] with full control over program, directory and ports.
+    pub async fn start_with(options: ClusterOptions, size: u64) -> TestCluster {
+        let dir = match &options.dir {
+            Some(path) => {
+                std::fs::create_dir_all(path).expect("creating the cluster directory");
+                Dir::Kept(path.clone())
+            }
+            None => Dir::Temp(tempfile::tempdir().expect("creating a temp dir")),
+        };
         let mut cluster = TestCluster {
             replicas: Vec::new(),
-            binary: binary.to_path_buf(),
-            extra: extra.iter().map(|s| s.to_string()).collect(),
-            dir: tempfile::tempdir().expect("creating a temp dir"),
+            options,
+            dir,
         };
         cluster.spawn_new(1, &["--bootstrap".to_string()]);
         cluster.wait_for_voters(1).await;
@@ -92,7 +145,10 @@ impl TestCluster {
     }
 
     fn spawn_new(&mut self, id: u64, role_args: &[String]) {
-        let port = free_port();
+        let port = match self.options.base_port {
+            Some(base) => base + (id as u16 - 1),
+            None => free_port(),
+        };
         let replica = Replica {
             id,
             az: az_of(id),
@@ -112,7 +168,8 @@ impl TestCluster {
             .append(true)
             .open(self.dir.path().join(format!("replica-{}.log", replica.id)))
             .expect("opening the replica log");
-        let child = Command::new(&self.binary)
+        let child = Command::new(&self.options.program)
+            .args(&self.options.leading_args)
             .arg("--id")
             .arg(replica.id.to_string())
             .arg("--az")
@@ -122,7 +179,7 @@ impl TestCluster {
             .arg("--data-dir")
             .arg(&replica.data_dir)
             .args(role_args)
-            .args(&self.extra)
+            .args(&self.options.extra)
             .env("RUST_LOG", "info,openraft=warn,fjall=warn,lsm_tree=warn")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("cloning the log handle"))
@@ -267,7 +324,7 @@ impl TestCluster {
         .await
     }
 
-    /// The directory holding data dirs and logs (kept if the test fails? no: printed).
+    /// The directory holding data dirs and `replica-N.log` files.
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
@@ -292,7 +349,7 @@ impl Drop for TestCluster {
                 let _ = child.wait();
             }
         }
-        if std::thread::panicking() {
+        if std::thread::panicking() && matches!(self.dir, Dir::Temp(_)) {
             eprintln!("{}", self.logs());
         }
     }

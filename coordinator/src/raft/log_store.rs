@@ -97,9 +97,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         };
         let mut entries = Vec::new();
         for item in iter {
-            let (key, value) = item
-                .into_inner()
-                .map_err(|e| read_err(self.store.err(e)))?;
+            let (key, value) = item.into_inner().map_err(|e| read_err(self.store.err(e)))?;
             let index = u64::from_be_bytes(key.as_ref().try_into().unwrap_or([0; 8]));
             entries.push(self.decode(index, &value)?);
         }
@@ -180,9 +178,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 .map_err(|e| StorageIOError::write_log_entry(entry.log_id, &io_err(e)))?;
             batch.insert(&self.store.log, log_key(entry.log_id.index), bytes);
         }
-        batch
-            .commit()
-            .map_err(|e| write_err(self.store.err(e)))?;
+        batch.commit().map_err(|e| write_err(self.store.err(e)))?;
         self.flush_jobs
             .send(callback)
             .map_err(|e| write_err_msg(format!("log flusher stopped: {e}")))?;
@@ -195,26 +191,21 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let key = item.key().map_err(|e| write_err(self.store.err(e)))?;
             batch.remove(&self.store.log, key);
         }
-        batch
-            .commit()
-            .map_err(|e| write_err(self.store.err(e)))?;
+        batch.commit().map_err(|e| write_err(self.store.err(e)))?;
         // Durable at once: truncated entries of a deposed leader must not come back after a
         // crash and make this replica look more up to date than it is.
         self.store.sync().map_err(write_err)
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        let bytes = serde_json::to_vec(&Some(log_id))
-            .map_err(|e| write_err_msg(e.to_string()))?;
+        let bytes = serde_json::to_vec(&Some(log_id)).map_err(|e| write_err_msg(e.to_string()))?;
         let mut batch = self.store.db.batch();
         batch.insert(&self.store.meta, META_PURGED, bytes);
         for item in self.store.log.range(..=log_key(log_id.index)) {
             let key = item.key().map_err(|e| write_err(self.store.err(e)))?;
             batch.remove(&self.store.log, key);
         }
-        batch
-            .commit()
-            .map_err(|e| write_err(self.store.err(e)))
+        batch.commit().map_err(|e| write_err(self.store.err(e)))
     }
 }
 

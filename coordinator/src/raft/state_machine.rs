@@ -19,7 +19,6 @@ use super::types::{
 };
 use crate::fleet::{Applied, FleetState};
 
-
 /// State shared between the state machine (writer) and the gRPC services (readers).
 pub struct SharedState {
     fleet: RwLock<FleetState>,
@@ -158,7 +157,9 @@ fn save_snapshot(store: &Store, meta: &SnapshotMeta, data: &[u8]) -> Result<(), 
     let mut batch = store.db.batch();
     batch.insert(&store.snapshot, SNAPSHOT_DATA_KEY, data);
     batch.insert(&store.snapshot, SNAPSHOT_META_KEY, meta_bytes);
-    batch.commit().map_err(|e| snapshot_write_err(store.err(e)))?;
+    batch
+        .commit()
+        .map_err(|e| snapshot_write_err(store.err(e)))?;
     // The log behind this snapshot is purged next; the snapshot must be on disk first.
     store.sync().map_err(snapshot_write_err)
 }
@@ -206,8 +207,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                         changed: false,
                     }),
                     EntryPayload::Normal(request) => {
-                        let id = (!request.request_id.is_empty())
-                            .then_some(request.request_id.as_str());
+                        let id =
+                            (!request.request_id.is_empty()).then_some(request.request_id.as_str());
                         fleet.apply_request(id, &request.command)
                     }
                     EntryPayload::Membership(membership) => {

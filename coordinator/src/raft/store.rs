@@ -150,7 +150,9 @@ impl Store {
 
     /// Fsyncs the journal: everything written so far survives a crash.
     pub fn sync(&self) -> Result<(), StoreError> {
-        self.db.persist(PersistMode::SyncAll).map_err(|e| self.err(e))
+        self.db
+            .persist(PersistMode::SyncAll)
+            .map_err(|e| self.err(e))
     }
 
     /// Bytes the database occupies on disk.

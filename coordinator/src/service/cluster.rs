@@ -28,7 +28,10 @@ impl ClusterService {
         Self { replica }
     }
 
-    fn cluster_client(&self, address: &str) -> Result<ClusterClient<tonic::transport::Channel>, Status> {
+    fn cluster_client(
+        &self,
+        address: &str,
+    ) -> Result<ClusterClient<tonic::transport::Channel>, Status> {
         Ok(ClusterClient::new(self.replica.channel_to(address)?))
     }
 
@@ -69,15 +72,16 @@ pub fn placement(voter_azs: &[String]) -> pb::Placement {
     } else if !crowded.is_empty() {
         (
             false,
-            format!(
-                "losing one AZ may lose quorum: {}",
-                crowded.join(", ")
-            ),
+            format!("losing one AZ may lose quorum: {}", crowded.join(", ")),
         )
     } else {
         (
             true,
-            format!("{} voters in {} distinct AZs", voter_azs.len(), per_az.len()),
+            format!(
+                "{} voters in {} distinct AZs",
+                voter_azs.len(),
+                per_az.len()
+            ),
         )
     };
     let mut azs = voter_azs.to_vec();
@@ -170,7 +174,8 @@ impl Cluster for ClusterService {
         if join.id == 0 {
             return Err(invalid("id", "replica ids start at 1"));
         }
-        validate_address("address", &join.address).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        validate_address("address", &join.address)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         validate_id("az", &join.az).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let node = ReplicaNode {
             address: join.address.clone(),
@@ -184,9 +189,7 @@ impl Cluster for ClusterService {
                     join.id, existing.address, node.address
                 )));
             }
-        } else if let Some((other, _)) = membership
-            .nodes()
-            .find(|(_, n)| n.address == node.address)
+        } else if let Some((other, _)) = membership.nodes().find(|(_, n)| n.address == node.address)
         {
             return Err(Status::already_exists(format!(
                 "address {} already belongs to replica {other}",
@@ -279,7 +282,9 @@ impl Cluster for ClusterService {
         let membership = metrics.membership_config.membership().clone();
         let voters: Vec<NodeId> = membership.voter_ids().collect();
         let Some(target_node) = membership.get_node(&target).cloned() else {
-            return Err(Status::not_found(format!("replica {target} is not a member")));
+            return Err(Status::not_found(format!(
+                "replica {target} is not a member"
+            )));
         };
         if !voters.contains(&target) {
             return Err(Status::failed_precondition(format!(
@@ -315,7 +320,11 @@ impl Cluster for ClusterService {
                     cluster_id: replica.cluster_id.clone(),
                     millis: pause_ms,
                 };
-                if let Err(e) = self.raft_client(&node.address)?.pause_election(control).await {
+                if let Err(e) = self
+                    .raft_client(&node.address)?
+                    .pause_election(control)
+                    .await
+                {
                     tracing::warn!(voter, error = %e, "could not pause a voter's election timer");
                 }
             }
@@ -328,7 +337,10 @@ impl Cluster for ClusterService {
             cluster_id: replica.cluster_id.clone(),
             millis: (lease + Duration::from_millis(50)).as_millis() as u64,
         };
-        let started = self.raft_client(&target_node.address)?.campaign(campaign).await;
+        let started = self
+            .raft_client(&target_node.address)?
+            .campaign(campaign)
+            .await;
         let moved = match started {
             Ok(_) => replica
                 .raft

@@ -33,8 +33,14 @@ fn slices(field: &str, list: Vec<pb::QuotaSlice>) -> Result<BTreeMap<String, u64
 }
 
 /// Converts a wire command. `default_lease` fills in registrations that name no lease.
-pub fn to_fleet(command: Option<pb::Command>, default_lease: Duration) -> Result<FleetCommand, Status> {
-    let Some(pb::Command { command: Some(command) }) = command else {
+pub fn to_fleet(
+    command: Option<pb::Command>,
+    default_lease: Duration,
+) -> Result<FleetCommand, Status> {
+    let Some(pb::Command {
+        command: Some(command),
+    }) = command
+    else {
         return Err(invalid("command", "no command given"));
     };
     Ok(match command {

@@ -34,9 +34,9 @@ async fn status(ctx: &Context) -> anyhow::Result<pb::StatusResponse> {
     let options = ctx.read_options();
     Ok(ctx
         .client
-        .cluster(|mut c, req| async move {
-            c.status(req.wrap(pb::StatusRequest { options })).await
-        })
+        .cluster(
+            |mut c, req| async move { c.status(req.wrap(pb::StatusRequest { options })).await },
+        )
         .await?)
 }
 
@@ -90,11 +90,26 @@ pub async fn run(ctx: &Context, cmd: ClusterCmd) -> anyhow::Result<Rendered> {
                  log: applied {} last {} snapshot {} purged {}\n\
                  placement: {} ({})\n\
                  fleet: {} shards, {} domains, {} bindings, {} quotas, {} providers\n\n{}",
-                h.cluster_id, h.member_id, s.address, s.az, s.state, h.leader_id,
-                s.leader_address, h.raft_term, h.revision, s.applied_index, s.last_log_index,
-                s.snapshot_index, s.purged_index,
-                if p.healthy { "healthy" } else { "AT RISK" }, p.message,
-                s.shard_count, s.domain_count, s.binding_count, s.quota_count, s.provider_count,
+                h.cluster_id,
+                h.member_id,
+                s.address,
+                s.az,
+                s.state,
+                h.leader_id,
+                s.leader_address,
+                h.raft_term,
+                h.revision,
+                s.applied_index,
+                s.last_log_index,
+                s.snapshot_index,
+                s.purged_index,
+                if p.healthy { "healthy" } else { "AT RISK" },
+                p.message,
+                s.shard_count,
+                s.domain_count,
+                s.binding_count,
+                s.quota_count,
+                s.provider_count,
                 members_table(&s.members),
             );
             Ok(Rendered { json, human })
@@ -137,7 +152,8 @@ pub async fn run(ctx: &Context, cmd: ClusterCmd) -> anyhow::Result<Rendered> {
         ClusterCmd::Remove { id } => {
             ctx.client
                 .cluster(|mut c, req| async move {
-                    c.remove_member(req.wrap(pb::RemoveMemberRequest { id })).await
+                    c.remove_member(req.wrap(pb::RemoveMemberRequest { id }))
+                        .await
                 })
                 .await?;
             Ok(Rendered {
@@ -148,14 +164,17 @@ pub async fn run(ctx: &Context, cmd: ClusterCmd) -> anyhow::Result<Rendered> {
         ClusterCmd::Snapshot => {
             let r = ctx
                 .client
-                .cluster(|mut c, req| async move {
-                    c.snapshot(req.wrap(pb::SnapshotRequest {})).await
-                })
+                .cluster(
+                    |mut c, req| async move { c.snapshot(req.wrap(pb::SnapshotRequest {})).await },
+                )
                 .await?;
             let member = r.header.as_ref().map(|h| h.member_id).unwrap_or(0);
             Ok(Rendered {
                 json: json!({ "id": member, "snapshot_index": r.snapshot_index }),
-                human: format!("replica {member} snapshot at log index {}", r.snapshot_index),
+                human: format!(
+                    "replica {member} snapshot at log index {}",
+                    r.snapshot_index
+                ),
             })
         }
     }

@@ -75,7 +75,8 @@ pub async fn run(ctx: &Context, cmd: QuotaCmd) -> anyhow::Result<Rendered> {
             let r = ctx
                 .client
                 .fleet(|mut c, req| async move {
-                    c.list_quotas(req.wrap(pb::ListQuotasRequest { options })).await
+                    c.list_quotas(req.wrap(pb::ListQuotasRequest { options }))
+                        .await
                 })
                 .await?;
             let slices_text = |q: &pb::Quota| {

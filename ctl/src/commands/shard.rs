@@ -66,7 +66,8 @@ pub async fn run(ctx: &Context, cmd: ShardCmd) -> anyhow::Result<Rendered> {
             let r = ctx
                 .client
                 .fleet(|mut c, req| async move {
-                    c.list_shards(req.wrap(pb::ListShardsRequest { options })).await
+                    c.list_shards(req.wrap(pb::ListShardsRequest { options }))
+                        .await
                 })
                 .await?;
             return Ok(Rendered {
@@ -98,7 +99,10 @@ pub async fn run(ctx: &Context, cmd: ShardCmd) -> anyhow::Result<Rendered> {
                 .client
                 .fleet(|mut c, req| {
                     let id = id.clone();
-                    async move { c.get_shard(req.wrap(pb::GetShardRequest { options, id })).await }
+                    async move {
+                        c.get_shard(req.wrap(pb::GetShardRequest { options, id }))
+                            .await
+                    }
                 })
                 .await?;
             let shard = r.shard.clone().unwrap_or_default();

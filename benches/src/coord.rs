@@ -1,0 +1,460 @@
+//! The coordinator macro benchmark.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use ballast_protocol::client::BallastClient;
+use ballast_protocol::pb;
+use ballast_protocol::pb::command::Command as Wire;
+use ballast_testkit::{ClusterOptions, TestCluster};
+
+use crate::stats::{Summary, dir_bytes, mib, ms, rss_bytes};
+
+/// Flags of `ballast-bench coord`.
+#[derive(clap::Args, Debug)]
+pub struct CoordBenchArgs {
+    /// Seconds each write-concurrency level runs.
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// Sequential reads per read mode.
+    #[arg(long, default_value_t = 2000)]
+    reads: usize,
+    /// Leader SIGKILLs to time.
+    #[arg(long, default_value_t = 10)]
+    kills: usize,
+    /// Domains loaded for the memory figure.
+    #[arg(long, default_value_t = 100_000)]
+    domains: usize,
+    /// Cluster bindings loaded for the memory figure.
+    #[arg(long, default_value_t = 20_000)]
+    bindings: usize,
+    /// Shards registered.
+    #[arg(long, default_value_t = 200)]
+    shards: usize,
+    /// Markdown report to write.
+    #[arg(long, default_value = "docs/benchmarks.md")]
+    out: PathBuf,
+}
+
+fn command(inner: Wire) -> pb::Command {
+    pb::Command {
+        command: Some(inner),
+    }
+}
+
+fn shard_id(i: usize) -> String {
+    format!("shard-{i:03}")
+}
+
+const AZS: [&str; 3] = ["az-a", "az-b", "az-c"];
+
+struct ThroughputRow {
+    in_flight: usize,
+    writes: usize,
+    per_second: f64,
+    latency: Summary,
+    errors: usize,
+}
+
+/// Runs `in_flight` writers for `seconds`, each assigning fresh domains.
+async fn write_throughput(
+    client: Arc<BallastClient>,
+    in_flight: usize,
+    seconds: u64,
+    shards: usize,
+) -> ThroughputRow {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for worker in 0..in_flight {
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut errors = 0;
+            let mut n = 0usize;
+            while Instant::now() < deadline {
+                let domain = format!("zone=bench/rack=c{in_flight}-w{worker}-n{n}");
+                let shard = shard_id((worker + n) % shards);
+                let begin = Instant::now();
+                let result = client
+                    .write(command(Wire::AssignDomains(pb::AssignDomains {
+                        assignments: vec![pb::DomainAssignment { domain, shard }],
+                        allow_move: false,
+                    })))
+                    .await;
+                match result {
+                    Ok(_) => latencies.push(begin.elapsed()),
+                    Err(_) => errors += 1,
+                }
+                n += 1;
+            }
+            (latencies, errors)
+        }));
+    }
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for task in tasks {
+        if let Ok((latencies, e)) = task.await {
+            all.extend(latencies);
+            errors += e;
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    ThroughputRow {
+        in_flight,
+        writes: all.len(),
+        per_second: all.len() as f64 / elapsed,
+        latency: Summary::of(&mut all),
+        errors,
+    }
+}
+
+async fn read_latency(
+    client: &BallastClient,
+    reads: usize,
+    stale: bool,
+) -> anyhow::Result<Summary> {
+    let mut samples = Vec::with_capacity(reads);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for _ in 0..reads {
+        if Instant::now() > deadline {
+            break;
+        }
+        let begin = Instant::now();
+        client
+            .fleet(|mut c, req| async move {
+                c.get_shard(req.wrap(pb::GetShardRequest {
+                    options: Some(pb::ReadOptions { stale }),
+                    id: shard_id(0),
+                }))
+                .await
+            })
+            .await?;
+        samples.push(begin.elapsed());
+    }
+    Ok(Summary::of(&mut samples))
+}
+
+async fn load_fleet(
+    client: &BallastClient,
+    domains: usize,
+    bindings: usize,
+    shards: usize,
+) -> anyhow::Result<()> {
+    const BATCH: usize = 10_000;
+    for start in (0..domains).step_by(BATCH) {
+        let assignments = (start..(start + BATCH).min(domains))
+            .map(|n| pb::DomainAssignment {
+                domain: format!("topology.kubernetes.io/zone={}/rack=r{:06}", AZS[n % 3], n),
+                shard: shard_id(n % shards),
+            })
+            .collect();
+        client
+            .write(command(Wire::AssignDomains(pb::AssignDomains {
+                assignments,
+                allow_move: false,
+            })))
+            .await
+            .context("loading domains")?;
+    }
+    for start in (0..bindings).step_by(BATCH) {
+        let commands = (start..(start + BATCH).min(bindings))
+            .map(|n| {
+                command(Wire::BindCluster(pb::BindCluster {
+                    cluster: format!("cluster-{n:06}"),
+                    shard: shard_id(n % shards),
+                }))
+            })
+            .collect();
+        client
+            .write(command(Wire::Batch(pb::Batch { commands })))
+            .await
+            .context("loading bindings")?;
+    }
+    Ok(())
+}
+
+fn rss_row(cluster: &TestCluster) -> (Vec<u64>, u64) {
+    let each: Vec<u64> = cluster
+        .replicas
+        .iter()
+        .map(|r| r.pid().and_then(rss_bytes).unwrap_or(0))
+        .collect();
+    let total = each.iter().sum();
+    (each, total)
+}
+
+fn machine() -> String {
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .next()
+                .map(|l| l.split_whitespace().nth(1).unwrap_or("0").to_string())
+        })
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .map(|kb| format!("{:.0} GiB", kb as f64 / 1024.0 / 1024.0))
+        .unwrap_or_else(|| "?".into());
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    format!("{cores} cores ({cpu}), {memory} RAM, Linux, loopback networking, fsync on")
+}
+
+/// Runs the benchmark and writes the report.
+pub async fn run(args: CoordBenchArgs) -> anyhow::Result<()> {
+    let program = std::env::current_exe().context("locating ballast-bench")?;
+    let dir = tempdir_path();
+    let mut cluster = TestCluster::start_with(
+        ClusterOptions {
+            program,
+            leading_args: vec!["replica".into()],
+            extra: Vec::new(),
+            dir: Some(dir.clone()),
+            base_port: None,
+        },
+        3,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (idle_rss, idle_total) = rss_row(&cluster);
+    eprintln!("idle RSS: {idle_rss:?}");
+
+    let client = Arc::new(cluster.client());
+    let registrations = (0..args.shards)
+        .map(|i| {
+            command(Wire::RegisterShard(pb::RegisterShard {
+                id: shard_id(i),
+                address: format!("10.0.{}.{}:7800", i / 250, i % 250),
+                az: AZS[i % 3].into(),
+                lease_ttl_ms: 3_600_000,
+            }))
+        })
+        .collect();
+    client
+        .write(command(Wire::Batch(pb::Batch {
+            commands: registrations,
+        })))
+        .await
+        .context("registering shards")?;
+
+    let mut throughput = Vec::new();
+    for in_flight in [1usize, 32, 128] {
+        eprintln!("writes with {in_flight} in flight for {} s", args.seconds);
+        let row = write_throughput(client.clone(), in_flight, args.seconds, args.shards).await;
+        eprintln!("  {:.0} writes/s", row.per_second);
+        throughput.push(row);
+    }
+
+    let leader = cluster.leader().await;
+    let follower = cluster
+        .replicas
+        .iter()
+        .map(|r| r.id)
+        .find(|id| *id != leader)
+        .context("no follower")?;
+    eprintln!("reads");
+    let read_leader_linear = read_latency(&cluster.client_of(leader), args.reads, false).await?;
+    let read_follower_linear =
+        read_latency(&cluster.client_of(follower), args.reads, false).await?;
+    let read_stale = read_latency(&cluster.client_of(follower), args.reads, true).await?;
+
+    eprintln!(
+        "loading {} domains and {} bindings",
+        args.domains, args.bindings
+    );
+    load_fleet(&client, args.domains, args.bindings, args.shards).await?;
+    // Give every replica time to apply and settle allocator arenas before reading RSS.
+    let revision = client
+        .fleet(|mut c, req| async move {
+            c.list_shards(req.wrap(pb::ListShardsRequest { options: None }))
+                .await
+        })
+        .await?
+        .header
+        .map(|h| h.revision)
+        .unwrap_or(0);
+    for r in cluster.replicas.iter().map(|r| r.id).collect::<Vec<_>>() {
+        cluster.wait_for_revision(r, revision).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (loaded_rss, loaded_total) = rss_row(&cluster);
+    let disk: Vec<u64> = cluster
+        .replicas
+        .iter()
+        .map(|r| dir_bytes(&r.data_dir))
+        .collect();
+
+    eprintln!("{} leader kills", args.kills);
+    let mut kill_samples = Vec::new();
+    for round in 0..args.kills {
+        let leader = cluster.leader().await;
+        cluster.kill(leader);
+        let killed = Instant::now();
+        let fresh = cluster.client();
+        fresh
+            .write(command(Wire::AssignDomains(pb::AssignDomains {
+                assignments: vec![pb::DomainAssignment {
+                    domain: format!("zone=bench/rack=kill-{round}"),
+                    shard: shard_id(0),
+                }],
+                allow_move: false,
+            })))
+            .await
+            .context("first write after a leader kill")?;
+        kill_samples.push(killed.elapsed());
+        eprintln!("  kill {round}: {} ms", ms(killed.elapsed()));
+        cluster.restart(leader);
+        let revision = fresh
+            .fleet(|mut c, req| async move {
+                c.list_shards(req.wrap(pb::ListShardsRequest { options: None }))
+                    .await
+            })
+            .await?
+            .header
+            .map(|h| h.revision)
+            .unwrap_or(0);
+        cluster.wait_for_revision(leader, revision).await;
+    }
+    let kills = Summary::of(&mut kill_samples);
+
+    let mut report = String::new();
+    let now = std::process::Command::new("date")
+        .arg("-u")
+        .arg("+%Y-%m-%d %H:%M UTC")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    writeln!(report, "# Benchmarks\n")?;
+    writeln!(
+        report,
+        "Produced by `cargo run --release -p ballast-bench -- coord` on {now}.\n\nMachine: {}.\n\
+         Cluster: 3 `ballast-coord` replicas (child processes) on 127.0.0.1 with default flags \
+         (heartbeat 50 ms, election 200–400 ms), each fsyncing its fjall journal before \
+         acknowledging appends. {} shards registered. Figures move with the disk, which on this \
+         machine changes speed from hour to hour; compare runs only within one report.\n",
+        machine(),
+        args.shards
+    )?;
+    writeln!(
+        report,
+        "## Committed writes (single-domain assignments, {} s per level)\n",
+        args.seconds
+    )?;
+    writeln!(
+        report,
+        "| in flight | writes | writes/s | p50 ms | p99 ms | max ms | errors |"
+    )?;
+    writeln!(report, "|---:|---:|---:|---:|---:|---:|---:|")?;
+    for row in &throughput {
+        writeln!(
+            report,
+            "| {} | {} | {:.0} | {} | {} | {} | {} |",
+            row.in_flight,
+            row.writes,
+            row.per_second,
+            ms(row.latency.p50),
+            ms(row.latency.p99),
+            ms(row.latency.max),
+            row.errors
+        )?;
+    }
+    writeln!(report, "\n## Reads (`GetShard`, one client, sequential)\n")?;
+    writeln!(report, "| read | count | p50 ms | p99 ms | max ms |")?;
+    writeln!(report, "|---|---:|---:|---:|---:|")?;
+    for (name, s) in [
+        ("linearizable, on the leader", &read_leader_linear),
+        (
+            "linearizable, on a follower (read index)",
+            &read_follower_linear,
+        ),
+        ("stale, on a follower", &read_stale),
+    ] {
+        writeln!(
+            report,
+            "| {name} | {} | {} | {} | {} |",
+            s.count,
+            ms(s.p50),
+            ms(s.p99),
+            ms(s.max)
+        )?;
+    }
+    writeln!(
+        report,
+        "\n## Leader SIGKILL → next acknowledged write ({} kills)\n",
+        kills.count
+    )?;
+    writeln!(
+        report,
+        "Time from SIGKILL of the leader until a write through a fresh client over all three \
+         endpoints is acknowledged; the killed replica is restarted and caught up between kills.\n"
+    )?;
+    writeln!(report, "| median ms | p99 ms | max ms |")?;
+    writeln!(report, "|---:|---:|---:|")?;
+    writeln!(
+        report,
+        "| {} | {} | {} |",
+        ms(kills.p50),
+        ms(kills.p99),
+        ms(kills.max)
+    )?;
+    writeln!(report, "\n## Memory and disk\n")?;
+    writeln!(
+        report,
+        "Loaded = {} shards + {} domains + {} cluster bindings (plus the benchmark's own \
+         writes), applied on every replica.\n",
+        args.shards, args.domains, args.bindings
+    )?;
+    writeln!(
+        report,
+        "| replica | RSS idle MiB | RSS loaded MiB | data dir MiB |"
+    )?;
+    writeln!(report, "|---|---:|---:|---:|")?;
+    for (i, r) in cluster.replicas.iter().enumerate() {
+        writeln!(
+            report,
+            "| {} | {} | {} | {} |",
+            r.id,
+            mib(idle_rss.get(i).copied().unwrap_or(0)),
+            mib(loaded_rss.get(i).copied().unwrap_or(0)),
+            mib(disk.get(i).copied().unwrap_or(0))
+        )?;
+    }
+    writeln!(
+        report,
+        "| **total** | {} | {} | {} |",
+        mib(idle_total),
+        mib(loaded_total),
+        mib(disk.iter().sum())
+    )?;
+    writeln!(
+        report,
+        "\nNot yet measured here: the side-by-side run against a 3-member etcd (ratios), which \
+         comes with the benchmark-suite work."
+    )?;
+    if let Some(parent) = args.out.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(&args.out, &report)
+        .with_context(|| format!("writing {}", args.out.display()))?;
+    println!("{report}");
+    drop(cluster);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+fn tempdir_path() -> PathBuf {
+    std::env::temp_dir().join(format!("ballast-bench-{}", std::process::id()))
+}

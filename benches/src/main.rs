@@ -1,0 +1,34 @@
+//! `ballast-bench`: measures a real 3-replica cluster on loopback and writes a markdown report.
+//! Replicas run as child processes of this binary (`ballast-bench replica ...`).
+
+mod coord;
+mod stats;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "ballast-bench", version, about = "Ballast benchmarks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Coordinator benchmark: write throughput and latency, read latency, leader-kill
+    /// recovery, RSS and disk use; writes a markdown report.
+    Coord(coord::CoordBenchArgs),
+    /// Run one coordinator replica (same flags as `ballast-coord`).
+    Replica(ballast_coordinator::config::CoordArgs),
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Coord(args) => coord::run(args).await,
+        Command::Replica(args) => {
+            ballast_coordinator::config::init_logging();
+            ballast_coordinator::config::run_until_signal(args).await
+        }
+    }
+}

@@ -1,0 +1,133 @@
+//! `ballast-coord`'s flags: the one configuration struct of the replica binary (also embedded
+//! by `ballast-sim`, which runs replicas as child processes of itself).
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+
+use crate::node::{self, NodeConfig};
+
+/// A Ballast coordinator replica (Raft over gRPC, state on fjall).
+///
+/// Start the first replica with --bootstrap, the others with --join. A restarted replica needs
+/// only --id, --az, --listen and --data-dir: membership and cluster id are on disk.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "ballast-coord", version)]
+pub struct CoordArgs {
+    /// Replica id (>= 1), unique within the cluster.
+    #[arg(long, env = "BALLAST_ID")]
+    pub id: u64,
+    /// Availability-zone label of this replica.
+    #[arg(long, env = "BALLAST_AZ")]
+    pub az: String,
+    /// Address serving the client API and Raft traffic.
+    #[arg(long, env = "BALLAST_LISTEN", default_value = "127.0.0.1:7701")]
+    pub listen: SocketAddr,
+    /// Address others use to reach this replica (defaults to --listen).
+    #[arg(long, env = "BALLAST_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// Data directory (Raft log, metadata, snapshots).
+    #[arg(long, env = "BALLAST_DATA_DIR")]
+    pub data_dir: PathBuf,
+    /// Create a new cluster with this replica as its first voter (ignored once initialised).
+    #[arg(long, env = "BALLAST_BOOTSTRAP", conflicts_with = "join")]
+    pub bootstrap: bool,
+    /// Comma-separated addresses of existing members to join through.
+    #[arg(long, env = "BALLAST_JOIN", value_delimiter = ',')]
+    pub join: Vec<String>,
+    /// Leader heartbeat interval in milliseconds.
+    #[arg(long, env = "BALLAST_HEARTBEAT_MS", default_value_t = 50)]
+    pub heartbeat_ms: u64,
+    /// Lower bound of the election timeout in milliseconds.
+    #[arg(long, env = "BALLAST_ELECTION_MIN_MS", default_value_t = 200)]
+    pub election_min_ms: u64,
+    /// Upper bound of the election timeout in milliseconds (also the leader lease).
+    #[arg(long, env = "BALLAST_ELECTION_MAX_MS", default_value_t = 400)]
+    pub election_max_ms: u64,
+    /// Snapshot after this many log entries since the last snapshot.
+    #[arg(long, env = "BALLAST_SNAPSHOT_ENTRIES", default_value_t = 10_000)]
+    pub snapshot_entries: u64,
+    /// Snapshot at least this often (seconds) when anything changed.
+    #[arg(long, env = "BALLAST_SNAPSHOT_INTERVAL_SECS", default_value_t = 300)]
+    pub snapshot_interval_secs: u64,
+    /// Log entries kept behind a snapshot for slightly lagging followers.
+    #[arg(long, env = "BALLAST_LOGS_TO_KEEP", default_value_t = 1_000)]
+    pub logs_to_keep: u64,
+    /// Lease given to shards that register without naming one, in milliseconds.
+    #[arg(long, env = "BALLAST_SHARD_LEASE_MS", default_value_t = 10_000)]
+    pub shard_lease_ms: u64,
+}
+
+impl CoordArgs {
+    /// Checks flag combinations and builds the node configuration.
+    pub fn into_config(self) -> anyhow::Result<NodeConfig> {
+        if self.heartbeat_ms == 0 || self.heartbeat_ms >= self.election_min_ms {
+            anyhow::bail!(
+                "--heartbeat-ms ({}) must be above 0 and below --election-min-ms ({})",
+                self.heartbeat_ms,
+                self.election_min_ms
+            );
+        }
+        if self.election_min_ms >= self.election_max_ms {
+            anyhow::bail!(
+                "--election-min-ms ({}) must be below --election-max-ms ({})",
+                self.election_min_ms,
+                self.election_max_ms
+            );
+        }
+        if self.snapshot_entries == 0 || self.snapshot_interval_secs == 0 {
+            anyhow::bail!("--snapshot-entries and --snapshot-interval-secs must be above 0");
+        }
+        Ok(NodeConfig {
+            id: self.id,
+            az: self.az,
+            listen: self.listen,
+            advertise: self.advertise,
+            data_dir: self.data_dir,
+            bootstrap: self.bootstrap,
+            join: self.join,
+            heartbeat: Duration::from_millis(self.heartbeat_ms),
+            election_timeout: (
+                Duration::from_millis(self.election_min_ms),
+                Duration::from_millis(self.election_max_ms),
+            ),
+            snapshot_entries: self.snapshot_entries,
+            snapshot_interval: Duration::from_secs(self.snapshot_interval_secs),
+            logs_to_keep: self.logs_to_keep,
+            default_shard_lease: Duration::from_millis(self.shard_lease_ms),
+        })
+    }
+}
+
+/// Installs the log subscriber used by replica processes (stderr, `RUST_LOG` filter).
+pub fn init_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,openraft=warn,fjall=warn,lsm_tree=warn".into()),
+        )
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Runs a replica until SIGINT or SIGTERM, then shuts it down cleanly.
+pub async fn run_until_signal(args: CoordArgs) -> anyhow::Result<()> {
+    let config = args.into_config()?;
+    let mut running = node::start(config).await.context("starting the replica")?;
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; shutting down"),
+        _ = terminate.recv() => tracing::info!("terminated; shutting down"),
+        result = running.wait() => {
+            return result.map_err(|e| anyhow::anyhow!("server stopped: {e}"));
+        }
+    }
+    running.shutdown().await;
+    Ok(())
+}

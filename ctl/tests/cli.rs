@@ -1,0 +1,241 @@
+//! `ballastctl` as a script sees it: exit codes, one-line errors, JSON and tables, against a
+//! real single-replica cluster (in-process replica, real gRPC on loopback, real fjall).
+
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use ballast_coordinator::node::{self, NodeConfig, RunningNode};
+use serde_json::Value;
+
+async fn start_replica(dir: &std::path::Path) -> RunningNode {
+    node::start(NodeConfig {
+        id: 1,
+        az: "az-a".into(),
+        listen: "127.0.0.1:0".parse().expect("address"),
+        advertise: None,
+        data_dir: dir.to_path_buf(),
+        bootstrap: true,
+        join: Vec::new(),
+        heartbeat: Duration::from_millis(50),
+        election_timeout: (Duration::from_millis(300), Duration::from_millis(600)),
+        snapshot_entries: 1000,
+        snapshot_interval: Duration::from_secs(300),
+        logs_to_keep: 100,
+        default_shard_lease: Duration::from_secs(10),
+    })
+    .await
+    .expect("starting a replica")
+}
+
+fn ctl(endpoint: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ballastctl"))
+        .arg("--endpoints")
+        .arg(endpoint)
+        .arg("--timeout-secs")
+        .arg("5")
+        .args(args)
+        .output()
+        .expect("running ballastctl")
+}
+
+fn ok_json(endpoint: &str, args: &[&str]) -> Value {
+    let out = ctl(endpoint, args);
+    assert!(
+        out.status.success(),
+        "ballastctl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "ballastctl {args:?} printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+fn refused(endpoint: &str, args: &[&str], code: i32, needle: &str) {
+    let out = ctl(endpoint, args);
+    assert_eq!(out.status.code(), Some(code), "ballastctl {args:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        stderr.trim_end().lines().count(),
+        1,
+        "one-line error: {stderr}"
+    );
+    assert!(
+        stderr.contains(needle),
+        "{stderr:?} should mention {needle:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ballastctl_end_to_end() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let running = start_replica(dir.path()).await;
+    let endpoint = running.local_addr.to_string();
+    let e = endpoint.as_str();
+    // Wait for the single voter to lead.
+    let mut led = false;
+    for _ in 0..100 {
+        let out = ctl(e, &["cluster", "leader", "--json"]);
+        if out.status.success() {
+            led = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(led, "the replica never became leader");
+
+    let status = ok_json(e, &["cluster", "status", "--json"]);
+    assert_eq!(status["state"], "leader");
+    assert_eq!(status["members"].as_array().map(|m| m.len()), Some(1));
+    assert_eq!(status["placement"]["healthy"], false);
+
+    ok_json(
+        e,
+        &[
+            "provider",
+            "set",
+            "aws",
+            "--endpoint",
+            "https://ec2.example",
+            "--region",
+            "us-east-1",
+            "--json",
+        ],
+    );
+    ok_json(
+        e,
+        &[
+            "shard",
+            "register",
+            "s1",
+            "--address",
+            "10.0.0.1:7801",
+            "--az",
+            "az-a",
+            "--json",
+        ],
+    );
+    ok_json(
+        e,
+        &[
+            "shard",
+            "register",
+            "s2",
+            "--address",
+            "10.0.0.2:7801",
+            "--az",
+            "az-b",
+            "--json",
+        ],
+    );
+    let w = ok_json(
+        e,
+        &["domain", "assign", "zone=az-a/rack=r1", "s1", "--json"],
+    );
+    assert_eq!(w["changed"], true);
+    let again = ok_json(
+        e,
+        &["domain", "assign", "zone=az-a/rack=r1", "s1", "--json"],
+    );
+    assert_eq!(again["changed"], false);
+    ok_json(
+        e,
+        &[
+            "quota",
+            "set",
+            "aws",
+            "us-east-1",
+            "--total",
+            "100",
+            "--slice",
+            "s1=60",
+            "--slice",
+            "s2=40",
+            "--json",
+        ],
+    );
+    ok_json(e, &["binding", "bind", "c1", "s2", "--json"]);
+
+    let shards = ok_json(e, &["shard", "list", "--json"]);
+    assert_eq!(shards["shards"].as_array().map(|s| s.len()), Some(2));
+    let domains = ok_json(e, &["domain", "list", "--shard", "s1", "--json", "--stale"]);
+    assert_eq!(domains["domains"][0]["domain"], "zone=az-a/rack=r1");
+    let quotas = ok_json(e, &["quota", "list", "--json"]);
+    assert_eq!(quotas["quotas"][0]["unallocated"], 0);
+    let show = ok_json(e, &["shard", "show", "s2", "--json"]);
+    assert_eq!(show["clusters"][0], "c1");
+
+    // Human output is a table with a header row.
+    let out = ctl(e, &["shard", "list"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines().next().is_some_and(|l| l.starts_with("ID")),
+        "{text}"
+    );
+
+    // Refusals: exit 1, one line naming the problem.
+    refused(e, &["domain", "assign", "zone=az-a/rack=r1", "s2"], 1, "s1");
+    refused(
+        e,
+        &["domain", "assign", "zone=az-a/rack=r2", "nope"],
+        1,
+        "not_found",
+    );
+    refused(
+        e,
+        &["domain", "assign", "not-a-domain", "s1"],
+        1,
+        "invalid_argument",
+    );
+    refused(
+        e,
+        &[
+            "quota",
+            "set",
+            "aws",
+            "us-east-1",
+            "--total",
+            "50",
+            "--slice",
+            "s1=60",
+        ],
+        1,
+        "failed_precondition",
+    );
+    refused(e, &["shard", "show", "ghost"], 1, "not_found");
+    refused(
+        e,
+        &["--cluster-id", "other", "shard", "list"],
+        1,
+        "cluster id mismatch",
+    );
+    // Usage errors exit 2 (clap), unreachable coordinators exit 3.
+    let out = ctl(e, &["quota", "set", "aws", "us-east-1", "--total", "x"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = Command::new(env!("CARGO_BIN_EXE_ballastctl"))
+        .args([
+            "--endpoints",
+            "127.0.0.1:1",
+            "--timeout-secs",
+            "1",
+            "shard",
+            "list",
+        ])
+        .output()
+        .expect("running ballastctl");
+    assert_eq!(out.status.code(), Some(3));
+
+    // Removing a shard cascades.
+    ok_json(e, &["shard", "remove", "s1", "--json"]);
+    let domains = ok_json(e, &["domain", "list", "--json"]);
+    assert_eq!(domains["domains"].as_array().map(|d| d.len()), Some(0));
+    let quotas = ok_json(e, &["quota", "list", "--json"]);
+    assert_eq!(
+        quotas["quotas"][0]["slices"].as_array().map(|s| s.len()),
+        Some(1)
+    );
+
+    running.shutdown().await;
+}

@@ -1,0 +1,34 @@
+//! `ballast-sim`: the local 3-AZ demo. It runs each coordinator replica as a child process of
+//! itself (`ballast-sim replica ...`), so one `cargo run` builds everything the demo needs and
+//! the leader can be killed with a real SIGKILL.
+
+mod demo;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "ballast-sim", version, about = "Ballast demo and simulator")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Start a local 3-replica cluster in AZs az-a, az-b, az-c, load a small fleet, kill the
+    /// leader, show the failover, and keep serving until Ctrl-C.
+    Demo(demo::DemoArgs),
+    /// Run one coordinator replica (same flags as `ballast-coord`); used by the demo.
+    Replica(ballast_coordinator::config::CoordArgs),
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Demo(args) => demo::run(args).await,
+        Command::Replica(args) => {
+            ballast_coordinator::config::init_logging();
+            ballast_coordinator::config::run_until_signal(args).await
+        }
+    }
+}
