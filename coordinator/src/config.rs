@@ -6,10 +6,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::Parser;
 
-use crate::node::{self, NodeConfig};
+use crate::node::{self, NodeConfig, NodeError};
 
 /// A Ballast coordinator replica (Raft over gRPC, state on fjall).
 ///
@@ -64,23 +63,23 @@ pub struct CoordArgs {
 
 impl CoordArgs {
     /// Checks flag combinations and builds the node configuration.
-    pub fn into_config(self) -> anyhow::Result<NodeConfig> {
+    pub fn into_config(self) -> Result<NodeConfig, NodeError> {
         if self.heartbeat_ms == 0 || self.heartbeat_ms >= self.election_min_ms {
-            anyhow::bail!(
+            return Err(NodeError::Config(format!(
                 "--heartbeat-ms ({}) must be above 0 and below --election-min-ms ({})",
-                self.heartbeat_ms,
-                self.election_min_ms
-            );
+                self.heartbeat_ms, self.election_min_ms
+            )));
         }
         if self.election_min_ms >= self.election_max_ms {
-            anyhow::bail!(
+            return Err(NodeError::Config(format!(
                 "--election-min-ms ({}) must be below --election-max-ms ({})",
-                self.election_min_ms,
-                self.election_max_ms
-            );
+                self.election_min_ms, self.election_max_ms
+            )));
         }
         if self.snapshot_entries == 0 || self.snapshot_interval_secs == 0 {
-            anyhow::bail!("--snapshot-entries and --snapshot-interval-secs must be above 0");
+            return Err(NodeError::Config(
+                "--snapshot-entries and --snapshot-interval-secs must be above 0".into(),
+            ));
         }
         Ok(NodeConfig {
             id: self.id,
@@ -116,16 +115,17 @@ pub fn init_logging() {
 }
 
 /// Runs a replica until SIGINT or SIGTERM, then shuts it down cleanly.
-pub async fn run_until_signal(args: CoordArgs) -> anyhow::Result<()> {
+pub async fn run_until_signal(args: CoordArgs) -> Result<(), NodeError> {
     let config = args.into_config()?;
-    let mut running = node::start(config).await.context("starting the replica")?;
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("installing the SIGTERM handler")?;
+    let mut running = node::start(config).await?;
+    let mut terminate =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(|e| NodeError::Runtime(format!("installing the SIGTERM handler: {e}")))?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; shutting down"),
         _ = terminate.recv() => tracing::info!("terminated; shutting down"),
         result = running.wait() => {
-            return result.map_err(|e| anyhow::anyhow!("server stopped: {e}"));
+            return result.map_err(|e| NodeError::Runtime(format!("server stopped: {e}")));
         }
     }
     running.shutdown().await;

@@ -3,7 +3,6 @@
 
 pub mod config;
 pub mod error;
-#[path = "fleet_stub.rs"]
 pub mod fleet;
 pub mod node;
 pub mod raft;

@@ -6,5 +6,6 @@ use clap::Parser;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     init_logging();
-    run_until_signal(CoordArgs::parse()).await
+    run_until_signal(CoordArgs::parse()).await?;
+    Ok(())
 }

@@ -90,6 +90,9 @@ pub enum NodeError {
         /// OS error.
         source: std::io::Error,
     },
+    /// The process could not keep running (signal setup, server failure).
+    #[error("{0}")]
+    Runtime(String),
     /// Joining through the given addresses failed.
     #[error("joining through {through}: {reason}")]
     Join {

@@ -28,7 +28,8 @@ async fn main() -> anyhow::Result<()> {
         Command::Demo(args) => demo::run(args).await,
         Command::Replica(args) => {
             ballast_coordinator::config::init_logging();
-            ballast_coordinator::config::run_until_signal(args).await
+            ballast_coordinator::config::run_until_signal(args).await?;
+            Ok(())
         }
     }
 }

@@ -31,6 +31,19 @@ impl FleetService {
         Self { replica }
     }
 
+    /// Runs `read` on the fleet state under one lock and pairs its result with a header whose
+    /// revision is the one of the state read.
+    fn read<T>(
+        &self,
+        read: impl FnOnce(&FleetState) -> Result<T, Status>,
+    ) -> Result<(pb::ResponseHeader, T), Status> {
+        let mut header = self.replica.header();
+        let fleet = self.replica.state.fleet();
+        header.revision = fleet.revision();
+        let value = read(&fleet)?;
+        Ok((header, value))
+    }
+
     /// Checks the cluster id and, unless `stale`, makes the read linearizable.
     async fn before_read<T>(
         &self,
@@ -150,20 +163,20 @@ impl Fleet for FleetService {
     ) -> Result<Response<pb::ListShardsResponse>, Status> {
         self.before_read(&request, request.get_ref().options.as_ref())
             .await?;
-        let header = self.replica.header();
-        let fleet = self.replica.state.fleet();
-        let bindings = binding_counts(&fleet);
-        let shards = fleet
-            .shards()
-            .map(|s| {
-                shard_message(
-                    s,
-                    fleet.domains_of(&s.id).len(),
-                    bindings.get(s.id.as_str()).copied().unwrap_or(0),
-                )
-            })
-            .collect();
-        drop(fleet);
+        let (header, shards) = self.read(|fleet| {
+            let bindings = binding_counts(&fleet);
+            let shards = fleet
+                .shards()
+                .map(|s| {
+                    shard_message(
+                        s,
+                        fleet.domains_of(&s.id).len(),
+                        bindings.get(s.id.as_str()).copied().unwrap_or(0),
+                    )
+                })
+                .collect();
+            Ok(shards)
+        })?;
         Ok(self.replica.respond(pb::ListShardsResponse {
             header: Some(header),
             shards,
@@ -177,29 +190,29 @@ impl Fleet for FleetService {
         self.before_read(&request, request.get_ref().options.as_ref())
             .await?;
         let id = &request.get_ref().id;
-        let header = self.replica.header();
-        let fleet = self.replica.state.fleet();
-        let Some(record) = fleet.shard(id) else {
-            return Err(Status::not_found(format!("shard {id:?} is not registered")));
-        };
-        let domains: Vec<String> = fleet.domains_of(id).into_iter().map(String::from).collect();
-        let clusters: Vec<String> = fleet
-            .bindings()
-            .filter(|(_, s)| s == id)
-            .map(|(c, _)| c.to_string())
-            .collect();
-        let slices = fleet
-            .quotas()
-            .filter_map(|q| {
-                q.slices.get(id).map(|amount| pb::QuotaSliceOf {
-                    provider: q.provider.clone(),
-                    region: q.region.clone(),
-                    amount: *amount,
+        let (header, (shard, domains, clusters, slices)) = self.read(|fleet| {
+            let Some(record) = fleet.shard(id) else {
+                return Err(Status::not_found(format!("shard {id:?} is not registered")));
+            };
+            let domains: Vec<String> = fleet.domains_of(id).into_iter().map(String::from).collect();
+            let clusters: Vec<String> = fleet
+                .bindings()
+                .filter(|(_, s)| s == id)
+                .map(|(c, _)| c.to_string())
+                .collect();
+            let slices = fleet
+                .quotas()
+                .filter_map(|q| {
+                    q.slices.get(id).map(|amount| pb::QuotaSliceOf {
+                        provider: q.provider.clone(),
+                        region: q.region.clone(),
+                        amount: *amount,
+                    })
                 })
-            })
-            .collect();
-        let shard = shard_message(record, domains.len(), clusters.len());
-        drop(fleet);
+                .collect();
+            let shard = shard_message(record, domains.len(), clusters.len());
+            Ok((shard, domains, clusters, slices))
+        })?;
         Ok(self.replica.respond(pb::GetShardResponse {
             header: Some(header),
             shard: Some(shard),
@@ -217,32 +230,32 @@ impl Fleet for FleetService {
             .await?;
         let message = request.get_ref();
         let limit = page_size(message.limit)?;
-        let header = self.replica.header();
-        let fleet = self.replica.state.fleet();
-        let (items, next_after) = if message.shard.is_empty() {
-            page(fleet.domains(), &message.after, limit)
-        } else {
-            if fleet.shard(&message.shard).is_none() {
-                return Err(Status::not_found(format!(
-                    "shard {:?} is not registered",
-                    message.shard
-                )));
-            }
-            let shard = message.shard.as_str();
-            page(
-                fleet.domains_of(shard).into_iter().map(|d| (d, shard)),
-                &message.after,
-                limit,
-            )
-        };
-        let domains = items
-            .into_iter()
-            .map(|(domain, shard)| pb::DomainAssignment {
-                domain: domain.to_string(),
-                shard: shard.to_string(),
-            })
-            .collect();
-        drop(fleet);
+        let (header, (domains, next_after)) = self.read(|fleet| {
+            let (items, next_after) = if message.shard.is_empty() {
+                page(fleet.domains(), &message.after, limit)
+            } else {
+                if fleet.shard(&message.shard).is_none() {
+                    return Err(Status::not_found(format!(
+                        "shard {:?} is not registered",
+                        message.shard
+                    )));
+                }
+                let shard = message.shard.as_str();
+                page(
+                    fleet.domains_of(shard).into_iter().map(|d| (d, shard)),
+                    &message.after,
+                    limit,
+                )
+            };
+            let domains = items
+                .into_iter()
+                .map(|(domain, shard)| pb::DomainAssignment {
+                    domain: domain.to_string(),
+                    shard: shard.to_string(),
+                })
+                .collect();
+            Ok((domains, next_after))
+        })?;
         Ok(self.replica.respond(pb::ListDomainsResponse {
             header: Some(header),
             domains,
@@ -258,24 +271,24 @@ impl Fleet for FleetService {
             .await?;
         let message = request.get_ref();
         let limit = page_size(message.limit)?;
-        let header = self.replica.header();
-        let fleet = self.replica.state.fleet();
-        let shard = message.shard.as_str();
-        let (items, next_after) = page(
-            fleet
-                .bindings()
-                .filter(|(_, s)| shard.is_empty() || *s == shard),
-            &message.after,
-            limit,
-        );
-        let bindings = items
-            .into_iter()
-            .map(|(cluster, shard)| pb::Binding {
-                cluster: cluster.to_string(),
-                shard: shard.to_string(),
-            })
-            .collect();
-        drop(fleet);
+        let (header, (bindings, next_after)) = self.read(|fleet| {
+            let shard = message.shard.as_str();
+            let (items, next_after) = page(
+                fleet
+                    .bindings()
+                    .filter(|(_, s)| shard.is_empty() || *s == shard),
+                &message.after,
+                limit,
+            );
+            let bindings = items
+                .into_iter()
+                .map(|(cluster, shard)| pb::Binding {
+                    cluster: cluster.to_string(),
+                    shard: shard.to_string(),
+                })
+                .collect();
+            Ok((bindings, next_after))
+        })?;
         Ok(self.replica.respond(pb::ListBindingsResponse {
             header: Some(header),
             bindings,
@@ -289,30 +302,28 @@ impl Fleet for FleetService {
     ) -> Result<Response<pb::ListQuotasResponse>, Status> {
         self.before_read(&request, request.get_ref().options.as_ref())
             .await?;
-        let header = self.replica.header();
-        let quotas = self
-            .replica
-            .state
-            .fleet()
-            .quotas()
-            .map(|q| {
-                let used: u64 = q.slices.values().sum();
-                pb::Quota {
-                    provider: q.provider.clone(),
-                    region: q.region.clone(),
-                    total: q.total,
-                    slices: q
-                        .slices
-                        .iter()
-                        .map(|(shard, amount)| pb::QuotaSlice {
-                            shard: shard.clone(),
-                            amount: *amount,
-                        })
-                        .collect(),
-                    unallocated: q.total.saturating_sub(used),
-                }
-            })
-            .collect();
+        let (header, quotas) = self.read(|fleet| {
+            Ok(fleet
+                .quotas()
+                .map(|q| {
+                    let used: u64 = q.slices.values().sum();
+                    pb::Quota {
+                        provider: q.provider.clone(),
+                        region: q.region.clone(),
+                        total: q.total,
+                        slices: q
+                            .slices
+                            .iter()
+                            .map(|(shard, amount)| pb::QuotaSlice {
+                                shard: shard.clone(),
+                                amount: *amount,
+                            })
+                            .collect(),
+                        unallocated: q.total.saturating_sub(used),
+                    }
+                })
+                .collect())
+        })?;
         Ok(self.replica.respond(pb::ListQuotasResponse {
             header: Some(header),
             quotas,
@@ -325,19 +336,17 @@ impl Fleet for FleetService {
     ) -> Result<Response<pb::ListProvidersResponse>, Status> {
         self.before_read(&request, request.get_ref().options.as_ref())
             .await?;
-        let header = self.replica.header();
-        let providers = self
-            .replica
-            .state
-            .fleet()
-            .providers()
-            .map(|p| pb::Provider {
-                name: p.name.clone(),
-                endpoint: p.endpoint.clone(),
-                region: p.region.clone(),
-                capacity_types: p.capacity_types.clone(),
-            })
-            .collect();
+        let (header, providers) = self.read(|fleet| {
+            Ok(fleet
+                .providers()
+                .map(|p| pb::Provider {
+                    name: p.name.clone(),
+                    endpoint: p.endpoint.clone(),
+                    region: p.region.clone(),
+                    capacity_types: p.capacity_types.clone(),
+                })
+                .collect())
+        })?;
         Ok(self.replica.respond(pb::ListProvidersResponse {
             header: Some(header),
             providers,

@@ -1,0 +1,119 @@
+//! Commands that change the fleet state.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// One change to the fleet state. Commands are validated for syntax before they are proposed
+/// ([`crate::fleet::FleetState::validate_command`]) and for state when applied.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum FleetCommand {
+    /// Register a shard, or renew its registration: address, AZ and lease are updated,
+    /// registration time and status are kept.
+    RegisterShard {
+        /// Shard id.
+        id: String,
+        /// Address the shard serves on.
+        address: String,
+        /// AZ of the shard.
+        az: String,
+        /// Proposer's clock (the leader's), in ms since the Unix epoch.
+        now_ms: u64,
+        /// Lease length in ms.
+        lease_ttl_ms: u64,
+    },
+    /// Stop giving the shard new domains, bindings or quota.
+    DrainShard {
+        /// Shard id.
+        id: String,
+    },
+    /// Undo a drain.
+    ActivateShard {
+        /// Shard id.
+        id: String,
+    },
+    /// Remove a shard; its domains return to the pool, its bindings and slices are deleted.
+    RemoveShard {
+        /// Shard id.
+        id: String,
+    },
+    /// Give domains to shards (a batch, one revision).
+    AssignDomains {
+        /// `(domain, shard)` pairs.
+        assignments: Vec<(String, String)>,
+        /// Allow taking a domain from the shard that owns it.
+        allow_move: bool,
+    },
+    /// Return domains to the pool.
+    UnassignDomains {
+        /// Domains.
+        domains: Vec<String>,
+    },
+    /// Bind a cluster to a shard; the first binding wins.
+    BindCluster {
+        /// Cluster id.
+        cluster: String,
+        /// Shard id.
+        shard: String,
+    },
+    /// Move a bound cluster to another shard.
+    MoveCluster {
+        /// Cluster id.
+        cluster: String,
+        /// New shard id.
+        shard: String,
+    },
+    /// Remove a cluster's binding.
+    UnbindCluster {
+        /// Cluster id.
+        cluster: String,
+    },
+    /// Set a quota and all its slices (full replacement).
+    SetQuota {
+        /// Provider name.
+        provider: String,
+        /// Region.
+        region: String,
+        /// Total capacity.
+        total: u64,
+        /// Per-shard slices.
+        slices: BTreeMap<String, u64>,
+    },
+    /// Replace the listed slices of an existing quota (an amount of 0 removes a slice).
+    SetQuotaSlices {
+        /// Provider name.
+        provider: String,
+        /// Region.
+        region: String,
+        /// Slices to set.
+        slices: BTreeMap<String, u64>,
+    },
+    /// Delete a quota.
+    DeleteQuota {
+        /// Provider name.
+        provider: String,
+        /// Region.
+        region: String,
+    },
+    /// Register or update a provider.
+    SetProvider {
+        /// Provider name.
+        name: String,
+        /// API endpoint.
+        endpoint: String,
+        /// Region it serves.
+        region: String,
+        /// Capacity types it offers.
+        capacity_types: Vec<String>,
+    },
+    /// Remove a provider (refused while quotas reference it).
+    RemoveProvider {
+        /// Provider name.
+        name: String,
+    },
+    /// Apply all commands or none, as one revision.
+    Batch {
+        /// The commands, in order.
+        commands: Vec<FleetCommand>,
+    },
+}

@@ -1,0 +1,14 @@
+//! The fleet state machine: pure, deterministic logic with no I/O, no clock and no randomness.
+//! The Raft layer applies [`FleetCommand`]s to a [`FleetState`]; every replica that applies the
+//! same commands holds bit-identical state.
+
+mod command;
+mod error;
+mod state;
+
+pub use command::FleetCommand;
+pub use error::{ErrorKind, FleetError};
+pub use state::{
+    Applied, DEDUP_CAPACITY, FleetCounts, FleetState, ProviderRecord, QuotaRecord, Revision,
+    ShardRecord, ShardStatus,
+};

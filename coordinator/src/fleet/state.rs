@@ -1,0 +1,868 @@
+//! The fleet tables and the rules that guard them.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+
+use ballast_protocol::validate::{DomainKey, MAX_BATCH, validate_address, validate_id};
+use serde::{Deserialize, Serialize};
+
+use super::command::FleetCommand;
+use super::error::FleetError;
+
+/// Global revision: bumped once per successful change (a batch is one change).
+pub type Revision = u64;
+
+/// Number of request ids remembered for exactly-once retries.
+pub const DEDUP_CAPACITY: usize = 100_000;
+
+/// Most capacity types one provider may list.
+const MAX_CAPACITY_TYPES: usize = 64;
+
+/// Lifecycle of a shard.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum ShardStatus {
+    /// Takes new domains, clusters and quota.
+    Active,
+    /// Keeps what it has, takes nothing new.
+    Draining,
+}
+
+/// A registered shard worker.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ShardRecord {
+    /// Shard id.
+    pub id: String,
+    /// Address it serves on.
+    pub address: String,
+    /// Its AZ.
+    pub az: String,
+    /// First registration (leader clock, ms since the epoch).
+    pub registered_at_ms: u64,
+    /// When its lease runs out unless renewed.
+    pub lease_expires_at_ms: u64,
+    /// Lifecycle status.
+    pub status: ShardStatus,
+}
+
+/// Capacity of one provider in one region and its split across shards.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+pub struct QuotaRecord {
+    /// Provider name.
+    pub provider: String,
+    /// Region.
+    pub region: String,
+    /// Total capacity.
+    pub total: u64,
+    /// Shard → slice; the sum never exceeds `total`.
+    pub slices: BTreeMap<String, u64>,
+}
+
+/// A registered capacity provider.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ProviderRecord {
+    /// Name.
+    pub name: String,
+    /// API endpoint.
+    pub endpoint: String,
+    /// Region it serves.
+    pub region: String,
+    /// Capacity types offered.
+    pub capacity_types: Vec<String>,
+}
+
+/// Outcome of a successful command.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Applied {
+    /// Revision after the command.
+    pub revision: Revision,
+    /// False when the command changed nothing (the revision did not move).
+    pub changed: bool,
+}
+
+/// Table sizes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FleetCounts {
+    /// Registered shards.
+    pub shards: usize,
+    /// Assigned domains.
+    pub domains: usize,
+    /// Cluster bindings.
+    pub bindings: usize,
+    /// Quotas.
+    pub quotas: usize,
+    /// Providers.
+    pub providers: usize,
+}
+
+/// Remembered outcomes of recent request ids, oldest first.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+struct Dedup {
+    entries: VecDeque<(String, Result<Applied, FleetError>)>,
+    /// Sequence number of `entries[0]`; with `index` it locates an entry without scanning.
+    first_seq: u64,
+    #[serde(skip)]
+    index: HashMap<String, u64>,
+}
+
+impl Dedup {
+    fn get(&self, id: &str) -> Option<&Result<Applied, FleetError>> {
+        let seq = *self.index.get(id)?;
+        self.entries
+            .get((seq - self.first_seq) as usize)
+            .map(|(_, outcome)| outcome)
+    }
+
+    fn remember(&mut self, id: &str, outcome: Result<Applied, FleetError>) {
+        let seq = self.first_seq + self.entries.len() as u64;
+        self.entries.push_back((id.to_string(), outcome));
+        self.index.insert(id.to_string(), seq);
+        while self.entries.len() > DEDUP_CAPACITY {
+            if let Some((old, _)) = self.entries.pop_front() {
+                self.index.remove(&old);
+            }
+            self.first_seq += 1;
+        }
+    }
+
+    fn rebuild(&mut self) {
+        self.index = self
+            .entries
+            .iter()
+            .enumerate()
+            .map(|(i, (id, _))| (id.clone(), self.first_seq + i as u64))
+            .collect();
+    }
+}
+
+/// One reversible mutation, recorded so a failed command (or batch) can be undone exactly.
+enum Undo {
+    Shard(String, Option<ShardRecord>),
+    Domain(String, Option<String>),
+    Binding(String, Option<String>),
+    Quota(String, String, Option<QuotaRecord>),
+    Provider(String, Option<ProviderRecord>),
+}
+
+/// The replicated fleet state.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct FleetState {
+    revision: Revision,
+    shards: BTreeMap<String, ShardRecord>,
+    /// Domain → owning shard.
+    domains: BTreeMap<String, String>,
+    /// Cluster → shard.
+    bindings: BTreeMap<String, String>,
+    /// Provider → region → quota.
+    quotas: BTreeMap<String, BTreeMap<String, QuotaRecord>>,
+    providers: BTreeMap<String, ProviderRecord>,
+    dedup: Dedup,
+    /// Shard → its domains; derived from `domains`, rebuilt after decoding.
+    #[serde(skip)]
+    domains_by_shard: HashMap<String, BTreeSet<String>>,
+}
+
+fn check_batch_size(what: &str, count: usize) -> Result<(), FleetError> {
+    if count == 0 {
+        return Err(FleetError::invalid(what, "must not be empty"));
+    }
+    if count > MAX_BATCH {
+        return Err(FleetError::TooLarge {
+            what: what.to_string(),
+            count,
+            limit: MAX_BATCH,
+        });
+    }
+    Ok(())
+}
+
+fn check_quota_key(provider: &str, region: &str) -> Result<(), FleetError> {
+    validate_id("provider", provider)?;
+    validate_id("region", region)?;
+    Ok(())
+}
+
+fn check_slices(slices: &BTreeMap<String, u64>) -> Result<(), FleetError> {
+    if slices.len() > MAX_BATCH {
+        return Err(FleetError::TooLarge {
+            what: "slices".into(),
+            count: slices.len(),
+            limit: MAX_BATCH,
+        });
+    }
+    for shard in slices.keys() {
+        validate_id("slice shard", shard)?;
+    }
+    Ok(())
+}
+
+/// Syntax checks that need no state; `depth` refuses nested batches.
+fn check_syntax(cmd: &FleetCommand, nested: bool) -> Result<(), FleetError> {
+    match cmd {
+        FleetCommand::RegisterShard {
+            id,
+            address,
+            az,
+            lease_ttl_ms,
+            ..
+        } => {
+            validate_id("shard id", id)?;
+            validate_address("shard address", address)?;
+            validate_id("az", az)?;
+            if *lease_ttl_ms == 0 {
+                return Err(FleetError::invalid("lease_ttl_ms", "must be above 0"));
+            }
+        }
+        FleetCommand::DrainShard { id }
+        | FleetCommand::ActivateShard { id }
+        | FleetCommand::RemoveShard { id } => validate_id("shard id", id)?,
+        FleetCommand::AssignDomains { assignments, .. } => {
+            check_batch_size("assignments", assignments.len())?;
+            let mut seen = BTreeSet::new();
+            for (domain, shard) in assignments {
+                DomainKey::parse(domain)?;
+                validate_id("shard id", shard)?;
+                if !seen.insert(domain.as_str()) {
+                    return Err(FleetError::invalid(
+                        "assignments",
+                        format!("domain {domain:?} appears more than once"),
+                    ));
+                }
+            }
+        }
+        FleetCommand::UnassignDomains { domains } => {
+            check_batch_size("domains", domains.len())?;
+            let mut seen = BTreeSet::new();
+            for domain in domains {
+                DomainKey::parse(domain)?;
+                if !seen.insert(domain.as_str()) {
+                    return Err(FleetError::invalid(
+                        "domains",
+                        format!("domain {domain:?} appears more than once"),
+                    ));
+                }
+            }
+        }
+        FleetCommand::BindCluster { cluster, shard }
+        | FleetCommand::MoveCluster { cluster, shard } => {
+            validate_id("cluster id", cluster)?;
+            validate_id("shard id", shard)?;
+        }
+        FleetCommand::UnbindCluster { cluster } => validate_id("cluster id", cluster)?,
+        FleetCommand::SetQuota {
+            provider,
+            region,
+            slices,
+            ..
+        }
+        | FleetCommand::SetQuotaSlices {
+            provider,
+            region,
+            slices,
+        } => {
+            check_quota_key(provider, region)?;
+            check_slices(slices)?;
+        }
+        FleetCommand::DeleteQuota { provider, region } => check_quota_key(provider, region)?,
+        FleetCommand::SetProvider {
+            name,
+            endpoint,
+            region,
+            capacity_types,
+        } => {
+            validate_id("provider", name)?;
+            validate_address("provider endpoint", endpoint)?;
+            validate_id("region", region)?;
+            if capacity_types.len() > MAX_CAPACITY_TYPES {
+                return Err(FleetError::TooLarge {
+                    what: "capacity_types".into(),
+                    count: capacity_types.len(),
+                    limit: MAX_CAPACITY_TYPES,
+                });
+            }
+            for t in capacity_types {
+                validate_id("capacity type", t)?;
+            }
+        }
+        FleetCommand::RemoveProvider { name } => validate_id("provider", name)?,
+        FleetCommand::Batch { commands } => {
+            if nested {
+                return Err(FleetError::invalid("batch", "batches cannot be nested"));
+            }
+            check_batch_size("batch", commands.len())?;
+            for (index, inner) in commands.iter().enumerate() {
+                check_syntax(inner, true).map_err(|e| FleetError::InBatch {
+                    index,
+                    source: Box::new(e),
+                })?;
+            }
+        }
+    }
+    Ok(())
+}
+
+impl FleetState {
+    /// An empty fleet at revision 0.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Current revision.
+    pub fn revision(&self) -> Revision {
+        self.revision
+    }
+
+    /// Syntax-only validation (ids, domains, sizes), used before proposing to Raft so most bad
+    /// input never reaches the log.
+    pub fn validate_command(cmd: &FleetCommand) -> Result<(), FleetError> {
+        check_syntax(cmd, false)
+    }
+
+    /// Applies one command. Success bumps the revision by one if anything changed; a refusal
+    /// leaves the state exactly as it was.
+    pub fn apply(&mut self, cmd: &FleetCommand) -> Result<Applied, FleetError> {
+        check_syntax(cmd, false)?;
+        let mut journal = Vec::new();
+        match self.exec(cmd, &mut journal) {
+            Ok(()) => {
+                let changed = !journal.is_empty();
+                if changed {
+                    self.revision += 1;
+                }
+                Ok(Applied {
+                    revision: self.revision,
+                    changed,
+                })
+            }
+            Err(e) => {
+                self.rollback(journal);
+                Err(e)
+            }
+        }
+    }
+
+    /// Applies a command at most once per non-empty `request_id`: a repeated id returns the
+    /// first outcome (success or refusal) without applying again.
+    pub fn apply_request(
+        &mut self,
+        request_id: Option<&str>,
+        cmd: &FleetCommand,
+    ) -> Result<Applied, FleetError> {
+        let id = request_id.filter(|id| !id.is_empty());
+        if let Some(id) = id
+            && let Some(outcome) = self.dedup.get(id)
+        {
+            return outcome.clone();
+        }
+        let outcome = self.apply(cmd);
+        if let Some(id) = id {
+            self.dedup.remember(id, outcome.clone());
+        }
+        outcome
+    }
+
+    fn exec(&mut self, cmd: &FleetCommand, journal: &mut Vec<Undo>) -> Result<(), FleetError> {
+        match cmd {
+            FleetCommand::RegisterShard {
+                id,
+                address,
+                az,
+                now_ms,
+                lease_ttl_ms,
+            } => {
+                let existing = self.shards.get(id);
+                let record = ShardRecord {
+                    id: id.clone(),
+                    address: address.clone(),
+                    az: az.clone(),
+                    registered_at_ms: existing.map(|s| s.registered_at_ms).unwrap_or(*now_ms),
+                    lease_expires_at_ms: now_ms.saturating_add(*lease_ttl_ms),
+                    status: existing
+                        .map(|s| s.status.clone())
+                        .unwrap_or(ShardStatus::Active),
+                };
+                self.set_shard(id, Some(record), journal);
+            }
+            FleetCommand::DrainShard { id } => {
+                self.set_status(id, ShardStatus::Draining, journal)?
+            }
+            FleetCommand::ActivateShard { id } => {
+                self.set_status(id, ShardStatus::Active, journal)?
+            }
+            FleetCommand::RemoveShard { id } => {
+                self.require_shard(id)?;
+                let owned: Vec<String> = self
+                    .domains_by_shard
+                    .get(id)
+                    .map(|set| set.iter().cloned().collect())
+                    .unwrap_or_default();
+                for domain in owned {
+                    self.set_domain(&domain, None, journal);
+                }
+                let bound: Vec<String> = self
+                    .bindings
+                    .iter()
+                    .filter(|(_, s)| *s == id)
+                    .map(|(c, _)| c.clone())
+                    .collect();
+                for cluster in bound {
+                    self.set_binding(&cluster, None, journal);
+                }
+                let sliced: Vec<QuotaRecord> = self
+                    .quotas()
+                    .filter(|q| q.slices.contains_key(id))
+                    .cloned()
+                    .collect();
+                for mut quota in sliced {
+                    quota.slices.remove(id);
+                    let (provider, region) = (quota.provider.clone(), quota.region.clone());
+                    self.set_quota(&provider, &region, Some(quota), journal);
+                }
+                self.set_shard(id, None, journal);
+            }
+            FleetCommand::AssignDomains {
+                assignments,
+                allow_move,
+            } => {
+                for (domain, shard) in assignments {
+                    self.require_active(shard)?;
+                    match self.domains.get(domain) {
+                        Some(owner) if owner == shard => continue,
+                        Some(owner) if !allow_move => {
+                            return Err(FleetError::DomainOwned {
+                                domain: domain.clone(),
+                                owner: owner.clone(),
+                            });
+                        }
+                        _ => self.set_domain(domain, Some(shard.clone()), journal),
+                    }
+                }
+            }
+            FleetCommand::UnassignDomains { domains } => {
+                for domain in domains {
+                    if !self.domains.contains_key(domain) {
+                        return Err(FleetError::UnknownDomain(domain.clone()));
+                    }
+                    self.set_domain(domain, None, journal);
+                }
+            }
+            FleetCommand::BindCluster { cluster, shard } => {
+                self.require_active(shard)?;
+                match self.bindings.get(cluster) {
+                    Some(current) if current == shard => {}
+                    Some(current) => {
+                        return Err(FleetError::ClusterBound {
+                            cluster: cluster.clone(),
+                            shard: current.clone(),
+                        });
+                    }
+                    None => self.set_binding(cluster, Some(shard.clone()), journal),
+                }
+            }
+            FleetCommand::MoveCluster { cluster, shard } => {
+                let current = self
+                    .bindings
+                    .get(cluster)
+                    .ok_or_else(|| FleetError::UnknownCluster(cluster.clone()))?;
+                if current != shard {
+                    self.require_active(shard)?;
+                    self.set_binding(cluster, Some(shard.clone()), journal);
+                }
+            }
+            FleetCommand::UnbindCluster { cluster } => {
+                if !self.bindings.contains_key(cluster) {
+                    return Err(FleetError::UnknownCluster(cluster.clone()));
+                }
+                self.set_binding(cluster, None, journal);
+            }
+            FleetCommand::SetQuota {
+                provider,
+                region,
+                total,
+                slices,
+            } => {
+                if !self.providers.contains_key(provider) {
+                    return Err(FleetError::UnknownProvider(provider.clone()));
+                }
+                let previous = self.quota(provider, region).map(|q| q.slices.clone());
+                let slices: BTreeMap<String, u64> = slices
+                    .iter()
+                    .filter(|(_, amount)| **amount > 0)
+                    .map(|(s, a)| (s.clone(), *a))
+                    .collect();
+                self.check_quota(provider, region, *total, &slices, previous.as_ref())?;
+                let record = QuotaRecord {
+                    provider: provider.clone(),
+                    region: region.clone(),
+                    total: *total,
+                    slices,
+                };
+                self.set_quota(provider, region, Some(record), journal);
+            }
+            FleetCommand::SetQuotaSlices {
+                provider,
+                region,
+                slices,
+            } => {
+                let existing = self.quota(provider, region).cloned().ok_or_else(|| {
+                    FleetError::UnknownQuota {
+                        provider: provider.clone(),
+                        region: region.clone(),
+                    }
+                })?;
+                let mut merged = existing.slices.clone();
+                for (shard, amount) in slices {
+                    if *amount == 0 {
+                        merged.remove(shard);
+                    } else {
+                        merged.insert(shard.clone(), *amount);
+                    }
+                }
+                self.check_quota(
+                    provider,
+                    region,
+                    existing.total,
+                    &merged,
+                    Some(&existing.slices),
+                )?;
+                let record = QuotaRecord {
+                    slices: merged,
+                    ..existing
+                };
+                self.set_quota(provider, region, Some(record), journal);
+            }
+            FleetCommand::DeleteQuota { provider, region } => {
+                if self.quota(provider, region).is_none() {
+                    return Err(FleetError::UnknownQuota {
+                        provider: provider.clone(),
+                        region: region.clone(),
+                    });
+                }
+                self.set_quota(provider, region, None, journal);
+            }
+            FleetCommand::SetProvider {
+                name,
+                endpoint,
+                region,
+                capacity_types,
+            } => {
+                let record = ProviderRecord {
+                    name: name.clone(),
+                    endpoint: endpoint.clone(),
+                    region: region.clone(),
+                    capacity_types: capacity_types.clone(),
+                };
+                self.set_provider(name, Some(record), journal);
+            }
+            FleetCommand::RemoveProvider { name } => {
+                if !self.providers.contains_key(name) {
+                    return Err(FleetError::UnknownProvider(name.clone()));
+                }
+                if let Some(regions) = self.quotas.get(name)
+                    && !regions.is_empty()
+                {
+                    return Err(FleetError::ProviderInUse {
+                        provider: name.clone(),
+                        regions: regions.keys().cloned().collect(),
+                    });
+                }
+                self.set_provider(name, None, journal);
+            }
+            FleetCommand::Batch { commands } => {
+                for (index, inner) in commands.iter().enumerate() {
+                    self.exec(inner, journal).map_err(|e| FleetError::InBatch {
+                        index,
+                        source: Box::new(e),
+                    })?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn require_shard(&self, id: &str) -> Result<&ShardRecord, FleetError> {
+        self.shards
+            .get(id)
+            .ok_or_else(|| FleetError::UnknownShard(id.to_string()))
+    }
+
+    fn require_active(&self, id: &str) -> Result<(), FleetError> {
+        match self.require_shard(id)?.status {
+            ShardStatus::Active => Ok(()),
+            ShardStatus::Draining => Err(FleetError::ShardDraining(id.to_string())),
+        }
+    }
+
+    fn set_status(
+        &mut self,
+        id: &str,
+        status: ShardStatus,
+        journal: &mut Vec<Undo>,
+    ) -> Result<(), FleetError> {
+        let record = self.require_shard(id)?;
+        if record.status != status {
+            let mut record = record.clone();
+            record.status = status;
+            self.set_shard(id, Some(record), journal);
+        }
+        Ok(())
+    }
+
+    /// Slices must name registered shards, may not grow on draining shards, and may not sum
+    /// above the total.
+    fn check_quota(
+        &self,
+        provider: &str,
+        region: &str,
+        total: u64,
+        slices: &BTreeMap<String, u64>,
+        previous: Option<&BTreeMap<String, u64>>,
+    ) -> Result<(), FleetError> {
+        for (shard, amount) in slices {
+            let record = self.require_shard(shard)?;
+            let before = previous.and_then(|p| p.get(shard)).copied().unwrap_or(0);
+            if record.status == ShardStatus::Draining && *amount > before {
+                return Err(FleetError::ShardDraining(shard.clone()));
+            }
+        }
+        let sum: u128 = slices.values().map(|a| *a as u128).sum();
+        if sum > total as u128 {
+            return Err(FleetError::OverQuota {
+                provider: provider.to_string(),
+                region: region.to_string(),
+                sum,
+                total,
+            });
+        }
+        Ok(())
+    }
+
+    // ---- primitive mutations: the only code that writes the tables, each journaled ----
+
+    fn set_shard(&mut self, id: &str, value: Option<ShardRecord>, journal: &mut Vec<Undo>) {
+        let old = match &value {
+            Some(v) => self.shards.insert(id.to_string(), v.clone()),
+            None => self.shards.remove(id),
+        };
+        if old != value {
+            journal.push(Undo::Shard(id.to_string(), old));
+        }
+    }
+
+    fn set_domain(&mut self, domain: &str, owner: Option<String>, journal: &mut Vec<Undo>) {
+        let old = self.put_domain(domain, owner.clone());
+        if old != owner {
+            journal.push(Undo::Domain(domain.to_string(), old));
+        }
+    }
+
+    /// Writes a domain's owner and keeps the per-shard index in step.
+    fn put_domain(&mut self, domain: &str, owner: Option<String>) -> Option<String> {
+        let old = match &owner {
+            Some(shard) => self.domains.insert(domain.to_string(), shard.clone()),
+            None => self.domains.remove(domain),
+        };
+        if let Some(previous) = &old
+            && let Some(set) = self.domains_by_shard.get_mut(previous)
+        {
+            set.remove(domain);
+            if set.is_empty() {
+                self.domains_by_shard.remove(previous);
+            }
+        }
+        if let Some(shard) = &owner {
+            self.domains_by_shard
+                .entry(shard.clone())
+                .or_default()
+                .insert(domain.to_string());
+        }
+        old
+    }
+
+    fn set_binding(&mut self, cluster: &str, shard: Option<String>, journal: &mut Vec<Undo>) {
+        let old = match &shard {
+            Some(s) => self.bindings.insert(cluster.to_string(), s.clone()),
+            None => self.bindings.remove(cluster),
+        };
+        if old != shard {
+            journal.push(Undo::Binding(cluster.to_string(), old));
+        }
+    }
+
+    fn set_quota(
+        &mut self,
+        provider: &str,
+        region: &str,
+        value: Option<QuotaRecord>,
+        journal: &mut Vec<Undo>,
+    ) {
+        let old = self.put_quota(provider, region, value.clone());
+        if old != value {
+            journal.push(Undo::Quota(provider.to_string(), region.to_string(), old));
+        }
+    }
+
+    fn put_quota(
+        &mut self,
+        provider: &str,
+        region: &str,
+        value: Option<QuotaRecord>,
+    ) -> Option<QuotaRecord> {
+        match value {
+            Some(v) => self
+                .quotas
+                .entry(provider.to_string())
+                .or_default()
+                .insert(region.to_string(), v),
+            None => {
+                let regions = self.quotas.get_mut(provider)?;
+                let old = regions.remove(region);
+                if regions.is_empty() {
+                    self.quotas.remove(provider);
+                }
+                old
+            }
+        }
+    }
+
+    fn set_provider(&mut self, name: &str, value: Option<ProviderRecord>, journal: &mut Vec<Undo>) {
+        let old = match &value {
+            Some(v) => self.providers.insert(name.to_string(), v.clone()),
+            None => self.providers.remove(name),
+        };
+        if old != value {
+            journal.push(Undo::Provider(name.to_string(), old));
+        }
+    }
+
+    /// Undoes journaled mutations newest first, restoring the exact previous state.
+    fn rollback(&mut self, journal: Vec<Undo>) {
+        for undo in journal.into_iter().rev() {
+            match undo {
+                Undo::Shard(id, old) => {
+                    match old {
+                        Some(v) => self.shards.insert(id, v),
+                        None => self.shards.remove(&id),
+                    };
+                }
+                Undo::Domain(domain, old) => {
+                    self.put_domain(&domain, old);
+                }
+                Undo::Binding(cluster, old) => {
+                    match old {
+                        Some(v) => self.bindings.insert(cluster, v),
+                        None => self.bindings.remove(&cluster),
+                    };
+                }
+                Undo::Quota(provider, region, old) => {
+                    self.put_quota(&provider, &region, old);
+                }
+                Undo::Provider(name, old) => {
+                    match old {
+                        Some(v) => self.providers.insert(name, v),
+                        None => self.providers.remove(&name),
+                    };
+                }
+            }
+        }
+    }
+
+    // ---- reads ----
+
+    /// Registered shards in id order.
+    pub fn shards(&self) -> impl Iterator<Item = &ShardRecord> {
+        self.shards.values()
+    }
+
+    /// One shard.
+    pub fn shard(&self, id: &str) -> Option<&ShardRecord> {
+        self.shards.get(id)
+    }
+
+    /// `(domain, shard)` pairs in domain order.
+    pub fn domains(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.domains.iter().map(|(d, s)| (d.as_str(), s.as_str()))
+    }
+
+    /// A shard's domains in order.
+    pub fn domains_of(&self, shard: &str) -> Vec<&str> {
+        self.domains_by_shard
+            .get(shard)
+            .map(|set| set.iter().map(String::as_str).collect())
+            .unwrap_or_default()
+    }
+
+    /// Owner of a domain.
+    pub fn domain_owner(&self, domain: &str) -> Option<&str> {
+        self.domains.get(domain).map(String::as_str)
+    }
+
+    /// `(cluster, shard)` pairs in cluster order.
+    pub fn bindings(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.bindings.iter().map(|(c, s)| (c.as_str(), s.as_str()))
+    }
+
+    /// A cluster's shard.
+    pub fn binding(&self, cluster: &str) -> Option<&str> {
+        self.bindings.get(cluster).map(String::as_str)
+    }
+
+    /// Quotas in (provider, region) order.
+    pub fn quotas(&self) -> impl Iterator<Item = &QuotaRecord> {
+        self.quotas.values().flat_map(|regions| regions.values())
+    }
+
+    /// One quota.
+    pub fn quota(&self, provider: &str, region: &str) -> Option<&QuotaRecord> {
+        self.quotas.get(provider)?.get(region)
+    }
+
+    /// Providers in name order.
+    pub fn providers(&self) -> impl Iterator<Item = &ProviderRecord> {
+        self.providers.values()
+    }
+
+    /// Table sizes.
+    pub fn counts(&self) -> FleetCounts {
+        FleetCounts {
+            shards: self.shards.len(),
+            domains: self.domains.len(),
+            bindings: self.bindings.len(),
+            quotas: self.quotas.values().map(BTreeMap::len).sum(),
+            providers: self.providers.len(),
+        }
+    }
+
+    // ---- snapshots ----
+
+    /// Serialized state (including remembered request ids) for snapshots.
+    pub fn encode(&self) -> Vec<u8> {
+        // Serializing plain maps, strings and integers cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Inverse of [`FleetState::encode`]; corrupt bytes give an error, never a panic.
+    pub fn decode(bytes: &[u8]) -> Result<FleetState, FleetError> {
+        let mut state: FleetState = serde_json::from_slice(bytes)
+            .map_err(|e| FleetError::CorruptSnapshot(e.to_string()))?;
+        if state.dedup.entries.len() > DEDUP_CAPACITY {
+            return Err(FleetError::CorruptSnapshot(format!(
+                "{} remembered request ids, above the capacity of {DEDUP_CAPACITY}",
+                state.dedup.entries.len()
+            )));
+        }
+        state.rebuild_indexes();
+        Ok(state)
+    }
+
+    /// Rebuilds derived indexes after decoding.
+    pub fn rebuild_indexes(&mut self) {
+        let mut by_shard: HashMap<String, BTreeSet<String>> = HashMap::new();
+        for (domain, shard) in &self.domains {
+            by_shard
+                .entry(shard.clone())
+                .or_default()
+                .insert(domain.clone());
+        }
+        self.domains_by_shard = by_shard;
+        self.dedup.rebuild();
+    }
+}
