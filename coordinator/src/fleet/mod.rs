@@ -12,3 +12,6 @@ pub use state::{
     Applied, DEDUP_CAPACITY, FleetCounts, FleetState, ProviderRecord, QuotaRecord, Revision,
     ShardRecord, ShardStatus,
 };
+
+#[cfg(test)]
+mod tests;

@@ -72,15 +72,9 @@ impl Store {
             .worker_threads(1)
             .open()
             .map_err(wrap)?;
-        let log = db
-            .keyspace("log", KeyspaceCreateOptions::default)
-            .map_err(wrap)?;
-        let meta = db
-            .keyspace("meta", KeyspaceCreateOptions::default)
-            .map_err(wrap)?;
-        let snapshot = db
-            .keyspace("snapshot", KeyspaceCreateOptions::default)
-            .map_err(wrap)?;
+        let log = db.keyspace("log", keyspace_options).map_err(wrap)?;
+        let meta = db.keyspace("meta", keyspace_options).map_err(wrap)?;
+        let snapshot = db.keyspace("snapshot", keyspace_options).map_err(wrap)?;
         Ok(Self {
             db,
             log,
@@ -159,6 +153,12 @@ impl Store {
     pub fn disk_space(&self) -> u64 {
         self.db.disk_space().unwrap_or(0)
     }
+}
+
+/// Small memtables: the log is written once, read rarely (replication of recent entries hits
+/// the memtable anyway) and purged behind snapshots, so large write buffers only cost memory.
+fn keyspace_options() -> KeyspaceCreateOptions {
+    KeyspaceCreateOptions::default().max_memtable_size(4 * 1024 * 1024)
 }
 
 /// Log keys are big-endian indexes so that key order is log order.

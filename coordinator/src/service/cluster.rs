@@ -393,3 +393,28 @@ impl Cluster for ClusterService {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::placement;
+
+    fn azs(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn three_voters_in_three_azs_is_healthy() {
+        let p = placement(&azs(&["az-c", "az-a", "az-b"]));
+        assert!(p.healthy, "{}", p.message);
+        assert_eq!(p.voter_azs, azs(&["az-a", "az-b", "az-c"]));
+    }
+
+    #[test]
+    fn shared_azs_and_small_clusters_are_at_risk() {
+        let p = placement(&azs(&["az-a", "az-a", "az-b"]));
+        assert!(!p.healthy);
+        assert!(p.message.contains("az-a holds 2 voters"), "{}", p.message);
+        assert!(!placement(&azs(&["az-a", "az-b"])).healthy);
+        assert!(!placement(&[]).healthy);
+    }
+}

@@ -1,0 +1,600 @@
+//! Unit and property tests of the fleet state machine.
+
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+
+use super::*;
+
+fn register(id: &str, az: &str) -> FleetCommand {
+    FleetCommand::RegisterShard {
+        id: id.into(),
+        address: format!("10.0.0.1:{}", 7800 + id.len()),
+        az: az.into(),
+        now_ms: 1_000,
+        lease_ttl_ms: 10_000,
+    }
+}
+
+fn assign(pairs: &[(&str, &str)], allow_move: bool) -> FleetCommand {
+    FleetCommand::AssignDomains {
+        assignments: pairs
+            .iter()
+            .map(|(d, s)| (d.to_string(), s.to_string()))
+            .collect(),
+        allow_move,
+    }
+}
+
+fn provider(name: &str) -> FleetCommand {
+    FleetCommand::SetProvider {
+        name: name.into(),
+        endpoint: "https://api.example".into(),
+        region: "us-east-1".into(),
+        capacity_types: vec!["m5".into()],
+    }
+}
+
+fn quota(total: u64, slices: &[(&str, u64)]) -> FleetCommand {
+    FleetCommand::SetQuota {
+        provider: "aws".into(),
+        region: "us-east-1".into(),
+        total,
+        slices: slices.iter().map(|(s, a)| (s.to_string(), *a)).collect(),
+    }
+}
+
+/// Two shards, a provider, a domain, a binding and a quota.
+fn seeded() -> FleetState {
+    let mut s = FleetState::new();
+    for cmd in [
+        register("s1", "az-a"),
+        register("s2", "az-b"),
+        provider("aws"),
+        assign(&[("zone=a/rack=1", "s1"), ("zone=a/rack=2", "s1")], false),
+        FleetCommand::BindCluster {
+            cluster: "c1".into(),
+            shard: "s1".into(),
+        },
+        quota(100, &[("s1", 60), ("s2", 40)]),
+    ] {
+        s.apply(&cmd).expect("seed command");
+    }
+    s
+}
+
+/// Applies a command that must be refused and checks nothing changed.
+fn refuse(state: &mut FleetState, cmd: FleetCommand, kind: ErrorKind) -> FleetError {
+    let before = state.encode();
+    let error = state.apply(&cmd).expect_err("command should be refused");
+    assert_eq!(error.kind(), kind, "{error}");
+    assert_eq!(
+        state.encode(),
+        before,
+        "state changed after refusal: {error}"
+    );
+    error
+}
+
+#[test]
+fn revision_moves_once_per_change_and_not_for_no_ops() {
+    let mut s = seeded();
+    let r = s.revision();
+    assert_eq!(r, 6);
+    let applied = s
+        .apply(&assign(&[("zone=a/rack=1", "s1")], false))
+        .expect("no-op");
+    assert_eq!(
+        applied,
+        Applied {
+            revision: r,
+            changed: false
+        }
+    );
+    let applied = s
+        .apply(&FleetCommand::Batch {
+            commands: vec![
+                assign(&[("zone=b/rack=1", "s2")], false),
+                assign(&[("zone=b/rack=2", "s2")], false),
+            ],
+        })
+        .expect("batch");
+    assert_eq!(
+        applied,
+        Applied {
+            revision: r + 1,
+            changed: true
+        }
+    );
+}
+
+#[test]
+fn registration_is_idempotent_and_keeps_history() {
+    let mut s = seeded();
+    s.apply(&FleetCommand::DrainShard { id: "s1".into() })
+        .expect("drain");
+    s.apply(&FleetCommand::RegisterShard {
+        id: "s1".into(),
+        address: "10.9.9.9:1".into(),
+        az: "az-c".into(),
+        now_ms: 5_000,
+        lease_ttl_ms: 1_000,
+    })
+    .expect("re-register");
+    let shard = s.shard("s1").expect("s1");
+    assert_eq!(shard.registered_at_ms, 1_000);
+    assert_eq!(shard.lease_expires_at_ms, 6_000);
+    assert_eq!(shard.address, "10.9.9.9:1");
+    assert_eq!(shard.status, ShardStatus::Draining);
+}
+
+#[test]
+fn domains_belong_to_one_shard_and_move_only_explicitly() {
+    let mut s = seeded();
+    let e = refuse(
+        &mut s,
+        assign(&[("zone=a/rack=1", "s2")], false),
+        ErrorKind::FailedPrecondition,
+    );
+    assert!(e.to_string().contains("\"s1\""), "{e}");
+    s.apply(&assign(&[("zone=a/rack=1", "s2")], true))
+        .expect("move");
+    assert_eq!(s.domain_owner("zone=a/rack=1"), Some("s2"));
+    assert_eq!(s.domains_of("s1"), vec!["zone=a/rack=2"]);
+    assert_eq!(s.domains_of("s2"), vec!["zone=a/rack=1"]);
+    refuse(
+        &mut s,
+        assign(&[("zone=a/rack=9", "ghost")], false),
+        ErrorKind::NotFound,
+    );
+    refuse(
+        &mut s,
+        assign(&[("zone=a", "s1"), ("zone=a", "s2")], true),
+        ErrorKind::InvalidArgument,
+    );
+    refuse(&mut s, assign(&[], false), ErrorKind::InvalidArgument);
+    refuse(
+        &mut s,
+        assign(&[("not a domain", "s1")], false),
+        ErrorKind::InvalidArgument,
+    );
+    refuse(
+        &mut s,
+        FleetCommand::UnassignDomains {
+            domains: vec!["zone=a/rack=2".into(), "zone=z".into()],
+        },
+        ErrorKind::NotFound,
+    );
+    s.apply(&FleetCommand::UnassignDomains {
+        domains: vec!["zone=a/rack=2".into()],
+    })
+    .expect("unassign");
+    assert!(s.domains_of("s1").is_empty());
+}
+
+#[test]
+fn a_failing_assignment_in_the_middle_undoes_the_earlier_ones() {
+    let mut s = seeded();
+    refuse(
+        &mut s,
+        assign(
+            &[
+                ("zone=c/rack=1", "s2"),
+                ("zone=a/rack=1", "s2"),
+                ("zone=c/rack=2", "s2"),
+            ],
+            false,
+        ),
+        ErrorKind::FailedPrecondition,
+    );
+    assert_eq!(s.domain_owner("zone=c/rack=1"), None);
+}
+
+#[test]
+fn first_binding_wins_and_moves_are_explicit() {
+    let mut s = seeded();
+    let bind = |shard: &str| FleetCommand::BindCluster {
+        cluster: "c1".into(),
+        shard: shard.into(),
+    };
+    assert!(!s.apply(&bind("s1")).expect("same shard").changed);
+    let e = refuse(&mut s, bind("s2"), ErrorKind::AlreadyExists);
+    assert!(e.to_string().contains("\"s1\""));
+    s.apply(&FleetCommand::MoveCluster {
+        cluster: "c1".into(),
+        shard: "s2".into(),
+    })
+    .expect("move");
+    assert_eq!(s.binding("c1"), Some("s2"));
+    refuse(
+        &mut s,
+        FleetCommand::MoveCluster {
+            cluster: "c9".into(),
+            shard: "s2".into(),
+        },
+        ErrorKind::NotFound,
+    );
+    refuse(
+        &mut s,
+        FleetCommand::UnbindCluster {
+            cluster: "c9".into(),
+        },
+        ErrorKind::NotFound,
+    );
+}
+
+#[test]
+fn quota_slices_never_exceed_the_total() {
+    let mut s = seeded();
+    let e = refuse(
+        &mut s,
+        quota(100, &[("s1", 61), ("s2", 40)]),
+        ErrorKind::FailedPrecondition,
+    );
+    assert!(
+        e.to_string().contains("101") && e.to_string().contains("100"),
+        "{e}"
+    );
+    refuse(
+        &mut s,
+        quota(u64::MAX, &[("s1", u64::MAX), ("s2", 1)]),
+        ErrorKind::FailedPrecondition,
+    );
+    refuse(&mut s, quota(100, &[("ghost", 1)]), ErrorKind::NotFound);
+    let e = refuse(
+        &mut s,
+        FleetCommand::SetQuotaSlices {
+            provider: "aws".into(),
+            region: "us-east-1".into(),
+            slices: BTreeMap::from([("s2".to_string(), 41)]),
+        },
+        ErrorKind::FailedPrecondition,
+    );
+    assert!(e.to_string().contains("101"));
+    s.apply(&FleetCommand::SetQuotaSlices {
+        provider: "aws".into(),
+        region: "us-east-1".into(),
+        slices: BTreeMap::from([("s2".to_string(), 0), ("s1".to_string(), 100)]),
+    })
+    .expect("reslice");
+    let q = s.quota("aws", "us-east-1").expect("quota");
+    assert_eq!(q.slices, BTreeMap::from([("s1".to_string(), 100)]));
+    refuse(
+        &mut s,
+        FleetCommand::SetQuota {
+            provider: "gcp".into(),
+            region: "us-east-1".into(),
+            total: 1,
+            slices: BTreeMap::new(),
+        },
+        ErrorKind::NotFound,
+    );
+}
+
+#[test]
+fn draining_shards_take_nothing_new() {
+    let mut s = seeded();
+    s.apply(&FleetCommand::DrainShard { id: "s2".into() })
+        .expect("drain");
+    refuse(
+        &mut s,
+        assign(&[("zone=d", "s2")], false),
+        ErrorKind::FailedPrecondition,
+    );
+    refuse(
+        &mut s,
+        FleetCommand::BindCluster {
+            cluster: "c5".into(),
+            shard: "s2".into(),
+        },
+        ErrorKind::FailedPrecondition,
+    );
+    refuse(
+        &mut s,
+        quota(100, &[("s1", 50), ("s2", 50)]),
+        ErrorKind::FailedPrecondition,
+    );
+    // Lowering a draining shard's slice is allowed.
+    s.apply(&quota(100, &[("s1", 60), ("s2", 10)]))
+        .expect("lower");
+    s.apply(&FleetCommand::ActivateShard { id: "s2".into() })
+        .expect("activate");
+    s.apply(&assign(&[("zone=d", "s2")], false))
+        .expect("assign after activate");
+}
+
+#[test]
+fn removing_a_shard_cascades() {
+    let mut s = seeded();
+    s.apply(&FleetCommand::RemoveShard { id: "s1".into() })
+        .expect("remove");
+    assert!(s.shard("s1").is_none());
+    assert_eq!(s.counts().domains, 0);
+    assert_eq!(s.binding("c1"), None);
+    let q = s.quota("aws", "us-east-1").expect("quota stays");
+    assert_eq!(q.slices, BTreeMap::from([("s2".to_string(), 40)]));
+    refuse(
+        &mut s,
+        FleetCommand::RemoveShard { id: "s1".into() },
+        ErrorKind::NotFound,
+    );
+}
+
+#[test]
+fn providers_in_use_cannot_be_removed() {
+    let mut s = seeded();
+    let e = refuse(
+        &mut s,
+        FleetCommand::RemoveProvider { name: "aws".into() },
+        ErrorKind::FailedPrecondition,
+    );
+    assert!(e.to_string().contains("us-east-1"));
+    s.apply(&FleetCommand::DeleteQuota {
+        provider: "aws".into(),
+        region: "us-east-1".into(),
+    })
+    .expect("delete quota");
+    s.apply(&FleetCommand::RemoveProvider { name: "aws".into() })
+        .expect("remove provider");
+    assert_eq!(s.counts().providers, 0);
+}
+
+#[test]
+fn batches_are_all_or_nothing_and_flat() {
+    let mut s = seeded();
+    let e = refuse(
+        &mut s,
+        FleetCommand::Batch {
+            commands: vec![
+                register("s3", "az-c"),
+                assign(&[("zone=e", "s3")], false),
+                assign(&[("zone=f", "ghost")], false),
+            ],
+        },
+        ErrorKind::NotFound,
+    );
+    assert!(e.to_string().starts_with("batch command 2"), "{e}");
+    refuse(
+        &mut s,
+        FleetCommand::Batch {
+            commands: vec![FleetCommand::Batch {
+                commands: vec![register("s3", "az-c")],
+            }],
+        },
+        ErrorKind::InvalidArgument,
+    );
+    refuse(
+        &mut s,
+        FleetCommand::Batch { commands: vec![] },
+        ErrorKind::InvalidArgument,
+    );
+}
+
+#[test]
+fn oversized_and_malformed_input_is_refused_before_any_state_check() {
+    let too_many = (0..=ballast_protocol::validate::MAX_BATCH)
+        .map(|n| (format!("zone=z/rack={n}"), "s1".to_string()))
+        .collect();
+    let cmd = FleetCommand::AssignDomains {
+        assignments: too_many,
+        allow_move: false,
+    };
+    assert_eq!(
+        FleetState::validate_command(&cmd).unwrap_err().kind(),
+        ErrorKind::InvalidArgument
+    );
+    let bad_id = register("Shard_1", "az-a");
+    assert!(
+        FleetState::validate_command(&bad_id)
+            .unwrap_err()
+            .to_string()
+            .contains("'S'")
+    );
+    let zero_lease = FleetCommand::RegisterShard {
+        id: "s1".into(),
+        address: "a:1".into(),
+        az: "az-a".into(),
+        now_ms: 0,
+        lease_ttl_ms: 0,
+    };
+    assert!(FleetState::validate_command(&zero_lease).is_err());
+}
+
+#[test]
+fn request_ids_apply_once_and_remember_refusals() {
+    let mut s = seeded();
+    let cmd = assign(&[("zone=x", "s2")], false);
+    let first = s.apply_request(Some("r1"), &cmd).expect("first");
+    s.apply(&assign(&[("zone=x", "s1")], true))
+        .expect("someone moves it");
+    let again = s.apply_request(Some("r1"), &cmd).expect("replay");
+    assert_eq!(first, again);
+    assert_eq!(
+        s.domain_owner("zone=x"),
+        Some("s1"),
+        "the replay must not apply again"
+    );
+
+    let bad = assign(&[("zone=y", "ghost")], false);
+    let e1 = s.apply_request(Some("r2"), &bad).expect_err("refused");
+    s.apply(&register("ghost", "az-a")).expect("ghost appears");
+    let e2 = s
+        .apply_request(Some("r2"), &bad)
+        .expect_err("refusal remembered");
+    assert_eq!(e1, e2);
+    // No id: no memory.
+    assert!(
+        s.apply_request(None, &assign(&[("zone=y", "ghost")], false))
+            .is_ok()
+    );
+}
+
+#[test]
+fn remembered_ids_are_evicted_oldest_first_and_survive_snapshots() {
+    let mut s = FleetState::new();
+    s.apply(&register("s1", "az-a")).expect("register");
+    let cmd = |n: usize| assign(&[(&format!("zone=z/rack={n}"), "s1")], false);
+    for n in 0..DEDUP_CAPACITY + 10 {
+        s.apply_request(Some(&format!("id-{n}")), &cmd(n))
+            .expect("apply");
+    }
+    let mut restored = FleetState::decode(&s.encode()).expect("decode");
+    assert_eq!(restored, s);
+    let revision = restored.revision();
+    // A recent id is still remembered after the snapshot round trip...
+    let recent = format!("id-{}", DEDUP_CAPACITY + 5);
+    restored
+        .apply_request(Some(&recent), &cmd(999_999))
+        .expect("replay");
+    assert_eq!(restored.revision(), revision);
+    assert_eq!(restored.domain_owner("zone=z/rack=999999"), None);
+    // ...the oldest has been forgotten.
+    restored
+        .apply_request(Some("id-3"), &cmd(999_998))
+        .expect("fresh apply");
+    assert_eq!(restored.revision(), revision + 1);
+}
+
+#[test]
+fn corrupt_snapshots_are_errors() {
+    assert_eq!(
+        FleetState::decode(b"{").unwrap_err().kind(),
+        ErrorKind::InvalidArgument
+    );
+    assert!(FleetState::decode(b"").is_err());
+    assert!(FleetState::decode(&[0xff, 0x00]).is_err());
+}
+
+// ---------------------------------------------------------------- properties
+
+fn arb_shard() -> impl Strategy<Value = String> {
+    prop::sample::select(vec!["s1", "s2", "s3", "s4"]).prop_map(String::from)
+}
+
+fn arb_domain() -> impl Strategy<Value = String> {
+    (0..6u8, 0..4u8).prop_map(|(r, z)| format!("zone=z{z}/rack=r{r}"))
+}
+
+fn arb_command() -> impl Strategy<Value = FleetCommand> {
+    let leaf = prop_oneof![
+        (
+            arb_shard(),
+            prop::sample::select(vec!["az-a", "az-b", "az-c"])
+        )
+            .prop_map(|(id, az)| register(&id, az)),
+        arb_shard().prop_map(|id| FleetCommand::DrainShard { id }),
+        arb_shard().prop_map(|id| FleetCommand::ActivateShard { id }),
+        arb_shard().prop_map(|id| FleetCommand::RemoveShard { id }),
+        (
+            prop::collection::vec((arb_domain(), arb_shard()), 1..4),
+            any::<bool>()
+        )
+            .prop_map(|(assignments, allow_move)| FleetCommand::AssignDomains {
+                assignments,
+                allow_move
+            }),
+        prop::collection::vec(arb_domain(), 1..3)
+            .prop_map(|domains| FleetCommand::UnassignDomains { domains }),
+        (0..4u8, arb_shard()).prop_map(|(c, shard)| FleetCommand::BindCluster {
+            cluster: format!("c{c}"),
+            shard
+        }),
+        (0..4u8, arb_shard()).prop_map(|(c, shard)| FleetCommand::MoveCluster {
+            cluster: format!("c{c}"),
+            shard
+        }),
+        Just(provider("aws")),
+        (
+            0..200u64,
+            prop::collection::btree_map(arb_shard(), 0..120u64, 0..4)
+        )
+            .prop_map(|(total, slices)| FleetCommand::SetQuota {
+                provider: "aws".into(),
+                region: "us-east-1".into(),
+                total,
+                slices
+            }),
+        prop::collection::btree_map(arb_shard(), 0..120u64, 1..3).prop_map(|slices| {
+            FleetCommand::SetQuotaSlices {
+                provider: "aws".into(),
+                region: "us-east-1".into(),
+                slices,
+            }
+        }),
+        Just(FleetCommand::RemoveProvider { name: "aws".into() }),
+    ];
+    prop_oneof![
+        4 => leaf.clone(),
+        1 => prop::collection::vec(leaf, 1..4).prop_map(|commands| FleetCommand::Batch { commands }),
+    ]
+}
+
+fn check_invariants(s: &FleetState) {
+    for q in s.quotas() {
+        let sum: u128 = q.slices.values().map(|a| *a as u128).sum();
+        assert!(sum <= q.total as u128, "quota {q:?} over total");
+        for shard in q.slices.keys() {
+            assert!(s.shard(shard).is_some(), "slice of unknown shard {shard}");
+        }
+    }
+    for (domain, shard) in s.domains() {
+        assert!(
+            s.shard(shard).is_some(),
+            "domain {domain} owned by unknown {shard}"
+        );
+        assert!(
+            s.domains_of(shard).contains(&domain),
+            "index misses {domain}"
+        );
+    }
+    let indexed: usize = s.shards().map(|sh| s.domains_of(&sh.id).len()).sum();
+    assert_eq!(indexed, s.counts().domains, "index and table disagree");
+    for (cluster, shard) in s.bindings() {
+        assert!(
+            s.shard(shard).is_some(),
+            "cluster {cluster} bound to unknown {shard}"
+        );
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    #[test]
+    fn invariants_hold_and_refusals_change_nothing(cmds in prop::collection::vec(arb_command(), 1..40)) {
+        let mut s = FleetState::new();
+        for cmd in &cmds {
+            let before = s.encode();
+            let revision = s.revision();
+            match s.apply(cmd) {
+                Ok(applied) => {
+                    prop_assert_eq!(applied.revision, revision + applied.changed as u64);
+                }
+                Err(_) => prop_assert_eq!(s.encode(), before),
+            }
+            check_invariants(&s);
+        }
+    }
+
+    #[test]
+    fn replicas_applying_the_same_commands_agree(cmds in prop::collection::vec(arb_command(), 1..40)) {
+        let mut a = FleetState::new();
+        let mut b = FleetState::new();
+        for (i, cmd) in cmds.iter().enumerate() {
+            let id = format!("req-{}", i % 7);
+            prop_assert_eq!(a.apply_request(Some(&id), cmd), b.apply_request(Some(&id), cmd));
+        }
+        prop_assert_eq!(a.encode(), b.encode());
+    }
+
+    #[test]
+    fn snapshots_round_trip(cmds in prop::collection::vec(arb_command(), 1..40)) {
+        let mut s = FleetState::new();
+        for (i, cmd) in cmds.iter().enumerate() {
+            let _ = s.apply_request(Some(&format!("r{i}")), cmd);
+        }
+        let restored = FleetState::decode(&s.encode()).expect("decode");
+        prop_assert_eq!(&restored, &s);
+        check_invariants(&restored);
+    }
+}
