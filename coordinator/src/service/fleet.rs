@@ -164,7 +164,7 @@ impl Fleet for FleetService {
         self.before_read(&request, request.get_ref().options.as_ref())
             .await?;
         let (header, shards) = self.read(|fleet| {
-            let bindings = binding_counts(&fleet);
+            let bindings = binding_counts(fleet);
             let shards = fleet
                 .shards()
                 .map(|s| {
