@@ -277,18 +277,8 @@ pub async fn run(args: CoordBenchArgs) -> anyhow::Result<()> {
     );
     load_fleet(&client, args.domains, args.bindings, args.shards).await?;
     // Give every replica time to apply and settle allocator arenas before reading RSS.
-    let revision = client
-        .fleet(|mut c, req| async move {
-            c.list_shards(req.wrap(pb::ListShardsRequest { options: None }))
-                .await
-        })
-        .await?
-        .header
-        .map(|h| h.revision)
-        .unwrap_or(0);
-    for r in cluster.replicas.iter().map(|r| r.id).collect::<Vec<_>>() {
-        cluster.wait_for_revision(r, revision).await;
-    }
+    let revision = client.revision().await?;
+    cluster.wait_until_converged(revision).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (loaded_rss, loaded_total) = rss_row(&cluster);
     let disk: Vec<u64> = cluster
@@ -317,15 +307,7 @@ pub async fn run(args: CoordBenchArgs) -> anyhow::Result<()> {
         kill_samples.push(killed.elapsed());
         eprintln!("  kill {round}: {} ms", ms(killed.elapsed()));
         cluster.restart(leader);
-        let revision = fresh
-            .fleet(|mut c, req| async move {
-                c.list_shards(req.wrap(pb::ListShardsRequest { options: None }))
-                    .await
-            })
-            .await?
-            .header
-            .map(|h| h.revision)
-            .unwrap_or(0);
+        let revision = fresh.revision().await?;
         cluster.wait_for_revision(leader, revision).await;
     }
     let kills = Summary::of(&mut kill_samples);

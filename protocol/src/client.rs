@@ -202,6 +202,17 @@ impl BallastClient {
         .await
     }
 
+    /// The cluster's current fleet revision, read linearizably (through the smallest table).
+    pub async fn revision(&self) -> Result<u64, ClientError> {
+        let answer = self
+            .fleet(|mut c, req| async move {
+                c.list_providers(req.wrap(pb::ListProvidersRequest { options: None }))
+                    .await
+            })
+            .await?;
+        Ok(answer.header.map(|h| h.revision).unwrap_or(0))
+    }
+
     /// Runs one call on the `Fleet` service with failover and retries.
     pub async fn fleet<T, F, Fut>(&self, op: F) -> Result<T, ClientError>
     where

@@ -179,15 +179,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
 
     step(&format!("restart replica {leader} from its data dir"));
     cluster.restart(leader);
-    let revision = client
-        .fleet(|mut c, req| async move {
-            c.list_shards(req.wrap(pb::ListShardsRequest { options: None }))
-                .await
-        })
-        .await?
-        .header
-        .map(|h| h.revision)
-        .unwrap_or(0);
+    let revision = client.revision().await?;
     cluster.wait_for_revision(leader, revision).await;
     let status = cluster.status(leader).await.context("reading status")?;
     println!("    replica {leader} caught up to revision {revision}");

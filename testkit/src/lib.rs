@@ -324,6 +324,19 @@ impl TestCluster {
         .await
     }
 
+    /// Waits until every running replica has applied at least `revision`.
+    pub async fn wait_until_converged(&self, revision: u64) {
+        let running: Vec<u64> = self
+            .replicas
+            .iter()
+            .filter(|r| r.is_running())
+            .map(|r| r.id)
+            .collect();
+        for id in running {
+            self.wait_for_revision(id, revision).await;
+        }
+    }
+
     /// The directory holding data dirs and `replica-N.log` files.
     pub fn dir(&self) -> &Path {
         self.dir.path()

@@ -133,6 +133,14 @@ impl Dedup {
     }
 }
 
+/// Sets or removes `key` in `map`, returning the previous value.
+fn put<V>(map: &mut BTreeMap<String, V>, key: &str, value: Option<V>) -> Option<V> {
+    match value {
+        Some(v) => map.insert(key.to_string(), v),
+        None => map.remove(key),
+    }
+}
+
 /// One reversible mutation, recorded so a failed command (or batch) can be undone exactly.
 enum Undo {
     Shard(String, Option<ShardRecord>),
@@ -638,10 +646,7 @@ impl FleetState {
     // ---- primitive mutations: the only code that writes the tables, each journaled ----
 
     fn set_shard(&mut self, id: &str, value: Option<ShardRecord>, journal: &mut Vec<Undo>) {
-        let old = match &value {
-            Some(v) => self.shards.insert(id.to_string(), v.clone()),
-            None => self.shards.remove(id),
-        };
+        let old = put(&mut self.shards, id, value.clone());
         if old != value {
             journal.push(Undo::Shard(id.to_string(), old));
         }
@@ -656,10 +661,7 @@ impl FleetState {
 
     /// Writes a domain's owner and keeps the per-shard index in step.
     fn put_domain(&mut self, domain: &str, owner: Option<String>) -> Option<String> {
-        let old = match &owner {
-            Some(shard) => self.domains.insert(domain.to_string(), shard.clone()),
-            None => self.domains.remove(domain),
-        };
+        let old = put(&mut self.domains, domain, owner.clone());
         if let Some(previous) = &old
             && let Some(set) = self.domains_by_shard.get_mut(previous)
         {
@@ -678,10 +680,7 @@ impl FleetState {
     }
 
     fn set_binding(&mut self, cluster: &str, shard: Option<String>, journal: &mut Vec<Undo>) {
-        let old = match &shard {
-            Some(s) => self.bindings.insert(cluster.to_string(), s.clone()),
-            None => self.bindings.remove(cluster),
-        };
+        let old = put(&mut self.bindings, cluster, shard.clone());
         if old != shard {
             journal.push(Undo::Binding(cluster.to_string(), old));
         }
@@ -724,10 +723,7 @@ impl FleetState {
     }
 
     fn set_provider(&mut self, name: &str, value: Option<ProviderRecord>, journal: &mut Vec<Undo>) {
-        let old = match &value {
-            Some(v) => self.providers.insert(name.to_string(), v.clone()),
-            None => self.providers.remove(name),
-        };
+        let old = put(&mut self.providers, name, value.clone());
         if old != value {
             journal.push(Undo::Provider(name.to_string(), old));
         }
@@ -738,28 +734,19 @@ impl FleetState {
         for undo in journal.into_iter().rev() {
             match undo {
                 Undo::Shard(id, old) => {
-                    match old {
-                        Some(v) => self.shards.insert(id, v),
-                        None => self.shards.remove(&id),
-                    };
+                    put(&mut self.shards, &id, old);
                 }
                 Undo::Domain(domain, old) => {
                     self.put_domain(&domain, old);
                 }
                 Undo::Binding(cluster, old) => {
-                    match old {
-                        Some(v) => self.bindings.insert(cluster, v),
-                        None => self.bindings.remove(&cluster),
-                    };
+                    put(&mut self.bindings, &cluster, old);
                 }
                 Undo::Quota(provider, region, old) => {
                     self.put_quota(&provider, &region, old);
                 }
                 Undo::Provider(name, old) => {
-                    match old {
-                        Some(v) => self.providers.insert(name, v),
-                        None => self.providers.remove(&name),
-                    };
+                    put(&mut self.providers, &name, old);
                 }
             }
         }

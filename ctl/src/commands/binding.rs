@@ -5,7 +5,7 @@ use ballast_protocol::pb::command::Command as Wire;
 use clap::Subcommand;
 use serde_json::json;
 
-use super::command;
+use super::{PAGE, all_pages, command};
 use crate::Context;
 use crate::output::{Rendered, table, write_result};
 
@@ -56,30 +56,25 @@ pub async fn run(ctx: &Context, cmd: BindingCmd) -> anyhow::Result<Rendered> {
         ),
         BindingCmd::List { shard } => {
             let shard = shard.unwrap_or_default();
-            let mut all = Vec::new();
-            let mut after = String::new();
-            let mut revision = 0;
-            loop {
+            let (revision, all) = all_pages(|after| {
                 let request = pb::ListBindingsRequest {
                     options: ctx.read_options(),
                     shard: shard.clone(),
-                    after: after.clone(),
-                    limit: 5000,
+                    after,
+                    limit: PAGE,
                 };
-                let page = ctx
-                    .client
-                    .fleet(|mut c, req| {
-                        let request = request.clone();
-                        async move { c.list_bindings(req.wrap(request)).await }
-                    })
-                    .await?;
-                revision = page.header.as_ref().map(|h| h.revision).unwrap_or(revision);
-                all.extend(page.bindings);
-                if page.next_after.is_empty() {
-                    break;
+                async move {
+                    let page = ctx
+                        .client
+                        .fleet(|mut c, req| {
+                            let request = request.clone();
+                            async move { c.list_bindings(req.wrap(request)).await }
+                        })
+                        .await?;
+                    Ok((page.header, page.bindings, page.next_after))
                 }
-                after = page.next_after;
-            }
+            })
+            .await?;
             return Ok(Rendered {
                 json: json!({
                     "revision": revision,

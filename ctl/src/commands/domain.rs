@@ -5,7 +5,7 @@ use ballast_protocol::pb::command::Command as Wire;
 use clap::Subcommand;
 use serde_json::json;
 
-use super::command;
+use super::{PAGE, all_pages, command};
 use crate::Context;
 use crate::output::{Rendered, table, write_result};
 
@@ -59,33 +59,25 @@ pub async fn run(ctx: &Context, cmd: DomainCmd) -> anyhow::Result<Rendered> {
         }
         DomainCmd::List { shard } => {
             let shard = shard.unwrap_or_default();
-            let mut all = Vec::new();
-            let mut after = String::new();
-            let mut revision = 0;
-            // Pages are read one by one; a stale-free listing of a 100K-domain fleet takes a
-            // few hundred milliseconds, each page pinned to the leader's latest state.
-            loop {
-                let options = ctx.read_options();
+            let (revision, all) = all_pages(|after| {
                 let request = pb::ListDomainsRequest {
-                    options,
+                    options: ctx.read_options(),
                     shard: shard.clone(),
-                    after: after.clone(),
-                    limit: 5000,
+                    after,
+                    limit: PAGE,
                 };
-                let page = ctx
-                    .client
-                    .fleet(|mut c, req| {
-                        let request = request.clone();
-                        async move { c.list_domains(req.wrap(request)).await }
-                    })
-                    .await?;
-                revision = page.header.as_ref().map(|h| h.revision).unwrap_or(revision);
-                all.extend(page.domains);
-                if page.next_after.is_empty() {
-                    break;
+                async move {
+                    let page = ctx
+                        .client
+                        .fleet(|mut c, req| {
+                            let request = request.clone();
+                            async move { c.list_domains(req.wrap(request)).await }
+                        })
+                        .await?;
+                    Ok((page.header, page.domains, page.next_after))
                 }
-                after = page.next_after;
-            }
+            })
+            .await?;
             Ok(Rendered {
                 json: json!({
                     "revision": revision,
