@@ -42,10 +42,12 @@ pub struct CoordArgs {
     #[arg(long, env = "BALLAST_HEARTBEAT_MS", default_value_t = 50)]
     pub heartbeat_ms: u64,
     /// Lower bound of the election timeout in milliseconds.
-    #[arg(long, env = "BALLAST_ELECTION_MIN_MS", default_value_t = 200)]
+    #[arg(long, env = "BALLAST_ELECTION_MIN_MS", default_value_t = 150)]
     pub election_min_ms: u64,
-    /// Upper bound of the election timeout in milliseconds (also the leader lease).
-    #[arg(long, env = "BALLAST_ELECTION_MAX_MS", default_value_t = 400)]
+    /// Upper bound of the election timeout in milliseconds. It is also the leader lease: a
+    /// follower starts an election only after lease + a random timeout without heartbeats,
+    /// so a dead leader is replaced after roughly 1.5x to 2x this value.
+    #[arg(long, env = "BALLAST_ELECTION_MAX_MS", default_value_t = 300)]
     pub election_max_ms: u64,
     /// Snapshot after this many log entries since the last snapshot.
     #[arg(long, env = "BALLAST_SNAPSHOT_ENTRIES", default_value_t = 10_000)]

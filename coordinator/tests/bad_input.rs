@@ -170,6 +170,59 @@ async fn bad_fleet_writes_are_refused_precisely_and_change_nothing() {
         vec![("zone=az-a/rack=r1".to_string(), "s1".to_string())]
     );
 
+    // Bad cluster-administration requests.
+    let status = client
+        .cluster(|mut c, req| async move {
+            c.transfer_leader(req.wrap(pb::TransferLeaderRequest { target: 42 }))
+                .await
+        })
+        .await
+        .expect_err("unknown transfer target");
+    assert_eq!(status.code(), Code::NotFound, "{status}");
+    let status = client
+        .cluster(|mut c, req| async move {
+            c.remove_member(req.wrap(pb::RemoveMemberRequest { id: 42 }))
+                .await
+        })
+        .await
+        .expect_err("unknown member");
+    assert_eq!(status.code(), Code::NotFound, "{status}");
+    for (id, address, az, needle) in [
+        (0, "127.0.0.1:1", "az-a", "id"),
+        (9, "", "az-a", "address"),
+        (9, "127.0.0.1:1", "AZ A", "az"),
+    ] {
+        let status = client
+            .cluster(|mut c, req| async move {
+                c.join(req.wrap(pb::JoinRequest {
+                    id,
+                    address: address.into(),
+                    az: az.into(),
+                }))
+                .await
+            })
+            .await
+            .expect_err("bad join");
+        assert_eq!(status.code(), Code::InvalidArgument, "{status}");
+        assert!(status.to_string().contains(needle), "{status}");
+    }
+    let taken = cluster.replica(2).address.clone();
+    let status = client
+        .cluster(|mut c, req| {
+            let taken = taken.clone();
+            async move {
+                c.join(req.wrap(pb::JoinRequest {
+                    id: 9,
+                    address: taken,
+                    az: "az-d".into(),
+                }))
+                .await
+            }
+        })
+        .await
+        .expect_err("address taken");
+    assert_eq!(status.code(), Code::AlreadyExists, "{status}");
+
     // Every replica still serves and agrees.
     let rev = revision(&client).await;
     for id in 1..=3 {
