@@ -2,7 +2,11 @@
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
-    let files = ["ballast/v1/raft.proto", "ballast/v1/fleet.proto"];
+    let files = [
+        "ballast/v1/raft.proto",
+        "ballast/v1/fleet.proto",
+        "ballast/v1/shard.proto",
+    ];
     let descriptors = protox::compile(files, ["proto"])?;
     tonic_prost_build::configure()
         .build_server(true)

@@ -4,6 +4,8 @@
 pub mod config;
 pub mod error;
 pub mod fleet;
+pub mod history;
+pub mod leases;
 pub mod node;
 pub mod raft;
 pub mod replica;

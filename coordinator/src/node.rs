@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use ballast_protocol::client::{BallastClient, ClientConfig};
 use ballast_protocol::pb;
+use ballast_protocol::pb::assignments_server::AssignmentsServer;
 use ballast_protocol::pb::cluster_server::ClusterServer;
 use ballast_protocol::pb::fleet_server::FleetServer;
 use ballast_protocol::pb::raft_server::RaftServer;
@@ -24,6 +25,7 @@ use crate::raft::state_machine::StateMachineStore;
 use crate::raft::store::{META_CLUSTER_ID, META_NODE_ID, Store, StoreError};
 use crate::raft::types::{NodeId, Raft, ReplicaNode};
 use crate::replica::{Replica, Timing};
+use crate::service::assignments::AssignmentsService;
 use crate::service::cluster::ClusterService;
 use crate::service::fleet::FleetService;
 use crate::service::raft::RaftService;
@@ -314,6 +316,7 @@ fn serve(
     let fleet = FleetServer::new(FleetService::new(replica.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let assignments = AssignmentsServer::new(AssignmentsService::new(replica.clone()));
     let cluster = ClusterServer::new(ClusterService::new(replica));
     tokio::spawn(
         tonic::transport::Server::builder()
@@ -321,6 +324,7 @@ fn serve(
             .add_service(raft)
             .add_service(fleet)
             .add_service(cluster)
+            .add_service(assignments)
             .serve_with_incoming_shutdown(
                 // Without TCP_NODELAY, answers larger than a segment wait out delayed ACKs (~40 ms).
                 TcpIncoming::from(listener).with_nodelay(Some(true)),

@@ -16,6 +16,7 @@ use tonic::{Request, Response, Status};
 
 use crate::error::fleet_status;
 use crate::fleet::Applied;
+use crate::leases::ShardLeases;
 use crate::raft::network::peer_channel;
 use crate::raft::state_machine::SharedState;
 use crate::raft::store::Store;
@@ -48,6 +49,8 @@ pub struct Replica {
     pub store: Store,
     /// Timing knobs.
     pub timing: Timing,
+    /// Shard lease renewals seen while leading.
+    pub leases: ShardLeases,
     channels: Mutex<HashMap<String, Channel>>,
 }
 
@@ -79,6 +82,7 @@ impl Replica {
             state,
             store,
             timing,
+            leases: ShardLeases::default(),
             channels: Mutex::new(HashMap::new()),
         }
     }

@@ -16,6 +16,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Response, Status};
 
 use crate::pb;
+use crate::pb::assignments_client::AssignmentsClient;
 use crate::pb::cluster_client::ClusterClient;
 use crate::pb::fleet_client::FleetClient;
 use crate::{CLUSTER_ID_HEADER, LEADER_ADDRESS_HEADER};
@@ -222,6 +223,24 @@ impl BallastClient {
         self.call(|channel, factory| {
             op(
                 FleetClient::new(channel)
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(MAX_MESSAGE_BYTES),
+                factory,
+            )
+        })
+        .await
+    }
+
+    /// Runs one call on the `Assignments` service (shard heartbeats and watches) with failover
+    /// and retries.
+    pub async fn assignments<T, F, Fut>(&self, op: F) -> Result<T, ClientError>
+    where
+        F: Fn(AssignmentsClient<Channel>, RequestFactory) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
+        self.call(|channel, factory| {
+            op(
+                AssignmentsClient::new(channel)
                     .max_decoding_message_size(MAX_MESSAGE_BYTES)
                     .max_encoding_message_size(MAX_MESSAGE_BYTES),
                 factory,

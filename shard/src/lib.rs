@@ -1,9 +1,14 @@
 //! Ballast's shard worker (data plane).
 //!
-//! Static stability is the point of this crate: a shard keeps provisioning from its own durable
-//! cache while every coordinator replica is down. It therefore depends on `ballast-protocol`
-//! only — never on the coordinator or DR crates — and `tests/dependency_closure.rs` fails the
-//! build if that ever changes. The worker itself (assignment watch, fjall cache, provisioning
-//! engine, provider trait) is tracked as its own issue and is not part of this crate yet.
+//! Static stability is the point of this crate: a shard keeps serving from its own durable
+//! cache while every coordinator replica is down, and restarts from that cache alone. It
+//! therefore depends on `ballast-protocol` only — never on the coordinator or DR crates — and
+//! `tests/dependency_closure.rs` fails the build if that ever changes.
+//!
+//! Built so far: the durable assignment cache ([`cache`]), the resumable assignment watch and
+//! lease heartbeats ([`worker`]), the status API and the `ballast-shard` binary ([`config`]).
+//! The provisioning engine, provider trait and cluster demand API are still to come.
 
-pub use ballast_protocol as protocol;
+pub mod cache;
+pub mod config;
+pub mod worker;

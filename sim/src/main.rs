@@ -20,12 +20,19 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Run one coordinator replica (same flags as `ballast-coord`); used by the demo.
     Replica(ballast_coordinator::config::CoordArgs),
+    /// Run one shard worker (same flags as `ballast-shard`); used by the demo and tests.
+    Shard(ballast_shard::config::ShardArgs),
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Demo(args) => demo::run(args).await,
+        Command::Shard(args) => {
+            ballast_shard::config::init_logging();
+            ballast_shard::config::run_until_signal(args).await?;
+            Ok(())
+        }
         Command::Replica(args) => {
             ballast_coordinator::config::init_logging();
             ballast_coordinator::config::run_until_signal(args).await?;

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use ballast_protocol::client::{BallastClient, ClientConfig};
 use ballast_protocol::pb;
 use ballast_protocol::pb::cluster_client::ClusterClient;
+use ballast_protocol::pb::shard_worker_client::ShardWorkerClient;
 
 /// Timing flags that keep test clusters quick to elect and to compact.
 pub const FAST_FLAGS: &[&str] = &[
@@ -345,12 +346,145 @@ impl TestCluster {
     /// Concatenated process logs, for failure messages.
     pub fn logs(&self) -> String {
         let mut out = String::new();
-        for r in &self.replicas {
-            let path = self.dir.path().join(format!("replica-{}.log", r.id));
-            out.push_str(&format!("==== replica {} ====\n", r.id));
+        let Ok(entries) = std::fs::read_dir(self.dir.path()) else {
+            return out;
+        };
+        let mut logs: Vec<PathBuf> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "log"))
+            .collect();
+        logs.sort();
+        for path in logs {
+            out.push_str(&format!("==== {} ====\n", path.display()));
             out.push_str(&std::fs::read_to_string(path).unwrap_or_default());
         }
         out
+    }
+}
+
+/// A shard worker process (possibly stopped), killed when dropped.
+pub struct ShardProcess {
+    /// Shard id.
+    pub id: String,
+    /// AZ label.
+    pub az: String,
+    /// `127.0.0.1:port` of its status API.
+    pub address: String,
+    /// Its cache directory.
+    pub data_dir: PathBuf,
+    program: PathBuf,
+    leading_args: Vec<String>,
+    coordinators: Vec<String>,
+    extra: Vec<String>,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl ShardProcess {
+    fn spawn(&mut self) {
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("opening the shard log");
+        let child = Command::new(&self.program)
+            .args(&self.leading_args)
+            .arg("--id")
+            .arg(&self.id)
+            .arg("--az")
+            .arg(&self.az)
+            .arg("--coordinators")
+            .arg(self.coordinators.join(","))
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--listen")
+            .arg(&self.address)
+            .args(&self.extra)
+            .env("RUST_LOG", "info,fjall=warn,lsm_tree=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("cloning the log handle"))
+            .stderr(log)
+            .spawn()
+            .expect("starting the shard worker");
+        self.child = Some(child);
+    }
+
+    /// SIGKILLs the shard.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the shard again with the same flags (it resumes from its cache).
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "shard {} is still running", self.id);
+        self.spawn();
+    }
+
+    /// The shard's own view of its assignments, if it answers.
+    pub async fn status(&self) -> Option<pb::ShardStatusResponse> {
+        let mut client = ShardWorkerClient::connect(format!("http://{}", self.address))
+            .await
+            .ok()?;
+        client
+            .status(pb::ShardStatusRequest {})
+            .await
+            .ok()
+            .map(|r| r.into_inner())
+    }
+
+    /// Waits until the shard's status satisfies `check`.
+    pub async fn wait_until(
+        &self,
+        what: &str,
+        check: impl Fn(&pb::ShardStatusResponse) -> bool,
+    ) -> pb::ShardStatusResponse {
+        wait_for(
+            &format!("shard {}: {what}", self.id),
+            Duration::from_secs(30),
+            || async {
+                let status = self.status().await?;
+                check(&status).then_some(status)
+            },
+        )
+        .await
+    }
+}
+
+impl Drop for ShardProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+impl TestCluster {
+    /// Starts a shard worker that talks to every replica of this cluster. `program` and
+    /// `leading_args` run the worker (e.g. `ballast-sim` with `["shard"]`).
+    pub fn spawn_shard(
+        &self,
+        program: &Path,
+        leading_args: &[&str],
+        id: &str,
+        az: &str,
+        extra: &[&str],
+    ) -> ShardProcess {
+        let mut shard = ShardProcess {
+            id: id.to_string(),
+            az: az.to_string(),
+            address: format!("127.0.0.1:{}", free_port()),
+            data_dir: self.dir.path().join(format!("shard-{id}")),
+            program: program.to_path_buf(),
+            leading_args: leading_args.iter().map(|s| s.to_string()).collect(),
+            coordinators: self.endpoints(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            log: self.dir.path().join(format!("shard-{id}.log")),
+            child: None,
+        };
+        shard.spawn();
+        shard
     }
 }
 

@@ -9,8 +9,8 @@ mod state;
 pub use command::FleetCommand;
 pub use error::{ErrorKind, FleetError};
 pub use state::{
-    Applied, DEDUP_CAPACITY, FleetCounts, FleetState, ProviderRecord, QuotaRecord, Revision,
-    ShardRecord, ShardStatus,
+    Applied, Change, DEDUP_CAPACITY, FleetCounts, FleetState, ProviderRecord, QuotaRecord,
+    Revision, ShardRecord, ShardStatus,
 };
 
 #[cfg(test)]

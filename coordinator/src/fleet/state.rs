@@ -1,6 +1,6 @@
 //! The fleet tables and the rules that guard them.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
 use ballast_protocol::validate::{DomainKey, MAX_BATCH, validate_address, validate_id};
 use serde::{Deserialize, Serialize};
@@ -139,6 +139,59 @@ fn put<V>(map: &mut BTreeMap<String, V>, key: &str, value: Option<V>) -> Option<
         Some(v) => map.insert(key.to_string(), v),
         None => map.remove(key),
     }
+}
+
+/// One net change made by a command, with the value before and after; assignment watches are
+/// built from these.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// A shard record changed (registered, renewed, drained, activated, removed).
+    Shard {
+        /// Shard id.
+        id: String,
+        /// Before.
+        old: Option<ShardRecord>,
+        /// After.
+        new: Option<ShardRecord>,
+    },
+    /// A domain changed owner.
+    Domain {
+        /// Domain.
+        domain: String,
+        /// Owner before.
+        old: Option<String>,
+        /// Owner after.
+        new: Option<String>,
+    },
+    /// A cluster binding changed.
+    Binding {
+        /// Cluster.
+        cluster: String,
+        /// Shard before.
+        old: Option<String>,
+        /// Shard after.
+        new: Option<String>,
+    },
+    /// A quota or its slices changed.
+    Quota {
+        /// Provider.
+        provider: String,
+        /// Region.
+        region: String,
+        /// Before.
+        old: Option<QuotaRecord>,
+        /// After.
+        new: Option<QuotaRecord>,
+    },
+    /// A provider changed.
+    Provider {
+        /// Name.
+        name: String,
+        /// Before.
+        old: Option<ProviderRecord>,
+        /// After.
+        new: Option<ProviderRecord>,
+    },
 }
 
 /// One reversible mutation, recorded so a failed command (or batch) can be undone exactly.
@@ -327,6 +380,14 @@ impl FleetState {
     /// Applies one command. Success bumps the revision by one if anything changed; a refusal
     /// leaves the state exactly as it was.
     pub fn apply(&mut self, cmd: &FleetCommand) -> Result<Applied, FleetError> {
+        self.apply_tracked(cmd).map(|(applied, _)| applied)
+    }
+
+    /// Like [`FleetState::apply`], also returning what changed (for assignment watches).
+    pub fn apply_tracked(
+        &mut self,
+        cmd: &FleetCommand,
+    ) -> Result<(Applied, Vec<Change>), FleetError> {
         check_syntax(cmd, false)?;
         let mut journal = Vec::new();
         match self.exec(cmd, &mut journal) {
@@ -335,10 +396,11 @@ impl FleetState {
                 if changed {
                     self.revision += 1;
                 }
-                Ok(Applied {
+                let applied = Applied {
                     revision: self.revision,
                     changed,
-                })
+                };
+                Ok((applied, self.changes_from(journal)))
             }
             Err(e) => {
                 self.rollback(journal);
@@ -354,17 +416,74 @@ impl FleetState {
         request_id: Option<&str>,
         cmd: &FleetCommand,
     ) -> Result<Applied, FleetError> {
+        self.apply_request_tracked(request_id, cmd).0
+    }
+
+    /// Like [`FleetState::apply_request`], also returning what changed (nothing for a replay
+    /// or a refusal).
+    pub fn apply_request_tracked(
+        &mut self,
+        request_id: Option<&str>,
+        cmd: &FleetCommand,
+    ) -> (Result<Applied, FleetError>, Vec<Change>) {
         let id = request_id.filter(|id| !id.is_empty());
         if let Some(id) = id
             && let Some(outcome) = self.dedup.get(id)
         {
-            return outcome.clone();
+            return (outcome.clone(), Vec::new());
         }
-        let outcome = self.apply(cmd);
+        let (outcome, changes) = match self.apply_tracked(cmd) {
+            Ok((applied, changes)) => (Ok(applied), changes),
+            Err(e) => (Err(e), Vec::new()),
+        };
         if let Some(id) = id {
             self.dedup.remember(id, outcome.clone());
         }
-        outcome
+        (outcome, changes)
+    }
+
+    /// Turns a journal into net changes: one per key, the old value from its first mutation,
+    /// the new value from the state now; keys that ended where they started are left out.
+    fn changes_from(&self, journal: Vec<Undo>) -> Vec<Change> {
+        let mut seen: HashSet<(&'static str, String)> = HashSet::new();
+        let mut changes = Vec::new();
+        for undo in journal {
+            let change =
+                match undo {
+                    Undo::Shard(id, old) => {
+                        let new = self.shards.get(&id).cloned();
+                        (seen.insert(("shard", id.clone())) && old != new)
+                            .then_some(Change::Shard { id, old, new })
+                    }
+                    Undo::Domain(domain, old) => {
+                        let new = self.domains.get(&domain).cloned();
+                        (seen.insert(("domain", domain.clone())) && old != new)
+                            .then_some(Change::Domain { domain, old, new })
+                    }
+                    Undo::Binding(cluster, old) => {
+                        let new = self.bindings.get(&cluster).cloned();
+                        (seen.insert(("binding", cluster.clone())) && old != new)
+                            .then_some(Change::Binding { cluster, old, new })
+                    }
+                    Undo::Quota(provider, region, old) => {
+                        let new = self.quota(&provider, &region).cloned();
+                        let key = format!("{provider}/{region}");
+                        (seen.insert(("quota", key)) && old != new).then_some(Change::Quota {
+                            provider,
+                            region,
+                            old,
+                            new,
+                        })
+                    }
+                    Undo::Provider(name, old) => {
+                        let new = self.providers.get(&name).cloned();
+                        (seen.insert(("provider", name.clone())) && old != new)
+                            .then_some(Change::Provider { name, old, new })
+                    }
+                };
+            changes.extend(change);
+        }
+        changes
     }
 
     fn exec(&mut self, cmd: &FleetCommand, journal: &mut Vec<Undo>) -> Result<(), FleetError> {

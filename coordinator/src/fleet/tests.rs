@@ -598,3 +598,54 @@ proptest! {
         check_invariants(&restored);
     }
 }
+
+#[test]
+fn tracked_changes_are_net_and_complete() {
+    let mut s = seeded();
+    let (_, changes) = s
+        .apply_tracked(&assign(&[("zone=a/rack=1", "s2")], true))
+        .expect("move");
+    assert_eq!(
+        changes,
+        vec![Change::Domain {
+            domain: "zone=a/rack=1".into(),
+            old: Some("s1".into()),
+            new: Some("s2".into()),
+        }]
+    );
+    // Moved away and back in one batch: no net change, yet a new revision.
+    let (applied, changes) = s
+        .apply_tracked(&FleetCommand::Batch {
+            commands: vec![
+                assign(&[("zone=a/rack=1", "s1")], true),
+                assign(&[("zone=a/rack=1", "s2")], true),
+            ],
+        })
+        .expect("round trip");
+    assert!(applied.changed);
+    assert!(changes.is_empty(), "{changes:?}");
+    let (_, changes) = s
+        .apply_tracked(&FleetCommand::RemoveShard { id: "s1".into() })
+        .expect("remove");
+    assert!(changes.contains(&Change::Domain {
+        domain: "zone=a/rack=2".into(),
+        old: Some("s1".into()),
+        new: None,
+    }));
+    assert!(changes.contains(&Change::Binding {
+        cluster: "c1".into(),
+        old: Some("s1".into()),
+        new: None,
+    }));
+    assert!(changes.iter().any(|c| matches!(c, Change::Quota { .. })));
+    assert!(
+        changes
+            .iter()
+            .any(|c| matches!(c, Change::Shard { new: None, .. }))
+    );
+    // Replays and refusals report nothing.
+    let (_, replay) = s.apply_request_tracked(Some("x"), &register("s7", "az-a"));
+    assert!(!replay.is_empty());
+    let (_, replay) = s.apply_request_tracked(Some("x"), &register("s7", "az-a"));
+    assert!(replay.is_empty());
+}

@@ -18,11 +18,14 @@ use super::types::{
     Entry, LogId, RaftResponse, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
 use crate::fleet::{Applied, FleetState};
+use crate::history::History;
 
 /// State shared between the state machine (writer) and the gRPC services (readers).
 pub struct SharedState {
     fleet: RwLock<FleetState>,
     applied: RwLock<(Option<LogId>, StoredMembership)>,
+    /// Recent changes by revision, for resumable assignment watches.
+    history: RwLock<History>,
     /// Ticks with the fleet revision after every apply, so readers can wait for a revision.
     revision_tx: watch::Sender<u64>,
 }
@@ -31,6 +34,7 @@ impl SharedState {
     fn new(fleet: FleetState, applied: Option<LogId>, membership: StoredMembership) -> Self {
         let (revision_tx, _) = watch::channel(fleet.revision());
         Self {
+            history: RwLock::new(History::starting_at(fleet.revision())),
             fleet: RwLock::new(fleet),
             applied: RwLock::new((applied, membership)),
             revision_tx,
@@ -50,6 +54,11 @@ impl SharedState {
     /// Last applied log id.
     pub fn applied_log_id(&self) -> Option<LogId> {
         self.applied.read().unwrap_or_else(|p| p.into_inner()).0
+    }
+
+    /// Read access to the change history.
+    pub fn history(&self) -> RwLockReadGuard<'_, History> {
+        self.history.read().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Subscribes to revision changes.
@@ -209,7 +218,17 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     EntryPayload::Normal(request) => {
                         let id =
                             (!request.request_id.is_empty()).then_some(request.request_id.as_str());
-                        fleet.apply_request(id, &request.command)
+                        let (outcome, changes) = fleet.apply_request_tracked(id, &request.command);
+                        if let Ok(applied) = &outcome
+                            && applied.changed
+                        {
+                            self.shared
+                                .history
+                                .write()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .push(applied.revision, changes);
+                        }
+                        outcome
                     }
                     EntryPayload::Membership(membership) => {
                         applied.1 = StoredMembership::new(Some(entry.log_id), membership);
@@ -262,6 +281,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 .write()
                 .unwrap_or_else(|p| p.into_inner());
             *applied = (meta.last_log_id, meta.last_membership.clone());
+            // Changes before the snapshot are unknown here; watches resuming earlier re-list.
+            *self
+                .shared
+                .history
+                .write()
+                .unwrap_or_else(|p| p.into_inner()) = History::starting_at(revision);
         }
         self.shared.revision_tx.send_replace(revision);
         Ok(())

@@ -12,6 +12,7 @@ use tonic::{Request, Response, Status};
 use super::convert::to_fleet;
 use crate::error::{fleet_status, invalid};
 use crate::fleet::{FleetState, ShardRecord, ShardStatus};
+use crate::leases::ShardLeases;
 use crate::raft::types::RaftRequest;
 use crate::replica::{Replica, Route};
 
@@ -76,13 +77,24 @@ fn status_name(status: &ShardStatus) -> &'static str {
     }
 }
 
-fn shard_message(record: &ShardRecord, domains: usize, bindings: usize) -> pb::Shard {
+/// The wire form of a shard. `leases` holds renewals seen while leading, which are newer than
+/// the registration's lease.
+fn shard_message(
+    record: &ShardRecord,
+    leases: &ShardLeases,
+    domains: usize,
+    bindings: usize,
+) -> pb::Shard {
+    let lease_expires_at_ms = leases
+        .get(&record.id)
+        .map(|l| l.expires_at_ms.max(record.lease_expires_at_ms))
+        .unwrap_or(record.lease_expires_at_ms);
     pb::Shard {
         id: record.id.clone(),
         address: record.address.clone(),
         az: record.az.clone(),
         registered_at_ms: record.registered_at_ms,
-        lease_expires_at_ms: record.lease_expires_at_ms,
+        lease_expires_at_ms,
         status: status_name(&record.status).to_string(),
         domain_count: domains as u64,
         binding_count: bindings as u64,
@@ -170,6 +182,7 @@ impl Fleet for FleetService {
                 .map(|s| {
                     shard_message(
                         s,
+                        &self.replica.leases,
                         fleet.domains_of(&s.id).len(),
                         bindings.get(s.id.as_str()).copied().unwrap_or(0),
                     )
@@ -210,7 +223,7 @@ impl Fleet for FleetService {
                     })
                 })
                 .collect();
-            let shard = shard_message(record, domains.len(), clusters.len());
+            let shard = shard_message(record, &self.replica.leases, domains.len(), clusters.len());
             Ok((shard, domains, clusters, slices))
         })?;
         Ok(self.replica.respond(pb::GetShardResponse {

@@ -1,5 +1,6 @@
 //! gRPC services of a replica: thin layers over [`crate::replica::Replica`].
 
+pub mod assignments;
 pub mod cluster;
 pub mod convert;
 pub mod fleet;

@@ -2,6 +2,7 @@
 
 use ballast_protocol::pb;
 use ballast_protocol::pb::command::Command as Wire;
+use ballast_protocol::pb::shard_worker_client::ShardWorkerClient;
 use clap::Subcommand;
 use serde_json::json;
 
@@ -42,6 +43,11 @@ pub enum ShardCmd {
         /// Lease length in milliseconds (0 = coordinator default).
         #[arg(long, default_value_t = 0)]
         lease_ms: u64,
+    },
+    /// Ask a shard worker itself what it holds (its cache), e.g. during a coordinator outage.
+    WorkerStatus {
+        /// The worker's address (`host:port`).
+        address: String,
     },
     /// Remove a shard: its domains, bindings and quota slices go back to the pool.
     Remove {
@@ -133,6 +139,46 @@ pub async fn run(ctx: &Context, cmd: ShardCmd) -> anyhow::Result<Rendered> {
                     .join(" "),
             );
             return Ok(Rendered { json, human });
+        }
+        ShardCmd::WorkerStatus { address } => {
+            let uri = ballast_protocol::client::endpoint_uri(&address);
+            let mut client = ShardWorkerClient::connect(uri)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot reach shard worker at {address}: {e}"))?;
+            let s = client
+                .status(pb::ShardStatusRequest {})
+                .await
+                .map_err(|e| anyhow::anyhow!("shard worker at {address}: {}", e.message()))?
+                .into_inner();
+            let slices: Vec<_> = s
+                .slices
+                .iter()
+                .map(|q| json!({ "provider": q.provider, "region": q.region, "amount": q.amount }))
+                .collect();
+            let human = format!(
+                "shard {} ({}) epoch {} status {:?} revision {} term {}\ncoordinator reachable: {} (last contact {} ms ago)\ndomains ({}): {}\nclusters ({}): {}",
+                s.shard_id,
+                s.az,
+                s.epoch,
+                s.status,
+                s.revision,
+                s.term,
+                s.coordinator_reachable,
+                s.cache_age_ms,
+                s.domains.len(),
+                s.domains.join(" "),
+                s.clusters.len(),
+                s.clusters.join(" "),
+            );
+            return Ok(Rendered {
+                json: json!({
+                    "id": s.shard_id, "az": s.az, "epoch": s.epoch, "status": s.status,
+                    "revision": s.revision, "term": s.term, "domains": s.domains,
+                    "clusters": s.clusters, "slices": slices,
+                    "coordinator_reachable": s.coordinator_reachable, "cache_age_ms": s.cache_age_ms,
+                }),
+                human,
+            });
         }
         ShardCmd::Drain { id } => (
             format!("shard {id} draining"),

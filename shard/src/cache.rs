@@ -1,0 +1,372 @@
+//! The shard's durable cache (fjall): its assignments, the revision and highest coordinator
+//! term they reflect, the cluster it belongs to and its restart epoch. This is what lets a
+//! shard restart and keep provisioning while every coordinator replica is down.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use ballast_protocol::pb;
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+
+/// Why the cache could not be used. Every variant names the data directory; a corrupt cache is
+/// never silently reused or reset.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    /// fjall failed (I/O, corruption, locked by another process).
+    #[error("shard cache at {path}: {source}")]
+    Storage {
+        /// Data directory.
+        path: String,
+        /// Underlying error.
+        source: fjall::Error,
+    },
+    /// A record did not decode.
+    #[error(
+        "shard cache at {path} is corrupt: record {key:?}: {reason}; move the directory aside to start empty"
+    )]
+    Corrupt {
+        /// Data directory.
+        path: String,
+        /// Key of the bad record.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The cache belongs to another shard or cluster.
+    #[error("shard cache at {path} belongs to {found}, not {expected}")]
+    Foreign {
+        /// Data directory.
+        path: String,
+        /// What the cache holds.
+        found: String,
+        /// What this process is.
+        expected: String,
+    },
+}
+
+/// What a shard holds, as of `revision`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Assignments {
+    /// Fleet revision these assignments reflect (0 = never heard from a coordinator).
+    pub revision: u64,
+    /// Highest coordinator term seen.
+    pub term: u64,
+    /// Topology domains owned.
+    pub domains: BTreeSet<String>,
+    /// Clusters bound.
+    pub clusters: BTreeSet<String>,
+    /// Quota slices by (provider, region).
+    pub slices: BTreeMap<(String, String), u64>,
+    /// "active", "draining", "removed", or "" before the first update.
+    pub status: String,
+}
+
+impl Assignments {
+    /// Applies an update in memory if it is newer than what is held; returns whether it was.
+    /// Fencing: an update at or below the held revision is stale (a lagging replica, or a
+    /// replay) and is ignored, so a shard never takes back a grant it already lost.
+    pub fn apply(&mut self, update: &pb::AssignmentUpdate) -> bool {
+        if update.revision <= self.revision && !(update.full && self.revision == 0) {
+            return false;
+        }
+        if update.full {
+            self.domains.clear();
+            self.clusters.clear();
+            self.slices.clear();
+        }
+        for d in &update.domains_removed {
+            self.domains.remove(d);
+        }
+        self.domains.extend(update.domains_added.iter().cloned());
+        for c in &update.clusters_removed {
+            self.clusters.remove(c);
+        }
+        self.clusters.extend(update.clusters_added.iter().cloned());
+        for s in &update.slices {
+            let key = (s.provider.clone(), s.region.clone());
+            if s.amount == 0 {
+                self.slices.remove(&key);
+            } else {
+                self.slices.insert(key, s.amount);
+            }
+        }
+        if !update.status.is_empty() {
+            self.status = update.status.clone();
+        }
+        self.revision = update.revision;
+        self.term = self.term.max(update.term);
+        true
+    }
+}
+
+/// The on-disk cache.
+pub struct Cache {
+    db: Database,
+    items: Keyspace,
+    meta: Keyspace,
+    path: String,
+}
+
+const META_REVISION: &str = "revision";
+const META_TERM: &str = "term";
+const META_EPOCH: &str = "epoch";
+const META_STATUS: &str = "status";
+const META_SHARD: &str = "shard_id";
+const META_CLUSTER: &str = "cluster_id";
+
+fn domain_key(d: &str) -> String {
+    format!("d/{d}")
+}
+fn cluster_key(c: &str) -> String {
+    format!("c/{c}")
+}
+fn slice_key(provider: &str, region: &str) -> String {
+    format!("q/{provider}/{region}")
+}
+
+impl Cache {
+    /// Opens (or creates) the cache of shard `shard_id` in `dir`.
+    pub fn open(dir: &Path, shard_id: &str) -> Result<Cache, CacheError> {
+        let path = dir.display().to_string();
+        let wrap = |source| CacheError::Storage {
+            path: path.clone(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(|e| CacheError::Storage {
+            path: path.clone(),
+            source: fjall::Error::from(e),
+        })?;
+        let db = Database::builder(dir)
+            .cache_size(2 * 1024 * 1024)
+            .worker_threads(1)
+            .open()
+            .map_err(wrap)?;
+        let options = || KeyspaceCreateOptions::default().max_memtable_size(4 * 1024 * 1024);
+        let items = db.keyspace("assignments", options).map_err(wrap)?;
+        let meta = db.keyspace("meta", options).map_err(wrap)?;
+        let cache = Cache {
+            db,
+            items,
+            meta,
+            path,
+        };
+        match cache.text(META_SHARD)? {
+            Some(found) if found != shard_id => {
+                return Err(CacheError::Foreign {
+                    path: cache.path.clone(),
+                    found: format!("shard {found}"),
+                    expected: format!("shard {shard_id}"),
+                });
+            }
+            Some(_) => {}
+            None => {
+                cache
+                    .meta
+                    .insert(META_SHARD, shard_id)
+                    .map_err(|e| cache.err(e))?;
+                cache.sync()?;
+            }
+        }
+        Ok(cache)
+    }
+
+    fn err(&self, source: fjall::Error) -> CacheError {
+        CacheError::Storage {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn corrupt(&self, key: &str, reason: impl Into<String>) -> CacheError {
+        CacheError::Corrupt {
+            path: self.path.clone(),
+            key: key.to_string(),
+            reason: reason.into(),
+        }
+    }
+
+    fn sync(&self) -> Result<(), CacheError> {
+        self.db
+            .persist(PersistMode::SyncAll)
+            .map_err(|e| self.err(e))
+    }
+
+    fn text(&self, key: &str) -> Result<Option<String>, CacheError> {
+        match self.meta.get(key).map_err(|e| self.err(e))? {
+            None => Ok(None),
+            Some(bytes) => String::from_utf8(bytes.to_vec())
+                .map(Some)
+                .map_err(|e| self.corrupt(key, e.to_string())),
+        }
+    }
+
+    fn number(&self, key: &str) -> Result<u64, CacheError> {
+        match self.meta.get(key).map_err(|e| self.err(e))? {
+            None => Ok(0),
+            Some(bytes) => {
+                let raw: [u8; 8] = bytes
+                    .as_ref()
+                    .try_into()
+                    .map_err(|_| self.corrupt(key, format!("{} bytes, expected 8", bytes.len())))?;
+                Ok(u64::from_be_bytes(raw))
+            }
+        }
+    }
+
+    /// Increments and persists the restart epoch; returns the new epoch.
+    pub fn bump_epoch(&self) -> Result<u64, CacheError> {
+        let epoch = self.number(META_EPOCH)? + 1;
+        self.meta
+            .insert(META_EPOCH, epoch.to_be_bytes())
+            .map_err(|e| self.err(e))?;
+        self.sync()?;
+        Ok(epoch)
+    }
+
+    /// The cluster id this shard was last served by, if any.
+    pub fn cluster_id(&self) -> Result<Option<String>, CacheError> {
+        self.text(META_CLUSTER)
+    }
+
+    /// Remembers the cluster id (first contact).
+    pub fn set_cluster_id(&self, id: &str) -> Result<(), CacheError> {
+        self.meta
+            .insert(META_CLUSTER, id)
+            .map_err(|e| self.err(e))?;
+        self.sync()
+    }
+
+    /// Loads the cached assignments.
+    pub fn load(&self) -> Result<Assignments, CacheError> {
+        let mut a = Assignments {
+            revision: self.number(META_REVISION)?,
+            term: self.number(META_TERM)?,
+            status: self.text(META_STATUS)?.unwrap_or_default(),
+            ..Assignments::default()
+        };
+        for item in self.items.iter() {
+            let (key, value) = item.into_inner().map_err(|e| self.err(e))?;
+            let key = String::from_utf8(key.to_vec())
+                .map_err(|e| self.corrupt("<assignment key>", e.to_string()))?;
+            if let Some(domain) = key.strip_prefix("d/") {
+                a.domains.insert(domain.to_string());
+            } else if let Some(cluster) = key.strip_prefix("c/") {
+                a.clusters.insert(cluster.to_string());
+            } else if let Some(rest) = key.strip_prefix("q/") {
+                let (provider, region) = rest
+                    .split_once('/')
+                    .ok_or_else(|| self.corrupt(&key, "slice key without region"))?;
+                let raw: [u8; 8] = value
+                    .as_ref()
+                    .try_into()
+                    .map_err(|_| self.corrupt(&key, "slice amount is not 8 bytes"))?;
+                a.slices.insert(
+                    (provider.to_string(), region.to_string()),
+                    u64::from_be_bytes(raw),
+                );
+            } else {
+                return Err(self.corrupt(&key, "unknown record kind"));
+            }
+        }
+        Ok(a)
+    }
+
+    /// Makes `next` (the result of applying `update` to `previous`) durable in one atomic,
+    /// fsynced batch.
+    pub fn store(&self, previous: &Assignments, next: &Assignments) -> Result<(), CacheError> {
+        let mut batch = self.db.batch();
+        for d in previous.domains.difference(&next.domains) {
+            batch.remove(&self.items, domain_key(d));
+        }
+        for d in next.domains.difference(&previous.domains) {
+            batch.insert(&self.items, domain_key(d), []);
+        }
+        for c in previous.clusters.difference(&next.clusters) {
+            batch.remove(&self.items, cluster_key(c));
+        }
+        for c in next.clusters.difference(&previous.clusters) {
+            batch.insert(&self.items, cluster_key(c), []);
+        }
+        for (provider, region) in previous.slices.keys() {
+            if !next
+                .slices
+                .contains_key(&(provider.clone(), region.clone()))
+            {
+                batch.remove(&self.items, slice_key(provider, region));
+            }
+        }
+        for ((provider, region), amount) in &next.slices {
+            if previous.slices.get(&(provider.clone(), region.clone())) != Some(amount) {
+                batch.insert(
+                    &self.items,
+                    slice_key(provider, region),
+                    amount.to_be_bytes(),
+                );
+            }
+        }
+        batch.insert(&self.meta, META_REVISION, next.revision.to_be_bytes());
+        batch.insert(&self.meta, META_TERM, next.term.to_be_bytes());
+        batch.insert(&self.meta, META_STATUS, next.status.as_bytes());
+        batch.commit().map_err(|e| self.err(e))?;
+        self.sync()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn update(revision: u64, full: bool, added: &[&str], removed: &[&str]) -> pb::AssignmentUpdate {
+        pb::AssignmentUpdate {
+            revision,
+            term: 1,
+            full,
+            domains_added: added.iter().map(|s| s.to_string()).collect(),
+            domains_removed: removed.iter().map(|s| s.to_string()).collect(),
+            status: "active".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn stale_updates_are_ignored() {
+        let mut a = Assignments::default();
+        assert!(a.apply(&update(5, true, &["z=1", "z=2"], &[])));
+        assert!(a.apply(&update(6, false, &[], &["z=1"])));
+        // A lagging replica replays an older full listing: it must not bring z=1 back.
+        assert!(!a.apply(&update(5, true, &["z=1", "z=2"], &[])));
+        assert_eq!(a.domains, BTreeSet::from(["z=2".to_string()]));
+        assert_eq!(a.revision, 6);
+    }
+
+    #[test]
+    fn the_cache_survives_reopening_and_counts_epochs() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut a = Assignments::default();
+        {
+            let cache = Cache::open(dir.path(), "s1").expect("open");
+            assert_eq!(cache.bump_epoch().expect("epoch"), 1);
+            let before = a.clone();
+            let mut u = update(3, true, &["z=1", "z=2"], &[]);
+            u.clusters_added = vec!["c1".into()];
+            u.slices = vec![pb::QuotaSliceOf {
+                provider: "aws".into(),
+                region: "r1".into(),
+                amount: 7,
+            }];
+            a.apply(&u);
+            cache.store(&before, &a).expect("store");
+            let before = a.clone();
+            a.apply(&update(4, false, &["z=3"], &["z=1"]));
+            cache.store(&before, &a).expect("store");
+        }
+        let cache = Cache::open(dir.path(), "s1").expect("reopen");
+        assert_eq!(cache.bump_epoch().expect("epoch"), 2);
+        assert_eq!(cache.load().expect("load"), a);
+        drop(cache);
+        assert!(matches!(
+            Cache::open(dir.path(), "s2"),
+            Err(CacheError::Foreign { .. })
+        ));
+    }
+}

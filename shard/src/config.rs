@@ -1,0 +1,101 @@
+//! `ballast-shard`'s flags: the one configuration struct of the shard binary (also embedded by
+//! `ballast-sim`).
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::worker::{self, WorkerConfig, WorkerError};
+
+/// A Ballast shard worker.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "ballast-shard", version)]
+pub struct ShardArgs {
+    /// Shard id.
+    #[arg(long, env = "BALLAST_SHARD_ID")]
+    pub id: String,
+    /// AZ of this shard.
+    #[arg(long, env = "BALLAST_AZ")]
+    pub az: String,
+    /// Coordinator client addresses, comma-separated.
+    #[arg(
+        long,
+        env = "BALLAST_COORDINATORS",
+        value_delimiter = ',',
+        required = true
+    )]
+    pub coordinators: Vec<String>,
+    /// Data directory for the assignment cache.
+    #[arg(long, env = "BALLAST_DATA_DIR")]
+    pub data_dir: PathBuf,
+    /// Address serving the shard's API.
+    #[arg(long, env = "BALLAST_LISTEN", default_value = "127.0.0.1:7801")]
+    pub listen: SocketAddr,
+    /// Address recorded at the coordinator (defaults to the bound address).
+    #[arg(long, env = "BALLAST_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// Lease length asked for, in milliseconds.
+    #[arg(long, env = "BALLAST_LEASE_MS", default_value_t = 10_000)]
+    pub lease_ms: u64,
+    /// Heartbeat interval in milliseconds (default: a third of the lease).
+    #[arg(long, env = "BALLAST_HEARTBEAT_MS")]
+    pub heartbeat_ms: Option<u64>,
+}
+
+impl ShardArgs {
+    /// Checks the flags and builds the worker configuration.
+    pub fn into_config(self) -> Result<WorkerConfig, WorkerError> {
+        if self.lease_ms < 300 {
+            return Err(WorkerError::Config(format!(
+                "--lease-ms {} is below the minimum of 300",
+                self.lease_ms
+            )));
+        }
+        let heartbeat = self.heartbeat_ms.unwrap_or(self.lease_ms / 3);
+        if heartbeat == 0 || heartbeat >= self.lease_ms {
+            return Err(WorkerError::Config(format!(
+                "--heartbeat-ms {heartbeat} must be above 0 and below --lease-ms {}",
+                self.lease_ms
+            )));
+        }
+        Ok(WorkerConfig {
+            id: self.id,
+            az: self.az,
+            coordinators: self.coordinators,
+            data_dir: self.data_dir,
+            listen: self.listen,
+            advertise: self.advertise,
+            lease_ttl: Duration::from_millis(self.lease_ms),
+            heartbeat: Duration::from_millis(heartbeat),
+        })
+    }
+}
+
+/// Installs the log subscriber used by shard processes.
+pub fn init_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,fjall=warn,lsm_tree=warn".into()),
+        )
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Runs a worker until SIGINT or SIGTERM.
+pub async fn run_until_signal(args: ShardArgs) -> Result<(), WorkerError> {
+    let running = worker::start(args.into_config()?).await?;
+    let mut terminate =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(|e| WorkerError::Config(format!("installing the SIGTERM handler: {e}")))?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; shutting down"),
+        _ = terminate.recv() => tracing::info!("terminated; shutting down"),
+    }
+    running.shutdown().await;
+    Ok(())
+}

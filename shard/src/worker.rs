@@ -1,0 +1,342 @@
+//! The running shard worker: keeps its assignments current through a resumable watch, renews
+//! its lease with heartbeats, and serves its status. With every coordinator replica down it
+//! keeps serving from its cache and retries quietly; it never gives away or grabs domains on
+//! its own.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use ballast_protocol::client::{BallastClient, ClientConfig};
+use ballast_protocol::pb;
+use ballast_protocol::pb::shard_worker_server::{ShardWorker, ShardWorkerServer};
+use tokio::sync::watch;
+use tonic::transport::server::TcpIncoming;
+use tonic::{Request, Response, Status};
+
+use crate::cache::{Assignments, Cache, CacheError};
+
+/// Everything a shard worker needs to start.
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    /// Shard id.
+    pub id: String,
+    /// AZ of the shard.
+    pub az: String,
+    /// Coordinator client addresses.
+    pub coordinators: Vec<String>,
+    /// Data directory for the cache.
+    pub data_dir: PathBuf,
+    /// Address to serve on.
+    pub listen: SocketAddr,
+    /// Address the coordinator records (defaults to the bound address).
+    pub advertise: Option<String>,
+    /// Lease length asked for.
+    pub lease_ttl: Duration,
+    /// Heartbeat interval.
+    pub heartbeat: Duration,
+}
+
+/// Why a worker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// Bad settings.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// The cache could not be used.
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// Address.
+        addr: SocketAddr,
+        /// OS error.
+        source: std::io::Error,
+    },
+}
+
+/// State shared by the worker's tasks and its status service.
+pub struct Worker {
+    config: WorkerConfig,
+    address: String,
+    epoch: u64,
+    cache: Cache,
+    assignments: RwLock<Assignments>,
+    reachable: AtomicBool,
+    last_contact: Mutex<Option<Instant>>,
+    client: BallastClient,
+}
+
+impl Worker {
+    /// The assignments held now.
+    pub fn assignments(&self) -> Assignments {
+        self.assignments
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn touch(&self) {
+        self.reachable.store(true, Ordering::Relaxed);
+        *self.last_contact.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+    }
+
+    /// Applies an update if it is newer than what is held, making it durable first.
+    fn apply(&self, update: &pb::AssignmentUpdate) -> Result<bool, CacheError> {
+        let mut held = self.assignments.write().unwrap_or_else(|p| p.into_inner());
+        let mut next = held.clone();
+        if !next.apply(update) {
+            return Ok(false);
+        }
+        self.cache.store(&held, &next)?;
+        *held = next;
+        Ok(true)
+    }
+
+    fn remember_cluster(&self) {
+        if let Some(id) = self.client.cluster_id()
+            && self.cache.cluster_id().ok().flatten().as_deref() != Some(id.as_str())
+            && let Err(e) = self.cache.set_cluster_id(&id)
+        {
+            tracing::warn!(error = %e, "could not persist the cluster id");
+        }
+    }
+}
+
+/// A started worker.
+pub struct RunningWorker {
+    /// Shared state (for embedding and tests).
+    pub worker: Arc<Worker>,
+    /// Bound address.
+    pub local_addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl RunningWorker {
+    /// Stops all tasks.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.server.await;
+    }
+}
+
+/// Opens the cache, bumps the epoch, starts serving and the coordinator loops. Works with
+/// every coordinator down: the cache alone is enough to serve.
+pub async fn start(config: WorkerConfig) -> Result<RunningWorker, WorkerError> {
+    ballast_protocol::validate::validate_id("shard id", &config.id)
+        .map_err(|e| WorkerError::Config(e.to_string()))?;
+    ballast_protocol::validate::validate_id("az", &config.az)
+        .map_err(|e| WorkerError::Config(e.to_string()))?;
+    if config.coordinators.is_empty() {
+        return Err(WorkerError::Config("--coordinators is empty".into()));
+    }
+    let cache = Cache::open(&config.data_dir, &config.id)?;
+    let epoch = cache.bump_epoch()?;
+    let assignments = cache.load()?;
+    let mut client_config = ClientConfig::new(config.coordinators.clone());
+    client_config.cluster_id = cache.cluster_id()?;
+    client_config.retry_budget = Duration::from_secs(2);
+    client_config.attempt_timeout = Duration::from_secs(3);
+    let client =
+        BallastClient::new(client_config).map_err(|e| WorkerError::Config(e.to_string()))?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| WorkerError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    let local_addr = listener
+        .local_addr()
+        .map_err(|source| WorkerError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    let address = config
+        .advertise
+        .clone()
+        .unwrap_or_else(|| local_addr.to_string());
+    tracing::info!(
+        shard = %config.id, epoch, revision = assignments.revision,
+        domains = assignments.domains.len(), "shard worker starting from its cache"
+    );
+    let worker = Arc::new(Worker {
+        config,
+        address,
+        epoch,
+        cache,
+        assignments: RwLock::new(assignments),
+        reachable: AtomicBool::new(false),
+        last_contact: Mutex::new(None),
+        client,
+    });
+    let (stop, stopped) = watch::channel(false);
+    tokio::spawn(watch_loop(worker.clone(), stopped.clone()));
+    tokio::spawn(heartbeat_loop(worker.clone(), stopped.clone()));
+    let mut server_stop = stopped;
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(ShardWorkerServer::new(StatusService {
+                worker: worker.clone(),
+            }))
+            .serve_with_incoming_shutdown(
+                TcpIncoming::from(listener).with_nodelay(Some(true)),
+                async move {
+                    let _ = server_stop.wait_for(|s| *s).await;
+                },
+            ),
+    );
+    Ok(RunningWorker {
+        worker,
+        local_addr,
+        stop,
+        server,
+    })
+}
+
+/// Follows the shard's assignments from its cached revision, reconnecting (to any replica)
+/// whenever the stream breaks.
+async fn watch_loop(worker: Arc<Worker>, mut stopped: watch::Receiver<bool>) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let from = worker.assignments().revision;
+        let shard_id = worker.config.id.clone();
+        let opened = worker
+            .client
+            .assignments(|mut c, req| {
+                let shard_id = shard_id.clone();
+                async move {
+                    c.watch(req.wrap(pb::WatchAssignmentsRequest {
+                        shard_id,
+                        from_revision: from,
+                    }))
+                    .await
+                }
+            })
+            .await;
+        match opened {
+            Ok(mut stream) => {
+                worker.touch();
+                worker.remember_cluster();
+                backoff = Duration::from_millis(100);
+                loop {
+                    let next = tokio::select! {
+                        next = stream.message() => next,
+                        _ = stopped.wait_for(|s| *s) => return,
+                    };
+                    match next {
+                        Ok(Some(update)) => {
+                            worker.touch();
+                            match worker.apply(&update) {
+                                Ok(true) => tracing::debug!(
+                                    revision = update.revision,
+                                    full = update.full,
+                                    "assignments updated"
+                                ),
+                                Ok(false) => {}
+                                Err(e) => {
+                                    tracing::error!(error = %e, "cannot persist assignments; stopping the watch");
+                                    return;
+                                }
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(status) => {
+                            tracing::warn!(%status, "assignment watch broke; resuming");
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                worker.reachable.store(false, Ordering::Relaxed);
+                tracing::debug!(error = %e, "no coordinator reachable; serving from the cache");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = stopped.wait_for(|s| *s) => return,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// Renews the shard's lease (registering it on first contact).
+async fn heartbeat_loop(worker: Arc<Worker>, mut stopped: watch::Receiver<bool>) {
+    loop {
+        let request = pb::HeartbeatRequest {
+            shard_id: worker.config.id.clone(),
+            address: worker.address.clone(),
+            az: worker.config.az.clone(),
+            lease_ttl_ms: worker.config.lease_ttl.as_millis() as u64,
+            epoch: worker.epoch,
+            summary: Some(pb::ShardSummary::default()),
+        };
+        let answer = worker
+            .client
+            .assignments(|mut c, req| {
+                let request = request.clone();
+                async move { c.heartbeat(req.wrap(request)).await }
+            })
+            .await;
+        match answer {
+            Ok(_) => {
+                worker.touch();
+                worker.remember_cluster();
+            }
+            Err(e) => {
+                worker.reachable.store(false, Ordering::Relaxed);
+                tracing::debug!(error = %e, "heartbeat failed");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(worker.config.heartbeat) => {}
+            _ = stopped.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+struct StatusService {
+    worker: Arc<Worker>,
+}
+
+#[tonic::async_trait]
+impl ShardWorker for StatusService {
+    async fn status(
+        &self,
+        _request: Request<pb::ShardStatusRequest>,
+    ) -> Result<Response<pb::ShardStatusResponse>, Status> {
+        let w = &self.worker;
+        let a = w.assignments();
+        let cache_age_ms = w
+            .last_contact
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .map(|t| t.elapsed().as_millis() as u64)
+            .unwrap_or(u64::MAX);
+        Ok(Response::new(pb::ShardStatusResponse {
+            shard_id: w.config.id.clone(),
+            az: w.config.az.clone(),
+            epoch: w.epoch,
+            revision: a.revision,
+            term: a.term,
+            domains: a.domains.into_iter().collect(),
+            clusters: a.clusters.into_iter().collect(),
+            slices: a
+                .slices
+                .into_iter()
+                .map(|((provider, region), amount)| pb::QuotaSliceOf {
+                    provider,
+                    region,
+                    amount,
+                })
+                .collect(),
+            status: a.status,
+            coordinator_reachable: w.reachable.load(Ordering::Relaxed),
+            cache_age_ms,
+        }))
+    }
+}

@@ -1,0 +1,206 @@
+//! Shard workers against a real 3-replica coordinator, all as separate processes: assignments
+//! reach the owning shard and follow moves; with every coordinator replica SIGKILLed, shards
+//! keep their assignments, survive their own SIGKILL and restart from their cache, and resume
+//! their watch when the coordinator returns.
+
+use std::path::Path;
+
+use ballast_protocol::client::BallastClient;
+use ballast_protocol::pb;
+use ballast_protocol::pb::command::Command as Wire;
+use ballast_testkit::{ClusterOptions, FAST_FLAGS, ShardProcess, TestCluster, wait_for};
+
+fn program() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_ballast-sim"))
+}
+
+async fn cluster() -> TestCluster {
+    TestCluster::start_with(
+        ClusterOptions {
+            program: program().to_path_buf(),
+            leading_args: vec!["replica".into()],
+            extra: FAST_FLAGS.iter().map(|s| s.to_string()).collect(),
+            ..ClusterOptions::default()
+        },
+        3,
+    )
+    .await
+}
+
+fn shard(cluster: &TestCluster, id: &str, az: &str) -> ShardProcess {
+    cluster.spawn_shard(program(), &["shard"], id, az, &["--lease-ms", "3000"])
+}
+
+fn cmd(inner: Wire) -> pb::Command {
+    pb::Command {
+        command: Some(inner),
+    }
+}
+
+async fn assign(client: &BallastClient, domain: &str, shard: &str, allow_move: bool) -> u64 {
+    client
+        .write(cmd(Wire::AssignDomains(pb::AssignDomains {
+            assignments: vec![pb::DomainAssignment {
+                domain: domain.into(),
+                shard: shard.into(),
+            }],
+            allow_move,
+        })))
+        .await
+        .unwrap_or_else(|e| panic!("assigning {domain} to {shard}: {e}"))
+        .header
+        .expect("header")
+        .revision
+}
+
+async fn wait_registered(client: &BallastClient, count: usize) {
+    wait_for(
+        "shards to register",
+        std::time::Duration::from_secs(30),
+        || async {
+            let shards = client
+                .fleet(|mut c, req| async move {
+                    c.list_shards(req.wrap(pb::ListShardsRequest { options: None }))
+                        .await
+                })
+                .await
+                .ok()?
+                .shards;
+            (shards.len() == count).then_some(())
+        },
+    )
+    .await
+}
+
+fn holds(status: &pb::ShardStatusResponse, domain: &str) -> bool {
+    status.domains.iter().any(|d| d == domain)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn assignments_reach_their_shard_and_follow_moves() {
+    let cluster = cluster().await;
+    let shards = [
+        shard(&cluster, "s1", "az-a"),
+        shard(&cluster, "s2", "az-b"),
+        shard(&cluster, "s3", "az-c"),
+    ];
+    let client = cluster.client();
+    wait_registered(&client, 3).await;
+
+    client
+        .write(cmd(Wire::SetProvider(pb::SetProvider {
+            name: "aws".into(),
+            endpoint: "https://ec2.example".into(),
+            region: "us-east-1".into(),
+            capacity_types: vec![],
+        })))
+        .await
+        .expect("provider");
+    client
+        .write(cmd(Wire::SetQuota(pb::SetQuota {
+            provider: "aws".into(),
+            region: "us-east-1".into(),
+            total: 300,
+            slices: ["s1", "s2", "s3"]
+                .iter()
+                .map(|s| pb::QuotaSlice {
+                    shard: (*s).into(),
+                    amount: 100,
+                })
+                .collect(),
+        })))
+        .await
+        .expect("quota");
+    client
+        .write(cmd(Wire::BindCluster(pb::BindCluster {
+            cluster: "c1".into(),
+            shard: "s2".into(),
+        })))
+        .await
+        .expect("binding");
+    for (i, s) in ["s1", "s2", "s3"].iter().enumerate() {
+        assign(
+            &client,
+            &format!("zone=az-{}/rack=r1", ["a", "b", "c"][i]),
+            s,
+            false,
+        )
+        .await;
+    }
+    for (i, s) in shards.iter().enumerate() {
+        let domain = format!("zone=az-{}/rack=r1", ["a", "b", "c"][i]);
+        let status = s
+            .wait_until("its domain and slice", |st| {
+                holds(st, &domain) && st.slices.iter().any(|q| q.amount == 100)
+            })
+            .await;
+        assert_eq!(status.domains, vec![domain]);
+        assert_eq!(status.status, "active");
+    }
+    shards[1]
+        .wait_until("its cluster", |st| st.clusters == vec!["c1".to_string()])
+        .await;
+
+    // Move a domain: it reaches the new owner and leaves the old one.
+    let revision = assign(&client, "zone=az-a/rack=r1", "s2", true).await;
+    shards[1]
+        .wait_until("the moved domain", |st| {
+            holds(st, "zone=az-a/rack=r1") && st.revision >= revision
+        })
+        .await;
+    shards[0]
+        .wait_until("losing the moved domain", |st| {
+            !holds(st, "zone=az-a/rack=r1")
+        })
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shards_ride_out_a_full_coordinator_outage_and_their_own_restart() {
+    let mut cluster = cluster().await;
+    let mut s1 = shard(&cluster, "s1", "az-a");
+    let s2 = shard(&cluster, "s2", "az-b");
+    let client = cluster.client();
+    wait_registered(&client, 2).await;
+    assign(&client, "zone=az-a/rack=r1", "s1", false).await;
+    let revision = assign(&client, "zone=az-b/rack=r1", "s2", false).await;
+    let before = s1
+        .wait_until("its domain", |st| holds(st, "zone=az-a/rack=r1"))
+        .await;
+    s2.wait_until("caught up", |st| st.revision >= revision)
+        .await;
+
+    // Every coordinator replica dies.
+    for id in 1..=3 {
+        cluster.kill(id);
+    }
+    s1.wait_until("noticing the outage", |st| !st.coordinator_reachable)
+        .await;
+    let during = s2.status().await.expect("s2 answers during the outage");
+    assert!(holds(&during, "zone=az-b/rack=r1"));
+
+    // A shard SIGKILLed during the outage comes back from its cache alone.
+    s1.kill();
+    s1.restart();
+    let restarted = s1
+        .wait_until("serving again", |st| st.epoch == before.epoch + 1)
+        .await;
+    assert_eq!(restarted.domains, before.domains);
+    assert!(restarted.revision >= before.revision);
+    assert!(!restarted.coordinator_reachable);
+
+    // The coordinator returns: watches resume and new grants arrive.
+    for id in 1..=3 {
+        cluster.restart(id);
+    }
+    cluster.leader().await;
+    let revision = assign(&client, "zone=az-a/rack=r2", "s1", false).await;
+    let after = s1
+        .wait_until("the new grant", |st| {
+            holds(st, "zone=az-a/rack=r2") && st.revision >= revision
+        })
+        .await;
+    assert!(holds(&after, "zone=az-a/rack=r1"));
+    assert!(after.coordinator_reachable);
+    assert_eq!(after.epoch, before.epoch + 1);
+}
