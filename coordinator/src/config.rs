@@ -61,6 +61,9 @@ pub struct CoordArgs {
     /// Lease given to shards that register without naming one, in milliseconds.
     #[arg(long, env = "BALLAST_SHARD_LEASE_MS", default_value_t = 10_000)]
     pub shard_lease_ms: u64,
+    /// How often (ms) the leader moves work off draining or expired shards; 0 disables it.
+    #[arg(long, env = "BALLAST_REBALANCE_INTERVAL_MS", default_value_t = 500)]
+    pub rebalance_interval_ms: u64,
 }
 
 impl CoordArgs {
@@ -100,6 +103,8 @@ impl CoordArgs {
             snapshot_interval: Duration::from_secs(self.snapshot_interval_secs),
             logs_to_keep: self.logs_to_keep,
             default_shard_lease: Duration::from_millis(self.shard_lease_ms),
+            rebalance_interval: (self.rebalance_interval_ms > 0)
+                .then(|| Duration::from_millis(self.rebalance_interval_ms)),
         })
     }
 }

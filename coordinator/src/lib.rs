@@ -8,5 +8,6 @@ pub mod history;
 pub mod leases;
 pub mod node;
 pub mod raft;
+pub mod rebalance;
 pub mod replica;
 pub mod service;

@@ -1,6 +1,7 @@
 //! Starting a replica: open the data dir, settle the cluster identity (bootstrap, join or
 //! restart), start openraft and the gRPC server, and run the background duties.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -23,7 +24,8 @@ use crate::raft::log_store::LogStore;
 use crate::raft::network::PeerNetwork;
 use crate::raft::state_machine::StateMachineStore;
 use crate::raft::store::{META_CLUSTER_ID, META_NODE_ID, Store, StoreError};
-use crate::raft::types::{NodeId, Raft, ReplicaNode};
+use crate::raft::types::{NodeId, Raft, RaftRequest, ReplicaNode};
+use crate::rebalance;
 use crate::replica::{Replica, Timing};
 use crate::service::assignments::AssignmentsService;
 use crate::service::cluster::ClusterService;
@@ -62,6 +64,9 @@ pub struct NodeConfig {
     pub logs_to_keep: u64,
     /// Lease given to shards that register without naming one.
     pub default_shard_lease: Duration,
+    /// How often the leader looks for draining or expired shards to move work from
+    /// (`None` disables the rebalancer).
+    pub rebalance_interval: Option<Duration>,
 }
 
 /// Why a replica could not start.
@@ -282,7 +287,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
         raft.initialize(
             [(config.id, node.clone())]
                 .into_iter()
-                .collect::<std::collections::BTreeMap<_, _>>(),
+                .collect::<BTreeMap<_, _>>(),
         )
         .await
         .map_err(|e| NodeError::Raft(e.to_string()))?;
@@ -294,6 +299,9 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
             node,
             stopped.clone(),
         ));
+    }
+    if let Some(interval) = config.rebalance_interval {
+        tokio::spawn(rebalance_loop(replica.clone(), interval, stopped.clone()));
     }
     tokio::spawn(snapshot_timer(raft, config.snapshot_interval, stopped));
     tracing::info!(id = config.id, az = %config.az, %local_addr, cluster_id = %cluster_id, "replica serving");
@@ -398,6 +406,56 @@ async fn snapshot_timer(raft: Raft, interval: Duration, mut stopped: watch::Rece
         {
             tracing::warn!(error = %e, "scheduled snapshot could not start");
             return;
+        }
+    }
+}
+
+/// On the leader: moves domains, bindings and quota slices away from draining shards and from
+/// shards whose lease ran out. A new leader has seen no heartbeats yet, so it gives every
+/// shard one full lease of grace before judging it dead (leases get a fresh TTL after a
+/// leader change instead of expiring early).
+async fn rebalance_loop(
+    replica: Arc<Replica>,
+    interval: Duration,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let mut leader_since: Option<u64> = None;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = stopped.wait_for(|s| *s) => return,
+        }
+        if !replica.is_leader() {
+            leader_since = None;
+            continue;
+        }
+        let now = crate::service::convert::now_ms();
+        let since = *leader_since.get_or_insert(now);
+        let grace_until =
+            since.saturating_add(replica.timing.default_shard_lease.as_millis() as u64);
+        let plan = {
+            let fleet = replica.state.fleet();
+            let unhealthy: BTreeSet<String> = fleet
+                .shards()
+                .filter(|s| match replica.leases.get(&s.id) {
+                    Some(lease) => lease.expires_at_ms < now,
+                    None => now > grace_until && s.lease_expires_at_ms < now,
+                })
+                .map(|s| s.id.clone())
+                .collect();
+            rebalance::plan(&fleet, &unhealthy, rebalance::Limits::default())
+        };
+        if let Some(command) = plan {
+            tracing::info!("rebalancing away from draining or expired shards");
+            if let Err(status) = replica
+                .propose(RaftRequest {
+                    request_id: String::new(),
+                    command,
+                })
+                .await
+            {
+                tracing::warn!(%status, "rebalancing round refused; retrying next round");
+            }
         }
     }
 }

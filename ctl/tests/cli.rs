@@ -22,6 +22,7 @@ async fn start_replica(dir: &std::path::Path) -> RunningNode {
         snapshot_interval: Duration::from_secs(300),
         logs_to_keep: 100,
         default_shard_lease: Duration::from_secs(10),
+        rebalance_interval: None,
     })
     .await
     .expect("starting a replica")

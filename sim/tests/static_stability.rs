@@ -204,3 +204,40 @@ async fn shards_ride_out_a_full_coordinator_outage_and_their_own_restart() {
     assert!(after.coordinator_reachable);
     assert_eq!(after.epoch, before.epoch + 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drained_and_dead_shards_hand_their_domains_over() {
+    let cluster = cluster().await;
+    let a1 = shard(&cluster, "a1", "az-a");
+    let a2 = shard(&cluster, "a2", "az-a");
+    let mut b1 = shard(&cluster, "b1", "az-b");
+    let client = cluster.client();
+    wait_registered(&client, 3).await;
+    for n in 0..4 {
+        assign(&client, &format!("zone=az-a/rack=r{n}"), "a1", false).await;
+    }
+    assign(&client, "zone=az-b/rack=r0", "b1", false).await;
+    a1.wait_until("its four domains", |st| st.domains.len() == 4).await;
+
+    // Draining a1: its domains go to its AZ peer a2, and a1 lets go of them.
+    client
+        .write(cmd(Wire::DrainShard(pb::DrainShard { id: "a1".into() })))
+        .await
+        .expect("drain");
+    a2.wait_until("a1's domains", |st| st.domains.len() == 4).await;
+    let drained = a1
+        .wait_until("giving its domains up", |st| st.domains.is_empty())
+        .await;
+    assert_eq!(drained.status, "draining");
+
+    // b1 dies: once its lease (3 s) runs out, its domain moves to a live shard.
+    b1.kill();
+    a2.wait_until("b1's domain", |st| holds(st, "zone=az-b/rack=r0"))
+        .await;
+    // b1 returns from its cache and learns it lost the domain.
+    b1.restart();
+    b1.wait_until("giving the lost domain up", |st| {
+        st.coordinator_reachable && !holds(st, "zone=az-b/rack=r0")
+    })
+    .await;
+}

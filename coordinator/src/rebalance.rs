@@ -1,0 +1,211 @@
+//! The rebalancer's decision: which domains, cluster bindings and quota slices leave shards
+//! that are draining or whose lease ran out, and where they go. Pure logic over the fleet
+//! state; the leader runs it on a timer and proposes the result as one batch.
+//!
+//! Only unhealthy shards give anything away. Live shards are never rebalanced among
+//! themselves, which is the dead band that keeps the fleet from oscillating (the jitter
+//! TiKV's placement-driver operators complain about comes from continuous score balancing).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use ballast_protocol::validate::MAX_BATCH;
+
+use crate::fleet::{FleetCommand, FleetState, ShardStatus};
+
+/// Limits of one rebalancing round.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Most domain moves proposed in one round (rate limit).
+    pub max_domain_moves: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_domain_moves: MAX_BATCH / 2,
+        }
+    }
+}
+
+/// Plans one round: moves away from `unhealthy` shards (draining, or lease expired — the
+/// caller decides liveness) to active shards not in `unhealthy`, preferring the source's AZ
+/// and the target with the fewest domains. Returns `None` when nothing needs to move or no
+/// target exists.
+pub fn plan(
+    state: &FleetState,
+    unhealthy: &BTreeSet<String>,
+    limits: Limits,
+) -> Option<FleetCommand> {
+    let sources: Vec<&str> = state
+        .shards()
+        .filter(|s| s.status == ShardStatus::Draining || unhealthy.contains(&s.id))
+        .map(|s| s.id.as_str())
+        .collect();
+    let mut targets: Vec<(&str, &str, usize)> = state
+        .shards()
+        .filter(|s| s.status == ShardStatus::Active && !unhealthy.contains(&s.id))
+        .map(|s| (s.id.as_str(), s.az.as_str(), state.domains_of(&s.id).len()))
+        .collect();
+    if sources.is_empty() || targets.is_empty() {
+        return None;
+    }
+    let az_of: HashMap<&str, &str> = state
+        .shards()
+        .map(|s| (s.id.as_str(), s.az.as_str()))
+        .collect();
+    // Least-loaded target, same AZ first; ties by id keep the choice deterministic.
+    let mut pick = |source_az: &str| -> String {
+        let best = targets
+            .iter_mut()
+            .min_by_key(|(id, az, load)| (*az != source_az, *load, *id))
+            .expect("targets is not empty");
+        best.2 += 1;
+        best.0.to_string()
+    };
+
+    let mut commands = Vec::new();
+    let mut assignments = Vec::new();
+    for source in &sources {
+        let source_az = az_of.get(source).copied().unwrap_or("");
+        for domain in state.domains_of(source) {
+            if assignments.len() >= limits.max_domain_moves {
+                break;
+            }
+            assignments.push((domain.to_string(), pick(source_az)));
+        }
+    }
+    if !assignments.is_empty() {
+        commands.push(FleetCommand::AssignDomains {
+            assignments,
+            allow_move: true,
+        });
+    }
+    for (cluster, shard) in state.bindings() {
+        if sources.contains(&shard) && commands.len() < MAX_BATCH {
+            let source_az = az_of.get(shard).copied().unwrap_or("");
+            commands.push(FleetCommand::MoveCluster {
+                cluster: cluster.to_string(),
+                shard: pick(source_az),
+            });
+        }
+    }
+    for quota in state.quotas() {
+        let mut slices: BTreeMap<String, u64> = BTreeMap::new();
+        for source in &sources {
+            let Some(amount) = quota.slices.get(*source).copied() else {
+                continue;
+            };
+            let target = pick(az_of.get(source).copied().unwrap_or(""));
+            let current = slices
+                .get(&target)
+                .copied()
+                .unwrap_or_else(|| quota.slices.get(&target).copied().unwrap_or(0));
+            slices.insert(target, current.saturating_add(amount));
+            slices.insert(source.to_string(), 0);
+        }
+        if !slices.is_empty() && commands.len() < MAX_BATCH {
+            commands.push(FleetCommand::SetQuotaSlices {
+                provider: quota.provider.clone(),
+                region: quota.region.clone(),
+                slices,
+            });
+        }
+    }
+    (!commands.is_empty()).then_some(FleetCommand::Batch { commands })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state() -> FleetState {
+        let mut s = FleetState::new();
+        let mut commands = Vec::new();
+        for (id, az) in [("a1", "az-a"), ("a2", "az-a"), ("b1", "az-b")] {
+            commands.push(FleetCommand::RegisterShard {
+                id: id.into(),
+                address: "x:1".into(),
+                az: az.into(),
+                now_ms: 0,
+                lease_ttl_ms: 1,
+            });
+        }
+        commands.push(FleetCommand::SetProvider {
+            name: "aws".into(),
+            endpoint: "e".into(),
+            region: "r".into(),
+            capacity_types: vec![],
+        });
+        s.apply(&FleetCommand::Batch { commands }).expect("seed");
+        s.apply(&FleetCommand::AssignDomains {
+            assignments: (0..6)
+                .map(|n| (format!("z=a/r={n}"), "a1".to_string()))
+                .chain([("z=b/r=0".to_string(), "b1".to_string())])
+                .collect(),
+            allow_move: false,
+        })
+        .expect("domains");
+        s.apply(&FleetCommand::BindCluster {
+            cluster: "c1".into(),
+            shard: "a1".into(),
+        })
+        .expect("bind");
+        s.apply(&FleetCommand::SetQuota {
+            provider: "aws".into(),
+            region: "r".into(),
+            total: 100,
+            slices: BTreeMap::from([("a1".into(), 30), ("a2".into(), 20), ("b1".into(), 10)]),
+        })
+        .expect("quota");
+        s
+    }
+
+    #[test]
+    fn healthy_fleets_stay_put() {
+        assert!(plan(&state(), &BTreeSet::new(), Limits::default()).is_none());
+    }
+
+    #[test]
+    fn a_dead_shard_hands_everything_to_its_az_peer() {
+        let mut s = state();
+        let dead = BTreeSet::from(["a1".to_string()]);
+        let cmd = plan(&s, &dead, Limits::default()).expect("moves");
+        s.apply(&cmd).expect("plan applies");
+        assert!(s.domains_of("a1").is_empty());
+        assert_eq!(s.domains_of("a2").len(), 6, "same-AZ peer preferred");
+        assert_eq!(s.binding("c1"), Some("a2"));
+        let q = s.quota("aws", "r").expect("quota");
+        assert_eq!(q.slices.get("a2"), Some(&50));
+        assert_eq!(q.slices.get("a1"), None);
+        // Once empty, nothing more to do: no oscillation.
+        assert!(plan(&s, &dead, Limits::default()).is_none());
+    }
+
+    #[test]
+    fn draining_spreads_by_load_and_respects_the_rate_limit() {
+        let mut s = state();
+        s.apply(&FleetCommand::DrainShard { id: "a1".into() })
+            .expect("drain");
+        let dead = BTreeSet::from(["a2".to_string()]);
+        let cmd = plan(
+            &s,
+            &dead,
+            Limits {
+                max_domain_moves: 4,
+            },
+        )
+        .expect("moves");
+        s.apply(&cmd).expect("applies");
+        assert_eq!(s.domains_of("a1").len(), 2, "rate limited to 4 moves");
+        assert_eq!(s.domains_of("b1").len(), 5);
+        let q = s.quota("aws", "r").expect("quota");
+        assert_eq!(q.slices.values().sum::<u64>(), 60, "slices keep their sum");
+    }
+
+    #[test]
+    fn no_target_means_no_plan() {
+        let s = state();
+        let all: BTreeSet<String> = ["a1", "a2", "b1"].iter().map(|s| s.to_string()).collect();
+        assert!(plan(&s, &all, Limits::default()).is_none());
+    }
+}
