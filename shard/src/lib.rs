@@ -6,9 +6,11 @@
 //! `tests/dependency_closure.rs` fails the build if that ever changes.
 //!
 //! Built so far: the durable assignment cache ([`cache`]), the resumable assignment watch and
-//! lease heartbeats ([`worker`]), the status API and the `ballast-shard` binary ([`config`]).
-//! The provisioning engine, provider trait and cluster demand API are still to come.
+//! lease heartbeats ([`worker`]), the status API and the `ballast-shard` binary ([`config`]),
+//! and the pure provisioning engine ([`engine`]). The provider trait, the engine's run loop and
+//! the cluster demand API are still to come.
 
 pub mod cache;
 pub mod config;
+pub mod engine;
 pub mod worker;

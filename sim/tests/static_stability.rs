@@ -217,14 +217,16 @@ async fn drained_and_dead_shards_hand_their_domains_over() {
         assign(&client, &format!("zone=az-a/rack=r{n}"), "a1", false).await;
     }
     assign(&client, "zone=az-b/rack=r0", "b1", false).await;
-    a1.wait_until("its four domains", |st| st.domains.len() == 4).await;
+    a1.wait_until("its four domains", |st| st.domains.len() == 4)
+        .await;
 
     // Draining a1: its domains go to its AZ peer a2, and a1 lets go of them.
     client
         .write(cmd(Wire::DrainShard(pb::DrainShard { id: "a1".into() })))
         .await
         .expect("drain");
-    a2.wait_until("a1's domains", |st| st.domains.len() == 4).await;
+    a2.wait_until("a1's domains", |st| st.domains.len() == 4)
+        .await;
     let drained = a1
         .wait_until("giving its domains up", |st| st.domains.is_empty())
         .await;

@@ -1,0 +1,484 @@
+//! The provisioning engine: one pure decision per cycle, no I/O. Given the shard's allocation
+//! (domains and quota slices), its machine ledger and the clusters' demand, it decides which
+//! idle machines to assign, what to provision within quota, what lower-priority work to
+//! preempt, what surplus to release, and what remains short.
+//!
+//! Invariants (checked by property tests): a quota slice is never exceeded, no machine outside
+//! the shard's domains is ever used, and no machine is assigned twice.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use ballast_protocol::validate::DomainKey;
+
+/// Resources of one machine, or asked for per machine by a need.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Resources {
+    /// CPU in millicores.
+    pub cpu_millis: u64,
+    /// Memory in MiB.
+    pub memory_mib: u64,
+    /// GPUs.
+    pub gpus: u32,
+}
+
+impl Resources {
+    /// Whether a machine with `self` can serve a need asking for `want`.
+    pub fn covers(&self, want: &Resources) -> bool {
+        self.cpu_millis >= want.cpu_millis
+            && self.memory_mib >= want.memory_mib
+            && self.gpus >= want.gpus
+    }
+}
+
+/// Where a need's machines must be.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Placement {
+    /// Anywhere in the shard's domains.
+    Any,
+    /// In domains of this AZ (the domain's `zone` or `topology.kubernetes.io/zone` label).
+    Az(String),
+    /// In exactly this domain.
+    Domain(String),
+}
+
+/// One row of a cluster's demand: `count` machines with at least `resources`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Need {
+    /// Unique within the shard (cluster id + the cluster's own row id).
+    pub id: String,
+    /// Cluster asking.
+    pub cluster: String,
+    /// Machines wanted.
+    pub count: u32,
+    /// Per-machine minimum.
+    pub resources: Resources,
+    /// Higher wins; lower-priority work may be preempted for it.
+    pub priority: i32,
+    /// Placement constraint.
+    pub placement: Placement,
+}
+
+/// Quota a machine was provisioned under.
+pub type QuotaKey = (String, String);
+
+/// What the ledger knows about one machine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Machine {
+    /// Machine id.
+    pub id: String,
+    /// Topology domain it sits in.
+    pub domain: String,
+    /// Its resources.
+    pub resources: Resources,
+    /// Quota it counts against, if the shard provisioned it.
+    pub quota: Option<QuotaKey>,
+    /// Need it serves, if any.
+    pub assigned_to: Option<String>,
+}
+
+/// Everything one decision looks at.
+#[derive(Clone, Debug, Default)]
+pub struct Inputs {
+    /// Domains the shard owns.
+    pub domains: BTreeSet<String>,
+    /// Quota slices: machines the shard may hold per (provider, region).
+    pub slices: BTreeMap<QuotaKey, u64>,
+    /// Machine ledger.
+    pub machines: Vec<Machine>,
+    /// Current demand of every cluster (full replacement: a cluster's rows replace its old ones).
+    pub needs: Vec<Need>,
+    /// Machines being provisioned and not yet in the ledger, per quota (they count against it).
+    pub in_flight: BTreeMap<QuotaKey, u64>,
+}
+
+/// A machine to create.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Provision {
+    /// Need it is for.
+    pub need: String,
+    /// Domain to create it in.
+    pub domain: String,
+    /// Quota it counts against.
+    pub quota: QuotaKey,
+    /// Resources to ask for.
+    pub resources: Resources,
+}
+
+/// A shortfall: a need the shard could not fully serve this cycle.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Shortfall {
+    /// Need.
+    pub need: String,
+    /// Machines missing.
+    pub missing: u32,
+}
+
+/// The decision of one cycle.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// `(machine, need)`: idle (or released) machines put to work.
+    pub assign: Vec<(String, String)>,
+    /// Machines to create.
+    pub provision: Vec<Provision>,
+    /// `(machine, from need, to need)`: lower-priority work displaced.
+    pub preempt: Vec<(String, String, String)>,
+    /// Machines no need wants any more (they become idle).
+    pub release: Vec<String>,
+    /// Machines in the ledger outside the shard's domains (lost in a rebalance); never used.
+    pub foreign: Vec<String>,
+    /// What could not be served.
+    pub shortfalls: Vec<Shortfall>,
+}
+
+const ZONE_LABELS: [&str; 2] = ["topology.kubernetes.io/zone", "zone"];
+
+/// AZ of a domain, from its zone label.
+pub fn domain_az(domain: &str) -> Option<String> {
+    let key = DomainKey::parse(domain).ok()?;
+    ZONE_LABELS
+        .iter()
+        .find_map(|label| key.get(label))
+        .map(str::to_string)
+}
+
+fn placed(placement: &Placement, domain: &str, az_of: &HashMap<&str, Option<String>>) -> bool {
+    match placement {
+        Placement::Any => true,
+        Placement::Domain(d) => d == domain,
+        Placement::Az(az) => az_of.get(domain).and_then(|a| a.as_deref()) == Some(az.as_str()),
+    }
+}
+
+/// Decides one cycle.
+pub fn decide(inputs: &Inputs) -> Plan {
+    let mut plan = Plan::default();
+    let az_of: HashMap<&str, Option<String>> = inputs
+        .domains
+        .iter()
+        .map(|d| (d.as_str(), domain_az(d)))
+        .collect();
+    let needs: HashMap<&str, &Need> = inputs.needs.iter().map(|n| (n.id.as_str(), n)).collect();
+
+    // Machine → current need, for usable machines only.
+    let mut holder: BTreeMap<&str, Option<&str>> = BTreeMap::new();
+    let mut by_id: HashMap<&str, &Machine> = HashMap::new();
+    let mut held_per_quota: BTreeMap<&QuotaKey, u64> = BTreeMap::new();
+    for m in &inputs.machines {
+        if let Some(q) = &m.quota {
+            *held_per_quota.entry(q).or_insert(0) += 1;
+        }
+        if !inputs.domains.contains(&m.domain) {
+            plan.foreign.push(m.id.clone());
+            continue;
+        }
+        by_id.insert(m.id.as_str(), m);
+        holder.insert(m.id.as_str(), m.assigned_to.as_deref());
+    }
+
+    // Keep assignments that still fit their need, up to its count; release the rest.
+    let mut served: HashMap<&str, u32> = HashMap::new();
+    for (machine, need) in holder.iter_mut() {
+        let Some(need_id) = *need else { continue };
+        let m = by_id[machine];
+        let keep = needs.get(need_id).is_some_and(|n| {
+            served.get(need_id).copied().unwrap_or(0) < n.count
+                && m.resources.covers(&n.resources)
+                && placed(&n.placement, &m.domain, &az_of)
+        });
+        if keep {
+            *served.entry(need_id).or_insert(0) += 1;
+        } else {
+            plan.release.push(machine.to_string());
+            *need = None;
+        }
+    }
+
+    // Serve needs by priority (then id, for determinism).
+    let mut order: Vec<&Need> = inputs.needs.iter().collect();
+    order.sort_by(|a, b| b.priority.cmp(&a.priority).then_with(|| a.id.cmp(&b.id)));
+    let mut quota_room: BTreeMap<&QuotaKey, u64> = inputs
+        .slices
+        .iter()
+        .map(|(q, slice)| {
+            let used = held_per_quota.get(q).copied().unwrap_or(0)
+                + inputs.in_flight.get(q).copied().unwrap_or(0);
+            (q, slice.saturating_sub(used))
+        })
+        .collect();
+
+    for need in order {
+        let mut missing = need
+            .count
+            .saturating_sub(served.get(need.id.as_str()).copied().unwrap_or(0));
+        // 1. Idle machines that fit, smallest first so big machines stay for big needs.
+        if missing > 0 {
+            let mut idle: Vec<&str> = holder
+                .iter()
+                .filter(|(id, h)| {
+                    h.is_none() && {
+                        let m = by_id[*id];
+                        m.resources.covers(&need.resources)
+                            && placed(&need.placement, &m.domain, &az_of)
+                    }
+                })
+                .map(|(id, _)| *id)
+                .collect();
+            idle.sort_by_key(|id| (by_id[id].resources, *id));
+            for id in idle.into_iter().take(missing as usize) {
+                holder.insert(id, Some(need.id.as_str()));
+                plan.assign.push((id.to_string(), need.id.clone()));
+                missing -= 1;
+            }
+        }
+        // 2. Provision within quota in a domain that satisfies the placement.
+        if missing > 0 {
+            let domain = inputs
+                .domains
+                .iter()
+                .find(|d| placed(&need.placement, d, &az_of));
+            if let Some(domain) = domain {
+                for (quota, room) in quota_room.iter_mut() {
+                    while missing > 0 && *room > 0 {
+                        plan.provision.push(Provision {
+                            need: need.id.clone(),
+                            domain: domain.clone(),
+                            quota: (*quota).clone(),
+                            resources: need.resources,
+                        });
+                        *room -= 1;
+                        missing -= 1;
+                    }
+                }
+            }
+        }
+        // 3. Preempt lower-priority work on machines that fit.
+        if missing > 0 {
+            let mut victims: Vec<(&str, &str)> = holder
+                .iter()
+                .filter_map(|(id, h)| {
+                    let from = (*h)?;
+                    let victim_priority = needs.get(from).map(|n| n.priority)?;
+                    let m = by_id[id];
+                    (victim_priority < need.priority
+                        && m.resources.covers(&need.resources)
+                        && placed(&need.placement, &m.domain, &az_of))
+                    .then_some((*id, from))
+                })
+                .collect();
+            victims.sort_by_key(|(id, from)| (needs[from].priority, *id));
+            for (id, from) in victims.into_iter().take(missing as usize) {
+                holder.insert(id, Some(need.id.as_str()));
+                plan.preempt
+                    .push((id.to_string(), from.to_string(), need.id.clone()));
+                missing -= 1;
+            }
+        }
+        if missing > 0 {
+            plan.shortfalls.push(Shortfall {
+                need: need.id.clone(),
+                missing,
+            });
+        }
+    }
+    // A preempted need may now be short; it shows up as a shortfall next cycle, when its
+    // lost machines are no longer counted as served.
+    plan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn res(cpu: u64) -> Resources {
+        Resources {
+            cpu_millis: cpu,
+            memory_mib: cpu,
+            gpus: 0,
+        }
+    }
+
+    fn machine(id: &str, domain: &str, cpu: u64, assigned: Option<&str>) -> Machine {
+        Machine {
+            id: id.into(),
+            domain: domain.into(),
+            resources: res(cpu),
+            quota: Some(("aws".into(), "r1".into())),
+            assigned_to: assigned.map(String::from),
+        }
+    }
+
+    fn need(id: &str, count: u32, cpu: u64, priority: i32, placement: Placement) -> Need {
+        Need {
+            id: id.into(),
+            cluster: "c1".into(),
+            count,
+            resources: res(cpu),
+            priority,
+            placement,
+        }
+    }
+
+    fn inputs() -> Inputs {
+        Inputs {
+            domains: BTreeSet::from(["zone=az-a/rack=1".into(), "zone=az-b/rack=1".into()]),
+            slices: BTreeMap::from([(("aws".into(), "r1".into()), 4)]),
+            ..Inputs::default()
+        }
+    }
+
+    #[test]
+    fn idle_first_then_quota_then_shortfall() {
+        let mut i = inputs();
+        i.machines = vec![machine("m1", "zone=az-a/rack=1", 4, None)];
+        i.needs = vec![need("n1", 5, 2, 0, Placement::Any)];
+        let p = decide(&i);
+        assert_eq!(p.assign, vec![("m1".into(), "n1".into())]);
+        assert_eq!(
+            p.provision.len(),
+            3,
+            "slice of 4 with one machine held leaves 3"
+        );
+        assert_eq!(
+            p.shortfalls,
+            vec![Shortfall {
+                need: "n1".into(),
+                missing: 1
+            }]
+        );
+    }
+
+    #[test]
+    fn higher_priority_preempts_lower() {
+        let mut i = inputs();
+        i.slices.clear();
+        i.machines = vec![
+            machine("m1", "zone=az-a/rack=1", 4, Some("low")),
+            machine("m2", "zone=az-a/rack=1", 4, Some("low")),
+        ];
+        i.needs = vec![
+            need("low", 2, 1, 0, Placement::Any),
+            need("high", 1, 2, 10, Placement::Any),
+        ];
+        let p = decide(&i);
+        assert_eq!(p.preempt.len(), 1);
+        assert_eq!(p.preempt[0].2, "high");
+        assert!(p.shortfalls.is_empty());
+    }
+
+    #[test]
+    fn placement_and_foreign_machines_are_respected() {
+        let mut i = inputs();
+        i.machines = vec![
+            machine("m1", "zone=az-a/rack=1", 4, None),
+            machine("lost", "zone=az-c/rack=9", 4, Some("n1")),
+        ];
+        i.needs = vec![need("n1", 1, 1, 0, Placement::Az("az-b".into()))];
+        let p = decide(&i);
+        assert_eq!(p.foreign, vec!["lost".to_string()]);
+        assert!(p.assign.is_empty(), "m1 is in az-a");
+        assert_eq!(p.provision.len(), 1);
+        assert_eq!(p.provision[0].domain, "zone=az-b/rack=1");
+        let mut impossible = inputs();
+        impossible.needs = vec![need("n2", 1, 1, 0, Placement::Domain("zone=az-z".into()))];
+        assert_eq!(decide(&impossible).shortfalls.len(), 1);
+    }
+
+    #[test]
+    fn surplus_and_vanished_needs_are_released() {
+        let mut i = inputs();
+        i.machines = vec![
+            machine("m1", "zone=az-a/rack=1", 4, Some("n1")),
+            machine("m2", "zone=az-a/rack=1", 4, Some("n1")),
+            machine("m3", "zone=az-a/rack=1", 4, Some("gone")),
+        ];
+        i.needs = vec![need("n1", 1, 1, 0, Placement::Any)];
+        let p = decide(&i);
+        assert_eq!(p.release, vec!["m2".to_string(), "m3".to_string()]);
+    }
+
+    fn arb_inputs() -> impl Strategy<Value = Inputs> {
+        let domains = ["zone=az-a/rack=1", "zone=az-b/rack=1", "zone=az-c/rack=1"];
+        (
+            prop::collection::vec((0..4usize, 1..8u64, prop::option::of(0..6usize)), 0..20),
+            prop::collection::vec((1..6u32, 1..8u64, -2..3i32, 0..5usize), 0..6),
+            0..10u64,
+            0..3u64,
+        )
+            .prop_map(move |(machines, needs, slice, in_flight)| {
+                let quota: QuotaKey = ("aws".into(), "r1".into());
+                Inputs {
+                    domains: domains[..2].iter().map(|s| s.to_string()).collect(),
+                    slices: BTreeMap::from([(quota.clone(), slice)]),
+                    in_flight: BTreeMap::from([(quota, in_flight)]),
+                    machines: machines
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, (d, cpu, a))| Machine {
+                            id: format!("m{i}"),
+                            domain: domains
+                                .get(d)
+                                .copied()
+                                .unwrap_or("zone=az-z/rack=0")
+                                .to_string(),
+                            resources: res(cpu),
+                            quota: Some(("aws".into(), "r1".into())),
+                            assigned_to: a.map(|n| format!("n{n}")),
+                        })
+                        .collect(),
+                    needs: needs
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, (count, cpu, priority, p))| {
+                            let placement = match p {
+                                0 => Placement::Az("az-a".into()),
+                                1 => Placement::Domain(domains[1].into()),
+                                2 => Placement::Az("az-c".into()),
+                                _ => Placement::Any,
+                            };
+                            need(&format!("n{i}"), count, cpu, priority, placement)
+                        })
+                        .collect(),
+                }
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn invariants_hold(i in arb_inputs()) {
+            let p = decide(&i);
+            // Never exceed a slice: held + in flight + new <= slice, unless already over.
+            for (quota, slice) in &i.slices {
+                let held = i.machines.iter().filter(|m| m.quota.as_ref() == Some(quota)).count() as u64;
+                let before = held + i.in_flight.get(quota).copied().unwrap_or(0);
+                let new = p.provision.iter().filter(|x| &x.quota == quota).count() as u64;
+                prop_assert!(new == 0 || before + new <= *slice);
+            }
+            // Never touch a machine outside the shard's domains, never provision outside them.
+            let usable: BTreeSet<&str> = i.machines.iter()
+                .filter(|m| i.domains.contains(&m.domain)).map(|m| m.id.as_str()).collect();
+            for (m, _) in &p.assign { prop_assert!(usable.contains(m.as_str())); }
+            for (m, _, _) in &p.preempt { prop_assert!(usable.contains(m.as_str())); }
+            for x in &p.provision { prop_assert!(i.domains.contains(&x.domain)); }
+            // Never double-assign: each machine moves at most once per cycle.
+            let mut moved = BTreeSet::new();
+            for (m, _) in &p.assign { prop_assert!(moved.insert(m.clone())); }
+            for (m, _, _) in &p.preempt { prop_assert!(moved.insert(m.clone())); }
+            // Each need gets at most its count (kept + assigned + preempted + provisioned).
+            for n in &i.needs {
+                let kept = i.machines.iter().filter(|m| usable.contains(m.id.as_str())
+                    && m.assigned_to.as_deref() == Some(n.id.as_str())
+                    && !p.release.contains(&m.id)
+                    && !p.preempt.iter().any(|(id, _, _)| id == &m.id)).count();
+                let got = p.assign.iter().filter(|(_, x)| x == &n.id).count()
+                    + p.preempt.iter().filter(|(_, _, x)| x == &n.id).count()
+                    + p.provision.iter().filter(|x| x.need == n.id).count();
+                prop_assert!(kept + got <= n.count as usize, "need {} over-served", n.id);
+            }
+            // Deterministic.
+            prop_assert_eq!(decide(&i), p);
+        }
+    }
+}
