@@ -7,10 +7,12 @@
 //!
 //! Built so far: the durable assignment cache ([`cache`]), the resumable assignment watch and
 //! lease heartbeats ([`worker`]), the status API and the `ballast-shard` binary ([`config`]),
-//! and the pure provisioning engine ([`engine`]). The provider trait, the engine's run loop and
-//! the cluster demand API are still to come.
+//! the pure provisioning engine ([`engine`]) and the fenced, idempotent provider trait with a
+//! simulated provider ([`provider`]). The engine's run loop (ledger, in-flight actions) and the
+//! cluster demand API are still to come.
 
 pub mod cache;
 pub mod config;
 pub mod engine;
+pub mod provider;
 pub mod worker;
