@@ -6,6 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use ballast_protocol::pb;
+
+use crate::engine::{Machine, Need, Provision};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
 /// Why the cache could not be used. Every variant names the data directory; a corrupt cache is
@@ -99,11 +101,26 @@ impl Assignments {
     }
 }
 
+/// The machine ledger and the work the shard has taken on, as kept on disk.
+#[derive(Clone, Debug, Default)]
+pub struct Ledger {
+    /// Machines the shard holds, by id.
+    pub machines: BTreeMap<String, Machine>,
+    /// Each cluster's current demand rows (need ids are `cluster/row`).
+    pub demand: BTreeMap<String, Vec<Need>>,
+    /// Provisions started and not yet answered, by machine id (re-issued after a restart;
+    /// the provider is idempotent by machine id).
+    pub in_flight: BTreeMap<String, Provision>,
+}
+
 /// The on-disk cache.
 pub struct Cache {
     db: Database,
     items: Keyspace,
     meta: Keyspace,
+    machines: Keyspace,
+    demand: Keyspace,
+    in_flight: Keyspace,
     path: String,
 }
 
@@ -144,10 +161,16 @@ impl Cache {
         let options = || KeyspaceCreateOptions::default().max_memtable_size(4 * 1024 * 1024);
         let items = db.keyspace("assignments", options).map_err(wrap)?;
         let meta = db.keyspace("meta", options).map_err(wrap)?;
+        let machines = db.keyspace("machines", options).map_err(wrap)?;
+        let demand = db.keyspace("demand", options).map_err(wrap)?;
+        let in_flight = db.keyspace("in_flight", options).map_err(wrap)?;
         let cache = Cache {
             db,
             items,
             meta,
+            machines,
+            demand,
+            in_flight,
             path,
         };
         match cache.text(META_SHARD)? {
@@ -308,6 +331,77 @@ impl Cache {
         batch.insert(&self.meta, META_TERM, next.term.to_be_bytes());
         batch.insert(&self.meta, META_STATUS, next.status.as_bytes());
         batch.commit().map_err(|e| self.err(e))?;
+        self.sync()
+    }
+}
+
+impl Cache {
+    fn decode_all<T: serde::de::DeserializeOwned>(
+        &self,
+        keyspace: &Keyspace,
+        what: &str,
+    ) -> Result<BTreeMap<String, T>, CacheError> {
+        let mut out = BTreeMap::new();
+        for item in keyspace.iter() {
+            let (key, value) = item.into_inner().map_err(|e| self.err(e))?;
+            let key = String::from_utf8(key.to_vec())
+                .map_err(|e| self.corrupt(&format!("<{what} key>"), e.to_string()))?;
+            let record = serde_json::from_slice(&value)
+                .map_err(|e| self.corrupt(&format!("{what}/{key}"), e.to_string()))?;
+            out.insert(key, record);
+        }
+        Ok(out)
+    }
+
+    fn encode<T: serde::Serialize>(&self, key: &str, value: &T) -> Result<Vec<u8>, CacheError> {
+        serde_json::to_vec(value).map_err(|e| self.corrupt(key, e.to_string()))
+    }
+
+    /// Loads the ledger.
+    pub fn load_ledger(&self) -> Result<Ledger, CacheError> {
+        Ok(Ledger {
+            machines: self.decode_all(&self.machines, "machines")?,
+            demand: self.decode_all(&self.demand, "demand")?,
+            in_flight: self.decode_all(&self.in_flight, "in_flight")?,
+        })
+    }
+
+    /// Writes machine records (and removes in-flight entries they complete) durably.
+    pub fn store_machines(
+        &self,
+        machines: &[&Machine],
+        finished: &[&str],
+    ) -> Result<(), CacheError> {
+        let mut batch = self.db.batch();
+        for m in machines {
+            batch.insert(&self.machines, m.id.as_str(), self.encode(&m.id, m)?);
+        }
+        for id in finished {
+            batch.remove(&self.in_flight, *id);
+        }
+        batch.commit().map_err(|e| self.err(e))?;
+        self.sync()
+    }
+
+    /// Records provisions about to be started, durably, before the provider is called.
+    pub fn store_in_flight(&self, started: &[(&str, &Provision)]) -> Result<(), CacheError> {
+        let mut batch = self.db.batch();
+        for (id, provision) in started {
+            batch.insert(&self.in_flight, *id, self.encode(id, provision)?);
+        }
+        batch.commit().map_err(|e| self.err(e))?;
+        self.sync()
+    }
+
+    /// Replaces a cluster's demand durably.
+    pub fn store_demand(&self, cluster: &str, rows: &[Need]) -> Result<(), CacheError> {
+        if rows.is_empty() {
+            self.demand.remove(cluster).map_err(|e| self.err(e))?;
+        } else {
+            self.demand
+                .insert(cluster, self.encode(cluster, &rows)?)
+                .map_err(|e| self.err(e))?;
+        }
         self.sync()
     }
 }

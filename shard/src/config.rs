@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::provider::SimulatedConfig;
 use crate::worker::{self, WorkerConfig, WorkerError};
 
 /// A Ballast shard worker.
@@ -43,6 +44,15 @@ pub struct ShardArgs {
     /// Heartbeat interval in milliseconds (default: a third of the lease).
     #[arg(long, env = "BALLAST_HEARTBEAT_MS")]
     pub heartbeat_ms: Option<u64>,
+    /// Engine decision interval in milliseconds.
+    #[arg(long, env = "BALLAST_CYCLE_MS", default_value_t = 200)]
+    pub cycle_ms: u64,
+    /// Simulated provider: latency of every action, in milliseconds.
+    #[arg(long, env = "BALLAST_SIM_LATENCY_MS", default_value_t = 20)]
+    pub sim_latency_ms: u64,
+    /// Simulated provider: probability (0 to 1) that an action fails.
+    #[arg(long, env = "BALLAST_SIM_FAILURE_RATE", default_value_t = 0.0)]
+    pub sim_failure_rate: f64,
 }
 
 impl ShardArgs {
@@ -61,6 +71,15 @@ impl ShardArgs {
                 self.lease_ms
             )));
         }
+        if self.cycle_ms == 0 {
+            return Err(WorkerError::Config("--cycle-ms must be above 0".into()));
+        }
+        if !(0.0..=1.0).contains(&self.sim_failure_rate) {
+            return Err(WorkerError::Config(format!(
+                "--sim-failure-rate {} must be between 0 and 1",
+                self.sim_failure_rate
+            )));
+        }
         Ok(WorkerConfig {
             id: self.id,
             az: self.az,
@@ -70,6 +89,12 @@ impl ShardArgs {
             advertise: self.advertise,
             lease_ttl: Duration::from_millis(self.lease_ms),
             heartbeat: Duration::from_millis(heartbeat),
+            cycle: Duration::from_millis(self.cycle_ms),
+            provider: SimulatedConfig {
+                latency: Duration::from_millis(self.sim_latency_ms),
+                failure_rate: self.sim_failure_rate,
+                seed: 1,
+            },
         })
     }
 }

@@ -9,9 +9,12 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use ballast_protocol::validate::DomainKey;
+use serde::{Deserialize, Serialize};
 
 /// Resources of one machine, or asked for per machine by a need.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
 pub struct Resources {
     /// CPU in millicores.
     pub cpu_millis: u64,
@@ -31,7 +34,7 @@ impl Resources {
 }
 
 /// Where a need's machines must be.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Placement {
     /// Anywhere in the shard's domains.
     Any,
@@ -42,7 +45,7 @@ pub enum Placement {
 }
 
 /// One row of a cluster's demand: `count` machines with at least `resources`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Need {
     /// Unique within the shard (cluster id + the cluster's own row id).
     pub id: String,
@@ -62,7 +65,7 @@ pub struct Need {
 pub type QuotaKey = (String, String);
 
 /// What the ledger knows about one machine.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Machine {
     /// Machine id.
     pub id: String,
@@ -92,7 +95,7 @@ pub struct Inputs {
 }
 
 /// A machine to create.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Provision {
     /// Need it is for.
     pub need: String,
@@ -105,7 +108,7 @@ pub struct Provision {
 }
 
 /// A shortfall: a need the shard could not fully serve this cycle.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Shortfall {
     /// Need.
     pub need: String,

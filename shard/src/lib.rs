@@ -7,12 +7,14 @@
 //!
 //! Built so far: the durable assignment cache ([`cache`]), the resumable assignment watch and
 //! lease heartbeats ([`worker`]), the status API and the `ballast-shard` binary ([`config`]),
-//! the pure provisioning engine ([`engine`]) and the fenced, idempotent provider trait with a
-//! simulated provider ([`provider`]). The engine's run loop (ledger, in-flight actions) and the
-//! cluster demand API are still to come.
+//! the pure provisioning engine ([`engine`]) run every cycle over a durable machine ledger
+//! ([`provisioning`]), the fenced, idempotent provider trait with a simulated provider
+//! ([`provider`]), and the cluster demand API ([`demand`], served by [`worker`]).
 
 pub mod cache;
 pub mod config;
+pub mod demand;
 pub mod engine;
 pub mod provider;
+pub mod provisioning;
 pub mod worker;

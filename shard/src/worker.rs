@@ -3,9 +3,10 @@
 //! keeps serving from its cache and retries quietly; it never gives away or grabs domains on
 //! its own.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -16,7 +17,10 @@ use tokio::sync::watch;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 
-use crate::cache::{Assignments, Cache, CacheError};
+use crate::cache::{Assignments, Cache, CacheError, Ledger};
+use crate::demand::{self, DemandError};
+use crate::engine::Shortfall;
+use crate::provider::{SimulatedConfig, SimulatedProvider};
 
 /// Everything a shard worker needs to start.
 #[derive(Clone, Debug)]
@@ -37,6 +41,10 @@ pub struct WorkerConfig {
     pub lease_ttl: Duration,
     /// Heartbeat interval.
     pub heartbeat: Duration,
+    /// Engine decision interval.
+    pub cycle: Duration,
+    /// Simulated provider settings (the only provider built in so far).
+    pub provider: SimulatedConfig,
 }
 
 /// Why a worker could not start.
@@ -68,6 +76,11 @@ pub struct Worker {
     reachable: AtomicBool,
     last_contact: Mutex<Option<Instant>>,
     client: BallastClient,
+    ledger: Mutex<Ledger>,
+    shortfalls: Mutex<Vec<Shortfall>>,
+    cycles: AtomicU64,
+    sequence: AtomicU64,
+    provider: SimulatedProvider,
 }
 
 impl Worker {
@@ -77,6 +90,73 @@ impl Worker {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// Shard id.
+    pub fn id(&self) -> &str {
+        &self.config.id
+    }
+
+    /// Restart epoch.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Engine decision interval.
+    pub fn cycle(&self) -> Duration {
+        self.config.cycle
+    }
+
+    /// The durable cache.
+    pub fn cache(&self) -> &Cache {
+        &self.cache
+    }
+
+    /// The machine ledger (lock briefly).
+    pub fn ledger(&self) -> std::sync::MutexGuard<'_, Ledger> {
+        self.ledger.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The provider.
+    pub fn provider(&self) -> &SimulatedProvider {
+        &self.provider
+    }
+
+    /// Next fencing sequence number.
+    pub fn next_sequence(&self) -> u64 {
+        self.sequence.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Records the outcome of a cycle.
+    pub fn finish_cycle(&self, shortfalls: Vec<Shortfall>) {
+        *self.shortfalls.lock().unwrap_or_else(|p| p.into_inner()) = shortfalls;
+        self.cycles.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Machines by state: idle, assigned, foreign (outside the shard's domains).
+    pub fn machines_by_state(&self) -> BTreeMap<String, u64> {
+        let domains = self.assignments().domains;
+        let mut counts = BTreeMap::new();
+        for m in self.ledger().machines.values() {
+            let state = if !domains.contains(&m.domain) {
+                "foreign"
+            } else if m.assigned_to.is_some() {
+                "assigned"
+            } else {
+                "idle"
+            };
+            *counts.entry(state.to_string()).or_insert(0) += 1;
+        }
+        counts
+    }
+
+    fn shortfall_total(&self) -> u64 {
+        self.shortfalls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|s| s.missing as u64)
+            .sum()
     }
 
     fn touch(&self) {
@@ -137,6 +217,7 @@ pub async fn start(config: WorkerConfig) -> Result<RunningWorker, WorkerError> {
     let cache = Cache::open(&config.data_dir, &config.id)?;
     let epoch = cache.bump_epoch()?;
     let assignments = cache.load()?;
+    let ledger = cache.load_ledger()?;
     let mut client_config = ClientConfig::new(config.coordinators.clone());
     client_config.cluster_id = cache.cluster_id()?;
     client_config.retry_budget = Duration::from_secs(2);
@@ -163,6 +244,7 @@ pub async fn start(config: WorkerConfig) -> Result<RunningWorker, WorkerError> {
         shard = %config.id, epoch, revision = assignments.revision,
         domains = assignments.domains.len(), "shard worker starting from its cache"
     );
+    let provider = SimulatedProvider::new(config.provider.clone());
     let worker = Arc::new(Worker {
         config,
         address,
@@ -172,10 +254,19 @@ pub async fn start(config: WorkerConfig) -> Result<RunningWorker, WorkerError> {
         reachable: AtomicBool::new(false),
         last_contact: Mutex::new(None),
         client,
+        provider,
+        ledger: Mutex::new(ledger),
+        shortfalls: Mutex::new(Vec::new()),
+        cycles: AtomicU64::new(0),
+        sequence: AtomicU64::new(0),
     });
     let (stop, stopped) = watch::channel(false);
     tokio::spawn(watch_loop(worker.clone(), stopped.clone()));
     tokio::spawn(heartbeat_loop(worker.clone(), stopped.clone()));
+    tokio::spawn(crate::provisioning::engine_loop(
+        worker.clone(),
+        stopped.clone(),
+    ));
     let mut server_stop = stopped;
     let server = tokio::spawn(
         tonic::transport::Server::builder()
@@ -273,7 +364,17 @@ async fn heartbeat_loop(worker: Arc<Worker>, mut stopped: watch::Receiver<bool>)
             az: worker.config.az.clone(),
             lease_ttl_ms: worker.config.lease_ttl.as_millis() as u64,
             epoch: worker.epoch,
-            summary: Some(pb::ShardSummary::default()),
+            summary: Some(pb::ShardSummary {
+                machines_by_state: worker.machines_by_state().into_iter().collect(),
+                demand: worker
+                    .ledger()
+                    .demand
+                    .values()
+                    .flatten()
+                    .map(|n| n.count as u64)
+                    .sum(),
+                shortfall: worker.shortfall_total(),
+            }),
         };
         let answer = worker
             .client
@@ -337,6 +438,80 @@ impl ShardWorker for StatusService {
             status: a.status,
             coordinator_reachable: w.reachable.load(Ordering::Relaxed),
             cache_age_ms,
+            machines_by_state: w.machines_by_state().into_iter().collect(),
+            shortfall: w.shortfall_total(),
+            cycles: w.cycles.load(Ordering::Relaxed),
+        }))
+    }
+
+    async fn submit_demand(
+        &self,
+        request: Request<pb::SubmitDemandRequest>,
+    ) -> Result<Response<pb::SubmitDemandResponse>, Status> {
+        let w = &self.worker;
+        let request = request.into_inner();
+        let needs =
+            demand::validate(&w.config.id, &request, &w.assignments()).map_err(|e| match e {
+                DemandError::Invalid(_) => Status::invalid_argument(e.to_string()),
+                DemandError::NotBound { .. } | DemandError::Impossible { .. } => {
+                    Status::failed_precondition(e.to_string())
+                }
+            })?;
+        let mut ledger = w.ledger();
+        w.cache
+            .store_demand(&request.cluster, &needs)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let rows = needs.len() as u32;
+        if needs.is_empty() {
+            ledger.demand.remove(&request.cluster);
+        } else {
+            ledger.demand.insert(request.cluster, needs);
+        }
+        Ok(Response::new(pb::SubmitDemandResponse { rows }))
+    }
+
+    async fn allocations(
+        &self,
+        request: Request<pb::AllocationsRequest>,
+    ) -> Result<Response<pb::AllocationsResponse>, Status> {
+        let w = &self.worker;
+        let cluster = request.into_inner().cluster;
+        let prefix = format!("{cluster}/");
+        let wanted = |need: &str| cluster.is_empty() || need.starts_with(&prefix);
+        let ledger = w.ledger();
+        let machines = ledger
+            .machines
+            .values()
+            .filter(|m| match &m.assigned_to {
+                Some(need) => wanted(need),
+                None => cluster.is_empty(),
+            })
+            .map(|m| pb::MachineInfo {
+                id: m.id.clone(),
+                domain: m.domain.clone(),
+                need: m.assigned_to.clone().unwrap_or_default(),
+                resources: Some(pb::ResourceSpec {
+                    cpu_millis: m.resources.cpu_millis as i64,
+                    memory_mib: m.resources.memory_mib as i64,
+                    gpus: m.resources.gpus as i64,
+                }),
+            })
+            .collect();
+        let shortfalls = w
+            .shortfalls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|s| wanted(&s.need))
+            .map(|s| pb::ShortfallInfo {
+                need: s.need.clone(),
+                missing: s.missing,
+            })
+            .collect();
+        Ok(Response::new(pb::AllocationsResponse {
+            machines,
+            shortfalls,
+            in_flight: ledger.in_flight.len() as u64,
         }))
     }
 }

@@ -8,6 +8,7 @@ use std::path::Path;
 use ballast_protocol::client::BallastClient;
 use ballast_protocol::pb;
 use ballast_protocol::pb::command::Command as Wire;
+use ballast_protocol::pb::shard_worker_client::ShardWorkerClient;
 use ballast_testkit::{ClusterOptions, FAST_FLAGS, ShardProcess, TestCluster, wait_for};
 
 fn program() -> &'static Path {
@@ -70,6 +71,40 @@ async fn wait_registered(client: &BallastClient, count: usize) {
         },
     )
     .await
+}
+
+/// Machines the shard has assigned to demand.
+fn assigned(status: &pb::ShardStatusResponse) -> u64 {
+    status
+        .machines_by_state
+        .get("assigned")
+        .copied()
+        .unwrap_or(0)
+}
+
+/// Replaces cluster c1's demand on `shard` with one row of `count` machines.
+async fn submit(shard: &ShardProcess, count: u32) {
+    let mut client = ShardWorkerClient::connect(format!("http://{}", shard.address))
+        .await
+        .expect("connecting to the shard");
+    client
+        .submit_demand(pb::SubmitDemandRequest {
+            cluster: "c1".into(),
+            rows: vec![pb::DemandRow {
+                id: "web".into(),
+                count,
+                resources: Some(pb::ResourceSpec {
+                    cpu_millis: 1000,
+                    memory_mib: 1024,
+                    gpus: 0,
+                }),
+                priority: 0,
+                az: String::new(),
+                domain: String::new(),
+            }],
+        })
+        .await
+        .expect("submitting demand");
 }
 
 fn holds(status: &pb::ShardStatusResponse, domain: &str) -> bool {
@@ -153,6 +188,75 @@ async fn assignments_reach_their_shard_and_follow_moves() {
             !holds(st, "zone=az-a/rack=r1")
         })
         .await;
+    // Bad demand is refused precisely and changes nothing.
+    let mut worker = ShardWorkerClient::connect(format!("http://{}", shards[1].address))
+        .await
+        .expect("connecting to s2");
+    let row = |cpu: i64, az: &str| pb::DemandRow {
+        id: "web".into(),
+        count: 1,
+        resources: Some(pb::ResourceSpec {
+            cpu_millis: cpu,
+            memory_mib: 1,
+            gpus: 0,
+        }),
+        priority: 0,
+        az: az.into(),
+        domain: String::new(),
+    };
+    for (cluster, row, code, needle) in [
+        (
+            "c9",
+            row(1, ""),
+            tonic::Code::FailedPrecondition,
+            "not bound",
+        ),
+        ("c1", row(-5, ""), tonic::Code::InvalidArgument, "negative"),
+        (
+            "c1",
+            row(1, "az-q"),
+            tonic::Code::FailedPrecondition,
+            "az-q",
+        ),
+        (
+            "Bad!",
+            row(1, ""),
+            tonic::Code::InvalidArgument,
+            "cluster id",
+        ),
+    ] {
+        let status = worker
+            .submit_demand(pb::SubmitDemandRequest {
+                cluster: cluster.into(),
+                rows: vec![row],
+            })
+            .await
+            .expect_err("bad demand");
+        assert_eq!(status.code(), code, "{status}");
+        assert!(status.message().contains(needle), "{status}");
+    }
+    let oversized = pb::SubmitDemandRequest {
+        cluster: "c1".into(),
+        rows: (0..10_001)
+            .map(|n| pb::DemandRow {
+                id: format!("r{n}"),
+                ..row(1, "")
+            })
+            .collect(),
+    };
+    let status = worker
+        .submit_demand(oversized)
+        .await
+        .expect_err("too many rows");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    let allocations = worker
+        .allocations(pb::AllocationsRequest {
+            cluster: String::new(),
+        })
+        .await
+        .expect("allocations")
+        .into_inner();
+    assert!(allocations.machines.is_empty() && allocations.in_flight == 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -163,9 +267,37 @@ async fn shards_ride_out_a_full_coordinator_outage_and_their_own_restart() {
     let client = cluster.client();
     wait_registered(&client, 2).await;
     assign(&client, "zone=az-a/rack=r1", "s1", false).await;
+    client
+        .write(cmd(Wire::Batch(pb::Batch {
+            commands: vec![
+                cmd(Wire::SetProvider(pb::SetProvider {
+                    name: "aws".into(),
+                    endpoint: "https://ec2.example".into(),
+                    region: "us-east-1".into(),
+                    capacity_types: vec![],
+                })),
+                cmd(Wire::SetQuota(pb::SetQuota {
+                    provider: "aws".into(),
+                    region: "us-east-1".into(),
+                    total: 10,
+                    slices: vec![pb::QuotaSlice {
+                        shard: "s1".into(),
+                        amount: 10,
+                    }],
+                })),
+                cmd(Wire::BindCluster(pb::BindCluster {
+                    cluster: "c1".into(),
+                    shard: "s1".into(),
+                })),
+            ],
+        })))
+        .await
+        .expect("quota and binding");
     let revision = assign(&client, "zone=az-b/rack=r1", "s2", false).await;
     let before = s1
-        .wait_until("its domain", |st| holds(st, "zone=az-a/rack=r1"))
+        .wait_until("its domain, slice and cluster", |st| {
+            holds(st, "zone=az-a/rack=r1") && !st.slices.is_empty() && !st.clusters.is_empty()
+        })
         .await;
     s2.wait_until("caught up", |st| st.revision >= revision)
         .await;
@@ -179,6 +311,11 @@ async fn shards_ride_out_a_full_coordinator_outage_and_their_own_restart() {
     let during = s2.status().await.expect("s2 answers during the outage");
     assert!(holds(&during, "zone=az-b/rack=r1"));
 
+    // Demand arriving during the outage is served from the cached allocation.
+    submit(&s1, 3).await;
+    s1.wait_until("3 machines assigned", |st| assigned(st) == 3)
+        .await;
+
     // A shard SIGKILLed during the outage comes back from its cache alone.
     s1.kill();
     s1.restart();
@@ -188,6 +325,15 @@ async fn shards_ride_out_a_full_coordinator_outage_and_their_own_restart() {
     assert_eq!(restarted.domains, before.domains);
     assert!(restarted.revision >= before.revision);
     assert!(!restarted.coordinator_reachable);
+    // Its machine ledger came back too, and it keeps provisioning within its slice.
+    assert_eq!(assigned(&restarted), 3);
+    submit(&s1, 12).await;
+    let capped = s1
+        .wait_until("the slice filled", |st| {
+            assigned(st) == 10 && st.shortfall == 2
+        })
+        .await;
+    assert_eq!(capped.machines_by_state.get("assigned"), Some(&10));
 
     // The coordinator returns: watches resume and new grants arrive.
     for id in 1..=3 {
