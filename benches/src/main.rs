@@ -2,6 +2,7 @@
 //! Replicas run as child processes of this binary (`ballast-bench replica ...`).
 
 mod coord;
+mod engine;
 mod stats;
 
 use clap::{Parser, Subcommand};
@@ -18,6 +19,9 @@ enum Command {
     /// Coordinator benchmark: write throughput and latency, read latency, leader-kill
     /// recovery, RSS and disk use; writes a markdown report.
     Coord(coord::CoordBenchArgs),
+    /// Shard engine benchmark: decision time at 500K machines / 50K demand rows; prints a
+    /// markdown section.
+    Engine(engine::EngineBenchArgs),
     /// Run one coordinator replica (same flags as `ballast-coord`).
     Replica(ballast_coordinator::config::CoordArgs),
 }
@@ -26,6 +30,10 @@ enum Command {
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Coord(args) => coord::run(args).await,
+        Command::Engine(args) => {
+            println!("{}", engine::run(args)?);
+            Ok(())
+        }
         Command::Replica(args) => {
             ballast_coordinator::config::init_logging();
             ballast_coordinator::config::run_until_signal(args).await?;

@@ -463,4 +463,29 @@ mod tests {
             Err(CacheError::Foreign { .. })
         ));
     }
+
+    #[test]
+    fn a_corrupt_record_is_an_error_naming_the_cache() {
+        let dir = tempfile::tempdir().expect("dir");
+        let cache = Cache::open(dir.path(), "s1").expect("open");
+        cache
+            .machines
+            .insert("m1", b"not json")
+            .expect("raw insert");
+        let error = cache.load_ledger().expect_err("corrupt ledger");
+        let text = error.to_string();
+        assert!(text.contains(&dir.path().display().to_string()), "{text}");
+        assert!(text.contains("machines/m1"), "{text}");
+        cache
+            .meta
+            .insert(META_REVISION, b"xyz")
+            .expect("raw insert");
+        assert!(
+            cache
+                .load()
+                .expect_err("corrupt revision")
+                .to_string()
+                .contains("revision")
+        );
+    }
 }

@@ -6,7 +6,7 @@
 //! Invariants (checked by property tests): a quota slice is never exceeded, no machine outside
 //! the shard's domains is ever used, and no machine is assigned twice.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use ballast_protocol::validate::DomainKey;
 use serde::{Deserialize, Serialize};
@@ -163,8 +163,8 @@ pub fn decide(inputs: &Inputs) -> Plan {
     let needs: HashMap<&str, &Need> = inputs.needs.iter().map(|n| (n.id.as_str(), n)).collect();
 
     // Machine → current need, for usable machines only.
-    let mut holder: BTreeMap<&str, Option<&str>> = BTreeMap::new();
-    let mut by_id: HashMap<&str, &Machine> = HashMap::new();
+    let mut holder: HashMap<&str, Option<&str>> = HashMap::with_capacity(inputs.machines.len());
+    let mut by_id: HashMap<&str, &Machine> = HashMap::with_capacity(inputs.machines.len());
     let mut held_per_quota: BTreeMap<&QuotaKey, u64> = BTreeMap::new();
     for m in &inputs.machines {
         if let Some(q) = &m.quota {
@@ -178,10 +178,15 @@ pub fn decide(inputs: &Inputs) -> Plan {
         holder.insert(m.id.as_str(), m.assigned_to.as_deref());
     }
 
-    // Keep assignments that still fit their need, up to its count; release the rest.
+    // Keep assignments that still fit their need, up to its count; release the rest. Machines
+    // are visited in id order so the choice of which surplus to release is deterministic.
+    let mut ids: Vec<&str> = holder.keys().copied().collect();
+    ids.sort_unstable();
     let mut served: HashMap<&str, u32> = HashMap::new();
-    for (machine, need) in holder.iter_mut() {
-        let Some(need_id) = *need else { continue };
+    for machine in &ids {
+        let Some(need_id) = holder[machine] else {
+            continue;
+        };
         let m = by_id[machine];
         let keep = needs.get(need_id).is_some_and(|n| {
             served.get(need_id).copied().unwrap_or(0) < n.count
@@ -192,9 +197,31 @@ pub fn decide(inputs: &Inputs) -> Plan {
             *served.entry(need_id).or_insert(0) += 1;
         } else {
             plan.release.push(machine.to_string());
-            *need = None;
+            holder.insert(machine, None);
         }
     }
+
+    // Idle machines per domain, ordered by size, so a need finds fitting machines without
+    // scanning the whole ledger (500K machines, 50K needs per cycle).
+    let mut idle: BTreeMap<&str, BTreeSet<(Resources, &str)>> = BTreeMap::new();
+    for machine in &ids {
+        if holder[machine].is_none() {
+            let m = by_id[machine];
+            idle.entry(m.domain.as_str())
+                .or_default()
+                .insert((m.resources, m.id.as_str()));
+        }
+    }
+    let mut domains_of_az: HashMap<&str, Vec<&str>> = HashMap::new();
+    for (domain, az) in &az_of {
+        if let Some(az) = az {
+            domains_of_az.entry(az.as_str()).or_default().push(domain);
+        }
+    }
+    for list in domains_of_az.values_mut() {
+        list.sort_unstable();
+    }
+    let all_domains: Vec<&str> = inputs.domains.iter().map(String::as_str).collect();
 
     // Serve needs by priority (then id, for determinism).
     let mut order: Vec<&Need> = inputs.needs.iter().collect();
@@ -208,72 +235,97 @@ pub fn decide(inputs: &Inputs) -> Plan {
             (q, slice.saturating_sub(used))
         })
         .collect();
+    // Assigned machines by ascending priority of what they serve; built on first need.
+    let mut victims: Option<Vec<(i32, &str)>> = None;
+    let mut moved: HashSet<&str> = HashSet::new();
 
     for need in order {
         let mut missing = need
             .count
             .saturating_sub(served.get(need.id.as_str()).copied().unwrap_or(0));
+        if missing == 0 {
+            continue;
+        }
+        let candidates: &[&str] = match &need.placement {
+            Placement::Any => &all_domains,
+            Placement::Az(az) => domains_of_az
+                .get(az.as_str())
+                .map(Vec::as_slice)
+                .unwrap_or(&[]),
+            Placement::Domain(d) => all_domains
+                .binary_search(&d.as_str())
+                .map(|i| std::slice::from_ref(&all_domains[i]))
+                .unwrap_or(&[]),
+        };
         // 1. Idle machines that fit, smallest first so big machines stay for big needs.
-        if missing > 0 {
-            let mut idle: Vec<&str> = holder
-                .iter()
-                .filter(|(id, h)| {
-                    h.is_none() && {
-                        let m = by_id[*id];
-                        m.resources.covers(&need.resources)
-                            && placed(&need.placement, &m.domain, &az_of)
-                    }
-                })
-                .map(|(id, _)| *id)
+        for domain in candidates {
+            if missing == 0 {
+                break;
+            }
+            let Some(pool) = idle.get_mut(domain) else {
+                continue;
+            };
+            let taken: Vec<(Resources, &str)> = pool
+                .range((need.resources, "")..)
+                .filter(|(r, _)| r.covers(&need.resources))
+                .take(missing as usize)
+                .copied()
                 .collect();
-            idle.sort_by_key(|id| (by_id[id].resources, *id));
-            for id in idle.into_iter().take(missing as usize) {
-                holder.insert(id, Some(need.id.as_str()));
-                plan.assign.push((id.to_string(), need.id.clone()));
+            for entry in taken {
+                pool.remove(&entry);
+                holder.insert(entry.1, Some(need.id.as_str()));
+                moved.insert(entry.1);
+                plan.assign.push((entry.1.to_string(), need.id.clone()));
                 missing -= 1;
             }
         }
         // 2. Provision within quota in a domain that satisfies the placement.
-        if missing > 0 {
-            let domain = inputs
-                .domains
-                .iter()
-                .find(|d| placed(&need.placement, d, &az_of));
-            if let Some(domain) = domain {
-                for (quota, room) in quota_room.iter_mut() {
-                    while missing > 0 && *room > 0 {
-                        plan.provision.push(Provision {
-                            need: need.id.clone(),
-                            domain: domain.clone(),
-                            quota: (*quota).clone(),
-                            resources: need.resources,
-                        });
-                        *room -= 1;
-                        missing -= 1;
-                    }
+        if missing > 0
+            && let Some(domain) = candidates.first()
+        {
+            for (quota, room) in quota_room.iter_mut() {
+                while missing > 0 && *room > 0 {
+                    plan.provision.push(Provision {
+                        need: need.id.clone(),
+                        domain: domain.to_string(),
+                        quota: (*quota).clone(),
+                        resources: need.resources,
+                    });
+                    *room -= 1;
+                    missing -= 1;
                 }
             }
         }
         // 3. Preempt lower-priority work on machines that fit.
         if missing > 0 {
-            let mut victims: Vec<(&str, &str)> = holder
-                .iter()
-                .filter_map(|(id, h)| {
-                    let from = (*h)?;
-                    let victim_priority = needs.get(from).map(|n| n.priority)?;
-                    let m = by_id[id];
-                    (victim_priority < need.priority
-                        && m.resources.covers(&need.resources)
-                        && placed(&need.placement, &m.domain, &az_of))
-                    .then_some((*id, from))
-                })
-                .collect();
-            victims.sort_by_key(|(id, from)| (needs[from].priority, *id));
-            for (id, from) in victims.into_iter().take(missing as usize) {
-                holder.insert(id, Some(need.id.as_str()));
-                plan.preempt
-                    .push((id.to_string(), from.to_string(), need.id.clone()));
-                missing -= 1;
+            let list = victims.get_or_insert_with(|| {
+                let mut list: Vec<(i32, &str)> = holder
+                    .iter()
+                    .filter_map(|(id, h)| {
+                        let from = (*h)?;
+                        needs.get(from).map(|n| (n.priority, *id))
+                    })
+                    .collect();
+                list.sort_unstable();
+                list
+            });
+            for (priority, id) in list.iter() {
+                if missing == 0 || *priority >= need.priority {
+                    break;
+                }
+                if moved.contains(id) {
+                    continue;
+                }
+                let m = by_id[id];
+                let Some(from) = holder[id] else { continue };
+                if m.resources.covers(&need.resources) && placed(&need.placement, &m.domain, &az_of)
+                {
+                    holder.insert(id, Some(need.id.as_str()));
+                    moved.insert(id);
+                    plan.preempt
+                        .push((id.to_string(), from.to_string(), need.id.clone()));
+                    missing -= 1;
+                }
             }
         }
         if missing > 0 {
