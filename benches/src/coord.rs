@@ -138,6 +138,85 @@ async fn read_latency(
     Ok(Summary::of(&mut samples))
 }
 
+/// Opens one assignment watch per shard, then assigns `changes` domains round-robin and
+/// times each from the write's start until the owning shard's stream delivers it.
+async fn propagation(
+    client: Arc<BallastClient>,
+    shards: usize,
+    changes: usize,
+) -> anyhow::Result<Summary> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, Instant)>();
+    let mut watchers = Vec::new();
+    for i in 0..shards {
+        let client = client.clone();
+        let tx = tx.clone();
+        let shard_id = shard_id(i);
+        let from = client.revision().await?;
+        watchers.push(tokio::spawn(async move {
+            let stream = client
+                .assignments(|mut c, req| {
+                    let shard_id = shard_id.clone();
+                    async move {
+                        c.watch(req.wrap(pb::WatchAssignmentsRequest {
+                            shard_id,
+                            from_revision: from,
+                        }))
+                        .await
+                    }
+                })
+                .await;
+            let Ok(mut stream) = stream else { return };
+            while let Ok(Some(update)) = stream.message().await {
+                let now = Instant::now();
+                for domain in update.domains_added {
+                    let _ = tx.send((domain, now));
+                }
+            }
+        }));
+    }
+    // Let every stream open before timing.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut started = std::collections::HashMap::new();
+    let mut samples = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for n in 0..changes {
+        let domain = format!("zone=bench/rack=watch-{n}");
+        started.insert(domain.clone(), Instant::now());
+        client
+            .write(command(Wire::AssignDomains(pb::AssignDomains {
+                assignments: vec![pb::DomainAssignment {
+                    domain,
+                    shard: shard_id(n % shards),
+                }],
+                allow_move: false,
+            })))
+            .await?;
+        while let Ok((domain, at)) = rx.try_recv() {
+            if let Some(begin) = started.remove(&domain) {
+                samples.push(at - begin);
+            }
+        }
+    }
+    while !started.is_empty() && Instant::now() < deadline {
+        if let Ok(Some((domain, at))) =
+            tokio::time::timeout(Duration::from_secs(1), rx.recv()).await
+            && let Some(begin) = started.remove(&domain)
+        {
+            samples.push(at - begin);
+        }
+    }
+    for w in watchers {
+        w.abort();
+    }
+    if !started.is_empty() {
+        anyhow::bail!(
+            "{} assignments never reached their shard's watch",
+            started.len()
+        );
+    }
+    Ok(Summary::of(&mut samples))
+}
+
 async fn load_fleet(
     client: &BallastClient,
     domains: usize,
@@ -271,6 +350,9 @@ pub async fn run(args: CoordBenchArgs) -> anyhow::Result<()> {
         read_latency(&cluster.client_of(follower), args.reads, false).await?;
     let read_stale = read_latency(&cluster.client_of(follower), args.reads, true).await?;
 
+    eprintln!("assignment propagation to {} watching shards", args.shards);
+    let propagated = propagation(client.clone(), args.shards, 1000).await?;
+
     eprintln!(
         "loading {} domains and {} bindings",
         args.domains, args.bindings
@@ -373,6 +455,27 @@ pub async fn run(args: CoordBenchArgs) -> anyhow::Result<()> {
             ms(s.max)
         )?;
     }
+    writeln!(
+        report,
+        "\n## Assignment change → owning shard's watch ({} watching shards)\n",
+        args.shards
+    )?;
+    writeln!(
+        report,
+        "{} single-domain assignments, round-robin over the shards, one at a time; time from the \
+         write's start (so including its commit) until the owner's watch stream delivers it. All \
+         watch streams are served by the replicas the leader-aware client picks.\n",
+        propagated.count
+    )?;
+    writeln!(report, "| p50 ms | p99 ms | max ms |")?;
+    writeln!(report, "|---:|---:|---:|")?;
+    writeln!(
+        report,
+        "| {} | {} | {} |",
+        ms(propagated.p50),
+        ms(propagated.p99),
+        ms(propagated.max)
+    )?;
     writeln!(
         report,
         "\n## Leader SIGKILL → next acknowledged write ({} kills)\n",

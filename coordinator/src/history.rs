@@ -8,11 +8,15 @@ use crate::fleet::{Change, FleetState, ShardStatus};
 
 /// Revisions of history kept; older resumes get a full listing.
 pub const HISTORY_REVISIONS: usize = 20_000;
+/// Individual changes kept, so a few huge batches cannot hold memory hostage.
+pub const HISTORY_CHANGES: usize = 200_000;
 
 /// Changes of the most recent revisions.
 #[derive(Debug, Default)]
 pub struct History {
     entries: VecDeque<(u64, Vec<Change>)>,
+    /// Changes held in `entries`.
+    changes: usize,
     /// Every change after this revision is in `entries`.
     floor: u64,
 }
@@ -23,6 +27,7 @@ impl History {
     pub fn starting_at(revision: u64) -> Self {
         Self {
             entries: VecDeque::new(),
+            changes: 0,
             floor: revision,
         }
     }
@@ -34,11 +39,14 @@ impl History {
 
     /// Records the changes that produced `revision`.
     pub fn push(&mut self, revision: u64, changes: Vec<Change>) {
+        self.changes += changes.len();
         self.entries.push_back((revision, changes));
-        while self.entries.len() > HISTORY_REVISIONS {
-            if let Some((evicted, _)) = self.entries.pop_front() {
-                self.floor = evicted;
-            }
+        while self.entries.len() > HISTORY_REVISIONS || self.changes > HISTORY_CHANGES {
+            let Some((evicted, dropped)) = self.entries.pop_front() else {
+                break;
+            };
+            self.changes -= dropped.len();
+            self.floor = evicted;
         }
     }
 
