@@ -266,32 +266,6 @@ fn rss_row(cluster: &TestCluster) -> (Vec<u64>, u64) {
     (each, total)
 }
 
-fn machine() -> String {
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
-    let memory = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .next()
-                .map(|l| l.split_whitespace().nth(1).unwrap_or("0").to_string())
-        })
-        .and_then(|kb| kb.parse::<u64>().ok())
-        .map(|kb| format!("{:.0} GiB", kb as f64 / 1024.0 / 1024.0))
-        .unwrap_or_else(|| "?".into());
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|s| s.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    format!("{cores} cores ({cpu}), {memory} RAM, Linux, loopback networking, fsync on")
-}
-
 /// Runs the benchmark and writes the report.
 pub async fn run(args: CoordBenchArgs) -> anyhow::Result<()> {
     let program = std::env::current_exe().context("locating ballast-bench")?;
@@ -408,8 +382,9 @@ pub async fn run(args: CoordBenchArgs) -> anyhow::Result<()> {
          Cluster: 3 `ballast-coord` replicas (child processes) on 127.0.0.1 with default flags \
          (heartbeat 50 ms, election 150–300 ms), each fsyncing its fjall journal before \
          acknowledging appends. {} shards registered. Figures move with the disk, which on this \
-         machine changes speed from hour to hour; compare runs only within one report.\n",
-        machine(),
+         machine changes speed from hour to hour; compare runs only within one report. Shard \
+         figures (engine, cold restart) are in `benchmarks-shard.md`.\n",
+        crate::stats::machine(),
         args.shards
     )?;
     writeln!(

@@ -25,6 +25,9 @@ pub struct EngineBenchArgs {
     /// Steady-state cycles to time.
     #[arg(long, default_value_t = 30)]
     cycles: usize,
+    /// Markdown report to write.
+    #[arg(long, default_value = "docs/benchmarks-shard.md")]
+    pub out: std::path::PathBuf,
 }
 
 fn resources(n: usize) -> Resources {
@@ -110,8 +113,61 @@ fn apply(inputs: &mut Inputs, plan: &ballast_shard::engine::Plan) {
     }
 }
 
+/// Fills a shard cache with `inputs`' domains and machines (all assigned), then times a cold
+/// start of the worker from it, with no coordinator reachable, until its first decision.
+async fn cold_restart(inputs: &Inputs) -> anyhow::Result<Duration> {
+    use ballast_protocol::pb;
+    use ballast_shard::cache::{Assignments, Cache};
+    use ballast_shard::provider::SimulatedConfig;
+    use ballast_shard::worker::{WorkerConfig, start};
+
+    let dir = std::env::temp_dir().join(format!("ballast-bench-shard-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    {
+        let cache = Cache::open(&dir, "s1")?;
+        let mut held = Assignments::default();
+        held.apply(&pb::AssignmentUpdate {
+            revision: 1,
+            term: 1,
+            full: true,
+            domains_added: inputs.domains.iter().cloned().collect(),
+            status: "active".into(),
+            ..Default::default()
+        });
+        cache.store(&Assignments::default(), &held)?;
+        for chunk in inputs.machines.chunks(50_000) {
+            let records: Vec<&Machine> = chunk.iter().collect();
+            cache.store_machines(&records, &[])?;
+        }
+    }
+    let started = Instant::now();
+    let running = start(WorkerConfig {
+        id: "s1".into(),
+        az: "az-a".into(),
+        coordinators: vec!["127.0.0.1:1".into()],
+        data_dir: dir.clone(),
+        listen: "127.0.0.1:0".parse()?,
+        advertise: None,
+        lease_ttl: Duration::from_secs(10),
+        heartbeat: Duration::from_secs(3),
+        cycle: Duration::from_millis(10),
+        provider: SimulatedConfig::default(),
+    })
+    .await?;
+    while running.worker.cycles() == 0 {
+        if started.elapsed() > Duration::from_secs(120) {
+            anyhow::bail!("no decision within 120 s of a cold start");
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let elapsed = started.elapsed();
+    running.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(elapsed)
+}
+
 /// Runs the benchmark and returns a markdown section.
-pub fn run(args: EngineBenchArgs) -> anyhow::Result<String> {
+pub async fn run(args: EngineBenchArgs) -> anyhow::Result<String> {
     let mut inputs = setup(&args);
     let started = Instant::now();
     let plan = decide(&inputs);
@@ -137,8 +193,19 @@ pub fn run(args: EngineBenchArgs) -> anyhow::Result<String> {
         apply(&mut inputs, &plan);
     }
     let steady = Summary::of(&mut samples);
+    eprintln!(
+        "cold restart from a cache of {} machines",
+        inputs.machines.len()
+    );
+    let restart = cold_restart(&inputs).await?;
     let mut out = String::new();
-    writeln!(out, "## Shard engine decision time\n")?;
+    writeln!(out, "# Shard benchmarks\n")?;
+    writeln!(
+        out,
+        "Machine: {}. Coordinator figures are in `benchmarks.md`.\n",
+        crate::stats::machine()
+    )?;
+    writeln!(out, "## Engine decision time\n")?;
     writeln!(
         out,
         "`cargo run --release -p ballast-bench -- engine`: one shard with {} machines in {} domains \
@@ -162,6 +229,14 @@ pub fn run(args: EngineBenchArgs) -> anyhow::Result<String> {
         ms(steady.p50),
         ms(steady.p99),
         ms(steady.max)
+    )?;
+    writeln!(
+        out,
+        "\nShard cold restart from its cache ({} machines, {} domains) with no coordinator \
+         reachable, until its first decision (10 ms cycle): {} ms.",
+        inputs.machines.len(),
+        inputs.domains.len(),
+        ms(restart)
     )?;
     Ok(out)
 }

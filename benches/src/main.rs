@@ -31,7 +31,13 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Coord(args) => coord::run(args).await,
         Command::Engine(args) => {
-            println!("{}", engine::run(args)?);
+            let out = args.out.clone();
+            let report = engine::run(args).await?;
+            if let Some(parent) = out.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::fs::write(&out, &report)?;
+            println!("{report}");
             Ok(())
         }
         Command::Replica(args) => {

@@ -127,6 +127,11 @@ impl Worker {
         self.sequence.fetch_add(1, Ordering::Relaxed) + 1
     }
 
+    /// Engine cycles completed since start.
+    pub fn cycles(&self) -> u64 {
+        self.cycles.load(Ordering::Relaxed)
+    }
+
     /// Records the outcome of a cycle.
     pub fn finish_cycle(&self, shortfalls: Vec<Shortfall>) {
         *self.shortfalls.lock().unwrap_or_else(|p| p.into_inner()) = shortfalls;
