@@ -153,18 +153,7 @@ async fn propagation(
         let shard_id = shard_id(i);
         let from = client.revision().await?;
         watchers.push(tokio::spawn(async move {
-            let stream = client
-                .assignments(|mut c, req| {
-                    let shard_id = shard_id.clone();
-                    async move {
-                        c.watch(req.wrap(pb::WatchAssignmentsRequest {
-                            shard_id,
-                            from_revision: from,
-                        }))
-                        .await
-                    }
-                })
-                .await;
+            let stream = client.watch_assignments(&shard_id, from).await;
             let Ok(mut stream) = stream else { return };
             while let Ok(Some(update)) = stream.message().await {
                 let now = Instant::now();

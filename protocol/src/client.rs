@@ -249,6 +249,22 @@ impl BallastClient {
         .await
     }
 
+    /// Opens a shard's assignment watch after `from_revision` on whichever replica answers.
+    pub async fn watch_assignments(
+        &self,
+        shard_id: &str,
+        from_revision: u64,
+    ) -> Result<tonic::Streaming<pb::AssignmentUpdate>, ClientError> {
+        self.assignments(|mut c, req| {
+            let request = pb::WatchAssignmentsRequest {
+                shard_id: shard_id.to_string(),
+                from_revision,
+            };
+            async move { c.watch(req.wrap(request)).await }
+        })
+        .await
+    }
+
     /// Runs one call on the `Cluster` service with failover and retries.
     pub async fn cluster<T, F, Fut>(&self, op: F) -> Result<T, ClientError>
     where

@@ -299,19 +299,9 @@ async fn watch_loop(worker: Arc<Worker>, mut stopped: watch::Receiver<bool>) {
     let mut backoff = Duration::from_millis(100);
     loop {
         let from = worker.assignments().revision;
-        let shard_id = worker.config.id.clone();
         let opened = worker
             .client
-            .assignments(|mut c, req| {
-                let shard_id = shard_id.clone();
-                async move {
-                    c.watch(req.wrap(pb::WatchAssignmentsRequest {
-                        shard_id,
-                        from_revision: from,
-                    }))
-                    .await
-                }
-            })
+            .watch_assignments(&worker.config.id, from)
             .await;
         match opened {
             Ok(mut stream) => {

@@ -11,7 +11,8 @@ use tonic::{Request, Response, Status};
 
 use super::convert::to_fleet;
 use crate::error::{fleet_status, invalid};
-use crate::fleet::{FleetState, ShardRecord, ShardStatus};
+use crate::fleet::{FleetState, ShardRecord};
+use crate::history::status_name;
 use crate::leases::ShardLeases;
 use crate::raft::types::RaftRequest;
 use crate::replica::{Replica, Route};
@@ -70,13 +71,6 @@ fn page_size(limit: u32) -> Result<usize, Status> {
     }
 }
 
-fn status_name(status: &ShardStatus) -> &'static str {
-    match status {
-        ShardStatus::Active => "active",
-        ShardStatus::Draining => "draining",
-    }
-}
-
 /// The wire form of a shard. `leases` holds renewals seen while leading, which are newer than
 /// the registration's lease.
 fn shard_message(
@@ -95,7 +89,7 @@ fn shard_message(
         az: record.az.clone(),
         registered_at_ms: record.registered_at_ms,
         lease_expires_at_ms,
-        status: status_name(&record.status).to_string(),
+        status: status_name(Some(&record.status)).to_string(),
         domain_count: domains as u64,
         binding_count: bindings as u64,
     }
