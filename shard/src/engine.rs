@@ -144,88 +144,103 @@ pub fn domain_az(domain: &str) -> Option<String> {
         .map(str::to_string)
 }
 
-fn placed(placement: &Placement, domain: &str, az_of: &HashMap<&str, Option<String>>) -> bool {
-    match placement {
-        Placement::Any => true,
-        Placement::Domain(d) => d == domain,
-        Placement::Az(az) => az_of.get(domain).and_then(|a| a.as_deref()) == Some(az.as_str()),
-    }
-}
-
 /// Decides one cycle.
 pub fn decide(inputs: &Inputs) -> Plan {
     let mut plan = Plan::default();
-    let az_of: HashMap<&str, Option<String>> = inputs
-        .domains
-        .iter()
-        .map(|d| (d.as_str(), domain_az(d)))
-        .collect();
-    let needs: HashMap<&str, &Need> = inputs.needs.iter().map(|n| (n.id.as_str(), n)).collect();
+    let machines = &inputs.machines;
 
-    // Machine → current need, for usable machines only.
-    let mut holder: HashMap<&str, Option<&str>> = HashMap::with_capacity(inputs.machines.len());
-    let mut by_id: HashMap<&str, &Machine> = HashMap::with_capacity(inputs.machines.len());
+    // Dense ids: domains and needs by position, machines by position in id order, so the hot
+    // loops below index vectors instead of hashing strings (500K machines per cycle).
+    let domain_list: Vec<&str> = inputs.domains.iter().map(String::as_str).collect();
+    let domain_index: HashMap<&str, u32> = domain_list
+        .iter()
+        .enumerate()
+        .map(|(i, d)| (*d, i as u32))
+        .collect();
+    let domain_azs: Vec<Option<String>> = domain_list.iter().map(|d| domain_az(d)).collect();
+    let mut domains_of_az: HashMap<&str, Vec<u32>> = HashMap::new();
+    for (i, az) in domain_azs.iter().enumerate() {
+        if let Some(az) = az {
+            domains_of_az.entry(az.as_str()).or_default().push(i as u32);
+        }
+    }
+    let all_domains: Vec<u32> = (0..domain_list.len() as u32).collect();
+    let need_index: HashMap<&str, u32> = inputs
+        .needs
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.id.as_str(), i as u32))
+        .collect();
+    let placed = |need: &Need, domain: u32| match &need.placement {
+        Placement::Any => true,
+        Placement::Domain(d) => domain_index.get(d.as_str()) == Some(&domain),
+        Placement::Az(az) => domain_azs[domain as usize].as_deref() == Some(az.as_str()),
+    };
+
+    let mut order: Vec<u32> = (0..machines.len() as u32).collect();
+    if !machines.windows(2).all(|w| w[0].id <= w[1].id) {
+        order.sort_by(|a, b| machines[*a as usize].id.cmp(&machines[*b as usize].id));
+    }
+    const FOREIGN: u32 = u32::MAX;
+    let mut domain_of = vec![FOREIGN; machines.len()];
+    let mut holder: Vec<Option<u32>> = vec![None; machines.len()];
     let mut held_per_quota: BTreeMap<&QuotaKey, u64> = BTreeMap::new();
-    for m in &inputs.machines {
+    for &i in &order {
+        let m = &machines[i as usize];
         if let Some(q) = &m.quota {
             *held_per_quota.entry(q).or_insert(0) += 1;
         }
-        if !inputs.domains.contains(&m.domain) {
-            plan.foreign.push(m.id.clone());
-            continue;
+        match domain_index.get(m.domain.as_str()) {
+            Some(d) => {
+                domain_of[i as usize] = *d;
+                holder[i as usize] = m
+                    .assigned_to
+                    .as_deref()
+                    .map(|n| need_index.get(n).copied().unwrap_or(u32::MAX));
+            }
+            None => plan.foreign.push(m.id.clone()),
         }
-        by_id.insert(m.id.as_str(), m);
-        holder.insert(m.id.as_str(), m.assigned_to.as_deref());
     }
 
-    // Keep assignments that still fit their need, up to its count; release the rest. Machines
-    // are visited in id order so the choice of which surplus to release is deterministic.
-    let mut ids: Vec<&str> = holder.keys().copied().collect();
-    ids.sort_unstable();
-    let mut served: HashMap<&str, u32> = HashMap::new();
-    for machine in &ids {
-        let Some(need_id) = holder[machine] else {
+    // Keep assignments that still fit their need, up to its count; release the rest.
+    let mut served = vec![0u32; inputs.needs.len()];
+    for &i in &order {
+        let Some(need) = holder[i as usize] else {
             continue;
         };
-        let m = by_id[machine];
-        let keep = needs.get(need_id).is_some_and(|n| {
-            served.get(need_id).copied().unwrap_or(0) < n.count
+        let m = &machines[i as usize];
+        let keep = inputs.needs.get(need as usize).is_some_and(|n| {
+            served[need as usize] < n.count
                 && m.resources.covers(&n.resources)
-                && placed(&n.placement, &m.domain, &az_of)
+                && placed(n, domain_of[i as usize])
         });
         if keep {
-            *served.entry(need_id).or_insert(0) += 1;
+            served[need as usize] += 1;
         } else {
-            plan.release.push(machine.to_string());
-            holder.insert(machine, None);
+            plan.release.push(m.id.clone());
+            holder[i as usize] = None;
         }
     }
 
-    // Idle machines per domain, ordered by size, so a need finds fitting machines without
-    // scanning the whole ledger (500K machines, 50K needs per cycle).
-    let mut idle: BTreeMap<&str, BTreeSet<(Resources, &str)>> = BTreeMap::new();
-    for machine in &ids {
-        if holder[machine].is_none() {
-            let m = by_id[machine];
-            idle.entry(m.domain.as_str())
-                .or_default()
-                .insert((m.resources, m.id.as_str()));
+    // Idle machines per domain, smallest first (ties in id order).
+    let mut rank = vec![0u32; machines.len()];
+    for (r, &i) in order.iter().enumerate() {
+        rank[i as usize] = r as u32;
+    }
+    let mut idle: Vec<BTreeSet<(Resources, u32)>> = vec![BTreeSet::new(); domain_list.len()];
+    for &i in &order {
+        let d = domain_of[i as usize];
+        if d != FOREIGN && holder[i as usize].is_none() {
+            idle[d as usize].insert((machines[i as usize].resources, rank[i as usize]));
         }
     }
-    let mut domains_of_az: HashMap<&str, Vec<&str>> = HashMap::new();
-    for (domain, az) in &az_of {
-        if let Some(az) = az {
-            domains_of_az.entry(az.as_str()).or_default().push(domain);
-        }
-    }
-    for list in domains_of_az.values_mut() {
-        list.sort_unstable();
-    }
-    let all_domains: Vec<&str> = inputs.domains.iter().map(String::as_str).collect();
 
     // Serve needs by priority (then id, for determinism).
-    let mut order: Vec<&Need> = inputs.needs.iter().collect();
-    order.sort_by(|a, b| b.priority.cmp(&a.priority).then_with(|| a.id.cmp(&b.id)));
+    let mut by_priority: Vec<u32> = (0..inputs.needs.len() as u32).collect();
+    by_priority.sort_by(|a, b| {
+        let (a, b) = (&inputs.needs[*a as usize], &inputs.needs[*b as usize]);
+        b.priority.cmp(&a.priority).then_with(|| a.id.cmp(&b.id))
+    });
     let mut quota_room: BTreeMap<&QuotaKey, u64> = inputs
         .slices
         .iter()
@@ -236,58 +251,66 @@ pub fn decide(inputs: &Inputs) -> Plan {
         })
         .collect();
     // Assigned machines by ascending priority of what they serve; built on first need.
-    let mut victims: Option<Vec<(i32, &str)>> = None;
-    let mut moved: HashSet<&str> = HashSet::new();
+    let mut victims: Option<Vec<(i32, u32)>> = None;
+    let mut moved = vec![false; machines.len()];
+    // Pools only shrink within a cycle: once a (resources, placement) found nothing more,
+    // every later need with the same shape and no higher priority finds nothing either.
+    let mut idle_exhausted: HashSet<(Resources, &Placement)> = HashSet::new();
+    let mut victims_exhausted: HashSet<(Resources, &Placement)> = HashSet::new();
 
-    for need in order {
-        let mut missing = need
-            .count
-            .saturating_sub(served.get(need.id.as_str()).copied().unwrap_or(0));
+    for &ni in &by_priority {
+        let need = &inputs.needs[ni as usize];
+        let mut missing = need.count.saturating_sub(served[ni as usize]);
         if missing == 0 {
             continue;
         }
-        let candidates: &[&str] = match &need.placement {
+        let shape = (need.resources, &need.placement);
+        let candidates: &[u32] = match &need.placement {
             Placement::Any => &all_domains,
             Placement::Az(az) => domains_of_az
                 .get(az.as_str())
                 .map(Vec::as_slice)
                 .unwrap_or(&[]),
-            Placement::Domain(d) => all_domains
-                .binary_search(&d.as_str())
-                .map(|i| std::slice::from_ref(&all_domains[i]))
+            Placement::Domain(d) => domain_index
+                .get(d.as_str())
+                .map(|i| std::slice::from_ref(&all_domains[*i as usize]))
                 .unwrap_or(&[]),
         };
         // 1. Idle machines that fit, smallest first so big machines stay for big needs.
-        for domain in candidates {
-            if missing == 0 {
-                break;
+        if !idle_exhausted.contains(&shape) {
+            for &d in candidates {
+                if missing == 0 {
+                    break;
+                }
+                let pool = &mut idle[d as usize];
+                let taken: Vec<(Resources, u32)> = pool
+                    .range((need.resources, 0)..)
+                    .filter(|(r, _)| r.covers(&need.resources))
+                    .take(missing as usize)
+                    .copied()
+                    .collect();
+                for entry in taken {
+                    pool.remove(&entry);
+                    let i = order[entry.1 as usize] as usize;
+                    holder[i] = Some(ni);
+                    moved[i] = true;
+                    plan.assign.push((machines[i].id.clone(), need.id.clone()));
+                    missing -= 1;
+                }
             }
-            let Some(pool) = idle.get_mut(domain) else {
-                continue;
-            };
-            let taken: Vec<(Resources, &str)> = pool
-                .range((need.resources, "")..)
-                .filter(|(r, _)| r.covers(&need.resources))
-                .take(missing as usize)
-                .copied()
-                .collect();
-            for entry in taken {
-                pool.remove(&entry);
-                holder.insert(entry.1, Some(need.id.as_str()));
-                moved.insert(entry.1);
-                plan.assign.push((entry.1.to_string(), need.id.clone()));
-                missing -= 1;
+            if missing > 0 {
+                idle_exhausted.insert(shape);
             }
         }
         // 2. Provision within quota in a domain that satisfies the placement.
         if missing > 0
-            && let Some(domain) = candidates.first()
+            && let Some(&d) = candidates.first()
         {
             for (quota, room) in quota_room.iter_mut() {
                 while missing > 0 && *room > 0 {
                     plan.provision.push(Provision {
                         need: need.id.clone(),
-                        domain: domain.to_string(),
+                        domain: domain_list[d as usize].to_string(),
                         quota: (*quota).clone(),
                         resources: need.resources,
                     });
@@ -297,35 +320,43 @@ pub fn decide(inputs: &Inputs) -> Plan {
             }
         }
         // 3. Preempt lower-priority work on machines that fit.
-        if missing > 0 {
+        if missing > 0 && !victims_exhausted.contains(&shape) {
             let list = victims.get_or_insert_with(|| {
-                let mut list: Vec<(i32, &str)> = holder
+                let mut list: Vec<(i32, u32)> = order
                     .iter()
-                    .filter_map(|(id, h)| {
-                        let from = (*h)?;
-                        needs.get(from).map(|n| (n.priority, *id))
+                    .filter_map(|&i| {
+                        let need = holder[i as usize]?;
+                        inputs
+                            .needs
+                            .get(need as usize)
+                            .map(|n| (n.priority, rank[i as usize]))
                     })
                     .collect();
                 list.sort_unstable();
                 list
             });
-            for (priority, id) in list.iter() {
-                if missing == 0 || *priority >= need.priority {
+            for &(priority, r) in list.iter() {
+                if missing == 0 || priority >= need.priority {
                     break;
                 }
-                if moved.contains(id) {
+                let i = order[r as usize] as usize;
+                if moved[i] {
                     continue;
                 }
-                let m = by_id[id];
-                let Some(from) = holder[id] else { continue };
-                if m.resources.covers(&need.resources) && placed(&need.placement, &m.domain, &az_of)
-                {
-                    holder.insert(id, Some(need.id.as_str()));
-                    moved.insert(id);
-                    plan.preempt
-                        .push((id.to_string(), from.to_string(), need.id.clone()));
+                let Some(from) = holder[i] else { continue };
+                if machines[i].resources.covers(&need.resources) && placed(need, domain_of[i]) {
+                    holder[i] = Some(ni);
+                    moved[i] = true;
+                    plan.preempt.push((
+                        machines[i].id.clone(),
+                        inputs.needs[from as usize].id.clone(),
+                        need.id.clone(),
+                    ));
                     missing -= 1;
                 }
+            }
+            if missing > 0 {
+                victims_exhausted.insert(shape);
             }
         }
         if missing > 0 {
