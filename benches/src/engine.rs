@@ -113,8 +113,9 @@ fn apply(inputs: &mut Inputs, plan: &ballast_shard::engine::Plan) {
     }
 }
 
-/// Fills a shard cache with `inputs`' domains and machines (all assigned), then times a cold
-/// start of the worker from it, with no coordinator reachable, until its first decision.
+/// Fills a shard cache with `inputs`' domains, machines (as assigned by the steady cycles) and
+/// demand, then times a cold start of the worker from it — journal recovery included, as after
+/// a SIGKILL — with no coordinator reachable, until its first decision is made and persisted.
 async fn cold_restart(inputs: &Inputs) -> anyhow::Result<Duration> {
     use ballast_protocol::pb;
     use ballast_shard::cache::{Assignments, Cache};
@@ -138,6 +139,13 @@ async fn cold_restart(inputs: &Inputs) -> anyhow::Result<Duration> {
         for chunk in inputs.machines.chunks(50_000) {
             let records: Vec<&Machine> = chunk.iter().collect();
             cache.store_machines(&records, &[])?;
+        }
+        let mut by_cluster: BTreeMap<&str, Vec<Need>> = BTreeMap::new();
+        for need in &inputs.needs {
+            by_cluster.entry(&need.cluster).or_default().push(need.clone());
+        }
+        for (cluster, rows) in by_cluster {
+            cache.store_demand(cluster, &rows)?;
         }
     }
     let started = Instant::now();

