@@ -142,7 +142,10 @@ async fn cold_restart(inputs: &Inputs) -> anyhow::Result<Duration> {
         }
         let mut by_cluster: BTreeMap<&str, Vec<Need>> = BTreeMap::new();
         for need in &inputs.needs {
-            by_cluster.entry(&need.cluster).or_default().push(need.clone());
+            by_cluster
+                .entry(&need.cluster)
+                .or_default()
+                .push(need.clone());
         }
         for (cluster, rows) in by_cluster {
             cache.store_demand(cluster, &rows)?;

@@ -7,7 +7,8 @@ use anyhow::Context;
 use ballast_protocol::client::BallastClient;
 use ballast_protocol::pb;
 use ballast_protocol::pb::command::Command as Wire;
-use ballast_testkit::{ClusterOptions, TestCluster};
+use ballast_protocol::pb::shard_worker_client::ShardWorkerClient;
+use ballast_testkit::{ClusterOptions, ShardProcess, TestCluster, wait_for};
 
 /// Flags of `ballast-sim demo`.
 #[derive(clap::Args, Debug)]
@@ -24,6 +25,16 @@ pub struct DemoArgs {
     exit: bool,
 }
 
+/// The demo's shard workers, two per AZ.
+const SHARDS: [(&str, &str); 6] = [
+    ("shard-0", "az-a"),
+    ("shard-1", "az-b"),
+    ("shard-2", "az-c"),
+    ("shard-3", "az-a"),
+    ("shard-4", "az-b"),
+    ("shard-5", "az-c"),
+];
+
 fn command(inner: Wire) -> pb::Command {
     pb::Command {
         command: Some(inner),
@@ -34,25 +45,17 @@ fn step(text: &str) {
     println!("\n==> {text}");
 }
 
-/// Writes the demo fleet: a provider, six shards (two per AZ), 600 domains, 120 cluster
-/// bindings and a sliced quota — one batch per kind, as bulk changes should be.
+/// Writes the demo fleet for the six registered shards (two per AZ): a provider, 600 domains,
+/// 120 cluster bindings and a sliced quota — one batch per kind, as bulk changes should be.
 async fn seed(client: &BallastClient) -> anyhow::Result<u64> {
     let azs = ["az-a", "az-b", "az-c"];
     let shards: Vec<(String, &str)> = (0..6).map(|i| (format!("shard-{i}"), azs[i % 3])).collect();
-    let mut commands = vec![command(Wire::SetProvider(pb::SetProvider {
+    let commands = vec![command(Wire::SetProvider(pb::SetProvider {
         name: "sim-cloud".into(),
         endpoint: "http://127.0.0.1:9900".into(),
         region: "local-1".into(),
         capacity_types: vec!["cpu-standard".into(), "gpu-a100".into()],
     }))];
-    for (id, az) in &shards {
-        commands.push(command(Wire::RegisterShard(pb::RegisterShard {
-            id: id.clone(),
-            address: format!("127.0.0.1:78{}", &id[6..]),
-            az: (*az).into(),
-            lease_ttl_ms: 0,
-        })));
-    }
     client
         .write(command(Wire::Batch(pb::Batch { commands })))
         .await?;
@@ -99,6 +102,37 @@ async fn seed(client: &BallastClient) -> anyhow::Result<u64> {
     Ok(answer.header.map(|h| h.revision).unwrap_or(0))
 }
 
+fn assigned(status: &pb::ShardStatusResponse) -> u64 {
+    status
+        .machines_by_state
+        .get("assigned")
+        .copied()
+        .unwrap_or(0)
+}
+
+/// Replaces cluster-000's demand on `worker` with one row of `count` machines.
+async fn submit_demand(worker: &ShardProcess, count: u32) -> anyhow::Result<()> {
+    let mut client = ShardWorkerClient::connect(format!("http://{}", worker.address)).await?;
+    client
+        .submit_demand(pb::SubmitDemandRequest {
+            cluster: "cluster-000".into(),
+            rows: vec![pb::DemandRow {
+                id: "web".into(),
+                count,
+                resources: Some(pb::ResourceSpec {
+                    cpu_millis: 2000,
+                    memory_mib: 4096,
+                    gpus: 0,
+                }),
+                priority: 0,
+                az: String::new(),
+                domain: String::new(),
+            }],
+        })
+        .await?;
+    Ok(())
+}
+
 fn print_members(status: &pb::StatusResponse) {
     for m in &status.members {
         println!(
@@ -130,7 +164,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut cluster = TestCluster::start_with(
         ClusterOptions {
-            program,
+            program: program.clone(),
             leading_args: vec!["replica".into()],
             extra: Vec::new(),
             dir: Some(args.dir.clone()),
@@ -153,10 +187,47 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     );
     print_members(&status);
 
-    step("loading a small fleet: 1 provider, 6 shards, 600 domains, 120 bindings, 1 quota");
+    step("starting 6 shard workers (two per AZ); they register with their first heartbeat");
+    let mut workers: Vec<ShardProcess> = SHARDS
+        .iter()
+        .map(|(id, az)| cluster.spawn_shard(&program, &["shard"], id, az, &["--lease-ms", "3000"]))
+        .collect();
     let client = cluster.client();
+    wait_for("6 registered shards", Duration::from_secs(30), || async {
+        let listed = client
+            .fleet(|mut c, req| async move {
+                c.list_shards(req.wrap(pb::ListShardsRequest { options: None }))
+                    .await
+            })
+            .await
+            .ok()?;
+        (listed.shards.len() == SHARDS.len()).then_some(())
+    })
+    .await;
+
+    step("loading a small fleet: 1 provider, 600 domains, 120 bindings, 1 sliced quota");
     let revision = seed(&client).await?;
     println!("    fleet written at revision {revision}");
+    for worker in &workers {
+        let status = worker
+            .wait_until("its assignments", |st| st.revision >= revision)
+            .await;
+        println!(
+            "    {} ({}) holds {} domains, {} clusters, {} quota slices (via its watch)",
+            status.shard_id,
+            status.az,
+            status.domains.len(),
+            status.clusters.len(),
+            status.slices.len()
+        );
+    }
+
+    step("cluster-000 asks shard-0 for 20 machines");
+    submit_demand(&workers[0], 20).await?;
+    let status = workers[0]
+        .wait_until("20 machines assigned", |st| assigned(st) >= 20)
+        .await;
+    println!("    shard-0 machines: {:?}", status.machines_by_state);
 
     step(&format!(
         "SIGKILL the leader (replica {leader}) and keep writing"
@@ -164,8 +235,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     cluster.kill(leader);
     let killed_at = Instant::now();
     let answer = client
-        .write(command(Wire::DrainShard(pb::DrainShard {
-            id: "shard-5".into(),
+        .write(command(Wire::AssignDomains(pb::AssignDomains {
+            assignments: vec![pb::DomainAssignment {
+                domain: "topology.kubernetes.io/zone=az-a/rack=r600".into(),
+                shard: "shard-0".into(),
+            }],
+            allow_move: false,
         })))
         .await
         .context("writing after the leader kill")?;
@@ -185,15 +260,71 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     println!("    replica {leader} caught up to revision {revision}");
     print_members(&status);
 
+    step("full coordinator outage: SIGKILL all three replicas");
+    for id in cluster.replicas.iter().map(|r| r.id).collect::<Vec<_>>() {
+        cluster.kill(id);
+    }
+    workers[0]
+        .wait_until("noticing the outage", |st| !st.coordinator_reachable)
+        .await;
+    println!("    cluster-000 raises its demand to 40 machines; shard-0 serves it from its cache");
+    submit_demand(&workers[0], 40).await?;
+    let status = workers[0]
+        .wait_until("40 machines assigned", |st| assigned(st) >= 40)
+        .await;
+    println!(
+        "    shard-0 machines: {:?}, coordinator reachable: {}",
+        status.machines_by_state, status.coordinator_reachable
+    );
+    println!("    SIGKILL shard-0 during the outage and restart it from its cache");
+    workers[0].kill();
+    workers[0].restart();
+    let status = workers[0]
+        .wait_until("serving again", |st| st.epoch >= 2 && assigned(st) >= 40)
+        .await;
+    println!(
+        "    shard-0 is back: epoch {}, {} domains, machines {:?}",
+        status.epoch,
+        status.domains.len(),
+        status.machines_by_state
+    );
+
+    step("the coordinator returns; drain shard-5 and watch its domains move to its AZ peer");
+    for id in cluster.replicas.iter().map(|r| r.id).collect::<Vec<_>>() {
+        cluster.restart(id);
+    }
+    cluster.leader().await;
+    client
+        .write(command(Wire::DrainShard(pb::DrainShard {
+            id: "shard-5".into(),
+        })))
+        .await
+        .context("draining shard-5")?;
+    workers[5]
+        .wait_until("giving its domains up", |st| st.domains.is_empty())
+        .await;
+    let peer = workers[2]
+        .wait_until("taking shard-5's domains", |st| st.domains.len() >= 200)
+        .await;
+    println!(
+        "    shard-5 holds 0 domains; shard-2 (same AZ) now holds {}",
+        peer.domains.len()
+    );
+
     println!("\nThe cluster is serving. Try:");
     println!("    cargo run -p ballast-ctl -- --endpoints {endpoints} cluster status");
     println!("    cargo run -p ballast-ctl -- --endpoints {endpoints} shard list");
+    println!(
+        "    cargo run -p ballast-ctl -- shard worker-status {}",
+        workers[0].address
+    );
     println!("Data dirs and replica logs: {}", args.dir.display());
     if args.exit {
         return Ok(());
     }
     println!("Press Ctrl-C to stop.");
     tokio::signal::ctrl_c().await?;
+    drop(workers);
     drop(cluster);
     tokio::time::sleep(Duration::from_millis(100)).await;
     Ok(())
