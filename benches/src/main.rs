@@ -26,8 +26,16 @@ enum Command {
     Replica(ballast_coordinator::config::CoordArgs),
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // Replicas run inside this binary (`replica`); tune the allocator before any thread starts.
+    ballast_coordinator::config::tune_allocator();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Coord(args) => coord::run(args).await,
         Command::Engine(args) => {

@@ -1,11 +1,16 @@
 //! `ballast-coord`: one coordinator replica.
 
-use ballast_coordinator::config::{CoordArgs, init_logging, run_until_signal};
+use ballast_coordinator::config::{CoordArgs, init_logging, run_until_signal, tune_allocator};
 use clap::Parser;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    init_logging();
-    run_until_signal(CoordArgs::parse()).await?;
+fn main() -> anyhow::Result<()> {
+    tune_allocator();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(async {
+            init_logging();
+            run_until_signal(CoordArgs::parse()).await
+        })?;
     Ok(())
 }

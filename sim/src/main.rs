@@ -24,8 +24,16 @@ enum Command {
     Shard(ballast_shard::config::ShardArgs),
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // Replicas run inside this binary (`replica`); tune the allocator before any thread starts.
+    ballast_coordinator::config::tune_allocator();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Demo(args) => demo::run(args).await,
         Command::Shard(args) => {

@@ -142,7 +142,8 @@ fn put<V>(map: &mut BTreeMap<String, V>, key: &str, value: Option<V>) -> Option<
 }
 
 /// One net change made by a command, with the value before and after; assignment watches are
-/// built from these.
+/// built from these. Large records are boxed: replicas keep up to 200K changes in memory and
+/// most are domain moves, which should not pay for the size of a quota record.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Change {
     /// A shard record changed (registered, renewed, drained, activated, removed).
@@ -150,9 +151,9 @@ pub enum Change {
         /// Shard id.
         id: String,
         /// Before.
-        old: Option<ShardRecord>,
+        old: Option<Box<ShardRecord>>,
         /// After.
-        new: Option<ShardRecord>,
+        new: Option<Box<ShardRecord>>,
     },
     /// A domain changed owner.
     Domain {
@@ -179,18 +180,18 @@ pub enum Change {
         /// Region.
         region: String,
         /// Before.
-        old: Option<QuotaRecord>,
+        old: Option<Box<QuotaRecord>>,
         /// After.
-        new: Option<QuotaRecord>,
+        new: Option<Box<QuotaRecord>>,
     },
     /// A provider changed.
     Provider {
         /// Name.
         name: String,
         /// Before.
-        old: Option<ProviderRecord>,
+        old: Option<Box<ProviderRecord>>,
         /// After.
-        new: Option<ProviderRecord>,
+        new: Option<Box<ProviderRecord>>,
     },
 }
 
@@ -448,39 +449,46 @@ impl FleetState {
         let mut seen: HashSet<(&'static str, String)> = HashSet::new();
         let mut changes = Vec::new();
         for undo in journal {
-            let change =
-                match undo {
-                    Undo::Shard(id, old) => {
-                        let new = self.shards.get(&id).cloned();
-                        (seen.insert(("shard", id.clone())) && old != new)
-                            .then_some(Change::Shard { id, old, new })
-                    }
-                    Undo::Domain(domain, old) => {
-                        let new = self.domains.get(&domain).cloned();
-                        (seen.insert(("domain", domain.clone())) && old != new)
-                            .then_some(Change::Domain { domain, old, new })
-                    }
-                    Undo::Binding(cluster, old) => {
-                        let new = self.bindings.get(&cluster).cloned();
-                        (seen.insert(("binding", cluster.clone())) && old != new)
-                            .then_some(Change::Binding { cluster, old, new })
-                    }
-                    Undo::Quota(provider, region, old) => {
-                        let new = self.quota(&provider, &region).cloned();
-                        let key = format!("{provider}/{region}");
-                        (seen.insert(("quota", key)) && old != new).then_some(Change::Quota {
-                            provider,
-                            region,
-                            old,
-                            new,
-                        })
-                    }
-                    Undo::Provider(name, old) => {
-                        let new = self.providers.get(&name).cloned();
-                        (seen.insert(("provider", name.clone())) && old != new)
-                            .then_some(Change::Provider { name, old, new })
-                    }
-                };
+            let change = match undo {
+                Undo::Shard(id, old) => {
+                    let new = self.shards.get(&id).cloned();
+                    (seen.insert(("shard", id.clone())) && old != new).then(|| Change::Shard {
+                        id,
+                        old: old.map(Box::new),
+                        new: new.map(Box::new),
+                    })
+                }
+                Undo::Domain(domain, old) => {
+                    let new = self.domains.get(&domain).cloned();
+                    (seen.insert(("domain", domain.clone())) && old != new)
+                        .then_some(Change::Domain { domain, old, new })
+                }
+                Undo::Binding(cluster, old) => {
+                    let new = self.bindings.get(&cluster).cloned();
+                    (seen.insert(("binding", cluster.clone())) && old != new)
+                        .then_some(Change::Binding { cluster, old, new })
+                }
+                Undo::Quota(provider, region, old) => {
+                    let new = self.quota(&provider, &region).cloned();
+                    let key = format!("{provider}/{region}");
+                    (seen.insert(("quota", key)) && old != new).then(|| Change::Quota {
+                        provider,
+                        region,
+                        old: old.map(Box::new),
+                        new: new.map(Box::new),
+                    })
+                }
+                Undo::Provider(name, old) => {
+                    let new = self.providers.get(&name).cloned();
+                    (seen.insert(("provider", name.clone())) && old != new).then(|| {
+                        Change::Provider {
+                            name,
+                            old: old.map(Box::new),
+                            new: new.map(Box::new),
+                        }
+                    })
+                }
+            };
             changes.extend(change);
         }
         changes
