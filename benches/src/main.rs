@@ -27,12 +27,8 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
-    // Replicas run inside this binary (`replica`); tune the allocator before any thread starts.
-    ballast_coordinator::config::tune_allocator();
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?
-        .block_on(run())
+    // Replicas run inside this binary (`replica`): the same runtime as `ballast-coord`.
+    ballast_coordinator::config::runtime()?.block_on(run())
 }
 
 async fn run() -> anyhow::Result<()> {

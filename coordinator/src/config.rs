@@ -133,6 +133,15 @@ pub fn tune_allocator() {
     }
 }
 
+/// The runtime for processes that run a replica: allocator tuned first, then a multi-threaded
+/// tokio runtime.
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tune_allocator();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+}
+
 /// Runs a replica until SIGINT or SIGTERM, then shuts it down cleanly.
 pub async fn run_until_signal(args: CoordArgs) -> Result<(), NodeError> {
     let config = args.into_config()?;

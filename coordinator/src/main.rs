@@ -1,16 +1,12 @@
 //! `ballast-coord`: one coordinator replica.
 
-use ballast_coordinator::config::{CoordArgs, init_logging, run_until_signal, tune_allocator};
+use ballast_coordinator::config::{CoordArgs, init_logging, run_until_signal, runtime};
 use clap::Parser;
 
 fn main() -> anyhow::Result<()> {
-    tune_allocator();
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?
-        .block_on(async {
-            init_logging();
-            run_until_signal(CoordArgs::parse()).await
-        })?;
+    runtime()?.block_on(async {
+        init_logging();
+        run_until_signal(CoordArgs::parse()).await
+    })?;
     Ok(())
 }
