@@ -7,6 +7,7 @@ use std::fs::File;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use ballast_protocol::client::{BallastClient, ClientConfig};
@@ -29,12 +30,37 @@ pub fn az_of(id: u64) -> String {
     format!("az-{}", (b'a' + ((id - 1) % 26) as u8) as char)
 }
 
-/// A loopback port nobody listens on right now.
+/// A loopback port nobody listens on right now (see [`free_port_block`]).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("binding an ephemeral port on loopback")
+    free_port_block(1)
+}
+
+/// The first of `count` consecutive loopback ports that are free now. Ports come from below
+/// the kernel's ephemeral range (32768+), so outgoing connections cannot grab them between
+/// this check and the process that binds them, and from a per-process cursor, so tests running
+/// in parallel threads never get the same port.
+pub fn free_port_block(count: u16) -> u16 {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    let seed = (std::process::id()
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0))
+        % SPAN;
+    let _ = NEXT.compare_exchange(0, seed + 1, Ordering::SeqCst, Ordering::SeqCst);
+    for _ in 0..2_000 {
+        let offset = NEXT.fetch_add(count as u32, Ordering::SeqCst) % SPAN;
+        let base = (LOW + offset) as u16;
+        if u32::from(base) + u32::from(count) > LOW + SPAN {
+            continue;
+        }
+        if (0..count).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
+            return base;
+        }
+    }
+    panic!("no block of {count} free loopback ports between 20000 and 32000");
 }
 
 /// One replica process (possibly stopped).
