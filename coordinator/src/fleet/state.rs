@@ -107,7 +107,7 @@ impl Dedup {
     fn get(&self, id: &str) -> Option<&Result<Applied, FleetError>> {
         let seq = *self.index.get(id)?;
         self.entries
-            .get((seq - self.first_seq) as usize)
+            .get(seq.checked_sub(self.first_seq)? as usize)
             .map(|(_, outcome)| outcome)
     }
 
@@ -558,9 +558,12 @@ impl FleetState {
                 allow_move,
             } => {
                 for (domain, shard) in assignments {
+                    // Already so: a no-op success, even on a draining shard.
+                    if self.domains.get(domain) == Some(shard) {
+                        continue;
+                    }
                     self.require_active(shard)?;
                     match self.domains.get(domain) {
-                        Some(owner) if owner == shard => continue,
                         Some(owner) if !allow_move => {
                             return Err(FleetError::DomainOwned {
                                 domain: domain.clone(),
@@ -580,8 +583,8 @@ impl FleetState {
                 }
             }
             FleetCommand::BindCluster { cluster, shard } => {
-                self.require_active(shard)?;
                 match self.bindings.get(cluster) {
+                    // Already so: a no-op success, even on a draining shard.
                     Some(current) if current == shard => {}
                     Some(current) => {
                         return Err(FleetError::ClusterBound {
@@ -589,7 +592,10 @@ impl FleetState {
                             shard: current.clone(),
                         });
                     }
-                    None => self.set_binding(cluster, Some(shard.clone()), journal),
+                    None => {
+                        self.require_active(shard)?;
+                        self.set_binding(cluster, Some(shard.clone()), journal);
+                    }
                 }
             }
             FleetCommand::MoveCluster { cluster, shard } => {
@@ -957,6 +963,14 @@ impl FleetState {
     pub fn decode(bytes: &[u8]) -> Result<FleetState, FleetError> {
         let mut state: FleetState = serde_json::from_slice(bytes)
             .map_err(|e| FleetError::CorruptSnapshot(e.to_string()))?;
+        // Sequence numbers grow by one per remembered id; a snapshot claiming one near the top
+        // of u64 cannot come from a real history and would overflow on the next write.
+        if state.dedup.first_seq > u64::MAX / 2 {
+            return Err(FleetError::CorruptSnapshot(format!(
+                "request-id sequence {} is beyond any possible history",
+                state.dedup.first_seq
+            )));
+        }
         if state.dedup.entries.len() > DEDUP_CAPACITY {
             return Err(FleetError::CorruptSnapshot(format!(
                 "{} remembered request ids, above the capacity of {DEDUP_CAPACITY}",

@@ -649,3 +649,33 @@ fn tracked_changes_are_net_and_complete() {
     let (_, replay) = s.apply_request_tracked(Some("x"), &register("s7", "az-a"));
     assert!(replay.is_empty());
 }
+
+#[test]
+fn no_ops_on_a_draining_shard_succeed() {
+    let mut s = seeded();
+    s.apply(&FleetCommand::DrainShard { id: "s1".into() })
+        .expect("drain");
+    let applied = s
+        .apply(&assign(&[("zone=a/rack=1", "s1")], false))
+        .expect("already so");
+    assert!(!applied.changed);
+    let applied = s
+        .apply(&FleetCommand::BindCluster {
+            cluster: "c1".into(),
+            shard: "s1".into(),
+        })
+        .expect("already bound");
+    assert!(!applied.changed);
+}
+
+#[test]
+fn snapshots_with_an_impossible_request_sequence_are_refused() {
+    let mut s = FleetState::new();
+    s.apply_request(Some("r1"), &register("s1", "az-a"))
+        .expect("apply");
+    let mut value: serde_json::Value = serde_json::from_slice(&s.encode()).expect("json");
+    value["dedup"]["first_seq"] = serde_json::json!(u64::MAX);
+    let bytes = serde_json::to_vec(&value).expect("encode");
+    let error = FleetState::decode(&bytes).expect_err("crafted snapshot");
+    assert_eq!(error.kind(), ErrorKind::InvalidArgument);
+}
