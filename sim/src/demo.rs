@@ -7,7 +7,6 @@ use anyhow::Context;
 use ballast_protocol::client::BallastClient;
 use ballast_protocol::pb;
 use ballast_protocol::pb::command::Command as Wire;
-use ballast_protocol::pb::shard_worker_client::ShardWorkerClient;
 use ballast_testkit::{ClusterOptions, ShardProcess, TestCluster, wait_for};
 
 /// Flags of `ballast-sim demo`.
@@ -112,25 +111,14 @@ fn assigned(status: &pb::ShardStatusResponse) -> u64 {
 
 /// Replaces cluster-000's demand on `worker` with one row of `count` machines.
 async fn submit_demand(worker: &ShardProcess, count: u32) -> anyhow::Result<()> {
-    let mut client = ShardWorkerClient::connect(format!("http://{}", worker.address)).await?;
-    client
-        .submit_demand(pb::SubmitDemandRequest {
-            cluster: "cluster-000".into(),
-            rows: vec![pb::DemandRow {
-                id: "web".into(),
-                count,
-                resources: Some(pb::ResourceSpec {
-                    cpu_millis: 2000,
-                    memory_mib: 4096,
-                    gpus: 0,
-                }),
-                priority: 0,
-                az: String::new(),
-                domain: String::new(),
-            }],
-        })
-        .await?;
-    Ok(())
+    let resources = pb::ResourceSpec {
+        cpu_millis: 2000,
+        memory_mib: 4096,
+        gpus: 0,
+    };
+    Ok(worker
+        .submit_demand("cluster-000", count, resources)
+        .await?)
 }
 
 fn print_members(status: &pb::StatusResponse) {

@@ -84,25 +84,13 @@ fn assigned(status: &pb::ShardStatusResponse) -> u64 {
 
 /// Replaces cluster c1's demand on `shard` with one row of `count` machines.
 async fn submit(shard: &ShardProcess, count: u32) {
-    let mut client = ShardWorkerClient::connect(format!("http://{}", shard.address))
-        .await
-        .expect("connecting to the shard");
-    client
-        .submit_demand(pb::SubmitDemandRequest {
-            cluster: "c1".into(),
-            rows: vec![pb::DemandRow {
-                id: "web".into(),
-                count,
-                resources: Some(pb::ResourceSpec {
-                    cpu_millis: 1000,
-                    memory_mib: 1024,
-                    gpus: 0,
-                }),
-                priority: 0,
-                az: String::new(),
-                domain: String::new(),
-            }],
-        })
+    let resources = pb::ResourceSpec {
+        cpu_millis: 1000,
+        memory_mib: 1024,
+        gpus: 0,
+    };
+    shard
+        .submit_demand("c1", count, resources)
         .await
         .expect("submitting demand");
 }

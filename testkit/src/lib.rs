@@ -462,6 +462,32 @@ impl ShardProcess {
             .map(|r| r.into_inner())
     }
 
+    /// Replaces `cluster`'s demand with one row ("web") of `count` machines of `resources`.
+    pub async fn submit_demand(
+        &self,
+        cluster: &str,
+        count: u32,
+        resources: pb::ResourceSpec,
+    ) -> Result<(), tonic::Status> {
+        let mut client = ShardWorkerClient::connect(format!("http://{}", self.address))
+            .await
+            .map_err(|e| tonic::Status::unavailable(format!("shard {}: {e}", self.id)))?;
+        client
+            .submit_demand(pb::SubmitDemandRequest {
+                cluster: cluster.to_string(),
+                rows: vec![pb::DemandRow {
+                    id: "web".into(),
+                    count,
+                    resources: Some(resources),
+                    priority: 0,
+                    az: String::new(),
+                    domain: String::new(),
+                }],
+            })
+            .await
+            .map(|_| ())
+    }
+
     /// Waits until the shard's status satisfies `check`.
     pub async fn wait_until(
         &self,

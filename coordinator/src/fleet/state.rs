@@ -256,6 +256,24 @@ fn check_slices(slices: &BTreeMap<String, u64>) -> Result<(), FleetError> {
     Ok(())
 }
 
+/// Every domain parses and appears once.
+fn check_domains<'a>(
+    field: &str,
+    domains: impl Iterator<Item = &'a str>,
+) -> Result<(), FleetError> {
+    let mut seen = BTreeSet::new();
+    for domain in domains {
+        DomainKey::parse(domain)?;
+        if !seen.insert(domain) {
+            return Err(FleetError::invalid(
+                field,
+                format!("domain {domain:?} appears more than once"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Syntax checks that need no state; `depth` refuses nested batches.
 fn check_syntax(cmd: &FleetCommand, nested: bool) -> Result<(), FleetError> {
     match cmd {
@@ -278,30 +296,14 @@ fn check_syntax(cmd: &FleetCommand, nested: bool) -> Result<(), FleetError> {
         | FleetCommand::RemoveShard { id } => validate_id("shard id", id)?,
         FleetCommand::AssignDomains { assignments, .. } => {
             check_batch_size("assignments", assignments.len())?;
-            let mut seen = BTreeSet::new();
-            for (domain, shard) in assignments {
-                DomainKey::parse(domain)?;
+            for (_, shard) in assignments {
                 validate_id("shard id", shard)?;
-                if !seen.insert(domain.as_str()) {
-                    return Err(FleetError::invalid(
-                        "assignments",
-                        format!("domain {domain:?} appears more than once"),
-                    ));
-                }
             }
+            check_domains("assignments", assignments.iter().map(|(d, _)| d.as_str()))?;
         }
         FleetCommand::UnassignDomains { domains } => {
             check_batch_size("domains", domains.len())?;
-            let mut seen = BTreeSet::new();
-            for domain in domains {
-                DomainKey::parse(domain)?;
-                if !seen.insert(domain.as_str()) {
-                    return Err(FleetError::invalid(
-                        "domains",
-                        format!("domain {domain:?} appears more than once"),
-                    ));
-                }
-            }
+            check_domains("domains", domains.iter().map(String::as_str))?;
         }
         FleetCommand::BindCluster { cluster, shard }
         | FleetCommand::MoveCluster { cluster, shard } => {

@@ -56,6 +56,24 @@ pub enum ShardCmd {
     },
 }
 
+fn slices_json(slices: &[pb::QuotaSliceOf]) -> Vec<serde_json::Value> {
+    slices
+        .iter()
+        .map(|q| json!({ "provider": q.provider, "region": q.region, "amount": q.amount }))
+        .collect()
+}
+
+/// The two lines listing what a shard holds.
+fn holdings_text(domains: &[String], clusters: &[String]) -> String {
+    format!(
+        "domains ({}): {}\nclusters ({}): {}",
+        domains.len(),
+        domains.join(" "),
+        clusters.len(),
+        clusters.join(" ")
+    )
+}
+
 fn shard_json(s: &pb::Shard) -> serde_json::Value {
     json!({
         "id": s.id, "address": s.address, "az": s.az, "status": s.status,
@@ -112,26 +130,19 @@ pub async fn run(ctx: &Context, cmd: ShardCmd) -> anyhow::Result<Rendered> {
                 })
                 .await?;
             let shard = r.shard.clone().unwrap_or_default();
-            let slices: Vec<_> = r
-                .slices
-                .iter()
-                .map(|s| json!({ "provider": s.provider, "region": s.region, "amount": s.amount }))
-                .collect();
+            let slices = slices_json(&r.slices);
             let mut json = shard_json(&shard);
             json["revision"] = json!(revision(&r.header));
             json["domain_list"] = json!(r.domains);
             json["clusters"] = json!(r.clusters);
             json["slices"] = json!(slices);
             let human = format!(
-                "shard {} ({}) in {} at {}\ndomains ({}): {}\nclusters ({}): {}\nquota slices: {}",
+                "shard {} ({}) in {} at {}\n{}\nquota slices: {}",
                 shard.id,
                 shard.status,
                 shard.az,
                 shard.address,
-                r.domains.len(),
-                r.domains.join(" "),
-                r.clusters.len(),
-                r.clusters.join(" "),
+                holdings_text(&r.domains, &r.clusters),
                 r.slices
                     .iter()
                     .map(|s| format!("{}/{}={}", s.provider, s.region, s.amount))
@@ -150,13 +161,9 @@ pub async fn run(ctx: &Context, cmd: ShardCmd) -> anyhow::Result<Rendered> {
                 .await
                 .map_err(|e| anyhow::anyhow!("shard worker at {address}: {}", e.message()))?
                 .into_inner();
-            let slices: Vec<_> = s
-                .slices
-                .iter()
-                .map(|q| json!({ "provider": q.provider, "region": q.region, "amount": q.amount }))
-                .collect();
+            let slices = slices_json(&s.slices);
             let human = format!(
-                "shard {} ({}) epoch {} status {:?} revision {} term {}\ncoordinator reachable: {} (last contact {} ms ago)\ndomains ({}): {}\nclusters ({}): {}",
+                "shard {} ({}) epoch {} status {:?} revision {} term {}\ncoordinator reachable: {} (last contact {} ms ago)\n{}",
                 s.shard_id,
                 s.az,
                 s.epoch,
@@ -165,10 +172,7 @@ pub async fn run(ctx: &Context, cmd: ShardCmd) -> anyhow::Result<Rendered> {
                 s.term,
                 s.coordinator_reachable,
                 s.cache_age_ms,
-                s.domains.len(),
-                s.domains.join(" "),
-                s.clusters.len(),
-                s.clusters.join(" "),
+                holdings_text(&s.domains, &s.clusters),
             );
             return Ok(Rendered {
                 json: json!({
