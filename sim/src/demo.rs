@@ -7,7 +7,7 @@ use anyhow::Context;
 use ballast_protocol::client::BallastClient;
 use ballast_protocol::pb;
 use ballast_protocol::pb::command::Command as Wire;
-use ballast_testkit::{ClusterOptions, ShardProcess, TestCluster, wait_for};
+use ballast_testkit::{ClusterOptions, ShardProcess, TestCluster, assigned_machines};
 
 /// Flags of `ballast-sim demo`.
 #[derive(clap::Args, Debug)]
@@ -101,14 +101,6 @@ async fn seed(client: &BallastClient) -> anyhow::Result<u64> {
     Ok(answer.header.map(|h| h.revision).unwrap_or(0))
 }
 
-fn assigned(status: &pb::ShardStatusResponse) -> u64 {
-    status
-        .machines_by_state
-        .get("assigned")
-        .copied()
-        .unwrap_or(0)
-}
-
 /// Replaces cluster-000's demand on `worker` with one row of `count` machines.
 async fn submit_demand(worker: &ShardProcess, count: u32) -> anyhow::Result<()> {
     let resources = pb::ResourceSpec {
@@ -181,17 +173,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .map(|(id, az)| cluster.spawn_shard(&program, &["shard"], id, az, &["--lease-ms", "3000"]))
         .collect();
     let client = cluster.client();
-    wait_for("6 registered shards", Duration::from_secs(30), || async {
-        let listed = client
-            .fleet(|mut c, req| async move {
-                c.list_shards(req.wrap(pb::ListShardsRequest { options: None }))
-                    .await
-            })
-            .await
-            .ok()?;
-        (listed.shards.len() == SHARDS.len()).then_some(())
-    })
-    .await;
+    cluster.wait_for_shards(SHARDS.len()).await;
 
     step("loading a small fleet: 1 provider, 600 domains, 120 bindings, 1 sliced quota");
     let revision = seed(&client).await?;
@@ -213,7 +195,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     step("cluster-000 asks shard-0 for 20 machines");
     submit_demand(&workers[0], 20).await?;
     let status = workers[0]
-        .wait_until("20 machines assigned", |st| assigned(st) >= 20)
+        .wait_until("20 machines assigned", |st| assigned_machines(st) >= 20)
         .await;
     println!("    shard-0 machines: {:?}", status.machines_by_state);
 
@@ -258,7 +240,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     println!("    cluster-000 raises its demand to 40 machines; shard-0 serves it from its cache");
     submit_demand(&workers[0], 40).await?;
     let status = workers[0]
-        .wait_until("40 machines assigned", |st| assigned(st) >= 40)
+        .wait_until("40 machines assigned", |st| assigned_machines(st) >= 40)
         .await;
     println!(
         "    shard-0 machines: {:?}, coordinator reachable: {}",
@@ -268,7 +250,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     workers[0].kill();
     workers[0].restart();
     let status = workers[0]
-        .wait_until("serving again", |st| st.epoch >= 2 && assigned(st) >= 40)
+        .wait_until("serving again", |st| {
+            st.epoch >= 2 && assigned_machines(st) >= 40
+        })
         .await;
     println!(
         "    shard-0 is back: epoch {}, {} domains, machines {:?}",

@@ -9,7 +9,7 @@ use ballast_protocol::client::BallastClient;
 use ballast_protocol::pb;
 use ballast_protocol::pb::command::Command as Wire;
 use ballast_protocol::pb::shard_worker_client::ShardWorkerClient;
-use ballast_testkit::{ClusterOptions, FAST_FLAGS, ShardProcess, TestCluster, wait_for};
+use ballast_testkit::{ClusterOptions, FAST_FLAGS, ShardProcess, TestCluster, assigned_machines};
 
 fn program() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_ballast-sim"))
@@ -54,34 +54,6 @@ async fn assign(client: &BallastClient, domain: &str, shard: &str, allow_move: b
         .revision
 }
 
-async fn wait_registered(client: &BallastClient, count: usize) {
-    wait_for(
-        "shards to register",
-        std::time::Duration::from_secs(30),
-        || async {
-            let shards = client
-                .fleet(|mut c, req| async move {
-                    c.list_shards(req.wrap(pb::ListShardsRequest { options: None }))
-                        .await
-                })
-                .await
-                .ok()?
-                .shards;
-            (shards.len() == count).then_some(())
-        },
-    )
-    .await
-}
-
-/// Machines the shard has assigned to demand.
-fn assigned(status: &pb::ShardStatusResponse) -> u64 {
-    status
-        .machines_by_state
-        .get("assigned")
-        .copied()
-        .unwrap_or(0)
-}
-
 /// Replaces cluster c1's demand on `shard` with one row of `count` machines.
 async fn submit(shard: &ShardProcess, count: u32) {
     let resources = pb::ResourceSpec {
@@ -108,7 +80,7 @@ async fn assignments_reach_their_shard_and_follow_moves() {
         shard(&cluster, "s3", "az-c"),
     ];
     let client = cluster.client();
-    wait_registered(&client, 3).await;
+    cluster.wait_for_shards(3).await;
 
     client
         .write(cmd(Wire::SetProvider(pb::SetProvider {
@@ -253,7 +225,7 @@ async fn shards_ride_out_a_full_coordinator_outage_and_their_own_restart() {
     let mut s1 = shard(&cluster, "s1", "az-a");
     let s2 = shard(&cluster, "s2", "az-b");
     let client = cluster.client();
-    wait_registered(&client, 2).await;
+    cluster.wait_for_shards(2).await;
     assign(&client, "zone=az-a/rack=r1", "s1", false).await;
     client
         .write(cmd(Wire::Batch(pb::Batch {
@@ -301,7 +273,7 @@ async fn shards_ride_out_a_full_coordinator_outage_and_their_own_restart() {
 
     // Demand arriving during the outage is served from the cached allocation.
     submit(&s1, 3).await;
-    s1.wait_until("3 machines assigned", |st| assigned(st) == 3)
+    s1.wait_until("3 machines assigned", |st| assigned_machines(st) == 3)
         .await;
 
     // A shard SIGKILLed during the outage comes back from its cache alone.
@@ -314,11 +286,11 @@ async fn shards_ride_out_a_full_coordinator_outage_and_their_own_restart() {
     assert!(restarted.revision >= before.revision);
     assert!(!restarted.coordinator_reachable);
     // Its machine ledger came back too, and it keeps provisioning within its slice.
-    assert_eq!(assigned(&restarted), 3);
+    assert_eq!(assigned_machines(&restarted), 3);
     submit(&s1, 12).await;
     let capped = s1
         .wait_until("the slice filled", |st| {
-            assigned(st) == 10 && st.shortfall == 2
+            assigned_machines(st) == 10 && st.shortfall == 2
         })
         .await;
     assert_eq!(capped.machines_by_state.get("assigned"), Some(&10));
@@ -346,7 +318,7 @@ async fn drained_and_dead_shards_hand_their_domains_over() {
     let a2 = shard(&cluster, "a2", "az-a");
     let mut b1 = shard(&cluster, "b1", "az-b");
     let client = cluster.client();
-    wait_registered(&client, 3).await;
+    cluster.wait_for_shards(3).await;
     for n in 0..4 {
         assign(&client, &format!("zone=az-a/rack=r{n}"), "a1", false).await;
     }

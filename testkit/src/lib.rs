@@ -364,6 +364,26 @@ impl TestCluster {
         }
     }
 
+    /// Waits until `count` shards are registered.
+    pub async fn wait_for_shards(&self, count: usize) {
+        let client = self.client();
+        wait_for(
+            &format!("{count} registered shards"),
+            Duration::from_secs(30),
+            || async {
+                let listed = client
+                    .fleet(|mut c, req| async move {
+                        c.list_shards(req.wrap(pb::ListShardsRequest { options: None }))
+                            .await
+                    })
+                    .await
+                    .ok()?;
+                (listed.shards.len() == count).then_some(())
+            },
+        )
+        .await
+    }
+
     /// The directory holding data dirs and `replica-N.log` files.
     pub fn dir(&self) -> &Path {
         self.dir.path()
@@ -387,6 +407,15 @@ impl TestCluster {
         }
         out
     }
+}
+
+/// Machines a shard reports as assigned to demand.
+pub fn assigned_machines(status: &pb::ShardStatusResponse) -> u64 {
+    status
+        .machines_by_state
+        .get("assigned")
+        .copied()
+        .unwrap_or(0)
 }
 
 /// A shard worker process (possibly stopped), killed when dropped.
