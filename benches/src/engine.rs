@@ -1,12 +1,12 @@
 //! Shard engine benchmark: decision time for a large shard (default 500K machines, 50K demand
 //! rows), cold (every machine idle) and steady (assignments in place, 1% of demand changing
-//! each cycle).
+//! each cycle, fed to the live engine the way the demand API does).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
-use ballast_shard::engine::{Inputs, Machine, Need, Placement, Resources, decide};
+use ballast_shard::engine::{Engine, Inputs, Machine, Need, Placement, Resources};
 
 use crate::stats::{Summary, ms};
 
@@ -40,7 +40,7 @@ fn resources(n: usize) -> Resources {
     }
 }
 
-fn setup(args: &EngineBenchArgs) -> Inputs {
+fn setup(args: &EngineBenchArgs, demand: f64) -> Inputs {
     let domains: Vec<String> = (0..args.domains)
         .map(|d| {
             format!(
@@ -58,8 +58,8 @@ fn setup(args: &EngineBenchArgs) -> Inputs {
             assigned_to: None,
         })
         .collect();
-    // Rows ask for 1..=16 machines each; together about 85% of the fleet.
-    let per_row = ((args.machines as f64 * 0.85) / args.rows as f64).max(1.0);
+    // Rows ask for 1..=16 machines each; together `demand` times the fleet.
+    let per_row = ((args.machines as f64 * demand) / args.rows as f64).max(1.0);
     let needs = (0..args.rows)
         .map(|n| Need {
             id: format!("c{:05}/r{n}", n / 10),
@@ -85,38 +85,24 @@ fn setup(args: &EngineBenchArgs) -> Inputs {
         )]),
         machines,
         needs,
-        in_flight: BTreeMap::new(),
+        in_flight: Vec::new(),
     }
 }
 
-/// Applies a plan's assignment changes to the inputs (what the run loop persists).
-fn apply(inputs: &mut Inputs, plan: &ballast_shard::engine::Plan) {
-    let mut index: std::collections::HashMap<String, usize> = inputs
-        .machines
-        .iter()
-        .enumerate()
-        .map(|(i, m)| (m.id.clone(), i))
-        .collect();
-    let mut set = |id: &str, need: Option<String>| {
-        if let Some(i) = index.get_mut(id) {
-            inputs.machines[*i].assigned_to = need;
-        }
-    };
-    for id in &plan.release {
-        set(id, None);
-    }
-    for (id, need) in &plan.assign {
-        set(id, Some(need.clone()));
-    }
-    for (id, _, need) in &plan.preempt {
-        set(id, Some(need.clone()));
-    }
+/// A timed cold start: total to the first persisted decision, and its phases.
+struct Restart {
+    total: Duration,
+    cache_open: Duration,
+    engine_load: Duration,
 }
 
 /// Fills a shard cache with `inputs`' domains, machines (as assigned by the steady cycles) and
-/// demand, then times a cold start of the worker from it — journal recovery included, as after
-/// a SIGKILL — with no coordinator reachable, until its first decision is made and persisted.
-async fn cold_restart(inputs: &Inputs) -> anyhow::Result<Duration> {
+/// demand, then times a cold start of the worker from it with no coordinator reachable, until
+/// its first decision is made and persisted. With `settled`, the writer lives on for a few
+/// seconds first so fjall flushes its memtables, as in a shard that has been running for a
+/// while; without, the start replays the whole ledger from the journal (killed right after
+/// writing it).
+async fn cold_restart(inputs: &Inputs, settled: bool) -> anyhow::Result<Restart> {
     use ballast_protocol::pb;
     use ballast_shard::cache::{Assignments, Cache};
     use ballast_shard::provider::SimulatedConfig;
@@ -140,15 +126,11 @@ async fn cold_restart(inputs: &Inputs) -> anyhow::Result<Duration> {
             let records: Vec<&Machine> = chunk.iter().collect();
             cache.store_machines(&records, &[])?;
         }
-        let mut by_cluster: BTreeMap<&str, Vec<Need>> = BTreeMap::new();
-        for need in &inputs.needs {
-            by_cluster
-                .entry(&need.cluster)
-                .or_default()
-                .push(need.clone());
-        }
-        for (cluster, rows) in by_cluster {
+        for (cluster, rows) in inputs.demand_by_cluster() {
             cache.store_demand(cluster, &rows)?;
+        }
+        if settled {
+            tokio::time::sleep(Duration::from_secs(5)).await;
         }
     }
     let started = Instant::now();
@@ -171,44 +153,102 @@ async fn cold_restart(inputs: &Inputs) -> anyhow::Result<Duration> {
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    let elapsed = started.elapsed();
+    let total = started.elapsed();
+    let startup = running.worker.startup();
     running.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
-    Ok(elapsed)
+    Ok(Restart {
+        total,
+        cache_open: startup.cache_open,
+        engine_load: startup.engine_load,
+    })
+}
+
+/// Runs the benchmark and returns a markdown section.
+/// What one demand scenario measured.
+struct Scenario {
+    name: String,
+    loaded: Duration,
+    cold: Duration,
+    cold_plan: (usize, usize, usize),
+    steady: Summary,
+    /// Per steady cycle on average: assigned or preempted, released, provisions, shortfalls.
+    per_cycle: [usize; 4],
+}
+
+/// Times one shard's engine: built from the ledger, a cold decision, then steady cycles with
+/// 1% of the rows changing each cycle. Returns the figures and the ledger as the cycles left it.
+fn scenario(args: &EngineBenchArgs, demand: f64) -> (Scenario, Inputs) {
+    let mut inputs = setup(args, demand);
+    let asked: u64 = inputs.needs.iter().map(|n| u64::from(n.count)).sum();
+    let name = format!(
+        "demand {asked} machines ({:.0}% of the fleet)",
+        asked as f64 * 100.0 / args.machines.max(1) as f64
+    );
+    let started = Instant::now();
+    let mut engine = Engine::from_inputs(&inputs);
+    let loaded = started.elapsed();
+    let plan = engine.decide();
+    let cold = started.elapsed() - loaded;
+    let cold_plan = (
+        plan.assign.len(),
+        plan.provision.len(),
+        plan.shortfalls.len(),
+    );
+    let mut samples: Vec<Duration> = Vec::new();
+    let mut totals = [0usize; 4];
+    for cycle in 0..args.cycles {
+        // 1% of rows change their count every cycle; each changed cluster sends its full
+        // demand again (full replacement), as clusters do through the demand API.
+        let step = (inputs.needs.len() / 100).max(1);
+        let mut clusters = BTreeSet::new();
+        for row in inputs.needs.iter_mut().skip(cycle % step).step_by(100) {
+            row.count = (row.count + 1) % 17;
+            clusters.insert(row.cluster.clone());
+        }
+        let by_cluster = inputs.demand_by_cluster();
+        let demand: Vec<(String, Vec<Need>)> = clusters
+            .into_iter()
+            .map(|c| {
+                let rows = by_cluster.get(c.as_str()).cloned().unwrap_or_default();
+                (c, rows)
+            })
+            .collect();
+        let started = Instant::now();
+        for (cluster, rows) in demand {
+            engine.set_demand(&cluster, rows);
+        }
+        let plan = engine.decide();
+        samples.push(started.elapsed());
+        totals[0] += plan.assign.len() + plan.preempt.len();
+        totals[1] += plan.release.len();
+        totals[2] += plan.provision.len();
+        totals[3] += plan.shortfalls.len();
+    }
+    let per_cycle = totals.map(|t| t / args.cycles.max(1));
+    eprintln!("{name}: cold {cold_plan:?}, steady per cycle {per_cycle:?}");
+    inputs.machines = engine.allocations("");
+    let figures = Scenario {
+        name,
+        loaded,
+        cold,
+        cold_plan,
+        steady: Summary::of(&mut samples),
+        per_cycle,
+    };
+    (figures, inputs)
 }
 
 /// Runs the benchmark and returns a markdown section.
 pub async fn run(args: EngineBenchArgs) -> anyhow::Result<String> {
-    let mut inputs = setup(&args);
-    let started = Instant::now();
-    let plan = decide(&inputs);
-    let cold = started.elapsed();
-    eprintln!(
-        "cold cycle: {} ms, {} assigned, {} provisions, {} shortfalls",
-        ms(cold),
-        plan.assign.len(),
-        plan.provision.len(),
-        plan.shortfalls.len()
-    );
-    apply(&mut inputs, &plan);
-    let mut samples: Vec<Duration> = Vec::new();
-    for cycle in 0..args.cycles {
-        // 1% of rows change their count every cycle (full-replacement demand churn).
-        let step = (inputs.needs.len() / 100).max(1);
-        for row in inputs.needs.iter_mut().skip(cycle % step).step_by(100) {
-            row.count = (row.count + 1) % 17;
-        }
-        let started = Instant::now();
-        let plan = decide(&inputs);
-        samples.push(started.elapsed());
-        apply(&mut inputs, &plan);
-    }
-    let steady = Summary::of(&mut samples);
+    let (fits, inputs) = scenario(&args, 0.85);
+    let (over, _) = scenario(&args, 1.25);
     eprintln!(
         "cold restart from a cache of {} machines",
         inputs.machines.len()
     );
-    let restart = cold_restart(&inputs).await?;
+    let settled = cold_restart(&inputs, true).await?;
+    let replayed = cold_restart(&inputs, false).await?;
     let mut out = String::new();
     writeln!(out, "# Shard benchmarks\n")?;
     writeln!(
@@ -220,34 +260,66 @@ pub async fn run(args: EngineBenchArgs) -> anyhow::Result<String> {
     writeln!(
         out,
         "`cargo run --release -p ballast-bench -- engine`: one shard with {} machines in {} domains \
-         (3 AZs, 3 shapes) and {} demand rows (a quarter AZ-constrained, 5 priorities); pure \
-         `decide()` on one core, no I/O.\n",
-        args.machines, args.domains, args.rows
-    )?;
-    writeln!(out, "| cycle | count | p50 ms | p99 ms | max ms |")?;
-    writeln!(out, "|---|---:|---:|---:|---:|")?;
-    writeln!(
-        out,
-        "| cold (all machines idle) | 1 | {} | {} | {} |",
-        ms(cold),
-        ms(cold),
-        ms(cold)
+         (3 AZs, 3 machine shapes, quota room for 10,000 more) and {} demand rows (3 shapes, a \
+         quarter AZ-constrained, 5 priorities); the live `Engine` on one core, no I/O. A steady \
+         cycle is the demand updates of the clusters whose rows changed (1% of the rows) plus \
+         `decide()`; {} steady cycles per scenario.\n",
+        args.machines, args.domains, args.rows, args.cycles
     )?;
     writeln!(
         out,
-        "| steady (1% of rows change per cycle) | {} | {} | {} | {} |",
-        steady.count,
-        ms(steady.p50),
-        ms(steady.p99),
-        ms(steady.max)
+        "| scenario | build from ledger ms | cold cycle ms | cold: assigned / provisioned / short rows | steady p50 ms | steady p99 ms | steady max ms | per steady cycle: moved / released / provisioned / short rows |"
     )?;
+    writeln!(out, "|---|---:|---:|---|---:|---:|---:|---|")?;
+    for s in [&fits, &over] {
+        writeln!(
+            out,
+            "| {} | {} | {} | {} / {} / {} | {} | {} | {} | {} / {} / {} / {} |",
+            s.name,
+            ms(s.loaded),
+            ms(s.cold),
+            s.cold_plan.0,
+            s.cold_plan.1,
+            s.cold_plan.2,
+            ms(s.steady.p50),
+            ms(s.steady.p99),
+            ms(s.steady.max),
+            s.per_cycle[0],
+            s.per_cycle[1],
+            s.per_cycle[2],
+            s.per_cycle[3]
+        )?;
+    }
     writeln!(
         out,
-        "\nShard cold restart from its cache ({} machines, {} domains) with no coordinator \
-         reachable, until its first decision (10 ms cycle): {} ms.",
+        "\n## Shard cold restart\n\nFrom its cache ({} machines, {} domains, {} demand rows) with \
+         no coordinator reachable, until its first decision is made and persisted (10 ms cycle).\n",
         inputs.machines.len(),
         inputs.domains.len(),
-        ms(restart)
+        inputs.needs.len()
     )?;
+    writeln!(
+        out,
+        "| cache state | open + journal recovery ms | ledger into engine ms | to first decision ms |"
+    )?;
+    writeln!(out, "|---|---:|---:|---:|")?;
+    for (what, r) in [
+        (
+            "settled (memtables flushed, as after running a while)",
+            &settled,
+        ),
+        (
+            "whole ledger in the journal (killed right after writing it)",
+            &replayed,
+        ),
+    ] {
+        writeln!(
+            out,
+            "| {what} | {} | {} | {} |",
+            ms(r.cache_open),
+            ms(r.engine_load),
+            ms(r.total)
+        )?;
+    }
     Ok(out)
 }

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use ballast_protocol::pb;
 
-use crate::engine::{Machine, Need, Provision};
+use crate::engine::{Machine, MachineView, Need, Provision};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
 /// Why the cache could not be used. Every variant names the data directory; a corrupt cache is
@@ -101,11 +101,10 @@ impl Assignments {
     }
 }
 
-/// The machine ledger and the work the shard has taken on, as kept on disk.
+/// The work the shard has taken on, as kept on disk (machines stream through
+/// [`Cache::load_machines`]).
 #[derive(Clone, Debug, Default)]
 pub struct Ledger {
-    /// Machines the shard holds, by id.
-    pub machines: BTreeMap<String, Machine>,
     /// Each cluster's current demand rows (need ids are `cluster/row`).
     pub demand: BTreeMap<String, Vec<Need>>,
     /// Provisions started and not yet answered, by machine id (re-issued after a restart;
@@ -336,20 +335,32 @@ impl Cache {
 }
 
 impl Cache {
-    fn decode_all<T: serde::de::DeserializeOwned>(
+    fn decode_each<T: serde::de::DeserializeOwned>(
         &self,
         keyspace: &Keyspace,
         what: &str,
-    ) -> Result<BTreeMap<String, T>, CacheError> {
-        let mut out = BTreeMap::new();
+        mut each: impl FnMut(String, T),
+    ) -> Result<(), CacheError> {
         for item in keyspace.iter() {
             let (key, value) = item.into_inner().map_err(|e| self.err(e))?;
             let key = String::from_utf8(key.to_vec())
                 .map_err(|e| self.corrupt(&format!("<{what} key>"), e.to_string()))?;
             let record = postcard::from_bytes(&value)
                 .map_err(|e| self.corrupt(&format!("{what}/{key}"), e.to_string()))?;
-            out.insert(key, record);
+            each(key, record);
         }
+        Ok(())
+    }
+
+    fn decode_all<T: serde::de::DeserializeOwned>(
+        &self,
+        keyspace: &Keyspace,
+        what: &str,
+    ) -> Result<BTreeMap<String, T>, CacheError> {
+        let mut out = BTreeMap::new();
+        self.decode_each(keyspace, what, |key, record| {
+            out.insert(key, record);
+        })?;
         Ok(out)
     }
 
@@ -359,13 +370,27 @@ impl Cache {
         postcard::to_allocvec(value).map_err(|e| self.corrupt(key, e.to_string()))
     }
 
-    /// Loads the ledger.
+    /// Loads the demand and the provisions in flight.
     pub fn load_ledger(&self) -> Result<Ledger, CacheError> {
         Ok(Ledger {
-            machines: self.decode_all(&self.machines, "machines")?,
             demand: self.decode_all(&self.demand, "demand")?,
             in_flight: self.decode_all(&self.in_flight, "in_flight")?,
         })
+    }
+
+    /// Streams every machine record to `each`, in id order, borrowed from the stored bytes
+    /// (no copy of the whole ledger is built: a 500K-machine shard restarts straight into its
+    /// engine).
+    pub fn load_machines(&self, mut each: impl FnMut(MachineView<'_>)) -> Result<(), CacheError> {
+        for item in self.machines.iter() {
+            let (key, value) = item.into_inner().map_err(|e| self.err(e))?;
+            let machine: MachineView<'_> = postcard::from_bytes(&value).map_err(|e| {
+                let key = String::from_utf8_lossy(&key);
+                self.corrupt(&format!("machines/{key}"), e.to_string())
+            })?;
+            each(machine);
+        }
+        Ok(())
     }
 
     /// Writes machine records (and removes in-flight entries they complete) durably.
@@ -474,7 +499,7 @@ mod tests {
             .machines
             .insert("m1", b"not json")
             .expect("raw insert");
-        let error = cache.load_ledger().expect_err("corrupt ledger");
+        let error = cache.load_machines(|_| {}).expect_err("corrupt ledger");
         let text = error.to_string();
         assert!(text.contains(&dir.path().display().to_string()), "{text}");
         assert!(text.contains("machines/m1"), "{text}");

@@ -1,30 +1,47 @@
-//! The engine's run loop: every cycle, build the inputs from the cache and ledger, decide,
-//! make the decision durable, and carry out provisions through the provider. It needs no
-//! coordinator: a shard keeps serving demand from its cached allocation during an outage.
+//! The engine's run loop: every cycle, let the live engine decide, make the decision durable,
+//! and carry out provisions through the provider. It needs no coordinator: a shard keeps
+//! serving demand from its cached allocation during an outage.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use crate::engine::{self, Inputs, Machine, Plan, Provision};
+use crate::cache::{Assignments, Cache, CacheError};
+use crate::engine::{Engine, Machine, Plan, Provision};
 use crate::provider::{FencingToken, Provider, ProviderError, ProvisionAction};
 use crate::worker::Worker;
 
-/// The inputs of one decision, from what the shard holds now.
-pub fn inputs(worker: &Worker) -> Inputs {
-    let held = worker.assignments();
-    let ledger = worker.ledger();
-    let mut in_flight: BTreeMap<_, u64> = BTreeMap::new();
-    for provision in ledger.in_flight.values() {
-        *in_flight.entry(provision.quota.clone()).or_insert(0) += 1;
-    }
-    Inputs {
-        domains: held.domains,
-        slices: held.slices,
-        machines: ledger.machines.values().cloned().collect(),
-        needs: ledger.demand.values().flatten().cloned().collect(),
-        in_flight,
+/// What the run loop, the demand API and finishing provisions share: the live engine (which
+/// holds the machine ledger and the demand) and the provisions in flight.
+pub struct ShardState {
+    /// The engine and its indexes.
+    pub engine: Engine,
+    /// Provisions started and not yet answered, by machine id (re-issued after a restart;
+    /// the provider is idempotent by machine id).
+    pub in_flight: BTreeMap<String, Provision>,
+}
+
+impl ShardState {
+    /// Builds the engine from the cache: assignments, ledger, demand and provisions in flight.
+    pub fn load(cache: &Cache, held: &Assignments) -> Result<ShardState, CacheError> {
+        let mut engine = Engine::default();
+        engine.set_domains(&held.domains);
+        engine.set_slices(&held.slices);
+        let ledger = cache.load_ledger()?;
+        for provision in ledger.in_flight.values() {
+            engine.provision_started(provision);
+        }
+        // Demand before machines, so each machine's claim resolves as it is loaded.
+        for (cluster, rows) in ledger.demand {
+            engine.set_demand(&cluster, rows);
+        }
+        engine.bulk_load(|upsert| cache.load_machines(upsert))?;
+        Ok(ShardState {
+            engine,
+            in_flight: ledger.in_flight,
+        })
     }
 }
 
@@ -32,7 +49,7 @@ pub fn inputs(worker: &Worker) -> Inputs {
 /// are re-issued first (the provider is idempotent by machine id, so none is made twice).
 pub async fn engine_loop(worker: Arc<Worker>, mut stopped: watch::Receiver<bool>) {
     let pending: Vec<(String, Provision)> = worker
-        .ledger()
+        .state()
         .in_flight
         .iter()
         .map(|(id, p)| (id.clone(), p.clone()))
@@ -45,40 +62,33 @@ pub async fn engine_loop(worker: Arc<Worker>, mut stopped: watch::Receiver<bool>
             _ = tokio::time::sleep(worker.cycle()) => {}
             _ = stopped.wait_for(|s| *s) => return,
         }
-        let plan = engine::decide(&inputs(&worker));
-        if let Err(e) = carry_out(&worker, plan) {
+        if let Err(e) = carry_out(&worker) {
             tracing::error!(error = %e, "cannot persist a decision; the engine stops");
             return;
         }
     }
 }
 
-/// Makes the plan durable, then starts its provisions.
-fn carry_out(worker: &Arc<Worker>, plan: Plan) -> Result<(), crate::cache::CacheError> {
+/// Decides one cycle, makes the decision durable, then starts its provisions.
+fn carry_out(worker: &Arc<Worker>) -> Result<(), CacheError> {
     let mut started = Vec::new();
-    {
-        let mut ledger = worker.ledger();
-        let mut touched: Vec<String> = Vec::new();
-        let mut set = |ledger: &mut crate::cache::Ledger, machine: &str, need: Option<String>| {
-            if let Some(m) = ledger.machines.get_mut(machine) {
-                m.assigned_to = need;
-                touched.push(machine.to_string());
-            }
-        };
-        for machine in &plan.release {
-            set(&mut ledger, machine, None);
-        }
-        for (machine, need) in &plan.assign {
-            set(&mut ledger, machine, Some(need.clone()));
-        }
-        for (machine, _, need) in &plan.preempt {
-            set(&mut ledger, machine, Some(need.clone()));
-        }
+    let cycle = std::time::Instant::now();
+    let shortfalls = {
+        let mut state = worker.state();
+        let paused = worker.provider_backoff().is_paused();
+        state.engine.pause_provisioning(paused);
+        let plan: Plan = state.engine.decide();
+        let mut touched: Vec<&str> = plan.release.iter().map(String::as_str).collect();
+        touched.extend(plan.assign.iter().map(|(m, _)| m.as_str()));
+        touched.extend(plan.preempt.iter().map(|(m, _, _)| m.as_str()));
+        touched.sort_unstable();
+        touched.dedup();
         if !touched.is_empty() {
-            let records: Vec<&Machine> = touched
+            let records: Vec<Machine> = touched
                 .iter()
-                .filter_map(|id| ledger.machines.get(id))
+                .filter_map(|id| state.engine.machine(id))
                 .collect();
+            let records: Vec<&Machine> = records.iter().collect();
             worker.cache().store_machines(&records, &[])?;
         }
         for provision in plan.provision {
@@ -95,11 +105,16 @@ fn carry_out(worker: &Arc<Worker>, plan: Plan) -> Result<(), crate::cache::Cache
                 started.iter().map(|(id, p)| (id.as_str(), p)).collect();
             worker.cache().store_in_flight(&records)?;
             for (id, provision) in &started {
-                ledger.in_flight.insert(id.clone(), provision.clone());
+                state.in_flight.insert(id.clone(), provision.clone());
             }
         }
+        plan.shortfalls
+    };
+    if worker.cycles() == 0 {
+        let elapsed_ms = cycle.elapsed().as_millis() as u64;
+        tracing::info!(elapsed_ms, "first decision made and persisted");
     }
-    worker.finish_cycle(plan.shortfalls);
+    worker.finish_cycle(shortfalls);
     for (id, provision) in started {
         tokio::spawn(provision_one(worker.clone(), id, provision));
     }
@@ -122,7 +137,7 @@ async fn provision_one(worker: Arc<Worker>, id: String, provision: Provision) {
             resources: provision.resources,
         })
         .await;
-    let mut ledger = worker.ledger();
+    let mut state = worker.state();
     let machine = match result {
         Ok(made) => Some(Machine {
             id: made.id,
@@ -137,10 +152,17 @@ async fn provision_one(worker: Arc<Worker>, id: String, provision: Provision) {
             None
         }
         Err(ProviderError::Failed(reason)) => {
-            tracing::warn!(machine = %id, %reason, "provisioning failed; the next cycle retries");
+            let pause = worker.provider_backoff().failed();
+            tracing::warn!(
+                machine = %id, %reason, pause_ms = pause.as_millis() as u64,
+                "provisioning failed; new provisions wait, then the need is retried"
+            );
             None
         }
     };
+    if machine.is_some() {
+        worker.provider_backoff().succeeded();
+    }
     let stored = match &machine {
         Some(m) => worker.cache().store_machines(&[m], &[id.as_str()]),
         None => worker.cache().store_machines(&[], &[id.as_str()]),
@@ -149,8 +171,80 @@ async fn provision_one(worker: Arc<Worker>, id: String, provision: Provision) {
         tracing::error!(error = %e, machine = %id, "cannot record a provisioning outcome");
         return;
     }
-    ledger.in_flight.remove(&id);
-    if let Some(m) = machine {
-        ledger.machines.insert(m.id.clone(), m);
+    if state.in_flight.remove(&id).is_some() {
+        state
+            .engine
+            .provision_finished(&provision, machine.as_ref());
+    }
+}
+
+/// Exponential backoff for provisioning after provider failures: one failure pauses new
+/// provisions briefly, each further failure in a row doubles the pause up to a ceiling, and a
+/// success ends it. A shard whose provider is down retries steadily instead of hammering it
+/// every cycle; idle machines are still assigned meanwhile.
+#[derive(Debug)]
+pub struct Backoff {
+    first: Duration,
+    ceiling: Duration,
+    state: Mutex<(u32, Option<Instant>)>,
+}
+
+impl Backoff {
+    /// A backoff starting at `first` and doubling up to `ceiling`.
+    pub fn new(first: Duration, ceiling: Duration) -> Backoff {
+        Backoff {
+            first,
+            ceiling,
+            state: Mutex::new((0, None)),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, (u32, Option<Instant>)> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records a failure; returns the pause it starts.
+    pub fn failed(&self) -> Duration {
+        let mut state = self.lock();
+        state.0 = state.0.saturating_add(1);
+        let pause = self
+            .first
+            .saturating_mul(1 << (state.0 - 1).min(16))
+            .min(self.ceiling);
+        state.1 = Some(Instant::now() + pause);
+        pause
+    }
+
+    /// Records a success: the pause ends.
+    pub fn succeeded(&self) {
+        *self.lock() = (0, None);
+    }
+
+    /// Whether new provisions should wait.
+    pub fn is_paused(&self) -> bool {
+        self.lock().1.is_some_and(|until| Instant::now() < until)
+    }
+
+    /// Failures in a row.
+    pub fn failures(&self) -> u32 {
+        self.lock().0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_its_ceiling_and_a_success_ends_it() {
+        let backoff = Backoff::new(Duration::from_millis(50), Duration::from_millis(300));
+        assert!(!backoff.is_paused());
+        let pauses: Vec<u128> = (0..5).map(|_| backoff.failed().as_millis()).collect();
+        assert_eq!(pauses, vec![50, 100, 200, 300, 300]);
+        assert!(backoff.is_paused());
+        assert_eq!(backoff.failures(), 5);
+        backoff.succeeded();
+        assert!(!backoff.is_paused());
+        assert_eq!(backoff.failed().as_millis(), 50);
     }
 }

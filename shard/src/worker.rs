@@ -17,10 +17,11 @@ use tokio::sync::watch;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 
-use crate::cache::{Assignments, Cache, CacheError, Ledger};
+use crate::cache::{Assignments, Cache, CacheError};
 use crate::demand::{self, DemandError};
 use crate::engine::Shortfall;
 use crate::provider::{SimulatedConfig, SimulatedProvider};
+use crate::provisioning::{Backoff, ShardState};
 
 /// Everything a shard worker needs to start.
 #[derive(Clone, Debug)]
@@ -76,11 +77,22 @@ pub struct Worker {
     reachable: AtomicBool,
     last_contact: Mutex<Option<Instant>>,
     client: BallastClient,
-    ledger: Mutex<Ledger>,
+    state: Mutex<ShardState>,
     shortfalls: Mutex<Vec<Shortfall>>,
     cycles: AtomicU64,
     sequence: AtomicU64,
     provider: SimulatedProvider,
+    backoff: Backoff,
+    startup: Startup,
+}
+
+/// How long the last start took, by phase.
+#[derive(Clone, Copy, Debug)]
+pub struct Startup {
+    /// Opening the cache (journal recovery included) and reading its assignments.
+    pub cache_open: Duration,
+    /// Streaming the ledger, demand and in-flight provisions into the engine.
+    pub engine_load: Duration,
 }
 
 impl Worker {
@@ -112,9 +124,9 @@ impl Worker {
         &self.cache
     }
 
-    /// The machine ledger (lock briefly).
-    pub fn ledger(&self) -> std::sync::MutexGuard<'_, Ledger> {
-        self.ledger.lock().unwrap_or_else(|p| p.into_inner())
+    /// The engine with its machine ledger and the provisions in flight (lock briefly).
+    pub fn state(&self) -> std::sync::MutexGuard<'_, ShardState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The provider.
@@ -122,9 +134,19 @@ impl Worker {
         &self.provider
     }
 
+    /// Backoff of new provisions after provider failures.
+    pub fn provider_backoff(&self) -> &Backoff {
+        &self.backoff
+    }
+
     /// Next fencing sequence number.
     pub fn next_sequence(&self) -> u64 {
         self.sequence.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// How long this start took, by phase.
+    pub fn startup(&self) -> Startup {
+        self.startup
     }
 
     /// Engine cycles completed since start.
@@ -140,19 +162,16 @@ impl Worker {
 
     /// Machines by state: idle, assigned, foreign (outside the shard's domains).
     pub fn machines_by_state(&self) -> BTreeMap<String, u64> {
-        let domains = self.assignments().domains;
-        let mut counts = BTreeMap::new();
-        for m in self.ledger().machines.values() {
-            let state = if !domains.contains(&m.domain) {
-                "foreign"
-            } else if m.assigned_to.is_some() {
-                "assigned"
-            } else {
-                "idle"
-            };
-            *counts.entry(state.to_string()).or_insert(0) += 1;
-        }
-        counts
+        let counts = self.state().engine.counts();
+        [
+            ("idle", counts.idle),
+            ("assigned", counts.assigned),
+            ("foreign", counts.foreign),
+        ]
+        .into_iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(state, n)| (state.to_string(), n))
+        .collect()
     }
 
     fn shortfall_total(&self) -> u64 {
@@ -177,6 +196,11 @@ impl Worker {
             return Ok(false);
         }
         self.cache.store(&held, &next)?;
+        {
+            let mut state = self.state();
+            state.engine.set_domains(&next.domains);
+            state.engine.set_slices(&next.slices);
+        }
         *held = next;
         Ok(true)
     }
@@ -219,10 +243,16 @@ pub async fn start(config: WorkerConfig) -> Result<RunningWorker, WorkerError> {
     if config.coordinators.is_empty() {
         return Err(WorkerError::Config("--coordinators is empty".into()));
     }
+    let opening = Instant::now();
     let cache = Cache::open(&config.data_dir, &config.id)?;
     let epoch = cache.bump_epoch()?;
     let assignments = cache.load()?;
-    let ledger = cache.load_ledger()?;
+    let opened = opening.elapsed();
+    let state = ShardState::load(&cache, &assignments)?;
+    let startup = Startup {
+        cache_open: opened,
+        engine_load: opening.elapsed() - opened,
+    };
     let mut client_config = ClientConfig::new(config.coordinators.clone());
     client_config.cluster_id = cache.cluster_id()?;
     client_config.retry_budget = Duration::from_secs(2);
@@ -247,7 +277,10 @@ pub async fn start(config: WorkerConfig) -> Result<RunningWorker, WorkerError> {
         .unwrap_or_else(|| local_addr.to_string());
     tracing::info!(
         shard = %config.id, epoch, revision = assignments.revision,
-        domains = assignments.domains.len(), "shard worker starting from its cache"
+        domains = assignments.domains.len(), machines = state.engine.counts().total(),
+        cache_open_ms = startup.cache_open.as_millis() as u64,
+        engine_load_ms = startup.engine_load.as_millis() as u64,
+        "shard worker starting from its cache"
     );
     let provider = SimulatedProvider::new(config.provider.clone());
     let worker = Arc::new(Worker {
@@ -260,10 +293,12 @@ pub async fn start(config: WorkerConfig) -> Result<RunningWorker, WorkerError> {
         last_contact: Mutex::new(None),
         client,
         provider,
-        ledger: Mutex::new(ledger),
+        state: Mutex::new(state),
         shortfalls: Mutex::new(Vec::new()),
         cycles: AtomicU64::new(0),
         sequence: AtomicU64::new(0),
+        backoff: Backoff::new(Duration::from_millis(50), Duration::from_secs(5)),
+        startup,
     });
     let (stop, stopped) = watch::channel(false);
     tokio::spawn(watch_loop(worker.clone(), stopped.clone()));
@@ -361,13 +396,7 @@ async fn heartbeat_loop(worker: Arc<Worker>, mut stopped: watch::Receiver<bool>)
             epoch: worker.epoch,
             summary: Some(pb::ShardSummary {
                 machines_by_state: worker.machines_by_state().into_iter().collect(),
-                demand: worker
-                    .ledger()
-                    .demand
-                    .values()
-                    .flatten()
-                    .map(|n| n.count as u64)
-                    .sum(),
+                demand: worker.state().engine.demand_total(),
                 shortfall: worker.shortfall_total(),
             }),
         };
@@ -452,16 +481,12 @@ impl ShardWorker for StatusService {
                     Status::failed_precondition(e.to_string())
                 }
             })?;
-        let mut ledger = w.ledger();
+        let mut state = w.state();
         w.cache
             .store_demand(&request.cluster, &needs)
             .map_err(|e| Status::internal(e.to_string()))?;
         let rows = needs.len() as u32;
-        if needs.is_empty() {
-            ledger.demand.remove(&request.cluster);
-        } else {
-            ledger.demand.insert(request.cluster, needs);
-        }
+        state.engine.set_demand(&request.cluster, needs);
         Ok(Response::new(pb::SubmitDemandResponse { rows }))
     }
 
@@ -473,18 +498,15 @@ impl ShardWorker for StatusService {
         let cluster = request.into_inner().cluster;
         let prefix = format!("{cluster}/");
         let wanted = |need: &str| cluster.is_empty() || need.starts_with(&prefix);
-        let ledger = w.ledger();
-        let machines = ledger
-            .machines
-            .values()
-            .filter(|m| match &m.assigned_to {
-                Some(need) => wanted(need),
-                None => cluster.is_empty(),
-            })
+        let state = w.state();
+        let machines = state
+            .engine
+            .allocations(&cluster)
+            .into_iter()
             .map(|m| pb::MachineInfo {
-                id: m.id.clone(),
-                domain: m.domain.clone(),
-                need: m.assigned_to.clone().unwrap_or_default(),
+                id: m.id,
+                domain: m.domain,
+                need: m.assigned_to.unwrap_or_default(),
                 resources: Some(pb::ResourceSpec {
                     cpu_millis: m.resources.cpu_millis as i64,
                     memory_mib: m.resources.memory_mib as i64,
@@ -506,7 +528,7 @@ impl ShardWorker for StatusService {
         Ok(Response::new(pb::AllocationsResponse {
             machines,
             shortfalls,
-            in_flight: ledger.in_flight.len() as u64,
+            in_flight: state.in_flight.len() as u64,
         }))
     }
 }

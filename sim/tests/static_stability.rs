@@ -67,6 +67,37 @@ async fn submit(shard: &ShardProcess, count: u32) {
         .expect("submitting demand");
 }
 
+/// Registers provider aws/us-east-1 with a quota of `amount` sliced entirely to `shard`, and
+/// binds cluster c1 to it, in one batch.
+async fn grant_quota(client: &BallastClient, shard: &str, amount: u64) {
+    client
+        .write(cmd(Wire::Batch(pb::Batch {
+            commands: vec![
+                cmd(Wire::SetProvider(pb::SetProvider {
+                    name: "aws".into(),
+                    endpoint: "https://ec2.example".into(),
+                    region: "us-east-1".into(),
+                    capacity_types: vec![],
+                })),
+                cmd(Wire::SetQuota(pb::SetQuota {
+                    provider: "aws".into(),
+                    region: "us-east-1".into(),
+                    total: amount,
+                    slices: vec![pb::QuotaSlice {
+                        shard: shard.into(),
+                        amount,
+                    }],
+                })),
+                cmd(Wire::BindCluster(pb::BindCluster {
+                    cluster: "c1".into(),
+                    shard: shard.into(),
+                })),
+            ],
+        })))
+        .await
+        .expect("quota and binding");
+}
+
 fn holds(status: &pb::ShardStatusResponse, domain: &str) -> bool {
     status.domains.iter().any(|d| d == domain)
 }
@@ -227,32 +258,7 @@ async fn shards_ride_out_a_full_coordinator_outage_and_their_own_restart() {
     let client = cluster.client();
     cluster.wait_for_shards(2).await;
     assign(&client, "zone=az-a/rack=r1", "s1", false).await;
-    client
-        .write(cmd(Wire::Batch(pb::Batch {
-            commands: vec![
-                cmd(Wire::SetProvider(pb::SetProvider {
-                    name: "aws".into(),
-                    endpoint: "https://ec2.example".into(),
-                    region: "us-east-1".into(),
-                    capacity_types: vec![],
-                })),
-                cmd(Wire::SetQuota(pb::SetQuota {
-                    provider: "aws".into(),
-                    region: "us-east-1".into(),
-                    total: 10,
-                    slices: vec![pb::QuotaSlice {
-                        shard: "s1".into(),
-                        amount: 10,
-                    }],
-                })),
-                cmd(Wire::BindCluster(pb::BindCluster {
-                    cluster: "c1".into(),
-                    shard: "s1".into(),
-                })),
-            ],
-        })))
-        .await
-        .expect("quota and binding");
+    grant_quota(&client, "s1", 10).await;
     let revision = assign(&client, "zone=az-b/rack=r1", "s2", false).await;
     let before = s1
         .wait_until("its domain, slice and cluster", |st| {
@@ -348,4 +354,45 @@ async fn drained_and_dead_shards_hand_their_domains_over() {
         st.coordinator_reachable && !holds(st, "zone=az-b/rack=r0")
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_provider_is_retried_within_the_slice() {
+    let cluster = cluster().await;
+    // Half of all provisions fail: the shard backs off and retries until the need is met,
+    // and failed attempts never let it hold more than its slice.
+    let s1 = cluster.spawn_shard(
+        program(),
+        &["shard"],
+        "s1",
+        "az-a",
+        &["--lease-ms", "3000", "--sim-failure-rate", "0.5"],
+    );
+    let client = cluster.client();
+    cluster.wait_for_shards(1).await;
+    assign(&client, "zone=az-a/rack=r1", "s1", false).await;
+    grant_quota(&client, "s1", 6).await;
+    s1.wait_until("its slice and cluster", |st| {
+        !st.slices.is_empty() && !st.clusters.is_empty()
+    })
+    .await;
+    submit(&s1, 5).await;
+    let done = s1
+        .wait_until("5 machines despite failures", |st| {
+            assigned_machines(st) == 5
+        })
+        .await;
+    let held: u64 = done.machines_by_state.values().sum();
+    assert!(
+        held <= 6,
+        "slice of 6 exceeded: {:?}",
+        done.machines_by_state
+    );
+    submit(&s1, 9).await;
+    let capped = s1
+        .wait_until("the slice filled", |st| {
+            assigned_machines(st) == 6 && st.shortfall == 3
+        })
+        .await;
+    assert_eq!(capped.machines_by_state.values().sum::<u64>(), 6);
 }

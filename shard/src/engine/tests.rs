@@ -1,0 +1,387 @@
+use super::*;
+use proptest::prelude::*;
+
+fn res(cpu: u64) -> Resources {
+    Resources {
+        cpu_millis: cpu,
+        memory_mib: cpu,
+        gpus: 0,
+    }
+}
+
+fn machine(id: &str, domain: &str, cpu: u64, assigned: Option<&str>) -> Machine {
+    Machine {
+        id: id.into(),
+        domain: domain.into(),
+        resources: res(cpu),
+        quota: Some(("aws".into(), "r1".into())),
+        assigned_to: assigned.map(String::from),
+    }
+}
+
+fn need(id: &str, count: u32, cpu: u64, priority: i32, placement: Placement) -> Need {
+    Need {
+        id: id.into(),
+        cluster: "c1".into(),
+        count,
+        resources: res(cpu),
+        priority,
+        placement,
+    }
+}
+
+fn inputs() -> Inputs {
+    Inputs {
+        domains: BTreeSet::from(["zone=az-a/rack=1".into(), "zone=az-b/rack=1".into()]),
+        slices: BTreeMap::from([(("aws".into(), "r1".into()), 4)]),
+        ..Inputs::default()
+    }
+}
+
+#[test]
+fn idle_first_then_quota_then_shortfall() {
+    let mut i = inputs();
+    i.machines = vec![machine("m1", "zone=az-a/rack=1", 4, None)];
+    i.needs = vec![need("n1", 5, 2, 0, Placement::Any)];
+    let p = decide(&i);
+    assert_eq!(p.assign, vec![("m1".into(), "n1".into())]);
+    assert_eq!(
+        p.provision.len(),
+        3,
+        "slice of 4 with one machine held leaves 3"
+    );
+    assert_eq!(
+        p.shortfalls,
+        vec![Shortfall {
+            need: "n1".into(),
+            missing: 1
+        }]
+    );
+}
+
+#[test]
+fn paused_provisioning_reports_shortfalls_and_resumes() {
+    let mut i = inputs();
+    i.needs = vec![need("n1", 2, 1, 0, Placement::Any)];
+    let mut engine = Engine::from_inputs(&i);
+    engine.pause_provisioning(true);
+    let paused = engine.decide();
+    assert!(paused.provision.is_empty());
+    assert_eq!(paused.shortfalls.len(), 1);
+    engine.pause_provisioning(false);
+    let resumed = engine.decide();
+    assert_eq!(resumed.provision.len(), 2, "the short need is retried");
+    assert!(resumed.shortfalls.is_empty());
+    assert!(
+        engine.decide().provision.is_empty(),
+        "in-flight provisions serve the need"
+    );
+}
+
+#[test]
+fn higher_priority_preempts_lower() {
+    let mut i = inputs();
+    i.slices.clear();
+    i.machines = vec![
+        machine("m1", "zone=az-a/rack=1", 4, Some("low")),
+        machine("m2", "zone=az-a/rack=1", 4, Some("low")),
+    ];
+    i.needs = vec![
+        need("low", 2, 1, 0, Placement::Any),
+        need("high", 1, 2, 10, Placement::Any),
+    ];
+    let p = decide(&i);
+    assert_eq!(p.preempt.len(), 1);
+    assert_eq!(p.preempt[0].2, "high");
+    // The need that lost a machine looks for a replacement in the same cycle and finds none.
+    assert_eq!(
+        p.shortfalls,
+        vec![Shortfall {
+            need: "low".into(),
+            missing: 1
+        }]
+    );
+}
+
+#[test]
+fn placement_and_foreign_machines_are_respected() {
+    let mut i = inputs();
+    i.machines = vec![
+        machine("m1", "zone=az-a/rack=1", 4, None),
+        machine("lost", "zone=az-c/rack=9", 4, Some("n1")),
+    ];
+    i.needs = vec![need("n1", 1, 1, 0, Placement::Az("az-b".into()))];
+    let p = decide(&i);
+    assert_eq!(p.foreign, vec!["lost".to_string()]);
+    assert!(p.assign.is_empty(), "m1 is in az-a");
+    assert_eq!(p.provision.len(), 1);
+    assert_eq!(p.provision[0].domain, "zone=az-b/rack=1");
+    let mut impossible = inputs();
+    impossible.needs = vec![need("n2", 1, 1, 0, Placement::Domain("zone=az-z".into()))];
+    assert_eq!(decide(&impossible).shortfalls.len(), 1);
+}
+
+#[test]
+fn surplus_and_vanished_needs_are_released() {
+    let mut i = inputs();
+    i.machines = vec![
+        machine("m1", "zone=az-a/rack=1", 4, Some("n1")),
+        machine("m2", "zone=az-a/rack=1", 4, Some("n1")),
+        machine("m3", "zone=az-a/rack=1", 4, Some("gone")),
+    ];
+    i.needs = vec![need("n1", 1, 1, 0, Placement::Any)];
+    let p = decide(&i);
+    assert_eq!(p.release, vec!["m2".to_string(), "m3".to_string()]);
+}
+
+fn arb_inputs() -> impl Strategy<Value = Inputs> {
+    let domains = ["zone=az-a/rack=1", "zone=az-b/rack=1", "zone=az-c/rack=1"];
+    (
+        prop::collection::vec((0..4usize, 1..8u64, prop::option::of(0..6usize)), 0..20),
+        prop::collection::vec((1..6u32, 1..8u64, -2..3i32, 0..5usize), 0..6),
+        0..10u64,
+        0..3u64,
+    )
+        .prop_map(move |(machines, needs, slice, in_flight)| {
+            let quota: QuotaKey = ("aws".into(), "r1".into());
+            Inputs {
+                domains: domains[..2].iter().map(|s| s.to_string()).collect(),
+                slices: BTreeMap::from([(quota.clone(), slice)]),
+                in_flight: (0..in_flight)
+                    .map(|k| Provision {
+                        need: format!("n{k}"),
+                        domain: domains[0].into(),
+                        quota: quota.clone(),
+                        resources: res(1),
+                    })
+                    .collect(),
+                machines: machines
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, (d, cpu, a))| Machine {
+                        id: format!("m{i}"),
+                        domain: domains
+                            .get(d)
+                            .copied()
+                            .unwrap_or("zone=az-z/rack=0")
+                            .to_string(),
+                        resources: res(cpu),
+                        quota: Some(("aws".into(), "r1".into())),
+                        assigned_to: a.map(|n| format!("n{n}")),
+                    })
+                    .collect(),
+                needs: needs
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, (count, cpu, priority, p))| {
+                        let placement = match p {
+                            0 => Placement::Az("az-a".into()),
+                            1 => Placement::Domain(domains[1].into()),
+                            2 => Placement::Az("az-c".into()),
+                            _ => Placement::Any,
+                        };
+                        need(&format!("n{i}"), count, cpu, priority, placement)
+                    })
+                    .collect(),
+            }
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn invariants_hold(i in arb_inputs()) {
+        let p = decide(&i);
+        // Never exceed a slice: held + in flight + new <= slice, unless already over.
+        for (quota, slice) in &i.slices {
+            let held = i.machines.iter().filter(|m| m.quota.as_ref() == Some(quota)).count() as u64;
+            let before = held + i.in_flight.iter().filter(|p| &p.quota == quota).count() as u64;
+            let new = p.provision.iter().filter(|x| &x.quota == quota).count() as u64;
+            prop_assert!(new == 0 || before + new <= *slice);
+        }
+        // Never touch a machine outside the shard's domains, never provision outside them.
+        let usable: BTreeSet<&str> = i.machines.iter()
+            .filter(|m| i.domains.contains(&m.domain)).map(|m| m.id.as_str()).collect();
+        for (m, _) in &p.assign { prop_assert!(usable.contains(m.as_str())); }
+        for (m, _, _) in &p.preempt { prop_assert!(usable.contains(m.as_str())); }
+        for x in &p.provision { prop_assert!(i.domains.contains(&x.domain)); }
+        // Never double-assign: each machine moves at most once per cycle.
+        let mut moved = BTreeSet::new();
+        for (m, _) in &p.assign { prop_assert!(moved.insert(m.clone())); }
+        for (m, _, _) in &p.preempt { prop_assert!(moved.insert(m.clone())); }
+        // Each need gets at most its count (kept + assigned + preempted + provisioned).
+        for n in &i.needs {
+            let kept = i.machines.iter().filter(|m| usable.contains(m.id.as_str())
+                && m.assigned_to.as_deref() == Some(n.id.as_str())
+                && !p.release.contains(&m.id)
+                && !p.preempt.iter().any(|(id, _, _)| id == &m.id)).count();
+            let got = p.assign.iter().filter(|(_, x)| x == &n.id).count()
+                + p.preempt.iter().filter(|(_, _, x)| x == &n.id).count()
+                + p.provision.iter().filter(|x| x.need == n.id).count();
+            let in_flight = i.in_flight.iter().filter(|p| p.need == n.id).count();
+            prop_assert!(
+                kept + got == 0 || kept + got + in_flight <= n.count as usize,
+                "need {} over-served", n.id
+            );
+        }
+        // Deterministic.
+        prop_assert_eq!(decide(&i), p);
+    }
+}
+
+/// One change fed to a live engine.
+#[derive(Clone, Debug)]
+enum Op {
+    Domains(u8),
+    Slice(u64),
+    Upsert(usize, usize, u64, Option<usize>),
+    Remove(usize),
+    Demand(usize, Vec<(usize, u32, u64, i32, usize)>),
+    Finish(bool),
+}
+
+fn arb_op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        (0..8u8).prop_map(Op::Domains),
+        (0..12u64).prop_map(Op::Slice),
+        (0..14usize, 0..4usize, 1..8u64, prop::option::of(0..9usize))
+            .prop_map(|(m, d, cpu, a)| Op::Upsert(m, d, cpu, a)),
+        (0..14usize).prop_map(Op::Remove),
+        (
+            0..3usize,
+            prop::collection::vec((0..3usize, 0..5u32, 1..8u64, -2..3i32, 0..5usize), 0..4)
+        )
+            .prop_map(|(c, rows)| Op::Demand(c, rows)),
+        any::<bool>().prop_map(Op::Finish),
+    ]
+}
+
+const DOMAINS: [&str; 4] = [
+    "zone=az-a/rack=1",
+    "zone=az-b/rack=1",
+    "zone=az-a/rack=2",
+    "zone=az-z/rack=0",
+];
+
+fn quota() -> QuotaKey {
+    ("aws".into(), "r1".into())
+}
+
+fn apply_op(engine: &mut Engine, op: &Op, in_flight: &mut Vec<Provision>, made: &mut usize) {
+    match op {
+        Op::Domains(mask) => engine.set_domains(
+            &(0..3)
+                .filter(|d| mask & (1 << d) != 0)
+                .map(|d| DOMAINS[d].to_string())
+                .collect(),
+        ),
+        Op::Slice(n) => engine.set_slices(&BTreeMap::from([(quota(), *n)])),
+        Op::Upsert(m, d, cpu, a) => engine.upsert_machine(&Machine {
+            id: format!("m{m}"),
+            domain: DOMAINS[*d].into(),
+            resources: res(*cpu),
+            quota: Some(quota()),
+            assigned_to: a.map(|a| format!("c{}/r{}", a / 3, a % 3)),
+        }),
+        Op::Remove(m) => {
+            engine.remove_machine(&format!("m{m}"));
+        }
+        Op::Demand(c, rows) => {
+            let mut seen = BTreeSet::new();
+            let rows = rows
+                .iter()
+                .filter(|(r, ..)| seen.insert(*r))
+                .map(|(r, count, cpu, priority, p)| Need {
+                    id: format!("c{c}/r{r}"),
+                    cluster: format!("c{c}"),
+                    count: *count,
+                    resources: res(*cpu),
+                    priority: *priority,
+                    placement: match p {
+                        0 => Placement::Az("az-a".into()),
+                        1 => Placement::Domain(DOMAINS[1].into()),
+                        2 => Placement::Domain(DOMAINS[3].into()),
+                        _ => Placement::Any,
+                    },
+                })
+                .collect();
+            engine.set_demand(&format!("c{c}"), rows);
+        }
+        Op::Finish(ok) => {
+            if in_flight.is_empty() {
+                return;
+            }
+            let provision = in_flight.remove(0);
+            *made += 1;
+            let machine = ok.then(|| Machine {
+                id: format!("p{made}"),
+                domain: provision.domain.clone(),
+                resources: provision.resources,
+                quota: Some(provision.quota.clone()),
+                assigned_to: Some(provision.need.clone()),
+            });
+            engine.provision_finished(&provision, machine.as_ref());
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// A live engine fed any sequence of changes keeps its indexes consistent, never
+    /// over-serves a need or overruns a slice, and leaves no short need with a fitting idle
+    /// machine.
+    #[test]
+    fn live_engine_stays_consistent(ops in prop::collection::vec(arb_op(), 1..40)) {
+        let mut engine = Engine::default();
+        let mut in_flight = Vec::new();
+        let mut made = 0;
+        for op in &ops {
+            apply_op(&mut engine, op, &mut in_flight, &mut made);
+            let plan = engine.decide();
+            if let Err(e) = engine.check() {
+                prop_assert!(false, "after {op:?}: {e}");
+            }
+            prop_assert_eq!(engine.idle_fits_a_short_need(), None);
+            if !plan.provision.is_empty() {
+                let (held, flying, slice) = engine.quota_use(&quota());
+                prop_assert!(held + flying <= slice, "slice overrun: {held}+{flying} > {slice}");
+            }
+            let mut moved = BTreeSet::new();
+            for (m, _) in &plan.assign { prop_assert!(moved.insert(m.clone())); }
+            for (m, _, _) in &plan.preempt { prop_assert!(moved.insert(m.clone())); }
+            in_flight.extend(plan.provision);
+            prop_assert_eq!(engine.in_flight(), in_flight.len() as u64);
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    /// Loading a ledger in bulk builds the same engine as upserting it record by record.
+    #[test]
+    fn bulk_load_matches_one_by_one(i in arb_inputs()) {
+        let mut one_by_one = Engine::from_inputs(&Inputs { machines: Vec::new(), ..i.clone() });
+        let mut bulk = Engine::from_inputs(&Inputs { machines: Vec::new(), ..i.clone() });
+        for m in &i.machines {
+            one_by_one.upsert_machine(m);
+        }
+        bulk.bulk_load::<()>(|upsert| {
+            for m in &i.machines {
+                upsert(MachineView {
+                    id: &m.id,
+                    domain: &m.domain,
+                    resources: m.resources,
+                    quota: m.quota.as_ref().map(|(p, r)| (p.as_str(), r.as_str())),
+                    assigned_to: m.assigned_to.as_deref(),
+                });
+            }
+            Ok(())
+        }).expect("load");
+        prop_assert_eq!(bulk.check(), Ok(()));
+        prop_assert_eq!(bulk.counts(), one_by_one.counts());
+        prop_assert_eq!(bulk.decide(), one_by_one.decide());
+    }
+}
