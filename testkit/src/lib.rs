@@ -3,6 +3,10 @@
 //! processes uses this one harness instead of rolling its own; the demo and the benchmarks
 //! launch their clusters with it too.
 
+mod s3;
+
+pub use s3::S3Server;
+
 use std::fs::File;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
