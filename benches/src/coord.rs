@@ -153,7 +153,7 @@ async fn propagation(
         let shard_id = shard_id(i);
         let from = client.revision().await?;
         watchers.push(tokio::spawn(async move {
-            let stream = client.watch_assignments(&shard_id, from).await;
+            let stream = client.watch_assignments(&shard_id, from, 0).await;
             let Ok(mut stream) = stream else { return };
             while let Ok(Some(update)) = stream.message().await {
                 let now = Instant::now();

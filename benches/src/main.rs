@@ -23,7 +23,7 @@ enum Command {
     /// markdown section.
     Engine(engine::EngineBenchArgs),
     /// Run one coordinator replica (same flags as `ballast-coord`).
-    Replica(ballast_coordinator::config::CoordArgs),
+    Replica(Box<ballast_coordinator::config::CoordArgs>),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -46,7 +46,7 @@ async fn run() -> anyhow::Result<()> {
         }
         Command::Replica(args) => {
             ballast_coordinator::config::init_logging();
-            ballast_coordinator::config::run_until_signal(args).await?;
+            ballast_coordinator::config::run_until_signal(*args).await?;
             Ok(())
         }
     }

@@ -1,6 +1,9 @@
 //! `ballast-coord`'s flags: the one configuration struct of the replica binary (also embedded
 //! by `ballast-sim`, which runs replicas as child processes of itself).
 
+use ballast_dr::{Destination, Key, Retention};
+
+use crate::dr::DrConfig;
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -64,6 +67,31 @@ pub struct CoordArgs {
     /// How often (ms) the leader moves work off draining or expired shards; 0 disables it.
     #[arg(long, env = "BALLAST_REBALANCE_INTERVAL_MS", default_value_t = 500)]
     pub rebalance_interval_ms: u64,
+    /// Where the leader exports archives: a directory, file:///dir, or
+    /// s3://bucket/prefix[?endpoint=URL&allow_http=true&region=R] (AWS_* variables for
+    /// credentials). Unset: exports only on demand with an explicit destination.
+    #[arg(long, env = "BALLAST_DR_DESTINATION")]
+    pub dr_destination: Option<String>,
+    /// Seconds between scheduled exports to --dr-destination; 0 disables the schedule.
+    #[arg(long, env = "BALLAST_DR_INTERVAL_SECS", default_value_t = 900)]
+    pub dr_interval_secs: u64,
+    /// Archives to keep at the destination after each export (0 = no count limit).
+    #[arg(long, env = "BALLAST_DR_KEEP_LAST", default_value_t = 48)]
+    pub dr_keep_last: usize,
+    /// Delete archives older than this many seconds after each export (0 = no age limit).
+    #[arg(long, env = "BALLAST_DR_MAX_AGE_SECS", default_value_t = 0)]
+    pub dr_max_age_secs: u64,
+    /// Encrypt archives with the 32-byte key in this file (64 hex digits or raw bytes).
+    #[arg(long, env = "BALLAST_DR_KEY_FILE", conflicts_with = "dr_key_env")]
+    pub dr_key_file: Option<PathBuf>,
+    /// Encrypt archives with the key (64 hex digits) in this environment variable.
+    #[arg(long, env = "BALLAST_DR_KEY_ENV")]
+    pub dr_key_env: Option<String>,
+    /// Quorum loss without an archive: turn this replica's data dir into a new single-voter
+    /// cluster (same cluster id, new restore epoch, revision moved past anything clients saw),
+    /// then start. The other replicas rejoin with fresh data dirs. Run it on one replica only.
+    #[arg(long, env = "BALLAST_FORCE_NEW_CLUSTER", conflicts_with_all = ["bootstrap", "join"])]
+    pub force_new_cluster: bool,
 }
 
 impl CoordArgs {
@@ -80,6 +108,19 @@ impl CoordArgs {
                 "--election-min-ms ({}) must be below --election-max-ms ({})",
                 self.election_min_ms, self.election_max_ms
             )));
+        }
+        let key = match (&self.dr_key_file, &self.dr_key_env) {
+            (Some(path), _) => {
+                Some(Key::from_file(path).map_err(|e| NodeError::Config(e.to_string()))?)
+            }
+            (None, Some(var)) => {
+                Some(Key::from_env(var).map_err(|e| NodeError::Config(e.to_string()))?)
+            }
+            (None, None) => None,
+        };
+        if let Some(url) = &self.dr_destination {
+            Destination::parse(url)
+                .map_err(|e| NodeError::Config(format!("--dr-destination: {e}")))?;
         }
         if self.snapshot_entries == 0 || self.snapshot_interval_secs == 0 {
             return Err(NodeError::Config(
@@ -105,6 +146,18 @@ impl CoordArgs {
             default_shard_lease: Duration::from_millis(self.shard_lease_ms),
             rebalance_interval: (self.rebalance_interval_ms > 0)
                 .then(|| Duration::from_millis(self.rebalance_interval_ms)),
+            dr: DrConfig {
+                destination: self.dr_destination,
+                interval: (self.dr_interval_secs > 0)
+                    .then(|| Duration::from_secs(self.dr_interval_secs)),
+                retention: Retention {
+                    keep_last: (self.dr_keep_last > 0).then_some(self.dr_keep_last),
+                    max_age: (self.dr_max_age_secs > 0)
+                        .then(|| Duration::from_secs(self.dr_max_age_secs)),
+                },
+                key,
+            },
+            force_new_cluster: self.force_new_cluster,
         })
     }
 }

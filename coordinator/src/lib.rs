@@ -2,6 +2,7 @@
 //! fleet state machine and serving the client and cluster-administration APIs.
 
 pub mod config;
+pub mod dr;
 pub mod error;
 pub mod fleet;
 pub mod history;
@@ -10,4 +11,5 @@ pub mod node;
 pub mod raft;
 pub mod rebalance;
 pub mod replica;
+pub mod restore;
 pub mod service;

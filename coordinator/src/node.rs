@@ -20,6 +20,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
 
+use crate::dr::{DrConfig, DrExporter};
 use crate::raft::log_store::LogStore;
 use crate::raft::network::PeerNetwork;
 use crate::raft::state_machine::StateMachineStore;
@@ -34,6 +35,10 @@ use crate::service::raft::RaftService;
 
 /// Largest gRPC message a replica accepts or sends (bulk domain moves, snapshot chunks).
 pub use ballast_protocol::client::MAX_MESSAGE_BYTES;
+
+/// How far a restore or forced new cluster moves the revision past the archived one: more
+/// writes than a cluster could have acknowledged after its last export at any realistic rate.
+pub const RESTORE_BUMP: u64 = 1_000_000_000;
 
 /// Everything a replica needs to start; built from `ballast-coord`'s flags.
 #[derive(Clone, Debug)]
@@ -67,6 +72,10 @@ pub struct NodeConfig {
     /// How often the leader looks for draining or expired shards to move work from
     /// (`None` disables the rebalancer).
     pub rebalance_interval: Option<Duration>,
+    /// Archive exports.
+    pub dr: DrConfig,
+    /// Rewrite the data dir into a new single-voter cluster before starting (quorum loss).
+    pub force_new_cluster: bool,
 }
 
 /// Why a replica could not start.
@@ -241,6 +250,20 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
     validate_address("advertise", &advertise).map_err(|e| NodeError::Config(e.to_string()))?;
     let store = Store::open(&config.data_dir)?;
     let cluster_id = cluster_identity(&config, &store).await?;
+    if config.force_new_cluster {
+        let node = ReplicaNode {
+            address: advertise.clone(),
+            az: config.az.clone(),
+        };
+        let outcome = crate::restore::force_new_cluster(&store, config.id, node, RESTORE_BUMP)
+            .map_err(|e| NodeError::Config(e.to_string()))?;
+        tracing::warn!(
+            revision = outcome.revision,
+            restore_epoch = outcome.restore_epoch,
+            replayed = outcome.replayed_entries,
+            "forced a new single-voter cluster from this replica's data; other replicas must rejoin with fresh data dirs"
+        );
+    }
 
     let raft_config = Arc::new(raft_config(&config, &cluster_id)?);
     let log_store = LogStore::new(store.clone());
@@ -268,10 +291,13 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
         raft.clone(),
         shared,
         store,
-        Timing {
-            election_timeout_max: config.election_timeout.1,
-            default_shard_lease: config.default_shard_lease,
-        },
+        (
+            Timing {
+                election_timeout_max: config.election_timeout.1,
+                default_shard_lease: config.default_shard_lease,
+            },
+            DrExporter::new(config.dr.clone()),
+        ),
     ));
 
     let (stop, stopped) = watch::channel(false);
@@ -303,6 +329,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
     if let Some(interval) = config.rebalance_interval {
         tokio::spawn(rebalance_loop(replica.clone(), interval, stopped.clone()));
     }
+    tokio::spawn(crate::dr::export_loop(replica.clone(), stopped.clone()));
     tokio::spawn(snapshot_timer(raft, config.snapshot_interval, stopped));
     tracing::info!(id = config.id, az = %config.az, %local_addr, cluster_id = %cluster_id, "replica serving");
     Ok(RunningNode {

@@ -1,6 +1,7 @@
 //! One running replica: the Raft handle, the state it applies, and what every service needs to
 //! answer (headers, leader lookup, forwarding, linearizable reads, proposing).
 
+use crate::dr::DrExporter;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -51,6 +52,8 @@ pub struct Replica {
     pub timing: Timing,
     /// Shard lease renewals seen while leading.
     pub leases: ShardLeases,
+    /// Archive exports.
+    pub dr: DrExporter,
     channels: Mutex<HashMap<String, Channel>>,
 }
 
@@ -71,7 +74,7 @@ impl Replica {
         raft: Raft,
         state: Arc<SharedState>,
         store: Store,
-        timing: Timing,
+        (timing, dr): (Timing, DrExporter),
     ) -> Self {
         Self {
             id,
@@ -83,6 +86,7 @@ impl Replica {
             store,
             timing,
             leases: ShardLeases::default(),
+            dr,
             channels: Mutex::new(HashMap::new()),
         }
     }
@@ -115,6 +119,7 @@ impl Replica {
             revision: self.state.revision(),
             raft_term: metrics.current_term,
             leader_id: metrics.current_leader.unwrap_or(0),
+            restore_epoch: self.state.fleet().restore_epoch(),
         }
     }
 

@@ -61,6 +61,9 @@ enum Command {
     /// Provider registry.
     #[command(subcommand)]
     Provider(commands::provider::ProviderCmd),
+    /// Disaster recovery: export, list, verify and restore archives.
+    #[command(subcommand)]
+    Dr(commands::dr::DrCmd),
 }
 
 /// Settings every command receives.
@@ -93,6 +96,7 @@ async fn run(cli: Cli) -> anyhow::Result<output::Rendered> {
         Command::Binding(c) => commands::binding::run(&ctx, c).await,
         Command::Quota(c) => commands::quota::run(&ctx, c).await,
         Command::Provider(c) => commands::provider::run(&ctx, c).await,
+        Command::Dr(c) => commands::dr::run(&ctx, c).await,
     }
 }
 

@@ -4,10 +4,15 @@
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use ballast_coordinator::dr::DrConfig;
 use ballast_coordinator::node::{self, NodeConfig, RunningNode};
 use serde_json::Value;
 
 async fn start_replica(dir: &std::path::Path) -> RunningNode {
+    start_replica_with(dir, DrConfig::default()).await
+}
+
+async fn start_replica_with(dir: &std::path::Path, dr: DrConfig) -> RunningNode {
     node::start(NodeConfig {
         id: 1,
         az: "az-a".into(),
@@ -23,6 +28,8 @@ async fn start_replica(dir: &std::path::Path) -> RunningNode {
         logs_to_keep: 100,
         default_shard_lease: Duration::from_secs(10),
         rebalance_interval: None,
+        dr,
+        force_new_cluster: false,
     })
     .await
     .expect("starting a replica")
@@ -69,23 +76,27 @@ fn refused(endpoint: &str, args: &[&str], code: i32, needle: &str) {
     );
 }
 
+/// Waits until the single voter at `endpoint` leads.
+async fn wait_for_leader(endpoint: &str) {
+    for _ in 0..100 {
+        if ctl(endpoint, &["cluster", "leader", "--json"])
+            .status
+            .success()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the replica never became leader");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ballastctl_end_to_end() {
     let dir = tempfile::tempdir().expect("temp dir");
     let running = start_replica(dir.path()).await;
     let endpoint = running.local_addr.to_string();
     let e = endpoint.as_str();
-    // Wait for the single voter to lead.
-    let mut led = false;
-    for _ in 0..100 {
-        let out = ctl(e, &["cluster", "leader", "--json"]);
-        if out.status.success() {
-            led = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(led, "the replica never became leader");
+    wait_for_leader(e).await;
 
     let status = ok_json(e, &["cluster", "status", "--json"]);
     assert_eq!(status["state"], "leader");
@@ -236,6 +247,135 @@ async fn ballastctl_end_to_end() {
     assert_eq!(
         quotas["quotas"][0]["slices"].as_array().map(|s| s.len()),
         Some(1)
+    );
+
+    running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dr_export_list_verify_restore_and_refusals() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let archives = dir.path().join("archives");
+    let key_file = dir.path().join("dr.key");
+    std::fs::write(&key_file, "42".repeat(32)).expect("key file");
+    let other_key = dir.path().join("other.key");
+    std::fs::write(&other_key, "17".repeat(32)).expect("key file");
+    let running = start_replica_with(
+        &dir.path().join("replica"),
+        DrConfig {
+            destination: Some(archives.display().to_string()),
+            key: Some(ballast_dr::Key::from_file(&key_file).expect("key")),
+            ..DrConfig::default()
+        },
+    )
+    .await;
+    let endpoint = running.local_addr.to_string();
+    let e = endpoint.as_str();
+    wait_for_leader(e).await;
+    ok_json(
+        e,
+        &[
+            "shard",
+            "register",
+            "s1",
+            "--address",
+            "10.0.0.1:7801",
+            "--az",
+            "az-a",
+            "--json",
+        ],
+    );
+
+    // Export to the configured destination, encrypted with the replica's key.
+    let exported = ok_json(e, &["dr", "export", "--json"]);
+    assert_eq!(exported["encrypted"], true);
+    let url = exported["archive"]
+        .as_str()
+        .expect("archive url")
+        .to_string();
+    let listed = ok_json(
+        e,
+        &[
+            "dr",
+            "list",
+            "--from",
+            archives.to_str().expect("utf-8"),
+            "--json",
+        ],
+    );
+    assert_eq!(listed.as_array().map(|a| a.len()), Some(1));
+    assert_eq!(listed[0]["revision"], exported["revision"]);
+    let key_arg = key_file.to_str().expect("utf-8");
+    let verified = ok_json(e, &["dr", "verify", &url, "--key-file", key_arg, "--json"]);
+    assert_eq!(verified["decrypted"], true);
+    let status = ok_json(e, &["cluster", "status", "--json"]);
+    assert!(
+        status["dr"]["exports_total"].as_u64() >= Some(1),
+        "{status}"
+    );
+
+    // Restore into a fresh data dir.
+    let restored_dir = dir.path().join("restored");
+    let target = restored_dir.to_str().expect("utf-8");
+    let restore = |extra: &[&str]| {
+        let mut args = vec![
+            "dr",
+            "restore",
+            &url,
+            "--data-dir",
+            target,
+            "--az",
+            "az-a",
+            "--advertise",
+            "127.0.0.1:7999",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        args.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let args = restore(&["--key-file", key_arg]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let done = ok_json(e, &args);
+    assert_eq!(done["restore_epoch"], 1);
+    assert!(done["revision"].as_u64() > exported["revision"].as_u64());
+
+    // Refusals leave the target untouched: a non-empty dir without --force, no key, the
+    // wrong key, a damaged archive.
+    let marker = restored_dir.join("keep-me");
+    std::fs::write(&marker, "x").expect("marker");
+    let untouched = || assert!(marker.exists(), "the data dir was touched");
+    let args = restore(&["--key-file", key_arg]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    refused(e, &args, 1, "not empty");
+    untouched();
+    let args = restore(&["--force"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    refused(e, &args, 1, "encrypted");
+    untouched();
+    let args = restore(&["--force", "--key-file", other_key.to_str().expect("utf-8")]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    refused(e, &args, 1, "not with the given key");
+    untouched();
+    let name = url.rsplit('/').next().expect("name");
+    let data = archives.join(name).join("data");
+    let mut bytes = std::fs::read(&data).expect("archive data");
+    bytes.truncate(bytes.len() / 2);
+    std::fs::write(&data, bytes).expect("truncate");
+    let args = restore(&["--force", "--key-file", key_arg]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    refused(e, &args, 1, "truncated");
+    untouched();
+    refused(
+        e,
+        &["dr", "verify", &url, "--key-file", key_arg],
+        1,
+        "corrupt",
+    );
+    refused(
+        e,
+        &["dr", "list", "--from", "gs://nowhere"],
+        1,
+        "only local paths",
     );
 
     running.shutdown().await;

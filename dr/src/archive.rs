@@ -240,21 +240,26 @@ pub async fn verify(
         (Encryption::XChaCha20Poly1305Stream { .. }, None) => None,
     };
     let destination = &archive.destination;
-    let stored = match destination
+    let mut chunks = match destination
         .store
         .get(&destination.object(&archive.name, DATA))
         .await
     {
-        Ok(found) => found
-            .bytes()
-            .await
-            .map_err(|e| destination.storage_error(e))?,
+        Ok(found) => found.into_stream(),
         Err(object_store::Error::NotFound { .. }) => {
             return Err(corrupt("the data object is missing".into()));
         }
         Err(e) => return Err(destination.storage_error(e)),
     };
-    progress.update(stored.len() as u64, manifest.size);
+    let mut stored = Vec::with_capacity(manifest.size.min(1 << 30) as usize);
+    while let Some(chunk) = chunks
+        .try_next()
+        .await
+        .map_err(|e| destination.storage_error(e))?
+    {
+        stored.extend_from_slice(&chunk);
+        progress.update(stored.len() as u64, manifest.size);
+    }
     if stored.len() as u64 != manifest.size {
         return Err(corrupt(format!(
             "data is {} bytes, the manifest says {} (truncated or replaced)",
@@ -269,7 +274,7 @@ pub async fn verify(
         )));
     }
     let data = match (&manifest.encryption, key_to_use) {
-        (Encryption::None, _) => Some(stored.to_vec()),
+        (Encryption::None, _) => Some(stored),
         (Encryption::XChaCha20Poly1305Stream { nonce_prefix, .. }, Some(key)) => {
             let prefix = unhex(nonce_prefix)
                 .filter(|p| p.len() == NONCE_PREFIX)

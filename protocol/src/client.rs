@@ -249,16 +249,19 @@ impl BallastClient {
         .await
     }
 
-    /// Opens a shard's assignment watch after `from_revision` on whichever replica answers.
+    /// Opens a shard's assignment watch after `from_revision` (of restore epoch
+    /// `restore_epoch`) on whichever replica answers.
     pub async fn watch_assignments(
         &self,
         shard_id: &str,
         from_revision: u64,
+        restore_epoch: u64,
     ) -> Result<tonic::Streaming<pb::AssignmentUpdate>, ClientError> {
         self.assignments(|mut c, req| {
             let request = pb::WatchAssignmentsRequest {
                 shard_id: shard_id.to_string(),
                 from_revision,
+                restore_epoch,
             };
             async move { c.watch(req.wrap(request)).await }
         })

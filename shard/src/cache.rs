@@ -53,6 +53,8 @@ pub struct Assignments {
     pub revision: u64,
     /// Highest coordinator term seen.
     pub term: u64,
+    /// Restore epoch of `revision` (revisions compare only within one epoch).
+    pub restore_epoch: u64,
     /// Topology domains owned.
     pub domains: BTreeSet<String>,
     /// Clusters bound.
@@ -65,10 +67,18 @@ pub struct Assignments {
 
 impl Assignments {
     /// Applies an update in memory if it is newer than what is held; returns whether it was.
-    /// Fencing: an update at or below the held revision is stale (a lagging replica, or a
-    /// replay) and is ignored, so a shard never takes back a grant it already lost.
+    /// Fencing: updates are ordered by (restore epoch, revision). One at or below what is held
+    /// is stale (a lagging replica, or a replay) and is ignored, so a shard never takes back a
+    /// grant it already lost. An update from a newer restore epoch (the cluster was restored
+    /// from an archive) must be a full listing: it replaces everything, so grants the restored
+    /// state lacks are dropped even though its revision may be lower than the one held.
     pub fn apply(&mut self, update: &pb::AssignmentUpdate) -> bool {
-        if update.revision <= self.revision && !(update.full && self.revision == 0) {
+        let newer_epoch = update.restore_epoch > self.restore_epoch;
+        if update.restore_epoch < self.restore_epoch || (newer_epoch && !update.full) {
+            return false;
+        }
+        if !newer_epoch && update.revision <= self.revision && !(update.full && self.revision == 0)
+        {
             return false;
         }
         if update.full {
@@ -96,6 +106,7 @@ impl Assignments {
             self.status = update.status.clone();
         }
         self.revision = update.revision;
+        self.restore_epoch = update.restore_epoch;
         self.term = self.term.max(update.term);
         true
     }
@@ -125,6 +136,7 @@ pub struct Cache {
 
 const META_REVISION: &str = "revision";
 const META_TERM: &str = "term";
+const META_RESTORE_EPOCH: &str = "restore_epoch";
 const META_EPOCH: &str = "epoch";
 const META_STATUS: &str = "status";
 const META_SHARD: &str = "shard_id";
@@ -263,6 +275,7 @@ impl Cache {
         let mut a = Assignments {
             revision: self.number(META_REVISION)?,
             term: self.number(META_TERM)?,
+            restore_epoch: self.number(META_RESTORE_EPOCH)?,
             status: self.text(META_STATUS)?.unwrap_or_default(),
             ..Assignments::default()
         };
@@ -328,6 +341,11 @@ impl Cache {
         }
         batch.insert(&self.meta, META_REVISION, next.revision.to_be_bytes());
         batch.insert(&self.meta, META_TERM, next.term.to_be_bytes());
+        batch.insert(
+            &self.meta,
+            META_RESTORE_EPOCH,
+            next.restore_epoch.to_be_bytes(),
+        );
         batch.insert(&self.meta, META_STATUS, next.status.as_bytes());
         batch.commit().map_err(|e| self.err(e))?;
         self.sync()

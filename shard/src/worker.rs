@@ -333,10 +333,10 @@ pub async fn start(config: WorkerConfig) -> Result<RunningWorker, WorkerError> {
 async fn watch_loop(worker: Arc<Worker>, mut stopped: watch::Receiver<bool>) {
     let mut backoff = Duration::from_millis(100);
     loop {
-        let from = worker.assignments().revision;
+        let held = worker.assignments();
         let opened = worker
             .client
-            .watch_assignments(&worker.config.id, from)
+            .watch_assignments(&worker.config.id, held.revision, held.restore_epoch)
             .await;
         match opened {
             Ok(mut stream) => {

@@ -19,7 +19,7 @@ enum Command {
     /// leader, show the failover, and keep serving until Ctrl-C.
     Demo(demo::DemoArgs),
     /// Run one coordinator replica (same flags as `ballast-coord`); used by the demo.
-    Replica(ballast_coordinator::config::CoordArgs),
+    Replica(Box<ballast_coordinator::config::CoordArgs>),
     /// Run one shard worker (same flags as `ballast-shard`); used by the demo and tests.
     Shard(ballast_shard::config::ShardArgs),
 }
@@ -39,7 +39,7 @@ async fn run() -> anyhow::Result<()> {
         }
         Command::Replica(args) => {
             ballast_coordinator::config::init_logging();
-            ballast_coordinator::config::run_until_signal(args).await?;
+            ballast_coordinator::config::run_until_signal(*args).await?;
             Ok(())
         }
     }

@@ -39,19 +39,7 @@ fn cmd(inner: Wire) -> pb::Command {
 }
 
 async fn assign(client: &BallastClient, domain: &str, shard: &str, allow_move: bool) -> u64 {
-    client
-        .write(cmd(Wire::AssignDomains(pb::AssignDomains {
-            assignments: vec![pb::DomainAssignment {
-                domain: domain.into(),
-                shard: shard.into(),
-            }],
-            allow_move,
-        })))
-        .await
-        .unwrap_or_else(|e| panic!("assigning {domain} to {shard}: {e}"))
-        .header
-        .expect("header")
-        .revision
+    ballast_testkit::assign_domain(client, domain, shard, allow_move).await
 }
 
 /// Replaces cluster c1's demand on `shard` with one row of `count` machines.

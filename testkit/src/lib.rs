@@ -251,6 +251,30 @@ impl TestCluster {
         self.spawn(index, &[]);
     }
 
+    /// Restarts a killed replica with extra flags (e.g. `--force-new-cluster`).
+    pub fn restart_with(&mut self, id: u64, flags: &[&str]) {
+        let index = self.index_of(id);
+        assert!(
+            self.replicas[index].child.is_none(),
+            "replica {id} is still running"
+        );
+        let flags: Vec<String> = flags.iter().map(|f| f.to_string()).collect();
+        self.spawn(index, &flags);
+    }
+
+    /// Replaces replica `id`'s data dir with a fresh one and starts it joining through the
+    /// running members (how replicas come back after a restore); waits until it is a voter.
+    pub async fn rejoin_fresh(&mut self, id: u64) {
+        self.kill(id);
+        let index = self.index_of(id);
+        let dir = self.replicas[index].data_dir.clone();
+        let _ = std::fs::remove_dir_all(&dir);
+        let join = self.running_endpoints().join(",");
+        let voters = self.voter_count().await + 1;
+        self.spawn(index, &["--join".to_string(), join]);
+        self.wait_for_voters(voters).await;
+    }
+
     /// Forgets a replica entirely (after it was removed from the cluster).
     pub fn discard(&mut self, id: u64) {
         self.kill(id);
@@ -411,6 +435,31 @@ impl TestCluster {
         }
         out
     }
+}
+
+/// Assigns `domain` to `shard` (moving it from another shard only with `allow_move`) and
+/// returns the revision of the write; panics if the cluster refuses.
+pub async fn assign_domain(
+    client: &BallastClient,
+    domain: &str,
+    shard: &str,
+    allow_move: bool,
+) -> u64 {
+    client
+        .write(pb::Command {
+            command: Some(pb::command::Command::AssignDomains(pb::AssignDomains {
+                assignments: vec![pb::DomainAssignment {
+                    domain: domain.into(),
+                    shard: shard.into(),
+                }],
+                allow_move,
+            })),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("assigning {domain} to {shard}: {e}"))
+        .header
+        .expect("header")
+        .revision
 }
 
 /// Machines a shard reports as assigned to demand.

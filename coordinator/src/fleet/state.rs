@@ -208,6 +208,10 @@ enum Undo {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 pub struct FleetState {
     revision: Revision,
+    /// Bumped by every restore from an archive and every forced new cluster; revisions are
+    /// comparable only within one restore epoch.
+    #[serde(default)]
+    restore_epoch: u64,
     shards: BTreeMap<String, ShardRecord>,
     /// Domain → owning shard.
     domains: BTreeMap<String, String>,
@@ -372,6 +376,19 @@ impl FleetState {
     /// Current revision.
     pub fn revision(&self) -> Revision {
         self.revision
+    }
+
+    /// Restore epoch (0 until the first restore).
+    pub fn restore_epoch(&self) -> u64 {
+        self.restore_epoch
+    }
+
+    /// Marks this state as the start of a restored cluster: a new restore epoch, and the
+    /// revision moved `bump` past the archived one, so it is above any revision a client of
+    /// the old cluster could have seen after the archive was taken.
+    pub fn mark_restored(&mut self, bump: u64) {
+        self.restore_epoch += 1;
+        self.revision = self.revision.saturating_add(bump);
     }
 
     /// Syntax-only validation (ids, domains, sizes), used before proposing to Raft so most bad

@@ -142,7 +142,9 @@ impl StateMachineStore {
     }
 }
 
-fn load_snapshot(store: &Store) -> Result<Option<(SnapshotMeta, Vec<u8>)>, StorageError> {
+pub(crate) fn load_snapshot(
+    store: &Store,
+) -> Result<Option<(SnapshotMeta, Vec<u8>)>, StorageError> {
     let meta: Option<StoredSnapshotMeta> = store
         .read_json(&store.snapshot, "snapshot", SNAPSHOT_META_KEY)
         .map_err(sm_read_err)?;
@@ -160,7 +162,11 @@ fn load_snapshot(store: &Store) -> Result<Option<(SnapshotMeta, Vec<u8>)>, Stora
     Ok(Some((meta.meta, data.to_vec())))
 }
 
-fn save_snapshot(store: &Store, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
+pub(crate) fn save_snapshot(
+    store: &Store,
+    meta: &SnapshotMeta,
+    data: &[u8],
+) -> Result<(), StorageError> {
     let meta_bytes = serde_json::to_vec(&StoredSnapshotMeta { meta: meta.clone() })
         .map_err(snapshot_write_err)?;
     let mut batch = store.db.batch();

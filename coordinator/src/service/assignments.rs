@@ -36,9 +36,15 @@ impl AssignmentsService {
 }
 
 /// Builds the wire update for a delta.
-fn update(delta: ShardDelta, revision: u64, term: u64, full: bool) -> pb::AssignmentUpdate {
+fn update(
+    delta: ShardDelta,
+    (restore_epoch, revision): (u64, u64),
+    term: u64,
+    full: bool,
+) -> pb::AssignmentUpdate {
     let mut u = pb::AssignmentUpdate {
         revision,
+        restore_epoch,
         term,
         full,
         status: delta.status.unwrap_or("").to_string(),
@@ -70,11 +76,12 @@ fn update(delta: ShardDelta, revision: u64, term: u64, full: bool) -> pb::Assign
     u
 }
 
-/// Streams `shard`'s assignment updates after `from` until the receiver goes away.
+/// Streams `shard`'s assignment updates after `from` (a revision of restore epoch
+/// `from_epoch`) until the receiver goes away.
 async fn stream_updates(
     replica: Arc<Replica>,
     shard: String,
-    mut from: u64,
+    (from_epoch, mut from): (u64, u64),
     tx: mpsc::Sender<Result<pb::AssignmentUpdate, Status>>,
 ) {
     let mut revisions = replica.state.watch_revision();
@@ -82,13 +89,17 @@ async fn stream_updates(
     let mut last_sent_at = tokio::time::Instant::now();
     loop {
         let current = *revisions.borrow_and_update();
+        let epoch = replica.state.fleet().restore_epoch();
+        // A revision from another restore epoch says nothing about this state: start over
+        // with a full listing.
+        let relist = first && (from == 0 || from_epoch != epoch);
         // A shard that is ahead of this replica (it was served by a more current one) waits
         // until this replica catches up: an older listing would take back newer grants.
-        if current >= from {
+        if relist || current >= from {
             let term = replica.metrics().current_term;
             let message = {
                 let history = replica.state.history();
-                let delta = if first && from == 0 {
+                let delta = if relist {
                     None
                 } else {
                     history.delta_since(&shard, from)
@@ -104,12 +115,17 @@ async fn stream_updates(
                     }
                     // Label the delta with the newest revision it covers, which may be past
                     // the tick that woke us.
-                    Some(delta) => Some(update(delta, history.latest().max(current), term, false)),
+                    Some(delta) => Some(update(
+                        delta,
+                        (epoch, history.latest().max(current)),
+                        term,
+                        false,
+                    )),
                     None => {
                         drop(history);
                         let fleet = replica.state.fleet();
-                        let revision = fleet.revision();
-                        Some(update(full_listing(&fleet, &shard), revision, term, true))
+                        let at = (fleet.restore_epoch(), fleet.revision());
+                        Some(update(full_listing(&fleet, &shard), at, term, true))
                     }
                 }
             };
@@ -203,7 +219,7 @@ impl Assignments for AssignmentsService {
         tokio::spawn(stream_updates(
             self.replica.clone(),
             watch.shard_id,
-            watch.from_revision,
+            (watch.restore_epoch, watch.from_revision),
             tx,
         ));
         Ok(self.replica.respond(ReceiverStream::new(rx)))

@@ -138,6 +138,7 @@ impl Cluster for ClusterService {
         let counts = replica.state.fleet().counts();
         let leader_address = replica.leader().map(|(_, n)| n.address).unwrap_or_default();
         Ok(replica.respond(pb::StatusResponse {
+            dr: Some(replica.dr.status()),
             header: Some(replica.header()),
             state: state_name(metrics.state).to_string(),
             applied_index: metrics.last_applied.map(|l| l.index).unwrap_or(0),
@@ -363,6 +364,24 @@ impl Cluster for ClusterService {
         Ok(replica.respond(pb::TransferLeaderResponse {
             header: Some(replica.header()),
         }))
+    }
+
+    async fn export(
+        &self,
+        request: Request<pb::ExportRequest>,
+    ) -> Result<Response<pb::ExportResponse>, Status> {
+        let replica = &self.replica;
+        replica.check_cluster(request.metadata())?;
+        if let Route::Forward(address) = replica.route(request.metadata())? {
+            let answer = self
+                .cluster_client(&address)?
+                .export(replica.forwarded(request.into_inner()))
+                .await?;
+            return Ok(replica.respond(answer.into_inner()));
+        }
+        let to = request.into_inner().destination;
+        let answer = replica.dr.export(replica, Some(&to)).await?;
+        Ok(replica.respond(answer))
     }
 
     async fn snapshot(

@@ -67,6 +67,36 @@ fn members_table(members: &[pb::Member]) -> String {
     )
 }
 
+fn dr_line(dr: &pb::DrStatus, restore_epoch: u64) -> String {
+    let epoch = if restore_epoch > 0 {
+        format!(" (restore epoch {restore_epoch})")
+    } else {
+        String::new()
+    };
+    if dr.exports_total == 0 && dr.failures_total == 0 {
+        let schedule = if dr.destination.is_empty() {
+            "no scheduled exports".to_string()
+        } else {
+            format!("every {} s to {}", dr.interval_seconds, dr.destination)
+        };
+        return format!("no export by this replica yet; {schedule}{epoch}");
+    }
+    format!(
+        "{} exports, {} failures; last {} ({} bytes, {} ms){}{}",
+        dr.exports_total,
+        dr.failures_total,
+        dr.last_archive,
+        dr.last_size_bytes,
+        dr.last_duration_ms,
+        if dr.last_error.is_empty() {
+            String::new()
+        } else {
+            format!("; last error: {}", dr.last_error)
+        },
+        epoch
+    )
+}
+
 /// Runs a cluster command.
 pub async fn run(ctx: &Context, cmd: ClusterCmd) -> anyhow::Result<Rendered> {
     match cmd {
@@ -74,6 +104,7 @@ pub async fn run(ctx: &Context, cmd: ClusterCmd) -> anyhow::Result<Rendered> {
             let s = status(ctx).await?;
             let h = s.header.clone().unwrap_or_default();
             let p = s.placement.clone().unwrap_or_default();
+            let dr = s.dr.clone().unwrap_or_default();
             let json = json!({
                 "cluster_id": h.cluster_id, "id": h.member_id, "az": s.az, "address": s.address,
                 "state": s.state, "leader": h.leader_id, "leader_address": s.leader_address,
@@ -84,12 +115,21 @@ pub async fn run(ctx: &Context, cmd: ClusterCmd) -> anyhow::Result<Rendered> {
                 "placement": { "healthy": p.healthy, "voter_azs": p.voter_azs, "message": p.message },
                 "counts": { "shards": s.shard_count, "domains": s.domain_count,
                     "bindings": s.binding_count, "quotas": s.quota_count, "providers": s.provider_count },
+                "restore_epoch": h.restore_epoch,
+                "dr": {
+                    "destination": dr.destination, "interval_seconds": dr.interval_seconds,
+                    "encrypted": dr.encrypted, "last_success_unix_ms": dr.last_success_unix_ms,
+                    "last_duration_ms": dr.last_duration_ms, "last_size_bytes": dr.last_size_bytes,
+                    "last_archive": dr.last_archive, "exports_total": dr.exports_total,
+                    "failures_total": dr.failures_total, "last_error": dr.last_error,
+                },
             });
             let human = format!(
                 "cluster {}\nreplica {} ({}, {}) is {}; leader {} at {}; term {}; revision {}\n\
                  log: applied {} last {} snapshot {} purged {}\n\
                  placement: {} ({})\n\
-                 fleet: {} shards, {} domains, {} bindings, {} quotas, {} providers\n\n{}",
+                 fleet: {} shards, {} domains, {} bindings, {} quotas, {} providers\n\
+                 dr: {}\n\n{}",
                 h.cluster_id,
                 h.member_id,
                 s.address,
@@ -110,6 +150,7 @@ pub async fn run(ctx: &Context, cmd: ClusterCmd) -> anyhow::Result<Rendered> {
                 s.binding_count,
                 s.quota_count,
                 s.provider_count,
+                dr_line(&dr, h.restore_epoch),
                 members_table(&s.members),
             );
             Ok(Rendered { json, human })

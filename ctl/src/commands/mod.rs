@@ -3,6 +3,7 @@
 pub mod binding;
 pub mod cluster;
 pub mod domain;
+pub mod dr;
 pub mod provider;
 pub mod quota;
 pub mod shard;

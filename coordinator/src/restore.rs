@@ -1,0 +1,164 @@
+//! Starting over from what survived: a data dir restored from an archive, or one replica's own
+//! data turned into a new cluster after quorum loss (`--force-new-cluster`). Both end the same
+//! way: a single-voter membership of this replica, the state as a snapshot with an empty log
+//! behind it, a new restore epoch, and the revision moved past anything a client could have
+//! seen. The other replicas then join with fresh data dirs.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use openraft::{CommittedLeaderId, EntryPayload, Membership, SnapshotId};
+
+use crate::fleet::FleetState;
+use crate::raft::state_machine::{load_snapshot, save_snapshot};
+use crate::raft::store::{
+    META_CLUSTER_ID, META_COMMITTED, META_NODE_ID, META_PURGED, META_VOTE, Store, StoreError,
+};
+use crate::raft::types::{Entry, LogId, NodeId, ReplicaNode, SnapshotMeta, StoredMembership, Vote};
+
+/// Why a restore or forced new cluster failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    /// The data dir could not be used.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The state to restore is unreadable.
+    #[error("{what} is corrupt: {reason}")]
+    Corrupt {
+        /// What was being read.
+        what: String,
+        /// Why it failed.
+        reason: String,
+    },
+}
+
+/// What a restore produced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Restored {
+    /// Revision the new cluster starts at.
+    pub revision: u64,
+    /// Its restore epoch.
+    pub restore_epoch: u64,
+    /// Log entries after the last snapshot replayed into the state (forced new cluster).
+    pub replayed_entries: u64,
+}
+
+/// The archived snapshot to restore and where it stood in the old cluster's log.
+pub struct Archived<'a> {
+    /// Cluster id (kept).
+    pub cluster_id: &'a str,
+    /// The encoded fleet state.
+    pub state: &'a [u8],
+    /// Term of its last entry.
+    pub term: u64,
+    /// Index of its last entry.
+    pub index: u64,
+}
+
+/// Writes a new data dir at `dir` (which must be empty or absent) holding `archived` as the
+/// state of a single-voter cluster made of replica `id` at `node`.
+pub fn restore_into(
+    dir: &Path,
+    id: NodeId,
+    node: ReplicaNode,
+    archived: &Archived<'_>,
+    bump: u64,
+) -> Result<Restored, RestoreError> {
+    let mut fleet = FleetState::decode(archived.state).map_err(|e| RestoreError::Corrupt {
+        what: "the archived fleet state".into(),
+        reason: e.to_string(),
+    })?;
+    fleet.mark_restored(bump);
+    let store = Store::open(dir)?;
+    store.write_meta(META_NODE_ID, &id, false)?;
+    store.write_meta(META_CLUSTER_ID, &archived.cluster_id.to_string(), false)?;
+    let last = LogId::new(CommittedLeaderId::new(archived.term, id), archived.index);
+    rewrite_single_voter(&store, id, node, &fleet, last)?;
+    Ok(Restored {
+        revision: fleet.revision(),
+        restore_epoch: fleet.restore_epoch(),
+        replayed_entries: 0,
+    })
+}
+
+/// Turns this replica's own data into a new single-voter cluster: its latest snapshot plus
+/// every entry in its log after it (committed or not, as etcd's `--force-new-cluster` does:
+/// the survivor's log is the best record left).
+pub fn force_new_cluster(
+    store: &Store,
+    id: NodeId,
+    node: ReplicaNode,
+    bump: u64,
+) -> Result<Restored, RestoreError> {
+    let corrupt = |what: String, reason: String| RestoreError::Corrupt { what, reason };
+    let (mut fleet, mut last) = match load_snapshot(store)
+        .map_err(|e| corrupt(format!("the snapshot in {}", store.path()), e.to_string()))?
+    {
+        Some((meta, data)) => (
+            FleetState::decode(&data)
+                .map_err(|e| corrupt(format!("the snapshot in {}", store.path()), e.to_string()))?,
+            meta.last_log_id,
+        ),
+        None => (FleetState::new(), None),
+    };
+    let from = last.map(|l| l.index + 1).unwrap_or(0);
+    let mut replayed = 0;
+    for item in store.log.range(crate::raft::store::log_key(from)..) {
+        let (_, value) = item.into_inner().map_err(|e| store.err(e))?;
+        let entry: Entry = serde_json::from_slice(&value)
+            .map_err(|e| corrupt(format!("a log entry in {}", store.path()), e.to_string()))?;
+        if let EntryPayload::Normal(request) = &entry.payload {
+            let id = (!request.request_id.is_empty()).then_some(request.request_id.as_str());
+            // A command that failed when it was first applied fails the same way here.
+            let _ = fleet.apply_request_tracked(id, &request.command);
+        }
+        last = Some(entry.log_id);
+        replayed += 1;
+    }
+    fleet.mark_restored(bump);
+    let last = last.unwrap_or_else(|| LogId::new(CommittedLeaderId::new(0, id), 0));
+    let last = LogId::new(CommittedLeaderId::new(last.leader_id.term, id), last.index);
+    rewrite_single_voter(store, id, node, &fleet, last)?;
+    Ok(Restored {
+        revision: fleet.revision(),
+        restore_epoch: fleet.restore_epoch(),
+        replayed_entries: replayed,
+    })
+}
+
+/// Replaces the log and snapshot with `fleet` as a snapshot at `last` whose membership is
+/// replica `id` alone, and records a vote for itself in that term so its first election
+/// starts one term later.
+fn rewrite_single_voter(
+    store: &Store,
+    id: NodeId,
+    node: ReplicaNode,
+    fleet: &FleetState,
+    last: LogId,
+) -> Result<(), RestoreError> {
+    let membership = Membership::new(vec![BTreeSet::from([id])], BTreeMap::from([(id, node)]));
+    let meta = SnapshotMeta {
+        last_log_id: Some(last),
+        last_membership: StoredMembership::new(Some(last), membership),
+        snapshot_id: SnapshotId::from(format!(
+            "restored-e{}-{}-{}",
+            fleet.restore_epoch(),
+            last.leader_id.term,
+            last.index
+        )),
+    };
+    let mut batch = store.db.batch();
+    for item in store.log.iter() {
+        let key = item.key().map_err(|e| store.err(e))?;
+        batch.remove(&store.log, key);
+    }
+    batch.commit().map_err(|e| store.err(e))?;
+    save_snapshot(store, &meta, &fleet.encode()).map_err(|e| RestoreError::Corrupt {
+        what: format!("writing the snapshot into {}", store.path()),
+        reason: e.to_string(),
+    })?;
+    store.write_meta(META_PURGED, &Some(last), false)?;
+    store.write_meta(META_COMMITTED, &Some(last), false)?;
+    store.write_meta(META_VOTE, &Vote::new(last.leader_id.term, id), true)?;
+    Ok(())
+}

@@ -1,0 +1,190 @@
+//! Restore from an archive with shards attached: the cluster is exported, changed, lost
+//! (every replica SIGKILLed), restored into a fresh single-voter data dir, and rejoined. Each
+//! shard sees the new restore epoch, drops the grants the archive does not hold (even though
+//! its cached revision was newer than the archive's) and converges to the restored state.
+
+use std::path::Path;
+use std::time::Duration;
+
+use ballast_coordinator::node::RESTORE_BUMP;
+use ballast_coordinator::raft::types::ReplicaNode;
+use ballast_coordinator::restore::{Archived, restore_into};
+use ballast_dr::{ArchiveUrl, NoProgress};
+use ballast_protocol::pb;
+use ballast_testkit::{
+    ClusterOptions, FAST_FLAGS, ShardProcess, TestCluster, assign_domain, wait_for,
+};
+
+fn program() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_ballast-sim"))
+}
+
+async fn cluster() -> TestCluster {
+    TestCluster::start_with(
+        ClusterOptions {
+            program: program().to_path_buf(),
+            leading_args: vec!["replica".into()],
+            extra: FAST_FLAGS.iter().map(|s| s.to_string()).collect(),
+            ..ClusterOptions::default()
+        },
+        3,
+    )
+    .await
+}
+
+fn domains(status: &pb::ShardStatusResponse) -> Vec<String> {
+    let mut d = status.domains.clone();
+    d.sort();
+    d
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shards_converge_to_a_restored_archive() {
+    let archives = tempfile::tempdir().expect("archive dir");
+    let mut cluster = cluster().await;
+    let shard = |id: &str, az: &str| -> ShardProcess {
+        cluster.spawn_shard(program(), &["shard"], id, az, &["--lease-ms", "3000"])
+    };
+    let s1 = shard("s1", "az-a");
+    let s2 = shard("s2", "az-b");
+    let client = cluster.client();
+    cluster.wait_for_shards(2).await;
+    assign_domain(&client, "zone=az-a/rack=r1", "s1", false).await;
+    let before_export = assign_domain(&client, "zone=az-b/rack=r2", "s2", false).await;
+    s2.wait_until("r2", |st| st.revision >= before_export).await;
+
+    // Export (through any replica: it runs on the leader).
+    let exported = client
+        .cluster(|mut c, req| {
+            let destination = archives.path().display().to_string();
+            async move { c.export(req.wrap(pb::ExportRequest { destination })).await }
+        })
+        .await
+        .expect("export");
+    assert!(exported.revision >= before_export);
+
+    // Changes after the export, which the restore will not know about.
+    assign_domain(&client, "zone=az-a/rack=r3", "s1", false).await;
+    let last = assign_domain(&client, "zone=az-b/rack=r2", "s1", true).await;
+    let ahead = s1
+        .wait_until("post-export grants", |st| {
+            st.revision >= last && domains(st).len() == 3
+        })
+        .await;
+    assert!(ahead.revision > exported.revision);
+    s2.wait_until("r2 moved away", |st| st.domains.is_empty())
+        .await;
+
+    // The whole cluster is lost.
+    for id in 1..=3 {
+        cluster.kill(id);
+    }
+
+    // Restore the archive into replica 1's data dir (as `ballastctl dr restore` does).
+    let archive = ArchiveUrl::parse(&exported.archive_url).expect("archive url");
+    let verified = ballast_dr::verify(&archive, None, true, &NoProgress)
+        .await
+        .expect("verify");
+    let manifest = verified.manifest;
+    let (address, az, data_dir) = {
+        let r = cluster.replica(1);
+        (r.address.clone(), r.az.clone(), r.data_dir.clone())
+    };
+    std::fs::remove_dir_all(&data_dir).expect("dropping the lost data dir");
+    let restored = restore_into(
+        &data_dir,
+        1,
+        ReplicaNode { address, az },
+        &Archived {
+            cluster_id: &manifest.cluster_id,
+            state: verified.data.as_deref().expect("plain archive"),
+            term: manifest.term,
+            index: manifest.log_index,
+        },
+        RESTORE_BUMP,
+    )
+    .expect("restore");
+    assert_eq!(restored.restore_epoch, 1);
+    assert_eq!(restored.revision, manifest.revision + RESTORE_BUMP);
+    cluster.restart(1);
+    cluster.wait_for_voters(1).await;
+    let status = cluster.status(1).await.expect("restored replica answers");
+    let header = status.header.expect("header");
+    assert_eq!(header.cluster_id, manifest.cluster_id);
+    assert_eq!(header.restore_epoch, 1);
+    assert!(header.revision >= restored.revision);
+
+    // Shards notice the restore and converge to what the archive holds.
+    s1.wait_until("only its archived grant", |st| {
+        domains(st) == vec!["zone=az-a/rack=r1".to_string()] && st.revision >= restored.revision
+    })
+    .await;
+    s2.wait_until("its archived grant back", |st| {
+        domains(st) == vec!["zone=az-b/rack=r2".to_string()] && st.revision >= restored.revision
+    })
+    .await;
+
+    // The other replicas rejoin with fresh data dirs; the restored cluster takes writes.
+    cluster.rejoin_fresh(2).await;
+    cluster.rejoin_fresh(3).await;
+    let after = assign_domain(&client, "zone=az-a/rack=r4", "s1", false).await;
+    assert!(after > restored.revision);
+    s1.wait_until("a grant after the restore", |st| {
+        st.revision >= after && domains(st).len() == 2
+    })
+    .await;
+    let converged = wait_for("replicas to converge", Duration::from_secs(30), || async {
+        let mut revisions = Vec::new();
+        for id in 1..=3 {
+            revisions.push(cluster.status(id).await?.header?.revision);
+        }
+        revisions.iter().all(|r| *r >= after).then_some(revisions)
+    })
+    .await;
+    assert_eq!(converged.len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn force_new_cluster_recovers_from_quorum_loss() {
+    let mut cluster = cluster().await;
+    let s1 = cluster.spawn_shard(program(), &["shard"], "s1", "az-a", &["--lease-ms", "3000"]);
+    let client = cluster.client();
+    cluster.wait_for_shards(1).await;
+    let mut last = 0;
+    for rack in 0..20 {
+        last = assign_domain(&client, &format!("zone=az-a/rack=r{rack}"), "s1", false).await;
+    }
+    s1.wait_until("its 20 domains", |st| st.revision >= last)
+        .await;
+    // Replica 1 has every acknowledged write (it may lead or follow); then quorum is lost.
+    cluster.wait_for_revision(1, last).await;
+    for id in 1..=3 {
+        cluster.kill(id);
+    }
+
+    cluster.restart_with(1, &["--force-new-cluster"]);
+    cluster.wait_for_voters(1).await;
+    let status = cluster.status(1).await.expect("replica 1 answers");
+    let header = status.header.expect("header");
+    assert_eq!(header.restore_epoch, 1);
+    assert!(
+        header.revision > last,
+        "revision moved past what clients saw"
+    );
+    assert_eq!(status.domain_count, 20, "every acknowledged write survived");
+    assert_eq!(status.members.len(), 1);
+
+    // The shard follows into the new epoch and keeps its domains.
+    let followed = s1
+        .wait_until("the new epoch", |st| st.revision >= header.revision)
+        .await;
+    assert_eq!(followed.domains.len(), 20);
+
+    // The others rejoin fresh and the cluster takes writes again.
+    cluster.rejoin_fresh(2).await;
+    cluster.rejoin_fresh(3).await;
+    let after = assign_domain(&client, "zone=az-a/rack=r99", "s1", false).await;
+    assert!(after > header.revision);
+    s1.wait_until("a grant after the recovery", |st| st.domains.len() == 21)
+        .await;
+}
