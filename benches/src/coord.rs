@@ -9,6 +9,7 @@ use anyhow::Context;
 use ballast_protocol::client::BallastClient;
 use ballast_protocol::pb;
 use ballast_protocol::pb::command::Command as Wire;
+use ballast_testkit::fleet::{self, shard_id};
 use ballast_testkit::{ClusterOptions, TestCluster};
 
 use crate::stats::{Summary, dir_bytes, mib, ms, rss_bytes};
@@ -44,12 +45,6 @@ fn command(inner: Wire) -> pb::Command {
         command: Some(inner),
     }
 }
-
-fn shard_id(i: usize) -> String {
-    format!("shard-{i:03}")
-}
-
-const AZS: [&str; 3] = ["az-a", "az-b", "az-c"];
 
 struct ThroughputRow {
     in_flight: usize,
@@ -206,45 +201,6 @@ async fn propagation(
     Ok(Summary::of(&mut samples))
 }
 
-async fn load_fleet(
-    client: &BallastClient,
-    domains: usize,
-    bindings: usize,
-    shards: usize,
-) -> anyhow::Result<()> {
-    const BATCH: usize = 10_000;
-    for start in (0..domains).step_by(BATCH) {
-        let assignments = (start..(start + BATCH).min(domains))
-            .map(|n| pb::DomainAssignment {
-                domain: format!("topology.kubernetes.io/zone={}/rack=r{:06}", AZS[n % 3], n),
-                shard: shard_id(n % shards),
-            })
-            .collect();
-        client
-            .write(command(Wire::AssignDomains(pb::AssignDomains {
-                assignments,
-                allow_move: false,
-            })))
-            .await
-            .context("loading domains")?;
-    }
-    for start in (0..bindings).step_by(BATCH) {
-        let commands = (start..(start + BATCH).min(bindings))
-            .map(|n| {
-                command(Wire::BindCluster(pb::BindCluster {
-                    cluster: format!("cluster-{n:06}"),
-                    shard: shard_id(n % shards),
-                }))
-            })
-            .collect();
-        client
-            .write(command(Wire::Batch(pb::Batch { commands })))
-            .await
-            .context("loading bindings")?;
-    }
-    Ok(())
-}
-
 fn rss_row(cluster: &TestCluster) -> (Vec<u64>, u64) {
     let each: Vec<u64> = cluster
         .replicas
@@ -275,20 +231,7 @@ pub async fn run(args: CoordBenchArgs) -> anyhow::Result<()> {
     eprintln!("idle RSS: {idle_rss:?}");
 
     let client = Arc::new(cluster.client());
-    let registrations = (0..args.shards)
-        .map(|i| {
-            command(Wire::RegisterShard(pb::RegisterShard {
-                id: shard_id(i),
-                address: format!("10.0.{}.{}:7800", i / 250, i % 250),
-                az: AZS[i % 3].into(),
-                lease_ttl_ms: 3_600_000,
-            }))
-        })
-        .collect();
-    client
-        .write(command(Wire::Batch(pb::Batch {
-            commands: registrations,
-        })))
+    fleet::register_shards(&client, args.shards)
         .await
         .context("registering shards")?;
 
@@ -320,7 +263,12 @@ pub async fn run(args: CoordBenchArgs) -> anyhow::Result<()> {
         "loading {} domains and {} bindings",
         args.domains, args.bindings
     );
-    load_fleet(&client, args.domains, args.bindings, args.shards).await?;
+    fleet::assign_domains(&client, args.domains, args.shards)
+        .await
+        .context("loading domains")?;
+    fleet::bind_clusters(&client, args.bindings, args.shards)
+        .await
+        .context("loading bindings")?;
     // Give every replica time to apply and settle allocator arenas before reading RSS.
     let revision = client.revision().await?;
     cluster.wait_until_converged(revision).await;

@@ -3,6 +3,7 @@
 //! the leader can be killed with a real SIGKILL.
 
 mod demo;
+mod drill;
 
 use clap::{Parser, Subcommand};
 
@@ -18,6 +19,9 @@ enum Command {
     /// Start a local 3-replica cluster in AZs az-a, az-b, az-c, load a small fleet, kill the
     /// leader, show the failover, and keep serving until Ctrl-C.
     Demo(demo::DemoArgs),
+    /// Drills: `drill dr` exports, destroys, restores and compares a loaded cluster.
+    #[command(subcommand)]
+    Drill(drill::Drill),
     /// Run one coordinator replica (same flags as `ballast-coord`); used by the demo.
     Replica(Box<ballast_coordinator::config::CoordArgs>),
     /// Run one shard worker (same flags as `ballast-shard`); used by the demo and tests.
@@ -32,6 +36,7 @@ fn main() -> anyhow::Result<()> {
 async fn run() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Demo(args) => demo::run(args).await,
+        Command::Drill(drill) => drill::run(drill).await,
         Command::Shard(args) => {
             ballast_shard::config::init_logging();
             ballast_shard::config::run_until_signal(args).await?;
