@@ -320,7 +320,9 @@ pub async fn run(args: CoordBenchArgs) -> anyhow::Result<()> {
          (heartbeat 50 ms, election 150–300 ms), each fsyncing its fjall journal before \
          acknowledging appends. {} shards registered. Figures move with the disk, which on this \
          machine changes speed from hour to hour; compare runs only within one report. Shard \
-         figures (engine, cold restart) are in `benchmarks-shard.md`.\n",
+         figures (engine, cold restart) are in `benchmarks-shard.md`; DR figures (export, \
+         restore, RTO, RPO, archive size for the 100M-fleet state, local and S3) in \
+         `benchmarks-dr.md`.\n",
         crate::stats::machine(),
         args.shards
     )?;
