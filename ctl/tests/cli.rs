@@ -380,3 +380,40 @@ async fn dr_export_list_verify_restore_and_refusals() {
 
     running.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduled_exports_run_on_the_leader_and_keep_the_newest() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let archives = dir.path().join("archives");
+    let running = start_replica_with(
+        &dir.path().join("replica"),
+        DrConfig {
+            destination: Some(archives.display().to_string()),
+            interval: Some(Duration::from_millis(200)),
+            retention: ballast_dr::Retention {
+                keep_last: Some(2),
+                max_age: None,
+            },
+            key: None,
+        },
+    )
+    .await;
+    let endpoint = running.local_addr.to_string();
+    let e = endpoint.as_str();
+    wait_for_leader(e).await;
+    let from = archives.to_str().expect("utf-8");
+    let mut exports = 0;
+    for _ in 0..100 {
+        let status = ok_json(e, &["cluster", "status", "--json"]);
+        exports = status["dr"]["exports_total"].as_u64().unwrap_or(0);
+        if exports >= 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(exports >= 4, "only {exports} scheduled exports");
+    // Retention after every export keeps the two newest.
+    let listed = ok_json(e, &["dr", "list", "--from", from, "--json"]);
+    assert_eq!(listed.as_array().map(|a| a.len()), Some(2), "{listed}");
+    running.shutdown().await;
+}
