@@ -6,6 +6,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "ballast/v1/raft.proto",
         "ballast/v1/fleet.proto",
         "ballast/v1/shard.proto",
+        "etcd/mvccpb/kv.proto",
+        "etcd/etcdserverpb/rpc.proto",
     ];
     let descriptors = protox::compile(files, ["proto"])?;
     tonic_prost_build::configure()

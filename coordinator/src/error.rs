@@ -6,6 +6,9 @@ use crate::fleet::{ErrorKind, FleetError};
 
 /// Maps a fleet state-machine refusal to its gRPC status; the message is the error's own text.
 pub fn fleet_status(error: &FleetError) -> Status {
+    if let FleetError::Kv(e) = error {
+        return kv_status(e);
+    }
     let code = match error.kind() {
         ErrorKind::InvalidArgument => Code::InvalidArgument,
         ErrorKind::NotFound => Code::NotFound,
@@ -19,4 +22,23 @@ pub fn fleet_status(error: &FleetError) -> Status {
 /// An invalid-argument status naming the field.
 pub fn invalid(field: &str, reason: impl std::fmt::Display) -> Status {
     Status::invalid_argument(format!("invalid {field}: {reason}"))
+}
+
+/// The gRPC status etcd answers a KV refusal with (same code, same message).
+pub fn kv_status(error: &crate::kv::KvError) -> Status {
+    use crate::kv::KvError;
+    let code = match error {
+        KvError::EmptyKey
+        | KvError::TooLarge
+        | KvError::DuplicateKey
+        | KvError::TooManyOps
+        | KvError::BadLeaseId
+        | KvError::LeaseTtlNegative => Code::InvalidArgument,
+        KvError::LeaseNotFound | KvError::KeyNotFound => Code::NotFound,
+        KvError::LeaseExists => Code::FailedPrecondition,
+        KvError::LeaseTtlTooLarge | KvError::Compacted { .. } | KvError::FutureRevision => {
+            Code::OutOfRange
+        }
+    };
+    Status::new(code, error.to_string())
 }

@@ -6,6 +6,7 @@ pub mod dr;
 pub mod error;
 pub mod fleet;
 pub mod history;
+pub mod kv;
 pub mod leases;
 pub mod node;
 pub mod raft;

@@ -1,6 +1,12 @@
 //! Starting a replica: open the data dir, settle the cluster identity (bootstrap, join or
 //! restart), start openraft and the gRPC server, and run the background duties.
 
+use ballast_protocol::etcdserverpb::{
+    cluster_server as etcd_cluster, kv_server as etcd_kv, lease_server as etcd_lease,
+    maintenance_server as etcd_maintenance, watch_server as etcd_watch,
+};
+
+use crate::service::etcd::EtcdApi;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -330,6 +336,10 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
         tokio::spawn(rebalance_loop(replica.clone(), interval, stopped.clone()));
     }
     tokio::spawn(crate::dr::export_loop(replica.clone(), stopped.clone()));
+    tokio::spawn(crate::service::etcd::lease_expiry_loop(
+        replica.clone(),
+        stopped.clone(),
+    ));
     tokio::spawn(snapshot_timer(raft, config.snapshot_interval, stopped));
     tracing::info!(id = config.id, az = %config.az, %local_addr, cluster_id = %cluster_id, "replica serving");
     Ok(RunningNode {
@@ -352,6 +362,7 @@ fn serve(
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let assignments = AssignmentsServer::new(AssignmentsService::new(replica.clone()));
+    let etcd = EtcdApi::new(replica.clone());
     let cluster = ClusterServer::new(ClusterService::new(replica));
     tokio::spawn(
         tonic::transport::Server::builder()
@@ -360,6 +371,15 @@ fn serve(
             .add_service(fleet)
             .add_service(cluster)
             .add_service(assignments)
+            .add_service(
+                etcd_kv::KvServer::new(etcd.clone())
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            )
+            .add_service(etcd_watch::WatchServer::new(etcd.clone()))
+            .add_service(etcd_lease::LeaseServer::new(etcd.clone()))
+            .add_service(etcd_cluster::ClusterServer::new(etcd.clone()))
+            .add_service(etcd_maintenance::MaintenanceServer::new(etcd))
             .serve_with_incoming_shutdown(
                 // Without TCP_NODELAY, answers larger than a segment wait out delayed ACKs (~40 ms).
                 TcpIncoming::from(listener).with_nodelay(Some(true)),

@@ -54,6 +54,8 @@ pub struct Replica {
     pub leases: ShardLeases,
     /// Archive exports.
     pub dr: DrExporter,
+    /// Deadlines of KV leases while leading.
+    pub lease_clock: crate::service::etcd::LeaseClock,
     channels: Mutex<HashMap<String, Channel>>,
 }
 
@@ -87,6 +89,7 @@ impl Replica {
             timing,
             leases: ShardLeases::default(),
             dr,
+            lease_clock: Default::default(),
             channels: Mutex::new(HashMap::new()),
         }
     }

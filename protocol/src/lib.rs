@@ -13,6 +13,19 @@ pub mod pb {
     tonic::include_proto!("ballast.v1");
 }
 
+/// etcd's storage messages (package `mvccpb`), as carried by its v3 API.
+pub mod mvccpb {
+    #![allow(missing_docs, clippy::all)]
+    tonic::include_proto!("mvccpb");
+}
+
+/// etcd's v3 client API (package `etcdserverpb`): the services Ballast serves so `etcdctl` and
+/// etcd client libraries work against it.
+pub mod etcdserverpb {
+    #![allow(missing_docs, clippy::all)]
+    tonic::include_proto!("etcdserverpb");
+}
+
 /// gRPC metadata key carrying the cluster id a request is meant for; a replica of another
 /// cluster rejects the request with `FailedPrecondition`. Replicas also stamp it on answers.
 pub const CLUSTER_ID_HEADER: &str = "ballast-cluster-id";

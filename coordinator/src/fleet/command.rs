@@ -116,4 +116,6 @@ pub enum FleetCommand {
         /// The commands, in order.
         commands: Vec<FleetCommand>,
     },
+    /// A coordination-KV command (etcd API); shares the revision counter.
+    Kv(crate::kv::KvCommand),
 }

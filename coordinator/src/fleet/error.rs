@@ -112,6 +112,9 @@ pub enum FleetError {
     /// Snapshot bytes did not decode.
     #[error("fleet snapshot is corrupt: {0}")]
     CorruptSnapshot(String),
+    /// A KV command was refused.
+    #[error(transparent)]
+    Kv(#[from] crate::kv::KvError),
 }
 
 impl FleetError {
@@ -133,6 +136,8 @@ impl FleetError {
             | FleetError::ProviderInUse { .. } => ErrorKind::FailedPrecondition,
             FleetError::TooLarge { .. } => ErrorKind::InvalidArgument,
             FleetError::InBatch { source, .. } => source.kind(),
+            // The KV services map these to etcd's codes themselves.
+            FleetError::Kv(_) => ErrorKind::InvalidArgument,
         }
     }
 

@@ -76,6 +76,9 @@ pub struct Applied {
     pub revision: Revision,
     /// False when the command changed nothing (the revision did not move).
     pub changed: bool,
+    /// What a KV command answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kv: Option<crate::kv::KvReply>,
 }
 
 /// Table sizes.
@@ -212,6 +215,9 @@ pub struct FleetState {
     /// comparable only within one restore epoch.
     #[serde(default)]
     restore_epoch: u64,
+    /// The coordination KV (etcd API).
+    #[serde(default)]
+    kv: crate::kv::KvStore,
     shards: BTreeMap<String, ShardRecord>,
     /// Domain → owning shard.
     domains: BTreeMap<String, String>,
@@ -281,6 +287,13 @@ fn check_domains<'a>(
 /// Syntax checks that need no state; `depth` refuses nested batches.
 fn check_syntax(cmd: &FleetCommand, nested: bool) -> Result<(), FleetError> {
     match cmd {
+        FleetCommand::Kv(_) if nested => {
+            return Err(FleetError::invalid(
+                "command",
+                "KV commands cannot be batched with fleet commands (use a KV transaction)",
+            ));
+        }
+        FleetCommand::Kv(op) => crate::kv::check_command(op)?,
         FleetCommand::RegisterShard {
             id,
             address,
@@ -378,6 +391,11 @@ impl FleetState {
         self.revision
     }
 
+    /// The coordination KV.
+    pub fn kv(&self) -> &crate::kv::KvStore {
+        &self.kv
+    }
+
     /// Restore epoch (0 until the first restore).
     pub fn restore_epoch(&self) -> u64 {
         self.restore_epoch
@@ -408,6 +426,19 @@ impl FleetState {
         &mut self,
         cmd: &FleetCommand,
     ) -> Result<(Applied, Vec<Change>), FleetError> {
+        if let FleetCommand::Kv(op) = cmd {
+            let next = self.revision + 1;
+            let (reply, wrote) = self.kv.apply(op, self.revision, next)?;
+            if wrote {
+                self.revision = next;
+            }
+            let applied = Applied {
+                revision: self.revision,
+                changed: wrote,
+                kv: Some(reply),
+            };
+            return Ok((applied, Vec::new()));
+        }
         check_syntax(cmd, false)?;
         let mut journal = Vec::new();
         match self.exec(cmd, &mut journal) {
@@ -419,6 +450,7 @@ impl FleetState {
                 let applied = Applied {
                     revision: self.revision,
                     changed,
+                    kv: None,
                 };
                 Ok((applied, self.changes_from(journal)))
             }
@@ -515,6 +547,14 @@ impl FleetState {
 
     fn exec(&mut self, cmd: &FleetCommand, journal: &mut Vec<Undo>) -> Result<(), FleetError> {
         match cmd {
+            // Applied before `exec` (KV commands journal themselves); only a batch gets here,
+            // and `check_syntax` refuses KV commands in batches.
+            FleetCommand::Kv(_) => {
+                return Err(FleetError::invalid(
+                    "command",
+                    "KV commands cannot be batched with fleet commands",
+                ));
+            }
             FleetCommand::RegisterShard {
                 id,
                 address,

@@ -88,7 +88,8 @@ fn revision_moves_once_per_change_and_not_for_no_ops() {
         applied,
         Applied {
             revision: r,
-            changed: false
+            changed: false,
+            kv: None
         }
     );
     let applied = s
@@ -103,7 +104,8 @@ fn revision_moves_once_per_change_and_not_for_no_ops() {
         applied,
         Applied {
             revision: r + 1,
-            changed: true
+            changed: true,
+            kv: None
         }
     );
 }

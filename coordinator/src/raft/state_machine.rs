@@ -220,6 +220,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     EntryPayload::Blank => Ok(Applied {
                         revision: fleet.revision(),
                         changed: false,
+                        kv: None,
                     }),
                     EntryPayload::Normal(request) => {
                         let id =
@@ -241,6 +242,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                         Ok(Applied {
                             revision: fleet.revision(),
                             changed: false,
+                            kv: None,
                         })
                     }
                 };

@@ -48,6 +48,7 @@ impl Default for RaftResponse {
             outcome: Ok(Applied {
                 revision: 0,
                 changed: false,
+                kv: None,
             }),
         }
     }

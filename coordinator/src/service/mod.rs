@@ -3,5 +3,6 @@
 pub mod assignments;
 pub mod cluster;
 pub mod convert;
+pub mod etcd;
 pub mod fleet;
 pub mod raft;

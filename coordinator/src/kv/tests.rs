@@ -1,0 +1,354 @@
+use proptest::prelude::*;
+
+use super::store::check_command;
+use super::*;
+
+fn key(k: &str) -> KeyRange {
+    KeyRange {
+        key: k.as_bytes().to_vec(),
+        end: Vec::new(),
+    }
+}
+
+fn prefix(p: &str) -> KeyRange {
+    let mut end = p.as_bytes().to_vec();
+    *end.last_mut().expect("non-empty") += 1;
+    KeyRange {
+        key: p.as_bytes().to_vec(),
+        end,
+    }
+}
+
+fn put(k: &str, v: &str) -> KvCommand {
+    KvCommand::Put(PutOp {
+        key: k.into(),
+        value: v.into(),
+        ..PutOp::default()
+    })
+}
+
+/// A store with a revision counter, as the fleet state drives it.
+#[derive(Default)]
+struct Harness {
+    kv: KvStore,
+    revision: u64,
+}
+
+impl Harness {
+    fn apply(&mut self, cmd: &KvCommand) -> Result<KvReply, KvError> {
+        let (reply, wrote) = self.kv.apply(cmd, self.revision, self.revision + 1)?;
+        if wrote {
+            self.revision += 1;
+        }
+        Ok(reply)
+    }
+
+    fn get(&self, range: KeyRange, revision: u64) -> Result<RangeReply, KvError> {
+        self.kv.range(
+            &RangeOp {
+                range,
+                revision,
+                ..RangeOp::default()
+            },
+            self.revision,
+        )
+    }
+}
+
+#[test]
+fn puts_version_keys_and_deletes_leave_tombstones() {
+    let mut h = Harness::default();
+    h.apply(&put("a", "1")).expect("put");
+    h.apply(&put("a", "2")).expect("put");
+    let a = &h.get(key("a"), 0).expect("get").kvs[0];
+    assert_eq!((a.create_revision, a.mod_revision, a.version), (1, 2, 2));
+    let reply = h
+        .apply(&KvCommand::Delete(DeleteOp {
+            range: key("a"),
+            prev_kv: true,
+        }))
+        .expect("delete");
+    assert!(matches!(reply, KvReply::Delete { deleted: 1, ref prev } if prev.len() == 1));
+    assert_eq!(h.get(key("a"), 0).expect("get").count, 0);
+    let events = h.kv.events_after(0).expect("events");
+    assert_eq!(events.len(), 3);
+    assert_eq!(events[2].kind, EventKind::Delete);
+    assert_eq!(events[2].kv.mod_revision, 3);
+    // Recreated: a new create revision and version 1.
+    h.apply(&put("a", "3")).expect("put");
+    let a = &h.get(key("a"), 0).expect("get").kvs[0];
+    assert_eq!((a.create_revision, a.version), (4, 1));
+    // Deleting nothing writes nothing.
+    let before = h.revision;
+    h.apply(&KvCommand::Delete(DeleteOp {
+        range: key("zzz"),
+        prev_kv: false,
+    }))
+    .expect("delete");
+    assert_eq!(h.revision, before);
+}
+
+#[test]
+fn prefix_ranges_limits_and_sorting() {
+    let mut h = Harness::default();
+    for (k, v) in [("app/b", "2"), ("app/a", "3"), ("app/c", "1"), ("apq", "x")] {
+        h.apply(&put(k, v)).expect("put");
+    }
+    let all = h.get(prefix("app/"), 0).expect("range");
+    assert_eq!(all.count, 3);
+    let keys: Vec<&[u8]> = all.kvs.iter().map(|k| k.key.as_slice()).collect();
+    assert_eq!(keys, vec![&b"app/a"[..], b"app/b", b"app/c"]);
+    let limited =
+        h.kv.range(
+            &RangeOp {
+                range: prefix("app/"),
+                limit: 2,
+                sort_order: SortOrder::Descend,
+                sort_target: SortTarget::Value,
+                ..RangeOp::default()
+            },
+            h.revision,
+        )
+        .expect("range");
+    assert!(limited.more);
+    assert_eq!(limited.count, 3);
+    assert_eq!(limited.kvs[0].value, b"3");
+    let everything = h
+        .get(
+            KeyRange {
+                key: vec![0],
+                end: vec![0],
+            },
+            0,
+        )
+        .expect("all");
+    assert_eq!(everything.count, 4);
+}
+
+#[test]
+fn transactions_are_atomic_and_guarded() {
+    let mut h = Harness::default();
+    h.apply(&put("x", "1")).expect("put");
+    let txn = |expect: &str| {
+        KvCommand::Txn(TxnOp {
+            compare: vec![Compare {
+                range: key("x"),
+                target: CompareTarget::Value(expect.into()),
+                result: CompareResult::Equal,
+            }],
+            success: vec![
+                Op::Put(PutOp {
+                    key: "x".into(),
+                    value: "2".into(),
+                    ..PutOp::default()
+                }),
+                Op::Put(PutOp {
+                    key: "y".into(),
+                    value: "2".into(),
+                    ..PutOp::default()
+                }),
+                Op::Range(RangeOp {
+                    range: key("y"),
+                    ..RangeOp::default()
+                }),
+            ],
+            failure: vec![Op::Range(RangeOp {
+                range: key("x"),
+                ..RangeOp::default()
+            })],
+        })
+    };
+    let KvReply::Txn {
+        succeeded,
+        responses,
+    } = h.apply(&txn("1")).expect("txn")
+    else {
+        panic!("txn reply")
+    };
+    assert!(succeeded);
+    // Both puts at one revision; the read inside sees the write before it.
+    assert_eq!(h.revision, 2);
+    assert!(matches!(&responses[2], KvReply::Range(r) if r.kvs[0].value == b"2"));
+    let KvReply::Txn { succeeded, .. } = h.apply(&txn("1")).expect("txn") else {
+        panic!("txn reply")
+    };
+    assert!(!succeeded, "x is 2 now");
+    assert_eq!(h.revision, 2, "a read-only branch writes nothing");
+
+    // A failure half-way undoes the first put.
+    let bad = KvCommand::Txn(TxnOp {
+        compare: vec![],
+        success: vec![
+            Op::Put(PutOp {
+                key: "z".into(),
+                value: "1".into(),
+                ..PutOp::default()
+            }),
+            Op::Put(PutOp {
+                key: "w".into(),
+                value: "1".into(),
+                lease: 99,
+                ..PutOp::default()
+            }),
+        ],
+        failure: vec![],
+    });
+    assert_eq!(h.apply(&bad), Err(KvError::LeaseNotFound));
+    assert_eq!(h.get(key("z"), 0).expect("get").count, 0);
+    assert_eq!(h.revision, 2);
+    assert_eq!(h.kv.events_after(0).expect("events").len(), 3);
+}
+
+#[test]
+fn bad_input_is_refused_with_etcd_errors() {
+    let mut h = Harness::default();
+    assert_eq!(h.apply(&put("", "v")), Err(KvError::EmptyKey));
+    let huge = KvCommand::Put(PutOp {
+        key: "k".into(),
+        value: vec![0; MAX_VALUE_BYTES + 1],
+        ..PutOp::default()
+    });
+    assert_eq!(h.apply(&huge), Err(KvError::TooLarge));
+    let dup = KvCommand::Txn(TxnOp {
+        success: vec![
+            Op::Put(PutOp {
+                key: "k".into(),
+                ..PutOp::default()
+            });
+            2
+        ],
+        ..TxnOp::default()
+    });
+    assert_eq!(h.apply(&dup), Err(KvError::DuplicateKey));
+    let many = KvCommand::Txn(TxnOp {
+        success: (0..=MAX_TXN_OPS)
+            .map(|i| {
+                Op::Put(PutOp {
+                    key: format!("k{i}").into_bytes(),
+                    ..PutOp::default()
+                })
+            })
+            .collect(),
+        ..TxnOp::default()
+    });
+    assert_eq!(h.apply(&many), Err(KvError::TooManyOps));
+    assert_eq!(
+        check_command(&KvCommand::LeaseGrant { id: 5, ttl: -1 }),
+        Err(KvError::LeaseTtlNegative)
+    );
+    assert_eq!(
+        h.apply(&KvCommand::LeaseRevoke { id: 5 }),
+        Err(KvError::LeaseNotFound)
+    );
+    assert_eq!(
+        h.apply(&KvCommand::Put(PutOp {
+            key: "missing".into(),
+            ignore_value: true,
+            ..PutOp::default()
+        })),
+        Err(KvError::KeyNotFound)
+    );
+    assert_eq!(h.get(key("k"), 5), Err(KvError::FutureRevision));
+    assert_eq!(h.revision, 0, "nothing was written");
+    assert_eq!(h.kv.len(), 0);
+}
+
+#[test]
+fn leases_own_keys_and_revoking_deletes_them() {
+    let mut h = Harness::default();
+    h.apply(&KvCommand::LeaseGrant { id: 7, ttl: 1 })
+        .expect("grant");
+    assert_eq!(h.kv.lease(7).map(|l| l.ttl), Some(MIN_LEASE_TTL));
+    assert_eq!(
+        h.apply(&KvCommand::LeaseGrant { id: 7, ttl: 10 }),
+        Err(KvError::LeaseExists)
+    );
+    for k in ["l/a", "l/b"] {
+        h.apply(&KvCommand::Put(PutOp {
+            key: k.into(),
+            value: "v".into(),
+            lease: 7,
+            ..PutOp::default()
+        }))
+        .expect("put");
+    }
+    // Moving a key off the lease detaches it.
+    h.apply(&put("l/b", "free")).expect("put");
+    assert_eq!(h.kv.lease(7).map(|l| l.keys.len()), Some(1));
+    let revision = h.revision;
+    h.apply(&KvCommand::LeaseRevoke { id: 7 }).expect("revoke");
+    assert_eq!(h.revision, revision + 1);
+    assert_eq!(h.get(prefix("l/"), 0).expect("range").count, 1);
+    assert!(h.kv.lease(7).is_none());
+    assert_eq!(h.kv.dangling(), 0);
+}
+
+#[test]
+fn compaction_bounds_history_and_refuses_old_revisions() {
+    let mut h = Harness::default();
+    for i in 0..10 {
+        h.apply(&put("k", &i.to_string())).expect("put");
+    }
+    assert_eq!(h.get(key("k"), 3).expect("historic").kvs[0].value, b"2");
+    h.apply(&KvCommand::Compact { revision: 5 })
+        .expect("compact");
+    assert_eq!(h.get(key("k"), 4), Err(KvError::Compacted { compacted: 5 }));
+    assert_eq!(
+        h.get(key("k"), 5).expect("at compaction").kvs[0].value,
+        b"4"
+    );
+    assert_eq!(h.kv.events_after(3), Err(5));
+    assert_eq!(h.kv.events_after(5).expect("events").len(), 5);
+    assert_eq!(
+        h.apply(&KvCommand::Compact { revision: 5 }),
+        Err(KvError::Compacted { compacted: 5 })
+    );
+    assert_eq!(
+        h.apply(&KvCommand::Compact { revision: 99 }),
+        Err(KvError::FutureRevision)
+    );
+}
+
+#[test]
+fn history_is_compacted_automatically() {
+    let mut h = Harness::default();
+    for i in 0..(MAX_EVENTS + 10) {
+        h.apply(&put("k", &i.to_string())).expect("put");
+    }
+    assert_eq!(h.kv.compacted(), 10);
+    assert_eq!(h.kv.events_after(10).expect("events").len(), MAX_EVENTS);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// A read at any past revision returns exactly what a read at that revision returned.
+    #[test]
+    fn historic_reads_match_the_past(
+        ops in prop::collection::vec((0..4u8, 0..5u8, 0..3u8), 1..40)
+    ) {
+        let mut h = Harness::default();
+        h.apply(&KvCommand::LeaseGrant { id: 1, ttl: 10 }).expect("grant");
+        let mut seen: Vec<(u64, RangeReply)> = Vec::new();
+        for (kind, k, v) in ops {
+            let k = format!("k{k}");
+            let cmd = match kind {
+                0 | 1 => put(&k, &v.to_string()),
+                2 => KvCommand::Delete(DeleteOp { range: key(&k), prev_kv: false }),
+                _ => KvCommand::Put(PutOp {
+                    key: k.into_bytes(),
+                    value: vec![v],
+                    lease: 1,
+                    ..PutOp::default()
+                }),
+            };
+            h.apply(&cmd).expect("apply");
+            seen.push((h.revision, h.get(prefix("k"), 0).expect("now")));
+            prop_assert_eq!(h.kv.dangling(), 0);
+        }
+        // Revision 0 means "now" in a read; nothing was written before revision 1.
+        for (revision, then) in seen.into_iter().filter(|(r, _)| *r > 0) {
+            prop_assert_eq!(h.get(prefix("k"), revision).expect("then"), then);
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! `etcdserverpb.KV`.
+
+use ballast_protocol::etcdserverpb as epb;
+use ballast_protocol::etcdserverpb::kv_client::KvClient;
+use ballast_protocol::etcdserverpb::kv_server::Kv;
+use tonic::{Request, Response, Status};
+
+use super::EtcdApi;
+use super::convert::{delete_op, kv, put_op, range_op, range_response, response_op, txn_op};
+use crate::error::kv_status;
+use crate::kv::{KvCommand, KvReply};
+
+#[tonic::async_trait]
+impl Kv for EtcdApi {
+    async fn range(
+        &self,
+        request: Request<epb::RangeRequest>,
+    ) -> Result<Response<epb::RangeResponse>, Status> {
+        self.replica.check_cluster(request.metadata())?;
+        let request = request.into_inner();
+        let op = range_op(&request)?;
+        if !request.serializable {
+            self.replica.linearize().await?;
+        }
+        let fleet = self.replica.state.fleet();
+        let current = fleet.revision();
+        let reply = fleet.kv().range(&op, current).map_err(|e| kv_status(&e))?;
+        drop(fleet);
+        Ok(Response::new(range_response(
+            &reply,
+            self.header_at(current),
+        )))
+    }
+
+    async fn put(
+        &self,
+        request: Request<epb::PutRequest>,
+    ) -> Result<Response<epb::PutResponse>, Status> {
+        let (metadata, _, body) = request.into_parts();
+        let body = &body;
+        let answer = self
+            .on_leader(
+                &metadata,
+                || async move {
+                    let (reply, revision) = self.propose(KvCommand::Put(put_op(body))).await?;
+                    let KvReply::Put { prev } = reply else {
+                        return Err(Status::internal("put answered with another reply"));
+                    };
+                    Ok(epb::PutResponse {
+                        header: Some(self.header_at(revision)),
+                        prev_kv: prev.as_ref().map(kv),
+                    })
+                },
+                |channel| async move {
+                    let request = self.replica.forwarded(body.clone());
+                    Ok(KvClient::new(channel).put(request).await?.into_inner())
+                },
+            )
+            .await?;
+        Ok(Response::new(answer))
+    }
+
+    async fn delete_range(
+        &self,
+        request: Request<epb::DeleteRangeRequest>,
+    ) -> Result<Response<epb::DeleteRangeResponse>, Status> {
+        let (metadata, _, body) = request.into_parts();
+        let body = &body;
+        let answer = self
+            .on_leader(
+                &metadata,
+                || async move {
+                    let (reply, revision) =
+                        self.propose(KvCommand::Delete(delete_op(body))).await?;
+                    let KvReply::Delete { deleted, prev } = reply else {
+                        return Err(Status::internal("delete answered with another reply"));
+                    };
+                    Ok(epb::DeleteRangeResponse {
+                        header: Some(self.header_at(revision)),
+                        deleted: deleted as i64,
+                        prev_kvs: prev.iter().map(kv).collect(),
+                    })
+                },
+                |channel| async move {
+                    let request = self.replica.forwarded(body.clone());
+                    Ok(KvClient::new(channel)
+                        .delete_range(request)
+                        .await?
+                        .into_inner())
+                },
+            )
+            .await?;
+        Ok(Response::new(answer))
+    }
+
+    async fn txn(
+        &self,
+        request: Request<epb::TxnRequest>,
+    ) -> Result<Response<epb::TxnResponse>, Status> {
+        let (metadata, _, body) = request.into_parts();
+        let txn = &txn_op(&body)?;
+        let body = &body;
+        let answer = self
+            .on_leader(
+                &metadata,
+                || async move {
+                    let (reply, revision) = self.propose(KvCommand::Txn(txn.clone())).await?;
+                    let header = self.header_at(revision);
+                    let KvReply::Txn {
+                        succeeded,
+                        responses,
+                    } = reply
+                    else {
+                        return Err(Status::internal("txn answered with another reply"));
+                    };
+                    Ok(epb::TxnResponse {
+                        header: Some(header),
+                        succeeded,
+                        responses: responses.iter().map(|r| response_op(r, &header)).collect(),
+                    })
+                },
+                |channel| async move {
+                    let request = self.replica.forwarded(body.clone());
+                    Ok(KvClient::new(channel).txn(request).await?.into_inner())
+                },
+            )
+            .await?;
+        Ok(Response::new(answer))
+    }
+
+    async fn compact(
+        &self,
+        request: Request<epb::CompactionRequest>,
+    ) -> Result<Response<epb::CompactionResponse>, Status> {
+        let (metadata, _, body) = request.into_parts();
+        if body.revision <= 0 {
+            return Err(Status::invalid_argument(
+                "etcdserver: compaction revision must be positive",
+            ));
+        }
+        let body = &body;
+        let answer = self
+            .on_leader(
+                &metadata,
+                || async move {
+                    let (_, current) = self
+                        .propose(KvCommand::Compact {
+                            revision: body.revision as u64,
+                        })
+                        .await?;
+                    Ok(epb::CompactionResponse {
+                        header: Some(self.header_at(current)),
+                    })
+                },
+                |channel| async move {
+                    let request = self.replica.forwarded(*body);
+                    Ok(KvClient::new(channel).compact(request).await?.into_inner())
+                },
+            )
+            .await?;
+        Ok(Response::new(answer))
+    }
+}

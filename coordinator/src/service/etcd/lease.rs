@@ -1,0 +1,302 @@
+//! `etcdserverpb.Lease`, and the leader's expiry loop.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ballast_protocol::etcdserverpb as epb;
+use ballast_protocol::etcdserverpb::lease_client::LeaseClient;
+use ballast_protocol::etcdserverpb::lease_server::Lease;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+
+use super::EtcdApi;
+use crate::error::kv_status;
+use crate::kv::{KvCommand, KvError, KvReply, MAX_LEASE_TTL};
+use crate::replica::Replica;
+
+impl EtcdApi {
+    /// Renews lease `id` on the leader; the TTL granted, or 0 when the lease does not exist.
+    async fn keep_alive_once(&self, id: i64) -> Result<epb::LeaseKeepAliveResponse, Status> {
+        self.on_leader(
+            &tonic::metadata::MetadataMap::new(),
+            || async move {
+                let ttl = {
+                    let fleet = self.replica.state.fleet();
+                    fleet.kv().lease(id).map(|l| l.ttl)
+                };
+                if let Some(ttl) = ttl {
+                    self.replica.lease_clock.renew(id, ttl);
+                }
+                Ok(epb::LeaseKeepAliveResponse {
+                    header: Some(self.header_at(self.replica.state.revision())),
+                    id,
+                    ttl: ttl.unwrap_or(0),
+                })
+            },
+            |channel| async move {
+                // One keep-alive through the leader's stream.
+                let outbound = tokio_stream::once(epb::LeaseKeepAliveRequest { id });
+                let mut answers = LeaseClient::new(channel)
+                    .lease_keep_alive(self.replica.forwarded(outbound))
+                    .await?
+                    .into_inner();
+                answers
+                    .message()
+                    .await?
+                    .ok_or_else(|| Status::unavailable("the leader closed the keep-alive stream"))
+            },
+        )
+        .await
+    }
+
+    /// Grants on the leader, picking a random id when none was asked for.
+    async fn grant_here(
+        &self,
+        request: &epb::LeaseGrantRequest,
+    ) -> Result<epb::LeaseGrantResponse, Status> {
+        if request.ttl < 0 {
+            return Err(kv_status(&KvError::LeaseTtlNegative));
+        }
+        if request.ttl > MAX_LEASE_TTL {
+            return Err(kv_status(&KvError::LeaseTtlTooLarge));
+        }
+        if request.id < 0 {
+            return Err(kv_status(&KvError::BadLeaseId));
+        }
+        let mut attempts = 0;
+        loop {
+            let id = if request.id != 0 {
+                request.id
+            } else {
+                (rand::random::<u64>() >> 1).max(1) as i64
+            };
+            match self
+                .propose(KvCommand::LeaseGrant {
+                    id,
+                    ttl: request.ttl,
+                })
+                .await
+            {
+                Ok((KvReply::LeaseGranted { id, ttl }, revision)) => {
+                    self.replica.lease_clock.renew(id, ttl);
+                    return Ok(epb::LeaseGrantResponse {
+                        header: Some(self.header_at(revision)),
+                        id,
+                        ttl,
+                        error: String::new(),
+                    });
+                }
+                Ok(_) => return Err(Status::internal("lease grant answered with another reply")),
+                Err(status)
+                    if request.id == 0
+                        && attempts < 3
+                        && status.message() == KvError::LeaseExists.to_string() =>
+                {
+                    attempts += 1;
+                }
+                Err(status) => return Err(status),
+            }
+        }
+    }
+
+    /// Time to live as the leader sees it.
+    fn time_to_live_here(
+        &self,
+        request: &epb::LeaseTimeToLiveRequest,
+    ) -> epb::LeaseTimeToLiveResponse {
+        let fleet = self.replica.state.fleet();
+        let revision = fleet.revision();
+        match fleet.kv().lease(request.id) {
+            Some(lease) => epb::LeaseTimeToLiveResponse {
+                header: Some(self.header_at(revision)),
+                id: request.id,
+                ttl: self
+                    .replica
+                    .lease_clock
+                    .remaining(request.id)
+                    .unwrap_or(lease.ttl),
+                granted_ttl: lease.ttl,
+                keys: if request.keys {
+                    lease.keys.iter().cloned().collect()
+                } else {
+                    Vec::new()
+                },
+            },
+            None => epb::LeaseTimeToLiveResponse {
+                header: Some(self.header_at(revision)),
+                id: request.id,
+                ttl: -1,
+                ..Default::default()
+            },
+        }
+    }
+}
+
+type KeepAliveStream =
+    Pin<Box<dyn Stream<Item = Result<epb::LeaseKeepAliveResponse, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl Lease for EtcdApi {
+    async fn lease_grant(
+        &self,
+        request: Request<epb::LeaseGrantRequest>,
+    ) -> Result<Response<epb::LeaseGrantResponse>, Status> {
+        let (metadata, _, body) = request.into_parts();
+        let body = &body;
+        let answer = self
+            .on_leader(
+                &metadata,
+                || self.grant_here(body),
+                |channel| async move {
+                    let request = self.replica.forwarded(*body);
+                    Ok(LeaseClient::new(channel)
+                        .lease_grant(request)
+                        .await?
+                        .into_inner())
+                },
+            )
+            .await?;
+        Ok(Response::new(answer))
+    }
+
+    async fn lease_revoke(
+        &self,
+        request: Request<epb::LeaseRevokeRequest>,
+    ) -> Result<Response<epb::LeaseRevokeResponse>, Status> {
+        let (metadata, _, body) = request.into_parts();
+        let body = &body;
+        let answer = self
+            .on_leader(
+                &metadata,
+                || async move {
+                    let (_, revision) =
+                        self.propose(KvCommand::LeaseRevoke { id: body.id }).await?;
+                    Ok(epb::LeaseRevokeResponse {
+                        header: Some(self.header_at(revision)),
+                    })
+                },
+                |channel| async move {
+                    let request = self.replica.forwarded(*body);
+                    Ok(LeaseClient::new(channel)
+                        .lease_revoke(request)
+                        .await?
+                        .into_inner())
+                },
+            )
+            .await?;
+        Ok(Response::new(answer))
+    }
+
+    type LeaseKeepAliveStream = KeepAliveStream;
+
+    async fn lease_keep_alive(
+        &self,
+        request: Request<Streaming<epb::LeaseKeepAliveRequest>>,
+    ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
+        self.replica.check_cluster(request.metadata())?;
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(16);
+        let api = self.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(message)) = inbound.next().await {
+                let answer = api.keep_alive_once(message.id).await;
+                let failed = answer.is_err();
+                if tx.send(answer).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        request: Request<epb::LeaseTimeToLiveRequest>,
+    ) -> Result<Response<epb::LeaseTimeToLiveResponse>, Status> {
+        let (metadata, _, body) = request.into_parts();
+        let body = &body;
+        let answer = self
+            .on_leader(
+                &metadata,
+                || async move { Ok(self.time_to_live_here(body)) },
+                |channel| async move {
+                    let request = self.replica.forwarded(*body);
+                    Ok(LeaseClient::new(channel)
+                        .lease_time_to_live(request)
+                        .await?
+                        .into_inner())
+                },
+            )
+            .await?;
+        Ok(Response::new(answer))
+    }
+
+    async fn lease_leases(
+        &self,
+        request: Request<epb::LeaseLeasesRequest>,
+    ) -> Result<Response<epb::LeaseLeasesResponse>, Status> {
+        self.replica.check_cluster(request.metadata())?;
+        self.replica.linearize().await?;
+        let fleet = self.replica.state.fleet();
+        Ok(Response::new(epb::LeaseLeasesResponse {
+            header: Some(self.header_at(fleet.revision())),
+            leases: fleet
+                .kv()
+                .lease_ids()
+                .into_iter()
+                .map(|id| epb::LeaseStatus { id })
+                .collect(),
+        }))
+    }
+}
+
+/// On the leader: times every lease (a lease first seen in this term gets its full TTL) and
+/// revokes those that ran out, through Raft, so every replica deletes their keys.
+pub async fn lease_expiry_loop(replica: Arc<Replica>, mut stopped: watch::Receiver<bool>) {
+    let api = EtcdApi::new(replica.clone());
+    let mut leading = false;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            _ = stopped.wait_for(|s| *s) => return,
+        }
+        let now_leading = replica.leader().map(|(id, _)| id) == Some(replica.id);
+        if !now_leading {
+            if leading {
+                replica.lease_clock.forget_all();
+            }
+            leading = false;
+            continue;
+        }
+        leading = true;
+        let leases: Vec<(i64, i64)> = {
+            let fleet = replica.state.fleet();
+            fleet
+                .kv()
+                .lease_ids()
+                .into_iter()
+                .filter_map(|id| fleet.kv().lease(id).map(|l| (id, l.ttl)))
+                .collect()
+        };
+        let live: std::collections::HashSet<i64> = leases.iter().map(|(id, _)| *id).collect();
+        replica.lease_clock.retain(&live);
+        let mut expired = Vec::new();
+        for (id, ttl) in leases {
+            match replica.lease_clock.remaining(id) {
+                None => replica.lease_clock.renew(id, ttl),
+                Some(0) => expired.push(id),
+                Some(_) => {}
+            }
+        }
+        for id in expired {
+            match api.propose(KvCommand::LeaseRevoke { id }).await {
+                Ok(_) => tracing::debug!(lease = id, "lease expired"),
+                Err(status) if status.message() == KvError::LeaseNotFound.to_string() => {}
+                Err(status) => tracing::warn!(lease = id, %status, "could not expire a lease"),
+            }
+        }
+    }
+}

@@ -1,0 +1,267 @@
+//! The real `etcdctl` (Debian package etcd-client, installed by `.ci/etcd`) against a
+//! 3-replica Ballast: KV, prefixes, transactions, watches, leases, member list and endpoint
+//! status, lease expiry on every replica, and a watch riding through a leader SIGKILL.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use ballast_testkit::{ClusterOptions, FAST_FLAGS, TestCluster, wait_for};
+
+fn program() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_ballast-sim"))
+}
+
+fn etcdctl_path() -> PathBuf {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.ci/etcd");
+    let out = Command::new(&script)
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e}", script.display()));
+    assert!(out.status.success(), "{} failed", script.display());
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+struct Etcdctl {
+    path: PathBuf,
+    endpoints: String,
+}
+
+impl Etcdctl {
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(&self.path);
+        c.env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", self.endpoints))
+            .arg("--command-timeout=10s")
+            .args(args);
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("running etcdctl")
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "etcdctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+
+    fn with_stdin(&self, args: &[&str], input: &str) -> String {
+        let mut child = self
+            .command(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("etcdctl");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.as_bytes())
+            .expect("write");
+        let out = child.wait_with_output().expect("etcdctl");
+        assert!(
+            out.status.success(),
+            "etcdctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+
+    /// Starts `etcdctl watch` and returns it with a channel of its output lines.
+    fn watch(&self, args: &[&str]) -> (Child, mpsc::Receiver<String>) {
+        let mut child = self
+            .command(&[&["watch"], args].concat())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("etcdctl watch");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        (child, rx)
+    }
+}
+
+/// Collects watch output lines until `count` events (3 lines each: kind, key, value) arrived.
+fn events(rx: &mpsc::Receiver<String>, count: usize) -> Vec<(String, String, String)> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut lines = Vec::new();
+    while lines.len() < count * 3 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => lines.push(line),
+            Err(_) => panic!("only {} watch lines: {lines:?}", lines.len()),
+        }
+    }
+    lines
+        .chunks(3)
+        .map(|c| (c[0].clone(), c[1].clone(), c[2].clone()))
+        .collect()
+}
+
+async fn cluster() -> TestCluster {
+    TestCluster::start_with(
+        ClusterOptions {
+            program: program().to_path_buf(),
+            leading_args: vec!["replica".into()],
+            extra: FAST_FLAGS.iter().map(|s| s.to_string()).collect(),
+            ..ClusterOptions::default()
+        },
+        3,
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcdctl_works_against_ballast() {
+    let cluster = cluster().await;
+    let ctl = Etcdctl {
+        path: etcdctl_path(),
+        endpoints: cluster.endpoints().join(","),
+    };
+
+    assert_eq!(ctl.ok(&["put", "foo", "bar"]).trim(), "OK");
+    assert_eq!(ctl.ok(&["get", "foo"]), "foo\nbar\n");
+    for (k, v) in [("app/a", "1"), ("app/b", "2"), ("apq", "3")] {
+        ctl.ok(&["put", k, v]);
+    }
+    assert_eq!(
+        ctl.ok(&["get", "--prefix", "app/", "--keys-only"]),
+        "app/a\n\napp/b\n\n"
+    );
+    let limited: serde_json::Value =
+        serde_json::from_str(&ctl.ok(&["get", "--prefix", "app/", "--limit", "1", "-w", "json"]))
+            .expect("json");
+    assert_eq!(limited["count"], 2);
+    assert_eq!(limited["more"], true);
+    assert_eq!(ctl.ok(&["del", "foo"]).trim(), "1");
+    assert_eq!(ctl.ok(&["get", "foo"]), "");
+
+    // Transactions: the guard decides the branch.
+    let txn = "value(\"app/a\") = \"1\"\n\nput app/a 10\n\nget app/a\n\n";
+    assert_eq!(ctl.with_stdin(&["txn"], txn), "SUCCESS\n\nOK\n");
+    assert_eq!(ctl.with_stdin(&["txn"], txn), "FAILURE\n\napp/a\n10\n");
+
+    // Watch from now, then from an old revision.
+    let (mut watcher, lines) = ctl.watch(&["--prefix", "w/"]);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    ctl.ok(&["put", "w/1", "one"]);
+    ctl.ok(&["del", "w/1"]);
+    let seen = events(&lines, 2);
+    assert_eq!(seen[0], ("PUT".into(), "w/1".into(), "one".into()));
+    assert_eq!(seen[1].0, "DELETE");
+    let _ = watcher.kill();
+
+    // Leases: grant, attach, keep alive, time to live, revoke.
+    let granted = ctl.ok(&["lease", "grant", "30"]);
+    let id = granted
+        .split_whitespace()
+        .nth(1)
+        .expect("lease id")
+        .to_string();
+    ctl.ok(&["put", "--lease", &id, "leased", "x"]);
+    assert!(
+        ctl.ok(&["lease", "keep-alive", "--once", &id])
+            .contains("keepalived with TTL(30)")
+    );
+    assert!(
+        ctl.ok(&["lease", "timetolive", &id, "--keys"])
+            .contains("leased")
+    );
+    assert!(ctl.ok(&["lease", "list"]).contains(&id));
+    assert!(ctl.ok(&["lease", "revoke", &id]).contains("revoked"));
+    assert_eq!(ctl.ok(&["get", "leased"]), "");
+
+    // Membership and status as etcd operators look at them.
+    let members = ctl.ok(&["member", "list"]);
+    assert_eq!(members.lines().count(), 3, "{members}");
+    assert!(members.contains("replica-1") && members.contains("started"));
+    let status = ctl.ok(&["endpoint", "status", "-w", "json"]);
+    let parsed: serde_json::Value = serde_json::from_str(&status).expect("status json");
+    assert_eq!(parsed.as_array().map(|a| a.len()), Some(3), "{status}");
+    let leaders: std::collections::BTreeSet<u64> = parsed
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|s| s["Status"]["leader"].as_u64().expect("leader"))
+        .collect();
+    assert_eq!(
+        leaders.len(),
+        1,
+        "every member names the same leader: {status}"
+    );
+
+    // Bad input gets etcd's errors.
+    let out = ctl.run(&["put", "k", "v", "--lease", "123abc"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("requested lease not found"));
+    let out = ctl.run(&["get", "foo", "--rev", "99999999"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("future revision"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_expire_on_every_replica_and_watches_survive_a_leader_kill() {
+    let mut cluster = cluster().await;
+    let ctl = Etcdctl {
+        path: etcdctl_path(),
+        endpoints: cluster.endpoints().join(","),
+    };
+    // An unrenewed lease expires (the leader revokes it through Raft) on every replica.
+    let granted = ctl.ok(&["lease", "grant", "2"]);
+    let id = granted
+        .split_whitespace()
+        .nth(1)
+        .expect("lease id")
+        .to_string();
+    ctl.ok(&["put", "--lease", &id, "ephemeral", "x"]);
+    for endpoint in cluster.endpoints() {
+        let one = Etcdctl {
+            path: ctl.path.clone(),
+            endpoints: endpoint.clone(),
+        };
+        wait_for("the leased key to expire", Duration::from_secs(20), || {
+            let gone = one.ok(&["get", "ephemeral", "--consistency=s"]).is_empty();
+            async move { gone.then_some(()) }
+        })
+        .await;
+    }
+
+    // A watch on every endpoint keeps every event, once, in order, across a leader SIGKILL.
+    let (mut watcher, lines) = ctl.watch(&["--prefix", "k/"]);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for n in 0..10 {
+        ctl.ok(&["put", &format!("k/{n:02}"), &n.to_string()]);
+    }
+    let leader = cluster.leader().await;
+    cluster.kill(leader);
+    // New etcdctl processes talk to the survivors; the running watcher fails over by itself.
+    let survivors = Etcdctl {
+        path: ctl.path.clone(),
+        endpoints: cluster.running_endpoints().join(","),
+    };
+    for n in 10..20 {
+        survivors.ok(&["put", &format!("k/{n:02}"), &n.to_string()]);
+    }
+    let seen = events(&lines, 20);
+    let keys: Vec<String> = seen.iter().map(|(_, k, _)| k.clone()).collect();
+    let expected: Vec<String> = (0..20).map(|n| format!("k/{n:02}")).collect();
+    assert_eq!(keys, expected);
+    // Nothing more (no duplicates) arrives.
+    assert!(lines.recv_timeout(Duration::from_millis(1500)).is_err());
+    let _ = watcher.kill();
+}
