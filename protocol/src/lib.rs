@@ -5,6 +5,7 @@
 //! - [`client`]: the leader-aware client: endpoint failover, idempotent retries, cluster id pinning.
 
 pub mod client;
+pub mod coordination;
 pub mod validate;
 
 /// Generated protobuf and gRPC code for package `ballast.v1`.

@@ -265,3 +265,158 @@ async fn leases_expire_on_every_replica_and_watches_survive_a_leader_kill() {
     assert!(lines.recv_timeout(Duration::from_millis(1500)).is_err());
     let _ = watcher.kill();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_etcds_error_codes_and_changes_nothing() {
+    use ballast_protocol::etcdserverpb as epb;
+    use ballast_protocol::etcdserverpb::kv_client::KvClient;
+    use ballast_protocol::etcdserverpb::lease_client::LeaseClient;
+    use tonic::Code;
+
+    let cluster = cluster().await;
+    let endpoint = format!("http://{}", cluster.endpoints()[1]);
+    let mut kv = KvClient::connect(endpoint.clone()).await.expect("connect");
+    let mut lease = LeaseClient::connect(endpoint).await.expect("connect");
+    let put = |key: &[u8], value: Vec<u8>, lease: i64| epb::PutRequest {
+        key: key.to_vec(),
+        value,
+        lease,
+        ..Default::default()
+    };
+    let first = kv
+        .put(put(b"a", b"1".to_vec(), 0))
+        .await
+        .expect("put")
+        .into_inner();
+    let revision = first.header.expect("header").revision;
+    kv.put(put(b"a", b"2".to_vec(), 0)).await.expect("put");
+    kv.put(put(b"a", b"3".to_vec(), 0)).await.expect("put");
+    let now = revision + 2;
+
+    let refused = [
+        (
+            kv.put(put(b"", b"v".to_vec(), 0)).await.err(),
+            Code::InvalidArgument,
+            "key is not provided",
+        ),
+        (
+            kv.put(put(b"k", vec![0; 2 << 20], 0)).await.err(),
+            Code::InvalidArgument,
+            "request is too large",
+        ),
+        (
+            kv.put(put(b"k", b"v".to_vec(), 4242)).await.err(),
+            Code::NotFound,
+            "requested lease not found",
+        ),
+        (
+            kv.txn(epb::TxnRequest {
+                success: vec![epb::RequestOp { request: None }],
+                ..Default::default()
+            })
+            .await
+            .err(),
+            Code::InvalidArgument,
+            "has no request",
+        ),
+        (
+            kv.txn(epb::TxnRequest {
+                success: vec![
+                    epb::RequestOp {
+                        request: Some(epb::request_op::Request::RequestPut(put(b"d", vec![], 0))),
+                    },
+                    epb::RequestOp {
+                        request: Some(epb::request_op::Request::RequestPut(put(b"d", vec![], 0))),
+                    },
+                ],
+                ..Default::default()
+            })
+            .await
+            .err(),
+            Code::InvalidArgument,
+            "duplicate key",
+        ),
+        (
+            lease
+                .lease_grant(epb::LeaseGrantRequest { ttl: -5, id: 0 })
+                .await
+                .err(),
+            Code::InvalidArgument,
+            "negative",
+        ),
+        (
+            lease
+                .lease_revoke(epb::LeaseRevokeRequest { id: 77 })
+                .await
+                .err(),
+            Code::NotFound,
+            "requested lease not found",
+        ),
+        (
+            kv.range(epb::RangeRequest {
+                key: b"a".to_vec(),
+                revision: now + 100,
+                ..Default::default()
+            })
+            .await
+            .err(),
+            Code::OutOfRange,
+            "future revision",
+        ),
+    ];
+    for (status, code, needle) in refused {
+        let status = status.expect("refused");
+        assert_eq!(status.code(), code, "{status:?}");
+        assert!(
+            status.message().contains(needle),
+            "{status:?} should say {needle}"
+        );
+    }
+
+    // Compaction: older revisions are gone, with etcd's code.
+    kv.compact(epb::CompactionRequest {
+        revision: now,
+        physical: false,
+    })
+    .await
+    .expect("compact");
+    let status = kv
+        .range(epb::RangeRequest {
+            key: b"a".to_vec(),
+            revision,
+            ..Default::default()
+        })
+        .await
+        .expect_err("compacted");
+    assert_eq!(status.code(), Code::OutOfRange);
+    assert!(status.message().contains("compacted"));
+
+    // Nothing above changed the store.
+    let all = kv
+        .range(epb::RangeRequest {
+            key: vec![0],
+            range_end: vec![0],
+            ..Default::default()
+        })
+        .await
+        .expect("range")
+        .into_inner();
+    assert_eq!(all.count, 1);
+    assert_eq!(all.header.expect("header").revision, now);
+    assert_eq!(all.kvs[0].value, b"3");
+
+    // A large value goes through and comes back intact.
+    let big: Vec<u8> = (0..(256 * 1024)).map(|i| (i % 251) as u8).collect();
+    kv.put(put(b"big", big.clone(), 0))
+        .await
+        .expect("largest value");
+    let back = kv
+        .range(epb::RangeRequest {
+            key: b"big".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .expect("range")
+        .into_inner();
+    assert_eq!(back.kvs[0].value, big);
+}

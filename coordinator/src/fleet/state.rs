@@ -1014,8 +1014,9 @@ impl FleetState {
 
     /// Serialized state (including remembered request ids) for snapshots.
     pub fn encode(&self) -> Vec<u8> {
-        // Serializing plain maps, strings and integers cannot fail.
-        serde_json::to_vec(self).unwrap_or_default()
+        // Every map has string (or integer) keys and every byte string is base64, so this
+        // cannot fail; an empty snapshot would be far worse than stopping here.
+        serde_json::to_vec(self).expect("the fleet state always serializes to JSON")
     }
 
     /// Inverse of [`FleetState::encode`]; corrupt bytes give an error, never a panic.

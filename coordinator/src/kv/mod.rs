@@ -5,6 +5,7 @@
 //! `MAX_EVENTS` the oldest revisions are compacted automatically, so the store never needs a
 //! defragment step. No I/O here; the services wrap it.
 
+pub(crate) mod b64;
 mod store;
 #[cfg(test)]
 mod tests;
@@ -28,8 +29,10 @@ pub const MIN_LEASE_TTL: i64 = 2;
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 pub struct KeyValue {
     /// Key.
+    #[serde(with = "b64")]
     pub key: Vec<u8>,
     /// Value.
+    #[serde(with = "b64")]
     pub value: Vec<u8>,
     /// Revision that created the key (since its last delete).
     pub create_revision: u64,
@@ -68,8 +71,10 @@ pub struct Event {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 pub struct KeyRange {
     /// First key.
+    #[serde(with = "b64")]
     pub key: Vec<u8>,
     /// End (see above).
+    #[serde(with = "b64")]
     pub end: Vec<u8>,
 }
 
@@ -148,8 +153,10 @@ pub struct RangeOp {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 pub struct PutOp {
     /// Key.
+    #[serde(with = "b64")]
     pub key: Vec<u8>,
     /// Value.
+    #[serde(with = "b64")]
     pub value: Vec<u8>,
     /// Lease to attach (0 = none).
     pub lease: i64,
@@ -180,7 +187,7 @@ pub enum CompareTarget {
     /// Mod revision (0 for a missing key).
     Mod(i64),
     /// Value (a missing key never compares).
-    Value(Vec<u8>),
+    Value(#[serde(with = "b64")] Vec<u8>),
     /// Lease (0 for a missing key).
     Lease(i64),
 }

@@ -27,6 +27,8 @@ pub struct LeaseRecord {
 /// Keys, leases and the bounded event history.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 pub struct KvStore {
+    /// Stored as a list of key-values (JSON maps need string keys).
+    #[serde(with = "keys_as_list")]
     keys: BTreeMap<Vec<u8>, KeyValue>,
     leases: BTreeMap<i64, LeaseRecord>,
     events: VecDeque<Event>,
@@ -519,5 +521,27 @@ impl KvStore {
             .values()
             .filter(|k| k.lease != 0 && !seen.contains(&k.key))
             .count()
+    }
+}
+
+mod keys_as_list {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use crate::kv::KeyValue;
+
+    pub fn serialize<S: Serializer>(
+        keys: &BTreeMap<Vec<u8>, KeyValue>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(keys.values())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<BTreeMap<Vec<u8>, KeyValue>, D::Error> {
+        let list = Vec::<KeyValue>::deserialize(deserializer)?;
+        Ok(list.into_iter().map(|kv| (kv.key.clone(), kv)).collect())
     }
 }

@@ -352,3 +352,28 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn fleet_snapshots_carry_the_kv_store() {
+    use crate::fleet::{FleetCommand, FleetState};
+    let mut fleet = FleetState::new();
+    fleet
+        .apply(&FleetCommand::Kv(KvCommand::LeaseGrant { id: 3, ttl: 60 }))
+        .expect("grant");
+    for (k, v) in [("a", vec![0u8, 255, 7]), ("b/\u{0}", b"two".to_vec())] {
+        fleet
+            .apply(&FleetCommand::Kv(KvCommand::Put(PutOp {
+                key: k.as_bytes().to_vec(),
+                value: v,
+                lease: 3,
+                ..PutOp::default()
+            })))
+            .expect("put");
+    }
+    let bytes = fleet.encode();
+    assert!(!bytes.is_empty());
+    let back = FleetState::decode(&bytes).expect("decode");
+    assert_eq!(back, fleet);
+    assert_eq!(back.kv().len(), 2);
+    assert_eq!(back.kv().lease(3).map(|l| l.keys.len()), Some(2));
+}

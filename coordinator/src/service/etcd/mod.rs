@@ -43,6 +43,9 @@ impl EtcdApi {
 
     /// Proposes a KV command on the leader (this replica must lead).
     async fn propose(&self, command: KvCommand) -> Result<(KvReply, u64), Status> {
+        // Bad input is refused here so it never reaches the log (the same checks run again
+        // when the entry applies).
+        crate::kv::check_command(&command).map_err(|e| crate::error::kv_status(&e))?;
         let applied: Applied = self
             .replica
             .propose(RaftRequest {
