@@ -64,6 +64,12 @@ enum Command {
     /// Disaster recovery: export, list, verify and restore archives.
     #[command(subcommand)]
     Dr(commands::dr::DrCmd),
+    /// The coordination KV (etcd API): put, get, del, watch, txn.
+    #[command(subcommand)]
+    Kv(commands::kv::KvCmd),
+    /// KV leases: grant, keepalive, revoke, list.
+    #[command(subcommand)]
+    Lease(commands::kv::LeaseCmd),
 }
 
 /// Settings every command receives.
@@ -85,6 +91,7 @@ async fn run(cli: Cli) -> anyhow::Result<output::Rendered> {
     let mut config = ClientConfig::new(cli.endpoints);
     config.cluster_id = cli.cluster_id;
     config.retry_budget = Duration::from_secs(cli.timeout_secs);
+    let coordinator = ballast_protocol::coordination::Coordinator::new(&config.endpoints)?;
     let ctx = Context {
         client: BallastClient::new(config)?,
         stale: cli.stale,
@@ -97,6 +104,8 @@ async fn run(cli: Cli) -> anyhow::Result<output::Rendered> {
         Command::Quota(c) => commands::quota::run(&ctx, c).await,
         Command::Provider(c) => commands::provider::run(&ctx, c).await,
         Command::Dr(c) => commands::dr::run(&ctx, c).await,
+        Command::Kv(c) => commands::kv::run_kv(&coordinator, c).await,
+        Command::Lease(c) => commands::kv::run_lease(&coordinator, c).await,
     }
 }
 

@@ -417,3 +417,95 @@ async fn scheduled_exports_run_on_the_leader_and_keep_the_newest() {
     assert_eq!(listed.as_array().map(|a| a.len()), Some(2), "{listed}");
     running.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kv_and_lease_commands() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let running = start_replica(dir.path()).await;
+    let endpoint = running.local_addr.to_string();
+    let e = endpoint.as_str();
+    wait_for_leader(e).await;
+
+    ok_json(e, &["kv", "put", "cfg/a", "1", "--json"]);
+    ok_json(e, &["kv", "put", "cfg/b", "2", "--json"]);
+    let got = ok_json(e, &["kv", "get", "cfg/", "--prefix", "--json"]);
+    assert_eq!(got["count"], 2);
+    assert_eq!(got["kvs"][1]["value"], "2");
+
+    // A watch sees the next change.
+    let watcher = std::process::Command::new(env!("CARGO_BIN_EXE_ballastctl"))
+        .args([
+            "--endpoints",
+            e,
+            "kv",
+            "watch",
+            "cfg/",
+            "--prefix",
+            "--count",
+            "1",
+            "--json",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("watch");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    ok_json(e, &["kv", "put", "cfg/c", "3", "--json"]);
+    let out = watcher.wait_with_output().expect("watch output");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("PUT cfg/c 3"), "{text}");
+
+    // Transactions.
+    let txn = ok_json(
+        e,
+        &[
+            "kv",
+            "txn",
+            "--if",
+            "value(cfg/a) = 1",
+            "--then",
+            "put cfg/a 10",
+            "--else",
+            "get cfg/a",
+            "--json",
+        ],
+    );
+    assert_eq!(txn["succeeded"], true);
+    let txn = ok_json(
+        e,
+        &[
+            "kv",
+            "txn",
+            "--if",
+            "value(cfg/a) = 1",
+            "--then",
+            "put cfg/a 10",
+            "--else",
+            "get cfg/a",
+            "--json",
+        ],
+    );
+    assert_eq!(txn["succeeded"], false);
+    assert_eq!(txn["responses"][0]["kvs"][0]["value"], "10");
+    refused(
+        e,
+        &["kv", "txn", "--if", "colour(cfg/a) = 1"],
+        1,
+        "unknown field",
+    );
+
+    // Leases own keys; revoking deletes them.
+    let granted = ok_json(e, &["lease", "grant", "60", "--json"]);
+    let id = granted["id"].as_str().expect("id").to_string();
+    ok_json(e, &["kv", "put", "tmp", "x", "--lease", &id, "--json"]);
+    ok_json(e, &["lease", "keepalive", &id, "--once", "--json"]);
+    let leases = ok_json(e, &["lease", "list", "--json"]);
+    assert_eq!(leases["leases"][0], id.as_str());
+    ok_json(e, &["lease", "revoke", &id, "--json"]);
+    assert_eq!(ok_json(e, &["kv", "get", "tmp", "--json"])["count"], 0);
+    refused(e, &["lease", "revoke", &id], 1, "requested lease not found");
+    refused(e, &["kv", "put", "", "v"], 1, "key is not provided");
+
+    let deleted = ok_json(e, &["kv", "del", "cfg/", "--prefix", "--json"]);
+    assert_eq!(deleted["deleted"], 3);
+    running.shutdown().await;
+}

@@ -71,11 +71,13 @@ impl Coordinator {
         KvClient::new(self.channel.clone())
     }
 
-    fn lease(&self) -> LeaseClient<Channel> {
+    /// The etcd Lease client.
+    pub fn lease(&self) -> LeaseClient<Channel> {
         LeaseClient::new(self.channel.clone())
     }
 
-    fn watch(&self) -> WatchClient<Channel> {
+    /// The etcd Watch client.
+    pub fn watch(&self) -> WatchClient<Channel> {
         WatchClient::new(self.channel.clone())
     }
 }

@@ -4,6 +4,7 @@ pub mod binding;
 pub mod cluster;
 pub mod domain;
 pub mod dr;
+pub mod kv;
 pub mod provider;
 pub mod quota;
 pub mod shard;
