@@ -3,6 +3,7 @@
 
 mod coord;
 mod engine;
+mod kv;
 mod stats;
 
 use clap::{Parser, Subcommand};
@@ -22,6 +23,8 @@ enum Command {
     /// Shard engine benchmark: decision time at 500K machines / 50K demand rows; prints a
     /// markdown section.
     Engine(engine::EngineBenchArgs),
+    /// KV benchmark: etcd-API puts into Ballast and a real 3-member etcd in the same run.
+    Kv(kv::KvBenchArgs),
     /// Run one coordinator replica (same flags as `ballast-coord`).
     Replica(Box<ballast_coordinator::config::CoordArgs>),
 }
@@ -34,6 +37,7 @@ fn main() -> anyhow::Result<()> {
 async fn run() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Coord(args) => coord::run(args).await,
+        Command::Kv(args) => kv::run(args).await,
         Command::Engine(args) => {
             let out = args.out.clone();
             let report = engine::run(args).await?;

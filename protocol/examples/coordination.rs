@@ -39,7 +39,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             ..Default::default()
         })
         .await?;
-    println!("{name}: registered as workers/{name} (lease {:x})", session.lease());
+    println!(
+        "{name}: registered as workers/{name} (lease {:x})",
+        session.lease()
+    );
 
     // A shard of work: the first free one, by trying locks in turn.
     let mut shard = None;
@@ -48,7 +51,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         if let Ok(Ok(held)) =
             tokio::time::timeout(Duration::from_millis(300), lock.lock(&session)).await
         {
-            println!("{name}: owns shard-{n}, fencing token {}", held.fencing_token);
+            println!(
+                "{name}: owns shard-{n}, fencing token {}",
+                held.fencing_token
+            );
             shard = Some((lock, held));
             break;
         }

@@ -1,0 +1,263 @@
+//! KV benchmark: the same etcd-API put workload against a 3-replica Ballast and a 3-member etcd
+//! (Debian `etcd-server`, fsync on, both on loopback) started in the same run, alternating the
+//! two at each concurrency level so disk-speed drift hits both alike; reports ratios.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use ballast_protocol::coordination::Coordinator;
+use ballast_protocol::etcdserverpb as epb;
+use ballast_testkit::{ClusterOptions, TestCluster, free_port_block};
+
+use crate::stats::{Summary, mib, ms, rss_bytes};
+
+/// Flags of `ballast-bench kv`.
+#[derive(clap::Args, Debug)]
+pub struct KvBenchArgs {
+    /// Seconds per concurrency level and system.
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// Value size in bytes.
+    #[arg(long, default_value_t = 256)]
+    value_bytes: usize,
+    /// Markdown report to write.
+    #[arg(long, default_value = "docs/benchmarks-kv.md")]
+    pub out: PathBuf,
+}
+
+/// A 3-member etcd cluster on loopback, killed when dropped.
+struct Etcd {
+    members: Vec<Child>,
+    endpoints: Vec<String>,
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        for m in &mut self.members {
+            let _ = m.kill();
+            let _ = m.wait();
+        }
+    }
+}
+
+fn start_etcd(dir: &Path) -> anyhow::Result<Etcd> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.ci/etcd");
+    let installed = Command::new(&script).stderr(Stdio::inherit()).output()?;
+    if !installed.status.success() {
+        bail!("{} could not install etcd", script.display());
+    }
+    let base = free_port_block(6);
+    let peer = |i: u16| format!("http://127.0.0.1:{}", base + 3 + i);
+    let initial: Vec<String> = (0..3).map(|i| format!("e{i}={}", peer(i))).collect();
+    let mut members = Vec::new();
+    let mut endpoints = Vec::new();
+    for i in 0..3u16 {
+        let client = format!("http://127.0.0.1:{}", base + i);
+        let log = std::fs::File::create(dir.join(format!("etcd-{i}.log")))?;
+        let child = Command::new("etcd")
+            .args([
+                "--name",
+                &format!("e{i}"),
+                "--data-dir",
+                &dir.join(format!("etcd-{i}")).display().to_string(),
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+                "--listen-peer-urls",
+                &peer(i),
+                "--initial-advertise-peer-urls",
+                &peer(i),
+                "--initial-cluster",
+                &initial.join(","),
+                "--initial-cluster-state",
+                "new",
+                "--initial-cluster-token",
+                "ballast-bench",
+            ])
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting etcd")?;
+        members.push(child);
+        endpoints.push(format!("127.0.0.1:{}", base + i));
+    }
+    Ok(Etcd { members, endpoints })
+}
+
+/// Puts for `seconds` with `in_flight` concurrent writers; latencies of acknowledged puts.
+async fn puts(
+    coordinator: &Coordinator,
+    in_flight: usize,
+    seconds: u64,
+    value: &[u8],
+) -> (f64, Summary, usize) {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let value = Arc::new(value.to_vec());
+    let mut tasks = Vec::new();
+    for worker in 0..in_flight {
+        let mut kv = coordinator.kv();
+        let value = value.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut errors = 0;
+            let mut n = 0usize;
+            while Instant::now() < deadline {
+                let begin = Instant::now();
+                let put = kv
+                    .put(epb::PutRequest {
+                        key: format!("bench/{in_flight}/{worker}/{n}").into_bytes(),
+                        value: value.to_vec(),
+                        ..Default::default()
+                    })
+                    .await;
+                match put {
+                    Ok(_) => latencies.push(begin.elapsed()),
+                    Err(_) => errors += 1,
+                }
+                n += 1;
+            }
+            (latencies, errors)
+        }));
+    }
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for task in tasks {
+        if let Ok((l, e)) = task.await {
+            all.extend(l);
+            errors += e;
+        }
+    }
+    let rate = all.len() as f64 / started.elapsed().as_secs_f64();
+    (rate, Summary::of(&mut all), errors)
+}
+
+/// Waits until `coordinator` accepts a put.
+async fn ready(coordinator: &Coordinator) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while coordinator
+        .kv()
+        .put(epb::PutRequest {
+            key: b"ready".to_vec(),
+            value: b"1".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .is_err()
+    {
+        if Instant::now() > deadline {
+            bail!("not accepting writes within 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+/// Runs the benchmark and writes the report.
+pub async fn run(args: KvBenchArgs) -> anyhow::Result<()> {
+    let work = tempfile::tempdir().context("temp dir")?;
+    let program = std::env::current_exe().context("locating ballast-bench")?;
+    let ballast = TestCluster::start_with(
+        ClusterOptions {
+            program,
+            leading_args: vec!["replica".into()],
+            ..ClusterOptions::default()
+        },
+        3,
+    )
+    .await;
+    let etcd = start_etcd(work.path())?;
+    let ballast_client = Coordinator::new(&ballast.endpoints())?;
+    let etcd_client = Coordinator::new(&etcd.endpoints)?;
+    ready(&ballast_client).await?;
+    ready(&etcd_client).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss = |pids: Vec<u32>| -> u64 { pids.into_iter().filter_map(rss_bytes).sum() };
+    let ballast_pids = || {
+        ballast
+            .replicas
+            .iter()
+            .filter_map(|r| r.pid())
+            .collect::<Vec<_>>()
+    };
+    let etcd_pids = || etcd.members.iter().map(|m| m.id()).collect::<Vec<_>>();
+    let idle = (rss(ballast_pids()), rss(etcd_pids()));
+    let value = vec![b'x'; args.value_bytes];
+    let mut rows = Vec::new();
+    for in_flight in [1usize, 32, 128] {
+        // etcd first, then Ballast, at each level: both see the same disk minutes.
+        eprintln!("{in_flight} in flight: etcd");
+        let e = puts(&etcd_client, in_flight, args.seconds, &value).await;
+        eprintln!("{in_flight} in flight: ballast");
+        let b = puts(&ballast_client, in_flight, args.seconds, &value).await;
+        eprintln!("  etcd {:.0}/s, ballast {:.0}/s", e.0, b.0);
+        rows.push((in_flight, b, e));
+    }
+    let loaded = (rss(ballast_pids()), rss(etcd_pids()));
+    let mut out = String::new();
+    writeln!(out, "# KV benchmark: Ballast vs etcd\n")?;
+    writeln!(
+        out,
+        "`cargo run --release -p ballast-bench -- kv`: the same etcd-API client (tonic, balanced \
+         over the three endpoints) puts {}-byte values under unique keys for {} s per level into a \
+         3-replica Ballast and a 3-member etcd {} (Debian `etcd-server`, default flags, fsync on), \
+         both on loopback in the same run; etcd then Ballast at each level. Machine: {}.\n",
+        args.value_bytes,
+        args.seconds,
+        etcd_version(),
+        crate::stats::machine()
+    )?;
+    writeln!(
+        out,
+        "| in flight | Ballast puts/s | etcd puts/s | ratio | Ballast p50 / p99 ms | etcd p50 / p99 ms | errors B / e |"
+    )?;
+    writeln!(out, "|---:|---:|---:|---:|---|---|---|")?;
+    for (in_flight, b, e) in &rows {
+        writeln!(
+            out,
+            "| {in_flight} | {:.0} | {:.0} | {:.2} | {} / {} | {} / {} | {} / {} |",
+            b.0,
+            e.0,
+            b.0 / e.0.max(1.0),
+            ms(b.1.p50),
+            ms(b.1.p99),
+            ms(e.1.p50),
+            ms(e.1.p99),
+            b.2,
+            e.2
+        )?;
+    }
+    writeln!(
+        out,
+        "\nRSS of the three members together: Ballast {} MiB idle, {} MiB after the run; etcd {} MiB \
+         idle, {} MiB after the run.",
+        mib(idle.0),
+        mib(loaded.0),
+        mib(idle.1),
+        mib(loaded.1)
+    )?;
+    std::fs::write(&args.out, &out).with_context(|| format!("writing {}", args.out.display()))?;
+    println!("{out}");
+    drop(etcd);
+    drop(ballast);
+    Ok(())
+}
+
+fn etcd_version() -> String {
+    Command::new("etcd")
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .map(|l| l.replace("etcd Version: ", ""))
+        })
+        .unwrap_or_default()
+}
