@@ -283,6 +283,51 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         peer.domains.len()
     );
 
+    step("DR: export an archive of the fleet state and verify it");
+    let archives = args.dir.join("archives");
+    let exported = client
+        .cluster(|mut c, req| {
+            let destination = archives.display().to_string();
+            async move { c.export(req.wrap(pb::ExportRequest { destination })).await }
+        })
+        .await
+        .context("exporting an archive")?;
+    let archive = ballast_dr::ArchiveUrl::parse(&exported.archive_url)?;
+    let verified = ballast_dr::verify(&archive, None, true, &ballast_dr::NoProgress).await?;
+    println!(
+        "    archive {} (revision {}, {} bytes, {}) verified",
+        exported.name,
+        verified.manifest.revision,
+        verified.manifest.size,
+        verified.manifest.checksum
+    );
+
+    step("coordination KV (etcd API): two workers campaign; one leads until it resigns");
+    let coordinator = ballast_protocol::coordination::Coordinator::new(&cluster.endpoints())?;
+    let election = ballast_protocol::coordination::Election::new("demo-scheduler");
+    let first = ballast_protocol::coordination::Session::new(&coordinator, 10).await?;
+    let second = ballast_protocol::coordination::Session::new(&coordinator, 10).await?;
+    let led = election.campaign(&first, b"worker-1").await?;
+    {
+        let waiting = election.campaign(&second, b"worker-2");
+        tokio::pin!(waiting);
+        let blocked = tokio::time::timeout(Duration::from_millis(300), &mut waiting)
+            .await
+            .is_err();
+        println!(
+            "    worker-1 leads (fencing token {}); worker-2 waits: {blocked}",
+            led.fencing_token
+        );
+        election.resign(&first, led.clone()).await?;
+        let next = waiting.await?;
+        println!(
+            "    worker-1 resigned; worker-2 leads with fencing token {}",
+            next.fencing_token
+        );
+    }
+    second.close().await?;
+    first.close().await?;
+
     println!("\nThe cluster is serving. Try:");
     println!("    cargo run -p ballast-ctl -- --endpoints {endpoints} cluster status");
     println!("    cargo run -p ballast-ctl -- --endpoints {endpoints} shard list");
@@ -290,6 +335,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         "    cargo run -p ballast-ctl -- shard worker-status {}",
         workers[0].address
     );
+    println!(
+        "    cargo run -p ballast-ctl -- --endpoints {endpoints} dr list --from {}",
+        archives.display()
+    );
+    println!("    ETCDCTL_API=3 etcdctl --endpoints={endpoints} put hello world");
+    println!("    cargo run -p ballast-ctl -- --endpoints {endpoints} kv get hello");
     println!("Data dirs and replica logs: {}", args.dir.display());
     if args.exit {
         return Ok(());

@@ -1,5 +1,6 @@
 //! The README's main command must keep working: run the whole scripted demo (3 replicas,
-//! 6 shard workers, leader SIGKILL, full coordinator outage, shard restart, drain) and check
+//! 6 shard workers, leader SIGKILL, full coordinator outage, shard restart, drain, a DR
+//! export, an election over the etcd-compatible KV) and check
 //! that it reaches the end.
 
 use std::process::Command;
@@ -25,6 +26,9 @@ fn the_demo_runs_to_the_end() {
         "coordinator reachable: false",
         "shard-0 is back: epoch 2",
         "shard-5 holds 0 domains",
+        "verified",
+        "worker-2 waits: true",
+        "worker-2 leads with fencing token",
         "The cluster is serving",
     ] {
         assert!(

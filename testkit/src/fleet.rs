@@ -183,8 +183,7 @@ pub async fn list_fleet(client: &BallastClient) -> Result<FleetListing, ClientEr
     for shard in &mut listing.shards {
         shard.lease_expires_at_ms = 0;
     }
-    let mut after = String::new();
-    loop {
+    listing.domains = pages(|after| async move {
         let page = client
             .fleet(|mut c, req| {
                 let after = after.clone();
@@ -198,14 +197,10 @@ pub async fn list_fleet(client: &BallastClient) -> Result<FleetListing, ClientEr
                 }
             })
             .await?;
-        listing.domains.extend(page.domains);
-        if page.next_after.is_empty() {
-            break;
-        }
-        after = page.next_after;
-    }
-    let mut after = String::new();
-    loop {
+        Ok((page.domains, page.next_after))
+    })
+    .await?;
+    listing.bindings = pages(|after| async move {
         let page = client
             .fleet(|mut c, req| {
                 let after = after.clone();
@@ -219,12 +214,9 @@ pub async fn list_fleet(client: &BallastClient) -> Result<FleetListing, ClientEr
                 }
             })
             .await?;
-        listing.bindings.extend(page.bindings);
-        if page.next_after.is_empty() {
-            break;
-        }
-        after = page.next_after;
-    }
+        Ok((page.bindings, page.next_after))
+    })
+    .await?;
     listing.quotas = client
         .fleet(|mut c, req| async move {
             c.list_quotas(req.wrap(pb::ListQuotasRequest { options: None }))
@@ -240,4 +232,23 @@ pub async fn list_fleet(client: &BallastClient) -> Result<FleetListing, ClientEr
         .await?
         .providers;
     Ok(listing)
+}
+
+/// Every page of a paged listing: `fetch(after)` returns a page and the cursor of the next one
+/// ("" after the last).
+async fn pages<T, F, Fut>(mut fetch: F) -> Result<Vec<T>, ClientError>
+where
+    F: FnMut(String) -> Fut,
+    Fut: std::future::Future<Output = Result<(Vec<T>, String), ClientError>>,
+{
+    let mut items = Vec::new();
+    let mut after = String::new();
+    loop {
+        let (page, next) = fetch(after).await?;
+        items.extend(page);
+        if next.is_empty() {
+            return Ok(items);
+        }
+        after = next;
+    }
 }
