@@ -105,7 +105,7 @@ pub fn force_new_cluster(
     let mut replayed = 0;
     for item in store.log.range(crate::raft::store::log_key(from)..) {
         let (_, value) = item.into_inner().map_err(|e| store.err(e))?;
-        let entry: Entry = serde_json::from_slice(&value)
+        let entry: Entry = crate::raft::wire::decode(&value)
             .map_err(|e| corrupt(format!("a log entry in {}", store.path()), e.to_string()))?;
         if let EntryPayload::Normal(request) = &entry.payload {
             let id = (!request.request_id.is_empty()).then_some(request.request_id.as_str());

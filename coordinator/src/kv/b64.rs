@@ -7,11 +7,18 @@ use serde::{Deserialize, Deserializer, Serializer};
 
 /// Serializes bytes as base64.
 pub fn serialize<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
-    serializer.serialize_str(&STANDARD.encode(bytes))
+    if serializer.is_human_readable() {
+        serializer.serialize_str(&STANDARD.encode(bytes))
+    } else {
+        serializer.serialize_bytes(bytes)
+    }
 }
 
 /// Deserializes base64 into bytes.
 pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
+    if !deserializer.is_human_readable() {
+        return <Vec<u8> as Deserialize>::deserialize(deserializer);
+    }
     let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
     STANDARD
         .decode(text.as_bytes())

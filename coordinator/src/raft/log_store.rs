@@ -57,7 +57,7 @@ impl LogStore {
     }
 
     fn decode(&self, index: u64, bytes: &[u8]) -> Result<Entry, StorageError> {
-        serde_json::from_slice(bytes).map_err(|e| {
+        super::wire::decode(bytes).map_err(|e| {
             StorageIOError::read_log_at_index(
                 index,
                 &io::Error::other(format!(
@@ -174,7 +174,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let mut batch = self.store.db.batch();
         for entry in entries {
-            let bytes = serde_json::to_vec(&entry)
+            let bytes = super::wire::encode(&entry)
                 .map_err(|e| StorageIOError::write_log_entry(entry.log_id, &io_err(e)))?;
             batch.insert(&self.store.log, log_key(entry.log_id.index), bytes);
         }

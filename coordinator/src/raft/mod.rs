@@ -9,3 +9,4 @@ pub mod network;
 pub mod state_machine;
 pub mod store;
 pub mod types;
+pub mod wire;

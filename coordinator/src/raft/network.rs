@@ -73,7 +73,7 @@ type RpcResult<T, E> = Result<T, RPCError<NodeId, ReplicaNode, RaftError<NodeId,
 
 impl PeerClient {
     fn encode<T: Serialize>(&self, value: &T) -> Result<Vec<u8>, NetworkError> {
-        serde_json::to_vec(value).map_err(|e| NetworkError::new(&e))
+        super::wire::encode(value).map_err(|e| NetworkError::new(&e))
     }
 
     /// Maps a transport failure onto openraft's retry classes: an unreachable peer is backed
@@ -96,7 +96,7 @@ impl PeerClient {
         E: std::error::Error + DeserializeOwned,
     {
         let result: Result<T, RaftError<NodeId, E>> =
-            serde_json::from_slice(&reply.payload).map_err(|e| NetworkError::new(&e))?;
+            super::wire::decode(&reply.payload).map_err(|e| NetworkError::new(&e))?;
         result.map_err(|e| {
             RPCError::RemoteError(RemoteError::new_with_node(
                 self.target,

@@ -26,12 +26,12 @@ impl RaftService {
 
     fn open<T: DeserializeOwned>(&self, message: &pb::RaftMessage) -> Result<T, Status> {
         self.replica.check_peer_cluster(&message.cluster_id)?;
-        serde_json::from_slice(&message.payload)
+        crate::raft::wire::decode(&message.payload)
             .map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))
     }
 
     fn reply<T: Serialize>(&self, value: &T) -> Result<Response<pb::RaftMessage>, Status> {
-        let payload = serde_json::to_vec(value)
+        let payload = crate::raft::wire::encode(value)
             .map_err(|e| Status::internal(format!("encoding raft reply: {e}")))?;
         Ok(Response::new(pb::RaftMessage {
             cluster_id: self.replica.cluster_id.clone(),
@@ -66,12 +66,12 @@ impl RaftApi for RaftService {
     ) -> Result<Response<pb::RaftMessage>, Status> {
         let chunk = request.into_inner();
         self.replica.check_peer_cluster(&chunk.cluster_id)?;
-        let decode_err = |what: &str, e: serde_json::Error| {
+        let decode_err = |what: &str, e: postcard::Error| {
             Status::invalid_argument(format!("undecodable snapshot {what}: {e}"))
         };
         let rpc = InstallSnapshotRequest::<TypeConfig> {
-            vote: serde_json::from_slice(&chunk.vote).map_err(|e| decode_err("vote", e))?,
-            meta: serde_json::from_slice(&chunk.meta).map_err(|e| decode_err("meta", e))?,
+            vote: crate::raft::wire::decode(&chunk.vote).map_err(|e| decode_err("vote", e))?,
+            meta: crate::raft::wire::decode(&chunk.meta).map_err(|e| decode_err("meta", e))?,
             offset: chunk.offset,
             data: chunk.data,
             done: chunk.done,
