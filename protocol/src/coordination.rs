@@ -351,6 +351,47 @@ impl Election {
             .map(|kv| (kv.value.clone(), kv.create_revision)))
     }
 
+    /// Follows leadership: calls `on_change` with the leader's value and fencing token (or
+    /// `None` when nobody leads) now and after every change, until it returns `false`.
+    pub async fn observe(
+        &self,
+        coordinator: &Coordinator,
+        mut on_change: impl FnMut(Option<(Vec<u8>, i64)>) -> bool,
+    ) -> Result<(), CoordinationError> {
+        let prefix = format!("{}/", self.prefix).into_bytes();
+        let create = epb::WatchRequest {
+            request_union: Some(epb::watch_request::RequestUnion::CreateRequest(
+                epb::WatchCreateRequest {
+                    range_end: prefix_end(&prefix),
+                    key: prefix,
+                    ..Default::default()
+                },
+            )),
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tx.send(create).await.ok();
+        let mut stream = coordinator
+            .watch()
+            .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        let mut last = self.leader(coordinator).await?;
+        if !on_change(last.clone()) {
+            return Ok(());
+        }
+        while stream.message().await?.is_some() {
+            let now = self.leader(coordinator).await?;
+            if now != last {
+                last = now;
+                if !on_change(last.clone()) {
+                    return Ok(());
+                }
+            }
+        }
+        drop(tx);
+        Ok(())
+    }
+
     /// Gives leadership up.
     pub async fn resign(&self, session: &Session, held: Held) -> Result<(), CoordinationError> {
         release(session, held).await

@@ -40,6 +40,22 @@ async fn one_leader_at_a_time_with_growing_fencing_tokens() {
         Some((b"worker-1".to_vec(), held.fencing_token))
     );
 
+    // An observer sees every change of leader.
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let observer = {
+        let (election, coordinator, seen) = (election.clone(), coordinator.clone(), seen.clone());
+        tokio::spawn(async move {
+            election
+                .observe(&coordinator, |leader| {
+                    let value = leader.map(|l| l.0);
+                    let done = value.as_deref() == Some(b"worker-2".as_slice());
+                    seen.lock().expect("lock").push(value);
+                    !done
+                })
+                .await
+        })
+    };
+
     // A second campaigner waits while the first leads.
     let second = std::sync::Arc::new(Session::new(&coordinator, 2).await.expect("session"));
     let waiting = {
@@ -68,6 +84,15 @@ async fn one_leader_at_a_time_with_growing_fencing_tokens() {
             .map(|l| l.0),
         Some(b"worker-2".to_vec())
     );
+
+    tokio::time::timeout(Duration::from_secs(10), observer)
+        .await
+        .expect("the observer saw the changes")
+        .expect("task")
+        .expect("observe");
+    let seen = seen.lock().expect("lock").clone();
+    assert_eq!(seen[0], Some(b"worker-1".to_vec()));
+    assert_eq!(seen.last(), Some(&Some(b"worker-2".to_vec())), "{seen:?}");
 
     // A leader that crashes (stops renewing) loses its lease and the next one takes over.
     let third = Session::new(&coordinator, 10).await.expect("session");
