@@ -38,13 +38,7 @@ pub fn ms(d: Duration) -> String {
     format!("{:.2}", d.as_secs_f64() * 1000.0)
 }
 
-/// Resident set size of a process in bytes (Linux `/proc`).
-pub fn rss_bytes(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
-}
+pub use ballast_testkit::rss_bytes;
 
 /// Bytes used by the files under `dir`.
 pub fn dir_bytes(dir: &Path) -> u64 {

@@ -438,6 +438,14 @@ impl TestCluster {
     }
 }
 
+/// Resident set size of a process in bytes (Linux `/proc`).
+pub fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
 /// Assigns `domain` to `shard` (moving it from another shard only with `allow_move`) and
 /// returns the revision of the write; panics if the cluster refuses.
 pub async fn assign_domain(
