@@ -76,6 +76,22 @@ impl Coordinator {
         LeaseClient::new(self.channel.clone())
     }
 
+    /// Opens a watch stream with one watcher. The request side stays open as long as the
+    /// returned stream lives (closing it would end the watch).
+    pub async fn watch_one(
+        &self,
+        create: epb::WatchCreateRequest,
+    ) -> Result<tonic::Streaming<epb::WatchResponse>, CoordinationError> {
+        let request = epb::WatchRequest {
+            request_union: Some(epb::watch_request::RequestUnion::CreateRequest(create)),
+        };
+        // A stream that yields the create request and then stays pending, so the server keeps
+        // the watch open.
+        let requests =
+            tokio_stream::StreamExt::chain(tokio_stream::once(request), tokio_stream::pending());
+        Ok(self.watch().watch(requests).await?.into_inner())
+    }
+
     /// The etcd Watch client.
     pub fn watch(&self) -> WatchClient<Channel> {
         WatchClient::new(self.channel.clone())
@@ -272,22 +288,13 @@ async fn wait_deleted(
     key: &[u8],
     from: i64,
 ) -> Result<(), CoordinationError> {
-    let create = epb::WatchRequest {
-        request_union: Some(epb::watch_request::RequestUnion::CreateRequest(
-            epb::WatchCreateRequest {
-                key: key.to_vec(),
-                start_revision: from,
-                ..Default::default()
-            },
-        )),
-    };
-    let (tx, rx) = tokio::sync::mpsc::channel(1);
-    tx.send(create).await.ok();
     let mut stream = coordinator
-        .watch()
-        .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await?
-        .into_inner();
+        .watch_one(epb::WatchCreateRequest {
+            key: key.to_vec(),
+            start_revision: from,
+            ..Default::default()
+        })
+        .await?;
     while let Some(response) = stream.message().await? {
         if response.canceled {
             // Compacted past `from`: the key may be gone already; the caller checks again.
@@ -301,7 +308,6 @@ async fn wait_deleted(
             return Ok(());
         }
     }
-    drop(tx);
     Ok(())
 }
 
@@ -359,22 +365,13 @@ impl Election {
         mut on_change: impl FnMut(Option<(Vec<u8>, i64)>) -> bool,
     ) -> Result<(), CoordinationError> {
         let prefix = format!("{}/", self.prefix).into_bytes();
-        let create = epb::WatchRequest {
-            request_union: Some(epb::watch_request::RequestUnion::CreateRequest(
-                epb::WatchCreateRequest {
-                    range_end: prefix_end(&prefix),
-                    key: prefix,
-                    ..Default::default()
-                },
-            )),
-        };
-        let (tx, rx) = tokio::sync::mpsc::channel(1);
-        tx.send(create).await.ok();
         let mut stream = coordinator
-            .watch()
-            .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
-            .await?
-            .into_inner();
+            .watch_one(epb::WatchCreateRequest {
+                range_end: prefix_end(&prefix),
+                key: prefix,
+                ..Default::default()
+            })
+            .await?;
         let mut last = self.leader(coordinator).await?;
         if !on_change(last.clone()) {
             return Ok(());
@@ -388,7 +385,6 @@ impl Election {
                 }
             }
         }
-        drop(tx);
         Ok(())
     }
 

@@ -291,24 +291,15 @@ pub async fn run_kv(coordinator: &Coordinator, cmd: KvCmd) -> anyhow::Result<Ren
             rev,
             count,
         } => {
-            let create = epb::WatchRequest {
-                request_union: Some(epb::watch_request::RequestUnion::CreateRequest(
-                    epb::WatchCreateRequest {
-                        range_end: range_end(&key, prefix),
-                        key: key.into_bytes(),
-                        start_revision: rev,
-                        prev_kv: true,
-                        ..Default::default()
-                    },
-                )),
-            };
-            let (tx, rx) = tokio::sync::mpsc::channel(1);
-            tx.send(create).await.ok();
             let mut stream = coordinator
-                .watch()
-                .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
-                .await?
-                .into_inner();
+                .watch_one(epb::WatchCreateRequest {
+                    range_end: range_end(&key, prefix),
+                    key: key.into_bytes(),
+                    start_revision: rev,
+                    prev_kv: true,
+                    ..Default::default()
+                })
+                .await?;
             let mut seen = Vec::new();
             while let Some(response) = stream.message().await? {
                 if response.canceled {
@@ -329,7 +320,6 @@ pub async fn run_kv(coordinator: &Coordinator, cmd: KvCmd) -> anyhow::Result<Ren
                     );
                     seen.push(json!({"type": kind, "kv": kv_json(&kv)}));
                     if count > 0 && seen.len() >= count {
-                        drop(tx);
                         return Ok(Rendered {
                             json: json!({ "events": seen }),
                             human: String::new(),
