@@ -1,0 +1,275 @@
+//! The `etcd-client` crate — an etcd v3 client library applications already use — against a
+//! 3-replica Ballast: KV with options, transactions, watches from a revision with previous
+//! values, leases, compaction, member list and status, etcd's error codes, and a client that
+//! keeps working through a leader SIGKILL.
+
+use std::time::Duration;
+
+use ballast_testkit::{ClusterOptions, FAST_FLAGS, TestCluster, wait_for};
+use etcd_client::{
+    Client, Compare, CompareOp, Error, EventType, GetOptions, LeaseTimeToLiveOptions, PutOptions,
+    Txn, TxnOp, WatchOptions,
+};
+use tonic::Code;
+
+async fn cluster() -> TestCluster {
+    TestCluster::start_with(
+        ClusterOptions {
+            program: env!("CARGO_BIN_EXE_ballast-sim").into(),
+            leading_args: vec!["replica".into()],
+            extra: FAST_FLAGS.iter().map(|s| s.to_string()).collect(),
+            ..ClusterOptions::default()
+        },
+        3,
+    )
+    .await
+}
+
+fn code(error: Error) -> (Code, String) {
+    match error {
+        Error::GRpcStatus(status) => (status.code(), status.message().to_string()),
+        other => panic!("expected a gRPC status, got {other:?}"),
+    }
+}
+
+fn value(response: &etcd_client::GetResponse) -> Option<&[u8]> {
+    response.kvs().first().map(|kv| kv.value())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_client_crate_works_against_ballast() {
+    let mut cluster = cluster().await;
+    let mut client = Client::connect(cluster.endpoints(), None)
+        .await
+        .expect("connect");
+
+    // KV: put with previous value, get with prefix / limit / count-only / keys-only / revision.
+    let first = client.put("cfg/a", "1", None).await.expect("put");
+    let put = client
+        .put("cfg/a", "2", Some(PutOptions::new().with_prev_key()))
+        .await
+        .expect("put with prev");
+    assert_eq!(put.prev_key().map(|kv| kv.value()), Some(&b"1"[..]));
+    client.put("cfg/b", "3", None).await.expect("put");
+    client.put("cfh", "4", None).await.expect("put");
+    let prefix = client
+        .get("cfg/", Some(GetOptions::new().with_prefix()))
+        .await
+        .expect("get prefix");
+    let keys: Vec<&[u8]> = prefix.kvs().iter().map(|kv| kv.key()).collect();
+    assert_eq!(keys, vec![&b"cfg/a"[..], &b"cfg/b"[..]]);
+    let a = &prefix.kvs()[0];
+    assert_eq!((a.version(), a.value()), (2, &b"2"[..]));
+    let limited = client
+        .get("cfg/", Some(GetOptions::new().with_prefix().with_limit(1)))
+        .await
+        .expect("limit");
+    assert_eq!(
+        (limited.kvs().len(), limited.count(), limited.more()),
+        (1, 2, true)
+    );
+    let counted = client
+        .get(
+            "cfg/",
+            Some(GetOptions::new().with_prefix().with_count_only()),
+        )
+        .await
+        .expect("count only");
+    assert_eq!((counted.kvs().len(), counted.count()), (0, 2));
+    let old = client
+        .get(
+            "cfg/a",
+            Some(GetOptions::new().with_revision(first.header().expect("header").revision())),
+        )
+        .await
+        .expect("get at a revision");
+    assert_eq!(value(&old), Some(&b"1"[..]));
+    let stale = client
+        .get("cfg/b", Some(GetOptions::new().with_serializable()))
+        .await
+        .expect("serializable get");
+    assert_eq!(value(&stale), Some(&b"3"[..]));
+
+    // Transactions: compares on value, version and mod revision pick the branch atomically.
+    let txn = Txn::new()
+        .when([
+            Compare::value("cfg/a", CompareOp::Equal, "2"),
+            Compare::version("cfg/b", CompareOp::Equal, 1),
+        ])
+        .and_then([TxnOp::put("cfg/a", "20", None), TxnOp::delete("cfh", None)])
+        .or_else([TxnOp::get("cfg/a", None)]);
+    let outcome = client.txn(txn.clone()).await.expect("txn");
+    assert!(outcome.succeeded());
+    let outcome = client.txn(txn).await.expect("txn again");
+    assert!(!outcome.succeeded(), "the guard no longer holds");
+    assert_eq!(
+        value(&client.get("cfg/a", None).await.expect("get")),
+        Some(&b"20"[..])
+    );
+    assert_eq!(client.get("cfh", None).await.expect("get").count(), 0);
+
+    // Watch from a past revision with previous values: the history replays, then live events.
+    let from = client
+        .put("w/x", "one", None)
+        .await
+        .expect("put")
+        .header()
+        .expect("header")
+        .revision();
+    client.put("w/x", "two", None).await.expect("put");
+    let mut watch = client
+        .watch(
+            "w/",
+            Some(
+                WatchOptions::new()
+                    .with_prefix()
+                    .with_prev_key()
+                    .with_start_revision(from),
+            ),
+        )
+        .await
+        .expect("watch");
+    client.delete("w/x", None).await.expect("delete");
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        let message = tokio::time::timeout(Duration::from_secs(10), watch.message())
+            .await
+            .expect("watch events in time")
+            .expect("watch stream")
+            .expect("watch open");
+        for event in message.events() {
+            let kv = event.kv().expect("kv");
+            seen.push((
+                event.event_type(),
+                String::from_utf8_lossy(kv.value()).to_string(),
+                kv.mod_revision(),
+                event
+                    .prev_kv()
+                    .map(|p| String::from_utf8_lossy(p.value()).to_string()),
+            ));
+        }
+    }
+    assert_eq!(seen[0].0, EventType::Put);
+    assert_eq!((seen[0].1.as_str(), seen[0].2), ("one", from));
+    assert_eq!(
+        (seen[1].1.as_str(), seen[1].3.as_deref()),
+        ("two", Some("one"))
+    );
+    assert_eq!(seen[2].0, EventType::Delete);
+    assert_eq!(seen[2].3.as_deref(), Some("two"));
+    assert!(
+        seen.windows(2).all(|w| w[0].2 < w[1].2),
+        "revisions ascend: {seen:?}"
+    );
+
+    // Leases: grant, attach, keep alive, time to live with keys, list, revoke deletes the keys.
+    let lease = client.lease_grant(30, None).await.expect("grant").id();
+    client
+        .put("leased", "x", Some(PutOptions::new().with_lease(lease)))
+        .await
+        .expect("put with lease");
+    let (mut keeper, mut stream) = client.lease_keep_alive(lease).await.expect("keep alive");
+    keeper.keep_alive().await.expect("keep alive request");
+    let renewed = tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("keep alive answer in time")
+        .expect("keep alive stream")
+        .expect("keep alive answer");
+    assert_eq!((renewed.id(), renewed.ttl()), (lease, 30));
+    let ttl = client
+        .lease_time_to_live(lease, Some(LeaseTimeToLiveOptions::new().with_keys()))
+        .await
+        .expect("time to live");
+    assert_eq!(ttl.keys(), &[b"leased".to_vec()]);
+    assert!(ttl.ttl() > 0 && ttl.ttl() <= 30);
+    let listed = client.leases().await.expect("leases");
+    assert!(listed.leases().iter().any(|l| l.id() == lease));
+    client.lease_revoke(lease).await.expect("revoke");
+    assert_eq!(client.get("leased", None).await.expect("get").count(), 0);
+
+    // Compaction: old revisions become unreadable with etcd's error.
+    let now = client
+        .put("c", "1", None)
+        .await
+        .expect("put")
+        .header()
+        .expect("header")
+        .revision();
+    client.compact(now, None).await.expect("compact");
+    let (status, message) = code(
+        client
+            .get("cfg/a", Some(GetOptions::new().with_revision(from)))
+            .await
+            .expect_err("compacted revision"),
+    );
+    assert_eq!(status, Code::OutOfRange);
+    assert!(message.contains("compacted"), "{message}");
+
+    // Bad input: etcd's codes and messages, nothing changed.
+    let before = client.get("cfg/a", None).await.expect("get");
+    let (status, message) = code(client.put("", "v", None).await.expect_err("empty key"));
+    assert_eq!(
+        (status, message.as_str()),
+        (Code::InvalidArgument, "etcdserver: key is not provided")
+    );
+    let (status, message) = code(
+        client
+            .put("k", "v", Some(PutOptions::new().with_lease(0x1234_5678)))
+            .await
+            .expect_err("unknown lease"),
+    );
+    assert_eq!(
+        (status, message.as_str()),
+        (Code::NotFound, "etcdserver: requested lease not found")
+    );
+    let (status, _) = code(client.lease_revoke(0x1234_5678).await.expect_err("revoke"));
+    assert_eq!(status, Code::NotFound);
+    let after = client.get("cfg/a", None).await.expect("get");
+    assert_eq!(value(&before), value(&after));
+    assert_eq!(
+        after.header().expect("header").revision(),
+        before.header().expect("header").revision()
+    );
+
+    // Member list and status as etcd tooling reads them.
+    let members = client.member_list().await.expect("member list");
+    assert_eq!(members.members().len(), 3);
+    assert!(
+        members
+            .members()
+            .iter()
+            .all(|m| !m.client_urls().is_empty())
+    );
+    let status = client.status().await.expect("status");
+    let leader = status.leader();
+    assert!(members.members().iter().any(|m| m.id() == leader));
+
+    // The client rides through a leader SIGKILL: writes succeed again once a leader is elected.
+    let leader_id = cluster.leader().await;
+    cluster.kill(leader_id);
+    let survivors = cluster.running_endpoints();
+    let mut client = Client::connect(survivors, None).await.expect("reconnect");
+    let revision = wait_for(
+        "a write after the leader kill",
+        Duration::from_secs(30),
+        || {
+            let mut client = client.clone();
+            async move {
+                client
+                    .put("after-kill", "ok", None)
+                    .await
+                    .ok()
+                    .and_then(|r| r.header().map(|h| h.revision()))
+            }
+        },
+    )
+    .await;
+    let read = client.get("after-kill", None).await.expect("get");
+    assert_eq!(value(&read), Some(&b"ok"[..]));
+    assert!(read.header().expect("header").revision() >= revision);
+    assert_eq!(
+        value(&client.get("cfg/a", None).await.expect("get")),
+        Some(&b"20"[..]),
+        "acknowledged writes survive the leader kill"
+    );
+}
