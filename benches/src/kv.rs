@@ -3,15 +3,15 @@
 //! two at each concurrency level so disk-speed drift hits both alike; reports ratios.
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use ballast_protocol::coordination::Coordinator;
 use ballast_protocol::etcdserverpb as epb;
-use ballast_testkit::{ClusterOptions, TestCluster, free_port_block};
+use ballast_testkit::etcd::EtcdCluster;
+use ballast_testkit::{ClusterOptions, TestCluster};
 
 use crate::stats::{Summary, mib, ms, rss_bytes};
 
@@ -27,66 +27,6 @@ pub struct KvBenchArgs {
     /// Markdown report to write.
     #[arg(long, default_value = "docs/benchmarks-kv.md")]
     pub out: PathBuf,
-}
-
-/// A 3-member etcd cluster on loopback, killed when dropped.
-struct Etcd {
-    members: Vec<Child>,
-    endpoints: Vec<String>,
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        for m in &mut self.members {
-            let _ = m.kill();
-            let _ = m.wait();
-        }
-    }
-}
-
-fn start_etcd(dir: &Path) -> anyhow::Result<Etcd> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.ci/etcd");
-    let installed = Command::new(&script).stderr(Stdio::inherit()).output()?;
-    if !installed.status.success() {
-        bail!("{} could not install etcd", script.display());
-    }
-    let base = free_port_block(6);
-    let peer = |i: u16| format!("http://127.0.0.1:{}", base + 3 + i);
-    let initial: Vec<String> = (0..3).map(|i| format!("e{i}={}", peer(i))).collect();
-    let mut members = Vec::new();
-    let mut endpoints = Vec::new();
-    for i in 0..3u16 {
-        let client = format!("http://127.0.0.1:{}", base + i);
-        let log = std::fs::File::create(dir.join(format!("etcd-{i}.log")))?;
-        let child = Command::new("etcd")
-            .args([
-                "--name",
-                &format!("e{i}"),
-                "--data-dir",
-                &dir.join(format!("etcd-{i}")).display().to_string(),
-                "--listen-client-urls",
-                &client,
-                "--advertise-client-urls",
-                &client,
-                "--listen-peer-urls",
-                &peer(i),
-                "--initial-advertise-peer-urls",
-                &peer(i),
-                "--initial-cluster",
-                &initial.join(","),
-                "--initial-cluster-state",
-                "new",
-                "--initial-cluster-token",
-                "ballast-bench",
-            ])
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("starting etcd")?;
-        members.push(child);
-        endpoints.push(format!("127.0.0.1:{}", base + i));
-    }
-    Ok(Etcd { members, endpoints })
 }
 
 /// Puts for `seconds` with `in_flight` concurrent writers; latencies of acknowledged puts.
@@ -164,18 +104,38 @@ pub async fn run(args: KvBenchArgs) -> anyhow::Result<()> {
     let program = std::env::current_exe().context("locating ballast-bench")?;
     let ballast = TestCluster::start_with(
         ClusterOptions {
-            program,
+            program: program.clone(),
             leading_args: vec!["replica".into()],
             ..ClusterOptions::default()
         },
         3,
     )
     .await;
-    let etcd = start_etcd(work.path())?;
-    let ballast_client = Coordinator::new(&ballast.endpoints())?;
+    let etcd = EtcdCluster::start(work.path(), 3).context("starting etcd")?;
     let etcd_client = Coordinator::new(&etcd.endpoints)?;
-    ready(&ballast_client).await?;
     ready(&etcd_client).await?;
+    // Ballast's etcd backend (ADR 0009) on the same etcd: its log goes through etcd's quorum.
+    let on_etcd = TestCluster::start_unformed(
+        ClusterOptions {
+            program,
+            leading_args: vec!["replica".into()],
+            extra: vec![
+                "--backend".into(),
+                "etcd".into(),
+                "--etcd-endpoints".into(),
+                etcd.endpoints.join(","),
+                "--etcd-prefix".into(),
+                "/ballast/bench".into(),
+            ],
+            ..ClusterOptions::default()
+        },
+        3,
+    )
+    .await;
+    let ballast_client = Coordinator::new(&ballast.endpoints())?;
+    let on_etcd_client = Coordinator::new(&on_etcd.endpoints())?;
+    ready(&ballast_client).await?;
+    ready(&on_etcd_client).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss = |pids: Vec<u32>| -> u64 { pids.into_iter().filter_map(rss_bytes).sum() };
     let ballast_pids = || {
@@ -185,7 +145,7 @@ pub async fn run(args: KvBenchArgs) -> anyhow::Result<()> {
             .filter_map(|r| r.pid())
             .collect::<Vec<_>>()
     };
-    let etcd_pids = || etcd.members.iter().map(|m| m.id()).collect::<Vec<_>>();
+    let etcd_pids = || etcd.pids();
     let idle = (rss(ballast_pids()), rss(etcd_pids()));
     let value = vec![b'x'; args.value_bytes];
     let mut rows = Vec::new();
@@ -195,8 +155,13 @@ pub async fn run(args: KvBenchArgs) -> anyhow::Result<()> {
         let e = puts(&etcd_client, in_flight, args.seconds, &value).await;
         eprintln!("{in_flight} in flight: ballast");
         let b = puts(&ballast_client, in_flight, args.seconds, &value).await;
-        eprintln!("  etcd {:.0}/s, ballast {:.0}/s", e.0, b.0);
-        rows.push((in_flight, b, e));
+        eprintln!("{in_flight} in flight: ballast on etcd");
+        let o = puts(&on_etcd_client, in_flight, args.seconds, &value).await;
+        eprintln!(
+            "  etcd {:.0}/s, ballast {:.0}/s, ballast on etcd {:.0}/s",
+            e.0, b.0, o.0
+        );
+        rows.push((in_flight, b, e, o));
     }
     let loaded = (rss(ballast_pids()), rss(etcd_pids()));
     let mut out = String::new();
@@ -209,7 +174,7 @@ pub async fn run(args: KvBenchArgs) -> anyhow::Result<()> {
          both on loopback in the same run; etcd then Ballast at each level. Machine: {}.\n",
         args.value_bytes,
         args.seconds,
-        etcd_version(),
+        ballast_testkit::etcd::version(),
         crate::stats::machine()
     )?;
     writeln!(
@@ -217,7 +182,7 @@ pub async fn run(args: KvBenchArgs) -> anyhow::Result<()> {
         "| in flight | Ballast puts/s | etcd puts/s | ratio | Ballast p50 / p99 ms | etcd p50 / p99 ms | errors B / e |"
     )?;
     writeln!(out, "|---:|---:|---:|---:|---|---|---|")?;
-    for (in_flight, b, e) in &rows {
+    for (in_flight, b, e, _) in &rows {
         writeln!(
             out,
             "| {in_flight} | {:.0} | {:.0} | {:.2} | {} / {} | {} / {} | {} / {} |",
@@ -234,6 +199,28 @@ pub async fn run(args: KvBenchArgs) -> anyhow::Result<()> {
     }
     writeln!(
         out,
+        "\nBallast with `--backend etcd` (ADR 0009: three Ballast replicas keeping their log in \
+         the same 3-member etcd, one etcd transaction per batch of writes), same client and \
+         workload, run third at each level:\n"
+    )?;
+    writeln!(
+        out,
+        "| in flight | Ballast-on-etcd puts/s | vs etcd alone | p50 / p99 ms | errors |"
+    )?;
+    writeln!(out, "|---:|---:|---:|---|---:|")?;
+    for (in_flight, _, e, o) in &rows {
+        writeln!(
+            out,
+            "| {in_flight} | {:.0} | {:.2} | {} / {} | {} |",
+            o.0,
+            o.0 / e.0.max(1.0),
+            ms(o.1.p50),
+            ms(o.1.p99),
+            o.2
+        )?;
+    }
+    writeln!(
+        out,
         "\nRSS of the three members together: Ballast {} MiB idle, {} MiB after the run; etcd {} MiB \
          idle, {} MiB after the run.",
         mib(idle.0),
@@ -243,21 +230,8 @@ pub async fn run(args: KvBenchArgs) -> anyhow::Result<()> {
     )?;
     std::fs::write(&args.out, &out).with_context(|| format!("writing {}", args.out.display()))?;
     println!("{out}");
+    drop(on_etcd);
     drop(etcd);
     drop(ballast);
     Ok(())
-}
-
-fn etcd_version() -> String {
-    Command::new("etcd")
-        .arg("--version")
-        .output()
-        .ok()
-        .and_then(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .next()
-                .map(|l| l.replace("etcd Version: ", ""))
-        })
-        .unwrap_or_default()
 }

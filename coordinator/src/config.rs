@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use crate::node::{self, NodeConfig, NodeError};
+use crate::etcd_log::EtcdBackendConfig;
+use crate::node::{self, Backend, NodeConfig, NodeError};
 
 /// A Ballast coordinator replica (Raft over gRPC, state on fjall).
 ///
@@ -92,6 +93,29 @@ pub struct CoordArgs {
     /// then start. The other replicas rejoin with fresh data dirs. Run it on one replica only.
     #[arg(long, env = "BALLAST_FORCE_NEW_CLUSTER", conflicts_with_all = ["bootstrap", "join"])]
     pub force_new_cluster: bool,
+    /// Where the replicated log lives: `raft` (Ballast's own Raft group, the default) or
+    /// `etcd` (an existing etcd cluster; every ballast-coord pointed at the same
+    /// `--etcd-prefix` serves the same state, one of them leads). See ADR 0009.
+    #[arg(long, env = "BALLAST_BACKEND", value_enum, default_value_t = BackendKind::Raft)]
+    pub backend: BackendKind,
+    /// etcd endpoints for `--backend etcd` (comma-separated `host:port` or URLs).
+    #[arg(long, env = "BALLAST_ETCD_ENDPOINTS", value_delimiter = ',')]
+    pub etcd_endpoints: Vec<String>,
+    /// Key prefix holding this group in etcd; several groups can share one etcd.
+    #[arg(long, env = "BALLAST_ETCD_PREFIX", default_value = "/ballast")]
+    pub etcd_prefix: String,
+    /// TTL of each replica's etcd session: how long leadership outlives a dead leader.
+    #[arg(long, env = "BALLAST_ETCD_SESSION_TTL_SECS", default_value_t = 3)]
+    pub etcd_session_ttl_secs: u64,
+}
+
+/// Values of `--backend`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendKind {
+    /// Ballast's own Raft group.
+    Raft,
+    /// An existing etcd cluster.
+    Etcd,
 }
 
 impl CoordArgs {
@@ -127,6 +151,52 @@ impl CoordArgs {
                 "--snapshot-entries and --snapshot-interval-secs must be above 0".into(),
             ));
         }
+        let backend = match self.backend {
+            BackendKind::Raft => {
+                if !self.etcd_endpoints.is_empty() {
+                    return Err(NodeError::Config(
+                        "--etcd-endpoints needs --backend etcd".into(),
+                    ));
+                }
+                Backend::Raft
+            }
+            BackendKind::Etcd => {
+                if self.etcd_endpoints.is_empty() {
+                    return Err(NodeError::Config(
+                        "--backend etcd needs --etcd-endpoints HOST:PORT[,...]".into(),
+                    ));
+                }
+                if self.bootstrap || !self.join.is_empty() || self.force_new_cluster {
+                    return Err(NodeError::Config(
+                        "--bootstrap, --join and --force-new-cluster are Raft-backend flags: with \
+                         --backend etcd the group is whatever --etcd-prefix holds (created on \
+                         first start) and etcd keeps quorum"
+                            .into(),
+                    ));
+                }
+                let prefix = self.etcd_prefix.trim_end_matches('/');
+                if !prefix.starts_with('/') || prefix.len() < 2 || prefix.contains("//") {
+                    return Err(NodeError::Config(format!(
+                        "--etcd-prefix {:?} must be an absolute key path such as /ballast or /teams/fleet-a",
+                        self.etcd_prefix
+                    )));
+                }
+                if !(1..=60).contains(&self.etcd_session_ttl_secs) {
+                    return Err(NodeError::Config(format!(
+                        "--etcd-session-ttl-secs ({}) must be between 1 and 60",
+                        self.etcd_session_ttl_secs
+                    )));
+                }
+                Backend::Etcd(EtcdBackendConfig {
+                    endpoints: self.etcd_endpoints.clone(),
+                    prefix: prefix.to_string(),
+                    session_ttl: Duration::from_secs(self.etcd_session_ttl_secs),
+                    snapshot_entries: self.snapshot_entries,
+                    snapshot_interval: Duration::from_secs(self.snapshot_interval_secs),
+                    logs_to_keep: self.logs_to_keep,
+                })
+            }
+        };
         Ok(NodeConfig {
             id: self.id,
             az: self.az,
@@ -158,6 +228,7 @@ impl CoordArgs {
                 key,
             },
             force_new_cluster: self.force_new_cluster,
+            backend,
         })
     }
 }

@@ -2,8 +2,10 @@
 //! fleet state machine and serving the client and cluster-administration APIs.
 
 pub mod config;
+pub mod consensus;
 pub mod dr;
 pub mod error;
+pub mod etcd_log;
 pub mod fleet;
 pub mod history;
 pub mod kv;

@@ -26,9 +26,12 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
 
+use crate::consensus::Consensus;
 use crate::dr::{DrConfig, DrExporter};
+use crate::etcd_log::{self, EtcdBackendConfig, EtcdLog, EtcdLogError};
 use crate::raft::log_store::LogStore;
 use crate::raft::network::PeerNetwork;
+use crate::raft::state_machine::SharedState;
 use crate::raft::state_machine::StateMachineStore;
 use crate::raft::store::{META_CLUSTER_ID, META_NODE_ID, Store, StoreError};
 use crate::raft::types::{NodeId, Raft, RaftRequest, ReplicaNode};
@@ -82,6 +85,18 @@ pub struct NodeConfig {
     pub dr: DrConfig,
     /// Rewrite the data dir into a new single-voter cluster before starting (quorum loss).
     pub force_new_cluster: bool,
+    /// Which log orders the state machine.
+    pub backend: Backend,
+}
+
+/// Which log orders the state machine: Ballast's own Raft group or an existing etcd.
+#[derive(Clone, Debug, Default)]
+pub enum Backend {
+    /// openraft over fjall, replicated between ballast-coord replicas (the default).
+    #[default]
+    Raft,
+    /// The log kept in an etcd cluster (`--backend etcd`).
+    Etcd(EtcdBackendConfig),
 }
 
 /// Why a replica could not start.
@@ -112,6 +127,14 @@ pub enum NodeError {
         /// OS error.
         source: std::io::Error,
     },
+    /// The etcd backend could not reach etcd or read the group from it.
+    #[error("etcd backend ({endpoints}): {reason}")]
+    Etcd {
+        /// etcd endpoints.
+        endpoints: String,
+        /// What failed.
+        reason: String,
+    },
     /// The process could not keep running (signal setup, server failure).
     #[error("{0}")]
     Runtime(String),
@@ -140,7 +163,12 @@ impl RunningNode {
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         let _ = self.server.await;
-        let _ = self.replica.raft.shutdown().await;
+        match &self.replica.consensus {
+            Consensus::Raft(raft) => {
+                let _ = raft.shutdown().await;
+            }
+            Consensus::Etcd(log) => log.shutdown().await,
+        }
     }
 
     /// Waits until the server ends (it ends only on shutdown or a fatal server error).
@@ -255,14 +283,65 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
         .unwrap_or_else(|| local_addr.to_string());
     validate_address("advertise", &advertise).map_err(|e| NodeError::Config(e.to_string()))?;
     let store = Store::open(&config.data_dir)?;
-    let cluster_id = cluster_identity(&config, &store).await?;
+    let node = ReplicaNode {
+        address: advertise,
+        az: config.az.clone(),
+    };
+    let (stop, stopped) = watch::channel(false);
+    let (consensus, shared, cluster_id) = match &config.backend {
+        Backend::Raft => start_raft(&config, &store, &node).await?,
+        Backend::Etcd(etcd) => start_etcd(&config, etcd, &store, &node, stopped.clone()).await?,
+    };
+    let replica = Arc::new(Replica::new(
+        config.id,
+        node.clone(),
+        cluster_id.clone(),
+        consensus,
+        shared,
+        store,
+        (
+            Timing {
+                election_timeout_max: config.election_timeout.1,
+                default_shard_lease: config.default_shard_lease,
+            },
+            DrExporter::new(config.dr.clone()),
+        ),
+    ));
+
+    let server = serve(replica.clone(), listener, stopped.clone());
+
+    if let Consensus::Raft(raft) = &replica.consensus {
+        start_raft_duties(&config, &replica, raft, node, &stopped).await?;
+    }
+    if let Some(interval) = config.rebalance_interval {
+        tokio::spawn(rebalance_loop(replica.clone(), interval, stopped.clone()));
+    }
+    tokio::spawn(crate::dr::export_loop(replica.clone(), stopped.clone()));
+    tokio::spawn(crate::service::etcd::lease_expiry_loop(
+        replica.clone(),
+        stopped.clone(),
+    ));
+    tracing::info!(id = config.id, az = %config.az, %local_addr, cluster_id = %cluster_id, "replica serving");
+    Ok(RunningNode {
+        replica,
+        local_addr,
+        server,
+        stop,
+    })
+}
+
+/// Opens the Raft backend: settles the cluster identity, applies `--force-new-cluster`, and
+/// starts openraft over the data dir.
+async fn start_raft(
+    config: &NodeConfig,
+    store: &Store,
+    node: &ReplicaNode,
+) -> Result<(Consensus, Arc<SharedState>, String), NodeError> {
+    let cluster_id = cluster_identity(config, store).await?;
     if config.force_new_cluster {
-        let node = ReplicaNode {
-            address: advertise.clone(),
-            az: config.az.clone(),
-        };
-        let outcome = crate::restore::force_new_cluster(&store, config.id, node, RESTORE_BUMP)
-            .map_err(|e| NodeError::Config(e.to_string()))?;
+        let outcome =
+            crate::restore::force_new_cluster(store, config.id, node.clone(), RESTORE_BUMP)
+                .map_err(|e| NodeError::Config(e.to_string()))?;
         tracing::warn!(
             revision = outcome.revision,
             restore_epoch = outcome.restore_epoch,
@@ -270,8 +349,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
             "forced a new single-voter cluster from this replica's data; other replicas must rejoin with fresh data dirs"
         );
     }
-
-    let raft_config = Arc::new(raft_config(&config, &cluster_id)?);
+    let raft_config = Arc::new(raft_config(config, &cluster_id)?);
     let log_store = LogStore::new(store.clone());
     let state_machine =
         StateMachineStore::open(store.clone()).map_err(|e| NodeError::Raft(e.to_string()))?;
@@ -285,30 +363,64 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
     )
     .await
     .map_err(|e| NodeError::Raft(e.to_string()))?;
+    Ok((Consensus::Raft(raft), shared, cluster_id))
+}
 
-    let node = ReplicaNode {
-        address: advertise,
-        az: config.az.clone(),
+/// Opens the etcd backend: learns (or creates) the group's cluster id under the prefix,
+/// checks it against the data dir, and loads the state from etcd.
+async fn start_etcd(
+    config: &NodeConfig,
+    etcd: &EtcdBackendConfig,
+    store: &Store,
+    node: &ReplicaNode,
+    stopped: watch::Receiver<bool>,
+) -> Result<(Consensus, Arc<SharedState>, String), NodeError> {
+    let etcd_error = |e: EtcdLogError| NodeError::Etcd {
+        endpoints: etcd.endpoints.join(","),
+        reason: e.to_string(),
     };
-    let replica = Arc::new(Replica::new(
-        config.id,
-        node.clone(),
-        cluster_id.clone(),
-        raft.clone(),
-        shared,
-        store,
-        (
-            Timing {
-                election_timeout_max: config.election_timeout.1,
-                default_shard_lease: config.default_shard_lease,
-            },
-            DrExporter::new(config.dr.clone()),
-        ),
-    ));
+    let (client, cluster_id) = etcd_log::connect(etcd).await.map_err(etcd_error)?;
+    let dir = config.data_dir.display().to_string();
+    match store.read_meta::<NodeId>(META_NODE_ID)? {
+        Some(stored) if stored != config.id => {
+            return Err(NodeError::Identity {
+                dir,
+                reason: format!("it holds replica {stored}, not replica {}", config.id),
+            });
+        }
+        _ => {}
+    }
+    match store.read_meta::<String>(META_CLUSTER_ID)? {
+        Some(stored) if stored != cluster_id => {
+            return Err(NodeError::Identity {
+                dir,
+                reason: format!(
+                    "it belongs to cluster {stored}, but etcd prefix {} holds cluster {cluster_id}",
+                    etcd.prefix
+                ),
+            });
+        }
+        Some(_) => {}
+        None => {
+            store.write_meta(META_NODE_ID, &config.id, false)?;
+            store.write_meta(META_CLUSTER_ID, &cluster_id, true)?;
+        }
+    }
+    let (log, shared) = EtcdLog::start(client, etcd.clone(), (config.id, node.clone()), stopped)
+        .await
+        .map_err(etcd_error)?;
+    Ok((Consensus::Etcd(log), shared, cluster_id))
+}
 
-    let (stop, stopped) = watch::channel(false);
-    let server = serve(replica.clone(), listener, stopped.clone());
-
+/// The Raft backend's own duties: bootstrap or join, and the snapshot timer.
+async fn start_raft_duties(
+    config: &NodeConfig,
+    replica: &Arc<Replica>,
+    raft: &Raft,
+    node: ReplicaNode,
+    stopped: &watch::Receiver<bool>,
+) -> Result<(), NodeError> {
+    let cluster_id = &replica.cluster_id;
     if config.bootstrap
         && !raft
             .is_initialized()
@@ -332,22 +444,12 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
             stopped.clone(),
         ));
     }
-    if let Some(interval) = config.rebalance_interval {
-        tokio::spawn(rebalance_loop(replica.clone(), interval, stopped.clone()));
-    }
-    tokio::spawn(crate::dr::export_loop(replica.clone(), stopped.clone()));
-    tokio::spawn(crate::service::etcd::lease_expiry_loop(
-        replica.clone(),
+    tokio::spawn(snapshot_timer(
+        raft.clone(),
+        config.snapshot_interval,
         stopped.clone(),
     ));
-    tokio::spawn(snapshot_timer(raft, config.snapshot_interval, stopped));
-    tracing::info!(id = config.id, az = %config.az, %local_addr, cluster_id = %cluster_id, "replica serving");
-    Ok(RunningNode {
-        replica,
-        local_addr,
-        server,
-        stop,
-    })
+    Ok(())
 }
 
 fn serve(

@@ -10,11 +10,11 @@ use ballast_protocol::pb;
 use ballast_protocol::pb::raft_client::RaftClient;
 use ballast_protocol::{CLUSTER_ID_HEADER, FORWARDED_HEADER, LEADER_ADDRESS_HEADER};
 use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
-use openraft::{RaftMetrics, ServerState};
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
+use crate::consensus::{Consensus, View};
 use crate::error::fleet_status;
 use crate::fleet::Applied;
 use crate::leases::ShardLeases;
@@ -42,8 +42,8 @@ pub struct Replica {
     pub address: String,
     /// The cluster it belongs to.
     pub cluster_id: String,
-    /// openraft handle.
-    pub raft: Raft,
+    /// The log behind this replica: Ballast's Raft group or etcd.
+    pub consensus: Consensus,
     /// Applied fleet state.
     pub state: Arc<SharedState>,
     /// On-disk store (for status figures).
@@ -73,7 +73,7 @@ impl Replica {
         id: NodeId,
         node: ReplicaNode,
         cluster_id: String,
-        raft: Raft,
+        consensus: Consensus,
         state: Arc<SharedState>,
         store: Store,
         (timing, dr): (Timing, DrExporter),
@@ -83,7 +83,7 @@ impl Replica {
             az: node.az,
             address: node.address,
             cluster_id,
-            raft,
+            consensus,
             state,
             store,
             timing,
@@ -94,34 +94,38 @@ impl Replica {
         }
     }
 
-    /// A snapshot of openraft's metrics.
-    pub fn metrics(&self) -> RaftMetrics<NodeId, ReplicaNode> {
-        self.raft.metrics().borrow().clone()
+    /// The openraft handle, for Raft-only administration (membership, leadership transfer,
+    /// snapshots, peer messages). An etcd-backed replica refuses those: etcd runs consensus.
+    pub fn raft(&self) -> Result<&Raft, Status> {
+        match &self.consensus {
+            Consensus::Raft(raft) => Ok(raft),
+            Consensus::Etcd(_) => Err(Status::failed_precondition(format!(
+                "replica {} keeps its log in etcd (--backend etcd): membership, leadership \
+                 transfer, Raft snapshots and peer traffic are etcd's business there; start or \
+                 stop ballast-coord processes against the same --etcd-prefix instead",
+                self.id
+            ))),
+        }
+    }
+
+    /// The group as this replica sees it (members, leader, log positions).
+    pub fn view(&self) -> View {
+        self.consensus.view(self.id)
     }
 
     /// The current leader and its node record, if one is known.
     pub fn leader(&self) -> Option<(NodeId, ReplicaNode)> {
-        let metrics = self.raft.metrics();
-        let metrics = metrics.borrow();
-        let leader = metrics.current_leader?;
-        let node = metrics
-            .membership_config
-            .membership()
-            .get_node(&leader)?
-            .clone();
-        Some((leader, node))
+        self.consensus.leader()
     }
 
     /// The header every answer carries.
     pub fn header(&self) -> pb::ResponseHeader {
-        let metrics = self.raft.metrics();
-        let metrics = metrics.borrow();
         pb::ResponseHeader {
             cluster_id: self.cluster_id.clone(),
             member_id: self.id,
             revision: self.state.revision(),
-            raft_term: metrics.current_term,
-            leader_id: metrics.current_leader.unwrap_or(0),
+            raft_term: self.consensus.term(),
+            leader_id: self.leader().map_or(0, |(id, _)| id),
             restore_epoch: self.state.fleet().restore_epoch(),
         }
     }
@@ -217,7 +221,11 @@ impl Replica {
     /// Proposes a fleet command on this replica (which must lead) and waits until it is
     /// committed and applied.
     pub async fn propose(&self, request: RaftRequest) -> Result<Applied, Status> {
-        match self.raft.client_write(request).await {
+        let raft = match &self.consensus {
+            Consensus::Raft(raft) => raft,
+            Consensus::Etcd(log) => return log.propose(request).await,
+        };
+        match raft.client_write(request).await {
             Ok(response) => response.data.outcome.map_err(|e| fleet_status(&e)),
             Err(error) => Err(raft_write_status(error)),
         }
@@ -226,9 +234,14 @@ impl Replica {
     /// Makes a following read linearizable: on the leader by confirming leadership with a
     /// quorum; on a follower by asking the leader for its read index and waiting to apply it.
     pub async fn linearize(&self) -> Result<(), Status> {
+        let raft = match &self.consensus {
+            Consensus::Raft(raft) => raft,
+            // Any replica can read the log head from etcd itself.
+            Consensus::Etcd(log) => return log.linearize().await,
+        };
         match self.route(&MetadataMap::new())? {
             Route::Local => {
-                self.raft.ensure_linearizable().await.map_err(|e| {
+                raft.ensure_linearizable().await.map_err(|e| {
                     Status::unavailable(format!(
                         "could not confirm leadership for a linearizable read: {e}"
                     ))
@@ -242,8 +255,7 @@ impl Replica {
                 });
                 request.set_timeout(Duration::from_secs(5));
                 let index = client.read_index(request).await?.into_inner().index;
-                self.raft
-                    .wait(Some(Duration::from_secs(5)))
+                raft.wait(Some(Duration::from_secs(5)))
                     .applied_index_at_least(Some(index), "linearizable read")
                     .await
                     .map_err(|e| {
@@ -259,7 +271,7 @@ impl Replica {
 
     /// Whether this replica currently leads.
     pub fn is_leader(&self) -> bool {
-        self.raft.metrics().borrow().state == ServerState::Leader
+        self.consensus.is_leader()
     }
 }
 

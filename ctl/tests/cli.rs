@@ -30,6 +30,7 @@ async fn start_replica_with(dir: &std::path::Path, dr: DrConfig) -> RunningNode 
         rebalance_interval: None,
         dr,
         force_new_cluster: false,
+        backend: Default::default(),
     })
     .await
     .expect("starting a replica")

@@ -14,16 +14,6 @@ fn program() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_ballast-sim"))
 }
 
-fn etcdctl_path() -> PathBuf {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.ci/etcd");
-    let out = Command::new(&script)
-        .stderr(Stdio::inherit())
-        .output()
-        .unwrap_or_else(|e| panic!("running {}: {e}", script.display()));
-    assert!(out.status.success(), "{} failed", script.display());
-    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
-}
-
 struct Etcdctl {
     path: PathBuf,
     endpoints: String,
@@ -131,7 +121,7 @@ async fn cluster() -> TestCluster {
 async fn etcdctl_works_against_ballast() {
     let cluster = cluster().await;
     let ctl = Etcdctl {
-        path: etcdctl_path(),
+        path: ballast_testkit::etcd::install(),
         endpoints: cluster.endpoints().join(","),
     };
 
@@ -218,7 +208,7 @@ async fn etcdctl_works_against_ballast() {
 async fn leases_expire_on_every_replica_and_watches_survive_a_leader_kill() {
     let mut cluster = cluster().await;
     let ctl = Etcdctl {
-        path: etcdctl_path(),
+        path: ballast_testkit::etcd::install(),
         endpoints: cluster.endpoints().join(","),
     };
     // An unrenewed lease expires (the leader revokes it through Raft) on every replica.

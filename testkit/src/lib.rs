@@ -3,6 +3,7 @@
 //! processes uses this one harness instead of rolling its own; the demo and the benchmarks
 //! launch their clusters with it too.
 
+pub mod etcd;
 pub mod fleet;
 mod s3;
 
@@ -164,6 +165,22 @@ impl TestCluster {
         for id in 2..=size {
             cluster.add(id).await;
         }
+        cluster
+    }
+
+    /// Starts replicas `1..=size` with no bootstrap or join flags (for backends where the
+    /// group forms outside Ballast, such as `--backend etcd`) and waits until one leads.
+    pub async fn start_unformed(options: ClusterOptions, size: u64) -> TestCluster {
+        let dir = Dir::Temp(tempfile::tempdir().expect("creating a temp dir"));
+        let mut cluster = TestCluster {
+            replicas: Vec::new(),
+            options,
+            dir,
+        };
+        for id in 1..=size {
+            cluster.spawn_new(id, &[]);
+        }
+        cluster.leader().await;
         cluster
     }
 

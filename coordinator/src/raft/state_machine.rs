@@ -15,9 +15,10 @@ use tokio::sync::watch;
 
 use super::store::Store;
 use super::types::{
-    Entry, LogId, RaftResponse, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
+    Entry, LogId, Membership, RaftRequest, RaftResponse, SnapshotMeta, StorageError,
+    StoredMembership, TypeConfig,
 };
-use crate::fleet::{Applied, FleetState};
+use crate::fleet::{Applied, FleetError, FleetState};
 use crate::history::History;
 
 /// State shared between the state machine (writer) and the gRPC services (readers).
@@ -65,6 +66,87 @@ impl SharedState {
     pub fn watch_revision(&self) -> watch::Receiver<u64> {
         self.revision_tx.subscribe()
     }
+
+    /// A fresh state (empty, or decoded from a snapshot) as of `applied`.
+    pub(crate) fn from_snapshot(fleet: FleetState, applied: Option<LogId>) -> Arc<Self> {
+        Arc::new(Self::new(fleet, applied, StoredMembership::default()))
+    }
+
+    /// Applies committed log entries in order and returns each one's outcome. The one apply
+    /// path for every consensus backend, so both produce the same state from the same log.
+    pub(crate) fn apply_entries(
+        &self,
+        entries: impl IntoIterator<Item = (LogId, Step)>,
+    ) -> Vec<Result<Applied, FleetError>> {
+        let mut outcomes = Vec::new();
+        let revision;
+        {
+            let mut fleet = self.fleet.write().unwrap_or_else(|p| p.into_inner());
+            let mut applied = self.applied.write().unwrap_or_else(|p| p.into_inner());
+            for (log_id, step) in entries {
+                applied.0 = Some(log_id);
+                let unchanged = Applied {
+                    revision: fleet.revision(),
+                    changed: false,
+                    kv: None,
+                };
+                let outcome = match step {
+                    Step::Blank => Ok(unchanged),
+                    Step::Request(request) => {
+                        let id =
+                            (!request.request_id.is_empty()).then_some(request.request_id.as_str());
+                        let (outcome, changes) = fleet.apply_request_tracked(id, &request.command);
+                        if let Ok(applied) = &outcome
+                            && applied.changed
+                        {
+                            self.history
+                                .write()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .push(applied.revision, changes);
+                        }
+                        outcome
+                    }
+                    Step::Membership(membership) => {
+                        applied.1 = StoredMembership::new(Some(log_id), membership);
+                        Ok(unchanged)
+                    }
+                };
+                outcomes.push(outcome);
+            }
+            revision = fleet.revision();
+        }
+        self.revision_tx.send_replace(revision);
+        outcomes
+    }
+
+    /// Replaces the whole state with a snapshot's. Changes before the snapshot are unknown
+    /// here, so watches resuming from earlier revisions get a full listing.
+    pub(crate) fn replace(
+        &self,
+        fleet: FleetState,
+        applied: Option<LogId>,
+        membership: StoredMembership,
+    ) {
+        let revision = fleet.revision();
+        {
+            let mut current = self.fleet.write().unwrap_or_else(|p| p.into_inner());
+            *current = fleet;
+            *self.applied.write().unwrap_or_else(|p| p.into_inner()) = (applied, membership);
+            *self.history.write().unwrap_or_else(|p| p.into_inner()) =
+                History::starting_at(revision);
+        }
+        self.revision_tx.send_replace(revision);
+    }
+}
+
+/// One committed log entry as the state machine sees it.
+pub(crate) enum Step {
+    /// A leader's no-op.
+    Blank,
+    /// A client command.
+    Request(RaftRequest),
+    /// A Raft membership change.
+    Membership(Membership),
 }
 
 /// Snapshot as stored in fjall and shipped to followers.
@@ -205,53 +287,18 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut responses = Vec::new();
-        let revision;
-        {
-            let mut fleet = self.shared.fleet.write().unwrap_or_else(|p| p.into_inner());
-            let mut applied = self
-                .shared
-                .applied
-                .write()
-                .unwrap_or_else(|p| p.into_inner());
-            for entry in entries {
-                applied.0 = Some(entry.log_id);
-                let outcome = match entry.payload {
-                    EntryPayload::Blank => Ok(Applied {
-                        revision: fleet.revision(),
-                        changed: false,
-                        kv: None,
-                    }),
-                    EntryPayload::Normal(request) => {
-                        let id =
-                            (!request.request_id.is_empty()).then_some(request.request_id.as_str());
-                        let (outcome, changes) = fleet.apply_request_tracked(id, &request.command);
-                        if let Ok(applied) = &outcome
-                            && applied.changed
-                        {
-                            self.shared
-                                .history
-                                .write()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .push(applied.revision, changes);
-                        }
-                        outcome
-                    }
-                    EntryPayload::Membership(membership) => {
-                        applied.1 = StoredMembership::new(Some(entry.log_id), membership);
-                        Ok(Applied {
-                            revision: fleet.revision(),
-                            changed: false,
-                            kv: None,
-                        })
-                    }
-                };
-                responses.push(RaftResponse { outcome });
-            }
-            revision = fleet.revision();
-        }
-        self.shared.revision_tx.send_replace(revision);
-        Ok(responses)
+        let responses = self.shared.apply_entries(entries.into_iter().map(|entry| {
+            let step = match entry.payload {
+                EntryPayload::Blank => Step::Blank,
+                EntryPayload::Normal(request) => Step::Request(request),
+                EntryPayload::Membership(membership) => Step::Membership(membership),
+            };
+            (entry.log_id, step)
+        }));
+        Ok(responses
+            .into_iter()
+            .map(|outcome| RaftResponse { outcome })
+            .collect())
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
@@ -279,24 +326,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         tokio::task::spawn_blocking(move || save_snapshot(&store, &meta_owned, &data))
             .await
             .map_err(snapshot_write_err)??;
-        let revision = fleet.revision();
-        {
-            let mut current = self.shared.fleet.write().unwrap_or_else(|p| p.into_inner());
-            *current = fleet;
-            let mut applied = self
-                .shared
-                .applied
-                .write()
-                .unwrap_or_else(|p| p.into_inner());
-            *applied = (meta.last_log_id, meta.last_membership.clone());
-            // Changes before the snapshot are unknown here; watches resuming earlier re-list.
-            *self
-                .shared
-                .history
-                .write()
-                .unwrap_or_else(|p| p.into_inner()) = History::starting_at(revision);
-        }
-        self.shared.revision_tx.send_replace(revision);
+        self.shared
+            .replace(fleet, meta.last_log_id, meta.last_membership.clone());
         Ok(())
     }
 

@@ -80,3 +80,5 @@ pub type StoredMembership = openraft::StoredMembership<NodeId, ReplicaNode>;
 pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, ReplicaNode>;
 /// Storage error type.
 pub type StorageError = openraft::StorageError<NodeId>;
+/// A Raft membership configuration.
+pub type Membership = openraft::Membership<NodeId, ReplicaNode>;

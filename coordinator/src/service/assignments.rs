@@ -96,7 +96,7 @@ async fn stream_updates(
         // A shard that is ahead of this replica (it was served by a more current one) waits
         // until this replica catches up: an older listing would take back newer grants.
         if relist || current >= from {
-            let term = replica.metrics().current_term;
+            let term = replica.consensus.term();
             let message = {
                 let history = replica.state.history();
                 let delta = if relist {

@@ -10,7 +10,7 @@ use ballast_protocol::pb::cluster_client::ClusterClient;
 use ballast_protocol::pb::cluster_server::Cluster;
 use ballast_protocol::pb::raft_client::RaftClient;
 use ballast_protocol::validate::{validate_address, validate_id};
-use openraft::{ChangeMembers, ServerState};
+use openraft::ChangeMembers;
 use tonic::{Request, Response, Status};
 
 use crate::error::invalid;
@@ -37,16 +37,6 @@ impl ClusterService {
 
     fn raft_client(&self, address: &str) -> Result<RaftClient<tonic::transport::Channel>, Status> {
         Ok(RaftClient::new(self.replica.channel_to(address)?))
-    }
-}
-
-fn state_name(state: ServerState) -> &'static str {
-    match state {
-        ServerState::Leader => "leader",
-        ServerState::Follower => "follower",
-        ServerState::Candidate => "candidate",
-        ServerState::Learner => "learner",
-        ServerState::Shutdown => "shutdown",
     }
 }
 
@@ -101,38 +91,24 @@ impl Cluster for ClusterService {
     ) -> Result<Response<pb::StatusResponse>, Status> {
         let replica = &self.replica;
         replica.check_cluster(request.metadata())?;
-        let metrics = replica.metrics();
-        let membership = metrics.membership_config.membership();
-        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
-        let last_log_index = metrics.last_log_index.unwrap_or(0);
-        let matched = metrics.replication.as_ref();
+        let view = replica.view();
         let mut members = Vec::new();
         let mut voter_azs = Vec::new();
-        for (id, node) in membership.nodes() {
-            let is_voter = voters.contains(id);
-            if is_voter {
-                voter_azs.push(node.az.clone());
+        for member in &view.members {
+            if member.voter {
+                voter_azs.push(member.node.az.clone());
             }
-            let matched_index = if *id == replica.id {
-                last_log_index
-            } else {
-                matched
-                    .and_then(|m| m.get(id).cloned().flatten())
-                    .map(|l| l.index)
-                    .unwrap_or(0)
-            };
+            let matched_index = member.matched_index.unwrap_or(0);
             members.push(pb::Member {
-                id: *id,
-                address: node.address.clone(),
-                az: node.az.clone(),
-                role: if is_voter { "voter" } else { "learner" }.to_string(),
-                leader: metrics.current_leader == Some(*id),
+                id: member.id,
+                address: member.node.address.clone(),
+                az: member.node.az.clone(),
+                role: if member.voter { "voter" } else { "learner" }.to_string(),
+                leader: view.leader == Some(member.id),
                 matched_index,
-                lag: if matched.is_some() || *id == replica.id {
-                    last_log_index.saturating_sub(matched_index)
-                } else {
-                    0
-                },
+                lag: member
+                    .matched_index
+                    .map_or(0, |m| view.last_log_index.saturating_sub(m)),
             });
         }
         let counts = replica.state.fleet().counts();
@@ -140,11 +116,11 @@ impl Cluster for ClusterService {
         Ok(replica.respond(pb::StatusResponse {
             dr: Some(replica.dr.status()),
             header: Some(replica.header()),
-            state: state_name(metrics.state).to_string(),
-            applied_index: metrics.last_applied.map(|l| l.index).unwrap_or(0),
-            last_log_index,
-            snapshot_index: metrics.snapshot.map(|l| l.index).unwrap_or(0),
-            purged_index: metrics.purged.map(|l| l.index).unwrap_or(0),
+            state: view.state.to_string(),
+            applied_index: view.applied_index,
+            last_log_index: view.last_log_index,
+            snapshot_index: view.snapshot_index,
+            purged_index: view.purged_index,
             members,
             placement: Some(placement(&voter_azs)),
             az: replica.az.clone(),
@@ -171,6 +147,7 @@ impl Cluster for ClusterService {
                 .await?;
             return Ok(replica.respond(answer.into_inner()));
         }
+        let raft = replica.raft()?;
         let join = request.into_inner();
         if join.id == 0 {
             return Err(invalid("id", "replica ids start at 1"));
@@ -182,7 +159,13 @@ impl Cluster for ClusterService {
             address: join.address.clone(),
             az: join.az.clone(),
         };
-        let membership = replica.metrics().membership_config.membership().clone();
+        let membership = raft
+            .metrics()
+            .borrow()
+            .clone()
+            .membership_config
+            .membership()
+            .clone();
         if let Some(existing) = membership.get_node(&join.id) {
             if existing.address != node.address {
                 return Err(Status::already_exists(format!(
@@ -200,15 +183,11 @@ impl Cluster for ClusterService {
         if !membership.voter_ids().any(|v| v == join.id) {
             tracing::info!(id = join.id, address = %node.address, az = %node.az, "adding learner");
             // Blocks until the learner has caught up, so promotion never stalls the quorum.
-            replica
-                .raft
-                .add_learner(join.id, node, true)
+            raft.add_learner(join.id, node, true)
                 .await
                 .map_err(raft_write_status)?;
             tracing::info!(id = join.id, "promoting caught-up learner to voter");
-            replica
-                .raft
-                .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([join.id])), false)
+            raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([join.id])), false)
                 .await
                 .map_err(raft_write_status)?;
         }
@@ -231,8 +210,15 @@ impl Cluster for ClusterService {
                 .await?;
             return Ok(replica.respond(answer.into_inner()));
         }
+        let raft = replica.raft()?;
         let id = request.into_inner().id;
-        let membership = replica.metrics().membership_config.membership().clone();
+        let membership = raft
+            .metrics()
+            .borrow()
+            .clone()
+            .membership_config
+            .membership()
+            .clone();
         if membership.get_node(&id).is_none() {
             return Err(Status::not_found(format!("replica {id} is not a member")));
         }
@@ -243,15 +229,11 @@ impl Cluster for ClusterService {
                     "replica {id} is the last voter; removing it would leave no cluster"
                 )));
             }
-            replica
-                .raft
-                .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
+            raft.change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
                 .await
                 .map_err(raft_write_status)?;
         } else {
-            replica
-                .raft
-                .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
+            raft.change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
                 .await
                 .map_err(raft_write_status)?;
         }
@@ -273,13 +255,14 @@ impl Cluster for ClusterService {
                 .await?;
             return Ok(replica.respond(answer.into_inner()));
         }
+        let raft = replica.raft()?;
         let target = request.into_inner().target;
         if target == replica.id {
             return Ok(replica.respond(pb::TransferLeaderResponse {
                 header: Some(replica.header()),
             }));
         }
-        let metrics = replica.metrics();
+        let metrics = raft.metrics().borrow().clone();
         let membership = metrics.membership_config.membership().clone();
         let voters: Vec<NodeId> = membership.voter_ids().collect();
         let Some(target_node) = membership.get_node(&target).cloned() else {
@@ -293,8 +276,7 @@ impl Cluster for ClusterService {
             )));
         }
         // The target must hold the whole log, or it cannot win the election.
-        let caught_up = replica
-            .raft
+        let caught_up = raft
             .wait(Some(Duration::from_secs(3)))
             .metrics(
                 |m| {
@@ -332,8 +314,8 @@ impl Cluster for ClusterService {
         }
         // Stop granting the lease: once it runs out on every follower, the target campaigns
         // and, holding the whole log, wins.
-        replica.raft.runtime_config().heartbeat(false);
-        replica.raft.runtime_config().elect(false);
+        raft.runtime_config().heartbeat(false);
+        raft.runtime_config().elect(false);
         let campaign = pb::ElectionControl {
             cluster_id: replica.cluster_id.clone(),
             millis: (lease + Duration::from_millis(50)).as_millis() as u64,
@@ -343,8 +325,7 @@ impl Cluster for ClusterService {
             .campaign(campaign)
             .await;
         let moved = match started {
-            Ok(_) => replica
-                .raft
+            Ok(_) => raft
                 .wait(Some(lease * 4))
                 .metrics(|m| m.current_leader == Some(target), "leadership moved")
                 .await
@@ -354,8 +335,8 @@ impl Cluster for ClusterService {
                 false
             }
         };
-        replica.raft.runtime_config().heartbeat(true);
-        replica.raft.runtime_config().elect(true);
+        raft.runtime_config().heartbeat(true);
+        raft.runtime_config().elect(true);
         if !moved {
             return Err(Status::aborted(format!(
                 "leadership did not move to replica {target} in time; the cluster keeps a leader, retry"
@@ -390,15 +371,19 @@ impl Cluster for ClusterService {
     ) -> Result<Response<pb::SnapshotResponse>, Status> {
         let replica = &self.replica;
         replica.check_cluster(request.metadata())?;
-        let applied = replica.metrics().last_applied.map(|l| l.index).unwrap_or(0);
-        replica
-            .raft
-            .trigger()
+        let raft = replica.raft()?;
+        let applied = raft
+            .metrics()
+            .borrow()
+            .clone()
+            .last_applied
+            .map(|l| l.index)
+            .unwrap_or(0);
+        raft.trigger()
             .snapshot()
             .await
             .map_err(|e| Status::unavailable(format!("raft stopped: {e}")))?;
-        let metrics = replica
-            .raft
+        let metrics = raft
             .wait(Some(Duration::from_secs(30)))
             .metrics(
                 |m| m.snapshot.map(|l| l.index).unwrap_or(0) >= applied,

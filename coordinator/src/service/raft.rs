@@ -47,7 +47,7 @@ impl RaftApi for RaftService {
         request: Request<pb::RaftMessage>,
     ) -> Result<Response<pb::RaftMessage>, Status> {
         let rpc = self.open(request.get_ref())?;
-        let result = self.replica.raft.append_entries(rpc).await;
+        let result = self.replica.raft()?.append_entries(rpc).await;
         self.reply(&result)
     }
 
@@ -56,7 +56,7 @@ impl RaftApi for RaftService {
         request: Request<pb::RaftMessage>,
     ) -> Result<Response<pb::RaftMessage>, Status> {
         let rpc = self.open(request.get_ref())?;
-        let result = self.replica.raft.vote(rpc).await;
+        let result = self.replica.raft()?.vote(rpc).await;
         self.reply(&result)
     }
 
@@ -76,7 +76,7 @@ impl RaftApi for RaftService {
             data: chunk.data,
             done: chunk.done,
         };
-        let result = self.replica.raft.install_snapshot(rpc).await;
+        let result = self.replica.raft()?.install_snapshot(rpc).await;
         self.reply(&result)
     }
 
@@ -87,7 +87,7 @@ impl RaftApi for RaftService {
         let control = request.into_inner();
         self.replica.check_peer_cluster(&control.cluster_id)?;
         let pause = Duration::from_millis(control.millis.min(10_000));
-        let raft = self.replica.raft.clone();
+        let raft = self.replica.raft()?.clone();
         raft.runtime_config().elect(false);
         tokio::spawn(async move {
             tokio::time::sleep(pause).await;
@@ -103,7 +103,7 @@ impl RaftApi for RaftService {
         let control = request.into_inner();
         self.replica.check_peer_cluster(&control.cluster_id)?;
         let wait = Duration::from_millis(control.millis.min(10_000));
-        let raft = self.replica.raft.clone();
+        let raft = self.replica.raft()?.clone();
         tokio::spawn(async move {
             tokio::time::sleep(wait).await;
             if let Err(e) = raft.trigger().elect().await {
@@ -119,7 +119,7 @@ impl RaftApi for RaftService {
     ) -> Result<Response<pb::ReadIndexReply>, Status> {
         self.replica
             .check_peer_cluster(&request.get_ref().cluster_id)?;
-        let (read_log_id, _) = self.replica.raft.get_read_log_id().await.map_err(|e| {
+        let (read_log_id, _) = self.replica.raft()?.get_read_log_id().await.map_err(|e| {
             Status::unavailable(format!(
                 "replica {} cannot serve a read index: {e}",
                 self.replica.id

@@ -19,19 +19,18 @@ impl Cluster for EtcdApi {
         request: Request<epb::MemberListRequest>,
     ) -> Result<Response<epb::MemberListResponse>, Status> {
         self.replica.check_cluster(request.metadata())?;
-        let metrics = self.replica.metrics();
-        let membership = metrics.membership_config.membership();
-        let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
-        let members = membership
-            .nodes()
-            .map(|(id, node)| {
-                let url = format!("http://{}", node.address);
+        let view = self.replica.view();
+        let members = view
+            .members
+            .iter()
+            .map(|member| {
+                let (id, url) = (&member.id, format!("http://{}", member.node.address));
                 epb::Member {
                     id: *id,
                     name: format!("replica-{id}"),
                     peer_ur_ls: vec![url.clone()],
                     client_ur_ls: vec![url],
-                    is_learner: !voters.contains(id),
+                    is_learner: !member.voter,
                 }
             })
             .collect();
@@ -49,21 +48,19 @@ impl Maintenance for EtcdApi {
         request: Request<epb::StatusRequest>,
     ) -> Result<Response<epb::StatusResponse>, Status> {
         self.replica.check_cluster(request.metadata())?;
-        let metrics = self.replica.metrics();
+        let view = self.replica.view();
         let size = self.replica.store.disk_space() as i64;
-        let voters: std::collections::BTreeSet<u64> =
-            metrics.membership_config.membership().voter_ids().collect();
         Ok(Response::new(epb::StatusResponse {
             header: Some(self.header_at(self.replica.state.revision())),
             version: ETCD_API_VERSION.into(),
             db_size: size,
-            leader: metrics.current_leader.unwrap_or(0),
-            raft_index: metrics.last_log_index.unwrap_or(0),
-            raft_term: metrics.current_term,
-            raft_applied_index: metrics.last_applied.map(|l| l.index).unwrap_or(0),
+            leader: view.leader.unwrap_or(0),
+            raft_index: view.last_log_index,
+            raft_term: view.term,
+            raft_applied_index: view.applied_index,
             errors: Vec::new(),
             db_size_in_use: size,
-            is_learner: !voters.contains(&self.replica.id),
+            is_learner: !view.voters().contains(&self.replica.id),
         }))
     }
 }

@@ -130,7 +130,7 @@ pub fn header(replica: &Replica, revision: u64) -> epb::ResponseHeader {
         cluster_id: cluster_id_u64(&replica.cluster_id),
         member_id: replica.id,
         revision: revision as i64,
-        raft_term: replica.raft.metrics().borrow().current_term,
+        raft_term: replica.consensus.term(),
     }
 }
 

@@ -1,0 +1,270 @@
+//! `ballast-coord --backend etcd` against a real etcd (Debian `etcd-server`, started by the
+//! test on loopback): three Ballast replicas keep the fleet state and the KV in etcd and serve
+//! the same APIs; the log, snapshot and compaction are visible in etcd; a SIGKILLed leader is
+//! replaced within its session TTL with no acknowledged write lost; a replica restarted after
+//! every replica died reloads everything from etcd; Raft-only administration is refused.
+
+use std::time::Duration;
+
+use ballast_protocol::pb;
+use ballast_testkit::etcd::EtcdCluster;
+use ballast_testkit::fleet::{FleetShape, list_fleet, load_fleet};
+use ballast_testkit::{ClusterOptions, TestCluster, wait_for};
+use etcd_client::{Client, GetOptions};
+use tonic::Code;
+
+const PREFIX: &str = "/ballast/test";
+
+fn options(etcd: &EtcdCluster) -> ClusterOptions {
+    ClusterOptions {
+        program: env!("CARGO_BIN_EXE_ballast-sim").into(),
+        leading_args: vec!["replica".into()],
+        extra: [
+            "--backend",
+            "etcd",
+            "--etcd-endpoints",
+            &etcd.endpoints.join(","),
+            "--etcd-prefix",
+            PREFIX,
+            "--etcd-session-ttl-secs",
+            "2",
+            "--snapshot-entries",
+            "40",
+            "--logs-to-keep",
+            "10",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect(),
+        ..ClusterOptions::default()
+    }
+}
+
+async fn kv_put(client: &mut Client, key: &str, value: &str) -> i64 {
+    wait_for(&format!("put {key}"), Duration::from_secs(30), || {
+        let mut client = client.clone();
+        async move {
+            client
+                .put(key, value, None)
+                .await
+                .ok()
+                .and_then(|r| r.header().map(|h| h.revision()))
+        }
+    })
+    .await
+}
+
+async fn kv_get(client: &mut Client, key: &str) -> Option<String> {
+    let answer = client.get(key, None).await.expect("get");
+    answer
+        .kvs()
+        .first()
+        .map(|kv| String::from_utf8_lossy(kv.value()).to_string())
+}
+
+async fn keys_in_etcd(etcd: &mut Client, suffix: &str) -> Vec<String> {
+    etcd.get(
+        format!("{PREFIX}/{suffix}"),
+        Some(GetOptions::new().with_prefix().with_keys_only()),
+    )
+    .await
+    .expect("reading etcd")
+    .kvs()
+    .iter()
+    .map(|kv| String::from_utf8_lossy(kv.key()).to_string())
+    .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ballast_on_a_real_etcd_serves_the_same_api_and_survives_kills() {
+    let etcd_dir = tempfile::tempdir().expect("temp dir");
+    let etcd = EtcdCluster::start(etcd_dir.path(), 1).expect("starting etcd");
+    let mut raw_etcd = wait_for("etcd to serve", Duration::from_secs(30), || async {
+        let mut client = Client::connect(&etcd.endpoints, None).await.ok()?;
+        client.get("probe", None).await.ok()?;
+        Some(client)
+    })
+    .await;
+
+    let mut cluster = TestCluster::start_unformed(options(&etcd), 3).await;
+    let client = cluster.client();
+
+    // Fleet state through the Ballast API, KV through the etcd API, both on the etcd log.
+    let shape = FleetShape {
+        shards: 6,
+        domains: 300,
+        bindings: 60,
+        quotas: 2,
+    };
+    load_fleet(&client, shape).await.expect("loading a fleet");
+    let mut kv = Client::connect(cluster.endpoints(), None)
+        .await
+        .expect("connect");
+    for i in 0..60 {
+        kv_put(&mut kv, &format!("app/{i:03}"), &format!("v{i}")).await;
+    }
+    let revision = client
+        .fleet(|mut c, req| async move {
+            c.list_shards(req.wrap(pb::ListShardsRequest { options: None }))
+                .await
+        })
+        .await
+        .expect("list")
+        .header
+        .expect("header")
+        .revision;
+    cluster.wait_until_converged(revision).await;
+    let before = list_fleet(&client).await.expect("listing");
+    assert_eq!(before.domains.len(), 300);
+
+    // Every replica serves the same state, each through its own linearizable read.
+    for id in 1..=3 {
+        assert_eq!(
+            list_fleet(&cluster.client_of(id)).await.expect("listing"),
+            before,
+            "replica {id} holds the same fleet state"
+        );
+    }
+
+    // The log, the snapshot and the compaction are in etcd, with members and a leader.
+    let members = keys_in_etcd(&mut raw_etcd, "members/").await;
+    assert_eq!(members.len(), 3, "{members:?}");
+    assert_eq!(keys_in_etcd(&mut raw_etcd, "leader").await.len(), 1);
+    let snapshot_written = wait_for("a snapshot in etcd", Duration::from_secs(30), || async {
+        let mut raw = raw_etcd.clone();
+        let meta = raw.get(format!("{PREFIX}/snapshot"), None).await.ok()?;
+        let kv = meta.kvs().first()?;
+        let record: serde_json::Value = serde_json::from_slice(kv.value()).ok()?;
+        record["index"].as_u64().filter(|i| *i >= 40)
+    })
+    .await;
+    let log = keys_in_etcd(&mut raw_etcd, "log/").await;
+    let first_kept: u64 = log
+        .first()
+        .and_then(|k| k.rsplit('/').next())
+        .and_then(|i| i.parse().ok())
+        .expect("log keys");
+    assert!(
+        first_kept > 1 && first_kept + 10 > snapshot_written,
+        "the log behind snapshot {snapshot_written} is compacted to a tail of 10, first kept {first_kept}"
+    );
+    assert!(
+        !keys_in_etcd(&mut raw_etcd, "snapshot-data/")
+            .await
+            .is_empty()
+    );
+
+    // Raft-only administration is refused with a reason.
+    let refused = client
+        .cluster(|mut c, req| async move {
+            c.remove_member(req.wrap(pb::RemoveMemberRequest { id: 2 }))
+                .await
+        })
+        .await
+        .expect_err("membership is etcd's");
+    assert!(refused.to_string().contains("--backend etcd"), "{refused}");
+
+    // SIGKILL the leader: another replica takes the leader key after the session TTL and
+    // writes continue; every acknowledged write is still there.
+    let leader = cluster.leader().await;
+    cluster.kill(leader);
+    let survivors = cluster.running_endpoints();
+    let mut kv = Client::connect(survivors, None).await.expect("connect");
+    kv_put(&mut kv, "after/leader-kill", "ok").await;
+    let new_leader = cluster.leader().await;
+    assert_ne!(new_leader, leader);
+    let survivor_client = cluster.client_of(new_leader);
+    assert_eq!(list_fleet(&survivor_client).await.expect("listing"), before);
+    for i in [0, 31, 59] {
+        assert_eq!(
+            kv_get(&mut kv, &format!("app/{i:03}")).await.as_deref(),
+            Some(format!("v{i}").as_str())
+        );
+    }
+
+    // The killed replica comes back and catches up from etcd.
+    cluster.restart(leader);
+    let revision = survivor_client
+        .fleet(|mut c, req| async move {
+            c.list_shards(req.wrap(pb::ListShardsRequest { options: None }))
+                .await
+        })
+        .await
+        .expect("list")
+        .header
+        .expect("header")
+        .revision;
+    cluster.wait_until_converged(revision).await;
+
+    // Every replica dies; one restarted replica reloads snapshot + log from etcd alone.
+    for id in 1..=3 {
+        cluster.kill(id);
+    }
+    cluster.restart(2);
+    let lone = cluster.client_of(2);
+    let after = wait_for(
+        "the restarted replica to serve",
+        Duration::from_secs(30),
+        || async { list_fleet(&lone).await.ok() },
+    )
+    .await;
+    assert_eq!(after, before, "the fleet state survives in etcd");
+    let mut kv = Client::connect([cluster.replica(2).address.clone()], None)
+        .await
+        .expect("connect");
+    assert_eq!(
+        kv_get(&mut kv, "after/leader-kill").await.as_deref(),
+        Some("ok")
+    );
+    assert_eq!(kv_get(&mut kv, "app/042").await.as_deref(), Some("v42"));
+    kv_put(&mut kv, "after/full-restart", "ok").await;
+
+    // Bad input is still refused with etcd's codes, nothing changed.
+    let refused = kv.put("", "v", None).await.expect_err("empty key");
+    match refused {
+        etcd_client::Error::GRpcStatus(s) => assert_eq!(s.code(), Code::InvalidArgument),
+        other => panic!("unexpected error {other:?}"),
+    }
+}
+
+#[test]
+fn etcd_backend_flags_are_checked_before_starting() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let run = |extra: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ballast-sim"))
+            .args(["replica", "--id", "1", "--az", "az-a", "--data-dir"])
+            .arg(dir.path())
+            .args(extra)
+            .output()
+            .expect("running ballast-sim replica");
+        assert!(!out.status.success(), "{extra:?} must be refused");
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    assert!(run(&["--backend", "etcd"]).contains("--etcd-endpoints"));
+    assert!(
+        run(&[
+            "--backend",
+            "etcd",
+            "--etcd-endpoints",
+            "127.0.0.1:1",
+            "--bootstrap"
+        ])
+        .contains("Raft-backend flags")
+    );
+    assert!(
+        run(&[
+            "--backend",
+            "etcd",
+            "--etcd-endpoints",
+            "127.0.0.1:1",
+            "--etcd-prefix",
+            "ballast"
+        ])
+        .contains("absolute key path")
+    );
+    assert!(run(&["--etcd-endpoints", "127.0.0.1:1"]).contains("needs --backend etcd"));
+    assert!(
+        !dir.path().join("replica").exists(),
+        "nothing was written for refused flags"
+    );
+}
