@@ -395,18 +395,27 @@ async fn bad_input_gets_etcds_error_codes_and_changes_nothing() {
     assert_eq!(all.header.expect("header").revision, now);
     assert_eq!(all.kvs[0].value, b"3");
 
-    // A large value goes through and comes back intact.
-    let big: Vec<u8> = (0..(256 * 1024)).map(|i| (i % 251) as u8).collect();
-    kv.put(put(b"big", big.clone(), 0))
-        .await
-        .expect("largest value");
-    let back = kv
-        .range(epb::RangeRequest {
-            key: b"big".to_vec(),
-            ..Default::default()
-        })
-        .await
-        .expect("range")
-        .into_inner();
-    assert_eq!(back.kvs[0].value, big);
+    // Values of the largest allowed size (1.5 MiB) go through one after another without
+    // unsettling the group, and come back intact.
+    let big: Vec<u8> = (0..(1536 * 1024)).map(|i| (i % 251) as u8).collect();
+    for i in 0..5u8 {
+        let mut value = big.clone();
+        value[0] = i;
+        kv.put(put(format!("big/{i}").as_bytes(), value, 0))
+            .await
+            .expect("largest value");
+    }
+    for i in 0..5u8 {
+        let back = kv
+            .range(epb::RangeRequest {
+                key: format!("big/{i}").into_bytes(),
+                ..Default::default()
+            })
+            .await
+            .expect("range")
+            .into_inner();
+        let value = &back.kvs[0].value;
+        assert_eq!((value.len(), value[0]), (big.len(), i));
+        assert_eq!(&value[1..], &big[1..]);
+    }
 }

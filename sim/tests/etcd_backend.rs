@@ -154,6 +154,22 @@ async fn ballast_on_a_real_etcd_serves_the_same_api_and_survives_kills() {
             .is_empty()
     );
 
+    // An entry over etcd's request limit (1.5 MiB by default) is refused with etcd's reason
+    // and changes nothing; the group keeps working.
+    let refused = kv
+        .put("too-big", vec![b'x'; 1536 * 1024], None)
+        .await
+        .expect_err("larger than etcd's request limit");
+    match refused {
+        etcd_client::Error::GRpcStatus(s) => {
+            assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
+            assert!(s.message().contains("too large"), "{s:?}");
+        }
+        other => panic!("unexpected error {other:?}"),
+    }
+    assert_eq!(kv_get(&mut kv, "too-big").await, None);
+    kv_put(&mut kv, "after/too-big", "ok").await;
+
     // Raft-only administration is refused with a reason.
     let refused = client
         .cluster(|mut c, req| async move {

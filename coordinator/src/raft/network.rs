@@ -83,9 +83,10 @@ impl PeerClient {
         status: Status,
     ) -> RPCError<NodeId, ReplicaNode, RaftError<NodeId, E>> {
         match status.code() {
-            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => {
-                RPCError::Unreachable(Unreachable::new(&status))
-            }
+            // Unreachable makes openraft back off for 500 ms, sending nothing — not even
+            // heartbeats — so keep it for peers that are really down. A slow answer (a large
+            // entry, a slow fsync) is retried at once and must not cost the leader its lease.
+            Code::Unavailable => RPCError::Unreachable(Unreachable::new(&status)),
             _ => RPCError::Network(NetworkError::new(&status)),
         }
     }
@@ -120,9 +121,14 @@ impl RaftNetwork<TypeConfig> for PeerClient {
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
-        option: RPCOption,
+        _option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>, openraft::error::Infallible> {
-        let request = self.message(self.encode(&rpc)?, &option);
+        // No gRPC deadline: openraft already bounds the wait, and a deadline would make the
+        // follower abandon an append the leader's retry then has to redo from scratch.
+        let request = tonic::Request::new(RaftMessage {
+            cluster_id: self.cluster_id.clone(),
+            payload: self.encode(&rpc)?,
+        });
         let reply = self
             .client
             .append_entries(request)

@@ -47,7 +47,13 @@ impl RaftApi for RaftService {
         request: Request<pb::RaftMessage>,
     ) -> Result<Response<pb::RaftMessage>, Status> {
         let rpc = self.open(request.get_ref())?;
-        let result = self.replica.raft()?.append_entries(rpc).await;
+        // Finish the append even if the leader stops waiting (openraft gives an append one
+        // heartbeat interval): its retry then finds the entries stored and answers at once,
+        // instead of redoing a slow write (a large value, a slow disk) that never fits.
+        let raft = self.replica.raft()?.clone();
+        let result = tokio::spawn(async move { raft.append_entries(rpc).await })
+            .await
+            .map_err(|e| Status::internal(format!("append task failed: {e}")))?;
         self.reply(&result)
     }
 
