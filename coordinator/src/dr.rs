@@ -13,7 +13,7 @@ use tonic::Status;
 use crate::replica::Replica;
 
 /// Payload description written into manifests.
-pub const PAYLOAD: &str = "ballast-fleet-state/json-v1";
+pub const PAYLOAD: &str = "ballast-fleet-state/postcard-v1";
 
 /// DR settings of a replica.
 #[derive(Clone, Debug, Default)]

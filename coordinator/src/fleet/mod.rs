@@ -10,7 +10,7 @@ pub use command::FleetCommand;
 pub use error::{ErrorKind, FleetError};
 pub use state::{
     Applied, Change, DEDUP_CAPACITY, FleetCounts, FleetState, ProviderRecord, QuotaRecord,
-    Revision, ShardRecord, ShardStatus,
+    Revision, SNAPSHOT_MAGIC, ShardRecord, ShardStatus,
 };
 
 #[cfg(test)]

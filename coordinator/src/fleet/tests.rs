@@ -675,9 +675,28 @@ fn snapshots_with_an_impossible_request_sequence_are_refused() {
     let mut s = FleetState::new();
     s.apply_request(Some("r1"), &register("s1", "az-a"))
         .expect("apply");
-    let mut value: serde_json::Value = serde_json::from_slice(&s.encode()).expect("json");
+    // Crafted as the JSON snapshots earlier versions wrote, which decode still reads.
+    let mut value: serde_json::Value = serde_json::to_value(&s).expect("json");
     value["dedup"]["first_seq"] = serde_json::json!(u64::MAX);
     let bytes = serde_json::to_vec(&value).expect("encode");
     let error = FleetState::decode(&bytes).expect_err("crafted snapshot");
     assert_eq!(error.kind(), ErrorKind::InvalidArgument);
+}
+
+#[test]
+fn binary_snapshots_round_trip_and_json_ones_still_read() {
+    let mut s = FleetState::new();
+    s.apply_request(Some("r1"), &register("s1", "az-a"))
+        .expect("apply");
+    s.apply_request(Some("r2"), &register("s2", "az-b"))
+        .expect("apply");
+    let binary = s.encode();
+    assert!(binary.starts_with(SNAPSHOT_MAGIC));
+    assert_eq!(FleetState::decode(&binary).expect("binary"), s);
+    let json = serde_json::to_vec(&s).expect("json");
+    assert_eq!(FleetState::decode(&json).expect("legacy json"), s);
+    for cut in [binary.len() - 1, binary.len() / 2, SNAPSHOT_MAGIC.len()] {
+        let error = FleetState::decode(&binary[..cut]).expect_err("truncated snapshot");
+        assert_eq!(error.kind(), ErrorKind::InvalidArgument);
+    }
 }
