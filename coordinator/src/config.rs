@@ -107,6 +107,10 @@ pub struct CoordArgs {
     /// TTL of each replica's etcd session: how long leadership outlives a dead leader.
     #[arg(long, env = "BALLAST_ETCD_SESSION_TTL_SECS", default_value_t = 3)]
     pub etcd_session_ttl_secs: u64,
+    /// HTTP port for Prometheus metrics (`/metrics`), probes (`/healthz`, `/readyz`) and the
+    /// status page (`/`). Not served when absent.
+    #[arg(long, env = "BALLAST_HTTP_LISTEN")]
+    pub http_listen: Option<SocketAddr>,
 }
 
 /// Values of `--backend`.
@@ -229,6 +233,7 @@ impl CoordArgs {
             },
             force_new_cluster: self.force_new_cluster,
             backend,
+            http_listen: self.http_listen,
         })
     }
 }

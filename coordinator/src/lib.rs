@@ -11,6 +11,7 @@ pub mod history;
 pub mod kv;
 pub mod leases;
 pub mod node;
+pub mod observe;
 pub mod raft;
 pub mod rebalance;
 pub mod replica;

@@ -30,7 +30,7 @@ use crate::consensus::Consensus;
 use crate::dr::{DrConfig, DrExporter};
 use crate::etcd_log::{self, EtcdBackendConfig, EtcdLog, EtcdLogError};
 use crate::raft::log_store::LogStore;
-use crate::raft::network::PeerNetwork;
+use crate::raft::network::{PeerContacts, PeerNetwork};
 use crate::raft::state_machine::SharedState;
 use crate::raft::state_machine::StateMachineStore;
 use crate::raft::store::{META_CLUSTER_ID, META_NODE_ID, Store, StoreError};
@@ -87,6 +87,8 @@ pub struct NodeConfig {
     pub force_new_cluster: bool,
     /// Which log orders the state machine.
     pub backend: Backend,
+    /// Address of the HTTP port (metrics, health, status page); none to serve no HTTP.
+    pub http_listen: Option<SocketAddr>,
 }
 
 /// Which log orders the state machine: Ballast's own Raft group or an existing etcd.
@@ -154,6 +156,8 @@ pub struct RunningNode {
     pub replica: Arc<Replica>,
     /// Address actually bound (useful with port 0).
     pub local_addr: SocketAddr,
+    /// Address of the HTTP port actually bound, if one was asked for.
+    pub http_addr: Option<SocketAddr>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     stop: watch::Sender<bool>,
 }
@@ -282,14 +286,24 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
         .clone()
         .unwrap_or_else(|| local_addr.to_string());
     validate_address("advertise", &advertise).map_err(|e| NodeError::Config(e.to_string()))?;
+    let http_listener = match config.http_listen {
+        Some(addr) => Some(
+            crate::observe::bind(addr)
+                .await
+                .map_err(|source| NodeError::Listen { addr, source })?,
+        ),
+        None => None,
+    };
+    let http_addr = http_listener.as_ref().and_then(|l| l.local_addr().ok());
     let store = Store::open(&config.data_dir)?;
     let node = ReplicaNode {
         address: advertise,
         az: config.az.clone(),
     };
     let (stop, stopped) = watch::channel(false);
+    let peer_contacts = PeerContacts::default();
     let (consensus, shared, cluster_id) = match &config.backend {
-        Backend::Raft => start_raft(&config, &store, &node).await?,
+        Backend::Raft => start_raft(&config, &store, &node, peer_contacts.clone()).await?,
         Backend::Etcd(etcd) => start_etcd(&config, etcd, &store, &node, stopped.clone()).await?,
     };
     let replica = Arc::new(Replica::new(
@@ -305,10 +319,14 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
                 default_shard_lease: config.default_shard_lease,
             },
             DrExporter::new(config.dr.clone()),
+            peer_contacts,
         ),
     ));
 
     let server = serve(replica.clone(), listener, stopped.clone());
+    if let Some(http) = http_listener {
+        crate::observe::serve(replica.clone(), http, stopped.clone());
+    }
 
     if let Consensus::Raft(raft) = &replica.consensus {
         start_raft_duties(&config, &replica, raft, node, &stopped).await?;
@@ -325,6 +343,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
     Ok(RunningNode {
         replica,
         local_addr,
+        http_addr,
         server,
         stop,
     })
@@ -336,6 +355,7 @@ async fn start_raft(
     config: &NodeConfig,
     store: &Store,
     node: &ReplicaNode,
+    contacts: PeerContacts,
 ) -> Result<(Consensus, Arc<SharedState>, String), NodeError> {
     let cluster_id = cluster_identity(config, store).await?;
     if config.force_new_cluster {
@@ -357,7 +377,7 @@ async fn start_raft(
     let raft = Raft::new(
         config.id,
         raft_config,
-        PeerNetwork::new(cluster_id.clone()),
+        PeerNetwork::new(cluster_id.clone(), contacts),
         log_store,
         state_machine,
     )
@@ -469,6 +489,7 @@ fn serve(
     tokio::spawn(
         tonic::transport::Server::builder()
             .tcp_nodelay(true)
+            .layer(crate::observe::metrics::RpcMetricsLayer)
             .add_service(raft)
             .add_service(fleet)
             .add_service(cluster)

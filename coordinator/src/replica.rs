@@ -18,7 +18,7 @@ use crate::consensus::{Consensus, View};
 use crate::error::fleet_status;
 use crate::fleet::Applied;
 use crate::leases::ShardLeases;
-use crate::raft::network::peer_channel;
+use crate::raft::network::{PeerContacts, peer_channel};
 use crate::raft::state_machine::SharedState;
 use crate::raft::store::Store;
 use crate::raft::types::{NodeId, Raft, RaftRequest, ReplicaNode};
@@ -56,6 +56,8 @@ pub struct Replica {
     pub dr: DrExporter,
     /// Deadlines of KV leases while leading.
     pub lease_clock: crate::service::etcd::LeaseClock,
+    /// When each Raft peer last answered (for metrics and the status page).
+    pub peer_contacts: PeerContacts,
     channels: Mutex<HashMap<String, Channel>>,
 }
 
@@ -76,7 +78,7 @@ impl Replica {
         consensus: Consensus,
         state: Arc<SharedState>,
         store: Store,
-        (timing, dr): (Timing, DrExporter),
+        (timing, dr, peer_contacts): (Timing, DrExporter, PeerContacts),
     ) -> Self {
         Self {
             id,
@@ -90,6 +92,7 @@ impl Replica {
             leases: ShardLeases::default(),
             dr,
             lease_clock: Default::default(),
+            peer_contacts,
             channels: Mutex::new(HashMap::new()),
         }
     }
@@ -223,12 +226,20 @@ impl Replica {
     pub async fn propose(&self, request: RaftRequest) -> Result<Applied, Status> {
         let raft = match &self.consensus {
             Consensus::Raft(raft) => raft,
-            Consensus::Etcd(log) => return log.propose(request).await,
+            Consensus::Etcd(log) => {
+                let started = std::time::Instant::now();
+                let outcome = log.propose(request).await;
+                crate::observe::metrics::proposal_done(started, outcome.is_ok());
+                return outcome;
+            }
         };
-        match raft.client_write(request).await {
+        let started = std::time::Instant::now();
+        let outcome = match raft.client_write(request).await {
             Ok(response) => response.data.outcome.map_err(|e| fleet_status(&e)),
             Err(error) => Err(raft_write_status(error)),
-        }
+        };
+        crate::observe::metrics::proposal_done(started, outcome.is_ok());
+        outcome
     }
 
     /// Makes a following read linearizable: on the leader by confirming leadership with a

@@ -31,6 +31,7 @@ async fn start_replica_with(dir: &std::path::Path, dr: DrConfig) -> RunningNode 
         dr,
         force_new_cluster: false,
         backend: Default::default(),
+        http_listen: None,
     })
     .await
     .expect("starting a replica")

@@ -341,6 +341,15 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     );
     println!("    ETCDCTL_API=3 etcdctl --endpoints={endpoints} put hello world");
     println!("    cargo run -p ballast-ctl -- --endpoints {endpoints} kv get hello");
+    let pages: Vec<String> = cluster
+        .replicas
+        .iter()
+        .map(|r| format!("http://{}/", r.http_address))
+        .collect();
+    println!(
+        "Status pages (metrics on /metrics, probes on /healthz and /readyz): {}",
+        pages.join("  ")
+    );
     println!("Data dirs and replica logs: {}", args.dir.display());
     if args.exit {
         return Ok(());

@@ -79,6 +79,8 @@ pub struct Replica {
     pub address: String,
     /// Its data dir.
     pub data_dir: PathBuf,
+    /// `127.0.0.1:port` of its HTTP port (metrics, probes, status page).
+    pub http_address: String,
     child: Option<Child>,
 }
 
@@ -203,6 +205,8 @@ impl TestCluster {
             az: az_of(id),
             address: format!("127.0.0.1:{port}"),
             data_dir: self.dir.path().join(format!("replica-{id}")),
+            // With fixed ports (the demo), the HTTP port is the client port + 1000.
+            http_address: format!("127.0.0.1:{}", port_http(self.options.base_port, id)),
             child: None,
         };
         self.replicas.push(replica);
@@ -227,6 +231,8 @@ impl TestCluster {
             .arg(&replica.address)
             .arg("--data-dir")
             .arg(&replica.data_dir)
+            .arg("--http-listen")
+            .arg(&replica.http_address)
             .args(role_args)
             .args(&self.options.extra)
             .env("RUST_LOG", "info,openraft=warn,fjall=warn,lsm_tree=warn")
@@ -679,4 +685,56 @@ where
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+fn port_http(base_port: Option<u16>, id: u64) -> u16 {
+    match base_port {
+        Some(base) => base + 1000 + (id as u16 - 1),
+        None => free_port(),
+    }
+}
+
+/// A plain HTTP/1.1 GET on loopback: status code and body (for the metrics, probe and status
+/// endpoints). `None` when nothing answers.
+pub fn http_get(address: &str, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).ok()?;
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
+    let body = &raw[split + 4..];
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    let body = if head.contains("transfer-encoding: chunked") {
+        dechunk(body)
+    } else {
+        body.to_vec()
+    };
+    Some((status, String::from_utf8_lossy(&body).to_string()))
+}
+
+fn dechunk(mut body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(end) = body.windows(2).position(|w| w == b"\r\n") {
+        let size = std::str::from_utf8(&body[..end])
+            .ok()
+            .and_then(|s| usize::from_str_radix(s.trim(), 16).ok());
+        let rest = &body[end + 2..];
+        match size {
+            Some(size) if size > 0 && rest.len() >= size => {
+                out.extend_from_slice(&rest[..size]);
+                body = rest[size..].strip_prefix(b"\r\n").unwrap_or(&rest[size..]);
+            }
+            _ => break,
+        }
+    }
+    out
 }

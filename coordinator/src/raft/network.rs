@@ -25,12 +25,36 @@ use super::types::{NodeId, ReplicaNode, TypeConfig};
 #[derive(Clone)]
 pub struct PeerNetwork {
     cluster_id: String,
+    contacts: PeerContacts,
 }
 
 impl PeerNetwork {
-    /// A network that stamps `cluster_id` on every message.
-    pub fn new(cluster_id: String) -> Self {
-        Self { cluster_id }
+    /// A network that stamps `cluster_id` on every message and notes every peer answer in
+    /// `contacts`.
+    pub fn new(cluster_id: String, contacts: PeerContacts) -> Self {
+        Self {
+            cluster_id,
+            contacts,
+        }
+    }
+}
+
+/// When each peer last answered a Raft message (openraft 0.9 reports no per-peer contact).
+#[derive(Clone, Default)]
+pub struct PeerContacts {
+    seen: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<NodeId, std::time::Instant>>>,
+}
+
+impl PeerContacts {
+    fn record(&self, peer: NodeId) {
+        if let Ok(mut seen) = self.seen.lock() {
+            seen.insert(peer, std::time::Instant::now());
+        }
+    }
+
+    /// Time since `peer` last answered, if it ever did.
+    pub fn age(&self, peer: NodeId) -> Option<Duration> {
+        self.seen.lock().ok()?.get(&peer).map(|t| t.elapsed())
     }
 }
 
@@ -40,6 +64,7 @@ pub struct PeerClient {
     target_node: ReplicaNode,
     client: RaftClient<Channel>,
     cluster_id: String,
+    contacts: PeerContacts,
 }
 
 /// Opens a lazily connected channel to a peer's address.
@@ -65,6 +90,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
             target_node: node.clone(),
             client: RaftClient::new(channel),
             cluster_id: self.cluster_id.clone(),
+            contacts: self.contacts.clone(),
         }
     }
 }
@@ -96,6 +122,7 @@ impl PeerClient {
         T: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
+        self.contacts.record(self.target);
         let result: Result<T, RaftError<NodeId, E>> =
             super::wire::decode(&reply.payload).map_err(|e| NetworkError::new(&e))?;
         result.map_err(|e| {

@@ -83,6 +83,52 @@ pub fn placement(voter_azs: &[String]) -> pb::Placement {
     }
 }
 
+/// What `Cluster.Status`, the status page and the metrics report: this replica's view of the
+/// group, the placement verdict, table sizes and the DR exporter.
+pub fn status_report(replica: &Replica) -> pb::StatusResponse {
+    let view = replica.view();
+    let mut members = Vec::new();
+    let mut voter_azs = Vec::new();
+    for member in &view.members {
+        if member.voter {
+            voter_azs.push(member.node.az.clone());
+        }
+        let matched_index = member.matched_index.unwrap_or(0);
+        members.push(pb::Member {
+            id: member.id,
+            address: member.node.address.clone(),
+            az: member.node.az.clone(),
+            role: if member.voter { "voter" } else { "learner" }.to_string(),
+            leader: view.leader == Some(member.id),
+            matched_index,
+            lag: member
+                .matched_index
+                .map_or(0, |m| view.last_log_index.saturating_sub(m)),
+        });
+    }
+    let counts = replica.state.fleet().counts();
+    let leader_address = replica.leader().map(|(_, n)| n.address).unwrap_or_default();
+    pb::StatusResponse {
+        dr: Some(replica.dr.status()),
+        header: Some(replica.header()),
+        state: view.state.to_string(),
+        applied_index: view.applied_index,
+        last_log_index: view.last_log_index,
+        snapshot_index: view.snapshot_index,
+        purged_index: view.purged_index,
+        members,
+        placement: Some(placement(&voter_azs)),
+        az: replica.az.clone(),
+        address: replica.address.clone(),
+        leader_address,
+        shard_count: counts.shards as u64,
+        domain_count: counts.domains as u64,
+        binding_count: counts.bindings as u64,
+        quota_count: counts.quotas as u64,
+        provider_count: counts.providers as u64,
+    }
+}
+
 #[tonic::async_trait]
 impl Cluster for ClusterService {
     async fn status(
@@ -91,47 +137,7 @@ impl Cluster for ClusterService {
     ) -> Result<Response<pb::StatusResponse>, Status> {
         let replica = &self.replica;
         replica.check_cluster(request.metadata())?;
-        let view = replica.view();
-        let mut members = Vec::new();
-        let mut voter_azs = Vec::new();
-        for member in &view.members {
-            if member.voter {
-                voter_azs.push(member.node.az.clone());
-            }
-            let matched_index = member.matched_index.unwrap_or(0);
-            members.push(pb::Member {
-                id: member.id,
-                address: member.node.address.clone(),
-                az: member.node.az.clone(),
-                role: if member.voter { "voter" } else { "learner" }.to_string(),
-                leader: view.leader == Some(member.id),
-                matched_index,
-                lag: member
-                    .matched_index
-                    .map_or(0, |m| view.last_log_index.saturating_sub(m)),
-            });
-        }
-        let counts = replica.state.fleet().counts();
-        let leader_address = replica.leader().map(|(_, n)| n.address).unwrap_or_default();
-        Ok(replica.respond(pb::StatusResponse {
-            dr: Some(replica.dr.status()),
-            header: Some(replica.header()),
-            state: view.state.to_string(),
-            applied_index: view.applied_index,
-            last_log_index: view.last_log_index,
-            snapshot_index: view.snapshot_index,
-            purged_index: view.purged_index,
-            members,
-            placement: Some(placement(&voter_azs)),
-            az: replica.az.clone(),
-            address: replica.address.clone(),
-            leader_address,
-            shard_count: counts.shards as u64,
-            domain_count: counts.domains as u64,
-            binding_count: counts.bindings as u64,
-            quota_count: counts.quotas as u64,
-            provider_count: counts.providers as u64,
-        }))
+        Ok(replica.respond(status_report(replica)))
     }
 
     async fn join(

@@ -95,6 +95,22 @@ fn shard_message(
     }
 }
 
+/// Every shard as `ListShards` answers it (lease ages from the leader's renewals).
+pub(crate) fn shard_messages(fleet: &FleetState, leases: &ShardLeases) -> Vec<pb::Shard> {
+    let bindings = binding_counts(fleet);
+    fleet
+        .shards()
+        .map(|s| {
+            shard_message(
+                s,
+                leases,
+                fleet.domains_of(&s.id).len(),
+                bindings.get(s.id.as_str()).copied().unwrap_or(0),
+            )
+        })
+        .collect()
+}
+
 fn binding_counts(fleet: &FleetState) -> HashMap<&str, usize> {
     let mut counts = HashMap::new();
     for (_, shard) in fleet.bindings() {
@@ -169,21 +185,8 @@ impl Fleet for FleetService {
     ) -> Result<Response<pb::ListShardsResponse>, Status> {
         self.before_read(&request, request.get_ref().options.as_ref())
             .await?;
-        let (header, shards) = self.read(|fleet| {
-            let bindings = binding_counts(fleet);
-            let shards = fleet
-                .shards()
-                .map(|s| {
-                    shard_message(
-                        s,
-                        &self.replica.leases,
-                        fleet.domains_of(&s.id).len(),
-                        bindings.get(s.id.as_str()).copied().unwrap_or(0),
-                    )
-                })
-                .collect();
-            Ok(shards)
-        })?;
+        let (header, shards) =
+            self.read(|fleet| Ok(shard_messages(fleet, &self.replica.leases)))?;
         Ok(self.replica.respond(pb::ListShardsResponse {
             header: Some(header),
             shards,

@@ -1,0 +1,194 @@
+//! Prometheus metrics: the process-wide recorder, gauges refreshed from the replica at scrape
+//! time, and a tower layer timing every gRPC call by method.
+
+use std::sync::OnceLock;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::replica::Replica;
+use crate::service::cluster::status_report;
+use crate::service::convert::now_ms;
+
+/// Latency buckets (seconds) for RPCs, proposals, applies and snapshots: 100 µs to 10 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+/// The process's Prometheus recorder, installed on first use. One replica runs per process;
+/// tests embedding several replicas in one process share it.
+pub fn handle() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+            .map(|b| b.build_recorder())
+            .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
+        let handle = recorder.handle();
+        // Fails only if something else installed a recorder first; then these metrics are
+        // not recorded, which must not stop the replica.
+        let _ = metrics::set_global_recorder(recorder);
+        handle
+    })
+}
+
+/// Updates the gauges that describe current state, just before a scrape renders them.
+pub fn refresh(replica: &Replica) {
+    let status = status_report(replica);
+    let view = replica.view();
+    for state in ["leader", "follower", "candidate", "learner", "shutdown"] {
+        gauge!("ballast_raft_state", "state" => state)
+            .set(f64::from(u8::from(view.state == state)));
+    }
+    gauge!("ballast_raft_term").set(view.term as f64);
+    gauge!("ballast_raft_applied_index").set(view.applied_index as f64);
+    gauge!("ballast_raft_last_log_index").set(view.last_log_index as f64);
+    gauge!("ballast_raft_snapshot_index").set(view.snapshot_index as f64);
+    gauge!("ballast_raft_log_entries")
+        .set(view.last_log_index.saturating_sub(view.purged_index) as f64);
+    gauge!("ballast_raft_members").set(view.members.len() as f64);
+    if view.leader == Some(replica.id) {
+        for member in view.members.iter().filter(|m| m.id != replica.id) {
+            let peer = member.id.to_string();
+            if let Some(matched) = member.matched_index {
+                gauge!("ballast_raft_peer_lag_entries", "peer" => peer.clone())
+                    .set(view.last_log_index.saturating_sub(matched) as f64);
+            }
+            if let Some(age) = replica.peer_contacts.age(member.id) {
+                gauge!("ballast_raft_peer_last_contact_seconds", "peer" => peer)
+                    .set(age.as_secs_f64());
+            }
+        }
+    }
+    if let Some(header) = &status.header {
+        gauge!("ballast_fleet_revision").set(header.revision as f64);
+        gauge!("ballast_restore_epoch").set(header.restore_epoch as f64);
+    }
+    gauge!("ballast_placement_healthy").set(f64::from(u8::from(
+        status.placement.as_ref().is_some_and(|p| p.healthy),
+    )));
+    gauge!("ballast_domains").set(status.domain_count as f64);
+    gauge!("ballast_bindings").set(status.binding_count as f64);
+    gauge!("ballast_quotas").set(status.quota_count as f64);
+    gauge!("ballast_providers").set(status.provider_count as f64);
+    let shards = {
+        let fleet = replica.state.fleet();
+        crate::service::fleet::shard_messages(&fleet, &replica.leases)
+    };
+    for wanted in ["active", "draining"] {
+        let count = shards.iter().filter(|s| s.status == wanted).count();
+        gauge!("ballast_shards", "status" => wanted).set(count as f64);
+    }
+    let now = now_ms();
+    let expired = shards
+        .iter()
+        .filter(|s| s.lease_expires_at_ms < now)
+        .count();
+    gauge!("ballast_shards_lease_expired").set(expired as f64);
+    for shard in &shards {
+        gauge!("ballast_shard_domains", "shard" => shard.id.clone()).set(shard.domain_count as f64);
+    }
+    if let Some(dr) = &status.dr {
+        gauge!("ballast_dr_exports").set(dr.exports_total as f64);
+        gauge!("ballast_dr_export_failures").set(dr.failures_total as f64);
+        gauge!("ballast_dr_last_export_duration_seconds").set(dr.last_duration_ms as f64 / 1000.0);
+        gauge!("ballast_dr_last_export_bytes").set(dr.last_size_bytes as f64);
+        if dr.last_success_unix_ms > 0 {
+            gauge!("ballast_dr_last_export_age_seconds")
+                .set(now.saturating_sub(dr.last_success_unix_ms) as f64 / 1000.0);
+        }
+    }
+}
+
+/// Counts leadership changes as this replica sees them.
+pub async fn leader_changes(
+    replica: std::sync::Arc<Replica>,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut last = replica.leader().map(|(id, _)| id);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            _ = stopped.wait_for(|s| *s) => return,
+        }
+        let now = replica.leader().map(|(id, _)| id);
+        if now != last {
+            if now.is_some() {
+                counter!("ballast_raft_leader_changes_total").increment(1);
+            }
+            last = now;
+        }
+    }
+}
+
+/// Records how long a proposal took from submission to applied (commit latency).
+pub fn proposal_done(started: Instant, ok: bool) {
+    histogram!("ballast_propose_duration_seconds").record(started.elapsed().as_secs_f64());
+    if !ok {
+        counter!("ballast_propose_failures_total").increment(1);
+    }
+}
+
+/// Tower layer recording `ballast_rpc_duration_seconds{method}` and
+/// `ballast_rpc_errors_total{method,code}` for every gRPC call.
+#[derive(Clone, Default)]
+pub struct RpcMetricsLayer;
+
+impl<S> tower::Layer<S> for RpcMetricsLayer {
+    type Service = RpcMetrics<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        RpcMetrics { inner }
+    }
+}
+
+/// See [`RpcMetricsLayer`].
+#[derive(Clone)]
+pub struct RpcMetrics<S> {
+    inner: S,
+}
+
+impl<S, B, R> tower::Service<http::Request<B>> for RpcMetrics<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<R>> + Send,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let method = request.uri().path().trim_start_matches('/').to_string();
+        let started = Instant::now();
+        let future = self.inner.call(request);
+        Box::pin(async move {
+            let response = future.await;
+            // Streams are timed to their first answer; errors of unary calls arrive as a
+            // trailers-only response whose grpc-status is a header.
+            let code = match &response {
+                Ok(r) => r
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("0")
+                    .to_string(),
+                Err(_) => "transport".to_string(),
+            };
+            histogram!("ballast_rpc_duration_seconds", "method" => method.clone())
+                .record(started.elapsed().as_secs_f64());
+            if code != "0" {
+                counter!("ballast_rpc_errors_total", "method" => method, "code" => code)
+                    .increment(1);
+            }
+            response
+        })
+    }
+}

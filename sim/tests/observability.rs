@@ -1,0 +1,238 @@
+//! Each replica's HTTP port: Prometheus metrics that agree with the cluster's state, liveness
+//! and readiness probes with the meanings operators expect, and the status page — checked over
+//! HTTP and rendered in headless Chromium (Debian package, installed by `.ci/chromium`).
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use ballast_protocol::pb;
+use ballast_testkit::fleet::{FleetShape, load_fleet};
+use ballast_testkit::{ClusterOptions, FAST_FLAGS, TestCluster, http_get, wait_for};
+
+async fn cluster() -> TestCluster {
+    let cluster = TestCluster::start_with(
+        ClusterOptions {
+            program: env!("CARGO_BIN_EXE_ballast-sim").into(),
+            leading_args: vec!["replica".into()],
+            extra: FAST_FLAGS.iter().map(|s| s.to_string()).collect(),
+            ..ClusterOptions::default()
+        },
+        3,
+    )
+    .await;
+    load_fleet(
+        &cluster.client(),
+        FleetShape {
+            shards: 6,
+            domains: 120,
+            bindings: 30,
+            quotas: 2,
+        },
+    )
+    .await
+    .expect("loading a fleet");
+    cluster
+}
+
+/// The value of one sample (`name{labels} value`) in a Prometheus text page.
+fn sample(page: &str, series: &str) -> Option<f64> {
+    page.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+fn get(address: &str, path: &str) -> (u16, String) {
+    http_get(address, path).unwrap_or_else(|| panic!("GET {path} on {address} got no answer"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_probes_and_status_page_over_http() {
+    let mut cluster = cluster().await;
+    let leader = cluster.leader().await;
+    let revision = cluster
+        .status(leader)
+        .await
+        .and_then(|s| s.header)
+        .expect("status")
+        .revision;
+    cluster.wait_until_converged(revision).await;
+
+    let mut terms = Vec::new();
+    let mut leaders = 0;
+    for replica in &cluster.replicas {
+        let http = &replica.http_address;
+        assert_eq!(get(http, "/healthz"), (200, "ok\n".to_string()));
+        let (code, body) = wait_for("readiness", Duration::from_secs(20), || async {
+            http_get(http, "/readyz").filter(|(code, _)| *code == 200)
+        })
+        .await;
+        assert_eq!(code, 200, "{body}");
+        assert!(body.contains(&format!("replica {leader} leads")), "{body}");
+
+        let (code, metrics) = get(http, "/metrics");
+        assert_eq!(code, 200);
+        let is_leader = sample(&metrics, "ballast_raft_state{state=\"leader\"}").expect("state");
+        leaders += is_leader as u32;
+        terms.push(sample(&metrics, "ballast_raft_term").expect("term"));
+        assert_eq!(
+            sample(&metrics, "ballast_fleet_revision"),
+            Some(revision as f64),
+            "replica {} reports the converged revision",
+            replica.id
+        );
+        assert_eq!(
+            sample(&metrics, "ballast_shards{status=\"active\"}"),
+            Some(6.0)
+        );
+        assert_eq!(sample(&metrics, "ballast_domains"), Some(120.0));
+        assert_eq!(sample(&metrics, "ballast_raft_members"), Some(3.0));
+        assert_eq!(sample(&metrics, "ballast_placement_healthy"), Some(1.0));
+        assert!(sample(&metrics, "ballast_raft_applied_index").unwrap_or(0.0) > 0.0);
+        if replica.id == leader {
+            assert_eq!(is_leader, 1.0);
+            // The leader took the writes: commit latency and per-method RPC figures.
+            assert!(
+                sample(&metrics, "ballast_propose_duration_seconds_count").unwrap_or(0.0) > 0.0
+            );
+            assert!(
+                sample(
+                    &metrics,
+                    "ballast_rpc_duration_seconds_count{method=\"ballast.v1.Fleet/Write\"}"
+                )
+                .unwrap_or(0.0)
+                    > 0.0,
+                "{metrics}"
+            );
+            for peer in cluster.replicas.iter().filter(|r| r.id != leader) {
+                let contact = sample(
+                    &metrics,
+                    &format!(
+                        "ballast_raft_peer_last_contact_seconds{{peer=\"{}\"}}",
+                        peer.id
+                    ),
+                )
+                .expect("last contact per peer");
+                assert!(contact < 10.0);
+                assert!(
+                    sample(
+                        &metrics,
+                        &format!("ballast_raft_peer_lag_entries{{peer=\"{}\"}}", peer.id)
+                    )
+                    .is_some()
+                );
+            }
+        }
+        let (code, page) = get(http, "/");
+        assert_eq!(code, 200);
+        assert_eq!(page.matches("<tr class=\"member").count(), 3, "{page}");
+        assert_eq!(page.matches("(leader)").count(), 1);
+        assert!(page.contains("3 voters in 3 distinct AZs"), "{page}");
+        assert!(page.contains("Shards (6)"));
+    }
+    assert_eq!(leaders, 1, "exactly one replica reports itself leader");
+    assert!(
+        terms.windows(2).all(|w| w[0] == w[1]),
+        "one term: {terms:?}"
+    );
+
+    // Errors are counted by method and code: a write for an unknown shard.
+    let refused = cluster
+        .client()
+        .write(pb::Command {
+            command: Some(pb::command::Command::AssignDomains(pb::AssignDomains {
+                assignments: vec![pb::DomainAssignment {
+                    domain: "d-x".into(),
+                    shard: "no-such-shard".into(),
+                }],
+                allow_move: false,
+            })),
+        })
+        .await;
+    assert!(refused.is_err());
+    let (_, metrics) = get(&cluster.replica(leader).http_address, "/metrics");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("ballast_rpc_errors_total{method=\"ballast.v1.Fleet/Write\"")),
+        "{metrics}"
+    );
+
+    // Two replicas die: the survivor stays alive but is no longer ready.
+    let survivor = cluster
+        .replicas
+        .iter()
+        .map(|r| r.id)
+        .find(|id| *id != leader)
+        .expect("a follower");
+    for id in [1, 2, 3].into_iter().filter(|id| *id != survivor) {
+        cluster.kill(id);
+    }
+    let http = cluster.replica(survivor).http_address.clone();
+    let (code, reason) = wait_for(
+        "the survivor to report not ready",
+        Duration::from_secs(30),
+        || async { http_get(&http, "/readyz").filter(|(code, _)| *code == 503) },
+    )
+    .await;
+    assert_eq!(code, 503);
+    assert!(reason.contains("knows no leader"), "{reason}");
+    assert_eq!(get(&http, "/healthz").0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_page_renders_in_headless_chromium() {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.ci/chromium");
+    let installed = Command::new(&script)
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("running .ci/chromium");
+    assert!(installed.status.success(), "installing Chromium failed");
+    let chromium = String::from_utf8_lossy(&installed.stdout)
+        .trim()
+        .to_string();
+
+    let cluster = cluster().await;
+    let leader = cluster.leader().await;
+    let profile = tempfile::tempdir().expect("profile dir");
+    for replica in &cluster.replicas {
+        let url = format!("http://{}/", replica.http_address);
+        let out = Command::new(&chromium)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--virtual-time-budget=2000",
+            ])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .arg("--dump-dom")
+            .arg(&url)
+            .output()
+            .expect("running chromium");
+        let dom = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && dom.contains("</html>"),
+            "chromium could not render {url}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // The page's script ran in the browser and counted the member rows.
+        assert!(dom.contains("data-members=\"3\""), "{dom}");
+        assert_eq!(dom.matches("class=\"member").count(), 3);
+        assert!(
+            dom.contains(&format!(
+                "leader <span id=\"leader\" class=\"leader\">replica {leader} at"
+            )),
+            "{dom}"
+        );
+        assert!(
+            dom.contains(" s ago"),
+            "relative time filled in by the script: {dom}"
+        );
+    }
+}
