@@ -145,6 +145,7 @@ async fn cold_restart(inputs: &Inputs, settled: bool) -> anyhow::Result<Restart>
         heartbeat: Duration::from_secs(3),
         cycle: Duration::from_millis(10),
         provider: SimulatedConfig::default(),
+        http_listen: None,
     })
     .await?;
     while running.worker.cycles() == 0 {

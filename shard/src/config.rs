@@ -53,6 +53,10 @@ pub struct ShardArgs {
     /// Simulated provider: probability (0 to 1) that an action fails.
     #[arg(long, env = "BALLAST_SIM_FAILURE_RATE", default_value_t = 0.0)]
     pub sim_failure_rate: f64,
+    /// HTTP port for Prometheus metrics (`/metrics`) and probes (`/healthz`, `/readyz`:
+    /// ready once the cache is loaded). Not served when absent.
+    #[arg(long, env = "BALLAST_HTTP_LISTEN")]
+    pub http_listen: Option<SocketAddr>,
 }
 
 impl ShardArgs {
@@ -95,6 +99,7 @@ impl ShardArgs {
                 failure_rate: self.sim_failure_rate,
                 seed: 1,
             },
+            http_listen: self.http_listen,
         })
     }
 }

@@ -15,6 +15,7 @@ pub mod cache;
 pub mod config;
 pub mod demand;
 pub mod engine;
+pub mod observe;
 pub mod provider;
 pub mod provisioning;
 pub mod worker;

@@ -114,6 +114,7 @@ fn carry_out(worker: &Arc<Worker>) -> Result<(), CacheError> {
         let elapsed_ms = cycle.elapsed().as_millis() as u64;
         tracing::info!(elapsed_ms, "first decision made and persisted");
     }
+    crate::observe::cycle_done(cycle.elapsed());
     worker.finish_cycle(shortfalls);
     for (id, provision) in started {
         tokio::spawn(provision_one(worker.clone(), id, provision));
@@ -147,11 +148,13 @@ async fn provision_one(worker: Arc<Worker>, id: String, provision: Provision) {
             assigned_to: Some(provision.need.clone()),
         }),
         Err(ProviderError::Fenced { .. }) => {
+            crate::observe::provision_done("fenced");
             // A newer incarnation of this shard acted on the machine: this process is stale.
             tracing::error!(machine = %id, "provider fenced this shard; dropping the action");
             None
         }
         Err(ProviderError::Failed(reason)) => {
+            crate::observe::provision_done("failed");
             let pause = worker.provider_backoff().failed();
             tracing::warn!(
                 machine = %id, %reason, pause_ms = pause.as_millis() as u64,
@@ -161,6 +164,7 @@ async fn provision_one(worker: Arc<Worker>, id: String, provision: Provision) {
         }
     };
     if machine.is_some() {
+        crate::observe::provision_done("ok");
         worker.provider_backoff().succeeded();
     }
     let stored = match &machine {

@@ -46,6 +46,8 @@ pub struct WorkerConfig {
     pub cycle: Duration,
     /// Simulated provider settings (the only provider built in so far).
     pub provider: SimulatedConfig,
+    /// HTTP port for metrics and probes; none to serve no HTTP.
+    pub http_listen: Option<SocketAddr>,
 }
 
 /// Why a worker could not start.
@@ -174,6 +176,24 @@ impl Worker {
         .collect()
     }
 
+    /// Whether the last coordinator call succeeded.
+    pub fn reachable(&self) -> bool {
+        self.reachable.load(Ordering::Relaxed)
+    }
+
+    /// Time since the coordinator last answered, if it ever did.
+    pub fn since_contact(&self) -> Option<Duration> {
+        self.last_contact
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .map(|t| t.elapsed())
+    }
+
+    /// Machines short of demand after the last cycle.
+    pub fn shortfall(&self) -> u64 {
+        self.shortfall_total()
+    }
+
     fn shortfall_total(&self) -> u64 {
         self.shortfalls
             .lock()
@@ -221,6 +241,8 @@ pub struct RunningWorker {
     pub worker: Arc<Worker>,
     /// Bound address.
     pub local_addr: SocketAddr,
+    /// Bound HTTP address, if one was asked for.
+    pub http_addr: Option<SocketAddr>,
     stop: watch::Sender<bool>,
     server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
 }
@@ -243,6 +265,19 @@ pub async fn start(config: WorkerConfig) -> Result<RunningWorker, WorkerError> {
     if config.coordinators.is_empty() {
         return Err(WorkerError::Config("--coordinators is empty".into()));
     }
+    let (stop, stopped) = watch::channel(false);
+    let loaded = crate::observe::Loaded::default();
+    let http_addr = match config.http_listen {
+        Some(addr) => {
+            let listener = ballast_telemetry::bind(addr)
+                .await
+                .map_err(|source| WorkerError::Listen { addr, source })?;
+            let bound = listener.local_addr().ok();
+            crate::observe::serve(listener, loaded.clone(), stopped.clone());
+            bound
+        }
+        None => None,
+    };
     let opening = Instant::now();
     let cache = Cache::open(&config.data_dir, &config.id)?;
     let epoch = cache.bump_epoch()?;
@@ -300,7 +335,7 @@ pub async fn start(config: WorkerConfig) -> Result<RunningWorker, WorkerError> {
         backoff: Backoff::new(Duration::from_millis(50), Duration::from_secs(5)),
         startup,
     });
-    let (stop, stopped) = watch::channel(false);
+    let _ = loaded.set(worker.clone());
     tokio::spawn(watch_loop(worker.clone(), stopped.clone()));
     tokio::spawn(heartbeat_loop(worker.clone(), stopped.clone()));
     tokio::spawn(crate::provisioning::engine_loop(
@@ -323,6 +358,7 @@ pub async fn start(config: WorkerConfig) -> Result<RunningWorker, WorkerError> {
     Ok(RunningWorker {
         worker,
         local_addr,
+        http_addr,
         stop,
         server,
     })

@@ -9,7 +9,9 @@ use ballast_protocol::client::BallastClient;
 use ballast_protocol::pb;
 use ballast_protocol::pb::command::Command as Wire;
 use ballast_protocol::pb::shard_worker_client::ShardWorkerClient;
-use ballast_testkit::{ClusterOptions, FAST_FLAGS, ShardProcess, TestCluster, assigned_machines};
+use ballast_testkit::{
+    ClusterOptions, FAST_FLAGS, ShardProcess, TestCluster, assigned_machines, http_get,
+};
 
 fn program() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_ballast-sim"))
@@ -288,6 +290,26 @@ async fn shards_ride_out_a_full_coordinator_outage_and_their_own_restart() {
         })
         .await;
     assert_eq!(capped.machines_by_state.get("assigned"), Some(&10));
+
+    // Its probes and metrics tell the same story: ready (serving from the cache) with the
+    // coordinator unreachable, cycles running, provisions made, the slice's shortfall visible.
+    let (code, ready) = http_get(&s1.http_address, "/readyz").expect("readyz answers");
+    assert_eq!(code, 200, "{ready}");
+    assert!(ready.contains("coordinator unreachable"), "{ready}");
+    let (_, metrics) = http_get(&s1.http_address, "/metrics").expect("metrics answer");
+    let sample = |series: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{series} missing from {metrics}"))
+    };
+    assert_eq!(sample("ballast_shard_coordinator_reachable"), 0.0);
+    assert_eq!(sample("ballast_shard_machines{state=\"assigned\"}"), 10.0);
+    assert_eq!(sample("ballast_shard_shortfall_machines"), 2.0);
+    assert!(sample("ballast_shard_cycle_duration_seconds_count") > 0.0);
+    assert!(sample("ballast_shard_provisions_total{outcome=\"ok\"}") >= 7.0);
 
     // The coordinator returns: watches resume and new grants arrive.
     for id in 1..=3 {

@@ -513,6 +513,8 @@ pub struct ShardProcess {
     pub address: String,
     /// Its cache directory.
     pub data_dir: PathBuf,
+    /// `127.0.0.1:port` of its HTTP port (metrics, probes).
+    pub http_address: String,
     program: PathBuf,
     leading_args: Vec<String>,
     coordinators: Vec<String>,
@@ -540,6 +542,8 @@ impl ShardProcess {
             .arg(&self.data_dir)
             .arg("--listen")
             .arg(&self.address)
+            .arg("--http-listen")
+            .arg(&self.http_address)
             .args(&self.extra)
             .env("RUST_LOG", "info,fjall=warn,lsm_tree=warn")
             .stdin(Stdio::null())
@@ -642,6 +646,7 @@ impl TestCluster {
             az: az.to_string(),
             address: format!("127.0.0.1:{}", free_port()),
             data_dir: self.dir.path().join(format!("shard-{id}")),
+            http_address: format!("127.0.0.1:{}", free_port()),
             program: program.to_path_buf(),
             leading_args: leading_args.iter().map(|s| s.to_string()).collect(),
             coordinators: self.endpoints(),

@@ -1,39 +1,14 @@
 //! Prometheus metrics: the process-wide recorder, gauges refreshed from the replica at scrape
 //! time, and a tower layer timing every gRPC call by method.
 
-use std::sync::OnceLock;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use metrics::{counter, gauge, histogram};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::replica::Replica;
 use crate::service::cluster::status_report;
 use crate::service::convert::now_ms;
-
-/// Latency buckets (seconds) for RPCs, proposals, applies and snapshots: 100 µs to 10 s.
-const LATENCY_BUCKETS: &[f64] = &[
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-    5.0, 10.0,
-];
-
-/// The process's Prometheus recorder, installed on first use. One replica runs per process;
-/// tests embedding several replicas in one process share it.
-pub fn handle() -> &'static PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE.get_or_init(|| {
-        let recorder = PrometheusBuilder::new()
-            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
-            .map(|b| b.build_recorder())
-            .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
-        let handle = recorder.handle();
-        // Fails only if something else installed a recorder first; then these metrics are
-        // not recorded, which must not stop the replica.
-        let _ = metrics::set_global_recorder(recorder);
-        handle
-    })
-}
 
 /// Updates the gauges that describe current state, just before a scrape renders them.
 pub fn refresh(replica: &Replica) {

@@ -5,13 +5,12 @@
 pub mod metrics;
 mod page;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::{Html, IntoResponse, Response};
+use axum::http::StatusCode;
+use axum::response::{Html, Response};
 use axum::routing::get;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -23,9 +22,8 @@ use crate::replica::Replica;
 pub fn serve(
     replica: Arc<Replica>,
     listener: TcpListener,
-    mut stopped: watch::Receiver<bool>,
+    stopped: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
-    metrics::handle();
     tokio::spawn(metrics::leader_changes(replica.clone(), stopped.clone()));
     let app = Router::new()
         .route("/", get(status_page))
@@ -34,31 +32,14 @@ pub fn serve(
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(replica);
-    tokio::spawn(async move {
-        let shutdown = async move {
-            let _ = stopped.wait_for(|s| *s).await;
-        };
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-        {
-            tracing::error!(error = %e, "the HTTP port stopped");
-        }
-    })
+    ballast_telemetry::serve(listener, app, stopped)
 }
 
-/// Binds the HTTP port.
-pub async fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(address).await
-}
+pub use ballast_telemetry::bind;
 
 async fn prometheus(State(replica): State<Arc<Replica>>) -> Response {
     metrics::refresh(&replica);
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        metrics::handle().render(),
-    )
-        .into_response()
+    ballast_telemetry::metrics_response()
 }
 
 /// Liveness: the process serves requests.

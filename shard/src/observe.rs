@@ -1,0 +1,92 @@
+//! The shard worker's HTTP port (`--http-listen`): Prometheus metrics, `/healthz`, and
+//! `/readyz`, which turns ready once the cache is loaded into the engine — with or without a
+//! reachable coordinator, since the worker serves from its cache (static stability).
+
+use std::sync::{Arc, OnceLock};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::routing::get;
+use metrics::{counter, gauge, histogram};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::worker::Worker;
+
+/// The worker, once its cache is loaded.
+pub type Loaded = Arc<OnceLock<Arc<Worker>>>;
+
+/// Serves the HTTP port until `stopped` turns true. Bound before the cache opens, so probes
+/// answer "loading" instead of refusing connections during a long start.
+pub fn serve(listener: TcpListener, loaded: Loaded, stopped: watch::Receiver<bool>) {
+    let app = Router::new()
+        .route("/metrics", get(prometheus))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .with_state(loaded);
+    ballast_telemetry::serve(listener, app, stopped);
+}
+
+async fn readyz(State(loaded): State<Loaded>) -> (StatusCode, String) {
+    match loaded.get() {
+        Some(worker) => (
+            StatusCode::OK,
+            format!(
+                "ok: shard {} serves from its cache (revision {}, coordinator {})\n",
+                worker.id(),
+                worker.assignments().revision,
+                if worker.reachable() {
+                    "reachable"
+                } else {
+                    "unreachable"
+                }
+            ),
+        ),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: loading the cache\n".into(),
+        ),
+    }
+}
+
+async fn prometheus(State(loaded): State<Loaded>) -> Response {
+    if let Some(worker) = loaded.get() {
+        refresh(worker);
+    }
+    ballast_telemetry::metrics_response()
+}
+
+fn refresh(worker: &Worker) {
+    let assignments = worker.assignments();
+    gauge!("ballast_shard_coordinator_reachable").set(f64::from(u8::from(worker.reachable())));
+    if let Some(age) = worker.since_contact() {
+        gauge!("ballast_shard_cache_age_seconds").set(age.as_secs_f64());
+    }
+    gauge!("ballast_shard_assignment_revision").set(assignments.revision as f64);
+    gauge!("ballast_shard_domains").set(assignments.domains.len() as f64);
+    gauge!("ballast_shard_epoch").set(worker.epoch() as f64);
+    gauge!("ballast_shard_cycles").set(worker.cycles() as f64);
+    gauge!("ballast_shard_shortfall_machines").set(worker.shortfall() as f64);
+    for state in ["idle", "assigned", "foreign"] {
+        let count = worker.machines_by_state().get(state).copied().unwrap_or(0);
+        gauge!("ballast_shard_machines", "state" => state).set(count as f64);
+    }
+    gauge!("ballast_shard_provisions_in_flight").set(worker.state().in_flight.len() as f64);
+    let startup = worker.startup();
+    gauge!("ballast_shard_startup_seconds", "phase" => "cache_open")
+        .set(startup.cache_open.as_secs_f64());
+    gauge!("ballast_shard_startup_seconds", "phase" => "engine_load")
+        .set(startup.engine_load.as_secs_f64());
+}
+
+/// Records one engine cycle's duration.
+pub fn cycle_done(elapsed: std::time::Duration) {
+    histogram!("ballast_shard_cycle_duration_seconds").record(elapsed.as_secs_f64());
+}
+
+/// Records one provisioning outcome: `ok`, `failed` or `fenced`.
+pub fn provision_done(outcome: &'static str) {
+    counter!("ballast_shard_provisions_total", "outcome" => outcome).increment(1);
+}
