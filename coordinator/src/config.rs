@@ -21,6 +21,10 @@ use crate::node::{self, Backend, NodeConfig, NodeError};
 #[derive(Parser, Debug, Clone)]
 #[command(name = "ballast-coord", version)]
 pub struct CoordArgs {
+    /// TOML file with any of these settings, named like the flags (`data_dir = "..."` or
+    /// `data-dir`); flags and BALLAST_* variables override it. Unknown keys are refused.
+    #[arg(long, env = "BALLAST_CONFIG")]
+    pub config: Option<PathBuf>,
     /// Replica id (>= 1), unique within the cluster.
     #[arg(long, env = "BALLAST_ID")]
     pub id: u64,

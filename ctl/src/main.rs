@@ -34,6 +34,10 @@ struct Cli {
     /// Serve reads from the replica reached, without confirming it is current.
     #[arg(long, global = true)]
     stale: bool,
+    /// TOML file with any of the global settings (`endpoints = ["10.0.1.5:7701", ...]`,
+    /// `cluster_id`, `timeout_secs`); flags and BALLAST_* variables override it.
+    #[arg(long, global = true, env = "BALLAST_CONFIG")]
+    config: Option<std::path::PathBuf>,
     /// Give up after this many seconds of retries.
     #[arg(long, global = true, default_value_t = 15)]
     timeout_secs: u64,
@@ -111,7 +115,7 @@ async fn run(cli: Cli) -> anyhow::Result<output::Rendered> {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = ballast_settings::parse_or_exit::<Cli>();
     let json = cli.json;
     match run(cli).await {
         Ok(rendered) => {

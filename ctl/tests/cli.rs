@@ -511,3 +511,52 @@ async fn kv_and_lease_commands() {
     assert_eq!(deleted["deleted"], 3);
     running.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_come_from_a_config_file_and_flags_override_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let running = start_replica(&dir.path().join("data")).await;
+    let endpoint = running.local_addr.to_string();
+    let file = dir.path().join("ctl.toml");
+    std::fs::write(
+        &file,
+        format!("endpoints = [\"{endpoint}\"]\ntimeout_secs = 5\n"),
+    )
+    .expect("writing the config");
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_ballastctl"))
+            .arg("--config")
+            .arg(&file)
+            .args(args)
+            .output()
+            .expect("running ballastctl")
+    };
+    let out = run(&["cluster", "status", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(status["address"], endpoint.as_str());
+    // A flag beats the file: an unreachable endpoint fails fast.
+    let out = run(&[
+        "--endpoints",
+        "127.0.0.1:1",
+        "--timeout-secs",
+        "1",
+        "cluster",
+        "status",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "unreachable endpoint");
+    // An unknown key is refused with the file and the key.
+    std::fs::write(&file, "endpoint = \"x\"\n").expect("writing the config");
+    let out = run(&["cluster", "status"]);
+    assert_eq!(out.status.code(), Some(2));
+    let message = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        message.contains("ctl.toml") && message.contains("field `endpoint`: unknown setting"),
+        "{message}"
+    );
+    running.shutdown().await;
+}

@@ -15,6 +15,10 @@ use crate::worker::{self, WorkerConfig, WorkerError};
 #[derive(Parser, Debug, Clone)]
 #[command(name = "ballast-shard", version)]
 pub struct ShardArgs {
+    /// TOML file with any of these settings, named like the flags (`data_dir = "..."` or
+    /// `data-dir`); flags and BALLAST_* variables override it. Unknown keys are refused.
+    #[arg(long, env = "BALLAST_CONFIG")]
+    pub config: Option<PathBuf>,
     /// Shard id.
     #[arg(long, env = "BALLAST_SHARD_ID")]
     pub id: String,

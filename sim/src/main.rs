@@ -34,7 +34,8 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run() -> anyhow::Result<()> {
-    match Cli::parse().command {
+    let cli = ballast_settings::parse_or_exit::<Cli>();
+    match cli.command {
         Command::Demo(args) => demo::run(args).await,
         Command::Drill(drill) => drill::run(drill).await,
         Command::Shard(args) => {
