@@ -67,10 +67,8 @@ pub fn parse_from<T: CommandFactory + FromArgMatches>(
         Some(path) => merge(&command, &path, args)?,
         None => args,
     };
-    let matches = command
-        .try_get_matches_from(merged)
-        .map_err(|e| flag_error(e))?;
-    T::from_arg_matches(&matches).map_err(|e| flag_error(e))
+    let matches = command.try_get_matches_from(merged).map_err(flag_error)?;
+    T::from_arg_matches(&matches).map_err(flag_error)
 }
 
 fn flag_error(error: clap::Error) -> SettingsError {
