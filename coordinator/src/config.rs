@@ -46,6 +46,15 @@ pub struct CoordArgs {
     /// Comma-separated addresses of existing members to join through.
     #[arg(long, env = "BALLAST_JOIN", value_delimiter = ',')]
     pub join: Vec<String>,
+    /// Single-use token that lets this replica join (`ballastctl cluster token create`);
+    /// needed with --join unless the replica is already a voter at its address.
+    #[arg(
+        long,
+        env = "BALLAST_JOIN_TOKEN",
+        default_value = "",
+        hide_env_values = true
+    )]
+    pub join_token: String,
     /// Leader heartbeat interval in milliseconds.
     #[arg(long, env = "BALLAST_HEARTBEAT_MS", default_value_t = 50)]
     pub heartbeat_ms: u64,
@@ -213,6 +222,7 @@ impl CoordArgs {
             data_dir: self.data_dir,
             bootstrap: self.bootstrap,
             join: self.join,
+            join_token: self.join_token,
             heartbeat: Duration::from_millis(self.heartbeat_ms),
             election_timeout: (
                 Duration::from_millis(self.election_min_ms),

@@ -15,6 +15,7 @@ pub fn fleet_status(error: &FleetError) -> Status {
         ErrorKind::AlreadyExists => Code::AlreadyExists,
         ErrorKind::FailedPrecondition => Code::FailedPrecondition,
         ErrorKind::ResourceExhausted => Code::ResourceExhausted,
+        ErrorKind::PermissionDenied => Code::PermissionDenied,
     };
     Status::new(code, error.to_string())
 }

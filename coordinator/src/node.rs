@@ -66,6 +66,8 @@ pub struct NodeConfig {
     pub bootstrap: bool,
     /// Addresses of existing members to join through.
     pub join: Vec<String>,
+    /// Join token presented when joining (`ballastctl cluster token create`).
+    pub join_token: String,
     /// Heartbeat interval.
     pub heartbeat: Duration,
     /// Election timeout range.
@@ -459,7 +461,7 @@ async fn start_raft_duties(
     if !config.join.is_empty() {
         tokio::spawn(join_loop(
             replica.clone(),
-            config.join.clone(),
+            (config.join.clone(), config.join_token.clone()),
             node,
             stopped.clone(),
         ));
@@ -517,7 +519,7 @@ fn serve(
 /// Idempotent, so it also runs after a restart that still passes `--join`.
 async fn join_loop(
     replica: Arc<Replica>,
-    join: Vec<String>,
+    (join, token): (Vec<String>, String),
     node: ReplicaNode,
     mut stopped: watch::Receiver<bool>,
 ) {
@@ -538,6 +540,7 @@ async fn join_loop(
             id: replica.id,
             address: node.address.clone(),
             az: node.az.clone(),
+            token: token.clone(),
         };
         let outcome = tokio::select! {
             r = client.cluster(|mut c, req| {
@@ -549,6 +552,15 @@ async fn join_loop(
         match outcome {
             Ok(_) => {
                 tracing::info!(id = replica.id, "joined the cluster as a voter");
+                return;
+            }
+            Err(ballast_protocol::client::ClientError::Rejected(status))
+                if status.code() == tonic::Code::PermissionDenied =>
+            {
+                tracing::error!(
+                    reason = %status.message(),
+                    "the cluster refused to let this replica join; not retrying (start it again with a valid --join-token)"
+                );
                 return;
             }
             Err(e) => {

@@ -198,6 +198,7 @@ async fn bad_fleet_writes_are_refused_precisely_and_change_nothing() {
                     id,
                     address: address.into(),
                     az: az.into(),
+                    token: String::new(),
                 }))
                 .await
             })
@@ -215,6 +216,7 @@ async fn bad_fleet_writes_are_refused_precisely_and_change_nothing() {
                     id: 9,
                     address: taken,
                     az: "az-d".into(),
+                    token: String::new(),
                 }))
                 .await
             }

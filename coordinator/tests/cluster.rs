@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use ballast_protocol::pb;
 use ballast_testkit::{FAST_FLAGS, TestCluster, wait_for};
 use common::{assign, coord_binary, domains, register};
 
@@ -305,4 +306,92 @@ async fn whole_cluster_sigkill_and_restart_keeps_every_acknowledged_write() {
         again.header.map(|h| h.revision),
         "a replayed request id must return the first outcome"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joining_needs_a_single_use_unexpired_token() {
+    let mut cluster = TestCluster::start(coord_binary(), 3, FAST_FLAGS).await;
+    let client = cluster.client();
+    let join = |id: u64, token: &str| {
+        let request = pb::JoinRequest {
+            id,
+            address: "127.0.0.1:1".into(),
+            az: "az-x".into(),
+            token: token.into(),
+        };
+        let client = &client;
+        async move {
+            client
+                .cluster(|mut c, req| {
+                    let request = request.clone();
+                    async move { c.join(req.wrap(request)).await }
+                })
+                .await
+                .expect_err("refused")
+                .to_string()
+        }
+    };
+
+    // A replica started without a token is refused and stays out.
+    cluster.spawn_joiner(4, "");
+    wait_for(
+        "the refusal in replica 4's log",
+        Duration::from_secs(30),
+        || async {
+            cluster
+                .logs()
+                .contains("refused to let this replica join")
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(join(6, "").await.contains("needs a join token"));
+    let members = cluster
+        .status(cluster.leader().await)
+        .await
+        .expect("status")
+        .members;
+    assert_eq!(members.len(), 3, "replica 4 is not a member");
+    cluster.discard(4);
+
+    // With a token it joins; the token is then spent.
+    let token = cluster.join_token().await;
+    cluster.spawn_joiner(5, &token);
+    cluster.wait_for_voters(4).await;
+    let refused = join(6, &token).await;
+    assert!(
+        refused.contains("PermissionDenied") || refused.contains("permission"),
+        "{refused}"
+    );
+    assert!(refused.contains("already used by replica 5"), "{refused}");
+
+    // Expired, unknown and malformed tokens are refused too.
+    let short = client
+        .cluster(|mut c, req| async move {
+            c.create_join_token(req.wrap(pb::CreateJoinTokenRequest { ttl_seconds: 1 }))
+                .await
+        })
+        .await
+        .expect("token")
+        .token;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(join(6, &short).await.contains("expired"));
+    assert!(join(6, "abc.def").await.contains("unknown token"));
+    assert!(join(6, "nonsense").await.contains("<id>.<secret>"));
+    let too_long = client
+        .cluster(|mut c, req| async move {
+            c.create_join_token(req.wrap(pb::CreateJoinTokenRequest {
+                ttl_seconds: 8 * 24 * 3600,
+            }))
+            .await
+        })
+        .await
+        .expect_err("over 7 days");
+    assert!(too_long.to_string().contains("ttl_seconds"), "{too_long}");
+    let members = cluster
+        .status(cluster.leader().await)
+        .await
+        .expect("status")
+        .members;
+    assert_eq!(members.len(), 4, "no refused join changed the membership");
 }

@@ -21,6 +21,7 @@ async fn start_replica_with(dir: &std::path::Path, dr: DrConfig) -> RunningNode 
         data_dir: dir.to_path_buf(),
         bootstrap: true,
         join: Vec::new(),
+        join_token: String::new(),
         heartbeat: Duration::from_millis(50),
         election_timeout: (Duration::from_millis(300), Duration::from_millis(600)),
         snapshot_entries: 1000,

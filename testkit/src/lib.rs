@@ -189,10 +189,32 @@ impl TestCluster {
     /// Starts a fresh replica `id` that joins through the running members, and waits until
     /// it is a voter.
     pub async fn add(&mut self, id: u64) {
-        let join = self.running_endpoints().join(",");
         let voters = self.voter_count().await + 1;
-        self.spawn_new(id, &["--join".to_string(), join]);
+        let token = self.join_token().await;
+        self.spawn_joiner(id, &token);
         self.wait_for_voters(voters).await;
+    }
+
+    /// Starts a fresh replica `id` joining through the running members with `token` (none if
+    /// empty), without waiting for the outcome.
+    pub fn spawn_joiner(&mut self, id: u64, token: &str) {
+        let mut args = vec!["--join".to_string(), self.running_endpoints().join(",")];
+        if !token.is_empty() {
+            args.extend(["--join-token".to_string(), token.to_string()]);
+        }
+        self.spawn_new(id, &args);
+    }
+
+    /// A fresh single-use join token from the cluster.
+    pub async fn join_token(&self) -> String {
+        self.client()
+            .cluster(|mut c, req| async move {
+                c.create_join_token(req.wrap(pb::CreateJoinTokenRequest { ttl_seconds: 600 }))
+                    .await
+            })
+            .await
+            .expect("creating a join token")
+            .token
     }
 
     fn spawn_new(&mut self, id: u64, role_args: &[String]) {
@@ -295,7 +317,16 @@ impl TestCluster {
         let _ = std::fs::remove_dir_all(&dir);
         let join = self.running_endpoints().join(",");
         let voters = self.voter_count().await + 1;
-        self.spawn(index, &["--join".to_string(), join]);
+        let token = self.join_token().await;
+        self.spawn(
+            index,
+            &[
+                "--join".to_string(),
+                join,
+                "--join-token".to_string(),
+                token,
+            ],
+        );
         self.wait_for_voters(voters).await;
     }
 

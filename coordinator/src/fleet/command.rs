@@ -118,4 +118,27 @@ pub enum FleetCommand {
     },
     /// A coordination-KV command (etcd API); shares the revision counter.
     Kv(crate::kv::KvCommand),
+    /// Remember a join token (only the SHA-256 of its secret); drops expired ones.
+    CreateJoinToken {
+        /// Public part of the token.
+        id: String,
+        /// Hex SHA-256 of the secret part.
+        secret_sha256: String,
+        /// Leader's clock when proposed.
+        now_ms: u64,
+        /// When the token stops working.
+        expires_at_ms: u64,
+    },
+    /// Spend a join token for a replica (again for the same replica is not an error, so a
+    /// join that failed after spending it can be retried).
+    UseJoinToken {
+        /// Public part of the token.
+        id: String,
+        /// Hex SHA-256 of the secret part presented.
+        secret_sha256: String,
+        /// Replica joining with it.
+        replica: u64,
+        /// Leader's clock when proposed.
+        now_ms: u64,
+    },
 }

@@ -16,12 +16,17 @@ pub enum ErrorKind {
     FailedPrecondition,
     /// It exceeds a size limit.
     ResourceExhausted,
+    /// The caller may not do this (a missing, wrong, used or expired join token).
+    PermissionDenied,
 }
 
 /// A refused command. Refusals are deterministic and part of the replicated outcome (they are
 /// remembered for exactly-once retries), hence serializable.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum FleetError {
+    /// A join token was refused.
+    #[error("join token refused: {0}")]
+    JoinToken(String),
     /// Malformed input.
     #[error("invalid {field}: {reason}")]
     Invalid {
@@ -138,6 +143,7 @@ impl FleetError {
             FleetError::InBatch { source, .. } => source.kind(),
             // The KV services map these to etcd's codes themselves.
             FleetError::Kv(_) => ErrorKind::InvalidArgument,
+            FleetError::JoinToken(_) => ErrorKind::PermissionDenied,
         }
     }
 

@@ -5,6 +5,7 @@
 mod command;
 mod error;
 mod state;
+pub mod tokens;
 
 pub use command::FleetCommand;
 pub use error::{ErrorKind, FleetError};

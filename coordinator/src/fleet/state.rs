@@ -231,6 +231,9 @@ pub struct FleetState {
     quotas: BTreeMap<String, BTreeMap<String, QuotaRecord>>,
     providers: BTreeMap<String, ProviderRecord>,
     dedup: Dedup,
+    /// Join tokens (hashes only).
+    #[serde(default)]
+    join_tokens: super::tokens::JoinTokens,
     /// Shard → its domains; derived from `domains`, rebuilt after decoding.
     #[serde(skip)]
     domains_by_shard: HashMap<String, BTreeSet<String>>,
@@ -298,6 +301,13 @@ fn check_syntax(cmd: &FleetCommand, nested: bool) -> Result<(), FleetError> {
             ));
         }
         FleetCommand::Kv(op) => crate::kv::check_command(op)?,
+        FleetCommand::CreateJoinToken { .. } | FleetCommand::UseJoinToken { .. } if nested => {
+            return Err(FleetError::invalid(
+                "command",
+                "join-token commands cannot be batched",
+            ));
+        }
+        FleetCommand::CreateJoinToken { .. } | FleetCommand::UseJoinToken { .. } => {}
         FleetCommand::RegisterShard {
             id,
             address,
@@ -444,6 +454,38 @@ impl FleetState {
             return Ok((applied, Vec::new()));
         }
         check_syntax(cmd, false)?;
+        // Join tokens are checked in full before anything changes, so they need no journal.
+        let token_change = match cmd {
+            FleetCommand::CreateJoinToken {
+                id,
+                secret_sha256,
+                now_ms,
+                expires_at_ms,
+            } => Some(
+                self.join_tokens
+                    .create(id, secret_sha256, *now_ms, *expires_at_ms)
+                    .map(|()| true),
+            ),
+            FleetCommand::UseJoinToken {
+                id,
+                secret_sha256,
+                replica,
+                now_ms,
+            } => Some(self.join_tokens.spend(id, secret_sha256, *replica, *now_ms)),
+            _ => None,
+        };
+        if let Some(changed) = token_change {
+            let changed = changed?;
+            if changed {
+                self.revision += 1;
+            }
+            let applied = Applied {
+                revision: self.revision,
+                changed,
+                kv: None,
+            };
+            return Ok((applied, Vec::new()));
+        }
         let mut journal = Vec::new();
         match self.exec(cmd, &mut journal) {
             Ok(()) => {
@@ -553,10 +595,12 @@ impl FleetState {
         match cmd {
             // Applied before `exec` (KV commands journal themselves); only a batch gets here,
             // and `check_syntax` refuses KV commands in batches.
-            FleetCommand::Kv(_) => {
+            FleetCommand::Kv(_)
+            | FleetCommand::CreateJoinToken { .. }
+            | FleetCommand::UseJoinToken { .. } => {
                 return Err(FleetError::invalid(
                     "command",
-                    "KV commands cannot be batched with fleet commands",
+                    "KV and join-token commands cannot be batched with fleet commands",
                 ));
             }
             FleetCommand::RegisterShard {

@@ -14,7 +14,8 @@ use openraft::ChangeMembers;
 use tonic::{Request, Response, Status};
 
 use crate::error::invalid;
-use crate::raft::types::{NodeId, ReplicaNode};
+use crate::fleet::FleetCommand;
+use crate::raft::types::{NodeId, RaftRequest, ReplicaNode};
 use crate::replica::{Replica, Route, raft_write_status};
 
 /// Serves the `Cluster` API of one replica.
@@ -129,6 +130,46 @@ pub fn status_report(replica: &Replica) -> pb::StatusResponse {
     }
 }
 
+/// Longest a join token may live.
+const MAX_TOKEN_TTL_SECONDS: u64 = 7 * 24 * 3600;
+
+fn sha256_hex(secret: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(secret.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Spends the join token a new replica presented (on the leader, through the log, so two
+/// replicas can never both spend one token).
+async fn spend_join_token(replica: &Replica, join: &pb::JoinRequest) -> Result<(), Status> {
+    if join.token.is_empty() {
+        return Err(Status::permission_denied(format!(
+            "replica {} needs a join token to join: create one with `ballastctl cluster token \
+             create --ttl 1h` and start the replica with --join-token",
+            join.id
+        )));
+    }
+    let Some((id, secret)) = join.token.split_once('.') else {
+        return Err(Status::permission_denied(
+            "join token refused: not of the form <id>.<secret>",
+        ));
+    };
+    replica
+        .propose(RaftRequest {
+            request_id: String::new(),
+            command: FleetCommand::UseJoinToken {
+                id: id.to_string(),
+                secret_sha256: sha256_hex(secret),
+                replica: join.id,
+                now_ms: crate::service::convert::now_ms(),
+            },
+        })
+        .await
+        .map(|_| ())
+}
+
 #[tonic::async_trait]
 impl Cluster for ClusterService {
     async fn status(
@@ -186,6 +227,14 @@ impl Cluster for ClusterService {
                 node.address
             )));
         }
+        // Checked after the request itself, so a malformed or conflicting join spends no token.
+        let rejoining = membership.voter_ids().any(|v| v == join.id)
+            && membership
+                .get_node(&join.id)
+                .is_some_and(|n| n.address == node.address);
+        if !rejoining {
+            spend_join_token(replica, &join).await?;
+        }
         if !membership.voter_ids().any(|v| v == join.id) {
             tracing::info!(id = join.id, address = %node.address, az = %node.az, "adding learner");
             // Blocks until the learner has caught up, so promotion never stalls the quorum.
@@ -200,6 +249,52 @@ impl Cluster for ClusterService {
         Ok(replica.respond(pb::JoinResponse {
             header: Some(replica.header()),
             role: "voter".to_string(),
+        }))
+    }
+
+    async fn create_join_token(
+        &self,
+        request: Request<pb::CreateJoinTokenRequest>,
+    ) -> Result<Response<pb::CreateJoinTokenResponse>, Status> {
+        let replica = &self.replica;
+        replica.check_cluster(request.metadata())?;
+        if let Route::Forward(address) = replica.route(request.metadata())? {
+            let answer = self
+                .cluster_client(&address)?
+                .create_join_token(replica.forwarded(request.into_inner()))
+                .await?;
+            return Ok(replica.respond(answer.into_inner()));
+        }
+        let ttl = request.into_inner().ttl_seconds;
+        if !(1..=MAX_TOKEN_TTL_SECONDS).contains(&ttl) {
+            return Err(invalid(
+                "ttl_seconds",
+                format!("must be between 1 and {MAX_TOKEN_TTL_SECONDS} (7 days)"),
+            ));
+        }
+        let id = format!("{:016x}", rand::random::<u64>());
+        let secret = format!(
+            "{:016x}{:016x}",
+            rand::random::<u64>(),
+            rand::random::<u64>()
+        );
+        let now_ms = crate::service::convert::now_ms();
+        let expires_at_ms = now_ms + ttl * 1000;
+        replica
+            .propose(RaftRequest {
+                request_id: String::new(),
+                command: FleetCommand::CreateJoinToken {
+                    id: id.clone(),
+                    secret_sha256: sha256_hex(&secret),
+                    now_ms,
+                    expires_at_ms,
+                },
+            })
+            .await?;
+        Ok(replica.respond(pb::CreateJoinTokenResponse {
+            header: Some(replica.header()),
+            token: format!("{id}.{secret}"),
+            expires_at_unix_ms: expires_at_ms,
         }))
     }
 

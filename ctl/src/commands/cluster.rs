@@ -28,6 +28,41 @@ pub enum ClusterCmd {
     },
     /// Take a snapshot on the replica reached (compacting its log).
     Snapshot,
+    /// Join tokens: a new replica needs one (`ballast-coord --join-token`).
+    #[command(subcommand)]
+    Token(TokenCmd),
+}
+
+/// `ballastctl cluster token ...`
+#[derive(Subcommand, Debug)]
+pub enum TokenCmd {
+    /// Create a single-use join token; printed once, the cluster keeps only its hash.
+    Create {
+        /// How long it stays usable: seconds, or with a unit (90s, 30m, 1h, 2d); at most 7d.
+        #[arg(long, default_value = "1h", value_parser = parse_ttl)]
+        ttl: u64,
+    },
+}
+
+/// Seconds in `90`, `90s`, `30m`, `1h` or `2d`.
+fn parse_ttl(text: &str) -> Result<u64, String> {
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => text.split_at(at),
+        None => (text, "s"),
+    };
+    let scale = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        other => return Err(format!("unknown unit {other:?}: use s, m, h or d")),
+    };
+    number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(scale))
+        .filter(|s| *s > 0)
+        .ok_or_else(|| format!("{text:?} is not a positive duration such as 30m or 1h"))
 }
 
 async fn status(ctx: &Context) -> anyhow::Result<pb::StatusResponse> {
@@ -200,6 +235,19 @@ pub async fn run(ctx: &Context, cmd: ClusterCmd) -> anyhow::Result<Rendered> {
             Ok(Rendered {
                 json: json!({ "removed": id }),
                 human: format!("replica {id} removed"),
+            })
+        }
+        ClusterCmd::Token(TokenCmd::Create { ttl }) => {
+            let r = ctx
+                .client
+                .cluster(|mut c, req| async move {
+                    c.create_join_token(req.wrap(pb::CreateJoinTokenRequest { ttl_seconds: ttl }))
+                        .await
+                })
+                .await?;
+            Ok(Rendered {
+                json: json!({ "token": r.token, "expires_at_unix_ms": r.expires_at_unix_ms }),
+                human: r.token,
             })
         }
         ClusterCmd::Snapshot => {
