@@ -221,7 +221,7 @@ pub async fn run(args: CoordBenchArgs) -> anyhow::Result<()> {
             leading_args: vec!["replica".into()],
             extra: Vec::new(),
             dir: Some(dir.clone()),
-            base_port: None,
+            ..ClusterOptions::default()
         },
         3,
     )

@@ -124,6 +124,25 @@ pub struct CoordArgs {
     /// status page (`/`). Not served when absent.
     #[arg(long, env = "BALLAST_HTTP_LISTEN")]
     pub http_listen: Option<SocketAddr>,
+    /// A member that has not answered the leader for this long is reported unreachable.
+    #[arg(
+        long,
+        env = "BALLAST_AUTOPILOT_UNHEALTHY_AFTER_MS",
+        default_value_t = 2_000
+    )]
+    pub autopilot_unhealthy_after_ms: u64,
+    /// Remove a voter that stayed unreachable this long (0: never remove automatically).
+    /// Removal happens only while the rest keep a healthy majority and --autopilot-min-voters.
+    #[arg(
+        long,
+        env = "BALLAST_AUTOPILOT_REMOVE_DEAD_AFTER_SECS",
+        default_value_t = 0
+    )]
+    pub autopilot_remove_dead_after_secs: u64,
+    /// Autopilot never shrinks the voters below this many (a 3-voter group keeps its dead
+    /// member until it is replaced, unless this is lowered to 2).
+    #[arg(long, env = "BALLAST_AUTOPILOT_MIN_VOTERS", default_value_t = 3)]
+    pub autopilot_min_voters: usize,
 }
 
 /// Values of `--backend`.
@@ -248,6 +267,12 @@ impl CoordArgs {
             force_new_cluster: self.force_new_cluster,
             backend,
             http_listen: self.http_listen,
+            autopilot: crate::autopilot::AutopilotConfig {
+                unhealthy_after: Duration::from_millis(self.autopilot_unhealthy_after_ms.max(1)),
+                remove_dead_after: (self.autopilot_remove_dead_after_secs > 0)
+                    .then(|| Duration::from_secs(self.autopilot_remove_dead_after_secs)),
+                min_voters: self.autopilot_min_voters.max(1),
+            },
         })
     }
 }

@@ -1,6 +1,7 @@
 //! Ballast's coordinator: a Raft replica (openraft, fjall storage, tonic transport) holding the
 //! fleet state machine and serving the client and cluster-administration APIs.
 
+pub mod autopilot;
 pub mod config;
 pub mod consensus;
 pub mod dr;

@@ -91,6 +91,8 @@ pub struct NodeConfig {
     pub backend: Backend,
     /// Address of the HTTP port (metrics, health, status page); none to serve no HTTP.
     pub http_listen: Option<SocketAddr>,
+    /// Member health thresholds and automatic removal of dead voters.
+    pub autopilot: crate::autopilot::AutopilotConfig,
 }
 
 /// Which log orders the state machine: Ballast's own Raft group or an existing etcd.
@@ -322,6 +324,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
             },
             DrExporter::new(config.dr.clone()),
             peer_contacts,
+            config.autopilot.clone(),
         ),
     ));
 
@@ -337,6 +340,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
         tokio::spawn(rebalance_loop(replica.clone(), interval, stopped.clone()));
     }
     tokio::spawn(crate::dr::export_loop(replica.clone(), stopped.clone()));
+    tokio::spawn(crate::autopilot::run(replica.clone(), stopped.clone()));
     tokio::spawn(crate::service::etcd::lease_expiry_loop(
         replica.clone(),
         stopped.clone(),

@@ -58,6 +58,8 @@ pub struct Replica {
     pub lease_clock: crate::service::etcd::LeaseClock,
     /// When each Raft peer last answered (for metrics and the status page).
     pub peer_contacts: PeerContacts,
+    /// Health thresholds and automatic removal of dead voters.
+    pub autopilot: crate::autopilot::AutopilotConfig,
     channels: Mutex<HashMap<String, Channel>>,
 }
 
@@ -78,7 +80,12 @@ impl Replica {
         consensus: Consensus,
         state: Arc<SharedState>,
         store: Store,
-        (timing, dr, peer_contacts): (Timing, DrExporter, PeerContacts),
+        (timing, dr, peer_contacts, autopilot): (
+            Timing,
+            DrExporter,
+            PeerContacts,
+            crate::autopilot::AutopilotConfig,
+        ),
     ) -> Self {
         Self {
             id,
@@ -93,6 +100,7 @@ impl Replica {
             dr,
             lease_clock: Default::default(),
             peer_contacts,
+            autopilot,
             channels: Mutex::new(HashMap::new()),
         }
     }

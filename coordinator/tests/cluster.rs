@@ -395,3 +395,122 @@ async fn joining_needs_a_single_use_unexpired_token() {
         .members;
     assert_eq!(members.len(), 4, "no refused join changed the membership");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn autopilot_reports_and_removes_a_dead_voter_while_quorum_holds() {
+    let flags: Vec<&str> = FAST_FLAGS
+        .iter()
+        .copied()
+        .chain([
+            "--autopilot-unhealthy-after-ms",
+            "500",
+            "--autopilot-remove-dead-after-secs",
+            "5",
+            "--autopilot-min-voters",
+            "2",
+        ])
+        .collect();
+    let mut cluster = TestCluster::start(coord_binary(), 3, &flags).await;
+    let leader = cluster.leader().await;
+    let victim = [1, 2, 3]
+        .into_iter()
+        .find(|id| *id != leader)
+        .expect("a follower");
+    cluster.kill(victim);
+
+    // The leader reports it unreachable, with a warning, before removing it.
+    let status = wait_for(
+        "the dead voter reported",
+        Duration::from_secs(4),
+        || async {
+            let status = cluster.status(leader).await?;
+            status
+                .members
+                .iter()
+                .any(|m| m.id == victim && m.health == "unreachable")
+                .then_some(status)
+        },
+    )
+    .await;
+    assert!(
+        status
+            .warnings
+            .iter()
+            .any(|w| w.contains(&format!("replica {victim}")) && w.contains("has not answered")),
+        "{:?}",
+        status.warnings
+    );
+    assert!(
+        status
+            .members
+            .iter()
+            .filter(|m| m.id != victim)
+            .all(|m| m.health == "healthy")
+    );
+
+    // Then removes it: two voters remain, both healthy, and writes go on.
+    wait_for(
+        "the dead voter removed",
+        Duration::from_secs(30),
+        || async {
+            let status = cluster.status(leader).await?;
+            (status.members.len() == 2).then_some(())
+        },
+    )
+    .await;
+    let client = cluster.client();
+    client
+        .write(register("after-removal", "az-a"))
+        .await
+        .expect("a write with two voters");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn autopilot_warns_about_shared_azs_and_keeps_the_minimum() {
+    let flags: Vec<&str> = FAST_FLAGS
+        .iter()
+        .copied()
+        .chain(["--autopilot-remove-dead-after-secs", "1"])
+        .collect();
+    let mut cluster = TestCluster::start_with(
+        ballast_testkit::ClusterOptions {
+            program: coord_binary().to_path_buf(),
+            extra: flags.iter().map(|s| s.to_string()).collect(),
+            azs: vec!["az-a".into(), "az-a".into(), "az-b".into()],
+            ..Default::default()
+        },
+        3,
+    )
+    .await;
+    let leader = cluster.leader().await;
+    let status = cluster.status(leader).await.expect("status");
+    assert!(
+        status
+            .warnings
+            .iter()
+            .any(|w| w == "voters 1 and 2 share AZ az-a: losing that AZ loses 2 votes"),
+        "{:?}",
+        status.warnings
+    );
+    assert!(!status.placement.expect("placement").healthy);
+
+    // With the default minimum of three voters, a dead voter is reported but kept.
+    let victim = [1, 2, 3]
+        .into_iter()
+        .find(|id| *id != leader)
+        .expect("a follower");
+    cluster.kill(victim);
+    wait_for(
+        "autopilot declining the removal",
+        Duration::from_secs(30),
+        || async {
+            cluster
+                .logs()
+                .contains("autopilot keeps an unreachable voter")
+                .then_some(())
+        },
+    )
+    .await;
+    let status = cluster.status(leader).await.expect("status");
+    assert_eq!(status.members.len(), 3);
+}

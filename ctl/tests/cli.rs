@@ -33,6 +33,7 @@ async fn start_replica_with(dir: &std::path::Path, dr: DrConfig) -> RunningNode 
         force_new_cluster: false,
         backend: Default::default(),
         http_listen: None,
+        autopilot: Default::default(),
     })
     .await
     .expect("starting a replica")

@@ -149,6 +149,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             extra: Vec::new(),
             dir: Some(args.dir.clone()),
             base_port: Some(args.base_port),
+            ..ClusterOptions::default()
         },
         3,
     )

@@ -109,6 +109,8 @@ pub struct ClusterOptions {
     pub dir: Option<PathBuf>,
     /// Listen on `base_port + id - 1` instead of ephemeral ports.
     pub base_port: Option<u16>,
+    /// AZ of replica `id` is `azs[id - 1]` when given (default: az-a, az-b, ...).
+    pub azs: Vec<String>,
 }
 
 enum Dir {
@@ -224,7 +226,12 @@ impl TestCluster {
         };
         let replica = Replica {
             id,
-            az: az_of(id),
+            az: self
+                .options
+                .azs
+                .get(id as usize - 1)
+                .cloned()
+                .unwrap_or_else(|| az_of(id)),
             address: format!("127.0.0.1:{port}"),
             data_dir: self.dir.path().join(format!("replica-{id}")),
             // With fixed ports (the demo), the HTTP port is the client port + 1000.

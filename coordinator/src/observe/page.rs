@@ -70,7 +70,7 @@ pub fn render(replica: &Replica) -> String {
     let _ = write!(
         html,
         "<h2>Members</h2><table id=\"members\"><tr><th>id</th><th>address</th><th>AZ</th>\
-         <th>role</th><th>matched index</th><th>lag</th><th>last contact</th></tr>"
+         <th>role</th><th>health</th><th>matched index</th><th>lag</th><th>last contact</th></tr>"
     );
     for member in &status.members {
         let contact = if member.id == replica.id {
@@ -85,8 +85,14 @@ pub fn render(replica: &Replica) -> String {
         let _ = write!(
             html,
             "<tr class=\"member{leader_class}\" data-id=\"{id}\"><td>{id}</td><td>{address}</td>\
-             <td>{az}</td><td>{role}{leader_mark}</td><td>{matched}</td><td>{lag}</td>\
-             <td>{contact}</td></tr>",
+             <td>{az}</td><td>{role}{leader_mark}</td><td class=\"{health_class}\">{health}</td>\
+             <td>{matched}</td><td>{lag}</td><td>{contact}</td></tr>",
+            health_class = if member.health == "unreachable" {
+                "bad"
+            } else {
+                "ok"
+            },
+            health = escape(&member.health),
             id = member.id,
             leader_class = if member.leader { " leader" } else { "" },
             address = escape(&member.address),
@@ -99,6 +105,13 @@ pub fn render(replica: &Replica) -> String {
     }
     html.push_str("</table>");
 
+    if !status.warnings.is_empty() {
+        html.push_str("<h2>Warnings</h2><ul id=\"warnings\">");
+        for warning in &status.warnings {
+            let _ = write!(html, "<li class=\"bad\">{}</li>", escape(warning));
+        }
+        html.push_str("</ul>");
+    }
     if let Some(placement) = &status.placement {
         let _ = write!(
             html,

@@ -95,6 +95,7 @@ pub fn status_report(replica: &Replica) -> pb::StatusResponse {
             voter_azs.push(member.node.az.clone());
         }
         let matched_index = member.matched_index.unwrap_or(0);
+        let (health, last_contact_ms) = crate::autopilot::member_health(replica, &view, member.id);
         members.push(pb::Member {
             id: member.id,
             address: member.node.address.clone(),
@@ -105,11 +106,16 @@ pub fn status_report(replica: &Replica) -> pb::StatusResponse {
             lag: member
                 .matched_index
                 .map_or(0, |m| view.last_log_index.saturating_sub(m)),
+            health,
+            last_contact_ms,
         });
     }
     let counts = replica.state.fleet().counts();
     let leader_address = replica.leader().map(|(_, n)| n.address).unwrap_or_default();
+    let placement = placement(&voter_azs);
+    let warnings = crate::autopilot::warnings(&members, &placement);
     pb::StatusResponse {
+        warnings,
         dr: Some(replica.dr.status()),
         header: Some(replica.header()),
         state: view.state.to_string(),
@@ -118,7 +124,7 @@ pub fn status_report(replica: &Replica) -> pb::StatusResponse {
         snapshot_index: view.snapshot_index,
         purged_index: view.purged_index,
         members,
-        placement: Some(placement(&voter_azs)),
+        placement: Some(placement),
         az: replica.az.clone(),
         address: replica.address.clone(),
         leader_address,

@@ -79,12 +79,15 @@ fn member_json(m: &pb::Member) -> serde_json::Value {
     json!({
         "id": m.id, "address": m.address, "az": m.az, "role": m.role,
         "leader": m.leader, "matched_index": m.matched_index, "lag": m.lag,
+        "health": m.health, "last_contact_ms": m.last_contact_ms,
     })
 }
 
 fn members_table(members: &[pb::Member]) -> String {
     table(
-        &["id", "address", "az", "role", "leader", "matched", "lag"],
+        &[
+            "id", "address", "az", "role", "leader", "health", "matched", "lag",
+        ],
         members
             .iter()
             .map(|m| {
@@ -94,6 +97,7 @@ fn members_table(members: &[pb::Member]) -> String {
                     m.az.clone(),
                     m.role.clone(),
                     if m.leader { "*".into() } else { String::new() },
+                    m.health.clone(),
                     m.matched_index.to_string(),
                     m.lag.to_string(),
                 ]
@@ -151,6 +155,7 @@ pub async fn run(ctx: &Context, cmd: ClusterCmd) -> anyhow::Result<Rendered> {
                 "counts": { "shards": s.shard_count, "domains": s.domain_count,
                     "bindings": s.binding_count, "quotas": s.quota_count, "providers": s.provider_count },
                 "restore_epoch": h.restore_epoch,
+                "warnings": s.warnings,
                 "dr": {
                     "destination": dr.destination, "interval_seconds": dr.interval_seconds,
                     "encrypted": dr.encrypted, "last_success_unix_ms": dr.last_success_unix_ms,
@@ -188,6 +193,13 @@ pub async fn run(ctx: &Context, cmd: ClusterCmd) -> anyhow::Result<Rendered> {
                 dr_line(&dr, h.restore_epoch),
                 members_table(&s.members),
             );
+            let human = if s.warnings.is_empty() {
+                human
+            } else {
+                let list: Vec<String> =
+                    s.warnings.iter().map(|w| format!("warning: {w}")).collect();
+                format!("{human}\n{}", list.join("\n"))
+            };
             Ok(Rendered { json, human })
         }
         ClusterCmd::Members => {
