@@ -60,6 +60,8 @@ pub struct Replica {
     pub peer_contacts: PeerContacts,
     /// Health thresholds and automatic removal of dead voters.
     pub autopilot: crate::autopilot::AutopilotConfig,
+    /// Groups concurrent proposals into shared log entries (Raft backend).
+    proposer: Option<crate::raft::proposer::Proposer>,
     channels: Mutex<HashMap<String, Channel>>,
 }
 
@@ -87,6 +89,10 @@ impl Replica {
             crate::autopilot::AutopilotConfig,
         ),
     ) -> Self {
+        let proposer = match &consensus {
+            Consensus::Raft(raft) => Some(crate::raft::proposer::Proposer::start(raft.clone())),
+            Consensus::Etcd(_) => None,
+        };
         Self {
             id,
             az: node.az,
@@ -101,6 +107,7 @@ impl Replica {
             lease_clock: Default::default(),
             peer_contacts,
             autopilot,
+            proposer,
             channels: Mutex::new(HashMap::new()),
         }
     }
@@ -242,9 +249,12 @@ impl Replica {
             }
         };
         let started = std::time::Instant::now();
-        let outcome = match raft.client_write(request).await {
-            Ok(response) => response.data.outcome.map_err(|e| fleet_status(&e)),
-            Err(error) => Err(raft_write_status(error)),
+        let outcome = match &self.proposer {
+            Some(proposer) => proposer.propose(request).await,
+            None => match raft.client_write(request).await {
+                Ok(response) => response.data.outcome.map_err(|e| fleet_status(&e)),
+                Err(error) => Err(raft_write_status(error)),
+            },
         };
         crate::observe::metrics::proposal_done(started, outcome.is_ok());
         outcome

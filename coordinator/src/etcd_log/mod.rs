@@ -553,7 +553,7 @@ impl EtcdLog {
         let mut waiters = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
         for (index, outcome) in indexes.into_iter().zip(outcomes) {
             if let Some(done) = waiters.remove(&index) {
-                let _ = done.send(outcome.map_err(|e: FleetError| fleet_status(&e)));
+                let _ = done.send(outcome.outcome.map_err(|e: FleetError| fleet_status(&e)));
             }
         }
     }

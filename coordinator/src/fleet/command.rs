@@ -129,6 +129,10 @@ pub enum FleetCommand {
         /// When the token stops working.
         expires_at_ms: u64,
     },
+    /// Independent client requests proposed together as one log entry (group commit by the
+    /// leader under load); each is applied, deduplicated and answered on its own, at its own
+    /// revision. Never accepted from clients.
+    Group(Vec<crate::raft::types::RaftRequest>),
     /// Spend a join token for a replica (again for the same replica is not an error, so a
     /// join that failed after spending it can be retried).
     UseJoinToken {

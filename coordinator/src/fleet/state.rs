@@ -308,6 +308,13 @@ fn check_syntax(cmd: &FleetCommand, nested: bool) -> Result<(), FleetError> {
             ));
         }
         FleetCommand::CreateJoinToken { .. } | FleetCommand::UseJoinToken { .. } => {}
+        // Groups are unpacked by the state machine before they reach here.
+        FleetCommand::Group(_) => {
+            return Err(FleetError::invalid(
+                "command",
+                "a request group is internal to the replication log",
+            ));
+        }
         FleetCommand::RegisterShard {
             id,
             address,
@@ -596,6 +603,7 @@ impl FleetState {
             // Applied before `exec` (KV commands journal themselves); only a batch gets here,
             // and `check_syntax` refuses KV commands in batches.
             FleetCommand::Kv(_)
+            | FleetCommand::Group(_)
             | FleetCommand::CreateJoinToken { .. }
             | FleetCommand::UseJoinToken { .. } => {
                 return Err(FleetError::invalid(

@@ -18,7 +18,7 @@ use super::types::{
     Entry, LogId, Membership, RaftRequest, RaftResponse, SnapshotMeta, StorageError,
     StoredMembership, TypeConfig,
 };
-use crate::fleet::{Applied, FleetError, FleetState};
+use crate::fleet::{Applied, FleetCommand, FleetError, FleetState};
 use crate::history::History;
 
 /// State shared between the state machine (writer) and the gRPC services (readers).
@@ -77,7 +77,7 @@ impl SharedState {
     pub(crate) fn apply_entries(
         &self,
         entries: impl IntoIterator<Item = (LogId, Step)>,
-    ) -> Vec<Result<Applied, FleetError>> {
+    ) -> Vec<RaftResponse> {
         let mut outcomes = Vec::new();
         let revision;
         {
@@ -93,30 +93,55 @@ impl SharedState {
                 let outcome = match step {
                     Step::Blank => Ok(unchanged),
                     Step::Request(request) => {
-                        let id =
-                            (!request.request_id.is_empty()).then_some(request.request_id.as_str());
-                        let (outcome, changes) = fleet.apply_request_tracked(id, &request.command);
-                        if let Ok(applied) = &outcome
-                            && applied.changed
-                        {
-                            self.history
-                                .write()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .push(applied.revision, changes);
+                        if let FleetCommand::Group(members) = &request.command {
+                            let group: Vec<_> = members
+                                .iter()
+                                .map(|member| self.apply_one(&mut fleet, member))
+                                .collect();
+                            outcomes.push(RaftResponse {
+                                outcome: Ok(Applied {
+                                    revision: fleet.revision(),
+                                    changed: group.iter().any(|o| matches!(o, Ok(a) if a.changed)),
+                                    kv: None,
+                                }),
+                                group,
+                            });
+                            continue;
                         }
-                        outcome
+                        self.apply_one(&mut fleet, &request)
                     }
                     Step::Membership(membership) => {
                         applied.1 = StoredMembership::new(Some(log_id), membership);
                         Ok(unchanged)
                     }
                 };
-                outcomes.push(outcome);
+                outcomes.push(RaftResponse {
+                    outcome,
+                    group: Vec::new(),
+                });
             }
             revision = fleet.revision();
         }
         self.revision_tx.send_replace(revision);
         outcomes
+    }
+
+    fn apply_one(
+        &self,
+        fleet: &mut FleetState,
+        request: &RaftRequest,
+    ) -> Result<Applied, FleetError> {
+        let id = (!request.request_id.is_empty()).then_some(request.request_id.as_str());
+        let (outcome, changes) = fleet.apply_request_tracked(id, &request.command);
+        if let Ok(applied) = &outcome
+            && applied.changed
+        {
+            self.history
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(applied.revision, changes);
+        }
+        outcome
     }
 
     /// Replaces the whole state with a snapshot's. Changes before the snapshot are unknown
@@ -295,10 +320,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             };
             (entry.log_id, step)
         }));
-        Ok(responses
-            .into_iter()
-            .map(|outcome| RaftResponse { outcome })
-            .collect())
+        Ok(responses)
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
@@ -340,5 +362,59 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             meta,
             snapshot: Box::new(Cursor::new(data)),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{SharedState, Step};
+    use crate::fleet::{FleetCommand, FleetState};
+    use crate::raft::types::{LogId, RaftRequest};
+
+    fn register(request_id: &str, id: &str) -> RaftRequest {
+        RaftRequest {
+            request_id: request_id.into(),
+            command: FleetCommand::RegisterShard {
+                id: id.into(),
+                address: "127.0.0.1:7801".into(),
+                az: "az-a".into(),
+                now_ms: 1,
+                lease_ttl_ms: 1_000,
+            },
+        }
+    }
+
+    #[test]
+    fn a_group_answers_each_member_on_its_own() {
+        let shared = SharedState::from_snapshot(FleetState::new(), None);
+        let group = RaftRequest {
+            request_id: String::new(),
+            command: FleetCommand::Group(vec![
+                register("r1", "s1"),
+                register("", "BAD ID"),
+                register("r1", "s1"),
+                register("r2", "s2"),
+            ]),
+        };
+        let log_id = LogId::new(openraft::CommittedLeaderId::new(1, 1), 1);
+        let responses = shared.apply_entries([(log_id, Step::Request(group))]);
+        assert_eq!(responses.len(), 1);
+        let group = &responses[0].group;
+        assert_eq!(group.len(), 4);
+        assert_eq!(group[0].as_ref().map(|a| a.revision), Ok(1));
+        assert!(
+            group[1].is_err(),
+            "a refused member does not stop the others"
+        );
+        assert_eq!(
+            group[2], group[0],
+            "a repeated request id answers its first outcome"
+        );
+        assert_eq!(group[3].as_ref().map(|a| a.revision), Ok(2));
+        assert_eq!(shared.revision(), 2);
+        assert_eq!(shared.fleet().counts().shards, 2);
+        // Clients cannot send a group themselves.
+        let mut state = FleetState::new();
+        assert!(state.apply(&FleetCommand::Group(Vec::new())).is_err());
     }
 }

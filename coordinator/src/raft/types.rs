@@ -40,6 +40,8 @@ pub struct RaftResponse {
     /// Outcome of the command; membership entries and blanks answer `Ok` with the current
     /// revision.
     pub outcome: Result<Applied, FleetError>,
+    /// For a request group: each member's outcome, in order.
+    pub group: Vec<Result<Applied, FleetError>>,
 }
 
 impl Default for RaftResponse {
@@ -50,6 +52,7 @@ impl Default for RaftResponse {
                 changed: false,
                 kv: None,
             }),
+            group: Vec::new(),
         }
     }
 }

@@ -1,0 +1,130 @@
+//! Group commit at the proposal layer: while earlier proposals are being replicated, new ones
+//! queue up and go into the log together as one entry (`FleetCommand::Group`), each still
+//! applied, deduplicated and answered on its own. Under load this turns thousands of tiny log
+//! entries — each an openraft round, a storage write and an apply — into a few large ones;
+//! a lone proposal still goes out at once, alone.
+
+use std::sync::Arc;
+
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tonic::Status;
+
+use super::types::{Raft, RaftRequest};
+use crate::error::fleet_status;
+use crate::fleet::{Applied, FleetCommand};
+use crate::replica::raft_write_status;
+
+/// Groups in flight at once; more proposals wait and join the next group.
+const IN_FLIGHT: usize = 2;
+/// Most requests in one group.
+const MAX_GROUP: usize = 512;
+/// Most encoded bytes in one group (well under the peer message limit).
+const MAX_GROUP_BYTES: usize = 4 * 1024 * 1024;
+
+type Answer = oneshot::Sender<Result<Applied, Status>>;
+
+/// Submits proposals to a Raft node in groups.
+#[derive(Clone)]
+pub struct Proposer {
+    queue: mpsc::Sender<(RaftRequest, usize, Answer)>,
+}
+
+impl Proposer {
+    /// Starts the grouping task for `raft`.
+    pub fn start(raft: Raft) -> Self {
+        let (queue, pending) = mpsc::channel(8192);
+        tokio::spawn(group_loop(raft, pending));
+        Self { queue }
+    }
+
+    /// Proposes one request and waits for its own outcome.
+    pub async fn propose(&self, request: RaftRequest) -> Result<Applied, Status> {
+        let size = super::wire::encode(&request)
+            .map(|b| b.len())
+            .unwrap_or(usize::MAX / 2);
+        let (answer, outcome) = oneshot::channel();
+        self.queue
+            .send((request, size, answer))
+            .await
+            .map_err(|_| Status::unavailable("the replica is shutting down"))?;
+        outcome
+            .await
+            .map_err(|_| Status::unavailable("the replica is shutting down"))?
+    }
+}
+
+async fn group_loop(raft: Raft, mut pending: mpsc::Receiver<(RaftRequest, usize, Answer)>) {
+    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+    let mut carried = None;
+    loop {
+        let first = match carried.take() {
+            Some(first) => first,
+            None => match pending.recv().await {
+                Some(first) => first,
+                None => return,
+            },
+        };
+        // Wait for a free slot first: proposals arriving meanwhile join this group.
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let mut bytes = first.1;
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match pending.try_recv() {
+                Ok(next) if bytes + next.1 <= MAX_GROUP_BYTES => {
+                    bytes += next.1;
+                    group.push(next);
+                }
+                Ok(next) => {
+                    carried = Some(next);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            submit(&raft, group).await;
+        });
+    }
+}
+
+async fn submit(raft: &Raft, mut group: Vec<(RaftRequest, usize, Answer)>) {
+    if group.len() == 1 {
+        let (request, _, answer) = group.remove(0);
+        let outcome = match raft.client_write(request).await {
+            Ok(response) => response.data.outcome.map_err(|e| fleet_status(&e)),
+            Err(error) => Err(raft_write_status(error)),
+        };
+        let _ = answer.send(outcome);
+        return;
+    }
+    let (requests, answers): (Vec<RaftRequest>, Vec<Answer>) =
+        group.into_iter().map(|(r, _, a)| (r, a)).unzip();
+    let entry = RaftRequest {
+        request_id: String::new(),
+        command: FleetCommand::Group(requests),
+    };
+    match raft.client_write(entry).await {
+        Ok(response) => {
+            let mut outcomes = response.data.group.into_iter();
+            for answer in answers {
+                let outcome = outcomes.next().unwrap_or_else(|| {
+                    Err(crate::fleet::FleetError::invalid(
+                        "group",
+                        "the state machine answered fewer requests than the group held",
+                    ))
+                });
+                let _ = answer.send(outcome.map_err(|e| fleet_status(&e)));
+            }
+        }
+        Err(error) => {
+            let status = raft_write_status(error);
+            for answer in answers {
+                let _ = answer.send(Err(status.clone()));
+            }
+        }
+    }
+}
