@@ -176,6 +176,23 @@ async fn spend_join_token(replica: &Replica, join: &pb::JoinRequest) -> Result<(
         .map(|_| ())
 }
 
+/// Checks the cluster id, then either lets the rest of a leader-only call run here (giving
+/// back the request's message) or forwards the request to the leader and returns its answer.
+macro_rules! on_leader {
+    ($service:expr, $request:ident, $method:ident) => {{
+        let replica = &$service.replica;
+        replica.check_cluster($request.metadata())?;
+        if let Route::Forward(address) = replica.route($request.metadata())? {
+            let answer = $service
+                .cluster_client(&address)?
+                .$method(replica.forwarded($request.into_inner()))
+                .await?;
+            return Ok(replica.respond(answer.into_inner()));
+        }
+        $request.into_inner()
+    }};
+}
+
 #[tonic::async_trait]
 impl Cluster for ClusterService {
     async fn status(
@@ -192,16 +209,9 @@ impl Cluster for ClusterService {
         request: Request<pb::JoinRequest>,
     ) -> Result<Response<pb::JoinResponse>, Status> {
         let replica = &self.replica;
-        replica.check_cluster(request.metadata())?;
-        if let Route::Forward(address) = replica.route(request.metadata())? {
-            let answer = self
-                .cluster_client(&address)?
-                .join(replica.forwarded(request.into_inner()))
-                .await?;
-            return Ok(replica.respond(answer.into_inner()));
-        }
+        let request = on_leader!(self, request, join);
         let raft = replica.raft()?;
-        let join = request.into_inner();
+        let join = request;
         if join.id == 0 {
             return Err(invalid("id", "replica ids start at 1"));
         }
@@ -263,15 +273,8 @@ impl Cluster for ClusterService {
         request: Request<pb::CreateJoinTokenRequest>,
     ) -> Result<Response<pb::CreateJoinTokenResponse>, Status> {
         let replica = &self.replica;
-        replica.check_cluster(request.metadata())?;
-        if let Route::Forward(address) = replica.route(request.metadata())? {
-            let answer = self
-                .cluster_client(&address)?
-                .create_join_token(replica.forwarded(request.into_inner()))
-                .await?;
-            return Ok(replica.respond(answer.into_inner()));
-        }
-        let ttl = request.into_inner().ttl_seconds;
+        let request = on_leader!(self, request, create_join_token);
+        let ttl = request.ttl_seconds;
         if !(1..=MAX_TOKEN_TTL_SECONDS).contains(&ttl) {
             return Err(invalid(
                 "ttl_seconds",
@@ -309,16 +312,9 @@ impl Cluster for ClusterService {
         request: Request<pb::RemoveMemberRequest>,
     ) -> Result<Response<pb::RemoveMemberResponse>, Status> {
         let replica = &self.replica;
-        replica.check_cluster(request.metadata())?;
-        if let Route::Forward(address) = replica.route(request.metadata())? {
-            let answer = self
-                .cluster_client(&address)?
-                .remove_member(replica.forwarded(request.into_inner()))
-                .await?;
-            return Ok(replica.respond(answer.into_inner()));
-        }
+        let request = on_leader!(self, request, remove_member);
         let raft = replica.raft()?;
-        let id = request.into_inner().id;
+        let id = request.id;
         let membership = raft
             .metrics()
             .borrow()
@@ -354,16 +350,9 @@ impl Cluster for ClusterService {
         request: Request<pb::TransferLeaderRequest>,
     ) -> Result<Response<pb::TransferLeaderResponse>, Status> {
         let replica = &self.replica;
-        replica.check_cluster(request.metadata())?;
-        if let Route::Forward(address) = replica.route(request.metadata())? {
-            let answer = self
-                .cluster_client(&address)?
-                .transfer_leader(replica.forwarded(request.into_inner()))
-                .await?;
-            return Ok(replica.respond(answer.into_inner()));
-        }
+        let request = on_leader!(self, request, transfer_leader);
         let raft = replica.raft()?;
-        let target = request.into_inner().target;
+        let target = request.target;
         if target == replica.id {
             return Ok(replica.respond(pb::TransferLeaderResponse {
                 header: Some(replica.header()),
@@ -459,15 +448,8 @@ impl Cluster for ClusterService {
         request: Request<pb::ExportRequest>,
     ) -> Result<Response<pb::ExportResponse>, Status> {
         let replica = &self.replica;
-        replica.check_cluster(request.metadata())?;
-        if let Route::Forward(address) = replica.route(request.metadata())? {
-            let answer = self
-                .cluster_client(&address)?
-                .export(replica.forwarded(request.into_inner()))
-                .await?;
-            return Ok(replica.respond(answer.into_inner()));
-        }
-        let to = request.into_inner().destination;
+        let request = on_leader!(self, request, export);
+        let to = request.destination;
         let answer = replica.dr.export(replica, Some(&to)).await?;
         Ok(replica.respond(answer))
     }
