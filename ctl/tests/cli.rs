@@ -562,3 +562,118 @@ async fn settings_come_from_a_config_file_and_flags_override_it() {
     );
     running.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_command_refuses_hostile_input_cleanly_and_changes_nothing() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let running = start_replica(dir.path()).await;
+    let endpoint = running.local_addr.to_string();
+    let ok = ctl(
+        &endpoint,
+        &[
+            "shard",
+            "register",
+            "s1",
+            "--address",
+            "127.0.0.1:7801",
+            "--az",
+            "az-a",
+        ],
+    );
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let revision = || running.replica.state.revision();
+    let before = revision();
+    let long = "x".repeat(70_000);
+    let cases: Vec<Vec<&str>> = vec![
+        // Missing arguments and values of the wrong type: flag errors.
+        vec!["cluster", "transfer-leader"],
+        vec!["cluster", "remove", "minus-one"],
+        vec!["cluster", "token", "create", "--ttl", "0"],
+        vec!["cluster", "token", "create", "--ttl", "1y"],
+        vec!["shard", "register", "s2"],
+        vec![
+            "shard",
+            "register",
+            "s2",
+            "--address",
+            "127.0.0.1:7802",
+            "--az",
+            "az-b",
+            "--lease-ms",
+            "-5",
+        ],
+        vec!["quota", "set", "aws", "eu", "--total", "ten"],
+        vec![
+            "quota", "set", "aws", "eu", "--total", "10", "--slice", "s1",
+        ],
+        vec!["kv", "get", "k", "--limit", "many"],
+        vec!["nonsense"],
+        // Well-formed but refused by the cluster: validation errors, nothing written.
+        vec![
+            "shard",
+            "register",
+            "BAD ID",
+            "--address",
+            "127.0.0.1:7802",
+            "--az",
+            "az-b",
+        ],
+        vec![
+            "shard",
+            "register",
+            "s2",
+            "--address",
+            "not an address",
+            "--az",
+            "az-b",
+        ],
+        vec![
+            "shard",
+            "register",
+            &long,
+            "--address",
+            "127.0.0.1:7802",
+            "--az",
+            "az-b",
+        ],
+        vec!["shard", "drain", "no-such-shard"],
+        vec!["shard", "show", "no-such-shard"],
+        vec!["domain", "assign", "no-equals-sign", "s1"],
+        vec!["domain", "assign", "zone=az-a", "no-such-shard"],
+        vec!["domain", "unassign", "zone=nowhere"],
+        vec!["binding", "bind", "c1", "no-such-shard"],
+        vec![
+            "quota", "set", "aws", "eu", "--total", "10", "--slice", "s1=11",
+        ],
+        vec!["quota", "delete", "aws", "nowhere"],
+        vec!["provider", "set", "p", "--endpoint", "", "--region", "eu"],
+        vec!["provider", "remove", "no-such-provider"],
+        vec!["kv", "put", "", "v"],
+        vec!["kv", "put", "k", "v", "--lease", "zz-not-hex"],
+        vec!["lease", "revoke", "12345"],
+        vec!["lease", "grant", "-10"],
+        vec!["cluster", "remove", "99"],
+        vec!["cluster", "transfer-leader", "99"],
+    ];
+    for args in &cases {
+        let out = ctl(&endpoint, args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} must be refused");
+        assert!(
+            matches!(out.status.code(), Some(1..=3)),
+            "{args:?}: exit code {:?}",
+            out.status.code()
+        );
+        assert!(!stderr.trim().is_empty(), "{args:?}: no reason given");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert_eq!(revision(), before, "{args:?} changed the state");
+    }
+    // The replica is still serving.
+    let status = ok_json(&endpoint, &["cluster", "status", "--json"]);
+    assert_eq!(status["revision"], before);
+    running.shutdown().await;
+}
