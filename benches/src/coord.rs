@@ -12,7 +12,7 @@ use ballast_protocol::pb::command::Command as Wire;
 use ballast_testkit::fleet::{self, shard_id};
 use ballast_testkit::{ClusterOptions, TestCluster};
 
-use crate::stats::{Summary, dir_bytes, mib, ms, rss_bytes};
+use crate::stats::{Summary, closed_loop, dir_bytes, mib, ms, rss_bytes};
 
 /// Flags of `ballast-bench coord`.
 #[derive(clap::Args, Debug)]
@@ -61,49 +61,27 @@ async fn write_throughput(
     seconds: u64,
     shards: usize,
 ) -> ThroughputRow {
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for worker in 0..in_flight {
+    let mut run = closed_loop(in_flight, Duration::from_secs(seconds), move |worker, n| {
         let client = client.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            let mut errors = 0;
-            let mut n = 0usize;
-            while Instant::now() < deadline {
-                let domain = format!("zone=bench/rack=c{in_flight}-w{worker}-n{n}");
-                let shard = shard_id((worker + n) % shards);
-                let begin = Instant::now();
-                let result = client
-                    .write(command(Wire::AssignDomains(pb::AssignDomains {
-                        assignments: vec![pb::DomainAssignment { domain, shard }],
-                        allow_move: false,
-                    })))
-                    .await;
-                match result {
-                    Ok(_) => latencies.push(begin.elapsed()),
-                    Err(_) => errors += 1,
-                }
-                n += 1;
-            }
-            (latencies, errors)
-        }));
-    }
-    let mut all = Vec::new();
-    let mut errors = 0;
-    for task in tasks {
-        if let Ok((latencies, e)) = task.await {
-            all.extend(latencies);
-            errors += e;
+        async move {
+            let domain = format!("zone=bench/rack=c{in_flight}-w{worker}-n{n}");
+            let shard = shard_id((worker + n) % shards);
+            client
+                .write(command(Wire::AssignDomains(pb::AssignDomains {
+                    assignments: vec![pb::DomainAssignment { domain, shard }],
+                    allow_move: false,
+                })))
+                .await
+                .is_ok()
         }
-    }
-    let elapsed = started.elapsed().as_secs_f64();
+    })
+    .await;
     ThroughputRow {
         in_flight,
-        writes: all.len(),
-        per_second: all.len() as f64 / elapsed,
-        latency: Summary::of(&mut all),
-        errors,
+        writes: run.latencies.len(),
+        per_second: run.rate(),
+        latency: Summary::of(&mut run.latencies),
+        errors: run.errors,
     }
 }
 

@@ -13,7 +13,7 @@ use ballast_protocol::etcdserverpb as epb;
 use ballast_testkit::etcd::EtcdCluster;
 use ballast_testkit::{ClusterOptions, TestCluster};
 
-use crate::stats::{Summary, mib, ms, rss_bytes};
+use crate::stats::{Summary, closed_loop, mib, ms, rss_bytes};
 
 /// Flags of `ballast-bench kv`.
 #[derive(clap::Args, Debug)]
@@ -36,45 +36,23 @@ async fn puts(
     seconds: u64,
     value: &[u8],
 ) -> (f64, Summary, usize) {
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    let started = Instant::now();
     let value = Arc::new(value.to_vec());
-    let mut tasks = Vec::new();
-    for worker in 0..in_flight {
+    let coordinator = coordinator.clone();
+    let mut run = closed_loop(in_flight, Duration::from_secs(seconds), move |worker, n| {
         let mut kv = coordinator.kv();
-        let value = value.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            let mut errors = 0;
-            let mut n = 0usize;
-            while Instant::now() < deadline {
-                let begin = Instant::now();
-                let put = kv
-                    .put(epb::PutRequest {
-                        key: format!("bench/{in_flight}/{worker}/{n}").into_bytes(),
-                        value: value.to_vec(),
-                        ..Default::default()
-                    })
-                    .await;
-                match put {
-                    Ok(_) => latencies.push(begin.elapsed()),
-                    Err(_) => errors += 1,
-                }
-                n += 1;
-            }
-            (latencies, errors)
-        }));
-    }
-    let mut all = Vec::new();
-    let mut errors = 0;
-    for task in tasks {
-        if let Ok((l, e)) = task.await {
-            all.extend(l);
-            errors += e;
+        let value = value.to_vec();
+        async move {
+            kv.put(epb::PutRequest {
+                key: format!("bench/{in_flight}/{worker}/{n}").into_bytes(),
+                value,
+                ..Default::default()
+            })
+            .await
+            .is_ok()
         }
-    }
-    let rate = all.len() as f64 / started.elapsed().as_secs_f64();
-    (rate, Summary::of(&mut all), errors)
+    })
+    .await;
+    (run.rate(), Summary::of(&mut run.latencies), run.errors)
 }
 
 /// Waits until `coordinator` accepts a put.

@@ -86,3 +86,63 @@ pub fn machine() -> String {
         .unwrap_or_else(|| "unknown CPU".into());
     format!("{cores} cores ({cpu}), {memory} RAM, Linux, loopback networking, fsync on")
 }
+
+/// What a closed-loop load run measured.
+pub struct LoadRun {
+    /// Latencies of the operations that succeeded.
+    pub latencies: Vec<Duration>,
+    /// Operations that failed.
+    pub errors: usize,
+    /// Wall time of the run.
+    pub elapsed: Duration,
+}
+
+impl LoadRun {
+    /// Successful operations per second.
+    pub fn rate(&self) -> f64 {
+        self.latencies.len() as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+/// Closed-loop load: `in_flight` workers, each starting operation `op(worker, n)` as soon as
+/// its previous one finished, until `duration` is over. `op` answers whether it succeeded.
+pub async fn closed_loop<F, Fut>(in_flight: usize, duration: Duration, op: F) -> LoadRun
+where
+    F: Fn(usize, usize) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let started = std::time::Instant::now();
+    let deadline = started + duration;
+    let mut tasks = Vec::new();
+    for worker in 0..in_flight {
+        let op = op.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut errors = 0;
+            let mut n = 0usize;
+            while std::time::Instant::now() < deadline {
+                let begin = std::time::Instant::now();
+                if op(worker, n).await {
+                    latencies.push(begin.elapsed());
+                } else {
+                    errors += 1;
+                }
+                n += 1;
+            }
+            (latencies, errors)
+        }));
+    }
+    let mut run = LoadRun {
+        latencies: Vec::new(),
+        errors: 0,
+        elapsed: Duration::ZERO,
+    };
+    for task in tasks {
+        if let Ok((latencies, errors)) = task.await {
+            run.latencies.extend(latencies);
+            run.errors += errors;
+        }
+    }
+    run.elapsed = started.elapsed();
+    run
+}

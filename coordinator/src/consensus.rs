@@ -133,9 +133,18 @@ impl Consensus {
 
     /// The current term (see [`View::term`]).
     pub fn term(&self) -> u64 {
+        self.term_and_leader().0
+    }
+
+    /// The current term and leader id in one look (every response header carries both).
+    pub fn term_and_leader(&self) -> (u64, Option<NodeId>) {
         match self {
-            Consensus::Raft(raft) => raft.metrics().borrow().current_term,
-            Consensus::Etcd(log) => log.term(),
+            Consensus::Raft(raft) => {
+                let metrics = raft.metrics();
+                let metrics = metrics.borrow();
+                (metrics.current_term, metrics.current_leader)
+            }
+            Consensus::Etcd(log) => (log.term(), log.leader().map(|(id, _)| id)),
         }
     }
 

@@ -208,18 +208,28 @@ fn raft_config(config: &NodeConfig, cluster_id: &str) -> Result<Config, NodeErro
     .map_err(|e| NodeError::Config(e.to_string()))
 }
 
+/// Refuses a data dir that belongs to another replica id.
+fn check_replica_id(config: &NodeConfig, store: &Store) -> Result<(), NodeError> {
+    match store.read_meta::<NodeId>(META_NODE_ID)? {
+        Some(stored) if stored != config.id => Err(NodeError::Identity {
+            dir: config.data_dir.display().to_string(),
+            reason: format!("it holds replica {stored}, not replica {}", config.id),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Records this replica's id and its cluster id in a fresh data dir.
+fn stamp_identity(config: &NodeConfig, store: &Store, cluster_id: &str) -> Result<(), NodeError> {
+    store.write_meta(META_NODE_ID, &config.id, false)?;
+    store.write_meta(META_CLUSTER_ID, &cluster_id, true)?;
+    Ok(())
+}
+
 /// Settles which cluster this data dir belongs to, creating or learning the id as needed.
 async fn cluster_identity(config: &NodeConfig, store: &Store) -> Result<String, NodeError> {
+    check_replica_id(config, store)?;
     let dir = config.data_dir.display().to_string();
-    match store.read_meta::<NodeId>(META_NODE_ID)? {
-        Some(stored) if stored != config.id => {
-            return Err(NodeError::Identity {
-                dir,
-                reason: format!("it holds replica {stored}, not replica {}", config.id),
-            });
-        }
-        _ => {}
-    }
     if let Some(id) = store.read_meta::<String>(META_CLUSTER_ID)? {
         return Ok(id);
     }
@@ -232,8 +242,7 @@ async fn cluster_identity(config: &NodeConfig, store: &Store) -> Result<String, 
             "data dir {dir} is empty: pass --bootstrap to start a new cluster or --join ADDR to join one"
         )));
     };
-    store.write_meta(META_NODE_ID, &config.id, false)?;
-    store.write_meta(META_CLUSTER_ID, &cluster_id, true)?;
+    stamp_identity(config, store, &cluster_id)?;
     Ok(cluster_id)
 }
 
@@ -406,16 +415,8 @@ async fn start_etcd(
         reason: e.to_string(),
     };
     let (client, cluster_id) = etcd_log::connect(etcd).await.map_err(etcd_error)?;
+    check_replica_id(config, store)?;
     let dir = config.data_dir.display().to_string();
-    match store.read_meta::<NodeId>(META_NODE_ID)? {
-        Some(stored) if stored != config.id => {
-            return Err(NodeError::Identity {
-                dir,
-                reason: format!("it holds replica {stored}, not replica {}", config.id),
-            });
-        }
-        _ => {}
-    }
     match store.read_meta::<String>(META_CLUSTER_ID)? {
         Some(stored) if stored != cluster_id => {
             return Err(NodeError::Identity {
@@ -428,8 +429,7 @@ async fn start_etcd(
         }
         Some(_) => {}
         None => {
-            store.write_meta(META_NODE_ID, &config.id, false)?;
-            store.write_meta(META_CLUSTER_ID, &cluster_id, true)?;
+            stamp_identity(config, store, &cluster_id)?;
         }
     }
     let (log, shared) = EtcdLog::start(client, etcd.clone(), (config.id, node.clone()), stopped)

@@ -15,7 +15,6 @@ use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use crate::consensus::{Consensus, View};
-use crate::error::fleet_status;
 use crate::fleet::Applied;
 use crate::leases::ShardLeases;
 use crate::raft::network::{PeerContacts, peer_channel};
@@ -138,12 +137,13 @@ impl Replica {
 
     /// The header every answer carries.
     pub fn header(&self) -> pb::ResponseHeader {
+        let (raft_term, leader) = self.consensus.term_and_leader();
         pb::ResponseHeader {
             cluster_id: self.cluster_id.clone(),
             member_id: self.id,
             revision: self.state.revision(),
-            raft_term: self.consensus.term(),
-            leader_id: self.leader().map_or(0, |(id, _)| id),
+            raft_term,
+            leader_id: leader.unwrap_or(0),
             restore_epoch: self.state.fleet().restore_epoch(),
         }
     }
@@ -239,22 +239,11 @@ impl Replica {
     /// Proposes a fleet command on this replica (which must lead) and waits until it is
     /// committed and applied.
     pub async fn propose(&self, request: RaftRequest) -> Result<Applied, Status> {
-        let raft = match &self.consensus {
-            Consensus::Raft(raft) => raft,
-            Consensus::Etcd(log) => {
-                let started = std::time::Instant::now();
-                let outcome = log.propose(request).await;
-                crate::observe::metrics::proposal_done(started, outcome.is_ok());
-                return outcome;
-            }
-        };
         let started = std::time::Instant::now();
-        let outcome = match &self.proposer {
-            Some(proposer) => proposer.propose(request).await,
-            None => match raft.client_write(request).await {
-                Ok(response) => response.data.outcome.map_err(|e| fleet_status(&e)),
-                Err(error) => Err(raft_write_status(error)),
-            },
+        let outcome = match (&self.consensus, &self.proposer) {
+            (Consensus::Raft(_), Some(proposer)) => proposer.propose(request).await,
+            (Consensus::Etcd(log), _) => log.propose(request).await,
+            (Consensus::Raft(_), None) => Err(Status::internal("the Raft proposer is not running")),
         };
         crate::observe::metrics::proposal_done(started, outcome.is_ok());
         outcome

@@ -12,16 +12,7 @@ use common::{assign, cmd, coord_binary, register};
 use tonic::Code;
 
 async fn revision(client: &BallastClient) -> u64 {
-    client
-        .fleet(|mut c, req| async move {
-            c.list_shards(req.wrap(pb::ListShardsRequest { options: None }))
-                .await
-        })
-        .await
-        .expect("listing shards")
-        .header
-        .expect("header")
-        .revision
+    ballast_testkit::current_revision(client).await
 }
 
 /// Sends `command` and checks the refusal: expected code, message mentioning `needle`, and no

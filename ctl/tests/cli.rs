@@ -458,36 +458,20 @@ async fn kv_and_lease_commands() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("PUT cfg/c 3"), "{text}");
 
-    // Transactions.
-    let txn = ok_json(
-        e,
-        &[
-            "kv",
-            "txn",
-            "--if",
-            "value(cfg/a) = 1",
-            "--then",
-            "put cfg/a 10",
-            "--else",
-            "get cfg/a",
-            "--json",
-        ],
-    );
-    assert_eq!(txn["succeeded"], true);
-    let txn = ok_json(
-        e,
-        &[
-            "kv",
-            "txn",
-            "--if",
-            "value(cfg/a) = 1",
-            "--then",
-            "put cfg/a 10",
-            "--else",
-            "get cfg/a",
-            "--json",
-        ],
-    );
+    // Transactions: the same one twice, the guard decides the branch.
+    let txn = [
+        "kv",
+        "txn",
+        "--if",
+        "value(cfg/a) = 1",
+        "--then",
+        "put cfg/a 10",
+        "--else",
+        "get cfg/a",
+        "--json",
+    ];
+    assert_eq!(ok_json(e, &txn)["succeeded"], true);
+    let txn = ok_json(e, &txn);
     assert_eq!(txn["succeeded"], false);
     assert_eq!(txn["responses"][0]["kvs"][0]["value"], "10");
     refused(

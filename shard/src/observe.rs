@@ -69,8 +69,9 @@ fn refresh(worker: &Worker) {
     gauge!("ballast_shard_epoch").set(worker.epoch() as f64);
     gauge!("ballast_shard_cycles").set(worker.cycles() as f64);
     gauge!("ballast_shard_shortfall_machines").set(worker.shortfall() as f64);
+    let machines = worker.machines_by_state();
     for state in ["idle", "assigned", "foreign"] {
-        let count = worker.machines_by_state().get(state).copied().unwrap_or(0);
+        let count = machines.get(state).copied().unwrap_or(0);
         gauge!("ballast_shard_machines", "state" => state).set(count as f64);
     }
     gauge!("ballast_shard_provisions_in_flight").set(worker.state().in_flight.len() as f64);

@@ -9,7 +9,7 @@ use std::time::Duration;
 use ballast_protocol::pb;
 use ballast_testkit::etcd::EtcdCluster;
 use ballast_testkit::fleet::{FleetShape, list_fleet, load_fleet};
-use ballast_testkit::{ClusterOptions, TestCluster, wait_for};
+use ballast_testkit::{ClusterOptions, TestCluster, current_revision, wait_for};
 use etcd_client::{Client, GetOptions};
 use tonic::Code;
 
@@ -103,16 +103,7 @@ async fn ballast_on_a_real_etcd_serves_the_same_api_and_survives_kills() {
     for i in 0..60 {
         kv_put(&mut kv, &format!("app/{i:03}"), &format!("v{i}")).await;
     }
-    let revision = client
-        .fleet(|mut c, req| async move {
-            c.list_shards(req.wrap(pb::ListShardsRequest { options: None }))
-                .await
-        })
-        .await
-        .expect("list")
-        .header
-        .expect("header")
-        .revision;
+    let revision = current_revision(&client).await;
     cluster.wait_until_converged(revision).await;
     let before = list_fleet(&client).await.expect("listing");
     assert_eq!(before.domains.len(), 300);
@@ -200,16 +191,7 @@ async fn ballast_on_a_real_etcd_serves_the_same_api_and_survives_kills() {
 
     // The killed replica comes back and catches up from etcd.
     cluster.restart(leader);
-    let revision = survivor_client
-        .fleet(|mut c, req| async move {
-            c.list_shards(req.wrap(pb::ListShardsRequest { options: None }))
-                .await
-        })
-        .await
-        .expect("list")
-        .header
-        .expect("header")
-        .revision;
+    let revision = current_revision(&survivor_client).await;
     cluster.wait_until_converged(revision).await;
 
     // Every replica dies; one restarted replica reloads snapshot + log from etcd alone.

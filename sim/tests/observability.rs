@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use ballast_protocol::pb;
 use ballast_testkit::fleet::{FleetShape, load_fleet};
-use ballast_testkit::{ClusterOptions, FAST_FLAGS, TestCluster, http_get, wait_for};
+use ballast_testkit::{ClusterOptions, FAST_FLAGS, TestCluster, http_get, metric, wait_for};
 
 async fn cluster() -> TestCluster {
     let cluster = TestCluster::start_with(
@@ -33,14 +33,6 @@ async fn cluster() -> TestCluster {
     .await
     .expect("loading a fleet");
     cluster
-}
-
-/// The value of one sample (`name{labels} value`) in a Prometheus text page.
-fn sample(page: &str, series: &str) -> Option<f64> {
-    page.lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
 }
 
 fn get(address: &str, path: &str) -> (u16, String) {
@@ -73,31 +65,31 @@ async fn metrics_probes_and_status_page_over_http() {
 
         let (code, metrics) = get(http, "/metrics");
         assert_eq!(code, 200);
-        let is_leader = sample(&metrics, "ballast_raft_state{state=\"leader\"}").expect("state");
+        let is_leader = metric(&metrics, "ballast_raft_state{state=\"leader\"}").expect("state");
         leaders += is_leader as u32;
-        terms.push(sample(&metrics, "ballast_raft_term").expect("term"));
+        terms.push(metric(&metrics, "ballast_raft_term").expect("term"));
         assert_eq!(
-            sample(&metrics, "ballast_fleet_revision"),
+            metric(&metrics, "ballast_fleet_revision"),
             Some(revision as f64),
             "replica {} reports the converged revision",
             replica.id
         );
         assert_eq!(
-            sample(&metrics, "ballast_shards{status=\"active\"}"),
+            metric(&metrics, "ballast_shards{status=\"active\"}"),
             Some(6.0)
         );
-        assert_eq!(sample(&metrics, "ballast_domains"), Some(120.0));
-        assert_eq!(sample(&metrics, "ballast_raft_members"), Some(3.0));
-        assert_eq!(sample(&metrics, "ballast_placement_healthy"), Some(1.0));
-        assert!(sample(&metrics, "ballast_raft_applied_index").unwrap_or(0.0) > 0.0);
+        assert_eq!(metric(&metrics, "ballast_domains"), Some(120.0));
+        assert_eq!(metric(&metrics, "ballast_raft_members"), Some(3.0));
+        assert_eq!(metric(&metrics, "ballast_placement_healthy"), Some(1.0));
+        assert!(metric(&metrics, "ballast_raft_applied_index").unwrap_or(0.0) > 0.0);
         if replica.id == leader {
             assert_eq!(is_leader, 1.0);
             // The leader took the writes: commit latency and per-method RPC figures.
             assert!(
-                sample(&metrics, "ballast_propose_duration_seconds_count").unwrap_or(0.0) > 0.0
+                metric(&metrics, "ballast_propose_duration_seconds_count").unwrap_or(0.0) > 0.0
             );
             assert!(
-                sample(
+                metric(
                     &metrics,
                     "ballast_rpc_duration_seconds_count{method=\"ballast.v1.Fleet/Write\"}"
                 )
@@ -106,7 +98,7 @@ async fn metrics_probes_and_status_page_over_http() {
                 "{metrics}"
             );
             for peer in cluster.replicas.iter().filter(|r| r.id != leader) {
-                let contact = sample(
+                let contact = metric(
                     &metrics,
                     &format!(
                         "ballast_raft_peer_last_contact_seconds{{peer=\"{}\"}}",
@@ -116,7 +108,7 @@ async fn metrics_probes_and_status_page_over_http() {
                 .expect("last contact per peer");
                 assert!(contact < 10.0);
                 assert!(
-                    sample(
+                    metric(
                         &metrics,
                         &format!("ballast_raft_peer_lag_entries{{peer=\"{}\"}}", peer.id)
                     )

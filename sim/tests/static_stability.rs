@@ -10,7 +10,7 @@ use ballast_protocol::pb;
 use ballast_protocol::pb::command::Command as Wire;
 use ballast_protocol::pb::shard_worker_client::ShardWorkerClient;
 use ballast_testkit::{
-    ClusterOptions, FAST_FLAGS, ShardProcess, TestCluster, assigned_machines, http_get,
+    ClusterOptions, FAST_FLAGS, ShardProcess, TestCluster, assigned_machines, http_get, metric,
 };
 
 fn program() -> &'static Path {
@@ -298,12 +298,7 @@ async fn shards_ride_out_a_full_coordinator_outage_and_their_own_restart() {
     assert!(ready.contains("coordinator unreachable"), "{ready}");
     let (_, metrics) = http_get(&s1.http_address, "/metrics").expect("metrics answer");
     let sample = |series: &str| -> f64 {
-        metrics
-            .lines()
-            .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("{series} missing from {metrics}"))
+        metric(&metrics, series).unwrap_or_else(|| panic!("{series} missing from {metrics}"))
     };
     assert_eq!(sample("ballast_shard_coordinator_reachable"), 0.0);
     assert_eq!(sample("ballast_shard_machines{state=\"assigned\"}"), 10.0);

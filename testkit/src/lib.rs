@@ -152,18 +152,7 @@ impl TestCluster {
 
     /// Like [`TestCluster::start`] with full control over program, directory and ports.
     pub async fn start_with(options: ClusterOptions, size: u64) -> TestCluster {
-        let dir = match &options.dir {
-            Some(path) => {
-                std::fs::create_dir_all(path).expect("creating the cluster directory");
-                Dir::Kept(path.clone())
-            }
-            None => Dir::Temp(tempfile::tempdir().expect("creating a temp dir")),
-        };
-        let mut cluster = TestCluster {
-            replicas: Vec::new(),
-            options,
-            dir,
-        };
+        let mut cluster = Self::empty(options);
         cluster.spawn_new(1, &["--bootstrap".to_string()]);
         cluster.wait_for_voters(1).await;
         for id in 2..=size {
@@ -172,15 +161,26 @@ impl TestCluster {
         cluster
     }
 
-    /// Starts replicas `1..=size` with no bootstrap or join flags (for backends where the
-    /// group forms outside Ballast, such as `--backend etcd`) and waits until one leads.
-    pub async fn start_unformed(options: ClusterOptions, size: u64) -> TestCluster {
-        let dir = Dir::Temp(tempfile::tempdir().expect("creating a temp dir"));
-        let mut cluster = TestCluster {
+    /// A cluster with no replicas yet, its files in `options.dir` or a temporary directory.
+    fn empty(options: ClusterOptions) -> TestCluster {
+        let dir = match &options.dir {
+            Some(path) => {
+                std::fs::create_dir_all(path).expect("creating the cluster directory");
+                Dir::Kept(path.clone())
+            }
+            None => Dir::Temp(tempfile::tempdir().expect("creating a temp dir")),
+        };
+        TestCluster {
             replicas: Vec::new(),
             options,
             dir,
-        };
+        }
+    }
+
+    /// Starts replicas `1..=size` with no bootstrap or join flags (for backends where the
+    /// group forms outside Ballast, such as `--backend etcd`) and waits until one leads.
+    pub async fn start_unformed(options: ClusterOptions, size: u64) -> TestCluster {
+        let mut cluster = Self::empty(options);
         for id in 1..=size {
             cluster.spawn_new(id, &[]);
         }
@@ -780,4 +780,26 @@ fn dechunk(mut body: &[u8]) -> Vec<u8> {
         }
     }
     out
+}
+
+/// The cluster's current revision, read linearizably through `client`.
+pub async fn current_revision(client: &BallastClient) -> u64 {
+    client
+        .fleet(|mut c, req| async move {
+            c.list_shards(req.wrap(pb::ListShardsRequest { options: None }))
+                .await
+        })
+        .await
+        .expect("listing shards")
+        .header
+        .expect("header")
+        .revision
+}
+
+/// The value of one sample (`name{labels} value`) in a Prometheus text page.
+pub fn metric(page: &str, series: &str) -> Option<f64> {
+    page.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
 }

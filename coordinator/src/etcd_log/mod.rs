@@ -22,8 +22,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, SortOrder, SortTarget, Txn,
-    TxnOp, TxnOpResponse,
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, SortOrder, SortTarget, Txn, TxnOp,
+    TxnOpResponse,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -141,9 +141,9 @@ struct LogRecord {
     request: RaftRequest,
 }
 
-/// The leader key's value.
+/// A replica's id, address and AZ: the value of its member key and of the leader key.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-struct LeaderRecord {
+struct ReplicaRecord {
     id: NodeId,
     address: String,
     az: String,
@@ -565,10 +565,6 @@ impl EtcdLog {
         if let Some(lease) = lease {
             let _ = self.client.clone().lease_revoke(lease).await;
         }
-    }
-
-    fn put_options(lease: i64) -> PutOptions {
-        PutOptions::new().with_lease(lease)
     }
 }
 

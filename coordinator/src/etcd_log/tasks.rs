@@ -7,15 +7,15 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use etcd_client::{
-    Compare, CompareOp, DeleteOptions, EventType, GetOptions, Txn, TxnOp, TxnOpResponse,
-    WatchOptions,
+    Compare, CompareOp, DeleteOptions, EventType, GetOptions, LeaseKeepAliveStream, LeaseKeeper,
+    PutOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
 };
 use tokio::sync::{mpsc, watch};
 use tonic::Status;
 
 use super::{
-    EtcdLog, EtcdLogError, LeaderRecord, Leadership, LogRecord, MAX_BATCH, MAX_REQUEST_BYTES,
-    Proposal, SnapshotRecord,
+    EtcdLog, EtcdLogError, Leadership, LogRecord, MAX_BATCH, MAX_REQUEST_BYTES, Proposal,
+    ReplicaRecord, SnapshotRecord,
 };
 use crate::raft::types::{NodeId, ReplicaNode};
 
@@ -51,41 +51,14 @@ impl EtcdLog {
     /// another replica can take the leader key.
     async fn session_loop(self: Arc<Self>, mut stopped: watch::Receiver<bool>) {
         let ttl = self.config.session_ttl;
-        let mut client = self.client.clone();
         loop {
             if *stopped.borrow() {
                 return;
             }
-            let lease = match client.lease_grant(ttl.as_secs().max(1) as i64, None).await {
-                Ok(granted) => granted.id(),
+            let (lease, mut keeper, mut renewals) = match self.open_session().await {
+                Ok(session) => session,
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot grant an etcd session lease; retrying");
-                    if pause(RETRY, &mut stopped).await {
-                        return;
-                    }
-                    continue;
-                }
-            };
-            let record = LeaderRecord {
-                id: self.id,
-                address: self.node.address.clone(),
-                az: self.node.az.clone(),
-            };
-            let announced = client
-                .put(
-                    self.keys.member(self.id),
-                    serde_json::to_vec(&record).unwrap_or_default(),
-                    Some(Self::put_options(lease)),
-                )
-                .await;
-            let keep = match announced {
-                Ok(_) => client.lease_keep_alive(lease).await,
-                Err(e) => Err(e),
-            };
-            let (mut keeper, mut renewals) = match keep {
-                Ok(pair) => pair,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot start the etcd session; retrying");
+                    tracing::warn!(error = %e, "cannot start an etcd session; retrying");
                     if pause(RETRY, &mut stopped).await {
                         return;
                     }
@@ -121,6 +94,34 @@ impl EtcdLog {
                 tracing::warn!(id = self.id, "stepped down: the etcd session was lost");
             }
         }
+    }
+
+    /// This replica as its member key and the leader key record it.
+    fn record(&self) -> ReplicaRecord {
+        ReplicaRecord {
+            id: self.id,
+            address: self.node.address.clone(),
+            az: self.node.az.clone(),
+        }
+    }
+
+    /// Grants a session lease, puts this replica's member key on it and starts keeping it
+    /// alive.
+    async fn open_session(
+        &self,
+    ) -> Result<(i64, LeaseKeeper, LeaseKeepAliveStream), etcd_client::Error> {
+        let mut client = self.client.clone();
+        let ttl = self.config.session_ttl.as_secs().max(1) as i64;
+        let lease = client.lease_grant(ttl, None).await?.id();
+        client
+            .put(
+                self.keys.member(self.id),
+                serde_json::to_vec(&self.record()).unwrap_or_default(),
+                Some(PutOptions::new().with_lease(lease)),
+            )
+            .await?;
+        let (keeper, renewals) = client.lease_keep_alive(lease).await?;
+        Ok((lease, keeper, renewals))
     }
 
     /// Campaigns for the leader key whenever it is free and follows who holds it.
@@ -178,11 +179,7 @@ impl EtcdLog {
     /// the answer was read at.
     async fn campaign(&self, lease: i64) -> Result<i64, EtcdLogError> {
         let mut client = self.client.clone();
-        let record = LeaderRecord {
-            id: self.id,
-            address: self.node.address.clone(),
-            az: self.node.az.clone(),
-        };
+        let record = self.record();
         let answer = client
             .txn(
                 Txn::new()
@@ -194,7 +191,7 @@ impl EtcdLog {
                     .and_then([TxnOp::put(
                         self.keys.leader(),
                         serde_json::to_vec(&record).unwrap_or_default(),
-                        Some(Self::put_options(lease)),
+                        Some(PutOptions::new().with_lease(lease)),
                     )])
                     .or_else([TxnOp::get(self.keys.leader(), None)]),
             )
@@ -205,7 +202,7 @@ impl EtcdLog {
         } else {
             answer.op_responses().into_iter().find_map(|op| match op {
                 TxnOpResponse::Get(get) => get.kvs().first().and_then(|kv| {
-                    serde_json::from_slice::<LeaderRecord>(kv.value())
+                    serde_json::from_slice::<ReplicaRecord>(kv.value())
                         .ok()
                         .map(|r| (kv.create_revision() as u64, r, kv.lease()))
                 }),
@@ -268,7 +265,7 @@ impl EtcdLog {
                     let members: BTreeMap<NodeId, ReplicaNode> = answer
                         .kvs()
                         .iter()
-                        .filter_map(|kv| serde_json::from_slice::<LeaderRecord>(kv.value()).ok())
+                        .filter_map(|kv| serde_json::from_slice::<ReplicaRecord>(kv.value()).ok())
                         .map(|r| {
                             (
                                 r.id,

@@ -448,69 +448,52 @@ impl FleetState {
         cmd: &FleetCommand,
     ) -> Result<(Applied, Vec<Change>), FleetError> {
         if let FleetCommand::Kv(op) = cmd {
-            let next = self.revision + 1;
-            let (reply, wrote) = self.kv.apply(op, self.revision, next)?;
-            if wrote {
-                self.revision = next;
-            }
-            let applied = Applied {
-                revision: self.revision,
-                changed: wrote,
-                kv: Some(reply),
-            };
-            return Ok((applied, Vec::new()));
+            let (reply, wrote) = self.kv.apply(op, self.revision, self.revision + 1)?;
+            return Ok((self.settle(wrote, Some(reply)), Vec::new()));
         }
         check_syntax(cmd, false)?;
         // Join tokens are checked in full before anything changes, so they need no journal.
-        let token_change = match cmd {
+        let changed = match cmd {
             FleetCommand::CreateJoinToken {
                 id,
                 secret_sha256,
                 now_ms,
                 expires_at_ms,
-            } => Some(
+            } => {
                 self.join_tokens
-                    .create(id, secret_sha256, *now_ms, *expires_at_ms)
-                    .map(|()| true),
-            ),
+                    .create(id, secret_sha256, *now_ms, *expires_at_ms)?;
+                true
+            }
             FleetCommand::UseJoinToken {
                 id,
                 secret_sha256,
                 replica,
                 now_ms,
-            } => Some(self.join_tokens.spend(id, secret_sha256, *replica, *now_ms)),
-            _ => None,
-        };
-        if let Some(changed) = token_change {
-            let changed = changed?;
-            if changed {
-                self.revision += 1;
-            }
-            let applied = Applied {
-                revision: self.revision,
-                changed,
-                kv: None,
-            };
-            return Ok((applied, Vec::new()));
-        }
-        let mut journal = Vec::new();
-        match self.exec(cmd, &mut journal) {
-            Ok(()) => {
-                let changed = !journal.is_empty();
-                if changed {
-                    self.revision += 1;
+            } => self
+                .join_tokens
+                .spend(id, secret_sha256, *replica, *now_ms)?,
+            _ => {
+                let mut journal = Vec::new();
+                if let Err(e) = self.exec(cmd, &mut journal) {
+                    self.rollback(journal);
+                    return Err(e);
                 }
-                let applied = Applied {
-                    revision: self.revision,
-                    changed,
-                    kv: None,
-                };
-                Ok((applied, self.changes_from(journal)))
+                let applied = self.settle(!journal.is_empty(), None);
+                return Ok((applied, self.changes_from(journal)));
             }
-            Err(e) => {
-                self.rollback(journal);
-                Err(e)
-            }
+        };
+        Ok((self.settle(changed, None), Vec::new()))
+    }
+
+    /// Moves the revision on by one if the command changed anything, and says so.
+    fn settle(&mut self, changed: bool, kv: Option<crate::kv::KvReply>) -> Applied {
+        if changed {
+            self.revision += 1;
+        }
+        Applied {
+            revision: self.revision,
+            changed,
+            kv,
         }
     }
 

@@ -13,19 +13,21 @@ use crate::service::convert::now_ms;
 /// Updates the gauges that describe current state, just before a scrape renders them.
 pub fn refresh(replica: &Replica) {
     let status = status_report(replica);
-    let view = replica.view();
+    let header = status.header.clone().unwrap_or_default();
     for state in ["leader", "follower", "candidate", "learner", "shutdown"] {
         gauge!("ballast_raft_state", "state" => state)
-            .set(f64::from(u8::from(view.state == state)));
+            .set(f64::from(u8::from(status.state == state)));
     }
-    gauge!("ballast_raft_term").set(view.term as f64);
-    gauge!("ballast_raft_applied_index").set(view.applied_index as f64);
-    gauge!("ballast_raft_last_log_index").set(view.last_log_index as f64);
-    gauge!("ballast_raft_snapshot_index").set(view.snapshot_index as f64);
+    gauge!("ballast_raft_term").set(header.raft_term as f64);
+    gauge!("ballast_raft_applied_index").set(status.applied_index as f64);
+    gauge!("ballast_raft_last_log_index").set(status.last_log_index as f64);
+    gauge!("ballast_raft_snapshot_index").set(status.snapshot_index as f64);
     gauge!("ballast_raft_log_entries")
-        .set(view.last_log_index.saturating_sub(view.purged_index) as f64);
-    gauge!("ballast_raft_members").set(view.members.len() as f64);
-    if view.leader == Some(replica.id) {
+        .set(status.last_log_index.saturating_sub(status.purged_index) as f64);
+    gauge!("ballast_raft_members").set(status.members.len() as f64);
+    if header.leader_id == replica.id {
+        // The leader's own view, which tells a peer at index 0 from one it knows nothing of.
+        let view = replica.view();
         for member in view.members.iter().filter(|m| m.id != replica.id) {
             let peer = member.id.to_string();
             if let Some(matched) = member.matched_index {
@@ -38,10 +40,8 @@ pub fn refresh(replica: &Replica) {
             }
         }
     }
-    if let Some(header) = &status.header {
-        gauge!("ballast_fleet_revision").set(header.revision as f64);
-        gauge!("ballast_restore_epoch").set(header.restore_epoch as f64);
-    }
+    gauge!("ballast_fleet_revision").set(header.revision as f64);
+    gauge!("ballast_restore_epoch").set(header.restore_epoch as f64);
     gauge!("ballast_placement_healthy").set(f64::from(u8::from(
         status.placement.as_ref().is_some_and(|p| p.healthy),
     )));

@@ -39,9 +39,7 @@ impl Proposer {
 
     /// Proposes one request and waits for its own outcome.
     pub async fn propose(&self, request: RaftRequest) -> Result<Applied, Status> {
-        let size = super::wire::encode(&request)
-            .map(|b| b.len())
-            .unwrap_or(usize::MAX / 2);
+        let size = super::wire::encoded_size(&request).unwrap_or(MAX_GROUP_BYTES);
         let (answer, outcome) = oneshot::channel();
         self.queue
             .send((request, size, answer))

@@ -14,3 +14,8 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, postcard::Error> {
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, postcard::Error> {
     postcard::from_bytes(bytes)
 }
+
+/// Size of what [`encode`] would produce, counted without building it.
+pub fn encoded_size<T: Serialize>(value: &T) -> Result<usize, postcard::Error> {
+    postcard::experimental::serialized_size(value)
+}

@@ -136,6 +136,15 @@ pub fn status_report(replica: &Replica) -> pb::StatusResponse {
     }
 }
 
+/// The membership the Raft node works with now.
+fn current_membership(raft: &crate::raft::types::Raft) -> crate::raft::types::Membership {
+    raft.metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .clone()
+}
+
 /// Longest a join token may live.
 const MAX_TOKEN_TTL_SECONDS: u64 = 7 * 24 * 3600;
 
@@ -209,9 +218,8 @@ impl Cluster for ClusterService {
         request: Request<pb::JoinRequest>,
     ) -> Result<Response<pb::JoinResponse>, Status> {
         let replica = &self.replica;
-        let request = on_leader!(self, request, join);
+        let join = on_leader!(self, request, join);
         let raft = replica.raft()?;
-        let join = request;
         if join.id == 0 {
             return Err(invalid("id", "replica ids start at 1"));
         }
@@ -222,13 +230,7 @@ impl Cluster for ClusterService {
             address: join.address.clone(),
             az: join.az.clone(),
         };
-        let membership = raft
-            .metrics()
-            .borrow()
-            .clone()
-            .membership_config
-            .membership()
-            .clone();
+        let membership = current_membership(raft);
         if let Some(existing) = membership.get_node(&join.id) {
             if existing.address != node.address {
                 return Err(Status::already_exists(format!(
@@ -273,8 +275,7 @@ impl Cluster for ClusterService {
         request: Request<pb::CreateJoinTokenRequest>,
     ) -> Result<Response<pb::CreateJoinTokenResponse>, Status> {
         let replica = &self.replica;
-        let request = on_leader!(self, request, create_join_token);
-        let ttl = request.ttl_seconds;
+        let ttl = on_leader!(self, request, create_join_token).ttl_seconds;
         if !(1..=MAX_TOKEN_TTL_SECONDS).contains(&ttl) {
             return Err(invalid(
                 "ttl_seconds",
@@ -312,16 +313,9 @@ impl Cluster for ClusterService {
         request: Request<pb::RemoveMemberRequest>,
     ) -> Result<Response<pb::RemoveMemberResponse>, Status> {
         let replica = &self.replica;
-        let request = on_leader!(self, request, remove_member);
+        let id = on_leader!(self, request, remove_member).id;
         let raft = replica.raft()?;
-        let id = request.id;
-        let membership = raft
-            .metrics()
-            .borrow()
-            .clone()
-            .membership_config
-            .membership()
-            .clone();
+        let membership = current_membership(raft);
         if membership.get_node(&id).is_none() {
             return Err(Status::not_found(format!("replica {id} is not a member")));
         }
@@ -350,16 +344,14 @@ impl Cluster for ClusterService {
         request: Request<pb::TransferLeaderRequest>,
     ) -> Result<Response<pb::TransferLeaderResponse>, Status> {
         let replica = &self.replica;
-        let request = on_leader!(self, request, transfer_leader);
+        let target = on_leader!(self, request, transfer_leader).target;
         let raft = replica.raft()?;
-        let target = request.target;
         if target == replica.id {
             return Ok(replica.respond(pb::TransferLeaderResponse {
                 header: Some(replica.header()),
             }));
         }
-        let metrics = raft.metrics().borrow().clone();
-        let membership = metrics.membership_config.membership().clone();
+        let membership = current_membership(raft);
         let voters: Vec<NodeId> = membership.voter_ids().collect();
         let Some(target_node) = membership.get_node(&target).cloned() else {
             return Err(Status::not_found(format!(
@@ -448,8 +440,7 @@ impl Cluster for ClusterService {
         request: Request<pb::ExportRequest>,
     ) -> Result<Response<pb::ExportResponse>, Status> {
         let replica = &self.replica;
-        let request = on_leader!(self, request, export);
-        let to = request.destination;
+        let to = on_leader!(self, request, export).destination;
         let answer = replica.dr.export(replica, Some(&to)).await?;
         Ok(replica.respond(answer))
     }
@@ -464,7 +455,6 @@ impl Cluster for ClusterService {
         let applied = raft
             .metrics()
             .borrow()
-            .clone()
             .last_applied
             .map(|l| l.index)
             .unwrap_or(0);
