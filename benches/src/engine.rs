@@ -146,6 +146,8 @@ async fn cold_restart(inputs: &Inputs, settled: bool) -> anyhow::Result<Restart>
         cycle: Duration::from_millis(10),
         provider: SimulatedConfig::default(),
         http_listen: None,
+        tls: None,
+        http_open_probes: false,
     })
     .await?;
     while running.worker.cycles() == 0 {

@@ -2,6 +2,7 @@
 //! by `ballast-sim`, which runs replicas as child processes of itself).
 
 use ballast_dr::{Destination, Key, Retention};
+use ballast_tls::TlsArgs;
 
 use crate::dr::DrConfig;
 use std::io::IsTerminal;
@@ -143,6 +144,14 @@ pub struct CoordArgs {
     /// member until it is replaced, unless this is lowered to 2).
     #[arg(long, env = "BALLAST_AUTOPILOT_MIN_VOTERS", default_value_t = 3)]
     pub autopilot_min_voters: usize,
+    /// Mutual TLS for the gRPC port (client API and Raft), the HTTP port and connections to
+    /// other replicas. The certificate is used both ways and needs role ballast://role/peer.
+    #[command(flatten)]
+    pub tls: TlsArgs,
+    /// With TLS on, let `/healthz` and `/readyz` answer callers that present no client
+    /// certificate (Kubernetes HTTPS probes); metrics and the status page still need one.
+    #[arg(long, env = "BALLAST_HTTP_OPEN_PROBES")]
+    pub http_open_probes: bool,
 }
 
 /// Values of `--backend`.
@@ -267,6 +276,11 @@ impl CoordArgs {
             force_new_cluster: self.force_new_cluster,
             backend,
             http_listen: self.http_listen,
+            tls: self
+                .tls
+                .files()
+                .map_err(|e| NodeError::Config(e.to_string()))?,
+            http_open_probes: self.http_open_probes,
             autopilot: crate::autopilot::AutopilotConfig {
                 unhealthy_after: Duration::from_millis(self.autopilot_unhealthy_after_ms.max(1)),
                 remove_dead_after: (self.autopilot_remove_dead_after_secs > 0)

@@ -17,4 +17,5 @@ pub mod raft;
 pub mod rebalance;
 pub mod replica;
 pub mod restore;
+pub mod security;
 pub mod service;

@@ -37,10 +37,12 @@ use crate::raft::store::{META_CLUSTER_ID, META_NODE_ID, Store, StoreError};
 use crate::raft::types::{NodeId, Raft, RaftRequest, ReplicaNode};
 use crate::rebalance;
 use crate::replica::{Replica, Timing};
+use crate::security::Security;
 use crate::service::assignments::AssignmentsService;
 use crate::service::cluster::ClusterService;
 use crate::service::fleet::FleetService;
 use crate::service::raft::RaftService;
+use ballast_tls::{ClientTls, ServerTls, TlsFiles};
 
 /// Largest gRPC message a replica accepts or sends (bulk domain moves, snapshot chunks).
 pub use ballast_protocol::client::MAX_MESSAGE_BYTES;
@@ -91,6 +93,10 @@ pub struct NodeConfig {
     pub backend: Backend,
     /// Address of the HTTP port (metrics, health, status page); none to serve no HTTP.
     pub http_listen: Option<SocketAddr>,
+    /// Mutual TLS on every port and every connection to peers (`None`: plain text).
+    pub tls: Option<TlsFiles>,
+    /// With TLS, let `/healthz` and `/readyz` answer callers without a client certificate.
+    pub http_open_probes: bool,
     /// Member health thresholds and automatic removal of dead voters.
     pub autopilot: crate::autopilot::AutopilotConfig,
 }
@@ -227,7 +233,11 @@ fn stamp_identity(config: &NodeConfig, store: &Store, cluster_id: &str) -> Resul
 }
 
 /// Settles which cluster this data dir belongs to, creating or learning the id as needed.
-async fn cluster_identity(config: &NodeConfig, store: &Store) -> Result<String, NodeError> {
+async fn cluster_identity(
+    config: &NodeConfig,
+    store: &Store,
+    tls: Option<Arc<ClientTls>>,
+) -> Result<String, NodeError> {
     check_replica_id(config, store)?;
     let dir = config.data_dir.display().to_string();
     if let Some(id) = store.read_meta::<String>(META_CLUSTER_ID)? {
@@ -236,7 +246,7 @@ async fn cluster_identity(config: &NodeConfig, store: &Store) -> Result<String, 
     let cluster_id = if config.bootstrap {
         uuid::Uuid::new_v4().to_string()
     } else if !config.join.is_empty() {
-        learn_cluster_id(&config.join).await?
+        learn_cluster_id(&config.join, tls).await?
     } else {
         return Err(NodeError::Config(format!(
             "data dir {dir} is empty: pass --bootstrap to start a new cluster or --join ADDR to join one"
@@ -246,8 +256,12 @@ async fn cluster_identity(config: &NodeConfig, store: &Store) -> Result<String, 
     Ok(cluster_id)
 }
 
-async fn learn_cluster_id(join: &[String]) -> Result<String, NodeError> {
+async fn learn_cluster_id(
+    join: &[String],
+    tls: Option<Arc<ClientTls>>,
+) -> Result<String, NodeError> {
     let mut client_config = ClientConfig::new(join.to_vec());
+    client_config.tls = tls;
     client_config.retry_budget = Duration::from_secs(60);
     let client = BallastClient::new(client_config).map_err(|e| NodeError::Join {
         through: join.join(","),
@@ -279,6 +293,17 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
         return Err(NodeError::Config("--id must be at least 1".into()));
     }
     validate_id("az", &config.az).map_err(|e| NodeError::Config(e.to_string()))?;
+    // Unusable TLS files are a start-up error, before anything is bound or created.
+    let security = match &config.tls {
+        Some(files) => {
+            let load = files
+                .require_role(&ballast_tls::Role::Peer)
+                .and_then(|()| Security::load(files));
+            Some(load.map_err(|e| NodeError::Config(e.to_string()))?)
+        }
+        None => None,
+    };
+    let client_tls = security.as_ref().map(|s| s.client.clone());
     std::fs::create_dir_all(&config.data_dir).map_err(|e| NodeError::Identity {
         dir: config.data_dir.display().to_string(),
         reason: format!("cannot create it: {e}"),
@@ -316,7 +341,10 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
     let (stop, stopped) = watch::channel(false);
     let peer_contacts = PeerContacts::default();
     let (consensus, shared, cluster_id) = match &config.backend {
-        Backend::Raft => start_raft(&config, &store, &node, peer_contacts.clone()).await?,
+        Backend::Raft => {
+            let peers = (peer_contacts.clone(), client_tls.clone());
+            start_raft(&config, &store, &node, peers).await?
+        }
         Backend::Etcd(etcd) => start_etcd(&config, etcd, &store, &node, stopped.clone()).await?,
     };
     let replica = Arc::new(Replica::new(
@@ -334,12 +362,22 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
             DrExporter::new(config.dr.clone()),
             peer_contacts,
             config.autopilot.clone(),
+            client_tls,
         ),
     ));
 
-    let server = serve(replica.clone(), listener, stopped.clone());
+    let server = serve(
+        replica.clone(),
+        listener,
+        security.as_ref().map(|s| s.grpc.clone()),
+        stopped.clone(),
+    );
     if let Some(http) = http_listener {
-        crate::observe::serve(replica.clone(), http, stopped.clone());
+        let tls = security.as_ref().map(|s| ballast_telemetry::HttpTls {
+            server: s.http.clone(),
+            open_probes: config.http_open_probes,
+        });
+        crate::observe::serve(replica.clone(), http, tls, stopped.clone());
     }
 
     if let Consensus::Raft(raft) = &replica.consensus {
@@ -370,9 +408,9 @@ async fn start_raft(
     config: &NodeConfig,
     store: &Store,
     node: &ReplicaNode,
-    contacts: PeerContacts,
+    (contacts, tls): (PeerContacts, Option<Arc<ClientTls>>),
 ) -> Result<(Consensus, Arc<SharedState>, String), NodeError> {
-    let cluster_id = cluster_identity(config, store).await?;
+    let cluster_id = cluster_identity(config, store, tls.clone()).await?;
     if config.force_new_cluster {
         let outcome =
             crate::restore::force_new_cluster(store, config.id, node.clone(), RESTORE_BUMP)
@@ -392,7 +430,7 @@ async fn start_raft(
     let raft = Raft::new(
         config.id,
         raft_config,
-        PeerNetwork::new(cluster_id.clone(), contacts),
+        PeerNetwork::new(cluster_id.clone(), contacts, tls),
         log_store,
         state_machine,
     )
@@ -481,6 +519,7 @@ async fn start_raft_duties(
 fn serve(
     replica: Arc<Replica>,
     listener: TcpListener,
+    tls: Option<Arc<ServerTls>>,
     mut stopped: watch::Receiver<bool>,
 ) -> JoinHandle<Result<(), tonic::transport::Error>> {
     let raft = RaftServer::new(RaftService::new(replica.clone()))
@@ -492,31 +531,38 @@ fn serve(
     let assignments = AssignmentsServer::new(AssignmentsService::new(replica.clone()));
     let etcd = EtcdApi::new(replica.clone());
     let cluster = ClusterServer::new(ClusterService::new(replica));
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .tcp_nodelay(true)
-            .layer(crate::observe::metrics::RpcMetricsLayer)
-            .add_service(raft)
-            .add_service(fleet)
-            .add_service(cluster)
-            .add_service(assignments)
-            .add_service(
-                etcd_kv::KvServer::new(etcd.clone())
-                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                    .max_encoding_message_size(MAX_MESSAGE_BYTES),
-            )
-            .add_service(etcd_watch::WatchServer::new(etcd.clone()))
-            .add_service(etcd_lease::LeaseServer::new(etcd.clone()))
-            .add_service(etcd_cluster::ClusterServer::new(etcd.clone()))
-            .add_service(etcd_maintenance::MaintenanceServer::new(etcd))
-            .serve_with_incoming_shutdown(
-                // Without TCP_NODELAY, answers larger than a segment wait out delayed ACKs (~40 ms).
-                TcpIncoming::from(listener).with_nodelay(Some(true)),
-                async move {
-                    let _ = stopped.wait_for(|s| *s).await;
-                },
-            ),
-    )
+    let layers = tower::ServiceBuilder::new()
+        .layer(crate::observe::metrics::RpcMetricsLayer)
+        .option_layer(tls.is_some().then(Security::auth_layer));
+    let router = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .layer(layers)
+        .add_service(raft)
+        .add_service(fleet)
+        .add_service(cluster)
+        .add_service(assignments)
+        .add_service(
+            etcd_kv::KvServer::new(etcd.clone())
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(etcd_watch::WatchServer::new(etcd.clone()))
+        .add_service(etcd_lease::LeaseServer::new(etcd.clone()))
+        .add_service(etcd_cluster::ClusterServer::new(etcd.clone()))
+        .add_service(etcd_maintenance::MaintenanceServer::new(etcd));
+    let shutdown = async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    };
+    match tls {
+        Some(tls) => {
+            tokio::spawn(router.serve_with_incoming_shutdown(tls.incoming(listener), shutdown))
+        }
+        // Without TCP_NODELAY, answers larger than a segment wait out delayed ACKs (~40 ms).
+        None => tokio::spawn(router.serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )),
+    }
 }
 
 /// Asks the leader (through any join address) to add this replica until it is a voter.
@@ -529,6 +575,7 @@ async fn join_loop(
 ) {
     let mut client_config = ClientConfig::new(join.clone());
     client_config.cluster_id = Some(replica.cluster_id.clone());
+    client_config.tls = replica.client_tls.clone();
     // Adding a learner waits for it to catch up, which may take a snapshot transfer.
     client_config.attempt_timeout = Duration::from_secs(120);
     let client = match BallastClient::new(client_config) {

@@ -9,6 +9,7 @@ use std::time::Duration;
 use ballast_protocol::pb;
 use ballast_protocol::pb::raft_client::RaftClient;
 use ballast_protocol::{CLUSTER_ID_HEADER, FORWARDED_HEADER, LEADER_ADDRESS_HEADER};
+use ballast_tls::ClientTls;
 use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::transport::Channel;
@@ -62,6 +63,8 @@ pub struct Replica {
     /// Groups concurrent proposals into shared log entries (Raft backend).
     proposer: Option<crate::raft::proposer::Proposer>,
     channels: Mutex<HashMap<String, Channel>>,
+    /// Mutual TLS of calls to other replicas (`None`: plain text).
+    pub client_tls: Option<Arc<ClientTls>>,
 }
 
 /// Where a write or linearizable read must go.
@@ -81,11 +84,12 @@ impl Replica {
         consensus: Consensus,
         state: Arc<SharedState>,
         store: Store,
-        (timing, dr, peer_contacts, autopilot): (
+        (timing, dr, peer_contacts, autopilot, client_tls): (
             Timing,
             DrExporter,
             PeerContacts,
             crate::autopilot::AutopilotConfig,
+            Option<Arc<ClientTls>>,
         ),
     ) -> Self {
         let proposer = match &consensus {
@@ -108,6 +112,7 @@ impl Replica {
             autopilot,
             proposer,
             channels: Mutex::new(HashMap::new()),
+            client_tls,
         }
     }
 
@@ -218,7 +223,7 @@ impl Replica {
         if let Some(channel) = channels.get(address) {
             return Ok(channel.clone());
         }
-        let channel = peer_channel(address).map_err(Status::internal)?;
+        let channel = peer_channel(address, self.client_tls.as_ref()).map_err(Status::internal)?;
         channels.insert(address.to_string(), channel.clone());
         Ok(channel)
     }

@@ -7,7 +7,10 @@ mod commands;
 mod output;
 
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
+
+use ballast_tls::{ClientTls, TlsArgs};
 
 use ballast_protocol::client::{BallastClient, ClientConfig, ClientError};
 use clap::{Parser, Subcommand};
@@ -41,6 +44,10 @@ struct Cli {
     /// Give up after this many seconds of retries.
     #[arg(long, global = true, default_value_t = 15)]
     timeout_secs: u64,
+    /// Mutual TLS to the coordinators and shard workers (a certificate with role admin, or
+    /// readonly for reads).
+    #[command(flatten)]
+    tls: TlsArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -82,6 +89,8 @@ pub struct Context {
     pub client: BallastClient,
     /// `--stale`.
     pub stale: bool,
+    /// Mutual TLS of every connection (`None`: plain text).
+    pub tls: Option<Arc<ClientTls>>,
 }
 
 impl Context {
@@ -95,8 +104,22 @@ async fn run(cli: Cli) -> anyhow::Result<output::Rendered> {
     let mut config = ClientConfig::new(cli.endpoints);
     config.cluster_id = cli.cluster_id;
     config.retry_budget = Duration::from_secs(cli.timeout_secs);
-    let coordinator = ballast_protocol::coordination::Coordinator::new(&config.endpoints)?;
+    config.tls = match cli
+        .tls
+        .files()
+        .map_err(|e| ClientError::Config(e.to_string()))?
+    {
+        Some(files) => {
+            Some(ClientTls::from_files(&files).map_err(|e| ClientError::Config(e.to_string()))?)
+        }
+        None => None,
+    };
+    let coordinator = ballast_protocol::coordination::Coordinator::with_tls(
+        &config.endpoints,
+        config.tls.clone(),
+    )?;
     let ctx = Context {
+        tls: config.tls.clone(),
         client: BallastClient::new(config)?,
         stale: cli.stale,
     };

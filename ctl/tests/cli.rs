@@ -13,6 +13,14 @@ async fn start_replica(dir: &std::path::Path) -> RunningNode {
 }
 
 async fn start_replica_with(dir: &std::path::Path, dr: DrConfig) -> RunningNode {
+    start_replica_secured(dir, dr, None).await
+}
+
+async fn start_replica_secured(
+    dir: &std::path::Path,
+    dr: DrConfig,
+    tls: Option<ballast_tls::TlsFiles>,
+) -> RunningNode {
     node::start(NodeConfig {
         id: 1,
         az: "az-a".into(),
@@ -33,6 +41,8 @@ async fn start_replica_with(dir: &std::path::Path, dr: DrConfig) -> RunningNode 
         force_new_cluster: false,
         backend: Default::default(),
         http_listen: None,
+        tls,
+        http_open_probes: false,
         autopilot: Default::default(),
     })
     .await
@@ -660,4 +670,117 @@ async fn every_command_refuses_hostile_input_cleanly_and_changes_nothing() {
     let status = ok_json(&endpoint, &["cluster", "status", "--json"]);
     assert_eq!(status["revision"], before);
     running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ballastctl_over_mutual_tls() {
+    use ballast_testkit::pki::{TestPki, tls_flags};
+    use ballast_tls::Role;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pki = TestPki::new(&dir.path().join("pki"), "ballast");
+    let replica = pki.issue("replica-1", &[Role::Peer]);
+    let running =
+        start_replica_secured(&dir.path().join("data"), DrConfig::default(), Some(replica)).await;
+    let endpoint = running.local_addr.to_string();
+    let e = endpoint.as_str();
+    let admin = tls_flags(&pki.issue("operator", &[Role::Admin]));
+    let readonly = tls_flags(&pki.issue("dashboard", &[Role::Readonly]));
+    let with = |flags: &[String], args: &[&str]| -> Vec<String> {
+        flags
+            .iter()
+            .cloned()
+            .chain(args.iter().map(|a| a.to_string()))
+            .collect()
+    };
+    let run = |args: Vec<String>| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        ctl(e, &args)
+    };
+    let mut led = false;
+    for _ in 0..100 {
+        if run(with(&admin, &["cluster", "leader", "--json"]))
+            .status
+            .success()
+        {
+            led = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(led, "the replica never led (over TLS)");
+
+    let out = run(with(
+        &admin,
+        &[
+            "provider",
+            "set",
+            "aws",
+            "--endpoint",
+            "https://aws.example",
+            "--region",
+            "us-east-1",
+        ],
+    ));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(with(&admin, &["kv", "put", "greeting", "hello"]));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(with(&readonly, &["kv", "get", "greeting", "--json"]));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("hello"));
+
+    // readonly: reads yes, writes refused with the reason (exit 1), nothing changed.
+    let out = run(with(&readonly, &["provider", "list", "--json"]));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let before = String::from_utf8_lossy(&out.stdout).to_string();
+    for args in [
+        &[
+            "provider",
+            "set",
+            "gcp",
+            "--endpoint",
+            "https://gcp.example",
+            "--region",
+            "eu",
+        ][..],
+        &["kv", "put", "greeting", "bye"][..],
+        &["cluster", "token", "create", "--ttl", "1h"][..],
+    ] {
+        let out = run(with(&readonly, args));
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("needs role admin"), "{args:?}: {stderr}");
+    }
+    let out = run(with(&readonly, &["provider", "list", "--json"]));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), before);
+    let out = run(with(&readonly, &["kv", "get", "greeting", "--json"]));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("hello"));
+
+    // No TLS flags against a TLS cluster: unreachable (exit 3). Some flags only: usage (2).
+    let out = ctl(e, &["cluster", "status"]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = ctl(e, &["--tls-ca", "ca.pem", "cluster", "status"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--tls-cert"));
+    drop(running);
 }

@@ -7,7 +7,10 @@
 //! of a different cluster refuses the request instead of silently serving it.
 
 use std::future::Future;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+
+use ballast_tls::ClientTls;
+use ballast_tls::client::lazy_channel;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -35,6 +38,8 @@ pub struct ClientConfig {
     pub attempt_timeout: Duration,
     /// How long a call keeps retrying retryable failures across endpoints.
     pub retry_budget: Duration,
+    /// Mutual TLS to the coordinators (`None`: plain connections).
+    pub tls: Option<Arc<ClientTls>>,
 }
 
 impl ClientConfig {
@@ -45,6 +50,7 @@ impl ClientConfig {
             cluster_id: None,
             attempt_timeout: Duration::from_secs(5),
             retry_budget: Duration::from_secs(15),
+            tls: None,
         }
     }
 }
@@ -111,6 +117,13 @@ fn is_retryable(status: &Status) -> bool {
         status.code(),
         Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Aborted
     ) || (status.code() == Code::Unknown && status.message().contains("transport"))
+        || is_broken_connection(status)
+}
+
+/// The connection broke below gRPC: a TLS port reached in plain text (or the reverse) ends
+/// in an HTTP/2 protocol error rather than an answer, so it counts as "did not answer".
+fn is_broken_connection(status: &Status) -> bool {
+    status.code() == Code::Internal && status.message().contains("h2 protocol error")
 }
 
 /// Normalises `host:port` to a URI tonic can dial.
@@ -157,7 +170,7 @@ impl BallastClient {
                 .connect_timeout(Duration::from_millis(500))
                 .tcp_nodelay(true)
                 .timeout(config.attempt_timeout);
-            channels.push(endpoint.connect_lazy());
+            channels.push(lazy_channel(endpoint, config.tls.as_ref()));
             endpoints.push(bare_address(raw).to_string());
         }
         Ok(Self {
@@ -313,6 +326,12 @@ impl BallastClient {
                         code_name(status.code()),
                         status.message()
                     );
+                    if is_broken_connection(&status) {
+                        last_error.push_str(match self.config.tls {
+                            None => " (does the cluster use TLS? pass --tls-ca, --tls-cert and --tls-key)",
+                            Some(_) => " (does the cluster serve plain text?)",
+                        });
+                    }
                 }
                 Err(status) => return Err(ClientError::Rejected(status)),
             }

@@ -9,7 +9,10 @@
 
 use std::time::Duration;
 
+use std::sync::Arc;
 use tokio::sync::watch;
+
+use ballast_tls::ClientTls;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::etcdserverpb as epb;
@@ -42,6 +45,15 @@ pub struct Coordinator {
 impl Coordinator {
     /// Connects (lazily) to `endpoints` (`host:port`).
     pub fn new(endpoints: &[String]) -> Result<Coordinator, CoordinationError> {
+        Self::with_tls(endpoints, None)
+    }
+
+    /// Connects (lazily) to `endpoints`, over mutual TLS when `tls` is given (then one
+    /// connection at a time, moving to the next endpoint when it fails).
+    pub fn with_tls(
+        endpoints: &[String],
+        tls: Option<Arc<ClientTls>>,
+    ) -> Result<Coordinator, CoordinationError> {
         let mut list = Vec::new();
         for raw in endpoints {
             let uri = if raw.contains("://") {
@@ -61,9 +73,13 @@ impl Coordinator {
                 "no endpoints".into(),
             ));
         }
-        Ok(Coordinator {
-            channel: Channel::balance_list(list.into_iter()),
-        })
+        let channel = match tls {
+            Some(tls) => tls
+                .failover_channel(list)
+                .ok_or_else(|| CoordinationError::Endpoint(String::new(), "no endpoints".into()))?,
+            None => Channel::balance_list(list.into_iter()),
+        };
+        Ok(Coordinator { channel })
     }
 
     /// The etcd KV client.

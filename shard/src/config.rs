@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use ballast_tls::TlsArgs;
 use clap::Parser;
 
 use crate::provider::SimulatedConfig;
@@ -61,6 +62,13 @@ pub struct ShardArgs {
     /// ready once the cache is loaded). Not served when absent.
     #[arg(long, env = "BALLAST_HTTP_LISTEN")]
     pub http_listen: Option<SocketAddr>,
+    /// Mutual TLS to the coordinators and on this worker's gRPC and HTTP ports. The
+    /// certificate needs role ballast://role/shard/<--id>.
+    #[command(flatten)]
+    pub tls: TlsArgs,
+    /// With TLS on, let `/healthz` and `/readyz` answer callers without a client certificate.
+    #[arg(long, env = "BALLAST_HTTP_OPEN_PROBES")]
+    pub http_open_probes: bool,
 }
 
 impl ShardArgs {
@@ -104,6 +112,11 @@ impl ShardArgs {
                 seed: 1,
             },
             http_listen: self.http_listen,
+            tls: self
+                .tls
+                .files()
+                .map_err(|e| WorkerError::Config(e.to_string()))?,
+            http_open_probes: self.http_open_probes,
         })
     }
 }

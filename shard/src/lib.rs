@@ -18,4 +18,5 @@ pub mod engine;
 pub mod observe;
 pub mod provider;
 pub mod provisioning;
+pub mod security;
 pub mod worker;

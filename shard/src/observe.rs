@@ -20,13 +20,18 @@ pub type Loaded = Arc<OnceLock<Arc<Worker>>>;
 
 /// Serves the HTTP port until `stopped` turns true. Bound before the cache opens, so probes
 /// answer "loading" instead of refusing connections during a long start.
-pub fn serve(listener: TcpListener, loaded: Loaded, stopped: watch::Receiver<bool>) {
+pub fn serve(
+    listener: TcpListener,
+    loaded: Loaded,
+    tls: Option<ballast_telemetry::HttpTls>,
+    stopped: watch::Receiver<bool>,
+) {
     let app = Router::new()
         .route("/metrics", get(prometheus))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .with_state(loaded);
-    ballast_telemetry::serve(listener, app, stopped);
+    ballast_telemetry::serve(listener, app, tls, stopped);
 }
 
 async fn readyz(State(loaded): State<Loaded>) -> (StatusCode, String) {

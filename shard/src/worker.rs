@@ -22,6 +22,9 @@ use crate::demand::{self, DemandError};
 use crate::engine::Shortfall;
 use crate::provider::{SimulatedConfig, SimulatedProvider};
 use crate::provisioning::{Backoff, ShardState};
+use crate::security::Security;
+use ballast_tls::TlsFiles;
+use ballast_tls::identity::AuthLayer;
 
 /// Everything a shard worker needs to start.
 #[derive(Clone, Debug)]
@@ -48,6 +51,10 @@ pub struct WorkerConfig {
     pub provider: SimulatedConfig,
     /// HTTP port for metrics and probes; none to serve no HTTP.
     pub http_listen: Option<SocketAddr>,
+    /// Mutual TLS everywhere (`None`: plain text).
+    pub tls: Option<TlsFiles>,
+    /// With TLS, probes answer callers without a client certificate.
+    pub http_open_probes: bool,
 }
 
 /// Why a worker could not start.
@@ -265,6 +272,10 @@ pub async fn start(config: WorkerConfig) -> Result<RunningWorker, WorkerError> {
     if config.coordinators.is_empty() {
         return Err(WorkerError::Config("--coordinators is empty".into()));
     }
+    let security = match &config.tls {
+        Some(files) => Some(Security::load(files, &config.id)?),
+        None => None,
+    };
     let (stop, stopped) = watch::channel(false);
     let loaded = crate::observe::Loaded::default();
     let http_addr = match config.http_listen {
@@ -273,7 +284,11 @@ pub async fn start(config: WorkerConfig) -> Result<RunningWorker, WorkerError> {
                 .await
                 .map_err(|source| WorkerError::Listen { addr, source })?;
             let bound = listener.local_addr().ok();
-            crate::observe::serve(listener, loaded.clone(), stopped.clone());
+            let tls = security.as_ref().map(|s| ballast_telemetry::HttpTls {
+                server: s.http.clone(),
+                open_probes: config.http_open_probes,
+            });
+            crate::observe::serve(listener, loaded.clone(), tls, stopped.clone());
             bound
         }
         None => None,
@@ -292,6 +307,7 @@ pub async fn start(config: WorkerConfig) -> Result<RunningWorker, WorkerError> {
     client_config.cluster_id = cache.cluster_id()?;
     client_config.retry_budget = Duration::from_secs(2);
     client_config.attempt_timeout = Duration::from_secs(3);
+    client_config.tls = security.as_ref().map(|s| s.client.clone());
     let client =
         BallastClient::new(client_config).map_err(|e| WorkerError::Config(e.to_string()))?;
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -343,18 +359,29 @@ pub async fn start(config: WorkerConfig) -> Result<RunningWorker, WorkerError> {
         stopped.clone(),
     ));
     let mut server_stop = stopped;
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(ShardWorkerServer::new(StatusService {
-                worker: worker.clone(),
-            }))
-            .serve_with_incoming_shutdown(
-                TcpIncoming::from(listener).with_nodelay(Some(true)),
-                async move {
-                    let _ = server_stop.wait_for(|s| *s).await;
-                },
+    let router = tonic::transport::Server::builder()
+        .layer(
+            tower::ServiceBuilder::new().option_layer(
+                security
+                    .as_ref()
+                    .map(|_| AuthLayer::new(crate::security::ShardApiPolicy)),
             ),
-    );
+        )
+        .add_service(ShardWorkerServer::new(StatusService {
+            worker: worker.clone(),
+        }));
+    let shutdown = async move {
+        let _ = server_stop.wait_for(|s| *s).await;
+    };
+    let server = match security {
+        Some(security) => tokio::spawn(
+            router.serve_with_incoming_shutdown(security.grpc.incoming(listener), shutdown),
+        ),
+        None => tokio::spawn(router.serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )),
+    };
     Ok(RunningWorker {
         worker,
         local_addr,

@@ -25,7 +25,7 @@ enum Command {
     /// Run one coordinator replica (same flags as `ballast-coord`); used by the demo.
     Replica(Box<ballast_coordinator::config::CoordArgs>),
     /// Run one shard worker (same flags as `ballast-shard`); used by the demo and tests.
-    Shard(ballast_shard::config::ShardArgs),
+    Shard(Box<ballast_shard::config::ShardArgs>),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -40,7 +40,7 @@ async fn run() -> anyhow::Result<()> {
         Command::Drill(drill) => drill::run(drill).await,
         Command::Shard(args) => {
             ballast_shard::config::init_logging();
-            ballast_shard::config::run_until_signal(args).await?;
+            ballast_shard::config::run_until_signal(*args).await?;
             Ok(())
         }
         Command::Replica(args) => {

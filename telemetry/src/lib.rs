@@ -5,11 +5,21 @@
 use std::net::SocketAddr;
 use std::sync::OnceLock;
 
+use std::sync::Arc;
+
 use axum::Router;
+use axum::extract::connect_info::{ConnectInfo, Connected};
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
 use axum::http::header;
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use axum::serve::IncomingStream;
+use ballast_tls::server::TlsIncoming;
+use ballast_tls::{Identity, ServerTls, ServerTlsStream};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
+use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -50,10 +60,21 @@ pub async fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(address).await
 }
 
-/// Serves `app` on `listener` until `stopped` turns true.
+/// TLS of an HTTP port.
+pub struct HttpTls {
+    /// Server configuration (client certificates verified when presented).
+    pub server: Arc<ServerTls>,
+    /// Let `/healthz` and `/readyz` answer callers without a client certificate.
+    pub open_probes: bool,
+}
+
+/// Serves `app` on `listener` (over TLS when `tls` is given) until `stopped` turns true.
+/// With TLS every path needs a client certificate carrying a Ballast role, any role: the
+/// port only reads.
 pub fn serve(
     listener: TcpListener,
     app: Router,
+    tls: Option<HttpTls>,
     mut stopped: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
     prometheus();
@@ -61,11 +82,98 @@ pub fn serve(
         let shutdown = async move {
             let _ = stopped.wait_for(|s| *s).await;
         };
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-        {
+        let served = match tls {
+            None => {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(shutdown)
+                    .await
+            }
+            Some(tls) => {
+                let local = listener.local_addr();
+                let listener = TlsListener {
+                    incoming: tls.server.incoming(listener),
+                    local,
+                };
+                let app = app.layer(axum::middleware::from_fn_with_state(
+                    tls.open_probes,
+                    require_certificate,
+                ));
+                axum::serve(
+                    listener,
+                    app.into_make_service_with_connect_info::<Caller>(),
+                )
+                .with_graceful_shutdown(shutdown)
+                .await
+            }
+        };
+        if let Err(e) = served {
             tracing::error!(error = %e, "the HTTP port stopped");
         }
     })
+}
+
+/// Finished TLS handshakes as an axum listener.
+struct TlsListener {
+    incoming: TlsIncoming,
+    local: std::io::Result<SocketAddr>,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = ServerTlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.incoming.next_connection().await {
+            Some(connection) => connection,
+            // The accept loop ended (the listener failed for good): serve nothing more.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        match &self.local {
+            Ok(a) => Ok(*a),
+            Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
+        }
+    }
+}
+
+/// The verified client certificate of an HTTP connection, if one was presented.
+#[derive(Clone)]
+struct Caller(Option<Identity>);
+
+impl Connected<IncomingStream<'_, TlsListener>> for Caller {
+    fn connect_info(stream: IncomingStream<'_, TlsListener>) -> Self {
+        let (_, session) = stream.io().get_ref();
+        Caller(
+            session
+                .peer_certificates()
+                .and_then(|certs| certs.first())
+                .map(|cert| Identity::from_der(cert.as_ref())),
+        )
+    }
+}
+
+async fn require_certificate(
+    State(open_probes): State<bool>,
+    ConnectInfo(caller): ConnectInfo<Caller>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let path = request.uri().path();
+    let probe = path == "/healthz" || path == "/readyz";
+    match caller.0 {
+        Some(identity) if !identity.roles.is_empty() => next.run(request).await,
+        Some(identity) => (
+            StatusCode::FORBIDDEN,
+            format!("{} may not read this port\n", identity.describe()),
+        )
+            .into_response(),
+        None if open_probes && probe => next.run(request).await,
+        None => (
+            StatusCode::UNAUTHORIZED,
+            "this port needs a client certificate signed by the cluster's CA\n",
+        )
+            .into_response(),
+    }
 }

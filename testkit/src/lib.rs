@@ -5,14 +5,17 @@
 
 pub mod etcd;
 pub mod fleet;
+pub mod pki;
 mod s3;
 
+pub use pki::TestPki;
 pub use s3::S3Server;
 
 use std::fs::File;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -20,6 +23,7 @@ use ballast_protocol::client::{BallastClient, ClientConfig};
 use ballast_protocol::pb;
 use ballast_protocol::pb::cluster_client::ClusterClient;
 use ballast_protocol::pb::shard_worker_client::ShardWorkerClient;
+use ballast_tls::{ClientTls, Role};
 
 /// Timing flags that keep test clusters quick to elect and to compact.
 pub const FAST_FLAGS: &[&str] = &[
@@ -111,6 +115,9 @@ pub struct ClusterOptions {
     pub base_port: Option<u16>,
     /// AZ of replica `id` is `azs[id - 1]` when given (default: az-a, az-b, ...).
     pub azs: Vec<String>,
+    /// Run with mutual TLS: every replica gets a `peer` certificate from this CA and the
+    /// cluster's own clients an `admin` one.
+    pub tls: Option<Arc<TestPki>>,
 }
 
 enum Dir {
@@ -133,6 +140,8 @@ pub struct TestCluster {
     pub replicas: Vec<Replica>,
     options: ClusterOptions,
     dir: Dir,
+    /// TLS of the cluster's own clients (an admin certificate), when the cluster runs TLS.
+    pub client_tls: Option<Arc<ClientTls>>,
 }
 
 impl TestCluster {
@@ -170,10 +179,15 @@ impl TestCluster {
             }
             None => Dir::Temp(tempfile::tempdir().expect("creating a temp dir")),
         };
+        let client_tls = options
+            .tls
+            .as_ref()
+            .map(|pki| pki.client("test-admin", &[Role::Admin]));
         TestCluster {
             replicas: Vec::new(),
             options,
             dir,
+            client_tls,
         }
     }
 
@@ -245,6 +259,12 @@ impl TestCluster {
 
     fn spawn(&mut self, index: usize, role_args: &[String]) {
         let replica = &self.replicas[index];
+        let tls_args = match &self.options.tls {
+            Some(pki) => {
+                pki::tls_flags(&pki.issue(&format!("replica-{}", replica.id), &[Role::Peer]))
+            }
+            None => Vec::new(),
+        };
         let log = File::options()
             .create(true)
             .append(true)
@@ -263,6 +283,7 @@ impl TestCluster {
             .arg("--http-listen")
             .arg(&replica.http_address)
             .args(role_args)
+            .args(tls_args)
             .args(&self.options.extra)
             .env("RUST_LOG", "info,openraft=warn,fjall=warn,lsm_tree=warn")
             .stdin(Stdio::null())
@@ -360,21 +381,31 @@ impl TestCluster {
 
     /// A leader-aware client over every replica.
     pub fn client(&self) -> BallastClient {
-        BallastClient::connect(&self.endpoints()).expect("building a client")
+        let mut config = ClientConfig::new(self.endpoints());
+        config.tls = self.client_tls.clone();
+        BallastClient::new(config).expect("building a client")
+    }
+
+    /// A lazily connected channel to replica `id` (over the cluster's TLS, if any).
+    pub fn channel(&self, id: u64) -> tonic::transport::Channel {
+        let endpoint =
+            tonic::transport::Endpoint::from_shared(format!("http://{}", self.replica(id).address))
+                .expect("replica addresses are valid URIs")
+                .connect_timeout(Duration::from_secs(2));
+        ballast_tls::client::lazy_channel(endpoint, self.client_tls.as_ref())
     }
 
     /// A client that talks to replica `id` only.
     pub fn client_of(&self, id: u64) -> BallastClient {
         let mut config = ClientConfig::new(vec![self.replica(id).address.clone()]);
         config.retry_budget = Duration::from_secs(10);
+        config.tls = self.client_tls.clone();
         BallastClient::new(config).expect("building a client")
     }
 
     /// Status as replica `id` sees it (no retries beyond its own endpoint).
     pub async fn status(&self, id: u64) -> Option<pb::StatusResponse> {
-        let mut client = ClusterClient::connect(format!("http://{}", self.replica(id).address))
-            .await
-            .ok()?;
+        let mut client = ClusterClient::new(self.channel(id));
         client
             .status(pb::StatusRequest {
                 options: Some(pb::ReadOptions { stale: true }),
@@ -559,6 +590,8 @@ pub struct ShardProcess {
     extra: Vec<String>,
     log: PathBuf,
     child: Option<Child>,
+    /// TLS of calls to this worker (an admin certificate), when the cluster runs TLS.
+    pub client_tls: Option<Arc<ClientTls>>,
 }
 
 impl ShardProcess {
@@ -606,11 +639,20 @@ impl ShardProcess {
         self.spawn();
     }
 
+    /// A lazily connected client of the worker's gRPC port.
+    pub fn client(&self) -> ShardWorkerClient<tonic::transport::Channel> {
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", self.address))
+            .expect("shard addresses are valid URIs")
+            .connect_timeout(Duration::from_secs(2));
+        ShardWorkerClient::new(ballast_tls::client::lazy_channel(
+            endpoint,
+            self.client_tls.as_ref(),
+        ))
+    }
+
     /// The shard's own view of its assignments, if it answers.
     pub async fn status(&self) -> Option<pb::ShardStatusResponse> {
-        let mut client = ShardWorkerClient::connect(format!("http://{}", self.address))
-            .await
-            .ok()?;
+        let mut client = self.client();
         client
             .status(pb::ShardStatusRequest {})
             .await
@@ -625,9 +667,7 @@ impl ShardProcess {
         count: u32,
         resources: pb::ResourceSpec,
     ) -> Result<(), tonic::Status> {
-        let mut client = ShardWorkerClient::connect(format!("http://{}", self.address))
-            .await
-            .map_err(|e| tonic::Status::unavailable(format!("shard {}: {e}", self.id)))?;
+        let mut client = self.client();
         client
             .submit_demand(pb::SubmitDemandRequest {
                 cluster: cluster.to_string(),
@@ -691,7 +731,12 @@ impl TestCluster {
             extra: extra.iter().map(|s| s.to_string()).collect(),
             log: self.dir.path().join(format!("shard-{id}.log")),
             child: None,
+            client_tls: self.client_tls.clone(),
         };
+        if let Some(pki) = &self.options.tls {
+            let files = pki.issue(&format!("shard-{id}"), &[Role::Shard(id.to_string())]);
+            shard.extra.splice(0..0, pki::tls_flags(&files));
+        }
         shard.spawn();
         shard
     }
@@ -745,13 +790,41 @@ pub fn http_get(address: &str, path: &str) -> Option<(u16, String)> {
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
+    stream
+        .write_all(get_request(address, path).as_bytes())
+        .ok()?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).ok()?;
+    parse_response(&raw)
+}
+
+/// [`http_get`] over TLS with `tls`'s certificate (or none). `None` when the connection or the
+/// handshake fails.
+pub async fn https_get(address: &str, path: &str, tls: &ClientTls) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (host, port) = address.rsplit_once(':')?;
+    let exchange = async {
+        let mut stream = tls.connect(host, port.parse().ok()?).await.ok()?;
+        stream
+            .write_all(get_request(address, path).as_bytes())
+            .await
+            .ok()?;
+        let mut raw = Vec::new();
+        // A peer that closes without close_notify still delivered the whole answer.
+        let _ = stream.read_to_end(&mut raw).await;
+        parse_response(&raw)
+    };
+    tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .ok()
+        .flatten()
+}
+
+fn get_request(address: &str, path: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n")
+}
+
+fn parse_response(raw: &[u8]) -> Option<(u16, String)> {
     let split = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
     let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
     let body = &raw[split + 4..];

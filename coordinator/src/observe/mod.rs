@@ -22,6 +22,7 @@ use crate::replica::Replica;
 pub fn serve(
     replica: Arc<Replica>,
     listener: TcpListener,
+    tls: Option<ballast_telemetry::HttpTls>,
     stopped: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
     tokio::spawn(metrics::leader_changes(replica.clone(), stopped.clone()));
@@ -32,7 +33,7 @@ pub fn serve(
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(replica);
-    ballast_telemetry::serve(listener, app, stopped)
+    ballast_telemetry::serve(listener, app, tls, stopped)
 }
 
 pub use ballast_telemetry::bind;

@@ -16,6 +16,10 @@ use openraft::raft::{
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use std::sync::Arc;
+
+use ballast_tls::ClientTls;
+use ballast_tls::client::lazy_channel;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
@@ -26,15 +30,17 @@ use super::types::{NodeId, ReplicaNode, TypeConfig};
 pub struct PeerNetwork {
     cluster_id: String,
     contacts: PeerContacts,
+    tls: Option<Arc<ClientTls>>,
 }
 
 impl PeerNetwork {
     /// A network that stamps `cluster_id` on every message and notes every peer answer in
     /// `contacts`.
-    pub fn new(cluster_id: String, contacts: PeerContacts) -> Self {
+    pub fn new(cluster_id: String, contacts: PeerContacts, tls: Option<Arc<ClientTls>>) -> Self {
         Self {
             cluster_id,
             contacts,
+            tls,
         }
     }
 }
@@ -67,21 +73,21 @@ pub struct PeerClient {
     contacts: PeerContacts,
 }
 
-/// Opens a lazily connected channel to a peer's address.
-pub fn peer_channel(address: &str) -> Result<Channel, String> {
-    Ok(Endpoint::from_shared(endpoint_uri(address))
+/// Opens a lazily connected channel to a peer's address (over mutual TLS when `tls` is set).
+pub fn peer_channel(address: &str, tls: Option<&Arc<ClientTls>>) -> Result<Channel, String> {
+    let endpoint = Endpoint::from_shared(endpoint_uri(address))
         .map_err(|e| format!("peer address {address:?}: {e}"))?
         .connect_timeout(Duration::from_millis(300))
         .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(5))
-        .connect_lazy())
+        .http2_keep_alive_interval(Duration::from_secs(5));
+    Ok(lazy_channel(endpoint, tls))
 }
 
 impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &ReplicaNode) -> Self::Network {
-        let channel = peer_channel(&node.address).unwrap_or_else(|e| {
+        let channel = peer_channel(&node.address, self.tls.as_ref()).unwrap_or_else(|e| {
             tracing::error!(target, error = %e, "invalid peer address; using a dead channel");
             Endpoint::from_static("http://0.0.0.0:1").connect_lazy()
         });

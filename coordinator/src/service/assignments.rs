@@ -158,6 +158,7 @@ impl Assignments for AssignmentsService {
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let replica = &self.replica;
         replica.check_cluster(request.metadata())?;
+        check_caller(&request, &request.get_ref().shard_id)?;
         if let Route::Forward(address) = replica.route(request.metadata())? {
             let mut client = AssignmentsClient::new(replica.channel_to(&address)?);
             let answer = client
@@ -212,6 +213,7 @@ impl Assignments for AssignmentsService {
         request: Request<pb::WatchAssignmentsRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         self.replica.check_cluster(request.metadata())?;
+        check_caller(&request, &request.get_ref().shard_id)?;
         let watch = request.into_inner();
         validate_id("shard id", &watch.shard_id)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
@@ -223,5 +225,15 @@ impl Assignments for AssignmentsService {
             tx,
         ));
         Ok(self.replica.respond(ReceiverStream::new(rx)))
+    }
+}
+
+/// With mutual TLS, a shard certificate acts only for its own shard id.
+fn check_caller<T>(request: &Request<T>, shard_id: &str) -> Result<(), Status> {
+    match ballast_tls::identity::identity(request) {
+        Some(caller) => caller
+            .check_shard(shard_id)
+            .map_err(Status::permission_denied),
+        None => Ok(()),
     }
 }

@@ -153,9 +153,13 @@ pub async fn run(ctx: &Context, cmd: ShardCmd) -> anyhow::Result<Rendered> {
         }
         ShardCmd::WorkerStatus { address } => {
             let uri = ballast_protocol::client::endpoint_uri(&address);
-            let mut client = ShardWorkerClient::connect(uri)
-                .await
-                .map_err(|e| anyhow::anyhow!("cannot reach shard worker at {address}: {e}"))?;
+            let endpoint = tonic::transport::Endpoint::from_shared(uri)
+                .map_err(|e| anyhow::anyhow!("shard worker address {address:?}: {e}"))?
+                .connect_timeout(std::time::Duration::from_secs(3));
+            let mut client = ShardWorkerClient::new(ballast_tls::client::lazy_channel(
+                endpoint,
+                ctx.tls.as_ref(),
+            ));
             let s = client
                 .status(pb::ShardStatusRequest {})
                 .await

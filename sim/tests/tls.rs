@@ -1,0 +1,388 @@
+//! Mutual TLS on every port, with roles from client certificates: three replicas and a shard
+//! worker as real processes, every one with its own certificate from a test CA. Checks the
+//! refusals the operations issue names (no certificate, wrong CA, readonly writing, a shard
+//! acting for another, a client certificate on Raft traffic), that nothing they tried changed
+//! the state, the HTTPS port, certificate rotation without restart, and the flag checks.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ballast_protocol::etcdserverpb::PutRequest;
+use ballast_protocol::etcdserverpb::kv_client::KvClient;
+use ballast_protocol::pb;
+use ballast_protocol::pb::assignments_client::AssignmentsClient;
+use ballast_protocol::pb::cluster_client::ClusterClient;
+use ballast_protocol::pb::fleet_client::FleetClient;
+use ballast_protocol::pb::raft_client::RaftClient;
+use ballast_testkit::fleet::{FleetShape, load_fleet};
+use ballast_testkit::{
+    ClusterOptions, FAST_FLAGS, TestCluster, TestPki, assign_domain, current_revision, http_get,
+    https_get, wait_for,
+};
+use ballast_tls::{ClientTls, Role};
+use tonic::Code;
+use tonic::transport::{Channel, Endpoint};
+
+fn sim() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_ballast-sim"))
+}
+
+async fn tls_cluster(pki: &Arc<TestPki>, size: u64) -> TestCluster {
+    TestCluster::start_with(
+        ClusterOptions {
+            program: sim().into(),
+            leading_args: vec!["replica".into()],
+            extra: FAST_FLAGS.iter().map(|s| s.to_string()).collect(),
+            tls: Some(pki.clone()),
+            ..ClusterOptions::default()
+        },
+        size,
+    )
+    .await
+}
+
+fn channel(address: &str, tls: Option<&Arc<ClientTls>>) -> Channel {
+    let endpoint = Endpoint::from_shared(format!("http://{address}"))
+        .expect("uri")
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(5));
+    ballast_tls::client::lazy_channel(endpoint, tls)
+}
+
+async fn status_with(address: &str, tls: Option<&Arc<ClientTls>>) -> Result<u64, tonic::Status> {
+    ClusterClient::new(channel(address, tls))
+        .status(pb::StatusRequest { options: None })
+        .await
+        .map(|r| r.into_inner().header.map(|h| h.revision).unwrap_or(0))
+}
+
+fn assign(domain: &str, shard: &str) -> pb::WriteRequest {
+    pb::WriteRequest {
+        request_id: String::new(),
+        command: Some(pb::Command {
+            command: Some(pb::command::Command::AssignDomains(pb::AssignDomains {
+                assignments: vec![pb::DomainAssignment {
+                    domain: domain.into(),
+                    shard: shard.into(),
+                }],
+                allow_move: true,
+            })),
+        }),
+    }
+}
+
+fn heartbeat(shard: &str) -> pb::HeartbeatRequest {
+    pb::HeartbeatRequest {
+        shard_id: shard.into(),
+        address: "127.0.0.1:1".into(),
+        az: "az-a".into(),
+        lease_ttl_ms: 0,
+        epoch: 1,
+        summary: None,
+    }
+}
+
+fn denied<T: std::fmt::Debug>(outcome: Result<T, tonic::Status>, says: &str) {
+    let status = outcome.expect_err("the call should be refused");
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert!(
+        status.message().contains(says),
+        "{:?} should say {says:?}",
+        status.message()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roles_and_refusals_on_every_port() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = Arc::new(TestPki::new(&dir.path().join("pki"), "ballast"));
+    let cluster = tls_cluster(&pki, 3).await;
+    let admin_client = cluster.client();
+    load_fleet(
+        &admin_client,
+        FleetShape {
+            shards: 3,
+            domains: 30,
+            bindings: 6,
+            quotas: 1,
+        },
+    )
+    .await
+    .expect("an admin certificate writes");
+    let before = current_revision(&admin_client).await;
+    let address = cluster.replicas[0].address.clone();
+
+    let readonly = pki.client("ops-dashboard", &[Role::Readonly]);
+    let admin = pki.client("operator", &[Role::Admin]);
+    let shard1 = pki.client("shard-s1", &[Role::Shard("s1".into())]);
+    let roleless = pki.client("someone", &[]);
+    let stranger_ca = TestPki::new(&dir.path().join("other"), "other");
+    let foreign = stranger_ca.client("intruder", &[Role::Admin]);
+
+    // No certificate, a certificate from another CA, or no TLS at all: no connection.
+    assert!(
+        status_with(&address, Some(&pki.anonymous_client()))
+            .await
+            .is_err()
+    );
+    assert!(status_with(&address, Some(&foreign)).await.is_err());
+    assert!(status_with(&address, None).await.is_err());
+    // A client that trusts another CA refuses the replica's certificate.
+    let wrong_trust = stranger_ca.client("operator", &[Role::Admin]);
+    assert!(status_with(&address, Some(&wrong_trust)).await.is_err());
+
+    // readonly reads, never writes (fleet or KV).
+    assert!(status_with(&address, Some(&readonly)).await.is_ok());
+    let listed = FleetClient::new(channel(&address, Some(&readonly)))
+        .list_domains(pb::ListDomainsRequest::default())
+        .await
+        .expect("readonly lists domains")
+        .into_inner();
+    assert_eq!(listed.domains.len(), 30);
+    denied(
+        FleetClient::new(channel(&address, Some(&readonly)))
+            .write(assign("d-new", "s-0"))
+            .await,
+        "needs role admin",
+    );
+    denied(
+        KvClient::new(channel(&address, Some(&readonly)))
+            .put(PutRequest {
+                key: b"k".to_vec(),
+                value: b"v".to_vec(),
+                ..Default::default()
+            })
+            .await,
+        "needs role admin",
+    );
+    denied(
+        ClusterClient::new(channel(&address, Some(&readonly)))
+            .create_join_token(pb::CreateJoinTokenRequest { ttl_seconds: 60 })
+            .await,
+        "needs role admin",
+    );
+    // A certificate with no Ballast role gets nothing.
+    denied(
+        ClusterClient::new(channel(&address, Some(&roleless)))
+            .status(pb::StatusRequest { options: None })
+            .await,
+        "no Ballast role",
+    );
+
+    // A shard certificate acts only as its own shard, and does nothing else.
+    let assignments = || AssignmentsClient::new(channel(&address, Some(&shard1)));
+    assignments()
+        .heartbeat(heartbeat("s1"))
+        .await
+        .expect("s1 heartbeats as s1");
+    denied(
+        assignments().heartbeat(heartbeat("s2")).await,
+        "cannot act as shard \"s2\"",
+    );
+    denied(
+        assignments()
+            .watch(pb::WatchAssignmentsRequest {
+                shard_id: "s2".into(),
+                from_revision: 0,
+                restore_epoch: 0,
+            })
+            .await,
+        "cannot act as shard \"s2\"",
+    );
+    denied(
+        FleetClient::new(channel(&address, Some(&shard1)))
+            .write(assign("d-1", "s1"))
+            .await,
+        "needs role admin",
+    );
+    denied(
+        FleetClient::new(channel(&address, Some(&shard1)))
+            .list_shards(pb::ListShardsRequest::default())
+            .await,
+        "reads need role readonly",
+    );
+
+    // Raft traffic is for replicas: even an admin certificate is refused there.
+    denied(
+        RaftClient::new(channel(&address, Some(&admin)))
+            .vote(pb::RaftMessage::default())
+            .await,
+        "only from replicas",
+    );
+
+    // Nothing refused changed anything (s1's heartbeat is the one accepted write).
+    let after = current_revision(&admin_client).await;
+    assert_eq!(after, before + 1, "only s1's registration was applied");
+    let shards = admin_client
+        .fleet(|mut c, req| async move {
+            c.list_shards(req.wrap(pb::ListShardsRequest { options: None }))
+                .await
+        })
+        .await
+        .expect("listing shards");
+    assert!(shards.shards.iter().any(|s| s.id == "s1"));
+    assert!(!shards.shards.iter().any(|s| s.id == "s2"));
+
+    // The HTTP port: HTTPS only, any role reads it, no certificate gets 401.
+    let http = &cluster.replicas[1].http_address;
+    let (code, page) = https_get(http, "/metrics", &readonly)
+        .await
+        .expect("readonly reads /metrics");
+    assert_eq!(code, 200);
+    assert!(page.contains("ballast_raft_term"));
+    let (code, _) = https_get(http, "/", &shard1).await.expect("status page");
+    assert_eq!(code, 200);
+    let (code, body) = https_get(http, "/healthz", &pki.anonymous_client())
+        .await
+        .expect("an anonymous TLS client gets an answer");
+    assert_eq!(code, 401, "{body}");
+    assert!(https_get(http, "/metrics", &foreign).await.is_none());
+    assert!(
+        !matches!(http_get(http, "/healthz"), Some((200, _))),
+        "plain HTTP must not be served"
+    );
+
+    // A real shard worker with its own certificate registers, follows its assignments and
+    // serves its API over TLS (readonly reads it, a foreign CA cannot).
+    let shard = cluster.spawn_shard(sim(), &["shard"], "s1", "az-a", &["--lease-ms", "3000"]);
+    assign_domain(&admin_client, "zone=az-a/rack=tls", "s1", true).await;
+    shard
+        .wait_until("holds rack-tls", |s| {
+            s.domains.iter().any(|d| d == "zone=az-a/rack=tls")
+        })
+        .await;
+    let mut by_readonly =
+        pb::shard_worker_client::ShardWorkerClient::new(channel(&shard.address, Some(&readonly)));
+    assert!(by_readonly.status(pb::ShardStatusRequest {}).await.is_ok());
+    denied(
+        by_readonly
+            .submit_demand(pb::SubmitDemandRequest {
+                cluster: "c".into(),
+                rows: vec![],
+            })
+            .await,
+        "needs role admin",
+    );
+    let mut by_foreign =
+        pb::shard_worker_client::ShardWorkerClient::new(channel(&shard.address, Some(&foreign)));
+    assert!(by_foreign.status(pb::ShardStatusRequest {}).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotated_certificates_are_used_without_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = Arc::new(TestPki::new(&dir.path().join("pki"), "first"));
+    let cluster = tls_cluster(&pki, 1).await;
+    let address = cluster.replicas[0].address.clone();
+    let old_admin = pki.client("operator", &[Role::Admin]);
+    assert!(status_with(&address, Some(&old_admin)).await.is_ok());
+    let pid = cluster.replicas[0].pid();
+
+    // Rotate to a new CA: the replica's CA bundle, certificate and key are replaced in place.
+    let next = TestPki::new(&dir.path().join("next"), "next");
+    let rotated = next.issue("replica-1-rotated", &[Role::Peer]);
+    let pki_dir = dir.path().join("pki");
+    std::fs::copy(&rotated.key, pki_dir.join("replica-1-key.pem")).expect("key");
+    std::fs::copy(&rotated.cert, pki_dir.join("replica-1.pem")).expect("cert");
+    std::fs::copy(next.ca_path(), pki.ca_path()).expect("ca");
+
+    let new_admin = next.client("operator", &[Role::Admin]);
+    wait_for(
+        "the rotated files in use",
+        Duration::from_secs(20),
+        || async { status_with(&address, Some(&new_admin)).await.ok() },
+    )
+    .await;
+    assert!(
+        status_with(&address, Some(&old_admin)).await.is_err(),
+        "the old CA is no longer trusted"
+    );
+    let http = &cluster.replicas[0].http_address;
+    let (code, _) = https_get(http, "/metrics", &new_admin)
+        .await
+        .expect("the HTTP port uses the rotated files too");
+    assert_eq!(code, 200);
+    assert_eq!(cluster.replicas[0].pid(), pid, "no restart happened");
+
+    // A broken rotation (a key that does not match) keeps the last good files.
+    std::fs::write(
+        pki_dir.join("replica-1-key.pem"),
+        next.issue_pem("x", &[]).1,
+    )
+    .expect("key");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(status_with(&address, Some(&new_admin)).await.is_ok());
+    assert!(
+        cluster
+            .logs()
+            .contains("cannot be used; keeping the previous ones")
+    );
+}
+
+#[test]
+fn tls_flags_are_all_or_nothing_and_checked_at_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = TestPki::new(dir.path(), "ballast");
+    let peer = pki.issue("replica", &[Role::Peer]);
+    let admin = pki.issue("operator", &[Role::Admin]);
+    let run = |tls: &[&str]| {
+        let output = std::process::Command::new(sim())
+            .args([
+                "replica",
+                "--id",
+                "1",
+                "--az",
+                "az-a",
+                "--listen",
+                "127.0.0.1:0",
+            ])
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .arg("--bootstrap")
+            .args(tls)
+            .output()
+            .expect("running the replica");
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stderr).to_string(),
+        )
+    };
+    let path = |p: &Path| p.display().to_string();
+    let (code, stderr) = run(&["--tls-cert", &path(&peer.cert)]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--tls-ca") && stderr.contains("--tls-key"),
+        "{stderr}"
+    );
+    // A replica certificate without the peer role would be refused by every other replica.
+    let (code, stderr) = run(&[
+        "--tls-ca",
+        &path(&admin.ca),
+        "--tls-cert",
+        &path(&admin.cert),
+        "--tls-key",
+        &path(&admin.key),
+    ]);
+    assert_ne!(code, Some(0));
+    assert!(stderr.contains("ballast://role/peer"), "{stderr}");
+    // A key that does not belong to the certificate.
+    let (code, stderr) = run(&[
+        "--tls-ca",
+        &path(&peer.ca),
+        "--tls-cert",
+        &path(&peer.cert),
+        "--tls-key",
+        &path(&admin.key),
+    ]);
+    assert_ne!(code, Some(0));
+    assert!(stderr.contains("replica.pem"), "{stderr}");
+    assert!(
+        !dir.path().join("data").exists()
+            || std::fs::read_dir(dir.path().join("data"))
+                .map(|d| d.count())
+                .unwrap_or(0)
+                == 0,
+        "a refused start creates nothing"
+    );
+}
