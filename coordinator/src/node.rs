@@ -679,15 +679,24 @@ async fn rebalance_loop(
             rebalance::plan(&fleet, &unhealthy, rebalance::Limits::default())
         };
         if let Some(command) = plan {
-            tracing::info!("rebalancing away from draining or expired shards");
-            if let Err(status) = replica
+            let (domains, clusters, quotas) = rebalance::moves(&command);
+            tracing::info!(
+                domains,
+                clusters,
+                quotas,
+                "rebalancing away from draining or expired shards"
+            );
+            match replica
                 .propose(RaftRequest {
                     request_id: String::new(),
                     command,
                 })
                 .await
             {
-                tracing::warn!(%status, "rebalancing round refused; retrying next round");
+                Ok(_) => crate::observe::metrics::rebalanced(domains, clusters, quotas),
+                Err(status) => {
+                    tracing::warn!(%status, "rebalancing round refused; retrying next round")
+                }
             }
         }
     }

@@ -114,6 +114,21 @@ pub fn plan(
     (!commands.is_empty()).then_some(FleetCommand::Batch { commands })
 }
 
+/// What a planned round moves: (domains, cluster bindings, quota slices changed).
+pub fn moves(command: &FleetCommand) -> (usize, usize, usize) {
+    let FleetCommand::Batch { commands } = command else {
+        return (0, 0, 0);
+    };
+    commands
+        .iter()
+        .fold((0, 0, 0), |(d, c, q), command| match command {
+            FleetCommand::AssignDomains { assignments, .. } => (d + assignments.len(), c, q),
+            FleetCommand::MoveCluster { .. } => (d, c + 1, q),
+            FleetCommand::SetQuotaSlices { .. } => (d, c, q + 1),
+            _ => (d, c, q),
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -161,5 +161,14 @@ async fn main() -> ExitCode {
 }
 
 fn one_line(error: &anyhow::Error) -> String {
+    // KV and lease commands surface the raw gRPC status; print it like every other refusal.
+    if let Some(status) = error.downcast_ref::<tonic::Status>() {
+        return format!(
+            "{}: {}",
+            ballast_protocol::client::code_name(status.code()),
+            status.message()
+        )
+        .replace('\n', " ");
+    }
     format!("{error:#}").replace('\n', " ")
 }

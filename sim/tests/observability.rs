@@ -82,6 +82,7 @@ async fn metrics_probes_and_status_page_over_http() {
         assert_eq!(metric(&metrics, "ballast_raft_members"), Some(3.0));
         assert_eq!(metric(&metrics, "ballast_placement_healthy"), Some(1.0));
         assert!(metric(&metrics, "ballast_raft_applied_index").unwrap_or(0.0) > 0.0);
+        assert!(metric(&metrics, "ballast_apply_duration_seconds_count").unwrap_or(0.0) > 0.0);
         if replica.id == leader {
             assert_eq!(is_leader, 1.0);
             // The leader took the writes: commit latency and per-method RPC figures.
@@ -150,6 +151,65 @@ async fn metrics_probes_and_status_page_over_http() {
             .any(|l| l.starts_with("ballast_rpc_errors_total{method=\"ballast.v1.Fleet/Write\"")),
         "{metrics}"
     );
+
+    // Snapshot time, open watch streams and rebalancer moves.
+    let leader_http = cluster.replica(leader).http_address.clone();
+    cluster
+        .client()
+        .cluster(|mut c, req| async move { c.snapshot(req.wrap(pb::SnapshotRequest {})).await })
+        .await
+        .expect("snapshot");
+    let (_, metrics) = get(&leader_http, "/metrics");
+    assert!(
+        metric(&metrics, "ballast_snapshot_duration_seconds_count").unwrap_or(0.0) >= 1.0,
+        "{metrics}"
+    );
+    let mut watch = pb::assignments_client::AssignmentsClient::new(cluster.channel(leader))
+        .watch(pb::WatchAssignmentsRequest {
+            shard_id: "shard-000".into(),
+            from_revision: 0,
+            restore_epoch: 0,
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    watch.message().await.expect("first update");
+    let (_, metrics) = get(&leader_http, "/metrics");
+    assert_eq!(
+        metric(&metrics, "ballast_watch_streams{kind=\"assignments\"}"),
+        Some(1.0)
+    );
+    drop(watch);
+    cluster
+        .client()
+        .write(pb::Command {
+            command: Some(pb::command::Command::DrainShard(pb::DrainShard {
+                id: "shard-001".into(),
+            })),
+        })
+        .await
+        .expect("draining a shard");
+    wait_for(
+        "rebalancer moves counted",
+        Duration::from_secs(20),
+        || async {
+            let (_, metrics) = http_get(&leader_http, "/metrics")?;
+            (metric(&metrics, "ballast_rebalance_moves_total{kind=\"domain\"}").unwrap_or(0.0)
+                > 0.0)
+                .then_some(())
+        },
+    )
+    .await;
+    wait_for(
+        "the watch stream closed",
+        Duration::from_secs(10),
+        || async {
+            let (_, metrics) = http_get(&leader_http, "/metrics")?;
+            (metric(&metrics, "ballast_watch_streams{kind=\"assignments\"}") == Some(0.0))
+                .then_some(())
+        },
+    )
+    .await;
 
     // Two replicas die: the survivor stays alive but is no longer ready.
     let survivor = cluster

@@ -107,6 +107,44 @@ pub fn proposal_done(started: Instant, ok: bool) {
     }
 }
 
+/// Records one state-machine apply call (a run of committed entries).
+pub fn applied(started: Instant) {
+    histogram!("ballast_apply_duration_seconds").record(started.elapsed().as_secs_f64());
+}
+
+/// Records how long building (and persisting) a snapshot took.
+pub fn snapshot_built(started: Instant) {
+    histogram!("ballast_snapshot_duration_seconds").record(started.elapsed().as_secs_f64());
+}
+
+/// Counts what one applied rebalancing round moved.
+pub fn rebalanced(domains: usize, clusters: usize, quotas: usize) {
+    for (kind, count) in [
+        ("domain", domains),
+        ("cluster", clusters),
+        ("quota", quotas),
+    ] {
+        counter!("ballast_rebalance_moves_total", "kind" => kind).increment(count as u64);
+    }
+}
+
+/// Counts an open watch stream in `ballast_watch_streams{kind}` for as long as it lives.
+pub struct WatchStream(&'static str);
+
+impl WatchStream {
+    /// A stream of `kind` (`assignments` or `etcd`) opened.
+    pub fn open(kind: &'static str) -> Self {
+        gauge!("ballast_watch_streams", "kind" => kind).increment(1.0);
+        Self(kind)
+    }
+}
+
+impl Drop for WatchStream {
+    fn drop(&mut self) {
+        gauge!("ballast_watch_streams", "kind" => self.0).decrement(1.0);
+    }
+}
+
 /// Tower layer recording `ballast_rpc_duration_seconds{method}` and
 /// `ballast_rpc_errors_total{method,code}` for every gRPC call.
 #[derive(Clone, Default)]

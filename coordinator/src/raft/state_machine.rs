@@ -78,6 +78,7 @@ impl SharedState {
         &self,
         entries: impl IntoIterator<Item = (LogId, Step)>,
     ) -> Vec<RaftResponse> {
+        let started = std::time::Instant::now();
         let mut outcomes = Vec::new();
         let revision;
         {
@@ -123,6 +124,7 @@ impl SharedState {
             revision = fleet.revision();
         }
         self.revision_tx.send_replace(revision);
+        crate::observe::metrics::applied(started);
         outcomes
     }
 
@@ -289,9 +291,12 @@ pub(crate) fn save_snapshot(
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
         let this = self.clone();
-        tokio::task::spawn_blocking(move || this.build_snapshot_now())
+        let started = std::time::Instant::now();
+        let snapshot = tokio::task::spawn_blocking(move || this.build_snapshot_now())
             .await
-            .map_err(snapshot_write_err)?
+            .map_err(snapshot_write_err)?;
+        crate::observe::metrics::snapshot_built(started);
+        snapshot
     }
 }
 

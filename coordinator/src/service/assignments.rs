@@ -84,6 +84,7 @@ async fn stream_updates(
     (from_epoch, mut from): (u64, u64),
     tx: mpsc::Sender<Result<pb::AssignmentUpdate, Status>>,
 ) {
+    let _open = crate::observe::metrics::WatchStream::open("assignments");
     let mut revisions = replica.state.watch_revision();
     let mut first = true;
     let mut last_sent_at = tokio::time::Instant::now();
