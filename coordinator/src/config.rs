@@ -5,7 +5,6 @@ use ballast_dr::{Destination, Key, Retention};
 use ballast_tls::TlsArgs;
 
 use crate::dr::DrConfig;
-use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -293,14 +292,7 @@ impl CoordArgs {
 
 /// Installs the log subscriber used by replica processes (stderr, `RUST_LOG` filter).
 pub fn init_logging() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,openraft=warn,fjall=warn,lsm_tree=warn".into()),
-        )
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .try_init();
+    ballast_telemetry::init_logging("info,openraft=warn,fjall=warn,lsm_tree=warn");
 }
 
 /// Keeps glibc's allocator from holding freed memory in per-thread arenas: a replica's heap is

@@ -1,7 +1,6 @@
 //! `ballast-shard`'s flags: the one configuration struct of the shard binary (also embedded by
 //! `ballast-sim`).
 
-use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -123,14 +122,7 @@ impl ShardArgs {
 
 /// Installs the log subscriber used by shard processes.
 pub fn init_logging() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,fjall=warn,lsm_tree=warn".into()),
-        )
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .try_init();
+    ballast_telemetry::init_logging("info,fjall=warn,lsm_tree=warn");
 }
 
 /// Runs a worker until SIGINT or SIGTERM.

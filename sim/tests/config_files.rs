@@ -1,6 +1,6 @@
 //! `--config FILE` for the replica binary: a TOML file alone starts a replica, BALLAST_*
 //! variables and flags override it, and bad files are refused with the file and the field
-//! named, before anything is created.
+//! named, before anything is created. Also the JSON log format (`BALLAST_LOG_FORMAT=json`).
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -30,8 +30,9 @@ async fn a_replica_starts_from_a_toml_file_with_overrides() {
         .args(["replica", "--config"])
         .arg(&file)
         .env("BALLAST_AZ", "az-z")
+        .env("BALLAST_LOG_FORMAT", "json")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("starting a replica");
     let address = format!("127.0.0.1:{http}");
@@ -48,7 +49,19 @@ async fn a_replica_starts_from_a_toml_file_with_overrides() {
         "the environment overrides the file: {page}"
     );
     let _ = child.kill();
-    let _ = child.wait();
+    let output = child.wait_with_output().expect("collecting the log");
+    // BALLAST_LOG_FORMAT=json: one JSON object per line, fields at the top level.
+    let log = String::from_utf8_lossy(&output.stderr);
+    let serving = log
+        .lines()
+        .map(|line| {
+            serde_json::from_str::<serde_json::Value>(line)
+                .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"))
+        })
+        .find(|event| event["message"] == "replica serving")
+        .unwrap_or_else(|| panic!("no 'replica serving' event in {log}"));
+    assert_eq!(serving["az"], "az-z");
+    assert_eq!(serving["level"], "INFO");
 }
 
 #[test]

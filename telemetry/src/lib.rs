@@ -177,3 +177,23 @@ async fn require_certificate(
             .into_response(),
     }
 }
+
+/// Installs the log subscriber of a Ballast process: stderr, filtered by `RUST_LOG` (else
+/// `default_filter`), as text or — with `BALLAST_LOG_FORMAT=json` — one JSON object per line
+/// with the event's fields, for log pipelines.
+pub fn init_logging(default_filter: &str) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| default_filter.into());
+    let json = std::env::var("BALLAST_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        builder.json().flatten_event(true).try_init()
+    } else {
+        builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init()
+    };
+}
