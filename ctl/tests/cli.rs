@@ -161,6 +161,18 @@ async fn ballastctl_end_to_end() {
         &["domain", "assign", "zone=az-a/rack=r1", "s1", "--json"],
     );
     assert_eq!(w["changed"], true);
+    // `cluster status` carries the status page's shard table too.
+    let with_shards = ok_json(e, &["cluster", "status", "--json"]);
+    let listed = with_shards["shards"].as_array().expect("shards in status");
+    assert_eq!(listed.len(), 2);
+    assert_eq!(listed[0]["id"], "s1");
+    assert_eq!(listed[0]["domains"], 1);
+    let out = ctl(e, &["cluster", "status"]);
+    let human = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        human.contains("LEASE") && human.contains("s left"),
+        "{human}"
+    );
     let again = ok_json(
         e,
         &["domain", "assign", "zone=az-a/rack=r1", "s1", "--json"],

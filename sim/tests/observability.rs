@@ -83,6 +83,7 @@ async fn metrics_probes_and_status_page_over_http() {
         assert_eq!(metric(&metrics, "ballast_placement_healthy"), Some(1.0));
         assert!(metric(&metrics, "ballast_raft_applied_index").unwrap_or(0.0) > 0.0);
         assert!(metric(&metrics, "ballast_apply_duration_seconds_count").unwrap_or(0.0) > 0.0);
+        assert!(metric(&metrics, "ballast_raft_commit_index").unwrap_or(0.0) > 0.0);
         if replica.id == leader {
             assert_eq!(is_leader, 1.0);
             // The leader took the writes: commit latency and per-method RPC figures.

@@ -107,6 +107,11 @@ pub fn proposal_done(started: Instant, ok: bool) {
     }
 }
 
+/// Notes the commit index openraft reports to the log store.
+pub fn committed(index: u64) {
+    gauge!("ballast_raft_commit_index").set(index as f64);
+}
+
 /// Records one state-machine apply call (a run of committed entries).
 pub fn applied(started: Instant) {
     histogram!("ballast_apply_duration_seconds").record(started.elapsed().as_secs_f64());

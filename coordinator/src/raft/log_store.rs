@@ -148,6 +148,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        crate::observe::metrics::committed(committed.map_or(0, |id| id.index));
         // Not fsynced: losing it only means a restart re-applies less and learns the rest from
         // the leader.
         self.store

@@ -141,6 +141,16 @@ pub async fn run(ctx: &Context, cmd: ClusterCmd) -> anyhow::Result<Rendered> {
     match cmd {
         ClusterCmd::Status => {
             let s = status(ctx).await?;
+            // The status page's shard table: the same facts, one more read.
+            let options = ctx.read_options();
+            let shards = ctx
+                .client
+                .fleet(|mut c, req| async move {
+                    c.list_shards(req.wrap(pb::ListShardsRequest { options }))
+                        .await
+                })
+                .await?
+                .shards;
             let h = s.header.clone().unwrap_or_default();
             let p = s.placement.clone().unwrap_or_default();
             let dr = s.dr.clone().unwrap_or_default();
@@ -156,6 +166,7 @@ pub async fn run(ctx: &Context, cmd: ClusterCmd) -> anyhow::Result<Rendered> {
                     "bindings": s.binding_count, "quotas": s.quota_count, "providers": s.provider_count },
                 "restore_epoch": h.restore_epoch,
                 "warnings": s.warnings,
+                "shards": shards.iter().map(super::shard::shard_json).collect::<Vec<_>>(),
                 "dr": {
                     "destination": dr.destination, "interval_seconds": dr.interval_seconds,
                     "encrypted": dr.encrypted, "last_success_unix_ms": dr.last_success_unix_ms,
@@ -199,6 +210,11 @@ pub async fn run(ctx: &Context, cmd: ClusterCmd) -> anyhow::Result<Rendered> {
                 let list: Vec<String> =
                     s.warnings.iter().map(|w| format!("warning: {w}")).collect();
                 format!("{human}\n{}", list.join("\n"))
+            };
+            let human = if shards.is_empty() {
+                human
+            } else {
+                format!("{human}\n\n{}", super::shard::shards_table(&shards))
             };
             Ok(Rendered { json, human })
         }

@@ -74,7 +74,40 @@ fn holdings_text(domains: &[String], clusters: &[String]) -> String {
     )
 }
 
-fn shard_json(s: &pb::Shard) -> serde_json::Value {
+/// Shards as a table, with lease time left (by this machine's clock against the leader's).
+pub(crate) fn shards_table(shards: &[pb::Shard]) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let lease = |expires: u64| {
+        if expires >= now {
+            format!("{}s left", (expires - now) / 1000)
+        } else {
+            format!("expired {}s ago", (now - expires) / 1000)
+        }
+    };
+    table(
+        &[
+            "id", "az", "status", "lease", "address", "domains", "bindings",
+        ],
+        shards
+            .iter()
+            .map(|s| {
+                vec![
+                    s.id.clone(),
+                    s.az.clone(),
+                    s.status.clone(),
+                    lease(s.lease_expires_at_ms),
+                    s.address.clone(),
+                    s.domain_count.to_string(),
+                    s.binding_count.to_string(),
+                ]
+            })
+            .collect(),
+    )
+}
+
+pub(crate) fn shard_json(s: &pb::Shard) -> serde_json::Value {
     json!({
         "id": s.id, "address": s.address, "az": s.az, "status": s.status,
         "registered_at_ms": s.registered_at_ms, "lease_expires_at_ms": s.lease_expires_at_ms,
@@ -99,22 +132,7 @@ pub async fn run(ctx: &Context, cmd: ShardCmd) -> anyhow::Result<Rendered> {
                     "revision": revision(&r.header),
                     "shards": r.shards.iter().map(shard_json).collect::<Vec<_>>(),
                 }),
-                human: table(
-                    &["id", "az", "status", "address", "domains", "bindings"],
-                    r.shards
-                        .iter()
-                        .map(|s| {
-                            vec![
-                                s.id.clone(),
-                                s.az.clone(),
-                                s.status.clone(),
-                                s.address.clone(),
-                                s.domain_count.to_string(),
-                                s.binding_count.to_string(),
-                            ]
-                        })
-                        .collect(),
-                ),
+                human: shards_table(&r.shards),
             });
         }
         ShardCmd::Show { id } => {
