@@ -151,6 +151,9 @@ pub struct CoordArgs {
     /// certificate (Kubernetes HTTPS probes); metrics and the status page still need one.
     #[arg(long, env = "BALLAST_HTTP_OPEN_PROBES")]
     pub http_open_probes: bool,
+    /// Test-only: network fault rules applied to messages to peers (see `faults.rs`).
+    #[arg(long, hide = true)]
+    pub fault_rules: Option<PathBuf>,
 }
 
 /// Values of `--backend`.
@@ -280,6 +283,7 @@ impl CoordArgs {
                 .files()
                 .map_err(|e| NodeError::Config(e.to_string()))?,
             http_open_probes: self.http_open_probes,
+            fault_rules: self.fault_rules,
             autopilot: crate::autopilot::AutopilotConfig {
                 unhealthy_after: Duration::from_millis(self.autopilot_unhealthy_after_ms.max(1)),
                 remove_dead_after: (self.autopilot_remove_dead_after_secs > 0)

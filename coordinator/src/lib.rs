@@ -7,6 +7,7 @@ pub mod consensus;
 pub mod dr;
 pub mod error;
 pub mod etcd_log;
+pub mod faults;
 pub mod fleet;
 pub mod history;
 pub mod kv;

@@ -29,6 +29,7 @@ use tonic::transport::server::TcpIncoming;
 use crate::consensus::Consensus;
 use crate::dr::{DrConfig, DrExporter};
 use crate::etcd_log::{self, EtcdBackendConfig, EtcdLog, EtcdLogError};
+use crate::faults::FaultRules;
 use crate::raft::log_store::LogStore;
 use crate::raft::network::{PeerContacts, PeerNetwork};
 use crate::raft::state_machine::SharedState;
@@ -36,7 +37,7 @@ use crate::raft::state_machine::StateMachineStore;
 use crate::raft::store::{META_CLUSTER_ID, META_NODE_ID, Store, StoreError};
 use crate::raft::types::{NodeId, Raft, RaftRequest, ReplicaNode};
 use crate::rebalance;
-use crate::replica::{Replica, Timing};
+use crate::replica::{Replica, ReplicaParts, Timing};
 use crate::security::Security;
 use crate::service::assignments::AssignmentsService;
 use crate::service::cluster::ClusterService;
@@ -97,6 +98,8 @@ pub struct NodeConfig {
     pub tls: Option<TlsFiles>,
     /// With TLS, let `/healthz` and `/readyz` answer callers without a client certificate.
     pub http_open_probes: bool,
+    /// Test-only network faults toward peers, read from this file (`--fault-rules`).
+    pub fault_rules: Option<PathBuf>,
     /// Member health thresholds and automatic removal of dead voters.
     pub autopilot: crate::autopilot::AutopilotConfig,
 }
@@ -304,6 +307,10 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
         None => None,
     };
     let client_tls = security.as_ref().map(|s| s.client.clone());
+    let faults = config
+        .fault_rules
+        .clone()
+        .map(|path| Arc::new(FaultRules::new(path)));
     std::fs::create_dir_all(&config.data_dir).map_err(|e| NodeError::Identity {
         dir: config.data_dir.display().to_string(),
         reason: format!("cannot create it: {e}"),
@@ -342,7 +349,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
     let peer_contacts = PeerContacts::default();
     let (consensus, shared, cluster_id) = match &config.backend {
         Backend::Raft => {
-            let peers = (peer_contacts.clone(), client_tls.clone());
+            let peers = (peer_contacts.clone(), client_tls.clone(), faults.clone());
             start_raft(&config, &store, &node, peers).await?
         }
         Backend::Etcd(etcd) => start_etcd(&config, etcd, &store, &node, stopped.clone()).await?,
@@ -354,16 +361,17 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
         consensus,
         shared,
         store,
-        (
-            Timing {
+        ReplicaParts {
+            timing: Timing {
                 election_timeout_max: config.election_timeout.1,
                 default_shard_lease: config.default_shard_lease,
             },
-            DrExporter::new(config.dr.clone()),
+            dr: DrExporter::new(config.dr.clone()),
             peer_contacts,
-            config.autopilot.clone(),
+            autopilot: config.autopilot.clone(),
             client_tls,
-        ),
+            faults,
+        },
     ));
 
     let server = serve(
@@ -408,7 +416,11 @@ async fn start_raft(
     config: &NodeConfig,
     store: &Store,
     node: &ReplicaNode,
-    (contacts, tls): (PeerContacts, Option<Arc<ClientTls>>),
+    (contacts, tls, faults): (
+        PeerContacts,
+        Option<Arc<ClientTls>>,
+        Option<Arc<FaultRules>>,
+    ),
 ) -> Result<(Consensus, Arc<SharedState>, String), NodeError> {
     let cluster_id = cluster_identity(config, store, tls.clone()).await?;
     if config.force_new_cluster {
@@ -430,7 +442,7 @@ async fn start_raft(
     let raft = Raft::new(
         config.id,
         raft_config,
-        PeerNetwork::new(cluster_id.clone(), contacts, tls),
+        PeerNetwork::new(cluster_id.clone(), contacts, tls, faults),
         log_store,
         state_machine,
     )

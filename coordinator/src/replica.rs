@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::faults::{FaultRules, Verdict};
 use ballast_protocol::pb;
 use ballast_protocol::pb::raft_client::RaftClient;
 use ballast_protocol::{CLUSTER_ID_HEADER, FORWARDED_HEADER, LEADER_ADDRESS_HEADER};
@@ -65,6 +66,8 @@ pub struct Replica {
     channels: Mutex<HashMap<String, Channel>>,
     /// Mutual TLS of calls to other replicas (`None`: plain text).
     pub client_tls: Option<Arc<ClientTls>>,
+    /// Test-only network faults toward peers.
+    faults: Option<Arc<FaultRules>>,
 }
 
 /// Where a write or linearizable read must go.
@@ -73,6 +76,22 @@ pub enum Route {
     Local,
     /// Another replica leads: forward to this address.
     Forward(String),
+}
+
+/// The replica's duties and connections beyond its state (see [`Replica::new`]).
+pub struct ReplicaParts {
+    /// Timing settings.
+    pub timing: Timing,
+    /// Archive exports.
+    pub dr: DrExporter,
+    /// When each peer last answered.
+    pub peer_contacts: PeerContacts,
+    /// Member health thresholds.
+    pub autopilot: crate::autopilot::AutopilotConfig,
+    /// Mutual TLS toward peers.
+    pub client_tls: Option<Arc<ClientTls>>,
+    /// Test-only network faults toward peers.
+    pub faults: Option<Arc<FaultRules>>,
 }
 
 impl Replica {
@@ -84,14 +103,16 @@ impl Replica {
         consensus: Consensus,
         state: Arc<SharedState>,
         store: Store,
-        (timing, dr, peer_contacts, autopilot, client_tls): (
-            Timing,
-            DrExporter,
-            PeerContacts,
-            crate::autopilot::AutopilotConfig,
-            Option<Arc<ClientTls>>,
-        ),
+        parts: ReplicaParts,
     ) -> Self {
+        let ReplicaParts {
+            timing,
+            dr,
+            peer_contacts,
+            autopilot,
+            client_tls,
+            faults,
+        } = parts;
         let proposer = match &consensus {
             Consensus::Raft(raft) => Some(crate::raft::proposer::Proposer::start(raft.clone())),
             Consensus::Etcd(_) => None,
@@ -113,6 +134,7 @@ impl Replica {
             proposer,
             channels: Mutex::new(HashMap::new()),
             client_tls,
+            faults,
         }
     }
 
@@ -216,6 +238,13 @@ impl Replica {
 
     /// A cached channel to another replica's address.
     pub fn channel_to(&self, address: &str) -> Result<Channel, Status> {
+        if let Some(faults) = &self.faults
+            && faults.verdict(address) == Verdict::Drop
+        {
+            return Err(Status::unavailable(format!(
+                "fault injection: call to {address} dropped"
+            )));
+        }
         let mut channels = self
             .channels
             .lock()

@@ -43,6 +43,7 @@ async fn start_replica_secured(
         http_listen: None,
         tls,
         http_open_probes: false,
+        fault_rules: None,
         autopilot: Default::default(),
     })
     .await

@@ -2,6 +2,7 @@
 //! itself (`ballast-sim replica ...`), so one `cargo run` builds everything the demo needs and
 //! the leader can be killed with a real SIGKILL.
 
+mod chaos;
 mod demo;
 mod drill;
 
@@ -19,6 +20,10 @@ enum Command {
     /// Start a local 3-replica cluster in AZs az-a, az-b, az-c, load a small fleet, kill the
     /// leader, show the failover, and keep serving until Ctrl-C.
     Demo(demo::DemoArgs),
+    /// Fault injection: seeded schedules of kills, pauses, partitions, loss and delay against
+    /// three replicas, with every history checked for linearizability and the healed cluster
+    /// for convergence and fleet invariants.
+    Chaos(chaos::ChaosArgs),
     /// Drills: `drill dr` exports, destroys, restores and compares a loaded cluster.
     #[command(subcommand)]
     Drill(drill::Drill),
@@ -38,6 +43,7 @@ async fn run() -> anyhow::Result<()> {
     match cli.command {
         Command::Demo(args) => demo::run(args).await,
         Command::Drill(drill) => drill::run(drill).await,
+        Command::Chaos(args) => chaos::run(args).await,
         Command::Shard(args) => {
             ballast_shard::config::init_logging();
             ballast_shard::config::run_until_signal(*args).await?;

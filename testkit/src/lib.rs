@@ -118,6 +118,9 @@ pub struct ClusterOptions {
     /// Run with mutual TLS: every replica gets a `peer` certificate from this CA and the
     /// cluster's own clients an `admin` one.
     pub tls: Option<Arc<TestPki>>,
+    /// Give every replica a fault-rules file (`--fault-rules`) the test controls with
+    /// [`TestCluster::set_faults`].
+    pub faults: bool,
 }
 
 enum Dir {
@@ -259,12 +262,16 @@ impl TestCluster {
 
     fn spawn(&mut self, index: usize, role_args: &[String]) {
         let replica = &self.replicas[index];
-        let tls_args = match &self.options.tls {
+        let mut tls_args = match &self.options.tls {
             Some(pki) => {
                 pki::tls_flags(&pki.issue(&format!("replica-{}", replica.id), &[Role::Peer]))
             }
             None => Vec::new(),
         };
+        if self.options.faults {
+            tls_args.push("--fault-rules".into());
+            tls_args.push(self.fault_file(replica.id).display().to_string());
+        }
         let log = File::options()
             .create(true)
             .append(true)
@@ -323,6 +330,44 @@ impl TestCluster {
             "replica {id} is still running"
         );
         self.spawn(index, &[]);
+    }
+
+    fn fault_file(&self, id: u64) -> PathBuf {
+        self.dir.path().join(format!("faults-{id}"))
+    }
+
+    /// Replaces replica `id`'s network fault rules (see `ballast_coordinator::faults`); the
+    /// replica applies them within ~20 ms. Needs [`ClusterOptions::faults`].
+    pub fn set_faults(&self, id: u64, rules: &str) {
+        assert!(
+            self.options.faults,
+            "the cluster was started without fault rules"
+        );
+        let path = self.fault_file(id);
+        let staging = path.with_extension("new");
+        std::fs::write(&staging, rules).expect("writing fault rules");
+        // A rename, so the replica never reads half a file.
+        std::fs::rename(&staging, &path).expect("installing fault rules");
+    }
+
+    /// Stops replica `id` with SIGSTOP (a GC pause, a frozen VM): it keeps its sockets but
+    /// answers nothing until [`TestCluster::resume`].
+    pub fn pause(&self, id: u64) {
+        self.signal(id, libc::SIGSTOP);
+    }
+
+    /// Continues a paused replica (SIGCONT).
+    pub fn resume(&self, id: u64) {
+        self.signal(id, libc::SIGCONT);
+    }
+
+    fn signal(&self, id: u64, signal: i32) {
+        if let Some(pid) = self.replica(id).pid() {
+            // SAFETY: kill(2) on a child process we own; no memory is shared.
+            unsafe {
+                libc::kill(pid as i32, signal);
+            }
+        }
     }
 
     /// Restarts a killed replica with extra flags (e.g. `--force-new-cluster`).

@@ -18,6 +18,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::sync::Arc;
 
+use crate::faults::FaultRules;
 use ballast_tls::ClientTls;
 use ballast_tls::client::lazy_channel;
 use tonic::transport::{Channel, Endpoint};
@@ -31,16 +32,23 @@ pub struct PeerNetwork {
     cluster_id: String,
     contacts: PeerContacts,
     tls: Option<Arc<ClientTls>>,
+    faults: Option<Arc<FaultRules>>,
 }
 
 impl PeerNetwork {
     /// A network that stamps `cluster_id` on every message and notes every peer answer in
     /// `contacts`.
-    pub fn new(cluster_id: String, contacts: PeerContacts, tls: Option<Arc<ClientTls>>) -> Self {
+    pub fn new(
+        cluster_id: String,
+        contacts: PeerContacts,
+        tls: Option<Arc<ClientTls>>,
+        faults: Option<Arc<FaultRules>>,
+    ) -> Self {
         Self {
             cluster_id,
             contacts,
             tls,
+            faults,
         }
     }
 }
@@ -71,6 +79,7 @@ pub struct PeerClient {
     client: RaftClient<Channel>,
     cluster_id: String,
     contacts: PeerContacts,
+    faults: Option<Arc<FaultRules>>,
 }
 
 /// Opens a lazily connected channel to a peer's address (over mutual TLS when `tls` is set).
@@ -97,6 +106,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
             client: RaftClient::new(channel),
             cluster_id: self.cluster_id.clone(),
             contacts: self.contacts.clone(),
+            faults: self.faults.clone(),
         }
     }
 }
@@ -140,6 +150,19 @@ impl PeerClient {
         })
     }
 
+    /// Applies test-only network faults to a message about to go to the peer.
+    async fn faults<E: std::error::Error>(
+        &self,
+    ) -> Result<(), RPCError<NodeId, ReplicaNode, RaftError<NodeId, E>>> {
+        match &self.faults {
+            Some(faults) => faults
+                .before_send(&self.target_node.address)
+                .await
+                .map_err(|s| self.status_error(s)),
+            None => Ok(()),
+        }
+    }
+
     fn message(&self, payload: Vec<u8>, option: &RPCOption) -> tonic::Request<RaftMessage> {
         let mut request = tonic::Request::new(RaftMessage {
             cluster_id: self.cluster_id.clone(),
@@ -156,6 +179,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         _option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>, openraft::error::Infallible> {
+        self.faults().await?;
         // No gRPC deadline: openraft already bounds the wait, and a deadline would make the
         // follower abandon an append the leader's retry then has to redo from scratch.
         let request = tonic::Request::new(RaftMessage {
@@ -175,6 +199,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
+        self.faults().await?;
         let mut request = tonic::Request::new(SnapshotChunk {
             cluster_id: self.cluster_id.clone(),
             vote: self.encode(&rpc.vote)?,
@@ -197,6 +222,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> RpcResult<VoteResponse<NodeId>, openraft::error::Infallible> {
+        self.faults().await?;
         let request = self.message(self.encode(&rpc)?, &option);
         let reply = self
             .client
