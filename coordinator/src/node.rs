@@ -34,7 +34,9 @@ use crate::raft::log_store::LogStore;
 use crate::raft::network::{PeerContacts, PeerNetwork};
 use crate::raft::state_machine::SharedState;
 use crate::raft::state_machine::StateMachineStore;
-use crate::raft::store::{META_CLUSTER_ID, META_NODE_ID, Store, StoreError};
+use crate::raft::store::{
+    META_CLUSTER_ID, META_NODE_ID, META_UNFINISHED_REWRITE, Store, StoreError,
+};
 use crate::raft::types::{NodeId, Raft, RaftRequest, ReplicaNode};
 use crate::rebalance;
 use crate::replica::{Replica, ReplicaParts, Timing};
@@ -217,6 +219,21 @@ fn raft_config(config: &NodeConfig, cluster_id: &str) -> Result<Config, NodeErro
     .map_err(|e| NodeError::Config(e.to_string()))
 }
 
+/// Refuses a data dir a crash left halfway through a restore or `--force-new-cluster`.
+fn check_finished_rewrite(config: &NodeConfig, store: &Store) -> Result<(), NodeError> {
+    match store.read_meta::<String>(META_UNFINISHED_REWRITE)? {
+        Some(what) => Err(NodeError::Identity {
+            dir: config.data_dir.display().to_string(),
+            reason: format!(
+                "it holds an interrupted {what}, so its contents are incomplete; restore it \
+                 again (`ballastctl dr restore --force ...`), or delete it and join the cluster \
+                 with a fresh data dir"
+            ),
+        }),
+        None => Ok(()),
+    }
+}
+
 /// Refuses a data dir that belongs to another replica id.
 fn check_replica_id(config: &NodeConfig, store: &Store) -> Result<(), NodeError> {
     match store.read_meta::<NodeId>(META_NODE_ID)? {
@@ -341,6 +358,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
     };
     let http_addr = http_listener.as_ref().and_then(|l| l.local_addr().ok());
     let store = Store::open(&config.data_dir)?;
+    check_finished_rewrite(&config, &store)?;
     let node = ReplicaNode {
         address: advertise,
         az: config.az.clone(),

@@ -12,7 +12,8 @@ use openraft::{CommittedLeaderId, EntryPayload, Membership, SnapshotId};
 use crate::fleet::FleetState;
 use crate::raft::state_machine::{load_snapshot, save_snapshot};
 use crate::raft::store::{
-    META_CLUSTER_ID, META_COMMITTED, META_NODE_ID, META_PURGED, META_VOTE, Store, StoreError,
+    META_CLUSTER_ID, META_COMMITTED, META_NODE_ID, META_PURGED, META_UNFINISHED_REWRITE, META_VOTE,
+    Store, StoreError,
 };
 use crate::raft::types::{Entry, LogId, NodeId, ReplicaNode, SnapshotMeta, StoredMembership, Vote};
 
@@ -70,6 +71,11 @@ pub fn restore_into(
     })?;
     fleet.mark_restored(bump);
     let store = Store::open(dir)?;
+    store.write_meta(
+        META_UNFINISHED_REWRITE,
+        &format!("restore from an archive of cluster {}", archived.cluster_id),
+        true,
+    )?;
     store.write_meta(META_NODE_ID, &id, false)?;
     store.write_meta(META_CLUSTER_ID, &archived.cluster_id.to_string(), false)?;
     let last = LogId::new(CommittedLeaderId::new(archived.term, id), archived.index);
@@ -147,12 +153,22 @@ fn rewrite_single_voter(
             last.index
         )),
     };
+    // Marked before anything changes, cleared after everything is durable: a crash in
+    // between leaves a data dir that says it is incomplete instead of one that starts with
+    // half a state.
+    if store
+        .read_meta::<String>(META_UNFINISHED_REWRITE)?
+        .is_none()
+    {
+        store.write_meta(META_UNFINISHED_REWRITE, &"--force-new-cluster", true)?;
+    }
     let mut batch = store.db.batch();
     for item in store.log.iter() {
         let key = item.key().map_err(|e| store.err(e))?;
         batch.remove(&store.log, key);
     }
     batch.commit().map_err(|e| store.err(e))?;
+    ballast_failpoints::hit("restore-rewrite");
     save_snapshot(store, &meta, &fleet.encode()).map_err(|e| RestoreError::Corrupt {
         what: format!("writing the snapshot into {}", store.path()),
         reason: e.to_string(),
@@ -160,5 +176,6 @@ fn rewrite_single_voter(
     store.write_meta(META_PURGED, &Some(last), false)?;
     store.write_meta(META_COMMITTED, &Some(last), false)?;
     store.write_meta(META_VOTE, &Vote::new(last.leader_id.term, id), true)?;
+    store.remove_meta(META_UNFINISHED_REWRITE, true)?;
     Ok(())
 }

@@ -341,6 +341,59 @@ async fn dr_export_list_verify_restore_and_refusals() {
         "{status}"
     );
 
+    // A restore that dies halfway through writing its data dir (crash point) leaves the target
+    // untouched; the next restore clears the dead one's staging dir and succeeds.
+    let crashed = dir.path().join("crashed");
+    let crashed_arg = crashed.to_str().expect("utf-8");
+    let restore_crashed = |failpoints: &str| {
+        Command::new(env!("CARGO_BIN_EXE_ballastctl"))
+            .args([
+                "--endpoints",
+                e,
+                "dr",
+                "restore",
+                &url,
+                "--data-dir",
+                crashed_arg,
+            ])
+            .args(["--az", "az-a", "--advertise", "127.0.0.1:7999"])
+            .args(["--key-file", key_file.to_str().expect("utf-8")])
+            .env("BALLAST_FAILPOINTS", failpoints)
+            .output()
+            .expect("running ballastctl")
+    };
+    let staging_dirs = || {
+        std::fs::read_dir(dir.path())
+            .expect("dir")
+            .flatten()
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with(".crashed.restoring-")
+            })
+            .count()
+    };
+    let out = restore_crashed("restore-rewrite");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("failpoint restore-rewrite"));
+    assert!(
+        !crashed.exists(),
+        "a crashed restore must not leave a data dir"
+    );
+    assert_eq!(staging_dirs(), 1);
+    let out = restore_crashed("");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(crashed.join("db").exists() || crashed.read_dir().map(|d| d.count()).unwrap_or(0) > 0);
+    assert_eq!(
+        staging_dirs(),
+        0,
+        "the dead restore's staging dir was cleared"
+    );
+
     // Restore into a fresh data dir.
     let restored_dir = dir.path().join("restored");
     let target = restored_dir.to_str().expect("utf-8");

@@ -156,6 +156,7 @@ pub async fn export(
             reason: "the uploaded data reads back with a different checksum".into(),
         });
     }
+    ballast_failpoints::hit("dr-export-before-manifest");
     let manifest_json = serde_json::to_vec_pretty(&manifest).expect("manifest serializes");
     store
         .put(

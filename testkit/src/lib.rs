@@ -261,6 +261,10 @@ impl TestCluster {
     }
 
     fn spawn(&mut self, index: usize, role_args: &[String]) {
+        self.spawn_with_env(index, role_args, &[]);
+    }
+
+    fn spawn_with_env(&mut self, index: usize, role_args: &[String], env: &[(&str, &str)]) {
         let replica = &self.replicas[index];
         let mut tls_args = match &self.options.tls {
             Some(pki) => {
@@ -293,6 +297,7 @@ impl TestCluster {
             .args(tls_args)
             .args(&self.options.extra)
             .env("RUST_LOG", "info,openraft=warn,fjall=warn,lsm_tree=warn")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("cloning the log handle"))
             .stderr(log)
@@ -370,6 +375,65 @@ impl TestCluster {
         }
     }
 
+    /// Replica `id`'s own applied state as text — revision, domains, shards, quotas and the
+    /// KV keys under `kv_prefix` — read without going to the leader, for comparing replicas.
+    pub async fn state_of(&self, id: u64, kv_prefix: &str) -> Result<String, tonic::Status> {
+        let stale = Some(pb::ReadOptions { stale: true });
+        let mut fleet = pb::fleet_client::FleetClient::new(self.channel(id));
+        let domains = fleet
+            .list_domains(pb::ListDomainsRequest {
+                options: stale,
+                shard: String::new(),
+                after: String::new(),
+                limit: 10_000,
+            })
+            .await?
+            .into_inner();
+        let shards = fleet
+            .list_shards(pb::ListShardsRequest { options: stale })
+            .await?
+            .into_inner();
+        let quotas = fleet
+            .list_quotas(pb::ListQuotasRequest { options: stale })
+            .await?
+            .into_inner();
+        let kv = ballast_protocol::etcdserverpb::kv_client::KvClient::new(self.channel(id))
+            .range(ballast_protocol::etcdserverpb::RangeRequest {
+                key: kv_prefix.as_bytes().to_vec(),
+                range_end: prefix_end(kv_prefix.as_bytes()),
+                serializable: true,
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        let revision = domains.header.as_ref().map_or(0, |h| h.revision);
+        let shards: Vec<(String, String)> = shards
+            .shards
+            .iter()
+            .map(|s| (s.id.clone(), s.status.clone()))
+            .collect();
+        let quotas: Vec<String> = quotas.quotas.iter().map(|q| format!("{q:?}")).collect();
+        let kvs: Vec<(String, String, i64)> = kv
+            .kvs
+            .iter()
+            .map(|kv| {
+                (
+                    String::from_utf8_lossy(&kv.key).to_string(),
+                    String::from_utf8_lossy(&kv.value).to_string(),
+                    kv.mod_revision,
+                )
+            })
+            .collect();
+        let domains: Vec<(String, String)> = domains
+            .domains
+            .iter()
+            .map(|d| (d.domain.clone(), d.shard.clone()))
+            .collect();
+        Ok(format!(
+            "revision {revision}\n{domains:?}\n{shards:?}\n{quotas:?}\n{kvs:?}"
+        ))
+    }
+
     /// Restarts a killed replica with extra flags (e.g. `--force-new-cluster`).
     pub fn restart_with(&mut self, id: u64, flags: &[&str]) {
         let index = self.index_of(id);
@@ -379,6 +443,40 @@ impl TestCluster {
         );
         let flags: Vec<String> = flags.iter().map(|f| f.to_string()).collect();
         self.spawn(index, &flags);
+    }
+
+    /// Restarts a killed replica with extra flags and environment variables (for example
+    /// `BALLAST_FAILPOINTS`, which makes it abort at a named point).
+    pub fn restart_with_env(&mut self, id: u64, flags: &[&str], env: &[(&str, &str)]) {
+        let index = self.index_of(id);
+        assert!(
+            self.replicas[index].child.is_none(),
+            "replica {id} is still running"
+        );
+        let flags: Vec<String> = flags.iter().map(|f| f.to_string()).collect();
+        self.spawn_with_env(index, &flags, env);
+    }
+
+    /// Waits up to `limit` for replica `id`'s process to end on its own and returns how it
+    /// ended (`None`: still running).
+    pub async fn wait_for_exit(
+        &mut self,
+        id: u64,
+        limit: Duration,
+    ) -> Option<std::process::ExitStatus> {
+        let index = self.index_of(id);
+        let deadline = Instant::now() + limit;
+        loop {
+            let child = self.replicas[index].child.as_mut()?;
+            if let Ok(Some(status)) = child.try_wait() {
+                self.replicas[index].child = None;
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Replaces replica `id`'s data dir with a fresh one and starts it joining through the
@@ -920,4 +1018,16 @@ pub fn metric(page: &str, series: &str) -> Option<f64> {
         .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
+}
+
+/// The end of the key range holding every key that starts with `prefix` (etcd's convention).
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
 }

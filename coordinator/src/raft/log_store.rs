@@ -206,7 +206,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let key = item.key().map_err(|e| write_err(self.store.err(e)))?;
             batch.remove(&self.store.log, key);
         }
-        batch.commit().map_err(|e| write_err(self.store.err(e)))
+        batch.commit().map_err(|e| write_err(self.store.err(e)))?;
+        ballast_failpoints::hit("log-purge");
+        Ok(())
     }
 }
 

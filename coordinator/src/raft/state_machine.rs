@@ -278,6 +278,7 @@ pub(crate) fn save_snapshot(
 ) -> Result<(), StorageError> {
     let meta_bytes = serde_json::to_vec(&StoredSnapshotMeta { meta: meta.clone() })
         .map_err(snapshot_write_err)?;
+    ballast_failpoints::hit("snapshot-before-save");
     let mut batch = store.db.batch();
     batch.insert(&store.snapshot, SNAPSHOT_DATA_KEY, data);
     batch.insert(&store.snapshot, SNAPSHOT_META_KEY, meta_bytes);
@@ -285,7 +286,9 @@ pub(crate) fn save_snapshot(
         .commit()
         .map_err(|e| snapshot_write_err(store.err(e)))?;
     // The log behind this snapshot is purged next; the snapshot must be on disk first.
-    store.sync().map_err(snapshot_write_err)
+    store.sync().map_err(snapshot_write_err)?;
+    ballast_failpoints::hit("snapshot-after-save");
+    Ok(())
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {

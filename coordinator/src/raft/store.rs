@@ -57,6 +57,9 @@ pub const META_PURGED: &str = "last_purged";
 pub const META_CLUSTER_ID: &str = "cluster_id";
 /// Meta key: this replica's node id, so a data dir cannot be started under another id.
 pub const META_NODE_ID: &str = "node_id";
+/// Meta key: present while a restore or `--force-new-cluster` rewrites the data dir; a data
+/// dir still holding it after a crash is incomplete and refuses to start.
+pub const META_UNFINISHED_REWRITE: &str = "unfinished_rewrite";
 
 impl Store {
     /// Opens (or creates) the database in `dir`. The cache is kept small: the coordinator's
@@ -136,6 +139,15 @@ impl Store {
             reason: e.to_string(),
         })?;
         self.meta.insert(key, bytes).map_err(|e| self.err(e))?;
+        if durable {
+            self.sync()?;
+        }
+        Ok(())
+    }
+
+    /// Removes a meta record; `durable` fsyncs the journal before returning.
+    pub fn remove_meta(&self, key: &str, durable: bool) -> Result<(), StoreError> {
+        self.meta.remove(key).map_err(|e| self.err(e))?;
         if durable {
             self.sync()?;
         }

@@ -271,15 +271,19 @@ pub async fn run(ctx: &Context, cmd: DrCmd) -> anyhow::Result<Rendered> {
                 .unwrap_or(Path::new("."));
             std::fs::create_dir_all(parent)
                 .with_context(|| format!("creating {}", parent.display()))?;
-            let staging = parent.join(format!(
-                ".{}.restoring-{}",
-                data_dir
-                    .file_name()
-                    .map(|n| n.to_string_lossy().to_string())
-                    .unwrap_or_else(|| "data".into()),
-                std::process::id()
-            ));
-            let _ = std::fs::remove_dir_all(&staging);
+            let base = data_dir
+                .file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_else(|| "data".into());
+            // Staging dirs of restores into this data dir that crashed: never renamed into
+            // place, so nothing else uses them.
+            let leftover = format!(".{base}.restoring-");
+            for entry in std::fs::read_dir(parent)?.flatten() {
+                if entry.file_name().to_string_lossy().starts_with(&leftover) {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+            }
+            let staging = parent.join(format!("{leftover}{}", std::process::id()));
             let restored = restore_into(
                 &staging,
                 id,

@@ -480,70 +480,12 @@ async fn final_reads(
     Ok(())
 }
 
-/// The fleet and KV as replica `id` holds them (stale reads: its own applied state).
-async fn snapshot_of(cluster: &TestCluster, id: u64) -> anyhow::Result<String> {
-    let stale = Some(pb::ReadOptions { stale: true });
-    let mut fleet = pb::fleet_client::FleetClient::new(cluster.channel(id));
-    let domains = fleet
-        .list_domains(pb::ListDomainsRequest {
-            options: stale,
-            shard: String::new(),
-            after: String::new(),
-            limit: 10_000,
-        })
-        .await?
-        .into_inner();
-    let shards = fleet
-        .list_shards(pb::ListShardsRequest { options: stale })
-        .await?
-        .into_inner();
-    let quotas = fleet
-        .list_quotas(pb::ListQuotasRequest { options: stale })
-        .await?
-        .into_inner();
-    let kv = epb::kv_client::KvClient::new(cluster.channel(id))
-        .range(epb::RangeRequest {
-            key: b"chaos/".to_vec(),
-            range_end: b"chaos0".to_vec(),
-            serializable: true,
-            ..Default::default()
-        })
-        .await?
-        .into_inner();
-    let revision = domains.header.as_ref().map_or(0, |h| h.revision);
-    let shards: Vec<(String, String)> = shards
-        .shards
-        .iter()
-        .map(|s| (s.id.clone(), s.status.clone()))
-        .collect();
-    let quotas: Vec<String> = quotas.quotas.iter().map(|q| format!("{q:?}")).collect();
-    let kvs: Vec<(String, String, i64)> = kv
-        .kvs
-        .iter()
-        .map(|kv| {
-            (
-                String::from_utf8_lossy(&kv.key).to_string(),
-                String::from_utf8_lossy(&kv.value).to_string(),
-                kv.mod_revision,
-            )
-        })
-        .collect();
-    let domains: Vec<(String, String)> = domains
-        .domains
-        .iter()
-        .map(|d| (d.domain.clone(), d.shard.clone()))
-        .collect();
-    Ok(format!(
-        "revision {revision}\n{domains:?}\n{shards:?}\n{quotas:?}\n{kvs:?}"
-    ))
-}
-
 /// Invariants over the healed cluster.
 async fn invariants(cluster: &TestCluster) -> anyhow::Result<Vec<String>> {
     let mut violations = Vec::new();
     let mut states = BTreeMap::new();
     for replica in &cluster.replicas {
-        states.insert(replica.id, snapshot_of(cluster, replica.id).await?);
+        states.insert(replica.id, cluster.state_of(replica.id, "chaos/").await?);
     }
     let first = states.values().next().cloned().unwrap_or_default();
     for (id, state) in &states {
