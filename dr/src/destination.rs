@@ -47,6 +47,12 @@ impl Destination {
         if url.is_empty() {
             return Err(bad(url, "empty"));
         }
+        if url.trim() != url || url.chars().any(char::is_control) {
+            return Err(bad(
+                url,
+                "leading or trailing whitespace or control characters",
+            ));
+        }
         if let Some(rest) = url.strip_prefix("s3://") {
             return Destination::s3(url, rest);
         }
@@ -64,6 +70,30 @@ impl Destination {
             prefix: Path::default(),
             url: url.to_string(),
         })
+    }
+
+    /// Checks a destination a remote caller chose for this process to write to (the Export
+    /// call): besides [`Destination::parse`]'s rules, a local path must be absolute and free
+    /// of `..`, so a caller cannot make the server write relative to its working directory or
+    /// climb out of the directory named.
+    pub fn check_remote(url: &str) -> Result<(), DrError> {
+        if url.starts_with("s3://") {
+            return Ok(());
+        }
+        let path = std::path::Path::new(url.strip_prefix("file://").unwrap_or(url));
+        if !path.is_absolute() {
+            return Err(bad(
+                url,
+                "a destination sent to a replica must be s3://... or an absolute path",
+            ));
+        }
+        if path
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
+        {
+            return Err(bad(url, "`..` is not allowed in a destination"));
+        }
+        Ok(())
     }
 
     fn s3(url: &str, rest: &str) -> Result<Destination, DrError> {

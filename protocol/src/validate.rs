@@ -27,6 +27,21 @@ pub const MAX_ADDRESS_LEN: usize = 255;
 /// Most items in one batch command.
 pub const MAX_BATCH: usize = 50_000;
 
+/// Longest shard lease a registration or heartbeat may ask for: a week. Longer leases would
+/// keep a dead shard's domains from moving for practically ever.
+pub const MAX_LEASE_MS: u64 = 7 * 24 * 3_600_000;
+
+/// A requested shard lease: 0 (the coordinator's default) or 1 ms to [`MAX_LEASE_MS`].
+pub fn validate_lease_ms(value: u64) -> Result<(), InvalidInput> {
+    if value > MAX_LEASE_MS {
+        return Err(invalid(
+            "lease_ttl_ms",
+            format!("{value} is above the maximum of {MAX_LEASE_MS} (7 days)"),
+        ));
+    }
+    Ok(())
+}
+
 /// Ids: 1 to 63 characters, lowercase letters and digits first, then also `.`, `_`, `-`.
 pub fn validate_id(field: &'static str, value: &str) -> Result<(), InvalidInput> {
     let len = value.chars().count();

@@ -399,7 +399,12 @@ impl TestCluster {
             .into_inner();
         let kv = ballast_protocol::etcdserverpb::kv_client::KvClient::new(self.channel(id))
             .range(ballast_protocol::etcdserverpb::RangeRequest {
-                key: kv_prefix.as_bytes().to_vec(),
+                // An empty prefix means every key: etcd's "\0" to "\0".
+                key: if kv_prefix.is_empty() {
+                    vec![0]
+                } else {
+                    kv_prefix.as_bytes().to_vec()
+                },
                 range_end: prefix_end(kv_prefix.as_bytes()),
                 serializable: true,
                 ..Default::default()

@@ -168,6 +168,8 @@ impl Assignments for AssignmentsService {
             return Ok(replica.respond(answer.into_inner()));
         }
         let beat = request.into_inner();
+        ballast_protocol::validate::validate_lease_ms(beat.lease_ttl_ms)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let ttl = if beat.lease_ttl_ms == 0 {
             replica.timing.default_shard_lease.as_millis() as u64
         } else {

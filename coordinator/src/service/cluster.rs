@@ -441,6 +441,10 @@ impl Cluster for ClusterService {
     ) -> Result<Response<pb::ExportResponse>, Status> {
         let replica = &self.replica;
         let to = on_leader!(self, request, export).destination;
+        if !to.is_empty() {
+            ballast_dr::Destination::check_remote(&to)
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        }
         let answer = replica.dr.export(replica, Some(&to)).await?;
         Ok(replica.respond(answer))
     }

@@ -43,6 +43,10 @@ pub fn to_fleet(
     else {
         return Err(invalid("command", "no command given"));
     };
+    if let Wire::RegisterShard(c) = &command {
+        ballast_protocol::validate::validate_lease_ms(c.lease_ttl_ms)
+            .map_err(|e| invalid(e.field, e.reason))?;
+    }
     Ok(match command {
         Wire::RegisterShard(c) => FleetCommand::RegisterShard {
             id: c.id,
