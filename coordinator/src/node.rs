@@ -191,11 +191,41 @@ impl RunningNode {
     }
 
     /// Waits until the server ends (it ends only on shutdown or a fatal server error).
+    ///
+    /// Also ends, with the reason, when the Raft core stops on a fatal error (a disk that
+    /// cannot be written, a poisoned store): a replica that can no longer store what it
+    /// acknowledges must exit, so the supervisor restarts it and operators see why, rather
+    /// than linger answering every call with an error.
     pub async fn wait(&mut self) -> Result<(), String> {
-        match (&mut self.server).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(e) => Err(e.to_string()),
+        let core = async {
+            match &self.replica.consensus {
+                Consensus::Raft(raft) => {
+                    let failed = raft
+                        .wait(None)
+                        .metrics(|m| m.running_state.is_err(), "Raft core failure")
+                        .await;
+                    match failed {
+                        Ok(m) => m
+                            .running_state
+                            .err()
+                            .map(|e| e.to_string())
+                            .unwrap_or_default(),
+                        Err(e) => e.to_string(),
+                    }
+                }
+                Consensus::Etcd(_) => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            served = &mut self.server => match served {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(e) => Err(e.to_string()),
+            },
+            reason = core => {
+                tracing::error!(%reason, "the Raft core stopped; exiting");
+                Err(format!("the Raft core stopped: {reason}"))
+            }
         }
     }
 }

@@ -398,6 +398,7 @@ impl TestCluster {
             .await?
             .into_inner();
         let kv = ballast_protocol::etcdserverpb::kv_client::KvClient::new(self.channel(id))
+            .max_decoding_message_size(ballast_protocol::client::MAX_MESSAGE_BYTES)
             .range(ballast_protocol::etcdserverpb::RangeRequest {
                 // An empty prefix means every key: etcd's "\0" to "\0".
                 key: if kv_prefix.is_empty() {

@@ -81,12 +81,15 @@ fn kv_channel(address: &str) -> Channel {
 }
 
 /// A failure after which the request certainly did not reach the state machine: the
-/// connection was never made, or the request was refused as invalid.
+/// connection of a single attempt was never made, or the request was refused as invalid.
 fn not_applied(status: &tonic::Status) -> bool {
-    matches!(
-        status.code(),
-        Code::InvalidArgument | Code::NotFound | Code::AlreadyExists | Code::PermissionDenied
-    ) || status.message().contains("tcp connect error")
+    match status.code() {
+        Code::InvalidArgument | Code::NotFound | Code::AlreadyExists | Code::PermissionDenied => {
+            true
+        }
+        Code::Unavailable => status.message().contains("tcp connect error"),
+        _ => false,
+    }
 }
 
 /// Runs client `client` until the workload stops.
@@ -248,10 +251,13 @@ pub async fn client(workload: Arc<Workload>, client: usize, seed: u64) {
     }
 }
 
+/// A fleet client error as a status. The client retries across replicas, so only a refusal
+/// (`Rejected`) says anything definite; running out of retries says nothing about whether an
+/// earlier attempt was applied, whatever the last attempt's error was.
 fn status(error: ClientError) -> tonic::Status {
     match error {
         ClientError::Rejected(status) => status,
-        other => tonic::Status::unavailable(other.to_string()),
+        other => tonic::Status::deadline_exceeded(format!("outcome unknown: {other}")),
     }
 }
 
