@@ -198,7 +198,9 @@ impl Drop for Session {
     }
 }
 
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+/// The end of the key range holding every key that starts with `prefix` (etcd's convention:
+/// the prefix with its last byte below 0xff incremented; `\0` — every key — if there is none).
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     let mut end = prefix.to_vec();
     while let Some(last) = end.pop() {
         if last < 0xff {

@@ -406,7 +406,7 @@ impl TestCluster {
                 } else {
                     kv_prefix.as_bytes().to_vec()
                 },
-                range_end: prefix_end(kv_prefix.as_bytes()),
+                range_end: ballast_protocol::coordination::prefix_end(kv_prefix.as_bytes()),
                 serializable: true,
                 ..Default::default()
             })
@@ -1024,16 +1024,4 @@ pub fn metric(page: &str, series: &str) -> Option<f64> {
         .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
-}
-
-/// The end of the key range holding every key that starts with `prefix` (etcd's convention).
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
 }

@@ -574,14 +574,7 @@ fn log_id(term: u64, leader: NodeId, index: u64) -> LogId {
 
 /// The first key after every key starting with `prefix` (etcd's range end for a prefix).
 fn prefix_end(prefix: &str) -> Vec<u8> {
-    let mut end = prefix.as_bytes().to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
+    ballast_protocol::coordination::prefix_end(prefix.as_bytes())
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 
 use anyhow::{Context as _, bail};
 use ballast_protocol::coordination::Coordinator;
+use ballast_protocol::coordination::prefix_end;
 use ballast_protocol::etcdserverpb as epb;
 use ballast_protocol::mvccpb;
 use clap::Subcommand;
@@ -105,17 +106,6 @@ pub enum LeaseCmd {
 fn lease_id(text: &str) -> anyhow::Result<i64> {
     i64::from_str_radix(text.trim_start_matches("0x"), 16)
         .with_context(|| format!("lease id {text:?} is not a hex number"))
-}
-
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
 }
 
 fn range_end(key: &str, prefix: bool) -> Vec<u8> {

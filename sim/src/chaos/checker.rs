@@ -172,33 +172,10 @@ pub fn check(history: &[Operation], initial: Option<String>, budget: u64) -> Ver
         if steps > budget {
             return Verdict::GaveUp(steps);
         }
-        if cursor == end {
-            // Only unknown operations are left and not all definite ones fit: impossible,
-            // since definite returns come before the ends of unknown ones. Treat as a dead end.
-            match stack.pop() {
-                None => {
-                    return Verdict::Violation {
-                        linearized: deepest,
-                        total: definite,
-                    };
-                }
-                Some((call, before)) => {
-                    let op = events[call].op;
-                    state = before;
-                    linearized[op / 64] &= !(1 << (op % 64));
-                    if ops[op].ret.is_some() {
-                        done_definite -= 1;
-                    }
-                    unlift(&mut next, &mut prev, return_of[op]);
-                    unlift(&mut next, &mut prev, call);
-                    cursor = next[call];
-                    continue;
-                }
-            }
-        }
-        let event = events[cursor];
-        if event.is_call {
-            let op = event.op;
+        // A definite return reached before its call could be linearized (or, defensively, the
+        // end of the list) means the last choice was wrong: undo it and try the next candidate.
+        if cursor != end && events[cursor].is_call {
+            let op = events[cursor].op;
             if let Some(after) = step(&state, ops[op]) {
                 let mut marked = linearized.clone();
                 marked[op / 64] |= 1 << (op % 64);
@@ -217,29 +194,23 @@ pub fn check(history: &[Operation], initial: Option<String>, budget: u64) -> Ver
                 }
             }
             cursor = next[cursor];
-        } else {
-            // An operation returned before anything pending could be linearized: undo the
-            // last choice and try the next candidate after it.
-            match stack.pop() {
-                None => {
-                    return Verdict::Violation {
-                        linearized: deepest,
-                        total: definite,
-                    };
-                }
-                Some((call, before)) => {
-                    let op = events[call].op;
-                    state = before;
-                    linearized[op / 64] &= !(1 << (op % 64));
-                    if ops[op].ret.is_some() {
-                        done_definite -= 1;
-                    }
-                    unlift(&mut next, &mut prev, return_of[op]);
-                    unlift(&mut next, &mut prev, call);
-                    cursor = next[call];
-                }
-            }
+            continue;
         }
+        let Some((call, before)) = stack.pop() else {
+            return Verdict::Violation {
+                linearized: deepest,
+                total: definite,
+            };
+        };
+        let op = events[call].op;
+        state = before;
+        linearized[op / 64] &= !(1 << (op % 64));
+        if ops[op].ret.is_some() {
+            done_definite -= 1;
+        }
+        unlift(&mut next, &mut prev, return_of[op]);
+        unlift(&mut next, &mut prev, call);
+        cursor = next[call];
     }
 }
 

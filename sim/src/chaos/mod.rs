@@ -428,19 +428,9 @@ async fn final_reads(
     workload: &Workload,
 ) -> anyhow::Result<()> {
     let call = workload.started.elapsed().as_micros() as u64;
-    let domains = client
-        .fleet(|mut c, req| async move {
-            c.list_domains(req.wrap(pb::ListDomainsRequest {
-                options: None,
-                shard: String::new(),
-                after: String::new(),
-                limit: 10_000,
-            }))
-            .await
-        })
+    let domains = workload::all_domains(client)
         .await
-        .context("final domain read")?
-        .domains;
+        .context("final domain read")?;
     let mut kv = epb::kv_client::KvClient::new(cluster.channel(cluster.leader().await));
     let mut records = Vec::new();
     for register in &workload.registers {
@@ -494,18 +484,7 @@ async fn invariants(cluster: &TestCluster) -> anyhow::Result<Vec<String>> {
         }
     }
     let client = cluster.client();
-    let domains = client
-        .fleet(|mut c, req| async move {
-            c.list_domains(req.wrap(pb::ListDomainsRequest {
-                options: None,
-                shard: String::new(),
-                after: String::new(),
-                limit: 10_000,
-            }))
-            .await
-        })
-        .await?
-        .domains;
+    let domains = workload::all_domains(&client).await?;
     let mut seen = BTreeSet::new();
     for d in &domains {
         if !seen.insert(&d.domain) {

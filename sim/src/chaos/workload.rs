@@ -190,20 +190,10 @@ pub async fn client(workload: Arc<Workload>, client: usize, seed: u64) {
                         answer.map(|_| Output::Put).map_err(status),
                     )
                 } else {
-                    let answer = fleet
-                        .fleet(|mut c, req| async move {
-                            c.list_domains(req.wrap(pb::ListDomainsRequest {
-                                options: None,
-                                shard: String::new(),
-                                after: String::new(),
-                                limit: 10_000,
-                            }))
-                            .await
-                        })
-                        .await;
-                    let output = answer.map_err(status).map(|r| {
+                    let answer = all_domains(&fleet).await;
+                    let output = answer.map_err(status).map(|domains| {
                         Output::Get(
-                            r.domains
+                            domains
                                 .iter()
                                 .find(|d| &d.domain == domain)
                                 .map(|d| d.shard.clone()),
@@ -259,6 +249,22 @@ fn status(error: ClientError) -> tonic::Status {
         ClientError::Rejected(status) => status,
         other => tonic::Status::deadline_exceeded(format!("outcome unknown: {other}")),
     }
+}
+
+/// Every domain and its owner, read linearizably.
+pub async fn all_domains(client: &BallastClient) -> Result<Vec<pb::DomainAssignment>, ClientError> {
+    client
+        .fleet(|mut c, req| async move {
+            c.list_domains(req.wrap(pb::ListDomainsRequest {
+                options: None,
+                shard: String::new(),
+                after: String::new(),
+                limit: 10_000,
+            }))
+            .await
+        })
+        .await
+        .map(|r| r.domains)
 }
 
 /// Put `new` if `key` holds `expected`.
