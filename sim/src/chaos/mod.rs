@@ -63,6 +63,8 @@ struct ScheduleReport {
     definite: usize,
     unknown: usize,
     registers: usize,
+    /// Brand-new bindings written with request ids (the exactly-once check).
+    bindings: usize,
     violations: Vec<String>,
     elapsed_ms: u64,
 }
@@ -130,6 +132,7 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
         "operations": reports.iter().map(|r| r.operations).sum::<usize>(),
         "definite": reports.iter().map(|r| r.definite).sum::<usize>(),
         "unknown": reports.iter().map(|r| r.unknown).sum::<usize>(),
+        "bindings": reports.iter().map(|r| r.bindings).sum::<usize>(),
         "violations": violations,
         "elapsed_s": started.elapsed().as_secs(),
         "runs": reports,
@@ -284,6 +287,7 @@ async fn run_schedule(
         stop: Default::default(),
         stale_reads: args.stale_reads,
         history: Default::default(),
+        binds: Default::default(),
     });
     let tasks: Vec<_> = (0..clients)
         .map(|c| tokio::spawn(workload::client(workload.clone(), c, seed)))
@@ -409,6 +413,7 @@ async fn run_schedule(
         }
     }
     violations.extend(invariants(cluster).await?);
+    violations.extend(exactly_once(&client, &workload).await?);
     let unknown = history.iter().filter(|r| r.op.ret.is_none()).count();
     Ok(ScheduleReport {
         seed,
@@ -417,6 +422,11 @@ async fn run_schedule(
         definite: history.len() - unknown,
         unknown,
         registers: registers.len(),
+        bindings: workload
+            .binds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len(),
         violations,
         elapsed_ms: run_started.elapsed().as_millis() as u64,
     })
@@ -468,6 +478,52 @@ async fn final_reads(
         .unwrap_or_else(|p| p.into_inner())
         .extend(records);
     Ok(())
+}
+
+/// Every brand-new binding acknowledged as a change (a retry applied twice would have answered
+/// "unchanged") and present after healing (nothing acknowledged lost).
+async fn exactly_once(client: &BallastClient, workload: &Workload) -> anyhow::Result<Vec<String>> {
+    let binds = workload
+        .binds
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let mut bound = BTreeSet::new();
+    let mut after = String::new();
+    loop {
+        let page = client
+            .fleet(|mut c, req| {
+                let after = after.clone();
+                async move {
+                    c.list_bindings(req.wrap(pb::ListBindingsRequest {
+                        options: None,
+                        shard: String::new(),
+                        after,
+                        limit: 10_000,
+                    }))
+                    .await
+                }
+            })
+            .await?;
+        bound.extend(page.bindings.into_iter().map(|b| b.cluster));
+        if page.next_after.is_empty() {
+            break;
+        }
+        after = page.next_after;
+    }
+    let mut violations = Vec::new();
+    for (cluster, outcome) in binds {
+        match outcome {
+            Some(false) => violations.push(format!(
+                "binding {cluster} was acknowledged as unchanged: applied twice"
+            )),
+            Some(true) if !bound.contains(&cluster) => {
+                violations.push(format!("acknowledged binding {cluster} is lost"))
+            }
+            _ => {}
+        }
+    }
+    Ok(violations)
 }
 
 /// Invariants over the healed cluster.

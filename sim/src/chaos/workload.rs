@@ -54,6 +54,10 @@ pub struct Workload {
     pub stale_reads: bool,
     /// Everything recorded so far.
     pub history: Mutex<Vec<Record>>,
+    /// Bindings of brand-new clusters and what their acknowledgement said (`changed`), or
+    /// `None` when the outcome is unknown. A retried write applied twice would answer
+    /// `changed: false` for a cluster nobody bound before.
+    pub binds: Mutex<Vec<(String, Option<bool>)>>,
 }
 
 impl Workload {
@@ -113,6 +117,31 @@ pub async fn client(workload: Arc<Workload>, client: usize, seed: u64) {
         let register = workload.registers[rng.random_range(0..workload.registers.len())].clone();
         let value = format!("c{client}-{seq}");
         let roll: u32 = rng.random_range(0..100);
+        if matches!(register, Register::Domain(_)) && (80..90).contains(&roll) {
+            let cluster = format!("chaos-{seed}-c{client}-{seq}");
+            let shard = SHARDS[rng.random_range(0..SHARDS.len())];
+            let answer = fleet
+                .write(pb::Command {
+                    command: Some(pb::command::Command::BindCluster(pb::BindCluster {
+                        cluster: cluster.clone(),
+                        shard: shard.to_string(),
+                    })),
+                })
+                .await;
+            let outcome = match answer {
+                Ok(r) => Some(Some(r.changed)),
+                Err(ClientError::Rejected(s)) if not_applied(&s) => None,
+                Err(_) => Some(None),
+            };
+            if let Some(outcome) = outcome {
+                workload
+                    .binds
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push((cluster, outcome));
+            }
+            continue;
+        }
         if matches!(register, Register::Domain(_)) && roll >= 90 {
             // Re-slice the quota, often beyond its total (refused): the invariant checks
             // that no accepted mix ever exceeds it. Not a register, so not recorded.
