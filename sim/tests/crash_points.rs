@@ -1,8 +1,9 @@
 //! Crash consistency at named points (`BALLAST_FAILPOINTS`, the process aborts there like a
 //! SIGKILL): while a snapshot is written, right after the log behind it is purged, in a DR
 //! export between the data and the manifest, and halfway through rewriting a data dir for
-//! `--force-new-cluster`. Each time the replica either restarts cleanly and converges with the
-//! others — nothing acknowledged lost — or refuses to start with a clear reason.
+//! `--force-new-cluster`; and journal fsyncs that start failing. Each time the replica either
+//! restarts cleanly and converges with the others — nothing acknowledged lost — or refuses to
+//! start with a clear reason.
 
 use std::path::Path;
 use std::time::Duration;
@@ -264,5 +265,72 @@ async fn an_interrupted_force_new_cluster_refuses_to_start() {
     assert!(
         logs.contains("holds an interrupted --force-new-cluster"),
         "{logs}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_fsync_stops_the_replica_and_loses_nothing() {
+    let mut cluster = cluster(&[]).await;
+    let mut acknowledged = Vec::new();
+    for round in 0..2 {
+        // A follower first, then the leader: the replica's fsyncs start failing after it is
+        // back up (the 40th from its start on), while writes keep coming.
+        let leader = cluster.leader().await;
+        let victim = if round == 0 {
+            cluster
+                .replicas
+                .iter()
+                .map(|r| r.id)
+                .find(|id| *id != leader)
+                .expect("a follower")
+        } else {
+            leader
+        };
+        cluster.kill(victim);
+        cluster.restart_with_env(victim, &[], &[("BALLAST_FAILPOINTS", "fsync-error@40")]);
+        let mut ended = None;
+        for n in 0..400 {
+            let key = format!("k/{round}/{n:03}");
+            let current = cluster.leader().await;
+            let put =
+                ballast_protocol::etcdserverpb::kv_client::KvClient::new(cluster.channel(current))
+                    .put(ballast_protocol::etcdserverpb::PutRequest {
+                        key: key.clone().into_bytes(),
+                        value: b"v".to_vec(),
+                        ..Default::default()
+                    })
+                    .await;
+            if put.is_ok() {
+                acknowledged.push(key);
+            }
+            ended = cluster
+                .wait_for_exit(victim, Duration::from_millis(1))
+                .await;
+            if ended.is_some() {
+                break;
+            }
+        }
+        // It stopped on the failed fsync instead of acknowledging what is not durable.
+        let ended = match ended {
+            Some(status) => status,
+            None => cluster
+                .wait_for_exit(victim, Duration::from_secs(20))
+                .await
+                .expect("the replica kept running with failing fsyncs"),
+        };
+        assert!(!ended.success());
+        let logs = cluster.logs();
+        assert!(logs.contains("fsync failed (injected"), "{logs}");
+        assert!(logs.contains("the Raft core stopped"), "{logs}");
+        cluster.restart(victim);
+        let state = converged(&cluster).await;
+        for key in &acknowledged {
+            assert!(state.contains(key.as_str()), "acknowledged {key} lost");
+        }
+    }
+    assert!(
+        acknowledged.len() > 20,
+        "{} puts acknowledged",
+        acknowledged.len()
     );
 }

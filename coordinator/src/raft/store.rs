@@ -156,6 +156,11 @@ impl Store {
 
     /// Fsyncs the journal: everything written so far survives a crash.
     pub fn sync(&self) -> Result<(), StoreError> {
+        if ballast_failpoints::fails("fsync-error") {
+            return Err(self.err(fjall::Error::Io(std::io::Error::other(
+                "fsync failed (injected by BALLAST_FAILPOINTS)",
+            ))));
+        }
         self.db
             .persist(PersistMode::SyncAll)
             .map_err(|e| self.err(e))
