@@ -101,11 +101,6 @@ async fn a_full_disk_stops_one_replica_cleanly_and_it_recovers() {
     assert!(logs.contains("No space left on device"), "{logs}");
     assert!(logs.contains("the Raft core stopped"), "{logs}");
     assert!(!logs.contains("panicked"), "{logs}");
-    // While the disk is still full it refuses to come back rather than run half-broken.
-    cluster.restart(3);
-    let ended = cluster.wait_for_exit(3, Duration::from_secs(30)).await;
-    assert!(ended.is_some_and(|s| !s.success()));
-
     // Space comes back; the replica restarts from its own data and catches up.
     std::fs::remove_file(&filler).expect("freeing space");
     cluster.restart(3);
