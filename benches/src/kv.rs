@@ -30,7 +30,7 @@ pub struct KvBenchArgs {
 }
 
 /// Puts for `seconds` with `in_flight` concurrent writers; latencies of acknowledged puts.
-async fn puts(
+pub(crate) async fn puts(
     coordinator: &Coordinator,
     in_flight: usize,
     seconds: u64,
@@ -56,7 +56,7 @@ async fn puts(
 }
 
 /// Waits until `coordinator` accepts a put.
-async fn ready(coordinator: &Coordinator) -> anyhow::Result<()> {
+pub(crate) async fn ready(coordinator: &Coordinator) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     while coordinator
         .kv()

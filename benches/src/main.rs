@@ -5,6 +5,7 @@ mod coord;
 mod engine;
 mod kv;
 mod stats;
+mod tls;
 
 use clap::{Parser, Subcommand};
 
@@ -25,6 +26,8 @@ enum Command {
     Engine(engine::EngineBenchArgs),
     /// KV benchmark: etcd-API puts into Ballast and a real 3-member etcd in the same run.
     Kv(kv::KvBenchArgs),
+    /// TLS benchmark: the same puts into a plain and a mutual-TLS group in one run.
+    Tls(tls::TlsBenchArgs),
     /// Run one coordinator replica (same flags as `ballast-coord`).
     Replica(Box<ballast_coordinator::config::CoordArgs>),
 }
@@ -38,6 +41,7 @@ async fn run() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Coord(args) => coord::run(args).await,
         Command::Kv(args) => kv::run(args).await,
+        Command::Tls(args) => tls::run(args).await,
         Command::Engine(args) => {
             let out = args.out.clone();
             let report = engine::run(args).await?;
