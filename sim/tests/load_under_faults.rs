@@ -146,7 +146,7 @@ async fn run(leader_changes: usize) {
                 }
                 // Keep the KV history short (as an operator's auto-compaction would), so memory
                 // that grows can only be something leaking.
-                if writer == 0 && n % 200 == 0 {
+                if writer == 0 && n.is_multiple_of(200) {
                     let head = acked.lock().await.iter().max().copied().unwrap_or(0);
                     let _ = kv
                         .compact(epb::CompactionRequest {
@@ -198,7 +198,7 @@ async fn run(leader_changes: usize) {
             .await;
         if moved.is_ok() {
             changes += 1;
-            if changes % 500 == 0 {
+            if changes.is_multiple_of(500) {
                 eprintln!(
                     "{changes} leader changes after {:.0} s; RSS of the three replicas {:.1} MiB",
                     started.elapsed().as_secs_f64(),
