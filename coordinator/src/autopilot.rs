@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ballast_protocol::pb;
-use openraft::ChangeMembers;
 use tokio::sync::watch;
 
 use crate::consensus::{Consensus, View};
@@ -154,10 +153,7 @@ pub async fn run(replica: Arc<Replica>, mut stopped: watch::Receiver<bool>) {
             silent_ms = silent(dead).as_millis() as u64,
             "autopilot removes a voter that stayed unreachable"
         );
-        match raft
-            .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([dead])), false)
-            .await
-        {
+        match crate::raft::membership::remove_voters(raft, BTreeSet::from([dead])).await {
             Ok(_) => metrics::counter!("ballast_autopilot_removals_total").increment(1),
             Err(e) => tracing::warn!(replica = dead, error = %e, "autopilot removal failed"),
         }

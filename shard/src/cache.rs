@@ -428,6 +428,16 @@ impl Cache {
         self.sync()
     }
 
+    /// Forgets machines returned to the provider, durably.
+    pub fn remove_machines(&self, ids: &[&str]) -> Result<(), CacheError> {
+        let mut batch = self.db.batch();
+        for id in ids {
+            batch.remove(&self.machines, *id);
+        }
+        batch.commit().map_err(|e| self.err(e))?;
+        self.sync()
+    }
+
     /// Records provisions about to be started, durably, before the provider is called.
     pub fn store_in_flight(&self, started: &[(&str, &Provision)]) -> Result<(), CacheError> {
         let mut batch = self.db.batch();

@@ -51,6 +51,15 @@ pub struct ShardArgs {
     /// Engine decision interval in milliseconds.
     #[arg(long, env = "BALLAST_CYCLE_MS", default_value_t = 200)]
     pub cycle_ms: u64,
+    /// Machines left in a domain the shard no longer holds ("foreign") go back to the
+    /// provider after this many milliseconds, freeing the shard's quota slice. A domain that
+    /// returns sooner keeps its machines.
+    #[arg(
+        long,
+        env = "BALLAST_FOREIGN_RELEASE_AFTER_MS",
+        default_value_t = 30_000
+    )]
+    pub foreign_release_after_ms: u64,
     /// Simulated provider: latency of every action, in milliseconds.
     #[arg(long, env = "BALLAST_SIM_LATENCY_MS", default_value_t = 20)]
     pub sim_latency_ms: u64,
@@ -105,6 +114,7 @@ impl ShardArgs {
             lease_ttl: Duration::from_millis(self.lease_ms),
             heartbeat: Duration::from_millis(heartbeat),
             cycle: Duration::from_millis(self.cycle_ms),
+            foreign_release_after: Duration::from_millis(self.foreign_release_after_ms),
             provider: SimulatedConfig {
                 latency: Duration::from_millis(self.sim_latency_ms),
                 failure_rate: self.sim_failure_rate,

@@ -2,7 +2,7 @@
 //! and carry out provisions through the provider. It needs no coordinator: a shard keeps
 //! serving demand from its cached allocation during an outage.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,6 +21,11 @@ pub struct ShardState {
     /// Provisions started and not yet answered, by machine id (re-issued after a restart;
     /// the provider is idempotent by machine id).
     pub in_flight: BTreeMap<String, Provision>,
+    /// Foreign machines by id, with when they were first seen foreign (in memory: after a
+    /// restart the wait starts again, which only delays a release).
+    pub foreign_since: HashMap<String, Instant>,
+    /// Machines whose release the provider is working on.
+    pub releasing: HashSet<String>,
 }
 
 impl ShardState {
@@ -41,6 +46,8 @@ impl ShardState {
         Ok(ShardState {
             engine,
             in_flight: ledger.in_flight,
+            foreign_since: HashMap::new(),
+            releasing: HashSet::new(),
         })
     }
 }
@@ -72,6 +79,7 @@ pub async fn engine_loop(worker: Arc<Worker>, mut stopped: watch::Receiver<bool>
 /// Decides one cycle, makes the decision durable, then starts its provisions.
 fn carry_out(worker: &Arc<Worker>) -> Result<(), CacheError> {
     let mut started = Vec::new();
+    let releases;
     let cycle = std::time::Instant::now();
     let shortfalls = {
         let mut state = worker.state();
@@ -108,6 +116,25 @@ fn carry_out(worker: &Arc<Worker>) -> Result<(), CacheError> {
                 state.in_flight.insert(id.clone(), provision.clone());
             }
         }
+        let now = Instant::now();
+        let foreign: HashSet<&String> = plan.foreign.iter().collect();
+        state.foreign_since.retain(|id, _| foreign.contains(id));
+        for id in &plan.foreign {
+            state.foreign_since.entry(id.clone()).or_insert(now);
+        }
+        let due: Vec<String> = state
+            .foreign_since
+            .iter()
+            .filter(|(id, since)| {
+                now.duration_since(**since) >= worker.foreign_release_after()
+                    && !state.releasing.contains(*id)
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &due {
+            state.releasing.insert(id.clone());
+        }
+        releases = due;
         plan.shortfalls
     };
     if worker.cycles() == 0 {
@@ -119,7 +146,37 @@ fn carry_out(worker: &Arc<Worker>) -> Result<(), CacheError> {
     for (id, provision) in started {
         tokio::spawn(provision_one(worker.clone(), id, provision));
     }
+    for id in releases {
+        tokio::spawn(release_one(worker.clone(), id));
+    }
     Ok(())
+}
+
+/// Returns a machine that stayed foreign to the provider, then forgets it. The provider goes
+/// first: a crash in between leaves a ledger record of a machine the provider no longer has,
+/// which is foreign again after the restart and released again (releases are idempotent);
+/// the other order could leak a machine nobody records.
+async fn release_one(worker: Arc<Worker>, id: String) {
+    let token = FencingToken {
+        shard: worker.id().to_string(),
+        epoch: worker.epoch(),
+        sequence: worker.next_sequence(),
+    };
+    let released = worker.provider().release(&id, token).await;
+    let mut state = worker.state();
+    state.releasing.remove(&id);
+    if let Err(e) = released {
+        crate::observe::provision_done("release_failed");
+        tracing::warn!(machine = %id, error = %e, "releasing a foreign machine failed; retried later");
+        return;
+    }
+    if let Err(e) = worker.cache().remove_machines(&[id.as_str()]) {
+        tracing::error!(error = %e, machine = %id, "cannot record a released machine");
+        return;
+    }
+    state.engine.remove_machine(&id);
+    state.foreign_since.remove(&id);
+    crate::observe::provision_done("released");
 }
 
 /// Asks the provider for one machine and records the answer.

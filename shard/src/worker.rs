@@ -47,6 +47,8 @@ pub struct WorkerConfig {
     pub heartbeat: Duration,
     /// Engine decision interval.
     pub cycle: Duration,
+    /// How long a machine may stay foreign before it is returned to the provider.
+    pub foreign_release_after: Duration,
     /// Simulated provider settings (the only provider built in so far).
     pub provider: SimulatedConfig,
     /// HTTP port for metrics and probes; none to serve no HTTP.
@@ -126,6 +128,11 @@ impl Worker {
     /// Engine decision interval.
     pub fn cycle(&self) -> Duration {
         self.config.cycle
+    }
+
+    /// How long a machine may stay foreign before it goes back to the provider.
+    pub fn foreign_release_after(&self) -> Duration {
+        self.config.foreign_release_after
     }
 
     /// The durable cache.

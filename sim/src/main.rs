@@ -5,6 +5,7 @@
 mod chaos;
 mod demo;
 mod drill;
+mod fleet;
 
 use clap::{Parser, Subcommand};
 
@@ -24,6 +25,10 @@ enum Command {
     /// three replicas, with every history checked for linearizability and the healed cluster
     /// for convergence and fleet invariants.
     Chaos(chaos::ChaosArgs),
+    /// The fleet simulator: real replicas and shard workers carry a seeded fleet through
+    /// scenarios (leader kills, a full outage, an AZ loss, a burst of moves, a DR restore),
+    /// checking invariants after each and writing a report with charts.
+    Fleet(fleet::FleetArgs),
     /// Drills: `drill dr` exports, destroys, restores and compares a loaded cluster.
     #[command(subcommand)]
     Drill(drill::Drill),
@@ -44,6 +49,7 @@ async fn run() -> anyhow::Result<()> {
         Command::Demo(args) => demo::run(args).await,
         Command::Drill(drill) => drill::run(drill).await,
         Command::Chaos(args) => chaos::run(args).await,
+        Command::Fleet(args) => fleet::run(args).await.map(|_| ()),
         Command::Shard(args) => {
             ballast_shard::config::init_logging();
             ballast_shard::config::run_until_signal(*args).await?;

@@ -145,4 +145,7 @@ pub enum FleetCommand {
         /// Leader's clock when proposed.
         now_ms: u64,
     },
+    /// An entry that changes nothing, appended by the leader so a pending membership change
+    /// commits (see `raft::membership`). Never accepted from clients.
+    Nudge,
 }

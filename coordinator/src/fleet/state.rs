@@ -308,6 +308,13 @@ fn check_syntax(cmd: &FleetCommand, nested: bool) -> Result<(), FleetError> {
             ));
         }
         FleetCommand::CreateJoinToken { .. } | FleetCommand::UseJoinToken { .. } => {}
+        FleetCommand::Nudge if nested => {
+            return Err(FleetError::invalid(
+                "command",
+                "a nudge is internal to the replication log",
+            ));
+        }
+        FleetCommand::Nudge => {}
         // Groups are unpacked by the state machine before they reach here.
         FleetCommand::Group(_) => {
             return Err(FleetError::invalid(
@@ -472,6 +479,7 @@ impl FleetState {
             } => self
                 .join_tokens
                 .spend(id, secret_sha256, *replica, *now_ms)?,
+            FleetCommand::Nudge => false,
             _ => {
                 let mut journal = Vec::new();
                 if let Err(e) = self.exec(cmd, &mut journal) {
@@ -588,7 +596,8 @@ impl FleetState {
             FleetCommand::Kv(_)
             | FleetCommand::Group(_)
             | FleetCommand::CreateJoinToken { .. }
-            | FleetCommand::UseJoinToken { .. } => {
+            | FleetCommand::UseJoinToken { .. }
+            | FleetCommand::Nudge => {
                 return Err(FleetError::invalid(
                     "command",
                     "KV and join-token commands cannot be batched with fleet commands",

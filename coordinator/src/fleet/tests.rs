@@ -700,3 +700,17 @@ fn binary_snapshots_round_trip_and_json_ones_still_read() {
         assert_eq!(error.kind(), ErrorKind::InvalidArgument);
     }
 }
+
+#[test]
+fn a_nudge_changes_nothing_and_cannot_be_batched() {
+    let mut s = seeded();
+    let before = s.encode();
+    let applied = s.apply(&FleetCommand::Nudge).expect("a nudge applies");
+    assert!(!applied.changed);
+    assert_eq!(s.encode(), before, "state and revision unchanged");
+    let batched = s.apply(&FleetCommand::Batch {
+        commands: vec![FleetCommand::Nudge],
+    });
+    assert!(batched.is_err(), "{batched:?}");
+    assert_eq!(s.encode(), before);
+}

@@ -5,6 +5,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod log_store;
+pub mod membership;
 pub mod network;
 pub mod proposer;
 pub mod state_machine;

@@ -15,6 +15,7 @@ use tonic::{Request, Response, Status};
 
 use crate::error::invalid;
 use crate::fleet::FleetCommand;
+use crate::raft::membership;
 use crate::raft::types::{NodeId, RaftRequest, ReplicaNode};
 use crate::replica::{Replica, Route, raft_write_status};
 
@@ -260,9 +261,12 @@ impl Cluster for ClusterService {
                 .await
                 .map_err(raft_write_status)?;
             tracing::info!(id = join.id, "promoting caught-up learner to voter");
-            raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([join.id])), false)
-                .await
-                .map_err(raft_write_status)?;
+            membership::change_membership(
+                raft,
+                ChangeMembers::AddVoterIds(BTreeSet::from([join.id])),
+            )
+            .await
+            .map_err(raft_write_status)?;
         }
         Ok(replica.respond(pb::JoinResponse {
             header: Some(replica.header()),
@@ -326,11 +330,11 @@ impl Cluster for ClusterService {
                     "replica {id} is the last voter; removing it would leave no cluster"
                 )));
             }
-            raft.change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
+            membership::remove_voters(raft, BTreeSet::from([id]))
                 .await
                 .map_err(raft_write_status)?;
         } else {
-            raft.change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
+            membership::change_membership(raft, ChangeMembers::RemoveNodes(BTreeSet::from([id])))
                 .await
                 .map_err(raft_write_status)?;
         }

@@ -1,0 +1,372 @@
+//! The invariants, checked after every scenario against what the coordinator lists
+//! (linearizable reads) and what every live shard reports about itself.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use ballast_protocol::pb;
+use ballast_testkit::fleet::{FleetListing, list_fleet};
+
+use super::Sim;
+
+/// One invariant's verdict.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Check {
+    /// Invariant.
+    pub name: String,
+    /// Whether it held.
+    pub holds: bool,
+    /// What was compared, or the first counterexample.
+    pub detail: String,
+}
+
+impl Check {
+    /// A verdict.
+    pub fn new(name: &str, holds: bool, detail: impl Into<String>) -> Check {
+        Check {
+            name: name.to_string(),
+            holds,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// What the live shards said about themselves.
+struct ShardViews {
+    /// Shard id → domains it believes it holds.
+    domains: BTreeMap<String, BTreeSet<String>>,
+    /// Shard id → its machines.
+    machines: BTreeMap<String, Vec<pb::MachineInfo>>,
+}
+
+/// Pure checks over one consistent moment: the coordinator's listing and the shards' views
+/// at (or past) the listing's revision.
+fn verdicts(listing: &FleetListing, views: &ShardViews) -> Vec<Check> {
+    let mut checks = Vec::new();
+    let mut owned: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for a in &listing.domains {
+        owned.entry(&a.shard).or_default().insert(&a.domain);
+    }
+
+    let mut mismatched = Vec::new();
+    for (shard, held) in &views.domains {
+        let expected = owned.get(shard.as_str()).cloned().unwrap_or_default();
+        let held: BTreeSet<&str> = held.iter().map(String::as_str).collect();
+        if held != expected {
+            let extra = held.difference(&expected).count();
+            let missing = expected.difference(&held).count();
+            mismatched.push(format!("{shard} (+{extra} / -{missing})"));
+        }
+    }
+    checks.push(Check::new(
+        "shard views match the coordinator",
+        mismatched.is_empty(),
+        if mismatched.is_empty() {
+            format!(
+                "{} live shards hold exactly the {} domains the coordinator gives them",
+                views.domains.len(),
+                views.domains.values().map(BTreeSet::len).sum::<usize>()
+            )
+        } else {
+            format!("differ: {}", mismatched.join(", "))
+        },
+    ));
+
+    let mut holders: HashMap<&str, Vec<&str>> = HashMap::new();
+    for (shard, held) in &views.domains {
+        for domain in held {
+            holders.entry(domain).or_default().push(shard);
+        }
+    }
+    let doubled: Vec<String> = holders
+        .iter()
+        .filter(|(_, shards)| shards.len() > 1)
+        .map(|(domain, shards)| format!("{domain} held by {}", shards.join(" and ")))
+        .take(3)
+        .collect();
+    checks.push(Check::new(
+        "no domain owned by two live shards",
+        doubled.is_empty(),
+        if doubled.is_empty() {
+            format!("{} domains, one holder each", holders.len())
+        } else {
+            doubled.join("; ")
+        },
+    ));
+
+    let mut machine_owner: HashMap<&str, &str> = HashMap::new();
+    let mut twice = Vec::new();
+    for (shard, machines) in &views.machines {
+        for m in machines {
+            if let Some(other) = machine_owner.insert(&m.id, shard) {
+                twice.push(format!("{} on {other} and {shard}", m.id));
+            }
+        }
+    }
+    checks.push(Check::new(
+        "no machine double-assigned",
+        twice.is_empty(),
+        if twice.is_empty() {
+            format!("{} machines, each on one shard", machine_owner.len())
+        } else {
+            twice.into_iter().take(3).collect::<Vec<_>>().join("; ")
+        },
+    ));
+
+    let mut sliced: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut over_total = Vec::new();
+    for quota in &listing.quotas {
+        let sum: u64 = quota.slices.iter().map(|s| s.amount).sum();
+        if sum > quota.total {
+            over_total.push(format!(
+                "{}/{} slices {sum} > total {}",
+                quota.provider, quota.region, quota.total
+            ));
+        }
+        for slice in &quota.slices {
+            *sliced.entry(&slice.shard).or_default() += slice.amount;
+        }
+    }
+    let over_slice: Vec<String> = views
+        .machines
+        .iter()
+        .filter(|(shard, machines)| {
+            machines.len() as u64 > sliced.get(shard.as_str()).copied().unwrap_or(0)
+        })
+        .map(|(shard, machines)| {
+            format!(
+                "{shard} holds {} machines, slices {}",
+                machines.len(),
+                sliced.get(shard.as_str()).copied().unwrap_or(0)
+            )
+        })
+        .collect();
+    let holds = over_total.is_empty() && over_slice.is_empty();
+    checks.push(Check::new(
+        "no quota slice exceeded",
+        holds,
+        if holds {
+            format!(
+                "{} quotas within their totals; every live shard within its slices (fullest at {:.0}%)",
+                listing.quotas.len(),
+                views
+                    .machines
+                    .iter()
+                    .map(|(shard, m)| m.len() as f64 * 100.0
+                        / sliced.get(shard.as_str()).copied().unwrap_or(1).max(1) as f64)
+                    .fold(0.0, f64::max)
+            )
+        } else {
+            over_total
+                .into_iter()
+                .chain(over_slice)
+                .collect::<Vec<_>>()
+                .join("; ")
+        },
+    ));
+    checks
+}
+
+/// Acknowledged bindings the listing lacks. A binding may since have moved to another shard
+/// (the rebalancer moves a dead shard's clusters), but it may not vanish.
+pub fn lost_bindings(listing: &FleetListing, acked: &[(String, String)]) -> Vec<String> {
+    let bound: HashMap<&str, &str> = listing
+        .bindings
+        .iter()
+        .map(|b| (b.cluster.as_str(), b.shard.as_str()))
+        .collect();
+    acked
+        .iter()
+        .filter(|(cluster, _)| !bound.contains_key(cluster.as_str()))
+        .map(|(cluster, _)| cluster.clone())
+        .collect()
+}
+
+/// Acknowledged bindings now on another shard than the one written.
+fn moved_bindings(listing: &FleetListing, acked: &[(String, String)]) -> usize {
+    let bound: HashMap<&str, &str> = listing
+        .bindings
+        .iter()
+        .map(|b| (b.cluster.as_str(), b.shard.as_str()))
+        .collect();
+    acked
+        .iter()
+        .filter(|(cluster, shard)| bound.get(cluster.as_str()).is_some_and(|s| s != shard))
+        .count()
+}
+
+impl Sim {
+    /// Checks every invariant now: waits until the live shards caught up with the
+    /// coordinator, then compares. `demand` also requires every live shard to meet its
+    /// demand (shortfall 0) within 30 s.
+    pub(super) async fn checkpoint(
+        &self,
+        demand: bool,
+    ) -> anyhow::Result<Vec<super::checks::Check>> {
+        // Taken first: a write acknowledged after the listing would look lost.
+        let acked = self.shared.acked_bindings.lock().unwrap().clone();
+        let revision = self.client.revision().await?;
+        self.wait_for_shards_at(revision).await?;
+        let listing = list_fleet(&self.client).await?;
+        let mut views = ShardViews {
+            domains: BTreeMap::new(),
+            machines: BTreeMap::new(),
+        };
+        for i in self.live_shards() {
+            let id = self.shards[i].id.clone();
+            let status = self
+                .shard_status(i)
+                .await
+                .ok_or_else(|| anyhow::anyhow!("shard {id} does not answer"))?;
+            let mut client = self.shard_clients[i].clone();
+            let allocations = client
+                .allocations(pb::AllocationsRequest::default())
+                .await?
+                .into_inner();
+            views
+                .domains
+                .insert(id.clone(), status.domains.into_iter().collect());
+            views.machines.insert(id, allocations.machines);
+        }
+        // The listing is as of `revision` and the shards at or past it; anything written
+        // after the listing (the background writer's bindings) does not touch domains or
+        // quotas, so the two describe one moment for what is compared.
+        let mut checks = verdicts(&listing, &views);
+
+        let lost = lost_bindings(&listing, &acked);
+        let moved = moved_bindings(&listing, &acked);
+        checks.push(Check::new(
+            "no acknowledged write lost",
+            lost.is_empty(),
+            if lost.is_empty() {
+                format!(
+                    "all {} acknowledged bindings present at revision {revision} ({moved} since moved by the rebalancer or the simulator)",
+                    acked.len()
+                )
+            } else {
+                format!("{} missing, e.g. {}", lost.len(), lost[0])
+            },
+        ));
+
+        if demand {
+            self.shared.demand_paused.store(true, Ordering::Relaxed);
+            let live = self.live_shards().len();
+            let met = self.until_demand_met(Duration::from_secs(30)).await;
+            self.shared.demand_paused.store(false, Ordering::Relaxed);
+            checks.push(Check::new(
+                "every live shard meets its demand",
+                met.is_ok(),
+                match met {
+                    Ok(d) => format!(
+                        "all {live} live shards serve every machine asked for ({} ms after the check began)",
+                        d.as_millis()
+                    ),
+                    Err(short) => format!("still short after 30 s: {short}"),
+                },
+            ));
+        }
+        Ok(checks)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn machine(id: &str) -> pb::MachineInfo {
+        pb::MachineInfo {
+            id: id.into(),
+            ..Default::default()
+        }
+    }
+
+    fn listing() -> FleetListing {
+        FleetListing {
+            domains: vec![
+                pb::DomainAssignment {
+                    domain: "d1".into(),
+                    shard: "s1".into(),
+                },
+                pb::DomainAssignment {
+                    domain: "d2".into(),
+                    shard: "s2".into(),
+                },
+            ],
+            quotas: vec![pb::Quota {
+                provider: "p".into(),
+                region: "r".into(),
+                total: 4,
+                slices: vec![
+                    pb::QuotaSlice {
+                        shard: "s1".into(),
+                        amount: 2,
+                    },
+                    pb::QuotaSlice {
+                        shard: "s2".into(),
+                        amount: 2,
+                    },
+                ],
+                unallocated: 0,
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn views(s1: &[&str], s2: &[&str], m1: &[&str], m2: &[&str]) -> ShardViews {
+        let set = |d: &[&str]| d.iter().map(|s| s.to_string()).collect();
+        ShardViews {
+            domains: [("s1".to_string(), set(s1)), ("s2".to_string(), set(s2))].into(),
+            machines: [
+                ("s1".to_string(), m1.iter().map(|m| machine(m)).collect()),
+                ("s2".to_string(), m2.iter().map(|m| machine(m)).collect()),
+            ]
+            .into(),
+        }
+    }
+
+    fn failing(checks: &[Check]) -> Vec<&str> {
+        checks
+            .iter()
+            .filter(|c| !c.holds)
+            .map(|c| c.name.as_str())
+            .collect()
+    }
+
+    #[test]
+    fn a_consistent_moment_passes() {
+        let checks = verdicts(&listing(), &views(&["d1"], &["d2"], &["a"], &["b", "c"]));
+        assert!(failing(&checks).is_empty(), "{checks:?}");
+    }
+
+    #[test]
+    fn each_violation_is_named() {
+        let checks = verdicts(&listing(), &views(&["d1", "d2"], &["d2"], &["a"], &["b"]));
+        assert_eq!(
+            failing(&checks),
+            [
+                "shard views match the coordinator",
+                "no domain owned by two live shards"
+            ]
+        );
+        let checks = verdicts(&listing(), &views(&["d1"], &["d2"], &["a"], &["a"]));
+        assert_eq!(failing(&checks), ["no machine double-assigned"]);
+        let checks = verdicts(&listing(), &views(&["d1"], &["d2"], &["a", "b", "c"], &[]));
+        assert_eq!(failing(&checks), ["no quota slice exceeded"]);
+    }
+
+    #[test]
+    fn lost_bindings_are_found() {
+        let mut listing = listing();
+        listing.bindings = vec![pb::Binding {
+            cluster: "c1".into(),
+            shard: "s1".into(),
+        }];
+        let acked = vec![
+            ("c1".to_string(), "s2".to_string()),
+            ("c2".to_string(), "s1".to_string()),
+        ];
+        assert_eq!(lost_bindings(&listing, &acked), ["c2"]);
+        assert_eq!(moved_bindings(&listing, &acked), 1);
+    }
+}

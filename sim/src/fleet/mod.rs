@@ -1,0 +1,656 @@
+//! `ballast-sim fleet`: the fleet-scale simulator. A real 3-replica coordinator (processes,
+//! one per AZ) and real shard-worker processes with simulated providers carry a seeded fleet
+//! whose clusters keep changing their demand, while scenarios break things on purpose: leader
+//! SIGKILLs, a full coordinator outage with a shard restarted in the middle, the loss of a
+//! whole AZ, a burst of domain moves and a DR restore. After every scenario the invariants are
+//! checked against what the coordinator and every shard report; the run leaves `report.json`,
+//! `report.html` and SVG charts.
+
+mod checks;
+pub mod model;
+mod report;
+mod scenarios;
+pub mod svg;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use ballast_protocol::client::{BallastClient, ClientConfig};
+use ballast_protocol::pb;
+use ballast_protocol::pb::cluster_client::ClusterClient;
+use ballast_protocol::pb::command::Command as Wire;
+use ballast_protocol::pb::shard_worker_client::ShardWorkerClient;
+use ballast_testkit::{ClusterOptions, ShardProcess, TestCluster};
+use futures::StreamExt;
+use tonic::transport::Channel;
+
+use model::{FleetModel, Scale};
+pub use report::Report;
+
+/// The scenarios, in the order they run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scenario {
+    /// Demand keeps changing; nothing breaks.
+    Steady,
+    /// SIGKILL the leader (`--leader-kills` times), measuring kill → next acknowledged write.
+    LeaderKill,
+    /// SIGKILL all three replicas for `--outage-secs`; demand surges; one shard is SIGKILLed
+    /// and restarted from its cache in the middle.
+    Outage,
+    /// Lose az-c: its replica and all its shards. Their domains move to live shards after the
+    /// lease; then the AZ comes back and its domains are moved home.
+    AzLoss,
+    /// Move `--burst-moves` domains between shards of the same AZ at once.
+    Burst,
+    /// Export an archive, keep writing, destroy every replica, restore, rejoin; shards follow.
+    Dr,
+}
+
+/// Flags of `ballast-sim fleet`.
+#[derive(clap::Args, Debug)]
+pub struct FleetArgs {
+    /// `ci` (6 shards, 600 domains, 120 clusters; seconds) or `full` (200 shards, 100K
+    /// domains, 20K clusters, 30 quotas: the 100M-machine fleet's coordinator state).
+    #[arg(long, default_value = "ci", value_parser = ["ci", "full"])]
+    pub scale: String,
+    /// Seed of the fleet and its demand.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Directory for the report, the charts, replica and shard logs and data (wiped first).
+    #[arg(long, default_value = "target/fleet-sim")]
+    pub out: PathBuf,
+    /// Scenarios to run, comma-separated, in this order.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "steady,leader-kill,outage,az-loss,burst,dr"
+    )]
+    pub scenarios: Vec<Scenario>,
+    /// Length of the steady phase.
+    #[arg(long, default_value_t = 4)]
+    pub steady_secs: u64,
+    /// Length of the full coordinator outage.
+    #[arg(long, default_value_t = 6)]
+    pub outage_secs: u64,
+    /// Leader SIGKILLs in the leader-kill scenario.
+    #[arg(long, default_value_t = 3)]
+    pub leader_kills: usize,
+    /// Domain moves in the burst (default: 30,000 or every domain, whichever is fewer).
+    #[arg(long)]
+    pub burst_moves: Option<usize>,
+    /// Lease the shard workers ask for (a dead shard's domains move once it runs out).
+    #[arg(long, default_value_t = 3_000)]
+    pub shard_lease_ms: u64,
+}
+
+/// One sample of the whole system, taken every sampling interval.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Sample {
+    /// Milliseconds since the run started.
+    pub t_ms: u64,
+    /// Machines the clusters of live shards ask for.
+    pub demand: u64,
+    /// Machines serving a need, over live shards.
+    pub assigned: u64,
+    /// Machines held (idle, assigned, foreign), over live shards.
+    pub held: u64,
+    /// Missing machines reported by live shards.
+    pub shortfall: u64,
+    /// Shards that answered.
+    pub shards_answering: usize,
+    /// Shards that last reached a coordinator.
+    pub shards_reaching_coordinator: usize,
+    /// Leader as a replica reported it, if any answered as leader.
+    pub leader: Option<u64>,
+}
+
+/// Something that happened, for the timeline.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Event {
+    /// Milliseconds since the run started.
+    pub t_ms: u64,
+    /// What.
+    pub what: String,
+}
+
+/// A stretch of time drawn shaded in the charts.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Window {
+    /// Label.
+    pub label: String,
+    /// Start, ms since the run started.
+    pub from_ms: u64,
+    /// End.
+    pub to_ms: u64,
+}
+
+/// State shared by the scenario runner and its background tasks.
+struct Shared {
+    started: Instant,
+    model: Mutex<FleetModel>,
+    /// Per shard: the simulator believes it is running (not killed for the scenario).
+    alive: Vec<AtomicBool>,
+    samples: Mutex<Vec<Sample>>,
+    events: Mutex<Vec<Event>>,
+    /// Latency of every acknowledged background write, ms.
+    write_latencies_ms: Mutex<Vec<f64>>,
+    /// Background writes that failed (no acknowledgement).
+    writes_failed: Mutex<u64>,
+    /// Acknowledged background writes: cluster → shard bindings.
+    acked_bindings: Mutex<Vec<(String, String)>>,
+    /// The background writer is paused (the DR scenario decides what is written).
+    writer_paused: AtomicBool,
+    /// Demand holds still (while a scenario measures how fast a given demand is met).
+    demand_paused: AtomicBool,
+    stop: AtomicBool,
+}
+
+impl Shared {
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    fn event(&self, what: impl Into<String>) {
+        let what = what.into();
+        println!("    [{:>6.1}s] {what}", self.now_ms() as f64 / 1000.0);
+        self.events.lock().unwrap().push(Event {
+            t_ms: self.now_ms(),
+            what,
+        });
+    }
+}
+
+/// The running simulation: the cluster, the shard processes and what they share.
+struct Sim {
+    args: FleetArgs,
+    scale: Scale,
+    cluster: TestCluster,
+    shards: Vec<ShardProcess>,
+    shard_clients: Vec<ShardWorkerClient<Channel>>,
+    client: BallastClient,
+    shared: Arc<Shared>,
+    windows: Vec<Window>,
+}
+
+fn command(inner: Wire) -> pb::Command {
+    pb::Command {
+        command: Some(inner),
+    }
+}
+
+/// The resources every simulated machine has.
+fn machine_resources() -> pb::ResourceSpec {
+    pb::ResourceSpec {
+        cpu_millis: 4000,
+        memory_mib: 16_384,
+        gpus: 0,
+    }
+}
+
+/// Submits `clusters`' current demand to their shards (live ones only), 64 calls at a time.
+async fn submit_demand(
+    shared: &Shared,
+    shard_clients: &[ShardWorkerClient<Channel>],
+    clusters: &[usize],
+) -> usize {
+    let requests: Vec<(usize, pb::SubmitDemandRequest)> = {
+        let model = shared.model.lock().unwrap();
+        clusters
+            .iter()
+            .map(|&n| &model.clusters[n])
+            .filter(|c| shared.alive[c.shard].load(Ordering::Relaxed))
+            .map(|c| {
+                (
+                    c.shard,
+                    pb::SubmitDemandRequest {
+                        cluster: c.id.clone(),
+                        rows: vec![pb::DemandRow {
+                            id: "main".into(),
+                            count: c.demand,
+                            resources: Some(machine_resources()),
+                            ..Default::default()
+                        }],
+                    },
+                )
+            })
+            .collect()
+    };
+    futures::stream::iter(requests)
+        .map(|(shard, request)| {
+            let mut client = shard_clients[shard].clone();
+            async move {
+                tokio::time::timeout(Duration::from_secs(2), client.submit_demand(request))
+                    .await
+                    .is_ok_and(|r| r.is_ok())
+            }
+        })
+        .buffer_unordered(64)
+        .filter(|ok| std::future::ready(*ok))
+        .count()
+        .await
+}
+
+/// Every second, about 5% of the clusters change their demand.
+async fn drive_demand(shared: Arc<Shared>, shard_clients: Vec<ShardWorkerClient<Channel>>) {
+    while !shared.stop.load(Ordering::Relaxed) {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if shared.demand_paused.load(Ordering::Relaxed) {
+            continue;
+        }
+        let changed = shared.model.lock().unwrap().step_demand(0.05);
+        submit_demand(&shared, &shard_clients, &changed).await;
+    }
+}
+
+/// About ten fleet writes a second (new cluster bindings, the coordinator's steady load),
+/// each with its own request id, recording latency and acknowledgement.
+async fn write_steadily(shared: Arc<Shared>, client: BallastClient, shards: Vec<String>) {
+    let mut n = 0usize;
+    while !shared.stop.load(Ordering::Relaxed) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if shared.writer_paused.load(Ordering::Relaxed) {
+            continue;
+        }
+        n += 1;
+        let cluster = format!("sim-new-{n:07}");
+        let shard = shards[n % shards.len()].clone();
+        let started = Instant::now();
+        let written = client
+            .write(command(Wire::BindCluster(pb::BindCluster {
+                cluster: cluster.clone(),
+                shard: shard.clone(),
+            })))
+            .await;
+        match written {
+            Ok(_) => {
+                shared
+                    .write_latencies_ms
+                    .lock()
+                    .unwrap()
+                    .push(started.elapsed().as_secs_f64() * 1000.0);
+                shared.acked_bindings.lock().unwrap().push((cluster, shard));
+            }
+            Err(_) => *shared.writes_failed.lock().unwrap() += 1,
+        }
+    }
+}
+
+/// Samples every live shard and the replicas every `interval`.
+async fn sample(
+    shared: Arc<Shared>,
+    shard_clients: Vec<ShardWorkerClient<Channel>>,
+    replicas: Vec<(u64, Channel)>,
+    interval: Duration,
+) {
+    while !shared.stop.load(Ordering::Relaxed) {
+        let t_ms = shared.now_ms();
+        let live: Vec<usize> = (0..shard_clients.len())
+            .filter(|&i| shared.alive[i].load(Ordering::Relaxed))
+            .collect();
+        let demand = {
+            let model = shared.model.lock().unwrap();
+            live.iter().map(|&i| model.demand_of(i)).sum()
+        };
+        let statuses: Vec<pb::ShardStatusResponse> = futures::stream::iter(live)
+            .map(|i| {
+                let mut client = shard_clients[i].clone();
+                async move {
+                    tokio::time::timeout(
+                        Duration::from_millis(800),
+                        client.status(pb::ShardStatusRequest {}),
+                    )
+                    .await
+                    .ok()?
+                    .ok()
+                    .map(|r| r.into_inner())
+                }
+            })
+            .buffer_unordered(64)
+            .filter_map(std::future::ready)
+            .collect()
+            .await;
+        let mut leader = None;
+        for (id, channel) in &replicas {
+            let status = tokio::time::timeout(
+                Duration::from_millis(300),
+                ClusterClient::new(channel.clone()).status(pb::StatusRequest {
+                    options: Some(pb::ReadOptions { stale: true }),
+                }),
+            )
+            .await;
+            if let Ok(Ok(status)) = status
+                && status.get_ref().state == "leader"
+            {
+                leader = Some(*id);
+                break;
+            }
+        }
+        let state = |s: &pb::ShardStatusResponse, k: &str| -> u64 {
+            s.machines_by_state.get(k).copied().unwrap_or(0)
+        };
+        shared.samples.lock().unwrap().push(Sample {
+            t_ms,
+            demand,
+            assigned: statuses.iter().map(|s| state(s, "assigned")).sum(),
+            held: statuses
+                .iter()
+                .map(|s| s.machines_by_state.values().sum::<u64>())
+                .sum(),
+            shortfall: statuses.iter().map(|s| s.shortfall).sum(),
+            shards_answering: statuses.len(),
+            shards_reaching_coordinator: statuses
+                .iter()
+                .filter(|s| s.coordinator_reachable)
+                .count(),
+            leader,
+        });
+        tokio::time::sleep(
+            interval.saturating_sub(Duration::from_millis(shared.now_ms().saturating_sub(t_ms))),
+        )
+        .await;
+    }
+}
+
+impl Sim {
+    /// Starts the replicas and the shards, loads the fleet and submits every cluster's demand.
+    async fn start(args: FleetArgs) -> anyhow::Result<Sim> {
+        let scale = Scale::named(&args.scale).context("unknown scale")?;
+        let program = std::env::current_exe().context("locating the ballast-sim binary")?;
+        if args.out.exists() {
+            std::fs::remove_dir_all(&args.out)
+                .with_context(|| format!("clearing {}", args.out.display()))?;
+        }
+        std::fs::create_dir_all(&args.out)?;
+        let model = FleetModel::new(scale, args.seed);
+        let started = Instant::now();
+        println!(
+            "==> {} scale: 3 replicas, {} shard workers, {} domains, {} clusters, {} quotas",
+            scale.name, scale.shards, scale.domains, scale.clusters, scale.quotas
+        );
+        let cluster = TestCluster::start_with(
+            ClusterOptions {
+                program: program.clone(),
+                leading_args: vec!["replica".into()],
+                dir: Some(args.out.join("cluster")),
+                ..ClusterOptions::default()
+            },
+            3,
+        )
+        .await;
+        let lease = args.shard_lease_ms.to_string();
+        let shards: Vec<ShardProcess> = model
+            .shards
+            .iter()
+            .map(|s| {
+                cluster.spawn_shard(
+                    &program,
+                    &["shard"],
+                    &s.id,
+                    s.az,
+                    &[
+                        "--lease-ms",
+                        &lease,
+                        "--sim-latency-ms",
+                        "20",
+                        "--foreign-release-after-ms",
+                        "1000",
+                    ],
+                )
+            })
+            .collect();
+        let shard_clients = shards.iter().map(|s| s.client()).collect();
+        let mut config = ClientConfig::new(cluster.endpoints());
+        config.retry_budget = Duration::from_secs(30);
+        let client = BallastClient::new(config)?;
+        let shared = Arc::new(Shared {
+            started,
+            alive: (0..scale.shards).map(|_| AtomicBool::new(true)).collect(),
+            model: Mutex::new(model),
+            samples: Mutex::default(),
+            events: Mutex::default(),
+            write_latencies_ms: Mutex::default(),
+            writes_failed: Mutex::default(),
+            acked_bindings: Mutex::default(),
+            writer_paused: AtomicBool::new(false),
+            demand_paused: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+        });
+        let sim = Sim {
+            args,
+            scale,
+            cluster,
+            shards,
+            shard_clients,
+            client,
+            shared,
+            windows: Vec::new(),
+        };
+        sim.cluster.wait_for_shards(scale.shards).await;
+        sim.shared
+            .event(format!("{} shard workers registered", scale.shards));
+        sim.load_fleet().await?;
+        Ok(sim)
+    }
+
+    /// Writes the domains, bindings, providers and quotas, then every cluster's demand.
+    async fn load_fleet(&self) -> anyhow::Result<()> {
+        let (domains, clusters, slice, shard_ids) = {
+            let model = self.shared.model.lock().unwrap();
+            let ids: Vec<String> = model.shards.iter().map(|s| s.id.clone()).collect();
+            let domains: Vec<pb::DomainAssignment> = model
+                .domains
+                .iter()
+                .map(|(domain, shard)| pb::DomainAssignment {
+                    domain: domain.clone(),
+                    shard: ids[*shard].clone(),
+                })
+                .collect();
+            let clusters: Vec<pb::Command> = model
+                .clusters
+                .iter()
+                .map(|c| {
+                    command(Wire::BindCluster(pb::BindCluster {
+                        cluster: c.id.clone(),
+                        shard: ids[c.shard].clone(),
+                    }))
+                })
+                .collect();
+            (domains, clusters, model.slice_per_quota(), ids)
+        };
+        for chunk in domains.chunks(10_000) {
+            self.client
+                .write(command(Wire::AssignDomains(pb::AssignDomains {
+                    assignments: chunk.to_vec(),
+                    allow_move: false,
+                })))
+                .await
+                .context("assigning domains")?;
+        }
+        for chunk in clusters.chunks(10_000) {
+            self.client
+                .write(command(Wire::Batch(pb::Batch {
+                    commands: chunk.to_vec(),
+                })))
+                .await
+                .context("binding clusters")?;
+        }
+        let mut commands = Vec::new();
+        for q in 0..self.scale.quotas {
+            let (provider, region) = FleetModel::quota_key(q);
+            commands.push(command(Wire::SetProvider(pb::SetProvider {
+                name: provider.clone(),
+                endpoint: format!("https://{provider}.sim"),
+                region: region.clone(),
+                capacity_types: vec!["on-demand".into()],
+            })));
+            commands.push(command(Wire::SetQuota(pb::SetQuota {
+                provider,
+                region,
+                // Room for a tenth more than the slices: slices, not the total, bind.
+                total: slice * shard_ids.len() as u64 * 11 / 10,
+                slices: shard_ids
+                    .iter()
+                    .map(|id| pb::QuotaSlice {
+                        shard: id.clone(),
+                        amount: slice,
+                    })
+                    .collect(),
+            })));
+        }
+        let written = self
+            .client
+            .write(command(Wire::Batch(pb::Batch { commands })))
+            .await
+            .context("setting quotas")?;
+        let revision = written.header.map(|h| h.revision).unwrap_or(0);
+        self.shared.event(format!(
+            "fleet loaded at revision {revision}: {} domains, {} bindings, {} quotas of {} slices",
+            domains.len(),
+            clusters.len(),
+            self.scale.quotas,
+            shard_ids.len()
+        ));
+        self.wait_for_shards_at(revision).await?;
+        let all: Vec<usize> = (0..self.scale.clusters).collect();
+        let submitted = submit_demand(&self.shared, &self.shard_clients, &all).await;
+        self.shared
+            .event(format!("demand submitted for {submitted} clusters"));
+        Ok(())
+    }
+
+    /// Waits (up to a minute) until every live shard's cache reflects `revision`.
+    async fn wait_for_shards_at(&self, revision: u64) -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        let live = self.live_shards();
+        let mut remaining = live.clone();
+        while !remaining.is_empty() {
+            if started.elapsed() > Duration::from_secs(60) {
+                bail!(
+                    "shards {:?} did not reach revision {revision} within a minute",
+                    remaining
+                        .iter()
+                        .map(|&i| self.shards[i].id.as_str())
+                        .collect::<Vec<_>>()
+                );
+            }
+            let mut behind = Vec::new();
+            for &i in &remaining {
+                let status = self.shard_status(i).await;
+                if status.is_none_or(|s| s.revision < revision) {
+                    behind.push(i);
+                }
+            }
+            remaining = behind;
+            if !remaining.is_empty() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        Ok(started.elapsed())
+    }
+
+    async fn shard_status(&self, shard: usize) -> Option<pb::ShardStatusResponse> {
+        let mut client = self.shard_clients[shard].clone();
+        tokio::time::timeout(
+            Duration::from_secs(2),
+            client.status(pb::ShardStatusRequest {}),
+        )
+        .await
+        .ok()?
+        .ok()
+        .map(|r| r.into_inner())
+    }
+
+    fn live_shards(&self) -> Vec<usize> {
+        (0..self.shards.len())
+            .filter(|&i| self.shared.alive[i].load(Ordering::Relaxed))
+            .collect()
+    }
+
+    /// Starts the sampler, the demand driver and the background writer.
+    fn start_background(&self) -> Vec<tokio::task::JoinHandle<()>> {
+        let interval = if self.scale.shards > 20 {
+            Duration::from_millis(1000)
+        } else {
+            Duration::from_millis(200)
+        };
+        let replicas = self
+            .cluster
+            .replicas
+            .iter()
+            .map(|r| (r.id, self.cluster.channel(r.id)))
+            .collect();
+        let mut writer = ClientConfig::new(self.cluster.endpoints());
+        writer.retry_budget = Duration::from_secs(2);
+        let writer = BallastClient::new(writer).expect("endpoints are valid");
+        let shard_ids = self.shards.iter().map(|s| s.id.clone()).collect();
+        vec![
+            tokio::spawn(sample(
+                self.shared.clone(),
+                self.shard_clients.clone(),
+                replicas,
+                interval,
+            )),
+            tokio::spawn(drive_demand(
+                self.shared.clone(),
+                self.shard_clients.clone(),
+            )),
+            tokio::spawn(write_steadily(self.shared.clone(), writer, shard_ids)),
+        ]
+    }
+}
+
+/// Runs the simulator: starts everything, runs the scenarios, writes the report. Fails when
+/// an invariant was violated (after writing the report).
+pub async fn run(args: FleetArgs) -> anyhow::Result<Report> {
+    let out = args.out.clone();
+    let mut sim = Sim::start(args).await?;
+    let background = sim.start_background();
+    let mut results = Vec::new();
+    let scenarios = sim.args.scenarios.clone();
+    for scenario in scenarios {
+        println!("\n==> scenario {scenario:?}");
+        let result = sim.run_scenario(scenario).await;
+        let result = match result {
+            Ok(result) => result,
+            Err(error) => scenarios::failed(scenario, &sim.shared, &error),
+        };
+        for check in &result.invariants {
+            println!(
+                "    {} {}: {}",
+                if check.holds { "ok  " } else { "FAIL" },
+                check.name,
+                check.detail
+            );
+        }
+        results.push(result);
+    }
+    sim.shared.stop.store(true, Ordering::Relaxed);
+    for task in background {
+        let _ = task.await;
+    }
+    let rss = sim
+        .cluster
+        .replicas
+        .iter()
+        .filter_map(|r| r.pid())
+        .filter_map(ballast_testkit::rss_bytes)
+        .sum();
+    let report = Report::build(&sim, results, rss);
+    report.write(&out)?;
+    println!("\n{}", report.summary());
+    println!(
+        "report: {}  charts: {}",
+        out.join("report.html").display(),
+        out.join("timeline.svg").display()
+    );
+    let violations = report.violations();
+    if violations > 0 {
+        bail!("{violations} invariant violations (see {})", out.display());
+    }
+    Ok(report)
+}

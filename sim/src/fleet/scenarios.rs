@@ -1,0 +1,697 @@
+//! The scenarios: each breaks something on purpose, measures how the system rode through it,
+//! and ends with the invariants checked on the healed (or still degraded) system.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use ballast_coordinator::dr::PAYLOAD;
+use ballast_coordinator::node::RESTORE_BUMP;
+use ballast_coordinator::raft::types::ReplicaNode;
+use ballast_coordinator::restore::{Archived, restore_into};
+use ballast_dr::{ArchiveUrl, NoProgress};
+use ballast_protocol::pb;
+use ballast_protocol::pb::command::Command as Wire;
+use ballast_testkit::fleet::list_fleet;
+
+use super::checks::Check;
+use super::{Scenario, Shared, Sim, Window, command, submit_demand};
+
+/// What one scenario measured and whether the invariants held after it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ScenarioResult {
+    /// Which.
+    pub scenario: Scenario,
+    /// Start, ms since the run started.
+    pub started_ms: u64,
+    /// How long it ran (checks included).
+    pub duration_ms: u64,
+    /// Named figures (ms, counts, bytes).
+    pub measurements: BTreeMap<String, f64>,
+    /// Verdicts.
+    pub invariants: Vec<Check>,
+}
+
+/// A scenario that could not finish: recorded as a violated invariant.
+pub fn failed(scenario: Scenario, shared: &Shared, error: &anyhow::Error) -> ScenarioResult {
+    ScenarioResult {
+        scenario,
+        started_ms: shared.now_ms(),
+        duration_ms: 0,
+        measurements: BTreeMap::new(),
+        invariants: vec![Check::new(
+            "scenario completed",
+            false,
+            format!("{error:#}"),
+        )],
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
+}
+
+impl Sim {
+    /// Runs one scenario and then the invariants.
+    pub(super) async fn run_scenario(
+        &mut self,
+        scenario: Scenario,
+    ) -> anyhow::Result<ScenarioResult> {
+        let started_ms = self.shared.now_ms();
+        let started = Instant::now();
+        let mut measurements = BTreeMap::new();
+        let mut invariants = match scenario {
+            Scenario::Steady => {
+                tokio::time::sleep(Duration::from_secs(self.args.steady_secs)).await;
+                Vec::new()
+            }
+            Scenario::LeaderKill => self.leader_kills(&mut measurements).await?,
+            Scenario::Outage => self.outage(&mut measurements).await?,
+            Scenario::AzLoss => self.az_loss(&mut measurements).await?,
+            Scenario::Burst => self.burst(&mut measurements).await?,
+            Scenario::Dr => self.dr(&mut measurements).await?,
+        };
+        invariants.extend(self.checkpoint(true).await?);
+        Ok(ScenarioResult {
+            scenario,
+            started_ms,
+            duration_ms: started.elapsed().as_millis() as u64,
+            measurements,
+            invariants,
+        })
+    }
+
+    /// A fleet write with its own request id, waited for across elections.
+    async fn bind(&self, cluster: &str, shard: usize) -> anyhow::Result<u64> {
+        let answer = self
+            .client
+            .write(command(Wire::BindCluster(pb::BindCluster {
+                cluster: cluster.to_string(),
+                shard: self.shards[shard].id.clone(),
+            })))
+            .await
+            .with_context(|| format!("binding {cluster}"))?;
+        self.shared
+            .acked_bindings
+            .lock()
+            .unwrap()
+            .push((cluster.to_string(), self.shards[shard].id.clone()));
+        Ok(answer.header.map(|h| h.revision).unwrap_or(0))
+    }
+
+    async fn leader_kills(&mut self, m: &mut BTreeMap<String, f64>) -> anyhow::Result<Vec<Check>> {
+        let mut failovers = Vec::new();
+        for kill in 0..self.args.leader_kills {
+            let leader = self.cluster.leader().await;
+            self.shared.event(format!("SIGKILL leader {leader}"));
+            self.cluster.kill(leader);
+            let killed = Instant::now();
+            let revision = self.bind(&format!("sim-failover-{kill}"), 0).await?;
+            let failover = ms(killed.elapsed());
+            failovers.push(failover);
+            self.shared.event(format!(
+                "first write acknowledged {failover:.0} ms after the kill"
+            ));
+            self.cluster.restart(leader);
+            self.cluster.wait_for_revision(leader, revision).await;
+            self.shared
+                .event(format!("replica {leader} restarted and caught up"));
+        }
+        m.insert("kills".into(), failovers.len() as f64);
+        m.insert(
+            "failover_max_ms".into(),
+            failovers.iter().copied().fold(0.0, f64::max),
+        );
+        m.insert("failover_median_ms".into(), median(&mut failovers));
+        Ok(Vec::new())
+    }
+
+    /// Waits until every live shard serves all the machines its clusters ask for (assigned
+    /// machines at least the model's demand, nothing short). How long that took, or the shards
+    /// still short at `limit`. Callers hold the demand still while they wait.
+    pub(super) async fn until_demand_met(&self, limit: Duration) -> Result<Duration, String> {
+        let started = Instant::now();
+        let mut waiting = self.live_shards();
+        loop {
+            let mut still = Vec::new();
+            for &i in &waiting {
+                let demand = self.shared.model.lock().unwrap().demand_of(i);
+                let met = self.shard_status(i).await.is_some_and(|s| {
+                    s.shortfall == 0
+                        && s.machines_by_state.get("assigned").copied().unwrap_or(0) >= demand
+                });
+                if !met {
+                    still.push(i);
+                }
+            }
+            waiting = still;
+            if waiting.is_empty() {
+                return Ok(started.elapsed());
+            }
+            if started.elapsed() > limit {
+                let mut short = Vec::new();
+                for &i in &waiting {
+                    let demand = self.shared.model.lock().unwrap().demand_of(i);
+                    let seen = self.shard_status(i).await.map_or("no answer".into(), |s| {
+                        format!(
+                            "assigned {} of {demand}, shortfall {}, machines {:?}, {} slices",
+                            s.machines_by_state.get("assigned").copied().unwrap_or(0),
+                            s.shortfall,
+                            s.machines_by_state,
+                            s.slices.len()
+                        )
+                    });
+                    short.push(format!("{} ({seen})", self.shards[i].id));
+                }
+                return Err(short.join("; "));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn assigned_now(&self) -> u64 {
+        let mut total = 0;
+        for i in self.live_shards() {
+            if let Some(status) = self.shard_status(i).await {
+                total += status
+                    .machines_by_state
+                    .get("assigned")
+                    .copied()
+                    .unwrap_or(0);
+            }
+        }
+        total
+    }
+
+    async fn outage(&mut self, m: &mut BTreeMap<String, f64>) -> anyhow::Result<Vec<Check>> {
+        let mut checks = Vec::new();
+        let ids: Vec<u64> = self.cluster.replicas.iter().map(|r| r.id).collect();
+        self.shared
+            .event("outage: SIGKILL all three coordinator replicas");
+        let from_ms = self.shared.now_ms();
+        let began = Instant::now();
+        for id in &ids {
+            self.cluster.kill(*id);
+        }
+        // Demand surges on every shard while no coordinator answers.
+        self.shared.demand_paused.store(true, Ordering::Relaxed);
+        let before = self.assigned_now().await;
+        let live = self.live_shards();
+        let changed = self.shared.model.lock().unwrap().surge(&live, 30);
+        submit_demand(&self.shared, &self.shard_clients, &changed).await;
+        self.shared.event(format!(
+            "demand surge: {} clusters ask for 30% more",
+            changed.len()
+        ));
+        let served = self.until_demand_met(Duration::from_secs(60)).await.ok();
+        let after = self.assigned_now().await;
+        self.shared.demand_paused.store(false, Ordering::Relaxed);
+        let still_out = self.cluster.replicas.iter().all(|r| !r.is_running());
+        checks.push(Check::new(
+            "provisioning never stalled by the coordinator",
+            served.is_some() && still_out && after > before,
+            match served {
+                Some(d) => format!(
+                    "surge served in {:.0} ms with every replica down; assigned machines {before} → {after}",
+                    ms(d)
+                ),
+                None => "the surge was not served within 60 s of outage".to_string(),
+            },
+        ));
+        if let Some(d) = served {
+            m.insert("surge_served_without_coordinator_ms".into(), ms(d));
+        }
+        m.insert(
+            "machines_added_during_outage".into(),
+            after.saturating_sub(before) as f64,
+        );
+
+        // A shard SIGKILLed and restarted in the middle of the outage comes back from its
+        // cache alone.
+        let victim = 0;
+        let held = self
+            .shard_status(victim)
+            .await
+            .context("shard 0 before its restart")?;
+        self.shared.event(format!(
+            "SIGKILL {} during the outage and restart it",
+            self.shards[victim].id
+        ));
+        self.shards[victim].kill();
+        let restarted = Instant::now();
+        self.shards[victim].restart();
+        let mut back = None;
+        while restarted.elapsed() < Duration::from_secs(30) {
+            if let Some(s) = self.shard_status(victim).await
+                && s.epoch > held.epoch
+                && s.shortfall == 0
+                && s.cycles > 0
+            {
+                back = Some(s);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        checks.push(Check::new(
+            "a shard restarted during the outage serves from its cache",
+            back.as_ref().is_some_and(|s| {
+                s.domains == held.domains && s.revision == held.revision
+            }),
+            match &back {
+                Some(s) => format!(
+                    "epoch {} → {}, {} domains at revision {}, demand met {:.0} ms after the restart",
+                    held.epoch,
+                    s.epoch,
+                    s.domains.len(),
+                    s.revision,
+                    ms(restarted.elapsed())
+                ),
+                None => "did not come back with its demand met within 30 s".into(),
+            },
+        ));
+        m.insert(
+            "shard_restart_to_demand_met_ms".into(),
+            ms(restarted.elapsed()),
+        );
+
+        let outage = Duration::from_secs(self.args.outage_secs);
+        if began.elapsed() < outage {
+            tokio::time::sleep(outage - began.elapsed()).await;
+        }
+        self.shared.event("coordinator replicas restarted");
+        let returned = Instant::now();
+        for id in &ids {
+            self.cluster.restart(*id);
+        }
+        self.windows.push(Window {
+            label: "coordinator outage".into(),
+            from_ms,
+            to_ms: self.shared.now_ms(),
+        });
+        let leader = self.cluster.leader().await;
+        m.insert("outage_ms".into(), ms(began.elapsed()));
+        m.insert("restart_to_leader_ms".into(), ms(returned.elapsed()));
+        let revision = self.client.revision().await?;
+        self.wait_for_shards_at(revision).await?;
+        let mut unreachable = self.live_shards();
+        while !unreachable.is_empty() && returned.elapsed() < Duration::from_secs(60) {
+            let mut still = Vec::new();
+            for &i in &unreachable {
+                if self
+                    .shard_status(i)
+                    .await
+                    .is_none_or(|s| !s.coordinator_reachable)
+                {
+                    still.push(i);
+                }
+            }
+            unreachable = still;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        m.insert(
+            "restart_to_all_shards_reconnected_ms".into(),
+            ms(returned.elapsed()),
+        );
+        self.shared.event(format!(
+            "leader {leader}; every shard reconnected {:.0} ms after the restart",
+            ms(returned.elapsed())
+        ));
+        Ok(checks)
+    }
+
+    /// Domains `shard` holds according to the coordinator (one page of up to 10K is enough
+    /// to tell "none").
+    async fn domains_of(&self, shard: &str, limit: u32) -> anyhow::Result<Vec<String>> {
+        let shard = shard.to_string();
+        let page = self
+            .client
+            .fleet(|mut c, req| {
+                let shard = shard.clone();
+                async move {
+                    c.list_domains(req.wrap(pb::ListDomainsRequest {
+                        shard,
+                        limit,
+                        ..Default::default()
+                    }))
+                    .await
+                }
+            })
+            .await?;
+        Ok(page.domains.into_iter().map(|d| d.domain).collect())
+    }
+
+    /// Moves `moves` (domain, shard index) in batches of 10K; returns the last revision.
+    async fn move_domains(&self, moves: &[(String, usize)]) -> anyhow::Result<u64> {
+        let mut revision = 0;
+        for chunk in moves.chunks(10_000) {
+            let answer = self
+                .client
+                .write(command(Wire::AssignDomains(pb::AssignDomains {
+                    assignments: chunk
+                        .iter()
+                        .map(|(domain, shard)| pb::DomainAssignment {
+                            domain: domain.clone(),
+                            shard: self.shards[*shard].id.clone(),
+                        })
+                        .collect(),
+                    allow_move: true,
+                })))
+                .await
+                .context("moving domains")?;
+            revision = answer.header.map(|h| h.revision).unwrap_or(revision);
+        }
+        Ok(revision)
+    }
+
+    async fn az_loss(&mut self, m: &mut BTreeMap<String, f64>) -> anyhow::Result<Vec<Check>> {
+        let az = "az-c";
+        let lost = self.shared.model.lock().unwrap().shards_in(az);
+        let replica = self
+            .cluster
+            .replicas
+            .iter()
+            .find(|r| r.az == az)
+            .map(|r| r.id)
+            .context("no replica in az-c")?;
+        let listing = list_fleet(&self.client).await?;
+        let lost_ids: Vec<String> = lost.iter().map(|&i| self.shards[i].id.clone()).collect();
+        let evacuees: Vec<(String, usize)> = listing
+            .domains
+            .iter()
+            .filter_map(|d| {
+                lost_ids
+                    .iter()
+                    .position(|id| *id == d.shard)
+                    .map(|p| (d.domain.clone(), lost[p]))
+            })
+            .collect();
+        self.shared.event(format!(
+            "AZ loss: SIGKILL replica {replica} and {} shards of {az} ({} domains)",
+            lost.len(),
+            evacuees.len()
+        ));
+        let from_ms = self.shared.now_ms();
+        let killed = Instant::now();
+        self.cluster.kill(replica);
+        for &i in &lost {
+            self.shared.alive[i].store(false, Ordering::Relaxed);
+            self.shards[i].kill();
+        }
+        // The rebalancer moves their domains once their leases run out.
+        loop {
+            let mut remaining = 0;
+            for id in &lost_ids {
+                remaining += self.domains_of(id, 1).await?.len();
+            }
+            if remaining == 0 {
+                break;
+            }
+            if killed.elapsed() > Duration::from_secs(120) {
+                bail!("domains of {az}'s shards still assigned to them after 120 s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let committed = killed.elapsed();
+        let revision = self.client.revision().await?;
+        self.wait_for_shards_at(revision).await?;
+        let delivered = killed.elapsed();
+        self.shared.event(format!(
+            "{} domains reassigned {:.0} ms after the kill (lease {} ms), at every live shard {:.0} ms later",
+            evacuees.len(),
+            ms(committed),
+            self.args.shard_lease_ms,
+            ms(delivered - committed)
+        ));
+        m.insert("domains_evacuated".into(), evacuees.len() as f64);
+        m.insert("kill_to_reassigned_ms".into(), ms(committed));
+        m.insert(
+            "reassigned_to_delivered_ms".into(),
+            ms(delivered - committed),
+        );
+        let mut checks: Vec<Check> = self
+            .checkpoint(true)
+            .await?
+            .into_iter()
+            .map(|mut c| {
+                c.name = format!("{} (with {az} down)", c.name);
+                c
+            })
+            .collect();
+
+        self.shared.event(format!(
+            "{az} returns: replica {replica} and its shards restart"
+        ));
+        self.cluster.restart(replica);
+        for &i in &lost {
+            self.shards[i].restart();
+            self.shared.alive[i].store(true, Ordering::Relaxed);
+        }
+        let revision = self.client.revision().await?;
+        self.wait_for_shards_at(revision).await?;
+        let mut dropped = true;
+        for &i in &lost {
+            dropped &= self
+                .shard_status(i)
+                .await
+                .is_some_and(|s| s.domains.is_empty());
+        }
+        checks.push(Check::new(
+            "returning shards drop the domains they lost",
+            dropped,
+            format!("{} shards of {az} came back holding nothing", lost.len()),
+        ));
+        // What an operator does when the AZ is back: its domains, clusters and quota slices
+        // go home (the rebalancer handed them to live shards while it was down).
+        let returned = Instant::now();
+        self.move_domains(&evacuees).await?;
+        let mut commands: Vec<pb::Command> = listing
+            .bindings
+            .iter()
+            .filter(|b| lost_ids.contains(&b.shard))
+            .map(|b| {
+                command(Wire::MoveCluster(pb::MoveCluster {
+                    cluster: b.cluster.clone(),
+                    shard: b.shard.clone(),
+                }))
+            })
+            .collect();
+        let clusters_home = commands.len();
+        commands.extend(listing.quotas.iter().map(|q| {
+            command(Wire::SetQuota(pb::SetQuota {
+                provider: q.provider.clone(),
+                region: q.region.clone(),
+                total: q.total,
+                slices: q.slices.clone(),
+            }))
+        }));
+        let mut revision = 0;
+        for chunk in commands.chunks(10_000) {
+            let answer = self
+                .client
+                .write(command(Wire::Batch(pb::Batch {
+                    commands: chunk.to_vec(),
+                })))
+                .await
+                .context("moving clusters and slices home")?;
+            revision = answer.header.map(|h| h.revision).unwrap_or(revision);
+        }
+        let written = returned.elapsed();
+        self.wait_for_shards_at(revision).await?;
+        self.shared.event(format!(
+            "{} domains, {clusters_home} clusters and {} quotas' slices moved home: committed in {:.0} ms, at every shard {:.0} ms later",
+            evacuees.len(),
+            listing.quotas.len(),
+            ms(written),
+            ms(returned.elapsed() - written)
+        ));
+        m.insert("move_home_commit_ms".into(), ms(written));
+        m.insert(
+            "move_home_delivered_ms".into(),
+            ms(returned.elapsed() - written),
+        );
+        self.windows.push(Window {
+            label: format!("{az} lost"),
+            from_ms,
+            to_ms: self.shared.now_ms(),
+        });
+        let clusters: Vec<usize> = {
+            let model = self.shared.model.lock().unwrap();
+            (0..model.clusters.len())
+                .filter(|&n| lost.contains(&model.clusters[n].shard))
+                .collect()
+        };
+        submit_demand(&self.shared, &self.shard_clients, &clusters).await;
+        Ok(checks)
+    }
+
+    async fn burst(&mut self, m: &mut BTreeMap<String, f64>) -> anyhow::Result<Vec<Check>> {
+        let listing = list_fleet(&self.client).await?;
+        let wanted = self
+            .args
+            .burst_moves
+            .unwrap_or(30_000)
+            .min(listing.domains.len());
+        let index: BTreeMap<&str, usize> = self
+            .shards
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.id.as_str(), i))
+            .collect();
+        let shards = self.shards.len();
+        // Each domain moves to the next shard of its owner's AZ (shard i + 3, wrapping).
+        let moves: Vec<(String, usize)> = listing
+            .domains
+            .iter()
+            .filter_map(|d| {
+                let owner = *index.get(d.shard.as_str())?;
+                let mut next = (owner + 3) % shards;
+                if next % 3 != owner % 3 {
+                    next = owner % 3;
+                }
+                (next != owner).then(|| (d.domain.clone(), next))
+            })
+            .take(wanted)
+            .collect();
+        self.shared
+            .event(format!("burst: {} domain moves", moves.len()));
+        let started = Instant::now();
+        let revision = self.move_domains(&moves).await?;
+        let committed = started.elapsed();
+        self.wait_for_shards_at(revision).await?;
+        let delivered = started.elapsed();
+        self.shared.event(format!(
+            "burst committed in {:.0} ms, at every shard {:.0} ms after the first write",
+            ms(committed),
+            ms(delivered)
+        ));
+        m.insert("moves".into(), moves.len() as f64);
+        m.insert("commit_ms".into(), ms(committed));
+        m.insert("delivered_ms".into(), ms(delivered));
+        // Machines in a moved domain become "foreign" to their old shard, which returns them
+        // to the provider after its grace period; the new owner provisions afresh. Demand is
+        // met again once both have happened.
+        self.shared.demand_paused.store(true, Ordering::Relaxed);
+        let met = self.until_demand_met(Duration::from_secs(60)).await;
+        self.shared.demand_paused.store(false, Ordering::Relaxed);
+        if let Ok(d) = &met {
+            m.insert("delivered_to_demand_met_ms".into(), ms(*d));
+        }
+        self.shared.event(match &met {
+            Ok(d) => format!(
+                "demand met again {:.0} ms after the burst reached the shards",
+                ms(*d)
+            ),
+            Err(short) => format!("demand still not met 60 s after the burst: {short}"),
+        });
+        Ok(Vec::new())
+    }
+
+    async fn dr(&mut self, m: &mut BTreeMap<String, f64>) -> anyhow::Result<Vec<Check>> {
+        // The background writer stops first: everything it had acknowledged must survive.
+        self.shared.writer_paused.store(true, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let archives = std::path::absolute(self.args.out.join("archives"))?;
+        let started = Instant::now();
+        let exported = self
+            .client
+            .cluster(|mut c, req| {
+                let destination = archives.display().to_string();
+                async move { c.export(req.wrap(pb::ExportRequest { destination })).await }
+            })
+            .await
+            .context("exporting")?;
+        m.insert("export_ms".into(), ms(started.elapsed()));
+        self.shared
+            .event(format!("DR: exported {}", exported.archive_url));
+        // Written after the export: the restore loses these by design (the RPO).
+        let after = 20;
+        for n in 0..after {
+            self.client
+                .write(command(Wire::BindCluster(pb::BindCluster {
+                    cluster: format!("sim-after-export-{n}"),
+                    shard: self.shards[0].id.clone(),
+                })))
+                .await?;
+        }
+        self.shared
+            .event("DR: every replica and its data destroyed; restoring");
+        let from_ms = self.shared.now_ms();
+        let replicas: Vec<(u64, String, String, std::path::PathBuf)> = self
+            .cluster
+            .replicas
+            .iter()
+            .map(|r| (r.id, r.address.clone(), r.az.clone(), r.data_dir.clone()))
+            .collect();
+        for (id, _, _, dir) in &replicas {
+            self.cluster.kill(*id);
+            std::fs::remove_dir_all(dir)?;
+        }
+        let restoring = Instant::now();
+        let archive = ArchiveUrl::parse(&exported.archive_url)?;
+        let verified = ballast_dr::verify(&archive, None, true, &NoProgress).await?;
+        let manifest = verified.manifest;
+        if manifest.payload != PAYLOAD {
+            bail!("unexpected payload {}", manifest.payload);
+        }
+        let state = verified.data.context("the archive has no data")?;
+        let (id, address, az, dir) = replicas[0].clone();
+        restore_into(
+            &dir,
+            id,
+            ReplicaNode { address, az },
+            &Archived {
+                cluster_id: &manifest.cluster_id,
+                state: &state,
+                term: manifest.term,
+                index: manifest.log_index,
+            },
+            RESTORE_BUMP,
+        )?;
+        self.cluster.restart(id);
+        let revision = self.client.revision().await?;
+        let rto = restoring.elapsed();
+        for (id, ..) in &replicas[1..] {
+            self.cluster.rejoin_fresh(*id).await;
+        }
+        let redundant = restoring.elapsed();
+        self.wait_for_shards_at(revision).await?;
+        let resynced = restoring.elapsed();
+        self.windows.push(Window {
+            label: "DR restore".into(),
+            from_ms,
+            to_ms: self.shared.now_ms(),
+        });
+        self.shared.event(format!(
+            "DR: serving {:.0} ms after the restore began, 3 voters at {:.0} ms, every shard on the restored state at {:.0} ms",
+            ms(rto),
+            ms(redundant),
+            ms(resynced)
+        ));
+        m.insert("archive_bytes".into(), manifest.size as f64);
+        m.insert("restore_to_serving_ms".into(), ms(rto));
+        m.insert("restore_to_three_voters_ms".into(), ms(redundant));
+        m.insert("restore_to_shards_resynced_ms".into(), ms(resynced));
+        m.insert("writes_after_export_lost_by_design".into(), after as f64);
+        let listing = list_fleet(&self.client).await?;
+        let survived = listing
+            .bindings
+            .iter()
+            .filter(|b| b.cluster.starts_with("sim-after-export-"))
+            .count();
+        self.shared.writer_paused.store(false, Ordering::Relaxed);
+        Ok(vec![Check::new(
+            "the restore is the archive, nothing later",
+            survived == 0 && manifest.revision > 0,
+            format!(
+                "archive at revision {}; the {after} writes made after the export are absent ({survived} present)",
+                manifest.revision
+            ),
+        )])
+    }
+}
