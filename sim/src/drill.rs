@@ -151,29 +151,14 @@ async fn drill_one(
 
     println!("[{store}] restoring {}", exported.archive_url);
     let started = Instant::now();
-    let archive = ArchiveUrl::parse(&exported.archive_url)?;
     let key = Key::from_file(key_file)?;
-    let verified = ballast_dr::verify(&archive, Some(&key), true, &NoProgress).await?;
-    let download = started.elapsed();
-    let manifest = verified.manifest;
-    if manifest.payload != PAYLOAD {
-        bail!("unexpected payload {}", manifest.payload);
-    }
-    let state = verified.data.context("no data")?;
-    let (id, address, az, dir) = replicas[0].clone();
-    restore_into(
-        &dir,
-        id,
-        ReplicaNode { address, az },
-        &Archived {
-            cluster_id: &manifest.cluster_id,
-            state: &state,
-            term: manifest.term,
-            index: manifest.log_index,
-        },
-        RESTORE_BUMP,
-    )?;
-    cluster.restart(id);
+    let (manifest, download) = restore_replica(
+        &mut cluster,
+        replicas[0].0,
+        &exported.archive_url,
+        Some(&key),
+    )
+    .await?;
     serving(&client).await?;
     let rto = started.elapsed();
     for (id, ..) in &replicas[1..] {
@@ -205,6 +190,44 @@ async fn drill_one(
 }
 
 /// Waits until the cluster answers a linearizable read through its leader.
+/// Downloads and verifies the archive at `url`, writes it into replica `id`'s (deleted) data
+/// dir as a single-voter cluster with the restore bump, and starts the replica. Returns the
+/// manifest and how long download and verification took.
+pub(crate) async fn restore_replica(
+    cluster: &mut TestCluster,
+    id: u64,
+    url: &str,
+    key: Option<&Key>,
+) -> anyhow::Result<(ballast_dr::Manifest, Duration)> {
+    let started = Instant::now();
+    let archive = ArchiveUrl::parse(url)?;
+    let verified = ballast_dr::verify(&archive, key, true, &NoProgress).await?;
+    let download = started.elapsed();
+    let manifest = verified.manifest;
+    if manifest.payload != PAYLOAD {
+        bail!("unexpected payload {}", manifest.payload);
+    }
+    let state = verified.data.context("the archive has no data")?;
+    let replica = cluster.replica(id);
+    restore_into(
+        &replica.data_dir,
+        id,
+        ReplicaNode {
+            address: replica.address.clone(),
+            az: replica.az.clone(),
+        },
+        &Archived {
+            cluster_id: &manifest.cluster_id,
+            state: &state,
+            term: manifest.term,
+            index: manifest.log_index,
+        },
+        RESTORE_BUMP,
+    )?;
+    cluster.restart(id);
+    Ok((manifest, download))
+}
+
 async fn serving(client: &BallastClient) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {

@@ -168,14 +168,19 @@ fn verdicts(listing: &FleetListing, views: &ShardViews) -> Vec<Check> {
     checks
 }
 
-/// Acknowledged bindings the listing lacks. A binding may since have moved to another shard
-/// (the rebalancer moves a dead shard's clusters), but it may not vanish.
-pub fn lost_bindings(listing: &FleetListing, acked: &[(String, String)]) -> Vec<String> {
-    let bound: HashMap<&str, &str> = listing
+/// Cluster → shard as listed.
+fn bound(listing: &FleetListing) -> HashMap<&str, &str> {
+    listing
         .bindings
         .iter()
         .map(|b| (b.cluster.as_str(), b.shard.as_str()))
-        .collect();
+        .collect()
+}
+
+/// Acknowledged bindings the listing lacks. A binding may since have moved to another shard
+/// (the rebalancer moves a dead shard's clusters), but it may not vanish.
+pub fn lost_bindings(listing: &FleetListing, acked: &[(String, String)]) -> Vec<String> {
+    let bound = bound(listing);
     acked
         .iter()
         .filter(|(cluster, _)| !bound.contains_key(cluster.as_str()))
@@ -185,11 +190,7 @@ pub fn lost_bindings(listing: &FleetListing, acked: &[(String, String)]) -> Vec<
 
 /// Acknowledged bindings now on another shard than the one written.
 fn moved_bindings(listing: &FleetListing, acked: &[(String, String)]) -> usize {
-    let bound: HashMap<&str, &str> = listing
-        .bindings
-        .iter()
-        .map(|b| (b.cluster.as_str(), b.shard.as_str()))
-        .collect();
+    let bound = bound(listing);
     acked
         .iter()
         .filter(|(cluster, shard)| bound.get(cluster.as_str()).is_some_and(|s| s != shard))

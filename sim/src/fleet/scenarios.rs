@@ -6,11 +6,6 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use ballast_coordinator::dr::PAYLOAD;
-use ballast_coordinator::node::RESTORE_BUMP;
-use ballast_coordinator::raft::types::ReplicaNode;
-use ballast_coordinator::restore::{Archived, restore_into};
-use ballast_dr::{ArchiveUrl, NoProgress};
 use ballast_protocol::pb;
 use ballast_protocol::pb::command::Command as Wire;
 use ballast_testkit::fleet::list_fleet;
@@ -633,27 +628,13 @@ impl Sim {
             std::fs::remove_dir_all(dir)?;
         }
         let restoring = Instant::now();
-        let archive = ArchiveUrl::parse(&exported.archive_url)?;
-        let verified = ballast_dr::verify(&archive, None, true, &NoProgress).await?;
-        let manifest = verified.manifest;
-        if manifest.payload != PAYLOAD {
-            bail!("unexpected payload {}", manifest.payload);
-        }
-        let state = verified.data.context("the archive has no data")?;
-        let (id, address, az, dir) = replicas[0].clone();
-        restore_into(
-            &dir,
-            id,
-            ReplicaNode { address, az },
-            &Archived {
-                cluster_id: &manifest.cluster_id,
-                state: &state,
-                term: manifest.term,
-                index: manifest.log_index,
-            },
-            RESTORE_BUMP,
-        )?;
-        self.cluster.restart(id);
+        let (manifest, _) = crate::drill::restore_replica(
+            &mut self.cluster,
+            replicas[0].0,
+            &exported.archive_url,
+            None,
+        )
+        .await?;
         let revision = self.client.revision().await?;
         let rto = restoring.elapsed();
         for (id, ..) in &replicas[1..] {
