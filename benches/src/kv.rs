@@ -24,9 +24,81 @@ pub struct KvBenchArgs {
     /// Value size in bytes.
     #[arg(long, default_value_t = 256)]
     value_bytes: usize,
-    /// Markdown report to write.
+    /// Leader SIGKILLs per system (alternating), each timed to the next acknowledged put.
+    #[arg(long, default_value_t = 10)]
+    kills: usize,
+    /// Markdown report to write; the charts go next to it (`<name>-throughput.svg`,
+    /// `<name>-failover.svg`).
     #[arg(long, default_value = "docs/benchmarks-kv.md")]
     pub out: PathBuf,
+}
+
+/// Puts through `coordinator` until one is acknowledged (each attempt bounded by 1 s);
+/// how long that took.
+async fn first_ack(coordinator: &Coordinator, round: usize) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    loop {
+        let mut kv = coordinator.kv();
+        let put = kv.put(epb::PutRequest {
+            key: format!("failover/{round}").into_bytes(),
+            value: b"x".to_vec(),
+            ..Default::default()
+        });
+        if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(1), put).await {
+            return Ok(started.elapsed());
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            bail!("no put acknowledged within 60 s of a leader kill");
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// SIGKILLs Ballast's leader, times the next acknowledged put, restarts the replica and
+/// waits until it serves again.
+async fn ballast_failover(
+    cluster: &mut TestCluster,
+    client: &Coordinator,
+    round: usize,
+) -> anyhow::Result<Duration> {
+    let leader = cluster.leader().await;
+    cluster.kill(leader);
+    let took = first_ack(client, round).await?;
+    cluster.restart(leader);
+    let revision = cluster.client().revision().await?;
+    cluster.wait_for_revision(leader, revision).await;
+    Ok(took)
+}
+
+/// The same for etcd.
+async fn etcd_failover(
+    etcd: &mut EtcdCluster,
+    client: &Coordinator,
+    round: usize,
+) -> anyhow::Result<Duration> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let leader = loop {
+        if let Some(leader) = etcd.leader().await {
+            break leader;
+        }
+        if Instant::now() > deadline {
+            bail!("etcd reports no leader");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    etcd.kill(leader);
+    let took = first_ack(client, round).await?;
+    etcd.restart(leader)?;
+    // Back in the cluster: it reports the leader again.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while etcd.pids().len() < etcd.endpoints.len() || etcd.leader().await.is_none() {
+        if Instant::now() > deadline {
+            bail!("etcd member {leader} did not rejoin");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    ready(client).await?;
+    Ok(took)
 }
 
 /// Puts for `seconds` with `in_flight` concurrent writers; latencies of acknowledged puts.
@@ -80,7 +152,7 @@ pub(crate) async fn ready(coordinator: &Coordinator) -> anyhow::Result<()> {
 pub async fn run(args: KvBenchArgs) -> anyhow::Result<()> {
     let work = tempfile::tempdir().context("temp dir")?;
     let program = std::env::current_exe().context("locating ballast-bench")?;
-    let ballast = TestCluster::start_with(
+    let mut ballast = TestCluster::start_with(
         ClusterOptions {
             program: program.clone(),
             leading_args: vec!["replica".into()],
@@ -89,7 +161,7 @@ pub async fn run(args: KvBenchArgs) -> anyhow::Result<()> {
         3,
     )
     .await;
-    let etcd = EtcdCluster::start(work.path(), 3).context("starting etcd")?;
+    let mut etcd = EtcdCluster::start(work.path(), 3).context("starting etcd")?;
     let etcd_client = Coordinator::new(&etcd.endpoints)?;
     ready(&etcd_client).await?;
     // Ballast's etcd backend (ADR 0009) on the same etcd: its log goes through etcd's quorum.
@@ -142,6 +214,30 @@ pub async fn run(args: KvBenchArgs) -> anyhow::Result<()> {
         rows.push((in_flight, b, e, o));
     }
     let loaded = (rss(ballast_pids()), rss(etcd_pids()));
+    let disk = (
+        ballast
+            .replicas
+            .iter()
+            .map(|r| crate::stats::dir_bytes(&r.data_dir))
+            .sum::<u64>(),
+        etcd.data_dirs()
+            .iter()
+            .map(|d| crate::stats::dir_bytes(d))
+            .sum::<u64>(),
+    );
+    // Leader SIGKILL → next acknowledged put, alternating the two systems.
+    let (mut ballast_kills, mut etcd_kills) = (Vec::new(), Vec::new());
+    for round in 0..args.kills {
+        let e = etcd_failover(&mut etcd, &etcd_client, round).await?;
+        let b = ballast_failover(&mut ballast, &ballast_client, round).await?;
+        eprintln!("kill {round}: etcd {} ms, ballast {} ms", ms(e), ms(b));
+        etcd_kills.push(e);
+        ballast_kills.push(b);
+    }
+    let failover = (
+        Summary::of(&mut ballast_kills.clone()),
+        Summary::of(&mut etcd_kills.clone()),
+    );
     let mut out = String::new();
     writeln!(out, "# KV benchmark: Ballast vs etcd\n")?;
     writeln!(
@@ -157,24 +253,100 @@ pub async fn run(args: KvBenchArgs) -> anyhow::Result<()> {
     )?;
     writeln!(
         out,
-        "| in flight | Ballast puts/s | etcd puts/s | ratio | Ballast p50 / p99 ms | etcd p50 / p99 ms | errors B / e |"
+        "| in flight | Ballast puts/s | etcd puts/s | ratio | Ballast p50 / p99 / max ms | etcd p50 / p99 / max ms | errors B / e |"
     )?;
     writeln!(out, "|---:|---:|---:|---:|---|---|---|")?;
     for (in_flight, b, e, _) in &rows {
         writeln!(
             out,
-            "| {in_flight} | {:.0} | {:.0} | {:.2} | {} / {} | {} / {} | {} / {} |",
+            "| {in_flight} | {:.0} | {:.0} | {:.2} | {} / {} / {} | {} / {} / {} | {} / {} |",
             b.0,
             e.0,
             b.0 / e.0.max(1.0),
             ms(b.1.p50),
             ms(b.1.p99),
+            ms(b.1.max),
             ms(e.1.p50),
             ms(e.1.p99),
+            ms(e.1.max),
             b.2,
             e.2
         )?;
     }
+    let stem = args
+        .out
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_else(|| "benchmarks-kv".into());
+    let chart = |suffix: &str| args.out.with_file_name(format!("{stem}-{suffix}.svg"));
+    writeln!(out, "\n![puts per second]({stem}-throughput.svg)\n")?;
+    writeln!(
+        out,
+        "Leader SIGKILL → next acknowledged put (client retrying every 2 ms, each attempt bounded \
+         by 1 s), {} kills each, alternating; the killed member is restarted and back before the \
+         next kill. Ballast with its default timers (heartbeat 50 ms, election timeout 150–300 \
+         ms), etcd with its defaults (heartbeat 100 ms, election timeout 1 s):\n",
+        args.kills
+    )?;
+    writeln!(out, "| | median ms | max ms |")?;
+    writeln!(out, "|---|---:|---:|")?;
+    writeln!(
+        out,
+        "| Ballast | {} | {} |",
+        ms(failover.0.p50),
+        ms(failover.0.max)
+    )?;
+    writeln!(
+        out,
+        "| etcd | {} | {} |",
+        ms(failover.1.p50),
+        ms(failover.1.max)
+    )?;
+    writeln!(out, "\n![failover]({stem}-failover.svg)\n")?;
+    writeln!(
+        out,
+        "On-disk size of the three members after the run: Ballast {} MiB, etcd {} MiB.",
+        mib(disk.0),
+        mib(disk.1)
+    )?;
+    let throughput: Vec<(String, f64)> = rows
+        .iter()
+        .flat_map(|(in_flight, b, e, _)| {
+            [
+                (format!("etcd ×{in_flight}"), e.0),
+                (format!("Ballast ×{in_flight}"), b.0),
+            ]
+        })
+        .collect();
+    std::fs::write(
+        chart("throughput"),
+        ballast_testkit::svg::bar_chart(
+            "etcd-API puts per second, 3 members on loopback (×N = in flight)",
+            "system × in flight",
+            "puts/s",
+            &throughput,
+        ),
+    )?;
+    let kills: Vec<(String, f64)> = ballast_kills
+        .iter()
+        .zip(&etcd_kills)
+        .enumerate()
+        .flat_map(|(n, (b, e))| {
+            [
+                (format!("e{n}"), e.as_secs_f64() * 1000.0),
+                (format!("B{n}"), b.as_secs_f64() * 1000.0),
+            ]
+        })
+        .collect();
+    std::fs::write(
+        chart("failover"),
+        ballast_testkit::svg::bar_chart(
+            "Leader SIGKILL → next acknowledged put, per kill (e = etcd, B = Ballast)",
+            "kill",
+            "ms",
+            &kills,
+        ),
+    )?;
     writeln!(
         out,
         "\nBallast with `--backend etcd` (ADR 0009: three Ballast replicas keeping their log in \

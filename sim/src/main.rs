@@ -1,6 +1,7 @@
-//! `ballast-sim`: the local 3-AZ demo. It runs each coordinator replica as a child process of
-//! itself (`ballast-sim replica ...`), so one `cargo run` builds everything the demo needs and
-//! the leader can be killed with a real SIGKILL.
+//! `ballast-sim`: the demo, the fleet simulator, the fault-injection harness and the drills.
+//! It runs each coordinator replica and shard worker as a child process of itself
+//! (`ballast-sim replica ...`, `ballast-sim shard ...`), so one `cargo run` builds everything
+//! and a leader can be killed with a real SIGKILL.
 
 mod chaos;
 mod demo;
@@ -18,8 +19,10 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Start a local 3-replica cluster in AZs az-a, az-b, az-c, load a small fleet, kill the
-    /// leader, show the failover, and keep serving until Ctrl-C.
+    /// The README's demo: 3 replicas in az-a/b/c and 6 shard workers carry a seeded fleet
+    /// through leader kills, a full outage, an AZ loss, a burst of moves and a DR restore
+    /// (invariants checked after each), then an election over the KV; leaves a report and
+    /// serves until Ctrl-C.
     Demo(demo::DemoArgs),
     /// Fault injection: seeded schedules of kills, pauses, partitions, loss and delay against
     /// three replicas, with every history checked for linearizability and the healed cluster

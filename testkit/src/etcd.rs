@@ -33,10 +33,32 @@ pub fn version() -> String {
         .unwrap_or_default()
 }
 
+/// One etcd member: its flags (to start it again) and its process while running.
+struct Member {
+    args: Vec<String>,
+    log: PathBuf,
+    data_dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Member {
+    fn spawn(&mut self) -> std::io::Result<()> {
+        let log = File::options().create(true).append(true).open(&self.log)?;
+        self.child = Some(
+            Command::new("etcd")
+                .args(&self.args)
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .spawn()?,
+        );
+        Ok(())
+    }
+}
+
 /// An etcd cluster of one or more members on loopback (fsync on, default settings), killed
 /// when dropped.
 pub struct EtcdCluster {
-    members: Vec<Child>,
+    members: Vec<Member>,
     /// Client endpoints (`127.0.0.1:port`), one per member.
     pub endpoints: Vec<String>,
 }
@@ -54,48 +76,121 @@ impl EtcdCluster {
         };
         for i in 0..size {
             let client = format!("http://127.0.0.1:{}", base + i);
-            let log = File::create(dir.join(format!("etcd-{i}.log")))?;
-            let child = Command::new("etcd")
-                .args([
-                    "--name",
-                    &format!("e{i}"),
-                    "--data-dir",
-                    &dir.join(format!("etcd-{i}")).display().to_string(),
-                    "--listen-client-urls",
-                    &client,
-                    "--advertise-client-urls",
-                    &client,
-                    "--listen-peer-urls",
-                    &peer(i),
-                    "--initial-advertise-peer-urls",
-                    &peer(i),
-                    "--initial-cluster",
-                    &initial.join(","),
-                    "--initial-cluster-state",
-                    "new",
-                    "--initial-cluster-token",
-                    "ballast-test",
-                ])
-                .stdout(log.try_clone()?)
-                .stderr(log)
-                .spawn()?;
-            cluster.members.push(child);
+            let data_dir = dir.join(format!("etcd-{i}"));
+            let args = [
+                "--name",
+                &format!("e{i}"),
+                "--data-dir",
+                &data_dir.display().to_string(),
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+                "--listen-peer-urls",
+                &peer(i),
+                "--initial-advertise-peer-urls",
+                &peer(i),
+                "--initial-cluster",
+                &initial.join(","),
+                "--initial-cluster-state",
+                "new",
+                "--initial-cluster-token",
+                "ballast-test",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            let mut member = Member {
+                args,
+                log: dir.join(format!("etcd-{i}.log")),
+                data_dir,
+                child: None,
+            };
+            member.spawn()?;
+            cluster.members.push(member);
             cluster.endpoints.push(format!("127.0.0.1:{}", base + i));
         }
         Ok(cluster)
     }
 
-    /// Process ids of the members.
+    /// Process ids of the running members.
     pub fn pids(&self) -> Vec<u32> {
-        self.members.iter().map(|m| m.id()).collect()
+        self.members
+            .iter()
+            .filter_map(|m| m.child.as_ref().map(Child::id))
+            .collect()
+    }
+
+    /// Data directories of the members.
+    pub fn data_dirs(&self) -> Vec<PathBuf> {
+        self.members.iter().map(|m| m.data_dir.clone()).collect()
+    }
+
+    /// SIGKILLs member `index`.
+    pub fn kill(&mut self, index: usize) {
+        if let Some(mut child) = self.members[index].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts killed member `index` again from its data dir (its membership is on disk; the
+    /// bootstrap flags are ignored then).
+    pub fn restart(&mut self, index: usize) -> std::io::Result<()> {
+        assert!(
+            self.members[index].child.is_none(),
+            "etcd member {index} still runs"
+        );
+        self.members[index].spawn()
+    }
+
+    /// Index of the member that leads, as the running members report it (Maintenance.Status).
+    pub async fn leader(&self) -> Option<usize> {
+        use ballast_protocol::etcdserverpb::StatusRequest;
+        use ballast_protocol::etcdserverpb::maintenance_client::MaintenanceClient;
+        let mut ids = Vec::new();
+        let mut leader = None;
+        for (i, endpoint) in self.endpoints.iter().enumerate() {
+            if self.members[i].child.is_none() {
+                ids.push(None);
+                continue;
+            }
+            let status = async {
+                let channel = tonic::transport::Endpoint::from_shared(format!("http://{endpoint}"))
+                    .ok()?
+                    .connect_timeout(std::time::Duration::from_millis(500))
+                    .timeout(std::time::Duration::from_millis(500))
+                    .connect()
+                    .await
+                    .ok()?;
+                MaintenanceClient::new(channel)
+                    .status(StatusRequest {})
+                    .await
+                    .ok()
+                    .map(|r| r.into_inner())
+            }
+            .await;
+            ids.push(
+                status
+                    .as_ref()
+                    .and_then(|s| s.header.as_ref())
+                    .map(|h| h.member_id),
+            );
+            if let Some(s) = status
+                && s.leader != 0
+            {
+                leader = Some(s.leader);
+            }
+        }
+        let leader = leader?;
+        ids.iter().position(|id| *id == Some(leader))
     }
 }
 
 impl Drop for EtcdCluster {
     fn drop(&mut self) {
-        for m in &mut self.members {
-            let _ = m.kill();
-            let _ = m.wait();
+        for i in 0..self.members.len() {
+            self.kill(i);
         }
     }
 }

@@ -7,6 +7,7 @@ pub mod etcd;
 pub mod fleet;
 pub mod pki;
 mod s3;
+pub mod svg;
 
 pub use pki::TestPki;
 pub use s3::S3Server;

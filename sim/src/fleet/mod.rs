@@ -10,7 +10,6 @@ mod checks;
 pub mod model;
 mod report;
 mod scenarios;
-pub mod svg;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -86,6 +85,34 @@ pub struct FleetArgs {
     /// Lease the shard workers ask for (a dead shard's domains move once it runs out).
     #[arg(long, default_value_t = 3_000)]
     pub shard_lease_ms: u64,
+    /// Replica N listens on 127.0.0.1:(base-port + N - 1) instead of a free port.
+    #[arg(long)]
+    pub base_port: Option<u16>,
+}
+
+impl FleetArgs {
+    /// The CI-scale run with every scenario, into `out`.
+    pub fn ci(out: PathBuf, base_port: Option<u16>) -> FleetArgs {
+        FleetArgs {
+            scale: "ci".into(),
+            seed: 1,
+            out,
+            scenarios: vec![
+                Scenario::Steady,
+                Scenario::LeaderKill,
+                Scenario::Outage,
+                Scenario::AzLoss,
+                Scenario::Burst,
+                Scenario::Dr,
+            ],
+            steady_secs: 4,
+            outage_secs: 6,
+            leader_kills: 3,
+            burst_moves: None,
+            shard_lease_ms: 3_000,
+            base_port,
+        }
+    }
 }
 
 /// One sample of the whole system, taken every sampling interval.
@@ -166,11 +193,11 @@ impl Shared {
 }
 
 /// The running simulation: the cluster, the shard processes and what they share.
-struct Sim {
+pub(crate) struct Sim {
     args: FleetArgs,
     scale: Scale,
-    cluster: TestCluster,
-    shards: Vec<ShardProcess>,
+    pub(crate) cluster: TestCluster,
+    pub(crate) shards: Vec<ShardProcess>,
     shard_clients: Vec<ShardWorkerClient<Channel>>,
     client: BallastClient,
     shared: Arc<Shared>,
@@ -358,7 +385,7 @@ async fn sample(
 
 impl Sim {
     /// Starts the replicas and the shards, loads the fleet and submits every cluster's demand.
-    async fn start(args: FleetArgs) -> anyhow::Result<Sim> {
+    pub(crate) async fn start(args: FleetArgs) -> anyhow::Result<Sim> {
         let scale = Scale::named(&args.scale).context("unknown scale")?;
         let program = std::env::current_exe().context("locating the ballast-sim binary")?;
         if args.out.exists() {
@@ -376,7 +403,11 @@ impl Sim {
             ClusterOptions {
                 program: program.clone(),
                 leading_args: vec!["replica".into()],
+                // A new leader gives every shard this long before judging it dead: the shards'
+                // own lease, as an operator would configure it.
+                extra: vec!["--shard-lease-ms".into(), args.shard_lease_ms.to_string()],
                 dir: Some(args.out.join("cluster")),
+                base_port: args.base_port,
                 ..ClusterOptions::default()
             },
             3,
@@ -604,50 +635,58 @@ impl Sim {
     }
 }
 
+impl Sim {
+    /// Runs every scenario with the background load, checks the invariants after each, and
+    /// writes the report. The cluster and the shards keep running afterwards.
+    pub(crate) async fn run_scenarios(&mut self) -> anyhow::Result<Report> {
+        let background = self.start_background();
+        let mut results = Vec::new();
+        for scenario in self.args.scenarios.clone() {
+            println!("\n==> scenario {scenario:?}");
+            let result = match self.run_scenario(scenario).await {
+                Ok(result) => result,
+                Err(error) => scenarios::failed(scenario, &self.shared, &error),
+            };
+            for check in &result.invariants {
+                println!(
+                    "    {} {}: {}",
+                    if check.holds { "ok  " } else { "FAIL" },
+                    check.name,
+                    check.detail
+                );
+            }
+            results.push(result);
+        }
+        self.shared.stop.store(true, Ordering::Relaxed);
+        for task in background {
+            let _ = task.await;
+        }
+        let rss = self
+            .cluster
+            .replicas
+            .iter()
+            .filter_map(|r| r.pid())
+            .filter_map(ballast_testkit::rss_bytes)
+            .sum();
+        let report = Report::build(self, results, rss);
+        let out = &self.args.out;
+        report.write(out)?;
+        println!("\n{}", report.summary());
+        println!(
+            "report: {}  charts: {}",
+            out.join("report.html").display(),
+            out.join("timeline.svg").display()
+        );
+        Ok(report)
+    }
+}
+
 /// Runs the simulator: starts everything, runs the scenarios, writes the report. Fails when
 /// an invariant was violated (after writing the report).
 pub async fn run(args: FleetArgs) -> anyhow::Result<Report> {
     let out = args.out.clone();
     let mut sim = Sim::start(args).await?;
-    let background = sim.start_background();
-    let mut results = Vec::new();
-    let scenarios = sim.args.scenarios.clone();
-    for scenario in scenarios {
-        println!("\n==> scenario {scenario:?}");
-        let result = sim.run_scenario(scenario).await;
-        let result = match result {
-            Ok(result) => result,
-            Err(error) => scenarios::failed(scenario, &sim.shared, &error),
-        };
-        for check in &result.invariants {
-            println!(
-                "    {} {}: {}",
-                if check.holds { "ok  " } else { "FAIL" },
-                check.name,
-                check.detail
-            );
-        }
-        results.push(result);
-    }
-    sim.shared.stop.store(true, Ordering::Relaxed);
-    for task in background {
-        let _ = task.await;
-    }
-    let rss = sim
-        .cluster
-        .replicas
-        .iter()
-        .filter_map(|r| r.pid())
-        .filter_map(ballast_testkit::rss_bytes)
-        .sum();
-    let report = Report::build(&sim, results, rss);
-    report.write(&out)?;
-    println!("\n{}", report.summary());
-    println!(
-        "report: {}  charts: {}",
-        out.join("report.html").display(),
-        out.join("timeline.svg").display()
-    );
+    let report = sim.run_scenarios().await?;
     let violations = report.violations();
     if violations > 0 {
         bail!("{violations} invariant violations (see {})", out.display());

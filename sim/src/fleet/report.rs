@@ -6,8 +6,8 @@ use std::path::Path;
 
 use super::model::Scale;
 use super::scenarios::ScenarioResult;
-use super::svg::{Band, Marker, Series, bar_chart, escape, line_chart};
 use super::{Event, Sample, Sim, Window};
+use ballast_testkit::svg::{Band, Marker, Series, bar_chart, escape, line_chart};
 
 /// Latency summary of the background fleet writes.
 #[derive(Clone, Debug, Default, serde::Serialize)]

@@ -1,4 +1,4 @@
-//! Small self-contained SVG charts for the simulator's reports: time series with shaded
+//! Small self-contained SVG charts for the simulator's and the benchmarks' reports: time series with shaded
 //! windows and event markers, and histograms. Hand-written rather than plotters: plotters
 //! needs a font library to lay out text, and these reports must render on an offline box with
 //! no fonts installed; an SVG `<text>` element is laid out by whatever opens the file.
