@@ -4,6 +4,7 @@
 mod coord;
 mod engine;
 mod kv;
+mod memory;
 mod stats;
 mod tls;
 
@@ -26,6 +27,9 @@ enum Command {
     Engine(engine::EngineBenchArgs),
     /// KV benchmark: etcd-API puts into Ballast and a real 3-member etcd in the same run.
     Kv(kv::KvBenchArgs),
+    /// Memory benchmark: RSS of three replicas with a 100M-machine fleet's state loaded,
+    /// after snapshots and after restarts.
+    Memory(memory::MemoryBenchArgs),
     /// TLS benchmark: the same puts into a plain and a mutual-TLS group in one run.
     Tls(tls::TlsBenchArgs),
     /// Run one coordinator replica (same flags as `ballast-coord`).
@@ -42,6 +46,7 @@ async fn run() -> anyhow::Result<()> {
         Command::Coord(args) => coord::run(args).await,
         Command::Kv(args) => kv::run(args).await,
         Command::Tls(args) => tls::run(args).await,
+        Command::Memory(args) => memory::run(args).await,
         Command::Engine(args) => {
             let out = args.out.clone();
             let report = engine::run(args).await?;

@@ -72,6 +72,10 @@ impl Store {
         };
         let db = Database::builder(dir)
             .cache_size(4 * 1024 * 1024)
+            // fjall's smallest journal budget (default 512 MiB): a rarely written keyspace
+            // (meta, snapshot) pins journal segments until the budget forces its flush, and a
+            // restart replays all of them into memtables.
+            .max_journaling_size(64 * 1024 * 1024)
             .worker_threads(1)
             .open()
             .map_err(wrap)?;
