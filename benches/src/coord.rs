@@ -36,7 +36,7 @@ pub struct CoordBenchArgs {
     #[arg(long, default_value_t = 200)]
     shards: usize,
     /// Markdown report to write.
-    #[arg(long, default_value = "docs/benchmarks.md")]
+    #[arg(long, default_value = "docs/benchmarks-coord.md")]
     out: PathBuf,
 }
 
@@ -290,7 +290,7 @@ pub async fn run(args: CoordBenchArgs) -> anyhow::Result<()> {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default();
-    writeln!(report, "# Benchmarks\n")?;
+    writeln!(report, "# Coordinator benchmark\n")?;
     writeln!(
         report,
         "Produced by `cargo run --release -p ballast-bench -- coord` on {now}.\n\nMachine: {}.\n\

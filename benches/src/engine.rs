@@ -257,7 +257,7 @@ pub async fn run(args: EngineBenchArgs) -> anyhow::Result<String> {
     writeln!(out, "# Shard benchmarks\n")?;
     writeln!(
         out,
-        "Machine: {}. Coordinator figures are in `benchmarks.md`.\n",
+        "Machine: {}. Coordinator figures are in `benchmarks-coord.md`.\n",
         crate::stats::machine()
     )?;
     writeln!(out, "## Engine decision time\n")?;

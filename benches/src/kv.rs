@@ -27,6 +27,10 @@ pub struct KvBenchArgs {
     /// Leader SIGKILLs per system (alternating), each timed to the next acknowledged put.
     #[arg(long, default_value_t = 10)]
     kills: usize,
+    /// Extra flags for the Ballast replicas (e.g. `--replica-flag=--election-max-ms=150`);
+    /// named in the report.
+    #[arg(long = "replica-flag", allow_hyphen_values = true)]
+    replica_flags: Vec<String>,
     /// Markdown report to write; the charts go next to it (`<name>-throughput.svg`,
     /// `<name>-failover.svg`).
     #[arg(long, default_value = "docs/benchmarks-kv.md")]
@@ -156,6 +160,7 @@ pub async fn run(args: KvBenchArgs) -> anyhow::Result<()> {
         ClusterOptions {
             program: program.clone(),
             leading_args: vec!["replica".into()],
+            extra: args.replica_flags.clone(),
             ..ClusterOptions::default()
         },
         3,
@@ -284,9 +289,14 @@ pub async fn run(args: KvBenchArgs) -> anyhow::Result<()> {
         out,
         "Leader SIGKILL → next acknowledged put (client retrying every 2 ms, each attempt bounded \
          by 1 s), {} kills each, alternating; the killed member is restarted and back before the \
-         next kill. Ballast with its default timers (heartbeat 50 ms, election timeout 150–300 \
-         ms), etcd with its defaults (heartbeat 100 ms, election timeout 1 s):\n",
-        args.kills
+         next kill. Ballast {}, etcd with its defaults (heartbeat 100 ms, election timeout \
+         1 s):\n",
+        args.kills,
+        if args.replica_flags.is_empty() {
+            "with its default timers (heartbeat 50 ms, election timeout 150–300 ms)".to_string()
+        } else {
+            format!("with `{}`", args.replica_flags.join(" "))
+        }
     )?;
     writeln!(out, "| | median ms | max ms |")?;
     writeln!(out, "|---|---:|---:|")?;

@@ -4,7 +4,9 @@
 //! every acknowledged put, once, in revision order; the replicas' memory must not grow with the
 //! number of leader changes. The CI run moves the leader 60 times; the long run
 //! (`BALLAST_LEADER_CHANGES=10000 cargo test -p ballast-sim --test load_under_faults --release
-//! -- --ignored`) 10,000 times.
+//! -- --ignored`) 10,000 times. With `BALLAST_CONTROL_NO_TRANSFERS=1` the long run keeps the
+//! same load and pace but leaves leadership alone: the control for telling growth caused by
+//! leader changes from growth caused by the writes.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -93,6 +95,7 @@ async fn rss_total(cluster: &TestCluster) -> u64 {
 }
 
 async fn run(leader_changes: usize) {
+    let control = std::env::var_os("BALLAST_CONTROL_NO_TRANSFERS").is_some();
     let mut cluster = TestCluster::start_with(
         ClusterOptions {
             program: env!("CARGO_BIN_EXE_ballast-sim").into(),
@@ -193,9 +196,16 @@ async fn run(leader_changes: usize) {
         let ids: Vec<u64> = cluster.replicas.iter().map(|r| r.id).collect();
         let at = ids.iter().position(|id| *id == leader).unwrap_or(0);
         let next = ids[(at + 1) % ids.len()];
-        let moved = ClusterClient::new(cluster.channel(leader))
-            .transfer_leader(pb::TransferLeaderRequest { target: next })
-            .await;
+        let moved = if control {
+            // The control run: the same load and the same pace, leadership left alone, so
+            // growth that shows here too is not caused by leader changes.
+            tokio::time::sleep(Duration::from_millis(480)).await;
+            Ok(tonic::Response::new(pb::TransferLeaderResponse::default()))
+        } else {
+            ClusterClient::new(cluster.channel(leader))
+                .transfer_leader(pb::TransferLeaderRequest { target: next })
+                .await
+        };
         if moved.is_ok() {
             changes += 1;
             if changes.is_multiple_of(500) {

@@ -88,6 +88,10 @@ pub struct FleetArgs {
     /// Replica N listens on 127.0.0.1:(base-port + N - 1) instead of a free port.
     #[arg(long)]
     pub base_port: Option<u16>,
+    /// Extra flags for the coordinator replicas (repeatable), e.g.
+    /// `--replica-flag=--election-max-ms=1000`.
+    #[arg(long = "replica-flag", allow_hyphen_values = true)]
+    pub replica_flags: Vec<String>,
 }
 
 impl FleetArgs {
@@ -111,6 +115,7 @@ impl FleetArgs {
             burst_moves: None,
             shard_lease_ms: 3_000,
             base_port,
+            replica_flags: Vec::new(),
         }
     }
 }
@@ -174,6 +179,8 @@ struct Shared {
     writer_paused: AtomicBool,
     /// Demand holds still (while a scenario measures how fast a given demand is met).
     demand_paused: AtomicBool,
+    /// Held while demand is submitted.
+    submitting: tokio::sync::Mutex<()>,
     stop: AtomicBool,
 }
 
@@ -219,47 +226,67 @@ fn machine_resources() -> pb::ResourceSpec {
     }
 }
 
-/// Submits `clusters`' current demand to their shards (live ones only), 64 calls at a time.
+/// Submits `clusters`' current demand to their shards (live ones only), 64 calls at a time,
+/// retrying failed calls twice with the then-current demand. Submissions are serialized so an
+/// older demand can never land after a newer one. Returns how many clusters were updated.
 async fn submit_demand(
     shared: &Shared,
     shard_clients: &[ShardWorkerClient<Channel>],
     clusters: &[usize],
 ) -> usize {
-    let requests: Vec<(usize, pb::SubmitDemandRequest)> = {
-        let model = shared.model.lock().unwrap();
-        clusters
-            .iter()
-            .map(|&n| &model.clusters[n])
-            .filter(|c| shared.alive[c.shard].load(Ordering::Relaxed))
-            .map(|c| {
-                (
-                    c.shard,
-                    pb::SubmitDemandRequest {
-                        cluster: c.id.clone(),
-                        rows: vec![pb::DemandRow {
-                            id: "main".into(),
-                            count: c.demand,
-                            resources: Some(machine_resources()),
-                            ..Default::default()
-                        }],
-                    },
-                )
+    let _one_at_a_time = shared.submitting.lock().await;
+    let mut pending: Vec<usize> = clusters.to_vec();
+    let mut updated = 0;
+    for _attempt in 0..3 {
+        let requests: Vec<(usize, usize, pb::SubmitDemandRequest)> = {
+            let model = shared.model.lock().unwrap();
+            pending
+                .iter()
+                .map(|&n| (n, &model.clusters[n]))
+                .filter(|(_, c)| shared.alive[c.shard].load(Ordering::Relaxed))
+                .map(|(n, c)| {
+                    (
+                        n,
+                        c.shard,
+                        pb::SubmitDemandRequest {
+                            cluster: c.id.clone(),
+                            rows: vec![pb::DemandRow {
+                                id: "main".into(),
+                                count: c.demand,
+                                resources: Some(machine_resources()),
+                                ..Default::default()
+                            }],
+                        },
+                    )
+                })
+                .collect()
+        };
+        let failed: Vec<usize> = futures::stream::iter(requests)
+            .map(|(n, shard, request)| {
+                let mut client = shard_clients[shard].clone();
+                async move {
+                    let ok =
+                        tokio::time::timeout(Duration::from_secs(5), client.submit_demand(request))
+                            .await
+                            .is_ok_and(|r| r.is_ok());
+                    (n, ok)
+                }
+            })
+            .buffer_unordered(64)
+            .filter_map(|(n, ok)| {
+                if ok {
+                    updated += 1;
+                }
+                std::future::ready((!ok).then_some(n))
             })
             .collect()
-    };
-    futures::stream::iter(requests)
-        .map(|(shard, request)| {
-            let mut client = shard_clients[shard].clone();
-            async move {
-                tokio::time::timeout(Duration::from_secs(2), client.submit_demand(request))
-                    .await
-                    .is_ok_and(|r| r.is_ok())
-            }
-        })
-        .buffer_unordered(64)
-        .filter(|ok| std::future::ready(*ok))
-        .count()
-        .await
+            .await;
+        if failed.is_empty() {
+            break;
+        }
+        pending = failed;
+    }
+    updated
 }
 
 /// Every second, about 5% of the clusters change their demand.
@@ -405,7 +432,13 @@ impl Sim {
                 leading_args: vec!["replica".into()],
                 // A new leader gives every shard this long before judging it dead: the shards'
                 // own lease, as an operator would configure it.
-                extra: vec!["--shard-lease-ms".into(), args.shard_lease_ms.to_string()],
+                extra: [
+                    "--shard-lease-ms".to_string(),
+                    args.shard_lease_ms.to_string(),
+                ]
+                .into_iter()
+                .chain(args.replica_flags.iter().cloned())
+                .collect(),
                 dir: Some(args.out.join("cluster")),
                 base_port: args.base_port,
                 ..ClusterOptions::default()
@@ -449,6 +482,7 @@ impl Sim {
             acked_bindings: Mutex::default(),
             writer_paused: AtomicBool::new(false),
             demand_paused: AtomicBool::new(false),
+            submitting: tokio::sync::Mutex::new(()),
             stop: AtomicBool::new(false),
         });
         let sim = Sim {
@@ -461,7 +495,23 @@ impl Sim {
             shared,
             windows: Vec::new(),
         };
-        sim.cluster.wait_for_shards(scale.shards).await;
+        // 200 processes starting on two cores take a while: wait longer than testkit does.
+        ballast_testkit::wait_for(
+            &format!("{} registered shards", scale.shards),
+            Duration::from_secs(180),
+            || async {
+                let listed = sim
+                    .client
+                    .fleet(|mut c, req| async move {
+                        c.list_shards(req.wrap(pb::ListShardsRequest { options: None }))
+                            .await
+                    })
+                    .await
+                    .ok()?;
+                (listed.shards.len() == scale.shards).then_some(())
+            },
+        )
+        .await;
         sim.shared
             .event(format!("{} shard workers registered", scale.shards));
         sim.load_fleet().await?;
