@@ -82,14 +82,19 @@ pub struct FleetArgs {
     /// Domain moves in the burst (default: 30,000 or every domain, whichever is fewer).
     #[arg(long)]
     pub burst_moves: Option<usize>,
-    /// Lease the shard workers ask for (a dead shard's domains move once it runs out).
-    #[arg(long, default_value_t = 3_000)]
-    pub shard_lease_ms: u64,
+    /// Lease the shard workers ask for, in ms (a dead shard's domains move once it runs
+    /// out). Default: 3,000 at CI scale; 10,000 at full scale, where 200 shard processes
+    /// share the box and heartbeats can be late.
+    #[arg(long)]
+    pub shard_lease_ms: Option<u64>,
     /// Replica N listens on 127.0.0.1:(base-port + N - 1) instead of a free port.
     #[arg(long)]
     pub base_port: Option<u16>,
     /// Extra flags for the coordinator replicas (repeatable), e.g.
-    /// `--replica-flag=--election-max-ms=1000`.
+    /// `--replica-flag=--election-max-ms=1000`. Default: none at CI scale; at full scale
+    /// etcd-like timers (heartbeat 100 ms, election 500–1,000 ms), because replicas sharing
+    /// two cores with 200 shard processes miss the default 150 ms vote deadlines and fall into
+    /// election storms (docs/simulator.md).
     #[arg(long = "replica-flag", allow_hyphen_values = true)]
     pub replica_flags: Vec<String>,
 }
@@ -113,7 +118,7 @@ impl FleetArgs {
             outage_secs: 6,
             leader_kills: 3,
             burst_moves: None,
-            shard_lease_ms: 3_000,
+            shard_lease_ms: None,
             base_port,
             replica_flags: Vec::new(),
         }
@@ -412,8 +417,21 @@ async fn sample(
 
 impl Sim {
     /// Starts the replicas and the shards, loads the fleet and submits every cluster's demand.
-    pub(crate) async fn start(args: FleetArgs) -> anyhow::Result<Sim> {
+    pub(crate) async fn start(mut args: FleetArgs) -> anyhow::Result<Sim> {
         let scale = Scale::named(&args.scale).context("unknown scale")?;
+        let crowded = scale.shards > 20;
+        let lease_ms = *args
+            .shard_lease_ms
+            .get_or_insert(if crowded { 10_000 } else { 3_000 });
+        if crowded && args.replica_flags.is_empty() {
+            args.replica_flags = [
+                "--heartbeat-ms=100",
+                "--election-min-ms=500",
+                "--election-max-ms=1000",
+            ]
+            .map(String::from)
+            .to_vec();
+        }
         let program = std::env::current_exe().context("locating the ballast-sim binary")?;
         if args.out.exists() {
             std::fs::remove_dir_all(&args.out)
@@ -426,19 +444,24 @@ impl Sim {
             "==> {} scale: 3 replicas, {} shard workers, {} domains, {} clusters, {} quotas",
             scale.name, scale.shards, scale.domains, scale.clusters, scale.quotas
         );
+        println!(
+            "    shard lease {lease_ms} ms; replica flags: {}",
+            if args.replica_flags.is_empty() {
+                "defaults".to_string()
+            } else {
+                args.replica_flags.join(" ")
+            }
+        );
         let cluster = TestCluster::start_with(
             ClusterOptions {
                 program: program.clone(),
                 leading_args: vec!["replica".into()],
                 // A new leader gives every shard this long before judging it dead: the shards'
                 // own lease, as an operator would configure it.
-                extra: [
-                    "--shard-lease-ms".to_string(),
-                    args.shard_lease_ms.to_string(),
-                ]
-                .into_iter()
-                .chain(args.replica_flags.iter().cloned())
-                .collect(),
+                extra: ["--shard-lease-ms".to_string(), lease_ms.to_string()]
+                    .into_iter()
+                    .chain(args.replica_flags.iter().cloned())
+                    .collect(),
                 dir: Some(args.out.join("cluster")),
                 base_port: args.base_port,
                 ..ClusterOptions::default()
@@ -446,7 +469,7 @@ impl Sim {
             3,
         )
         .await;
-        let lease = args.shard_lease_ms.to_string();
+        let lease = lease_ms.to_string();
         let shards: Vec<ShardProcess> = model
             .shards
             .iter()

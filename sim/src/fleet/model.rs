@@ -40,14 +40,16 @@ impl Scale {
     };
 
     /// The 100M-machine fleet's coordinator state (200 shards, 100K domains, 20K clusters,
-    /// 30 quotas) with real demand for 20K clusters × 25 machines = 500K simulated machines.
+    /// 30 quotas) with real demand for 20K clusters × 5 machines = 100K simulated machines
+    /// (what 200 shard processes sharing one small box can churn through; one shard's engine at
+    /// 500K machines is measured by `ballast-bench engine`).
     pub const FULL: Scale = Scale {
         name: "full",
         shards: 200,
         domains: 100_000,
         clusters: 20_000,
         quotas: 30,
-        mean_demand: 25,
+        mean_demand: 5,
         fleet_machines: 100_000_000,
     };
 

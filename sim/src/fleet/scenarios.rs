@@ -199,12 +199,19 @@ impl Sim {
         let before = self.assigned_now().await;
         let live = self.live_shards();
         let changed = self.shared.model.lock().unwrap().surge(&live, 30);
-        submit_demand(&self.shared, &self.shard_clients, &changed).await;
         self.shared.event(format!(
             "demand surge: {} clusters ask for 30% more",
             changed.len()
         ));
-        let served = self.until_demand_met(Duration::from_secs(60)).await.ok();
+        // Timed from the first submission: shards serve what reached them while the rest is
+        // still being submitted.
+        let surged = Instant::now();
+        submit_demand(&self.shared, &self.shard_clients, &changed).await;
+        let served = self
+            .until_demand_met(Duration::from_secs(60))
+            .await
+            .ok()
+            .map(|_| surged.elapsed());
         let after = self.assigned_now().await;
         self.shared.demand_paused.store(false, Ordering::Relaxed);
         let still_out = self.cluster.replicas.iter().all(|r| !r.is_running());
@@ -213,7 +220,7 @@ impl Sim {
             served.is_some() && still_out && after > before,
             match served {
                 Some(d) => format!(
-                    "surge served in {:.0} ms with every replica down; assigned machines {before} → {after}",
+                    "surge submitted and served in {:.0} ms with every replica down; assigned machines {before} → {after}",
                     ms(d)
                 ),
                 None => "the surge was not served within 60 s of outage".to_string(),
@@ -420,7 +427,7 @@ impl Sim {
             "{} domains reassigned {:.0} ms after the kill (lease {} ms), at every live shard {:.0} ms later",
             evacuees.len(),
             ms(committed),
-            self.args.shard_lease_ms,
+            self.args.shard_lease_ms.unwrap_or_default(),
             ms(delivered - committed)
         ));
         m.insert("domains_evacuated".into(), evacuees.len() as f64);
@@ -447,6 +454,30 @@ impl Sim {
             self.shards[i].restart();
             self.shared.alive[i].store(true, Ordering::Relaxed);
         }
+        // Back means heartbeating again: a shard that has not renewed its lease yet would
+        // lose whatever is moved home to the rebalancer straight away.
+        let started = Instant::now();
+        for &i in &lost {
+            while self
+                .shard_status(i)
+                .await
+                .is_none_or(|s| !s.coordinator_reachable)
+            {
+                if started.elapsed() > Duration::from_secs(120) {
+                    bail!(
+                        "{} did not reach the coordinator within 120 s of its restart",
+                        self.shards[i].id
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        // Reachable may mean only the watch is back; half a lease later every returning shard
+        // has renewed its lease by heartbeat (every third of a lease).
+        tokio::time::sleep(Duration::from_millis(
+            self.args.shard_lease_ms.unwrap_or_default() / 2,
+        ))
+        .await;
         let revision = self.client.revision().await?;
         self.wait_for_shards_at(revision).await?;
         let mut dropped = true;
