@@ -23,6 +23,15 @@ pub enum RestoreError {
     /// The data dir could not be used.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The archive holds a payload this build does not know.
+    #[error(
+        "holds {found:?}, which this build cannot restore (expects {:?})",
+        crate::dr::PAYLOAD
+    )]
+    Payload {
+        /// The manifest's payload.
+        found: String,
+    },
     /// The state to restore is unreadable.
     #[error("{what} is corrupt: {reason}")]
     Corrupt {
@@ -54,6 +63,24 @@ pub struct Archived<'a> {
     pub term: u64,
     /// Index of its last entry.
     pub index: u64,
+}
+
+impl<'a> Archived<'a> {
+    /// The snapshot of a verified archive with its `manifest`, if this build can restore its
+    /// payload.
+    pub fn of(manifest: &'a ballast_dr::Manifest, state: &'a [u8]) -> Result<Self, RestoreError> {
+        if manifest.payload != crate::dr::PAYLOAD {
+            return Err(RestoreError::Payload {
+                found: manifest.payload.clone(),
+            });
+        }
+        Ok(Archived {
+            cluster_id: &manifest.cluster_id,
+            state,
+            term: manifest.term,
+            index: manifest.log_index,
+        })
+    }
 }
 
 /// Writes a new data dir at `dir` (which must be empty or absent) holding `archived` as the

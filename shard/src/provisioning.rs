@@ -120,7 +120,9 @@ fn carry_out(worker: &Arc<Worker>) -> Result<(), CacheError> {
         let foreign: HashSet<&String> = plan.foreign.iter().collect();
         state.foreign_since.retain(|id, _| foreign.contains(id));
         for id in &plan.foreign {
-            state.foreign_since.entry(id.clone()).or_insert(now);
+            if !state.foreign_since.contains_key(id) {
+                state.foreign_since.insert(id.clone(), now);
+            }
         }
         let due: Vec<String> = state
             .foreign_since

@@ -10,7 +10,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use ballast_coordinator::dr::PAYLOAD;
 use ballast_coordinator::node::RESTORE_BUMP;
 use ballast_coordinator::raft::types::ReplicaNode;
 use ballast_coordinator::restore::{Archived, restore_into};
@@ -204,10 +203,8 @@ pub(crate) async fn restore_replica(
     let verified = ballast_dr::verify(&archive, key, true, &NoProgress).await?;
     let download = started.elapsed();
     let manifest = verified.manifest;
-    if manifest.payload != PAYLOAD {
-        bail!("unexpected payload {}", manifest.payload);
-    }
     let state = verified.data.context("the archive has no data")?;
+    let archived = Archived::of(&manifest, &state)?;
     let replica = cluster.replica(id);
     restore_into(
         &replica.data_dir,
@@ -216,12 +213,7 @@ pub(crate) async fn restore_replica(
             address: replica.address.clone(),
             az: replica.az.clone(),
         },
-        &Archived {
-            cluster_id: &manifest.cluster_id,
-            state: &state,
-            term: manifest.term,
-            index: manifest.log_index,
-        },
+        &archived,
         RESTORE_BUMP,
     )?;
     cluster.restart(id);

@@ -637,21 +637,23 @@ impl TestCluster {
 
     /// Waits until `count` shards are registered.
     pub async fn wait_for_shards(&self, count: usize) {
+        self.wait_for_shards_within(count, Duration::from_secs(30))
+            .await
+    }
+
+    /// Waits up to `limit` until `count` shards are registered.
+    pub async fn wait_for_shards_within(&self, count: usize, limit: Duration) {
         let client = self.client();
-        wait_for(
-            &format!("{count} registered shards"),
-            Duration::from_secs(30),
-            || async {
-                let listed = client
-                    .fleet(|mut c, req| async move {
-                        c.list_shards(req.wrap(pb::ListShardsRequest { options: None }))
-                            .await
-                    })
-                    .await
-                    .ok()?;
-                (listed.shards.len() == count).then_some(())
-            },
-        )
+        wait_for(&format!("{count} registered shards"), limit, || async {
+            let listed = client
+                .fleet(|mut c, req| async move {
+                    c.list_shards(req.wrap(pb::ListShardsRequest { options: None }))
+                        .await
+                })
+                .await
+                .ok()?;
+            (listed.shards.len() == count).then_some(())
+        })
         .await
     }
 

@@ -4,7 +4,6 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
-use ballast_coordinator::dr::PAYLOAD;
 use ballast_coordinator::node::RESTORE_BUMP;
 use ballast_coordinator::raft::types::ReplicaNode;
 use ballast_coordinator::restore::{Archived, restore_into};
@@ -257,14 +256,11 @@ pub async fn run(ctx: &Context, cmd: DrCmd) -> anyhow::Result<Rendered> {
                 ballast_dr::verify(&archive, key.as_ref(), true, &bar).await?
             };
             let manifest = verified.manifest;
-            if manifest.payload != PAYLOAD {
-                bail!(
-                    "archive {} holds {:?}, which this build cannot restore (expects {PAYLOAD:?})",
-                    archive.url(),
-                    manifest.payload
-                );
+            let archived = Archived::of(&manifest, verified.data.as_deref().unwrap_or_default())
+                .map_err(|e| anyhow::anyhow!("archive {} {e}", archive.url()))?;
+            if verified.data.is_none() {
+                bail!("verified archive without data");
             }
-            let state = verified.data.context("verified archive without data")?;
             let parent = data_dir
                 .parent()
                 .filter(|p| !p.as_os_str().is_empty())
@@ -291,12 +287,7 @@ pub async fn run(ctx: &Context, cmd: DrCmd) -> anyhow::Result<Rendered> {
                     address: advertise.clone(),
                     az: az.clone(),
                 },
-                &Archived {
-                    cluster_id: &manifest.cluster_id,
-                    state: &state,
-                    term: manifest.term,
-                    index: manifest.log_index,
-                },
+                &archived,
                 RESTORE_BUMP,
             );
             let restored = match restored {

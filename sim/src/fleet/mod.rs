@@ -100,28 +100,18 @@ pub struct FleetArgs {
 }
 
 impl FleetArgs {
-    /// The CI-scale run with every scenario, into `out`.
+    /// The flags' defaults (CI scale, every scenario) with `out` and `base_port`: the clap
+    /// definitions above stay the one source of the defaults.
     pub fn ci(out: PathBuf, base_port: Option<u16>) -> FleetArgs {
-        FleetArgs {
-            scale: "ci".into(),
-            seed: 1,
-            out,
-            scenarios: vec![
-                Scenario::Steady,
-                Scenario::LeaderKill,
-                Scenario::Outage,
-                Scenario::AzLoss,
-                Scenario::Burst,
-                Scenario::Dr,
-            ],
-            steady_secs: 4,
-            outage_secs: 6,
-            leader_kills: 3,
-            burst_moves: None,
-            shard_lease_ms: None,
-            base_port,
-            replica_flags: Vec::new(),
+        #[derive(clap::Parser)]
+        struct Defaults {
+            #[command(flatten)]
+            args: FleetArgs,
         }
+        let mut args = <Defaults as clap::Parser>::parse_from(["fleet"]).args;
+        args.out = out;
+        args.base_port = base_port;
+        args
     }
 }
 
@@ -294,6 +284,19 @@ async fn submit_demand(
     updated
 }
 
+/// A shard's own status, if it answers within `limit`.
+async fn status_of(
+    client: &ShardWorkerClient<Channel>,
+    limit: Duration,
+) -> Option<pb::ShardStatusResponse> {
+    let mut client = client.clone();
+    tokio::time::timeout(limit, client.status(pb::ShardStatusRequest {}))
+        .await
+        .ok()?
+        .ok()
+        .map(|r| r.into_inner())
+}
+
 /// Every second, about 5% of the clusters change their demand.
 async fn drive_demand(shared: Arc<Shared>, shard_clients: Vec<ShardWorkerClient<Channel>>) {
     while !shared.stop.load(Ordering::Relaxed) {
@@ -356,19 +359,7 @@ async fn sample(
             live.iter().map(|&i| model.demand_of(i)).sum()
         };
         let statuses: Vec<pb::ShardStatusResponse> = futures::stream::iter(live)
-            .map(|i| {
-                let mut client = shard_clients[i].clone();
-                async move {
-                    tokio::time::timeout(
-                        Duration::from_millis(800),
-                        client.status(pb::ShardStatusRequest {}),
-                    )
-                    .await
-                    .ok()?
-                    .ok()
-                    .map(|r| r.into_inner())
-                }
-            })
+            .map(|i| status_of(&shard_clients[i], Duration::from_millis(800)))
             .buffer_unordered(64)
             .filter_map(std::future::ready)
             .collect()
@@ -518,23 +509,10 @@ impl Sim {
             shared,
             windows: Vec::new(),
         };
-        // 200 processes starting on two cores take a while: wait longer than testkit does.
-        ballast_testkit::wait_for(
-            &format!("{} registered shards", scale.shards),
-            Duration::from_secs(180),
-            || async {
-                let listed = sim
-                    .client
-                    .fleet(|mut c, req| async move {
-                        c.list_shards(req.wrap(pb::ListShardsRequest { options: None }))
-                            .await
-                    })
-                    .await
-                    .ok()?;
-                (listed.shards.len() == scale.shards).then_some(())
-            },
-        )
-        .await;
+        // 200 processes starting on two cores take a while: wait longer than tests do.
+        sim.cluster
+            .wait_for_shards_within(scale.shards, Duration::from_secs(180))
+            .await;
         sim.shared
             .event(format!("{} shard workers registered", scale.shards));
         sim.load_fleet().await?;
@@ -629,44 +607,50 @@ impl Sim {
 
     /// Waits (up to a minute) until every live shard's cache reflects `revision`.
     async fn wait_for_shards_at(&self, revision: u64) -> anyhow::Result<Duration> {
+        self.until_each(self.live_shards(), Duration::from_secs(60), |_, s| {
+            s.revision >= revision
+        })
+        .await
+        .map_err(|behind| {
+            anyhow::anyhow!(
+                "shards {:?} did not reach revision {revision} within a minute",
+                behind
+                    .iter()
+                    .map(|&i| self.shards[i].id.as_str())
+                    .collect::<Vec<_>>()
+            )
+        })
+    }
+
+    /// Polls `shards` (every 20 ms) until `done(shard, its status)` holds for each. How long
+    /// that took, or the shards still waiting after `limit`.
+    pub(super) async fn until_each(
+        &self,
+        mut shards: Vec<usize>,
+        limit: Duration,
+        done: impl Fn(usize, &pb::ShardStatusResponse) -> bool,
+    ) -> Result<Duration, Vec<usize>> {
         let started = Instant::now();
-        let live = self.live_shards();
-        let mut remaining = live.clone();
-        while !remaining.is_empty() {
-            if started.elapsed() > Duration::from_secs(60) {
-                bail!(
-                    "shards {:?} did not reach revision {revision} within a minute",
-                    remaining
-                        .iter()
-                        .map(|&i| self.shards[i].id.as_str())
-                        .collect::<Vec<_>>()
-                );
-            }
-            let mut behind = Vec::new();
-            for &i in &remaining {
-                let status = self.shard_status(i).await;
-                if status.is_none_or(|s| s.revision < revision) {
-                    behind.push(i);
+        loop {
+            let mut waiting = Vec::new();
+            for &i in &shards {
+                if !self.shard_status(i).await.is_some_and(|s| done(i, &s)) {
+                    waiting.push(i);
                 }
             }
-            remaining = behind;
-            if !remaining.is_empty() {
-                tokio::time::sleep(Duration::from_millis(20)).await;
+            shards = waiting;
+            if shards.is_empty() {
+                return Ok(started.elapsed());
             }
+            if started.elapsed() > limit {
+                return Err(shards);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        Ok(started.elapsed())
     }
 
     async fn shard_status(&self, shard: usize) -> Option<pb::ShardStatusResponse> {
-        let mut client = self.shard_clients[shard].clone();
-        tokio::time::timeout(
-            Duration::from_secs(2),
-            client.status(pb::ShardStatusRequest {}),
-        )
-        .await
-        .ok()?
-        .ok()
-        .map(|r| r.into_inner())
+        status_of(&self.shard_clients[shard], Duration::from_secs(2)).await
     }
 
     fn live_shards(&self) -> Vec<usize> {

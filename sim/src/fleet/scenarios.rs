@@ -131,43 +131,33 @@ impl Sim {
     /// machines at least the model's demand, nothing short). How long that took, or the shards
     /// still short at `limit`. Callers hold the demand still while they wait.
     pub(super) async fn until_demand_met(&self, limit: Duration) -> Result<Duration, String> {
-        let started = Instant::now();
-        let mut waiting = self.live_shards();
-        loop {
-            let mut still = Vec::new();
-            for &i in &waiting {
-                let demand = self.shared.model.lock().unwrap().demand_of(i);
-                let met = self.shard_status(i).await.is_some_and(|s| {
-                    s.shortfall == 0
-                        && s.machines_by_state.get("assigned").copied().unwrap_or(0) >= demand
-                });
-                if !met {
-                    still.push(i);
-                }
-            }
-            waiting = still;
-            if waiting.is_empty() {
-                return Ok(started.elapsed());
-            }
-            if started.elapsed() > limit {
-                let mut short = Vec::new();
-                for &i in &waiting {
-                    let demand = self.shared.model.lock().unwrap().demand_of(i);
-                    let seen = self.shard_status(i).await.map_or("no answer".into(), |s| {
-                        format!(
-                            "assigned {} of {demand}, shortfall {}, machines {:?}, {} slices",
-                            s.machines_by_state.get("assigned").copied().unwrap_or(0),
-                            s.shortfall,
-                            s.machines_by_state,
-                            s.slices.len()
-                        )
-                    });
-                    short.push(format!("{} ({seen})", self.shards[i].id));
-                }
-                return Err(short.join("; "));
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        let assigned =
+            |s: &pb::ShardStatusResponse| s.machines_by_state.get("assigned").copied().unwrap_or(0);
+        let demand = |i: usize| self.shared.model.lock().unwrap().demand_of(i);
+        let short = match self
+            .until_each(self.live_shards(), limit, |i, s| {
+                s.shortfall == 0 && assigned(s) >= demand(i)
+            })
+            .await
+        {
+            Ok(took) => return Ok(took),
+            Err(short) => short,
+        };
+        let mut described = Vec::new();
+        for i in short {
+            let seen = self.shard_status(i).await.map_or("no answer".into(), |s| {
+                format!(
+                    "assigned {} of {}, shortfall {}, machines {:?}, {} slices",
+                    assigned(&s),
+                    demand(i),
+                    s.shortfall,
+                    s.machines_by_state,
+                    s.slices.len()
+                )
+            });
+            described.push(format!("{} ({seen})", self.shards[i].id));
         }
+        Err(described.join("; "))
     }
 
     async fn assigned_now(&self) -> u64 {
@@ -301,21 +291,14 @@ impl Sim {
         m.insert("restart_to_leader_ms".into(), ms(returned.elapsed()));
         let revision = self.client.revision().await?;
         self.wait_for_shards_at(revision).await?;
-        let mut unreachable = self.live_shards();
-        while !unreachable.is_empty() && returned.elapsed() < Duration::from_secs(60) {
-            let mut still = Vec::new();
-            for &i in &unreachable {
-                if self
-                    .shard_status(i)
-                    .await
-                    .is_none_or(|s| !s.coordinator_reachable)
-                {
-                    still.push(i);
-                }
-            }
-            unreachable = still;
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        // Measured either way: shards still unreachable after a minute show in the figure.
+        let _ = self
+            .until_each(
+                self.live_shards(),
+                Duration::from_secs(60).saturating_sub(returned.elapsed()),
+                |_, s| s.coordinator_reachable,
+            )
+            .await;
         m.insert(
             "restart_to_all_shards_reconnected_ms".into(),
             ms(returned.elapsed()),
@@ -456,21 +439,19 @@ impl Sim {
         }
         // Back means heartbeating again: a shard that has not renewed its lease yet would
         // lose whatever is moved home to the rebalancer straight away.
-        let started = Instant::now();
-        for &i in &lost {
-            while self
-                .shard_status(i)
-                .await
-                .is_none_or(|s| !s.coordinator_reachable)
-            {
-                if started.elapsed() > Duration::from_secs(120) {
-                    bail!(
-                        "{} did not reach the coordinator within 120 s of its restart",
-                        self.shards[i].id
-                    );
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+        if let Err(away) = self
+            .until_each(lost.clone(), Duration::from_secs(120), |_, s| {
+                s.coordinator_reachable
+            })
+            .await
+        {
+            bail!(
+                "{} did not reach the coordinator within 120 s of their restart",
+                away.iter()
+                    .map(|&i| self.shards[i].id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
         }
         // Reachable may mean only the watch is back; half a lease later every returning shard
         // has renewed its lease by heartbeat (every third of a lease).
