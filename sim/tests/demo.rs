@@ -8,7 +8,7 @@ use std::process::Command;
 #[test]
 fn the_demo_runs_to_the_end() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let base = ballast_testkit::free_port_block(3);
+    let base = ballast_testkit::free_base_port(3);
     let out = Command::new(env!("CARGO_BIN_EXE_ballast-sim"))
         .args(["demo", "--exit", "--base-port", &base.to_string(), "--dir"])
         .arg(dir.path().join("demo"))

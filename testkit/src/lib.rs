@@ -41,6 +41,19 @@ pub fn az_of(id: u64) -> String {
     format!("az-{}", (b'a' + ((id - 1) % 26) as u8) as char)
 }
 
+/// A base port for a cluster started with `base_port`: replica N's client port is
+/// base + N - 1 and its HTTP port base + 1000 + N - 1, and both blocks are free now.
+pub fn free_base_port(replicas: u16) -> u16 {
+    loop {
+        let base = free_port_block(replicas);
+        if (0..replicas).all(|i| {
+            TcpListener::bind(("127.0.0.1", port_http(Some(base), u64::from(i) + 1))).is_ok()
+        }) {
+            return base;
+        }
+    }
+}
+
 /// A loopback port nobody listens on right now (see [`free_port_block`]).
 pub fn free_port() -> u16 {
     free_port_block(1)
