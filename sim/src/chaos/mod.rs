@@ -529,9 +529,20 @@ async fn exactly_once(client: &BallastClient, workload: &Workload) -> anyhow::Re
 /// Invariants over the healed cluster.
 async fn invariants(cluster: &TestCluster) -> anyhow::Result<Vec<String>> {
     let mut violations = Vec::new();
+    // The replicas are read one after another, so a write landing in between (the leader's
+    // rebalancer, a late retry) shows as different revisions: read again until all are at the
+    // same one. Only states at one revision can diverge.
     let mut states = BTreeMap::new();
-    for replica in &cluster.replicas {
-        states.insert(replica.id, cluster.state_of(replica.id, "chaos/").await?);
+    for _attempt in 0..50 {
+        states.clear();
+        for replica in &cluster.replicas {
+            states.insert(replica.id, cluster.state_of(replica.id, "chaos/").await?);
+        }
+        let revisions: BTreeSet<&str> = states.values().filter_map(|s| s.lines().next()).collect();
+        if revisions.len() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let first = states.values().next().cloned().unwrap_or_default();
     for (id, state) in &states {
