@@ -5,7 +5,6 @@
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::Context;
 use ballast_protocol::pb;
@@ -13,7 +12,7 @@ use ballast_protocol::pb::cluster_client::ClusterClient;
 use ballast_testkit::fleet::{FleetShape, load_fleet};
 use ballast_testkit::{ClusterOptions, TestCluster};
 
-use crate::stats::{dir_bytes, mib, rss_bytes};
+use crate::stats::{dir_bytes, mib, rss_bytes, rss_file_bytes};
 
 /// Flags of `ballast-bench memory`.
 #[derive(clap::Args, Debug)]
@@ -23,12 +22,18 @@ pub struct MemoryBenchArgs {
     pub out: PathBuf,
 }
 
-/// RSS of each replica, bytes.
-fn rss_each(cluster: &TestCluster) -> Vec<u64> {
+/// RSS of each replica and the file-backed part of it (program pages), bytes.
+fn rss_each(cluster: &TestCluster) -> Vec<(u64, u64)> {
     cluster
         .replicas
         .iter()
-        .map(|r| r.pid().and_then(rss_bytes).unwrap_or(0))
+        .map(|r| {
+            let pid = r.pid();
+            (
+                pid.and_then(rss_bytes).unwrap_or(0),
+                pid.and_then(rss_file_bytes).unwrap_or(0),
+            )
+        })
         .collect()
 }
 
@@ -45,9 +50,11 @@ pub async fn run(args: MemoryBenchArgs) -> anyhow::Result<()> {
         3,
     )
     .await;
-    let settle = || tokio::time::sleep(Duration::from_secs(3));
+    // Two trim intervals: what a quiet replica holds, not what it freed a moment ago.
+    let quiet = ballast_coordinator::memory::TRIM_INTERVAL * 2;
+    let settle = || tokio::time::sleep(quiet);
     settle().await;
-    let mut rows: Vec<(&str, Vec<u64>)> = vec![("idle", rss_each(&cluster))];
+    let mut rows: Vec<(&str, Vec<(u64, u64)>)> = vec![("idle", rss_each(&cluster))];
 
     let shape = FleetShape::HUNDRED_MILLION;
     let client = cluster.client();
@@ -96,28 +103,40 @@ pub async fn run(args: MemoryBenchArgs) -> anyhow::Result<()> {
         "`cargo run --release -p ballast-bench -- memory`: three replicas on loopback; the \
          coordinator state of a 100M-machine fleet ({} shards, {} topology domains, {} cluster \
          bindings, {} sliced quotas) written through the API in batches of 10,000; RSS read \
-         from /proc after 3 s of quiet at each step. Target: under 50 MB for the three \
-         together. Machine: {}.\n",
+         from /proc after {} s of quiet at each step (two of the replicas' memory-trim \
+         intervals). Target: under 50 MB for the three together. Machine: {}.\n",
         shape.shards,
         shape.domains,
         shape.bindings,
         shape.quotas,
+        quiet.as_secs(),
         crate::stats::machine()
     )?;
     writeln!(
         out,
-        "| step | replica 1 MiB | replica 2 MiB | replica 3 MiB | total MiB |"
+        "| step | replica 1 MiB | replica 2 MiB | replica 3 MiB | total MiB | of which program pages MiB | total without them MiB |"
     )?;
-    writeln!(out, "|---|---:|---:|---:|---:|")?;
+    writeln!(out, "|---|---:|---:|---:|---:|---:|---:|")?;
     for (step, each) in &rows {
-        let cells: Vec<String> = each.iter().map(|b| mib(*b)).collect();
+        let cells: Vec<String> = each.iter().map(|(rss, _)| mib(*rss)).collect();
+        let total: u64 = each.iter().map(|(rss, _)| rss).sum();
+        let file: u64 = each.iter().map(|(_, file)| file).sum();
         writeln!(
             out,
-            "| {step} | {} | {} |",
+            "| {step} | {} | {} | {} | {} |",
             cells.join(" | "),
-            mib(each.iter().sum())
+            mib(total),
+            mib(file),
+            mib(total - file)
         )?;
     }
+    writeln!(
+        out,
+        "\nProgram pages are the file-backed part of RSS (`RssFile`): the binary's code and \
+         read-only data, the same physical pages for every process running it, which the kernel \
+         drops and re-reads under memory pressure. The last column is the memory the replicas \
+         hold of their own (heap, stacks)."
+    )?;
     writeln!(
         out,
         "\nData dirs of the three after the restarts: {} MiB.",

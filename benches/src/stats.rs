@@ -38,7 +38,7 @@ pub fn ms(d: Duration) -> String {
     format!("{:.2}", d.as_secs_f64() * 1000.0)
 }
 
-pub use ballast_testkit::rss_bytes;
+pub use ballast_testkit::{rss_bytes, rss_file_bytes};
 
 /// Bytes used by the files under `dir`.
 pub fn dir_bytes(dir: &Path) -> u64 {

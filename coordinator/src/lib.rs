@@ -12,6 +12,7 @@ pub mod fleet;
 pub mod history;
 pub mod kv;
 pub mod leases;
+pub mod memory;
 pub mod node;
 pub mod observe;
 pub mod raft;

@@ -444,6 +444,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
     }
     tokio::spawn(crate::dr::export_loop(replica.clone(), stopped.clone()));
     tokio::spawn(crate::autopilot::run(replica.clone(), stopped.clone()));
+    tokio::spawn(crate::memory::trim_loop(stopped.clone()));
     tokio::spawn(crate::service::etcd::lease_expiry_loop(
         replica.clone(),
         stopped.clone(),

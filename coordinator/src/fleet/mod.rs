@@ -4,11 +4,13 @@
 
 mod command;
 mod error;
+mod names;
 mod state;
 pub mod tokens;
 
 pub use command::FleetCommand;
 pub use error::{ErrorKind, FleetError};
+pub use names::Name;
 pub use state::{
     Applied, Change, DEDUP_CAPACITY, FleetCounts, FleetState, ProviderRecord, QuotaRecord,
     Revision, SNAPSHOT_MAGIC, ShardRecord, ShardStatus,

@@ -1,12 +1,14 @@
 //! The fleet tables and the rules that guard them.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 
 use ballast_protocol::validate::{DomainKey, MAX_BATCH, validate_address, validate_id};
 use serde::{Deserialize, Serialize};
 
 use super::command::FleetCommand;
 use super::error::FleetError;
+use super::names::{Interner, Name};
 
 /// Global revision: bumped once per successful change (a batch is one change).
 pub type Revision = u64;
@@ -97,28 +99,69 @@ pub struct FleetCounts {
     pub providers: usize,
 }
 
+/// A remembered outcome, kept small because up to [`DEDUP_CAPACITY`] are held: nearly all are
+/// fleet writes whose whole answer is a revision. Stored in snapshots as the full outcome, so
+/// the snapshot format does not depend on this layout.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(
+    from = "Result<Applied, FleetError>",
+    into = "Result<Applied, FleetError>"
+)]
+enum Remembered {
+    Applied { revision: Revision, changed: bool },
+    Other(Box<Result<Applied, FleetError>>),
+}
+
+impl From<Result<Applied, FleetError>> for Remembered {
+    fn from(outcome: Result<Applied, FleetError>) -> Self {
+        match outcome {
+            Ok(Applied {
+                revision,
+                changed,
+                kv: None,
+            }) => Remembered::Applied { revision, changed },
+            other => Remembered::Other(Box::new(other)),
+        }
+    }
+}
+
+impl From<Remembered> for Result<Applied, FleetError> {
+    fn from(remembered: Remembered) -> Self {
+        match remembered {
+            Remembered::Applied { revision, changed } => Ok(Applied {
+                revision,
+                changed,
+                kv: None,
+            }),
+            Remembered::Other(outcome) => *outcome,
+        }
+    }
+}
+
 /// Remembered outcomes of recent request ids, oldest first.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 struct Dedup {
-    entries: VecDeque<(String, Result<Applied, FleetError>)>,
+    /// Each id is one allocation shared with `index`.
+    entries: VecDeque<(Name, Remembered)>,
     /// Sequence number of `entries[0]`; with `index` it locates an entry without scanning.
     first_seq: u64,
     #[serde(skip)]
-    index: HashMap<String, u64>,
+    index: HashMap<Name, u64>,
 }
 
 impl Dedup {
-    fn get(&self, id: &str) -> Option<&Result<Applied, FleetError>> {
+    fn get(&self, id: &str) -> Option<Result<Applied, FleetError>> {
         let seq = *self.index.get(id)?;
         self.entries
             .get(seq.checked_sub(self.first_seq)? as usize)
-            .map(|(_, outcome)| outcome)
+            .map(|(_, outcome)| outcome.clone().into())
     }
 
     fn remember(&mut self, id: &str, outcome: Result<Applied, FleetError>) {
         let seq = self.first_seq + self.entries.len() as u64;
-        self.entries.push_back((id.to_string(), outcome));
-        self.index.insert(id.to_string(), seq);
+        let id: Name = Arc::from(id);
+        self.entries.push_back((id.clone(), outcome.into()));
+        self.index.insert(id, seq);
         while self.entries.len() > DEDUP_CAPACITY {
             if let Some((old, _)) = self.entries.pop_front() {
                 self.index.remove(&old);
@@ -145,15 +188,24 @@ fn put<V>(map: &mut BTreeMap<String, V>, key: &str, value: Option<V>) -> Option<
     }
 }
 
+/// The key of `map` equal to `key`, shared, or a new one: a row and the history entries about
+/// it hold one copy of the name.
+fn shared_key<V>(map: &BTreeMap<Name, V>, key: &str) -> Name {
+    map.get_key_value(key)
+        .map(|(k, _)| k.clone())
+        .unwrap_or_else(|| Arc::from(key))
+}
+
 /// One net change made by a command, with the value before and after; assignment watches are
-/// built from these. Large records are boxed: replicas keep up to 200K changes in memory and
-/// most are domain moves, which should not pay for the size of a quota record.
+/// built from these. Replicas keep tens of thousands of changes in memory and most are domain
+/// moves: names are shared with the state ([`Name`]) and large records boxed, so a domain move
+/// costs one 56-byte slot and no allocation of its own.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Change {
     /// A shard record changed (registered, renewed, drained, activated, removed).
     Shard {
         /// Shard id.
-        id: String,
+        id: Box<str>,
         /// Before.
         old: Option<Box<ShardRecord>>,
         /// After.
@@ -162,27 +214,27 @@ pub enum Change {
     /// A domain changed owner.
     Domain {
         /// Domain.
-        domain: String,
+        domain: Name,
         /// Owner before.
-        old: Option<String>,
+        old: Option<Name>,
         /// Owner after.
-        new: Option<String>,
+        new: Option<Name>,
     },
     /// A cluster binding changed.
     Binding {
         /// Cluster.
-        cluster: String,
+        cluster: Name,
         /// Shard before.
-        old: Option<String>,
+        old: Option<Name>,
         /// Shard after.
-        new: Option<String>,
+        new: Option<Name>,
     },
     /// A quota or its slices changed.
     Quota {
         /// Provider.
-        provider: String,
+        provider: Box<str>,
         /// Region.
-        region: String,
+        region: Box<str>,
         /// Before.
         old: Option<Box<QuotaRecord>>,
         /// After.
@@ -191,7 +243,7 @@ pub enum Change {
     /// A provider changed.
     Provider {
         /// Name.
-        name: String,
+        name: Box<str>,
         /// Before.
         old: Option<Box<ProviderRecord>>,
         /// After.
@@ -202,8 +254,8 @@ pub enum Change {
 /// One reversible mutation, recorded so a failed command (or batch) can be undone exactly.
 enum Undo {
     Shard(String, Option<ShardRecord>),
-    Domain(String, Option<String>),
-    Binding(String, Option<String>),
+    Domain(Name, Option<Name>),
+    Binding(Name, Option<Name>),
     Quota(String, String, Option<QuotaRecord>),
     Provider(String, Option<ProviderRecord>),
 }
@@ -223,10 +275,10 @@ pub struct FleetState {
     #[serde(default)]
     kv: crate::kv::KvStore,
     shards: BTreeMap<String, ShardRecord>,
-    /// Domain → owning shard.
-    domains: BTreeMap<String, String>,
+    /// Domain → owning shard (the shard name shared through `names`).
+    domains: BTreeMap<Name, Name>,
     /// Cluster → shard.
-    bindings: BTreeMap<String, String>,
+    bindings: BTreeMap<Name, Name>,
     /// Provider → region → quota.
     quotas: BTreeMap<String, BTreeMap<String, QuotaRecord>>,
     providers: BTreeMap<String, ProviderRecord>,
@@ -234,9 +286,12 @@ pub struct FleetState {
     /// Join tokens (hashes only).
     #[serde(default)]
     join_tokens: super::tokens::JoinTokens,
-    /// Shard → its domains; derived from `domains`, rebuilt after decoding.
+    /// Shard → its domains; derived from `domains` (sharing its names), rebuilt after decoding.
     #[serde(skip)]
-    domains_by_shard: HashMap<String, BTreeSet<String>>,
+    domains_by_shard: HashMap<Name, BTreeSet<Name>>,
+    /// Shard names in use; rebuilt after decoding.
+    #[serde(skip)]
+    names: Interner,
 }
 
 fn check_batch_size(what: &str, count: usize) -> Result<(), FleetError> {
@@ -526,7 +581,7 @@ impl FleetState {
         if let Some(id) = id
             && let Some(outcome) = self.dedup.get(id)
         {
-            return (outcome.clone(), Vec::new());
+            return (outcome, Vec::new());
         }
         let (outcome, changes) = match self.apply_tracked(cmd) {
             Ok((applied, changes)) => (Ok(applied), changes),
@@ -548,27 +603,27 @@ impl FleetState {
                 Undo::Shard(id, old) => {
                     let new = self.shards.get(&id).cloned();
                     (seen.insert(("shard", id.clone())) && old != new).then(|| Change::Shard {
-                        id,
+                        id: id.into(),
                         old: old.map(Box::new),
                         new: new.map(Box::new),
                     })
                 }
                 Undo::Domain(domain, old) => {
                     let new = self.domains.get(&domain).cloned();
-                    (seen.insert(("domain", domain.clone())) && old != new)
+                    (seen.insert(("domain", domain.to_string())) && old != new)
                         .then_some(Change::Domain { domain, old, new })
                 }
                 Undo::Binding(cluster, old) => {
                     let new = self.bindings.get(&cluster).cloned();
-                    (seen.insert(("binding", cluster.clone())) && old != new)
+                    (seen.insert(("binding", cluster.to_string())) && old != new)
                         .then_some(Change::Binding { cluster, old, new })
                 }
                 Undo::Quota(provider, region, old) => {
                     let new = self.quota(&provider, &region).cloned();
                     let key = format!("{provider}/{region}");
                     (seen.insert(("quota", key)) && old != new).then(|| Change::Quota {
-                        provider,
-                        region,
+                        provider: provider.into(),
+                        region: region.into(),
                         old: old.map(Box::new),
                         new: new.map(Box::new),
                     })
@@ -577,7 +632,7 @@ impl FleetState {
                     let new = self.providers.get(&name).cloned();
                     (seen.insert(("provider", name.clone())) && old != new).then(|| {
                         Change::Provider {
-                            name,
+                            name: name.into(),
                             old: old.map(Box::new),
                             new: new.map(Box::new),
                         }
@@ -631,18 +686,18 @@ impl FleetState {
             }
             FleetCommand::RemoveShard { id } => {
                 self.require_shard(id)?;
-                let owned: Vec<String> = self
+                let owned: Vec<Name> = self
                     .domains_by_shard
-                    .get(id)
+                    .get(id.as_str())
                     .map(|set| set.iter().cloned().collect())
                     .unwrap_or_default();
                 for domain in owned {
                     self.set_domain(&domain, None, journal);
                 }
-                let bound: Vec<String> = self
+                let bound: Vec<Name> = self
                     .bindings
                     .iter()
-                    .filter(|(_, s)| *s == id)
+                    .filter(|(_, s)| ***s == **id)
                     .map(|(c, _)| c.clone())
                     .collect();
                 for cluster in bound {
@@ -659,6 +714,7 @@ impl FleetState {
                     self.set_quota(&provider, &region, Some(quota), journal);
                 }
                 self.set_shard(id, None, journal);
+                self.names.prune();
             }
             FleetCommand::AssignDomains {
                 assignments,
@@ -666,57 +722,56 @@ impl FleetState {
             } => {
                 for (domain, shard) in assignments {
                     // Already so: a no-op success, even on a draining shard.
-                    if self.domains.get(domain) == Some(shard) {
+                    if self.domain_owner(domain) == Some(shard.as_str()) {
                         continue;
                     }
                     self.require_active(shard)?;
-                    match self.domains.get(domain) {
+                    match self.domain_owner(domain) {
                         Some(owner) if !allow_move => {
                             return Err(FleetError::DomainOwned {
                                 domain: domain.clone(),
-                                owner: owner.clone(),
+                                owner: owner.to_string(),
                             });
                         }
-                        _ => self.set_domain(domain, Some(shard.clone()), journal),
+                        _ => self.set_domain(domain, Some(shard), journal),
                     }
                 }
             }
             FleetCommand::UnassignDomains { domains } => {
                 for domain in domains {
-                    if !self.domains.contains_key(domain) {
+                    if !self.domains.contains_key(domain.as_str()) {
                         return Err(FleetError::UnknownDomain(domain.clone()));
                     }
                     self.set_domain(domain, None, journal);
                 }
             }
             FleetCommand::BindCluster { cluster, shard } => {
-                match self.bindings.get(cluster) {
+                match self.binding(cluster) {
                     // Already so: a no-op success, even on a draining shard.
                     Some(current) if current == shard => {}
                     Some(current) => {
                         return Err(FleetError::ClusterBound {
                             cluster: cluster.clone(),
-                            shard: current.clone(),
+                            shard: current.to_string(),
                         });
                     }
                     None => {
                         self.require_active(shard)?;
-                        self.set_binding(cluster, Some(shard.clone()), journal);
+                        self.set_binding(cluster, Some(shard), journal);
                     }
                 }
             }
             FleetCommand::MoveCluster { cluster, shard } => {
                 let current = self
-                    .bindings
-                    .get(cluster)
+                    .binding(cluster)
                     .ok_or_else(|| FleetError::UnknownCluster(cluster.clone()))?;
                 if current != shard {
                     self.require_active(shard)?;
-                    self.set_binding(cluster, Some(shard.clone()), journal);
+                    self.set_binding(cluster, Some(shard), journal);
                 }
             }
             FleetCommand::UnbindCluster { cluster } => {
-                if !self.bindings.contains_key(cluster) {
+                if !self.bindings.contains_key(cluster.as_str()) {
                     return Err(FleetError::UnknownCluster(cluster.clone()));
                 }
                 self.set_binding(cluster, None, journal);
@@ -892,37 +947,51 @@ impl FleetState {
         }
     }
 
-    fn set_domain(&mut self, domain: &str, owner: Option<String>, journal: &mut Vec<Undo>) {
-        let old = self.put_domain(domain, owner.clone());
+    fn set_domain(&mut self, domain: &str, owner: Option<&str>, journal: &mut Vec<Undo>) {
+        let domain = shared_key(&self.domains, domain);
+        let owner = owner.map(|shard| self.names.get(shard));
+        let old = self.put_domain(domain.clone(), owner.clone());
         if old != owner {
-            journal.push(Undo::Domain(domain.to_string(), old));
+            journal.push(Undo::Domain(domain, old));
         }
     }
 
     /// Writes a domain's owner and keeps the per-shard index in step.
-    fn put_domain(&mut self, domain: &str, owner: Option<String>) -> Option<String> {
-        let old = put(&mut self.domains, domain, owner.clone());
+    fn put_domain(&mut self, domain: Name, owner: Option<Name>) -> Option<Name> {
+        let old = match &owner {
+            Some(shard) => self.domains.insert(domain.clone(), shard.clone()),
+            None => self.domains.remove(&*domain),
+        };
         if let Some(previous) = &old
             && let Some(set) = self.domains_by_shard.get_mut(previous)
         {
-            set.remove(domain);
+            set.remove(&*domain);
             if set.is_empty() {
                 self.domains_by_shard.remove(previous);
             }
         }
-        if let Some(shard) = &owner {
+        if let Some(shard) = owner {
             self.domains_by_shard
-                .entry(shard.clone())
+                .entry(shard)
                 .or_default()
-                .insert(domain.to_string());
+                .insert(domain);
         }
         old
     }
 
-    fn set_binding(&mut self, cluster: &str, shard: Option<String>, journal: &mut Vec<Undo>) {
-        let old = put(&mut self.bindings, cluster, shard.clone());
+    fn set_binding(&mut self, cluster: &str, shard: Option<&str>, journal: &mut Vec<Undo>) {
+        let cluster = shared_key(&self.bindings, cluster);
+        let shard = shard.map(|shard| self.names.get(shard));
+        let old = self.put_binding(cluster.clone(), shard.clone());
         if old != shard {
-            journal.push(Undo::Binding(cluster.to_string(), old));
+            journal.push(Undo::Binding(cluster, old));
+        }
+    }
+
+    fn put_binding(&mut self, cluster: Name, shard: Option<Name>) -> Option<Name> {
+        match shard {
+            Some(shard) => self.bindings.insert(cluster, shard),
+            None => self.bindings.remove(&*cluster),
         }
     }
 
@@ -977,10 +1046,10 @@ impl FleetState {
                     put(&mut self.shards, &id, old);
                 }
                 Undo::Domain(domain, old) => {
-                    self.put_domain(&domain, old);
+                    self.put_domain(domain, old);
                 }
                 Undo::Binding(cluster, old) => {
-                    put(&mut self.bindings, &cluster, old);
+                    self.put_binding(cluster, old);
                 }
                 Undo::Quota(provider, region, old) => {
                     self.put_quota(&provider, &region, old);
@@ -1006,30 +1075,30 @@ impl FleetState {
 
     /// `(domain, shard)` pairs in domain order.
     pub fn domains(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.domains.iter().map(|(d, s)| (d.as_str(), s.as_str()))
+        self.domains.iter().map(|(d, s)| (&**d, &**s))
     }
 
     /// A shard's domains in order.
     pub fn domains_of(&self, shard: &str) -> Vec<&str> {
         self.domains_by_shard
             .get(shard)
-            .map(|set| set.iter().map(String::as_str).collect())
+            .map(|set| set.iter().map(|d| &**d).collect())
             .unwrap_or_default()
     }
 
     /// Owner of a domain.
     pub fn domain_owner(&self, domain: &str) -> Option<&str> {
-        self.domains.get(domain).map(String::as_str)
+        self.domains.get(domain).map(|s| &**s)
     }
 
     /// `(cluster, shard)` pairs in cluster order.
     pub fn bindings(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.bindings.iter().map(|(c, s)| (c.as_str(), s.as_str()))
+        self.bindings.iter().map(|(c, s)| (&**c, &**s))
     }
 
     /// A cluster's shard.
     pub fn binding(&self, cluster: &str) -> Option<&str> {
-        self.bindings.get(cluster).map(String::as_str)
+        self.bindings.get(cluster).map(|s| &**s)
     }
 
     /// Quotas in (provider, region) order.
@@ -1098,16 +1167,72 @@ impl FleetState {
         Ok(state)
     }
 
-    /// Rebuilds derived indexes after decoding.
+    /// Rebuilds derived indexes after decoding, and shares the shard names that decoding
+    /// allocated once per row.
     pub fn rebuild_indexes(&mut self) {
-        let mut by_shard: HashMap<String, BTreeSet<String>> = HashMap::new();
-        for (domain, shard) in &self.domains {
+        let mut names = Interner::default();
+        let mut by_shard: HashMap<Name, BTreeSet<Name>> = HashMap::new();
+        for (domain, shard) in self.domains.iter_mut() {
+            *shard = names.get(shard);
             by_shard
                 .entry(shard.clone())
                 .or_default()
                 .insert(domain.clone());
         }
+        for shard in self.bindings.values_mut() {
+            *shard = names.get(shard);
+        }
         self.domains_by_shard = by_shard;
+        self.names = names;
         self.dedup.rebuild();
+    }
+}
+
+#[cfg(test)]
+mod format_tests {
+    use super::*;
+
+    /// How `Dedup` was laid out in snapshots and archives before outcomes were compacted.
+    #[derive(Serialize)]
+    struct Before {
+        entries: VecDeque<(String, Result<Applied, FleetError>)>,
+        first_seq: u64,
+    }
+
+    #[test]
+    fn compact_request_ids_keep_the_snapshot_format() {
+        let outcomes: Vec<(&str, Result<Applied, FleetError>)> = vec![
+            (
+                "r1",
+                Ok(Applied {
+                    revision: 3,
+                    changed: true,
+                    kv: None,
+                }),
+            ),
+            ("r2", Err(FleetError::UnknownCluster("c9".into()))),
+        ];
+        let mut dedup = Dedup {
+            first_seq: 7,
+            ..Dedup::default()
+        };
+        for (id, outcome) in &outcomes {
+            dedup.remember(id, outcome.clone());
+        }
+        let before = Before {
+            entries: outcomes
+                .iter()
+                .map(|(id, o)| (id.to_string(), o.clone()))
+                .collect(),
+            first_seq: 7,
+        };
+        let bytes = postcard::to_allocvec(&before).expect("postcard");
+        assert_eq!(postcard::to_allocvec(&dedup).expect("postcard"), bytes);
+        let json = serde_json::to_string(&before).expect("json");
+        assert_eq!(serde_json::to_string(&dedup).expect("json"), json);
+        let mut read: Dedup = postcard::from_bytes(&bytes).expect("old bytes decode");
+        read.rebuild();
+        assert_eq!(read, dedup);
+        assert_eq!(read.get("r2"), Some(outcomes[1].1.clone()));
     }
 }

@@ -714,3 +714,27 @@ fn a_nudge_changes_nothing_and_cannot_be_batched() {
     assert!(batched.is_err(), "{batched:?}");
     assert_eq!(s.encode(), before);
 }
+
+#[test]
+fn owners_share_one_name_before_and_after_a_snapshot() {
+    let mut s = FleetState::new();
+    s.apply(&register("s1", "az-a")).expect("register");
+    s.apply(&assign(&[("zone=a", "s1"), ("zone=b", "s1")], false))
+        .expect("assign");
+    s.apply(&FleetCommand::BindCluster {
+        cluster: "c1".into(),
+        shard: "s1".into(),
+    })
+    .expect("bind");
+    let owners = |s: &FleetState| -> Vec<*const u8> {
+        s.domains()
+            .map(|(_, owner)| owner.as_ptr())
+            .chain(s.bindings().map(|(_, shard)| shard.as_ptr()))
+            .collect()
+    };
+    let shared = |ptrs: Vec<*const u8>| ptrs.windows(2).all(|w| w[0] == w[1]);
+    assert!(shared(owners(&s)), "one allocation for s1");
+    let restored = FleetState::decode(&s.encode()).expect("decode");
+    assert_eq!(restored, s);
+    assert!(shared(owners(&restored)), "decoding shares the names again");
+}
