@@ -166,6 +166,11 @@ impl Cache {
         })?;
         let db = Database::builder(dir)
             .cache_size(2 * 1024 * 1024)
+            // fjall's smallest journal budget (default 512 MiB). The meta and assignment
+            // keyspaces take small writes and their memtables never fill, so they pin every
+            // journal segment until the budget forces a flush; a restart then re-reads the
+            // whole ledger's history from the journal before the first decision.
+            .max_journaling_size(64 * 1024 * 1024)
             .worker_threads(1)
             .open()
             .map_err(wrap)?;

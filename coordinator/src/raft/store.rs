@@ -80,7 +80,13 @@ impl Store {
             .open()
             .map_err(wrap)?;
         let log = db.keyspace("log", keyspace_options).map_err(wrap)?;
-        let meta = db.keyspace("meta", keyspace_options).map_err(wrap)?;
+        let meta = db
+            .keyspace("meta", || {
+                // Rewritten on every commit (the committed index): a memtable keeps every
+                // version until it is flushed, so a small one bounds that history.
+                KeyspaceCreateOptions::default().max_memtable_size(512 * 1024)
+            })
+            .map_err(wrap)?;
         let snapshot = db.keyspace("snapshot", keyspace_options).map_err(wrap)?;
         Ok(Self {
             db,
