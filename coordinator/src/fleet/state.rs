@@ -188,6 +188,14 @@ fn put<V>(map: &mut BTreeMap<String, V>, key: &str, value: Option<V>) -> Option<
     }
 }
 
+/// Sets or removes a name-keyed row, returning the previous value.
+fn put_named<V>(map: &mut BTreeMap<Name, V>, key: Name, value: Option<V>) -> Option<V> {
+    match value {
+        Some(v) => map.insert(key, v),
+        None => map.remove(&*key),
+    }
+}
+
 /// The key of `map` equal to `key`, shared, or a new one: a row and the history entries about
 /// it hold one copy of the name.
 fn shared_key<V>(map: &BTreeMap<Name, V>, key: &str) -> Name {
@@ -596,32 +604,35 @@ impl FleetState {
     /// Turns a journal into net changes: one per key, the old value from its first mutation,
     /// the new value from the state now; keys that ended where they started are left out.
     fn changes_from(&self, journal: Vec<Undo>) -> Vec<Change> {
-        let mut seen: HashSet<(&'static str, String)> = HashSet::new();
+        // Keyed by shared names: a domain or binding change costs no allocation here.
+        let mut seen: HashSet<(&'static str, Name)> = HashSet::new();
         let mut changes = Vec::new();
         for undo in journal {
             let change = match undo {
                 Undo::Shard(id, old) => {
                     let new = self.shards.get(&id).cloned();
-                    (seen.insert(("shard", id.clone())) && old != new).then(|| Change::Shard {
-                        id: id.into(),
-                        old: old.map(Box::new),
-                        new: new.map(Box::new),
+                    (seen.insert(("shard", Name::from(id.as_str()))) && old != new).then(|| {
+                        Change::Shard {
+                            id: id.into(),
+                            old: old.map(Box::new),
+                            new: new.map(Box::new),
+                        }
                     })
                 }
                 Undo::Domain(domain, old) => {
                     let new = self.domains.get(&domain).cloned();
-                    (seen.insert(("domain", domain.to_string())) && old != new)
+                    (seen.insert(("domain", domain.clone())) && old != new)
                         .then_some(Change::Domain { domain, old, new })
                 }
                 Undo::Binding(cluster, old) => {
                     let new = self.bindings.get(&cluster).cloned();
-                    (seen.insert(("binding", cluster.to_string())) && old != new)
+                    (seen.insert(("binding", cluster.clone())) && old != new)
                         .then_some(Change::Binding { cluster, old, new })
                 }
                 Undo::Quota(provider, region, old) => {
                     let new = self.quota(&provider, &region).cloned();
                     let key = format!("{provider}/{region}");
-                    (seen.insert(("quota", key)) && old != new).then(|| Change::Quota {
+                    (seen.insert(("quota", Name::from(key))) && old != new).then(|| Change::Quota {
                         provider: provider.into(),
                         region: region.into(),
                         old: old.map(Box::new),
@@ -630,13 +641,13 @@ impl FleetState {
                 }
                 Undo::Provider(name, old) => {
                     let new = self.providers.get(&name).cloned();
-                    (seen.insert(("provider", name.clone())) && old != new).then(|| {
-                        Change::Provider {
+                    (seen.insert(("provider", Name::from(name.as_str()))) && old != new).then(
+                        || Change::Provider {
                             name: name.into(),
                             old: old.map(Box::new),
                             new: new.map(Box::new),
-                        }
-                    })
+                        },
+                    )
                 }
             };
             changes.extend(change);
@@ -958,10 +969,7 @@ impl FleetState {
 
     /// Writes a domain's owner and keeps the per-shard index in step.
     fn put_domain(&mut self, domain: Name, owner: Option<Name>) -> Option<Name> {
-        let old = match &owner {
-            Some(shard) => self.domains.insert(domain.clone(), shard.clone()),
-            None => self.domains.remove(&*domain),
-        };
+        let old = put_named(&mut self.domains, domain.clone(), owner.clone());
         if let Some(previous) = &old
             && let Some(set) = self.domains_by_shard.get_mut(previous)
         {
@@ -982,16 +990,9 @@ impl FleetState {
     fn set_binding(&mut self, cluster: &str, shard: Option<&str>, journal: &mut Vec<Undo>) {
         let cluster = shared_key(&self.bindings, cluster);
         let shard = shard.map(|shard| self.names.get(shard));
-        let old = self.put_binding(cluster.clone(), shard.clone());
+        let old = put_named(&mut self.bindings, cluster.clone(), shard.clone());
         if old != shard {
             journal.push(Undo::Binding(cluster, old));
-        }
-    }
-
-    fn put_binding(&mut self, cluster: Name, shard: Option<Name>) -> Option<Name> {
-        match shard {
-            Some(shard) => self.bindings.insert(cluster, shard),
-            None => self.bindings.remove(&*cluster),
         }
     }
 
@@ -1049,7 +1050,7 @@ impl FleetState {
                     self.put_domain(domain, old);
                 }
                 Undo::Binding(cluster, old) => {
-                    self.put_binding(cluster, old);
+                    put_named(&mut self.bindings, cluster, old);
                 }
                 Undo::Quota(provider, region, old) => {
                     self.put_quota(&provider, &region, old);
