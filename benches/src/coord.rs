@@ -9,7 +9,7 @@ use anyhow::Context;
 use ballast_protocol::client::BallastClient;
 use ballast_protocol::pb;
 use ballast_protocol::pb::command::Command as Wire;
-use ballast_testkit::fleet::{self, shard_id};
+use ballast_testkit::fleet::{self, domain_name, shard_id};
 use ballast_testkit::{ClusterOptions, TestCluster};
 
 use crate::stats::{Summary, closed_loop, dir_bytes, mib, ms, rss_bytes};
@@ -35,6 +35,9 @@ pub struct CoordBenchArgs {
     /// Shards registered.
     #[arg(long, default_value_t = 200)]
     shards: usize,
+    /// AZ evacuation rounds to time (away and home alternately).
+    #[arg(long, default_value_t = 6)]
+    evacuations: usize,
     /// Markdown report to write.
     #[arg(long, default_value = "docs/benchmarks-coord.md")]
     out: PathBuf,
@@ -179,6 +182,141 @@ async fn propagation(
     Ok(Summary::of(&mut samples))
 }
 
+/// One AZ evacuation round: how long the write took to commit, and until every receiving
+/// shard's watch had delivered all of its new domains (both from the write's start).
+struct Evacuation {
+    moved: usize,
+    committed: Duration,
+    delivered: Duration,
+}
+
+/// Moves every domain of the shards in the third AZ (`AZS[2]`: shards `i % 3 == 2`, as
+/// `register_shards` places them) to the other shards in one write, the way the rebalancer does
+/// when their leases run out, then moves them home again; `rounds` writes in all. Each round is
+/// timed from the write's start until every receiving shard's watch stream has delivered every
+/// domain it gained. The domains are the first `domains` of `fleet::assign_domains`.
+async fn evacuation(
+    client: Arc<BallastClient>,
+    shards: usize,
+    domains: usize,
+    rounds: usize,
+) -> anyhow::Result<Vec<Evacuation>> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, String, Instant)>();
+    let from = client.revision().await?;
+    let mut watchers = Vec::new();
+    for i in 0..shards {
+        let client = client.clone();
+        let tx = tx.clone();
+        watchers.push(tokio::spawn(async move {
+            let Ok(mut stream) = client.watch_assignments(&shard_id(i), from, 0).await else {
+                return;
+            };
+            while let Ok(Some(update)) = stream.message().await {
+                let now = Instant::now();
+                for domain in update.domains_added {
+                    let _ = tx.send((i, domain, now));
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let survivors: Vec<usize> = (0..shards).filter(|i| i % 3 != 2).collect();
+    let evacuees: Vec<(String, usize, usize)> = (0..domains)
+        .filter(|n| (n % shards) % 3 == 2)
+        .enumerate()
+        .map(|(k, n)| (domain_name(n), n % shards, survivors[k % survivors.len()]))
+        .collect();
+    let mut results = Vec::new();
+    for round in 0..rounds {
+        let home = round % 2 == 1;
+        let mut waiting: std::collections::HashMap<&str, usize> = evacuees
+            .iter()
+            .map(|(d, owner, away)| (d.as_str(), if home { *owner } else { *away }))
+            .collect();
+        let assignments = waiting
+            .iter()
+            .map(|(domain, shard)| pb::DomainAssignment {
+                domain: domain.to_string(),
+                shard: shard_id(*shard),
+            })
+            .collect();
+        let started = Instant::now();
+        client
+            .write(command(Wire::AssignDomains(pb::AssignDomains {
+                assignments,
+                allow_move: true,
+            })))
+            .await
+            .context("evacuation write")?;
+        let committed = started.elapsed();
+        let mut last = started;
+        let deadline = started + Duration::from_secs(60);
+        while !waiting.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, rx.recv()).await {
+                Ok(Some((shard, domain, at))) => {
+                    if waiting.get(domain.as_str()) == Some(&shard) {
+                        waiting.remove(domain.as_str());
+                        last = last.max(at);
+                    }
+                }
+                _ => anyhow::bail!(
+                    "round {round}: {} moved domains never reached their shard's watch",
+                    waiting.len()
+                ),
+            }
+        }
+        results.push(Evacuation {
+            moved: evacuees.len(),
+            committed,
+            delivered: last - started,
+        });
+        eprintln!(
+            "  round {round}: {} domains committed in {} ms, at every receiving shard in {} ms",
+            evacuees.len(),
+            ms(committed),
+            ms(last - started)
+        );
+    }
+    for w in watchers {
+        w.abort();
+    }
+    Ok(results)
+}
+
+/// SIGKILLs the leader `count` times; each time, how long until a write through a fresh client
+/// over all three endpoints is acknowledged. The killed replica is restarted and caught up
+/// before the next kill.
+async fn leader_kills(
+    cluster: &mut TestCluster,
+    count: usize,
+    label: &str,
+) -> anyhow::Result<Summary> {
+    let mut samples = Vec::new();
+    for round in 0..count {
+        let leader = cluster.leader().await;
+        cluster.kill(leader);
+        let killed = Instant::now();
+        let fresh = cluster.client();
+        fresh
+            .write(command(Wire::AssignDomains(pb::AssignDomains {
+                assignments: vec![pb::DomainAssignment {
+                    domain: format!("zone=bench/rack={label}-{round}"),
+                    shard: shard_id(0),
+                }],
+                allow_move: false,
+            })))
+            .await
+            .context("first write after a leader kill")?;
+        samples.push(killed.elapsed());
+        eprintln!("  {label} {round}: {} ms", ms(killed.elapsed()));
+        cluster.restart(leader);
+        let revision = fresh.revision().await?;
+        cluster.wait_for_revision(leader, revision).await;
+    }
+    Ok(Summary::of(&mut samples))
+}
+
 fn rss_row(cluster: &TestCluster) -> (Vec<u64>, u64) {
     let each: Vec<u64> = cluster
         .replicas
@@ -259,29 +397,19 @@ pub async fn run(args: CoordBenchArgs) -> anyhow::Result<()> {
         .collect();
 
     eprintln!("{} leader kills", args.kills);
-    let mut kill_samples = Vec::new();
-    for round in 0..args.kills {
-        let leader = cluster.leader().await;
-        cluster.kill(leader);
-        let killed = Instant::now();
-        let fresh = cluster.client();
-        fresh
-            .write(command(Wire::AssignDomains(pb::AssignDomains {
-                assignments: vec![pb::DomainAssignment {
-                    domain: format!("zone=bench/rack=kill-{round}"),
-                    shard: shard_id(0),
-                }],
-                allow_move: false,
-            })))
-            .await
-            .context("first write after a leader kill")?;
-        kill_samples.push(killed.elapsed());
-        eprintln!("  kill {round}: {} ms", ms(killed.elapsed()));
-        cluster.restart(leader);
-        let revision = fresh.revision().await?;
-        cluster.wait_for_revision(leader, revision).await;
-    }
-    let kills = Summary::of(&mut kill_samples);
+    let kills = leader_kills(&mut cluster, args.kills, "kill").await?;
+
+    eprintln!("AZ evacuation with {} watching shards", args.shards);
+    let evacuations =
+        evacuation(client.clone(), args.shards, args.domains, args.evacuations).await?;
+    // Right after the evacuations, a follower may still be receiving their megabytes; a new
+    // leader has to finish that before it can commit.
+    let kills_after_evacuation = if args.evacuations > 0 {
+        eprintln!("3 leader kills right after the evacuations");
+        Some(leader_kills(&mut cluster, 3, "kill-after-evacuation").await?)
+    } else {
+        None
+    };
 
     let mut report = String::new();
     let now = std::process::Command::new("date")
@@ -370,23 +498,61 @@ pub async fn run(args: CoordBenchArgs) -> anyhow::Result<()> {
     )?;
     writeln!(
         report,
-        "\n## Leader SIGKILL → next acknowledged write ({} kills)\n",
-        kills.count
+        "\n## AZ evacuation → every receiving shard's watch ({} watching shards)\n",
+        args.shards
     )?;
+    writeln!(
+        report,
+        "With the {} domains loaded, every domain of the shards in `az-c` (a third of them) is \
+         moved to the other shards in one write, as the rebalancer does in one round when those \
+         shards' leases run out; the next round moves them home. Time from the write's start \
+         until its commit is acknowledged, and until every receiving shard's watch stream has \
+         delivered every domain it gained. The lease wait before a rebalancer round is not \
+         included (it is the shard lease, 10 s by default).\n",
+        args.domains
+    )?;
+    writeln!(
+        report,
+        "| round | domains moved | committed ms | at every receiving shard ms |"
+    )?;
+    writeln!(report, "|---:|---:|---:|---:|")?;
+    for (round, e) in evacuations.iter().enumerate() {
+        writeln!(
+            report,
+            "| {} ({}) | {} | {} | {} |",
+            round + 1,
+            if round % 2 == 0 { "away" } else { "home" },
+            e.moved,
+            ms(e.committed),
+            ms(e.delivered)
+        )?;
+    }
+    writeln!(report, "\n## Leader SIGKILL → next acknowledged write\n")?;
     writeln!(
         report,
         "Time from SIGKILL of the leader until a write through a fresh client over all three \
          endpoints is acknowledged; the killed replica is restarted and caught up between kills.\n"
     )?;
-    writeln!(report, "| median ms | p99 ms | max ms |")?;
-    writeln!(report, "|---:|---:|---:|")?;
-    writeln!(
-        report,
-        "| {} | {} | {} |",
-        ms(kills.p50),
-        ms(kills.p99),
-        ms(kills.max)
-    )?;
+    writeln!(report, "| when | kills | median ms | p99 ms | max ms |")?;
+    writeln!(report, "|---|---:|---:|---:|---:|")?;
+    for (when, k) in [
+        ("after loading the fleet", Some(&kills)),
+        (
+            "right after the AZ evacuations above (a follower may still be taking in their megabytes)",
+            kills_after_evacuation.as_ref(),
+        ),
+    ] {
+        if let Some(k) = k {
+            writeln!(
+                report,
+                "| {when} | {} | {} | {} | {} |",
+                k.count,
+                ms(k.p50),
+                ms(k.p99),
+                ms(k.max)
+            )?;
+        }
+    }
     writeln!(report, "\n## Memory and disk\n")?;
     writeln!(
         report,
@@ -418,8 +584,8 @@ pub async fn run(args: CoordBenchArgs) -> anyhow::Result<()> {
     )?;
     writeln!(
         report,
-        "\nNot yet measured here: the side-by-side run against a 3-member etcd (ratios), which \
-         comes with the benchmark-suite work."
+        "\nThe side-by-side run against a 3-member etcd (the same workload through both, \
+         ratios) is `ballast-bench kv`, in `benchmarks-kv.md`."
     )?;
     if let Some(parent) = args.out.parent() {
         std::fs::create_dir_all(parent)?;

@@ -6,6 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
+use ballast_protocol::pb;
+use ballast_shard::cache::{Assignments, Cache};
 use ballast_shard::engine::{Engine, Inputs, Machine, Need, Placement, Resources};
 
 use crate::stats::{Summary, ms};
@@ -96,6 +98,65 @@ struct Restart {
     engine_load: Duration,
 }
 
+fn cache_dir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("ballast-bench-shard-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// A shard cache in `dir` holding `inputs`' domains, machines and demand, written the way a
+/// shard takes on a fleet: machines in batches of 50,000.
+fn populate(dir: &std::path::Path, inputs: &Inputs) -> anyhow::Result<Cache> {
+    let cache = Cache::open(dir, "s1")?;
+    let mut held = Assignments::default();
+    held.apply(&pb::AssignmentUpdate {
+        revision: 1,
+        term: 1,
+        full: true,
+        domains_added: inputs.domains.iter().cloned().collect(),
+        status: "active".into(),
+        ..Default::default()
+    });
+    cache.store(&Assignments::default(), &held)?;
+    for chunk in inputs.machines.chunks(50_000) {
+        let records: Vec<&Machine> = chunk.iter().collect();
+        cache.store_machines(&records, &[])?;
+    }
+    for (cluster, rows) in inputs.demand_by_cluster() {
+        cache.store_demand(cluster, &rows)?;
+    }
+    Ok(cache)
+}
+
+/// Times persisting one decision's machine changes into a full ledger: `batch` machines spread
+/// over the ledger, each with its assignment changed, written and fsynced as a decision is.
+fn persist_cost(inputs: &Inputs, batch: usize, rounds: usize) -> anyhow::Result<Summary> {
+    let dir = cache_dir();
+    let cache = populate(&dir, inputs)?;
+    let stride = (inputs.machines.len() / batch.max(1)).max(1);
+    let mut samples = Vec::with_capacity(rounds);
+    for round in 0..rounds {
+        let changed: Vec<Machine> = inputs
+            .machines
+            .iter()
+            .skip(round % stride)
+            .step_by(stride)
+            .take(batch)
+            .map(|m| Machine {
+                assigned_to: Some(format!("bench/round-{round}")),
+                ..m.clone()
+            })
+            .collect();
+        let records: Vec<&Machine> = changed.iter().collect();
+        let started = Instant::now();
+        cache.store_machines(&records, &[])?;
+        samples.push(started.elapsed());
+    }
+    drop(cache);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(Summary::of(&mut samples))
+}
+
 /// Fills a shard cache with `inputs`' domains, machines (as assigned by the steady cycles) and
 /// demand, then times a cold start of the worker from it with no coordinator reachable, until
 /// its first decision is made and persisted. With `settled`, the writer lives on for a few
@@ -103,32 +164,12 @@ struct Restart {
 /// while; without, the start replays the whole ledger from the journal (killed right after
 /// writing it).
 async fn cold_restart(inputs: &Inputs, settled: bool) -> anyhow::Result<Restart> {
-    use ballast_protocol::pb;
-    use ballast_shard::cache::{Assignments, Cache};
     use ballast_shard::provider::SimulatedConfig;
     use ballast_shard::worker::{WorkerConfig, start};
 
-    let dir = std::env::temp_dir().join(format!("ballast-bench-shard-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = cache_dir();
     {
-        let cache = Cache::open(&dir, "s1")?;
-        let mut held = Assignments::default();
-        held.apply(&pb::AssignmentUpdate {
-            revision: 1,
-            term: 1,
-            full: true,
-            domains_added: inputs.domains.iter().cloned().collect(),
-            status: "active".into(),
-            ..Default::default()
-        });
-        cache.store(&Assignments::default(), &held)?;
-        for chunk in inputs.machines.chunks(50_000) {
-            let records: Vec<&Machine> = chunk.iter().collect();
-            cache.store_machines(&records, &[])?;
-        }
-        for (cluster, rows) in inputs.demand_by_cluster() {
-            cache.store_demand(cluster, &rows)?;
-        }
+        let _cache = populate(&dir, inputs)?;
         if settled {
             tokio::time::sleep(Duration::from_secs(5)).await;
         }
@@ -253,6 +294,14 @@ pub async fn run(args: EngineBenchArgs) -> anyhow::Result<String> {
     );
     let settled = cold_restart(&inputs, true).await?;
     let replayed = cold_restart(&inputs, false).await?;
+    eprintln!(
+        "persisting decisions into a ledger of {} machines",
+        inputs.machines.len()
+    );
+    let persists = [100, 1_000, 10_000]
+        .into_iter()
+        .map(|batch| Ok((batch, persist_cost(&inputs, batch, 20)?)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let mut out = String::new();
     writeln!(out, "# Shard benchmarks\n")?;
     writeln!(
@@ -324,6 +373,24 @@ pub async fn run(args: EngineBenchArgs) -> anyhow::Result<String> {
             ms(r.engine_load),
             ms(r.total)
         )?;
+    }
+    writeln!(
+        out,
+        "\n## Persisting a decision\n\nOne decision's machine changes written into the same \
+         cache and fsynced (`Cache::store_machines`), machines spread over the ledger, 20 \
+         rounds per size. The ledger is kept in {} pages, so a changed machine rewrites its \
+         page (about {} records at this size); `docs/adr/0012-paged-machine-ledger.md` compares \
+         this with one record per machine.\n",
+        ballast_shard::cache::LEDGER_PAGES,
+        inputs
+            .machines
+            .len()
+            .div_ceil(ballast_shard::cache::LEDGER_PAGES as usize)
+    )?;
+    writeln!(out, "| machines changed | p50 ms | max ms |")?;
+    writeln!(out, "|---:|---:|---:|")?;
+    for (batch, s) in &persists {
+        writeln!(out, "| {batch} | {} | {} |", ms(s.p50), ms(s.max))?;
     }
     Ok(out)
 }

@@ -210,6 +210,73 @@ async fn restarted_follower_catches_up_and_new_replica_gets_a_snapshot() {
     assert_eq!(domains(&cluster.client_of(4), true).await.len(), 180);
 }
 
+/// Six ~1.5 MB batches (an AZ evacuation moves 33K domains in one) while a follower is down:
+/// when it comes back it has to receive all of them before a leader kill can leave a quorum.
+/// Sent as one message they once took longer to decode than openraft waits for an append,
+/// every retry started over, and the cluster could not commit after the kill.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_behind_by_megabytes_of_batches_catches_up_and_takes_over() {
+    let mut cluster = TestCluster::start(coord_binary(), 3, FAST_FLAGS).await;
+    let client = cluster.client();
+    for shard in ["s1", "s2"] {
+        client
+            .write(register(shard, "az-a"))
+            .await
+            .expect("register");
+    }
+    let leader = cluster.leader().await;
+    let follower = (1..=3u64).find(|id| *id != leader).expect("follower");
+    cluster.kill(follower);
+    let batch = 25_000;
+    let mut revision = 0;
+    for round in 0..6 {
+        let shard = ["s1", "s2"][round % 2];
+        let assignments = (0..batch)
+            .map(|n| pb::DomainAssignment {
+                domain: format!("topology.kubernetes.io/zone=az-a/rack=r{n:06}"),
+                shard: shard.into(),
+            })
+            .collect();
+        revision = client
+            .write(common::cmd(pb::command::Command::AssignDomains(
+                pb::AssignDomains {
+                    assignments,
+                    allow_move: true,
+                },
+            )))
+            .await
+            .expect("large batch with one follower down")
+            .header
+            .expect("header")
+            .revision;
+    }
+    cluster.restart(follower);
+    cluster.wait_for_revision(follower, revision).await;
+
+    // The remaining pair (one of them the follower that was behind) elects a leader and commits.
+    cluster.kill(leader);
+    let fresh = cluster.client();
+    wait_for(
+        "a write acknowledged after the leader kill",
+        Duration::from_secs(60),
+        || async {
+            fresh
+                .write(assign("zone=az-b/rack=after-kill", "s1"))
+                .await
+                .ok()
+        },
+    )
+    .await;
+    let seen = domains(&cluster.client_of(follower), false).await;
+    assert_eq!(seen.len(), batch + 1);
+    assert!(
+        seen.iter()
+            .filter(|(d, _)| d.starts_with("topology."))
+            .all(|(_, shard)| shard == "s2"),
+        "the last batch moved every domain to s2"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn remove_a_voter_add_a_fresh_one_and_transfer_leadership() {
     let mut cluster = TestCluster::start(coord_binary(), 3, FAST_FLAGS).await;

@@ -42,7 +42,9 @@ impl ShardState {
         for (cluster, rows) in ledger.demand {
             engine.set_demand(&cluster, rows);
         }
-        engine.bulk_load(|upsert| cache.load_machines(upsert))?;
+        // A sizing hint read from disk, bounded so a damaged count cannot ask for absurd memory.
+        let expected = cache.machine_count().min(1 << 24) as usize;
+        engine.bulk_load(expected, |upsert| cache.load_machines(upsert))?;
         Ok(ShardState {
             engine,
             in_flight: ledger.in_flight,

@@ -40,6 +40,12 @@ pub fn shard_id(i: usize) -> String {
     format!("shard-{i:03}")
 }
 
+/// Name of synthetic domain `n` (in AZ `AZS[n % 3]`); [`assign_domains`] gives it to shard
+/// `n % shards`.
+pub fn domain_name(n: usize) -> String {
+    format!("topology.kubernetes.io/zone={}/rack=r{:06}", AZS[n % 3], n)
+}
+
 fn command(inner: Wire) -> pb::Command {
     pb::Command {
         command: Some(inner),
@@ -77,7 +83,7 @@ pub async fn assign_domains(
     for start in (0..count).step_by(BATCH) {
         let assignments = (start..(start + BATCH).min(count))
             .map(|n| pb::DomainAssignment {
-                domain: format!("topology.kubernetes.io/zone={}/rack=r{:06}", AZS[n % 3], n),
+                domain: domain_name(n),
                 shard: shard_id(n % shards),
             })
             .collect();

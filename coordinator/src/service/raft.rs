@@ -1,7 +1,10 @@
 //! The peer-facing Raft service: decodes openraft messages and hands them to the local node.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
 
 use ballast_protocol::pb;
 use ballast_protocol::pb::raft_server::Raft as RaftApi;
@@ -16,18 +19,80 @@ use crate::replica::Replica;
 /// Serves Raft traffic for one replica.
 pub struct RaftService {
     replica: Arc<Replica>,
+    /// The last large append and its (coming) answer, for the leader's retries of it.
+    recent_append: Mutex<Option<RecentAppend>>,
 }
+
+/// The encoded answer to an append message, awaitable by every copy of it.
+type AppendAnswer = Shared<BoxFuture<'static, Result<Vec<u8>, Status>>>;
+
+/// An append message being stored, or stored a moment ago, and its answer.
+struct RecentAppend {
+    payload: Arc<Vec<u8>>,
+    started: Instant,
+    reply: AppendAnswer,
+}
+
+/// Appends at least this big are answered once for all identical retries (see
+/// [`RaftService::append_entries`]). Small ones, heartbeats among them, always reach the node,
+/// which is what keeps its election timer from firing.
+const SHARED_APPEND_BYTES: usize = 64 * 1024;
+
+/// How long a stored append's answer serves identical retries.
+const SHARED_APPEND_WINDOW: Duration = Duration::from_secs(2);
 
 impl RaftService {
     /// Wraps a replica.
     pub fn new(replica: Arc<Replica>) -> Self {
-        Self { replica }
+        Self {
+            replica,
+            recent_append: Mutex::new(None),
+        }
+    }
+
+    /// The answer to an append message: a fresh task that decodes and stores it, or, for a
+    /// large message identical to one already being stored (the leader's retry after its
+    /// wait ran out), that task's answer.
+    fn answer_append(&self, payload: Vec<u8>) -> Result<AppendAnswer, Status> {
+        let mut recent = self
+            .recent_append
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(r) = recent.as_ref()
+            && r.started.elapsed() < SHARED_APPEND_WINDOW
+            && *r.payload == payload
+        {
+            return Ok(r.reply.clone());
+        }
+        let raft = self.replica.raft()?.clone();
+        let payload = Arc::new(payload);
+        let message = payload.clone();
+        // Spawned, so it finishes even if the leader stops waiting.
+        let task = tokio::spawn(async move {
+            let rpc = decode_message(&message)?;
+            let result = raft.append_entries(rpc).await;
+            crate::raft::wire::encode(&result)
+                .map_err(|e| Status::internal(format!("encoding raft reply: {e}")))
+        });
+        let reply = async move {
+            task.await
+                .map_err(|e| Status::internal(format!("append task failed: {e}")))?
+        }
+        .boxed()
+        .shared();
+        if payload.len() >= SHARED_APPEND_BYTES {
+            *recent = Some(RecentAppend {
+                payload,
+                started: Instant::now(),
+                reply: reply.clone(),
+            });
+        }
+        Ok(reply)
     }
 
     fn open<T: DeserializeOwned>(&self, message: &pb::RaftMessage) -> Result<T, Status> {
         self.replica.check_peer_cluster(&message.cluster_id)?;
-        crate::raft::wire::decode(&message.payload)
-            .map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))
+        decode_message(&message.payload)
     }
 
     fn reply<T: Serialize>(&self, value: &T) -> Result<Response<pb::RaftMessage>, Status> {
@@ -40,21 +105,30 @@ impl RaftService {
     }
 }
 
+fn decode_message<T: DeserializeOwned>(payload: &[u8]) -> Result<T, Status> {
+    crate::raft::wire::decode(payload)
+        .map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))
+}
+
 #[tonic::async_trait]
 impl RaftApi for RaftService {
     async fn append_entries(
         &self,
         request: Request<pb::RaftMessage>,
     ) -> Result<Response<pb::RaftMessage>, Status> {
-        let rpc = self.open(request.get_ref())?;
-        // Finish the append even if the leader stops waiting (openraft gives an append one
-        // heartbeat interval): its retry then finds the entries stored and answers at once,
-        // instead of redoing a slow write (a large value, a slow disk) that never fits.
-        let raft = self.replica.raft()?.clone();
-        let result = tokio::spawn(async move { raft.append_entries(rpc).await })
-            .await
-            .map_err(|e| Status::internal(format!("append task failed: {e}")))?;
-        self.reply(&result)
+        let message = request.into_inner();
+        self.replica.check_peer_cluster(&message.cluster_id)?;
+        // openraft waits one heartbeat interval for an append and then sends the same message
+        // again. A message that takes longer than that to decode and store (megabytes of
+        // entries on a busy host) would otherwise be decoded anew for every retry, each
+        // answer would come too late, and the follower would never be seen to catch up.
+        // Retries of it share the first one's answer instead; Raft tolerates a duplicated
+        // answer as it tolerates a duplicated message.
+        let payload = self.answer_append(message.payload)?.await?;
+        Ok(Response::new(pb::RaftMessage {
+            cluster_id: self.replica.cluster_id.clone(),
+            payload,
+        }))
     }
 
     async fn vote(

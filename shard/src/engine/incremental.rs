@@ -13,6 +13,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::sync::Arc;
 
 // Keys are machine, domain and need ids the shard itself holds, not attacker-chosen: a fast
 // non-keyed hash halves the time to rebuild the engine on a restart.
@@ -64,8 +65,8 @@ impl<T: Ord + Copy> Tiered<T> {
     }
 
     /// Starts holding inserts back (see `pending`).
-    fn begin_bulk(&mut self) {
-        self.pending.get_or_insert_with(Vec::new);
+    fn begin_bulk(&mut self, expected: usize) {
+        self.pending.get_or_insert_with(Vec::new).reserve(expected);
     }
 
     /// Merges held-back inserts and stops holding them back.
@@ -79,18 +80,24 @@ impl<T: Ord + Copy> Tiered<T> {
             return;
         };
         let mut items = std::mem::take(pending);
-        items.sort_unstable();
-        // BTreeSet::append and from_iter build trees from sorted runs in linear time.
-        let mut all: BTreeSet<T> = items.iter().map(|(_, _, item)| *item).collect();
-        self.all.append(&mut all);
-        for run in items.chunk_by(|a, b| a.0 == b.0) {
-            let mut set: BTreeSet<T> = run.iter().map(|(_, _, item)| *item).collect();
-            self.by_domain[run[0].0 as usize].append(&mut set);
+        // One sort by item; bucketing keeps that order, so every tier's set is built from a
+        // sorted run (BTreeSet::from_iter and append take sorted input in linear time).
+        items.sort_unstable_by_key(|item| item.2);
+        let mut by_domain: BTreeMap<u32, Vec<T>> = BTreeMap::new();
+        let mut by_az: BTreeMap<Option<u32>, Vec<T>> = BTreeMap::new();
+        for (domain, az, item) in &items {
+            by_domain.entry(*domain).or_default().push(*item);
+            by_az.entry(*az).or_default().push(*item);
         }
-        items.sort_unstable_by_key(|a| (a.1, a.2));
-        for run in items.chunk_by(|a, b| a.1 == b.1) {
-            let mut set: BTreeSet<T> = run.iter().map(|(_, _, item)| *item).collect();
-            self.by_az.entry(run[0].1).or_default().append(&mut set);
+        let mut all: BTreeSet<T> = items.into_iter().map(|(_, _, item)| item).collect();
+        self.all.append(&mut all);
+        for (domain, run) in by_domain {
+            let mut set: BTreeSet<T> = run.into_iter().collect();
+            self.by_domain[domain as usize].append(&mut set);
+        }
+        for (az, run) in by_az {
+            let mut set: BTreeSet<T> = run.into_iter().collect();
+            self.by_az.entry(az).or_default().append(&mut set);
         }
     }
 }
@@ -106,7 +113,8 @@ enum Where {
 /// One machine of the ledger.
 #[derive(Clone, Debug)]
 struct Slot {
-    id: Box<str>,
+    /// Shared with the `machine_ids` key: one allocation per machine.
+    id: Arc<str>,
     domain: u32,
     resources: Resources,
     quota: Option<u32>,
@@ -165,7 +173,7 @@ pub struct Engine {
     quota_in_flight: Vec<u64>,
 
     machines: Vec<Option<Slot>>,
-    machine_ids: HashMap<Box<str>, u32>,
+    machine_ids: HashMap<Arc<str>, u32>,
     free_machines: Vec<u32>,
     /// Idle machines in owned domains: `(resources, machine)`.
     idle: Tiered<(Resources, u32)>,
@@ -411,26 +419,21 @@ impl Engine {
     /// Adds a machine to the ledger, or replaces what the ledger knew about it. Its
     /// `assigned_to` is a claim, checked at the next decision.
     pub fn upsert_machine(&mut self, machine: &Machine) {
-        self.upsert(MachineView {
-            id: &machine.id,
-            domain: &machine.domain,
-            resources: machine.resources,
-            quota: machine
-                .quota
-                .as_ref()
-                .map(|(p, r)| (p.as_str(), r.as_str())),
-            assigned_to: machine.assigned_to.as_deref(),
-        });
+        self.upsert(machine.view());
     }
 
     /// Loads many machines at once (a restart): the same as calling [`Engine::upsert`] for
-    /// each, with the indexes built in bulk at the end.
+    /// each, with the indexes built in bulk at the end. `expected` is how many machines
+    /// `load` brings (a hint: the tables are sized for it up front instead of growing).
     pub fn bulk_load<E>(
         &mut self,
+        expected: usize,
         load: impl FnOnce(&mut dyn FnMut(MachineView<'_>)) -> Result<(), E>,
     ) -> Result<(), E> {
-        self.idle.begin_bulk();
-        self.victims.begin_bulk();
+        self.machines.reserve(expected);
+        self.machine_ids.reserve(expected);
+        self.idle.begin_bulk(expected);
+        self.victims.begin_bulk(expected);
         let loaded = load(&mut |machine| self.upsert(machine));
         self.idle.end_bulk();
         self.victims.end_bulk();
@@ -447,7 +450,7 @@ impl Engine {
         if let Some(q) = quota {
             self.quota_held[q as usize] += 1;
         }
-        let id: Box<str> = machine.id.into();
+        let id: Arc<str> = machine.id.into();
         let slot = Slot {
             id: id.clone(),
             domain,

@@ -85,7 +85,7 @@ pub struct Machine {
 
 /// A ledger record borrowed from its encoded bytes (same encoding as [`Machine`]), so a
 /// restart feeds half a million records to the engine without copying their strings.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MachineView<'a> {
     /// Machine id.
     pub id: &'a str,
@@ -99,6 +99,19 @@ pub struct MachineView<'a> {
     /// Need it serves, if any.
     #[serde(borrow)]
     pub assigned_to: Option<&'a str>,
+}
+
+impl Machine {
+    /// The record borrowed as a [`MachineView`].
+    pub fn view(&self) -> MachineView<'_> {
+        MachineView {
+            id: &self.id,
+            domain: &self.domain,
+            resources: self.resources,
+            quota: self.quota.as_ref().map(|(p, r)| (p.as_str(), r.as_str())),
+            assigned_to: self.assigned_to.as_deref(),
+        }
+    }
 }
 
 /// Everything one decision looks at.

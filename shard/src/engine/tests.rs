@@ -368,15 +368,9 @@ proptest! {
         for m in &i.machines {
             one_by_one.upsert_machine(m);
         }
-        bulk.bulk_load::<()>(|upsert| {
+        bulk.bulk_load::<()>(i.machines.len(), |upsert| {
             for m in &i.machines {
-                upsert(MachineView {
-                    id: &m.id,
-                    domain: &m.domain,
-                    resources: m.resources,
-                    quota: m.quota.as_ref().map(|(p, r)| (p.as_str(), r.as_str())),
-                    assigned_to: m.assigned_to.as_deref(),
-                });
+                upsert(m.view());
             }
             Ok(())
         }).expect("load");
