@@ -29,8 +29,24 @@ type AppendAnswer = Shared<BoxFuture<'static, Result<Vec<u8>, Status>>>;
 /// An append message being stored, or stored a moment ago, and its answer.
 struct RecentAppend {
     payload: Arc<Vec<u8>>,
-    started: Instant,
+    /// When the answer was ready (`None` while the message is being stored).
+    finished: Arc<Mutex<Option<Instant>>>,
     reply: AppendAnswer,
+}
+
+impl RecentAppend {
+    /// Whether a copy of the message arriving now gets this answer: while it is being stored,
+    /// and for a while after (openraft retries a timed-out append after a pause of its own,
+    /// 500 ms once the follower has been unreachable).
+    fn serves_retries(&self) -> bool {
+        lock(&self.finished).is_none_or(|at| at.elapsed() < SHARED_APPEND_WINDOW)
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Appends at least this big are answered once for all identical retries (see
@@ -38,7 +54,7 @@ struct RecentAppend {
 /// which is what keeps its election timer from firing.
 const SHARED_APPEND_BYTES: usize = 64 * 1024;
 
-/// How long a stored append's answer serves identical retries.
+/// How long a stored append's answer serves identical retries after it is ready.
 const SHARED_APPEND_WINDOW: Duration = Duration::from_secs(2);
 
 impl RaftService {
@@ -54,25 +70,27 @@ impl RaftService {
     /// large message identical to one already being stored (the leader's retry after its
     /// wait ran out), that task's answer.
     fn answer_append(&self, payload: Vec<u8>) -> Result<AppendAnswer, Status> {
-        let mut recent = self
-            .recent_append
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut recent = lock(&self.recent_append);
         if let Some(r) = recent.as_ref()
-            && r.started.elapsed() < SHARED_APPEND_WINDOW
             && *r.payload == payload
+            && r.serves_retries()
         {
             return Ok(r.reply.clone());
         }
         let raft = self.replica.raft()?.clone();
         let payload = Arc::new(payload);
         let message = payload.clone();
+        let finished = Arc::new(Mutex::new(None));
+        let done = finished.clone();
         // Spawned, so it finishes even if the leader stops waiting.
         let task = tokio::spawn(async move {
-            let rpc = decode_message(&message)?;
-            let result = raft.append_entries(rpc).await;
-            crate::raft::wire::encode(&result)
-                .map_err(|e| Status::internal(format!("encoding raft reply: {e}")))
+            let answer = match decode_message(&message) {
+                Ok(rpc) => crate::raft::wire::encode(&raft.append_entries(rpc).await)
+                    .map_err(|e| Status::internal(format!("encoding raft reply: {e}"))),
+                Err(status) => Err(status),
+            };
+            *lock(&done) = Some(Instant::now());
+            answer
         });
         let reply = async move {
             task.await
@@ -83,7 +101,7 @@ impl RaftService {
         if payload.len() >= SHARED_APPEND_BYTES {
             *recent = Some(RecentAppend {
                 payload,
-                started: Instant::now(),
+                finished,
                 reply: reply.clone(),
             });
         }
