@@ -50,6 +50,10 @@ pub struct View {
     pub purged_index: u64,
     /// Members of the group.
     pub members: Vec<MemberView>,
+    /// A member is being added or removed: the group is in a joint (old + new) configuration
+    /// or its newest configuration is not yet committed. Losing a voter of the old
+    /// configuration now can stall the change until that voter returns.
+    pub membership_changing: bool,
 }
 
 impl View {
@@ -80,6 +84,8 @@ impl Consensus {
             Consensus::Raft(raft) => {
                 let metrics = raft.metrics().borrow().clone();
                 let membership = metrics.membership_config.membership();
+                let membership_log = metrics.membership_config.log_id().map_or(0, |l| l.index);
+                let applied_index = metrics.last_applied.map_or(0, |l| l.index);
                 let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
                 let last_log_index = metrics.last_log_index.unwrap_or(0);
                 let members = membership
@@ -102,11 +108,13 @@ impl Consensus {
                     state: state_name(metrics.state),
                     term: metrics.current_term,
                     leader: metrics.current_leader,
-                    applied_index: metrics.last_applied.map_or(0, |l| l.index),
+                    applied_index,
                     last_log_index,
                     snapshot_index: metrics.snapshot.map_or(0, |l| l.index),
                     purged_index: metrics.purged.map_or(0, |l| l.index),
                     members,
+                    membership_changing: membership.get_joint_config().len() > 1
+                        || membership_log > applied_index,
                 }
             }
             Consensus::Etcd(log) => log.view(),

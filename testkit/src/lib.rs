@@ -607,7 +607,8 @@ impl TestCluster {
             .unwrap_or(0)
     }
 
-    /// Waits until the leader reports `count` voters.
+    /// Waits until the leader reports `count` voters and no membership change in flight:
+    /// until the change is committed, killing a voter of the old configuration can stall it.
     pub async fn wait_for_voters(&self, count: usize) {
         wait_for(
             &format!("{count} voters"),
@@ -616,7 +617,7 @@ impl TestCluster {
                 let leader = self.leader().await;
                 let status = self.status(leader).await?;
                 let voters = status.members.iter().filter(|m| m.role == "voter").count();
-                (voters == count).then_some(())
+                (voters == count && !status.membership_changing).then_some(())
             },
         )
         .await

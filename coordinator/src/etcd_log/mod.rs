@@ -330,6 +330,8 @@ impl EtcdLog {
             snapshot_index: self.snapshot_index.load(Ordering::Relaxed),
             purged_index: self.purged_index.load(Ordering::Relaxed),
             members,
+            // etcd changes its own membership; Ballast never asks it to.
+            membership_changing: false,
         }
     }
 

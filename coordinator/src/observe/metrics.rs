@@ -45,6 +45,7 @@ pub fn refresh(replica: &Replica) {
     gauge!("ballast_placement_healthy").set(f64::from(u8::from(
         status.placement.as_ref().is_some_and(|p| p.healthy),
     )));
+    gauge!("ballast_membership_changing").set(f64::from(u8::from(status.membership_changing)));
     gauge!("ballast_domains").set(status.domain_count as f64);
     gauge!("ballast_bindings").set(status.binding_count as f64);
     gauge!("ballast_quotas").set(status.quota_count as f64);

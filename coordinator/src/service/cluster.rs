@@ -117,6 +117,7 @@ pub fn status_report(replica: &Replica) -> pb::StatusResponse {
     let warnings = crate::autopilot::warnings(&members, &placement);
     pb::StatusResponse {
         warnings,
+        membership_changing: view.membership_changing,
         dr: Some(replica.dr.status()),
         header: Some(replica.header()),
         state: view.state.to_string(),

@@ -161,6 +161,7 @@ pub async fn run(ctx: &Context, cmd: ClusterCmd) -> anyhow::Result<Rendered> {
                 "applied_index": s.applied_index, "last_log_index": s.last_log_index,
                 "snapshot_index": s.snapshot_index, "purged_index": s.purged_index,
                 "members": s.members.iter().map(member_json).collect::<Vec<_>>(),
+                "membership_changing": s.membership_changing,
                 "placement": { "healthy": p.healthy, "voter_azs": p.voter_azs, "message": p.message },
                 "counts": { "shards": s.shard_count, "domains": s.domain_count,
                     "bindings": s.binding_count, "quotas": s.quota_count, "providers": s.provider_count },
@@ -178,7 +179,7 @@ pub async fn run(ctx: &Context, cmd: ClusterCmd) -> anyhow::Result<Rendered> {
             let human = format!(
                 "cluster {}\nreplica {} ({}, {}) is {}; leader {} at {}; term {}; revision {}\n\
                  log: applied {} last {} snapshot {} purged {}\n\
-                 placement: {} ({})\n\
+                 placement: {} ({}){}\n\
                  fleet: {} shards, {} domains, {} bindings, {} quotas, {} providers\n\
                  dr: {}\n\n{}",
                 h.cluster_id,
@@ -196,6 +197,11 @@ pub async fn run(ctx: &Context, cmd: ClusterCmd) -> anyhow::Result<Rendered> {
                 s.purged_index,
                 if p.healthy { "healthy" } else { "AT RISK" },
                 p.message,
+                if s.membership_changing {
+                    "; a member is being added or removed"
+                } else {
+                    ""
+                },
                 s.shard_count,
                 s.domain_count,
                 s.binding_count,
