@@ -423,13 +423,14 @@ pub async fn run(args: CoordBenchArgs) -> anyhow::Result<()> {
         report,
         "Produced by `cargo run --release -p ballast-bench -- coord` on {now}.\n\nMachine: {}.\n\
          Cluster: 3 `ballast-coord` replicas (child processes) on 127.0.0.1 with default flags \
-         (heartbeat 50 ms, election 150–300 ms), each fsyncing its fjall journal before \
+         ({}), each fsyncing its fjall journal before \
          acknowledging appends. {} shards registered. Figures move with the disk, which on this \
          machine changes speed from hour to hour; compare runs only within one report. Shard \
          figures (engine, cold restart) are in `benchmarks-shard.md`; DR figures (export, \
          restore, RTO, RPO, archive size for the 100M-fleet state, local and S3) in \
          `benchmarks-dr.md`.\n",
         crate::stats::machine(),
+        ballast_coordinator::config::default_timers(),
         args.shards
     )?;
     writeln!(

@@ -293,7 +293,10 @@ pub async fn run(args: KvBenchArgs) -> anyhow::Result<()> {
          1 s):\n",
         args.kills,
         if args.replica_flags.is_empty() {
-            "with its default timers (heartbeat 50 ms, election timeout 150–300 ms)".to_string()
+            format!(
+                "with its default timers ({})",
+                ballast_coordinator::config::default_timers()
+            )
         } else {
             format!("with `{}`", args.replica_flags.join(" "))
         }
@@ -328,6 +331,10 @@ pub async fn run(args: KvBenchArgs) -> anyhow::Result<()> {
             ]
         })
         .collect();
+    if let Some(parent) = args.out.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
     std::fs::write(
         chart("throughput"),
         ballast_testkit::svg::bar_chart(

@@ -14,6 +14,20 @@ use clap::Parser;
 use crate::etcd_log::EtcdBackendConfig;
 use crate::node::{self, Backend, NodeConfig, NodeError};
 
+/// Default leader heartbeat interval (ms).
+pub const DEFAULT_HEARTBEAT_MS: u64 = 50;
+/// Default lower bound of the election timeout (ms).
+pub const DEFAULT_ELECTION_MIN_MS: u64 = 150;
+/// Default upper bound of the election timeout and leader lease (ms).
+pub const DEFAULT_ELECTION_MAX_MS: u64 = 250;
+
+/// The default Raft timers in words, for reports: "heartbeat 50 ms, election 150–250 ms".
+pub fn default_timers() -> String {
+    format!(
+        "heartbeat {DEFAULT_HEARTBEAT_MS} ms, election {DEFAULT_ELECTION_MIN_MS}–{DEFAULT_ELECTION_MAX_MS} ms"
+    )
+}
+
 /// A Ballast coordinator replica (Raft over gRPC, state on fjall).
 ///
 /// Start the first replica with --bootstrap, the others with --join. A restarted replica needs
@@ -56,15 +70,16 @@ pub struct CoordArgs {
     )]
     pub join_token: String,
     /// Leader heartbeat interval in milliseconds.
-    #[arg(long, env = "BALLAST_HEARTBEAT_MS", default_value_t = 50)]
+    #[arg(long, env = "BALLAST_HEARTBEAT_MS", default_value_t = DEFAULT_HEARTBEAT_MS)]
     pub heartbeat_ms: u64,
     /// Lower bound of the election timeout in milliseconds.
-    #[arg(long, env = "BALLAST_ELECTION_MIN_MS", default_value_t = 150)]
+    #[arg(long, env = "BALLAST_ELECTION_MIN_MS", default_value_t = DEFAULT_ELECTION_MIN_MS)]
     pub election_min_ms: u64,
-    /// Upper bound of the election timeout in milliseconds. It is also the leader lease: a
-    /// follower starts an election only after lease + a random timeout without heartbeats,
-    /// so a dead leader is replaced after roughly 1.5x to 2x this value.
-    #[arg(long, env = "BALLAST_ELECTION_MAX_MS", default_value_t = 300)]
+    /// Upper bound of the election timeout in milliseconds. It is also the leader lease. A
+    /// leader whose process dies is replaced when the lease runs out (its closed connections
+    /// tell the voters); one that goes quiet with its connections open, after lease + a
+    /// random election timeout.
+    #[arg(long, env = "BALLAST_ELECTION_MAX_MS", default_value_t = DEFAULT_ELECTION_MAX_MS)]
     pub election_max_ms: u64,
     /// Snapshot after this many log entries since the last snapshot.
     #[arg(long, env = "BALLAST_SNAPSHOT_ENTRIES", default_value_t = 10_000)]

@@ -32,6 +32,7 @@ use crate::etcd_log::{self, EtcdBackendConfig, EtcdLog, EtcdLogError};
 use crate::faults::FaultRules;
 use crate::raft::log_store::LogStore;
 use crate::raft::network::{PeerContacts, PeerNetwork};
+use crate::raft::presence::PresenceWatch;
 use crate::raft::state_machine::SharedState;
 use crate::raft::state_machine::StateMachineStore;
 use crate::raft::store::{
@@ -411,6 +412,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
         store,
         ReplicaParts {
             timing: Timing {
+                heartbeat: config.heartbeat,
                 election_timeout_max: config.election_timeout.1,
                 default_shard_lease: config.default_shard_lease,
             },
@@ -569,6 +571,14 @@ async fn start_raft_duties(
             stopped.clone(),
         ));
     }
+    tokio::spawn(crate::raft::presence::announce_while_leading(
+        raft.clone(),
+        config.id,
+        cluster_id.clone(),
+        replica.client_tls.clone(),
+        config.heartbeat,
+        stopped.clone(),
+    ));
     tokio::spawn(snapshot_timer(
         raft.clone(),
         config.snapshot_interval,
@@ -583,7 +593,12 @@ fn serve(
     tls: Option<Arc<ServerTls>>,
     mut stopped: watch::Receiver<bool>,
 ) -> JoinHandle<Result<(), tonic::transport::Error>> {
-    let raft = RaftServer::new(RaftService::new(replica.clone()))
+    let presence = PresenceWatch::new(
+        replica.timing.heartbeat,
+        replica.timing.election_timeout_max,
+        stopped.clone(),
+    );
+    let raft = RaftServer::new(RaftService::new(replica.clone(), presence))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let fleet = FleetServer::new(FleetService::new(replica.clone()))

@@ -27,6 +27,8 @@ use crate::raft::types::{NodeId, Raft, RaftRequest, ReplicaNode};
 /// Timing knobs the services need at run time.
 #[derive(Clone, Debug)]
 pub struct Timing {
+    /// Leader heartbeat interval.
+    pub heartbeat: Duration,
     /// Upper bound of the election timeout (= the leader lease openraft grants).
     pub election_timeout_max: Duration,
     /// Default shard lease length when a registration names none.

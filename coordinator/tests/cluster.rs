@@ -398,6 +398,65 @@ async fn joining_needs_a_single_use_unexpired_token() {
     assert_eq!(members.len(), 4, "no refused join changed the membership");
 }
 
+/// A killed leader's kernel closes its connections at once, so a voter campaigns when the
+/// lease it granted runs out instead of after a random election timeout on top. A frozen
+/// leader (SIGSTOP) keeps its connections open: only the election timer finds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_leader_is_replaced_through_its_closed_connections() {
+    const EARLY: &str = "the leader's connection closed";
+    let mut cluster = TestCluster::start(coord_binary(), 3, FAST_FLAGS).await;
+    let client = cluster.client();
+    client
+        .write(register("s1", "az-a"))
+        .await
+        .expect("register");
+
+    let frozen = cluster.leader().await;
+    let others: Vec<u64> = [1, 2, 3].into_iter().filter(|id| *id != frozen).collect();
+    cluster.pause(frozen);
+    let successor = leader_among(&cluster, &others).await;
+    assert!(
+        !cluster.logs().contains(EARLY),
+        "a frozen leader's connections stay open; the election timer replaced it"
+    );
+    cluster.resume(frozen);
+    client
+        .write(assign("zone=az-a/rack=after-freeze", "s1"))
+        .await
+        .expect("a write after the freeze");
+
+    cluster.kill(successor);
+    let survivors: Vec<u64> = [1, 2, 3]
+        .into_iter()
+        .filter(|id| *id != successor)
+        .collect();
+    let last = leader_among(&cluster, &survivors).await;
+    assert_ne!(last, successor);
+    wait_for(
+        "the early campaign logged",
+        Duration::from_secs(10),
+        || async { cluster.logs().contains(EARLY).then_some(()) },
+    )
+    .await;
+    client
+        .write(assign("zone=az-a/rack=after-kill", "s1"))
+        .await
+        .expect("a write after the kill");
+}
+
+/// The leader among `ids` only: a frozen replica answers nothing, not even status.
+async fn leader_among(cluster: &TestCluster, ids: &[u64]) -> u64 {
+    wait_for("a leader", Duration::from_secs(20), || async {
+        for id in ids {
+            if cluster.status(*id).await?.state == "leader" {
+                return Some(*id);
+            }
+        }
+        None
+    })
+    .await
+}
+
 /// A removal that the old configuration cannot commit (two voters, one dead) stays in
 /// flight, and status says so, until the dead voter answers again; then it completes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -312,6 +312,16 @@ async fn every_rpc_refuses_hostile_input_and_changes_nothing() {
             )
             .await;
             refused(
+                &format!("LeaderPresence cluster {id:?}"),
+                raft().leader_presence(pb::LeaderHello {
+                    cluster_id: id.into(),
+                    leader_id: u64::MAX,
+                    term: u64::MAX,
+                }),
+                &mut tally,
+            )
+            .await;
+            refused(
                 &format!("PauseElection cluster {id:?}"),
                 raft().pause_election(pb::ElectionControl {
                     cluster_id: id.into(),

@@ -7,6 +7,7 @@
 pub mod log_store;
 pub mod membership;
 pub mod network;
+pub mod presence;
 pub mod proposer;
 pub mod state_machine;
 pub mod store;

@@ -13,6 +13,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tonic::{Request, Response, Status};
 
+use crate::raft::presence::{PresenceStream, PresenceWatch};
 use crate::raft::types::TypeConfig;
 use crate::replica::Replica;
 
@@ -21,6 +22,8 @@ pub struct RaftService {
     replica: Arc<Replica>,
     /// The last large append and its (coming) answer, for the leader's retries of it.
     recent_append: Mutex<Option<RecentAppend>>,
+    /// Campaigns early when a crashed leader's presence call ends.
+    presence: PresenceWatch,
 }
 
 /// The encoded answer to an append message, awaitable by every copy of it.
@@ -58,11 +61,12 @@ const SHARED_APPEND_BYTES: usize = 64 * 1024;
 const SHARED_APPEND_WINDOW: Duration = Duration::from_secs(2);
 
 impl RaftService {
-    /// Wraps a replica.
-    pub fn new(replica: Arc<Replica>) -> Self {
+    /// Wraps a replica; `presence` watches for its leader's departure.
+    pub fn new(replica: Arc<Replica>, presence: PresenceWatch) -> Self {
         Self {
             replica,
             recent_append: Mutex::new(None),
+            presence,
         }
     }
 
@@ -130,12 +134,15 @@ fn decode_message<T: DeserializeOwned>(payload: &[u8]) -> Result<T, Status> {
 
 #[tonic::async_trait]
 impl RaftApi for RaftService {
+    type LeaderPresenceStream = PresenceStream;
+
     async fn append_entries(
         &self,
         request: Request<pb::RaftMessage>,
     ) -> Result<Response<pb::RaftMessage>, Status> {
         let message = request.into_inner();
         self.replica.check_peer_cluster(&message.cluster_id)?;
+        self.presence.heard_from_leader();
         // openraft waits one heartbeat interval for an append and then sends the same message
         // again. A message that takes longer than that to decode and store (megabytes of
         // entries on a busy host) would otherwise be decoded anew for every retry, each
@@ -226,5 +233,19 @@ impl RaftApi for RaftService {
         Ok(Response::new(pb::ReadIndexReply {
             index: read_log_id.map(|l| l.index).unwrap_or(0),
         }))
+    }
+
+    async fn leader_presence(
+        &self,
+        request: Request<pb::LeaderHello>,
+    ) -> Result<Response<Self::LeaderPresenceStream>, Status> {
+        let hello = request.into_inner();
+        self.replica.check_peer_cluster(&hello.cluster_id)?;
+        let raft = self.replica.raft()?.clone();
+        Ok(Response::new(self.presence.accept(
+            raft,
+            self.replica.id,
+            hello,
+        )))
     }
 }
