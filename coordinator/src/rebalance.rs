@@ -80,30 +80,70 @@ pub fn plan(
             allow_move: true,
         });
     }
+    // Per source: its bindings, and how many went to each target this round.
+    let mut bound: HashMap<&str, u64> = HashMap::new();
+    let mut sent: HashMap<&str, BTreeMap<String, u64>> = HashMap::new();
     for (cluster, shard) in state.bindings() {
-        if sources.contains(&shard) && commands.len() < MAX_BATCH {
-            let source_az = az_of.get(shard).copied().unwrap_or("");
+        if !sources.contains(&shard) {
+            continue;
+        }
+        *bound.entry(shard).or_default() += 1;
+        // Room for the quota commands of this round.
+        if commands.len() + state.quotas().count() < MAX_BATCH {
+            let target = pick(az_of.get(shard).copied().unwrap_or(""));
+            *sent
+                .entry(shard)
+                .or_default()
+                .entry(target.clone())
+                .or_default() += 1;
             commands.push(FleetCommand::MoveCluster {
                 cluster: cluster.to_string(),
-                shard: pick(source_az),
+                shard: target,
             });
         }
     }
+    // A slice follows the clusters it served, in proportion: a target that took a third of a
+    // source's clusters takes a third of each of its slices, so the demand that arrives with
+    // the clusters finds quota waiting. A source with no clusters hands its slices to one target.
+    let mut fallback: HashMap<&str, String> = HashMap::new();
     for quota in state.quotas() {
         let mut slices: BTreeMap<String, u64> = BTreeMap::new();
         for source in &sources {
             let Some(amount) = quota.slices.get(*source).copied() else {
                 continue;
             };
-            let target = pick(az_of.get(source).copied().unwrap_or(""));
-            let current = slices
-                .get(&target)
-                .copied()
-                .unwrap_or_else(|| quota.slices.get(&target).copied().unwrap_or(0));
-            slices.insert(target, current.saturating_add(amount));
-            slices.insert(source.to_string(), 0);
+            let clusters = bound.get(source).copied().unwrap_or(0);
+            let shares = match sent.get(source) {
+                // Its clusters wait for a later round (the batch is full): so do its slices.
+                None if clusters > 0 => continue,
+                Some(targets) => {
+                    let moved: u64 = targets.values().sum();
+                    // Whatever the clusters still here serve stays until they go.
+                    let leaving = if moved == clusters {
+                        amount
+                    } else {
+                        amount * moved / clusters
+                    };
+                    split(leaving, targets)
+                }
+                None => {
+                    let target = fallback
+                        .entry(source)
+                        .or_insert_with(|| pick(az_of.get(source).copied().unwrap_or("")));
+                    BTreeMap::from([(target.clone(), amount)])
+                }
+            };
+            let leaving: u64 = shares.values().sum();
+            for (target, share) in shares {
+                let current = slices
+                    .get(&target)
+                    .copied()
+                    .unwrap_or_else(|| quota.slices.get(&target).copied().unwrap_or(0));
+                slices.insert(target, current.saturating_add(share));
+            }
+            slices.insert(source.to_string(), amount - leaving);
         }
-        if !slices.is_empty() && commands.len() < MAX_BATCH {
+        if !slices.is_empty() {
             commands.push(FleetCommand::SetQuotaSlices {
                 provider: quota.provider.clone(),
                 region: quota.region.clone(),
@@ -112,6 +152,31 @@ pub fn plan(
         }
     }
     (!commands.is_empty()).then_some(FleetCommand::Batch { commands })
+}
+
+/// Splits `amount` over `weights` in proportion, largest remainders first (ties by name), so
+/// the parts always add up to `amount`. Zero weights get nothing; all zero gives an empty split.
+pub fn split(amount: u64, weights: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
+    let total: u128 = weights.values().map(|w| u128::from(*w)).sum();
+    if total == 0 {
+        return BTreeMap::new();
+    }
+    let mut parts: BTreeMap<String, u64> = BTreeMap::new();
+    let mut remainders: Vec<(u128, &String)> = Vec::new();
+    let mut given = 0u64;
+    for (name, weight) in weights {
+        let exact = u128::from(amount) * u128::from(*weight);
+        let part = (exact / total) as u64;
+        given += part;
+        parts.insert(name.clone(), part);
+        remainders.push((exact % total, name));
+    }
+    remainders.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(b.1)));
+    for (_, name) in remainders.into_iter().take((amount - given) as usize) {
+        *parts.get_mut(name).expect("named above") += 1;
+    }
+    parts.retain(|_, part| *part > 0);
+    parts
 }
 
 /// What a planned round moves: (domains, cluster bindings, quota slices changed).
@@ -215,6 +280,68 @@ mod tests {
         assert_eq!(s.domains_of("b1").len(), 5);
         let q = s.quota("aws", "r").expect("quota");
         assert_eq!(q.slices.values().sum::<u64>(), 60, "slices keep their sum");
+    }
+
+    #[test]
+    fn slices_follow_the_clusters_in_proportion() {
+        let mut s = state();
+        s.apply(&FleetCommand::RegisterShard {
+            id: "a3".into(),
+            address: "x:1".into(),
+            az: "az-a".into(),
+            now_ms: 0,
+            lease_ttl_ms: 1,
+        })
+        .expect("a3");
+        for c in ["c2", "c3", "c4"] {
+            s.apply(&FleetCommand::BindCluster {
+                cluster: c.into(),
+                shard: "a1".into(),
+            })
+            .expect("bind");
+        }
+        let dead = BTreeSet::from(["a1".to_string()]);
+        let cmd = plan(&s, &dead, Limits::default()).expect("moves");
+        s.apply(&cmd).expect("applies");
+        let clusters_of = |shard: &str| s.bindings().filter(|(_, to)| *to == shard).count() as u64;
+        let q = s.quota("aws", "r").expect("quota");
+        assert_eq!(q.slices.get("a1"), None, "a1's slice is gone");
+        let gained = |shard: &str, before: u64| q.slices.get(shard).copied().unwrap_or(0) - before;
+        assert_eq!(gained("a2", 20) + gained("a3", 0), 30);
+        assert_eq!(clusters_of("a2") + clusters_of("a3"), 4);
+        assert!(
+            clusters_of("a3") > 0 && clusters_of("a2") > 0,
+            "spread over both"
+        );
+        // 30 machines for 4 clusters: each target gets 7.5 per cluster it took, rounded.
+        for (shard, before) in [("a2", 20), ("a3", 0)] {
+            let exact = 30.0 * clusters_of(shard) as f64 / 4.0;
+            assert!(
+                (gained(shard, before) as f64 - exact).abs() < 1.0,
+                "{shard}"
+            );
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn a_split_adds_up_and_stays_within_one_of_exact(
+            amount in 0u64..1_000_000,
+            weights in proptest::collection::btree_map("[a-e]", 0u64..1000, 0..5),
+        ) {
+            let parts = split(amount, &weights);
+            let total: u64 = weights.values().sum();
+            if total == 0 {
+                proptest::prop_assert!(parts.is_empty());
+            } else {
+                proptest::prop_assert_eq!(parts.values().sum::<u64>(), amount);
+                for (name, weight) in &weights {
+                    let exact = amount as f64 * *weight as f64 / total as f64;
+                    let got = parts.get(name).copied().unwrap_or(0) as f64;
+                    proptest::prop_assert!((got - exact).abs() < 1.0, "{name}: {got} vs {exact}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -122,6 +122,9 @@ pub struct Ledger {
     /// Provisions started and not yet answered, by machine id (re-issued after a restart;
     /// the provider is idempotent by machine id).
     pub in_flight: BTreeMap<String, Provision>,
+    /// Machines being returned to the provider as surplus to a slice (returned again after a
+    /// restart, so none is put back to work after the provider took it).
+    pub returning: BTreeSet<String>,
 }
 
 /// The on-disk cache.
@@ -137,6 +140,7 @@ pub struct Cache {
     ledger_writes: Mutex<u64>,
     demand: Keyspace,
     in_flight: Keyspace,
+    returning: Keyspace,
     path: String,
 }
 
@@ -209,6 +213,7 @@ impl Cache {
         let ledger = db.keyspace("ledger_pages", options).map_err(wrap)?;
         let demand = db.keyspace("demand", options).map_err(wrap)?;
         let in_flight = db.keyspace("in_flight", options).map_err(wrap)?;
+        let returning = db.keyspace("returning", options).map_err(wrap)?;
         let cache = Cache {
             db,
             items,
@@ -217,6 +222,7 @@ impl Cache {
             ledger_writes: Mutex::new(0),
             demand,
             in_flight,
+            returning,
             path,
         };
         match cache.text(META_SHARD)? {
@@ -411,6 +417,8 @@ impl Cache {
         }
         for c in previous.clusters.difference(&next.clusters) {
             batch.remove(&self.items, cluster_key(c));
+            // A cluster bound elsewhere is the other shard's to serve: its demand goes too.
+            batch.remove(&self.demand, c.as_str());
         }
         for c in next.clusters.difference(&previous.clusters) {
             batch.insert(&self.items, cluster_key(c), []);
@@ -486,6 +494,10 @@ impl Cache {
         Ok(Ledger {
             demand: self.decode_all(&self.demand, "demand")?,
             in_flight: self.decode_all(&self.in_flight, "in_flight")?,
+            returning: self
+                .decode_all::<()>(&self.returning, "returning")?
+                .into_keys()
+                .collect(),
         })
     }
 
@@ -596,6 +608,9 @@ impl Cache {
         let mut count = self.ledger_count();
         let mut batch = self.db.batch();
         let counted = self.edit_pages(&mut batch, *count, &[], ids)?;
+        for id in ids {
+            batch.remove(&self.returning, *id);
+        }
         batch.commit().map_err(|e| self.err(e))?;
         self.sync()?;
         *count = counted;
@@ -607,6 +622,17 @@ impl Cache {
         let mut batch = self.db.batch();
         for (id, provision) in started {
             batch.insert(&self.in_flight, *id, self.encode(id, provision)?);
+        }
+        batch.commit().map_err(|e| self.err(e))?;
+        self.sync()
+    }
+
+    /// Records machines about to be returned to the provider as surplus, durably, before the
+    /// provider is called.
+    pub fn store_returning(&self, ids: &[String]) -> Result<(), CacheError> {
+        let mut batch = self.db.batch();
+        for id in ids {
+            batch.insert(&self.returning, id.as_str(), self.encode(id, &())?);
         }
         batch.commit().map_err(|e| self.err(e))?;
         self.sync()
@@ -762,6 +788,46 @@ mod tests {
         expected.remove("m7");
         assert_eq!(ledger(&cache), expected);
         assert_eq!(cache.machine_count(), expected.len() as u64);
+    }
+
+    #[test]
+    fn an_unbound_cluster_loses_its_demand_and_returns_survive_a_restart() {
+        let dir = tempfile::tempdir().expect("dir");
+        let need = |cluster: &str| Need {
+            id: format!("{cluster}/web"),
+            cluster: cluster.into(),
+            count: 2,
+            resources: crate::engine::Resources::default(),
+            priority: 0,
+            placement: crate::engine::Placement::Any,
+        };
+        {
+            let cache = Cache::open(dir.path(), "s1").expect("open");
+            let mut bound = update(1, true, &["z=1"], &[]);
+            bound.clusters_added = vec!["c1".into(), "c2".into()];
+            let (mut before, mut after) = (Assignments::default(), Assignments::default());
+            assert!(after.apply(&bound));
+            cache.store(&before, &after).expect("store");
+            cache.store_demand("c1", &[need("c1")]).expect("c1");
+            cache.store_demand("c2", &[need("c2")]).expect("c2");
+            let mut moved = update(2, false, &[], &[]);
+            moved.clusters_removed = vec!["c1".into()];
+            before = after.clone();
+            assert!(after.apply(&moved));
+            cache.store(&before, &after).expect("store");
+            let m = [machine("m1", "z=1", None), machine("m2", "z=1", None)];
+            cache
+                .store_machines(&[&m[0], &m[1]], &[])
+                .expect("machines");
+            cache
+                .store_returning(&["m1".to_string(), "m2".to_string()])
+                .expect("returning");
+            cache.remove_machines(&["m2"]).expect("returned");
+        }
+        let cache = Cache::open(dir.path(), "s1").expect("reopen");
+        let ledger = cache.load_ledger().expect("ledger");
+        assert_eq!(ledger.demand.keys().collect::<Vec<_>>(), ["c2"]);
+        assert_eq!(ledger.returning, BTreeSet::from(["m1".to_string()]));
     }
 
     #[test]

@@ -38,13 +38,20 @@ impl ShardState {
         for provision in ledger.in_flight.values() {
             engine.provision_started(provision);
         }
-        // Demand before machines, so each machine's claim resolves as it is loaded.
+        // Demand before machines, so each machine's claim resolves as it is loaded. Only
+        // clusters still bound here: a cache written before unbinding dropped demand may hold
+        // more.
         for (cluster, rows) in ledger.demand {
-            engine.set_demand(&cluster, rows);
+            if held.clusters.contains(&cluster) {
+                engine.set_demand(&cluster, rows);
+            }
         }
         // A sizing hint read from disk, bounded so a damaged count cannot ask for absurd memory.
         let expected = cache.machine_count().min(1 << 24) as usize;
         engine.bulk_load(expected, |upsert| cache.load_machines(upsert))?;
+        for id in &ledger.returning {
+            engine.set_aside(id);
+        }
         Ok(ShardState {
             engine,
             in_flight: ledger.in_flight,
@@ -135,10 +142,20 @@ fn carry_out(worker: &Arc<Worker>) -> Result<(), CacheError> {
             })
             .map(|(id, _)| id.clone())
             .collect();
-        for id in &due {
+        // Surplus goes back at once: the operator or the rebalancer shrank the slice, and
+        // nothing will want these machines before the slice grows again.
+        let surplus: Vec<String> = plan
+            .surplus
+            .into_iter()
+            .filter(|id| !state.releasing.contains(id))
+            .collect();
+        if !surplus.is_empty() {
+            worker.cache().store_returning(&surplus)?;
+        }
+        for id in due.iter().chain(&surplus) {
             state.releasing.insert(id.clone());
         }
-        releases = due;
+        releases = due.into_iter().chain(surplus).collect::<Vec<_>>();
         plan.shortfalls
     };
     if worker.cycles() == 0 {
@@ -156,10 +173,10 @@ fn carry_out(worker: &Arc<Worker>) -> Result<(), CacheError> {
     Ok(())
 }
 
-/// Returns a machine that stayed foreign to the provider, then forgets it. The provider goes
-/// first: a crash in between leaves a ledger record of a machine the provider no longer has,
-/// which is foreign again after the restart and released again (releases are idempotent);
-/// the other order could leak a machine nobody records.
+/// Returns a machine that stayed foreign, or is surplus to the shard's slice, to the provider,
+/// then forgets it. The provider goes first: a crash in between leaves a ledger record of a
+/// machine the provider no longer has, which is released again after the restart (releases
+/// are idempotent); the other order could leak a machine nobody records.
 async fn release_one(worker: Arc<Worker>, id: String) {
     let token = FencingToken {
         shard: worker.id().to_string(),
@@ -171,7 +188,7 @@ async fn release_one(worker: Arc<Worker>, id: String) {
     state.releasing.remove(&id);
     if let Err(e) = released {
         crate::observe::provision_done("release_failed");
-        tracing::warn!(machine = %id, error = %e, "releasing a foreign machine failed; retried later");
+        tracing::warn!(machine = %id, error = %e, "releasing a machine failed; retried later");
         return;
     }
     if let Err(e) = worker.cache().remove_machines(&[id.as_str()]) {

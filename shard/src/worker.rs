@@ -234,6 +234,9 @@ impl Worker {
             let mut state = self.state();
             state.engine.set_domains(&next.domains);
             state.engine.set_slices(&next.slices);
+            for cluster in held.clusters.difference(&next.clusters) {
+                state.engine.set_demand(cluster, Vec::new());
+            }
         }
         *held = next;
         Ok(true)
@@ -455,9 +458,14 @@ async fn watch_loop(worker: Arc<Worker>, mut stopped: watch::Receiver<bool>) {
     }
 }
 
-/// Renews the shard's lease (registering it on first contact).
+/// Renews the shard's lease (registering it on first contact). Heartbeats keep their cadence
+/// from the start of each attempt, so a slow answer does not push the next one out, and a
+/// failed one is tried again after a third of the interval: a lease of three heartbeats then
+/// survives a coordinator slowed to several seconds per answer (as during a burst of moves on
+/// a starved machine) instead of lapsing and handing the shard's clusters away.
 async fn heartbeat_loop(worker: Arc<Worker>, mut stopped: watch::Receiver<bool>) {
     loop {
+        let started = tokio::time::Instant::now();
         let request = pb::HeartbeatRequest {
             shard_id: worker.config.id.clone(),
             address: worker.address.clone(),
@@ -477,18 +485,20 @@ async fn heartbeat_loop(worker: Arc<Worker>, mut stopped: watch::Receiver<bool>)
                 async move { c.heartbeat(req.wrap(request)).await }
             })
             .await;
-        match answer {
+        let next = match answer {
             Ok(_) => {
                 worker.touch();
                 worker.remember_cluster();
+                started + worker.config.heartbeat
             }
             Err(e) => {
                 worker.reachable.store(false, Ordering::Relaxed);
                 tracing::debug!(error = %e, "heartbeat failed");
+                started + worker.config.heartbeat / 3
             }
-        }
+        };
         tokio::select! {
-            _ = tokio::time::sleep(worker.config.heartbeat) => {}
+            _ = tokio::time::sleep_until(next) => {}
             _ = stopped.wait_for(|s| *s) => return,
         }
     }

@@ -401,3 +401,85 @@ async fn a_failing_provider_is_retried_within_the_slice() {
         .await;
     assert_eq!(capped.machines_by_state.values().sum::<u64>(), 6);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_moved_away_takes_its_demand_and_slice_along() {
+    let cluster = cluster().await;
+    let s1 = shard(&cluster, "s1", "az-a");
+    let s2 = shard(&cluster, "s2", "az-a");
+    let client = cluster.client();
+    cluster.wait_for_shards(2).await;
+    assign(&client, "zone=az-a/rack=r1", "s1", false).await;
+    assign(&client, "zone=az-a/rack=r2", "s2", false).await;
+    grant_quota(&client, "s1", 6).await;
+    s1.wait_until("its slice and cluster", |st| {
+        !st.slices.is_empty() && !st.clusters.is_empty()
+    })
+    .await;
+    submit(&s1, 5).await;
+    s1.wait_until("5 machines", |st| assigned_machines(st) == 5)
+        .await;
+
+    // The operator moves c1 and its slice to s2 while s1 keeps its domain: s1 drops c1's
+    // demand and gives the five machines, now idle above a slice of 0, back to the provider.
+    client
+        .write(cmd(Wire::Batch(pb::Batch {
+            commands: vec![
+                cmd(Wire::MoveCluster(pb::MoveCluster {
+                    cluster: "c1".into(),
+                    shard: "s2".into(),
+                })),
+                cmd(Wire::SetQuotaSlices(pb::SetQuotaSlices {
+                    provider: "aws".into(),
+                    region: "us-east-1".into(),
+                    slices: vec![
+                        pb::QuotaSlice {
+                            shard: "s1".into(),
+                            amount: 0,
+                        },
+                        pb::QuotaSlice {
+                            shard: "s2".into(),
+                            amount: 6,
+                        },
+                    ],
+                })),
+            ],
+        })))
+        .await
+        .expect("move c1 and its slice");
+    let emptied = s1
+        .wait_until("returning c1's machines", |st| {
+            st.clusters.is_empty() && st.machines_by_state.values().sum::<u64>() == 0
+        })
+        .await;
+    assert_eq!(emptied.shortfall, 0, "no demand left on s1");
+    let refused = s1
+        .submit_demand("c1", 5, pb::ResourceSpec::default())
+        .await
+        .expect_err("c1 is s2's now");
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+    s2.wait_until("c1 and its slice", |st| {
+        st.clusters == ["c1"] && st.slices.iter().map(|s| s.amount).sum::<u64>() == 6
+    })
+    .await;
+    submit(&s2, 5).await;
+    s2.wait_until("c1's 5 machines", |st| assigned_machines(st) == 5)
+        .await;
+
+    // Draining s2: the rebalancer moves c1 back to s1 with the slice that serves it.
+    client
+        .write(cmd(Wire::DrainShard(pb::DrainShard { id: "s2".into() })))
+        .await
+        .expect("drain");
+    s1.wait_until("c1 and its slice back", |st| {
+        st.clusters == ["c1"] && st.slices.iter().map(|s| s.amount).sum::<u64>() == 6
+    })
+    .await;
+    s2.wait_until("letting c1 go", |st| {
+        st.clusters.is_empty() && assigned_machines(st) == 0
+    })
+    .await;
+    submit(&s1, 5).await;
+    s1.wait_until("c1's 5 machines again", |st| assigned_machines(st) == 5)
+        .await;
+}

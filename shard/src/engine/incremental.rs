@@ -171,6 +171,11 @@ pub struct Engine {
     sliced: Vec<u32>,
     quota_held: Vec<u64>,
     quota_in_flight: Vec<u64>,
+    /// Idle machines set aside to go back to the provider because their quota holds more than
+    /// its slice (the slice shrank, or moved to another shard with the clusters it served).
+    surplus: BTreeSet<u32>,
+    /// Per quota, how many of `surplus` it has.
+    surplus_by_quota: Vec<u64>,
 
     machines: Vec<Option<Slot>>,
     machine_ids: HashMap<Arc<str>, u32>,
@@ -268,6 +273,7 @@ impl Engine {
         self.slice.push(0);
         self.quota_held.push(0);
         self.quota_in_flight.push(0);
+        self.surplus_by_quota.push(0);
         id
     }
 
@@ -494,6 +500,10 @@ impl Engine {
             self.slot_mut(m).claim = Some(id);
             self.assigned += 1;
             self.dirty.insert(n);
+        } else if self.surplus.remove(&m) {
+            if let Some(q) = slot.quota {
+                self.surplus_by_quota[q as usize] -= 1;
+            }
         } else if self.owned[slot.domain as usize] {
             let az = self.domain_az[slot.domain as usize];
             self.idle.remove(slot.domain, az, &(slot.resources, m));
@@ -854,7 +864,79 @@ impl Engine {
             .iter()
             .map(|m| self.slot(*m).id.to_string())
             .collect();
+        self.set_aside_surplus();
+        plan.surplus = self
+            .surplus
+            .iter()
+            .map(|m| self.slot(*m).id.to_string())
+            .collect();
         plan
+    }
+
+    /// Sets an idle machine aside for return to the provider (a restart resuming returns that
+    /// were under way). Machines at work or outside the shard's domains stay where they are.
+    pub fn set_aside(&mut self, id: &str) {
+        let Some(&m) = self.machine_ids.get(id) else {
+            return;
+        };
+        let slot = self.slot(m);
+        let (domain, key, quota) = (slot.domain, (slot.resources, m), slot.quota);
+        let idle = slot.holder.is_none() && slot.claim.is_none() && self.owned[domain as usize];
+        let Some(q) = quota.filter(|_| idle && !self.surplus.contains(&m)) else {
+            return;
+        };
+        let az = self.domain_az[domain as usize];
+        self.idle.remove(domain, az, &key);
+        self.surplus.insert(m);
+        self.surplus_by_quota[q as usize] += 1;
+    }
+
+    /// Sets idle machines aside for return to the provider wherever a quota holds more than
+    /// its slice. Foreign machines count toward the quota but are on their way out already, so
+    /// they are not replaced by idle ones; machines serving a need are never taken: a shard
+    /// above a shrunken slice gets back under it as its work lets machines go.
+    fn set_aside_surplus(&mut self) {
+        let over = |e: &Engine, q: usize| {
+            e.quota_held[q] + e.quota_in_flight[q] > e.slice[q] + e.surplus_by_quota[q]
+        };
+        if !(0..self.slice.len()).any(|q| over(self, q)) {
+            return;
+        }
+        // Rare (a slice shrank): one pass over the ledger finds foreign and idle machines.
+        let mut foreign = vec![0u64; self.slice.len()];
+        for &m in &self.foreign {
+            if let Some(q) = self.slot(m).quota {
+                foreign[q as usize] += 1;
+            }
+        }
+        let mut excess: Vec<u64> = (0..self.slice.len())
+            .map(|q| {
+                (self.quota_held[q] + self.quota_in_flight[q])
+                    .saturating_sub(self.slice[q] + self.surplus_by_quota[q] + foreign[q])
+            })
+            .collect();
+        let idle: Vec<(u32, u32)> = self
+            .machines
+            .iter()
+            .enumerate()
+            .filter_map(|(m, slot)| {
+                let slot = slot.as_ref()?;
+                let q = slot.quota?;
+                let free = slot.holder.is_none()
+                    && slot.claim.is_none()
+                    && self.owned[slot.domain as usize]
+                    && !self.surplus.contains(&(m as u32));
+                (free && excess[q as usize] > 0).then_some((m as u32, q))
+            })
+            .collect();
+        for (m, q) in idle {
+            if excess[q as usize] == 0 {
+                continue;
+            }
+            excess[q as usize] -= 1;
+            let id = self.slot(m).id.clone();
+            self.set_aside(&id);
+        }
     }
 
     fn release(&mut self, m: u32, plan: &mut Plan) {
@@ -1006,6 +1088,7 @@ impl Engine {
                 }
             } else if owned {
                 let orphan = self.orphans.contains(&m);
+                let idle = idle || self.surplus.contains(&m);
                 if orphan != slot.claim.is_some() || orphan == idle {
                     return Err(format!("machine {}: neither idle nor claimed", slot.id));
                 }

@@ -134,6 +134,52 @@ fn surplus_and_vanished_needs_are_released() {
     assert_eq!(p.release, vec!["m2".to_string(), "m3".to_string()]);
 }
 
+#[test]
+fn idle_machines_above_a_shrunken_slice_go_back_to_the_provider() {
+    let mut i = inputs();
+    i.machines = vec![
+        machine("busy1", "zone=az-a/rack=1", 4, Some("n1")),
+        machine("busy2", "zone=az-a/rack=1", 4, Some("n1")),
+        machine("idle1", "zone=az-a/rack=1", 4, None),
+        machine("idle2", "zone=az-b/rack=1", 4, None),
+        machine("away", "zone=az-z/rack=9", 4, None),
+    ];
+    i.needs = vec![need("n1", 2, 1, 0, Placement::Any)];
+    let mut engine = Engine::from_inputs(&i);
+    assert!(
+        engine.decide().surplus.is_empty(),
+        "5 held, slice 4, one foreign"
+    );
+    engine.set_slices(&BTreeMap::from([(quota(), 2)]));
+    let plan = engine.decide();
+    assert_eq!(
+        plan.surplus,
+        vec!["idle1".to_string(), "idle2".to_string()],
+        "idle machines go; the foreign one is on its way out, busy ones stay"
+    );
+    assert_eq!(engine.check(), Ok(()));
+    assert_eq!(engine.decide().surplus, plan.surplus, "listed until gone");
+    // Set aside means out of reach of needs.
+    engine.set_demand("c1", vec![need("n1", 4, 1, 0, Placement::Any)]);
+    let grown = engine.decide();
+    assert!(grown.assign.is_empty() && grown.provision.is_empty());
+    for id in &plan.surplus {
+        engine.remove_machine(id);
+    }
+    assert!(engine.decide().surplus.is_empty());
+    assert_eq!(engine.check(), Ok(()));
+    // Work letting go brings no more returns once the shard is within its slice.
+    engine.set_slices(&BTreeMap::from([(quota(), 1)]));
+    engine.set_demand("c1", vec![need("n1", 0, 1, 0, Placement::Any)]);
+    let after = engine.decide();
+    assert_eq!(
+        after.surplus.len(),
+        1,
+        "one of the two released busy machines"
+    );
+    assert_eq!(engine.check(), Ok(()));
+}
+
 fn arb_inputs() -> impl Strategy<Value = Inputs> {
     let domains = ["zone=az-a/rack=1", "zone=az-b/rack=1", "zone=az-c/rack=1"];
     (
@@ -239,6 +285,8 @@ enum Op {
     Remove(usize),
     Demand(usize, Vec<(usize, u32, u64, i32, usize)>),
     Finish(bool),
+    /// The provider took back what the last decision set aside as surplus.
+    Returned,
 }
 
 fn arb_op() -> impl Strategy<Value = Op> {
@@ -254,6 +302,7 @@ fn arb_op() -> impl Strategy<Value = Op> {
         )
             .prop_map(|(c, rows)| Op::Demand(c, rows)),
         any::<bool>().prop_map(Op::Finish),
+        Just(Op::Returned),
     ]
 }
 
@@ -268,8 +317,19 @@ fn quota() -> QuotaKey {
     ("aws".into(), "r1".into())
 }
 
-fn apply_op(engine: &mut Engine, op: &Op, in_flight: &mut Vec<Provision>, made: &mut usize) {
+fn apply_op(
+    engine: &mut Engine,
+    op: &Op,
+    in_flight: &mut Vec<Provision>,
+    made: &mut usize,
+    surplus: &[String],
+) {
     match op {
+        Op::Returned => {
+            for id in surplus {
+                engine.remove_machine(id);
+            }
+        }
         Op::Domains(mask) => engine.set_domains(
             &(0..3)
                 .filter(|d| mask & (1 << d) != 0)
@@ -337,13 +397,22 @@ proptest! {
         let mut engine = Engine::default();
         let mut in_flight = Vec::new();
         let mut made = 0;
+        let mut surplus = Vec::new();
         for op in &ops {
-            apply_op(&mut engine, op, &mut in_flight, &mut made);
+            apply_op(&mut engine, op, &mut in_flight, &mut made, &surplus);
             let plan = engine.decide();
+            surplus = plan.surplus.clone();
             if let Err(e) = engine.check() {
                 prop_assert!(false, "after {op:?}: {e}");
             }
             prop_assert_eq!(engine.idle_fits_a_short_need(), None);
+            // Over its slice, the shard keeps no idle machine it could give back.
+            let (held, flying, slice) = engine.quota_use(&quota());
+            let counts = engine.counts();
+            if held + flying > slice + plan.surplus.len() as u64 + counts.foreign {
+                prop_assert_eq!(counts.idle, plan.surplus.len() as u64, "idle machines kept over the slice");
+            }
+            prop_assert!(plan.surplus.len() as u64 <= counts.idle);
             if !plan.provision.is_empty() {
                 let (held, flying, slice) = engine.quota_use(&quota());
                 prop_assert!(held + flying <= slice, "slice overrun: {held}+{flying} > {slice}");

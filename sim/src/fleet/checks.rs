@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ballast_protocol::pb;
 use ballast_testkit::fleet::{FleetListing, list_fleet};
@@ -31,6 +31,9 @@ impl Check {
         }
     }
 }
+
+/// The invariant that quota holdings stay within the slices.
+const SLICE_CHECK: &str = "no quota slice exceeded";
 
 /// What the live shards said about themselves.
 struct ShardViews {
@@ -144,7 +147,7 @@ fn verdicts(listing: &FleetListing, views: &ShardViews) -> Vec<Check> {
         .collect();
     let holds = over_total.is_empty() && over_slice.is_empty();
     checks.push(Check::new(
-        "no quota slice exceeded",
+        SLICE_CHECK,
         holds,
         if holds {
             format!(
@@ -198,6 +201,22 @@ fn moved_bindings(listing: &FleetListing, acked: &[(String, String)]) -> usize {
 }
 
 impl Sim {
+    /// Every live shard's machines, as it reports them.
+    async fn machines_of_live_shards(
+        &self,
+    ) -> anyhow::Result<BTreeMap<String, Vec<pb::MachineInfo>>> {
+        let mut machines = BTreeMap::new();
+        for i in self.live_shards() {
+            let mut client = self.shard_clients[i].clone();
+            let allocations = client
+                .allocations(pb::AllocationsRequest::default())
+                .await?
+                .into_inner();
+            machines.insert(self.shards[i].id.clone(), allocations.machines);
+        }
+        Ok(machines)
+    }
+
     /// Checks every invariant now: waits until the live shards caught up with the
     /// coordinator, then compares. `demand` also requires every live shard to meet its
     /// demand (shortfall 0) within 30 s.
@@ -210,6 +229,20 @@ impl Sim {
         let revision = self.client.revision().await?;
         self.wait_for_shards_at(revision).await?;
         let listing = list_fleet(&self.client).await?;
+        // Clusters the rebalancer moved get their demand from their new shard from now on.
+        let moved_clusters = self.shared.model.lock().unwrap().follow_bindings(
+            listing
+                .bindings
+                .iter()
+                .map(|b| (b.cluster.as_str(), b.shard.as_str())),
+        );
+        if !moved_clusters.is_empty() {
+            self.shared.event(format!(
+                "{} clusters follow their binding to another shard",
+                moved_clusters.len()
+            ));
+            super::submit_demand(&self.shared, &self.shard_clients, &moved_clusters).await;
+        }
         let mut views = ShardViews {
             domains: BTreeMap::new(),
             machines: BTreeMap::new(),
@@ -220,20 +253,35 @@ impl Sim {
                 .shard_status(i)
                 .await
                 .ok_or_else(|| anyhow::anyhow!("shard {id} does not answer"))?;
-            let mut client = self.shard_clients[i].clone();
-            let allocations = client
-                .allocations(pb::AllocationsRequest::default())
-                .await?
-                .into_inner();
             views
                 .domains
                 .insert(id.clone(), status.domains.into_iter().collect());
-            views.machines.insert(id, allocations.machines);
         }
         // The listing is as of `revision` and the shards at or past it; anything written
         // after the listing (the background writer's bindings) does not touch domains or
         // quotas, so the two describe one moment for what is compared.
-        let mut checks = verdicts(&listing, &views);
+        //
+        // A slice that shrank (moved with its clusters, or cut by the operator) leaves its shard
+        // above it until the provider has taken the idle surplus back, and a moved domain's
+        // machines until the old owner's grace for foreign machines ran out: holdings are
+        // compared again until they are within the slices, for up to 30 s.
+        let settling = Instant::now();
+        let mut checks = loop {
+            views.machines = self.machines_of_live_shards().await?;
+            let checks = verdicts(&listing, &views);
+            let within = checks.iter().all(|c| c.holds || c.name != SLICE_CHECK);
+            if within || settling.elapsed() > Duration::from_secs(30) {
+                break checks;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        };
+        if let Some(check) = checks.iter_mut().find(|c| c.name == SLICE_CHECK && c.holds) {
+            check.detail = format!(
+                "{} (holdings within slices {} ms after the check began)",
+                check.detail,
+                settling.elapsed().as_millis()
+            );
+        }
 
         let lost = lost_bindings(&listing, &acked);
         let moved = moved_bindings(&listing, &acked);

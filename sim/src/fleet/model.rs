@@ -2,6 +2,8 @@
 //! generated from a seed. Pure data and arithmetic; the scenario runner turns it into writes
 //! and demand submissions.
 
+use std::collections::HashMap;
+
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -174,6 +176,37 @@ impl FleetModel {
         changed
     }
 
+    /// Points clusters at the shards the coordinator now binds them to (the rebalancer moves
+    /// the clusters of dead and draining shards), as a cluster's own client follows its
+    /// binding. Bindings of clusters or shards outside the model are ignored. Returns the
+    /// clusters that moved.
+    pub fn follow_bindings<'a>(
+        &mut self,
+        bindings: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Vec<usize> {
+        let clusters: HashMap<&str, usize> = self
+            .clusters
+            .iter()
+            .enumerate()
+            .map(|(n, c)| (c.id.as_str(), n))
+            .collect();
+        let shards: HashMap<&str, usize> = self
+            .shards
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.id.as_str(), i))
+            .collect();
+        let moves: Vec<(usize, usize)> = bindings
+            .into_iter()
+            .filter_map(|(cluster, shard)| Some((*clusters.get(cluster)?, *shards.get(shard)?)))
+            .filter(|(n, shard)| self.clusters[*n].shard != *shard)
+            .collect();
+        for (n, shard) in &moves {
+            self.clusters[*n].shard = *shard;
+        }
+        moves.into_iter().map(|(n, _)| n).collect()
+    }
+
     /// Machines the clusters bound to `shard` ask for.
     pub fn demand_of(&self, shard: usize) -> u64 {
         self.clusters
@@ -213,6 +246,25 @@ pub fn demand_bounds(mean: u32) -> (u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clusters_follow_their_bindings() {
+        let mut model = FleetModel::new(Scale::CI, 1);
+        let (first, second) = (model.clusters[0].id.clone(), model.clusters[1].id.clone());
+        let home = model.clusters[1].shard;
+        let elsewhere = model.shards[(model.clusters[0].shard + 1) % model.shards.len()]
+            .id
+            .clone();
+        let moved = model.follow_bindings([
+            (first.as_str(), elsewhere.as_str()),
+            (second.as_str(), model.shards[home].id.clone().as_str()),
+            ("not-a-cluster", elsewhere.as_str()),
+            (first.as_str(), "not-a-shard"),
+        ]);
+        assert_eq!(moved, vec![0]);
+        assert_eq!(model.shards[model.clusters[0].shard].id, elsewhere);
+        assert_eq!(model.clusters[1].shard, home);
+    }
 
     #[test]
     fn same_seed_same_fleet_and_demand() {

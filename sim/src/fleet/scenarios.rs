@@ -473,28 +473,50 @@ impl Sim {
             dropped,
             format!("{} shards of {az} came back holding nothing", lost.len()),
         ));
-        // What an operator does when the AZ is back: its domains, clusters and quota slices
-        // go home (the rebalancer handed them to live shards while it was down).
+        // What an operator does when the AZ is back: its domains and clusters go home (the
+        // rebalancer handed them to live shards while it was down), and every quota is sliced
+        // again over the shards in proportion to the clusters each serves. The slices are read
+        // now, not from before the loss: the rebalancer may have moved more since.
         let returned = Instant::now();
         self.move_domains(&evacuees).await?;
-        let mut commands: Vec<pb::Command> = listing
+        let homes: Vec<(String, String)> = listing
             .bindings
             .iter()
             .filter(|b| lost_ids.contains(&b.shard))
-            .map(|b| {
+            .map(|b| (b.cluster.clone(), b.shard.clone()))
+            .collect();
+        let mut commands: Vec<pb::Command> = homes
+            .iter()
+            .map(|(cluster, shard)| {
                 command(Wire::MoveCluster(pb::MoveCluster {
-                    cluster: b.cluster.clone(),
-                    shard: b.shard.clone(),
+                    cluster: cluster.clone(),
+                    shard: shard.clone(),
                 }))
             })
             .collect();
         let clusters_home = commands.len();
-        commands.extend(listing.quotas.iter().map(|q| {
+        let served: BTreeMap<String, u64> = {
+            let mut model = self.shared.model.lock().unwrap();
+            model.follow_bindings(homes.iter().map(|(c, s)| (c.as_str(), s.as_str())));
+            let mut served = BTreeMap::new();
+            for cluster in &model.clusters {
+                *served
+                    .entry(model.shards[cluster.shard].id.clone())
+                    .or_default() += 1;
+            }
+            served
+        };
+        let quotas = list_fleet(&self.client).await?.quotas;
+        commands.extend(quotas.iter().map(|q| {
+            let sliced: u64 = q.slices.iter().map(|s| s.amount).sum();
             command(Wire::SetQuota(pb::SetQuota {
                 provider: q.provider.clone(),
                 region: q.region.clone(),
                 total: q.total,
-                slices: q.slices.clone(),
+                slices: ballast_coordinator::rebalance::split(sliced, &served)
+                    .into_iter()
+                    .map(|(shard, amount)| pb::QuotaSlice { shard, amount })
+                    .collect(),
             }))
         }));
         let mut revision = 0;
@@ -511,9 +533,9 @@ impl Sim {
         let written = returned.elapsed();
         self.wait_for_shards_at(revision).await?;
         self.shared.event(format!(
-            "{} domains, {clusters_home} clusters and {} quotas' slices moved home: committed in {:.0} ms, at every shard {:.0} ms later",
+            "{} domains and {clusters_home} clusters moved home, {} quotas sliced again: committed in {:.0} ms, at every shard {:.0} ms later",
             evacuees.len(),
-            listing.quotas.len(),
+            quotas.len(),
             ms(written),
             ms(returned.elapsed() - written)
         ));
