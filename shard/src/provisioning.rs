@@ -90,7 +90,7 @@ fn carry_out(worker: &Arc<Worker>) -> Result<(), CacheError> {
     let mut started = Vec::new();
     let releases;
     let cycle = std::time::Instant::now();
-    let shortfalls = {
+    let (shortfalls, counts, demand) = {
         let mut state = worker.state();
         let paused = worker.provider_backoff().is_paused();
         state.engine.pause_provisioning(paused);
@@ -156,14 +156,18 @@ fn carry_out(worker: &Arc<Worker>) -> Result<(), CacheError> {
             state.releasing.insert(id.clone());
         }
         releases = due.into_iter().chain(surplus).collect::<Vec<_>>();
-        plan.shortfalls
+        (
+            plan.shortfalls,
+            state.engine.counts(),
+            state.engine.demand_total(),
+        )
     };
     if worker.cycles() == 0 {
         let elapsed_ms = cycle.elapsed().as_millis() as u64;
         tracing::info!(elapsed_ms, "first decision made and persisted");
     }
     crate::observe::cycle_done(cycle.elapsed());
-    worker.finish_cycle(shortfalls);
+    worker.finish_cycle(shortfalls, counts, demand);
     for (id, provision) in started {
         tokio::spawn(provision_one(worker.clone(), id, provision));
     }

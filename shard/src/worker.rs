@@ -19,7 +19,7 @@ use tonic::{Request, Response, Status};
 
 use crate::cache::{Assignments, Cache, CacheError};
 use crate::demand::{self, DemandError};
-use crate::engine::Shortfall;
+use crate::engine::{MachineCounts, Shortfall};
 use crate::provider::{SimulatedConfig, SimulatedProvider};
 use crate::provisioning::{Backoff, ShardState};
 use crate::security::Security;
@@ -90,6 +90,8 @@ pub struct Worker {
     client: BallastClient,
     state: Mutex<ShardState>,
     shortfalls: Mutex<Vec<Shortfall>>,
+    /// The heartbeat's summary, refreshed by every cycle.
+    summary: Mutex<pb::ShardSummary>,
     cycles: AtomicU64,
     sequence: AtomicU64,
     provider: SimulatedProvider,
@@ -170,24 +172,31 @@ impl Worker {
         self.cycles.load(Ordering::Relaxed)
     }
 
-    /// Records the outcome of a cycle.
-    pub fn finish_cycle(&self, shortfalls: Vec<Shortfall>) {
+    /// Records the outcome of a cycle: what could not be served, and the machine counts and
+    /// demand the heartbeat reports until the next cycle.
+    pub fn finish_cycle(&self, shortfalls: Vec<Shortfall>, counts: MachineCounts, demand: u64) {
+        let shortfall = shortfalls.iter().map(|s| s.missing as u64).sum();
         *self.shortfalls.lock().unwrap_or_else(|p| p.into_inner()) = shortfalls;
+        *self.summary.lock().unwrap_or_else(|p| p.into_inner()) = pb::ShardSummary {
+            machines_by_state: by_state(counts).into_iter().collect(),
+            demand,
+            shortfall,
+        };
         self.cycles.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// What the last cycle saw, for heartbeats: read without the engine's lock, which a cycle
+    /// holds through its fsyncs (a heartbeat waiting on it could let the lease lapse).
+    fn summary(&self) -> pb::ShardSummary {
+        self.summary
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Machines by state: idle, assigned, foreign (outside the shard's domains).
     pub fn machines_by_state(&self) -> BTreeMap<String, u64> {
-        let counts = self.state().engine.counts();
-        [
-            ("idle", counts.idle),
-            ("assigned", counts.assigned),
-            ("foreign", counts.foreign),
-        ]
-        .into_iter()
-        .filter(|(_, n)| *n > 0)
-        .map(|(state, n)| (state.to_string(), n))
-        .collect()
+        by_state(self.state().engine.counts())
     }
 
     /// Whether the last coordinator call succeeded.
@@ -250,6 +259,19 @@ impl Worker {
             tracing::warn!(error = %e, "could not persist the cluster id");
         }
     }
+}
+
+/// Machine counts by state name, leaving out empty states.
+fn by_state(counts: MachineCounts) -> BTreeMap<String, u64> {
+    [
+        ("idle", counts.idle),
+        ("assigned", counts.assigned),
+        ("foreign", counts.foreign),
+    ]
+    .into_iter()
+    .filter(|(_, n)| *n > 0)
+    .map(|(state, n)| (state.to_string(), n))
+    .collect()
 }
 
 /// A started worker.
@@ -356,6 +378,7 @@ pub async fn start(config: WorkerConfig) -> Result<RunningWorker, WorkerError> {
         provider,
         state: Mutex::new(state),
         shortfalls: Mutex::new(Vec::new()),
+        summary: Mutex::default(),
         cycles: AtomicU64::new(0),
         sequence: AtomicU64::new(0),
         backoff: Backoff::new(Duration::from_millis(50), Duration::from_secs(5)),
@@ -472,11 +495,7 @@ async fn heartbeat_loop(worker: Arc<Worker>, mut stopped: watch::Receiver<bool>)
             az: worker.config.az.clone(),
             lease_ttl_ms: worker.config.lease_ttl.as_millis() as u64,
             epoch: worker.epoch,
-            summary: Some(pb::ShardSummary {
-                machines_by_state: worker.machines_by_state().into_iter().collect(),
-                demand: worker.state().engine.demand_total(),
-                shortfall: worker.shortfall_total(),
-            }),
+            summary: Some(worker.summary()),
         };
         let answer = worker
             .client

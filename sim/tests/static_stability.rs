@@ -88,6 +88,15 @@ async fn grant_quota(client: &BallastClient, shard: &str, amount: u64) {
         .expect("quota and binding");
 }
 
+/// Waits until `shard` has learned of its slice and cluster c1.
+async fn wait_for_slice_and_cluster(shard: &ShardProcess) {
+    shard
+        .wait_until("its slice and cluster", |st| {
+            !st.slices.is_empty() && !st.clusters.is_empty()
+        })
+        .await;
+}
+
 fn holds(status: &pb::ShardStatusResponse, domain: &str) -> bool {
     status.domains.iter().any(|d| d == domain)
 }
@@ -377,10 +386,7 @@ async fn a_failing_provider_is_retried_within_the_slice() {
     cluster.wait_for_shards(1).await;
     assign(&client, "zone=az-a/rack=r1", "s1", false).await;
     grant_quota(&client, "s1", 6).await;
-    s1.wait_until("its slice and cluster", |st| {
-        !st.slices.is_empty() && !st.clusters.is_empty()
-    })
-    .await;
+    wait_for_slice_and_cluster(&s1).await;
     submit(&s1, 5).await;
     let done = s1
         .wait_until("5 machines despite failures", |st| {
@@ -412,10 +418,7 @@ async fn a_cluster_moved_away_takes_its_demand_and_slice_along() {
     assign(&client, "zone=az-a/rack=r1", "s1", false).await;
     assign(&client, "zone=az-a/rack=r2", "s2", false).await;
     grant_quota(&client, "s1", 6).await;
-    s1.wait_until("its slice and cluster", |st| {
-        !st.slices.is_empty() && !st.clusters.is_empty()
-    })
-    .await;
+    wait_for_slice_and_cluster(&s1).await;
     submit(&s1, 5).await;
     s1.wait_until("5 machines", |st| assigned_machines(st) == 5)
         .await;

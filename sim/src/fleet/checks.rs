@@ -224,25 +224,12 @@ impl Sim {
         &self,
         demand: bool,
     ) -> anyhow::Result<Vec<super::checks::Check>> {
+        self.follow_bindings().await?;
         // Taken first: a write acknowledged after the listing would look lost.
         let acked = self.shared.acked_bindings.lock().unwrap().clone();
         let revision = self.client.revision().await?;
         self.wait_for_shards_at(revision).await?;
         let listing = list_fleet(&self.client).await?;
-        // Clusters the rebalancer moved get their demand from their new shard from now on.
-        let moved_clusters = self.shared.model.lock().unwrap().follow_bindings(
-            listing
-                .bindings
-                .iter()
-                .map(|b| (b.cluster.as_str(), b.shard.as_str())),
-        );
-        if !moved_clusters.is_empty() {
-            self.shared.event(format!(
-                "{} clusters follow their binding to another shard",
-                moved_clusters.len()
-            ));
-            super::submit_demand(&self.shared, &self.shard_clients, &moved_clusters).await;
-        }
         let mut views = ShardViews {
             domains: BTreeMap::new(),
             machines: BTreeMap::new(),

@@ -11,6 +11,7 @@ pub mod model;
 mod report;
 mod scenarios;
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -174,8 +175,9 @@ struct Shared {
     writer_paused: AtomicBool,
     /// Demand holds still (while a scenario measures how fast a given demand is met).
     demand_paused: AtomicBool,
-    /// Held while demand is submitted.
-    submitting: tokio::sync::Mutex<()>,
+    /// Held while demand is submitted; holds the clusters whose latest demand no shard has
+    /// accepted yet (refused or unanswered), sent again when bindings are next followed.
+    submitting: tokio::sync::Mutex<BTreeSet<usize>>,
     stop: AtomicBool,
 }
 
@@ -222,14 +224,15 @@ fn machine_resources() -> pb::ResourceSpec {
 }
 
 /// Submits `clusters`' current demand to their shards (live ones only), 64 calls at a time,
-/// retrying failed calls twice with the then-current demand. Submissions are serialized so an
-/// older demand can never land after a newer one. Returns how many clusters were updated.
+/// retrying failed calls twice with the then-current demand; what still failed is remembered
+/// as unsent. Submissions are serialized so an older demand can never land after a newer one.
+/// Returns how many clusters were updated.
 async fn submit_demand(
     shared: &Shared,
     shard_clients: &[ShardWorkerClient<Channel>],
     clusters: &[usize],
 ) -> usize {
-    let _one_at_a_time = shared.submitting.lock().await;
+    let mut unsent = shared.submitting.lock().await;
     let mut pending: Vec<usize> = clusters.to_vec();
     let mut updated = 0;
     for _attempt in 0..3 {
@@ -276,6 +279,10 @@ async fn submit_demand(
             })
             .collect()
             .await;
+        for n in &pending {
+            unsent.remove(n);
+        }
+        unsent.extend(&failed);
         if failed.is_empty() {
             break;
         }
@@ -496,7 +503,7 @@ impl Sim {
             acked_bindings: Mutex::default(),
             writer_paused: AtomicBool::new(false),
             demand_paused: AtomicBool::new(false),
-            submitting: tokio::sync::Mutex::new(()),
+            submitting: tokio::sync::Mutex::default(),
             stop: AtomicBool::new(false),
         });
         let sim = Sim {

@@ -127,21 +127,74 @@ impl Sim {
         Ok(Vec::new())
     }
 
+    /// Points the model's clusters at the shards the coordinator binds them to now (the
+    /// rebalancer moves the clusters of shards whose lease ran out), waits until every live
+    /// shard knows its bindings, and sends the moved clusters' demand to their new shards, as
+    /// each cluster's own client would on being refused by its old shard.
+    pub(super) async fn follow_bindings(&self) -> anyhow::Result<()> {
+        let listing = list_fleet(&self.client).await?;
+        let moved = self.shared.model.lock().unwrap().follow_bindings(
+            listing
+                .bindings
+                .iter()
+                .map(|b| (b.cluster.as_str(), b.shard.as_str())),
+        );
+        let unsent: Vec<usize> = self
+            .shared
+            .submitting
+            .lock()
+            .await
+            .iter()
+            .copied()
+            .collect();
+        if moved.is_empty() && unsent.is_empty() {
+            return Ok(());
+        }
+        // At or past the listing: the new shards accept the clusters' demand.
+        let revision = self.client.revision().await?;
+        self.wait_for_shards_at(revision).await?;
+        if !moved.is_empty() {
+            self.shared.event(format!(
+                "{} clusters follow their binding to another shard",
+                moved.len()
+            ));
+        }
+        let mut resend = moved;
+        resend.extend(unsent);
+        resend.sort_unstable();
+        resend.dedup();
+        submit_demand(&self.shared, &self.shard_clients, &resend).await;
+        Ok(())
+    }
+
     /// Waits until every live shard serves all the machines its clusters ask for (assigned
-    /// machines at least the model's demand, nothing short). How long that took, or the shards
-    /// still short at `limit`. Callers hold the demand still while they wait.
+    /// machines at least the model's demand, nothing short), following bindings that move
+    /// meanwhile. How long that took, or the shards still short at `limit`. Callers hold the
+    /// demand still while they wait.
     pub(super) async fn until_demand_met(&self, limit: Duration) -> Result<Duration, String> {
         let assigned =
             |s: &pb::ShardStatusResponse| s.machines_by_state.get("assigned").copied().unwrap_or(0);
         let demand = |i: usize| self.shared.model.lock().unwrap().demand_of(i);
-        let short = match self
-            .until_each(self.live_shards(), limit, |i, s| {
-                s.shortfall == 0 && assigned(s) >= demand(i)
-            })
-            .await
-        {
-            Ok(took) => return Ok(took),
-            Err(short) => short,
+        let started = Instant::now();
+        // With every replica down there is nothing to follow: clients keep their last binding.
+        let coordinator_up = self.cluster.replicas.iter().any(|r| r.is_running());
+        let short = loop {
+            if coordinator_up && let Err(e) = self.follow_bindings().await {
+                return Err(format!("could not follow the bindings: {e:#}"));
+            }
+            let left = limit.saturating_sub(started.elapsed());
+            match self
+                .until_each(
+                    self.live_shards(),
+                    left.min(Duration::from_secs(5)),
+                    |i, s| s.shortfall == 0 && assigned(s) >= demand(i),
+                )
+                .await
+            {
+                Ok(_) => return Ok(started.elapsed()),
+                Err(short) if started.elapsed() >= limit => break short,
+                Err(_) => {}
+            }
         };
         let mut described = Vec::new();
         for i in short {
