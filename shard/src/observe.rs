@@ -79,7 +79,12 @@ fn refresh(worker: &Worker) {
         let count = machines.get(state).copied().unwrap_or(0);
         gauge!("ballast_shard_machines", "state" => state).set(count as f64);
     }
-    gauge!("ballast_shard_provisions_in_flight").set(worker.state().in_flight.len() as f64);
+    let (in_flight, above_slices) = {
+        let state = worker.state();
+        (state.in_flight.len(), state.engine.above_slices())
+    };
+    gauge!("ballast_shard_provisions_in_flight").set(in_flight as f64);
+    gauge!("ballast_shard_machines_above_slice").set(above_slices as f64);
     let startup = worker.startup();
     gauge!("ballast_shard_startup_seconds", "phase" => "cache_open")
         .set(startup.cache_open.as_secs_f64());

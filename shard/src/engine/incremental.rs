@@ -695,6 +695,15 @@ impl Engine {
         self.quota_in_flight.iter().sum()
     }
 
+    /// Machines (held or in flight) above this shard's slices, summed over its quotas: what a
+    /// shrunken slice left it holding. Surplus on its way back to the provider counts until
+    /// it is gone.
+    pub fn above_slices(&self) -> u64 {
+        (0..self.slice.len())
+            .map(|q| (self.quota_held[q] + self.quota_in_flight[q]).saturating_sub(self.slice[q]))
+            .sum()
+    }
+
     /// Use of one quota: machines held, provisions in flight, slice.
     pub fn quota_use(&self, key: &QuotaKey) -> (u64, u64, u64) {
         match self.quota_ids.get(key) {

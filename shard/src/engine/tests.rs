@@ -158,6 +158,7 @@ fn idle_machines_above_a_shrunken_slice_go_back_to_the_provider() {
         "idle machines go; the foreign one is on its way out, busy ones stay"
     );
     assert_eq!(engine.check(), Ok(()));
+    assert_eq!(engine.above_slices(), 3, "5 held against a slice of 2");
     assert_eq!(engine.decide().surplus, plan.surplus, "listed until gone");
     // Set aside means out of reach of needs.
     engine.set_demand("c1", vec![need("n1", 4, 1, 0, Placement::Any)]);
