@@ -98,8 +98,12 @@ struct Restart {
     engine_load: Duration,
 }
 
+/// A fresh directory for one cache. Each cache gets its own path: fjall's background flushes of
+/// a dropped cache may still be writing, and a new cache at the same path would take their files.
 fn cache_dir() -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("ballast-bench-shard-{}", std::process::id()));
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("ballast-bench-shard-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     dir
 }
@@ -114,6 +118,23 @@ fn populate(dir: &std::path::Path, inputs: &Inputs) -> anyhow::Result<Cache> {
         term: 1,
         full: true,
         domains_added: inputs.domains.iter().cloned().collect(),
+        // The clusters whose demand the cache holds are bound here: a restarted shard serves
+        // only the demand of its own clusters.
+        clusters_added: inputs
+            .demand_by_cluster()
+            .into_keys()
+            .map(|cluster| cluster.to_string())
+            .collect(),
+        // And the shard holds its slices: without them its idle machines would be surplus.
+        slices: inputs
+            .slices
+            .iter()
+            .map(|((provider, region), amount)| pb::QuotaSliceOf {
+                provider: provider.clone(),
+                region: region.clone(),
+                amount: *amount,
+            })
+            .collect(),
         status: "active".into(),
         ..Default::default()
     });
@@ -345,8 +366,9 @@ pub async fn run(args: EngineBenchArgs) -> anyhow::Result<String> {
     }
     writeln!(
         out,
-        "\n## Shard cold restart\n\nFrom its cache ({} machines, {} domains, {} demand rows) with \
-         no coordinator reachable, until its first decision is made and persisted (10 ms cycle).\n",
+        "\n## Shard cold restart\n\nFrom its cache ({} machines, {} domains, {} demand rows, the \
+         demand's clusters bound to the shard and its slice) with no coordinator reachable, until \
+         its first decision is made and persisted (10 ms cycle).\n",
         inputs.machines.len(),
         inputs.domains.len(),
         inputs.needs.len()

@@ -6,10 +6,14 @@
 //! shard's cycle in milliseconds.
 //!
 //! Indexes, all kept in step with every change:
-//! - idle machines per domain, ordered by resources (smallest fitting machine first);
-//! - assigned machines per domain and machine shape, ordered by the priority of the work they
-//!   serve (cheapest victim first for preemption);
+//! - idle machines per domain and per AZ, by machine shape (smallest fitting machine first);
+//! - assigned machines per domain and per AZ, by machine shape and then by the priority of
+//!   the work they serve (cheapest victim first for preemption);
 //! - machines held by each need; quota use per (provider, region).
+//!
+//! A need placed anywhere in the shard merges the per-AZ indexes rather than keeping a third,
+//! shard-wide copy: every machine that changes state would update that copy too, and those
+//! updates of the largest sets were most of a busy cycle's time.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
@@ -24,44 +28,136 @@ use super::{
     Inputs, Machine, MachineView, Need, Placement, Plan, Provision, QuotaKey, Resources, Shortfall,
 };
 
-/// One ordered index kept three ways, so that a need of any placement finds its candidates
-/// with one range query: per domain, per AZ, and over the whole shard.
-#[derive(Debug, Default)]
-struct Tiered<T: Ord> {
-    by_domain: Vec<BTreeSet<T>>,
-    by_az: HashMap<Option<u32>, BTreeSet<T>>,
-    all: BTreeSet<T>,
-    /// Inserts held back while bulk loading: sorted and merged at once, several times faster
-    /// than inserting half a million entries one by one.
-    pending: Option<Vec<(u32, Option<u32>, T)>>,
+/// Items grouped by machine shape, each group in order. A shard has a handful of shapes, so
+/// the shape is looked up once and the large ordered sets hold only small keys (a machine id,
+/// or a priority and a machine id): a B-tree node's keys then fit in one or two cache lines,
+/// which is what an insert or remove among half a million entries spends its time on.
+#[derive(Debug)]
+struct ByShape<R: Ord> {
+    groups: BTreeMap<Resources, BTreeSet<R>>,
+    len: usize,
 }
 
-impl<T: Ord + Copy> Tiered<T> {
-    fn insert(&mut self, domain: u32, az: Option<u32>, item: T) {
+impl<R: Ord> Default for ByShape<R> {
+    fn default() -> Self {
+        ByShape {
+            groups: BTreeMap::new(),
+            len: 0,
+        }
+    }
+}
+
+impl<R: Ord + Copy> ByShape<R> {
+    fn insert(&mut self, shape: Resources, item: R) {
+        if self.groups.entry(shape).or_default().insert(item) {
+            self.len += 1;
+        }
+    }
+
+    fn remove(&mut self, shape: &Resources, item: &R) {
+        let Some(group) = self.groups.get_mut(shape) else {
+            return;
+        };
+        if group.remove(item) {
+            self.len -= 1;
+            if group.is_empty() {
+                self.groups.remove(shape);
+            }
+        }
+    }
+
+    fn contains(&self, shape: &Resources, item: &R) -> bool {
+        self.groups.get(shape).is_some_and(|g| g.contains(item))
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn group(&self, shape: &Resources) -> Option<&BTreeSet<R>> {
+        self.groups.get(shape)
+    }
+
+    /// The groups whose machines cover `wanted`, smallest shape first (so big machines stay
+    /// for big needs). Every group listed is non-empty.
+    fn covering<'a>(
+        &'a self,
+        wanted: &'a Resources,
+    ) -> impl Iterator<Item = (&'a Resources, &'a BTreeSet<R>)> + 'a {
+        self.groups
+            .range(*wanted..)
+            .filter(move |(shape, _)| shape.covers(wanted))
+    }
+
+    /// Adds items sorted by `(shape, item)`, a run per shape built in linear time.
+    fn extend_sorted(&mut self, items: &[(Resources, R)]) {
+        for run in items.chunk_by(|a, b| a.0 == b.0) {
+            let mut set: BTreeSet<R> = run.iter().map(|(_, item)| *item).collect();
+            let before = self.groups.get(&run[0].0).map_or(0, BTreeSet::len);
+            let group = self.groups.entry(run[0].0).or_default();
+            group.append(&mut set);
+            self.len += group.len() - before;
+        }
+    }
+}
+
+/// An insert held back while bulk loading: domain, AZ, shape, item.
+type PendingInsert<R> = (u32, Option<u32>, Resources, R);
+
+/// One ordered index kept two ways, per domain and per AZ, so that a need placed in a domain
+/// or an AZ finds its candidates in one set. A need placed anywhere merges the per-AZ sets (a
+/// region has a handful of AZs): a shard-wide set as well would make every machine that
+/// changes state pay two more updates of the largest set, the dearest part of a busy cycle.
+#[derive(Debug)]
+struct Tiered<R: Ord> {
+    by_domain: Vec<ByShape<R>>,
+    by_az: HashMap<Option<u32>, ByShape<R>>,
+    /// Inserts held back while bulk loading: sorted and merged at once, several times faster
+    /// than inserting half a million entries one by one.
+    pending: Option<Vec<PendingInsert<R>>>,
+}
+
+impl<R: Ord> Default for Tiered<R> {
+    fn default() -> Self {
+        Tiered {
+            by_domain: Vec::new(),
+            by_az: HashMap::default(),
+            pending: None,
+        }
+    }
+}
+
+impl<R: Ord + Copy> Tiered<R> {
+    fn insert(&mut self, domain: u32, az: Option<u32>, shape: Resources, item: R) {
         if let Some(pending) = &mut self.pending {
-            pending.push((domain, az, item));
+            pending.push((domain, az, shape, item));
             return;
         }
-        self.by_domain[domain as usize].insert(item);
-        self.by_az.entry(az).or_default().insert(item);
-        self.all.insert(item);
+        self.by_domain[domain as usize].insert(shape, item);
+        self.by_az.entry(az).or_default().insert(shape, item);
     }
 
-    fn remove(&mut self, domain: u32, az: Option<u32>, item: &T) {
+    fn remove(&mut self, domain: u32, az: Option<u32>, shape: Resources, item: &R) {
         self.merge_pending();
-        self.by_domain[domain as usize].remove(item);
+        self.by_domain[domain as usize].remove(&shape, item);
         if let Some(set) = self.by_az.get_mut(&az) {
-            set.remove(item);
+            set.remove(&shape, item);
         }
-        self.all.remove(item);
     }
 
-    fn contains(&self, domain: u32, item: &T) -> bool {
-        self.by_domain[domain as usize].contains(item)
-            || self
-                .pending
-                .as_ref()
-                .is_some_and(|p| p.iter().any(|(d, _, i)| *d == domain && i == item))
+    fn contains(&self, domain: u32, shape: Resources, item: &R) -> bool {
+        self.by_domain[domain as usize].contains(&shape, item)
+            || self.pending.as_ref().is_some_and(|p| {
+                p.iter()
+                    .any(|(d, _, s, i)| *d == domain && *s == shape && i == item)
+            })
+    }
+
+    /// Whether the per-domain and per-AZ tiers hold as many entries (consistency checks).
+    fn consistent(&self) -> bool {
+        let by_domain: usize = self.by_domain.iter().map(ByShape::len).sum();
+        let by_az: usize = self.by_az.values().map(ByShape::len).sum();
+        by_domain == by_az
     }
 
     /// Starts holding inserts back (see `pending`).
@@ -80,24 +176,20 @@ impl<T: Ord + Copy> Tiered<T> {
             return;
         };
         let mut items = std::mem::take(pending);
-        // One sort by item; bucketing keeps that order, so every tier's set is built from a
-        // sorted run (BTreeSet::from_iter and append take sorted input in linear time).
-        items.sort_unstable_by_key(|item| item.2);
-        let mut by_domain: BTreeMap<u32, Vec<T>> = BTreeMap::new();
-        let mut by_az: BTreeMap<Option<u32>, Vec<T>> = BTreeMap::new();
-        for (domain, az, item) in &items {
-            by_domain.entry(*domain).or_default().push(*item);
-            by_az.entry(*az).or_default().push(*item);
+        // One sort by (shape, item); bucketing keeps that order, so every tier is built from
+        // sorted runs (BTreeSet::from_iter and append take sorted input in linear time).
+        items.sort_unstable_by_key(|(_, _, shape, item)| (*shape, *item));
+        let mut by_domain: BTreeMap<u32, Vec<(Resources, R)>> = BTreeMap::new();
+        let mut by_az: BTreeMap<Option<u32>, Vec<(Resources, R)>> = BTreeMap::new();
+        for (domain, az, shape, item) in items {
+            by_domain.entry(domain).or_default().push((shape, item));
+            by_az.entry(az).or_default().push((shape, item));
         }
-        let mut all: BTreeSet<T> = items.into_iter().map(|(_, _, item)| item).collect();
-        self.all.append(&mut all);
         for (domain, run) in by_domain {
-            let mut set: BTreeSet<T> = run.into_iter().collect();
-            self.by_domain[domain as usize].append(&mut set);
+            self.by_domain[domain as usize].extend_sorted(&run);
         }
         for (az, run) in by_az {
-            let mut set: BTreeSet<T> = run.into_iter().collect();
-            self.by_az.entry(az).or_default().append(&mut set);
+            self.by_az.entry(az).or_default().extend_sorted(&run);
         }
     }
 }
@@ -180,10 +272,10 @@ pub struct Engine {
     machines: Vec<Option<Slot>>,
     machine_ids: HashMap<Arc<str>, u32>,
     free_machines: Vec<u32>,
-    /// Idle machines in owned domains: `(resources, machine)`.
-    idle: Tiered<(Resources, u32)>,
-    /// Assigned machines: `(resources, priority of the work, machine)`.
-    victims: Tiered<(Resources, i32, u32)>,
+    /// Idle machines in owned domains, by shape.
+    idle: Tiered<u32>,
+    /// Assigned machines by shape: `(priority of the work, machine)`.
+    victims: Tiered<(i32, u32)>,
     foreign: BTreeSet<u32>,
     orphans: BTreeSet<u32>,
     assigned: u64,
@@ -253,8 +345,8 @@ impl Engine {
         self.domain_ids.insert(name.to_string(), id);
         self.domain_az.push(az);
         self.owned.push(false);
-        self.idle.by_domain.push(BTreeSet::new());
-        self.victims.by_domain.push(BTreeSet::new());
+        self.idle.by_domain.push(ByShape::default());
+        self.victims.by_domain.push(ByShape::default());
         id
     }
 
@@ -319,12 +411,16 @@ impl Engine {
 
     fn served(&self, n: u32) -> u32 {
         let need = self.need(n);
-        need.held.len() as u32
-            + self
-                .in_flight_by_need
+        // Usually nothing is being provisioned: no need to hash the id then.
+        let in_flight = if self.in_flight_by_need.is_empty() {
+            0
+        } else {
+            self.in_flight_by_need
                 .get(&need.need.id)
                 .copied()
                 .unwrap_or(0)
+        };
+        need.held.len() as u32 + in_flight
     }
 
     fn fits(&self, m: u32, n: u32) -> bool {
@@ -506,7 +602,7 @@ impl Engine {
             }
         } else if self.owned[slot.domain as usize] {
             let az = self.domain_az[slot.domain as usize];
-            self.idle.remove(slot.domain, az, &(slot.resources, m));
+            self.idle.remove(slot.domain, az, slot.resources, &m);
         }
         if (slot.claim.is_some() || slot.holder.is_some()) && self.owned[slot.domain as usize] {
             self.assigned -= 1;
@@ -532,7 +628,7 @@ impl Engine {
         }
         let Some(claim) = claim else {
             let az = self.domain_az[domain as usize];
-            self.idle.insert(domain, az, (resources, m));
+            self.idle.insert(domain, az, resources, m);
             return;
         };
         // Adopt at once when the claim holds (the common case on a restart); otherwise the
@@ -568,7 +664,7 @@ impl Engine {
         }
         self.need_mut(n).held.insert(m);
         let az = self.domain_az[domain as usize];
-        self.victims.insert(domain, az, (resources, priority, m));
+        self.victims.insert(domain, az, resources, (priority, m));
     }
 
     /// Unbinds a held machine from its need (the caller decides where it goes next).
@@ -580,7 +676,7 @@ impl Engine {
         let (domain, resources) = (slot.domain, slot.resources);
         self.assigned -= 1;
         let az = self.domain_az[domain as usize];
-        self.victims.remove(domain, az, &(resources, priority, m));
+        self.victims.remove(domain, az, resources, &(priority, m));
     }
 
     /// Returns a held or claimed machine to its domain's idle pool.
@@ -593,7 +689,7 @@ impl Engine {
             self.assigned -= 1;
         }
         let az = self.domain_az[domain as usize];
-        self.idle.insert(domain, az, (resources, m));
+        self.idle.insert(domain, az, resources, m);
     }
 
     /// Replaces a cluster's demand (full replacement). Rows that did not change keep their
@@ -604,11 +700,15 @@ impl Engine {
             self.demand_total -= u64::from(self.need(*n).need.count);
         }
         let mut kept = Vec::with_capacity(rows.len());
-        let mut present = HashSet::default();
-        for row in rows {
-            present.insert(row.id.clone());
+        for (i, row) in rows.into_iter().enumerate() {
             self.demand_total += u64::from(row.count);
-            match self.need_ids.get(&row.id).copied() {
+            // A cluster sends its rows in the same order each time: the row at the same
+            // position is found without hashing its id.
+            let same_place = old
+                .get(i)
+                .copied()
+                .filter(|n| self.need(*n).need.id == row.id);
+            match same_place.or_else(|| self.need_ids.get(&row.id).copied()) {
                 Some(n) => {
                     self.update_need(n, row);
                     kept.push(n);
@@ -628,8 +728,11 @@ impl Engine {
                 }
             }
         }
+        // An id names one need, so an old row is still present exactly when its need is kept.
+        let mut present = kept.clone();
+        present.sort_unstable();
         for n in old {
-            if !present.contains(&self.need(n).need.id) {
+            if present.binary_search(&n).is_err() {
                 self.remove_need(n);
             }
         }
@@ -768,13 +871,13 @@ impl Engine {
         }
     }
 
-    /// The part of a tiered index a placement may draw from.
-    fn pool<'a, T: Ord>(&self, index: &'a Tiered<T>, at: Where) -> Option<&'a BTreeSet<T>> {
+    /// The parts of a tiered index a placement may draw from (every AZ's for `Any`).
+    fn pool<'a, R: Ord>(&self, index: &'a Tiered<R>, at: Where) -> Vec<&'a ByShape<R>> {
         match at {
-            Where::Any => Some(&index.all),
-            Where::Az(az) => index.by_az.get(&Some(az)),
-            Where::Domain(d) if self.owned[d as usize] => Some(&index.by_domain[d as usize]),
-            Where::Domain(_) => None,
+            Where::Any => index.by_az.values().collect(),
+            Where::Az(az) => index.by_az.get(&Some(az)).into_iter().collect(),
+            Where::Domain(d) if self.owned[d as usize] => vec![&index.by_domain[d as usize]],
+            Where::Domain(_) => Vec::new(),
         }
     }
 
@@ -889,13 +992,13 @@ impl Engine {
             return;
         };
         let slot = self.slot(m);
-        let (domain, key, quota) = (slot.domain, (slot.resources, m), slot.quota);
+        let (domain, shape, quota) = (slot.domain, slot.resources, slot.quota);
         let idle = slot.holder.is_none() && slot.claim.is_none() && self.owned[domain as usize];
         let Some(q) = quota.filter(|_| idle && !self.surplus.contains(&m)) else {
             return;
         };
         let az = self.domain_az[domain as usize];
-        self.idle.remove(domain, az, &key);
+        self.idle.remove(domain, az, shape, &m);
         self.surplus.insert(m);
         self.surplus_by_quota[q as usize] += 1;
     }
@@ -957,20 +1060,25 @@ impl Engine {
     /// stay for big needs. Returns how many it took.
     fn take_idle(&mut self, n: u32, wanted: u32, plan: &mut Plan) -> u32 {
         let (resources, at) = (self.need(n).need.resources, self.need(n).at);
-        let picked: Vec<u32> = match self.pool(&self.idle, at) {
-            Some(pool) => pool
-                .range((resources, 0)..)
-                .filter(|(r, _)| r.covers(&resources))
-                .take(wanted as usize)
-                .map(|(_, m)| *m)
-                .collect(),
-            None => Vec::new(),
-        };
-        for &m in &picked {
+        let pools = self.pool(&self.idle, at);
+        // The first `wanted` of each part, merged: the first `wanted` in (shape, machine) order.
+        let mut picked: Vec<(Resources, u32)> = Vec::new();
+        for pool in &pools {
+            picked.extend(
+                pool.covering(&resources)
+                    .flat_map(|(shape, machines)| machines.iter().map(|m| (*shape, *m)))
+                    .take(wanted as usize),
+            );
+        }
+        if pools.len() > 1 {
+            picked.sort_unstable();
+            picked.truncate(wanted as usize);
+        }
+        for &(_, m) in &picked {
             let slot = self.slot(m);
-            let (domain, key) = (slot.domain, (slot.resources, m));
+            let (domain, shape) = (slot.domain, slot.resources);
             let az = self.domain_az[domain as usize];
-            self.idle.remove(domain, az, &key);
+            self.idle.remove(domain, az, shape, &m);
             self.hold(m, n);
             plan.assign
                 .push((self.slot(m).id.to_string(), self.need(n).need.id.clone()));
@@ -1024,34 +1132,33 @@ impl Engine {
             let need = self.need(n);
             (need.need.resources, need.at, need.need.priority)
         };
-        // The cheapest victim of each machine shape that fits, merged by priority.
-        type Victim = (Resources, i32, u32);
-        let Some(pool) = self.pool(&self.victims, at) else {
-            return Vec::new();
-        };
-        let eligible = |v: &Victim, shape: Resources| v.0 == shape && v.1 < priority;
-        let mut heads: BinaryHeap<Reverse<(i32, u32, Resources)>> = BinaryHeap::new();
-        let mut next = pool.range((resources, i32::MIN, 0)..).next();
-        while let Some(&(shape, p, m)) = next {
-            if shape.covers(&resources) && p < priority {
-                heads.push(Reverse((p, m, shape)));
-            }
-            next = pool
-                .range((Excluded((shape, i32::MAX, u32::MAX)), Unbounded))
-                .next();
-        }
+        // The cheapest victim of each machine shape that fits in each part of the pool,
+        // merged by priority.
+        let pools = self.pool(&self.victims, at);
+        let mut heads: BinaryHeap<Reverse<(i32, u32, Resources, usize)>> = pools
+            .iter()
+            .enumerate()
+            .flat_map(|(part, pool)| {
+                pool.covering(&resources)
+                    .filter_map(move |(shape, victims)| {
+                        victims.first().map(|&(p, m)| (p, m, *shape, part))
+                    })
+            })
+            .filter(|(p, ..)| *p < priority)
+            .map(Reverse)
+            .collect();
         let mut taken: Vec<u32> = Vec::new();
         while taken.len() < *missing as usize {
-            let Some(Reverse((p, m, shape))) = heads.pop() else {
+            let Some(Reverse((p, m, shape, part))) = heads.pop() else {
                 break;
             };
             taken.push(m);
-            let after = pool
-                .range((Excluded((shape, p, m)), Unbounded))
-                .next()
-                .filter(|v| eligible(v, shape));
-            if let Some(&(shape, p, m)) = after {
-                heads.push(Reverse((p, m, shape)));
+            let after = pools[part]
+                .group(&shape)
+                .and_then(|victims| victims.range((Excluded((p, m)), Unbounded)).next())
+                .filter(|(p, _)| *p < priority);
+            if let Some(&(p, m)) = after {
+                heads.push(Reverse((p, m, shape, part)));
             }
         }
         let mut losers = Vec::new();
@@ -1079,7 +1186,7 @@ impl Engine {
             let Some(slot) = slot else { continue };
             let m = m as u32;
             let owned = self.owned[slot.domain as usize];
-            let idle = self.idle.contains(slot.domain, &(slot.resources, m));
+            let idle = self.idle.contains(slot.domain, slot.resources, &m);
             if owned == self.foreign.contains(&m) {
                 return Err(format!("machine {}: foreign index wrong", slot.id));
             }
@@ -1091,8 +1198,8 @@ impl Engine {
                 if !self.need(n).held.contains(&m) || !self.fits(m, n) {
                     return Err(format!("machine {}: holder does not hold it", slot.id));
                 }
-                let key = (slot.resources, self.need(n).need.priority, m);
-                if !self.victims.contains(slot.domain, &key) {
+                let key = (self.need(n).need.priority, m);
+                if !self.victims.contains(slot.domain, slot.resources, &key) {
                     return Err(format!("machine {}: missing from victims", slot.id));
                 }
             } else if owned {
@@ -1106,19 +1213,7 @@ impl Engine {
                 }
             }
         }
-        let idle_total: usize = self.idle.by_domain.iter().map(BTreeSet::len).sum();
-        let victims_total: usize = self.victims.by_domain.iter().map(BTreeSet::len).sum();
-        let by_az = |t: usize, sets: usize| t == sets;
-        if !by_az(
-            idle_total,
-            self.idle.by_az.values().map(BTreeSet::len).sum(),
-        ) || idle_total != self.idle.all.len()
-            || !by_az(
-                victims_total,
-                self.victims.by_az.values().map(BTreeSet::len).sum(),
-            )
-            || victims_total != self.victims.all.len()
-        {
+        if !self.idle.consistent() || !self.victims.consistent() {
             return Err("per-domain, per-AZ and shard-wide indexes disagree".into());
         }
         if assigned != self.assigned {
@@ -1154,8 +1249,9 @@ impl Engine {
             let need = self.need(*n);
             for &d in self.candidates(need.at) {
                 if self.idle.by_domain[d as usize]
-                    .iter()
-                    .any(|(r, _)| r.covers(&need.need.resources))
+                    .covering(&need.need.resources)
+                    .next()
+                    .is_some()
                 {
                     return Some(need.need.id.clone());
                 }

@@ -79,6 +79,49 @@ fn paused_provisioning_reports_shortfalls_and_resumes() {
 }
 
 #[test]
+fn a_need_placed_anywhere_takes_the_smallest_fitting_machines_of_every_az() {
+    let mut i = inputs();
+    i.slices.clear();
+    i.machines = vec![
+        machine("a8", "zone=az-a/rack=1", 8, None),
+        machine("a2", "zone=az-a/rack=1", 2, None),
+        machine("b4", "zone=az-b/rack=1", 4, None),
+        machine("b1", "zone=az-b/rack=1", 1, None),
+    ];
+    i.needs = vec![need("n1", 2, 2, 0, Placement::Any)];
+    let p = decide(&i);
+    assert_eq!(
+        p.assign,
+        vec![("a2".into(), "n1".into()), ("b4".into(), "n1".into())],
+        "the 1-CPU machine does not fit and the 8-CPU one stays for bigger needs"
+    );
+}
+
+#[test]
+fn a_need_placed_anywhere_preempts_the_cheapest_work_of_every_az() {
+    let mut i = inputs();
+    i.slices.clear();
+    i.machines = vec![
+        machine("a1", "zone=az-a/rack=1", 4, Some("p3")),
+        machine("b1", "zone=az-b/rack=1", 4, Some("p1")),
+        machine("b2", "zone=az-b/rack=1", 4, Some("p2")),
+    ];
+    i.needs = vec![
+        need("p1", 1, 1, 1, Placement::Any),
+        need("p2", 1, 1, 2, Placement::Any),
+        need("p3", 1, 1, 3, Placement::Any),
+        need("high", 2, 1, 10, Placement::Any),
+    ];
+    let p = decide(&i);
+    let taken: Vec<(&str, &str)> = p
+        .preempt
+        .iter()
+        .map(|(m, from, _)| (m.as_str(), from.as_str()))
+        .collect();
+    assert_eq!(taken, vec![("b1", "p1"), ("b2", "p2")]);
+}
+
+#[test]
 fn higher_priority_preempts_lower() {
     let mut i = inputs();
     i.slices.clear();
