@@ -1242,6 +1242,20 @@ impl Engine {
         Ok(())
     }
 
+    /// Every need served (held plus in flight) below its count, with what it lacks, by id
+    /// (tests: after a decision these are exactly the plan's shortfalls).
+    pub fn unserved(&self) -> Vec<(String, u32)> {
+        let mut unserved: Vec<(String, u32)> = (0..self.needs.len() as u32)
+            .filter(|n| self.needs[*n as usize].is_some())
+            .filter_map(|n| {
+                let missing = self.need(n).need.count.checked_sub(self.served(n))?;
+                (missing > 0).then(|| (self.need(n).need.id.clone(), missing))
+            })
+            .collect();
+        unserved.sort();
+        unserved
+    }
+
     /// Whether an idle machine in the shard's domains would fit a need that is short — after a
     /// decision this must be false for every short need (tests).
     pub fn idle_fits_a_short_need(&self) -> Option<String> {

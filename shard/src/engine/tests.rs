@@ -450,6 +450,11 @@ proptest! {
                 prop_assert!(false, "after {op:?}: {e}");
             }
             prop_assert_eq!(engine.idle_fits_a_short_need(), None);
+            // Every need left short is reported short.
+            let mut reported: Vec<(String, u32)> =
+                plan.shortfalls.iter().map(|s| (s.need.clone(), s.missing)).collect();
+            reported.sort();
+            prop_assert_eq!(engine.unserved(), reported, "after {:?}", op);
             // Over its slice, the shard keeps no idle machine it could give back.
             let (held, flying, slice) = engine.quota_use(&quota());
             let counts = engine.counts();

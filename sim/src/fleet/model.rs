@@ -207,6 +207,13 @@ impl FleetModel {
         moves.into_iter().map(|(n, _)| n).collect()
     }
 
+    /// The clusters bound to any of `shards`.
+    pub fn clusters_of(&self, shards: &[usize]) -> Vec<usize> {
+        (0..self.clusters.len())
+            .filter(|&n| shards.contains(&self.clusters[n].shard))
+            .collect()
+    }
+
     /// Machines the clusters bound to `shard` ask for.
     pub fn demand_of(&self, shard: usize) -> u64 {
         self.clusters

@@ -171,6 +171,12 @@ impl Sim {
     /// machines at least the model's demand, nothing short), following bindings that move
     /// meanwhile. How long that took, or the shards still short at `limit`. Callers hold the
     /// demand still while they wait.
+    ///
+    /// Every round after the first, the clusters of a shard still short that reports no
+    /// shortfall of its own send their full demand again, as a cluster's client does
+    /// periodically. A binding that moves away and back
+    /// between two listings looks unmoved here, yet the shard dropped the cluster's demand
+    /// when it lost the binding; only a resubmission brings it back.
     pub(super) async fn until_demand_met(&self, limit: Duration) -> Result<Duration, String> {
         let assigned =
             |s: &pb::ShardStatusResponse| s.machines_by_state.get("assigned").copied().unwrap_or(0);
@@ -193,7 +199,26 @@ impl Sim {
             {
                 Ok(_) => return Ok(started.elapsed()),
                 Err(short) if started.elapsed() >= limit => break short,
-                Err(_) => {}
+                Err(short) => {
+                    // Only where the shard itself sees nothing missing: it lacks demand.
+                    let mut unaware = Vec::new();
+                    for i in short {
+                        if self.shard_status(i).await.is_some_and(|s| s.shortfall == 0) {
+                            unaware.push(i);
+                        }
+                    }
+                    if unaware.is_empty() {
+                        continue;
+                    }
+                    let clusters = self.shared.model.lock().unwrap().clusters_of(&unaware);
+                    let sent = submit_demand(&self.shared, &self.shard_clients, &clusters).await;
+                    self.shared.event(format!(
+                        "{} shards short of the model's demand but reporting no shortfall: \
+                         their {} clusters send their demand again ({sent} accepted)",
+                        unaware.len(),
+                        clusters.len()
+                    ));
+                }
             }
         };
         let mut described = Vec::new();
