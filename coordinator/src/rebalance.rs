@@ -105,41 +105,51 @@ pub fn plan(
     // A slice follows the clusters it served, in proportion: a target that took a third of a
     // source's clusters takes a third of each of its slices, so the demand that arrives with
     // the clusters finds quota waiting. A source with no clusters hands its slices to one target.
-    let mut fallback: HashMap<&str, String> = HashMap::new();
+    let mut given: HashMap<&str, BTreeMap<QuotaKey, BTreeMap<String, u64>>> = HashMap::new();
+    for source in &sources {
+        let amounts: BTreeMap<QuotaKey, u64> = state
+            .quotas()
+            .filter_map(|q| {
+                let amount = q.slices.get(*source).copied()?;
+                Some(((q.provider.clone(), q.region.clone()), amount))
+            })
+            .collect();
+        if amounts.is_empty() {
+            continue;
+        }
+        let clusters = bound.get(source).copied().unwrap_or(0);
+        let shares = match sent.get(source) {
+            // Its clusters wait for a later round (the batch is full): so do its slices.
+            None if clusters > 0 => continue,
+            // Whatever the clusters still here serve stays until they go.
+            Some(targets) => shares(&amounts, targets, clusters),
+            None => {
+                let target = pick(az_of.get(source).copied().unwrap_or(""));
+                amounts
+                    .iter()
+                    .map(|(key, amount)| (key.clone(), BTreeMap::from([(target.clone(), *amount)])))
+                    .collect()
+            }
+        };
+        given.insert(source, shares);
+    }
     for quota in state.quotas() {
+        let key = (quota.provider.clone(), quota.region.clone());
         let mut slices: BTreeMap<String, u64> = BTreeMap::new();
         for source in &sources {
-            let Some(amount) = quota.slices.get(*source).copied() else {
+            let (Some(amount), Some(shares)) = (
+                quota.slices.get(*source).copied(),
+                given.get(source).and_then(|g| g.get(&key)),
+            ) else {
                 continue;
-            };
-            let clusters = bound.get(source).copied().unwrap_or(0);
-            let shares = match sent.get(source) {
-                // Its clusters wait for a later round (the batch is full): so do its slices.
-                None if clusters > 0 => continue,
-                Some(targets) => {
-                    let moved: u64 = targets.values().sum();
-                    // Whatever the clusters still here serve stays until they go.
-                    let leaving = if moved == clusters {
-                        amount
-                    } else {
-                        amount * moved / clusters
-                    };
-                    split(leaving, targets)
-                }
-                None => {
-                    let target = fallback
-                        .entry(source)
-                        .or_insert_with(|| pick(az_of.get(source).copied().unwrap_or("")));
-                    BTreeMap::from([(target.clone(), amount)])
-                }
             };
             let leaving: u64 = shares.values().sum();
             for (target, share) in shares {
                 let current = slices
-                    .get(&target)
+                    .get(target)
                     .copied()
-                    .unwrap_or_else(|| quota.slices.get(&target).copied().unwrap_or(0));
-                slices.insert(target, current.saturating_add(share));
+                    .unwrap_or_else(|| quota.slices.get(target).copied().unwrap_or(0));
+                slices.insert(target.clone(), current.saturating_add(*share));
             }
             slices.insert(source.to_string(), amount - leaving);
         }
@@ -152,6 +162,93 @@ pub fn plan(
         }
     }
     (!commands.is_empty()).then_some(FleetCommand::Batch { commands })
+}
+
+/// A quota: (provider, region).
+type QuotaKey = (String, String);
+
+/// What a source's slices give the targets its clusters went to: of every quota, a target's
+/// share is its clusters (`weights`) over the source's `clusters`. Rounding runs over all
+/// quotas together, so a target's total stays within one of exact: rounded quota by quota, a
+/// target that took a few clusters of many would get a share that rounds to nothing in every
+/// quota, and clusters with nothing to provision from. No quota gives more than the source
+/// holds, and when every cluster leaves (`weights` add up to `clusters`) every unit does.
+pub fn shares(
+    amounts: &BTreeMap<QuotaKey, u64>,
+    weights: &BTreeMap<String, u64>,
+    clusters: u64,
+) -> BTreeMap<QuotaKey, BTreeMap<String, u64>> {
+    let moved: u64 = weights.values().sum();
+    let clusters = u128::from(clusters.max(moved).max(1));
+    let all = u128::from(moved) == clusters;
+    // Per target, in units of 1/clusters: what it is owed so far, and what it was given.
+    let mut owed: BTreeMap<&str, u128> = BTreeMap::new();
+    let mut given: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut out: BTreeMap<QuotaKey, BTreeMap<String, u64>> = BTreeMap::new();
+    let mut left_over: BTreeMap<QuotaKey, u64> = BTreeMap::new();
+    for (key, &amount) in amounts {
+        let mut left = amount;
+        let mut parts: BTreeMap<String, u64> = BTreeMap::new();
+        for (target, &weight) in weights {
+            *owed.entry(target).or_default() += u128::from(amount) * u128::from(weight);
+        }
+        // Furthest behind first, so where the quota runs short it is the targets already
+        // closest to their due that wait for the next one.
+        let mut order: Vec<(u128, &str)> = weights
+            .keys()
+            .map(|t| {
+                let had = u128::from(given.get(t.as_str()).copied().unwrap_or(0)) * clusters;
+                (owed[t.as_str()].saturating_sub(had), t.as_str())
+            })
+            .collect();
+        order.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(b.1)));
+        for (_, target) in order {
+            let owed = owed[target];
+            let had = given.entry(target).or_default();
+            let part = ((owed / clusters) as u64).saturating_sub(*had).min(left);
+            *had += part;
+            left -= part;
+            *parts.entry(target.to_string()).or_default() += part;
+        }
+        if all {
+            // What rounding kept back goes to the targets furthest below what they are owed.
+            let mut behind: Vec<(u128, &str)> = weights
+                .keys()
+                .map(|t| {
+                    let had = u128::from(given[t.as_str()]) * clusters;
+                    (owed[t.as_str()].saturating_sub(had), t.as_str())
+                })
+                .collect();
+            behind.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(b.1)));
+            for (_, target) in behind.iter().cycle().take(left as usize) {
+                *given.get_mut(target).expect("listed") += 1;
+                *parts.get_mut(*target).expect("listed") += 1;
+            }
+        }
+        out.insert(key.clone(), parts);
+        left_over.insert(key.clone(), left);
+    }
+    // A quota that ran short kept a target below its due; another with room makes it up.
+    for target in weights.keys() {
+        let due = (owed.get(target.as_str()).copied().unwrap_or(0) / clusters) as u64;
+        let had = given.entry(target.as_str()).or_default();
+        for (key, left) in &mut left_over {
+            let part = due.saturating_sub(*had).min(*left);
+            if part > 0 {
+                *left -= part;
+                *had += part;
+                *out.get_mut(key)
+                    .expect("every quota listed")
+                    .entry(target.clone())
+                    .or_default() += part;
+            }
+        }
+    }
+    for parts in out.values_mut() {
+        parts.retain(|_, part| *part > 0);
+    }
+    out.retain(|_, parts| !parts.is_empty());
+    out
 }
 
 /// Splits `amount` over `weights` in proportion, largest remainders first (ties by name), so
@@ -340,6 +437,63 @@ mod tests {
                     let got = parts.get(name).copied().unwrap_or(0) as f64;
                     proptest::prop_assert!((got - exact).abs() < 1.0, "{name}: {got} vs {exact}");
                 }
+            }
+        }
+    }
+
+    fn quotas(amounts: &[u64]) -> BTreeMap<QuotaKey, u64> {
+        amounts
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (("p".to_string(), format!("r{i:02}")), *a))
+            .collect()
+    }
+
+    #[test]
+    fn a_few_clusters_of_many_take_their_share_over_all_quotas() {
+        // 30 slices of 35 for 100 clusters; one cluster leaves. Quota by quota its share
+        // (0.35) rounds to nothing; over all quotas it is owed 10.5.
+        let amounts = quotas(&[35; 30]);
+        let one = BTreeMap::from([("t".to_string(), 1)]);
+        let got: u64 = shares(&amounts, &one, 100)
+            .values()
+            .map(|parts| parts["t"])
+            .sum();
+        assert_eq!(got, 10);
+        assert_eq!(
+            split(
+                35,
+                &BTreeMap::from([("t".to_string(), 1), ("rest".to_string(), 99)])
+            )
+            .get("t"),
+            None,
+            "what rounding each quota alone gave"
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn shares_stay_within_the_slices_and_within_one_of_exact(
+            amounts in proptest::collection::vec(0u64..200, 1..40),
+            weights in proptest::collection::btree_map("[a-e]", 1u64..50, 1..5),
+            staying in 0u64..100,
+        ) {
+            let amounts = quotas(&amounts);
+            let moved: u64 = weights.values().sum();
+            let clusters = moved + staying;
+            let given = shares(&amounts, &weights, clusters);
+            for (key, amount) in &amounts {
+                let out: u64 = given.get(key).map_or(0, |p| p.values().sum());
+                proptest::prop_assert!(out <= *amount);
+                if staying == 0 {
+                    proptest::prop_assert_eq!(out, *amount, "every unit leaves with every cluster");
+                }
+            }
+            let total: u64 = amounts.values().sum();
+            for (target, weight) in &weights {
+                let exact = total as f64 * *weight as f64 / clusters as f64;
+                let got: u64 = given.values().filter_map(|p| p.get(target)).sum();
+                proptest::prop_assert!((got as f64 - exact).abs() < 1.0, "{target}: {got} vs {exact}");
             }
         }
     }
