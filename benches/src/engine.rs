@@ -2,13 +2,14 @@
 //! rows), cold (every machine idle) and steady (assignments in place, 1% of demand changing
 //! each cycle, fed to the live engine the way the demand API does).
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use ballast_protocol::pb;
 use ballast_shard::cache::{Assignments, Cache};
-use ballast_shard::engine::{Engine, Inputs, Machine, Need, Placement, Resources};
+use ballast_shard::engine::{Engine, Inputs, Machine};
+
+use crate::engine_fleet::{change_demand, fleet};
 
 use crate::stats::{Summary, ms};
 
@@ -32,65 +33,6 @@ pub struct EngineBenchArgs {
     pub out: std::path::PathBuf,
 }
 
-fn resources(n: usize) -> Resources {
-    // Three machine shapes.
-    let size = [2_000u64, 8_000, 32_000][n % 3];
-    Resources {
-        cpu_millis: size,
-        memory_mib: size * 4,
-        gpus: u32::from(n.is_multiple_of(10)),
-    }
-}
-
-fn setup(args: &EngineBenchArgs, demand: f64) -> Inputs {
-    let domains: Vec<String> = (0..args.domains)
-        .map(|d| {
-            format!(
-                "topology.kubernetes.io/zone=az-{}/rack=r{d:05}",
-                ["a", "b", "c"][d % 3]
-            )
-        })
-        .collect();
-    let machines = (0..args.machines)
-        .map(|n| Machine {
-            id: format!("m{n:07}"),
-            domain: domains[n % domains.len()].clone(),
-            resources: resources(n),
-            quota: Some(("aws".into(), "us-east-1".into())),
-            assigned_to: None,
-        })
-        .collect();
-    // Rows ask for 1..=16 machines each; together `demand` times the fleet.
-    let per_row = ((args.machines as f64 * demand) / args.rows as f64).max(1.0);
-    let needs = (0..args.rows)
-        .map(|n| Need {
-            id: format!("c{:05}/r{n}", n / 10),
-            cluster: format!("c{:05}", n / 10),
-            count: ((n % 16) as f64 / 8.0 * per_row).max(1.0) as u32,
-            resources: Resources {
-                cpu_millis: [1_000u64, 4_000, 16_000][n % 3],
-                memory_mib: [4_000u64, 16_000, 64_000][n % 3],
-                gpus: 0,
-            },
-            priority: (n % 5) as i32,
-            placement: match n % 4 {
-                0 => Placement::Az(["az-a", "az-b", "az-c"][n % 3].into()),
-                _ => Placement::Any,
-            },
-        })
-        .collect();
-    Inputs {
-        domains: domains.into_iter().collect::<BTreeSet<_>>(),
-        slices: BTreeMap::from([(
-            ("aws".to_string(), "us-east-1".to_string()),
-            args.machines as u64 + 10_000,
-        )]),
-        machines,
-        needs,
-        in_flight: Vec::new(),
-    }
-}
-
 /// A timed cold start: total to the first persisted decision, and its phases.
 struct Restart {
     total: Duration,
@@ -112,6 +54,7 @@ fn cache_dir() -> std::path::PathBuf {
 /// shard takes on a fleet: machines in batches of 50,000.
 fn populate(dir: &std::path::Path, inputs: &Inputs) -> anyhow::Result<Cache> {
     let cache = Cache::open(dir, "s1")?;
+    let demand = inputs.demand_by_cluster();
     let mut held = Assignments::default();
     held.apply(&pb::AssignmentUpdate {
         revision: 1,
@@ -120,11 +63,7 @@ fn populate(dir: &std::path::Path, inputs: &Inputs) -> anyhow::Result<Cache> {
         domains_added: inputs.domains.iter().cloned().collect(),
         // The clusters whose demand the cache holds are bound here: a restarted shard serves
         // only the demand of its own clusters.
-        clusters_added: inputs
-            .demand_by_cluster()
-            .into_keys()
-            .map(|cluster| cluster.to_string())
-            .collect(),
+        clusters_added: demand.keys().map(|cluster| cluster.to_string()).collect(),
         // And the shard holds its slices: without them its idle machines would be surplus.
         slices: inputs
             .slices
@@ -143,7 +82,7 @@ fn populate(dir: &std::path::Path, inputs: &Inputs) -> anyhow::Result<Cache> {
         let records: Vec<&Machine> = chunk.iter().collect();
         cache.store_machines(&records, &[])?;
     }
-    for (cluster, rows) in inputs.demand_by_cluster() {
+    for (cluster, rows) in demand {
         cache.store_demand(cluster, &rows)?;
     }
     Ok(cache)
@@ -245,7 +184,7 @@ struct Scenario {
 /// Times one shard's engine: built from the ledger, a cold decision, then steady cycles with
 /// 1% of the rows changing each cycle. Returns the figures and the ledger as the cycles left it.
 fn scenario(args: &EngineBenchArgs, demand: f64) -> (Scenario, Inputs) {
-    let mut inputs = setup(args, demand);
+    let mut inputs = fleet(args.machines, args.rows, args.domains, demand);
     let asked: u64 = inputs.needs.iter().map(|n| u64::from(n.count)).sum();
     let name = format!(
         "demand {asked} machines ({:.0}% of the fleet)",
@@ -264,22 +203,7 @@ fn scenario(args: &EngineBenchArgs, demand: f64) -> (Scenario, Inputs) {
     let mut samples: Vec<Duration> = Vec::new();
     let mut totals = [0usize; 4];
     for cycle in 0..args.cycles {
-        // 1% of rows change their count every cycle; each changed cluster sends its full
-        // demand again (full replacement), as clusters do through the demand API.
-        let step = (inputs.needs.len() / 100).max(1);
-        let mut clusters = BTreeSet::new();
-        for row in inputs.needs.iter_mut().skip(cycle % step).step_by(100) {
-            row.count = (row.count + 1) % 17;
-            clusters.insert(row.cluster.clone());
-        }
-        let by_cluster = inputs.demand_by_cluster();
-        let demand: Vec<(String, Vec<Need>)> = clusters
-            .into_iter()
-            .map(|c| {
-                let rows = by_cluster.get(c.as_str()).cloned().unwrap_or_default();
-                (c, rows)
-            })
-            .collect();
+        let demand = change_demand(&mut inputs, cycle);
         let started = Instant::now();
         for (cluster, rows) in demand {
             engine.set_demand(&cluster, rows);

@@ -3,6 +3,7 @@
 
 mod coord;
 mod engine;
+mod engine_fleet;
 mod kv;
 mod memory;
 mod stats;
