@@ -16,6 +16,7 @@ pub fn fleet_status(error: &FleetError) -> Status {
         ErrorKind::FailedPrecondition => Code::FailedPrecondition,
         ErrorKind::ResourceExhausted => Code::ResourceExhausted,
         ErrorKind::PermissionDenied => Code::PermissionDenied,
+        ErrorKind::Unavailable => Code::Unavailable,
     };
     Status::new(code, error.to_string())
 }

@@ -1,12 +1,15 @@
 //! Shard leases as the leader sees them. Renewals stay in the leader's memory (like etcd's
 //! lease refreshes, which never touch its log); the durable registration is in the fleet
-//! state. After a leader change the new leader starts with no renewals and grants every
-//! registered shard a fresh lease on its next heartbeat rather than expiring it early.
+//! state. Renewals belong to the term in which the leader saw them: a replica that leads
+//! again after another replica led has none, and grants every registered shard a full lease
+//! of grace rather than judging it by heartbeats from an earlier term (which would evacuate
+//! shards that kept heartbeating to the other leader).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 
 use ballast_protocol::pb::ShardSummary;
+
+use crate::leadership::TermScoped;
 
 /// The last heartbeat of one shard.
 #[derive(Clone, Debug, Default)]
@@ -19,41 +22,59 @@ pub struct Lease {
     pub summary: Option<ShardSummary>,
 }
 
-/// Leader-local lease table.
+/// Leader-local lease table, valid for one term.
 #[derive(Default)]
 pub struct ShardLeases {
-    leases: Mutex<HashMap<String, Lease>>,
+    leases: TermScoped<HashMap<String, Lease>>,
 }
 
 impl ShardLeases {
-    /// Records a heartbeat and returns the new expiry.
+    /// Records a heartbeat received while leading in `term` and returns the new expiry.
     pub fn renew(
         &self,
+        term: u64,
         shard: &str,
-        now_ms: u64,
-        ttl_ms: u64,
+        (now_ms, ttl_ms): (u64, u64),
         epoch: u64,
         summary: Option<ShardSummary>,
     ) -> u64 {
         let expires_at_ms = now_ms.saturating_add(ttl_ms);
-        let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
-        leases.insert(
-            shard.to_string(),
-            Lease {
-                expires_at_ms,
-                epoch,
-                summary,
-            },
-        );
+        self.leases.with(term, |leases| {
+            leases.insert(
+                shard.to_string(),
+                Lease {
+                    expires_at_ms,
+                    epoch,
+                    summary,
+                },
+            )
+        });
         expires_at_ms
     }
 
-    /// The last heartbeat of `shard` seen by this replica while leading.
-    pub fn get(&self, shard: &str) -> Option<Lease> {
+    /// The last heartbeat of `shard` seen by this replica while leading in `term`.
+    pub fn get(&self, term: u64, shard: &str) -> Option<Lease> {
         self.leases
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(shard)
-            .cloned()
+            .read(term, |leases| leases.and_then(|l| l.get(shard).cloned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renewals_count_only_in_the_term_they_were_seen() {
+        let leases = ShardLeases::default();
+        leases.renew(3, "s1", (1_000, 500), 1, None);
+        assert_eq!(leases.get(3, "s1").map(|l| l.expires_at_ms), Some(1_500));
+        // Another replica led in term 4; this one leads again in term 5.
+        assert!(leases.get(5, "s1").is_none(), "no renewal seen in term 5");
+        leases.renew(5, "s2", (2_000, 500), 1, None);
+        assert!(
+            leases.get(3, "s1").is_none(),
+            "a new term's first renewal drops the old term's"
+        );
+        assert_eq!(leases.get(5, "s2").map(|l| l.expires_at_ms), Some(2_500));
     }
 }

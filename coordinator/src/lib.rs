@@ -11,6 +11,7 @@ pub mod faults;
 pub mod fleet;
 pub mod history;
 pub mod kv;
+pub mod leadership;
 pub mod leases;
 pub mod memory;
 pub mod node;

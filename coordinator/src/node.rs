@@ -31,7 +31,7 @@ use crate::dr::{DrConfig, DrExporter};
 use crate::etcd_log::{self, EtcdBackendConfig, EtcdLog, EtcdLogError};
 use crate::faults::FaultRules;
 use crate::raft::log_store::LogStore;
-use crate::raft::network::{PeerContacts, PeerNetwork};
+use crate::raft::network::{PeerContacts, PeerDialer, PeerNetwork};
 use crate::raft::presence::PresenceWatch;
 use crate::raft::state_machine::SharedState;
 use crate::raft::state_machine::StateMachineStore;
@@ -493,7 +493,7 @@ async fn start_raft(
     let raft = Raft::new(
         config.id,
         raft_config,
-        PeerNetwork::new(cluster_id.clone(), contacts, tls, faults),
+        PeerNetwork::new(cluster_id.clone(), contacts, PeerDialer { tls, faults }),
         log_store,
         state_machine,
     )
@@ -575,7 +575,7 @@ async fn start_raft_duties(
         raft.clone(),
         config.id,
         cluster_id.clone(),
-        replica.client_tls.clone(),
+        replica.dialer(),
         config.heartbeat,
         stopped.clone(),
     ));
@@ -720,15 +720,17 @@ async fn snapshot_timer(raft: Raft, interval: Duration, mut stopped: watch::Rece
 }
 
 /// On the leader: moves domains, bindings and quota slices away from draining shards and from
-/// shards whose lease ran out. A new leader has seen no heartbeats yet, so it gives every
-/// shard one full lease of grace before judging it dead (leases get a fresh TTL after a
-/// leader change instead of expiring early).
+/// shards whose lease ran out. A leader judges only by heartbeats it saw in its current term;
+/// at the start of a term it has seen none, so it gives every shard one full lease of grace
+/// before judging it dead (leases get a fresh TTL after a leader change instead of expiring
+/// early, and a replica that leads again does not trust what it saw in an earlier term).
 async fn rebalance_loop(
     replica: Arc<Replica>,
     interval: Duration,
     mut stopped: watch::Receiver<bool>,
 ) {
-    let mut leader_since: Option<u64> = None;
+    // (term, when this replica was first seen leading in it).
+    let mut leader_since: Option<(u64, u64)> = None;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
@@ -738,15 +740,19 @@ async fn rebalance_loop(
             leader_since = None;
             continue;
         }
+        let term = replica.consensus.term();
         let now = crate::service::convert::now_ms();
-        let since = *leader_since.get_or_insert(now);
+        if leader_since.is_none_or(|(t, _)| t != term) {
+            leader_since = Some((term, now));
+        }
+        let since = leader_since.map_or(now, |(_, since)| since);
         let grace_until =
             since.saturating_add(replica.timing.default_shard_lease.as_millis() as u64);
         let plan = {
             let fleet = replica.state.fleet();
             let unhealthy: BTreeSet<String> = fleet
                 .shards()
-                .filter(|s| match replica.leases.get(&s.id) {
+                .filter(|s| match replica.leases.get(term, &s.id) {
                     Some(lease) => lease.expires_at_ms < now,
                     None => now > grace_until && s.lease_expires_at_ms < now,
                 })
@@ -754,6 +760,7 @@ async fn rebalance_loop(
                 .collect();
             rebalance::plan(&fleet, &unhealthy, rebalance::Limits::default())
         };
+        crate::observe::metrics::rebalance_round();
         if let Some(command) = plan {
             let (domains, clusters, quotas) = rebalance::moves(&command);
             tracing::info!(

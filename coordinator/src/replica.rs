@@ -17,9 +17,9 @@ use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use crate::consensus::{Consensus, View};
-use crate::fleet::Applied;
+use crate::fleet::{Applied, FleetCommand};
 use crate::leases::ShardLeases;
-use crate::raft::network::{PeerContacts, peer_channel};
+use crate::raft::network::{PeerContacts, PeerDialer};
 use crate::raft::state_machine::SharedState;
 use crate::raft::store::Store;
 use crate::raft::types::{NodeId, Raft, RaftRequest, ReplicaNode};
@@ -65,6 +65,8 @@ pub struct Replica {
     pub autopilot: crate::autopilot::AutopilotConfig,
     /// Groups concurrent proposals into shared log entries (Raft backend).
     proposer: Option<crate::raft::proposer::Proposer>,
+    /// Leadership confirmations shared by the requests that need one.
+    confirmations: crate::leadership::Confirmations,
     channels: Mutex<HashMap<String, Channel>>,
     /// Mutual TLS of calls to other replicas (`None`: plain text).
     pub client_tls: Option<Arc<ClientTls>>,
@@ -134,6 +136,7 @@ impl Replica {
             peer_contacts,
             autopilot,
             proposer,
+            confirmations: Default::default(),
             channels: Mutex::new(HashMap::new()),
             client_tls,
             faults,
@@ -159,9 +162,85 @@ impl Replica {
         self.consensus.view(self.id)
     }
 
-    /// The current leader and its node record, if one is known.
+    /// The current leader and its node record, if one is known. A replica that leads but has
+    /// not heard from a majority within the election timeout says it knows no leader
+    /// (check-quorum, see [`crate::leadership`]): it serves nothing as leader until it does.
     pub fn leader(&self) -> Option<(NodeId, ReplicaNode)> {
-        self.consensus.leader()
+        let leader = self.consensus.leader()?;
+        if leader.0 == self.id && !self.heard_from_majority() {
+            return None;
+        }
+        Some(leader)
+    }
+
+    /// Check-quorum: whether a majority of voters (this replica included) answered within the
+    /// election timeout. Always true on the etcd backend, whose leadership is etcd's lease.
+    fn heard_from_majority(&self) -> bool {
+        let Consensus::Raft(raft) = &self.consensus else {
+            return true;
+        };
+        let voters: Vec<NodeId> = raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect();
+        crate::leadership::heard_from_majority(
+            self.id,
+            voters,
+            self.timing.election_timeout_max,
+            |peer| self.peer_contacts.age(peer),
+        )
+    }
+
+    /// Confirms with a majority, in a round that began at or after `asked`, that this replica
+    /// still leads; returns the term it leads in. Concurrent callers share rounds.
+    pub async fn confirm_leadership(&self, asked: std::time::Instant) -> Result<u64, Status> {
+        let term = self.consensus.term();
+        if !self.is_leader() {
+            return Err(Status::unavailable(format!(
+                "replica {} is not the leader (or has not heard from a majority within the \
+                 election timeout); retry",
+                self.id
+            )));
+        }
+        // A round that does not answer within a few election timeouts has failed.
+        let limit = self.timing.election_timeout_max * 4;
+        self.confirmations
+            .confirm(asked, || async move {
+                let round = async {
+                    match &self.consensus {
+                        Consensus::Raft(raft) => {
+                            raft.get_read_log_id().await.map(|_| ()).map_err(|e| {
+                                Status::unavailable(format!("leadership not confirmed: {e}"))
+                            })
+                        }
+                        Consensus::Etcd(log) => log.confirm_leading().await,
+                    }
+                };
+                tokio::time::timeout(limit, round)
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(Status::unavailable(format!(
+                            "leadership not confirmed by a majority within {limit:?}"
+                        )))
+                    })
+            })
+            .await?;
+        // Leadership confirmed in the term read before the round: a later term means another
+        // election happened in between, and the renewal belongs to no term this replica knows.
+        if self.consensus.term() != term {
+            return Err(Status::unavailable(
+                "the term changed during a leadership confirmation; retry",
+            ));
+        }
+        Ok(term)
+    }
+
+    /// Shard lease renewals seen while leading in the current term.
+    pub fn shard_leases(&self) -> (&ShardLeases, u64) {
+        (&self.leases, self.consensus.term())
     }
 
     /// The header every answer carries.
@@ -254,9 +333,17 @@ impl Replica {
         if let Some(channel) = channels.get(address) {
             return Ok(channel.clone());
         }
-        let channel = peer_channel(address, self.client_tls.as_ref()).map_err(Status::internal)?;
+        let channel = self.dialer().channel(address).map_err(Status::internal)?;
         channels.insert(address.to_string(), channel.clone());
         Ok(channel)
+    }
+
+    /// How this replica dials its peers.
+    pub fn dialer(&self) -> PeerDialer {
+        PeerDialer {
+            tls: self.client_tls.clone(),
+            faults: self.faults.clone(),
+        }
     }
 
     /// Builds the forwarded copy of a request: same message, cluster id, forwarded mark.
@@ -276,6 +363,19 @@ impl Replica {
     /// committed and applied.
     pub async fn propose(&self, request: RaftRequest) -> Result<Applied, Status> {
         let started = std::time::Instant::now();
+        // A request with an id carries this leader's clock, which times how long the state
+        // machine remembers ids (the exactly-once window).
+        let request = if request.request_id.is_empty() {
+            request
+        } else {
+            RaftRequest {
+                request_id: String::new(),
+                command: FleetCommand::Timed {
+                    now_ms: crate::service::convert::now_ms(),
+                    request: Box::new(request),
+                },
+            }
+        };
         let outcome = match (&self.consensus, &self.proposer) {
             (Consensus::Raft(_), Some(proposer)) => proposer.propose(request).await,
             (Consensus::Etcd(log), _) => log.propose(request).await,
@@ -323,9 +423,10 @@ impl Replica {
         }
     }
 
-    /// Whether this replica currently leads.
+    /// Whether this replica currently leads, with a majority heard from within the election
+    /// timeout (check-quorum).
     pub fn is_leader(&self) -> bool {
-        self.consensus.is_leader()
+        self.consensus.is_leader() && self.heard_from_majority()
     }
 }
 

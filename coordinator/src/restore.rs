@@ -141,9 +141,9 @@ pub fn force_new_cluster(
         let entry: Entry = crate::raft::wire::decode(&value)
             .map_err(|e| corrupt(format!("a log entry in {}", store.path()), e.to_string()))?;
         if let EntryPayload::Normal(request) = &entry.payload {
-            let id = (!request.request_id.is_empty()).then_some(request.request_id.as_str());
-            // A command that failed when it was first applied fails the same way here.
-            let _ = fleet.apply_request_tracked(id, &request.command);
+            // The state machine's own path (groups, timed requests, request ids); a command
+            // that failed when it was first applied fails the same way here.
+            let _ = fleet.apply_logged(request);
         }
         last = Some(entry.log_id);
         replayed += 1;

@@ -10,8 +10,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use ballast_protocol::pb;
+use ballast_protocol::pb::command::Command as Wire;
 use ballast_testkit::{FAST_FLAGS, TestCluster, wait_for};
-use common::{assign, coord_binary, domains, register};
+use common::{assign, cmd, coord_binary, domains, register};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_through_any_replica_reach_all_three() {
@@ -48,13 +49,39 @@ async fn writes_through_any_replica_reach_all_three() {
     for id in 2..=3u64 {
         assert_eq!(domains(&cluster.client_of(id), true).await, reference);
     }
-    // A linearizable read through a follower sees the latest write.
+    // A linearizable read through a follower sees every write the leader acknowledged before
+    // the read began: each read goes out the moment the write is acknowledged, before the
+    // follower has been told the entry is committed (it learns that with the next append).
     let leader = cluster.leader().await;
     let follower = (1..=3u64).find(|id| *id != leader).expect("a follower");
-    assert_eq!(
-        domains(&cluster.client_of(follower), false).await,
-        reference
-    );
+    let (to_leader, to_follower) = (cluster.client_of(leader), cluster.client_of(follower));
+    for n in 0..40 {
+        let domain = format!("zone=az-b/rack=fresh-{n:02}");
+        to_leader
+            .write(assign(&domain, "s1"))
+            .await
+            .unwrap_or_else(|e| panic!("write through the leader: {e}"));
+        let read = to_follower
+            .fleet(|mut c, req| {
+                let domain = domain.clone();
+                async move {
+                    c.list_domains(req.wrap(pb::ListDomainsRequest {
+                        options: None,
+                        shard: String::new(),
+                        after: String::new(),
+                        limit: 10_000,
+                    }))
+                    .await
+                    .map(|r| r.map(|l| l.domains.iter().any(|d| d.domain == domain)))
+                }
+            })
+            .await
+            .expect("linearizable read through the follower");
+        assert!(
+            read,
+            "read {n} through follower {follower} missed {domain}, acknowledged before it began"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -294,18 +321,35 @@ async fn whole_cluster_sigkill_and_restart_keeps_every_acknowledged_write() {
             "{domain} lost after a full-cluster SIGKILL"
         );
     }
-    // Exactly once: replaying a request id after the restart does not apply it again.
-    let replay = client
-        .write_with_id("replayed-id".into(), assign("zone=az-b/rack=once", "s1"))
+    // Exactly once: replaying a request id after the restart does not apply it again. The
+    // command is one whose second apply would be refused: the cluster has moved on since.
+    client
+        .write(register("s2", "az-b"))
+        .await
+        .expect("register s2");
+    let bind = cmd(Wire::BindCluster(pb::BindCluster {
+        cluster: "c-once".into(),
+        shard: "s1".into(),
+    }));
+    let first = client
+        .write_with_id("replayed-id".into(), bind.clone())
         .await
         .expect("first apply");
-    let again = client
-        .write_with_id("replayed-id".into(), assign("zone=az-b/rack=once", "s1"))
+    assert!(first.changed, "a brand-new binding changes the state");
+    client
+        .write(cmd(Wire::MoveCluster(pb::MoveCluster {
+            cluster: "c-once".into(),
+            shard: "s2".into(),
+        })))
         .await
-        .expect("replay");
+        .expect("moving the cluster");
+    let replay = client
+        .write_with_id("replayed-id".into(), bind)
+        .await
+        .unwrap_or_else(|e| panic!("a replay must answer the first outcome, not apply again: {e}"));
     assert_eq!(
-        replay.header.map(|h| h.revision),
-        again.header.map(|h| h.revision),
+        (replay.changed, replay.header.map(|h| h.revision)),
+        (true, first.header.map(|h| h.revision)),
         "a replayed request id must return the first outcome"
     );
 }

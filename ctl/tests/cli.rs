@@ -507,12 +507,16 @@ async fn kv_and_lease_commands() {
     wait_for_leader(e).await;
 
     ok_json(e, &["kv", "put", "cfg/a", "1", "--json"]);
-    ok_json(e, &["kv", "put", "cfg/b", "2", "--json"]);
+    let last = ok_json(e, &["kv", "put", "cfg/b", "2", "--json"])["revision"]
+        .as_i64()
+        .expect("revision of the put");
     let got = ok_json(e, &["kv", "get", "cfg/", "--prefix", "--json"]);
     assert_eq!(got["count"], 2);
     assert_eq!(got["kvs"][1]["value"], "2");
 
-    // A watch sees the next change.
+    // A watch sees the next change. It starts right after the last revision, so the change is
+    // delivered however long the watch takes to be established.
+    let from = (last + 1).to_string();
     let watcher = std::process::Command::new(env!("CARGO_BIN_EXE_ballastctl"))
         .args([
             "--endpoints",
@@ -521,6 +525,8 @@ async fn kv_and_lease_commands() {
             "watch",
             "cfg/",
             "--prefix",
+            "--rev",
+            &from,
             "--count",
             "1",
             "--json",
@@ -528,9 +534,13 @@ async fn kv_and_lease_commands() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("watch");
-    tokio::time::sleep(Duration::from_millis(500)).await;
     ok_json(e, &["kv", "put", "cfg/c", "3", "--json"]);
-    let out = watcher.wait_with_output().expect("watch output");
+    let (done, outcome) = std::sync::mpsc::channel();
+    std::thread::spawn(move || done.send(watcher.wait_with_output()));
+    let out = outcome
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the watch did not report the change within 30 s")
+        .expect("watch output");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("PUT cfg/c 3"), "{text}");
 

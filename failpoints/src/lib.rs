@@ -10,9 +10,17 @@
 //! Error points make an operation fail instead: `fsync-error` (every journal fsync fails),
 //! `fsync-error@N` (the N-th fsync and every later one fail), so a process can start before
 //! its disk "breaks".
+//!
+//! Hold points stop one task instead of the process: the first time a task reaches an armed
+//! hold point it creates `<name>.held` in `BALLAST_FAILPOINT_DIR` and waits until the test
+//! creates `<name>.release` there. A test uses them to pin a task inside a narrow window (the
+//! etcd backend's appender between registering its waiters and sending its transaction:
+//! `etcd-append-hold`) and then pause, partition or kill around it.
 
-use std::sync::OnceLock;
+use std::collections::HashSet;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 
 fn armed() -> &'static [String] {
     static ARMED: OnceLock<Vec<String>> = OnceLock::new();
@@ -50,4 +58,43 @@ pub fn hit(name: &str) {
         eprintln!("failpoint {name}: aborting the process");
         std::process::abort();
     }
+}
+
+/// Holds the calling task at hold point `name`, the first time it is reached, until the test
+/// releases it (see the crate docs). Returns at once when `name` is not armed, when it already
+/// held once, or when `BALLAST_FAILPOINT_DIR` is unset.
+pub async fn hold(name: &str) {
+    static HELD: Mutex<Option<HashSet<String>>> = Mutex::new(None);
+    if !armed().iter().any(|a| a == name) {
+        return;
+    }
+    let Some(dir) = std::env::var_os("BALLAST_FAILPOINT_DIR").map(PathBuf::from) else {
+        eprintln!("failpoint {name}: BALLAST_FAILPOINT_DIR is unset; not holding");
+        return;
+    };
+    {
+        let mut held = HELD.lock().unwrap_or_else(|p| p.into_inner());
+        if !held
+            .get_or_insert_with(HashSet::new)
+            .insert(name.to_string())
+        {
+            return;
+        }
+    }
+    let release = dir.join(format!("{name}.release"));
+    if let Err(e) = std::fs::write(dir.join(format!("{name}.held")), b"") {
+        eprintln!(
+            "failpoint {name}: cannot mark the hold in {}: {e}",
+            dir.display()
+        );
+        return;
+    }
+    eprintln!(
+        "failpoint {name}: holding until {} exists",
+        release.display()
+    );
+    while !release.exists() {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    eprintln!("failpoint {name}: released");
 }

@@ -9,12 +9,14 @@
 //! lease heartbeats ([`worker`]), the status API and the `ballast-shard` binary ([`config`]),
 //! the pure provisioning engine ([`engine`]) run every cycle over a durable machine ledger
 //! ([`provisioning`]), the fenced, idempotent provider trait with a simulated provider
-//! ([`provider`]), and the cluster demand API ([`demand`], served by [`worker`]).
+//! ([`provider`]), the cluster demand API ([`demand`], served by [`worker`]), and the rule that
+//! holds decisions after a gap in contact until the watch has caught up ([`freshness`]).
 
 pub mod cache;
 pub mod config;
 pub mod demand;
 pub mod engine;
+pub mod freshness;
 pub mod observe;
 pub mod provider;
 pub mod provisioning;

@@ -92,6 +92,11 @@ fn refresh(worker: &Worker) {
         .set(startup.engine_load.as_secs_f64());
 }
 
+/// Whether decisions are held until the assignments catch up (`ballast_shard_holding`).
+pub fn holding(held: bool) {
+    gauge!("ballast_shard_holding").set(if held { 1.0 } else { 0.0 });
+}
+
 /// Records one engine cycle's duration.
 pub fn cycle_done(elapsed: std::time::Duration) {
     histogram!("ballast_shard_cycle_duration_seconds").record(elapsed.as_secs_f64());

@@ -78,6 +78,9 @@ pub async fn engine_loop(worker: Arc<Worker>, mut stopped: watch::Receiver<bool>
             _ = tokio::time::sleep(worker.cycle()) => {}
             _ = stopped.wait_for(|s| *s) => return,
         }
+        if let crate::freshness::Verdict::Hold(_) = worker.may_act() {
+            continue;
+        }
         if let Err(e) = carry_out(&worker) {
             tracing::error!(error = %e, "cannot persist a decision; the engine stops");
             return;

@@ -20,6 +20,7 @@ use tonic::{Request, Response, Status};
 use crate::cache::{Assignments, Cache, CacheError};
 use crate::demand::{self, DemandError};
 use crate::engine::{MachineCounts, Shortfall};
+use crate::freshness::{Freshness, Verdict};
 use crate::provider::{SimulatedConfig, SimulatedProvider};
 use crate::provisioning::{Backoff, ShardState};
 use crate::security::Security;
@@ -87,6 +88,10 @@ pub struct Worker {
     assignments: RwLock<Assignments>,
     reachable: AtomicBool,
     last_contact: Mutex<Option<Instant>>,
+    /// Whether the assignments are fresh enough to act on (see [`crate::freshness`]).
+    freshness: Mutex<Freshness>,
+    /// Wakes the watch loop out of its back-off when contact comes back.
+    wake_watch: tokio::sync::Notify,
     client: BallastClient,
     state: Mutex<ShardState>,
     shortfalls: Mutex<Vec<Shortfall>>,
@@ -231,6 +236,27 @@ impl Worker {
         *self.last_contact.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
     }
 
+    /// Whether to decide and act this cycle (see [`crate::freshness`]).
+    pub fn may_act(&self) -> Verdict {
+        let held = self
+            .assignments
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .revision;
+        let mut freshness = self.freshness.lock().unwrap_or_else(|p| p.into_inner());
+        let was_holding = freshness.holding();
+        let verdict = freshness.verdict(Instant::now(), held);
+        match &verdict {
+            Verdict::Hold(reason) if !was_holding => {
+                tracing::info!(%reason, "holding decisions until the assignments are current")
+            }
+            Verdict::Act if was_holding => tracing::info!("assignments current; acting again"),
+            _ => {}
+        }
+        crate::observe::holding(matches!(verdict, Verdict::Hold(_)));
+        verdict
+    }
+
     /// Applies an update if it is newer than what is held, making it durable first.
     fn apply(&self, update: &pb::AssignmentUpdate) -> Result<bool, CacheError> {
         let mut held = self.assignments.write().unwrap_or_else(|p| p.into_inner());
@@ -366,6 +392,7 @@ pub async fn start(config: WorkerConfig) -> Result<RunningWorker, WorkerError> {
         "shard worker starting from its cache"
     );
     let provider = SimulatedProvider::new(config.provider.clone());
+    let freshness = Freshness::new(config.lease_ttl, HOLD_LIMIT);
     let worker = Arc::new(Worker {
         config,
         address,
@@ -374,6 +401,8 @@ pub async fn start(config: WorkerConfig) -> Result<RunningWorker, WorkerError> {
         assignments: RwLock::new(assignments),
         reachable: AtomicBool::new(false),
         last_contact: Mutex::new(None),
+        freshness: Mutex::new(freshness),
+        wake_watch: tokio::sync::Notify::new(),
         client,
         provider,
         state: Mutex::new(state),
@@ -423,6 +452,10 @@ pub async fn start(config: WorkerConfig) -> Result<RunningWorker, WorkerError> {
         server,
     })
 }
+
+/// Longest a shard holds its decisions after a gap in contact waiting for its watch to catch
+/// up: then it acts on its cache (static stability).
+const HOLD_LIMIT: Duration = Duration::from_secs(2);
 
 /// Follows the shard's assignments from its cached revision, reconnecting (to any replica)
 /// whenever the stream breaks.
@@ -475,6 +508,7 @@ async fn watch_loop(worker: Arc<Worker>, mut stopped: watch::Receiver<bool>) {
         }
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
+            _ = worker.wake_watch.notified() => {}
             _ = stopped.wait_for(|s| *s) => return,
         }
         backoff = (backoff * 2).min(Duration::from_secs(2));
@@ -505,12 +539,27 @@ async fn heartbeat_loop(worker: Arc<Worker>, mut stopped: watch::Receiver<bool>)
             })
             .await;
         let next = match answer {
-            Ok(_) => {
+            Ok(answer) => {
                 worker.touch();
                 worker.remember_cluster();
+                let revision = answer.header.map_or(0, |h| h.revision);
+                let returning = worker
+                    .freshness
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .heartbeat_answered(Instant::now(), revision);
+                if returning {
+                    // Back in contact: resume the watch now rather than after its back-off.
+                    worker.wake_watch.notify_one();
+                }
                 started + worker.config.heartbeat
             }
             Err(e) => {
+                worker
+                    .freshness
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .heartbeat_failed();
                 worker.reachable.store(false, Ordering::Relaxed);
                 tracing::debug!(error = %e, "heartbeat failed");
                 started + worker.config.heartbeat / 3

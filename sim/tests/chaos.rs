@@ -40,7 +40,15 @@ fn twenty_fault_schedules_without_a_violation() {
     assert_eq!(report["violations"], 0, "{text}");
     let faults = report["faults_injected"].as_u64().unwrap_or(0);
     assert!(faults >= 40, "only {faults} faults injected: {text}");
-    for kind in ["kill", "pause", "isolate", "loss", "delay"] {
+    for kind in [
+        "kill",
+        "pause",
+        "long-pause",
+        "isolate",
+        "reset",
+        "loss",
+        "delay",
+    ] {
         assert!(
             report["faults_by_kind"][kind].as_u64().unwrap_or(0) > 0,
             "no {kind} fault: {text}"
@@ -55,8 +63,9 @@ fn twenty_fault_schedules_without_a_violation() {
     for run in report["runs"].as_array().expect("runs") {
         assert!(run["definite"].as_u64().unwrap_or(0) > 0, "{run}");
     }
-    // The exactly-once check had writes to look at.
+    // The exactly-once check had writes to look at, the mutual-exclusion check holdings.
     assert!(report["bindings"].as_u64().unwrap_or(0) >= 20, "{text}");
+    assert!(report["lock_holdings"].as_u64().unwrap_or(0) >= 5, "{text}");
 }
 
 #[test]

@@ -150,10 +150,17 @@ async fn force_new_cluster_recovers_from_quorum_loss() {
     let s1 = cluster.spawn_shard(program(), &["shard"], "s1", "az-a", &["--lease-ms", "3000"]);
     let client = cluster.client();
     cluster.wait_for_shards(1).await;
-    let mut last = 0;
-    for rack in 0..20 {
-        last = assign_domain(&client, &format!("zone=az-a/rack=r{rack}"), "s1", false).await;
-    }
+    // Sent together, so the leader groups them into shared log entries: the replay must unpack
+    // groups and timed requests as the replicas do.
+    let writes = (0..20).map(|rack| {
+        let client = &client;
+        async move { assign_domain(client, &format!("zone=az-a/rack=r{rack}"), "s1", false).await }
+    });
+    let last = futures::future::join_all(writes)
+        .await
+        .into_iter()
+        .max()
+        .unwrap_or(0);
     s1.wait_until("its 20 domains", |st| st.revision >= last)
         .await;
     // Replica 1 has every acknowledged write (it may lead or follow); then quorum is lost.

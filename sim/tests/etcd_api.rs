@@ -67,6 +67,16 @@ impl Etcdctl {
     }
 
     /// Starts `etcdctl watch` and returns it with a channel of its output lines.
+    /// The cluster's current revision, read linearizably.
+    fn revision(&self) -> i64 {
+        let answer: serde_json::Value =
+            serde_json::from_str(&self.ok(&["get", "revision-probe", "-w", "json"]))
+                .expect("etcdctl get -w json");
+        answer["header"]["revision"]
+            .as_i64()
+            .expect("a revision in the header")
+    }
+
     fn watch(&self, args: &[&str]) -> (Child, mpsc::Receiver<String>) {
         let mut child = self
             .command(&[&["watch"], args].concat())
@@ -147,9 +157,10 @@ async fn etcdctl_works_against_ballast() {
     assert_eq!(ctl.with_stdin(&["txn"], txn), "SUCCESS\n\nOK\n");
     assert_eq!(ctl.with_stdin(&["txn"], txn), "FAILURE\n\napp/a\n10\n");
 
-    // Watch from now, then from an old revision.
-    let (mut watcher, lines) = ctl.watch(&["--prefix", "w/"]);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Watch from now (from the next revision, so nothing is missed while the watch is being
+    // established), then from an old revision.
+    let from = format!("--rev={}", ctl.revision() + 1);
+    let (mut watcher, lines) = ctl.watch(&["--prefix", "w/", &from]);
     ctl.ok(&["put", "w/1", "one"]);
     ctl.ok(&["del", "w/1"]);
     let seen = events(&lines, 2);
@@ -232,8 +243,8 @@ async fn leases_expire_on_every_replica_and_watches_survive_a_leader_kill() {
     }
 
     // A watch on every endpoint keeps every event, once, in order, across a leader SIGKILL.
-    let (mut watcher, lines) = ctl.watch(&["--prefix", "k/"]);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let from = format!("--rev={}", ctl.revision() + 1);
+    let (mut watcher, lines) = ctl.watch(&["--prefix", "k/", &from]);
     for n in 0..10 {
         ctl.ok(&["put", &format!("k/{n:02}"), &n.to_string()]);
     }

@@ -370,6 +370,47 @@ async fn drained_and_dead_shards_hand_their_domains_over() {
     .await;
 }
 
+/// A shard frozen (SIGSTOP) for longer than its lease loses its domain to a live shard. When
+/// it thaws it must not decide on its cached assignments: it holds until a heartbeat tells it
+/// the coordinator's revision and its watch has brought it there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thawed_shard_catches_up_before_it_acts_again() {
+    let cluster = cluster().await;
+    let frozen = shard(&cluster, "f1", "az-a");
+    let live = shard(&cluster, "f2", "az-a");
+    let client = cluster.client();
+    cluster.wait_for_shards(2).await;
+    assign(&client, "zone=az-a/rack=r0", "f1", false).await;
+    frozen
+        .wait_until("its domain", |st| holds(st, "zone=az-a/rack=r0"))
+        .await;
+
+    frozen.pause();
+    live.wait_until("the frozen shard's domain", |st| {
+        holds(st, "zone=az-a/rack=r0")
+    })
+    .await;
+    frozen.resume();
+    frozen
+        .wait_until("giving the lost domain up", |st| {
+            !holds(st, "zone=az-a/rack=r0")
+        })
+        .await;
+    let log = ballast_testkit::wait_for(
+        "the thawed shard to act again",
+        std::time::Duration::from_secs(20),
+        || async { Some(frozen.log()).filter(|l| l.contains("acting again")) },
+    )
+    .await;
+    let held = log
+        .find("holding decisions until the assignments are current")
+        .unwrap_or_else(|| panic!("the thawed shard never held its decisions:\n{log}"));
+    assert!(
+        log[held..].contains("assignments current; acting again"),
+        "the thawed shard acted before it held:\n{log}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_provider_is_retried_within_the_slice() {
     let cluster = cluster().await;

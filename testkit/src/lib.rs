@@ -810,6 +810,30 @@ impl ShardProcess {
         }
     }
 
+    /// Stops the shard with SIGSTOP (a frozen process or VM) until [`ShardProcess::resume`].
+    pub fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// Continues a paused shard (SIGCONT).
+    pub fn resume(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&self, signal: i32) {
+        if let Some(child) = &self.child {
+            // SAFETY: kill(2) on a child process we own; no memory is shared.
+            unsafe {
+                libc::kill(child.id() as i32, signal);
+            }
+        }
+    }
+
+    /// The shard's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     /// Starts the shard again with the same flags (it resumes from its cache).
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "shard {} is still running", self.id);

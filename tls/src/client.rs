@@ -80,8 +80,21 @@ impl ClientTls {
     /// Connects to `host:port` and finishes a handshake, verifying the server's certificate
     /// against the CA and `host`.
     pub async fn connect(&self, host: &str, port: u16) -> std::io::Result<TlsStream<TcpStream>> {
+        self.connect_observed(host, port, None).await
+    }
+
+    /// [`ClientTls::connect`], showing the TCP connection to `observer` first.
+    async fn connect_observed(
+        &self,
+        host: &str,
+        port: u16,
+        observer: Option<&ConnectObserver>,
+    ) -> std::io::Result<TlsStream<TcpStream>> {
         let tcp = TcpStream::connect((host, port)).await?;
         tcp.set_nodelay(true)?;
+        if let Some(observe) = observer {
+            observe(&tcp)?;
+        }
         let name = ServerName::try_from(host.trim_start_matches('[').trim_end_matches(']'))
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?
             .to_owned();
@@ -90,11 +103,20 @@ impl ClientTls {
 
     /// A lazily connected channel to `endpoint` over TLS.
     pub fn channel(self: &Arc<Self>, endpoint: Endpoint) -> Channel {
+        self.observed_channel(endpoint, None)
+    }
+
+    fn observed_channel(
+        self: &Arc<Self>,
+        endpoint: Endpoint,
+        observer: Option<ConnectObserver>,
+    ) -> Channel {
         let targets = vec![endpoint.uri().clone()];
         endpoint.connect_with_connector_lazy(Connector {
             tls: self.clone(),
             targets: Arc::new(targets),
             next: Arc::new(AtomicUsize::new(0)),
+            observer,
         })
     }
 
@@ -108,6 +130,7 @@ impl ClientTls {
             tls: self.clone(),
             targets: Arc::new(targets),
             next: Arc::new(AtomicUsize::new(0)),
+            observer: None,
         }))
     }
 }
@@ -137,6 +160,7 @@ struct Connector {
     tls: Arc<ClientTls>,
     targets: Arc<Vec<Uri>>,
     next: Arc<AtomicUsize>,
+    observer: Option<ConnectObserver>,
 }
 
 type ConnectFuture =
@@ -162,7 +186,11 @@ impl tower::Service<Uri> for Connector {
                 let uri = &this.targets[index];
                 let host = uri.host().unwrap_or("localhost");
                 let port = uri.port_u16().unwrap_or(80);
-                match this.tls.connect(host, port).await {
+                match this
+                    .tls
+                    .connect_observed(host, port, this.observer.as_ref())
+                    .await
+                {
                     Ok(stream) => {
                         this.next.store(index, Ordering::Relaxed);
                         return Ok(TokioIo::new(stream));
@@ -184,4 +212,32 @@ pub fn lazy_channel(endpoint: Endpoint, tls: Option<&Arc<ClientTls>>) -> Channel
         Some(tls) => tls.channel(endpoint),
         None => endpoint.connect_lazy(),
     }
+}
+
+/// Sees every TCP connection a channel opens, before anything is sent on it (test-only fault
+/// injection keeps a handle to cut the connection later).
+/// An error fails the connection attempt.
+pub type ConnectObserver = Arc<dyn Fn(&TcpStream) -> std::io::Result<()> + Send + Sync>;
+
+/// [`lazy_channel`] whose every new TCP connection is shown to `observer` first.
+pub fn observed_channel(
+    endpoint: Endpoint,
+    tls: Option<&Arc<ClientTls>>,
+    observer: ConnectObserver,
+) -> Channel {
+    if let Some(tls) = tls {
+        return tls.observed_channel(endpoint, Some(observer));
+    }
+    let uri = endpoint.uri().clone();
+    endpoint.connect_with_connector_lazy(tower::service_fn(move |_: Uri| {
+        let observer = observer.clone();
+        let host = uri.host().unwrap_or("localhost").to_string();
+        let port = uri.port_u16().unwrap_or(80);
+        async move {
+            let tcp = TcpStream::connect((host.as_str(), port)).await?;
+            tcp.set_nodelay(true)?;
+            observer(&tcp)?;
+            Ok::<_, std::io::Error>(TokioIo::new(tcp))
+        }
+    }))
 }

@@ -173,7 +173,26 @@ struct Proposal {
     done: oneshot::Sender<Result<Applied, Status>>,
 }
 
-type Waiters = HashMap<u64, oneshot::Sender<Result<Applied, Status>>>;
+/// A write appended at a log index and waiting to be applied there: answered with its
+/// outcome only if the entry applied at that index is this very write — appended by this
+/// replica, in this term, with this request. A leader that paused past its session may find
+/// another leader's entry at the index it reserved; its own write was then never stored.
+struct Waiter {
+    term: u64,
+    request: RaftRequest,
+    done: oneshot::Sender<Result<Applied, Status>>,
+}
+
+impl Waiter {
+    /// Whether the entry `(log_id, request)` is this waiter's own write.
+    fn owns(&self, me: NodeId, log_id: &LogId, request: &RaftRequest) -> bool {
+        log_id.leader_id.term == self.term
+            && log_id.leader_id.node_id == me
+            && *request == self.request
+    }
+}
+
+type Waiters = HashMap<u64, Waiter>;
 
 /// A replica's handle on the log in etcd.
 pub struct EtcdLog {
@@ -351,6 +370,36 @@ impl EtcdLog {
         answer
             .await
             .map_err(|_| Status::unavailable("the replica is shutting down"))?
+    }
+
+    /// Confirms with etcd (a linearizable read of the leader key) that this replica still
+    /// holds the leadership it serves under.
+    pub async fn confirm_leading(&self) -> Result<(), Status> {
+        let Some(term) = *self.leading.borrow() else {
+            return Err(Status::unavailable(format!(
+                "replica {} does not lead the etcd-backed group; retry",
+                self.id
+            )));
+        };
+        let answer = self
+            .client
+            .clone()
+            .get(self.keys.leader(), None)
+            .await
+            .map_err(|e| Status::unavailable(format!("could not read the leader key: {e}")))?;
+        let holder = answer.kvs().first().and_then(|kv| {
+            serde_json::from_slice::<ReplicaRecord>(kv.value())
+                .ok()
+                .map(|r| (kv.create_revision() as u64, r.id))
+        });
+        if holder == Some((term, self.id)) {
+            Ok(())
+        } else {
+            Err(Status::unavailable(format!(
+                "replica {} no longer leads the etcd-backed group (term {term}); retry",
+                self.id
+            )))
+        }
     }
 
     /// Makes a following read linearizable: learns the last index etcd holds (a linearizable
@@ -550,12 +599,42 @@ impl EtcdLog {
         if steps.is_empty() {
             return;
         }
-        let indexes: Vec<u64> = steps.iter().map(|(id, _)| id.index).collect();
+        // Whose write each entry is, decided before applying consumes the steps.
+        let claimed: Vec<(u64, Option<Waiter>)> = {
+            let mut waiters = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+            steps
+                .iter()
+                .map(|(log_id, step)| {
+                    let waiter = waiters.remove(&log_id.index);
+                    let owned = match (&waiter, step) {
+                        (Some(w), Step::Request(request)) => w.owns(self.id, log_id, request),
+                        _ => false,
+                    };
+                    match waiter {
+                        Some(w) if !owned => {
+                            let _ = w.done.send(Err(Status::unavailable(format!(
+                                "log index {} holds an entry of leader {} (term {}), not this \
+                                 write: replica {} lost its leadership (term {}) before storing \
+                                 it; retry (with the same request id, it applies once)",
+                                log_id.index,
+                                log_id.leader_id.node_id,
+                                log_id.leader_id.term,
+                                self.id,
+                                w.term
+                            ))));
+                            (log_id.index, None)
+                        }
+                        waiter => (log_id.index, waiter),
+                    }
+                })
+                .collect()
+        };
         let outcomes = self.shared.apply_entries(steps);
-        let mut waiters = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
-        for (index, outcome) in indexes.into_iter().zip(outcomes) {
-            if let Some(done) = waiters.remove(&index) {
-                let _ = done.send(outcome.outcome.map_err(|e: FleetError| fleet_status(&e)));
+        for ((_, waiter), outcome) in claimed.into_iter().zip(outcomes) {
+            if let Some(waiter) = waiter {
+                let _ = waiter
+                    .done
+                    .send(outcome.outcome.map_err(|e: FleetError| fleet_status(&e)));
             }
         }
     }

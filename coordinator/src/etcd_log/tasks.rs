@@ -15,7 +15,7 @@ use tonic::Status;
 
 use super::{
     EtcdLog, EtcdLogError, Leadership, LogRecord, MAX_BATCH, MAX_REQUEST_BYTES, Proposal,
-    ReplicaRecord, SnapshotRecord,
+    ReplicaRecord, SnapshotRecord, Waiter,
 };
 use crate::raft::types::{NodeId, ReplicaNode};
 
@@ -430,7 +430,12 @@ impl EtcdLog {
             let record = LogRecord {
                 term,
                 leader: self.id,
-                request: proposal.request.clone(),
+                request: proposal.request,
+            };
+            let proposal = Waiter {
+                term,
+                request: record.request.clone(),
+                done: proposal.done,
             };
             match crate::raft::wire::encode(&record) {
                 Ok(encoded) if bytes + encoded.len() <= MAX_REQUEST_BYTES || puts.is_empty() => {
@@ -455,10 +460,14 @@ impl EtcdLog {
         let count = accepted.len() as u64;
         {
             let mut waiters = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
-            for (n, proposal) in accepted.into_iter().enumerate() {
-                waiters.insert(start + n as u64, proposal.done);
+            for (n, waiter) in accepted.into_iter().enumerate() {
+                waiters.insert(start + n as u64, waiter);
             }
         }
+        // Test-only: pins the appender between registering its waiters and sending the
+        // transaction, the window in which a pause past the session TTL lets another leader
+        // append at these indexes.
+        ballast_failpoints::hold("etcd-append-hold").await;
         let txn = Txn::new()
             .when([
                 Compare::create_revision(self.keys.leader(), CompareOp::Equal, term as i64),
@@ -487,8 +496,8 @@ impl EtcdLog {
         };
         let mut waiters = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
         for index in start..start + count {
-            if let Some(done) = waiters.remove(&index) {
-                let _ = done.send(Err(failure.clone()));
+            if let Some(waiter) = waiters.remove(&index) {
+                let _ = waiter.done.send(Err(failure.clone()));
             }
         }
         None

@@ -148,4 +148,14 @@ pub enum FleetCommand {
     /// An entry that changes nothing, appended by the leader so a pending membership change
     /// commits (see `raft::membership`). Never accepted from clients.
     Nudge,
+    /// A client request with the proposing leader's clock: moves the state's clock (which
+    /// times the exactly-once window of request ids) to `now_ms`, then applies the request and
+    /// answers its outcome. Every request with an id is proposed so. Never accepted from
+    /// clients.
+    Timed {
+        /// Leader's clock when proposed, in ms since the Unix epoch.
+        now_ms: u64,
+        /// The request.
+        request: Box<crate::raft::types::RaftRequest>,
+    },
 }

@@ -18,6 +18,8 @@ pub enum ErrorKind {
     ResourceExhausted,
     /// The caller may not do this (a missing, wrong, used or expired join token).
     PermissionDenied,
+    /// Not now: retry later.
+    Unavailable,
 }
 
 /// A refused command. Refusals are deterministic and part of the replicated outcome (they are
@@ -120,6 +122,17 @@ pub enum FleetError {
     /// A KV command was refused.
     #[error(transparent)]
     Kv(#[from] crate::kv::KvError),
+    /// Too many request ids are inside the exactly-once window to remember another.
+    #[error(
+        "{ids} request ids were used in the last {window_secs} s, the most remembered for \
+         exactly-once retries; not applied, retry later"
+    )]
+    DedupFull {
+        /// Ids remembered.
+        ids: usize,
+        /// The window.
+        window_secs: u64,
+    },
 }
 
 impl FleetError {
@@ -144,6 +157,7 @@ impl FleetError {
             // The KV services map these to etcd's codes themselves.
             FleetError::Kv(_) => ErrorKind::InvalidArgument,
             FleetError::JoinToken(_) => ErrorKind::PermissionDenied,
+            FleetError::DedupFull { .. } => ErrorKind::Unavailable,
         }
     }
 

@@ -12,8 +12,8 @@ pub use command::FleetCommand;
 pub use error::{ErrorKind, FleetError};
 pub use names::Name;
 pub use state::{
-    Applied, Change, DEDUP_CAPACITY, FleetCounts, FleetState, ProviderRecord, QuotaRecord,
-    Revision, SNAPSHOT_MAGIC, ShardRecord, ShardStatus,
+    Applied, Change, DEDUP_CAPACITY, DEDUP_WINDOW_MS, FleetCounts, FleetState, ProviderRecord,
+    QuotaRecord, Revision, SNAPSHOT_MAGIC, ShardRecord, ShardStatus,
 };
 
 #[cfg(test)]

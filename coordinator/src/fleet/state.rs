@@ -13,8 +13,16 @@ use super::names::{Interner, Name};
 /// Global revision: bumped once per successful change (a batch is one change).
 pub type Revision = u64;
 
-/// Number of request ids remembered for exactly-once retries.
-pub const DEDUP_CAPACITY: usize = 100_000;
+/// How long a request id is remembered for exactly-once retries, by the leaders' clocks: a
+/// retry within this time of the first attempt is answered with the first outcome. Four times
+/// the client library's retry budget (15 s).
+pub const DEDUP_WINDOW_MS: u64 = 60_000;
+
+/// Most request ids remembered at once (a memory bound: ~8,300 identified writes per second
+/// sustained for the whole window). When this many ids fall inside the window, new identified
+/// writes are refused with a retryable error instead of forgetting an id early, which could
+/// let its retry apply twice.
+pub const DEDUP_CAPACITY: usize = 500_000;
 
 /// Most capacity types one provider may list.
 const MAX_CAPACITY_TYPES: usize = 64;
@@ -147,6 +155,20 @@ struct Dedup {
     first_seq: u64,
     #[serde(skip)]
     index: HashMap<Name, u64>,
+    /// When each entry was remembered. Written after the state in snapshots (see
+    /// [`FleetState::encode`]), so the layout above stays the one older snapshots have.
+    #[serde(skip)]
+    clock: DedupClock,
+}
+
+/// The leaders' clock as the log tells it, and when each remembered id was remembered by it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+struct DedupClock {
+    /// Latest leader clock (ms since the Unix epoch) carried by an applied entry; 0 until one.
+    now_ms: u64,
+    /// Per entry of `Dedup::entries`, in order; 0 for entries remembered before any clock was
+    /// known (read from an older snapshot): they count from the first clock seen.
+    times: VecDeque<u64>,
 }
 
 impl Dedup {
@@ -157,17 +179,46 @@ impl Dedup {
             .map(|(_, outcome)| outcome.clone().into())
     }
 
-    fn remember(&mut self, id: &str, outcome: Result<Applied, FleetError>) {
-        let seq = self.first_seq + self.entries.len() as u64;
-        let id: Name = Arc::from(id);
-        self.entries.push_back((id.clone(), outcome.into()));
-        self.index.insert(id, seq);
-        while self.entries.len() > DEDUP_CAPACITY {
+    /// Moves the clock forward to a leader's `now_ms` (never back: leaders' clocks differ).
+    fn advance(&mut self, now_ms: u64) {
+        if now_ms <= self.clock.now_ms {
+            return;
+        }
+        if self.clock.now_ms == 0 {
+            for time in self.clock.times.iter_mut().filter(|t| **t == 0) {
+                *time = now_ms;
+            }
+        }
+        self.clock.now_ms = now_ms;
+        self.expire();
+    }
+
+    /// Forgets ids remembered longer than the window ago.
+    fn expire(&mut self) {
+        let now = self.clock.now_ms;
+        while let Some(&time) = self.clock.times.front() {
+            if time == 0 || now.saturating_sub(time) <= DEDUP_WINDOW_MS {
+                break;
+            }
+            self.clock.times.pop_front();
             if let Some((old, _)) = self.entries.pop_front() {
                 self.index.remove(&old);
             }
             self.first_seq += 1;
         }
+    }
+
+    /// Whether a new id can be remembered without forgetting one still inside the window.
+    fn has_room(&self) -> bool {
+        self.entries.len() < DEDUP_CAPACITY
+    }
+
+    fn remember(&mut self, id: &str, outcome: Result<Applied, FleetError>) {
+        let seq = self.first_seq + self.entries.len() as u64;
+        let id: Name = Arc::from(id);
+        self.entries.push_back((id.clone(), outcome.into()));
+        self.clock.times.push_back(self.clock.now_ms);
+        self.index.insert(id, seq);
     }
 
     fn rebuild(&mut self) {
@@ -177,6 +228,9 @@ impl Dedup {
             .enumerate()
             .map(|(i, (id, _))| (id.clone(), self.first_seq + i as u64))
             .collect();
+        if self.clock.times.len() != self.entries.len() {
+            self.clock.times = self.entries.iter().map(|_| 0).collect();
+        }
     }
 }
 
@@ -268,8 +322,12 @@ enum Undo {
     Provider(String, Option<ProviderRecord>),
 }
 
-/// First bytes of a binary snapshot (JSON snapshots of earlier versions start with `{`).
-pub const SNAPSHOT_MAGIC: &[u8] = b"BLSTSNP1";
+/// First bytes of a binary snapshot (JSON snapshots of earlier versions start with `{`):
+/// the state, then the request ids' clock.
+pub const SNAPSHOT_MAGIC: &[u8] = b"BLSTSNP2";
+
+/// First bytes of the binary snapshots before request ids were timed: the state alone.
+const SNAPSHOT_MAGIC_V1: &[u8] = b"BLSTSNP1";
 
 /// The replicated fleet state.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
@@ -378,11 +436,17 @@ fn check_syntax(cmd: &FleetCommand, nested: bool) -> Result<(), FleetError> {
             ));
         }
         FleetCommand::Nudge => {}
-        // Groups are unpacked by the state machine before they reach here.
+        // Groups and timed requests are unpacked by the state machine before they reach here.
         FleetCommand::Group(_) => {
             return Err(FleetError::invalid(
                 "command",
                 "a request group is internal to the replication log",
+            ));
+        }
+        FleetCommand::Timed { .. } => {
+            return Err(FleetError::invalid(
+                "command",
+                "a timed request is internal to the replication log",
             ));
         }
         FleetCommand::RegisterShard {
@@ -568,8 +632,61 @@ impl FleetState {
         }
     }
 
+    /// Applies one request as the log holds it — the one path both consensus backends and
+    /// `--force-new-cluster` take: a group member by member, a timed request after moving the
+    /// clock, anything else once per request id. One outcome (with its changes) per request:
+    /// a group gives one per member.
+    pub fn apply_logged(
+        &mut self,
+        request: &crate::raft::types::RaftRequest,
+    ) -> Vec<(Result<Applied, FleetError>, Vec<Change>)> {
+        match &request.command {
+            FleetCommand::Group(members) => members
+                .iter()
+                .map(|member| self.apply_logged_one(member))
+                .collect(),
+            _ => vec![self.apply_logged_one(request)],
+        }
+    }
+
+    fn apply_logged_one(
+        &mut self,
+        request: &crate::raft::types::RaftRequest,
+    ) -> (Result<Applied, FleetError>, Vec<Change>) {
+        let request = match &request.command {
+            FleetCommand::Timed { now_ms, request } => {
+                self.dedup.advance(*now_ms);
+                // The replica wraps one plain request; anything else is not from Ballast.
+                if matches!(
+                    request.command,
+                    FleetCommand::Timed { .. } | FleetCommand::Group(_)
+                ) {
+                    return (
+                        Err(FleetError::invalid(
+                            "command",
+                            "a timed request holds one plain request",
+                        )),
+                        Vec::new(),
+                    );
+                }
+                request
+            }
+            _ => request,
+        };
+        let id = (!request.request_id.is_empty()).then_some(request.request_id.as_str());
+        self.apply_request_tracked(id, &request.command)
+    }
+
+    /// Moves the state's clock to a leader's `now_ms` (carried by [`FleetCommand::Timed`]
+    /// entries): request ids older than [`DEDUP_WINDOW_MS`] by it are forgotten.
+    pub fn advance_clock(&mut self, now_ms: u64) {
+        self.dedup.advance(now_ms);
+    }
+
     /// Applies a command at most once per non-empty `request_id`: a repeated id returns the
-    /// first outcome (success or refusal) without applying again.
+    /// first outcome (success or refusal) without applying again, for [`DEDUP_WINDOW_MS`] of
+    /// the leaders' clock. With [`DEDUP_CAPACITY`] ids inside the window, a new id is refused
+    /// (retryable) rather than applied.
     pub fn apply_request(
         &mut self,
         request_id: Option<&str>,
@@ -586,10 +703,20 @@ impl FleetState {
         cmd: &FleetCommand,
     ) -> (Result<Applied, FleetError>, Vec<Change>) {
         let id = request_id.filter(|id| !id.is_empty());
-        if let Some(id) = id
-            && let Some(outcome) = self.dedup.get(id)
-        {
-            return (outcome, Vec::new());
+        if let Some(id) = id {
+            if let Some(outcome) = self.dedup.get(id) {
+                return (outcome, Vec::new());
+            }
+            if !self.dedup.has_room() {
+                // Not remembered either: the retry this asks for must be able to succeed.
+                return (
+                    Err(FleetError::DedupFull {
+                        ids: self.dedup.entries.len(),
+                        window_secs: DEDUP_WINDOW_MS / 1000,
+                    }),
+                    Vec::new(),
+                );
+            }
         }
         let (outcome, changes) = match self.apply_tracked(cmd) {
             Ok((applied, changes)) => (Ok(applied), changes),
@@ -661,6 +788,7 @@ impl FleetState {
             // and `check_syntax` refuses KV commands in batches.
             FleetCommand::Kv(_)
             | FleetCommand::Group(_)
+            | FleetCommand::Timed { .. }
             | FleetCommand::CreateJoinToken { .. }
             | FleetCommand::UseJoinToken { .. }
             | FleetCommand::Nudge => {
@@ -1139,17 +1267,36 @@ impl FleetState {
         // Plain maps, strings, integers and byte strings: postcard cannot fail on them, and
         // an empty snapshot would be far worse than stopping here.
         postcard::to_io(self, &mut bytes).expect("the fleet state always serializes");
+        postcard::to_io(&self.dedup.clock, &mut bytes)
+            .expect("the request-id clock always serializes");
         bytes
     }
 
     /// Inverse of [`FleetState::encode`], also reading the JSON snapshots and archives of
     /// earlier versions; corrupt bytes give an error, never a panic.
     pub fn decode(bytes: &[u8]) -> Result<FleetState, FleetError> {
-        let decoded = match bytes.strip_prefix(SNAPSHOT_MAGIC) {
-            Some(binary) => postcard::from_bytes(binary).map_err(|e| e.to_string()),
-            None => serde_json::from_slice(bytes).map_err(|e| e.to_string()),
+        let decoded = if let Some(binary) = bytes.strip_prefix(SNAPSHOT_MAGIC) {
+            postcard::take_from_bytes::<FleetState>(binary)
+                .and_then(|(mut state, rest)| {
+                    state.dedup.clock = postcard::from_bytes(rest)?;
+                    Ok(state)
+                })
+                .map_err(|e| e.to_string())
+        } else if let Some(binary) = bytes.strip_prefix(SNAPSHOT_MAGIC_V1) {
+            postcard::from_bytes(binary).map_err(|e| e.to_string())
+        } else {
+            serde_json::from_slice(bytes).map_err(|e| e.to_string())
         };
         let mut state: FleetState = decoded.map_err(FleetError::CorruptSnapshot)?;
+        if !state.dedup.clock.times.is_empty()
+            && state.dedup.clock.times.len() != state.dedup.entries.len()
+        {
+            return Err(FleetError::CorruptSnapshot(format!(
+                "{} request-id times for {} remembered request ids",
+                state.dedup.clock.times.len(),
+                state.dedup.entries.len()
+            )));
+        }
         // Sequence numbers grow by one per remembered id; a snapshot claiming one near the top
         // of u64 cannot come from a real history and would overflow on the next write.
         if state.dedup.first_seq > u64::MAX / 2 {
@@ -1198,6 +1345,81 @@ mod format_tests {
     struct Before {
         entries: VecDeque<(String, Result<Applied, FleetError>)>,
         first_seq: u64,
+    }
+
+    #[test]
+    fn a_full_window_refuses_new_ids_without_forgetting_any() {
+        let mut s = FleetState::new();
+        s.apply(&FleetCommand::RegisterShard {
+            id: "s1".into(),
+            address: "127.0.0.1:1".into(),
+            az: "az-a".into(),
+            now_ms: 0,
+            lease_ttl_ms: 1_000,
+        })
+        .expect("register");
+        s.advance_clock(5_000_000);
+        for n in 0..DEDUP_CAPACITY {
+            s.dedup.remember(
+                &format!("id-{n}"),
+                Ok(Applied {
+                    revision: 1,
+                    changed: true,
+                    kv: None,
+                }),
+            );
+        }
+        let bind = FleetCommand::BindCluster {
+            cluster: "c1".into(),
+            shard: "s1".into(),
+        };
+        let revision = s.revision();
+        let refused = s
+            .apply_request(Some("new-id"), &bind)
+            .expect_err("window full");
+        assert_eq!(
+            refused.kind(),
+            super::super::ErrorKind::Unavailable,
+            "{refused}"
+        );
+        assert_eq!(s.revision(), revision, "nothing applied");
+        assert!(
+            s.dedup.get("new-id").is_none(),
+            "the refusal is not remembered: a retry may apply"
+        );
+        assert!(s.dedup.get("id-0").is_some(), "no id forgotten early");
+        // Once the oldest ids leave the window, new ones are taken.
+        s.advance_clock(5_000_000 + DEDUP_WINDOW_MS + 1);
+        s.apply_request(Some("new-id"), &bind).expect("room again");
+        assert_eq!(s.dedup.entries.len(), 1);
+    }
+
+    #[test]
+    fn snapshots_of_the_untimed_format_still_decode() {
+        let mut s = FleetState::new();
+        s.dedup
+            .remember("r1", Err(FleetError::UnknownCluster("c9".into())));
+        let mut v1 = SNAPSHOT_MAGIC_V1.to_vec();
+        postcard::to_io(&s, &mut v1).expect("postcard");
+        let read = FleetState::decode(&v1).expect("a BLSTSNP1 snapshot decodes");
+        assert_eq!(read.dedup.get("r1"), s.dedup.get("r1"));
+        assert_eq!(
+            read.dedup.clock.times,
+            VecDeque::from([0]),
+            "untimed until a clock"
+        );
+        // A v2 snapshot with times that do not match its ids is corrupt.
+        let mut bad = SNAPSHOT_MAGIC.to_vec();
+        postcard::to_io(&s, &mut bad).expect("postcard");
+        postcard::to_io(
+            &DedupClock {
+                now_ms: 5,
+                times: VecDeque::from([1, 2]),
+            },
+            &mut bad,
+        )
+        .expect("postcard");
+        assert!(FleetState::decode(&bad).is_err());
     }
 
     #[test]

@@ -432,29 +432,55 @@ fn request_ids_apply_once_and_remember_refusals() {
 }
 
 #[test]
-fn remembered_ids_are_evicted_oldest_first_and_survive_snapshots() {
+fn remembered_ids_last_the_window_by_the_leaders_clock_and_survive_snapshots() {
     let mut s = FleetState::new();
     s.apply(&register("s1", "az-a")).expect("register");
     let cmd = |n: usize| assign(&[(&format!("zone=z/rack={n}"), "s1")], false);
-    for n in 0..DEDUP_CAPACITY + 10 {
+    let start = 1_700_000_000_000u64;
+    // Ten ids a second for the length of the window and a bit.
+    let count = (DEDUP_WINDOW_MS / 100) as usize + 20;
+    for n in 0..count {
+        s.advance_clock(start + n as u64 * 100);
         s.apply_request(Some(&format!("id-{n}")), &cmd(n))
             .expect("apply");
     }
     let mut restored = FleetState::decode(&s.encode()).expect("decode");
-    assert_eq!(restored, s);
+    assert_eq!(restored, s, "ids and their times survive a snapshot");
     let revision = restored.revision();
-    // A recent id is still remembered after the snapshot round trip...
-    let recent = format!("id-{}", DEDUP_CAPACITY + 5);
+    // An id from a second ago is still remembered after the snapshot round trip...
     restored
-        .apply_request(Some(&recent), &cmd(999_999))
+        .apply_request(Some(&format!("id-{}", count - 10)), &cmd(999_999))
         .expect("replay");
     assert_eq!(restored.revision(), revision);
     assert_eq!(restored.domain_owner("zone=z/rack=999999"), None);
-    // ...the oldest has been forgotten.
+    // ...one from longer than the window ago has been forgotten.
     restored
         .apply_request(Some("id-3"), &cmd(999_998))
         .expect("fresh apply");
     assert_eq!(restored.revision(), revision + 1);
+    // A leader with a slower clock does not turn the clock back.
+    restored.advance_clock(start);
+    restored
+        .apply_request(Some(&format!("id-{}", count - 1)), &cmd(999_997))
+        .expect("replay");
+    assert_eq!(restored.revision(), revision + 1);
+}
+
+#[test]
+fn ids_untimed_in_an_older_snapshot_count_from_the_first_clock() {
+    let mut s = FleetState::new();
+    s.apply(&register("s1", "az-a")).expect("register");
+    let cmd = assign(&[("zone=old", "s1")], false);
+    // No clock yet, as in the log and snapshots of the version before timed requests.
+    s.apply_request(Some("old-id"), &cmd).expect("apply");
+    let revision = s.revision();
+    s.advance_clock(1_000_000);
+    s.apply_request(Some("old-id"), &cmd).expect("replay");
+    assert_eq!(s.revision(), revision, "remembered from the first clock on");
+    s.advance_clock(1_000_000 + DEDUP_WINDOW_MS + 1);
+    s.apply_request(Some("old-id"), &assign(&[("zone=old2", "s1")], false))
+        .expect("forgotten a window after the first clock");
+    assert_eq!(s.revision(), revision + 1);
 }
 
 #[test]

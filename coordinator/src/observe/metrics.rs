@@ -52,7 +52,7 @@ pub fn refresh(replica: &Replica) {
     gauge!("ballast_providers").set(status.provider_count as f64);
     let shards = {
         let fleet = replica.state.fleet();
-        crate::service::fleet::shard_messages(&fleet, &replica.leases)
+        crate::service::fleet::shard_messages(&fleet, replica.shard_leases())
     };
     for wanted in ["active", "draining"] {
         let count = shards.iter().filter(|s| s.status == wanted).count();
@@ -121,6 +121,11 @@ pub fn applied(started: Instant) {
 /// Records how long building (and persisting) a snapshot took.
 pub fn snapshot_built(started: Instant) {
     histogram!("ballast_snapshot_duration_seconds").record(started.elapsed().as_secs_f64());
+}
+
+/// Counts one rebalancing round: the leader judged every shard's lease.
+pub fn rebalance_round() {
+    counter!("ballast_rebalance_rounds_total").increment(1);
 }
 
 /// Counts what one applied rebalancing round moved.

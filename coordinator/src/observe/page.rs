@@ -123,7 +123,7 @@ pub fn render(replica: &Replica) -> String {
 
     let shards = {
         let fleet = replica.state.fleet();
-        crate::service::fleet::shard_messages(&fleet, &replica.leases)
+        crate::service::fleet::shard_messages(&fleet, replica.shard_leases())
     };
     let _ = write!(
         html,

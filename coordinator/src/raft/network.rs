@@ -20,9 +20,9 @@ use std::sync::Arc;
 
 use crate::faults::FaultRules;
 use ballast_tls::ClientTls;
-use ballast_tls::client::lazy_channel;
+use ballast_tls::client::{lazy_channel, observed_channel};
+use tonic::Status;
 use tonic::transport::{Channel, Endpoint};
-use tonic::{Code, Status};
 
 use super::types::{LogId, NodeId, ReplicaNode, TypeConfig};
 
@@ -31,24 +31,17 @@ use super::types::{LogId, NodeId, ReplicaNode, TypeConfig};
 pub struct PeerNetwork {
     cluster_id: String,
     contacts: PeerContacts,
-    tls: Option<Arc<ClientTls>>,
-    faults: Option<Arc<FaultRules>>,
+    dialer: PeerDialer,
 }
 
 impl PeerNetwork {
-    /// A network that stamps `cluster_id` on every message and notes every peer answer in
-    /// `contacts`.
-    pub fn new(
-        cluster_id: String,
-        contacts: PeerContacts,
-        tls: Option<Arc<ClientTls>>,
-        faults: Option<Arc<FaultRules>>,
-    ) -> Self {
+    /// A network that stamps `cluster_id` on every message, notes every peer answer in
+    /// `contacts` and dials through `dialer`.
+    pub fn new(cluster_id: String, contacts: PeerContacts, dialer: PeerDialer) -> Self {
         Self {
             cluster_id,
             contacts,
-            tls,
-            faults,
+            dialer,
         }
     }
 }
@@ -84,21 +77,36 @@ pub struct PeerClient {
     faults: Option<Arc<FaultRules>>,
 }
 
-/// Opens a lazily connected channel to a peer's address (over mutual TLS when `tls` is set).
-pub fn peer_channel(address: &str, tls: Option<&Arc<ClientTls>>) -> Result<Channel, String> {
-    let endpoint = Endpoint::from_shared(endpoint_uri(address))
-        .map_err(|e| format!("peer address {address:?}: {e}"))?
-        .connect_timeout(Duration::from_millis(300))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(5));
-    Ok(lazy_channel(endpoint, tls))
+/// How a replica dials its peers: over mutual TLS when `tls` is set, through the test-only
+/// fault rules when `faults` is.
+#[derive(Clone, Default)]
+pub struct PeerDialer {
+    /// Client TLS toward peers.
+    pub tls: Option<Arc<ClientTls>>,
+    /// Test-only network faults (a `reset` rule cuts the connections these channels open).
+    pub faults: Option<Arc<FaultRules>>,
+}
+
+impl PeerDialer {
+    /// A lazily connected channel to a peer's address.
+    pub fn channel(&self, address: &str) -> Result<Channel, String> {
+        let endpoint = Endpoint::from_shared(endpoint_uri(address))
+            .map_err(|e| format!("peer address {address:?}: {e}"))?
+            .connect_timeout(Duration::from_millis(300))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(5));
+        Ok(match &self.faults {
+            Some(faults) => observed_channel(endpoint, self.tls.as_ref(), faults.observer(address)),
+            None => lazy_channel(endpoint, self.tls.as_ref()),
+        })
+    }
 }
 
 impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &ReplicaNode) -> Self::Network {
-        let channel = peer_channel(&node.address, self.tls.as_ref()).unwrap_or_else(|e| {
+        let channel = self.dialer.channel(&node.address).unwrap_or_else(|e| {
             tracing::error!(target, error = %e, "invalid peer address; using a dead channel");
             Endpoint::from_static("http://0.0.0.0:1").connect_lazy()
         });
@@ -109,7 +117,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
             client: RaftClient::new(channel),
             cluster_id: self.cluster_id.clone(),
             contacts: self.contacts.clone(),
-            faults: self.faults.clone(),
+            faults: self.dialer.faults.clone(),
         }
     }
 }
@@ -145,18 +153,20 @@ impl PeerClient {
         super::wire::encode(value).map_err(|e| NetworkError::new(&e))
     }
 
-    /// Maps a transport failure onto openraft's retry classes: an unreachable peer is backed
-    /// off, anything else is retried at once.
+    /// Maps a failed call onto openraft's retry classes. Unreachable makes openraft back off
+    /// for 500 ms, sending nothing — not even heartbeats — which costs a live leader its lease
+    /// (default timers: lease 250 ms + election 150–250 ms). So only a refused connection
+    /// (nothing listens: the process is down) is unreachable; a reset, a broken pipe, a
+    /// connection that failed during a flap or a slow answer is a network error, retried on
+    /// the next heartbeat.
     fn status_error<E: std::error::Error>(
         &self,
         status: Status,
     ) -> RPCError<NodeId, ReplicaNode, RaftError<NodeId, E>> {
-        match status.code() {
-            // Unreachable makes openraft back off for 500 ms, sending nothing — not even
-            // heartbeats — so keep it for peers that are really down. A slow answer (a large
-            // entry, a slow fsync) is retried at once and must not cost the leader its lease.
-            Code::Unavailable => RPCError::Unreachable(Unreachable::new(&status)),
-            _ => RPCError::Network(NetworkError::new(&status)),
+        if refused(&status) {
+            RPCError::Unreachable(Unreachable::new(&status))
+        } else {
+            RPCError::Network(NetworkError::new(&status))
         }
     }
 
@@ -200,7 +210,50 @@ impl PeerClient {
     }
 }
 
+/// Whether the call failed because nothing accepts connections at the peer's address.
+fn refused(status: &Status) -> bool {
+    let mut source = std::error::Error::source(status);
+    while let Some(error) = source {
+        if let Some(io) = error.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::ConnectionRefused
+        {
+            return true;
+        }
+        source = error.source();
+    }
+    false
+}
+
+/// Whether the call failed in this replica's transport (the connection broke or could not be
+/// made) rather than being answered by the peer or running out of time: worth one more try on
+/// a fresh connection.
+fn transport_failure(status: &Status) -> bool {
+    std::error::Error::source(status).is_some()
+        && !refused(status)
+        && !matches!(
+            status.code(),
+            tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
+        )
+}
+
 impl PeerClient {
+    /// Runs `call` once more at once when the connection under it broke: the channel opens a
+    /// fresh one, and Raft messages are idempotent, so a message that did arrive is harmless.
+    async fn retrying<T, F, Fut>(&self, call: F) -> Result<T, Status>
+    where
+        F: Fn(RaftClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        match call(self.client.clone()).await {
+            Err(status) if transport_failure(&status) => {
+                tracing::debug!(peer = self.target, %status, "connection broke; sending again on a new one");
+                call(self.client.clone()).await
+            }
+            other => other,
+        }
+        .map(tonic::Response::into_inner)
+    }
+
     /// Sends one append message and decodes the answer.
     async fn send_append(
         &mut self,
@@ -208,16 +261,18 @@ impl PeerClient {
     ) -> RpcResult<AppendEntriesResponse<NodeId>, openraft::error::Infallible> {
         // No gRPC deadline: openraft already bounds the wait, and a deadline would make the
         // follower abandon an append the leader's retry then has to redo from scratch.
-        let request = tonic::Request::new(RaftMessage {
+        let message = RaftMessage {
             cluster_id: self.cluster_id.clone(),
             payload,
-        });
+        };
         let reply = self
-            .client
-            .append_entries(request)
+            .retrying(|mut client| {
+                let message = message.clone();
+                async move { client.append_entries(message).await }
+            })
             .await
             .map_err(|s| self.status_error(s))?;
-        self.decode(reply.into_inner())
+        self.decode(reply)
     }
 
     /// Whether the follower holds `entry` (and, by Raft's log matching, every entry before
@@ -356,21 +411,24 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
         self.faults().await?;
-        let mut request = tonic::Request::new(SnapshotChunk {
+        let chunk = SnapshotChunk {
             cluster_id: self.cluster_id.clone(),
             vote: self.encode(&rpc.vote)?,
             meta: self.encode(&rpc.meta)?,
             offset: rpc.offset,
             data: rpc.data,
             done: rpc.done,
-        });
-        request.set_timeout(option.hard_ttl());
+        };
+        let ttl = option.hard_ttl();
         let reply = self
-            .client
-            .install_snapshot(request)
+            .retrying(|mut client| {
+                let mut request = tonic::Request::new(chunk.clone());
+                request.set_timeout(ttl);
+                async move { client.install_snapshot(request).await }
+            })
             .await
             .map_err(|s| self.status_error(s))?;
-        self.decode(reply.into_inner())
+        self.decode(reply)
     }
 
     async fn vote(
@@ -379,13 +437,15 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> RpcResult<VoteResponse<NodeId>, openraft::error::Infallible> {
         self.faults().await?;
-        let request = self.message(self.encode(&rpc)?, &option);
+        let payload = self.encode(&rpc)?;
         let reply = self
-            .client
-            .vote(request)
+            .retrying(|mut client| {
+                let request = self.message(payload.clone(), &option);
+                async move { client.vote(request).await }
+            })
             .await
             .map_err(|s| self.status_error(s))?;
-        self.decode(reply.into_inner())
+        self.decode(reply)
     }
 }
 

@@ -19,13 +19,12 @@ use std::time::{Duration, Instant};
 
 use ballast_protocol::pb;
 use ballast_protocol::pb::raft_client::RaftClient;
-use ballast_tls::ClientTls;
 use futures::Stream;
 use openraft::ServerState;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::network::peer_channel;
+use super::network::PeerDialer;
 use super::types::{NodeId, Raft};
 
 /// Campaigning this long after the lease ran out here leaves room for the other voters'
@@ -38,7 +37,7 @@ pub async fn announce_while_leading(
     raft: Raft,
     me: NodeId,
     cluster_id: String,
-    tls: Option<Arc<ClientTls>>,
+    dialer: PeerDialer,
     retry: Duration,
     mut stopped: watch::Receiver<bool>,
 ) {
@@ -82,7 +81,7 @@ pub async fn announce_while_leading(
                 leader_id: me,
                 term,
             };
-            let task = tokio::spawn(hold(address.clone(), hello, tls.clone(), retry));
+            let task = tokio::spawn(hold(address.clone(), hello, dialer.clone(), retry));
             calls.insert(peer, (address, term, task));
         }
         tokio::select! {
@@ -96,13 +95,8 @@ pub async fn announce_while_leading(
 }
 
 /// Keeps one presence call open to `address`, calling again `retry` after it ends.
-async fn hold(
-    address: String,
-    hello: pb::LeaderHello,
-    tls: Option<Arc<ClientTls>>,
-    retry: Duration,
-) {
-    let channel = match peer_channel(&address, tls.as_ref()) {
+async fn hold(address: String, hello: pb::LeaderHello, dialer: PeerDialer, retry: Duration) {
+    let channel = match dialer.channel(&address) {
         Ok(channel) => channel,
         Err(e) => {
             tracing::warn!(address, error = %e, "no presence call to an invalid peer address");

@@ -18,7 +18,7 @@ use super::types::{
     Entry, LogId, Membership, RaftRequest, RaftResponse, SnapshotMeta, StorageError,
     StoredMembership, TypeConfig,
 };
-use crate::fleet::{Applied, FleetCommand, FleetError, FleetState};
+use crate::fleet::{Applied, FleetCommand, FleetState};
 use crate::history::History;
 
 /// State shared between the state machine (writer) and the gRPC services (readers).
@@ -94,11 +94,20 @@ impl SharedState {
                 let outcome = match step {
                     Step::Blank => Ok(unchanged),
                     Step::Request(request) => {
-                        if let FleetCommand::Group(members) = &request.command {
-                            let group: Vec<_> = members
-                                .iter()
-                                .map(|member| self.apply_one(&mut fleet, member))
-                                .collect();
+                        let mut applied = fleet.apply_logged(&request);
+                        for (outcome, changes) in &mut applied {
+                            if let Ok(done) = outcome
+                                && done.changed
+                            {
+                                self.history
+                                    .write()
+                                    .unwrap_or_else(|p| p.into_inner())
+                                    .push(done.revision, std::mem::take(changes));
+                            }
+                        }
+                        let mut results = applied.into_iter().map(|(outcome, _)| outcome);
+                        if matches!(request.command, FleetCommand::Group(_)) {
+                            let group: Vec<_> = results.collect();
                             outcomes.push(RaftResponse {
                                 outcome: Ok(Applied {
                                     revision: fleet.revision(),
@@ -109,7 +118,7 @@ impl SharedState {
                             });
                             continue;
                         }
-                        self.apply_one(&mut fleet, &request)
+                        results.next().unwrap_or(Ok(unchanged))
                     }
                     Step::Membership(membership) => {
                         applied.1 = StoredMembership::new(Some(log_id), membership);
@@ -126,24 +135,6 @@ impl SharedState {
         self.revision_tx.send_replace(revision);
         crate::observe::metrics::applied(started);
         outcomes
-    }
-
-    fn apply_one(
-        &self,
-        fleet: &mut FleetState,
-        request: &RaftRequest,
-    ) -> Result<Applied, FleetError> {
-        let id = (!request.request_id.is_empty()).then_some(request.request_id.as_str());
-        let (outcome, changes) = fleet.apply_request_tracked(id, &request.command);
-        if let Ok(applied) = &outcome
-            && applied.changed
-        {
-            self.history
-                .write()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(applied.revision, changes);
-        }
-        outcome
     }
 
     /// Replaces the whole state with a snapshot's. Changes before the snapshot are unknown
@@ -424,5 +415,49 @@ mod tests {
         // Clients cannot send a group themselves.
         let mut state = FleetState::new();
         assert!(state.apply(&FleetCommand::Group(Vec::new())).is_err());
+    }
+
+    fn timed(now_ms: u64, request: RaftRequest) -> RaftRequest {
+        RaftRequest {
+            request_id: String::new(),
+            command: FleetCommand::Timed {
+                now_ms,
+                request: Box::new(request),
+            },
+        }
+    }
+
+    /// The replicas and `--force-new-cluster` replay the same log the same way: groups of
+    /// timed requests, plain requests, replays of an id.
+    #[test]
+    fn every_apply_path_gives_the_same_state_from_the_same_log() {
+        let log = [
+            timed(1_000, register("r1", "s1")),
+            RaftRequest {
+                request_id: String::new(),
+                command: FleetCommand::Group(vec![
+                    timed(1_001, register("r2", "s2")),
+                    register("", "s3"),
+                    timed(1_002, register("r1", "s9")),
+                ]),
+            },
+        ];
+        let shared = SharedState::from_snapshot(FleetState::new(), None);
+        let entries = log.iter().enumerate().map(|(i, request)| {
+            let log_id = LogId::new(openraft::CommittedLeaderId::new(1, 1), i as u64 + 1);
+            (log_id, Step::Request(request.clone()))
+        });
+        let responses = shared.apply_entries(entries);
+        assert_eq!(responses[1].group.len(), 3);
+        assert_eq!(
+            responses[1].group[2], responses[0].outcome,
+            "a replayed id inside a group answers its first outcome"
+        );
+        let mut replayed = FleetState::new();
+        for request in &log {
+            replayed.apply_logged(request);
+        }
+        assert_eq!(replayed.counts().shards, 3, "s1, s2 and s3; no s9");
+        assert_eq!(replayed.encode(), shared.fleet().encode());
     }
 }

@@ -200,9 +200,13 @@ impl Assignments for AssignmentsService {
                 })
                 .await?;
         }
-        let expires = replica
-            .leases
-            .renew(&beat.shard_id, now, ttl, beat.epoch, beat.summary);
+        let expires = replica.leases.renew(
+            replica.consensus.term(),
+            &beat.shard_id,
+            (now, ttl),
+            beat.epoch,
+            beat.summary,
+        );
         Ok(replica.respond(pb::HeartbeatResponse {
             header: Some(replica.header()),
             lease_expires_at_ms: expires,

@@ -75,12 +75,12 @@ fn page_size(limit: u32) -> Result<usize, Status> {
 /// the registration's lease.
 fn shard_message(
     record: &ShardRecord,
-    leases: &ShardLeases,
+    (leases, term): (&ShardLeases, u64),
     domains: usize,
     bindings: usize,
 ) -> pb::Shard {
     let lease_expires_at_ms = leases
-        .get(&record.id)
+        .get(term, &record.id)
         .map(|l| l.expires_at_ms.max(record.lease_expires_at_ms))
         .unwrap_or(record.lease_expires_at_ms);
     pb::Shard {
@@ -95,8 +95,8 @@ fn shard_message(
     }
 }
 
-/// Every shard as `ListShards` answers it (lease ages from the leader's renewals).
-pub(crate) fn shard_messages(fleet: &FleetState, leases: &ShardLeases) -> Vec<pb::Shard> {
+/// Every shard as `ListShards` answers it (lease ages from the leader's renewals in `term`).
+pub(crate) fn shard_messages(fleet: &FleetState, leases: (&ShardLeases, u64)) -> Vec<pb::Shard> {
     let bindings = binding_counts(fleet);
     fleet
         .shards()
@@ -186,7 +186,7 @@ impl Fleet for FleetService {
         self.before_read(&request, request.get_ref().options.as_ref())
             .await?;
         let (header, shards) =
-            self.read(|fleet| Ok(shard_messages(fleet, &self.replica.leases)))?;
+            self.read(|fleet| Ok(shard_messages(fleet, self.replica.shard_leases())))?;
         Ok(self.replica.respond(pb::ListShardsResponse {
             header: Some(header),
             shards,
@@ -220,7 +220,12 @@ impl Fleet for FleetService {
                     })
                 })
                 .collect();
-            let shard = shard_message(record, &self.replica.leases, domains.len(), clusters.len());
+            let shard = shard_message(
+                record,
+                self.replica.shard_leases(),
+                domains.len(),
+                clusters.len(),
+            );
             Ok((shard, domains, clusters, slices))
         })?;
         Ok(self.replica.respond(pb::GetShardResponse {

@@ -1,13 +1,16 @@
 //! `ballast-sim chaos`: the fault-injection harness. Three real replica processes on loopback
-//! run through seeded fault schedules — SIGKILL and restart, SIGSTOP/SIGCONT pauses, isolated
-//! replicas, message loss and delay between replicas (the replicas' test-only `--fault-rules`
-//! transport layer) — while clients record every operation. After each schedule everything is
-//! healed and checked: each register's history must be linearizable (which also catches lost
-//! acknowledged writes and writes applied twice), every replica must hold the same state at the
-//! same revision, no domain may have two owners and no quota may be over-sliced. A failed
+//! run through seeded fault schedules — SIGKILL and restart, SIGSTOP/SIGCONT pauses (some past
+//! every lease), isolated replicas (their clients still reach them), connection resets, message
+//! loss and delay between replicas (the replicas' test-only `--fault-rules` transport layer) —
+//! while clients record every operation and two lock clients contend for a lease-backed lock.
+//! After each schedule everything is healed and checked: each register's history must be
+//! linearizable (which also catches lost acknowledged writes and writes applied twice), no two
+//! lock holders' beliefs may overlap, every replica must hold the same state at the same
+//! revision, no domain may have two owners and no quota may be over-sliced. A failed
 //! schedule's histories are written next to the report.
 
 pub mod checker;
+mod locks;
 pub mod schedule;
 mod workload;
 
@@ -65,6 +68,8 @@ struct ScheduleReport {
     registers: usize,
     /// Brand-new bindings written with request ids (the exactly-once check).
     bindings: usize,
+    /// Lock holdings checked for mutual exclusion.
+    lock_holdings: usize,
     violations: Vec<String>,
     elapsed_ms: u64,
 }
@@ -133,6 +138,7 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
         "definite": reports.iter().map(|r| r.definite).sum::<usize>(),
         "unknown": reports.iter().map(|r| r.unknown).sum::<usize>(),
         "bindings": reports.iter().map(|r| r.bindings).sum::<usize>(),
+        "lock_holdings": reports.iter().map(|r| r.lock_holdings).sum::<usize>(),
         "violations": violations,
         "elapsed_s": started.elapsed().as_secs(),
         "runs": reports,
@@ -205,6 +211,7 @@ struct Active {
     killed: BTreeSet<u64>,
     paused: BTreeSet<u64>,
     isolated: BTreeMap<usize, u64>,
+    reset: BTreeMap<usize, u64>,
     loss: BTreeMap<usize, f64>,
     delay: BTreeMap<usize, (u64, u64)>,
 }
@@ -221,6 +228,9 @@ impl Active {
                     rules.push_str(&format!("block {}\n", replica.address));
                 }
             }
+        }
+        if self.reset.values().any(|target| *target == id) {
+            rules.push_str("reset * 4\n");
         }
         for p in self.loss.values() {
             rules.push_str(&format!("loss * {p}\n"));
@@ -289,9 +299,20 @@ async fn run_schedule(
         history: Default::default(),
         binds: Default::default(),
     });
-    let tasks: Vec<_> = (0..clients)
+    let mut tasks: Vec<_> = (0..clients)
         .map(|c| tokio::spawn(workload::client(workload.clone(), c, seed)))
         .collect();
+    // Two lock clients contend for one lock key.
+    let locks = Arc::new(locks::Locks::default());
+    for c in 0..2 {
+        let key = format!("chaos/{seed}/lock");
+        tasks.push(tokio::spawn(locks::client(
+            workload.clone(),
+            locks.clone(),
+            (key, seed),
+            c,
+        )));
+    }
 
     // Start and end of every step, in time order.
     let mut events: Vec<(u64, bool, usize)> = Vec::new();
@@ -309,9 +330,11 @@ async fn run_schedule(
         let step = &schedule.steps[i];
         if starts {
             let id = match step.fault {
-                Fault::Kill(t) | Fault::Pause(t) | Fault::Isolate(t) => {
-                    resolve(cluster, &active, t).await
-                }
+                Fault::Kill(t)
+                | Fault::Pause(t)
+                | Fault::LongPause(t)
+                | Fault::Isolate(t)
+                | Fault::Reset(t) => resolve(cluster, &active, t).await,
                 _ => None,
             };
             let applied = match (&step.fault, id) {
@@ -321,12 +344,19 @@ async fn run_schedule(
                     active.killed.insert(id);
                     Some(format!("kill({id})"))
                 }
-                (Fault::Pause(_), Some(id))
+                (Fault::Pause(_) | Fault::LongPause(_), Some(id))
                     if !active.killed.contains(&id) && !active.paused.contains(&id) =>
                 {
                     cluster.pause(id);
                     active.paused.insert(id);
-                    Some(format!("pause({id})"))
+                    Some(match step.fault {
+                        Fault::LongPause(_) => format!("long-pause({id})"),
+                        _ => format!("pause({id})"),
+                    })
+                }
+                (Fault::Reset(_), Some(id)) => {
+                    active.reset.insert(i, id);
+                    Some(format!("reset({id})"))
                 }
                 (Fault::Isolate(_), Some(id)) => {
                     active.isolated.insert(i, id);
@@ -351,10 +381,13 @@ async fn run_schedule(
         } else {
             match (&step.fault, hit.remove(&i)) {
                 (Fault::Kill(_), Some(id)) if active.killed.remove(&id) => cluster.restart(id),
-                (Fault::Pause(_), Some(id)) if active.paused.remove(&id) => cluster.resume(id),
+                (Fault::Pause(_) | Fault::LongPause(_), Some(id)) if active.paused.remove(&id) => {
+                    cluster.resume(id)
+                }
                 _ => {}
             }
             active.isolated.remove(&i);
+            active.reset.remove(&i);
             active.loss.remove(&i);
             active.delay.remove(&i);
         }
@@ -414,6 +447,17 @@ async fn run_schedule(
     }
     violations.extend(invariants(cluster).await?);
     violations.extend(exactly_once(&client, &workload).await?);
+    let holdings = locks
+        .holdings
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let exclusion = locks::overlaps(&holdings);
+    if !exclusion.is_empty() {
+        let file = out.join(format!("locks-{seed}.json"));
+        std::fs::write(&file, serde_json::to_string_pretty(&holdings)?)?;
+    }
+    violations.extend(exclusion);
     let unknown = history.iter().filter(|r| r.op.ret.is_none()).count();
     Ok(ScheduleReport {
         seed,
@@ -427,6 +471,7 @@ async fn run_schedule(
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .len(),
+        lock_holdings: holdings.len(),
         violations,
         elapsed_ms: run_started.elapsed().as_millis() as u64,
     })

@@ -21,6 +21,13 @@ pub enum Fault {
     Kill(Target),
     /// SIGSTOP, SIGCONT when the fault ends.
     Pause(Target),
+    /// SIGSTOP for longer than any leader lease and (unless the schedule ends first) the lock
+    /// clients' lease TTL (2 s), so the others elect, expire leases and hand locks on while
+    /// the target sleeps.
+    LongPause(Target),
+    /// Reset the target's connections to its peers four times a second (a flapping link;
+    /// new connections fail for 100 ms after each cut).
+    Reset(Target),
     /// Cut every link between the target and the others, both ways.
     Isolate(Target),
     /// Drop this fraction of messages on every link.
@@ -59,24 +66,35 @@ fn target(rng: &mut StdRng) -> Target {
     }
 }
 
-/// Generates the schedule for `seed`: faults start every 150–600 ms and last 100–1,200 ms, so
-/// two or three may overlap (a majority can be down at times: safety must hold regardless).
+/// Generates the schedule for `seed`: faults start every 150–600 ms and last 100–1,200 ms
+/// (long pauses and a third of the isolations 3.5–5 s, cut short by the end of the schedule),
+/// so two or three may overlap (a majority can be down at times:
+/// safety must hold regardless).
 pub fn generate(seed: u64, duration_ms: u64) -> Schedule {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut steps = Vec::new();
     let mut at = rng.random_range(100..400);
     while at + 100 < duration_ms {
         let fault = match rng.random_range(0..100) {
-            0..25 => Fault::Kill(target(&mut rng)),
-            25..40 => Fault::Pause(target(&mut rng)),
-            40..70 => Fault::Isolate(target(&mut rng)),
-            70..85 => Fault::Loss(f64::from(rng.random_range(10..60u32)) / 100.0),
+            0..20 => Fault::Kill(target(&mut rng)),
+            20..30 => Fault::Pause(target(&mut rng)),
+            30..38 => Fault::LongPause(target(&mut rng)),
+            38..63 => Fault::Isolate(target(&mut rng)),
+            63..75 => Fault::Reset(target(&mut rng)),
+            75..87 => Fault::Loss(f64::from(rng.random_range(10..60u32)) / 100.0),
             _ => {
                 let lo = rng.random_range(5..50);
                 Fault::Delay(lo, lo + rng.random_range(0..100))
             }
         };
-        let for_ms = rng.random_range(100..1_200).min(duration_ms - at);
+        let for_ms = match fault {
+            Fault::LongPause(_) => rng.random_range(3_500..5_000),
+            // A third of the isolations outlast the leader lease and the lock lease: the
+            // isolated replica's clients, which still reach it, must learn it no longer leads.
+            Fault::Isolate(_) if rng.random_bool(0.35) => rng.random_range(3_500..5_000),
+            _ => rng.random_range(100..1_200),
+        }
+        .min(duration_ms - at);
         steps.push(Step {
             at_ms: at,
             for_ms,
@@ -117,6 +135,8 @@ mod tests {
         assert!(has(|f| matches!(f, Fault::Kill(Target::Leader))));
         assert!(has(|f| matches!(f, Fault::Kill(Target::Follower(_)))));
         assert!(has(|f| matches!(f, Fault::Pause(_))));
+        assert!(has(|f| matches!(f, Fault::LongPause(_))));
+        assert!(has(|f| matches!(f, Fault::Reset(_))));
         assert!(has(|f| matches!(f, Fault::Isolate(_))));
         assert!(has(|f| matches!(f, Fault::Loss(_))));
         assert!(has(|f| matches!(f, Fault::Delay(..))));

@@ -76,7 +76,8 @@ impl Workload {
     }
 }
 
-fn kv_channel(address: &str) -> Channel {
+/// A lazily connected channel to one replica for the etcd API, with short timeouts.
+pub(super) fn kv_channel(address: &str) -> Channel {
     Endpoint::from_shared(format!("http://{address}"))
         .expect("replica addresses are valid URIs")
         .connect_timeout(Duration::from_millis(300))

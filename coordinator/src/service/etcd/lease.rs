@@ -2,7 +2,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ballast_protocol::etcdserverpb as epb;
 use ballast_protocol::etcdserverpb::lease_client::LeaseClient;
@@ -19,16 +19,20 @@ use crate::replica::Replica;
 
 impl EtcdApi {
     /// Renews lease `id` on the leader; the TTL granted, or 0 when the lease does not exist.
+    /// Only once a majority confirmed this replica's leadership after the renewal arrived: a
+    /// deposed leader must not extend a lease the new leader is about to expire.
     async fn keep_alive_once(&self, id: i64) -> Result<epb::LeaseKeepAliveResponse, Status> {
         self.on_leader(
             &tonic::metadata::MetadataMap::new(),
             || async move {
+                let asked = Instant::now();
+                let term = self.replica.confirm_leadership(asked).await?;
                 let ttl = {
                     let fleet = self.replica.state.fleet();
                     fleet.kv().lease(id).map(|l| l.ttl)
                 };
                 if let Some(ttl) = ttl {
-                    self.replica.lease_clock.renew(id, ttl);
+                    self.replica.lease_clock.renew(term, id, ttl, asked);
                 }
                 Ok(epb::LeaseKeepAliveResponse {
                     header: Some(self.header_at(self.replica.state.revision())),
@@ -81,7 +85,11 @@ impl EtcdApi {
                 .await
             {
                 Ok((KvReply::LeaseGranted { id, ttl }, revision)) => {
-                    self.replica.lease_clock.renew(id, ttl);
+                    // Granted through the log in this term: leadership is confirmed.
+                    let term = self.replica.consensus.term();
+                    self.replica
+                        .lease_clock
+                        .renew(term, id, ttl, Instant::now());
                     return Ok(epb::LeaseGrantResponse {
                         header: Some(self.header_at(revision)),
                         id,
@@ -102,21 +110,22 @@ impl EtcdApi {
         }
     }
 
-    /// Time to live as the leader sees it.
-    fn time_to_live_here(
+    /// Time to live as the leader sees it, once a majority confirmed its leadership.
+    async fn time_to_live_here(
         &self,
         request: &epb::LeaseTimeToLiveRequest,
-    ) -> epb::LeaseTimeToLiveResponse {
+    ) -> Result<epb::LeaseTimeToLiveResponse, Status> {
+        let term = self.replica.confirm_leadership(Instant::now()).await?;
         let fleet = self.replica.state.fleet();
         let revision = fleet.revision();
-        match fleet.kv().lease(request.id) {
+        Ok(match fleet.kv().lease(request.id) {
             Some(lease) => epb::LeaseTimeToLiveResponse {
                 header: Some(self.header_at(revision)),
                 id: request.id,
                 ttl: self
                     .replica
                     .lease_clock
-                    .remaining(request.id)
+                    .remaining(term, request.id)
                     .unwrap_or(lease.ttl),
                 granted_ttl: lease.ttl,
                 keys: if request.keys {
@@ -131,7 +140,7 @@ impl EtcdApi {
                 ttl: -1,
                 ..Default::default()
             },
-        }
+        })
     }
 }
 
@@ -221,7 +230,7 @@ impl Lease for EtcdApi {
         let answer = self
             .on_leader(
                 &metadata,
-                || async move { Ok(self.time_to_live_here(body)) },
+                || self.time_to_live_here(body),
                 |channel| async move {
                     let request = self.replica.forwarded(*body);
                     Ok(LeaseClient::new(channel)
@@ -254,7 +263,8 @@ impl Lease for EtcdApi {
 }
 
 /// On the leader: times every lease (a lease first seen in this term gets its full TTL) and
-/// revokes those that ran out, through Raft, so every replica deletes their keys.
+/// revokes those that ran out, through Raft, so every replica deletes their keys. A leader
+/// without a quorum (check-quorum) times nothing.
 pub async fn lease_expiry_loop(replica: Arc<Replica>, mut stopped: watch::Receiver<bool>) {
     let api = EtcdApi::new(replica.clone());
     let mut leading = false;
@@ -263,7 +273,7 @@ pub async fn lease_expiry_loop(replica: Arc<Replica>, mut stopped: watch::Receiv
             _ = tokio::time::sleep(Duration::from_millis(100)) => {}
             _ = stopped.wait_for(|s| *s) => return,
         }
-        let now_leading = replica.leader().map(|(id, _)| id) == Some(replica.id);
+        let now_leading = replica.is_leader();
         if !now_leading {
             if leading {
                 replica.lease_clock.forget_all();
@@ -272,6 +282,7 @@ pub async fn lease_expiry_loop(replica: Arc<Replica>, mut stopped: watch::Receiv
             continue;
         }
         leading = true;
+        let term = replica.consensus.term();
         let leases: Vec<(i64, i64)> = {
             let fleet = replica.state.fleet();
             fleet
@@ -282,11 +293,11 @@ pub async fn lease_expiry_loop(replica: Arc<Replica>, mut stopped: watch::Receiv
                 .collect()
         };
         let live: std::collections::HashSet<i64> = leases.iter().map(|(id, _)| *id).collect();
-        replica.lease_clock.retain(&live);
+        replica.lease_clock.retain(term, &live);
         let mut expired = Vec::new();
         for (id, ttl) in leases {
-            match replica.lease_clock.remaining(id) {
-                None => replica.lease_clock.renew(id, ttl),
+            match replica.lease_clock.remaining(term, id) {
+                None => replica.lease_clock.renew(term, id, ttl, Instant::now()),
                 Some(0) => expired.push(id),
                 Some(_) => {}
             }

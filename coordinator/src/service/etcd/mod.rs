@@ -11,7 +11,7 @@ mod lease;
 mod watch;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ballast_protocol::etcdserverpb as epb;
@@ -19,6 +19,7 @@ use tonic::Status;
 
 use crate::fleet::{Applied, FleetCommand};
 use crate::kv::{KvCommand, KvReply};
+use crate::leadership::TermScoped;
 use crate::raft::types::RaftRequest;
 use crate::replica::{Replica, Route};
 
@@ -134,37 +135,40 @@ pub fn header(replica: &Replica, revision: u64) -> epb::ResponseHeader {
     }
 }
 
-/// Leader-side lease deadlines. Not replicated: a new leader starts every lease afresh.
+/// Leader-side lease deadlines, kept for the term in which this replica leads. Not
+/// replicated: a new leader starts every lease afresh, and so does a replica that leads again.
 #[derive(Default)]
 pub struct LeaseClock {
-    deadlines: Mutex<HashMap<i64, Instant>>,
+    deadlines: TermScoped<HashMap<i64, Instant>>,
 }
 
 impl LeaseClock {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i64, Instant>> {
-        self.deadlines.lock().unwrap_or_else(|p| p.into_inner())
+    /// Starts or renews a lease for `ttl` seconds from `from` (when the renewal was asked for:
+    /// a leadership confirmation may lie between the two).
+    pub fn renew(&self, term: u64, id: i64, ttl: i64, from: Instant) {
+        self.deadlines.with(term, |deadlines| {
+            deadlines.insert(id, from + Duration::from_secs(ttl.max(0) as u64))
+        });
     }
 
-    /// Starts or renews a lease for `ttl` seconds.
-    pub fn renew(&self, id: i64, ttl: i64) {
-        self.lock()
-            .insert(id, Instant::now() + Duration::from_secs(ttl.max(0) as u64));
-    }
-
-    /// Seconds left (rounded up), if the lease is being timed.
-    pub fn remaining(&self, id: i64) -> Option<i64> {
-        self.lock().get(&id).map(|deadline| {
-            let left = deadline.saturating_duration_since(Instant::now());
-            left.as_millis().div_ceil(1000) as i64
+    /// Seconds left (rounded up), if the lease is being timed in `term`.
+    pub fn remaining(&self, term: u64, id: i64) -> Option<i64> {
+        self.deadlines.read(term, |deadlines| {
+            deadlines?.get(&id).map(|deadline| {
+                let left = deadline.saturating_duration_since(Instant::now());
+                left.as_millis().div_ceil(1000) as i64
+            })
         })
     }
 
     fn forget_all(&self) {
-        self.lock().clear();
+        self.deadlines.clear();
     }
 
     /// Stops timing leases that no longer exist.
-    fn retain(&self, live: &std::collections::HashSet<i64>) {
-        self.lock().retain(|id, _| live.contains(id));
+    fn retain(&self, term: u64, live: &std::collections::HashSet<i64>) {
+        self.deadlines.with(term, |deadlines| {
+            deadlines.retain(|id, _| live.contains(id))
+        });
     }
 }
