@@ -1,18 +1,15 @@
 //! Autopilot, after Consul's: the leader judges each member's health from when it last
 //! answered, warns about voters that share an AZ or stopped answering, and — only when
 //! configured — removes a voter that stayed down past a threshold, if the group keeps a
-//! healthy quorum and its minimum size without it.
+//! healthy quorum and its minimum size without it. The judgement is here, on plain inputs;
+//! the leader's removal loop is [`crate::leader::autopilot`].
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ballast_protocol::pb;
-use tokio::sync::watch;
 
-use crate::consensus::{Consensus, View};
-use crate::raft::types::NodeId;
-use crate::replica::Replica;
+use crate::log::member::NodeId;
 
 /// Autopilot settings; from `ballast-coord`'s `--autopilot-*` flags.
 #[derive(Clone, Debug)]
@@ -35,33 +32,38 @@ impl Default for AutopilotConfig {
     }
 }
 
-/// How long `member` has gone without answering the leader, as seen from this replica; `None`
-/// when this replica does not lead (it cannot know) or for itself.
-fn silence(
-    replica: &Replica,
-    view: &View,
+/// How long `member` has gone without answering the leader, as seen by replica `me` that knows
+/// `leader` leads and heard from `member` `age` ago; `None` when `me` does not lead (it cannot
+/// know) or for itself. A member that never answered this leader has been silent since it
+/// took over (`leading_for`).
+pub fn silence(
+    (me, leader): (NodeId, Option<NodeId>),
     member: NodeId,
+    age: Option<Duration>,
     leading_for: Duration,
 ) -> Option<Duration> {
-    if view.leader != Some(replica.id) || member == replica.id {
+    if leader != Some(me) || member == me {
         return None;
     }
-    // A member that never answered this leader has been silent since it took over.
-    Some(replica.peer_contacts.age(member).unwrap_or(leading_for))
+    Some(age.unwrap_or(leading_for))
 }
 
-/// Per-member health for status answers: (`health`, last contact in ms).
-pub fn member_health(replica: &Replica, view: &View, member: NodeId) -> (String, u64) {
-    if view.leader != Some(replica.id) {
+/// Per-member health for status answers, as replica `me` sees it: (`health`, last contact in
+/// ms), from when `member` last answered (`age`).
+pub fn member_health(
+    (me, leader): (NodeId, Option<NodeId>),
+    member: NodeId,
+    age: Option<Duration>,
+    unhealthy_after: Duration,
+) -> (String, u64) {
+    if leader != Some(me) {
         return ("unknown".into(), 0);
     }
-    if member == replica.id {
+    if member == me {
         return ("healthy".into(), 0);
     }
-    match replica.peer_contacts.age(member) {
-        Some(age) if age < replica.autopilot.unhealthy_after => {
-            ("healthy".into(), age.as_millis() as u64)
-        }
+    match age {
+        Some(age) if age < unhealthy_after => ("healthy".into(), age.as_millis() as u64),
         Some(age) => ("unreachable".into(), age.as_millis() as u64),
         None => ("unreachable".into(), 0),
     }
@@ -100,62 +102,4 @@ pub fn warnings(members: &[pb::Member], placement: &pb::Placement) -> Vec<String
         ));
     }
     out
-}
-
-/// On the leader: removes voters that stayed unreachable past the threshold, one at a time,
-/// only while the remaining voters keep a healthy majority and the configured minimum.
-pub async fn run(replica: Arc<Replica>, mut stopped: watch::Receiver<bool>) {
-    let Some(remove_after) = replica.autopilot.remove_dead_after else {
-        return;
-    };
-    let Consensus::Raft(raft) = &replica.consensus else {
-        return;
-    };
-    let mut leading_since: Option<Instant> = None;
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-            _ = stopped.wait_for(|s| *s) => return,
-        }
-        let view = replica.view();
-        if view.leader != Some(replica.id) {
-            leading_since = None;
-            continue;
-        }
-        let leading_for = leading_since.get_or_insert_with(Instant::now).elapsed();
-        let voters = view.voters();
-        let silent = |id: NodeId| silence(&replica, &view, id, leading_for).unwrap_or_default();
-        let Some(dead) = voters
-            .iter()
-            .copied()
-            .filter(|id| silent(*id) >= remove_after)
-            .max_by_key(|id| silent(*id))
-        else {
-            continue;
-        };
-        let remaining: Vec<NodeId> = voters.iter().copied().filter(|id| *id != dead).collect();
-        let healthy = remaining
-            .iter()
-            .filter(|id| silent(**id) < replica.autopilot.unhealthy_after)
-            .count();
-        if remaining.len() < replica.autopilot.min_voters || healthy * 2 <= remaining.len() {
-            tracing::warn!(
-                replica = dead,
-                voters = voters.len(),
-                healthy,
-                min_voters = replica.autopilot.min_voters,
-                "autopilot keeps an unreachable voter: removing it would break the minimum or the healthy quorum"
-            );
-            continue;
-        }
-        tracing::warn!(
-            replica = dead,
-            silent_ms = silent(dead).as_millis() as u64,
-            "autopilot removes a voter that stayed unreachable"
-        );
-        match crate::raft::membership::remove_voters(raft, BTreeSet::from([dead])).await {
-            Ok(_) => metrics::counter!("ballast_autopilot_removals_total").increment(1),
-            Err(e) => tracing::warn!(replica = dead, error = %e, "autopilot removal failed"),
-        }
-    }
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use crate::etcd_log::EtcdBackendConfig;
+use crate::log::etcd::EtcdBackendConfig;
 use crate::node::{self, Backend, NodeConfig, NodeError};
 
 /// Default leader heartbeat interval (ms).

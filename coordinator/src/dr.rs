@@ -1,16 +1,14 @@
-//! Archive exports from the leader: on demand (`Cluster.Export`, `ballastctl dr export`) and on
-//! a schedule, followed by retention. The archive is the fleet state encoded as in Raft
-//! snapshots, taken after a linearizable barrier so it holds every acknowledged write.
+//! Archive exports: where they go, one at a time, followed by retention, and how they went.
+//! The archive is the fleet state encoded as in Raft snapshots; the leader takes it after a
+//! linearizable barrier so it holds every acknowledged write ([`crate::leader::dr`], which
+//! also runs the schedule).
 
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use ballast_dr::{ArchiveInput, Destination, Key, NoProgress, Retention};
 use ballast_protocol::pb;
-use tokio::sync::watch;
 use tonic::Status;
-
-use crate::replica::Replica;
 
 /// Payload description written into manifests.
 pub const PAYLOAD: &str = "ballast-fleet-state/postcard-v1";
@@ -34,13 +32,6 @@ pub struct DrExporter {
     status: Mutex<pb::DrStatus>,
     /// One export at a time.
     busy: tokio::sync::Mutex<()>,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 impl DrExporter {
@@ -67,20 +58,25 @@ impl DrExporter {
             .clone()
     }
 
-    /// Exports the current state to `to` (or the configured destination) and applies the
-    /// retention policy there. Must run on the leader.
-    pub async fn export(
+    /// Exports the state `take` gives (the archive's input and the header to answer with) to
+    /// `to` (or the configured destination) and applies the retention policy there. `take`
+    /// runs after the destination is checked, one export at a time.
+    pub async fn export<F, Fut>(
         &self,
-        replica: &Replica,
         to: Option<&str>,
-    ) -> Result<pb::ExportResponse, Status> {
+        take: F,
+    ) -> Result<pb::ExportResponse, Status>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<(ArchiveInput, pb::ResponseHeader), Status>>,
+    {
         let _one_at_a_time = self.busy.lock().await;
         let started = Instant::now();
-        let result = self.export_once(replica, to).await;
+        let result = self.export_once(to, take).await;
         let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
         match &result {
             Ok(done) => {
-                status.last_success_unix_ms = now_ms();
+                status.last_success_unix_ms = ballast_protocol::clock::unix_ms();
                 status.last_duration_ms = started.elapsed().as_millis() as u64;
                 status.last_size_bytes = done.size_bytes;
                 status.last_archive = done.archive_url.clone();
@@ -95,11 +91,15 @@ impl DrExporter {
         result
     }
 
-    async fn export_once(
+    async fn export_once<F, Fut>(
         &self,
-        replica: &Replica,
         to: Option<&str>,
-    ) -> Result<pb::ExportResponse, Status> {
+        take: F,
+    ) -> Result<pb::ExportResponse, Status>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<(ArchiveInput, pb::ResponseHeader), Status>>,
+    {
         let url = match to.filter(|t| !t.is_empty()) {
             Some(url) => url.to_string(),
             None => self.config.destination.clone().ok_or_else(|| {
@@ -110,21 +110,7 @@ impl DrExporter {
         };
         let destination =
             Destination::parse(&url).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        // Every write acknowledged before this call is applied here before the state is taken.
-        replica.linearize().await?;
-        let input = {
-            let fleet = replica.state.fleet();
-            let applied = replica.state.applied_log_id();
-            ArchiveInput {
-                cluster_id: replica.cluster_id.clone(),
-                term: applied.map(|l| l.leader_id.term).unwrap_or(0),
-                log_index: applied.map(|l| l.index).unwrap_or(0),
-                revision: fleet.revision(),
-                restore_epoch: fleet.restore_epoch(),
-                payload: PAYLOAD.to_string(),
-                data: fleet.encode(),
-            }
-        };
+        let (input, header) = take().await?;
         let started = Instant::now();
         let manifest =
             ballast_dr::export(&destination, &input, self.config.key.as_ref(), &NoProgress)
@@ -143,7 +129,7 @@ impl DrExporter {
             size = manifest.size, pruned = pruned.len(), "exported an archive"
         );
         Ok(pb::ExportResponse {
-            header: Some(replica.header()),
+            header: Some(header),
             archive_url: destination.archive_url(&manifest.name),
             name: manifest.name,
             revision: manifest.revision,
@@ -160,24 +146,5 @@ impl DrExporter {
         self.config
             .interval
             .filter(|_| self.config.destination.is_some())
-    }
-}
-
-/// Exports on the configured schedule while this replica leads.
-pub async fn export_loop(replica: std::sync::Arc<Replica>, mut stopped: watch::Receiver<bool>) {
-    let Some(interval) = replica.dr.interval() else {
-        return;
-    };
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
-            _ = stopped.wait_for(|s| *s) => return,
-        }
-        if replica.leader().map(|(id, _)| id) != Some(replica.id) {
-            continue;
-        }
-        if let Err(e) = replica.dr.export(&replica, None).await {
-            tracing::warn!(error = %e.message(), "scheduled archive export failed");
-        }
     }
 }

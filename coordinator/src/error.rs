@@ -1,5 +1,6 @@
 //! The one place where coordinator errors become gRPC statuses.
 
+use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
 use tonic::{Code, Status};
 
 use crate::fleet::{ErrorKind, FleetError};
@@ -43,4 +44,25 @@ pub fn kv_status(error: &crate::kv::KvError) -> Status {
         }
     };
     Status::new(code, error.to_string())
+}
+
+/// Maps an openraft write failure to a status the client can act on.
+pub fn raft_write_status<NID: openraft::NodeId, N: openraft::Node>(
+    error: RaftError<NID, ClientWriteError<NID, N>>,
+) -> Status {
+    match error {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => Status::unavailable(format!(
+            "leadership changed before the write was proposed (leader now {:?}); retry",
+            f.leader_id
+        )),
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(
+            ChangeMembershipError::InProgress(e),
+        )) => Status::aborted(format!(
+            "another membership change is in progress; retry: {e}"
+        )),
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+            Status::failed_precondition(format!("membership change refused: {e}"))
+        }
+        RaftError::Fatal(e) => Status::unavailable(format!("raft stopped: {e}")),
+    }
 }

@@ -1,3 +1,6 @@
+//! Leases as the leader sees them: shard leases ([`ShardLeases`]) and the deadlines of the
+//! coordination KV's leases ([`KvLeaseClock`]).
+//!
 //! Shard leases as the leader sees them. Renewals stay in the leader's memory (like etcd's
 //! lease refreshes, which never touch its log); the durable registration is in the fleet
 //! state. Renewals belong to the term in which the leader saw them: a replica that leads
@@ -6,6 +9,7 @@
 //! shards that kept heartbeating to the other leader).
 
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use ballast_protocol::pb::ShardSummary;
 
@@ -56,6 +60,45 @@ impl ShardLeases {
     pub fn get(&self, term: u64, shard: &str) -> Option<Lease> {
         self.leases
             .read(term, |leases| leases.and_then(|l| l.get(shard).cloned()))
+    }
+}
+
+/// Leader-side lease deadlines, kept for the term in which this replica leads. Not
+/// replicated: a new leader starts every lease afresh, and so does a replica that leads again.
+#[derive(Default)]
+pub struct KvLeaseClock {
+    deadlines: TermScoped<HashMap<i64, Instant>>,
+}
+
+impl KvLeaseClock {
+    /// Starts or renews a lease for `ttl` seconds from `from` (when the renewal was asked for:
+    /// a leadership confirmation may lie between the two).
+    pub fn renew(&self, term: u64, id: i64, ttl: i64, from: Instant) {
+        self.deadlines.with(term, |deadlines| {
+            deadlines.insert(id, from + Duration::from_secs(ttl.max(0) as u64))
+        });
+    }
+
+    /// Seconds left (rounded up), if the lease is being timed in `term`.
+    pub fn remaining(&self, term: u64, id: i64) -> Option<i64> {
+        self.deadlines.read(term, |deadlines| {
+            deadlines?.get(&id).map(|deadline| {
+                let left = deadline.saturating_duration_since(Instant::now());
+                left.as_millis().div_ceil(1000) as i64
+            })
+        })
+    }
+
+    /// Forgets every deadline (leadership lost).
+    pub fn forget_all(&self) {
+        self.deadlines.clear();
+    }
+
+    /// Stops timing leases that no longer exist.
+    pub fn retain(&self, term: u64, live: &std::collections::HashSet<i64>) {
+        self.deadlines.with(term, |deadlines| {
+            deadlines.retain(|id, _| live.contains(id))
+        });
     }
 }
 

@@ -3,22 +3,23 @@
 
 pub mod autopilot;
 pub mod config;
-pub mod consensus;
 pub mod dr;
 pub mod error;
-pub mod etcd_log;
 pub mod faults;
 pub mod fleet;
 pub mod history;
 pub mod kv;
+pub mod leader;
 pub mod leadership;
 pub mod leases;
+pub mod log;
 pub mod memory;
+pub mod metrics;
 pub mod node;
 pub mod observe;
-pub mod raft;
 pub mod rebalance;
 pub mod replica;
 pub mod restore;
 pub mod security;
 pub mod service;
+pub mod status;

@@ -7,7 +7,7 @@ use ballast_protocol::etcdserverpb::{
 };
 
 use crate::service::etcd::EtcdApi;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -26,20 +26,20 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
 
-use crate::consensus::Consensus;
 use crate::dr::{DrConfig, DrExporter};
-use crate::etcd_log::{self, EtcdBackendConfig, EtcdLog, EtcdLogError};
 use crate::faults::FaultRules;
-use crate::raft::log_store::LogStore;
-use crate::raft::network::{PeerContacts, PeerDialer, PeerNetwork};
-use crate::raft::presence::PresenceWatch;
-use crate::raft::state_machine::SharedState;
-use crate::raft::state_machine::StateMachineStore;
-use crate::raft::store::{
+use crate::log::Consensus;
+use crate::log::applied::SharedState;
+use crate::log::etcd::{EtcdBackendConfig, EtcdLog, EtcdLogError};
+use crate::log::member::{NodeId, ReplicaNode};
+use crate::log::raft::log_store::LogStore;
+use crate::log::raft::network::{PeerContacts, PeerDialer, PeerNetwork};
+use crate::log::raft::presence::PresenceWatch;
+use crate::log::raft::state_machine::StateMachineStore;
+use crate::log::raft::store::{
     META_CLUSTER_ID, META_NODE_ID, META_UNFINISHED_REWRITE, Store, StoreError,
 };
-use crate::raft::types::{NodeId, Raft, RaftRequest, ReplicaNode};
-use crate::rebalance;
+use crate::log::raft::types::Raft;
 use crate::replica::{Replica, ReplicaParts, Timing};
 use crate::security::Security;
 use crate::service::assignments::AssignmentsService;
@@ -442,12 +442,22 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
         start_raft_duties(&config, &replica, raft, node, &stopped).await?;
     }
     if let Some(interval) = config.rebalance_interval {
-        tokio::spawn(rebalance_loop(replica.clone(), interval, stopped.clone()));
+        tokio::spawn(crate::leader::rebalance::rebalance_loop(
+            replica.clone(),
+            interval,
+            stopped.clone(),
+        ));
     }
-    tokio::spawn(crate::dr::export_loop(replica.clone(), stopped.clone()));
-    tokio::spawn(crate::autopilot::run(replica.clone(), stopped.clone()));
+    tokio::spawn(crate::leader::dr::export_loop(
+        replica.clone(),
+        stopped.clone(),
+    ));
+    tokio::spawn(crate::leader::autopilot::run(
+        replica.clone(),
+        stopped.clone(),
+    ));
     tokio::spawn(crate::memory::trim_loop(stopped.clone()));
-    tokio::spawn(crate::service::etcd::lease_expiry_loop(
+    tokio::spawn(crate::leader::leases::lease_expiry_loop(
         replica.clone(),
         stopped.clone(),
     ));
@@ -515,7 +525,7 @@ async fn start_etcd(
         endpoints: etcd.endpoints.join(","),
         reason: e.to_string(),
     };
-    let (client, cluster_id) = etcd_log::connect(etcd).await.map_err(etcd_error)?;
+    let (client, cluster_id) = crate::log::etcd::connect(etcd).await.map_err(etcd_error)?;
     check_replica_id(config, store)?;
     let dir = config.data_dir.display().to_string();
     match store.read_meta::<String>(META_CLUSTER_ID)? {
@@ -571,7 +581,7 @@ async fn start_raft_duties(
             stopped.clone(),
         ));
     }
-    tokio::spawn(crate::raft::presence::announce_while_leading(
+    tokio::spawn(crate::log::raft::presence::announce_while_leading(
         raft.clone(),
         config.id,
         cluster_id.clone(),
@@ -608,7 +618,7 @@ fn serve(
     let etcd = EtcdApi::new(replica.clone());
     let cluster = ClusterServer::new(ClusterService::new(replica));
     let layers = tower::ServiceBuilder::new()
-        .layer(crate::observe::metrics::RpcMetricsLayer)
+        .layer(crate::metrics::RpcMetricsLayer)
         .option_layer(tls.is_some().then(Security::auth_layer));
     let router = tonic::transport::Server::builder()
         .tcp_nodelay(true)
@@ -715,72 +725,6 @@ async fn snapshot_timer(raft: Raft, interval: Duration, mut stopped: watch::Rece
         {
             tracing::warn!(error = %e, "scheduled snapshot could not start");
             return;
-        }
-    }
-}
-
-/// On the leader: moves domains, bindings and quota slices away from draining shards and from
-/// shards whose lease ran out. A leader judges only by heartbeats it saw in its current term;
-/// at the start of a term it has seen none, so it gives every shard one full lease of grace
-/// before judging it dead (leases get a fresh TTL after a leader change instead of expiring
-/// early, and a replica that leads again does not trust what it saw in an earlier term).
-async fn rebalance_loop(
-    replica: Arc<Replica>,
-    interval: Duration,
-    mut stopped: watch::Receiver<bool>,
-) {
-    // (term, when this replica was first seen leading in it).
-    let mut leader_since: Option<(u64, u64)> = None;
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
-            _ = stopped.wait_for(|s| *s) => return,
-        }
-        if !replica.is_leader() {
-            leader_since = None;
-            continue;
-        }
-        let term = replica.consensus.term();
-        let now = crate::service::convert::now_ms();
-        if leader_since.is_none_or(|(t, _)| t != term) {
-            leader_since = Some((term, now));
-        }
-        let since = leader_since.map_or(now, |(_, since)| since);
-        let grace_until =
-            since.saturating_add(replica.timing.default_shard_lease.as_millis() as u64);
-        let plan = {
-            let fleet = replica.state.fleet();
-            let unhealthy: BTreeSet<String> = fleet
-                .shards()
-                .filter(|s| match replica.leases.get(term, &s.id) {
-                    Some(lease) => lease.expires_at_ms < now,
-                    None => now > grace_until && s.lease_expires_at_ms < now,
-                })
-                .map(|s| s.id.clone())
-                .collect();
-            rebalance::plan(&fleet, &unhealthy, rebalance::Limits::default())
-        };
-        crate::observe::metrics::rebalance_round();
-        if let Some(command) = plan {
-            let (domains, clusters, quotas) = rebalance::moves(&command);
-            tracing::info!(
-                domains,
-                clusters,
-                quotas,
-                "rebalancing away from draining or expired shards"
-            );
-            match replica
-                .propose(RaftRequest {
-                    request_id: String::new(),
-                    command,
-                })
-                .await
-            {
-                Ok(_) => crate::observe::metrics::rebalanced(domains, clusters, quotas),
-                Err(status) => {
-                    tracing::warn!(%status, "rebalancing round refused; retrying next round")
-                }
-            }
         }
     }
 }

@@ -11,18 +11,19 @@ use ballast_protocol::pb;
 use ballast_protocol::pb::raft_client::RaftClient;
 use ballast_protocol::{CLUSTER_ID_HEADER, FORWARDED_HEADER, LEADER_ADDRESS_HEADER};
 use ballast_tls::ClientTls;
-use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
-use crate::consensus::{Consensus, View};
+use crate::fleet::FleetRequest;
 use crate::fleet::{Applied, FleetCommand};
 use crate::leases::ShardLeases;
-use crate::raft::network::{PeerContacts, PeerDialer};
-use crate::raft::state_machine::SharedState;
-use crate::raft::store::Store;
-use crate::raft::types::{NodeId, Raft, RaftRequest, ReplicaNode};
+use crate::log::applied::SharedState;
+use crate::log::member::{NodeId, ReplicaNode};
+use crate::log::raft::network::{PeerContacts, PeerDialer};
+use crate::log::raft::store::Store;
+use crate::log::raft::types::Raft;
+use crate::log::{Consensus, View};
 
 /// Timing knobs the services need at run time.
 #[derive(Clone, Debug)]
@@ -58,13 +59,13 @@ pub struct Replica {
     /// Archive exports.
     pub dr: DrExporter,
     /// Deadlines of KV leases while leading.
-    pub lease_clock: crate::service::etcd::LeaseClock,
+    pub lease_clock: crate::leases::KvLeaseClock,
     /// When each Raft peer last answered (for metrics and the status page).
     pub peer_contacts: PeerContacts,
     /// Health thresholds and automatic removal of dead voters.
     pub autopilot: crate::autopilot::AutopilotConfig,
     /// Groups concurrent proposals into shared log entries (Raft backend).
-    proposer: Option<crate::raft::proposer::Proposer>,
+    proposer: Option<crate::log::raft::proposer::Proposer>,
     /// Leadership confirmations shared by the requests that need one.
     confirmations: crate::leadership::Confirmations,
     channels: Mutex<HashMap<String, Channel>>,
@@ -118,7 +119,9 @@ impl Replica {
             faults,
         } = parts;
         let proposer = match &consensus {
-            Consensus::Raft(raft) => Some(crate::raft::proposer::Proposer::start(raft.clone())),
+            Consensus::Raft(raft) => {
+                Some(crate::log::raft::proposer::Proposer::start(raft.clone()))
+            }
             Consensus::Etcd(_) => None,
         };
         Self {
@@ -361,17 +364,17 @@ impl Replica {
 
     /// Proposes a fleet command on this replica (which must lead) and waits until it is
     /// committed and applied.
-    pub async fn propose(&self, request: RaftRequest) -> Result<Applied, Status> {
+    pub async fn propose(&self, request: FleetRequest) -> Result<Applied, Status> {
         let started = std::time::Instant::now();
         // A request with an id carries this leader's clock, which times how long the state
         // machine remembers ids (the exactly-once window).
         let request = if request.request_id.is_empty() {
             request
         } else {
-            RaftRequest {
+            FleetRequest {
                 request_id: String::new(),
                 command: FleetCommand::Timed {
-                    now_ms: crate::service::convert::now_ms(),
+                    now_ms: ballast_protocol::clock::unix_ms(),
                     request: Box::new(request),
                 },
             }
@@ -381,7 +384,7 @@ impl Replica {
             (Consensus::Etcd(log), _) => log.propose(request).await,
             (Consensus::Raft(_), None) => Err(Status::internal("the Raft proposer is not running")),
         };
-        crate::observe::metrics::proposal_done(started, outcome.is_ok());
+        crate::metrics::proposal_done(started, outcome.is_ok());
         outcome
     }
 
@@ -427,27 +430,6 @@ impl Replica {
     /// timeout (check-quorum).
     pub fn is_leader(&self) -> bool {
         self.consensus.is_leader() && self.heard_from_majority()
-    }
-}
-
-/// Maps an openraft write failure to a status the client can act on.
-pub fn raft_write_status(
-    error: RaftError<NodeId, ClientWriteError<NodeId, ReplicaNode>>,
-) -> Status {
-    match error {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => Status::unavailable(format!(
-            "leadership changed before the write was proposed (leader now {:?}); retry",
-            f.leader_id
-        )),
-        RaftError::APIError(ClientWriteError::ChangeMembershipError(
-            ChangeMembershipError::InProgress(e),
-        )) => Status::aborted(format!(
-            "another membership change is in progress; retry: {e}"
-        )),
-        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
-            Status::failed_precondition(format!("membership change refused: {e}"))
-        }
-        RaftError::Fatal(e) => Status::unavailable(format!("raft stopped: {e}")),
     }
 }
 

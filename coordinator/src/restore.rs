@@ -10,12 +10,13 @@ use std::path::Path;
 use openraft::{CommittedLeaderId, EntryPayload, Membership, SnapshotId};
 
 use crate::fleet::FleetState;
-use crate::raft::state_machine::{load_snapshot, save_snapshot};
-use crate::raft::store::{
+use crate::log::member::{LogId, NodeId, ReplicaNode, StoredMembership};
+use crate::log::raft::state_machine::{load_snapshot, save_snapshot};
+use crate::log::raft::store::{
     META_CLUSTER_ID, META_COMMITTED, META_NODE_ID, META_PURGED, META_UNFINISHED_REWRITE, META_VOTE,
     Store, StoreError,
 };
-use crate::raft::types::{Entry, LogId, NodeId, ReplicaNode, SnapshotMeta, StoredMembership, Vote};
+use crate::log::raft::types::{Entry, SnapshotMeta, Vote};
 
 /// Why a restore or forced new cluster failed.
 #[derive(Debug, thiserror::Error)]
@@ -136,9 +137,9 @@ pub fn force_new_cluster(
     };
     let from = last.map(|l| l.index + 1).unwrap_or(0);
     let mut replayed = 0;
-    for item in store.log.range(crate::raft::store::log_key(from)..) {
+    for item in store.log.range(crate::log::raft::store::log_key(from)..) {
         let (_, value) = item.into_inner().map_err(|e| store.err(e))?;
-        let entry: Entry = crate::raft::wire::decode(&value)
+        let entry: Entry = crate::log::wire::decode(&value)
             .map_err(|e| corrupt(format!("a log entry in {}", store.path()), e.to_string()))?;
         if let EntryPayload::Normal(request) = &entry.payload {
             // The state machine's own path (groups, timed requests, request ids); a command

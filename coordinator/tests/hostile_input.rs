@@ -6,9 +6,10 @@
 use std::time::Duration;
 
 use ballast_coordinator::config::CoordArgs;
+use ballast_coordinator::fleet::FleetRequest;
 use ballast_coordinator::fleet::{FleetCommand, FleetState};
-use ballast_coordinator::raft::types::{Entry, RaftRequest};
-use ballast_coordinator::raft::wire;
+use ballast_coordinator::log::raft::types::Entry;
+use ballast_coordinator::log::wire;
 use ballast_coordinator::service::convert::to_fleet;
 use ballast_protocol::pb;
 use ballast_protocol::pb::command::Command as Wire;
@@ -164,8 +165,8 @@ proptest! {
     #[test]
     fn arbitrary_raft_wire_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..1024)) {
         let _ = wire::decode::<Entry>(&bytes);
-        let _ = wire::decode::<RaftRequest>(&bytes);
-        let _ = wire::decode::<openraft::raft::AppendEntriesRequest<ballast_coordinator::raft::types::TypeConfig>>(&bytes);
+        let _ = wire::decode::<FleetRequest>(&bytes);
+        let _ = wire::decode::<openraft::raft::AppendEntriesRequest<ballast_coordinator::log::raft::types::TypeConfig>>(&bytes);
         let _ = wire::decode::<openraft::raft::VoteRequest<u64>>(&bytes);
     }
 

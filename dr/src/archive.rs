@@ -1,6 +1,6 @@
 //! Writing, listing, checking, pruning and reading archives.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::TryStreamExt;
@@ -63,13 +63,6 @@ pub struct Retention {
     pub max_age: Option<Duration>,
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 /// Writes an archive: seals the snapshot (if a key is given), uploads it (in parts when large),
 /// reads it back and checks its checksum, then writes the manifest. Returns the manifest.
 pub async fn export(
@@ -78,7 +71,7 @@ pub async fn export(
     key: Option<&Key>,
     progress: &dyn Progress,
 ) -> Result<Manifest, DrError> {
-    let created_at_ms = now_ms();
+    let created_at_ms = ballast_protocol::clock::unix_ms();
     let name = format!("{created_at_ms:016}-r{}", input.revision);
     let plain_checksum = checksum(&input.data);
     let (stored, encryption) = match key {
@@ -360,7 +353,7 @@ pub async fn delete(destination: &Destination, name: &str) -> Result<(), DrError
 /// Applies a retention policy; returns the names deleted. The newest complete archive is never
 /// deleted. Uploads without a manifest older than an hour are removed too.
 pub async fn retain(destination: &Destination, policy: Retention) -> Result<Vec<String>, DrError> {
-    let now = now_ms();
+    let now = ballast_protocol::clock::unix_ms();
     let all = names(destination).await?;
     let created = |name: &str| -> Option<u64> { name.split('-').next()?.parse().ok() };
     let complete: Vec<&String> = all.iter().filter(|(_, c)| *c).map(|(n, _)| n).collect();

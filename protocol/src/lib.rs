@@ -3,8 +3,10 @@
 //! - [`pb`]: generated gRPC types and services (from `proto/ballast/v1/*.proto`).
 //! - [`validate`]: input rules shared by the coordinator (before proposing) and shard workers.
 //! - [`client`]: the leader-aware client: endpoint failover, idempotent retries, cluster id pinning.
+//! - [`clock`]: wall-clock milliseconds, as the wire and the log state times.
 
 pub mod client;
+pub mod clock;
 pub mod coordination;
 pub mod validate;
 

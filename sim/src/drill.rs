@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use ballast_coordinator::log::member::ReplicaNode;
 use ballast_coordinator::node::RESTORE_BUMP;
-use ballast_coordinator::raft::types::ReplicaNode;
 use ballast_coordinator::restore::{Archived, restore_into};
 use ballast_dr::{ArchiveUrl, Key, NoProgress};
 use ballast_protocol::client::BallastClient;

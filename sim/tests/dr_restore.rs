@@ -6,8 +6,8 @@
 use std::path::Path;
 use std::time::Duration;
 
+use ballast_coordinator::log::member::ReplicaNode;
 use ballast_coordinator::node::RESTORE_BUMP;
-use ballast_coordinator::raft::types::ReplicaNode;
 use ballast_coordinator::restore::{Archived, restore_into};
 use ballast_dr::{ArchiveUrl, NoProgress};
 use ballast_protocol::pb;

@@ -192,7 +192,8 @@ impl TestCluster {
         let dir = match &options.dir {
             Some(path) => {
                 std::fs::create_dir_all(path).expect("creating the cluster directory");
-                Dir::Kept(path.clone())
+                // Absolute: replicas run in it, so a relative path would point elsewhere.
+                Dir::Kept(std::path::absolute(path).expect("an absolute cluster directory"))
             }
             None => Dir::Temp(tempfile::tempdir().expect("creating a temp dir")),
         };
@@ -312,6 +313,9 @@ impl TestCluster {
             .args(&self.options.extra)
             .env("RUST_LOG", "info,openraft=warn,fjall=warn,lsm_tree=warn")
             .envs(env.iter().copied())
+            // Anything a replica writes by a relative path lands in the test's own directory,
+            // never in the source tree.
+            .current_dir(self.dir.path())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("cloning the log handle"))
             .stderr(log)
@@ -794,6 +798,7 @@ impl ShardProcess {
             .arg(&self.http_address)
             .args(&self.extra)
             .env("RUST_LOG", "info,fjall=warn,lsm_tree=warn")
+            .current_dir(self.data_dir.parent().unwrap_or(Path::new("/")))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("cloning the log handle"))
             .stderr(log)

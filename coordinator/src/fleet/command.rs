@@ -132,7 +132,7 @@ pub enum FleetCommand {
     /// Independent client requests proposed together as one log entry (group commit by the
     /// leader under load); each is applied, deduplicated and answered on its own, at its own
     /// revision. Never accepted from clients.
-    Group(Vec<crate::raft::types::RaftRequest>),
+    Group(Vec<FleetRequest>),
     /// Spend a join token for a replica (again for the same replica is not an error, so a
     /// join that failed after spending it can be retried).
     UseJoinToken {
@@ -156,6 +156,16 @@ pub enum FleetCommand {
         /// Leader's clock when proposed, in ms since the Unix epoch.
         now_ms: u64,
         /// The request.
-        request: Box<crate::raft::types::RaftRequest>,
+        request: Box<FleetRequest>,
     },
+}
+
+/// One command as the log carries it: a fleet change plus the client request id that makes it
+/// exactly-once.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct FleetRequest {
+    /// Client-chosen id; empty disables deduplication.
+    pub request_id: String,
+    /// The change itself.
+    pub command: FleetCommand,
 }

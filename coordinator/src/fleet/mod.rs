@@ -8,7 +8,7 @@ mod names;
 mod state;
 pub mod tokens;
 
-pub use command::FleetCommand;
+pub use command::{FleetCommand, FleetRequest};
 pub use error::{ErrorKind, FleetError};
 pub use names::Name;
 pub use state::{

@@ -638,7 +638,7 @@ impl FleetState {
     /// a group gives one per member.
     pub fn apply_logged(
         &mut self,
-        request: &crate::raft::types::RaftRequest,
+        request: &crate::fleet::FleetRequest,
     ) -> Vec<(Result<Applied, FleetError>, Vec<Change>)> {
         match &request.command {
             FleetCommand::Group(members) => members
@@ -651,7 +651,7 @@ impl FleetState {
 
     fn apply_logged_one(
         &mut self,
-        request: &crate::raft::types::RaftRequest,
+        request: &crate::fleet::FleetRequest,
     ) -> (Result<Applied, FleetError>, Vec<Change>) {
         let request = match &request.command {
             FleetCommand::Timed { now_ms, request } => {

@@ -4,8 +4,7 @@
 use std::fmt::Write as _;
 
 use crate::replica::Replica;
-use crate::service::cluster::status_report;
-use crate::service::convert::now_ms;
+use crate::status::status_report;
 
 fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -43,7 +42,7 @@ th{background:#f4f4f4}.ok{color:#1a7f37}.bad{color:#cf222e}\
 /// Renders the page from this replica's view.
 pub fn render(replica: &Replica) -> String {
     let status = status_report(replica);
-    let now = now_ms();
+    let now = ballast_protocol::clock::unix_ms();
     let header = status.header.clone().unwrap_or_default();
     let view = replica.view();
     let mut html = String::new();
@@ -123,7 +122,7 @@ pub fn render(replica: &Replica) -> String {
 
     let shards = {
         let fleet = replica.state.fleet();
-        crate::service::fleet::shard_messages(&fleet, replica.shard_leases())
+        crate::status::shard_messages(&fleet, replica.shard_leases())
     };
     let _ = write!(
         html,

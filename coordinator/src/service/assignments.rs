@@ -12,11 +12,10 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::convert::now_ms;
 use crate::error::fleet_status;
+use crate::fleet::FleetRequest;
 use crate::fleet::{FleetCommand, FleetState};
 use crate::history::{ShardDelta, full_listing};
-use crate::raft::types::RaftRequest;
 use crate::replica::{Replica, Route};
 
 /// How often a watch with nothing to say for its shard still reports the revision it has
@@ -84,7 +83,7 @@ async fn stream_updates(
     (from_epoch, mut from): (u64, u64),
     tx: mpsc::Sender<Result<pb::AssignmentUpdate, Status>>,
 ) {
-    let _open = crate::observe::metrics::WatchStream::open("assignments");
+    let _open = crate::metrics::WatchStream::open("assignments");
     let mut revisions = replica.state.watch_revision();
     let mut first = true;
     let mut last_sent_at = tokio::time::Instant::now();
@@ -175,7 +174,7 @@ impl Assignments for AssignmentsService {
         } else {
             beat.lease_ttl_ms
         };
-        let now = now_ms();
+        let now = ballast_protocol::clock::unix_ms();
         let register = FleetCommand::RegisterShard {
             id: beat.shard_id.clone(),
             address: beat.address.clone(),
@@ -194,7 +193,7 @@ impl Assignments for AssignmentsService {
             .is_some_and(|s| s.address == beat.address && s.az == beat.az);
         if !known {
             replica
-                .propose(RaftRequest {
+                .propose(FleetRequest {
                     request_id: String::new(),
                     command: register,
                 })

@@ -1,23 +1,25 @@
 //! The `Cluster` service: status, placement, membership changes, leadership transfer and
 //! on-demand snapshots.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use ballast_protocol::pb;
 use ballast_protocol::pb::cluster_client::ClusterClient;
 use ballast_protocol::pb::cluster_server::Cluster;
-use ballast_protocol::pb::raft_client::RaftClient;
 use ballast_protocol::validate::{validate_address, validate_id};
 use openraft::ChangeMembers;
 use tonic::{Request, Response, Status};
 
 use crate::error::invalid;
+use crate::error::raft_write_status;
 use crate::fleet::FleetCommand;
-use crate::raft::membership;
-use crate::raft::types::{NodeId, RaftRequest, ReplicaNode};
-use crate::replica::{Replica, Route, raft_write_status};
+use crate::fleet::FleetRequest;
+use crate::log::member::{NodeId, ReplicaNode};
+use crate::log::raft::membership;
+use crate::replica::{Replica, Route};
+use crate::status::status_report;
 
 /// Serves the `Cluster` API of one replica.
 pub struct ClusterService {
@@ -36,115 +38,6 @@ impl ClusterService {
     ) -> Result<ClusterClient<tonic::transport::Channel>, Status> {
         Ok(ClusterClient::new(self.replica.channel_to(address)?))
     }
-
-    fn raft_client(&self, address: &str) -> Result<RaftClient<tonic::transport::Channel>, Status> {
-        Ok(RaftClient::new(self.replica.channel_to(address)?))
-    }
-}
-
-/// Judges whether the voters are spread so that losing one AZ keeps a quorum.
-pub fn placement(voter_azs: &[String]) -> pb::Placement {
-    let mut per_az: BTreeMap<&str, usize> = BTreeMap::new();
-    for az in voter_azs {
-        *per_az.entry(az.as_str()).or_insert(0) += 1;
-    }
-    let crowded: Vec<String> = per_az
-        .iter()
-        .filter(|(_, n)| **n > 1)
-        .map(|(az, n)| format!("{az} holds {n} voters"))
-        .collect();
-    let (healthy, message) = if voter_azs.len() < 3 {
-        (
-            false,
-            format!(
-                "{} voter(s): at least three voters in three AZs are needed to survive an AZ loss",
-                voter_azs.len()
-            ),
-        )
-    } else if !crowded.is_empty() {
-        (
-            false,
-            format!("losing one AZ may lose quorum: {}", crowded.join(", ")),
-        )
-    } else {
-        (
-            true,
-            format!(
-                "{} voters in {} distinct AZs",
-                voter_azs.len(),
-                per_az.len()
-            ),
-        )
-    };
-    let mut azs = voter_azs.to_vec();
-    azs.sort();
-    pb::Placement {
-        healthy,
-        voter_azs: azs,
-        message,
-    }
-}
-
-/// What `Cluster.Status`, the status page and the metrics report: this replica's view of the
-/// group, the placement verdict, table sizes and the DR exporter.
-pub fn status_report(replica: &Replica) -> pb::StatusResponse {
-    let view = replica.view();
-    let mut members = Vec::new();
-    let mut voter_azs = Vec::new();
-    for member in &view.members {
-        if member.voter {
-            voter_azs.push(member.node.az.clone());
-        }
-        let matched_index = member.matched_index.unwrap_or(0);
-        let (health, last_contact_ms) = crate::autopilot::member_health(replica, &view, member.id);
-        members.push(pb::Member {
-            id: member.id,
-            address: member.node.address.clone(),
-            az: member.node.az.clone(),
-            role: if member.voter { "voter" } else { "learner" }.to_string(),
-            leader: view.leader == Some(member.id),
-            matched_index,
-            lag: member
-                .matched_index
-                .map_or(0, |m| view.last_log_index.saturating_sub(m)),
-            health,
-            last_contact_ms,
-        });
-    }
-    let counts = replica.state.fleet().counts();
-    let leader_address = replica.leader().map(|(_, n)| n.address).unwrap_or_default();
-    let placement = placement(&voter_azs);
-    let warnings = crate::autopilot::warnings(&members, &placement);
-    pb::StatusResponse {
-        warnings,
-        membership_changing: view.membership_changing,
-        dr: Some(replica.dr.status()),
-        header: Some(replica.header()),
-        state: view.state.to_string(),
-        applied_index: view.applied_index,
-        last_log_index: view.last_log_index,
-        snapshot_index: view.snapshot_index,
-        purged_index: view.purged_index,
-        members,
-        placement: Some(placement),
-        az: replica.az.clone(),
-        address: replica.address.clone(),
-        leader_address,
-        shard_count: counts.shards as u64,
-        domain_count: counts.domains as u64,
-        binding_count: counts.bindings as u64,
-        quota_count: counts.quotas as u64,
-        provider_count: counts.providers as u64,
-    }
-}
-
-/// The membership the Raft node works with now.
-fn current_membership(raft: &crate::raft::types::Raft) -> crate::raft::types::Membership {
-    raft.metrics()
-        .borrow()
-        .membership_config
-        .membership()
-        .clone()
 }
 
 /// Longest a join token may live.
@@ -174,13 +67,13 @@ async fn spend_join_token(replica: &Replica, join: &pb::JoinRequest) -> Result<(
         ));
     };
     replica
-        .propose(RaftRequest {
+        .propose(FleetRequest {
             request_id: String::new(),
             command: FleetCommand::UseJoinToken {
                 id: id.to_string(),
                 secret_sha256: sha256_hex(secret),
                 replica: join.id,
-                now_ms: crate::service::convert::now_ms(),
+                now_ms: ballast_protocol::clock::unix_ms(),
             },
         })
         .await
@@ -232,7 +125,7 @@ impl Cluster for ClusterService {
             address: join.address.clone(),
             az: join.az.clone(),
         };
-        let membership = current_membership(raft);
+        let membership = membership::current(raft);
         if let Some(existing) = membership.get_node(&join.id) {
             if existing.address != node.address {
                 return Err(Status::already_exists(format!(
@@ -293,10 +186,10 @@ impl Cluster for ClusterService {
             rand::random::<u64>(),
             rand::random::<u64>()
         );
-        let now_ms = crate::service::convert::now_ms();
+        let now_ms = ballast_protocol::clock::unix_ms();
         let expires_at_ms = now_ms + ttl * 1000;
         replica
-            .propose(RaftRequest {
+            .propose(FleetRequest {
                 request_id: String::new(),
                 command: FleetCommand::CreateJoinToken {
                     id: id.clone(),
@@ -320,7 +213,7 @@ impl Cluster for ClusterService {
         let replica = &self.replica;
         let id = on_leader!(self, request, remove_member).id;
         let raft = replica.raft()?;
-        let membership = current_membership(raft);
+        let membership = membership::current(raft);
         if membership.get_node(&id).is_none() {
             return Err(Status::not_found(format!("replica {id} is not a member")));
         }
@@ -350,91 +243,7 @@ impl Cluster for ClusterService {
     ) -> Result<Response<pb::TransferLeaderResponse>, Status> {
         let replica = &self.replica;
         let target = on_leader!(self, request, transfer_leader).target;
-        let raft = replica.raft()?;
-        if target == replica.id {
-            return Ok(replica.respond(pb::TransferLeaderResponse {
-                header: Some(replica.header()),
-            }));
-        }
-        let membership = current_membership(raft);
-        let voters: Vec<NodeId> = membership.voter_ids().collect();
-        let Some(target_node) = membership.get_node(&target).cloned() else {
-            return Err(Status::not_found(format!(
-                "replica {target} is not a member"
-            )));
-        };
-        if !voters.contains(&target) {
-            return Err(Status::failed_precondition(format!(
-                "replica {target} is a learner; only a voter can lead"
-            )));
-        }
-        // The target must hold the whole log, or it cannot win the election.
-        let caught_up = raft
-            .wait(Some(Duration::from_secs(3)))
-            .metrics(
-                |m| {
-                    let last = m.last_log_index;
-                    m.replication
-                        .as_ref()
-                        .and_then(|r| r.get(&target).cloned().flatten())
-                        .map(|l| Some(l.index) == last)
-                        .unwrap_or(false)
-                },
-                "transfer target caught up",
-            )
-            .await;
-        if caught_up.is_err() {
-            return Err(Status::unavailable(format!(
-                "replica {target} has not caught up with the leader's log; retry later"
-            )));
-        }
-        let lease = replica.timing.election_timeout_max;
-        let pause_ms = (lease * 4).as_millis() as u64;
-        for voter in voters.iter().filter(|v| **v != target && **v != replica.id) {
-            if let Some(node) = membership.get_node(voter) {
-                let control = pb::ElectionControl {
-                    cluster_id: replica.cluster_id.clone(),
-                    millis: pause_ms,
-                };
-                if let Err(e) = self
-                    .raft_client(&node.address)?
-                    .pause_election(control)
-                    .await
-                {
-                    tracing::warn!(voter, error = %e, "could not pause a voter's election timer");
-                }
-            }
-        }
-        // Stop granting the lease: once it runs out on every follower, the target campaigns
-        // and, holding the whole log, wins.
-        raft.runtime_config().heartbeat(false);
-        raft.runtime_config().elect(false);
-        let campaign = pb::ElectionControl {
-            cluster_id: replica.cluster_id.clone(),
-            millis: (lease + Duration::from_millis(50)).as_millis() as u64,
-        };
-        let started = self
-            .raft_client(&target_node.address)?
-            .campaign(campaign)
-            .await;
-        let moved = match started {
-            Ok(_) => raft
-                .wait(Some(lease * 4))
-                .metrics(|m| m.current_leader == Some(target), "leadership moved")
-                .await
-                .is_ok(),
-            Err(e) => {
-                tracing::warn!(target, error = %e, "transfer target refused to campaign");
-                false
-            }
-        };
-        raft.runtime_config().heartbeat(true);
-        raft.runtime_config().elect(true);
-        if !moved {
-            return Err(Status::aborted(format!(
-                "leadership did not move to replica {target} in time; the cluster keeps a leader, retry"
-            )));
-        }
+        crate::leader::transfer::transfer_leadership(replica, target).await?;
         Ok(replica.respond(pb::TransferLeaderResponse {
             header: Some(replica.header()),
         }))
@@ -450,7 +259,7 @@ impl Cluster for ClusterService {
             ballast_dr::Destination::check_remote(&to)
                 .map_err(|e| Status::invalid_argument(e.to_string()))?;
         }
-        let answer = replica.dr.export(replica, Some(&to)).await?;
+        let answer = crate::leader::dr::export_now(replica, Some(&to)).await?;
         Ok(replica.respond(answer))
     }
 
@@ -483,30 +292,5 @@ impl Cluster for ClusterService {
             header: Some(replica.header()),
             snapshot_index: metrics.snapshot.map(|l| l.index).unwrap_or(0),
         }))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::placement;
-
-    fn azs(list: &[&str]) -> Vec<String> {
-        list.iter().map(|s| s.to_string()).collect()
-    }
-
-    #[test]
-    fn three_voters_in_three_azs_is_healthy() {
-        let p = placement(&azs(&["az-c", "az-a", "az-b"]));
-        assert!(p.healthy, "{}", p.message);
-        assert_eq!(p.voter_azs, azs(&["az-a", "az-b", "az-c"]));
-    }
-
-    #[test]
-    fn shared_azs_and_small_clusters_are_at_risk() {
-        let p = placement(&azs(&["az-a", "az-a", "az-b"]));
-        assert!(!p.healthy);
-        assert!(p.message.contains("az-a holds 2 voters"), "{}", p.message);
-        assert!(!placement(&azs(&["az-a", "az-b"])).healthy);
-        assert!(!placement(&[]).healthy);
     }
 }

@@ -2,7 +2,7 @@
 //! duplicate slices); the fleet module validates content.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use ballast_protocol::pb;
 use ballast_protocol::pb::command::Command as Wire;
@@ -10,14 +10,6 @@ use tonic::Status;
 
 use crate::error::invalid;
 use crate::fleet::FleetCommand;
-
-/// Milliseconds since the Unix epoch on this replica's clock (the leader's, for proposals).
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
 
 fn slices(field: &str, list: Vec<pb::QuotaSlice>) -> Result<BTreeMap<String, u64>, Status> {
     let mut map = BTreeMap::new();
@@ -52,7 +44,7 @@ pub fn to_fleet(
             id: c.id,
             address: c.address,
             az: c.az,
-            now_ms: now_ms(),
+            now_ms: ballast_protocol::clock::unix_ms(),
             lease_ttl_ms: if c.lease_ttl_ms == 0 {
                 default_lease.as_millis() as u64
             } else {

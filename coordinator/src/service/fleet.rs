@@ -1,7 +1,6 @@
 //! The `Fleet` service: fleet writes (forwarded to the leader) and reads (linearizable by
 //! default, local when `stale`).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use ballast_protocol::pb;
@@ -11,11 +10,10 @@ use tonic::{Request, Response, Status};
 
 use super::convert::to_fleet;
 use crate::error::{fleet_status, invalid};
-use crate::fleet::{FleetState, ShardRecord};
-use crate::history::status_name;
-use crate::leases::ShardLeases;
-use crate::raft::types::RaftRequest;
+use crate::fleet::FleetRequest;
+use crate::fleet::FleetState;
 use crate::replica::{Replica, Route};
+use crate::status::{shard_message, shard_messages};
 
 /// Longest client request id accepted (ids are remembered for deduplication).
 pub const MAX_REQUEST_ID_LEN: usize = 128;
@@ -71,54 +69,6 @@ fn page_size(limit: u32) -> Result<usize, Status> {
     }
 }
 
-/// The wire form of a shard. `leases` holds renewals seen while leading, which are newer than
-/// the registration's lease.
-fn shard_message(
-    record: &ShardRecord,
-    (leases, term): (&ShardLeases, u64),
-    domains: usize,
-    bindings: usize,
-) -> pb::Shard {
-    let lease_expires_at_ms = leases
-        .get(term, &record.id)
-        .map(|l| l.expires_at_ms.max(record.lease_expires_at_ms))
-        .unwrap_or(record.lease_expires_at_ms);
-    pb::Shard {
-        id: record.id.clone(),
-        address: record.address.clone(),
-        az: record.az.clone(),
-        registered_at_ms: record.registered_at_ms,
-        lease_expires_at_ms,
-        status: status_name(Some(&record.status)).to_string(),
-        domain_count: domains as u64,
-        binding_count: bindings as u64,
-    }
-}
-
-/// Every shard as `ListShards` answers it (lease ages from the leader's renewals in `term`).
-pub(crate) fn shard_messages(fleet: &FleetState, leases: (&ShardLeases, u64)) -> Vec<pb::Shard> {
-    let bindings = binding_counts(fleet);
-    fleet
-        .shards()
-        .map(|s| {
-            shard_message(
-                s,
-                leases,
-                fleet.domains_of(&s.id).len(),
-                bindings.get(s.id.as_str()).copied().unwrap_or(0),
-            )
-        })
-        .collect()
-}
-
-fn binding_counts(fleet: &FleetState) -> HashMap<&str, usize> {
-    let mut counts = HashMap::new();
-    for (_, shard) in fleet.bindings() {
-        *counts.entry(shard).or_insert(0) += 1;
-    }
-    counts
-}
-
 /// One page of `(key, value)` pairs from an ordered iterator, resuming after `after`.
 fn page<'a>(
     items: impl Iterator<Item = (&'a str, &'a str)>,
@@ -166,7 +116,7 @@ impl Fleet for FleetService {
         let command = to_fleet(message.command, replica.timing.default_shard_lease)?;
         FleetState::validate_command(&command).map_err(|e| fleet_status(&e))?;
         let applied = replica
-            .propose(RaftRequest {
+            .propose(FleetRequest {
                 request_id: message.request_id,
                 command,
             })

@@ -13,8 +13,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tonic::{Request, Response, Status};
 
-use crate::raft::presence::{PresenceStream, PresenceWatch};
-use crate::raft::types::TypeConfig;
+use crate::log::raft::presence::{PresenceStream, PresenceWatch};
+use crate::log::raft::types::TypeConfig;
 use crate::replica::Replica;
 
 /// Serves Raft traffic for one replica.
@@ -89,7 +89,7 @@ impl RaftService {
         // Spawned, so it finishes even if the leader stops waiting.
         let task = tokio::spawn(async move {
             let answer = match decode_message(&message) {
-                Ok(rpc) => crate::raft::wire::encode(&raft.append_entries(rpc).await)
+                Ok(rpc) => crate::log::wire::encode(&raft.append_entries(rpc).await)
                     .map_err(|e| Status::internal(format!("encoding raft reply: {e}"))),
                 Err(status) => Err(status),
             };
@@ -118,7 +118,7 @@ impl RaftService {
     }
 
     fn reply<T: Serialize>(&self, value: &T) -> Result<Response<pb::RaftMessage>, Status> {
-        let payload = crate::raft::wire::encode(value)
+        let payload = crate::log::wire::encode(value)
             .map_err(|e| Status::internal(format!("encoding raft reply: {e}")))?;
         Ok(Response::new(pb::RaftMessage {
             cluster_id: self.replica.cluster_id.clone(),
@@ -128,7 +128,7 @@ impl RaftService {
 }
 
 fn decode_message<T: DeserializeOwned>(payload: &[u8]) -> Result<T, Status> {
-    crate::raft::wire::decode(payload)
+    crate::log::wire::decode(payload)
         .map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))
 }
 
@@ -175,8 +175,8 @@ impl RaftApi for RaftService {
             Status::invalid_argument(format!("undecodable snapshot {what}: {e}"))
         };
         let rpc = InstallSnapshotRequest::<TypeConfig> {
-            vote: crate::raft::wire::decode(&chunk.vote).map_err(|e| decode_err("vote", e))?,
-            meta: crate::raft::wire::decode(&chunk.meta).map_err(|e| decode_err("meta", e))?,
+            vote: crate::log::wire::decode(&chunk.vote).map_err(|e| decode_err("vote", e))?,
+            meta: crate::log::wire::decode(&chunk.meta).map_err(|e| decode_err("meta", e))?,
             offset: chunk.offset,
             data: chunk.data,
             done: chunk.done,

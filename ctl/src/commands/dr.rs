@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
+use ballast_coordinator::log::member::ReplicaNode;
 use ballast_coordinator::node::RESTORE_BUMP;
-use ballast_coordinator::raft::types::ReplicaNode;
 use ballast_coordinator::restore::{Archived, restore_into};
 use ballast_dr::{ArchiveUrl, Destination, Key, Progress};
 use ballast_protocol::pb;

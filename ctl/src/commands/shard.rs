@@ -76,9 +76,7 @@ fn holdings_text(domains: &[String], clusters: &[String]) -> String {
 
 /// Shards as a table, with lease time left (by this machine's clock against the leader's).
 pub(crate) fn shards_table(shards: &[pb::Shard]) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
+    let now = ballast_protocol::clock::unix_ms();
     let lease = |expires: u64| {
         if expires >= now {
             format!("{}s left", (expires - now) / 1000)

@@ -1,4 +1,6 @@
 use super::*;
+use std::collections::{BTreeMap, BTreeSet};
+
 use proptest::prelude::*;
 
 fn res(cpu: u64) -> Resources {

@@ -1,13 +1,12 @@
 //! `etcdserverpb.Lease`, and the leader's expiry loop.
 
 use std::pin::Pin;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use ballast_protocol::etcdserverpb as epb;
 use ballast_protocol::etcdserverpb::lease_client::LeaseClient;
 use ballast_protocol::etcdserverpb::lease_server::Lease;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
@@ -15,7 +14,6 @@ use tonic::{Request, Response, Status, Streaming};
 use super::EtcdApi;
 use crate::error::kv_status;
 use crate::kv::{KvCommand, KvError, KvReply, MAX_LEASE_TTL};
-use crate::replica::Replica;
 
 impl EtcdApi {
     /// Renews lease `id` on the leader; the TTL granted, or 0 when the lease does not exist.
@@ -259,55 +257,5 @@ impl Lease for EtcdApi {
                 .map(|id| epb::LeaseStatus { id })
                 .collect(),
         }))
-    }
-}
-
-/// On the leader: times every lease (a lease first seen in this term gets its full TTL) and
-/// revokes those that ran out, through Raft, so every replica deletes their keys. A leader
-/// without a quorum (check-quorum) times nothing.
-pub async fn lease_expiry_loop(replica: Arc<Replica>, mut stopped: watch::Receiver<bool>) {
-    let api = EtcdApi::new(replica.clone());
-    let mut leading = false;
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-            _ = stopped.wait_for(|s| *s) => return,
-        }
-        let now_leading = replica.is_leader();
-        if !now_leading {
-            if leading {
-                replica.lease_clock.forget_all();
-            }
-            leading = false;
-            continue;
-        }
-        leading = true;
-        let term = replica.consensus.term();
-        let leases: Vec<(i64, i64)> = {
-            let fleet = replica.state.fleet();
-            fleet
-                .kv()
-                .lease_ids()
-                .into_iter()
-                .filter_map(|id| fleet.kv().lease(id).map(|l| (id, l.ttl)))
-                .collect()
-        };
-        let live: std::collections::HashSet<i64> = leases.iter().map(|(id, _)| *id).collect();
-        replica.lease_clock.retain(term, &live);
-        let mut expired = Vec::new();
-        for (id, ttl) in leases {
-            match replica.lease_clock.remaining(term, id) {
-                None => replica.lease_clock.renew(term, id, ttl, Instant::now()),
-                Some(0) => expired.push(id),
-                Some(_) => {}
-            }
-        }
-        for id in expired {
-            match api.propose(KvCommand::LeaseRevoke { id }).await {
-                Ok(_) => tracing::debug!(lease = id, "lease expired"),
-                Err(status) if status.message() == KvError::LeaseNotFound.to_string() => {}
-                Err(status) => tracing::warn!(lease = id, %status, "could not expire a lease"),
-            }
-        }
     }
 }

@@ -10,20 +10,16 @@ mod kv;
 mod lease;
 mod watch;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ballast_protocol::etcdserverpb as epb;
 use tonic::Status;
 
+use crate::fleet::FleetRequest;
 use crate::fleet::{Applied, FleetCommand};
 use crate::kv::{KvCommand, KvReply};
-use crate::leadership::TermScoped;
-use crate::raft::types::RaftRequest;
 use crate::replica::{Replica, Route};
-
-pub use lease::lease_expiry_loop;
 
 /// Serves etcd's services for one replica.
 #[derive(Clone)]
@@ -49,7 +45,7 @@ impl EtcdApi {
         crate::kv::check_command(&command).map_err(|e| crate::error::kv_status(&e))?;
         let applied: Applied = self
             .replica
-            .propose(RaftRequest {
+            .propose(FleetRequest {
                 request_id: String::new(),
                 command: FleetCommand::Kv(command),
             })
@@ -132,43 +128,5 @@ pub fn header(replica: &Replica, revision: u64) -> epb::ResponseHeader {
         member_id: replica.id,
         revision: revision as i64,
         raft_term: replica.consensus.term(),
-    }
-}
-
-/// Leader-side lease deadlines, kept for the term in which this replica leads. Not
-/// replicated: a new leader starts every lease afresh, and so does a replica that leads again.
-#[derive(Default)]
-pub struct LeaseClock {
-    deadlines: TermScoped<HashMap<i64, Instant>>,
-}
-
-impl LeaseClock {
-    /// Starts or renews a lease for `ttl` seconds from `from` (when the renewal was asked for:
-    /// a leadership confirmation may lie between the two).
-    pub fn renew(&self, term: u64, id: i64, ttl: i64, from: Instant) {
-        self.deadlines.with(term, |deadlines| {
-            deadlines.insert(id, from + Duration::from_secs(ttl.max(0) as u64))
-        });
-    }
-
-    /// Seconds left (rounded up), if the lease is being timed in `term`.
-    pub fn remaining(&self, term: u64, id: i64) -> Option<i64> {
-        self.deadlines.read(term, |deadlines| {
-            deadlines?.get(&id).map(|deadline| {
-                let left = deadline.saturating_duration_since(Instant::now());
-                left.as_millis().div_ceil(1000) as i64
-            })
-        })
-    }
-
-    fn forget_all(&self) {
-        self.deadlines.clear();
-    }
-
-    /// Stops timing leases that no longer exist.
-    fn retain(&self, term: u64, live: &std::collections::HashSet<i64>) {
-        self.deadlines.with(term, |deadlines| {
-            deadlines.retain(|id, _| live.contains(id))
-        });
     }
 }

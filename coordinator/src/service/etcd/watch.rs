@@ -138,7 +138,7 @@ impl Watch for EtcdApi {
         let (tx, rx) = mpsc::channel::<Result<epb::WatchResponse, Status>>(256);
         let api = self.clone();
         tokio::spawn(async move {
-            let _open = crate::observe::metrics::WatchStream::open("etcd");
+            let _open = crate::metrics::WatchStream::open("etcd");
             use epb::watch_request::RequestUnion;
             let mut watchers: HashMap<i64, tokio::task::JoinHandle<()>> = HashMap::new();
             let mut next_id: i64 = 0;

@@ -1,14 +1,24 @@
-//! Which consensus orders the fleet state machine's log: Ballast's own Raft group (the
-//! default) or an existing etcd cluster (`--backend etcd`). Services ask the replica, and the
-//! replica asks this; neither cares which one it is except for Raft-only administration.
+//! The replicated log behind a replica, and the state applied from it. Which consensus orders
+//! the log: Ballast's own Raft group ([`raft`], the default) or an existing etcd cluster
+//! ([`etcd`], `--backend etcd`). Both share the member types ([`member`]), the entry encoding
+//! ([`wire`]) and the apply path ([`applied`]); neither imports the other. Services ask the
+//! replica, and the replica asks this; neither cares which backend it is except for Raft-only
+//! administration.
+
+pub mod applied;
+pub mod etcd;
+pub mod member;
+pub mod raft;
+pub mod wire;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use openraft::ServerState;
 
-use crate::etcd_log::EtcdLog;
-use crate::raft::types::{NodeId, Raft, ReplicaNode};
+use crate::log::member::{NodeId, ReplicaNode};
+use crate::log::raft::types::Raft;
+use etcd::EtcdLog;
 
 /// The log behind a replica.
 pub enum Consensus {

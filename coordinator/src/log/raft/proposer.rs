@@ -9,10 +9,11 @@ use std::sync::Arc;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tonic::Status;
 
-use super::types::{Raft, RaftRequest};
+use super::types::Raft;
 use crate::error::fleet_status;
+use crate::error::raft_write_status;
+use crate::fleet::FleetRequest;
 use crate::fleet::{Applied, FleetCommand};
-use crate::replica::raft_write_status;
 
 /// Groups in flight at once; more proposals wait and join the next group.
 const IN_FLIGHT: usize = 2;
@@ -26,7 +27,7 @@ type Answer = oneshot::Sender<Result<Applied, Status>>;
 /// Submits proposals to a Raft node in groups.
 #[derive(Clone)]
 pub struct Proposer {
-    queue: mpsc::Sender<(RaftRequest, usize, Answer)>,
+    queue: mpsc::Sender<(FleetRequest, usize, Answer)>,
 }
 
 impl Proposer {
@@ -38,8 +39,8 @@ impl Proposer {
     }
 
     /// Proposes one request and waits for its own outcome.
-    pub async fn propose(&self, request: RaftRequest) -> Result<Applied, Status> {
-        let size = super::wire::encoded_size(&request).unwrap_or(MAX_GROUP_BYTES);
+    pub async fn propose(&self, request: FleetRequest) -> Result<Applied, Status> {
+        let size = crate::log::wire::encoded_size(&request).unwrap_or(MAX_GROUP_BYTES);
         let (answer, outcome) = oneshot::channel();
         self.queue
             .send((request, size, answer))
@@ -51,7 +52,7 @@ impl Proposer {
     }
 }
 
-async fn group_loop(raft: Raft, mut pending: mpsc::Receiver<(RaftRequest, usize, Answer)>) {
+async fn group_loop(raft: Raft, mut pending: mpsc::Receiver<(FleetRequest, usize, Answer)>) {
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
     let mut carried = None;
     loop {
@@ -89,7 +90,7 @@ async fn group_loop(raft: Raft, mut pending: mpsc::Receiver<(RaftRequest, usize,
     }
 }
 
-async fn submit(raft: &Raft, mut group: Vec<(RaftRequest, usize, Answer)>) {
+async fn submit(raft: &Raft, mut group: Vec<(FleetRequest, usize, Answer)>) {
     if group.len() == 1 {
         let (request, _, answer) = group.remove(0);
         let outcome = match raft.client_write(request).await {
@@ -99,9 +100,9 @@ async fn submit(raft: &Raft, mut group: Vec<(RaftRequest, usize, Answer)>) {
         let _ = answer.send(outcome);
         return;
     }
-    let (requests, answers): (Vec<RaftRequest>, Vec<Answer>) =
+    let (requests, answers): (Vec<FleetRequest>, Vec<Answer>) =
         group.into_iter().map(|(r, _, a)| (r, a)).unzip();
-    let entry = RaftRequest {
+    let entry = FleetRequest {
         request_id: String::new(),
         command: FleetCommand::Group(requests),
     };

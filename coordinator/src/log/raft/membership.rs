@@ -14,8 +14,9 @@ use std::collections::BTreeSet;
 use openraft::ChangeMembers;
 use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
 
-use super::types::{NodeId, Raft, RaftRequest, ReplicaNode, TypeConfig};
+use super::types::{NodeId, Raft, ReplicaNode, TypeConfig};
 use crate::fleet::FleetCommand;
+use crate::fleet::FleetRequest;
 
 type WriteResult = Result<
     openraft::raft::ClientWriteResponse<TypeConfig>,
@@ -36,7 +37,7 @@ pub async fn change_membership(
                 ?pending,
                 "a membership change is pending; appending a nudge entry"
             );
-            raft.client_write(RaftRequest {
+            raft.client_write(FleetRequest {
                 request_id: String::new(),
                 command: FleetCommand::Nudge,
             })
@@ -50,4 +51,13 @@ pub async fn change_membership(
 /// Removes `ids` as voters (see [`change_membership`]).
 pub async fn remove_voters(raft: &Raft, ids: BTreeSet<NodeId>) -> WriteResult {
     change_membership(raft, ChangeMembers::RemoveVoters(ids)).await
+}
+
+/// The membership the Raft node works with now.
+pub fn current(raft: &Raft) -> crate::log::member::Membership {
+    raft.metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .clone()
 }

@@ -140,7 +140,7 @@ const MAX_APPEND_BYTES: usize = 4 * 1024 * 1024;
 fn entries_that_fit<T: Serialize>(entries: &[T]) -> usize {
     let mut bytes = 0;
     for (i, entry) in entries.iter().enumerate() {
-        bytes += super::wire::encoded_size(entry).unwrap_or(MAX_APPEND_BYTES);
+        bytes += crate::log::wire::encoded_size(entry).unwrap_or(MAX_APPEND_BYTES);
         if i > 0 && bytes > MAX_APPEND_BYTES {
             return i;
         }
@@ -150,7 +150,7 @@ fn entries_that_fit<T: Serialize>(entries: &[T]) -> usize {
 
 impl PeerClient {
     fn encode<T: Serialize>(&self, value: &T) -> Result<Vec<u8>, NetworkError> {
-        super::wire::encode(value).map_err(|e| NetworkError::new(&e))
+        crate::log::wire::encode(value).map_err(|e| NetworkError::new(&e))
     }
 
     /// Maps a failed call onto openraft's retry classes. Unreachable makes openraft back off
@@ -177,7 +177,7 @@ impl PeerClient {
     {
         self.contacts.record(self.target);
         let result: Result<T, RaftError<NodeId, E>> =
-            super::wire::decode(&reply.payload).map_err(|e| NetworkError::new(&e))?;
+            crate::log::wire::decode(&reply.payload).map_err(|e| NetworkError::new(&e))?;
         result.map_err(|e| {
             RPCError::RemoteError(RemoteError::new_with_node(
                 self.target,

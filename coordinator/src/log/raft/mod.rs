@@ -12,4 +12,3 @@ pub mod proposer;
 pub mod state_machine;
 pub mod store;
 pub mod types;
-pub mod wire;

@@ -1,25 +1,38 @@
-//! The replicated state machine: the fleet state in memory (a few MB even for a 100M-machine
-//! fleet), made durable by the fsync'd Raft log plus periodic snapshots stored in fjall. After a
-//! crash the replica loads the latest snapshot and openraft re-applies the committed entries
-//! after it.
+//! The applied state both log backends feed: the fleet state machine in memory, the log
+//! position it reflects, the change history watches resume from, and the one apply path every
+//! backend takes, so both produce the same state from the same log.
 
-use std::io::Cursor;
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
-use openraft::storage::RaftStateMachine;
-use openraft::{
-    EntryPayload, OptionalSend, RaftSnapshotBuilder, Snapshot, SnapshotId, StorageIOError,
-};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use super::store::Store;
-use super::types::{
-    Entry, LogId, Membership, RaftRequest, RaftResponse, SnapshotMeta, StorageError,
-    StoredMembership, TypeConfig,
-};
-use crate::fleet::{Applied, FleetCommand, FleetState};
+use super::member::{LogId, Membership, StoredMembership};
+use crate::fleet::{Applied, FleetCommand, FleetError, FleetRequest, FleetState};
 use crate::history::History;
+
+/// The state machine's answer to one [`FleetRequest`]: applied revision or a precise refusal.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct EntryOutcome {
+    /// Outcome of the command; membership entries and blanks answer `Ok` with the current
+    /// revision.
+    pub outcome: Result<Applied, FleetError>,
+    /// For a request group: each member's outcome, in order.
+    pub group: Vec<Result<Applied, FleetError>>,
+}
+
+impl Default for EntryOutcome {
+    fn default() -> Self {
+        Self {
+            outcome: Ok(Applied {
+                revision: 0,
+                changed: false,
+                kv: None,
+            }),
+            group: Vec::new(),
+        }
+    }
+}
 
 /// State shared between the state machine (writer) and the gRPC services (readers).
 pub struct SharedState {
@@ -32,7 +45,11 @@ pub struct SharedState {
 }
 
 impl SharedState {
-    fn new(fleet: FleetState, applied: Option<LogId>, membership: StoredMembership) -> Self {
+    pub(crate) fn new(
+        fleet: FleetState,
+        applied: Option<LogId>,
+        membership: StoredMembership,
+    ) -> Self {
         let (revision_tx, _) = watch::channel(fleet.revision());
         Self {
             history: RwLock::new(History::starting_at(fleet.revision())),
@@ -57,6 +74,14 @@ impl SharedState {
         self.applied.read().unwrap_or_else(|p| p.into_inner()).0
     }
 
+    /// The last applied log id and the membership it carries.
+    pub fn applied_state(&self) -> (Option<LogId>, StoredMembership) {
+        self.applied
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// Read access to the change history.
     pub fn history(&self) -> RwLockReadGuard<'_, History> {
         self.history.read().unwrap_or_else(|p| p.into_inner())
@@ -77,7 +102,7 @@ impl SharedState {
     pub(crate) fn apply_entries(
         &self,
         entries: impl IntoIterator<Item = (LogId, Step)>,
-    ) -> Vec<RaftResponse> {
+    ) -> Vec<EntryOutcome> {
         let started = std::time::Instant::now();
         let mut outcomes = Vec::new();
         let revision;
@@ -108,7 +133,7 @@ impl SharedState {
                         let mut results = applied.into_iter().map(|(outcome, _)| outcome);
                         if matches!(request.command, FleetCommand::Group(_)) {
                             let group: Vec<_> = results.collect();
-                            outcomes.push(RaftResponse {
+                            outcomes.push(EntryOutcome {
                                 outcome: Ok(Applied {
                                     revision: fleet.revision(),
                                     changed: group.iter().any(|o| matches!(o, Ok(a) if a.changed)),
@@ -125,7 +150,7 @@ impl SharedState {
                         Ok(unchanged)
                     }
                 };
-                outcomes.push(RaftResponse {
+                outcomes.push(EntryOutcome {
                     outcome,
                     group: Vec::new(),
                 });
@@ -133,7 +158,7 @@ impl SharedState {
             revision = fleet.revision();
         }
         self.revision_tx.send_replace(revision);
-        crate::observe::metrics::applied(started);
+        crate::metrics::applied(started);
         outcomes
     }
 
@@ -162,216 +187,20 @@ pub(crate) enum Step {
     /// A leader's no-op.
     Blank,
     /// A client command.
-    Request(RaftRequest),
+    Request(FleetRequest),
     /// A Raft membership change.
     Membership(Membership),
-}
-
-/// Snapshot as stored in fjall and shipped to followers.
-#[derive(Serialize, Deserialize)]
-struct StoredSnapshotMeta {
-    meta: SnapshotMeta,
-}
-
-const SNAPSHOT_META_KEY: &str = "meta";
-const SNAPSHOT_DATA_KEY: &str = "data";
-
-/// openraft's view of the state machine.
-#[derive(Clone)]
-pub struct StateMachineStore {
-    shared: Arc<SharedState>,
-    store: Store,
-}
-
-fn sm_read_err(e: impl std::fmt::Display) -> StorageError {
-    StorageIOError::read_state_machine(&std::io::Error::other(e.to_string())).into()
-}
-
-fn snapshot_write_err(e: impl std::fmt::Display) -> StorageError {
-    StorageIOError::write_snapshot(None, &std::io::Error::other(e.to_string())).into()
-}
-
-impl StateMachineStore {
-    /// Loads the latest snapshot from `store` (if any) into memory.
-    pub fn open(store: Store) -> Result<Self, StorageError> {
-        let (fleet, applied, membership) = match load_snapshot(&store)? {
-            Some((meta, data)) => {
-                let fleet = FleetState::decode(&data).map_err(|e| {
-                    sm_read_err(format!("snapshot in {} is corrupt: {e}", store.path()))
-                })?;
-                (fleet, meta.last_log_id, meta.last_membership)
-            }
-            None => (FleetState::new(), None, StoredMembership::default()),
-        };
-        Ok(Self {
-            shared: Arc::new(SharedState::new(fleet, applied, membership)),
-            store,
-        })
-    }
-
-    /// The state the services read.
-    pub fn shared(&self) -> Arc<SharedState> {
-        self.shared.clone()
-    }
-
-    fn build_snapshot_now(&self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        // Encode under the read lock so the data and the applied log id belong together.
-        let fleet = self.shared.fleet();
-        let (last_log_id, membership) = self
-            .shared
-            .applied
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let data = fleet.encode();
-        drop(fleet);
-        let snapshot_id = match last_log_id {
-            Some(id) => format!("{}-{}-{}", id.leader_id.term, id.index, data.len()),
-            None => format!("0-0-{}", data.len()),
-        };
-        let meta = SnapshotMeta {
-            last_log_id,
-            last_membership: membership,
-            snapshot_id: SnapshotId::from(snapshot_id),
-        };
-        save_snapshot(&self.store, &meta, &data)?;
-        Ok(Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(data)),
-        })
-    }
-}
-
-pub(crate) fn load_snapshot(
-    store: &Store,
-) -> Result<Option<(SnapshotMeta, Vec<u8>)>, StorageError> {
-    let meta: Option<StoredSnapshotMeta> = store
-        .read_json(&store.snapshot, "snapshot", SNAPSHOT_META_KEY)
-        .map_err(sm_read_err)?;
-    let Some(meta) = meta else { return Ok(None) };
-    let data = store
-        .snapshot
-        .get(SNAPSHOT_DATA_KEY)
-        .map_err(|e| sm_read_err(store.err(e)))?
-        .ok_or_else(|| {
-            sm_read_err(format!(
-                "snapshot data missing in {} although its metadata exists",
-                store.path()
-            ))
-        })?;
-    Ok(Some((meta.meta, data.to_vec())))
-}
-
-pub(crate) fn save_snapshot(
-    store: &Store,
-    meta: &SnapshotMeta,
-    data: &[u8],
-) -> Result<(), StorageError> {
-    let meta_bytes = serde_json::to_vec(&StoredSnapshotMeta { meta: meta.clone() })
-        .map_err(snapshot_write_err)?;
-    ballast_failpoints::hit("snapshot-before-save");
-    let mut batch = store.db.batch();
-    batch.insert(&store.snapshot, SNAPSHOT_DATA_KEY, data);
-    batch.insert(&store.snapshot, SNAPSHOT_META_KEY, meta_bytes);
-    batch
-        .commit()
-        .map_err(|e| snapshot_write_err(store.err(e)))?;
-    // The log behind this snapshot is purged next; the snapshot must be on disk first.
-    store.sync().map_err(snapshot_write_err)?;
-    ballast_failpoints::hit("snapshot-after-save");
-    Ok(())
-}
-
-impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
-    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let this = self.clone();
-        let started = std::time::Instant::now();
-        let snapshot = tokio::task::spawn_blocking(move || this.build_snapshot_now())
-            .await
-            .map_err(snapshot_write_err)?;
-        crate::observe::metrics::snapshot_built(started);
-        snapshot
-    }
-}
-
-impl RaftStateMachine<TypeConfig> for StateMachineStore {
-    type SnapshotBuilder = StateMachineStore;
-
-    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
-        Ok(self
-            .shared
-            .applied
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone())
-    }
-
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<RaftResponse>, StorageError>
-    where
-        I: IntoIterator<Item = Entry> + OptionalSend,
-        I::IntoIter: OptionalSend,
-    {
-        let responses = self.shared.apply_entries(entries.into_iter().map(|entry| {
-            let step = match entry.payload {
-                EntryPayload::Blank => Step::Blank,
-                EntryPayload::Normal(request) => Step::Request(request),
-                EntryPayload::Membership(membership) => Step::Membership(membership),
-            };
-            (entry.log_id, step)
-        }));
-        Ok(responses)
-    }
-
-    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        self.clone()
-    }
-
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
-    }
-
-    async fn install_snapshot(
-        &mut self,
-        meta: &SnapshotMeta,
-        snapshot: Box<Cursor<Vec<u8>>>,
-    ) -> Result<(), StorageError> {
-        let data = snapshot.into_inner();
-        let fleet = FleetState::decode(&data).map_err(|e| {
-            StorageIOError::read_snapshot(
-                Some(meta.signature()),
-                &std::io::Error::other(format!("received snapshot is corrupt: {e}")),
-            )
-        })?;
-        let store = self.store.clone();
-        let meta_owned = meta.clone();
-        tokio::task::spawn_blocking(move || save_snapshot(&store, &meta_owned, &data))
-            .await
-            .map_err(snapshot_write_err)??;
-        self.shared
-            .replace(fleet, meta.last_log_id, meta.last_membership.clone());
-        Ok(())
-    }
-
-    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        let store = self.store.clone();
-        let loaded = tokio::task::spawn_blocking(move || load_snapshot(&store))
-            .await
-            .map_err(sm_read_err)??;
-        Ok(loaded.map(|(meta, data)| Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(data)),
-        }))
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::{SharedState, Step};
+    use crate::fleet::FleetRequest;
     use crate::fleet::{FleetCommand, FleetState};
-    use crate::raft::types::{LogId, RaftRequest};
+    use crate::log::member::LogId;
 
-    fn register(request_id: &str, id: &str) -> RaftRequest {
-        RaftRequest {
+    fn register(request_id: &str, id: &str) -> FleetRequest {
+        FleetRequest {
             request_id: request_id.into(),
             command: FleetCommand::RegisterShard {
                 id: id.into(),
@@ -386,7 +215,7 @@ mod tests {
     #[test]
     fn a_group_answers_each_member_on_its_own() {
         let shared = SharedState::from_snapshot(FleetState::new(), None);
-        let group = RaftRequest {
+        let group = FleetRequest {
             request_id: String::new(),
             command: FleetCommand::Group(vec![
                 register("r1", "s1"),
@@ -417,8 +246,8 @@ mod tests {
         assert!(state.apply(&FleetCommand::Group(Vec::new())).is_err());
     }
 
-    fn timed(now_ms: u64, request: RaftRequest) -> RaftRequest {
-        RaftRequest {
+    fn timed(now_ms: u64, request: FleetRequest) -> FleetRequest {
+        FleetRequest {
             request_id: String::new(),
             command: FleetCommand::Timed {
                 now_ms,
@@ -433,7 +262,7 @@ mod tests {
     fn every_apply_path_gives_the_same_state_from_the_same_log() {
         let log = [
             timed(1_000, register("r1", "s1")),
-            RaftRequest {
+            FleetRequest {
                 request_id: String::new(),
                 command: FleetCommand::Group(vec![
                     timed(1_001, register("r2", "s2")),

@@ -57,7 +57,7 @@ impl LogStore {
     }
 
     fn decode(&self, index: u64, bytes: &[u8]) -> Result<Entry, StorageError> {
-        super::wire::decode(bytes).map_err(|e| {
+        crate::log::wire::decode(bytes).map_err(|e| {
             StorageIOError::read_log_at_index(
                 index,
                 &io::Error::other(format!(
@@ -148,7 +148,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        crate::observe::metrics::committed(committed.map_or(0, |id| id.index));
+        crate::metrics::committed(committed.map_or(0, |id| id.index));
         // Not fsynced: losing it only means a restart re-applies less and learns the rest from
         // the leader.
         self.store
@@ -175,7 +175,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let mut batch = self.store.db.batch();
         for entry in entries {
-            let bytes = super::wire::encode(&entry)
+            let bytes = crate::log::wire::encode(&entry)
                 .map_err(|e| StorageIOError::write_log_entry(entry.log_id, &io_err(e)))?;
             batch.insert(&self.store.log, log_key(entry.log_id.index), bytes);
         }

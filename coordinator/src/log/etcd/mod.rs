@@ -29,11 +29,12 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 use tonic::Status;
 
-use crate::consensus::{MemberView, View};
 use crate::error::fleet_status;
+use crate::fleet::FleetRequest;
 use crate::fleet::{Applied, FleetError, FleetState};
-use crate::raft::state_machine::{SharedState, Step};
-use crate::raft::types::{LogId, NodeId, RaftRequest, ReplicaNode};
+use crate::log::applied::{SharedState, Step};
+use crate::log::member::{LogId, NodeId, ReplicaNode};
+use crate::log::{MemberView, View};
 
 /// Settings of the etcd backend; built from `ballast-coord`'s `--etcd-*` flags.
 #[derive(Clone, Debug)]
@@ -138,7 +139,7 @@ struct LogRecord {
     /// Replica that appended it.
     leader: NodeId,
     /// The command.
-    request: RaftRequest,
+    request: FleetRequest,
 }
 
 /// A replica's id, address and AZ: the value of its member key and of the leader key.
@@ -169,7 +170,7 @@ struct Leadership {
 
 /// A write waiting for the appender.
 struct Proposal {
-    request: RaftRequest,
+    request: FleetRequest,
     done: oneshot::Sender<Result<Applied, Status>>,
 }
 
@@ -179,13 +180,13 @@ struct Proposal {
 /// another leader's entry at the index it reserved; its own write was then never stored.
 struct Waiter {
     term: u64,
-    request: RaftRequest,
+    request: FleetRequest,
     done: oneshot::Sender<Result<Applied, Status>>,
 }
 
 impl Waiter {
     /// Whether the entry `(log_id, request)` is this waiter's own write.
-    fn owns(&self, me: NodeId, log_id: &LogId, request: &RaftRequest) -> bool {
+    fn owns(&self, me: NodeId, log_id: &LogId, request: &FleetRequest) -> bool {
         log_id.leader_id.term == self.term
             && log_id.leader_id.node_id == me
             && *request == self.request
@@ -355,7 +356,7 @@ impl EtcdLog {
     }
 
     /// Appends a command (this replica must lead) and waits until it is applied here.
-    pub async fn propose(&self, request: RaftRequest) -> Result<Applied, Status> {
+    pub async fn propose(&self, request: FleetRequest) -> Result<Applied, Status> {
         if !self.is_leading() {
             return Err(Status::unavailable(format!(
                 "replica {} does not lead the etcd-backed group; retry",
@@ -581,7 +582,7 @@ impl EtcdLog {
                 )));
             }
             let record: LogRecord =
-                crate::raft::wire::decode(&bytes).map_err(|e| EtcdLogError::Corrupt {
+                crate::log::wire::decode(&bytes).map_err(|e| EtcdLogError::Corrupt {
                     key: self.keys.entry(index),
                     reason: format!("log entry does not decode: {e}"),
                 })?;

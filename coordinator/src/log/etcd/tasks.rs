@@ -17,7 +17,7 @@ use super::{
     EtcdLog, EtcdLogError, Leadership, LogRecord, MAX_BATCH, MAX_REQUEST_BYTES, Proposal,
     ReplicaRecord, SnapshotRecord, Waiter,
 };
-use crate::raft::types::{NodeId, ReplicaNode};
+use crate::log::member::{NodeId, ReplicaNode};
 
 /// Pause before retrying after etcd could not be reached.
 const RETRY: Duration = Duration::from_millis(300);
@@ -437,7 +437,7 @@ impl EtcdLog {
                 request: record.request.clone(),
                 done: proposal.done,
             };
-            match crate::raft::wire::encode(&record) {
+            match crate::log::wire::encode(&record) {
                 Ok(encoded) if bytes + encoded.len() <= MAX_REQUEST_BYTES || puts.is_empty() => {
                     bytes += encoded.len();
                     let index = start + puts.len() as u64;

@@ -1,0 +1,55 @@
+//! Archive exports from the leader: on demand (`Cluster.Export`, `ballastctl dr export`) and on
+//! the configured schedule.
+
+use std::sync::Arc;
+
+use ballast_dr::ArchiveInput;
+use ballast_protocol::pb;
+use tokio::sync::watch;
+use tonic::Status;
+
+use crate::dr::PAYLOAD;
+use crate::replica::Replica;
+
+/// Exports the current state to `to` (or the configured destination), after a linearizable
+/// barrier: every write acknowledged before the call is in the archive.
+pub async fn export_now(replica: &Replica, to: Option<&str>) -> Result<pb::ExportResponse, Status> {
+    replica
+        .dr
+        .export(to, || async {
+            replica.linearize().await?;
+            let fleet = replica.state.fleet();
+            let applied = replica.state.applied_log_id();
+            let input = ArchiveInput {
+                cluster_id: replica.cluster_id.clone(),
+                term: applied.map(|l| l.leader_id.term).unwrap_or(0),
+                log_index: applied.map(|l| l.index).unwrap_or(0),
+                revision: fleet.revision(),
+                restore_epoch: fleet.restore_epoch(),
+                payload: PAYLOAD.to_string(),
+                data: fleet.encode(),
+            };
+            drop(fleet);
+            Ok((input, replica.header()))
+        })
+        .await
+}
+
+/// Exports on the configured schedule while this replica leads.
+pub async fn export_loop(replica: Arc<Replica>, mut stopped: watch::Receiver<bool>) {
+    let Some(interval) = replica.dr.interval() else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = stopped.wait_for(|s| *s) => return,
+        }
+        if !replica.is_leader() {
+            continue;
+        }
+        if let Err(e) = export_now(&replica, None).await {
+            tracing::warn!(error = %e.message(), "scheduled archive export failed");
+        }
+    }
+}
