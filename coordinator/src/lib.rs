@@ -17,6 +17,7 @@ pub mod memory;
 pub mod metrics;
 pub mod node;
 pub mod observe;
+pub mod offline;
 pub mod rebalance;
 pub mod replica;
 pub mod restore;

@@ -281,6 +281,15 @@ async fn ballastctl_end_to_end() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dr_export_list_verify_restore_and_refusals() {
+    // `ballastctl dr restore` runs the replica binary next to it (`ballast-coord restore`),
+    // which `cargo test --workspace` builds for the coordinator's own tests.
+    let replica_binary =
+        std::path::Path::new(env!("CARGO_BIN_EXE_ballastctl")).with_file_name("ballast-coord");
+    assert!(
+        replica_binary.exists(),
+        "{} is missing: run `cargo build -p ballast-coordinator` (or the whole workspace's tests) first",
+        replica_binary.display()
+    );
     let dir = tempfile::tempdir().expect("temp dir");
     let archives = dir.path().join("archives");
     let key_file = dir.path().join("dr.key");

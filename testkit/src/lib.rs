@@ -3,6 +3,7 @@
 //! processes uses this one harness instead of rolling its own; the demo and the benchmarks
 //! launch their clusters with it too.
 
+pub mod deps;
 pub mod etcd;
 pub mod fleet;
 pub mod pki;

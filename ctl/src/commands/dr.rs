@@ -1,15 +1,12 @@
 //! `ballastctl dr ...`: archive exports (through the leader) and, with no coordinator needed,
 //! listing, verifying and restoring archives.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context as _, bail};
-use ballast_coordinator::log::member::ReplicaNode;
-use ballast_coordinator::node::RESTORE_BUMP;
-use ballast_coordinator::restore::{Archived, restore_into};
 use ballast_dr::{ArchiveUrl, Destination, Key, Progress};
 use ballast_protocol::pb;
-use ballast_protocol::validate::{validate_address, validate_id};
+
 use clap::{Args, Subcommand};
 use serde_json::json;
 
@@ -115,12 +112,54 @@ impl Drop for Bar {
     }
 }
 
-fn is_empty_dir(dir: &Path) -> anyhow::Result<bool> {
-    match std::fs::read_dir(dir) {
-        Ok(mut entries) => Ok(entries.next().is_none()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
-        Err(e) => Err(e).with_context(|| format!("reading data dir {}", dir.display())),
+/// The replica binary that does offline data-dir work (`ballast-coord restore`): `$BALLAST_COORD`,
+/// else `ballast-coord` next to this program, else on the `PATH`.
+fn replica_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("BALLAST_COORD") {
+        return PathBuf::from(path);
     }
+    let sibling = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join("ballast-coord")));
+    match sibling {
+        Some(path) if path.exists() => path,
+        _ => PathBuf::from("ballast-coord"),
+    }
+}
+
+/// Runs the replica binary with `args` (which ask it for JSON) and returns what it printed;
+/// its refusal becomes this command's.
+fn run_replica_binary(args: &[std::ffi::OsString]) -> anyhow::Result<serde_json::Value> {
+    let binary = replica_binary();
+    let output = std::process::Command::new(&binary)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .with_context(|| {
+            format!(
+                "restoring is done by the replica binary (`ballast-coord restore`), and {} could \
+                 not be run; install ballast-coord next to ballastctl or on the PATH, or set \
+                 BALLAST_COORD to its path",
+                binary.display()
+            )
+        })?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let reason = stderr
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("no reason given")
+            .trim_start_matches("error: ");
+        bail!("{reason}");
+    }
+    serde_json::from_slice(&output.stdout).with_context(|| {
+        format!(
+            "{} restore printed no JSON: {}",
+            binary.display(),
+            String::from_utf8_lossy(&output.stdout)
+        )
+    })
 }
 
 /// Runs a DR command.
@@ -237,96 +276,32 @@ pub async fn run(ctx: &Context, cmd: DrCmd) -> anyhow::Result<Rendered> {
             force,
             key,
         } => {
-            if id == 0 {
-                bail!("--id must be at least 1");
+            let mut args: Vec<std::ffi::OsString> = vec![
+                "restore".into(),
+                url.into(),
+                "--data-dir".into(),
+                data_dir.into(),
+                "--id".into(),
+                id.to_string().into(),
+                "--az".into(),
+                az.into(),
+                "--advertise".into(),
+                advertise.into(),
+                "--json".into(),
+            ];
+            if force {
+                args.push("--force".into());
             }
-            validate_id("az", &az)?;
-            validate_address("advertise", &advertise)?;
-            // Every check happens before the data dir is touched.
-            if !force && !is_empty_dir(&data_dir)? {
-                bail!(
-                    "data dir {} is not empty; pass --force to replace it",
-                    data_dir.display()
-                );
+            if let Some(file) = key.key_file {
+                args.extend(["--key-file".into(), file.into()]);
             }
-            let archive = ArchiveUrl::parse(&url)?;
-            let key = key.key()?;
-            let verified = {
-                let bar = Bar::new("downloading");
-                ballast_dr::verify(&archive, key.as_ref(), true, &bar).await?
-            };
-            let manifest = verified.manifest;
-            let archived = Archived::of(&manifest, verified.data.as_deref().unwrap_or_default())
-                .map_err(|e| anyhow::anyhow!("archive {} {e}", archive.url()))?;
-            if verified.data.is_none() {
-                bail!("verified archive without data");
+            if let Some(var) = key.key_env {
+                args.extend(["--key-env".into(), var.into()]);
             }
-            let parent = data_dir
-                .parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .unwrap_or(Path::new("."));
-            std::fs::create_dir_all(parent)
-                .with_context(|| format!("creating {}", parent.display()))?;
-            let base = data_dir
-                .file_name()
-                .map(|n| n.to_string_lossy().to_string())
-                .unwrap_or_else(|| "data".into());
-            // Staging dirs of restores into this data dir that crashed: never renamed into
-            // place, so nothing else uses them.
-            let leftover = format!(".{base}.restoring-");
-            for entry in std::fs::read_dir(parent)?.flatten() {
-                if entry.file_name().to_string_lossy().starts_with(&leftover) {
-                    let _ = std::fs::remove_dir_all(entry.path());
-                }
-            }
-            let staging = parent.join(format!("{leftover}{}", std::process::id()));
-            let restored = restore_into(
-                &staging,
-                id,
-                ReplicaNode {
-                    address: advertise.clone(),
-                    az: az.clone(),
-                },
-                &archived,
-                RESTORE_BUMP,
-            );
-            let restored = match restored {
-                Ok(r) => r,
-                Err(e) => {
-                    let _ = std::fs::remove_dir_all(&staging);
-                    return Err(e.into());
-                }
-            };
-            if data_dir.exists() {
-                std::fs::remove_dir_all(&data_dir)
-                    .with_context(|| format!("removing {}", data_dir.display()))?;
-            }
-            std::fs::rename(&staging, &data_dir).with_context(|| {
-                format!(
-                    "moving {} into place at {}",
-                    staging.display(),
-                    data_dir.display()
-                )
-            })?;
+            let done = run_replica_binary(&args)?;
             Ok(Rendered {
-                json: json!({
-                    "archive": archive.url(), "data_dir": data_dir, "cluster_id": manifest.cluster_id,
-                    "archived_revision": manifest.revision, "revision": restored.revision,
-                    "restore_epoch": restored.restore_epoch, "id": id,
-                }),
-                human: format!(
-                    "restored cluster {} from {} (archived revision {}) into {}: revision {}, \
-                     restore epoch {}.\nStart it: ballast-coord --id {id} --az {az} --listen {advertise} \
-                     --data-dir {}\nThen join the other replicas with fresh data dirs: \
-                     ballast-coord --id N --az AZ --listen ADDR --data-dir DIR --join {advertise}",
-                    manifest.cluster_id,
-                    archive.url(),
-                    manifest.revision,
-                    data_dir.display(),
-                    restored.revision,
-                    restored.restore_epoch,
-                    data_dir.display()
-                ),
+                human: done["message"].as_str().unwrap_or_default().to_string(),
+                json: done,
             })
         }
     }
