@@ -3,7 +3,7 @@
 //! linearizable barrier so it holds every acknowledged write ([`crate::leader::dr`], which
 //! also runs the schedule).
 
-use std::sync::Mutex;
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 use ballast_dr::{ArchiveInput, Destination, Key, NoProgress, Retention};
@@ -52,10 +52,7 @@ impl DrExporter {
 
     /// Export figures for status pages and metrics.
     pub fn status(&self) -> pb::DrStatus {
-        self.status
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.status.lock().clone()
     }
 
     /// Exports the state `take` gives (the archive's input and the header to answer with) to
@@ -73,7 +70,7 @@ impl DrExporter {
         let _one_at_a_time = self.busy.lock().await;
         let started = Instant::now();
         let result = self.export_once(to, take).await;
-        let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        let mut status = self.status.lock();
         match &result {
             Ok(done) => {
                 status.last_success_unix_ms = ballast_protocol::clock::unix_ms();

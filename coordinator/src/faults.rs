@@ -21,10 +21,11 @@
 //!
 //! The file is looked at again at most every 20 ms; a missing file means no faults.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use rand::Rng;
@@ -202,7 +203,7 @@ impl FaultRules {
             else {
                 return Ok(());
             };
-            let mut connections = rules.connections.lock().unwrap_or_else(|p| p.into_inner());
+            let mut connections = rules.connections.lock();
             if connections.flapping(&address) {
                 cut(&socket);
                 return Err(std::io::Error::new(
@@ -222,7 +223,7 @@ impl FaultRules {
 
     /// Decides the fate of one message to `address`.
     pub fn verdict(&self, address: &str) -> Verdict {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut state = self.state.lock();
         if state.checked.is_none_or(|c| c.elapsed() >= CHECK_EVERY) {
             state.checked = Some(Instant::now());
             let stamp = std::fs::metadata(&self.path)
@@ -250,11 +251,9 @@ impl FaultRules {
                 Action::Delay(lo, hi) => {
                     delay += Duration::from_millis(rng.random_range(lo..=hi));
                 }
-                Action::Reset(rate, flap) => self
-                    .connections
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .cut_if_due(address, rate, flap),
+                Action::Reset(rate, flap) => {
+                    self.connections.lock().cut_if_due(address, rate, flap)
+                }
             }
         }
         if delay.is_zero() {
@@ -338,7 +337,7 @@ mod tests {
             Verdict::Delay(Duration::from_millis(5))
         );
         assert_eq!(
-            rules.state.lock().unwrap().rules.len(),
+            rules.state.lock().rules.len(),
             5,
             "a zero reset rate, a flap that is not a number and a loss above 1 are refused"
         );

@@ -15,8 +15,8 @@
 //! kept per term ([`TermScoped`]), so a replica that leads again after another replica led
 //! starts afresh instead of trusting what it saw in an earlier term.
 
+use parking_lot::Mutex;
 use std::future::Future;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use tonic::Status;
@@ -30,7 +30,7 @@ pub struct TermScoped<T> {
 impl<T: Default> TermScoped<T> {
     /// Runs `f` on the state of `term`, starting it empty if it belonged to another term.
     pub fn with<R>(&self, term: u64, f: impl FnOnce(&mut T) -> R) -> R {
-        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut inner = self.inner.lock();
         if inner.0 != term || inner.1.is_none() {
             *inner = (term, Some(T::default()));
         }
@@ -39,13 +39,13 @@ impl<T: Default> TermScoped<T> {
 
     /// Reads the state of `term` (`None` if what is held belongs to another term).
     pub fn read<R>(&self, term: u64, f: impl FnOnce(Option<&T>) -> R) -> R {
-        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let inner = self.inner.lock();
         f(inner.1.as_ref().filter(|_| inner.0 == term))
     }
 
     /// Drops everything (leadership lost).
     pub fn clear(&self) {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner()).1 = None;
+        self.inner.lock().1 = None;
     }
 }
 

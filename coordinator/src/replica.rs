@@ -2,8 +2,9 @@
 //! answer (headers, leader lookup, forwarding, linearizable reads, proposing).
 
 use crate::dr::DrExporter;
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::faults::{FaultRules, Verdict};
@@ -329,10 +330,7 @@ impl Replica {
                 "fault injection: call to {address} dropped"
             )));
         }
-        let mut channels = self
-            .channels
-            .lock()
-            .map_err(|_| Status::internal("channel cache poisoned"))?;
+        let mut channels = self.channels.lock();
         if let Some(channel) = channels.get(address) {
             return Ok(channel.clone());
         }

@@ -17,10 +17,11 @@
 //! etcd backend's appender between registering its waiters and sending its transaction:
 //! `etcd-append-hold`) and then pause, partition or kill around it.
 
+use parking_lot::Mutex;
 use std::collections::HashSet;
 use std::path::PathBuf;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock};
 
 fn armed() -> &'static [String] {
     static ARMED: OnceLock<Vec<String>> = OnceLock::new();
@@ -73,7 +74,7 @@ pub async fn hold(name: &str) {
         return;
     };
     {
-        let mut held = HELD.lock().unwrap_or_else(|p| p.into_inner());
+        let mut held = HELD.lock();
         if !held
             .get_or_insert_with(HashSet::new)
             .insert(name.to_string())

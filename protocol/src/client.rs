@@ -6,8 +6,9 @@
 //! The first answer pins the cluster id; from then on every request carries it and a replica
 //! of a different cluster refuses the request instead of silently serving it.
 
+use parking_lot::Mutex;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use ballast_tls::ClientTls;
 use ballast_tls::client::lazy_channel;
@@ -189,7 +190,7 @@ impl BallastClient {
 
     /// The cluster id this client is pinned to, once known.
     pub fn cluster_id(&self) -> Option<String> {
-        self.cluster_id.lock().map(|g| g.clone()).unwrap_or(None)
+        self.cluster_id.lock().clone()
     }
 
     /// Applies a fleet command. A fresh request id is drawn once and reused by every retry.
@@ -358,10 +359,7 @@ impl BallastClient {
             .get(CLUSTER_ID_HEADER)
             .and_then(|v| v.to_str().ok())
         {
-            let mut pinned = self
-                .cluster_id
-                .lock()
-                .map_err(|_| ClientError::Config("client state poisoned".into()))?;
+            let mut pinned = self.cluster_id.lock();
             match pinned.as_deref() {
                 None => *pinned = Some(answered.to_string()),
                 Some(expected) if expected != answered => {

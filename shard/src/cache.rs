@@ -2,9 +2,9 @@
 //! term they reflect, the cluster it belongs to and its restart epoch. This is what lets a
 //! shard restart and keep provisioning while every coordinator replica is down.
 
+use parking_lot::Mutex;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::sync::Mutex;
 
 use ballast_protocol::pb;
 
@@ -527,10 +527,8 @@ impl Cache {
         })
     }
 
-    fn ledger_count(&self) -> std::sync::MutexGuard<'_, u64> {
-        self.ledger_writes
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    fn ledger_count(&self) -> parking_lot::MutexGuard<'_, u64> {
+        self.ledger_writes.lock()
     }
 
     /// Machines in the ledger.

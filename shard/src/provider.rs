@@ -6,9 +6,9 @@
 //! zombie shard from an earlier epoch can never act after its successor started. Actions are
 //! idempotent by machine id: retrying a provision returns the machine already made.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use rand::rngs::StdRng;
@@ -136,11 +136,7 @@ impl SimulatedProvider {
 
     /// Machines currently provided.
     pub fn machine_count(&self) -> usize {
-        self.state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .machines
-            .len()
+        self.state.lock().machines.len()
     }
 
     /// Checks and advances the fence, then rolls for failure. The mark advances even when the
@@ -177,7 +173,7 @@ impl SimulatedProvider {
 impl Provider for SimulatedProvider {
     async fn provision(&self, action: ProvisionAction) -> Result<ProvidedMachine, ProviderError> {
         tokio::time::sleep(self.config.latency).await;
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut state = self.state.lock();
         self.admit(&mut state, &action.machine_id, &action.token)?;
         let machine = state
             .machines
@@ -193,7 +189,7 @@ impl Provider for SimulatedProvider {
 
     async fn release(&self, machine_id: &str, token: FencingToken) -> Result<(), ProviderError> {
         tokio::time::sleep(self.config.latency).await;
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut state = self.state.lock();
         self.admit(&mut state, machine_id, &token)?;
         state.machines.remove(machine_id);
         Ok(())

@@ -2,8 +2,9 @@
 //! and carry out provisions through the provider. It needs no coordinator: a shard keeps
 //! serving demand from its cached allocation during an outage.
 
+use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
@@ -288,8 +289,8 @@ impl Backoff {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, (u32, Option<Instant>)> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, (u32, Option<Instant>)> {
+        self.state.lock()
     }
 
     /// Records a failure; returns the pause it starts.

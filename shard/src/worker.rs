@@ -3,11 +3,12 @@
 //! keeps serving from its cache and retries quietly; it never gives away or grabs domains on
 //! its own.
 
+use parking_lot::{Mutex, RwLock};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use ballast_protocol::client::{BallastClient, ClientConfig};
@@ -116,10 +117,7 @@ pub struct Startup {
 impl Worker {
     /// The assignments held now.
     pub fn assignments(&self) -> Assignments {
-        self.assignments
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.assignments.read().clone()
     }
 
     /// Shard id.
@@ -148,8 +146,8 @@ impl Worker {
     }
 
     /// The engine with its machine ledger and the provisions in flight (lock briefly).
-    pub fn state(&self) -> std::sync::MutexGuard<'_, ShardState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    pub fn state(&self) -> parking_lot::MutexGuard<'_, ShardState> {
+        self.state.lock()
     }
 
     /// The provider.
@@ -181,8 +179,8 @@ impl Worker {
     /// demand the heartbeat reports until the next cycle.
     pub fn finish_cycle(&self, shortfalls: Vec<Shortfall>, counts: MachineCounts, demand: u64) {
         let shortfall = shortfalls.iter().map(|s| s.missing as u64).sum();
-        *self.shortfalls.lock().unwrap_or_else(|p| p.into_inner()) = shortfalls;
-        *self.summary.lock().unwrap_or_else(|p| p.into_inner()) = pb::ShardSummary {
+        *self.shortfalls.lock() = shortfalls;
+        *self.summary.lock() = pb::ShardSummary {
             machines_by_state: by_state(counts).into_iter().collect(),
             demand,
             shortfall,
@@ -193,10 +191,7 @@ impl Worker {
     /// What the last cycle saw, for heartbeats: read without the engine's lock, which a cycle
     /// holds through its fsyncs (a heartbeat waiting on it could let the lease lapse).
     fn summary(&self) -> pb::ShardSummary {
-        self.summary
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.summary.lock().clone()
     }
 
     /// Machines by state: idle, assigned, foreign (outside the shard's domains).
@@ -211,10 +206,7 @@ impl Worker {
 
     /// Time since the coordinator last answered, if it ever did.
     pub fn since_contact(&self) -> Option<Duration> {
-        self.last_contact
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .map(|t| t.elapsed())
+        self.last_contact.lock().map(|t| t.elapsed())
     }
 
     /// Machines short of demand after the last cycle.
@@ -225,7 +217,6 @@ impl Worker {
     fn shortfall_total(&self) -> u64 {
         self.shortfalls
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
             .iter()
             .map(|s| s.missing as u64)
             .sum()
@@ -233,17 +224,13 @@ impl Worker {
 
     fn touch(&self) {
         self.reachable.store(true, Ordering::Relaxed);
-        *self.last_contact.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        *self.last_contact.lock() = Some(Instant::now());
     }
 
     /// Whether to decide and act this cycle (see [`crate::freshness`]).
     pub fn may_act(&self) -> Verdict {
-        let held = self
-            .assignments
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .revision;
-        let mut freshness = self.freshness.lock().unwrap_or_else(|p| p.into_inner());
+        let held = self.assignments.read().revision;
+        let mut freshness = self.freshness.lock();
         let was_holding = freshness.holding();
         let verdict = freshness.verdict(Instant::now(), held);
         match &verdict {
@@ -259,7 +246,7 @@ impl Worker {
 
     /// Applies an update if it is newer than what is held, making it durable first.
     fn apply(&self, update: &pb::AssignmentUpdate) -> Result<bool, CacheError> {
-        let mut held = self.assignments.write().unwrap_or_else(|p| p.into_inner());
+        let mut held = self.assignments.write();
         let mut next = held.clone();
         if !next.apply(update) {
             return Ok(false);
@@ -546,7 +533,6 @@ async fn heartbeat_loop(worker: Arc<Worker>, mut stopped: watch::Receiver<bool>)
                 let returning = worker
                     .freshness
                     .lock()
-                    .unwrap_or_else(|p| p.into_inner())
                     .heartbeat_answered(Instant::now(), revision);
                 if returning {
                     // Back in contact: resume the watch now rather than after its back-off.
@@ -555,11 +541,7 @@ async fn heartbeat_loop(worker: Arc<Worker>, mut stopped: watch::Receiver<bool>)
                 started + worker.config.heartbeat
             }
             Err(e) => {
-                worker
-                    .freshness
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .heartbeat_failed();
+                worker.freshness.lock().heartbeat_failed();
                 worker.reachable.store(false, Ordering::Relaxed);
                 tracing::debug!(error = %e, "heartbeat failed");
                 started + worker.config.heartbeat / 3
@@ -587,7 +569,6 @@ impl ShardWorker for StatusService {
         let cache_age_ms = w
             .last_contact
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
             .map(|t| t.elapsed().as_millis() as u64)
             .unwrap_or(u64::MAX);
         Ok(Response::new(pb::ShardStatusResponse {
@@ -665,7 +646,6 @@ impl ShardWorker for StatusService {
         let shortfalls = w
             .shortfalls
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
             .iter()
             .filter(|s| wanted(&s.need))
             .map(|s| pb::ShortfallInfo {

@@ -8,10 +8,11 @@
 //! Several roles in one certificate add up; a certificate with none may connect but is refused
 //! every call.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
@@ -188,7 +189,7 @@ impl<P: Policy> AuthLayer<P> {
             .get::<TlsConnectInfo<TcpConnectInfo>>()?;
         let certs = info.peer_certs()?;
         let der = certs.first()?.as_ref();
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let mut cache = self.cache.lock();
         if let Some(identity) = cache.get(der) {
             return Some(identity.clone());
         }

@@ -3,7 +3,8 @@
 //! the ones the configuration was built from, and rebuilds on a change. No background task,
 //! no signal handling: a rotated file is in use by the next connection after at most a second.
 
-use std::sync::{Arc, Mutex};
+use parking_lot::Mutex;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::{TlsError, TlsFiles};
@@ -62,10 +63,7 @@ impl<T> Reloading<T> {
 
     /// The newest valid value.
     pub(crate) fn get(&self) -> Arc<T> {
-        let mut current = match self.current.lock() {
-            Ok(c) => c,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut current = self.current.lock();
         if current.checked.elapsed() >= CHECK_EVERY {
             current.checked = Instant::now();
             let now = stamp(&self.files);

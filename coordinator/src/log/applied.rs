@@ -2,7 +2,8 @@
 //! position it reflects, the change history watches resume from, and the one apply path every
 //! backend takes, so both produce the same state from the same log.
 
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use parking_lot::{RwLock, RwLockReadGuard};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -61,7 +62,7 @@ impl SharedState {
 
     /// Read access to the fleet state. Hold it briefly: the apply path waits for it.
     pub fn fleet(&self) -> RwLockReadGuard<'_, FleetState> {
-        self.fleet.read().unwrap_or_else(|p| p.into_inner())
+        self.fleet.read()
     }
 
     /// Current fleet revision.
@@ -71,20 +72,17 @@ impl SharedState {
 
     /// Last applied log id.
     pub fn applied_log_id(&self) -> Option<LogId> {
-        self.applied.read().unwrap_or_else(|p| p.into_inner()).0
+        self.applied.read().0
     }
 
     /// The last applied log id and the membership it carries.
     pub fn applied_state(&self) -> (Option<LogId>, StoredMembership) {
-        self.applied
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.applied.read().clone()
     }
 
     /// Read access to the change history.
     pub fn history(&self) -> RwLockReadGuard<'_, History> {
-        self.history.read().unwrap_or_else(|p| p.into_inner())
+        self.history.read()
     }
 
     /// Subscribes to revision changes.
@@ -107,8 +105,8 @@ impl SharedState {
         let mut outcomes = Vec::new();
         let revision;
         {
-            let mut fleet = self.fleet.write().unwrap_or_else(|p| p.into_inner());
-            let mut applied = self.applied.write().unwrap_or_else(|p| p.into_inner());
+            let mut fleet = self.fleet.write();
+            let mut applied = self.applied.write();
             for (log_id, step) in entries {
                 applied.0 = Some(log_id);
                 let unchanged = Applied {
@@ -126,7 +124,6 @@ impl SharedState {
                             {
                                 self.history
                                     .write()
-                                    .unwrap_or_else(|p| p.into_inner())
                                     .push(done.revision, std::mem::take(changes));
                             }
                         }
@@ -172,11 +169,10 @@ impl SharedState {
     ) {
         let revision = fleet.revision();
         {
-            let mut current = self.fleet.write().unwrap_or_else(|p| p.into_inner());
+            let mut current = self.fleet.write();
             *current = fleet;
-            *self.applied.write().unwrap_or_else(|p| p.into_inner()) = (applied, membership);
-            *self.history.write().unwrap_or_else(|p| p.into_inner()) =
-                History::starting_at(revision);
+            *self.applied.write() = (applied, membership);
+            *self.history.write() = History::starting_at(revision);
         }
         self.revision_tx.send_replace(revision);
     }

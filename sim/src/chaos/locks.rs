@@ -8,8 +8,9 @@
 //! keep-alive's send time + the TTL it answered) and (the grant's send time + TTL) — what a
 //! careful client may assume without asking again — or when it begins to revoke, if earlier.
 
+use parking_lot::Mutex;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ballast_protocol::etcdserverpb as epb;
@@ -137,17 +138,13 @@ pub async fn client(
         }
         end = end.min(workload.started.elapsed());
         let _ = within(leases.lease_revoke(epb::LeaseRevokeRequest { id: grant.id })).await;
-        locks
-            .holdings
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(Holding {
-                client,
-                endpoint,
-                start: micros(start),
-                end: micros(end),
-                renewals,
-            });
+        locks.holdings.lock().push(Holding {
+            client,
+            endpoint,
+            start: micros(start),
+            end: micros(end),
+            renewals,
+        });
     }
 }
 

@@ -421,11 +421,7 @@ async fn run_schedule(
     // A final linearizable read of every register: lost acknowledged writes show here.
     final_reads(&client, cluster, &workload).await?;
 
-    let history: Vec<Record> = workload
-        .history
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
+    let history: Vec<Record> = workload.history.lock().clone();
     let mut violations = Vec::new();
     for register in &registers {
         let ops: Vec<Operation> = history
@@ -447,11 +443,7 @@ async fn run_schedule(
     }
     violations.extend(invariants(cluster).await?);
     violations.extend(exactly_once(&client, &workload).await?);
-    let holdings = locks
-        .holdings
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
+    let holdings = locks.holdings.lock().clone();
     let exclusion = locks::overlaps(&holdings);
     if !exclusion.is_empty() {
         let file = out.join(format!("locks-{seed}.json"));
@@ -466,11 +458,7 @@ async fn run_schedule(
         definite: history.len() - unknown,
         unknown,
         registers: registers.len(),
-        bindings: workload
-            .binds
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .len(),
+        bindings: workload.binds.lock().len(),
         lock_holdings: holdings.len(),
         violations,
         elapsed_ms: run_started.elapsed().as_millis() as u64,
@@ -517,22 +505,14 @@ async fn final_reads(
             },
         });
     }
-    workload
-        .history
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .extend(records);
+    workload.history.lock().extend(records);
     Ok(())
 }
 
 /// Every brand-new binding acknowledged as a change (a retry applied twice would have answered
 /// "unchanged") and present after healing (nothing acknowledged lost).
 async fn exactly_once(client: &BallastClient, workload: &Workload) -> anyhow::Result<Vec<String>> {
-    let binds = workload
-        .binds
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
+    let binds = workload.binds.lock().clone();
     let mut bound = BTreeSet::new();
     let mut after = String::new();
     loop {

@@ -3,8 +3,9 @@
 //! the fleet API (assign with a request id, linearizable listing) — against random replicas,
 //! and records invoke time, return time and outcome of each.
 
+use parking_lot::Mutex;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ballast_protocol::client::{BallastClient, ClientConfig, ClientError};
@@ -66,13 +67,10 @@ impl Workload {
     }
 
     fn record(&self, register: &Register, op: Operation) {
-        self.history
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(Record {
-                register: register.clone(),
-                op,
-            });
+        self.history.lock().push(Record {
+            register: register.clone(),
+            op,
+        });
     }
 }
 
@@ -135,11 +133,7 @@ pub async fn client(workload: Arc<Workload>, client: usize, seed: u64) {
                 Err(_) => Some(None),
             };
             if let Some(outcome) = outcome {
-                workload
-                    .binds
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push((cluster, outcome));
+                workload.binds.lock().push((cluster, outcome));
             }
             continue;
         }

@@ -226,7 +226,7 @@ impl Sim {
     ) -> anyhow::Result<Vec<super::checks::Check>> {
         self.follow_bindings().await?;
         // Taken first: a write acknowledged after the listing would look lost.
-        let acked = self.shared.acked_bindings.lock().unwrap().clone();
+        let acked = self.shared.acked_bindings.lock().clone();
         let revision = self.client.revision().await?;
         self.wait_for_shards_at(revision).await?;
         let listing = list_fleet(&self.client).await?;

@@ -11,10 +11,11 @@ pub mod model;
 mod report;
 mod scenarios;
 
+use parking_lot::Mutex;
 use std::collections::BTreeSet;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -189,7 +190,7 @@ impl Shared {
     fn event(&self, what: impl Into<String>) {
         let what = what.into();
         println!("    [{:>6.1}s] {what}", self.now_ms() as f64 / 1000.0);
-        self.events.lock().unwrap().push(Event {
+        self.events.lock().push(Event {
             t_ms: self.now_ms(),
             what,
         });
@@ -237,7 +238,7 @@ async fn submit_demand(
     let mut updated = 0;
     for _attempt in 0..3 {
         let requests: Vec<(usize, usize, pb::SubmitDemandRequest)> = {
-            let model = shared.model.lock().unwrap();
+            let model = shared.model.lock();
             pending
                 .iter()
                 .map(|&n| (n, &model.clusters[n]))
@@ -311,7 +312,7 @@ async fn drive_demand(shared: Arc<Shared>, shard_clients: Vec<ShardWorkerClient<
         if shared.demand_paused.load(Ordering::Relaxed) {
             continue;
         }
-        let changed = shared.model.lock().unwrap().step_demand(0.05);
+        let changed = shared.model.lock().step_demand(0.05);
         submit_demand(&shared, &shard_clients, &changed).await;
     }
 }
@@ -340,11 +341,10 @@ async fn write_steadily(shared: Arc<Shared>, client: BallastClient, shards: Vec<
                 shared
                     .write_latencies_ms
                     .lock()
-                    .unwrap()
                     .push(started.elapsed().as_secs_f64() * 1000.0);
-                shared.acked_bindings.lock().unwrap().push((cluster, shard));
+                shared.acked_bindings.lock().push((cluster, shard));
             }
-            Err(_) => *shared.writes_failed.lock().unwrap() += 1,
+            Err(_) => *shared.writes_failed.lock() += 1,
         }
     }
 }
@@ -362,7 +362,7 @@ async fn sample(
             .filter(|&i| shared.alive[i].load(Ordering::Relaxed))
             .collect();
         let demand = {
-            let model = shared.model.lock().unwrap();
+            let model = shared.model.lock();
             live.iter().map(|&i| model.demand_of(i)).sum()
         };
         let statuses: Vec<pb::ShardStatusResponse> = futures::stream::iter(live)
@@ -390,7 +390,7 @@ async fn sample(
         let state = |s: &pb::ShardStatusResponse, k: &str| -> u64 {
             s.machines_by_state.get(k).copied().unwrap_or(0)
         };
-        shared.samples.lock().unwrap().push(Sample {
+        shared.samples.lock().push(Sample {
             t_ms,
             demand,
             assigned: statuses.iter().map(|s| state(s, "assigned")).sum(),
@@ -529,7 +529,7 @@ impl Sim {
     /// Writes the domains, bindings, providers and quotas, then every cluster's demand.
     async fn load_fleet(&self) -> anyhow::Result<()> {
         let (domains, clusters, slice, shard_ids) = {
-            let model = self.shared.model.lock().unwrap();
+            let model = self.shared.model.lock();
             let ids: Vec<String> = model.shards.iter().map(|s| s.id.clone()).collect();
             let domains: Vec<pb::DomainAssignment> = model
                 .domains

@@ -101,7 +101,7 @@ fn leader_changes(samples: &[Sample]) -> Vec<(u64, u64)> {
 
 impl Report {
     pub(super) fn build(sim: &Sim, scenarios: Vec<ScenarioResult>, rss: u64) -> Report {
-        let samples = sim.shared.samples.lock().unwrap().clone();
+        let samples = sim.shared.samples.lock().clone();
         Report {
             scale: sim.scale,
             seed: sim.args.seed,
@@ -109,11 +109,11 @@ impl Report {
             scenarios,
             leader_changes: leader_changes(&samples),
             samples,
-            events: sim.shared.events.lock().unwrap().clone(),
+            events: sim.shared.events.lock().clone(),
             windows: sim.windows.clone(),
             writes: write_stats(
-                sim.shared.write_latencies_ms.lock().unwrap().clone(),
-                *sim.shared.writes_failed.lock().unwrap(),
+                sim.shared.write_latencies_ms.lock().clone(),
+                *sim.shared.writes_failed.lock(),
             ),
             replicas_rss_bytes: rss,
         }

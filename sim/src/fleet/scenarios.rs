@@ -95,7 +95,6 @@ impl Sim {
         self.shared
             .acked_bindings
             .lock()
-            .unwrap()
             .push((cluster.to_string(), self.shards[shard].id.clone()));
         Ok(answer.header.map(|h| h.revision).unwrap_or(0))
     }
@@ -133,7 +132,7 @@ impl Sim {
     /// each cluster's own client would on being refused by its old shard.
     pub(super) async fn follow_bindings(&self) -> anyhow::Result<()> {
         let listing = list_fleet(&self.client).await?;
-        let moved = self.shared.model.lock().unwrap().follow_bindings(
+        let moved = self.shared.model.lock().follow_bindings(
             listing
                 .bindings
                 .iter()
@@ -180,7 +179,7 @@ impl Sim {
     pub(super) async fn until_demand_met(&self, limit: Duration) -> Result<Duration, String> {
         let assigned =
             |s: &pb::ShardStatusResponse| s.machines_by_state.get("assigned").copied().unwrap_or(0);
-        let demand = |i: usize| self.shared.model.lock().unwrap().demand_of(i);
+        let demand = |i: usize| self.shared.model.lock().demand_of(i);
         let started = Instant::now();
         // With every replica down there is nothing to follow: clients keep their last binding.
         let coordinator_up = self.cluster.replicas.iter().any(|r| r.is_running());
@@ -210,7 +209,7 @@ impl Sim {
                     if unaware.is_empty() {
                         continue;
                     }
-                    let clusters = self.shared.model.lock().unwrap().clusters_of(&unaware);
+                    let clusters = self.shared.model.lock().clusters_of(&unaware);
                     let sent = submit_demand(&self.shared, &self.shard_clients, &clusters).await;
                     self.shared.event(format!(
                         "{} shards short of the model's demand but reporting no shortfall: \
@@ -266,7 +265,7 @@ impl Sim {
         self.shared.demand_paused.store(true, Ordering::Relaxed);
         let before = self.assigned_now().await;
         let live = self.live_shards();
-        let changed = self.shared.model.lock().unwrap().surge(&live, 30);
+        let changed = self.shared.model.lock().surge(&live, 30);
         self.shared.event(format!(
             "demand surge: {} clusters ask for 30% more",
             changed.len()
@@ -434,7 +433,7 @@ impl Sim {
 
     async fn az_loss(&mut self, m: &mut BTreeMap<String, f64>) -> anyhow::Result<Vec<Check>> {
         let az = "az-c";
-        let lost = self.shared.model.lock().unwrap().shards_in(az);
+        let lost = self.shared.model.lock().shards_in(az);
         let replica = self
             .cluster
             .replicas
@@ -574,7 +573,7 @@ impl Sim {
             .collect();
         let clusters_home = commands.len();
         let served: BTreeMap<String, u64> = {
-            let mut model = self.shared.model.lock().unwrap();
+            let mut model = self.shared.model.lock();
             model.follow_bindings(homes.iter().map(|(c, s)| (c.as_str(), s.as_str())));
             let mut served = BTreeMap::new();
             for cluster in &model.clusters {
@@ -628,7 +627,7 @@ impl Sim {
             to_ms: self.shared.now_ms(),
         });
         let clusters: Vec<usize> = {
-            let model = self.shared.model.lock().unwrap();
+            let model = self.shared.model.lock();
             (0..model.clusters.len())
                 .filter(|&n| lost.contains(&model.clusters[n].shard))
                 .collect()

@@ -16,9 +16,10 @@
 
 mod tasks;
 
+use parking_lot::{Mutex, RwLock};
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use etcd_client::{
@@ -326,7 +327,6 @@ impl EtcdLog {
         let members = self
             .members
             .read()
-            .unwrap_or_else(|p| p.into_inner())
             .iter()
             .map(|(id, node)| MemberView {
                 id: *id,
@@ -602,7 +602,7 @@ impl EtcdLog {
         }
         // Whose write each entry is, decided before applying consumes the steps.
         let claimed: Vec<(u64, Option<Waiter>)> = {
-            let mut waiters = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+            let mut waiters = self.waiters.lock();
             steps
                 .iter()
                 .map(|(log_id, step)| {

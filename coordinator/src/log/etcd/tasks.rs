@@ -276,7 +276,7 @@ impl EtcdLog {
                             )
                         })
                         .collect();
-                    *self.members.write().unwrap_or_else(|p| p.into_inner()) = members;
+                    *self.members.write() = members;
                     answer.header().map_or(0, |h| h.revision())
                 }
                 Err(e) => {
@@ -459,7 +459,7 @@ impl EtcdLog {
         }
         let count = accepted.len() as u64;
         {
-            let mut waiters = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+            let mut waiters = self.waiters.lock();
             for (n, waiter) in accepted.into_iter().enumerate() {
                 waiters.insert(start + n as u64, waiter);
             }
@@ -494,7 +494,7 @@ impl EtcdLog {
                 "etcd did not answer the append within 10 s; its outcome is unknown, retry with the same request id",
             ),
         };
-        let mut waiters = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+        let mut waiters = self.waiters.lock();
         for index in start..start + count {
             if let Some(waiter) = waiters.remove(&index) {
                 let _ = waiter.done.send(Err(failure.clone()));

@@ -49,19 +49,17 @@ impl PeerNetwork {
 /// When each peer last answered a Raft message (openraft 0.9 reports no per-peer contact).
 #[derive(Clone, Default)]
 pub struct PeerContacts {
-    seen: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<NodeId, std::time::Instant>>>,
+    seen: std::sync::Arc<parking_lot::Mutex<std::collections::HashMap<NodeId, std::time::Instant>>>,
 }
 
 impl PeerContacts {
     fn record(&self, peer: NodeId) {
-        if let Ok(mut seen) = self.seen.lock() {
-            seen.insert(peer, std::time::Instant::now());
-        }
+        self.seen.lock().insert(peer, std::time::Instant::now());
     }
 
     /// Time since `peer` last answered, if it ever did.
     pub fn age(&self, peer: NodeId) -> Option<Duration> {
-        self.seen.lock().ok()?.get(&peer).map(|t| t.elapsed())
+        self.seen.lock().get(&peer).map(|t| t.elapsed())
     }
 }
 
