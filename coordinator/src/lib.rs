@@ -1,26 +1,53 @@
-//! Ballast's coordinator: a Raft replica (openraft, fjall storage, tonic transport) holding the
-//! fleet state machine and serving the client and cluster-administration APIs.
+//! Ballast's coordinator: a replica of the group that holds the fleet state (shards, domain
+//! assignments, cluster bindings, quota slices, providers) and the coordination KV (served
+//! through etcd's v3 API).
+//!
+//! **Embedding**: [`Coordinator`] runs a replica inside another program — built from the same
+//! settings as `ballast-coord`'s flags ([`CoordinatorBuilder`]), with a client of its own, a
+//! readiness wait and a graceful shutdown (`examples/embedded.rs`). [`config`] holds the flags
+//! of the `ballast-coord` binary.
+//!
+//! The other public modules are the replica's insides, public only so this workspace's
+//! simulator, benchmarks and tests can drive them; they are hidden from the documentation and
+//! carry no stability promise. The modules sit on layers (ADR 0001,
+//! `coordinator/tests/layering.rs`).
 
-pub mod autopilot;
+mod embed;
+
+pub use embed::{Coordinator, CoordinatorBuilder};
+pub use node::NodeError;
+
 pub mod config;
+
+#[doc(hidden)]
 pub mod dr;
-pub mod error;
-pub mod faults;
+#[doc(hidden)]
 pub mod fleet;
-pub mod history;
-pub mod kv;
-pub mod leader;
-pub mod leadership;
-pub mod leases;
+#[doc(hidden)]
 pub mod log;
+#[doc(hidden)]
 pub mod memory;
-pub mod metrics;
+#[doc(hidden)]
 pub mod node;
-pub mod observe;
+#[doc(hidden)]
 pub mod offline;
+#[doc(hidden)]
 pub mod rebalance;
-pub mod replica;
+#[doc(hidden)]
 pub mod restore;
-pub mod security;
+#[doc(hidden)]
 pub mod service;
-pub mod status;
+
+mod autopilot;
+mod error;
+mod faults;
+mod history;
+mod kv;
+mod leader;
+mod leadership;
+mod leases;
+mod metrics;
+mod observe;
+mod replica;
+mod security;
+mod status;

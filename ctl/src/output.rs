@@ -32,6 +32,30 @@ pub fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
         .join("\n")
 }
 
+/// A listing of which shard holds each item (`key`, e.g. the domain or the cluster): JSON
+/// `{"revision", <plural>: [{<key>, "shard"}]}`, and a table with columns `key` and `shard`.
+pub fn shard_holdings(
+    revision: u64,
+    plural: &str,
+    key: &str,
+    holdings: Vec<(String, String)>,
+) -> Rendered {
+    let entries: Vec<Value> = holdings
+        .iter()
+        .map(|(item, shard)| json!({ key: item, "shard": shard }))
+        .collect();
+    Rendered {
+        json: json!({ "revision": revision, plural: entries }),
+        human: table(
+            &[key, "shard"],
+            holdings
+                .into_iter()
+                .map(|(item, shard)| vec![item, shard])
+                .collect(),
+        ),
+    }
+}
+
 /// The answer to a write: revision and whether anything changed.
 pub fn write_result(what: String, response: &pb::WriteResponse) -> Rendered {
     let revision = response.header.as_ref().map(|h| h.revision).unwrap_or(0);

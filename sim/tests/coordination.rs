@@ -2,28 +2,15 @@
 //! 3-replica cluster: one leader at a time, fencing tokens that grow, and a crashed leader's
 //! session expiring hands leadership on.
 
-use std::path::Path;
 use std::time::Duration;
 
 use ballast_protocol::coordination::{Coordinator, Election, Lock, Session};
-use ballast_testkit::{ClusterOptions, FAST_FLAGS, TestCluster};
-
-fn program() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_ballast-sim"))
-}
+use ballast_testkit::{ClusterOptions, TestCluster};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_leader_at_a_time_with_growing_fencing_tokens() {
-    let cluster = TestCluster::start_with(
-        ClusterOptions {
-            program: program().to_path_buf(),
-            leading_args: vec!["replica".into()],
-            extra: FAST_FLAGS.iter().map(|s| s.to_string()).collect(),
-            ..ClusterOptions::default()
-        },
-        3,
-    )
-    .await;
+    let cluster =
+        TestCluster::start_with(ClusterOptions::sim(env!("CARGO_BIN_EXE_ballast-sim")), 3).await;
     let coordinator = Coordinator::new(&cluster.endpoints()).expect("coordinator");
     let election = std::sync::Arc::new(Election::new("scheduler"));
 

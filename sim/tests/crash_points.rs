@@ -5,31 +5,16 @@
 //! restarts cleanly and converges with the others — nothing acknowledged lost — or refuses to
 //! start with a clear reason.
 
-use std::path::Path;
 use std::time::Duration;
 
 use ballast_protocol::pb;
 use ballast_protocol::pb::cluster_client::ClusterClient;
 use ballast_testkit::fleet::{FleetShape, load_fleet};
-use ballast_testkit::{ClusterOptions, FAST_FLAGS, TestCluster, current_revision, wait_for};
-
-fn sim() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_ballast-sim"))
-}
+use ballast_testkit::{ClusterOptions, TestCluster, current_revision, wait_for};
 
 async fn cluster(extra: &[&str]) -> TestCluster {
-    let mut flags: Vec<String> = FAST_FLAGS.iter().map(|s| s.to_string()).collect();
-    flags.extend(extra.iter().map(|s| s.to_string()));
-    TestCluster::start_with(
-        ClusterOptions {
-            program: sim().into(),
-            leading_args: vec!["replica".into()],
-            extra: flags,
-            ..ClusterOptions::default()
-        },
-        3,
-    )
-    .await
+    let options = ClusterOptions::sim(env!("CARGO_BIN_EXE_ballast-sim")).with_extra(extra);
+    TestCluster::start_with(options, 3).await
 }
 
 async fn put(cluster: &TestCluster, key: &str, value: &str) {

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use ballast_protocol::etcdserverpb::PutRequest;
 use ballast_protocol::etcdserverpb::kv_client::KvClient;
-use ballast_testkit::{ClusterOptions, FAST_FLAGS, TestCluster, current_revision};
+use ballast_testkit::{ClusterOptions, TestCluster, current_revision};
 
 /// A mounted tmpfs, unmounted when dropped.
 struct SmallDisk(PathBuf);
@@ -65,11 +65,8 @@ async fn a_full_disk_stops_one_replica_cleanly_and_it_recovers() {
         .expect("symlink");
     let mut cluster = TestCluster::start_with(
         ClusterOptions {
-            program: env!("CARGO_BIN_EXE_ballast-sim").into(),
-            leading_args: vec!["replica".into()],
-            extra: FAST_FLAGS.iter().map(|s| s.to_string()).collect(),
             dir: Some(cluster_dir.clone()),
-            ..ClusterOptions::default()
+            ..ClusterOptions::sim(env!("CARGO_BIN_EXE_ballast-sim"))
         },
         3,
     )

@@ -11,25 +11,14 @@ use ballast_coordinator::node::RESTORE_BUMP;
 use ballast_coordinator::restore::{Archived, restore_into};
 use ballast_dr::{ArchiveUrl, NoProgress};
 use ballast_protocol::pb;
-use ballast_testkit::{
-    ClusterOptions, FAST_FLAGS, ShardProcess, TestCluster, assign_domain, wait_for,
-};
+use ballast_testkit::{ClusterOptions, ShardProcess, TestCluster, assign_domain, wait_for};
 
 fn program() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_ballast-sim"))
 }
 
 async fn cluster() -> TestCluster {
-    TestCluster::start_with(
-        ClusterOptions {
-            program: program().to_path_buf(),
-            leading_args: vec!["replica".into()],
-            extra: FAST_FLAGS.iter().map(|s| s.to_string()).collect(),
-            ..ClusterOptions::default()
-        },
-        3,
-    )
-    .await
+    TestCluster::start_with(ClusterOptions::sim(program()), 3).await
 }
 
 fn domains(status: &pb::ShardStatusResponse) -> Vec<String> {
@@ -43,7 +32,7 @@ async fn shards_converge_to_a_restored_archive() {
     let archives = tempfile::tempdir().expect("archive dir");
     let mut cluster = cluster().await;
     let shard = |id: &str, az: &str| -> ShardProcess {
-        cluster.spawn_shard(program(), &["shard"], id, az, &["--lease-ms", "3000"])
+        cluster.spawn_sim_shard(program(), id, az, &["--lease-ms", "3000"])
     };
     let s1 = shard("s1", "az-a");
     let s2 = shard("s2", "az-b");
@@ -147,7 +136,7 @@ async fn shards_converge_to_a_restored_archive() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn force_new_cluster_recovers_from_quorum_loss() {
     let mut cluster = cluster().await;
-    let s1 = cluster.spawn_shard(program(), &["shard"], "s1", "az-a", &["--lease-ms", "3000"]);
+    let s1 = cluster.spawn_sim_shard(program(), "s1", "az-a", &["--lease-ms", "3000"]);
     let client = cluster.client();
     cluster.wait_for_shards(1).await;
     // Sent together, so the leader groups them into shared log entries: the replay must unpack

@@ -3,16 +3,12 @@
 //! status, lease expiry on every replica, and a watch riding through a leader SIGKILL.
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use ballast_testkit::{ClusterOptions, FAST_FLAGS, TestCluster, wait_for};
-
-fn program() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_ballast-sim"))
-}
+use ballast_testkit::{ClusterOptions, TestCluster, wait_for};
 
 struct Etcdctl {
     path: PathBuf,
@@ -115,16 +111,7 @@ fn events(rx: &mpsc::Receiver<String>, count: usize) -> Vec<(String, String, Str
 }
 
 async fn cluster() -> TestCluster {
-    TestCluster::start_with(
-        ClusterOptions {
-            program: program().to_path_buf(),
-            leading_args: vec!["replica".into()],
-            extra: FAST_FLAGS.iter().map(|s| s.to_string()).collect(),
-            ..ClusterOptions::default()
-        },
-        3,
-    )
-    .await
+    TestCluster::start_with(ClusterOptions::sim(env!("CARGO_BIN_EXE_ballast-sim")), 3).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

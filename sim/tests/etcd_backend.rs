@@ -17,8 +17,6 @@ const PREFIX: &str = "/ballast/test";
 
 fn options(etcd: &EtcdCluster) -> ClusterOptions {
     ClusterOptions {
-        program: env!("CARGO_BIN_EXE_ballast-sim").into(),
-        leading_args: vec!["replica".into()],
         extra: [
             "--backend",
             "etcd",
@@ -36,7 +34,7 @@ fn options(etcd: &EtcdCluster) -> ClusterOptions {
         .iter()
         .map(|s| s.to_string())
         .collect(),
-        ..ClusterOptions::default()
+        ..ClusterOptions::sim(env!("CARGO_BIN_EXE_ballast-sim"))
     }
 }
 

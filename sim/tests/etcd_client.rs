@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use ballast_testkit::{ClusterOptions, FAST_FLAGS, TestCluster, wait_for};
+use ballast_testkit::{ClusterOptions, TestCluster, wait_for};
 use etcd_client::{
     Client, Compare, CompareOp, Error, EventType, GetOptions, LeaseTimeToLiveOptions, PutOptions,
     Txn, TxnOp, WatchOptions,
@@ -13,16 +13,7 @@ use etcd_client::{
 use tonic::Code;
 
 async fn cluster() -> TestCluster {
-    TestCluster::start_with(
-        ClusterOptions {
-            program: env!("CARGO_BIN_EXE_ballast-sim").into(),
-            leading_args: vec!["replica".into()],
-            extra: FAST_FLAGS.iter().map(|s| s.to_string()).collect(),
-            ..ClusterOptions::default()
-        },
-        3,
-    )
-    .await
+    TestCluster::start_with(ClusterOptions::sim(env!("CARGO_BIN_EXE_ballast-sim")), 3).await
 }
 
 fn code(error: Error) -> (Code, String) {

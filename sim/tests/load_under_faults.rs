@@ -98,8 +98,6 @@ async fn run(leader_changes: usize) {
     let control = std::env::var_os("BALLAST_CONTROL_NO_TRANSFERS").is_some();
     let mut cluster = TestCluster::start_with(
         ClusterOptions {
-            program: env!("CARGO_BIN_EXE_ballast-sim").into(),
-            leading_args: vec!["replica".into()],
             // Short leases: a transfer waits one out, and this test makes thousands.
             extra: [
                 "--heartbeat-ms",
@@ -112,7 +110,7 @@ async fn run(leader_changes: usize) {
             .iter()
             .map(|s| s.to_string())
             .collect(),
-            ..ClusterOptions::default()
+            ..ClusterOptions::sim(env!("CARGO_BIN_EXE_ballast-sim"))
         },
         3,
     )

@@ -8,19 +8,11 @@ use std::time::Duration;
 
 use ballast_protocol::pb;
 use ballast_testkit::fleet::{FleetShape, load_fleet};
-use ballast_testkit::{ClusterOptions, FAST_FLAGS, TestCluster, http_get, metric, wait_for};
+use ballast_testkit::{ClusterOptions, TestCluster, http_get, metric, wait_for};
 
 async fn cluster() -> TestCluster {
-    let cluster = TestCluster::start_with(
-        ClusterOptions {
-            program: env!("CARGO_BIN_EXE_ballast-sim").into(),
-            leading_args: vec!["replica".into()],
-            extra: FAST_FLAGS.iter().map(|s| s.to_string()).collect(),
-            ..ClusterOptions::default()
-        },
-        3,
-    )
-    .await;
+    let cluster =
+        TestCluster::start_with(ClusterOptions::sim(env!("CARGO_BIN_EXE_ballast-sim")), 3).await;
     load_fleet(
         &cluster.client(),
         FleetShape {

@@ -17,13 +17,12 @@ use ballast_protocol::pb::command::Command as Wire;
 use ballast_testkit::{ClusterOptions, FAST_FLAGS, TestCluster, http_get, metric, wait_for};
 use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp};
 
+/// `ballast-sim replica` with fault rules and exactly `flags` (no [`FAST_FLAGS`] unless given).
 fn options(flags: &[&str]) -> ClusterOptions {
     ClusterOptions {
-        program: env!("CARGO_BIN_EXE_ballast-sim").into(),
-        leading_args: vec!["replica".into()],
         extra: flags.iter().map(|s| s.to_string()).collect(),
         faults: true,
-        ..ClusterOptions::default()
+        ..ClusterOptions::sim(env!("CARGO_BIN_EXE_ballast-sim"))
     }
 }
 

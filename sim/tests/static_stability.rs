@@ -10,7 +10,7 @@ use ballast_protocol::pb;
 use ballast_protocol::pb::command::Command as Wire;
 use ballast_protocol::pb::shard_worker_client::ShardWorkerClient;
 use ballast_testkit::{
-    ClusterOptions, FAST_FLAGS, ShardProcess, TestCluster, assigned_machines, http_get, metric,
+    ClusterOptions, ShardProcess, TestCluster, assigned_machines, http_get, metric,
 };
 
 fn program() -> &'static Path {
@@ -18,20 +18,11 @@ fn program() -> &'static Path {
 }
 
 async fn cluster() -> TestCluster {
-    TestCluster::start_with(
-        ClusterOptions {
-            program: program().to_path_buf(),
-            leading_args: vec!["replica".into()],
-            extra: FAST_FLAGS.iter().map(|s| s.to_string()).collect(),
-            ..ClusterOptions::default()
-        },
-        3,
-    )
-    .await
+    TestCluster::start_with(ClusterOptions::sim(program()), 3).await
 }
 
 fn shard(cluster: &TestCluster, id: &str, az: &str) -> ShardProcess {
-    cluster.spawn_shard(program(), &["shard"], id, az, &["--lease-ms", "3000"])
+    cluster.spawn_sim_shard(program(), id, az, &["--lease-ms", "3000"])
 }
 
 fn cmd(inner: Wire) -> pb::Command {
@@ -416,9 +407,8 @@ async fn a_failing_provider_is_retried_within_the_slice() {
     let cluster = cluster().await;
     // Half of all provisions fail: the shard backs off and retries until the need is met,
     // and failed attempts never let it hold more than its slice.
-    let s1 = cluster.spawn_shard(
+    let s1 = cluster.spawn_sim_shard(
         program(),
-        &["shard"],
         "s1",
         "az-a",
         &["--lease-ms", "3000", "--sim-failure-rate", "0.5"],

@@ -17,8 +17,8 @@ use ballast_protocol::pb::fleet_client::FleetClient;
 use ballast_protocol::pb::raft_client::RaftClient;
 use ballast_testkit::fleet::{FleetShape, load_fleet};
 use ballast_testkit::{
-    ClusterOptions, FAST_FLAGS, TestCluster, TestPki, assign_domain, current_revision, http_get,
-    https_get, wait_for,
+    ClusterOptions, TestCluster, TestPki, assign_domain, current_revision, http_get, https_get,
+    wait_for,
 };
 use ballast_tls::{ClientTls, Role};
 use tonic::Code;
@@ -31,11 +31,8 @@ fn sim() -> &'static Path {
 async fn tls_cluster(pki: &Arc<TestPki>, size: u64) -> TestCluster {
     TestCluster::start_with(
         ClusterOptions {
-            program: sim().into(),
-            leading_args: vec!["replica".into()],
-            extra: FAST_FLAGS.iter().map(|s| s.to_string()).collect(),
             tls: Some(pki.clone()),
-            ..ClusterOptions::default()
+            ..ClusterOptions::sim(sim())
         },
         size,
     )
@@ -245,7 +242,7 @@ async fn roles_and_refusals_on_every_port() {
 
     // A real shard worker with its own certificate registers, follows its assignments and
     // serves its API over TLS (readonly reads it, a foreign CA cannot).
-    let shard = cluster.spawn_shard(sim(), &["shard"], "s1", "az-a", &["--lease-ms", "3000"]);
+    let shard = cluster.spawn_sim_shard(sim(), "s1", "az-a", &["--lease-ms", "3000"]);
     assign_domain(&admin_client, "zone=az-a/rack=tls", "s1", true).await;
     shard
         .wait_until("holds rack-tls", |s| {

@@ -5,7 +5,8 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use crate::free_port_block;
+use crate::ports::free_port_block;
+use crate::process;
 
 /// Installs etcd and etcdctl if missing (`.ci/etcd`) and returns the path of `etcdctl`.
 pub fn install() -> PathBuf {
@@ -128,10 +129,7 @@ impl EtcdCluster {
 
     /// SIGKILLs member `index`.
     pub fn kill(&mut self, index: usize) {
-        if let Some(mut child) = self.members[index].child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        process::kill(&mut self.members[index].child);
     }
 
     /// Starts killed member `index` again from its data dir (its membership is on disk; the

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::free_port;
+use crate::ports::free_port;
 
 /// A running S3 server with one bucket.
 pub struct S3Server {

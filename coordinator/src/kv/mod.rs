@@ -10,7 +10,9 @@ mod store;
 #[cfg(test)]
 mod tests;
 
-pub use store::{KvStore, LeaseRecord, MAX_EVENTS, check_command};
+#[cfg(test)]
+use store::MAX_EVENTS;
+pub use store::{KvStore, check_command};
 
 use serde::{Deserialize, Serialize};
 

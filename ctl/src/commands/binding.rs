@@ -3,11 +3,11 @@
 use ballast_protocol::pb;
 use ballast_protocol::pb::command::Command as Wire;
 use clap::Subcommand;
-use serde_json::json;
 
-use super::{PAGE, all_pages, command};
+use super::command;
+use super::paging::paged;
 use crate::Context;
-use crate::output::{Rendered, table, write_result};
+use crate::output::{Rendered, shard_holdings, write_result};
 
 /// Binding commands.
 #[derive(Subcommand, Debug)]
@@ -55,36 +55,18 @@ pub async fn run(ctx: &Context, cmd: BindingCmd) -> anyhow::Result<Rendered> {
             Wire::UnbindCluster(pb::UnbindCluster { cluster }),
         ),
         BindingCmd::List { shard } => {
-            let shard = shard.unwrap_or_default();
-            let (revision, all) = all_pages(|after| {
-                let request = pb::ListBindingsRequest {
-                    options: ctx.read_options(),
-                    shard: shard.clone(),
-                    after,
-                    limit: PAGE,
-                };
-                async move {
-                    let page = ctx
-                        .client
-                        .fleet(|mut c, req| {
-                            let request = request.clone();
-                            async move { c.list_bindings(req.wrap(request)).await }
-                        })
-                        .await?;
-                    Ok((page.header, page.bindings, page.next_after))
-                }
-            })
-            .await?;
-            return Ok(Rendered {
-                json: json!({
-                    "revision": revision,
-                    "bindings": all.iter().map(|b| json!({ "cluster": b.cluster, "shard": b.shard })).collect::<Vec<_>>(),
-                }),
-                human: table(
-                    &["cluster", "shard"],
-                    all.into_iter().map(|b| vec![b.cluster, b.shard]).collect(),
-                ),
-            });
+            let request = pb::ListBindingsRequest {
+                options: ctx.read_options(),
+                shard: shard.unwrap_or_default(),
+                ..Default::default()
+            };
+            let (revision, all) = paged(ctx, request).await?;
+            return Ok(shard_holdings(
+                revision,
+                "bindings",
+                "cluster",
+                all.into_iter().map(|b| (b.cluster, b.shard)).collect(),
+            ));
         }
     };
     Ok(write_result(what, &ctx.client.write(command(wire)).await?))

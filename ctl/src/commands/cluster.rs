@@ -142,15 +142,7 @@ pub async fn run(ctx: &Context, cmd: ClusterCmd) -> anyhow::Result<Rendered> {
         ClusterCmd::Status => {
             let s = status(ctx).await?;
             // The status page's shard table: the same facts, one more read.
-            let options = ctx.read_options();
-            let shards = ctx
-                .client
-                .fleet(|mut c, req| async move {
-                    c.list_shards(req.wrap(pb::ListShardsRequest { options }))
-                        .await
-                })
-                .await?
-                .shards;
+            let shards = super::shard::list(ctx).await?.shards;
             let h = s.header.clone().unwrap_or_default();
             let p = s.placement.clone().unwrap_or_default();
             let dr = s.dr.clone().unwrap_or_default();

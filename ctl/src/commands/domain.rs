@@ -3,11 +3,11 @@
 use ballast_protocol::pb;
 use ballast_protocol::pb::command::Command as Wire;
 use clap::Subcommand;
-use serde_json::json;
 
-use super::{PAGE, all_pages, command};
+use super::command;
+use super::paging::paged;
 use crate::Context;
-use crate::output::{Rendered, table, write_result};
+use crate::output::{Rendered, shard_holdings, write_result};
 
 /// Domain commands.
 #[derive(Subcommand, Debug)]
@@ -58,36 +58,18 @@ pub async fn run(ctx: &Context, cmd: DomainCmd) -> anyhow::Result<Rendered> {
             Ok(write_result(what, &ctx.client.write(command(wire)).await?))
         }
         DomainCmd::List { shard } => {
-            let shard = shard.unwrap_or_default();
-            let (revision, all) = all_pages(|after| {
-                let request = pb::ListDomainsRequest {
-                    options: ctx.read_options(),
-                    shard: shard.clone(),
-                    after,
-                    limit: PAGE,
-                };
-                async move {
-                    let page = ctx
-                        .client
-                        .fleet(|mut c, req| {
-                            let request = request.clone();
-                            async move { c.list_domains(req.wrap(request)).await }
-                        })
-                        .await?;
-                    Ok((page.header, page.domains, page.next_after))
-                }
-            })
-            .await?;
-            Ok(Rendered {
-                json: json!({
-                    "revision": revision,
-                    "domains": all.iter().map(|d| json!({ "domain": d.domain, "shard": d.shard })).collect::<Vec<_>>(),
-                }),
-                human: table(
-                    &["domain", "shard"],
-                    all.into_iter().map(|d| vec![d.domain, d.shard]).collect(),
-                ),
-            })
+            let request = pb::ListDomainsRequest {
+                options: ctx.read_options(),
+                shard: shard.unwrap_or_default(),
+                ..Default::default()
+            };
+            let (revision, all) = paged(ctx, request).await?;
+            Ok(shard_holdings(
+                revision,
+                "domains",
+                "domain",
+                all.into_iter().map(|d| (d.domain, d.shard)).collect(),
+            ))
         }
     }
 }

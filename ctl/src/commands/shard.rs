@@ -113,18 +113,23 @@ pub(crate) fn shard_json(s: &pb::Shard) -> serde_json::Value {
     })
 }
 
+/// All registered shards (`ballastctl shard list`, and the shard table of `cluster status`).
+pub(crate) async fn list(ctx: &Context) -> anyhow::Result<pb::ListShardsResponse> {
+    let options = ctx.read_options();
+    Ok(ctx
+        .client
+        .fleet(|mut c, req| async move {
+            c.list_shards(req.wrap(pb::ListShardsRequest { options }))
+                .await
+        })
+        .await?)
+}
+
 /// Runs a shard command.
 pub async fn run(ctx: &Context, cmd: ShardCmd) -> anyhow::Result<Rendered> {
     let (what, wire) = match cmd {
         ShardCmd::List => {
-            let options = ctx.read_options();
-            let r = ctx
-                .client
-                .fleet(|mut c, req| async move {
-                    c.list_shards(req.wrap(pb::ListShardsRequest { options }))
-                        .await
-                })
-                .await?;
+            let r = list(ctx).await?;
             return Ok(Rendered {
                 json: json!({
                     "revision": revision(&r.header),

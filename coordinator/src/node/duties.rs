@@ -1,0 +1,146 @@
+//! What a started replica keeps doing in the background on the Raft backend: leader
+//! presence, scheduled snapshots, catching up and joining.
+
+use super::{NodeConfig, NodeError};
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ballast_protocol::client::{BallastClient, ClientConfig};
+use ballast_protocol::pb;
+use tokio::sync::watch;
+
+use crate::log::member::ReplicaNode;
+use crate::log::raft::types::Raft;
+use crate::replica::Replica;
+
+/// The Raft backend's own duties: bootstrap or join, and the snapshot timer.
+pub(super) async fn start_raft_duties(
+    config: &NodeConfig,
+    replica: &Arc<Replica>,
+    raft: &Raft,
+    node: ReplicaNode,
+    stopped: &watch::Receiver<bool>,
+) -> Result<(), NodeError> {
+    let cluster_id = &replica.cluster_id;
+    if config.bootstrap
+        && !raft
+            .is_initialized()
+            .await
+            .map_err(|e| NodeError::Raft(e.to_string()))?
+    {
+        tracing::info!(cluster_id = %cluster_id, id = config.id, "bootstrapping a new cluster");
+        raft.initialize(
+            [(config.id, node.clone())]
+                .into_iter()
+                .collect::<BTreeMap<_, _>>(),
+        )
+        .await
+        .map_err(|e| NodeError::Raft(e.to_string()))?;
+    }
+    if !config.join.is_empty() {
+        tokio::spawn(join_loop(
+            replica.clone(),
+            (config.join.clone(), config.join_token.clone()),
+            node,
+            stopped.clone(),
+        ));
+    }
+    tokio::spawn(crate::log::raft::presence::announce_while_leading(
+        raft.clone(),
+        config.id,
+        cluster_id.clone(),
+        replica.dialer(),
+        config.heartbeat,
+        stopped.clone(),
+    ));
+    tokio::spawn(snapshot_timer(
+        raft.clone(),
+        config.snapshot_interval,
+        stopped.clone(),
+    ));
+    Ok(())
+}
+
+/// Asks the leader (through any join address) to add this replica until it is a voter.
+/// Idempotent, so it also runs after a restart that still passes `--join`.
+pub(super) async fn join_loop(
+    replica: Arc<Replica>,
+    (join, token): (Vec<String>, String),
+    node: ReplicaNode,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let mut client_config = ClientConfig::new(join.clone());
+    client_config.cluster_id = Some(replica.cluster_id.clone());
+    client_config.tls = replica.client_tls.clone();
+    // Adding a learner waits for it to catch up, which may take a snapshot transfer.
+    client_config.attempt_timeout = Duration::from_secs(120);
+    let client = match BallastClient::new(client_config) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot build the join client");
+            return;
+        }
+    };
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let request = pb::JoinRequest {
+            id: replica.id,
+            address: node.address.clone(),
+            az: node.az.clone(),
+            token: token.clone(),
+        };
+        let outcome = tokio::select! {
+            r = client.cluster(|mut c, req| {
+                let request = request.clone();
+                async move { c.join(req.wrap(request)).await }
+            }) => r,
+            _ = stopped.wait_for(|s| *s) => return,
+        };
+        match outcome {
+            Ok(_) => {
+                tracing::info!(id = replica.id, "joined the cluster as a voter");
+                return;
+            }
+            Err(ballast_protocol::client::ClientError::Rejected(status))
+                if status.code() == tonic::Code::PermissionDenied =>
+            {
+                tracing::error!(
+                    reason = %status.message(),
+                    "the cluster refused to let this replica join; not retrying (start it again with a valid --join-token)"
+                );
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, through = %join.join(","), "join attempt failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// Takes a snapshot at least every `interval` when entries were applied since the last one,
+/// so a quiet cluster still compacts its log.
+pub(super) async fn snapshot_timer(
+    raft: Raft,
+    interval: Duration,
+    mut stopped: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = stopped.wait_for(|s| *s) => return,
+        }
+        let metrics = raft.metrics().borrow().clone();
+        let applied = metrics.last_applied.map(|l| l.index);
+        let snapshot = metrics.snapshot.map(|l| l.index);
+        if applied > snapshot
+            && let Err(e) = raft.trigger().snapshot().await
+        {
+            tracing::warn!(error = %e, "scheduled snapshot could not start");
+            return;
+        }
+    }
+}
