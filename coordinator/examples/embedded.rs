@@ -11,7 +11,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use ballast_coordinator::Coordinator;
+use ballast_coordinator::{Coordinator, CoordinatorBuilder};
 use ballast_protocol::etcdserverpb::kv_client::KvClient;
 use ballast_protocol::etcdserverpb::{PutRequest, RangeRequest};
 use ballast_protocol::pb;
@@ -31,14 +31,7 @@ pub struct Report {
 /// One replica in this process, bootstrapping its own cluster; the application works against
 /// it, and it shuts down cleanly with the application.
 pub async fn solo(dir: &Path) -> anyhow::Result<Report> {
-    let coordinator = Coordinator::builder()
-        .id(1)
-        .az("az-a")
-        .listen("127.0.0.1:0")
-        .data_dir(dir.join("replica-1"))
-        .bootstrap()
-        .start()
-        .await?;
+    let coordinator = replica(dir, 1, "az-a").bootstrap().start().await?;
     coordinator.ready(Duration::from_secs(20)).await?;
     let report = work(&coordinator, 1).await?;
     coordinator.shutdown().await;
@@ -49,14 +42,7 @@ pub async fn solo(dir: &Path) -> anyhow::Result<Report> {
 /// application): the first bootstraps, the others join with single-use tokens; the
 /// application works through the last one, a follower, which forwards writes to the leader.
 pub async fn three(dir: &Path) -> anyhow::Result<Report> {
-    let first = Coordinator::builder()
-        .id(1)
-        .az("az-a")
-        .listen("127.0.0.1:0")
-        .data_dir(dir.join("replica-1"))
-        .bootstrap()
-        .start()
-        .await?;
+    let first = replica(dir, 1, "az-a").bootstrap().start().await?;
     first.ready(Duration::from_secs(20)).await?;
     let mut replicas = vec![first];
     for (id, az) in [(2, "az-b"), (3, "az-c")] {
@@ -69,14 +55,7 @@ pub async fn three(dir: &Path) -> anyhow::Result<Report> {
             .await?
             .token;
         let members: Vec<String> = replicas.iter().map(|r| r.address().to_string()).collect();
-        let joined = Coordinator::builder()
-            .id(id)
-            .az(az)
-            .listen("127.0.0.1:0")
-            .data_dir(dir.join(format!("replica-{id}")))
-            .join(&members, &token)
-            .start()
-            .await?;
+        let joined = replica(dir, id, az).join(&members, &token).start().await?;
         joined.ready(Duration::from_secs(30)).await?;
         replicas.push(joined);
     }
@@ -85,6 +64,15 @@ pub async fn three(dir: &Path) -> anyhow::Result<Report> {
         replica.shutdown().await;
     }
     Ok(report)
+}
+
+/// Replica `id` in `az`, on a free port, with its data dir under `dir`.
+fn replica(dir: &Path, id: u64, az: &str) -> CoordinatorBuilder {
+    Coordinator::builder()
+        .id(id)
+        .az(az)
+        .listen("127.0.0.1:0")
+        .data_dir(dir.join(format!("replica-{id}")))
 }
 
 /// The application's own work: register as a shard, take three domains, count in the KV.

@@ -69,7 +69,12 @@ impl DrExporter {
     {
         let _one_at_a_time = self.busy.lock().await;
         let started = Instant::now();
-        let result = self.export_once(to, take).await;
+        let result = async {
+            let destination = self.destination(to)?;
+            let (input, header) = take().await?;
+            self.write(&destination, input, header).await
+        }
+        .await;
         let mut status = self.status.lock();
         match &result {
             Ok(done) => {
@@ -88,15 +93,8 @@ impl DrExporter {
         result
     }
 
-    async fn export_once<F, Fut>(
-        &self,
-        to: Option<&str>,
-        take: F,
-    ) -> Result<pb::ExportResponse, Status>
-    where
-        F: FnOnce() -> Fut,
-        Fut: std::future::Future<Output = Result<(ArchiveInput, pb::ResponseHeader), Status>>,
-    {
+    /// Where an export goes: `to`, or the configured destination.
+    fn destination(&self, to: Option<&str>) -> Result<Destination, Status> {
         let url = match to.filter(|t| !t.is_empty()) {
             Some(url) => url.to_string(),
             None => self.config.destination.clone().ok_or_else(|| {
@@ -105,15 +103,22 @@ impl DrExporter {
                 )
             })?,
         };
-        let destination =
-            Destination::parse(&url).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let (input, header) = take().await?;
+        Destination::parse(&url).map_err(|e| Status::invalid_argument(e.to_string()))
+    }
+
+    /// Writes one archive of `input` to `destination`, then applies retention there.
+    async fn write(
+        &self,
+        destination: &Destination,
+        input: ArchiveInput,
+        header: pb::ResponseHeader,
+    ) -> Result<pb::ExportResponse, Status> {
         let started = Instant::now();
         let manifest =
-            ballast_dr::export(&destination, &input, self.config.key.as_ref(), &NoProgress)
+            ballast_dr::export(destination, &input, self.config.key.as_ref(), &NoProgress)
                 .await
                 .map_err(|e| Status::unavailable(e.to_string()))?;
-        let pruned = ballast_dr::retain(&destination, self.config.retention)
+        let pruned = ballast_dr::retain(destination, self.config.retention)
             .await
             .map_err(|e| {
                 Status::unavailable(format!(

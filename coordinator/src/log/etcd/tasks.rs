@@ -46,6 +46,13 @@ async fn pause(duration: Duration, stopped: &mut watch::Receiver<bool>) -> bool 
 }
 
 impl EtcdLog {
+    /// The guard of a transaction that holds only while the leader key was created at etcd
+    /// revision `term` (0: while there is no leader key): the fence of every write a leader
+    /// makes, and of every campaign.
+    fn leader_key_created_at(&self, term: i64) -> Compare {
+        Compare::create_revision(self.keys.leader(), CompareOp::Equal, term)
+    }
+
     /// Keeps a session lease alive and this replica's member key on it. Steps down when a
     /// renewal has not succeeded for two thirds of the TTL, before etcd expires the lease and
     /// another replica can take the leader key.
@@ -183,11 +190,7 @@ impl EtcdLog {
         let answer = client
             .txn(
                 Txn::new()
-                    .when([Compare::create_revision(
-                        self.keys.leader(),
-                        CompareOp::Equal,
-                        0,
-                    )])
+                    .when([self.leader_key_created_at(0)])
                     .and_then([TxnOp::put(
                         self.keys.leader(),
                         serde_json::to_vec(&record).unwrap_or_default(),
@@ -240,11 +243,7 @@ impl EtcdLog {
                 client
                     .txn(
                         Txn::new()
-                            .when([Compare::create_revision(
-                                self.keys.leader(),
-                                CompareOp::Equal,
-                                term as i64,
-                            )])
+                            .when([self.leader_key_created_at(term as i64)])
                             .and_then([TxnOp::delete(self.keys.leader(), None)]),
                     )
                     .await?;
@@ -470,7 +469,7 @@ impl EtcdLog {
         ballast_failpoints::hold("etcd-append-hold").await;
         let txn = Txn::new()
             .when([
-                Compare::create_revision(self.keys.leader(), CompareOp::Equal, term as i64),
+                self.leader_key_created_at(term as i64),
                 Compare::create_revision(self.keys.entry(start), CompareOp::Equal, 0),
             ])
             .and_then(puts);
@@ -557,11 +556,7 @@ impl EtcdLog {
         let published = client
             .txn(
                 Txn::new()
-                    .when([Compare::create_revision(
-                        self.keys.leader(),
-                        CompareOp::Equal,
-                        term as i64,
-                    )])
+                    .when([self.leader_key_created_at(term as i64)])
                     .and_then([TxnOp::put(
                         self.keys.snapshot(),
                         serde_json::to_vec(&record).unwrap_or_default(),

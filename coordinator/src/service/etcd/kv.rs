@@ -7,6 +7,7 @@ use tonic::{Request, Response, Status};
 
 use super::EtcdApi;
 use super::convert::{delete_op, kv, put_op, range_op, range_response, response_op, txn_op};
+use super::on_leader_call;
 use crate::error::kv_status;
 use crate::kv::{KvCommand, KvReply};
 
@@ -36,128 +37,76 @@ impl Kv for EtcdApi {
         &self,
         request: Request<epb::PutRequest>,
     ) -> Result<Response<epb::PutResponse>, Status> {
-        let (metadata, _, body) = request.into_parts();
-        let body = &body;
-        let answer = self
-            .on_leader(
-                &metadata,
-                || async move {
-                    let (reply, revision) = self.propose(KvCommand::Put(put_op(body))).await?;
-                    let KvReply::Put { prev } = reply else {
-                        return Err(Status::internal("put answered with another reply"));
-                    };
-                    Ok(epb::PutResponse {
-                        header: Some(self.header_at(revision)),
-                        prev_kv: prev.as_ref().map(kv),
-                    })
-                },
-                |channel| async move {
-                    let request = self.replica.forwarded(body.clone());
-                    Ok(KvClient::new(channel).put(request).await?.into_inner())
-                },
-            )
-            .await?;
-        Ok(Response::new(answer))
+        on_leader_call!(self, request, KvClient::put, |body| async move {
+            let (reply, revision) = self.propose(KvCommand::Put(put_op(body))).await?;
+            let KvReply::Put { prev } = reply else {
+                return Err(Status::internal("put answered with another reply"));
+            };
+            Ok(epb::PutResponse {
+                header: Some(self.header_at(revision)),
+                prev_kv: prev.as_ref().map(kv),
+            })
+        })
     }
 
     async fn delete_range(
         &self,
         request: Request<epb::DeleteRangeRequest>,
     ) -> Result<Response<epb::DeleteRangeResponse>, Status> {
-        let (metadata, _, body) = request.into_parts();
-        let body = &body;
-        let answer = self
-            .on_leader(
-                &metadata,
-                || async move {
-                    let (reply, revision) =
-                        self.propose(KvCommand::Delete(delete_op(body))).await?;
-                    let KvReply::Delete { deleted, prev } = reply else {
-                        return Err(Status::internal("delete answered with another reply"));
-                    };
-                    Ok(epb::DeleteRangeResponse {
-                        header: Some(self.header_at(revision)),
-                        deleted: deleted as i64,
-                        prev_kvs: prev.iter().map(kv).collect(),
-                    })
-                },
-                |channel| async move {
-                    let request = self.replica.forwarded(body.clone());
-                    Ok(KvClient::new(channel)
-                        .delete_range(request)
-                        .await?
-                        .into_inner())
-                },
-            )
-            .await?;
-        Ok(Response::new(answer))
+        on_leader_call!(self, request, KvClient::delete_range, |body| async move {
+            let (reply, revision) = self.propose(KvCommand::Delete(delete_op(body))).await?;
+            let KvReply::Delete { deleted, prev } = reply else {
+                return Err(Status::internal("delete answered with another reply"));
+            };
+            Ok(epb::DeleteRangeResponse {
+                header: Some(self.header_at(revision)),
+                deleted: deleted as i64,
+                prev_kvs: prev.iter().map(kv).collect(),
+            })
+        })
     }
 
     async fn txn(
         &self,
         request: Request<epb::TxnRequest>,
     ) -> Result<Response<epb::TxnResponse>, Status> {
-        let (metadata, _, body) = request.into_parts();
-        let txn = &txn_op(&body)?;
-        let body = &body;
-        let answer = self
-            .on_leader(
-                &metadata,
-                || async move {
-                    let (reply, revision) = self.propose(KvCommand::Txn(txn.clone())).await?;
-                    let header = self.header_at(revision);
-                    let KvReply::Txn {
-                        succeeded,
-                        responses,
-                    } = reply
-                    else {
-                        return Err(Status::internal("txn answered with another reply"));
-                    };
-                    Ok(epb::TxnResponse {
-                        header: Some(header),
-                        succeeded,
-                        responses: responses.iter().map(|r| response_op(r, &header)).collect(),
-                    })
-                },
-                |channel| async move {
-                    let request = self.replica.forwarded(body.clone());
-                    Ok(KvClient::new(channel).txn(request).await?.into_inner())
-                },
-            )
-            .await?;
-        Ok(Response::new(answer))
+        let txn = &txn_op(request.get_ref())?;
+        on_leader_call!(self, request, KvClient::txn, |body| async move {
+            let (reply, revision) = self.propose(KvCommand::Txn(txn.clone())).await?;
+            let header = self.header_at(revision);
+            let KvReply::Txn {
+                succeeded,
+                responses,
+            } = reply
+            else {
+                return Err(Status::internal("txn answered with another reply"));
+            };
+            Ok(epb::TxnResponse {
+                header: Some(header),
+                succeeded,
+                responses: responses.iter().map(|r| response_op(r, &header)).collect(),
+            })
+        })
     }
 
     async fn compact(
         &self,
         request: Request<epb::CompactionRequest>,
     ) -> Result<Response<epb::CompactionResponse>, Status> {
-        let (metadata, _, body) = request.into_parts();
-        if body.revision <= 0 {
+        if request.get_ref().revision <= 0 {
             return Err(Status::invalid_argument(
                 "etcdserver: compaction revision must be positive",
             ));
         }
-        let body = &body;
-        let answer = self
-            .on_leader(
-                &metadata,
-                || async move {
-                    let (_, current) = self
-                        .propose(KvCommand::Compact {
-                            revision: body.revision as u64,
-                        })
-                        .await?;
-                    Ok(epb::CompactionResponse {
-                        header: Some(self.header_at(current)),
-                    })
-                },
-                |channel| async move {
-                    let request = self.replica.forwarded(*body);
-                    Ok(KvClient::new(channel).compact(request).await?.into_inner())
-                },
-            )
-            .await?;
-        Ok(Response::new(answer))
+        on_leader_call!(self, request, KvClient::compact, |body| async move {
+            let (_, current) = self
+                .propose(KvCommand::Compact {
+                    revision: body.revision as u64,
+                })
+                .await?;
+            Ok(epb::CompactionResponse {
+                header: Some(self.header_at(current)),
+            })
+        })
     }
 }

@@ -12,6 +12,7 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::EtcdApi;
+use super::on_leader_call;
 use crate::error::kv_status;
 use crate::kv::{KvCommand, KvError, KvReply, MAX_LEASE_TTL};
 
@@ -151,50 +152,25 @@ impl Lease for EtcdApi {
         &self,
         request: Request<epb::LeaseGrantRequest>,
     ) -> Result<Response<epb::LeaseGrantResponse>, Status> {
-        let (metadata, _, body) = request.into_parts();
-        let body = &body;
-        let answer = self
-            .on_leader(
-                &metadata,
-                || self.grant_here(body),
-                |channel| async move {
-                    let request = self.replica.forwarded(*body);
-                    Ok(LeaseClient::new(channel)
-                        .lease_grant(request)
-                        .await?
-                        .into_inner())
-                },
-            )
-            .await?;
-        Ok(Response::new(answer))
+        on_leader_call!(self, request, LeaseClient::lease_grant, |body| self
+            .grant_here(body))
     }
 
     async fn lease_revoke(
         &self,
         request: Request<epb::LeaseRevokeRequest>,
     ) -> Result<Response<epb::LeaseRevokeResponse>, Status> {
-        let (metadata, _, body) = request.into_parts();
-        let body = &body;
-        let answer = self
-            .on_leader(
-                &metadata,
-                || async move {
-                    let (_, revision) =
-                        self.propose(KvCommand::LeaseRevoke { id: body.id }).await?;
-                    Ok(epb::LeaseRevokeResponse {
-                        header: Some(self.header_at(revision)),
-                    })
-                },
-                |channel| async move {
-                    let request = self.replica.forwarded(*body);
-                    Ok(LeaseClient::new(channel)
-                        .lease_revoke(request)
-                        .await?
-                        .into_inner())
-                },
-            )
-            .await?;
-        Ok(Response::new(answer))
+        on_leader_call!(
+            self,
+            request,
+            LeaseClient::lease_revoke,
+            |body| async move {
+                let (_, revision) = self.propose(KvCommand::LeaseRevoke { id: body.id }).await?;
+                Ok(epb::LeaseRevokeResponse {
+                    header: Some(self.header_at(revision)),
+                })
+            }
+        )
     }
 
     type LeaseKeepAliveStream = KeepAliveStream;
@@ -223,22 +199,8 @@ impl Lease for EtcdApi {
         &self,
         request: Request<epb::LeaseTimeToLiveRequest>,
     ) -> Result<Response<epb::LeaseTimeToLiveResponse>, Status> {
-        let (metadata, _, body) = request.into_parts();
-        let body = &body;
-        let answer = self
-            .on_leader(
-                &metadata,
-                || self.time_to_live_here(body),
-                |channel| async move {
-                    let request = self.replica.forwarded(*body);
-                    Ok(LeaseClient::new(channel)
-                        .lease_time_to_live(request)
-                        .await?
-                        .into_inner())
-                },
-            )
-            .await?;
-        Ok(Response::new(answer))
+        on_leader_call!(self, request, LeaseClient::lease_time_to_live, |body| self
+            .time_to_live_here(body))
     }
 
     async fn lease_leases(

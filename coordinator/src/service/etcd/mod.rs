@@ -75,6 +75,28 @@ fn not_sent(status: &Status) -> bool {
         .any(|m| status.message().contains(m))
 }
 
+/// Answers a unary etcd call where the leader must: `local` (an async block using `body`, the
+/// request's message) here if this replica leads, else the same call (`Client::method`) on the
+/// leader, with the forwarded copy of the message; the answer wrapped for the caller.
+macro_rules! on_leader_call {
+    ($api:expr, $request:expr, $client:ident :: $method:ident, |$body:ident| $local:expr) => {{
+        let (metadata, _, body) = $request.into_parts();
+        let $body = &body;
+        let answer = $api
+            .on_leader(
+                &metadata,
+                || $local,
+                |channel| async move {
+                    let request = $api.replica.forwarded(Clone::clone($body));
+                    Ok($client::new(channel).$method(request).await?.into_inner())
+                },
+            )
+            .await?;
+        Ok(Response::new(answer))
+    }};
+}
+pub(crate) use on_leader_call;
+
 impl EtcdApi {
     /// Runs `local` if this replica leads, else `forward` on a channel to the leader; while no
     /// leader is reachable, retries until [`LEADER_WAIT`] runs out.
