@@ -39,7 +39,7 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     // Replicas run inside this binary (`replica`): the same runtime as `ballast-coord`.
-    ballast_coordinator::config::runtime()?.block_on(run())
+    ballast_coordinator::process::runtime()?.block_on(run())
 }
 
 async fn run() -> anyhow::Result<()> {
@@ -59,8 +59,8 @@ async fn run() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Replica(args) => {
-            ballast_coordinator::config::init_logging();
-            ballast_coordinator::config::run_until_signal(*args).await?;
+            ballast_coordinator::process::init_logging();
+            ballast_coordinator::process::run_until_signal(*args).await?;
             Ok(())
         }
     }

@@ -5,7 +5,7 @@
 //! **Embedding**: [`Coordinator`] runs a replica inside another program — built from the same
 //! settings as `ballast-coord`'s flags ([`CoordinatorBuilder`]), with a client of its own, a
 //! readiness wait and a graceful shutdown (`examples/embedded.rs`). [`config`] holds the flags
-//! of the `ballast-coord` binary.
+//! of the `ballast-coord` binary, [`process`] what running it as a process takes.
 //!
 //! The other public modules are the replica's insides, public only so this workspace's
 //! simulator, benchmarks and tests can drive them; they are hidden from the documentation and
@@ -18,6 +18,7 @@ pub use embed::{Coordinator, CoordinatorBuilder};
 pub use node::NodeError;
 
 pub mod config;
+pub mod process;
 
 #[doc(hidden)]
 pub mod dr;

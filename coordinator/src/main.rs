@@ -1,8 +1,9 @@
 //! `ballast-coord`: one coordinator replica; `ballast-coord restore ...` restores an archive
 //! into a data dir (offline).
 
-use ballast_coordinator::config::{CoordArgs, init_logging, run_until_signal, runtime};
+use ballast_coordinator::config::CoordArgs;
 use ballast_coordinator::offline::{RestoreArgs, restore};
+use ballast_coordinator::process::{init_logging, run_until_signal, runtime};
 use clap::Parser;
 
 fn main() -> anyhow::Result<()> {

@@ -21,8 +21,8 @@ use crate::fleet::{Applied, FleetCommand};
 use crate::leases::ShardLeases;
 use crate::log::applied::SharedState;
 use crate::log::member::{NodeId, ReplicaNode};
+use crate::log::raft::data_dir::DataDir;
 use crate::log::raft::network::{PeerContacts, PeerDialer};
-use crate::log::raft::store::Store;
 use crate::log::raft::types::Raft;
 use crate::log::{Consensus, View};
 
@@ -52,7 +52,7 @@ pub struct Replica {
     /// Applied fleet state.
     pub state: Arc<SharedState>,
     /// On-disk store (for status figures).
-    pub store: Store,
+    pub store: DataDir,
     /// Timing knobs.
     pub timing: Timing,
     /// Shard lease renewals seen while leading.
@@ -108,7 +108,7 @@ impl Replica {
         cluster_id: String,
         consensus: Consensus,
         state: Arc<SharedState>,
-        store: Store,
+        store: DataDir,
         parts: ReplicaParts,
     ) -> Self {
         let ReplicaParts {

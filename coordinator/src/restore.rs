@@ -11,11 +11,11 @@ use openraft::{CommittedLeaderId, EntryPayload, Membership, SnapshotId};
 
 use crate::fleet::FleetState;
 use crate::log::member::{LogId, NodeId, ReplicaNode, StoredMembership};
-use crate::log::raft::state_machine::{load_snapshot, save_snapshot};
-use crate::log::raft::store::{
-    META_CLUSTER_ID, META_COMMITTED, META_NODE_ID, META_PURGED, META_UNFINISHED_REWRITE, META_VOTE,
-    Store, StoreError,
+use crate::log::raft::data_dir::{
+    DataDir, DataDirError, META_CLUSTER_ID, META_COMMITTED, META_NODE_ID, META_PURGED,
+    META_UNFINISHED_REWRITE, META_VOTE,
 };
+use crate::log::raft::state_machine::{load_snapshot, save_snapshot};
 use crate::log::raft::types::{Entry, SnapshotMeta, Vote};
 
 /// Why a restore or forced new cluster failed.
@@ -23,7 +23,7 @@ use crate::log::raft::types::{Entry, SnapshotMeta, Vote};
 pub enum RestoreError {
     /// The data dir could not be used.
     #[error(transparent)]
-    Store(#[from] StoreError),
+    DataDir(#[from] DataDirError),
     /// The archive holds a payload this build does not know.
     #[error(
         "holds {found:?}, which this build cannot restore (expects {:?})",
@@ -98,7 +98,7 @@ pub fn restore_into(
         reason: e.to_string(),
     })?;
     fleet.mark_restored(bump);
-    let store = Store::open(dir)?;
+    let store = DataDir::open(dir)?;
     store.write_meta(
         META_UNFINISHED_REWRITE,
         &format!("restore from an archive of cluster {}", archived.cluster_id),
@@ -119,7 +119,7 @@ pub fn restore_into(
 /// every entry in its log after it (committed or not, as etcd's `--force-new-cluster` does:
 /// the survivor's log is the best record left).
 pub fn force_new_cluster(
-    store: &Store,
+    store: &DataDir,
     id: NodeId,
     node: ReplicaNode,
     bump: u64,
@@ -137,7 +137,7 @@ pub fn force_new_cluster(
     };
     let from = last.map(|l| l.index + 1).unwrap_or(0);
     let mut replayed = 0;
-    for item in store.log.range(crate::log::raft::store::log_key(from)..) {
+    for item in store.log.range(crate::log::raft::data_dir::log_key(from)..) {
         let (_, value) = item.into_inner().map_err(|e| store.err(e))?;
         let entry: Entry = crate::log::wire::decode(&value)
             .map_err(|e| corrupt(format!("a log entry in {}", store.path()), e.to_string()))?;
@@ -164,7 +164,7 @@ pub fn force_new_cluster(
 /// replica `id` alone, and records a vote for itself in that term so its first election
 /// starts one term later.
 fn rewrite_single_voter(
-    store: &Store,
+    store: &DataDir,
     id: NodeId,
     node: ReplicaNode,
     fleet: &FleetState,

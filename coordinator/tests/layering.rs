@@ -8,7 +8,7 @@
 //! | 2 replica | `replica` `status` | one running replica and what it reports |
 //! | 3 duties and APIs | `leader` `service` | what the leader does alone; the gRPC services |
 //! | 4 observe | `observe` | the HTTP port: metrics, probes, status page |
-//! | 5 process | `node` `config` `offline` `embed` `main` `lib` | starting and running a replica (as a binary or embedded); offline data-dir work |
+//! | 5 process | `node` `config` `process` `offline` `embed` `main` `lib` | starting and running a replica (as a binary or embedded); offline data-dir work |
 //!
 //! Also: the two log backends never name each other; the leader's duties never call a service;
 //! the HTTP port reads through the replica and its status report only; the pure cores do no
@@ -41,6 +41,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("node", 5),
     ("offline", 5),
     ("embed", 5),
+    ("process", 5),
     ("config", 5),
     ("main", 5),
     ("lib", 5),

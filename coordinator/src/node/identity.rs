@@ -10,11 +10,14 @@ use ballast_protocol::client::{BallastClient, ClientConfig};
 use ballast_protocol::pb;
 
 use crate::log::member::NodeId;
-use crate::log::raft::store::{META_CLUSTER_ID, META_NODE_ID, META_UNFINISHED_REWRITE, Store};
+use crate::log::raft::data_dir::{DataDir, META_CLUSTER_ID, META_NODE_ID, META_UNFINISHED_REWRITE};
 use ballast_tls::ClientTls;
 
 /// Refuses a data dir a crash left halfway through a restore or `--force-new-cluster`.
-pub(super) fn check_finished_rewrite(config: &NodeConfig, store: &Store) -> Result<(), NodeError> {
+pub(super) fn check_finished_rewrite(
+    config: &NodeConfig,
+    store: &DataDir,
+) -> Result<(), NodeError> {
     match store.read_meta::<String>(META_UNFINISHED_REWRITE)? {
         Some(what) => Err(NodeError::Identity {
             dir: config.data_dir.display().to_string(),
@@ -29,7 +32,7 @@ pub(super) fn check_finished_rewrite(config: &NodeConfig, store: &Store) -> Resu
 }
 
 /// Refuses a data dir that belongs to another replica id.
-pub(super) fn check_replica_id(config: &NodeConfig, store: &Store) -> Result<(), NodeError> {
+pub(super) fn check_replica_id(config: &NodeConfig, store: &DataDir) -> Result<(), NodeError> {
     match store.read_meta::<NodeId>(META_NODE_ID)? {
         Some(stored) if stored != config.id => Err(NodeError::Identity {
             dir: config.data_dir.display().to_string(),
@@ -42,7 +45,7 @@ pub(super) fn check_replica_id(config: &NodeConfig, store: &Store) -> Result<(),
 /// Records this replica's id and its cluster id in a fresh data dir.
 pub(super) fn stamp_identity(
     config: &NodeConfig,
-    store: &Store,
+    store: &DataDir,
     cluster_id: &str,
 ) -> Result<(), NodeError> {
     store.write_meta(META_NODE_ID, &config.id, false)?;
@@ -53,7 +56,7 @@ pub(super) fn stamp_identity(
 /// Settles which cluster this data dir belongs to, creating or learning the id as needed.
 pub(super) async fn cluster_identity(
     config: &NodeConfig,
-    store: &Store,
+    store: &DataDir,
     tls: Option<Arc<ClientTls>>,
 ) -> Result<String, NodeError> {
     check_replica_id(config, store)?;

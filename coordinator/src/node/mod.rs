@@ -21,7 +21,7 @@ use crate::dr::DrConfig;
 use crate::log::Consensus;
 use crate::log::etcd::EtcdBackendConfig;
 use crate::log::member::NodeId;
-use crate::log::raft::store::StoreError;
+use crate::log::raft::data_dir::DataDirError;
 use crate::replica::Replica;
 use ballast_tls::TlsFiles;
 
@@ -102,7 +102,7 @@ pub enum NodeError {
     Config(String),
     /// The data dir could not be used.
     #[error(transparent)]
-    Store(#[from] StoreError),
+    DataDir(#[from] DataDirError),
     /// The data dir belongs to another replica or cluster.
     #[error("data dir {dir}: {reason}")]
     Identity {

@@ -8,7 +8,7 @@ use ballast_protocol::etcdserverpb::{
     maintenance_server as etcd_maintenance, watch_server as etcd_watch,
 };
 
-use crate::service::etcd::EtcdApi;
+use crate::service::etcd_api::EtcdApi;
 use std::sync::Arc;
 
 use ballast_protocol::pb::assignments_server::AssignmentsServer;
@@ -28,11 +28,11 @@ use crate::log::Consensus;
 use crate::log::applied::SharedState;
 use crate::log::etcd::{EtcdBackendConfig, EtcdLog, EtcdLogError};
 use crate::log::member::ReplicaNode;
+use crate::log::raft::data_dir::{DataDir, META_CLUSTER_ID};
 use crate::log::raft::log_store::LogStore;
 use crate::log::raft::network::{PeerContacts, PeerDialer, PeerNetwork};
 use crate::log::raft::presence::PresenceWatch;
 use crate::log::raft::state_machine::StateMachineStore;
-use crate::log::raft::store::{META_CLUSTER_ID, Store};
 use crate::log::raft::types::Raft;
 use crate::replica::{Replica, ReplicaParts, Timing};
 use crate::security::Security;
@@ -95,7 +95,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
         None => None,
     };
     let http_addr = http_listener.as_ref().and_then(|l| l.local_addr().ok());
-    let store = Store::open(&config.data_dir)?;
+    let store = DataDir::open(&config.data_dir)?;
     check_finished_rewrite(&config, &store)?;
     let node = ReplicaNode {
         address: advertise,
@@ -182,7 +182,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
 /// starts openraft over the data dir.
 pub(super) async fn start_raft(
     config: &NodeConfig,
-    store: &Store,
+    store: &DataDir,
     node: &ReplicaNode,
     (contacts, tls, faults): (
         PeerContacts,
@@ -224,7 +224,7 @@ pub(super) async fn start_raft(
 pub(super) async fn start_etcd(
     config: &NodeConfig,
     etcd: &EtcdBackendConfig,
-    store: &Store,
+    store: &DataDir,
     node: &ReplicaNode,
     stopped: watch::Receiver<bool>,
 ) -> Result<(Consensus, Arc<SharedState>, String), NodeError> {

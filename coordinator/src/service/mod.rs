@@ -3,6 +3,6 @@
 pub mod assignments;
 pub mod cluster;
 pub mod convert;
-pub mod etcd;
+pub mod etcd_api;
 pub mod fleet;
 pub mod raft;

@@ -10,31 +10,31 @@ use std::sync::mpsc;
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader, StorageIOError};
 
-use super::store::{META_COMMITTED, META_PURGED, META_VOTE, Store, StoreError, log_key};
+use super::data_dir::{DataDir, DataDirError, META_COMMITTED, META_PURGED, META_VOTE, log_key};
 use super::types::{Entry, LogId, StorageError, TypeConfig, Vote};
 
 fn io_err(e: impl std::fmt::Display) -> io::Error {
     io::Error::other(e.to_string())
 }
 
-fn read_err(e: StoreError) -> StorageError {
+fn read_err(e: DataDirError) -> StorageError {
     StorageIOError::read_logs(&e).into()
 }
 
-fn write_err(e: StoreError) -> StorageError {
+fn write_err(e: DataDirError) -> StorageError {
     StorageIOError::write_logs(&e).into()
 }
 
 /// Durable Raft log; clones share the database and the flusher thread.
 #[derive(Clone)]
 pub struct LogStore {
-    store: Store,
+    store: DataDir,
     flush_jobs: mpsc::Sender<LogFlushed<TypeConfig>>,
 }
 
 impl LogStore {
     /// Wraps `store` and starts its flusher thread, which ends when every clone is dropped.
-    pub fn new(store: Store) -> Self {
+    pub fn new(store: DataDir) -> Self {
         let (tx, rx) = mpsc::channel::<LogFlushed<TypeConfig>>();
         let db = store.clone();
         std::thread::Builder::new()

@@ -4,11 +4,11 @@
 // them here would only add conversions at every trait boundary.
 #![allow(clippy::result_large_err)]
 
+pub mod data_dir;
 pub mod log_store;
 pub mod membership;
 pub mod network;
 pub mod presence;
 pub mod proposer;
 pub mod state_machine;
-pub mod store;
 pub mod types;

@@ -12,7 +12,7 @@ use openraft::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::store::Store;
+use super::data_dir::DataDir;
 use super::types::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 use crate::fleet::FleetState;
 use crate::log::applied::{EntryOutcome, SharedState, Step};
@@ -30,7 +30,7 @@ const SNAPSHOT_DATA_KEY: &str = "data";
 #[derive(Clone)]
 pub struct StateMachineStore {
     shared: Arc<SharedState>,
-    store: Store,
+    store: DataDir,
 }
 
 fn sm_read_err(e: impl std::fmt::Display) -> StorageError {
@@ -43,7 +43,7 @@ fn snapshot_write_err(e: impl std::fmt::Display) -> StorageError {
 
 impl StateMachineStore {
     /// Loads the latest snapshot from `store` (if any) into memory.
-    pub fn open(store: Store) -> Result<Self, StorageError> {
+    pub fn open(store: DataDir) -> Result<Self, StorageError> {
         let (fleet, applied, membership) = match load_snapshot(&store)? {
             Some((meta, data)) => {
                 let fleet = FleetState::decode(&data).map_err(|e| {
@@ -88,7 +88,7 @@ impl StateMachineStore {
 }
 
 pub(crate) fn load_snapshot(
-    store: &Store,
+    store: &DataDir,
 ) -> Result<Option<(SnapshotMeta, Vec<u8>)>, StorageError> {
     let meta: Option<StoredSnapshotMeta> = store
         .read_json(&store.snapshot, "snapshot", SNAPSHOT_META_KEY)
@@ -108,7 +108,7 @@ pub(crate) fn load_snapshot(
 }
 
 pub(crate) fn save_snapshot(
-    store: &Store,
+    store: &DataDir,
     meta: &SnapshotMeta,
     data: &[u8],
 ) -> Result<(), StorageError> {

@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 
 /// Why the replica's disk state could not be opened or used.
 #[derive(Debug, thiserror::Error)]
-pub enum StoreError {
+pub enum DataDirError {
     /// fjall failed (I/O, corruption, locked by another process).
     #[error("storage at {path}: {source}")]
     Fjall {
@@ -35,7 +35,7 @@ pub enum StoreError {
 
 /// Handles to the database and its keyspaces; clones share the same database.
 #[derive(Clone)]
-pub struct Store {
+pub struct DataDir {
     /// The database (journal shared by all keyspaces).
     pub db: Database,
     /// Raft log: big-endian index → JSON entry.
@@ -61,12 +61,12 @@ pub const META_NODE_ID: &str = "node_id";
 /// dir still holding it after a crash is incomplete and refuses to start.
 pub const META_UNFINISHED_REWRITE: &str = "unfinished_rewrite";
 
-impl Store {
+impl DataDir {
     /// Opens (or creates) the database in `dir`. The cache is kept small: the coordinator's
     /// working set is the in-memory fleet state, not the log.
-    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+    pub fn open(dir: &Path) -> Result<Self, DataDirError> {
         let path = dir.display().to_string();
-        let wrap = |source| StoreError::Fjall {
+        let wrap = |source| DataDirError::Fjall {
             path: path.clone(),
             source,
         };
@@ -103,15 +103,15 @@ impl Store {
     }
 
     /// Wraps a fjall error with the data directory.
-    pub fn err(&self, source: fjall::Error) -> StoreError {
-        StoreError::Fjall {
+    pub fn err(&self, source: fjall::Error) -> DataDirError {
+        DataDirError::Fjall {
             path: self.path.clone(),
             source,
         }
     }
 
     /// Reads a JSON record from the meta keyspace.
-    pub fn read_meta<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StoreError> {
+    pub fn read_meta<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, DataDirError> {
         self.read_json(&self.meta, "meta", key)
     }
 
@@ -121,13 +121,13 @@ impl Store {
         keyspace: &Keyspace,
         name: &'static str,
         key: &str,
-    ) -> Result<Option<T>, StoreError> {
+    ) -> Result<Option<T>, DataDirError> {
         let Some(bytes) = keyspace.get(key).map_err(|e| self.err(e))? else {
             return Ok(None);
         };
         serde_json::from_slice(&bytes)
             .map(Some)
-            .map_err(|e| StoreError::Corrupt {
+            .map_err(|e| DataDirError::Corrupt {
                 path: self.path.clone(),
                 keyspace: name,
                 key: key.to_string(),
@@ -141,8 +141,8 @@ impl Store {
         key: &str,
         value: &T,
         durable: bool,
-    ) -> Result<(), StoreError> {
-        let bytes = serde_json::to_vec(value).map_err(|e| StoreError::Corrupt {
+    ) -> Result<(), DataDirError> {
+        let bytes = serde_json::to_vec(value).map_err(|e| DataDirError::Corrupt {
             path: self.path.clone(),
             keyspace: "meta",
             key: key.to_string(),
@@ -156,7 +156,7 @@ impl Store {
     }
 
     /// Removes a meta record; `durable` fsyncs the journal before returning.
-    pub fn remove_meta(&self, key: &str, durable: bool) -> Result<(), StoreError> {
+    pub fn remove_meta(&self, key: &str, durable: bool) -> Result<(), DataDirError> {
         self.meta.remove(key).map_err(|e| self.err(e))?;
         if durable {
             self.sync()?;
@@ -165,7 +165,7 @@ impl Store {
     }
 
     /// Fsyncs the journal: everything written so far survives a crash.
-    pub fn sync(&self) -> Result<(), StoreError> {
+    pub fn sync(&self) -> Result<(), DataDirError> {
         if ballast_failpoints::fails("fsync-error") {
             return Err(self.err(fjall::Error::Io(std::io::Error::other(
                 "fsync failed (injected by BALLAST_FAILPOINTS)",
