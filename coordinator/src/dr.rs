@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use ballast_dr::{ArchiveInput, Destination, Key, NoProgress, Retention};
 use ballast_protocol::pb;
-use tonic::Status;
+
+use crate::error::ReplicaError;
 
 /// Payload description written into manifests.
 pub const PAYLOAD: &str = "ballast-fleet-state/postcard-v1";
@@ -62,10 +63,10 @@ impl DrExporter {
         &self,
         to: Option<&str>,
         take: F,
-    ) -> Result<pb::ExportResponse, Status>
+    ) -> Result<pb::ExportResponse, ReplicaError>
     where
         F: FnOnce() -> Fut,
-        Fut: std::future::Future<Output = Result<(ArchiveInput, pb::ResponseHeader), Status>>,
+        Fut: std::future::Future<Output = Result<(ArchiveInput, pb::ResponseHeader), ReplicaError>>,
     {
         let _one_at_a_time = self.busy.lock().await;
         let started = Instant::now();
@@ -87,23 +88,23 @@ impl DrExporter {
             }
             Err(e) => {
                 status.failures_total += 1;
-                status.last_error = e.message().to_string();
+                status.last_error = e.to_string();
             }
         }
         result
     }
 
     /// Where an export goes: `to`, or the configured destination.
-    fn destination(&self, to: Option<&str>) -> Result<Destination, Status> {
+    fn destination(&self, to: Option<&str>) -> Result<Destination, ReplicaError> {
         let url = match to.filter(|t| !t.is_empty()) {
             Some(url) => url.to_string(),
             None => self.config.destination.clone().ok_or_else(|| {
-                Status::failed_precondition(
+                ReplicaError::precondition(
                     "no destination: pass one (--to) or start the replica with --dr-destination",
                 )
             })?,
         };
-        Destination::parse(&url).map_err(|e| Status::invalid_argument(e.to_string()))
+        Destination::parse(&url).map_err(|e| ReplicaError::invalid(e.to_string()))
     }
 
     /// Writes one archive of `input` to `destination`, then applies retention there.
@@ -112,16 +113,16 @@ impl DrExporter {
         destination: &Destination,
         input: ArchiveInput,
         header: pb::ResponseHeader,
-    ) -> Result<pb::ExportResponse, Status> {
+    ) -> Result<pb::ExportResponse, ReplicaError> {
         let started = Instant::now();
         let manifest =
             ballast_dr::export(destination, &input, self.config.key.as_ref(), &NoProgress)
                 .await
-                .map_err(|e| Status::unavailable(e.to_string()))?;
+                .map_err(|e| ReplicaError::retry(e.to_string()))?;
         let pruned = ballast_dr::retain(destination, self.config.retention)
             .await
             .map_err(|e| {
-                Status::unavailable(format!(
+                ReplicaError::retry(format!(
                     "archive {} written; retention failed: {e}",
                     manifest.name
                 ))

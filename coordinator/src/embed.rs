@@ -154,7 +154,7 @@ impl Coordinator {
                     .replica
                     .linearize()
                     .await
-                    .map_err(|s| s.message().to_string())
+                    .map_err(|e| e.to_string())
             };
             let last = match tokio::time::timeout_at(deadline, attempt).await {
                 Ok(Ok(())) => return Ok(()),

@@ -19,7 +19,7 @@ use parking_lot::Mutex;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use tonic::Status;
+use crate::error::ReplicaError;
 
 /// State that is valid only in the term it was recorded in.
 #[derive(Default)]
@@ -71,17 +71,17 @@ pub fn heard_from_majority(
 /// by the first round that began after it arrived.
 #[derive(Default)]
 pub struct Confirmations {
-    last: tokio::sync::Mutex<Option<(Instant, Result<(), Status>)>>,
+    last: tokio::sync::Mutex<Option<(Instant, Result<(), ReplicaError>)>>,
 }
 
 impl Confirmations {
     /// Confirms for a request that arrived at `asked`: reuses a round that began at or after
     /// `asked`, or runs one with `round` (one at a time; requests arriving meanwhile share the
     /// next).
-    pub async fn confirm<F, Fut>(&self, asked: Instant, round: F) -> Result<(), Status>
+    pub async fn confirm<F, Fut>(&self, asked: Instant, round: F) -> Result<(), ReplicaError>
     where
         F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<(), Status>>,
+        Fut: Future<Output = Result<(), ReplicaError>>,
     {
         let mut last = self.last.lock().await;
         if let Some((began, outcome)) = &*last
@@ -169,7 +169,7 @@ mod tests {
                     confirmations
                         .confirm(asked, || async move {
                             rounds.fetch_add(1, Ordering::SeqCst);
-                            Err(Status::unavailable("no quorum"))
+                            Err(ReplicaError::retry("no quorum"))
                         })
                         .await
                 })

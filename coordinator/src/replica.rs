@@ -2,6 +2,7 @@
 //! answer (headers, leader lookup, forwarding, linearizable reads, proposing).
 
 use crate::dr::DrExporter;
+use crate::error::ReplicaError;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,7 +15,7 @@ use ballast_protocol::{CLUSTER_ID_HEADER, FORWARDED_HEADER, LEADER_ADDRESS_HEADE
 use ballast_tls::ClientTls;
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::transport::Channel;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response};
 
 use crate::fleet::FleetRequest;
 use crate::fleet::{Applied, FleetCommand};
@@ -149,10 +150,10 @@ impl Replica {
 
     /// The openraft handle, for Raft-only administration (membership, leadership transfer,
     /// snapshots, peer messages). An etcd-backed replica refuses those: etcd runs consensus.
-    pub fn raft(&self) -> Result<&Raft, Status> {
+    pub fn raft(&self) -> Result<&Raft, ReplicaError> {
         match &self.consensus {
             Consensus::Raft(raft) => Ok(raft),
-            Consensus::Etcd(_) => Err(Status::failed_precondition(format!(
+            Consensus::Etcd(_) => Err(ReplicaError::precondition(format!(
                 "replica {} keeps its log in etcd (--backend etcd): membership, leadership \
                  transfer, Raft snapshots and peer traffic are etcd's business there; start or \
                  stop ballast-coord processes against the same --etcd-prefix instead",
@@ -200,10 +201,10 @@ impl Replica {
 
     /// Confirms with a majority, in a round that began at or after `asked`, that this replica
     /// still leads; returns the term it leads in. Concurrent callers share rounds.
-    pub async fn confirm_leadership(&self, asked: std::time::Instant) -> Result<u64, Status> {
+    pub async fn confirm_leadership(&self, asked: std::time::Instant) -> Result<u64, ReplicaError> {
         let term = self.consensus.term();
         if !self.is_leader() {
-            return Err(Status::unavailable(format!(
+            return Err(ReplicaError::retry(format!(
                 "replica {} is not the leader (or has not heard from a majority within the \
                  election timeout); retry",
                 self.id
@@ -217,7 +218,7 @@ impl Replica {
                     match &self.consensus {
                         Consensus::Raft(raft) => {
                             raft.get_read_log_id().await.map(|_| ()).map_err(|e| {
-                                Status::unavailable(format!("leadership not confirmed: {e}"))
+                                ReplicaError::retry(format!("leadership not confirmed: {e}"))
                             })
                         }
                         Consensus::Etcd(log) => log.confirm_leading().await,
@@ -226,7 +227,7 @@ impl Replica {
                 tokio::time::timeout(limit, round)
                     .await
                     .unwrap_or_else(|_| {
-                        Err(Status::unavailable(format!(
+                        Err(ReplicaError::retry(format!(
                             "leadership not confirmed by a majority within {limit:?}"
                         )))
                     })
@@ -235,7 +236,7 @@ impl Replica {
         // Leadership confirmed in the term read before the round: a later term means another
         // election happened in between, and the renewal belongs to no term this replica knows.
         if self.consensus.term() != term {
-            return Err(Status::unavailable(
+            return Err(ReplicaError::retry(
                 "the term changed during a leadership confirmation; retry",
             ));
         }
@@ -276,26 +277,26 @@ impl Replica {
     }
 
     /// Refuses requests addressed to another cluster.
-    pub fn check_cluster(&self, metadata: &MetadataMap) -> Result<(), Status> {
+    pub fn check_cluster(&self, metadata: &MetadataMap) -> Result<(), ReplicaError> {
         match metadata.get(CLUSTER_ID_HEADER).map(|v| v.to_str()) {
             None => Ok(()),
             Some(Ok(id)) if id == self.cluster_id => Ok(()),
-            Some(Ok(id)) => Err(Status::failed_precondition(format!(
+            Some(Ok(id)) => Err(ReplicaError::precondition(format!(
                 "cluster id mismatch: replica {} at {} belongs to cluster {}, the request was for cluster {id}",
                 self.id, self.address, self.cluster_id
             ))),
-            Some(Err(_)) => Err(Status::invalid_argument(format!(
+            Some(Err(_)) => Err(ReplicaError::invalid(format!(
                 "metadata {CLUSTER_ID_HEADER} is not valid ASCII"
             ))),
         }
     }
 
     /// Refuses peer messages from another cluster.
-    pub fn check_peer_cluster(&self, cluster_id: &str) -> Result<(), Status> {
+    pub fn check_peer_cluster(&self, cluster_id: &str) -> Result<(), ReplicaError> {
         if cluster_id == self.cluster_id {
             Ok(())
         } else {
-            Err(Status::failed_precondition(format!(
+            Err(ReplicaError::precondition(format!(
                 "cluster id mismatch: replica {} belongs to cluster {}, the peer message came from cluster {cluster_id:?}",
                 self.id, self.cluster_id
             )))
@@ -304,17 +305,17 @@ impl Replica {
 
     /// Decides where a leader-only operation runs. A request that was already forwarded once
     /// is never forwarded again (leadership moved in between): the client retries instead.
-    pub fn route(&self, metadata: &MetadataMap) -> Result<Route, Status> {
+    pub fn route(&self, metadata: &MetadataMap) -> Result<Route, ReplicaError> {
         match self.leader() {
             Some((leader, _)) if leader == self.id => Ok(Route::Local),
             Some((_, node)) if metadata.get(FORWARDED_HEADER).is_none() => {
                 Ok(Route::Forward(node.address))
             }
-            Some((leader, _)) => Err(Status::unavailable(format!(
+            Some((leader, _)) => Err(ReplicaError::retry(format!(
                 "replica {} is not the leader (replica {leader} is) and the request was already forwarded once; retry",
                 self.id
             ))),
-            None => Err(Status::unavailable(format!(
+            None => Err(ReplicaError::retry(format!(
                 "replica {} knows no leader (election in progress or no quorum); retry",
                 self.id
             ))),
@@ -322,11 +323,11 @@ impl Replica {
     }
 
     /// A cached channel to another replica's address.
-    pub fn channel_to(&self, address: &str) -> Result<Channel, Status> {
+    pub fn channel_to(&self, address: &str) -> Result<Channel, ReplicaError> {
         if let Some(faults) = &self.faults
             && faults.verdict(address) == Verdict::Drop
         {
-            return Err(Status::unavailable(format!(
+            return Err(ReplicaError::retry(format!(
                 "fault injection: call to {address} dropped"
             )));
         }
@@ -334,7 +335,10 @@ impl Replica {
         if let Some(channel) = channels.get(address) {
             return Ok(channel.clone());
         }
-        let channel = self.dialer().channel(address).map_err(Status::internal)?;
+        let channel = self
+            .dialer()
+            .channel(address)
+            .map_err(ReplicaError::internal)?;
         channels.insert(address.to_string(), channel.clone());
         Ok(channel)
     }
@@ -362,7 +366,7 @@ impl Replica {
 
     /// Proposes a fleet command on this replica (which must lead) and waits until it is
     /// committed and applied.
-    pub async fn propose(&self, request: FleetRequest) -> Result<Applied, Status> {
+    pub async fn propose(&self, request: FleetRequest) -> Result<Applied, ReplicaError> {
         let started = std::time::Instant::now();
         // A request with an id carries this leader's clock, which times how long the state
         // machine remembers ids (the exactly-once window).
@@ -380,7 +384,9 @@ impl Replica {
         let outcome = match (&self.consensus, &self.proposer) {
             (Consensus::Raft(_), Some(proposer)) => proposer.propose(request).await,
             (Consensus::Etcd(log), _) => log.propose(request).await,
-            (Consensus::Raft(_), None) => Err(Status::internal("the Raft proposer is not running")),
+            (Consensus::Raft(_), None) => {
+                Err(ReplicaError::internal("the Raft proposer is not running"))
+            }
         };
         crate::metrics::proposal_done(started, outcome.is_ok());
         outcome
@@ -388,7 +394,7 @@ impl Replica {
 
     /// Makes a following read linearizable: on the leader by confirming leadership with a
     /// quorum; on a follower by asking the leader for its read index and waiting to apply it.
-    pub async fn linearize(&self) -> Result<(), Status> {
+    pub async fn linearize(&self) -> Result<(), ReplicaError> {
         let raft = match &self.consensus {
             Consensus::Raft(raft) => raft,
             // Any replica can read the log head from etcd itself.
@@ -397,7 +403,7 @@ impl Replica {
         match self.route(&MetadataMap::new())? {
             Route::Local => {
                 raft.ensure_linearizable().await.map_err(|e| {
-                    Status::unavailable(format!(
+                    ReplicaError::retry(format!(
                         "could not confirm leadership for a linearizable read: {e}"
                     ))
                 })?;
@@ -414,7 +420,7 @@ impl Replica {
                     .applied_index_at_least(Some(index), "linearizable read")
                     .await
                     .map_err(|e| {
-                        Status::unavailable(format!(
+                        ReplicaError::retry(format!(
                             "replica {} did not catch up to read index {index}: {e}",
                             self.id
                         ))

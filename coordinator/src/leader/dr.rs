@@ -6,14 +6,17 @@ use std::sync::Arc;
 use ballast_dr::ArchiveInput;
 use ballast_protocol::pb;
 use tokio::sync::watch;
-use tonic::Status;
 
 use crate::dr::PAYLOAD;
+use crate::error::ReplicaError;
 use crate::replica::Replica;
 
 /// Exports the current state to `to` (or the configured destination), after a linearizable
 /// barrier: every write acknowledged before the call is in the archive.
-pub async fn export_now(replica: &Replica, to: Option<&str>) -> Result<pb::ExportResponse, Status> {
+pub async fn export_now(
+    replica: &Replica,
+    to: Option<&str>,
+) -> Result<pb::ExportResponse, ReplicaError> {
     replica
         .dr
         .export(to, || async {
@@ -49,7 +52,7 @@ pub async fn export_loop(replica: Arc<Replica>, mut stopped: watch::Receiver<boo
             continue;
         }
         if let Err(e) = export_now(&replica, None).await {
-            tracing::warn!(error = %e.message(), "scheduled archive export failed");
+            tracing::warn!(error = %e, "scheduled archive export failed");
         }
     }
 }

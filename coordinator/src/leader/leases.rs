@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use crate::fleet::{FleetCommand, FleetRequest};
+use crate::error::ReplicaError;
+use crate::fleet::{FleetCommand, FleetError, FleetRequest};
 use crate::kv::{KvCommand, KvError};
 use crate::replica::Replica;
 
@@ -57,8 +58,8 @@ pub async fn lease_expiry_loop(replica: Arc<Replica>, mut stopped: watch::Receiv
             };
             match replica.propose(revoke).await {
                 Ok(_) => tracing::debug!(lease = id, "lease expired"),
-                Err(status) if status.message() == KvError::LeaseNotFound.to_string() => {}
-                Err(status) => tracing::warn!(lease = id, %status, "could not expire a lease"),
+                Err(ReplicaError::Fleet(FleetError::Kv(KvError::LeaseNotFound))) => {}
+                Err(error) => tracing::warn!(lease = id, %error, "could not expire a lease"),
             }
         }
     }

@@ -7,13 +7,13 @@ use std::time::Duration;
 
 use ballast_protocol::pb;
 use ballast_protocol::pb::raft_client::RaftClient;
-use tonic::Status;
 
+use crate::error::ReplicaError;
 use crate::log::member::NodeId;
 use crate::replica::Replica;
 
 /// Moves leadership from this replica (the leader) to voter `target`.
-pub async fn transfer_leadership(replica: &Replica, target: NodeId) -> Result<(), Status> {
+pub async fn transfer_leadership(replica: &Replica, target: NodeId) -> Result<(), ReplicaError> {
     let raft = replica.raft()?;
     if target == replica.id {
         return Ok(());
@@ -21,12 +21,12 @@ pub async fn transfer_leadership(replica: &Replica, target: NodeId) -> Result<()
     let membership = crate::log::raft::membership::current(raft);
     let voters: Vec<NodeId> = membership.voter_ids().collect();
     let Some(target_node) = membership.get_node(&target).cloned() else {
-        return Err(Status::not_found(format!(
+        return Err(ReplicaError::not_found(format!(
             "replica {target} is not a member"
         )));
     };
     if !voters.contains(&target) {
-        return Err(Status::failed_precondition(format!(
+        return Err(ReplicaError::precondition(format!(
             "replica {target} is a learner; only a voter can lead"
         )));
     }
@@ -46,7 +46,7 @@ pub async fn transfer_leadership(replica: &Replica, target: NodeId) -> Result<()
         )
         .await;
     if caught_up.is_err() {
-        return Err(Status::unavailable(format!(
+        return Err(ReplicaError::retry(format!(
             "replica {target} has not caught up with the leader's log; retry later"
         )));
     }
@@ -91,7 +91,7 @@ pub async fn transfer_leadership(replica: &Replica, target: NodeId) -> Result<()
     raft.runtime_config().heartbeat(true);
     raft.runtime_config().elect(true);
     if !moved {
-        return Err(Status::aborted(format!(
+        return Err(ReplicaError::aborted(format!(
             "leadership did not move to replica {target} in time; the cluster keeps a leader, retry"
         )));
     }

@@ -13,7 +13,7 @@ use openraft::ChangeMembers;
 use tonic::{Request, Response, Status};
 
 use crate::error::invalid;
-use crate::error::raft_write_status;
+use crate::error::raft_write_error;
 use crate::fleet::FleetCommand;
 use crate::fleet::FleetRequest;
 use crate::log::member::{NodeId, ReplicaNode};
@@ -78,6 +78,7 @@ async fn spend_join_token(replica: &Replica, join: &pb::JoinRequest) -> Result<(
         })
         .await
         .map(|_| ())
+        .map_err(Status::from)
 }
 
 /// Checks the cluster id, then either lets the rest of a leader-only call run here (giving
@@ -153,14 +154,14 @@ impl Cluster for ClusterService {
             // Blocks until the learner has caught up, so promotion never stalls the quorum.
             raft.add_learner(join.id, node, true)
                 .await
-                .map_err(raft_write_status)?;
+                .map_err(|e| Status::from(raft_write_error(e)))?;
             tracing::info!(id = join.id, "promoting caught-up learner to voter");
             membership::change_membership(
                 raft,
                 ChangeMembers::AddVoterIds(BTreeSet::from([join.id])),
             )
             .await
-            .map_err(raft_write_status)?;
+            .map_err(|e| Status::from(raft_write_error(e)))?;
         }
         Ok(replica.respond(pb::JoinResponse {
             header: Some(replica.header()),
@@ -226,11 +227,11 @@ impl Cluster for ClusterService {
             }
             membership::remove_voters(raft, BTreeSet::from([id]))
                 .await
-                .map_err(raft_write_status)?;
+                .map_err(|e| Status::from(raft_write_error(e)))?;
         } else {
             membership::change_membership(raft, ChangeMembers::RemoveNodes(BTreeSet::from([id])))
                 .await
-                .map_err(raft_write_status)?;
+                .map_err(|e| Status::from(raft_write_error(e)))?;
         }
         Ok(replica.respond(pb::RemoveMemberResponse {
             header: Some(replica.header()),

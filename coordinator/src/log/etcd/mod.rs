@@ -28,11 +28,10 @@ use etcd_client::{
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
-use tonic::Status;
 
-use crate::error::fleet_status;
+use crate::error::ReplicaError;
 use crate::fleet::FleetRequest;
-use crate::fleet::{Applied, FleetError, FleetState};
+use crate::fleet::{Applied, FleetState};
 use crate::log::applied::{SharedState, Step};
 use crate::log::member::{LogId, NodeId, ReplicaNode};
 use crate::log::{MemberView, View};
@@ -172,7 +171,7 @@ struct Leadership {
 /// A write waiting for the appender.
 struct Proposal {
     request: FleetRequest,
-    done: oneshot::Sender<Result<Applied, Status>>,
+    done: oneshot::Sender<Result<Applied, ReplicaError>>,
 }
 
 /// A write appended at a log index and waiting to be applied there: answered with its
@@ -182,7 +181,7 @@ struct Proposal {
 struct Waiter {
     term: u64,
     request: FleetRequest,
-    done: oneshot::Sender<Result<Applied, Status>>,
+    done: oneshot::Sender<Result<Applied, ReplicaError>>,
 }
 
 impl Waiter {
@@ -356,9 +355,9 @@ impl EtcdLog {
     }
 
     /// Appends a command (this replica must lead) and waits until it is applied here.
-    pub async fn propose(&self, request: FleetRequest) -> Result<Applied, Status> {
+    pub async fn propose(&self, request: FleetRequest) -> Result<Applied, ReplicaError> {
         if !self.is_leading() {
-            return Err(Status::unavailable(format!(
+            return Err(ReplicaError::retry(format!(
                 "replica {} does not lead the etcd-backed group; retry",
                 self.id
             )));
@@ -367,17 +366,17 @@ impl EtcdLog {
         self.proposals
             .send(Proposal { request, done })
             .await
-            .map_err(|_| Status::unavailable("the replica is shutting down"))?;
+            .map_err(|_| ReplicaError::retry("the replica is shutting down"))?;
         answer
             .await
-            .map_err(|_| Status::unavailable("the replica is shutting down"))?
+            .map_err(|_| ReplicaError::retry("the replica is shutting down"))?
     }
 
     /// Confirms with etcd (a linearizable read of the leader key) that this replica still
     /// holds the leadership it serves under.
-    pub async fn confirm_leading(&self) -> Result<(), Status> {
+    pub async fn confirm_leading(&self) -> Result<(), ReplicaError> {
         let Some(term) = *self.leading.borrow() else {
-            return Err(Status::unavailable(format!(
+            return Err(ReplicaError::retry(format!(
                 "replica {} does not lead the etcd-backed group; retry",
                 self.id
             )));
@@ -387,7 +386,7 @@ impl EtcdLog {
             .clone()
             .get(self.keys.leader(), None)
             .await
-            .map_err(|e| Status::unavailable(format!("could not read the leader key: {e}")))?;
+            .map_err(|e| ReplicaError::retry(format!("could not read the leader key: {e}")))?;
         let holder = answer.kvs().first().and_then(|kv| {
             serde_json::from_slice::<ReplicaRecord>(kv.value())
                 .ok()
@@ -396,7 +395,7 @@ impl EtcdLog {
         if holder == Some((term, self.id)) {
             Ok(())
         } else {
-            Err(Status::unavailable(format!(
+            Err(ReplicaError::retry(format!(
                 "replica {} no longer leads the etcd-backed group (term {term}); retry",
                 self.id
             )))
@@ -405,16 +404,16 @@ impl EtcdLog {
 
     /// Makes a following read linearizable: learns the last index etcd holds (a linearizable
     /// etcd read) and waits until this replica has applied it.
-    pub async fn linearize(&self) -> Result<(), Status> {
+    pub async fn linearize(&self) -> Result<(), ReplicaError> {
         let last = self.last_index_in_etcd().await.map_err(|e| {
-            Status::unavailable(format!(
+            ReplicaError::retry(format!(
                 "could not read the log head from etcd for a linearizable read: {e}"
             ))
         })?;
         self.wait_applied(last, Duration::from_secs(5)).await
     }
 
-    async fn wait_applied(&self, index: u64, limit: Duration) -> Result<(), Status> {
+    async fn wait_applied(&self, index: u64, limit: Duration) -> Result<(), ReplicaError> {
         let mut ticks = self.shared.watch_revision();
         let deadline = tokio::time::Instant::now() + limit;
         while self.applied_index() < index {
@@ -422,7 +421,7 @@ impl EtcdLog {
                 .await
                 .is_err()
             {
-                return Err(Status::unavailable(format!(
+                return Err(ReplicaError::retry(format!(
                     "replica {} did not apply log index {index} within {limit:?} (applied {})",
                     self.id,
                     self.applied_index()
@@ -613,7 +612,7 @@ impl EtcdLog {
                     };
                     match waiter {
                         Some(w) if !owned => {
-                            let _ = w.done.send(Err(Status::unavailable(format!(
+                            let _ = w.done.send(Err(ReplicaError::retry(format!(
                                 "log index {} holds an entry of leader {} (term {}), not this \
                                  write: replica {} lost its leadership (term {}) before storing \
                                  it; retry (with the same request id, it applies once)",
@@ -635,7 +634,7 @@ impl EtcdLog {
             if let Some(waiter) = waiter {
                 let _ = waiter
                     .done
-                    .send(outcome.outcome.map_err(|e: FleetError| fleet_status(&e)));
+                    .send(outcome.outcome.map_err(ReplicaError::Fleet));
             }
         }
     }

@@ -11,12 +11,12 @@ use etcd_client::{
     PutOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
 };
 use tokio::sync::{mpsc, watch};
-use tonic::Status;
 
 use super::{
     EtcdLog, EtcdLogError, Leadership, LogRecord, MAX_BATCH, MAX_REQUEST_BYTES, Proposal,
     ReplicaRecord, SnapshotRecord, Waiter,
 };
+use crate::error::ReplicaError;
 use crate::log::member::{NodeId, ReplicaNode};
 
 /// Pause before retrying after etcd could not be reached.
@@ -231,7 +231,7 @@ impl EtcdLog {
                 let last = self.last_index_in_etcd().await?;
                 self.wait_applied(last, Duration::from_secs(30))
                     .await
-                    .map_err(|s| EtcdLogError::Resync(s.message().to_string()))?;
+                    .map_err(|e| EtcdLogError::Resync(e.to_string()))?;
                 tracing::info!(id = self.id, term, "leading the etcd-backed group");
                 self.leading.send_replace(Some(term));
             }
@@ -391,7 +391,7 @@ impl EtcdLog {
             let leading = *self.leading.borrow();
             let Some(term) = leading else {
                 for p in batch {
-                    let _ = p.done.send(Err(Status::unavailable(format!(
+                    let _ = p.done.send(Err(ReplicaError::retry(format!(
                         "replica {} lost leadership of the etcd-backed group; retry",
                         self.id
                     ))));
@@ -405,7 +405,7 @@ impl EtcdLog {
                     // whole log etcd holds.
                     let caught_up = match self.last_index_in_etcd().await {
                         Ok(last) => self.wait_applied(last, Duration::from_secs(10)).await,
-                        Err(e) => Err(Status::unavailable(e.to_string())),
+                        Err(e) => Err(ReplicaError::retry(e.to_string())),
                     };
                     if let Err(status) = caught_up {
                         for p in batch {
@@ -447,12 +447,12 @@ impl EtcdLog {
                     // Does not fit this batch; the caller retries it in the next one.
                     let _ = proposal
                         .done
-                        .send(Err(Status::unavailable("the append batch was full; retry")));
+                        .send(Err(ReplicaError::retry("the append batch was full; retry")));
                 }
                 Err(e) => {
-                    let _ = proposal
-                        .done
-                        .send(Err(Status::internal(format!("encoding a log entry: {e}"))));
+                    let _ = proposal.done.send(Err(ReplicaError::internal(format!(
+                        "encoding a log entry: {e}"
+                    ))));
                 }
             }
         }
@@ -477,19 +477,19 @@ impl EtcdLog {
         let outcome = tokio::time::timeout(Duration::from_secs(10), client.txn(txn)).await;
         let failure = match outcome {
             Ok(Ok(answer)) if answer.succeeded() => return Some(start + count),
-            Ok(Ok(_)) => Status::unavailable(format!(
+            Ok(Ok(_)) => ReplicaError::retry(format!(
                 "replica {} no longer leads (term {term}) or the log moved on; retry",
                 self.id
             )),
             Ok(Err(etcd_client::Error::GRpcStatus(s)))
                 if s.code() == tonic::Code::InvalidArgument =>
             {
-                Status::invalid_argument(format!("etcd refused the append: {}", s.message()))
+                ReplicaError::invalid(format!("etcd refused the append: {}", s.message()))
             }
-            Ok(Err(e)) => Status::unavailable(format!(
+            Ok(Err(e)) => ReplicaError::retry(format!(
                 "the append's outcome is unknown ({e}); retry with the same request id"
             )),
-            Err(_) => Status::unavailable(
+            Err(_) => ReplicaError::retry(
                 "etcd did not answer the append within 10 s; its outcome is unknown, retry with the same request id",
             ),
         };

@@ -7,11 +7,10 @@
 use std::sync::Arc;
 
 use tokio::sync::{Semaphore, mpsc, oneshot};
-use tonic::Status;
 
 use super::types::Raft;
-use crate::error::fleet_status;
-use crate::error::raft_write_status;
+use crate::error::ReplicaError;
+use crate::error::raft_write_error;
 use crate::fleet::FleetRequest;
 use crate::fleet::{Applied, FleetCommand};
 
@@ -22,7 +21,7 @@ const MAX_GROUP: usize = 512;
 /// Most encoded bytes in one group (well under the peer message limit).
 const MAX_GROUP_BYTES: usize = 4 * 1024 * 1024;
 
-type Answer = oneshot::Sender<Result<Applied, Status>>;
+type Answer = oneshot::Sender<Result<Applied, ReplicaError>>;
 
 /// Submits proposals to a Raft node in groups.
 #[derive(Clone)]
@@ -39,16 +38,16 @@ impl Proposer {
     }
 
     /// Proposes one request and waits for its own outcome.
-    pub async fn propose(&self, request: FleetRequest) -> Result<Applied, Status> {
+    pub async fn propose(&self, request: FleetRequest) -> Result<Applied, ReplicaError> {
         let size = crate::log::wire::encoded_size(&request).unwrap_or(MAX_GROUP_BYTES);
         let (answer, outcome) = oneshot::channel();
         self.queue
             .send((request, size, answer))
             .await
-            .map_err(|_| Status::unavailable("the replica is shutting down"))?;
+            .map_err(|_| ReplicaError::retry("the replica is shutting down"))?;
         outcome
             .await
-            .map_err(|_| Status::unavailable("the replica is shutting down"))?
+            .map_err(|_| ReplicaError::retry("the replica is shutting down"))?
     }
 }
 
@@ -94,8 +93,8 @@ async fn submit(raft: &Raft, mut group: Vec<(FleetRequest, usize, Answer)>) {
     if group.len() == 1 {
         let (request, _, answer) = group.remove(0);
         let outcome = match raft.client_write(request).await {
-            Ok(response) => response.data.outcome.map_err(|e| fleet_status(&e)),
-            Err(error) => Err(raft_write_status(error)),
+            Ok(response) => response.data.outcome.map_err(ReplicaError::Fleet),
+            Err(error) => Err(raft_write_error(error)),
         };
         let _ = answer.send(outcome);
         return;
@@ -116,11 +115,11 @@ async fn submit(raft: &Raft, mut group: Vec<(FleetRequest, usize, Answer)>) {
                         "the state machine answered fewer requests than the group held",
                     ))
                 });
-                let _ = answer.send(outcome.map_err(|e| fleet_status(&e)));
+                let _ = answer.send(outcome.map_err(ReplicaError::Fleet));
             }
         }
         Err(error) => {
-            let status = raft_write_status(error);
+            let status = raft_write_error(error);
             for answer in answers {
                 let _ = answer.send(Err(status.clone()));
             }

@@ -119,9 +119,9 @@ impl EtcdApi {
                 Ok(Route::Local) => local().await,
                 Ok(Route::Forward(address)) => match self.replica.channel_to(&address) {
                     Ok(channel) => forward(channel).await,
-                    Err(e) => Err(e),
+                    Err(e) => Err(e.into()),
                 },
-                Err(e) => Err(e),
+                Err(e) => Err(e.into()),
             };
             match attempt {
                 Err(status) if not_sent(&status) && Instant::now() < deadline => {
