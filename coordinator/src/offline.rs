@@ -73,30 +73,21 @@ fn is_empty_dir(dir: &Path) -> anyhow::Result<bool> {
 
 /// Runs `ballast-coord restore`; the outcome as JSON, with a `message` for people.
 pub async fn restore(args: RestoreArgs) -> anyhow::Result<serde_json::Value> {
-    let RestoreArgs {
-        url,
-        data_dir,
-        id,
-        az,
-        advertise,
-        force,
-        key_file,
-        key_env,
-        json: _,
-    } = args;
+    let (id, az, advertise) = (args.id, args.az, args.advertise);
+    let (url, data_dir) = (args.url, args.data_dir);
     if id == 0 {
         bail!("--id must be at least 1");
     }
     validate_id("az", &az)?;
     validate_address("advertise", &advertise)?;
-    if !force && !is_empty_dir(&data_dir)? {
+    if !args.force && !is_empty_dir(&data_dir)? {
         bail!(
             "data dir {} is not empty; pass --force to replace it",
             data_dir.display()
         );
     }
     let archive = ArchiveUrl::parse(&url)?;
-    let key = match (&key_file, &key_env) {
+    let key = match (&args.key_file, &args.key_env) {
         (Some(path), _) => Some(Key::from_file(path)?),
         (None, Some(var)) => Some(Key::from_env(var)?),
         (None, None) => None,

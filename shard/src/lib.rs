@@ -21,4 +21,5 @@ pub mod observe;
 pub mod provider;
 pub mod provisioning;
 pub mod security;
+pub mod service;
 pub mod worker;

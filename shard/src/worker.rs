@@ -13,13 +13,11 @@ use std::time::{Duration, Instant};
 
 use ballast_protocol::client::{BallastClient, ClientConfig};
 use ballast_protocol::pb;
-use ballast_protocol::pb::shard_worker_server::{ShardWorker, ShardWorkerServer};
+use ballast_protocol::pb::shard_worker_server::ShardWorkerServer;
 use tokio::sync::watch;
 use tonic::transport::server::TcpIncoming;
-use tonic::{Request, Response, Status};
 
 use crate::cache::{Assignments, Cache, CacheError};
-use crate::demand::{self, DemandError};
 use crate::engine::{MachineCounts, Shortfall};
 use crate::freshness::{Freshness, Verdict};
 use crate::provider::{SimulatedConfig, SimulatedProvider};
@@ -207,6 +205,16 @@ impl Worker {
     /// Time since the coordinator last answered, if it ever did.
     pub fn since_contact(&self) -> Option<Duration> {
         self.last_contact.lock().map(|t| t.elapsed())
+    }
+
+    /// The shard's AZ.
+    pub fn az(&self) -> &str {
+        &self.config.az
+    }
+
+    /// What the last cycle could not serve, need by need.
+    pub fn shortfalls(&self) -> parking_lot::MutexGuard<'_, Vec<Shortfall>> {
+        self.shortfalls.lock()
     }
 
     /// Machines short of demand after the last cycle.
@@ -416,7 +424,7 @@ pub async fn start(config: WorkerConfig) -> Result<RunningWorker, WorkerError> {
                     .map(|_| AuthLayer::new(crate::security::ShardApiPolicy)),
             ),
         )
-        .add_service(ShardWorkerServer::new(StatusService {
+        .add_service(ShardWorkerServer::new(crate::service::StatusService {
             worker: worker.clone(),
         }));
     let shutdown = async move {
@@ -551,112 +559,5 @@ async fn heartbeat_loop(worker: Arc<Worker>, mut stopped: watch::Receiver<bool>)
             _ = tokio::time::sleep_until(next) => {}
             _ = stopped.wait_for(|s| *s) => return,
         }
-    }
-}
-
-struct StatusService {
-    worker: Arc<Worker>,
-}
-
-#[tonic::async_trait]
-impl ShardWorker for StatusService {
-    async fn status(
-        &self,
-        _request: Request<pb::ShardStatusRequest>,
-    ) -> Result<Response<pb::ShardStatusResponse>, Status> {
-        let w = &self.worker;
-        let a = w.assignments();
-        let cache_age_ms = w
-            .last_contact
-            .lock()
-            .map(|t| t.elapsed().as_millis() as u64)
-            .unwrap_or(u64::MAX);
-        Ok(Response::new(pb::ShardStatusResponse {
-            shard_id: w.config.id.clone(),
-            az: w.config.az.clone(),
-            epoch: w.epoch,
-            revision: a.revision,
-            term: a.term,
-            domains: a.domains.into_iter().collect(),
-            clusters: a.clusters.into_iter().collect(),
-            slices: a
-                .slices
-                .into_iter()
-                .map(|((provider, region), amount)| pb::QuotaSliceOf {
-                    provider,
-                    region,
-                    amount,
-                })
-                .collect(),
-            status: a.status,
-            coordinator_reachable: w.reachable.load(Ordering::Relaxed),
-            cache_age_ms,
-            machines_by_state: w.machines_by_state().into_iter().collect(),
-            shortfall: w.shortfall_total(),
-            cycles: w.cycles.load(Ordering::Relaxed),
-        }))
-    }
-
-    async fn submit_demand(
-        &self,
-        request: Request<pb::SubmitDemandRequest>,
-    ) -> Result<Response<pb::SubmitDemandResponse>, Status> {
-        let w = &self.worker;
-        let request = request.into_inner();
-        let needs =
-            demand::validate(&w.config.id, &request, &w.assignments()).map_err(|e| match e {
-                DemandError::Invalid(_) => Status::invalid_argument(e.to_string()),
-                DemandError::NotBound { .. } | DemandError::Impossible { .. } => {
-                    Status::failed_precondition(e.to_string())
-                }
-            })?;
-        let mut state = w.state();
-        w.cache
-            .store_demand(&request.cluster, &needs)
-            .map_err(|e| Status::internal(e.to_string()))?;
-        let rows = needs.len() as u32;
-        state.engine.set_demand(&request.cluster, needs);
-        Ok(Response::new(pb::SubmitDemandResponse { rows }))
-    }
-
-    async fn allocations(
-        &self,
-        request: Request<pb::AllocationsRequest>,
-    ) -> Result<Response<pb::AllocationsResponse>, Status> {
-        let w = &self.worker;
-        let cluster = request.into_inner().cluster;
-        let prefix = format!("{cluster}/");
-        let wanted = |need: &str| cluster.is_empty() || need.starts_with(&prefix);
-        let state = w.state();
-        let machines = state
-            .engine
-            .allocations(&cluster)
-            .into_iter()
-            .map(|m| pb::MachineInfo {
-                id: m.id,
-                domain: m.domain,
-                need: m.assigned_to.unwrap_or_default(),
-                resources: Some(pb::ResourceSpec {
-                    cpu_millis: m.resources.cpu_millis as i64,
-                    memory_mib: m.resources.memory_mib as i64,
-                    gpus: m.resources.gpus as i64,
-                }),
-            })
-            .collect();
-        let shortfalls = w
-            .shortfalls
-            .lock()
-            .iter()
-            .filter(|s| wanted(&s.need))
-            .map(|s| pb::ShortfallInfo {
-                need: s.need.clone(),
-                missing: s.missing,
-            })
-            .collect();
-        Ok(Response::new(pb::AllocationsResponse {
-            machines,
-            shortfalls,
-            in_flight: state.in_flight.len() as u64,
-        }))
     }
 }

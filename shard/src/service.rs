@@ -1,0 +1,125 @@
+//! The shard worker's gRPC API — its status, the cluster demand API and allocations — and the
+//! one place where the worker's errors become gRPC statuses.
+
+use std::sync::Arc;
+
+use ballast_protocol::pb;
+use ballast_protocol::pb::shard_worker_server::ShardWorker;
+use tonic::{Request, Response, Status};
+
+use crate::cache::CacheError;
+use crate::demand::{self, DemandError};
+use crate::worker::Worker;
+
+/// A refused demand: malformed (`INVALID_ARGUMENT`), or for a cluster not bound here or
+/// impossible to place (`FAILED_PRECONDITION`).
+fn demand_status(error: DemandError) -> Status {
+    match error {
+        DemandError::Invalid(_) => Status::invalid_argument(error.to_string()),
+        DemandError::NotBound { .. } | DemandError::Impossible { .. } => {
+            Status::failed_precondition(error.to_string())
+        }
+    }
+}
+
+/// The cache could not make a change durable: the worker's fault, not the caller's.
+fn cache_status(error: CacheError) -> Status {
+    Status::internal(error.to_string())
+}
+
+/// The shard worker's API: status, the cluster demand API and allocations.
+pub(crate) struct StatusService {
+    pub(crate) worker: Arc<Worker>,
+}
+
+#[tonic::async_trait]
+impl ShardWorker for StatusService {
+    async fn status(
+        &self,
+        _request: Request<pb::ShardStatusRequest>,
+    ) -> Result<Response<pb::ShardStatusResponse>, Status> {
+        let w = &self.worker;
+        let a = w.assignments();
+        let cache_age_ms = w.since_contact().map_or(u64::MAX, |t| t.as_millis() as u64);
+        Ok(Response::new(pb::ShardStatusResponse {
+            shard_id: w.id().to_string(),
+            az: w.az().to_string(),
+            epoch: w.epoch(),
+            revision: a.revision,
+            term: a.term,
+            domains: a.domains.into_iter().collect(),
+            clusters: a.clusters.into_iter().collect(),
+            slices: a
+                .slices
+                .into_iter()
+                .map(|((provider, region), amount)| pb::QuotaSliceOf {
+                    provider,
+                    region,
+                    amount,
+                })
+                .collect(),
+            status: a.status,
+            coordinator_reachable: w.reachable(),
+            cache_age_ms,
+            machines_by_state: w.machines_by_state().into_iter().collect(),
+            shortfall: w.shortfall(),
+            cycles: w.cycles(),
+        }))
+    }
+
+    async fn submit_demand(
+        &self,
+        request: Request<pb::SubmitDemandRequest>,
+    ) -> Result<Response<pb::SubmitDemandResponse>, Status> {
+        let w = &self.worker;
+        let request = request.into_inner();
+        let needs = demand::validate(w.id(), &request, &w.assignments()).map_err(demand_status)?;
+        let mut state = w.state();
+        w.cache()
+            .store_demand(&request.cluster, &needs)
+            .map_err(cache_status)?;
+        let rows = needs.len() as u32;
+        state.engine.set_demand(&request.cluster, needs);
+        Ok(Response::new(pb::SubmitDemandResponse { rows }))
+    }
+
+    async fn allocations(
+        &self,
+        request: Request<pb::AllocationsRequest>,
+    ) -> Result<Response<pb::AllocationsResponse>, Status> {
+        let w = &self.worker;
+        let cluster = request.into_inner().cluster;
+        let prefix = format!("{cluster}/");
+        let wanted = |need: &str| cluster.is_empty() || need.starts_with(&prefix);
+        let state = w.state();
+        let machines = state
+            .engine
+            .allocations(&cluster)
+            .into_iter()
+            .map(|m| pb::MachineInfo {
+                id: m.id,
+                domain: m.domain,
+                need: m.assigned_to.unwrap_or_default(),
+                resources: Some(pb::ResourceSpec {
+                    cpu_millis: m.resources.cpu_millis as i64,
+                    memory_mib: m.resources.memory_mib as i64,
+                    gpus: m.resources.gpus as i64,
+                }),
+            })
+            .collect();
+        let shortfalls = w
+            .shortfalls()
+            .iter()
+            .filter(|s| wanted(&s.need))
+            .map(|s| pb::ShortfallInfo {
+                need: s.need.clone(),
+                missing: s.missing,
+            })
+            .collect();
+        Ok(Response::new(pb::AllocationsResponse {
+            machines,
+            shortfalls,
+            in_flight: state.in_flight.len() as u64,
+        }))
+    }
+}
