@@ -6,6 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "ballast/v1/raft.proto",
         "ballast/v1/fleet.proto",
         "ballast/v1/shard.proto",
+        "ballast/provider/v1/provider.proto",
         "etcd/mvccpb/kv.proto",
         "etcd/etcdserverpb/rpc.proto",
     ];

@@ -72,6 +72,7 @@ fn populate(dir: &std::path::Path, inputs: &Inputs) -> anyhow::Result<Cache> {
                 provider: provider.clone(),
                 region: region.clone(),
                 amount: *amount,
+                granted: 1,
             })
             .collect(),
         status: "active".into(),

@@ -61,9 +61,9 @@ impl History {
             return None;
         }
         let mut delta = ShardDelta::default();
-        for (_, changes) in self.entries.iter().filter(|(r, _)| *r > from) {
+        for (revision, changes) in self.entries.iter().filter(|(r, _)| *r > from) {
             for change in changes {
-                delta.absorb(shard, change);
+                delta.absorb(shard, *revision, change);
             }
         }
         Some(delta)
@@ -73,14 +73,23 @@ impl History {
 /// Net change to one shard's assignments.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct ShardDelta {
-    /// Domain → held after the change.
-    pub domains: BTreeMap<String, bool>,
+    /// Domain → after the change: held since the revision it was granted at, or not held.
+    pub domains: BTreeMap<String, Option<u64>>,
     /// Cluster → bound after the change.
     pub clusters: BTreeMap<String, bool>,
-    /// (provider, region) → slice after the change (0 = none).
-    pub slices: BTreeMap<(String, String), u64>,
+    /// (provider, region) → slice after the change (0 = none) and the slice table's grant.
+    pub slices: BTreeMap<(String, String), SliceGrant>,
     /// New status, if it changed ("active", "draining", "removed").
     pub status: Option<&'static str>,
+}
+
+/// A shard's slice of a quota, with the grant of the slice table it is part of.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SliceGrant {
+    /// Machines (0: no slice).
+    pub amount: u64,
+    /// Revision at which the quota's slice table last changed.
+    pub granted: u64,
 }
 
 /// Wire name of a shard status.
@@ -101,13 +110,16 @@ impl ShardDelta {
             && self.status.is_none()
     }
 
-    fn absorb(&mut self, shard: &str, change: &Change) {
+    fn absorb(&mut self, shard: &str, revision: u64, change: &Change) {
         match change {
             Change::Domain { domain, old, new } => {
                 let had = old.as_deref() == Some(shard);
                 let has = new.as_deref() == Some(shard);
-                if had != has {
-                    self.domains.insert(domain.to_string(), has);
+                // A domain given (again) to this shard is granted at this change's revision.
+                if has {
+                    self.domains.insert(domain.to_string(), Some(revision));
+                } else if had {
+                    self.domains.insert(domain.to_string(), None);
                 }
             }
             Change::Binding { cluster, old, new } => {
@@ -125,10 +137,17 @@ impl ShardDelta {
             } => {
                 let before = old.as_ref().and_then(|q| q.slices.get(shard)).copied();
                 let after = new.as_ref().and_then(|q| q.slices.get(shard)).copied();
-                if before != after {
+                let granted = new.as_ref().map_or(0, |q| q.granted);
+                // A holder hears of every new slice table, even when its own slice stayed:
+                // providers refuse the table it holds once another holder acts under the new one.
+                let table_moved = old.as_ref().map(|q| q.granted) != Some(granted);
+                if before != after || (after.is_some() && table_moved) {
                     self.slices.insert(
                         (provider.to_string(), region.to_string()),
-                        after.unwrap_or(0),
+                        SliceGrant {
+                            amount: after.unwrap_or(0),
+                            granted,
+                        },
                     );
                 }
             }
@@ -150,7 +169,7 @@ pub fn full_listing(state: &FleetState, shard: &str) -> ShardDelta {
         domains: state
             .domains_of(shard)
             .into_iter()
-            .map(|d| (d.to_string(), true))
+            .map(|d| (d.to_string(), state.domain_row(d).map(|row| row.granted)))
             .collect(),
         clusters: state
             .bindings()
@@ -160,9 +179,15 @@ pub fn full_listing(state: &FleetState, shard: &str) -> ShardDelta {
         slices: state
             .quotas()
             .filter_map(|q| {
-                q.slices
-                    .get(shard)
-                    .map(|a| ((q.provider.clone(), q.region.clone()), *a))
+                q.slices.get(shard).map(|amount| {
+                    (
+                        (q.provider.clone(), q.region.clone()),
+                        SliceGrant {
+                            amount: *amount,
+                            granted: q.granted,
+                        },
+                    )
+                })
             })
             .collect(),
         status: Some(status_name(state.shard(shard).map(|s| &s.status))),
@@ -216,19 +241,161 @@ mod tests {
                 allow_move: true,
             },
         );
+        let moved = s.revision();
         let d1 = h.delta_since("s1", start).expect("in history");
         assert_eq!(
             d1.domains,
-            BTreeMap::from([("z=1".into(), false), ("z=2".into(), true)])
+            BTreeMap::from([("z=1".into(), None), ("z=2".into(), Some(after_assign))])
         );
         let d1 = h.delta_since("s1", after_assign).expect("in history");
-        assert_eq!(d1.domains, BTreeMap::from([("z=1".into(), false)]));
+        assert_eq!(d1.domains, BTreeMap::from([("z=1".into(), None)]));
         let d2 = h.delta_since("s2", after_assign).expect("in history");
-        assert_eq!(d2.domains, BTreeMap::from([("z=1".into(), true)]));
+        assert_eq!(d2.domains, BTreeMap::from([("z=1".into(), Some(moved))]));
         assert!(h.delta_since("s1", start - 1).is_none(), "before the floor");
         let full = full_listing(&s, "s2");
-        assert_eq!(full.domains, BTreeMap::from([("z=1".into(), true)]));
+        assert_eq!(full.domains, BTreeMap::from([("z=1".into(), Some(moved))]));
         assert_eq!(full.status, Some("active"));
+        let full = full_listing(&s, "s1");
+        assert_eq!(
+            full.domains,
+            BTreeMap::from([("z=2".into(), Some(after_assign))]),
+            "a domain that stayed keeps the grant it was given at"
+        );
+    }
+
+    #[test]
+    fn a_domain_given_back_gets_a_new_grant_and_a_repeat_keeps_the_old() {
+        let mut s = state_with_two_shards();
+        let mut h = History::starting_at(s.revision());
+        let assign = |shard: &str| FleetCommand::AssignDomains {
+            assignments: vec![("z=1".into(), shard.into())],
+            allow_move: true,
+        };
+        record(&mut s, &mut h, assign("s1"));
+        let first = s.revision();
+        // Assigning it to its owner again changes nothing, grant included.
+        record(&mut s, &mut h, assign("s1"));
+        assert_eq!(s.revision(), first);
+        assert_eq!(s.domain_row("z=1").map(|r| r.granted), Some(first));
+        record(&mut s, &mut h, assign("s2"));
+        record(&mut s, &mut h, assign("s1"));
+        let back = s.revision();
+        assert!(back > first);
+        let d1 = h.delta_since("s1", first).expect("in history");
+        assert_eq!(d1.domains, BTreeMap::from([("z=1".into(), Some(back))]));
+        assert_eq!(s.domain_row("z=1").map(|r| r.granted), Some(back));
+    }
+
+    #[test]
+    fn every_slice_holder_hears_of_a_new_slice_table_and_a_new_total_alone_moves_nothing() {
+        let mut s = state_with_two_shards();
+        s.apply(&FleetCommand::RegisterShard {
+            id: "s3".into(),
+            address: "a:1".into(),
+            az: "az-a".into(),
+            now_ms: 0,
+            lease_ttl_ms: 1,
+        })
+        .expect("register");
+        s.apply(&FleetCommand::SetProvider {
+            name: "p".into(),
+            endpoint: "grpc://127.0.0.1:1".into(),
+            region: "r".into(),
+            capacity_types: vec![],
+        })
+        .expect("provider");
+        let mut h = History::starting_at(s.revision());
+        let slices = |pairs: &[(&str, u64)]| {
+            pairs
+                .iter()
+                .map(|(shard, n)| (shard.to_string(), *n))
+                .collect::<BTreeMap<_, _>>()
+        };
+        record(
+            &mut s,
+            &mut h,
+            FleetCommand::SetQuota {
+                provider: "p".into(),
+                region: "r".into(),
+                total: 100,
+                slices: slices(&[("s1", 10), ("s2", 10)]),
+            },
+        );
+        let table = s.revision();
+        let key = ("p".to_string(), "r".to_string());
+        assert_eq!(s.quota("p", "r").map(|q| q.granted), Some(table));
+        // s2's slice grows; s1's stays 10 but its table is new: both hear of it.
+        record(
+            &mut s,
+            &mut h,
+            FleetCommand::SetQuotaSlices {
+                provider: "p".into(),
+                region: "r".into(),
+                slices: slices(&[("s2", 20)]),
+            },
+        );
+        let grown = s.revision();
+        let d1 = h.delta_since("s1", table).expect("in history");
+        assert_eq!(
+            d1.slices.get(&key),
+            Some(&SliceGrant {
+                amount: 10,
+                granted: grown
+            })
+        );
+        let d2 = h.delta_since("s2", table).expect("in history");
+        assert_eq!(
+            d2.slices.get(&key),
+            Some(&SliceGrant {
+                amount: 20,
+                granted: grown
+            })
+        );
+        assert!(
+            h.delta_since("s3", table).expect("in history").is_empty(),
+            "a shard without a slice hears nothing"
+        );
+        // A new total with the same slices keeps the table's grant and tells nobody.
+        record(
+            &mut s,
+            &mut h,
+            FleetCommand::SetQuota {
+                provider: "p".into(),
+                region: "r".into(),
+                total: 200,
+                slices: slices(&[("s1", 10), ("s2", 20)]),
+            },
+        );
+        assert_eq!(s.quota("p", "r").map(|q| q.granted), Some(grown));
+        assert!(h.delta_since("s1", grown).expect("in history").is_empty());
+        // A removed slice is sent as amount 0 with the new table.
+        record(
+            &mut s,
+            &mut h,
+            FleetCommand::SetQuotaSlices {
+                provider: "p".into(),
+                region: "r".into(),
+                slices: slices(&[("s1", 0)]),
+            },
+        );
+        let removed = s.revision();
+        assert_eq!(
+            h.delta_since("s1", grown)
+                .expect("in history")
+                .slices
+                .get(&key),
+            Some(&SliceGrant {
+                amount: 0,
+                granted: removed
+            })
+        );
+        assert_eq!(
+            full_listing(&s, "s2").slices.get(&key),
+            Some(&SliceGrant {
+                amount: 20,
+                granted: removed
+            })
+        );
     }
 
     #[test]

@@ -4,16 +4,26 @@
 //! - [`validate`]: input rules shared by the coordinator (before proposing) and shard workers.
 //! - [`client`]: the leader-aware client: endpoint failover, idempotent retries, cluster id pinning.
 //! - [`clock`]: wall-clock milliseconds, as the wire and the log state times.
+//! - [`provider`]: the provider contract's grants and refusals, shared by shards, providers and
+//!   the conformance suite.
 
 pub mod client;
 pub mod clock;
 pub mod coordination;
+pub mod provider;
 pub mod validate;
 
 /// Generated protobuf and gRPC code for package `ballast.v1`.
 pub mod pb {
     #![allow(missing_docs, clippy::all)]
     tonic::include_proto!("ballast.v1");
+}
+
+/// The provider contract (package `ballast.provider.v1`): how a shard drives capacity outside
+/// it, with ownership fenced at the provider. Helpers in [`provider`].
+pub mod providerpb {
+    #![allow(missing_docs, clippy::all)]
+    tonic::include_proto!("ballast.provider.v1");
 }
 
 /// etcd's storage messages (package `mvccpb`), as carried by its v3 API.

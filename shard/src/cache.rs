@@ -58,10 +58,18 @@ pub struct Assignments {
     pub restore_epoch: u64,
     /// Topology domains owned.
     pub domains: BTreeSet<String>,
+    /// For every domain in `domains`: the fleet revision at which the coordinator gave it to
+    /// this shard (0 when the update that added it carried none: an older coordinator). With
+    /// `restore_epoch` it is the domain grant presented to providers (ADR 0016).
+    pub domain_grants: BTreeMap<String, u64>,
     /// Clusters bound.
     pub clusters: BTreeSet<String>,
     /// Quota slices by (provider, region).
     pub slices: BTreeMap<(String, String), u64>,
+    /// For every slice in `slices`: the revision of the quota's slice table it was given in
+    /// (0 when the update carried none). With `restore_epoch` it is the slice-table grant
+    /// presented to providers with every create (ADR 0016).
+    pub slice_grants: BTreeMap<(String, String), u64>,
     /// "active", "draining", "removed", or "" before the first update.
     pub status: String,
 }
@@ -84,23 +92,36 @@ impl Assignments {
         }
         if update.full {
             self.domains.clear();
+            self.domain_grants.clear();
             self.clusters.clear();
             self.slices.clear();
+            self.slice_grants.clear();
         }
         for d in &update.domains_removed {
             self.domains.remove(d);
+            self.domain_grants.remove(d);
         }
-        self.domains.extend(update.domains_added.iter().cloned());
+        // Every added domain takes the grant the update names for it (a domain given back
+        // takes its new grant); entries for domains not added are not grants and are ignored.
+        for d in &update.domains_added {
+            let granted = update.domain_grants.get(d).copied().unwrap_or(0);
+            self.domains.insert(d.clone());
+            self.domain_grants.insert(d.clone(), granted);
+        }
         for c in &update.clusters_removed {
             self.clusters.remove(c);
         }
         self.clusters.extend(update.clusters_added.iter().cloned());
+        // A slice is sent when its amount or its quota's slice table changed: either way it
+        // carries the table's grant.
         for s in &update.slices {
             let key = (s.provider.clone(), s.region.clone());
             if s.amount == 0 {
                 self.slices.remove(&key);
+                self.slice_grants.remove(&key);
             } else {
-                self.slices.insert(key, s.amount);
+                self.slices.insert(key.clone(), s.amount);
+                self.slice_grants.insert(key, s.granted);
             }
         }
         if !update.status.is_empty() {
@@ -110,6 +131,28 @@ impl Assignments {
         self.restore_epoch = update.restore_epoch;
         self.term = self.term.max(update.term);
         true
+    }
+
+    /// The grant under which this shard holds `domain`, as `(restore_epoch, revision)`: what
+    /// it presents to a provider for any call on a machine in that domain (ADR 0016). `None`
+    /// when the domain is not held. Revision 0 means the coordinator that gave the domain did
+    /// not stamp grants yet.
+    pub fn domain_grant(&self, domain: &str) -> Option<(u64, u64)> {
+        self.domains.contains(domain).then(|| {
+            let revision = self.domain_grants.get(domain).copied().unwrap_or(0);
+            (self.restore_epoch, revision)
+        })
+    }
+
+    /// The grant of this shard's slice of quota `(provider, region)`, as
+    /// `(restore_epoch, slice-table revision, slice amount)`: what it presents to the provider
+    /// with every create and adoption under that quota (ADR 0016). `None` when the shard holds
+    /// no slice of it. Revision 0 means the slice table was not stamped.
+    pub fn quota_grant(&self, provider: &str, region: &str) -> Option<(u64, u64, u64)> {
+        let key = (provider.to_string(), region.to_string());
+        let amount = *self.slices.get(&key)?;
+        let revision = self.slice_grants.get(&key).copied().unwrap_or(0);
+        Some((self.restore_epoch, revision, amount))
     }
 }
 
@@ -128,9 +171,18 @@ pub struct Ledger {
 }
 
 /// The on-disk cache.
+///
+/// Assignments live in the `assignments` keyspace, one record per item: `d/{domain}` holds the
+/// domain's grant (8 bytes, big-endian; empty in caches written before grants, read as 0),
+/// `c/{cluster}` is empty, `q/{provider}/{region}` holds the slice amount (8 bytes). The slice
+/// grants live apart, in `slice_grants` (see [`SLICE_GRANTS`]), so that a cache written by this
+/// build still opens in a build from before grants (a rollback keeps the cache).
 pub struct Cache {
     db: Database,
     items: Keyspace,
+    /// `q/{provider}/{region}` → the slice amount and its slice-table grant (8 + 8 bytes,
+    /// big-endian), written in the same batch as the slice.
+    slice_grants: Keyspace,
     meta: Keyspace,
     /// The machine ledger in [`LEDGER_PAGES`] pages (see [`ledger_page`]).
     ledger: Keyspace,
@@ -161,6 +213,13 @@ pub fn ledger_page(id: &str) -> u32 {
     (hash % u64::from(LEDGER_PAGES)) as u32
 }
 
+/// The keyspace of slice-table grants. Apart from the slice records because a build from
+/// before grants refuses a slice record that is not 8 bytes but never opens this keyspace.
+/// A grant record counts only while its amount is the amount held: a build from before
+/// grants may have changed the slice (and left the record behind), and a grant is only
+/// presented with the amount it was given for.
+const SLICE_GRANTS: &str = "slice_grants";
+
 /// The ledger keyspace of caches written before the ledger was paged (one record per machine);
 /// opening such a cache moves its records into pages.
 const LEGACY_MACHINES: &str = "machines";
@@ -183,6 +242,15 @@ fn cluster_key(c: &str) -> String {
 }
 fn slice_key(provider: &str, region: &str) -> String {
     format!("q/{provider}/{region}")
+}
+/// A [`SLICE_GRANTS`] record: the amount, then the slice-table grant, both big-endian.
+fn slice_grant_record(amount: u64, granted: u64) -> [u8; 16] {
+    ((u128::from(amount) << 64) | u128::from(granted)).to_be_bytes()
+}
+/// The amount and grant of a [`SLICE_GRANTS`] record.
+fn split_slice_grant(record: [u8; 16]) -> (u64, u64) {
+    let both = u128::from_be_bytes(record);
+    ((both >> 64) as u64, both as u64)
 }
 
 impl Cache {
@@ -209,6 +277,7 @@ impl Cache {
             .map_err(wrap)?;
         let options = || KeyspaceCreateOptions::default().max_memtable_size(4 * 1024 * 1024);
         let items = db.keyspace("assignments", options).map_err(wrap)?;
+        let slice_grants = db.keyspace(SLICE_GRANTS, options).map_err(wrap)?;
         let meta = db.keyspace("meta", options).map_err(wrap)?;
         let ledger = db.keyspace("ledger_pages", options).map_err(wrap)?;
         let demand = db.keyspace("demand", options).map_err(wrap)?;
@@ -217,6 +286,7 @@ impl Cache {
         let cache = Cache {
             db,
             items,
+            slice_grants,
             meta,
             ledger,
             ledger_writes: Mutex::new(0),
@@ -383,7 +453,13 @@ impl Cache {
             let key = String::from_utf8(key.to_vec())
                 .map_err(|e| self.corrupt("<assignment key>", e.to_string()))?;
             if let Some(domain) = key.strip_prefix("d/") {
+                // Empty: written before grants were kept, so the grant is 0.
+                let granted = match value.len() {
+                    0 => 0,
+                    _ => self.be_u64(&key, &value, "domain grant")?,
+                };
                 a.domains.insert(domain.to_string());
+                a.domain_grants.insert(domain.to_string(), granted);
             } else if let Some(cluster) = key.strip_prefix("c/") {
                 a.clusters.insert(cluster.to_string());
             } else if let Some(rest) = key.strip_prefix("q/") {
@@ -394,15 +470,42 @@ impl Cache {
                     .as_ref()
                     .try_into()
                     .map_err(|_| self.corrupt(&key, "slice amount is not 8 bytes"))?;
-                a.slices.insert(
-                    (provider.to_string(), region.to_string()),
-                    u64::from_be_bytes(raw),
-                );
+                let slice = (provider.to_string(), region.to_string());
+                a.slices.insert(slice.clone(), u64::from_be_bytes(raw));
+                a.slice_grants.insert(slice, 0);
             } else {
                 return Err(self.corrupt(&key, "unknown record kind"));
             }
         }
+        for item in self.slice_grants.iter() {
+            let (key, value) = item.into_inner().map_err(|e| self.err(e))?;
+            let key = String::from_utf8(key.to_vec())
+                .map_err(|e| self.corrupt(&format!("<{SLICE_GRANTS} key>"), e.to_string()))?;
+            let name = format!("{SLICE_GRANTS}/{key}");
+            let (provider, region) = key
+                .strip_prefix("q/")
+                .and_then(|rest| rest.split_once('/'))
+                .ok_or_else(|| self.corrupt(&name, "not a slice key"))?;
+            let raw: [u8; 16] = value
+                .as_ref()
+                .try_into()
+                .map_err(|_| self.corrupt(&name, format!("{} bytes, expected 16", value.len())))?;
+            let (amount, granted) = split_slice_grant(raw);
+            let slice = (provider.to_string(), region.to_string());
+            // For another amount (a build that did not keep grants changed the slice) or a
+            // slice no longer held: not the grant of what is held, which then reads as 0.
+            if a.slices.get(&slice) == Some(&amount) {
+                a.slice_grants.insert(slice, granted);
+            }
+        }
         Ok(a)
+    }
+
+    fn be_u64(&self, key: &str, value: &[u8], what: &str) -> Result<u64, CacheError> {
+        let raw: [u8; 8] = value.try_into().map_err(|_| {
+            self.corrupt(key, format!("{what} is {} bytes, expected 8", value.len()))
+        })?;
+        Ok(u64::from_be_bytes(raw))
     }
 
     /// Makes `next` (the result of applying `update` to `previous`) durable in one atomic,
@@ -412,8 +515,12 @@ impl Cache {
         for d in previous.domains.difference(&next.domains) {
             batch.remove(&self.items, domain_key(d));
         }
-        for d in next.domains.difference(&previous.domains) {
-            batch.insert(&self.items, domain_key(d), []);
+        let domain_grant = |a: &Assignments, d: &str| a.domain_grants.get(d).copied().unwrap_or(0);
+        for d in &next.domains {
+            let granted = domain_grant(next, d);
+            if !previous.domains.contains(d) || domain_grant(previous, d) != granted {
+                batch.insert(&self.items, domain_key(d), granted.to_be_bytes());
+            }
         }
         for c in previous.clusters.difference(&next.clusters) {
             batch.remove(&self.items, cluster_key(c));
@@ -429,14 +536,28 @@ impl Cache {
                 .contains_key(&(provider.clone(), region.clone()))
             {
                 batch.remove(&self.items, slice_key(provider, region));
+                batch.remove(&self.slice_grants, slice_key(provider, region));
             }
         }
-        for ((provider, region), amount) in &next.slices {
-            if previous.slices.get(&(provider.clone(), region.clone())) != Some(amount) {
+        let slice_grant = |a: &Assignments, slice: &(String, String)| {
+            let amount = a.slices.get(slice).copied();
+            amount.map(|amount| (amount, a.slice_grants.get(slice).copied().unwrap_or(0)))
+        };
+        for (slice, &amount) in &next.slices {
+            let (provider, region) = slice;
+            if previous.slices.get(slice) != Some(&amount) {
                 batch.insert(
                     &self.items,
                     slice_key(provider, region),
                     amount.to_be_bytes(),
+                );
+            }
+            let granted = next.slice_grants.get(slice).copied().unwrap_or(0);
+            if slice_grant(previous, slice) != Some((amount, granted)) {
+                batch.insert(
+                    &self.slice_grants,
+                    slice_key(provider, region),
+                    slice_grant_record(amount, granted),
                 );
             }
         }
@@ -653,6 +774,8 @@ impl Cache {
 mod tests {
     use super::*;
 
+    /// An update as a coordinator that stamps grants sends it: every added domain is granted
+    /// at the update's revision.
     fn update(revision: u64, full: bool, added: &[&str], removed: &[&str]) -> pb::AssignmentUpdate {
         pb::AssignmentUpdate {
             revision,
@@ -660,9 +783,160 @@ mod tests {
             full,
             domains_added: added.iter().map(|s| s.to_string()).collect(),
             domains_removed: removed.iter().map(|s| s.to_string()).collect(),
+            domain_grants: added.iter().map(|s| (s.to_string(), revision)).collect(),
             status: "active".into(),
             ..Default::default()
         }
+    }
+
+    fn slice(provider: &str, region: &str, amount: u64, granted: u64) -> pb::QuotaSliceOf {
+        pb::QuotaSliceOf {
+            provider: provider.into(),
+            region: region.into(),
+            amount,
+            granted,
+        }
+    }
+
+    fn grants(a: &Assignments) -> Vec<(&str, u64)> {
+        a.domain_grants
+            .iter()
+            .map(|(d, g)| (d.as_str(), *g))
+            .collect()
+    }
+
+    #[test]
+    fn domain_grants_follow_listings_and_deltas() {
+        let mut a = Assignments::default();
+        let mut full = update(5, true, &["z=1", "z=2"], &[]);
+        full.restore_epoch = 2;
+        full.domain_grants = [("z=1".to_string(), 3), ("z=2".to_string(), 5)].into();
+        assert!(a.apply(&full));
+        assert_eq!(grants(&a), [("z=1", 3), ("z=2", 5)]);
+        assert_eq!(a.domain_grant("z=1"), Some((2, 3)));
+        assert_eq!(a.domain_grant("z=2"), Some((2, 5)));
+        assert_eq!(a.domain_grant("z=9"), None);
+
+        // A delta adds z=3 with its grant and removes z=1, whose grant goes with it.
+        let mut delta = update(6, false, &["z=3"], &["z=1"]);
+        delta.restore_epoch = 2;
+        assert!(a.apply(&delta));
+        assert_eq!(grants(&a), [("z=2", 5), ("z=3", 6)]);
+        assert_eq!(a.domain_grant("z=1"), None);
+
+        // z=1 given back later: it takes the new grant, not the old one.
+        let mut back = update(9, false, &["z=1"], &[]);
+        back.restore_epoch = 2;
+        assert!(a.apply(&back));
+        assert_eq!(a.domain_grant("z=1"), Some((2, 9)));
+
+        // Taken away and given back in one update: the new grant.
+        let mut moved = update(11, false, &["z=2"], &["z=2"]);
+        moved.restore_epoch = 2;
+        assert!(a.apply(&moved));
+        assert_eq!(grants(&a), [("z=1", 9), ("z=2", 11), ("z=3", 6)]);
+
+        // A stale update (a lagging replica's older listing) changes no grant.
+        let held = a.clone();
+        let mut stale = update(10, true, &["z=1", "z=4"], &[]);
+        stale.restore_epoch = 2;
+        assert!(!a.apply(&stale));
+        assert_eq!(a, held);
+        // Nor does one from an older restore epoch, whatever its revision.
+        let mut older = update(50, true, &["z=4"], &[]);
+        older.restore_epoch = 1;
+        assert!(!a.apply(&older));
+        assert_eq!(a, held);
+
+        // A full listing replaces the grants: z=3 is gone, z=1 takes the listing's grant.
+        let mut relisted = update(12, true, &["z=1", "z=2"], &[]);
+        relisted.restore_epoch = 2;
+        relisted.domain_grants = [("z=1".to_string(), 12), ("z=2".to_string(), 11)].into();
+        assert!(a.apply(&relisted));
+        assert_eq!(grants(&a), [("z=1", 12), ("z=2", 11)]);
+
+        // After a restore the listing (of a lower revision) replaces every grant, and the
+        // grants carry the new restore epoch.
+        let mut restored = update(4, true, &["z=2"], &[]);
+        restored.restore_epoch = 3;
+        assert!(a.apply(&restored));
+        assert_eq!(grants(&a), [("z=2", 4)]);
+        assert_eq!(a.domain_grant("z=2"), Some((3, 4)));
+        assert_eq!(a.domain_grant("z=1"), None);
+    }
+
+    #[test]
+    fn a_domain_without_a_grant_has_grant_zero() {
+        let mut a = Assignments::default();
+        // An older coordinator: no domain_grants at all.
+        let mut old = update(5, true, &["z=1"], &[]);
+        old.domain_grants.clear();
+        assert!(a.apply(&old));
+        assert_eq!(a.domain_grant("z=1"), Some((0, 0)));
+        // A grant for a domain the update does not add is not a grant.
+        let mut delta = update(6, false, &["z=2"], &[]);
+        delta.domain_grants = [("z=1".to_string(), 6), ("z=9".to_string(), 6)].into();
+        assert!(a.apply(&delta));
+        assert_eq!(grants(&a), [("z=1", 0), ("z=2", 0)]);
+        assert_eq!(a.domain_grant("z=9"), None);
+    }
+
+    #[test]
+    fn slice_grants_follow_the_slice_table() {
+        let mut a = Assignments::default();
+        let mut full = update(5, true, &[], &[]);
+        full.restore_epoch = 1;
+        full.slices = vec![slice("aws", "r1", 7, 4), slice("gcp", "r2", 3, 5)];
+        assert!(a.apply(&full));
+        assert_eq!(a.quota_grant("aws", "r1"), Some((1, 4, 7)));
+        assert_eq!(a.quota_grant("gcp", "r2"), Some((1, 5, 3)));
+        assert_eq!(a.quota_grant("aws", "r2"), None);
+
+        // Another shard's slice of aws/r1 changed: ours is resent with the same amount and
+        // the table's new grant.
+        let mut table = update(8, false, &[], &[]);
+        table.restore_epoch = 1;
+        table.slices = vec![slice("aws", "r1", 7, 8)];
+        assert!(a.apply(&table));
+        assert_eq!(a.quota_grant("aws", "r1"), Some((1, 8, 7)));
+        assert_eq!(a.slices[&("aws".to_string(), "r1".to_string())], 7);
+        assert_eq!(a.quota_grant("gcp", "r2"), Some((1, 5, 3)));
+
+        // A new amount with its grant; then amount 0 removes the slice and its grant.
+        let mut resized = update(9, false, &[], &[]);
+        resized.restore_epoch = 1;
+        resized.slices = vec![slice("aws", "r1", 10, 9), slice("gcp", "r2", 0, 9)];
+        assert!(a.apply(&resized));
+        assert_eq!(a.quota_grant("aws", "r1"), Some((1, 9, 10)));
+        assert_eq!(a.quota_grant("gcp", "r2"), None);
+        assert!(
+            !a.slice_grants
+                .contains_key(&("gcp".to_string(), "r2".to_string()))
+        );
+
+        // A stale update leaves the grants as they were.
+        let held = a.clone();
+        let mut stale = update(9, false, &[], &[]);
+        stale.restore_epoch = 1;
+        stale.slices = vec![slice("aws", "r1", 10, 20), slice("gcp", "r2", 3, 20)];
+        assert!(!a.apply(&stale));
+        assert_eq!(a, held);
+
+        // A slice from an older coordinator has grant 0.
+        let mut unstamped = update(10, false, &[], &[]);
+        unstamped.restore_epoch = 1;
+        unstamped.slices = vec![slice("gcp", "r2", 2, 0)];
+        assert!(a.apply(&unstamped));
+        assert_eq!(a.quota_grant("gcp", "r2"), Some((1, 0, 2)));
+
+        // A full listing replaces the slices and their grants.
+        let mut relisted = update(11, true, &[], &[]);
+        relisted.restore_epoch = 1;
+        relisted.slices = vec![slice("gcp", "r2", 2, 11)];
+        assert!(a.apply(&relisted));
+        assert_eq!(a.quota_grant("aws", "r1"), None);
+        assert_eq!(a.quota_grant("gcp", "r2"), Some((1, 11, 2)));
+        assert_eq!(a.slice_grants.len(), 1);
     }
 
     #[test]
@@ -686,11 +960,7 @@ mod tests {
             let before = a.clone();
             let mut u = update(3, true, &["z=1", "z=2"], &[]);
             u.clusters_added = vec!["c1".into()];
-            u.slices = vec![pb::QuotaSliceOf {
-                provider: "aws".into(),
-                region: "r1".into(),
-                amount: 7,
-            }];
+            u.slices = vec![slice("aws", "r1", 7, 3)];
             a.apply(&u);
             cache.store(&before, &a).expect("store");
             let before = a.clone();
@@ -705,6 +975,210 @@ mod tests {
             Cache::open(dir.path(), "s2"),
             Err(CacheError::Foreign { .. })
         ));
+    }
+
+    /// Applies `u` to `a` and stores the change, as the worker does.
+    fn apply_and_store(cache: &Cache, a: &mut Assignments, u: &pb::AssignmentUpdate) {
+        let before = a.clone();
+        assert!(a.apply(u), "update {} applies", u.revision);
+        cache.store(&before, a).expect("store");
+    }
+
+    #[test]
+    fn grants_survive_reopening() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut a = Assignments::default();
+        {
+            let cache = Cache::open(dir.path(), "s1").expect("open");
+            let mut full = update(3, true, &["z=1", "z=2", "z=3"], &[]);
+            full.restore_epoch = 2;
+            // z=1 comes without a grant: its 0 is stored too.
+            full.domain_grants = [("z=2".to_string(), 3), ("z=3".to_string(), 2)].into();
+            full.slices = vec![slice("aws", "r1", 7, 3), slice("gcp", "r2", 2, 1)];
+            apply_and_store(&cache, &mut a, &full);
+            // z=2 moved away and back in one update: only its grant changes.
+            let mut moved = update(5, false, &["z=2", "z=4"], &["z=2", "z=3"]);
+            moved.restore_epoch = 2;
+            // The aws table changed elsewhere (same amount); gcp/r2 is removed.
+            moved.slices = vec![slice("aws", "r1", 7, 5), slice("gcp", "r2", 0, 5)];
+            apply_and_store(&cache, &mut a, &moved);
+            let mut resized = update(6, false, &[], &[]);
+            resized.restore_epoch = 2;
+            resized.slices = vec![slice("gcp", "r3", 4, 6)];
+            apply_and_store(&cache, &mut a, &resized);
+        }
+        let cache = Cache::open(dir.path(), "s1").expect("reopen");
+        let loaded = cache.load().expect("load");
+        assert_eq!(loaded, a);
+        assert_eq!(grants(&loaded), [("z=1", 0), ("z=2", 5), ("z=4", 5)]);
+        assert_eq!(loaded.domain_grant("z=2"), Some((2, 5)));
+        assert_eq!(loaded.domain_grant("z=3"), None);
+        assert_eq!(loaded.quota_grant("aws", "r1"), Some((2, 5, 7)));
+        assert_eq!(loaded.quota_grant("gcp", "r2"), None);
+        assert_eq!(loaded.quota_grant("gcp", "r3"), Some((2, 6, 4)));
+        // The removed slice's grant record is gone from disk, not only ignored.
+        assert!(cache.slice_grants.get("q/gcp/r2").expect("get").is_none());
+        // The records as laid out on disk: a domain's grant, a slice's amount then its grant.
+        let record =
+            |keyspace: &Keyspace, key: &str| keyspace.get(key).expect("get").expect(key).to_vec();
+        assert_eq!(record(&cache.items, "d/z=2"), 5u64.to_be_bytes());
+        assert_eq!(record(&cache.items, "q/aws/r1"), 7u64.to_be_bytes());
+        assert_eq!(
+            record(&cache.slice_grants, "q/aws/r1"),
+            [7u64.to_be_bytes(), 5u64.to_be_bytes()].concat()
+        );
+
+        // A full listing after the restart replaces grants on disk too.
+        let mut a = loaded;
+        let mut relisted = update(7, true, &["z=4"], &[]);
+        relisted.restore_epoch = 2;
+        relisted.domain_grants = [("z=4".to_string(), 7)].into();
+        relisted.slices = vec![slice("aws", "r1", 7, 7)];
+        apply_and_store(&cache, &mut a, &relisted);
+        drop(cache);
+        let loaded = Cache::open(dir.path(), "s1")
+            .expect("reopen")
+            .load()
+            .expect("load");
+        assert_eq!(loaded, a);
+        assert_eq!(grants(&loaded), [("z=4", 7)]);
+        assert_eq!(loaded.quota_grant("aws", "r1"), Some((2, 7, 7)));
+        assert_eq!(loaded.slice_grants.len(), 1);
+    }
+
+    /// Writes assignments exactly as builds from before grants did: the `assignments` and
+    /// `meta` keyspaces only, empty domain records, 8-byte slice records.
+    fn write_cache_without_grants(dir: &Path) {
+        let db = Database::builder(dir).open().expect("db");
+        let options = || KeyspaceCreateOptions::default().max_memtable_size(4 * 1024 * 1024);
+        let items = db.keyspace("assignments", options).expect("assignments");
+        let meta = db.keyspace("meta", options).expect("meta");
+        meta.insert("shard_id", "s1").expect("shard");
+        meta.insert("ledger_pages", 65536u64.to_be_bytes())
+            .expect("pages");
+        meta.insert("revision", 40u64.to_be_bytes()).expect("rev");
+        meta.insert("term", 3u64.to_be_bytes()).expect("term");
+        meta.insert("restore_epoch", 1u64.to_be_bytes())
+            .expect("restore epoch");
+        meta.insert("status", "active").expect("status");
+        items.insert("d/z=1", []).expect("z=1");
+        items.insert("d/z=2", []).expect("z=2");
+        items.insert("c/c1", []).expect("c1");
+        items.insert("q/aws/r1", 7u64.to_be_bytes()).expect("slice");
+        db.persist(PersistMode::SyncAll).expect("sync");
+        assert!(!db.keyspace_exists(SLICE_GRANTS));
+    }
+
+    #[test]
+    fn a_cache_from_before_grants_opens_with_grants_zero() {
+        let dir = tempfile::tempdir().expect("dir");
+        write_cache_without_grants(dir.path());
+        let cache = Cache::open(dir.path(), "s1").expect("open an old cache");
+        let mut a = cache.load().expect("load");
+        assert_eq!(
+            a,
+            Assignments {
+                revision: 40,
+                term: 3,
+                restore_epoch: 1,
+                domains: BTreeSet::from(["z=1".to_string(), "z=2".to_string()]),
+                domain_grants: BTreeMap::from([("z=1".to_string(), 0), ("z=2".to_string(), 0)]),
+                clusters: BTreeSet::from(["c1".to_string()]),
+                slices: BTreeMap::from([(("aws".to_string(), "r1".to_string()), 7)]),
+                slice_grants: BTreeMap::from([(("aws".to_string(), "r1".to_string()), 0)]),
+                status: "active".into(),
+            }
+        );
+        assert_eq!(a.domain_grant("z=1"), Some((1, 0)));
+        assert_eq!(a.quota_grant("aws", "r1"), Some((1, 0, 7)));
+
+        // The first stamped update takes; the untouched z=1 keeps its old (empty) record.
+        let mut stamped = update(41, false, &["z=3"], &[]);
+        stamped.restore_epoch = 1;
+        stamped.slices = vec![slice("aws", "r1", 7, 41)];
+        apply_and_store(&cache, &mut a, &stamped);
+        assert_eq!(
+            cache.items.get("d/z=1").expect("get").expect("z=1").len(),
+            0
+        );
+        assert_eq!(
+            cache
+                .items
+                .get("d/z=3")
+                .expect("get")
+                .expect("z=3")
+                .as_ref(),
+            41u64.to_be_bytes()
+        );
+        // The slice record keeps the 8 bytes a build from before grants reads.
+        assert_eq!(
+            cache
+                .items
+                .get("q/aws/r1")
+                .expect("get")
+                .expect("slice")
+                .as_ref(),
+            7u64.to_be_bytes()
+        );
+        drop(cache);
+        let loaded = Cache::open(dir.path(), "s1")
+            .expect("reopen")
+            .load()
+            .expect("load");
+        assert_eq!(loaded, a);
+        assert_eq!(grants(&loaded), [("z=1", 0), ("z=2", 0), ("z=3", 41)]);
+        assert_eq!(loaded.quota_grant("aws", "r1"), Some((1, 41, 7)));
+    }
+
+    #[test]
+    fn a_slice_grant_for_another_amount_is_not_used() {
+        let dir = tempfile::tempdir().expect("dir");
+        let cache = Cache::open(dir.path(), "s1").expect("open");
+        let mut a = Assignments::default();
+        let mut full = update(3, true, &[], &[]);
+        full.slices = vec![slice("aws", "r1", 7, 3), slice("gcp", "r2", 2, 3)];
+        apply_and_store(&cache, &mut a, &full);
+        // A rolled-back build (one that keeps no grants) resized aws/r1 and removed gcp/r2,
+        // leaving their grant records behind.
+        cache
+            .items
+            .insert("q/aws/r1", 9u64.to_be_bytes())
+            .expect("raw");
+        cache.items.remove("q/gcp/r2").expect("raw");
+        cache.sync().expect("sync");
+        let mut loaded = cache.load().expect("load");
+        assert_eq!(loaded.quota_grant("aws", "r1"), Some((0, 0, 9)));
+        assert_eq!(loaded.quota_grant("gcp", "r2"), None);
+        assert!(
+            !loaded
+                .slice_grants
+                .contains_key(&("gcp".to_string(), "r2".to_string()))
+        );
+        // The next update with a grant writes a record that counts again.
+        let mut table = update(4, false, &[], &[]);
+        table.slices = vec![slice("aws", "r1", 9, 4)];
+        apply_and_store(&cache, &mut loaded, &table);
+        assert_eq!(
+            cache.load().expect("load").quota_grant("aws", "r1"),
+            Some((0, 4, 9))
+        );
+    }
+
+    #[test]
+    fn a_corrupt_grant_is_an_error_naming_its_record() {
+        let dir = tempfile::tempdir().expect("dir");
+        let cache = Cache::open(dir.path(), "s1").expect("open");
+        cache.items.insert("d/z=1", b"abc").expect("raw insert");
+        let text = cache.load().expect_err("corrupt domain grant").to_string();
+        assert!(text.contains(&dir.path().display().to_string()), "{text}");
+        assert!(text.contains("d/z=1"), "{text}");
+        cache.items.remove("d/z=1").expect("raw remove");
+        cache
+            .slice_grants
+            .insert("q/aws/r1", 7u64.to_be_bytes())
+            .expect("raw insert");
+        let text = cache.load().expect_err("corrupt slice grant").to_string();
+        assert!(text.contains("slice_grants/q/aws/r1"), "{text}");
     }
 
     fn machine(id: &str, domain: &str, assigned_to: Option<&str>) -> Machine {

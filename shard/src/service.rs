@@ -7,7 +7,7 @@ use ballast_protocol::pb;
 use ballast_protocol::pb::shard_worker_server::ShardWorker;
 use tonic::{Request, Response, Status};
 
-use crate::cache::CacheError;
+use crate::cache::{Assignments, CacheError};
 use crate::demand::{self, DemandError};
 use crate::worker::Worker;
 
@@ -25,6 +25,37 @@ fn demand_status(error: DemandError) -> Status {
 /// The cache could not make a change durable: the worker's fault, not the caller's.
 fn cache_status(error: CacheError) -> Status {
     Status::internal(error.to_string())
+}
+
+/// The part of the status that the held assignments make: the revision and restore epoch they
+/// reflect, what is held and the grant of each domain and slice (ADR 0016).
+fn held_status(a: Assignments) -> pb::ShardStatusResponse {
+    let domain_grants = a
+        .domains
+        .iter()
+        .map(|d| (d.clone(), a.domain_grants.get(d).copied().unwrap_or(0)))
+        .collect();
+    let slices = a
+        .slices
+        .iter()
+        .map(|(slice, &amount)| pb::QuotaSliceOf {
+            provider: slice.0.clone(),
+            region: slice.1.clone(),
+            amount,
+            granted: a.slice_grants.get(slice).copied().unwrap_or(0),
+        })
+        .collect();
+    pb::ShardStatusResponse {
+        revision: a.revision,
+        term: a.term,
+        restore_epoch: a.restore_epoch,
+        domains: a.domains.into_iter().collect(),
+        domain_grants,
+        clusters: a.clusters.into_iter().collect(),
+        slices,
+        status: a.status,
+        ..Default::default()
+    }
 }
 
 /// The shard worker's API: status, the cluster demand API and allocations.
@@ -45,25 +76,12 @@ impl ShardWorker for StatusService {
             shard_id: w.id().to_string(),
             az: w.az().to_string(),
             epoch: w.epoch(),
-            revision: a.revision,
-            term: a.term,
-            domains: a.domains.into_iter().collect(),
-            clusters: a.clusters.into_iter().collect(),
-            slices: a
-                .slices
-                .into_iter()
-                .map(|((provider, region), amount)| pb::QuotaSliceOf {
-                    provider,
-                    region,
-                    amount,
-                })
-                .collect(),
-            status: a.status,
             coordinator_reachable: w.reachable(),
             cache_age_ms,
             machines_by_state: w.machines_by_state().into_iter().collect(),
             shortfall: w.shortfall(),
             cycles: w.cycles(),
+            ..held_status(a)
         }))
     }
 
@@ -121,5 +139,54 @@ impl ShardWorker for StatusService {
             shortfalls,
             in_flight: state.in_flight.len() as u64,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_status_shows_every_grant() {
+        let mut a = Assignments::default();
+        assert!(a.apply(&pb::AssignmentUpdate {
+            revision: 9,
+            term: 2,
+            full: true,
+            restore_epoch: 3,
+            domains_added: vec!["z=1".into(), "z=2".into()],
+            domain_grants: [("z=1".to_string(), 7)].into(),
+            clusters_added: vec!["c1".into()],
+            slices: vec![pb::QuotaSliceOf {
+                provider: "aws".into(),
+                region: "r1".into(),
+                amount: 4,
+                granted: 8,
+            }],
+            status: "active".into(),
+            ..Default::default()
+        }));
+        let status = held_status(a);
+        assert_eq!(
+            (status.revision, status.term, status.restore_epoch),
+            (9, 2, 3)
+        );
+        assert_eq!(status.domains, ["z=1", "z=2"]);
+        // z=2 came without a grant (an older coordinator): it shows as 0, not missing.
+        assert_eq!(
+            status.domain_grants,
+            [("z=1".to_string(), 7), ("z=2".to_string(), 0)].into()
+        );
+        assert_eq!(status.clusters, ["c1"]);
+        assert_eq!(
+            status.slices,
+            [pb::QuotaSliceOf {
+                provider: "aws".into(),
+                region: "r1".into(),
+                amount: 4,
+                granted: 8,
+            }]
+        );
+        assert_eq!(status.status, "active");
     }
 }

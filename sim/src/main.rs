@@ -39,6 +39,11 @@ enum Command {
     Replica(Box<ballast_coordinator::config::CoordArgs>),
     /// Run one shard worker (same flags as `ballast-shard`); used by the demo and tests.
     Shard(Box<ballast_shard::config::ShardArgs>),
+    /// Run the reference provider (same flags as `ballast-provider-sim`); used by the demo,
+    /// the simulator and tests.
+    Provider(Box<ballast_provider_sim::config::ProviderArgs>),
+    /// Run the provider conformance suite (same flags as `ballast-provider-check`).
+    ProviderCheck(Box<ballast_provider_check::CheckArgs>),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -57,6 +62,13 @@ async fn run() -> anyhow::Result<()> {
             ballast_shard::config::init_logging();
             ballast_shard::config::run_until_signal(*args).await?;
             Ok(())
+        }
+        Command::Provider(args) => {
+            ballast_provider_sim::init_logging();
+            ballast_provider_sim::run_until_signal(*args).await
+        }
+        Command::ProviderCheck(args) => {
+            std::process::exit(ballast_provider_check::run_and_print(&args).await)
         }
         Command::Replica(args) => {
             ballast_coordinator::process::init_logging();

@@ -49,11 +49,13 @@ fn update(
         status: delta.status.unwrap_or("").to_string(),
         ..Default::default()
     };
-    for (domain, held) in delta.domains {
-        if held {
-            u.domains_added.push(domain);
-        } else {
-            u.domains_removed.push(domain);
+    for (domain, granted) in delta.domains {
+        match granted {
+            Some(granted) => {
+                u.domain_grants.insert(domain.clone(), granted);
+                u.domains_added.push(domain);
+            }
+            None => u.domains_removed.push(domain),
         }
     }
     for (cluster, bound) in delta.clusters {
@@ -66,10 +68,11 @@ fn update(
     u.slices = delta
         .slices
         .into_iter()
-        .map(|((provider, region), amount)| pb::QuotaSliceOf {
+        .map(|((provider, region), slice)| pb::QuotaSliceOf {
             provider,
             region,
-            amount,
+            amount: slice.amount,
+            granted: slice.granted,
         })
         .collect();
     u

@@ -167,6 +167,7 @@ impl Fleet for FleetService {
                         provider: q.provider.clone(),
                         region: q.region.clone(),
                         amount: *amount,
+                        granted: q.granted,
                     })
                 })
                 .collect();

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::fleet::names::Name;
 use crate::fleet::state::FleetState;
-use crate::fleet::state::records::{ProviderRecord, QuotaRecord, ShardRecord};
+use crate::fleet::state::records::{DomainRow, ProviderRecord, QuotaRecord, ShardRecord};
 
 /// Sets or removes `key` in `map`, returning the previous value.
 pub(super) fn put<V>(map: &mut BTreeMap<String, V>, key: &str, value: Option<V>) -> Option<V> {
@@ -48,7 +48,8 @@ pub enum Change {
         /// After.
         new: Option<Box<ShardRecord>>,
     },
-    /// A domain changed owner.
+    /// A domain changed owner (or was given again to the same owner, with a new grant: its
+    /// grant is the revision of the change).
     Domain {
         /// Domain.
         domain: Name,
@@ -91,13 +92,29 @@ pub enum Change {
 /// One reversible mutation, recorded so a failed command (or batch) can be undone exactly.
 pub(super) enum Undo {
     Shard(String, Option<ShardRecord>),
-    Domain(Name, Option<Name>),
+    Domain(Name, Option<DomainRow>),
     Binding(Name, Option<Name>),
     Quota(String, String, Option<QuotaRecord>),
     Provider(String, Option<ProviderRecord>),
 }
 
 impl FleetState {
+    /// A domain that left its owner and came back within one command (a batch) was never
+    /// observably elsewhere: it keeps the grant it had, so its owner's calls stay valid.
+    pub(super) fn keep_grants_of_round_trips(&mut self, journal: &[Undo]) {
+        let mut seen: HashSet<&str> = HashSet::new();
+        for undo in journal {
+            if let Undo::Domain(domain, old) = undo
+                && seen.insert(&**domain)
+                && let Some(old) = old
+                && let Some(row) = self.domains.get_mut(&**domain)
+                && row.shard == old.shard
+            {
+                row.granted = old.granted;
+            }
+        }
+    }
+
     /// Turns a journal into net changes: one per key, the old value from its first mutation,
     /// the new value from the state now; keys that ended where they started are left out.
     pub(super) fn changes_from(&self, journal: Vec<Undo>) -> Vec<Change> {
@@ -118,8 +135,13 @@ impl FleetState {
                 }
                 Undo::Domain(domain, old) => {
                     let new = self.domains.get(&domain).cloned();
-                    (seen.insert(("domain", domain.clone())) && old != new)
-                        .then_some(Change::Domain { domain, old, new })
+                    (seen.insert(("domain", domain.clone())) && old != new).then(|| {
+                        Change::Domain {
+                            domain,
+                            old: old.map(|row| row.shard),
+                            new: new.map(|row| row.shard),
+                        }
+                    })
                 }
                 Undo::Binding(cluster, old) => {
                     let new = self.bindings.get(&cluster).cloned();
@@ -171,22 +193,30 @@ impl FleetState {
         journal: &mut Vec<Undo>,
     ) {
         let domain = shared_key(&self.domains, domain);
-        let owner = owner.map(|shard| self.names.get(shard));
-        let old = self.put_domain(domain.clone(), owner.clone());
-        if old != owner {
-            journal.push(Undo::Domain(domain, old));
+        let current = self.domains.get(&domain);
+        if current.map(|row| &*row.shard) == owner {
+            // Already so: the owner keeps the grant it has.
+            return;
         }
+        // A new owner's grant is the revision this command will produce.
+        let row = owner.map(|shard| DomainRow {
+            shard: self.names.get(shard),
+            granted: self.revision + 1,
+        });
+        let old = self.put_domain(domain.clone(), row);
+        journal.push(Undo::Domain(domain, old));
     }
 
-    /// Writes a domain's owner and keeps the per-shard index in step.
-    pub(super) fn put_domain(&mut self, domain: Name, owner: Option<Name>) -> Option<Name> {
-        let old = put_named(&mut self.domains, domain.clone(), owner.clone());
+    /// Writes a domain's row and keeps the per-shard index in step.
+    pub(super) fn put_domain(&mut self, domain: Name, row: Option<DomainRow>) -> Option<DomainRow> {
+        let owner = row.as_ref().map(|row| row.shard.clone());
+        let old = put_named(&mut self.domains, domain.clone(), row);
         if let Some(previous) = &old
-            && let Some(set) = self.domains_by_shard.get_mut(previous)
+            && let Some(set) = self.domains_by_shard.get_mut(&previous.shard)
         {
             set.remove(&*domain);
             if set.is_empty() {
-                self.domains_by_shard.remove(previous);
+                self.domains_by_shard.remove(&previous.shard);
             }
         }
         if let Some(shard) = owner {
@@ -219,6 +249,15 @@ impl FleetState {
         value: Option<QuotaRecord>,
         journal: &mut Vec<Undo>,
     ) {
+        // The slice table's grant moves only when a slice does: a new total alone leaves
+        // every holder's grant as it was.
+        let value = value.map(|mut record| {
+            record.granted = match self.quota(provider, region) {
+                Some(current) if current.slices == record.slices => current.granted,
+                _ => self.revision + 1,
+            };
+            record
+        });
         let old = self.put_quota(provider, region, value.clone());
         if old != value {
             journal.push(Undo::Quota(provider.to_string(), region.to_string(), old));

@@ -6,6 +6,7 @@
 mod dedup;
 mod exec;
 mod journal;
+mod legacy;
 mod records;
 mod syntax;
 
@@ -14,12 +15,15 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use serde::{Deserialize, Serialize};
 
 pub use journal::Change;
-pub use records::{Applied, FleetCounts, ProviderRecord, QuotaRecord, ShardRecord, ShardStatus};
+pub use records::{
+    Applied, DomainRow, FleetCounts, ProviderRecord, QuotaRecord, ShardRecord, ShardStatus,
+};
 
 use super::command::FleetCommand;
 use super::error::FleetError;
 use super::names::{Interner, Name};
 use dedup::Dedup;
+use legacy::LegacyFleetState;
 use syntax::check_syntax;
 
 /// Global revision: bumped once per successful change (a batch is one change).
@@ -37,10 +41,15 @@ pub const DEDUP_WINDOW_MS: u64 = 60_000;
 pub const DEDUP_CAPACITY: usize = 500_000;
 
 /// First bytes of a binary snapshot (JSON snapshots of earlier versions start with `{`):
-/// the state, then the request ids' clock.
-pub const SNAPSHOT_MAGIC: &[u8] = b"BLSTSNP2";
+/// the state with its grants, then the request ids' clock.
+pub const SNAPSHOT_MAGIC: &[u8] = b"BLSTSNP3";
 
-/// First bytes of the binary snapshots before request ids were timed: the state alone.
+/// First bytes of the binary snapshots before grants: the state without them, then the
+/// request ids' clock.
+const SNAPSHOT_MAGIC_V2: &[u8] = b"BLSTSNP2";
+
+/// First bytes of the binary snapshots before request ids were timed: the state alone
+/// (without grants).
 const SNAPSHOT_MAGIC_V1: &[u8] = b"BLSTSNP1";
 
 /// The replicated fleet state.
@@ -55,8 +64,8 @@ pub struct FleetState {
     #[serde(default)]
     kv: crate::kv::KvStore,
     shards: BTreeMap<String, ShardRecord>,
-    /// Domain → owning shard (the shard name shared through `names`).
-    domains: BTreeMap<Name, Name>,
+    /// Domain → owning shard (the shard name shared through `names`) and its grant.
+    domains: BTreeMap<Name, DomainRow>,
     /// Cluster → shard.
     bindings: BTreeMap<Name, Name>,
     /// Provider → region → quota.
@@ -152,6 +161,7 @@ impl FleetState {
                     self.rollback(journal);
                     return Err(e);
                 }
+                self.keep_grants_of_round_trips(&journal);
                 let applied = self.settle(!journal.is_empty(), None);
                 return Ok((applied, self.changes_from(journal)));
             }
@@ -281,7 +291,7 @@ impl FleetState {
 
     /// `(domain, shard)` pairs in domain order.
     pub fn domains(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.domains.iter().map(|(d, s)| (&**d, &**s))
+        self.domains.iter().map(|(d, row)| (&**d, &*row.shard))
     }
 
     /// A shard's domains in order.
@@ -294,7 +304,12 @@ impl FleetState {
 
     /// Owner of a domain.
     pub fn domain_owner(&self, domain: &str) -> Option<&str> {
-        self.domains.get(domain).map(|s| &**s)
+        self.domains.get(domain).map(|row| &*row.shard)
+    }
+
+    /// A domain's owner and the revision it was given to that owner at.
+    pub fn domain_row(&self, domain: &str) -> Option<&DomainRow> {
+        self.domains.get(domain)
     }
 
     /// `(cluster, shard)` pairs in cluster order.
@@ -359,10 +374,21 @@ impl FleetState {
                     Ok(state)
                 })
                 .map_err(|e| e.to_string())
+        } else if let Some(binary) = bytes.strip_prefix(SNAPSHOT_MAGIC_V2) {
+            postcard::take_from_bytes::<LegacyFleetState>(binary)
+                .and_then(|(mut state, rest)| {
+                    state.dedup.clock = postcard::from_bytes(rest)?;
+                    Ok(state.upgrade())
+                })
+                .map_err(|e| e.to_string())
         } else if let Some(binary) = bytes.strip_prefix(SNAPSHOT_MAGIC_V1) {
-            postcard::from_bytes(binary).map_err(|e| e.to_string())
+            postcard::from_bytes::<LegacyFleetState>(binary)
+                .map(LegacyFleetState::upgrade)
+                .map_err(|e| e.to_string())
         } else {
-            serde_json::from_slice(bytes).map_err(|e| e.to_string())
+            serde_json::from_slice::<LegacyFleetState>(bytes)
+                .map(LegacyFleetState::upgrade)
+                .map_err(|e| e.to_string())
         };
         let mut state: FleetState = decoded.map_err(FleetError::CorruptSnapshot)?;
         if !state.dedup.clock.times.is_empty()
@@ -397,10 +423,10 @@ impl FleetState {
     pub fn rebuild_indexes(&mut self) {
         let mut names = Interner::default();
         let mut by_shard: HashMap<Name, BTreeSet<Name>> = HashMap::new();
-        for (domain, shard) in self.domains.iter_mut() {
-            *shard = names.get(shard);
+        for (domain, row) in self.domains.iter_mut() {
+            row.shard = names.get(&row.shard);
             by_shard
-                .entry(shard.clone())
+                .entry(row.shard.clone())
                 .or_default()
                 .insert(domain.clone());
         }

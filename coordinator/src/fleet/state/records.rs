@@ -5,6 +5,17 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::Revision;
+use crate::fleet::names::Name;
+
+/// A domain's row: its owner, and the revision at which the owner was given it — the domain
+/// grant the owner presents to providers (with the restore epoch; ADR 0016).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct DomainRow {
+    /// Owning shard (the name shared through the state's interner).
+    pub shard: Name,
+    /// Revision of the change that gave the domain to `shard`.
+    pub granted: Revision,
+}
 
 /// Lifecycle of a shard.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -43,6 +54,9 @@ pub struct QuotaRecord {
     pub total: u64,
     /// Shard → slice; the sum never exceeds `total`.
     pub slices: BTreeMap<String, u64>,
+    /// The slice table's grant: the revision at which `slices` last changed. Every slice
+    /// holder presents it to providers with its creates (ADR 0016).
+    pub granted: Revision,
 }
 
 /// A registered capacity provider.

@@ -32,6 +32,8 @@ impl FleetState {
             region: region.to_string(),
             total,
             slices,
+            // Stamped by `set_quota`.
+            granted: 0,
         };
         self.set_quota(provider, region, Some(record), journal);
         Ok(())

@@ -1,0 +1,148 @@
+//! Durability: what the provider answered before its restart still holds after it.
+
+use std::time::{Duration, Instant};
+
+use ballast_protocol::provider::Reason;
+use ballast_protocol::providerpb::Machine;
+
+use super::{Context, Outcome};
+use crate::ensure;
+use crate::harness::{Harness, Verdict, fail, refusal, same_or_newer, show_status, success};
+
+pub async fn restart(cx: &Context<'_>) -> Outcome {
+    let h = cx.harness;
+    if !h.describe.durable {
+        return Outcome::Skip(
+            "the provider says it is not durable (Describe.durable = false)".into(),
+        );
+    }
+    let Some(command) = cx.restart_command else {
+        return Outcome::Skip(
+            "the provider says it is durable, but no --restart-command was given to prove it"
+                .into(),
+        );
+    };
+    Outcome::from(across_restart(h, command, cx.restart_timeout).await)
+}
+
+async fn across_restart(h: &Harness, command: &str, timeout: Duration) -> Verdict {
+    // Before: machines in two states, a handover, a newer epoch and an answered key.
+    let old = h.actor("durable-old", 10);
+    let a = success("CreateMachine", h.create(&old).await)?;
+    let b = success("CreateMachine", h.create(&old).await)?;
+    h.settle(&a.id).await?;
+    h.settle(&b.id).await?;
+    success(
+        "ConfigureMachine",
+        h.configure(&old, &a.id, "cluster-a").await,
+    )?;
+    let mut new = h.successor(&old, "durable-new");
+    new.epoch = 7;
+    success("AdoptDomain", h.adopt(&new).await)?;
+    let create = h.create_request(&new);
+    let c = success(
+        "CreateMachine by the new owner",
+        h.send_create(create.clone()).await,
+    )?;
+    let c = h
+        .settle(&c.id)
+        .await
+        .map(|m| if m.version > c.version { m } else { c })?;
+    let before: Vec<Machine> = h.list_all(&new.domain, "", 0).await?;
+
+    run_restart(command).await?;
+    wait_for_describe(h, timeout).await?;
+
+    let after = h.list_all(&new.domain, "", 0).await?;
+    ensure!(
+        after.len() == before.len(),
+        "after the restart the domain lists {} machines; before it {}",
+        after.len(),
+        before.len()
+    );
+    for machine in &before {
+        let Some(now) = after.iter().find(|m| m.id == machine.id) else {
+            return fail(format!("machine {} is gone after the restart", machine.id));
+        };
+        same_or_newer("across the restart", machine, now)?;
+        ensure!(
+            now.owner_shard == machine.owner_shard && now.cluster == machine.cluster,
+            "across the restart machine {} went from owner {:?} cluster {:?} to owner {:?} cluster {:?}",
+            machine.id,
+            machine.owner_shard,
+            machine.cluster,
+            now.owner_shard,
+            now.cluster
+        );
+    }
+    refusal(
+        "the old owner's ReleaseMachine after the restart (the domain fence must survive it)",
+        h.release(&old, &a.id).await,
+        Reason::StaleGrant,
+    )?;
+    let mut earlier = new.clone();
+    earlier.epoch = 6;
+    refusal(
+        "the new owner's older epoch after the restart (the epoch fence must survive it)",
+        h.create(&earlier).await,
+        Reason::StaleEpoch,
+    )?;
+    let mut replay = create.clone();
+    replay.token = Some(h.token(&new));
+    let replayed = success(
+        "CreateMachine replayed with its key after the restart",
+        h.send_create(replay).await,
+    )?;
+    ensure!(
+        replayed.id == c.id,
+        "a replayed CreateMachine answered {} after the restart; before it {}",
+        replayed.id,
+        c.id
+    );
+    let listed = h.list_all(&new.domain, "", 0).await?;
+    ensure!(
+        listed.len() == before.len(),
+        "replaying a CreateMachine after the restart made a machine: {} listed, {} before",
+        listed.len(),
+        before.len()
+    );
+    h.clean_up(&new).await
+}
+
+async fn run_restart(command: &str) -> Verdict {
+    let output = tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::process::Command::new("sh")
+            .arg("-c")
+            .arg(command)
+            .stdin(std::process::Stdio::null())
+            .output(),
+    )
+    .await;
+    match output {
+        Err(_) => fail(format!("--restart-command {command:?} ran for over 120 s")),
+        Ok(Err(e)) => fail(format!("--restart-command {command:?}: {e}")),
+        Ok(Ok(out)) if !out.status.success() => fail(format!(
+            "--restart-command {command:?} exited with {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
+        Ok(Ok(_)) => Ok(()),
+    }
+}
+
+async fn wait_for_describe(h: &Harness, timeout: Duration) -> Verdict {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match h.call_describe().await {
+            Ok(_) => return Ok(()),
+            Err(status) if Instant::now() >= deadline => {
+                return fail(format!(
+                    "the provider did not answer Describe within {timeout:?} of the restart: {}",
+                    show_status(&status)
+                ));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}

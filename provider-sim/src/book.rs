@@ -1,0 +1,863 @@
+//! The reference provider's rules, as plain data and no I/O: its machines, the newest grant it
+//! accepted per topology domain and per quota, the newest epoch per shard, and the answers it
+//! gave per idempotency key. Each call either changes the book and answers, or refuses with a
+//! [`Reason`] and changes nothing; [`Book::take_changes`] tells the store what to persist.
+//!
+//! Idempotency keys are scoped to the calling shard and name an intent (the request without
+//! its token): a repeat answers what the first call answered and changes nothing, as long as
+//! the caller's token would still be accepted. Only successes are remembered — a refused call
+//! changed nothing, so judging its retry afresh is safe — and only the newest
+//! [`Catalog::idempotency_keys`] of them.
+
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use ballast_protocol::provider::{Reason, compare, describe};
+use ballast_protocol::providerpb::{
+    AdoptDomainRequest, ConfigureMachineRequest, CreateMachineRequest, DeleteMachineRequest,
+    DomainGrant, FencingToken, Grant, Machine, MachineState, QuotaGrant, ReleaseMachineRequest,
+    Resources,
+};
+use prost::Message;
+use serde::{Deserialize, Serialize};
+
+/// What the provider offers; fixed for the life of the process.
+#[derive(Clone, Debug, Default)]
+pub struct Catalog {
+    /// The provider's name.
+    pub name: String,
+    /// The quota machines count against: provider name and regions.
+    pub quota_provider: String,
+    /// Regions.
+    pub regions: Vec<String>,
+    /// Zones, for `Describe`.
+    pub zones: Vec<String>,
+    /// Domains served; empty serves any domain.
+    pub domains: BTreeSet<String>,
+    /// Shapes by name.
+    pub shapes: BTreeMap<String, (Resources, f64)>,
+    /// Capacity types; the first is the default.
+    pub capacity_types: Vec<String>,
+    /// Most live machines at once (`None`: no limit).
+    pub capacity: Option<u64>,
+    /// How many answered idempotency keys are kept (the oldest are forgotten first).
+    pub idempotency_keys: usize,
+}
+
+/// A refusal: why, in words, and the facts a caller may act on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refusal {
+    /// The contract's reason, as the wire names it.
+    pub reason: String,
+    /// For people.
+    pub message: String,
+    /// For programs (the grants compared, the slice, ...).
+    pub metadata: Vec<(String, String)>,
+}
+
+impl Refusal {
+    fn new(reason: Reason, message: impl Into<String>) -> Self {
+        Self {
+            reason: reason.as_str().to_string(),
+            message: message.into(),
+            metadata: Vec::new(),
+        }
+    }
+
+    fn with(mut self, key: &str, value: impl Into<String>) -> Self {
+        self.metadata.push((key.to_string(), value.into()));
+        self
+    }
+
+    /// The contract's reason.
+    pub fn reason(&self) -> Reason {
+        Reason::parse(&self.reason).unwrap_or(Reason::InvalidArgument)
+    }
+}
+
+/// The newest grant accepted for a domain, and the shard it went to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DomainMark {
+    /// Restore epoch of the grant.
+    pub restore_epoch: u64,
+    /// Revision of the grant.
+    pub revision: u64,
+    /// The shard it was given to.
+    pub shard: String,
+}
+
+impl DomainMark {
+    fn grant(&self) -> Grant {
+        Grant {
+            restore_epoch: self.restore_epoch,
+            revision: self.revision,
+        }
+    }
+}
+
+/// A success answered under an idempotency key: the intent it answered (the request without
+/// its token, which every attempt may renew) and the machines answered.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Answer {
+    /// Digest of the request without its token.
+    pub request: u64,
+    /// Machines answered (encoded).
+    pub machines: Vec<Vec<u8>>,
+    /// Order of answering, to forget the oldest first.
+    pub sequence: u64,
+}
+
+/// What changed in the last call, for the store to persist.
+#[derive(Clone, Debug, Default)]
+pub struct Changes {
+    /// Machines written.
+    pub machines: BTreeSet<String>,
+    /// Domain marks written.
+    pub domains: BTreeSet<String>,
+    /// Quota marks written.
+    pub quotas: BTreeSet<(String, String)>,
+    /// Shard epochs written.
+    pub epochs: BTreeSet<String>,
+    /// Idempotency answers written.
+    pub answers: BTreeSet<String>,
+    /// Idempotency answers forgotten.
+    pub forgotten: BTreeSet<String>,
+}
+
+/// Deliberate contract breaches, to show the conformance suite finds them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Breach {
+    /// Keeps the contract.
+    #[default]
+    None,
+    /// Accepts any token (never refuses `stale-grant`, `stale-epoch` or `over-slice`).
+    IgnoreFencing,
+    /// Forgets idempotency keys (a repeated create makes a second machine).
+    NotIdempotent,
+}
+
+/// The provider's state and rules.
+#[derive(Debug, Default)]
+pub struct Book {
+    catalog: Catalog,
+    breach: Breach,
+    machines: BTreeMap<String, Machine>,
+    domains: HashMap<String, DomainMark>,
+    quotas: HashMap<(String, String), Grant>,
+    epochs: HashMap<String, u64>,
+    answers: HashMap<String, Answer>,
+    /// Answered keys by answer sequence, oldest first.
+    answer_order: BTreeMap<u64, String>,
+    answer_sequence: u64,
+    version: u64,
+    changes: Changes,
+}
+
+/// A mutating call's parts the rules look at.
+struct Call<'a> {
+    digest: u64,
+    token: &'a FencingToken,
+}
+
+/// A mutating request: its idempotency key and fencing token, and the rest (its intent).
+trait Mutation: Message + Clone {
+    /// The call's name: part of the intent, since two calls' requests can encode alike (a
+    /// release and a delete of one machine under one key).
+    const CALL: &'static str;
+    fn key(&self) -> &str;
+    fn token(&self) -> Option<&FencingToken>;
+    fn clear_token(&mut self);
+}
+
+macro_rules! mutation {
+    ($($request:ty),*) => {$(
+        impl Mutation for $request {
+            const CALL: &'static str = stringify!($request);
+            fn key(&self) -> &str {
+                &self.idempotency_key
+            }
+            fn token(&self) -> Option<&FencingToken> {
+                self.token.as_ref()
+            }
+            fn clear_token(&mut self) {
+                self.token = None;
+            }
+        }
+    )*};
+}
+
+mutation!(
+    CreateMachineRequest,
+    ConfigureMachineRequest,
+    ReleaseMachineRequest,
+    DeleteMachineRequest,
+    AdoptDomainRequest
+);
+
+/// The intent of a request: the call and its bytes without the token, hashed.
+fn digest<M: Mutation>(request: &M) -> u64 {
+    let mut copy = request.clone();
+    copy.clear_token();
+    let bytes = copy.encode_to_vec();
+    // FNV-1a: stable across processes and versions, unlike the std hasher.
+    M::CALL
+        .as_bytes()
+        .iter()
+        .chain([0u8].iter())
+        .chain(bytes.iter())
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
+        })
+}
+
+fn live(machine: &Machine) -> bool {
+    !matches!(
+        MachineState::try_from(machine.state),
+        Ok(MachineState::Deleted) | Ok(MachineState::Failed)
+    )
+}
+
+fn check_id(what: &str, id: &str) -> Result<(), Refusal> {
+    if id.is_empty() || id.len() > 253 || id.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(Refusal::new(
+            Reason::InvalidArgument,
+            format!("{what} {id:?} must be 1-253 characters without spaces or control characters"),
+        ));
+    }
+    Ok(())
+}
+
+impl Book {
+    /// An empty book for `catalog`.
+    pub fn new(catalog: Catalog, breach: Breach) -> Self {
+        Self {
+            catalog,
+            breach,
+            ..Self::default()
+        }
+    }
+
+    /// The catalog.
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    /// What the last calls changed since the previous take.
+    pub fn take_changes(&mut self) -> Changes {
+        std::mem::take(&mut self.changes)
+    }
+
+    // ---- reads ----
+
+    /// How many machines the book holds (deleted ones included until forgotten).
+    pub fn machine_count(&self) -> usize {
+        self.machines.len()
+    }
+
+    /// One machine.
+    pub fn machine(&self, id: &str) -> Option<&Machine> {
+        self.machines.get(id)
+    }
+
+    /// A domain's mark.
+    pub fn domain_mark(&self, domain: &str) -> Option<&DomainMark> {
+        self.domains.get(domain)
+    }
+
+    /// A quota's mark.
+    pub fn quota_mark(&self, quota: &(String, String)) -> Option<&Grant> {
+        self.quotas.get(quota)
+    }
+
+    /// A shard's newest epoch.
+    pub fn epoch(&self, shard: &str) -> Option<u64> {
+        self.epochs.get(shard).copied()
+    }
+
+    /// An idempotency answer, by its stored key (see [`Book::answer_key`]).
+    pub fn answer(&self, stored: &str) -> Option<&Answer> {
+        self.answers.get(stored)
+    }
+
+    /// The stored key of `shard`'s idempotency key: keys are scoped to the shard.
+    pub fn answer_key(shard: &str, key: &str) -> String {
+        format!("{shard}\0{key}")
+    }
+
+    /// A page of machines after `cursor` (a machine id), matching `domain` and `owner` ("" for
+    /// any); the next cursor, "" after the last page.
+    pub fn list(
+        &self,
+        domain: &str,
+        owner: &str,
+        cursor: &str,
+        limit: usize,
+    ) -> (Vec<Machine>, String) {
+        let limit = limit.clamp(1, 1000);
+        let mut page: Vec<Machine> = self
+            .machines
+            .range::<str, _>((
+                if cursor.is_empty() {
+                    std::ops::Bound::Unbounded
+                } else {
+                    std::ops::Bound::Excluded(cursor)
+                },
+                std::ops::Bound::Unbounded,
+            ))
+            .map(|(_, m)| m)
+            .filter(|m| {
+                (domain.is_empty() || m.domain == domain)
+                    && (owner.is_empty() || m.owner_shard == owner)
+            })
+            .take(limit + 1)
+            .cloned()
+            .collect();
+        let next = if page.len() > limit {
+            page.truncate(limit);
+            page.last().map(|m| m.id.clone()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        (page, next)
+    }
+
+    // ---- restoring from the store ----
+
+    /// Puts back a persisted machine.
+    pub fn restore_machine(&mut self, machine: Machine) {
+        self.version = self.version.max(machine.version);
+        self.machines.insert(machine.id.clone(), machine);
+    }
+
+    /// Puts back a persisted domain mark.
+    pub fn restore_domain(&mut self, domain: String, mark: DomainMark) {
+        self.domains.insert(domain, mark);
+    }
+
+    /// Puts back a persisted quota mark.
+    pub fn restore_quota(&mut self, quota: (String, String), grant: Grant) {
+        self.quotas.insert(quota, grant);
+    }
+
+    /// Puts back a persisted epoch.
+    pub fn restore_epoch(&mut self, shard: String, epoch: u64) {
+        self.epochs.insert(shard, epoch);
+    }
+
+    /// Puts back a persisted answer.
+    pub fn restore_answer(&mut self, stored: String, answer: Answer) {
+        self.answer_sequence = self.answer_sequence.max(answer.sequence);
+        self.answer_order.insert(answer.sequence, stored.clone());
+        self.answers.insert(stored, answer);
+    }
+
+    // ---- calls ----
+
+    /// `CreateMachine`.
+    pub fn create(&mut self, request: &CreateMachineRequest) -> Result<Machine, Refusal> {
+        self.call(request, |book, call| {
+            book.do_create(call.token, request).map(|m| vec![m])
+        })
+        .map(|mut machines| machines.remove(0))
+    }
+
+    /// `ConfigureMachine`.
+    pub fn configure(&mut self, request: &ConfigureMachineRequest) -> Result<Machine, Refusal> {
+        self.call(request, |book, call| {
+            check_id("cluster", &request.cluster)?;
+            let machine = book.owned_machine(call.token, &request.machine_id)?;
+            match (
+                MachineState::try_from(machine.state),
+                machine.cluster.as_str(),
+            ) {
+                (Ok(MachineState::Configured), cluster) if cluster == request.cluster => {}
+                (Ok(MachineState::Idle), _) => {
+                    machine.state = MachineState::Configured as i32;
+                    machine.cluster = request.cluster.clone();
+                }
+                (state, cluster) => {
+                    return Err(Refusal::new(
+                        Reason::InvalidState,
+                        format!(
+                            "machine {} is {state:?} for cluster {cluster:?}; release it first",
+                            request.machine_id
+                        ),
+                    ));
+                }
+            }
+            Ok(vec![book.touch(&request.machine_id)])
+        })
+        .map(|mut machines| machines.remove(0))
+    }
+
+    /// `ReleaseMachine`.
+    pub fn release(&mut self, request: &ReleaseMachineRequest) -> Result<Machine, Refusal> {
+        self.call(request, |book, call| {
+            let machine = book.owned_machine(call.token, &request.machine_id)?;
+            match MachineState::try_from(machine.state) {
+                Ok(MachineState::Idle) => {}
+                Ok(MachineState::Configured) => {
+                    machine.state = MachineState::Idle as i32;
+                    machine.cluster.clear();
+                }
+                state => {
+                    return Err(Refusal::new(
+                        Reason::InvalidState,
+                        format!("machine {} is {state:?}", request.machine_id),
+                    ));
+                }
+            }
+            Ok(vec![book.touch(&request.machine_id)])
+        })
+        .map(|mut machines| machines.remove(0))
+    }
+
+    /// `DeleteMachine`.
+    pub fn delete(&mut self, request: &DeleteMachineRequest) -> Result<Machine, Refusal> {
+        self.call(request, |book, call| {
+            let machine = book.owned_machine(call.token, &request.machine_id)?;
+            if live(machine) {
+                machine.state = MachineState::Deleted as i32;
+                machine.cluster.clear();
+            }
+            Ok(vec![book.touch(&request.machine_id)])
+        })
+        .map(|mut machines| machines.remove(0))
+    }
+
+    /// `AdoptDomain`.
+    pub fn adopt(&mut self, request: &AdoptDomainRequest) -> Result<Vec<Machine>, Refusal> {
+        self.call(request, |book, call| {
+            let domain = book.domain_grant(call.token)?.domain.clone();
+            book.serves(&domain)?;
+            if let Some(quota) = &call.token.quota {
+                book.counts_against(quota)?;
+            }
+            book.fence_domain(call.token)?;
+            if let Some(quota) = &call.token.quota {
+                book.fence_quota(quota)?;
+            }
+            Ok(book
+                .machines
+                .values()
+                .filter(|m| m.domain == domain && live(m))
+                .cloned()
+                .collect())
+        })
+    }
+
+    /// The shared frame of a mutating call: the key and token must be well formed; a
+    /// repeated key answers what it answered if the intent is the same and the token would
+    /// still be accepted (and is refused `idempotency-conflict` if the intent differs);
+    /// otherwise the token's epoch is fenced and `act` runs. A refusal changes nothing, and
+    /// only successes are remembered.
+    fn call<M: Mutation>(
+        &mut self,
+        request: &M,
+        act: impl FnOnce(&mut Self, &Call<'_>) -> Result<Vec<Machine>, Refusal>,
+    ) -> Result<Vec<Machine>, Refusal> {
+        let key = request.key();
+        if key.is_empty() || key.len() > 200 {
+            return Err(Refusal::new(
+                Reason::InvalidArgument,
+                "idempotency_key must be 1-200 characters",
+            ));
+        }
+        let Some(token) = request.token() else {
+            return Err(Refusal::new(
+                Reason::InvalidArgument,
+                "a fencing token is required",
+            ));
+        };
+        check_id("shard_id", &token.shard_id)?;
+        let call = Call {
+            digest: digest(request),
+            token,
+        };
+        let stored = Self::answer_key(&token.shard_id, key);
+        if self.breach != Breach::NotIdempotent
+            && let Some(answer) = self.answers.get(&stored)
+        {
+            if answer.request != call.digest {
+                return Err(Refusal::new(
+                    Reason::IdempotencyConflict,
+                    format!(
+                        "idempotency key {key:?} of shard {} was used for another request",
+                        token.shard_id
+                    ),
+                )
+                .with("key", key));
+            }
+            self.epoch_verdict(token)?;
+            // A replay acts on nothing, so only ownership matters: the slice table it was
+            // counted under is history.
+            if token.domain.is_some() {
+                self.domain_verdict(token)?;
+            }
+            return Ok(answer
+                .machines
+                .iter()
+                .filter_map(|bytes| Machine::decode(bytes.as_slice()).ok())
+                .collect());
+        }
+        // Every refusal below comes before the change it would refuse; what a call changed
+        // before a later refusal (a shard's newer epoch, a domain handed over under a newer
+        // grant) is valid on its own and stays.
+        let machines = self.fence_epoch(token).and_then(|()| act(self, &call))?;
+        self.remember(stored, call.digest, &machines);
+        Ok(machines)
+    }
+
+    fn remember(&mut self, stored: String, digest: u64, machines: &[Machine]) {
+        self.answer_sequence += 1;
+        let sequence = self.answer_sequence;
+        if let Some(old) = self.answers.insert(
+            stored.clone(),
+            Answer {
+                request: digest,
+                machines: machines.iter().map(Message::encode_to_vec).collect(),
+                sequence,
+            },
+        ) {
+            self.answer_order.remove(&old.sequence);
+        }
+        self.answer_order.insert(sequence, stored.clone());
+        self.changes.forgotten.remove(&stored);
+        self.changes.answers.insert(stored);
+        while self.answers.len() > self.catalog.idempotency_keys.max(1) {
+            let Some((_, oldest)) = self.answer_order.pop_first() else {
+                break;
+            };
+            self.answers.remove(&oldest);
+            self.changes.answers.remove(&oldest);
+            self.changes.forgotten.insert(oldest);
+        }
+    }
+
+    fn epoch_verdict(&self, token: &FencingToken) -> Result<(), Refusal> {
+        let seen = self.epochs.get(&token.shard_id).copied().unwrap_or(0);
+        if token.shard_epoch < seen && self.breach != Breach::IgnoreFencing {
+            return Err(Refusal::new(
+                Reason::StaleEpoch,
+                format!(
+                    "shard {} restarted: epoch {} is older than {seen}",
+                    token.shard_id, token.shard_epoch
+                ),
+            )
+            .with("seen", seen.to_string()));
+        }
+        Ok(())
+    }
+
+    fn fence_epoch(&mut self, token: &FencingToken) -> Result<(), Refusal> {
+        self.epoch_verdict(token)?;
+        let seen = self.epochs.get(&token.shard_id).copied().unwrap_or(0);
+        if token.shard_epoch > seen || !self.epochs.contains_key(&token.shard_id) {
+            self.epochs
+                .insert(token.shard_id.clone(), token.shard_epoch);
+            self.changes.epochs.insert(token.shard_id.clone());
+        }
+        Ok(())
+    }
+
+    fn domain_grant<'t>(&self, token: &'t FencingToken) -> Result<&'t DomainGrant, Refusal> {
+        token
+            .domain
+            .as_ref()
+            .filter(|d| !d.domain.is_empty() && d.grant.is_some())
+            .ok_or_else(|| Refusal::new(Reason::InvalidArgument, "the token needs a domain grant"))
+    }
+
+    /// Refuses a quota grant for a quota this provider's machines do not count against.
+    fn counts_against(&self, quota: &QuotaGrant) -> Result<(), Refusal> {
+        if quota.quota_provider != self.catalog.quota_provider
+            || !self.catalog.regions.contains(&quota.region)
+        {
+            return Err(Refusal::new(
+                Reason::InvalidArgument,
+                format!(
+                    "machines here count against quota {}/{:?}, not {}/{}",
+                    self.catalog.quota_provider,
+                    self.catalog.regions,
+                    quota.quota_provider,
+                    quota.region
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn serves(&self, domain: &str) -> Result<(), Refusal> {
+        check_id("domain", domain)?;
+        if !self.catalog.domains.is_empty() && !self.catalog.domains.contains(domain) {
+            return Err(Refusal::new(
+                Reason::InvalidArgument,
+                format!(
+                    "provider {} does not serve domain {domain:?}",
+                    self.catalog.name
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether the token's domain grant may act: refused if older than the newest accepted
+    /// (or equal but given to another shard); `true` if it is newer and so hands the domain
+    /// over.
+    fn domain_verdict(&self, token: &FencingToken) -> Result<bool, Refusal> {
+        let grant = self.domain_grant(token)?;
+        let mark = self.domains.get(&grant.domain);
+        let newest = mark.map(DomainMark::grant);
+        let order = compare(grant.grant.as_ref(), newest.as_ref());
+        let stale = match (order, mark) {
+            (Ordering::Less, _) => true,
+            (Ordering::Equal, Some(mark)) => mark.shard != token.shard_id,
+            _ => false,
+        };
+        if stale && self.breach != Breach::IgnoreFencing {
+            return Err(Refusal::new(
+                Reason::StaleGrant,
+                format!(
+                    "domain {}: grant {} of shard {} is older than grant {} accepted for shard {}",
+                    grant.domain,
+                    describe(grant.grant.as_ref()),
+                    token.shard_id,
+                    describe(newest.as_ref()),
+                    mark.map_or("", |m| m.shard.as_str())
+                ),
+            )
+            .with("domain", grant.domain.clone())
+            .with("presented", describe(grant.grant.as_ref()))
+            .with("accepted", describe(newest.as_ref())));
+        }
+        Ok(order == Ordering::Greater || mark.is_none())
+    }
+
+    /// Accepts the token's domain grant (see [`Book::domain_verdict`]); a newer one hands the
+    /// domain, with every machine in it, to the token's shard, in place.
+    fn fence_domain(&mut self, token: &FencingToken) -> Result<(), Refusal> {
+        if !self.domain_verdict(token)? {
+            return Ok(());
+        }
+        let grant = self.domain_grant(token)?.clone();
+        let domain = grant.domain;
+        let g = grant.grant.unwrap_or_default();
+        self.domains.insert(
+            domain.clone(),
+            DomainMark {
+                restore_epoch: g.restore_epoch,
+                revision: g.revision,
+                shard: token.shard_id.clone(),
+            },
+        );
+        self.changes.domains.insert(domain.clone());
+        let adopted: Vec<String> = self
+            .machines
+            .values()
+            .filter(|m| {
+                m.domain == domain
+                    && live(m)
+                    && (m.owner_shard != token.shard_id || m.owner_grant != Some(g))
+            })
+            .map(|m| m.id.clone())
+            .collect();
+        for id in adopted {
+            if let Some(machine) = self.machines.get_mut(&id) {
+                machine.owner_shard = token.shard_id.clone();
+                machine.owner_grant = Some(g);
+            }
+            self.touch(&id);
+        }
+        Ok(())
+    }
+
+    /// Whether a quota grant may act: refused if its slice table is older than the newest
+    /// accepted.
+    fn quota_verdict(&self, quota: &QuotaGrant) -> Result<(), Refusal> {
+        let key = (quota.quota_provider.clone(), quota.region.clone());
+        let newest = self.quotas.get(&key).copied();
+        if compare(quota.grant.as_ref(), newest.as_ref()) == Ordering::Less
+            && self.breach != Breach::IgnoreFencing
+        {
+            return Err(Refusal::new(
+                Reason::StaleGrant,
+                format!(
+                    "quota {}/{}: slice table {} is older than {} already accepted",
+                    quota.quota_provider,
+                    quota.region,
+                    describe(quota.grant.as_ref()),
+                    describe(newest.as_ref())
+                ),
+            )
+            .with(
+                "quota",
+                format!("{}/{}", quota.quota_provider, quota.region),
+            )
+            .with("presented", describe(quota.grant.as_ref()))
+            .with("accepted", describe(newest.as_ref())));
+        }
+        Ok(())
+    }
+
+    /// Accepts a quota grant (see [`Book::quota_verdict`]), recording a newer slice table.
+    fn fence_quota(&mut self, quota: &QuotaGrant) -> Result<(), Refusal> {
+        self.quota_verdict(quota)?;
+        let key = (quota.quota_provider.clone(), quota.region.clone());
+        if compare(quota.grant.as_ref(), self.quotas.get(&key)) == Ordering::Greater {
+            self.quotas
+                .insert(key.clone(), quota.grant.unwrap_or_default());
+            self.changes.quotas.insert(key);
+        }
+        Ok(())
+    }
+
+    /// The machine a call acts on, after the domain fence (which may hand it to the caller).
+    fn owned_machine(&mut self, token: &FencingToken, id: &str) -> Result<&mut Machine, Refusal> {
+        check_id("machine_id", id)?;
+        let domain = match self.machines.get(id) {
+            Some(m) => m.domain.clone(),
+            None => {
+                return Err(
+                    Refusal::new(Reason::NotFound, format!("no machine {id}")).with("machine", id)
+                );
+            }
+        };
+        let grant = self.domain_grant(token)?;
+        if grant.domain != domain {
+            return Err(Refusal::new(
+                Reason::InvalidArgument,
+                format!(
+                    "machine {id} is in domain {domain}, the token's grant is for {}",
+                    grant.domain
+                ),
+            ));
+        }
+        self.fence_domain(token)?;
+        // The fence passed, so the domain — and every live machine in it — is the caller's.
+        let machine = self.machines.get_mut(id).expect("checked above");
+        Ok(machine)
+    }
+
+    fn do_create(
+        &mut self,
+        token: &FencingToken,
+        request: &CreateMachineRequest,
+    ) -> Result<Machine, Refusal> {
+        check_id("machine_id", &request.machine_id)?;
+        self.serves(&request.domain)?;
+        let Some((resources, _)) = self.catalog.shapes.get(&request.shape).cloned() else {
+            return Err(Refusal::new(
+                Reason::InvalidArgument,
+                format!(
+                    "unknown shape {:?}; Describe lists the shapes",
+                    request.shape
+                ),
+            ));
+        };
+        let capacity_type = if request.capacity_type.is_empty() {
+            self.catalog
+                .capacity_types
+                .first()
+                .cloned()
+                .unwrap_or_default()
+        } else if self.catalog.capacity_types.contains(&request.capacity_type) {
+            request.capacity_type.clone()
+        } else {
+            return Err(Refusal::new(
+                Reason::InvalidArgument,
+                format!("unknown capacity type {:?}", request.capacity_type),
+            ));
+        };
+        let grant = self.domain_grant(token)?;
+        if grant.domain != request.domain {
+            return Err(Refusal::new(
+                Reason::InvalidArgument,
+                format!(
+                    "the token's grant is for domain {}, the machine is for {}",
+                    grant.domain, request.domain
+                ),
+            ));
+        }
+        let Some(quota) = token.quota.clone().filter(|q| q.grant.is_some()) else {
+            return Err(Refusal::new(
+                Reason::InvalidArgument,
+                "a create needs a quota grant",
+            ));
+        };
+        self.counts_against(&quota)?;
+        if self.machines.contains_key(&request.machine_id) {
+            return Err(Refusal::new(
+                Reason::AlreadyExists,
+                format!("machine id {} is taken", request.machine_id),
+            ));
+        }
+        let adopts = self.domain_verdict(token)?;
+        self.quota_verdict(&quota)?;
+        // What the shard would hold of this quota, the domain's machines included if this call
+        // hands them over.
+        let held = self
+            .machines
+            .values()
+            .filter(|m| {
+                (m.owner_shard == token.shard_id || (adopts && m.domain == request.domain))
+                    && m.quota_provider == quota.quota_provider
+                    && m.region == quota.region
+                    && live(m)
+            })
+            .count() as u64;
+        if held + 1 > quota.slice && self.breach != Breach::IgnoreFencing {
+            return Err(Refusal::new(
+                Reason::OverSlice,
+                format!(
+                    "shard {} holds {held} machines of quota {}/{}; its slice is {}",
+                    token.shard_id, quota.quota_provider, quota.region, quota.slice
+                ),
+            )
+            .with("held", held.to_string())
+            .with("slice", quota.slice.to_string()));
+        }
+        if let Some(capacity) = self.catalog.capacity {
+            let used = self.machines.values().filter(|m| live(m)).count() as u64;
+            if used >= capacity {
+                return Err(Refusal::new(
+                    Reason::InsufficientCapacity,
+                    format!("all {capacity} machines are in use"),
+                ));
+            }
+        }
+        self.fence_domain(token)?;
+        self.fence_quota(&quota)?;
+        let machine = Machine {
+            id: request.machine_id.clone(),
+            domain: request.domain.clone(),
+            shape: request.shape.clone(),
+            resources: Some(resources),
+            capacity_type,
+            state: MachineState::Idle as i32,
+            cluster: String::new(),
+            owner_shard: token.shard_id.clone(),
+            owner_grant: grant.grant,
+            quota_provider: quota.quota_provider.clone(),
+            region: quota.region.clone(),
+            last_error: String::new(),
+            version: 0,
+        };
+        self.machines.insert(machine.id.clone(), machine);
+        Ok(self.touch(&request.machine_id))
+    }
+
+    /// Bumps a machine's version and notes it changed; returns it.
+    fn touch(&mut self, id: &str) -> Machine {
+        self.version += 1;
+        let machine = self
+            .machines
+            .get_mut(id)
+            .expect("a machine the call just looked up");
+        machine.version = self.version;
+        self.changes.machines.insert(id.to_string());
+        machine.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests;
