@@ -15,8 +15,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use ballast_protocol::provider::{Reason, compare, describe};
 use ballast_protocol::providerpb::{
     AdoptDomainRequest, ConfigureMachineRequest, CreateMachineRequest, DeleteMachineRequest,
-    DomainGrant, FencingToken, Grant, Machine, MachineState, QuotaGrant, ReleaseMachineRequest,
-    Resources,
+    DescribeResponse, DomainGrant, FencingToken, Grant, ListMachinesRequest, ListMachinesResponse,
+    Machine, MachineState, QuotaGrant, ReleaseMachineRequest, Resources, Shape,
 };
 use prost::Message;
 use serde::{Deserialize, Serialize};
@@ -26,7 +26,9 @@ use serde::{Deserialize, Serialize};
 pub struct Catalog {
     /// The provider's name.
     pub name: String,
-    /// The quota machines count against: provider name and regions.
+    /// The quota machines count against: provider name and regions. Empty counts any quota
+    /// in any region (the simulation built into shard workers, which serves whatever quota the
+    /// fleet gives).
     pub quota_provider: String,
     /// Regions.
     pub regions: Vec<String>,
@@ -282,6 +284,58 @@ impl Book {
     /// The stored key of `shard`'s idempotency key: keys are scoped to the shard.
     pub fn answer_key(shard: &str, key: &str) -> String {
         format!("{shard}\0{key}")
+    }
+
+    /// `Describe`'s answer.
+    pub fn describe(&self, durable: bool) -> DescribeResponse {
+        let catalog = &self.catalog;
+        DescribeResponse {
+            name: catalog.name.clone(),
+            contract: ballast_protocol::provider::CONTRACT.to_string(),
+            quota_provider: catalog.quota_provider.clone(),
+            regions: catalog.regions.clone(),
+            zones: catalog.zones.clone(),
+            domains: catalog.domains.iter().cloned().collect(),
+            shapes: catalog
+                .shapes
+                .iter()
+                .map(|(name, (resources, price))| Shape {
+                    name: name.clone(),
+                    resources: Some(*resources),
+                    price_per_hour: *price,
+                })
+                .collect(),
+            capacity_types: catalog.capacity_types.clone(),
+            durable,
+        }
+    }
+
+    /// `ListMachines`: a limit above 1,000 is refused; 0 means 100.
+    pub fn list_machines(
+        &self,
+        request: &ListMachinesRequest,
+    ) -> Result<ListMachinesResponse, Refusal> {
+        if request.limit > 1000 {
+            return Err(Refusal::new(
+                Reason::InvalidArgument,
+                format!("limit {} is above 1000", request.limit),
+            ));
+        }
+        let limit = if request.limit == 0 {
+            100
+        } else {
+            request.limit as usize
+        };
+        let (machines, next_cursor) = self.list(
+            &request.domain,
+            &request.owner_shard,
+            &request.cursor,
+            limit,
+        );
+        Ok(ListMachinesResponse {
+            machines,
+            next_cursor,
+        })
     }
 
     /// A page of machines after `cursor` (a machine id), matching `domain` and `owner` ("" for
@@ -570,6 +624,10 @@ impl Book {
 
     /// Refuses a quota grant for a quota this provider's machines do not count against.
     fn counts_against(&self, quota: &QuotaGrant) -> Result<(), Refusal> {
+        if self.catalog.quota_provider.is_empty() {
+            check_id("quota provider", &quota.quota_provider)?;
+            return check_id("region", &quota.region);
+        }
         if quota.quota_provider != self.catalog.quota_provider
             || !self.catalog.regions.contains(&quota.region)
         {

@@ -6,12 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ballast_protocol::provider::Reason;
-use ballast_protocol::provider::{CONTRACT, refusal};
+use ballast_protocol::provider::refusal;
 use ballast_protocol::providerpb::provider_server::{Provider, ProviderServer};
 use ballast_protocol::providerpb::{
     AdoptDomainRequest, AdoptDomainResponse, ConfigureMachineRequest, CreateMachineRequest,
     DeleteMachineRequest, DescribeRequest, DescribeResponse, FencingToken, GetMachineRequest,
-    ListMachinesRequest, ListMachinesResponse, MachineResponse, ReleaseMachineRequest, Shape,
+    ListMachinesRequest, ListMachinesResponse, MachineResponse, ReleaseMachineRequest,
 };
 use ballast_tls::identity::{AuthLayer, Policy, identity};
 use ballast_tls::{Identity, Role, ServerTls};
@@ -89,50 +89,20 @@ impl Provider for SimProvider {
         &self,
         _: Request<DescribeRequest>,
     ) -> Result<Response<DescribeResponse>, Status> {
-        let book = self.book.lock();
-        let catalog = book.catalog();
-        Ok(Response::new(DescribeResponse {
-            name: catalog.name.clone(),
-            contract: CONTRACT.to_string(),
-            quota_provider: catalog.quota_provider.clone(),
-            regions: catalog.regions.clone(),
-            zones: catalog.zones.clone(),
-            domains: catalog.domains.iter().cloned().collect(),
-            shapes: catalog
-                .shapes
-                .iter()
-                .map(|(name, (resources, price))| Shape {
-                    name: name.clone(),
-                    resources: Some(*resources),
-                    price_per_hour: *price,
-                })
-                .collect(),
-            capacity_types: catalog.capacity_types.clone(),
-            durable: self.store.is_some(),
-        }))
+        Ok(Response::new(
+            self.book.lock().describe(self.store.is_some()),
+        ))
     }
 
     async fn list_machines(
         &self,
         request: Request<ListMachinesRequest>,
     ) -> Result<Response<ListMachinesResponse>, Status> {
-        let r = request.into_inner();
-        if r.limit > 1000 {
-            return Err(refusal(
-                Reason::InvalidArgument,
-                format!("limit {} is above 1000", r.limit),
-                &[],
-            ));
-        }
-        let limit = if r.limit == 0 { 100 } else { r.limit as usize };
-        let (machines, next_cursor) =
-            self.book
-                .lock()
-                .list(&r.domain, &r.owner_shard, &r.cursor, limit);
-        Ok(Response::new(ListMachinesResponse {
-            machines,
-            next_cursor,
-        }))
+        self.book
+            .lock()
+            .list_machines(request.get_ref())
+            .map(Response::new)
+            .map_err(status)
     }
 
     async fn get_machine(

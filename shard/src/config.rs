@@ -9,7 +9,7 @@ use ballast_tls::TlsArgs;
 use clap::Parser;
 
 use crate::provider::SimulatedConfig;
-use crate::worker::{self, WorkerConfig, WorkerError};
+use crate::worker::{self, ProviderChoice, WorkerConfig, WorkerError};
 
 /// A Ballast shard worker.
 #[derive(Parser, Debug, Clone)]
@@ -60,6 +60,14 @@ pub struct ShardArgs {
         default_value_t = 30_000
     )]
     pub foreign_release_after_ms: u64,
+    /// The provider to drive: `sim` (the simulated provider built in, serving this shard
+    /// alone), `grpc://HOST:PORT` (a provider process, e.g. `ballast-provider-sim`) or
+    /// `https://HOST:PORT` (mutual TLS with the --tls-* flags).
+    #[arg(long, env = "BALLAST_PROVIDER", default_value = "sim")]
+    pub provider: String,
+    /// Deadline of every call to a provider over gRPC, in milliseconds.
+    #[arg(long, env = "BALLAST_PROVIDER_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub provider_timeout_ms: u64,
     /// Simulated provider: latency of every action, in milliseconds.
     #[arg(long, env = "BALLAST_SIM_LATENCY_MS", default_value_t = 20)]
     pub sim_latency_ms: u64,
@@ -115,11 +123,16 @@ impl ShardArgs {
             heartbeat: Duration::from_millis(heartbeat),
             cycle: Duration::from_millis(self.cycle_ms),
             foreign_release_after: Duration::from_millis(self.foreign_release_after_ms),
-            provider: SimulatedConfig {
-                latency: Duration::from_millis(self.sim_latency_ms),
-                failure_rate: self.sim_failure_rate,
-                seed: 1,
+            provider: if self.provider == "sim" {
+                ProviderChoice::Sim(SimulatedConfig {
+                    latency: Duration::from_millis(self.sim_latency_ms),
+                    failure_rate: self.sim_failure_rate,
+                    seed: 1,
+                })
+            } else {
+                ProviderChoice::Grpc(self.provider)
             },
+            provider_timeout: Duration::from_millis(self.provider_timeout_ms),
             http_listen: self.http_listen,
             tls: self
                 .tls

@@ -106,3 +106,20 @@ pub fn cycle_done(elapsed: std::time::Duration) {
 pub fn provision_done(outcome: &'static str) {
     counter!("ballast_shard_provisions_total", "outcome" => outcome).increment(1);
 }
+
+/// A provider call failed: by call and reason (`stale-grant`, `unreachable`, ...).
+pub fn provider_error(call: &'static str, reason: &'static str) {
+    counter!("ballast_shard_provider_errors_total", "call" => call, "reason" => reason)
+        .increment(1);
+}
+
+/// Grants the provider refused as stale, which the shard does not act under now.
+pub fn fenced(domains: usize, quotas: usize) {
+    gauge!("ballast_shard_fenced", "kind" => "domain").set(domains as f64);
+    gauge!("ballast_shard_fenced", "kind" => "quota").set(quotas as f64);
+}
+
+/// Machines that joined the ledger by adopting a domain in place.
+pub fn adopted(machines: usize) {
+    counter!("ballast_shard_adopted_machines_total").increment(machines as u64);
+}

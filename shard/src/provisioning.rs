@@ -9,9 +9,14 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
+use ballast_protocol::provider::Reason;
+use ballast_protocol::providerpb::{
+    AdoptDomainRequest, CreateMachineRequest, DeleteMachineRequest,
+};
+
 use crate::cache::{Assignments, Cache, CacheError};
 use crate::engine::{Engine, Machine, Plan, Provision};
-use crate::provider::{FencingToken, Provider, ProviderError, ProvisionAction};
+use crate::provider::{ProviderError, resources_of, shape_for, token};
 use crate::worker::Worker;
 
 /// What the run loop, the demand API and finishing provisions share: the live engine (which
@@ -35,6 +40,7 @@ impl ShardState {
         let mut engine = Engine::default();
         engine.set_domains(&held.domains);
         engine.set_slices(&held.slices);
+        // Fences are not kept across restarts: the provider refuses a stale grant again.
         let ledger = cache.load_ledger()?;
         for provision in ledger.in_flight.values() {
             engine.provision_started(provision);
@@ -181,26 +187,45 @@ fn carry_out(worker: &Arc<Worker>) -> Result<(), CacheError> {
     Ok(())
 }
 
-/// Returns a machine that stayed foreign, or is surplus to the shard's slice, to the provider,
-/// then forgets it. The provider goes first: a crash in between leaves a ledger record of a
-/// machine the provider no longer has, which is released again after the restart (releases
-/// are idempotent); the other order could leak a machine nobody records.
+/// Returns a machine that stayed foreign, or is surplus to the shard's slice, to the provider
+/// (`DeleteMachine`), then forgets it. The provider goes first: a crash in between leaves a
+/// ledger record of a machine the provider no longer has, which is returned again after the
+/// restart (the call is idempotent by key); the other order could leak a machine nobody
+/// records. A machine the provider says is gone, or now another shard's (its domain was handed
+/// over), is forgotten without more ado: it is no longer this shard's to return.
 async fn release_one(worker: Arc<Worker>, id: String) {
-    let token = FencingToken {
-        shard: worker.id().to_string(),
-        epoch: worker.epoch(),
-        sequence: worker.next_sequence(),
+    let domain = worker.state().engine.machine(&id).map(|m| m.domain);
+    let outcome = match domain {
+        Some(domain) => {
+            let grants = worker.grants_to_return(&domain);
+            let request = DeleteMachineRequest {
+                idempotency_key: format!("delete/{id}"),
+                token: Some(token(&worker.actor(), &grants)),
+                machine_id: id.clone(),
+            };
+            worker.provider().delete(request).await.map(|_| ())
+        }
+        // Forgotten meanwhile (a domain handed over, a restart): nothing left to return.
+        None => Ok(()),
     };
-    let released = worker.provider().release(&id, token).await;
-    let mut state = worker.state();
-    state.releasing.remove(&id);
-    if let Err(e) = released {
-        crate::observe::provision_done("release_failed");
-        tracing::warn!(machine = %id, error = %e, "releasing a machine failed; retried later");
+    let gone = match &outcome {
+        Ok(()) => true,
+        Err(e) => matches!(e.reason(), Some(Reason::NotFound | Reason::StaleGrant)),
+    };
+    if !gone && let Err(e) = &outcome {
+        // Before the engine's lock: a stale grant fences, which takes it.
+        worker.provider_failed("delete", e);
+        tracing::warn!(machine = %id, error = %e, "returning a machine failed; retried later");
+        worker.state().releasing.remove(&id);
         return;
     }
+    let mut state = worker.state();
+    state.releasing.remove(&id);
+    if let Err(e) = &outcome {
+        tracing::info!(machine = %id, reason = e.label(), "the provider no longer counts this machine as ours; forgetting it");
+    }
     if let Err(e) = worker.cache().remove_machines(&[id.as_str()]) {
-        tracing::error!(error = %e, machine = %id, "cannot record a released machine");
+        tracing::error!(error = %e, machine = %id, "cannot record a returned machine");
         return;
     }
     state.engine.remove_machine(&id);
@@ -208,47 +233,80 @@ async fn release_one(worker: Arc<Worker>, id: String) {
     crate::observe::provision_done("released");
 }
 
+/// Why a provision did not make a machine.
+enum NotMade {
+    /// The shard no longer holds the domain or the slice (or acts under neither now).
+    NotHeld(String),
+    /// The provider offers no shape with the resources asked for.
+    NoShape(String),
+    /// The provider refused or failed.
+    Provider(ProviderError),
+}
+
+/// Asks the provider for one machine under the grants the shard holds now.
+async fn create(worker: &Worker, id: &str, provision: &Provision) -> Result<Machine, NotMade> {
+    let Some(grants) = worker.grants(&provision.domain, Some(&provision.quota)) else {
+        return Err(NotMade::NotHeld(format!(
+            "domain {} or the slice of {}/{} is no longer held",
+            provision.domain, provision.quota.0, provision.quota.1
+        )));
+    };
+    let shapes = worker.shapes().await.map_err(NotMade::Provider)?;
+    let Some(shape) = shape_for(&shapes, &provision.resources) else {
+        return Err(NotMade::NoShape(format!(
+            "the provider offers no shape with {} millicores, {} MiB and {} GPUs",
+            provision.resources.cpu_millis,
+            provision.resources.memory_mib,
+            provision.resources.gpus
+        )));
+    };
+    let request = CreateMachineRequest {
+        idempotency_key: format!("create/{id}"),
+        token: Some(token(&worker.actor(), &grants)),
+        machine_id: id.to_string(),
+        domain: provision.domain.clone(),
+        shape: shape.name.clone(),
+        capacity_type: String::new(),
+    };
+    let made = worker
+        .provider()
+        .create(request)
+        .await
+        .map_err(NotMade::Provider)?;
+    let resources = resources_of(&made).map_err(NotMade::Provider)?;
+    Ok(Machine {
+        id: made.id,
+        domain: made.domain,
+        resources,
+        quota: Some(provision.quota.clone()),
+        assigned_to: Some(provision.need.clone()),
+    })
+}
+
 /// Asks the provider for one machine and records the answer.
 async fn provision_one(worker: Arc<Worker>, id: String, provision: Provision) {
-    let token = FencingToken {
-        shard: worker.id().to_string(),
-        epoch: worker.epoch(),
-        sequence: worker.next_sequence(),
-    };
-    let result = worker
-        .provider()
-        .provision(ProvisionAction {
-            token,
-            machine_id: id.clone(),
-            domain: provision.domain.clone(),
-            resources: provision.resources,
-        })
-        .await;
-    let mut state = worker.state();
-    let machine = match result {
-        Ok(made) => Some(Machine {
-            id: made.id,
-            domain: made.domain,
-            resources: made.resources,
-            quota: Some(provision.quota.clone()),
-            assigned_to: Some(provision.need.clone()),
-        }),
-        Err(ProviderError::Fenced { .. }) => {
-            crate::observe::provision_done("fenced");
-            // A newer incarnation of this shard acted on the machine: this process is stale.
-            tracing::error!(machine = %id, "provider fenced this shard; dropping the action");
+    let outcome = create(&worker, &id, &provision).await;
+    let machine = match outcome {
+        Ok(machine) => Some(machine),
+        Err(NotMade::NotHeld(why)) => {
+            crate::observe::provision_done("dropped");
+            tracing::info!(machine = %id, %why, "provision dropped");
             None
         }
-        Err(ProviderError::Failed(reason)) => {
-            crate::observe::provision_done("failed");
+        Err(NotMade::NoShape(why)) => {
+            crate::observe::provision_done("no_shape");
             let pause = worker.provider_backoff().failed();
-            tracing::warn!(
-                machine = %id, %reason, pause_ms = pause.as_millis() as u64,
-                "provisioning failed; new provisions wait, then the need is retried"
-            );
+            tracing::warn!(machine = %id, %why, pause_ms = pause.as_millis() as u64, "provision impossible");
+            None
+        }
+        Err(NotMade::Provider(e)) => {
+            crate::observe::provision_done(e.label());
+            worker.provider_failed("create", &e);
+            tracing::warn!(machine = %id, domain = %provision.domain, error = %e, "provisioning failed");
             None
         }
     };
+    let mut state = worker.state();
     if machine.is_some() {
         crate::observe::provision_done("ok");
         worker.provider_backoff().succeeded();
@@ -266,6 +324,42 @@ async fn provision_one(worker: Arc<Worker>, id: String, provision: Provision) {
             .engine
             .provision_finished(&provision, machine.as_ref());
     }
+}
+
+/// Takes over a domain the shard was just given, with the machines in it (`AdoptDomain`):
+/// machines the ledger does not have yet join it idle, under the quota the provider counts them
+/// against, and the engine puts them to work. Nothing is released or created. Retried while the
+/// domain is held and the provider fails; a refusal of the grant fences the domain.
+pub async fn adopt_domain(worker: Arc<Worker>, domain: String) {
+    let mut pause = Duration::from_millis(100);
+    while let Some(grants) = worker.grants(&domain, None) {
+        let request = AdoptDomainRequest {
+            idempotency_key: format!(
+                "adopt/{domain}/{}/{}",
+                grants.restore_epoch, grants.domain.1
+            ),
+            token: Some(token(&worker.actor(), &grants)),
+        };
+        match worker.provider().adopt(request).await {
+            Ok(machines) => {
+                if let Err(e) = worker.take_over(&domain, machines) {
+                    tracing::error!(error = %e, %domain, "cannot record adopted machines");
+                }
+                break;
+            }
+            Err(e) if e.retryable() => {
+                tracing::debug!(%domain, error = %e, "adopting a domain failed; retrying");
+            }
+            Err(e) => {
+                worker.provider_failed("adopt", &e);
+                tracing::warn!(%domain, error = %e, "adopting a domain was refused");
+                break;
+            }
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(5));
+    }
+    worker.adoption_done(&domain);
 }
 
 /// Exponential backoff for provisioning after provider failures: one failure pauses new

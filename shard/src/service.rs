@@ -29,6 +29,18 @@ fn cache_status(error: CacheError) -> Status {
 
 /// The part of the status that the held assignments make: the revision and restore epoch they
 /// reflect, what is held and the grant of each domain and slice (ADR 0016).
+/// The refused grants, as the status shows them.
+fn fenced_status(fences: &crate::worker::Fences) -> std::collections::HashMap<String, String> {
+    let domains = fences
+        .domains
+        .iter()
+        .map(|(domain, fence)| (format!("domain/{domain}"), fence.why.clone()));
+    let quotas = fences.quotas.iter().map(|((provider, region), fence)| {
+        (format!("quota/{provider}/{region}"), fence.why.clone())
+    });
+    domains.chain(quotas).collect()
+}
+
 fn held_status(a: Assignments) -> pb::ShardStatusResponse {
     let domain_grants = a
         .domains
@@ -78,6 +90,7 @@ impl ShardWorker for StatusService {
             epoch: w.epoch(),
             coordinator_reachable: w.reachable(),
             cache_age_ms,
+            fenced: fenced_status(&w.fences()),
             machines_by_state: w.machines_by_state().into_iter().collect(),
             shortfall: w.shortfall(),
             cycles: w.cycles(),

@@ -4,7 +4,7 @@
 //! its own.
 
 use parking_lot::{Mutex, RwLock};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -17,10 +17,15 @@ use ballast_protocol::pb::shard_worker_server::ShardWorkerServer;
 use tokio::sync::watch;
 use tonic::transport::server::TcpIncoming;
 
+use ballast_protocol::provider::Reason;
+use ballast_protocol::providerpb::{Machine as ProvidedMachine, MachineState, Shape};
+
 use crate::cache::{Assignments, Cache, CacheError};
-use crate::engine::{MachineCounts, Shortfall};
+use crate::engine::{Machine, MachineCounts, QuotaKey, Shortfall};
 use crate::freshness::{Freshness, Verdict};
-use crate::provider::{SimulatedConfig, SimulatedProvider};
+use crate::provider::grpc::GrpcProvider;
+use crate::provider::local::LocalProvider;
+use crate::provider::{Actor, Grants, Provider, ProviderError, SimulatedConfig, resources_of};
 use crate::provisioning::{Backoff, ShardState};
 use crate::security::Security;
 use ballast_tls::TlsFiles;
@@ -49,14 +54,72 @@ pub struct WorkerConfig {
     pub cycle: Duration,
     /// How long a machine may stay foreign before it is returned to the provider.
     pub foreign_release_after: Duration,
-    /// Simulated provider settings (the only provider built in so far).
-    pub provider: SimulatedConfig,
+    /// The provider the shard drives.
+    pub provider: ProviderChoice,
+    /// Deadline of every call to a provider over gRPC.
+    pub provider_timeout: Duration,
     /// HTTP port for metrics and probes; none to serve no HTTP.
     pub http_listen: Option<SocketAddr>,
     /// Mutual TLS everywhere (`None`: plain text).
     pub tls: Option<TlsFiles>,
     /// With TLS, probes answer callers without a client certificate.
     pub http_open_probes: bool,
+}
+
+/// Which provider a shard drives.
+#[derive(Clone, Debug)]
+pub enum ProviderChoice {
+    /// The simulated provider built into the shard (serves this shard alone).
+    Sim(SimulatedConfig),
+    /// A provider process over the contract: `grpc://HOST:PORT` or `https://HOST:PORT`.
+    Grpc(String),
+}
+
+/// Why the shard stopped acting under one of its grants.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fence {
+    /// The grant refused: (restore epoch, revision).
+    pub grant: (u64, u64),
+    /// The provider's words.
+    pub why: String,
+}
+
+/// Grants the provider refused as stale: the shard does not act under them until its watch
+/// brings a newer grant (or takes the domain or slice away).
+#[derive(Clone, Debug, Default)]
+pub struct Fences {
+    /// Domain → the refused grant.
+    pub domains: BTreeMap<String, Fence>,
+    /// Quota → the refused slice table.
+    pub quotas: BTreeMap<QuotaKey, Fence>,
+}
+
+impl Fences {
+    /// Lifts the fences the assignments have moved past: a domain or slice no longer held,
+    /// or held under another grant than the one refused.
+    fn lift(&mut self, held: &Assignments) {
+        self.domains.retain(|domain, fence| {
+            held.domain_grant(domain)
+                .is_some_and(|grant| grant == fence.grant)
+        });
+        self.quotas.retain(|(provider, region), fence| {
+            held.quota_grant(provider, region)
+                .is_some_and(|(epoch, revision, _)| (epoch, revision) == fence.grant)
+        });
+    }
+
+    /// The held domains the shard may act in.
+    fn usable_domains(&self, held: &Assignments) -> std::collections::BTreeSet<String> {
+        held.domains
+            .iter()
+            .filter(|d| !self.domains.contains_key(*d))
+            .cloned()
+            .collect()
+    }
+
+    fn blocked_quotas(&self) -> std::collections::BTreeSet<QuotaKey> {
+        self.quotas.keys().cloned().collect()
+    }
 }
 
 /// Why a worker could not start.
@@ -98,7 +161,15 @@ pub struct Worker {
     summary: Mutex<pb::ShardSummary>,
     cycles: AtomicU64,
     sequence: AtomicU64,
-    provider: SimulatedProvider,
+    provider: Arc<dyn Provider>,
+    /// The provider's shapes, read once it answers `Describe`.
+    shapes: Mutex<Option<Arc<Vec<Shape>>>>,
+    /// Grants the provider refused as stale.
+    fences: Mutex<Fences>,
+    /// The grants of domains the watch took away, for returning the machines left in them.
+    lost_grants: Mutex<HashMap<String, (u64, u64)>>,
+    /// Domains being adopted.
+    adopting: Mutex<HashSet<String>>,
     backoff: Backoff,
     startup: Startup,
 }
@@ -149,8 +220,202 @@ impl Worker {
     }
 
     /// The provider.
-    pub fn provider(&self) -> &SimulatedProvider {
-        &self.provider
+    pub fn provider(&self) -> &dyn Provider {
+        self.provider.as_ref()
+    }
+
+    /// Who acts in the next provider call (a fresh sequence).
+    pub fn actor(&self) -> Actor {
+        Actor {
+            shard: self.config.id.clone(),
+            epoch: self.epoch,
+            sequence: self.next_sequence(),
+        }
+    }
+
+    /// The grants to act under in `domain` (and, for a create, under `quota`): `None` when the
+    /// shard does not hold them now or the provider refused them.
+    pub fn grants(&self, domain: &str, quota: Option<&QuotaKey>) -> Option<Grants> {
+        let held = self.assignments.read();
+        let fences = self.fences.lock();
+        if fences.domains.contains_key(domain) {
+            return None;
+        }
+        let (restore_epoch, revision) = held.domain_grant(domain)?;
+        let quota = match quota {
+            Some(key) => {
+                if fences.quotas.contains_key(key) {
+                    return None;
+                }
+                let (_, table, slice) = held.quota_grant(&key.0, &key.1)?;
+                Some((key.0.clone(), key.1.clone(), table, slice))
+            }
+            None => None,
+        };
+        Some(Grants {
+            restore_epoch,
+            domain: (domain.to_string(), revision),
+            quota,
+        })
+    }
+
+    /// The grants to return a machine of `domain` under: the domain's grant if it is held,
+    /// else the last one the shard held (a provider that has since accepted the new owner's
+    /// refuses it, and the machine is the new owner's), else the zero grant.
+    pub fn grants_to_return(&self, domain: &str) -> Grants {
+        let held = self.assignments.read();
+        let (restore_epoch, revision) = held
+            .domain_grant(domain)
+            .or_else(|| self.lost_grants.lock().get(domain).copied())
+            .unwrap_or((held.restore_epoch, 0));
+        Grants {
+            restore_epoch,
+            domain: (domain.to_string(), revision),
+            quota: None,
+        }
+    }
+
+    /// The provider's shapes (asked once, when first needed).
+    pub async fn shapes(&self) -> Result<Arc<Vec<Shape>>, ProviderError> {
+        if let Some(shapes) = self.shapes.lock().clone() {
+            return Ok(shapes);
+        }
+        let described = self.provider.describe().await?;
+        if described.contract != ballast_protocol::provider::CONTRACT {
+            return Err(ProviderError::Contract(format!(
+                "the provider serves contract {:?}, not {}",
+                described.contract,
+                ballast_protocol::provider::CONTRACT
+            )));
+        }
+        let shapes = Arc::new(described.shapes);
+        *self.shapes.lock() = Some(shapes.clone());
+        Ok(shapes)
+    }
+
+    /// Acts on a failed provider call: a stale grant fences what it names (the shard stops
+    /// acting under it at once and waits for its watch); failures back provisioning off.
+    pub fn provider_failed(&self, call: &'static str, error: &ProviderError) {
+        crate::observe::provider_error(call, error.label());
+        match error {
+            ProviderError::Refused {
+                reason: Reason::StaleGrant,
+                message,
+                metadata,
+            } => {
+                if let Some(domain) = metadata.get("domain") {
+                    self.fence_domain(domain, message);
+                } else if let Some((provider, region)) =
+                    metadata.get("quota").and_then(|q| q.split_once('/'))
+                {
+                    self.fence_quota(&(provider.to_string(), region.to_string()), message);
+                } else {
+                    tracing::error!(%call, %message, "a stale-grant refusal that names no domain or quota");
+                    self.backoff.failed();
+                }
+            }
+            ProviderError::Refused {
+                reason: Reason::StaleEpoch,
+                message,
+                ..
+            } => {
+                tracing::error!(%call, %message, "the provider has seen a newer incarnation of this shard");
+            }
+            _ => {
+                self.backoff.failed();
+            }
+        }
+    }
+
+    fn fence_domain(&self, domain: &str, why: &str) {
+        let held = self.assignments.read();
+        let Some(grant) = held.domain_grant(domain) else {
+            return;
+        };
+        let mut fences = self.fences.lock();
+        let fence = Fence {
+            grant,
+            why: why.to_string(),
+        };
+        if fences.domains.insert(domain.to_string(), fence).is_none() {
+            tracing::error!(%domain, %why, "the provider accepted a newer grant for this domain: not acting in it until the watch catches up");
+            crate::observe::fenced(fences.domains.len(), fences.quotas.len());
+            self.state()
+                .engine
+                .set_domains(&fences.usable_domains(&held));
+        }
+    }
+
+    fn fence_quota(&self, quota: &QuotaKey, why: &str) {
+        let held = self.assignments.read();
+        let Some((epoch, revision, _)) = held.quota_grant(&quota.0, &quota.1) else {
+            return;
+        };
+        let mut fences = self.fences.lock();
+        let fence = Fence {
+            grant: (epoch, revision),
+            why: why.to_string(),
+        };
+        if fences.quotas.insert(quota.clone(), fence).is_none() {
+            tracing::error!(provider = %quota.0, region = %quota.1, %why, "the provider accepted a newer slice table: no creates under this quota until the watch brings it");
+            crate::observe::fenced(fences.domains.len(), fences.quotas.len());
+            self.state().engine.block_quotas(&fences.blocked_quotas());
+        }
+    }
+
+    /// The grants refused now.
+    pub fn fences(&self) -> Fences {
+        self.fences.lock().clone()
+    }
+
+    /// Puts the machines of an adopted domain into the ledger: those it lacks join idle, under
+    /// the quota the provider counts them against. Returns how many joined.
+    pub fn take_over(
+        &self,
+        domain: &str,
+        machines: Vec<ProvidedMachine>,
+    ) -> Result<usize, CacheError> {
+        let mut state = self.state();
+        let mut joining = Vec::new();
+        for machine in machines {
+            let live = !matches!(
+                MachineState::try_from(machine.state),
+                Ok(MachineState::Deleted) | Ok(MachineState::Failed)
+            );
+            if !live || machine.domain != domain || state.engine.machine(&machine.id).is_some() {
+                continue;
+            }
+            let resources = match resources_of(&machine) {
+                Ok(resources) => resources,
+                Err(e) => {
+                    tracing::warn!(machine = %machine.id, error = %e, "skipping an adopted machine");
+                    continue;
+                }
+            };
+            joining.push(Machine {
+                id: machine.id,
+                domain: machine.domain,
+                resources,
+                quota: Some((machine.quota_provider, machine.region)),
+                assigned_to: None,
+            });
+        }
+        if joining.is_empty() {
+            return Ok(0);
+        }
+        let records: Vec<&Machine> = joining.iter().collect();
+        self.cache.store_machines(&records, &[])?;
+        for machine in &joining {
+            state.engine.upsert_machine(machine);
+        }
+        tracing::info!(%domain, machines = joining.len(), "adopted the domain's machines in place");
+        crate::observe::adopted(joining.len());
+        Ok(joining.len())
+    }
+
+    /// Marks an adoption finished (another may start when the domain is granted again).
+    pub fn adoption_done(&self, domain: &str) {
+        self.adopting.lock().remove(domain);
     }
 
     /// Backoff of new provisions after provider failures.
@@ -252,24 +517,53 @@ impl Worker {
         verdict
     }
 
-    /// Applies an update if it is newer than what is held, making it durable first.
-    fn apply(&self, update: &pb::AssignmentUpdate) -> Result<bool, CacheError> {
+    /// Applies an update if it is newer than what is held, making it durable first. Returns
+    /// the domains granted by it (new, or under a newer grant), to adopt; `None` for an update
+    /// that was not newer.
+    fn apply(&self, update: &pb::AssignmentUpdate) -> Result<Option<Vec<String>>, CacheError> {
         let mut held = self.assignments.write();
         let mut next = held.clone();
         if !next.apply(update) {
-            return Ok(false);
+            return Ok(None);
         }
         self.cache.store(&held, &next)?;
+        let granted: Vec<String> = next
+            .domains
+            .iter()
+            .filter(|d| held.domain_grant(d) != next.domain_grant(d))
+            .cloned()
+            .collect();
         {
+            let mut lost = self.lost_grants.lock();
+            for domain in held.domains.difference(&next.domains) {
+                if let Some(grant) = held.domain_grant(domain) {
+                    lost.insert(domain.clone(), grant);
+                }
+            }
+            for domain in &next.domains {
+                lost.remove(domain);
+            }
+        }
+        {
+            let mut fences = self.fences.lock();
+            fences.lift(&next);
+            crate::observe::fenced(fences.domains.len(), fences.quotas.len());
             let mut state = self.state();
-            state.engine.set_domains(&next.domains);
+            state.engine.set_domains(&fences.usable_domains(&next));
             state.engine.set_slices(&next.slices);
+            state.engine.block_quotas(&fences.blocked_quotas());
             for cluster in held.clusters.difference(&next.clusters) {
                 state.engine.set_demand(cluster, Vec::new());
             }
         }
         *held = next;
-        Ok(true)
+        let mut adopting = self.adopting.lock();
+        Ok(Some(
+            granted
+                .into_iter()
+                .filter(|d| adopting.insert(d.clone()))
+                .collect(),
+        ))
     }
 
     fn remember_cluster(&self) {
@@ -386,7 +680,20 @@ pub async fn start(config: WorkerConfig) -> Result<RunningWorker, WorkerError> {
         engine_load_ms = startup.engine_load.as_millis() as u64,
         "shard worker starting from its cache"
     );
-    let provider = SimulatedProvider::new(config.provider.clone());
+    let provider: Arc<dyn Provider> = match &config.provider {
+        ProviderChoice::Sim(simulated) => Arc::new(
+            LocalProvider::open(None, simulated.clone())
+                .map_err(|e| WorkerError::Config(e.to_string()))?,
+        ),
+        ProviderChoice::Grpc(endpoint) => Arc::new(
+            GrpcProvider::new(
+                endpoint,
+                security.as_ref().map(|s| &s.client),
+                config.provider_timeout,
+            )
+            .map_err(|e| WorkerError::Config(e.to_string()))?,
+        ),
+    };
     let freshness = Freshness::new(config.lease_ttl, HOLD_LIMIT);
     let worker = Arc::new(Worker {
         config,
@@ -400,6 +707,10 @@ pub async fn start(config: WorkerConfig) -> Result<RunningWorker, WorkerError> {
         wake_watch: tokio::sync::Notify::new(),
         client,
         provider,
+        shapes: Mutex::new(None),
+        fences: Mutex::new(Fences::default()),
+        lost_grants: Mutex::new(HashMap::new()),
+        adopting: Mutex::new(HashSet::new()),
         state: Mutex::new(state),
         shortfalls: Mutex::new(Vec::new()),
         summary: Mutex::default(),
@@ -476,12 +787,21 @@ async fn watch_loop(worker: Arc<Worker>, mut stopped: watch::Receiver<bool>) {
                         Ok(Some(update)) => {
                             worker.touch();
                             match worker.apply(&update) {
-                                Ok(true) => tracing::debug!(
-                                    revision = update.revision,
-                                    full = update.full,
-                                    "assignments updated"
-                                ),
-                                Ok(false) => {}
+                                Ok(Some(granted)) => {
+                                    tracing::debug!(
+                                        revision = update.revision,
+                                        full = update.full,
+                                        granted = granted.len(),
+                                        "assignments updated"
+                                    );
+                                    for domain in granted {
+                                        tokio::spawn(crate::provisioning::adopt_domain(
+                                            worker.clone(),
+                                            domain,
+                                        ));
+                                    }
+                                }
+                                Ok(None) => {}
                                 Err(e) => {
                                     tracing::error!(error = %e, "cannot persist assignments; stopping the watch");
                                     return;

@@ -180,6 +180,19 @@ impl TestCluster {
         az: &str,
         extra: &[&str],
     ) -> ShardProcess {
+        self.spawn_shard_via(program, leading_args, id, az, self.endpoints(), extra)
+    }
+
+    /// [`TestCluster::spawn_shard`] reaching the coordinators at `coordinators` (proxies, say).
+    pub fn spawn_shard_via(
+        &self,
+        program: &Path,
+        leading_args: &[&str],
+        id: &str,
+        az: &str,
+        coordinators: Vec<String>,
+        extra: &[&str],
+    ) -> ShardProcess {
         let mut shard = ShardProcess {
             id: id.to_string(),
             az: az.to_string(),
@@ -188,7 +201,7 @@ impl TestCluster {
             http_address: format!("127.0.0.1:{}", free_port()),
             program: program.to_path_buf(),
             leading_args: leading_args.iter().map(|s| s.to_string()).collect(),
-            coordinators: self.endpoints(),
+            coordinators,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             log: self.dir().join(format!("shard-{id}.log")),
             child: None,

@@ -6,9 +6,17 @@ use ballast_protocol::providerpb::{Grant, MachineState};
 use crate::ensure;
 use crate::harness::{Harness, Verdict, live, refusal, success};
 
+/// Which grant a `stale-grant` refusal is about: `domain` names the domain, `quota` names
+/// `provider/region`; a shard needs to know which of its grants to stop acting under.
+enum Stale<'a> {
+    Domain(&'a str),
+    Quota(String),
+}
+
 fn names_both(
     what: &str,
     metadata: &std::collections::BTreeMap<String, String>,
+    stale: Stale<'_>,
     presented: &Grant,
     accepted: &Grant,
 ) -> Verdict {
@@ -16,6 +24,14 @@ fn names_both(
     ensure!(
         metadata.get("presented") == Some(&p) && metadata.get("accepted") == Some(&a),
         "{what}: a stale-grant refusal names both grants in its metadata (presented={p}, accepted={a}); got {metadata:?}"
+    );
+    let (key, value) = match stale {
+        Stale::Domain(domain) => ("domain", domain.to_string()),
+        Stale::Quota(quota) => ("quota", quota),
+    };
+    ensure!(
+        metadata.get(key) == Some(&value),
+        "{what}: a stale-grant refusal says which grant is stale ({key}={value}); got {metadata:?}"
     );
     Ok(())
 }
@@ -45,6 +61,7 @@ pub async fn domain(h: &Harness) -> Verdict {
     names_both(
         "AdoptDomain under an equal grant",
         &metadata,
+        Stale::Domain(&old.domain),
         &old.grant,
         &old.grant,
     )?;
@@ -106,6 +123,7 @@ pub async fn domain(h: &Harness) -> Verdict {
     names_both(
         "the old owner's ReleaseMachine",
         &metadata,
+        Stale::Domain(&old.domain),
         &old.grant,
         &new.grant,
     )?;
@@ -204,6 +222,10 @@ pub async fn quota(h: &Harness) -> Verdict {
     names_both(
         "CreateMachine under an older slice table",
         &metadata,
+        Stale::Quota(format!(
+            "{}/{}",
+            actor.quota.quota_provider, actor.quota.region
+        )),
         &stale_table,
         &Grant {
             restore_epoch: h.run(),

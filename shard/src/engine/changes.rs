@@ -77,12 +77,31 @@ impl Engine {
         for s in self.slice.iter_mut() {
             *s = 0;
         }
-        self.sliced.clear();
         for (key, amount) in slices {
             let q = self.quota_id(key);
             self.slice[q as usize] = *amount;
-            self.sliced.push(q);
         }
+        self.refresh_sliced();
+    }
+
+    /// Holds new provisions back under these quotas (their slices still count, so nothing
+    /// becomes surplus): the provider refused the slice table the shard holds for them.
+    pub fn block_quotas(&mut self, blocked: &BTreeSet<QuotaKey>) {
+        self.blocked_quotas = blocked.clone();
+        self.refresh_sliced();
+    }
+
+    fn refresh_sliced(&mut self) {
+        self.sliced = self
+            .quota_keys
+            .iter()
+            .enumerate()
+            .filter(|(q, key)| self.slice[*q] > 0 && !self.blocked_quotas.contains(*key))
+            .map(|(q, _)| q as u32)
+            .collect();
+        // In key order, as before: spreading provisions over quotas stays deterministic.
+        self.sliced
+            .sort_by(|a, b| self.quota_keys[*a as usize].cmp(&self.quota_keys[*b as usize]));
     }
 
     /// Counts a provision as in flight: it uses its quota and serves its need until it finishes.

@@ -97,8 +97,11 @@ pub struct Engine {
     pub(super) quota_keys: Vec<QuotaKey>,
     /// The shard's slice of each quota (0 without one).
     pub(super) slice: Vec<u64>,
-    /// Quotas with a slice, in key order.
+    /// Quotas with a slice that may take new provisions, in key order.
     pub(super) sliced: Vec<u32>,
+    /// Quotas whose provisions are held back: the provider refused the slice table the shard
+    /// holds (a newer one was accepted), so creates wait for the newer table to arrive.
+    pub(super) blocked_quotas: BTreeSet<QuotaKey>,
     /// Machines in the ledger counted against each quota.
     pub(super) quota_held: Vec<u64>,
     /// Provisions in flight against each quota.

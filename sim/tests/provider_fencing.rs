@@ -1,0 +1,289 @@
+//! Fencing at the provider and handover in place, with real processes: a coordinator cluster, a
+//! provider process (`ballast-sim provider`) shared by two shard workers, and a shard cut off
+//! from the coordinator — only from the coordinator — for longer than its lease. Its domain,
+//! cluster and slice move to the other shard, which adopts the domain's machines at the
+//! provider without releasing or creating any; the cut-off shard keeps trying to act and the
+//! provider refuses it. The provider's own record is the judge. Run twice: once as is, once
+//! with the provider SIGKILLed and restarted in the middle of the partition.
+
+use std::path::Path;
+use std::time::Duration;
+
+use ballast_protocol::pb;
+use ballast_protocol::pb::command::Command as Wire;
+use ballast_protocol::providerpb::provider_client::ProviderClient;
+use ballast_protocol::providerpb::{ListMachinesRequest, Machine, MachineState};
+use ballast_testkit::{
+    ClusterOptions, ProviderProcess, Proxy, ShardProcess, TestCluster, wait_for,
+};
+
+const DOMAIN: &str = "zone=az-a/rack=r1";
+
+fn program() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_ballast-sim"))
+}
+
+fn cmd(inner: Wire) -> pb::Command {
+    pb::Command {
+        command: Some(inner),
+    }
+}
+
+fn live(machine: &Machine) -> bool {
+    !matches!(
+        MachineState::try_from(machine.state),
+        Ok(MachineState::Deleted) | Ok(MachineState::Failed)
+    )
+}
+
+/// Every machine the provider records, live or not.
+async fn provider_record(endpoint: &str) -> Vec<Machine> {
+    let mut client = ProviderClient::connect(format!("http://{endpoint}"))
+        .await
+        .expect("connecting to the provider");
+    let mut all = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let page = client
+            .list_machines(ListMachinesRequest {
+                domain: String::new(),
+                owner_shard: String::new(),
+                cursor: cursor.clone(),
+                limit: 1000,
+            })
+            .await
+            .expect("listing the provider's machines")
+            .into_inner();
+        all.extend(page.machines);
+        if page.next_cursor.is_empty() {
+            return all;
+        }
+        cursor = page.next_cursor;
+    }
+}
+
+/// Live machines in the domain by owner.
+fn owners(record: &[Machine]) -> Vec<(String, String)> {
+    let mut owners: Vec<(String, String)> = record
+        .iter()
+        .filter(|m| live(m) && m.domain == DOMAIN)
+        .map(|m| (m.id.clone(), m.owner_shard.clone()))
+        .collect();
+    owners.sort();
+    owners
+}
+
+async fn submit(shard: &ShardProcess, count: u32) -> Result<(), tonic::Status> {
+    shard
+        .submit_demand(
+            "c1",
+            count,
+            pb::ResourceSpec {
+                cpu_millis: 1000,
+                memory_mib: 1024,
+                gpus: 0,
+            },
+        )
+        .await
+}
+
+async fn a_cut_off_shard_is_fenced_at_the_provider_and_its_domain_handed_over_in_place(
+    restart_provider_midway: bool,
+) {
+    let cluster = TestCluster::start_with(ClusterOptions::sim(program()), 3).await;
+    let provider = ProviderProcess::start(
+        &format!("'{}' provider", program().display()),
+        "--name sim --region local",
+    );
+    let grpc = format!("grpc://{}", provider.endpoint);
+    let mut proxies = Vec::new();
+    for endpoint in cluster.endpoints() {
+        proxies.push(Proxy::start(&endpoint).await);
+    }
+    let flags = [
+        "--lease-ms",
+        "1500",
+        "--provider",
+        grpc.as_str(),
+        "--foreign-release-after-ms",
+        "300",
+        "--sim-latency-ms",
+        "0",
+    ];
+    let cut_off = cluster.spawn_shard_via(
+        program(),
+        &["shard"],
+        "sa",
+        "az-a",
+        proxies.iter().map(|p| p.address.clone()).collect(),
+        &flags,
+    );
+    let other = cluster.spawn_sim_shard(program(), "sb", "az-a", &flags);
+    cluster.wait_for_shards(2).await;
+    let client = cluster.client();
+    client
+        .write(cmd(Wire::Batch(pb::Batch {
+            commands: vec![
+                cmd(Wire::SetProvider(pb::SetProvider {
+                    name: "sim".into(),
+                    endpoint: grpc.clone(),
+                    region: "local".into(),
+                    capacity_types: vec![],
+                })),
+                cmd(Wire::SetQuota(pb::SetQuota {
+                    provider: "sim".into(),
+                    region: "local".into(),
+                    total: 20,
+                    slices: vec![
+                        pb::QuotaSlice {
+                            shard: "sa".into(),
+                            amount: 10,
+                        },
+                        pb::QuotaSlice {
+                            shard: "sb".into(),
+                            amount: 10,
+                        },
+                    ],
+                })),
+                cmd(Wire::BindCluster(pb::BindCluster {
+                    cluster: "c1".into(),
+                    shard: "sa".into(),
+                })),
+                cmd(Wire::AssignDomains(pb::AssignDomains {
+                    assignments: vec![pb::DomainAssignment {
+                        domain: DOMAIN.into(),
+                        shard: "sa".into(),
+                    }],
+                    allow_move: false,
+                })),
+            ],
+        })))
+        .await
+        .expect("provider, quota, binding and domain");
+    cut_off
+        .wait_until("its domain, cluster and slice", |st| {
+            st.domains.iter().any(|d| d == DOMAIN)
+                && !st.clusters.is_empty()
+                && !st.slices.is_empty()
+        })
+        .await;
+    submit(&cut_off, 3).await.expect("demand at sa");
+    let before = wait_for(
+        "sa's three machines at the provider",
+        Duration::from_secs(30),
+        || async {
+            let record = provider_record(&provider.endpoint).await;
+            let owned = owners(&record);
+            (owned.len() == 3 && owned.iter().all(|(_, owner)| owner == "sa")).then_some(owned)
+        },
+    )
+    .await;
+
+    // The partition: sa reaches neither replica; the coordinator is healthy.
+    for proxy in &proxies {
+        proxy.cut();
+    }
+    if restart_provider_midway {
+        provider.restart();
+    }
+    // sa's lease lapses; the rebalancer gives the domain, cluster and slice to sb, which adopts
+    // the domain's machines at the provider.
+    other
+        .wait_until("the domain and cluster of the cut-off shard", |st| {
+            st.domains.iter().any(|d| d == DOMAIN) && st.clusters.iter().any(|c| c == "c1")
+        })
+        .await;
+    let handed = wait_for(
+        "the provider to record sb as the owner of the domain's machines",
+        Duration::from_secs(30),
+        || async {
+            let owned = owners(&provider_record(&provider.endpoint).await);
+            owned
+                .iter()
+                .all(|(_, owner)| owner == "sb")
+                .then_some(owned)
+        },
+    )
+    .await;
+    let ids =
+        |owned: &[(String, String)]| owned.iter().map(|(id, _)| id.clone()).collect::<Vec<_>>();
+    assert_eq!(
+        ids(&handed),
+        ids(&before),
+        "the handover moved exactly the machines that were there: none released, none created"
+    );
+    // sb serves the cluster from the adopted machines.
+    submit(&other, 3).await.expect("demand at sb");
+    other
+        .wait_until("c1 served from the adopted machines", |st| {
+            ballast_testkit::assigned_machines(st) == 3
+        })
+        .await;
+
+    // sa, still serving from its cache, is asked for more and tries to act in the domain: the
+    // provider refuses its grant, and sa stops acting there and says why.
+    submit(&cut_off, 6)
+        .await
+        .expect("more demand at the cut-off shard");
+    let fenced = cut_off
+        .wait_until("the provider's refusal to fence the domain", |st| {
+            st.fenced.contains_key(&format!("domain/{DOMAIN}"))
+        })
+        .await;
+    assert!(
+        fenced.fenced[&format!("domain/{DOMAIN}")].contains("older than"),
+        "{:?}",
+        fenced.fenced
+    );
+    let record = provider_record(&provider.endpoint).await;
+    assert_eq!(
+        owners(&record),
+        handed,
+        "after the new owner's grant was accepted, the cut-off shard created, released or took nothing"
+    );
+    let live_under_quota = record
+        .iter()
+        .filter(|m| live(m) && m.quota_provider == "sim" && m.region == "local")
+        .count();
+    assert!(
+        live_under_quota <= 20,
+        "the quota is over-committed at the provider: {live_under_quota} live machines, total 20"
+    );
+
+    // The partition heals: sa learns it lost the domain and forgets its machines there without
+    // returning them (they are sb's now).
+    for proxy in &proxies {
+        proxy.heal();
+    }
+    cut_off
+        .wait_until(
+            "the lost domain dropped from the cache and the ledger",
+            |st| {
+                !st.domains.iter().any(|d| d == DOMAIN)
+                    && st.fenced.is_empty()
+                    && st.machines_by_state.values().sum::<u64>() == 0
+            },
+        )
+        .await;
+    let record = provider_record(&provider.endpoint).await;
+    assert_eq!(
+        owners(&record),
+        handed,
+        "the old owner returned nothing after the heal: the machines stay with the new owner"
+    );
+    let log = cut_off.log();
+    assert!(
+        log.contains("newer grant for this domain"),
+        "the cut-off shard logs why it stopped acting:\n{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_cut_off_from_a_healthy_coordinator_is_fenced_at_the_provider() {
+    a_cut_off_shard_is_fenced_at_the_provider_and_its_domain_handed_over_in_place(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fence_holds_across_a_provider_restart_in_the_partition() {
+    a_cut_off_shard_is_fenced_at_the_provider_and_its_domain_handed_over_in_place(true).await;
+}
