@@ -119,6 +119,14 @@ pub fn fenced(domains: usize, quotas: usize) {
     gauge!("ballast_shard_fenced", "kind" => "quota").set(quotas as f64);
 }
 
+/// A reconciliation of the ledger with the provider: machines that joined and were forgotten.
+pub fn reconciled(joined: usize, forgotten: usize) {
+    counter!("ballast_shard_reconciled_machines_total", "change" => "joined")
+        .increment(joined as u64);
+    counter!("ballast_shard_reconciled_machines_total", "change" => "forgotten")
+        .increment(forgotten as u64);
+}
+
 /// Machines that joined the ledger by adopting a domain in place.
 pub fn adopted(machines: usize) {
     counter!("ballast_shard_adopted_machines_total").increment(machines as u64);

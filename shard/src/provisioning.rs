@@ -11,7 +11,8 @@ use tokio::sync::watch;
 
 use ballast_protocol::provider::Reason;
 use ballast_protocol::providerpb::{
-    AdoptDomainRequest, CreateMachineRequest, DeleteMachineRequest,
+    AdoptDomainRequest, CreateMachineRequest, DeleteMachineRequest, ListMachinesRequest,
+    Machine as ProvidedMachine, MachineState,
 };
 
 use crate::cache::{Assignments, Cache, CacheError};
@@ -342,8 +343,16 @@ pub async fn adopt_domain(worker: Arc<Worker>, domain: String) {
         };
         match worker.provider().adopt(request).await {
             Ok(machines) => {
-                if let Err(e) = worker.take_over(&domain, machines) {
-                    tracing::error!(error = %e, %domain, "cannot record adopted machines");
+                let here = machines.into_iter().filter(|m| m.domain == domain);
+                match worker.join_ledger(here) {
+                    Ok(0) => {}
+                    Ok(joined) => {
+                        tracing::info!(%domain, machines = joined, "adopted the domain's machines in place");
+                        crate::observe::adopted(joined);
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, %domain, "cannot record adopted machines")
+                    }
                 }
                 break;
             }
@@ -360,6 +369,127 @@ pub async fn adopt_domain(worker: Arc<Worker>, domain: String) {
         pause = (pause * 2).min(Duration::from_secs(5));
     }
     worker.adoption_done(&domain);
+}
+
+/// How a reconciliation with the provider ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Reconciled {
+    /// The provider does not keep machines across its own restarts (the built-in one): its
+    /// list says nothing about what the shard's cache holds.
+    NotDurable,
+    /// Machines that joined the ledger and machines it forgot.
+    Done {
+        /// The provider's machines of this shard the ledger lacked.
+        joined: usize,
+        /// Ledger machines the provider no longer counts as this shard's.
+        forgotten: usize,
+    },
+}
+
+/// Most pages a listing may take before the provider is judged to be cycling.
+const MAX_LIST_PAGES: usize = 100_000;
+
+/// Makes the ledger agree with the provider about which machines are this shard's: the
+/// provider is the truth about machines (the cache is the truth about grants). Machines it
+/// lists as this shard's that the ledger lacks join it; ledger machines it does not list (gone,
+/// or handed to another shard) are forgotten — only those the ledger held before the listing
+/// began, so a machine made meanwhile is never mistaken for a missing one.
+pub async fn reconcile_once(worker: &Worker) -> Result<Reconciled, ProviderError> {
+    if !worker.provider().describe().await?.durable {
+        return Ok(Reconciled::NotDurable);
+    }
+    let before: Vec<String> = worker
+        .state()
+        .engine
+        .allocations("")
+        .into_iter()
+        .map(|m| m.id)
+        .collect();
+    let mut listed: HashMap<String, ProvidedMachine> = HashMap::new();
+    let mut cursor = String::new();
+    for _ in 0..MAX_LIST_PAGES {
+        let page = worker
+            .provider()
+            .list(ListMachinesRequest {
+                domain: String::new(),
+                owner_shard: worker.id().to_string(),
+                cursor: cursor.clone(),
+                limit: 1000,
+            })
+            .await?;
+        for machine in page.machines {
+            if machine.owner_shard != worker.id() {
+                return Err(ProviderError::Contract(format!(
+                    "listing the machines of shard {} answered machine {} of {:?}",
+                    worker.id(),
+                    machine.id,
+                    machine.owner_shard
+                )));
+            }
+            listed.insert(machine.id.clone(), machine);
+        }
+        if page.next_cursor.is_empty() {
+            let live = |m: &ProvidedMachine| {
+                !matches!(
+                    MachineState::try_from(m.state),
+                    Ok(MachineState::Deleted) | Ok(MachineState::Failed)
+                )
+            };
+            let missing: Vec<String> = before
+                .into_iter()
+                .filter(|id| !listed.get(id).is_some_and(live))
+                .collect();
+            let (joined, forgotten) = worker
+                .reconcile_ledger(&missing, listed.into_values())
+                .map_err(cache_failed)?;
+            return Ok(Reconciled::Done { joined, forgotten });
+        }
+        if page.next_cursor == cursor {
+            return Err(ProviderError::Contract(format!(
+                "ListMachines answered the cursor it was given ({cursor:?})"
+            )));
+        }
+        cursor = page.next_cursor;
+    }
+    Err(ProviderError::Contract(format!(
+        "ListMachines did not end within {MAX_LIST_PAGES} pages"
+    )))
+}
+
+fn cache_failed(e: CacheError) -> ProviderError {
+    // Not the provider's fault, but the reconciliation cannot go on; the caller logs it.
+    ProviderError::Unreachable(format!("the shard cache failed: {e}"))
+}
+
+/// Reconciles the ledger with the provider once it answers, retrying with backoff until it
+/// does (the engine keeps serving from the cache meanwhile: static stability).
+pub async fn reconcile(worker: Arc<Worker>, mut stopped: watch::Receiver<bool>) {
+    let mut pause = Duration::from_millis(100);
+    loop {
+        match reconcile_once(&worker).await {
+            Ok(Reconciled::NotDurable) => {
+                tracing::info!("the provider is not durable; the ledger is not reconciled with it");
+                return;
+            }
+            Ok(Reconciled::Done { joined, forgotten }) => {
+                tracing::info!(joined, forgotten, "ledger reconciled with the provider");
+                crate::observe::reconciled(joined, forgotten);
+                return;
+            }
+            Err(e) if e.retryable() => {
+                tracing::debug!(error = %e, "cannot reconcile with the provider yet; retrying");
+            }
+            Err(e) => {
+                worker.provider_failed("reconcile", &e);
+                tracing::warn!(error = %e, "reconciling with the provider failed; retrying");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = stopped.wait_for(|s| *s) => return,
+        }
+        pause = (pause * 2).min(Duration::from_secs(5));
+    }
 }
 
 /// Exponential backoff for provisioning after provider failures: one failure pauses new

@@ -368,27 +368,52 @@ impl Worker {
         self.fences.lock().clone()
     }
 
-    /// Puts the machines of an adopted domain into the ledger: those it lacks join idle, under
-    /// the quota the provider counts them against. Returns how many joined.
-    pub fn take_over(
+    /// Puts machines the provider says are this shard's into the ledger: those it lacks join
+    /// idle, under the quota the provider counts them against (deleted or failed ones, and
+    /// ones already known, are skipped). Returns how many joined.
+    pub fn join_ledger(
         &self,
-        domain: &str,
-        machines: Vec<ProvidedMachine>,
+        machines: impl IntoIterator<Item = ProvidedMachine>,
     ) -> Result<usize, CacheError> {
         let mut state = self.state();
+        self.join_locked(&mut state, machines)
+    }
+
+    /// Makes the ledger what the provider listed as this shard's, in one step (no decision
+    /// sees it half done): `missing` (ledger machines it did not list) are forgotten, `listed`
+    /// machines the ledger lacks join. Returns (joined, forgotten).
+    pub fn reconcile_ledger(
+        &self,
+        missing: &[String],
+        listed: impl IntoIterator<Item = ProvidedMachine>,
+    ) -> Result<(usize, usize), CacheError> {
+        let mut state = self.state();
+        let forgotten = self.forget_locked(&mut state, missing)?;
+        let joined = self.join_locked(&mut state, listed)?;
+        Ok((joined, forgotten))
+    }
+
+    fn join_locked(
+        &self,
+        state: &mut ShardState,
+        machines: impl IntoIterator<Item = ProvidedMachine>,
+    ) -> Result<usize, CacheError> {
         let mut joining = Vec::new();
         for machine in machines {
             let live = !matches!(
                 MachineState::try_from(machine.state),
                 Ok(MachineState::Deleted) | Ok(MachineState::Failed)
             );
-            if !live || machine.domain != domain || state.engine.machine(&machine.id).is_some() {
+            if !live
+                || state.engine.machine(&machine.id).is_some()
+                || state.in_flight.contains_key(&machine.id)
+            {
                 continue;
             }
             let resources = match resources_of(&machine) {
                 Ok(resources) => resources,
                 Err(e) => {
-                    tracing::warn!(machine = %machine.id, error = %e, "skipping an adopted machine");
+                    tracing::warn!(machine = %machine.id, error = %e, "skipping a machine the provider described badly");
                     continue;
                 }
             };
@@ -408,9 +433,30 @@ impl Worker {
         for machine in &joining {
             state.engine.upsert_machine(machine);
         }
-        tracing::info!(%domain, machines = joining.len(), "adopted the domain's machines in place");
-        crate::observe::adopted(joining.len());
         Ok(joining.len())
+    }
+
+    /// Forgets machines the provider no longer counts as this shard's (deleted there, or
+    /// handed to another shard), unless a call of this process is working on them.
+    fn forget_locked(&self, state: &mut ShardState, ids: &[String]) -> Result<usize, CacheError> {
+        let gone: Vec<&str> = ids
+            .iter()
+            .map(String::as_str)
+            .filter(|id| {
+                state.engine.machine(id).is_some()
+                    && !state.in_flight.contains_key(*id)
+                    && !state.releasing.contains(*id)
+            })
+            .collect();
+        if gone.is_empty() {
+            return Ok(0);
+        }
+        self.cache.remove_machines(&gone)?;
+        for id in &gone {
+            state.engine.remove_machine(id);
+            state.foreign_since.remove(*id);
+        }
+        Ok(gone.len())
     }
 
     /// Marks an adoption finished (another may start when the domain is granted again).
@@ -723,6 +769,10 @@ pub async fn start(config: WorkerConfig) -> Result<RunningWorker, WorkerError> {
     tokio::spawn(watch_loop(worker.clone(), stopped.clone()));
     tokio::spawn(heartbeat_loop(worker.clone(), stopped.clone()));
     tokio::spawn(crate::provisioning::engine_loop(
+        worker.clone(),
+        stopped.clone(),
+    ));
+    tokio::spawn(crate::provisioning::reconcile(
         worker.clone(),
         stopped.clone(),
     ));

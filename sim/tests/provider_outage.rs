@@ -1,0 +1,243 @@
+//! Static stability with a provider outside the shard: every coordinator replica SIGKILLed, the
+//! shard keeps provisioning from its cache through a provider process; SIGKILLed and restarted
+//! in the middle of the outage, it reconciles its ledger with the provider's `ListMachines`
+//! (the provider is the truth about machines) and goes on: a machine deleted behind its back is
+//! forgotten and replaced, one made for it behind its back joins its ledger and goes to work.
+
+use std::path::Path;
+use std::time::Duration;
+
+use ballast_protocol::pb;
+use ballast_protocol::pb::command::Command as Wire;
+use ballast_protocol::providerpb::provider_client::ProviderClient;
+use ballast_protocol::providerpb::{
+    CreateMachineRequest, DeleteMachineRequest, DomainGrant, FencingToken, Grant,
+    ListMachinesRequest, Machine, MachineState, QuotaGrant,
+};
+use ballast_testkit::{
+    ClusterOptions, ProviderProcess, ShardProcess, TestCluster, assigned_machines, wait_for,
+};
+
+const DOMAIN: &str = "zone=az-a/rack=r1";
+
+fn program() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_ballast-sim"))
+}
+
+fn cmd(inner: Wire) -> pb::Command {
+    pb::Command {
+        command: Some(inner),
+    }
+}
+
+fn live(machine: &Machine) -> bool {
+    !matches!(
+        MachineState::try_from(machine.state),
+        Ok(MachineState::Deleted) | Ok(MachineState::Failed)
+    )
+}
+
+async fn provider_client(endpoint: &str) -> ProviderClient<tonic::transport::Channel> {
+    ProviderClient::connect(format!("http://{endpoint}"))
+        .await
+        .expect("connecting to the provider")
+}
+
+/// The live machines the provider records for shard s1, by id.
+async fn live_of_s1(endpoint: &str) -> Vec<String> {
+    let page = provider_client(endpoint)
+        .await
+        .list_machines(ListMachinesRequest {
+            domain: String::new(),
+            owner_shard: "s1".into(),
+            cursor: String::new(),
+            limit: 1000,
+        })
+        .await
+        .expect("listing")
+        .into_inner();
+    assert!(page.next_cursor.is_empty(), "one page holds them all");
+    let mut ids: Vec<String> = page
+        .machines
+        .into_iter()
+        .filter(live)
+        .map(|m| m.id)
+        .collect();
+    ids.sort();
+    ids
+}
+
+async fn submit(shard: &ShardProcess, count: u32) {
+    shard
+        .submit_demand(
+            "c1",
+            count,
+            pb::ResourceSpec {
+                cpu_millis: 1000,
+                memory_mib: 1024,
+                gpus: 0,
+            },
+        )
+        .await
+        .expect("demand");
+}
+
+/// A token acting as shard s1 under the grants its status shows (what an operator's tool, or
+/// a provider's own repair job, would present).
+fn token_of(status: &pb::ShardStatusResponse) -> FencingToken {
+    let grant = |revision| Grant {
+        restore_epoch: status.restore_epoch,
+        revision,
+    };
+    let slice = &status.slices[0];
+    FencingToken {
+        shard_id: "s1".into(),
+        shard_epoch: status.epoch,
+        sequence: 1,
+        domain: Some(DomainGrant {
+            domain: DOMAIN.into(),
+            grant: Some(grant(status.domain_grants[DOMAIN])),
+        }),
+        quota: Some(QuotaGrant {
+            quota_provider: slice.provider.clone(),
+            region: slice.region.clone(),
+            grant: Some(grant(slice.granted)),
+            slice: slice.amount,
+        }),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_restarted_in_a_full_outage_reconciles_with_its_provider_and_goes_on() {
+    let mut cluster = TestCluster::start_with(ClusterOptions::sim(program()), 3).await;
+    let provider = ProviderProcess::start(
+        &format!("'{}' provider", program().display()),
+        "--name sim --region local",
+    );
+    let grpc = format!("grpc://{}", provider.endpoint);
+    let mut shard = cluster.spawn_sim_shard(
+        program(),
+        "s1",
+        "az-a",
+        &["--lease-ms", "3000", "--provider", &grpc],
+    );
+    cluster.wait_for_shards(1).await;
+    cluster
+        .client()
+        .write(cmd(Wire::Batch(pb::Batch {
+            commands: vec![
+                cmd(Wire::SetProvider(pb::SetProvider {
+                    name: "sim".into(),
+                    endpoint: grpc.clone(),
+                    region: "local".into(),
+                    capacity_types: vec![],
+                })),
+                cmd(Wire::SetQuota(pb::SetQuota {
+                    provider: "sim".into(),
+                    region: "local".into(),
+                    total: 10,
+                    slices: vec![pb::QuotaSlice {
+                        shard: "s1".into(),
+                        amount: 10,
+                    }],
+                })),
+                cmd(Wire::BindCluster(pb::BindCluster {
+                    cluster: "c1".into(),
+                    shard: "s1".into(),
+                })),
+                cmd(Wire::AssignDomains(pb::AssignDomains {
+                    assignments: vec![pb::DomainAssignment {
+                        domain: DOMAIN.into(),
+                        shard: "s1".into(),
+                    }],
+                    allow_move: false,
+                })),
+            ],
+        })))
+        .await
+        .expect("provider, quota, binding and domain");
+    shard
+        .wait_until("its domain, cluster and slice", |st| {
+            !st.domains.is_empty() && !st.clusters.is_empty() && !st.slices.is_empty()
+        })
+        .await;
+    submit(&shard, 3).await;
+    shard
+        .wait_until("three machines at work", |st| assigned_machines(st) == 3)
+        .await;
+
+    // Every replica dies; the shard serves more demand through the provider.
+    for id in 1..=3u64 {
+        cluster.kill(id);
+    }
+    submit(&shard, 5).await;
+    let status = shard
+        .wait_until("five machines at work with no coordinator", |st| {
+            assigned_machines(st) == 5
+        })
+        .await;
+    let before = live_of_s1(&provider.endpoint).await;
+    assert_eq!(before.len(), 5, "{before:?}");
+
+    // The shard dies too. Behind its back one of its machines is deleted and one is made for
+    // it, under its own grants.
+    shard.kill();
+    let token = token_of(&status);
+    let mut client = provider_client(&provider.endpoint).await;
+    let deleted = before[0].clone();
+    client
+        .delete_machine(DeleteMachineRequest {
+            idempotency_key: "repair-delete".into(),
+            token: Some(token.clone()),
+            machine_id: deleted.clone(),
+        })
+        .await
+        .expect("deleting one of s1's machines");
+    client
+        .create_machine(CreateMachineRequest {
+            idempotency_key: "repair-create".into(),
+            token: Some(token),
+            machine_id: "made-behind-its-back".into(),
+            domain: DOMAIN.into(),
+            shape: "small".into(),
+            capacity_type: String::new(),
+        })
+        .await
+        .expect("making a machine for s1");
+
+    // Restarted with every replica still down: it reconciles and serves its demand again with
+    // the machine it was given, making none.
+    shard.restart();
+    shard
+        .wait_until("five machines at work again", |st| {
+            assigned_machines(st) == 5 && st.machines_by_state.values().sum::<u64>() == 5
+        })
+        .await;
+    let log = shard.log();
+    assert!(
+        log.contains("ledger reconciled with the provider") && log.contains("joined=1"),
+        "the restarted shard reconciles and says what changed:\n{log}"
+    );
+    assert!(log.contains("forgotten=1"), "{log}");
+    let after = wait_for(
+        "the provider's record to settle at five live machines",
+        Duration::from_secs(30),
+        || async {
+            let live = live_of_s1(&provider.endpoint).await;
+            (live.len() == 5).then_some(live)
+        },
+    )
+    .await;
+    assert!(!after.contains(&deleted), "{after:?}");
+    assert!(
+        after.iter().any(|id| id == "made-behind-its-back"),
+        "the machine made for it joined its ledger and went to work: {after:?}"
+    );
+    let mut expected: Vec<String> = before[1..].to_vec();
+    expected.push("made-behind-its-back".into());
+    expected.sort();
+    assert_eq!(
+        after, expected,
+        "no machine created or returned beyond the repair"
+    );
+}
