@@ -17,6 +17,7 @@ use ballast_protocol::providerpb::{
 
 use crate::cache::{Assignments, Cache, CacheError};
 use crate::engine::{Engine, Machine, Plan, Provision};
+use crate::placement::cluster_of;
 use crate::provider::{ProviderError, resources_of, shape_for, token};
 use crate::worker::Worker;
 
@@ -106,6 +107,17 @@ fn carry_out(worker: &Arc<Worker>) -> Result<(), CacheError> {
         let paused = worker.provider_backoff().is_paused();
         state.engine.pause_provisioning(paused);
         let plan: Plan = state.engine.decide();
+        // The provider learns each machine's cluster after the decision is durable (below):
+        // the placement controller carries the wishes out.
+        for (machine, need) in &plan.assign {
+            worker.place(machine, Some(cluster_of(need)));
+        }
+        for (machine, _, to) in &plan.preempt {
+            worker.place(machine, Some(cluster_of(to)));
+        }
+        for machine in &plan.release {
+            worker.place(machine, None);
+        }
         let mut touched: Vec<&str> = plan.release.iter().map(String::as_str).collect();
         touched.extend(plan.assign.iter().map(|(m, _)| m.as_str()));
         touched.extend(plan.preempt.iter().map(|(m, _, _)| m.as_str()));
@@ -231,6 +243,7 @@ async fn release_one(worker: Arc<Worker>, id: String) {
     }
     state.engine.remove_machine(&id);
     state.foreign_since.remove(&id);
+    worker.placements().forget(&id);
     crate::observe::provision_done("released");
 }
 
@@ -307,11 +320,11 @@ async fn provision_one(worker: Arc<Worker>, id: String, provision: Provision) {
             None
         }
     };
-    let mut state = worker.state();
     if machine.is_some() {
         crate::observe::provision_done("ok");
         worker.provider_backoff().succeeded();
     }
+    let mut state = worker.state();
     let stored = match &machine {
         Some(m) => worker.cache().store_machines(&[m], &[id.as_str()]),
         None => worker.cache().store_machines(&[], &[id.as_str()]),
@@ -324,6 +337,11 @@ async fn provision_one(worker: Arc<Worker>, id: String, provision: Provision) {
         state
             .engine
             .provision_finished(&provision, machine.as_ref());
+        // Made idle at the provider; it serves its need's cluster once configured (wished
+        // only now that the ledger has it, so the controller finds it there).
+        if machine.is_some() {
+            worker.place(&id, Some(cluster_of(&provision.need)));
+        }
     }
 }
 

@@ -23,6 +23,7 @@ use ballast_protocol::providerpb::{Machine as ProvidedMachine, MachineState, Sha
 use crate::cache::{Assignments, Cache, CacheError};
 use crate::engine::{Machine, MachineCounts, QuotaKey, Shortfall};
 use crate::freshness::{Freshness, Verdict};
+use crate::placement::Placements;
 use crate::provider::grpc::GrpcProvider;
 use crate::provider::local::LocalProvider;
 use crate::provider::{Actor, Grants, Provider, ProviderError, SimulatedConfig, resources_of};
@@ -170,6 +171,9 @@ pub struct Worker {
     lost_grants: Mutex<HashMap<String, (u64, u64)>>,
     /// Domains being adopted.
     adopting: Mutex<HashSet<String>>,
+    /// Which cluster each machine should serve at the provider, and what it confirmed.
+    placements: Mutex<Placements>,
+    placements_wake: tokio::sync::Notify,
     backoff: Backoff,
     startup: Startup,
 }
@@ -417,6 +421,8 @@ impl Worker {
                     continue;
                 }
             };
+            let serving = (!machine.cluster.is_empty()).then(|| machine.cluster.clone());
+            self.placements.lock().known(&machine.id, serving);
             joining.push(Machine {
                 id: machine.id,
                 domain: machine.domain,
@@ -455,8 +461,25 @@ impl Worker {
         for id in &gone {
             state.engine.remove_machine(id);
             state.foreign_since.remove(*id);
+            self.placements.lock().forget(id);
         }
         Ok(gone.len())
+    }
+
+    /// The placements at the provider (lock briefly; never while taking the engine's lock).
+    pub fn placements(&self) -> parking_lot::MutexGuard<'_, Placements> {
+        self.placements.lock()
+    }
+
+    /// Records that `machine` should serve `cluster` (or be idle) at the provider.
+    pub fn place(&self, machine: &str, cluster: Option<String>) {
+        self.placements.lock().want(machine, cluster);
+        self.placements_wake.notify_one();
+    }
+
+    /// Resolves when a placement is wished.
+    pub async fn placements_changed(&self) {
+        self.placements_wake.notified().await
     }
 
     /// Marks an adoption finished (another may start when the domain is granted again).
@@ -757,6 +780,8 @@ pub async fn start(config: WorkerConfig) -> Result<RunningWorker, WorkerError> {
         fences: Mutex::new(Fences::default()),
         lost_grants: Mutex::new(HashMap::new()),
         adopting: Mutex::new(HashSet::new()),
+        placements: Mutex::new(Placements::default()),
+        placements_wake: tokio::sync::Notify::new(),
         state: Mutex::new(state),
         shortfalls: Mutex::new(Vec::new()),
         summary: Mutex::default(),
@@ -773,6 +798,10 @@ pub async fn start(config: WorkerConfig) -> Result<RunningWorker, WorkerError> {
         stopped.clone(),
     ));
     tokio::spawn(crate::provisioning::reconcile(
+        worker.clone(),
+        stopped.clone(),
+    ));
+    tokio::spawn(crate::placement::placement_loop(
         worker.clone(),
         stopped.clone(),
     ));

@@ -73,6 +73,30 @@ fn owners(record: &[Machine]) -> Vec<(String, String)> {
     owners
 }
 
+/// Live machines in the domain configured for `cluster`.
+fn serving(record: &[Machine], cluster: &str) -> usize {
+    record
+        .iter()
+        .filter(|m| {
+            live(m)
+                && m.domain == DOMAIN
+                && m.cluster == cluster
+                && m.state == MachineState::Configured as i32
+        })
+        .count()
+}
+
+/// Each live machine's record version in the domain.
+fn versions(record: &[Machine]) -> Vec<(String, u64)> {
+    let mut versions: Vec<(String, u64)> = record
+        .iter()
+        .filter(|m| live(m) && m.domain == DOMAIN)
+        .map(|m| (m.id.clone(), m.version))
+        .collect();
+    versions.sort();
+    versions
+}
+
 async fn submit(shard: &ShardProcess, count: u32) -> Result<(), tonic::Status> {
     shard
         .submit_demand(
@@ -169,12 +193,15 @@ async fn a_cut_off_shard_is_fenced_at_the_provider_and_its_domain_handed_over_in
         .await;
     submit(&cut_off, 3).await.expect("demand at sa");
     let before = wait_for(
-        "sa's three machines at the provider",
+        "sa's three machines at the provider, configured for c1",
         Duration::from_secs(30),
         || async {
             let record = provider_record(&provider.endpoint).await;
             let owned = owners(&record);
-            (owned.len() == 3 && owned.iter().all(|(_, owner)| owner == "sa")).then_some(owned)
+            (owned.len() == 3
+                && owned.iter().all(|(_, owner)| owner == "sa")
+                && serving(&record, "c1") == 3)
+                .then_some(owned)
         },
     )
     .await;
@@ -212,13 +239,22 @@ async fn a_cut_off_shard_is_fenced_at_the_provider_and_its_domain_handed_over_in
         ids(&before),
         "the handover moved exactly the machines that were there: none released, none created"
     );
-    // sb serves the cluster from the adopted machines.
+    let adopted = versions(&provider_record(&provider.endpoint).await);
+    // sb serves the cluster from the adopted machines, which still serve it at the provider:
+    // nothing is reconfigured either.
     submit(&other, 3).await.expect("demand at sb");
     other
         .wait_until("c1 served from the adopted machines", |st| {
             ballast_testkit::assigned_machines(st) == 3
         })
         .await;
+    let record = provider_record(&provider.endpoint).await;
+    assert_eq!(serving(&record, "c1"), 3, "{record:?}");
+    assert_eq!(
+        versions(&record),
+        adopted,
+        "no adopted machine was touched at the provider after the adoption"
+    );
 
     // sa, still serving from its cache, is asked for more and tries to act in the domain: the
     // provider refuses its grant, and sa stops acting there and says why.

@@ -1,0 +1,325 @@
+//! Keeping the provider's record of which cluster each machine serves in step with the ledger:
+//! `ConfigureMachine` when the engine puts a machine to work for a cluster, `ReleaseMachine`
+//! when it goes idle. The engine decides in memory and moves on; this controller carries the
+//! decisions out afterwards, newest wish first, one call at a time per machine (a machine moved
+//! from one cluster to another is released, then configured), many machines at once.
+//!
+//! The provider's record matters because a domain handed to another shard is adopted with its
+//! machines' clusters (ADR 0016), and because it is what an operator sees at the provider.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ballast_protocol::provider::Reason;
+use ballast_protocol::providerpb::{ConfigureMachineRequest, ReleaseMachineRequest};
+use futures::StreamExt;
+use tokio::sync::watch;
+
+use crate::provider::{ProviderError, token};
+use crate::worker::Worker;
+
+/// Calls in flight at once.
+const CONCURRENCY: usize = 64;
+
+/// Per machine: the cluster the ledger wants it to serve, and what the provider last confirmed.
+#[derive(Debug, Default)]
+pub struct Placements {
+    /// Machine → cluster wanted (`None`: idle).
+    wanted: HashMap<String, Option<String>>,
+    /// Machine → cluster the provider last confirmed (absent: not known).
+    confirmed: HashMap<String, Option<String>>,
+    /// Machines whose wish is not carried out yet.
+    dirty: BTreeSet<String>,
+    /// Machines with a call in flight.
+    busy: BTreeSet<String>,
+}
+
+/// One machine to bring in step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    /// Machine.
+    pub machine: String,
+    /// Cluster wanted (`None`: idle).
+    pub wanted: Option<String>,
+    /// What the provider last confirmed, if known.
+    pub confirmed: Option<Option<String>>,
+}
+
+impl Placements {
+    /// Records that the ledger wants `machine` to serve `cluster` (or to be idle).
+    pub fn want(&mut self, machine: &str, cluster: Option<String>) {
+        if self.confirmed.get(machine) == Some(&cluster) {
+            self.wanted.remove(machine);
+            self.dirty.remove(machine);
+            return;
+        }
+        self.wanted.insert(machine.to_string(), cluster);
+        self.dirty.insert(machine.to_string());
+    }
+
+    /// Records what the provider says a machine serves (an adopted machine, say).
+    pub fn known(&mut self, machine: &str, cluster: Option<String>) {
+        self.confirmed.insert(machine.to_string(), cluster);
+    }
+
+    /// Forgets a machine the shard no longer has.
+    pub fn forget(&mut self, machine: &str) {
+        self.wanted.remove(machine);
+        self.confirmed.remove(machine);
+        self.dirty.remove(machine);
+    }
+
+    /// Up to `limit` machines to bring in step (not already in flight); marks them busy.
+    pub fn take(&mut self, limit: usize) -> Vec<Step> {
+        let ready: Vec<String> = self
+            .dirty
+            .iter()
+            .filter(|m| !self.busy.contains(*m))
+            .take(limit)
+            .cloned()
+            .collect();
+        ready
+            .into_iter()
+            .filter_map(|machine| {
+                self.dirty.remove(&machine);
+                let wanted = self.wanted.get(&machine).cloned()?;
+                self.busy.insert(machine.clone());
+                let confirmed = self.confirmed.get(&machine).cloned();
+                Some(Step {
+                    machine,
+                    wanted,
+                    confirmed,
+                })
+            })
+            .collect()
+    }
+
+    /// A call for `machine` ended: the provider now has `confirmed` (`None`: it failed and the
+    /// machine's state there is as before; `retry` puts it back in line).
+    pub fn finished(&mut self, machine: &str, confirmed: Option<Option<String>>, retry: bool) {
+        self.busy.remove(machine);
+        if let Some(cluster) = confirmed {
+            self.confirmed.insert(machine.to_string(), cluster);
+        }
+        match (self.wanted.get(machine), self.confirmed.get(machine)) {
+            (Some(wanted), Some(confirmed)) if wanted == confirmed => {
+                self.wanted.remove(machine);
+                self.dirty.remove(machine);
+            }
+            // A newer wish arrived during the call (it is dirty again), or the provider said
+            // the call may succeed later: it goes back in line.
+            (Some(_), _) if retry || self.dirty.contains(machine) => {
+                self.dirty.insert(machine.to_string());
+            }
+            (Some(_), _) => {
+                // Not retried (the provider refused for good): the wish waits for the next one.
+                self.wanted.remove(machine);
+            }
+            _ => {}
+        }
+    }
+
+    /// Machines with a wish not yet carried out.
+    pub fn pending(&self) -> usize {
+        self.wanted.len()
+    }
+}
+
+/// The cluster a need id (`cluster/row`) belongs to.
+pub fn cluster_of(need: &str) -> String {
+    need.split('/').next().unwrap_or(need).to_string()
+}
+
+/// Carries out placements until stopped.
+pub async fn placement_loop(worker: Arc<Worker>, mut stopped: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = worker.placements_changed() => {}
+            // Retries after failures wait for this tick.
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = stopped.wait_for(|s| *s) => return,
+        }
+        loop {
+            let steps = worker.placements().take(CONCURRENCY * 4);
+            if steps.is_empty() {
+                break;
+            }
+            futures::stream::iter(steps)
+                .for_each_concurrent(CONCURRENCY, |step| {
+                    let worker = worker.clone();
+                    async move {
+                        let (confirmed, retry) = carry_out(&worker, &step).await;
+                        worker
+                            .placements()
+                            .finished(&step.machine, confirmed, retry);
+                    }
+                })
+                .await;
+            if worker.provider_backoff().is_paused() {
+                break;
+            }
+        }
+    }
+}
+
+/// One machine's placement at the provider: what it confirmed (if anything) and whether to
+/// try again.
+async fn carry_out(worker: &Worker, step: &Step) -> (Option<Option<String>>, bool) {
+    let Some(domain) = worker
+        .state()
+        .engine
+        .machine(&step.machine)
+        .map(|m| m.domain)
+    else {
+        return (None, false);
+    };
+    // Outside the domains the shard acts in (moved away, fenced): not this shard's to place.
+    let Some(grants) = worker.grants(&domain, None) else {
+        return (None, false);
+    };
+    let release = |key: String| ReleaseMachineRequest {
+        idempotency_key: key,
+        token: Some(token(&worker.actor(), &grants)),
+        machine_id: step.machine.clone(),
+    };
+    let sequence = worker.next_sequence();
+    let outcome = match &step.wanted {
+        None => worker
+            .provider()
+            .release(release(format!(
+                "release/{}/{}/{sequence}",
+                step.machine,
+                worker.epoch()
+            )))
+            .await
+            .map(|_| None),
+        Some(cluster) => {
+            let configure = |key: String| ConfigureMachineRequest {
+                idempotency_key: key,
+                token: Some(token(&worker.actor(), &grants)),
+                machine_id: step.machine.clone(),
+                cluster: cluster.clone(),
+            };
+            let key = |call: &str| {
+                format!(
+                    "{call}/{}/{cluster}/{}/{sequence}",
+                    step.machine,
+                    worker.epoch()
+                )
+            };
+            let serving_another = matches!(&step.confirmed, Some(Some(other)) if other != cluster);
+            let first = if serving_another {
+                worker
+                    .provider()
+                    .release(release(key("release")))
+                    .await
+                    .map(|_| ())
+            } else {
+                Ok(())
+            };
+            match first {
+                Err(e) => Err(e),
+                Ok(()) => match worker
+                    .provider()
+                    .configure(configure(key("configure")))
+                    .await
+                {
+                    // Serving another cluster than the shard knew: release, then configure.
+                    Err(ProviderError::Refused {
+                        reason: Reason::InvalidState,
+                        ..
+                    }) => match worker
+                        .provider()
+                        .release(release(key("release-again")))
+                        .await
+                    {
+                        Ok(_) => worker
+                            .provider()
+                            .configure(configure(key("configure-again")))
+                            .await
+                            .map(|_| Some(cluster.clone())),
+                        Err(e) => Err(e),
+                    },
+                    other => other.map(|_| Some(cluster.clone())),
+                },
+            }
+        }
+    };
+    match outcome {
+        Ok(confirmed) => (Some(confirmed), false),
+        // The provider does not know the machine (a provider that forgets, or one reconciled
+        // away): nothing to place.
+        Err(e) if e.reason() == Some(Reason::NotFound) => (None, false),
+        Err(e) => {
+            let retry = e.retryable();
+            worker.provider_failed(
+                if step.wanted.is_some() {
+                    "configure"
+                } else {
+                    "release"
+                },
+                &e,
+            );
+            tracing::debug!(machine = %step.machine, error = %e, retry, "placing a machine at the provider failed");
+            (None, retry)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_newest_wish_is_carried_out_once_and_confirmed_wishes_cost_nothing() {
+        let mut p = Placements::default();
+        p.want("m1", Some("c1".into()));
+        p.want("m1", Some("c2".into()));
+        let steps = p.take(10);
+        assert_eq!(
+            steps,
+            vec![Step {
+                machine: "m1".into(),
+                wanted: Some("c2".into()),
+                confirmed: None
+            }]
+        );
+        // In flight: not handed out twice, even when wished again.
+        p.want("m1", Some("c3".into()));
+        assert!(p.take(10).is_empty());
+        p.finished("m1", Some(Some("c2".into())), false);
+        // The newer wish (c3) is still pending.
+        let steps = p.take(10);
+        assert_eq!(steps[0].wanted, Some("c3".into()));
+        assert_eq!(steps[0].confirmed, Some(Some("c2".into())));
+        p.finished("m1", Some(Some("c3".into())), false);
+        assert_eq!(p.pending(), 0);
+        // Wishing what is confirmed costs no call.
+        p.want("m1", Some("c3".into()));
+        assert!(p.take(10).is_empty());
+    }
+
+    #[test]
+    fn failures_retry_only_when_the_provider_says_so() {
+        let mut p = Placements::default();
+        p.want("m1", None);
+        p.want("m2", Some("c1".into()));
+        assert_eq!(p.take(10).len(), 2);
+        p.finished("m1", None, true);
+        p.finished("m2", None, false);
+        let again = p.take(10);
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].machine, "m1");
+        p.finished("m1", Some(None), false);
+        assert_eq!(p.pending(), 0);
+        p.forget("m1");
+        assert!(p.take(10).is_empty());
+    }
+
+    #[test]
+    fn need_ids_name_their_cluster() {
+        assert_eq!(cluster_of("c1/web"), "c1");
+        assert_eq!(cluster_of("c1"), "c1");
+    }
+}
