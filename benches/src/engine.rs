@@ -147,7 +147,10 @@ async fn cold_restart(inputs: &Inputs, settled: bool) -> anyhow::Result<Restart>
         heartbeat: Duration::from_secs(3),
         cycle: Duration::from_millis(10),
         foreign_release_after: Duration::from_secs(30),
-        provider: ballast_shard::worker::ProviderChoice::Sim(SimulatedConfig::default()),
+        providers: vec![ballast_shard::worker::ProviderSpec {
+            name: None,
+            choice: ballast_shard::worker::ProviderChoice::Sim(SimulatedConfig::default()),
+        }],
         provider_timeout: Duration::from_secs(10),
         http_listen: None,
         tls: None,

@@ -9,7 +9,7 @@ use ballast_tls::TlsArgs;
 use clap::Parser;
 
 use crate::provider::SimulatedConfig;
-use crate::worker::{self, ProviderChoice, WorkerConfig, WorkerError};
+use crate::worker::{self, ProviderChoice, ProviderSpec, WorkerConfig, WorkerError};
 
 /// A Ballast shard worker.
 #[derive(Parser, Debug, Clone)]
@@ -60,11 +60,18 @@ pub struct ShardArgs {
         default_value_t = 30_000
     )]
     pub foreign_release_after_ms: u64,
-    /// The provider to drive: `sim` (the simulated provider built in, serving this shard
-    /// alone), `grpc://HOST:PORT` (a provider process, e.g. `ballast-provider-sim`) or
-    /// `https://HOST:PORT` (mutual TLS with the --tls-* flags).
-    #[arg(long, env = "BALLAST_PROVIDER", default_value = "sim")]
-    pub provider: String,
+    /// The providers to drive (repeat or comma-separate): `sim` (the simulated provider built
+    /// in, serving this shard alone), `grpc://HOST:PORT` (a provider process, e.g.
+    /// `ballast-provider-sim`) or `https://HOST:PORT` (mutual TLS with the --tls-* flags),
+    /// each optionally named `NAME=...` for the quota provider whose machines live there; the
+    /// one without a name takes every other quota.
+    #[arg(
+        long,
+        env = "BALLAST_PROVIDER",
+        value_delimiter = ',',
+        default_value = "sim"
+    )]
+    pub provider: Vec<String>,
     /// Deadline of every call to a provider over gRPC, in milliseconds.
     #[arg(long, env = "BALLAST_PROVIDER_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub provider_timeout_ms: u64,
@@ -123,15 +130,21 @@ impl ShardArgs {
             heartbeat: Duration::from_millis(heartbeat),
             cycle: Duration::from_millis(self.cycle_ms),
             foreign_release_after: Duration::from_millis(self.foreign_release_after_ms),
-            provider: if self.provider == "sim" {
-                ProviderChoice::Sim(SimulatedConfig {
-                    latency: Duration::from_millis(self.sim_latency_ms),
-                    failure_rate: self.sim_failure_rate,
-                    seed: 1,
+            providers: self
+                .provider
+                .iter()
+                .map(|text| {
+                    let mut spec = ProviderSpec::parse(text).map_err(WorkerError::Config)?;
+                    if let ProviderChoice::Sim(simulated) = &mut spec.choice {
+                        *simulated = SimulatedConfig {
+                            latency: Duration::from_millis(self.sim_latency_ms),
+                            failure_rate: self.sim_failure_rate,
+                            seed: 1,
+                        };
+                    }
+                    Ok(spec)
                 })
-            } else {
-                ProviderChoice::Grpc(self.provider)
-            },
+                .collect::<Result<Vec<_>, WorkerError>>()?,
             provider_timeout: Duration::from_millis(self.provider_timeout_ms),
             http_listen: self.http_listen,
             tls: self
@@ -160,4 +173,30 @@ pub async fn run_until_signal(args: ShardArgs) -> Result<(), WorkerError> {
     }
     running.shutdown().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::worker::{ProviderChoice, ProviderSpec};
+
+    #[test]
+    fn provider_flags_name_their_quota_or_take_the_rest() {
+        let parsed = |text: &str| ProviderSpec::parse(text).map(|s| (s.name, s.choice));
+        assert!(matches!(parsed("sim"), Ok((None, ProviderChoice::Sim(_)))));
+        assert!(matches!(
+            parsed("aws=grpc://10.0.0.1:7400"),
+            Ok((Some(name), ProviderChoice::Grpc(url))) if name == "aws" && url == "grpc://10.0.0.1:7400"
+        ));
+        assert!(matches!(
+            parsed("https://p:7400"),
+            Ok((None, ProviderChoice::Grpc(_)))
+        ));
+        assert!(matches!(
+            parsed("lab=sim"),
+            Ok((Some(_), ProviderChoice::Sim(_)))
+        ));
+        for bad in ["ftp://x:1", "Aws=sim", "=sim", "aws="] {
+            assert!(ProviderSpec::parse(bad).is_err(), "{bad} accepted");
+        }
+    }
 }

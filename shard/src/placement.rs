@@ -166,13 +166,19 @@ pub async fn placement_loop(worker: Arc<Worker>, mut stopped: watch::Receiver<bo
 /// One machine's placement at the provider: what it confirmed (if anything) and whether to
 /// try again.
 async fn carry_out(worker: &Worker, step: &Step) -> (Option<Option<String>>, bool) {
-    let Some(domain) = worker
-        .state()
-        .engine
-        .machine(&step.machine)
-        .map(|m| m.domain)
-    else {
+    let Some(machine) = worker.state().engine.machine(&step.machine) else {
         return (None, false);
+    };
+    let domain = machine.domain;
+    let provider = match worker
+        .providers()
+        .of(machine.quota.as_ref().map_or("", |q| q.0.as_str()))
+    {
+        Ok(provider) => provider,
+        Err(e) => {
+            tracing::warn!(machine = %step.machine, error = %e, "no provider to place the machine at");
+            return (None, false);
+        }
     };
     // Outside the domains the shard acts in (moved away, fenced): not this shard's to place.
     let Some(grants) = worker.grants(&domain, None) else {
@@ -185,8 +191,7 @@ async fn carry_out(worker: &Worker, step: &Step) -> (Option<Option<String>>, boo
     };
     let sequence = worker.next_sequence();
     let outcome = match &step.wanted {
-        None => worker
-            .provider()
+        None => provider
             .release(release(format!(
                 "release/{}/{}/{sequence}",
                 step.machine,
@@ -210,32 +215,19 @@ async fn carry_out(worker: &Worker, step: &Step) -> (Option<Option<String>>, boo
             };
             let serving_another = matches!(&step.confirmed, Some(Some(other)) if other != cluster);
             let first = if serving_another {
-                worker
-                    .provider()
-                    .release(release(key("release")))
-                    .await
-                    .map(|_| ())
+                provider.release(release(key("release"))).await.map(|_| ())
             } else {
                 Ok(())
             };
             match first {
                 Err(e) => Err(e),
-                Ok(()) => match worker
-                    .provider()
-                    .configure(configure(key("configure")))
-                    .await
-                {
+                Ok(()) => match provider.configure(configure(key("configure"))).await {
                     // Serving another cluster than the shard knew: release, then configure.
                     Err(ProviderError::Refused {
                         reason: Reason::InvalidState,
                         ..
-                    }) => match worker
-                        .provider()
-                        .release(release(key("release-again")))
-                        .await
-                    {
-                        Ok(_) => worker
-                            .provider()
+                    }) => match provider.release(release(key("release-again"))).await {
+                        Ok(_) => provider
                             .configure(configure(key("configure-again")))
                             .await
                             .map(|_| Some(cluster.clone())),

@@ -207,16 +207,20 @@ fn carry_out(worker: &Arc<Worker>) -> Result<(), CacheError> {
 /// records. A machine the provider says is gone, or now another shard's (its domain was handed
 /// over), is forgotten without more ado: it is no longer this shard's to return.
 async fn release_one(worker: Arc<Worker>, id: String) {
-    let domain = worker.state().engine.machine(&id).map(|m| m.domain);
-    let outcome = match domain {
-        Some(domain) => {
-            let grants = worker.grants_to_return(&domain);
+    let machine = worker.state().engine.machine(&id);
+    let outcome = match machine {
+        Some(machine) => {
+            let grants = worker.grants_to_return(&machine.domain);
             let request = DeleteMachineRequest {
                 idempotency_key: format!("delete/{id}"),
                 token: Some(token(&worker.actor(), &grants)),
                 machine_id: id.clone(),
             };
-            worker.provider().delete(request).await.map(|_| ())
+            let quota_provider = machine.quota.map(|q| q.0).unwrap_or_default();
+            match worker.providers().of(&quota_provider) {
+                Ok(provider) => provider.delete(request).await.map(|_| ()),
+                Err(e) => Err(e),
+            }
         }
         // Forgotten meanwhile (a domain handed over, a restart): nothing left to return.
         None => Ok(()),
@@ -265,7 +269,11 @@ async fn create(worker: &Worker, id: &str, provision: &Provision) -> Result<Mach
             provision.domain, provision.quota.0, provision.quota.1
         )));
     };
-    let shapes = worker.shapes().await.map_err(NotMade::Provider)?;
+    let shapes = worker
+        .providers()
+        .shapes(&provision.quota.0)
+        .await
+        .map_err(NotMade::Provider)?;
     let Some(shape) = shape_for(&shapes, &provision.resources) else {
         return Err(NotMade::NoShape(format!(
             "the provider offers no shape with {} millicores, {} MiB and {} GPUs",
@@ -283,7 +291,9 @@ async fn create(worker: &Worker, id: &str, provision: &Provision) -> Result<Mach
         capacity_type: String::new(),
     };
     let made = worker
-        .provider()
+        .providers()
+        .of(&provision.quota.0)
+        .map_err(NotMade::Provider)?
         .create(request)
         .await
         .map_err(NotMade::Provider)?;
@@ -351,37 +361,56 @@ async fn provision_one(worker: Arc<Worker>, id: String, provision: Provision) {
 /// domain is held and the provider fails; a refusal of the grant fences the domain.
 pub async fn adopt_domain(worker: Arc<Worker>, domain: String) {
     let mut pause = Duration::from_millis(100);
+    let mut done: HashSet<String> = HashSet::new();
     while let Some(grants) = worker.grants(&domain, None) {
-        let request = AdoptDomainRequest {
-            idempotency_key: format!(
-                "adopt/{domain}/{}/{}",
-                grants.restore_epoch, grants.domain.1
-            ),
-            token: Some(token(&worker.actor(), &grants)),
-        };
-        match worker.provider().adopt(request).await {
-            Ok(machines) => {
-                let here = machines.into_iter().filter(|m| m.domain == domain);
-                match worker.join_ledger(here) {
-                    Ok(0) => {}
-                    Ok(joined) => {
-                        tracing::info!(%domain, machines = joined, "adopted the domain's machines in place");
-                        crate::observe::adopted(joined);
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, %domain, "cannot record adopted machines")
+        let mut again = false;
+        for (name, provider) in worker.providers().all() {
+            if done.contains(&name) {
+                continue;
+            }
+            let request = AdoptDomainRequest {
+                idempotency_key: format!(
+                    "adopt/{domain}/{}/{}",
+                    grants.restore_epoch, grants.domain.1
+                ),
+                token: Some(token(&worker.actor(), &grants)),
+            };
+            match provider.adopt(request).await {
+                Ok(machines) => {
+                    done.insert(name.clone());
+                    // Only machines this provider is the shard's provider for (by quota).
+                    let here = machines.into_iter().filter(|m| {
+                        m.domain == domain && worker.providers().serves(&name, &m.quota_provider)
+                    });
+                    match worker.join_ledger(here) {
+                        Ok(0) => {}
+                        Ok(joined) => {
+                            tracing::info!(%domain, machines = joined, "adopted the domain's machines in place");
+                            crate::observe::adopted(joined);
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, %domain, "cannot record adopted machines")
+                        }
                     }
                 }
-                break;
+                Err(e) if e.retryable() => {
+                    again = true;
+                    tracing::debug!(%domain, error = %e, "adopting a domain failed; retrying");
+                }
+                // A provider that does not serve the domain has nothing there.
+                Err(e) if e.reason() == Some(Reason::InvalidArgument) => {
+                    done.insert(name.clone());
+                    tracing::debug!(%domain, provider = %name, error = %e, "the provider does not take this domain");
+                }
+                Err(e) => {
+                    done.insert(name.clone());
+                    worker.provider_failed("adopt", &e);
+                    tracing::warn!(%domain, error = %e, "adopting a domain was refused");
+                }
             }
-            Err(e) if e.retryable() => {
-                tracing::debug!(%domain, error = %e, "adopting a domain failed; retrying");
-            }
-            Err(e) => {
-                worker.provider_failed("adopt", &e);
-                tracing::warn!(%domain, error = %e, "adopting a domain was refused");
-                break;
-            }
+        }
+        if !again {
+            break;
         }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_secs(5));
@@ -413,7 +442,35 @@ const MAX_LIST_PAGES: usize = 100_000;
 /// or handed to another shard) are forgotten — only those the ledger held before the listing
 /// began, so a machine made meanwhile is never mistaken for a missing one.
 pub async fn reconcile_once(worker: &Worker) -> Result<Reconciled, ProviderError> {
-    if !worker.provider().describe().await?.durable {
+    let (mut joined, mut forgotten, mut durable) = (0, 0, false);
+    for (name, provider) in worker.providers().all() {
+        match reconcile_with(worker, &name, provider).await? {
+            Reconciled::NotDurable => {}
+            Reconciled::Done {
+                joined: j,
+                forgotten: f,
+            } => {
+                durable = true;
+                joined += j;
+                forgotten += f;
+            }
+        }
+    }
+    Ok(if durable {
+        Reconciled::Done { joined, forgotten }
+    } else {
+        Reconciled::NotDurable
+    })
+}
+
+/// [`reconcile_once`] with one provider (`name`; `""` is the provider of every other quota),
+/// about the machines whose quota lives there.
+async fn reconcile_with(
+    worker: &Worker,
+    name: &str,
+    provider: &dyn crate::provider::Provider,
+) -> Result<Reconciled, ProviderError> {
+    if !provider.describe().await?.durable {
         return Ok(Reconciled::NotDurable);
     }
     let before: Vec<String> = worker
@@ -421,13 +478,16 @@ pub async fn reconcile_once(worker: &Worker) -> Result<Reconciled, ProviderError
         .engine
         .allocations("")
         .into_iter()
+        .filter(|m| {
+            let quota_provider = m.quota.as_ref().map_or("", |q| q.0.as_str());
+            worker.providers().serves(name, quota_provider)
+        })
         .map(|m| m.id)
         .collect();
     let mut listed: HashMap<String, ProvidedMachine> = HashMap::new();
     let mut cursor = String::new();
     for _ in 0..MAX_LIST_PAGES {
-        let page = worker
-            .provider()
+        let page = provider
             .list(ListMachinesRequest {
                 domain: String::new(),
                 owner_shard: worker.id().to_string(),
@@ -457,8 +517,11 @@ pub async fn reconcile_once(worker: &Worker) -> Result<Reconciled, ProviderError
                 .into_iter()
                 .filter(|id| !listed.get(id).is_some_and(live))
                 .collect();
+            let here = listed
+                .into_values()
+                .filter(|m| worker.providers().serves(name, &m.quota_provider));
             let (joined, forgotten) = worker
-                .reconcile_ledger(&missing, listed.into_values())
+                .reconcile_ledger(&missing, here)
                 .map_err(cache_failed)?;
             return Ok(Reconciled::Done { joined, forgotten });
         }

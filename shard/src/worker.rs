@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use tonic::transport::server::TcpIncoming;
 
 use ballast_protocol::provider::Reason;
-use ballast_protocol::providerpb::{Machine as ProvidedMachine, MachineState, Shape};
+use ballast_protocol::providerpb::{Machine as ProvidedMachine, MachineState};
 
 use crate::cache::{Assignments, Cache, CacheError};
 use crate::engine::{Machine, MachineCounts, QuotaKey, Shortfall};
@@ -26,7 +26,9 @@ use crate::freshness::{Freshness, Verdict};
 use crate::placement::Placements;
 use crate::provider::grpc::GrpcProvider;
 use crate::provider::local::LocalProvider;
-use crate::provider::{Actor, Grants, Provider, ProviderError, SimulatedConfig, resources_of};
+use crate::provider::{
+    Actor, Grants, Provider, ProviderError, Providers, SimulatedConfig, resources_of,
+};
 use crate::provisioning::{Backoff, ShardState};
 use crate::security::Security;
 use ballast_tls::TlsFiles;
@@ -55,8 +57,9 @@ pub struct WorkerConfig {
     pub cycle: Duration,
     /// How long a machine may stay foreign before it is returned to the provider.
     pub foreign_release_after: Duration,
-    /// The provider the shard drives.
-    pub provider: ProviderChoice,
+    /// The providers the shard drives (at most one without a name: it takes every quota no
+    /// named one claims).
+    pub providers: Vec<ProviderSpec>,
     /// Deadline of every call to a provider over gRPC.
     pub provider_timeout: Duration,
     /// HTTP port for metrics and probes; none to serve no HTTP.
@@ -74,6 +77,42 @@ pub enum ProviderChoice {
     Sim(SimulatedConfig),
     /// A provider process over the contract: `grpc://HOST:PORT` or `https://HOST:PORT`.
     Grpc(String),
+}
+
+/// One provider of a shard: a name (the quota provider whose machines live there) or none.
+#[derive(Clone, Debug)]
+pub struct ProviderSpec {
+    /// Quota provider name; `None` for the provider of every other quota.
+    pub name: Option<String>,
+    /// Which provider.
+    pub choice: ProviderChoice,
+}
+
+impl ProviderSpec {
+    /// `sim`, `URL`, `NAME=sim` or `NAME=URL`.
+    pub fn parse(text: &str) -> Result<ProviderSpec, String> {
+        let (name, rest) = match text.split_once('=') {
+            Some((name, rest)) => {
+                ballast_protocol::validate::validate_id("provider name", name)
+                    .map_err(|e| format!("--provider {text:?}: {e}"))?;
+                (Some(name.to_string()), rest)
+            }
+            None => (None, text),
+        };
+        let choice = if rest == "sim" {
+            ProviderChoice::Sim(SimulatedConfig::default())
+        } else if ["grpc://", "http://", "https://"]
+            .iter()
+            .any(|scheme| rest.starts_with(scheme))
+        {
+            ProviderChoice::Grpc(rest.to_string())
+        } else {
+            return Err(format!(
+                "--provider {text:?}: expected sim, grpc://HOST:PORT, https://HOST:PORT, or NAME= before one of them"
+            ));
+        };
+        Ok(ProviderSpec { name, choice })
+    }
 }
 
 /// Why the shard stopped acting under one of its grants.
@@ -162,9 +201,7 @@ pub struct Worker {
     summary: Mutex<pb::ShardSummary>,
     cycles: AtomicU64,
     sequence: AtomicU64,
-    provider: Arc<dyn Provider>,
-    /// The provider's shapes, read once it answers `Describe`.
-    shapes: Mutex<Option<Arc<Vec<Shape>>>>,
+    providers: Providers,
     /// Grants the provider refused as stale.
     fences: Mutex<Fences>,
     /// The grants of domains the watch took away, for returning the machines left in them.
@@ -223,9 +260,9 @@ impl Worker {
         self.state.lock()
     }
 
-    /// The provider.
-    pub fn provider(&self) -> &dyn Provider {
-        self.provider.as_ref()
+    /// The providers.
+    pub fn providers(&self) -> &Providers {
+        &self.providers
     }
 
     /// Who acts in the next provider call (a fresh sequence).
@@ -277,24 +314,6 @@ impl Worker {
             domain: (domain.to_string(), revision),
             quota: None,
         }
-    }
-
-    /// The provider's shapes (asked once, when first needed).
-    pub async fn shapes(&self) -> Result<Arc<Vec<Shape>>, ProviderError> {
-        if let Some(shapes) = self.shapes.lock().clone() {
-            return Ok(shapes);
-        }
-        let described = self.provider.describe().await?;
-        if described.contract != ballast_protocol::provider::CONTRACT {
-            return Err(ProviderError::Contract(format!(
-                "the provider serves contract {:?}, not {}",
-                described.contract,
-                ballast_protocol::provider::CONTRACT
-            )));
-        }
-        let shapes = Arc::new(described.shapes);
-        *self.shapes.lock() = Some(shapes.clone());
-        Ok(shapes)
     }
 
     /// Acts on a failed provider call: a stale grant fences what it names (the shard stops
@@ -749,20 +768,40 @@ pub async fn start(config: WorkerConfig) -> Result<RunningWorker, WorkerError> {
         engine_load_ms = startup.engine_load.as_millis() as u64,
         "shard worker starting from its cache"
     );
-    let provider: Arc<dyn Provider> = match &config.provider {
-        ProviderChoice::Sim(simulated) => Arc::new(
-            LocalProvider::open(None, simulated.clone())
+    let mut named = BTreeMap::new();
+    let mut fallback = None;
+    for spec in &config.providers {
+        let provider: Arc<dyn Provider> = match &spec.choice {
+            ProviderChoice::Sim(simulated) => Arc::new(
+                LocalProvider::open(None, simulated.clone())
+                    .map_err(|e| WorkerError::Config(e.to_string()))?,
+            ),
+            ProviderChoice::Grpc(endpoint) => Arc::new(
+                GrpcProvider::new(
+                    endpoint,
+                    security.as_ref().map(|s| &s.client),
+                    config.provider_timeout,
+                )
                 .map_err(|e| WorkerError::Config(e.to_string()))?,
-        ),
-        ProviderChoice::Grpc(endpoint) => Arc::new(
-            GrpcProvider::new(
-                endpoint,
-                security.as_ref().map(|s| &s.client),
-                config.provider_timeout,
-            )
-            .map_err(|e| WorkerError::Config(e.to_string()))?,
-        ),
-    };
+            ),
+        };
+        let taken = match &spec.name {
+            Some(name) => named.insert(name.clone(), provider).is_some(),
+            None => fallback.replace(provider).is_some(),
+        };
+        if taken {
+            return Err(WorkerError::Config(format!(
+                "--provider names {} twice",
+                spec.name
+                    .as_deref()
+                    .unwrap_or("the provider of every other quota")
+            )));
+        }
+    }
+    if named.is_empty() && fallback.is_none() {
+        return Err(WorkerError::Config("no --provider".into()));
+    }
+    let providers = Providers::new(named, fallback);
     let freshness = Freshness::new(config.lease_ttl, HOLD_LIMIT);
     let worker = Arc::new(Worker {
         config,
@@ -775,8 +814,7 @@ pub async fn start(config: WorkerConfig) -> Result<RunningWorker, WorkerError> {
         freshness: Mutex::new(freshness),
         wake_watch: tokio::sync::Notify::new(),
         client,
-        provider,
-        shapes: Mutex::new(None),
+        providers,
         fences: Mutex::new(Fences::default()),
         lost_grants: Mutex::new(HashMap::new()),
         adopting: Mutex::new(HashSet::new()),

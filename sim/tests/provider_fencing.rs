@@ -10,56 +10,16 @@ use std::path::Path;
 use std::time::Duration;
 
 use ballast_protocol::pb;
-use ballast_protocol::pb::command::Command as Wire;
-use ballast_protocol::providerpb::provider_client::ProviderClient;
-use ballast_protocol::providerpb::{ListMachinesRequest, Machine, MachineState};
+use ballast_protocol::providerpb::{Machine, MachineState};
 use ballast_testkit::{
-    ClusterOptions, ProviderProcess, Proxy, ShardProcess, TestCluster, wait_for,
+    Allocation, ClusterOptions, ProviderProcess, Proxy, ShardProcess, TestCluster, allocate, live,
+    provider_machines, wait_for,
 };
 
 const DOMAIN: &str = "zone=az-a/rack=r1";
 
 fn program() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_ballast-sim"))
-}
-
-fn cmd(inner: Wire) -> pb::Command {
-    pb::Command {
-        command: Some(inner),
-    }
-}
-
-fn live(machine: &Machine) -> bool {
-    !matches!(
-        MachineState::try_from(machine.state),
-        Ok(MachineState::Deleted) | Ok(MachineState::Failed)
-    )
-}
-
-/// Every machine the provider records, live or not.
-async fn provider_record(endpoint: &str) -> Vec<Machine> {
-    let mut client = ProviderClient::connect(format!("http://{endpoint}"))
-        .await
-        .expect("connecting to the provider");
-    let mut all = Vec::new();
-    let mut cursor = String::new();
-    loop {
-        let page = client
-            .list_machines(ListMachinesRequest {
-                domain: String::new(),
-                owner_shard: String::new(),
-                cursor: cursor.clone(),
-                limit: 1000,
-            })
-            .await
-            .expect("listing the provider's machines")
-            .into_inner();
-        all.extend(page.machines);
-        if page.next_cursor.is_empty() {
-            return all;
-        }
-        cursor = page.next_cursor;
-    }
 }
 
 /// Live machines in the domain by owner.
@@ -144,46 +104,19 @@ async fn a_cut_off_shard_is_fenced_at_the_provider_and_its_domain_handed_over_in
     );
     let other = cluster.spawn_sim_shard(program(), "sb", "az-a", &flags);
     cluster.wait_for_shards(2).await;
-    let client = cluster.client();
-    client
-        .write(cmd(Wire::Batch(pb::Batch {
-            commands: vec![
-                cmd(Wire::SetProvider(pb::SetProvider {
-                    name: "sim".into(),
-                    endpoint: grpc.clone(),
-                    region: "local".into(),
-                    capacity_types: vec![],
-                })),
-                cmd(Wire::SetQuota(pb::SetQuota {
-                    provider: "sim".into(),
-                    region: "local".into(),
-                    total: 20,
-                    slices: vec![
-                        pb::QuotaSlice {
-                            shard: "sa".into(),
-                            amount: 10,
-                        },
-                        pb::QuotaSlice {
-                            shard: "sb".into(),
-                            amount: 10,
-                        },
-                    ],
-                })),
-                cmd(Wire::BindCluster(pb::BindCluster {
-                    cluster: "c1".into(),
-                    shard: "sa".into(),
-                })),
-                cmd(Wire::AssignDomains(pb::AssignDomains {
-                    assignments: vec![pb::DomainAssignment {
-                        domain: DOMAIN.into(),
-                        shard: "sa".into(),
-                    }],
-                    allow_move: false,
-                })),
-            ],
-        })))
-        .await
-        .expect("provider, quota, binding and domain");
+    allocate(
+        &cluster.client(),
+        Allocation {
+            provider: "sim",
+            endpoint: &grpc,
+            region: "local",
+            total: 20,
+            slices: &[("sa", 10), ("sb", 10)],
+            cluster: ("c1", "sa"),
+            domain: (DOMAIN, "sa"),
+        },
+    )
+    .await;
     cut_off
         .wait_until("its domain, cluster and slice", |st| {
             st.domains.iter().any(|d| d == DOMAIN)
@@ -196,7 +129,7 @@ async fn a_cut_off_shard_is_fenced_at_the_provider_and_its_domain_handed_over_in
         "sa's three machines at the provider, configured for c1",
         Duration::from_secs(30),
         || async {
-            let record = provider_record(&provider.endpoint).await;
+            let record = provider_machines(&provider.endpoint, "").await;
             let owned = owners(&record);
             (owned.len() == 3
                 && owned.iter().all(|(_, owner)| owner == "sa")
@@ -224,7 +157,7 @@ async fn a_cut_off_shard_is_fenced_at_the_provider_and_its_domain_handed_over_in
         "the provider to record sb as the owner of the domain's machines",
         Duration::from_secs(30),
         || async {
-            let owned = owners(&provider_record(&provider.endpoint).await);
+            let owned = owners(&provider_machines(&provider.endpoint, "").await);
             owned
                 .iter()
                 .all(|(_, owner)| owner == "sb")
@@ -239,7 +172,7 @@ async fn a_cut_off_shard_is_fenced_at_the_provider_and_its_domain_handed_over_in
         ids(&before),
         "the handover moved exactly the machines that were there: none released, none created"
     );
-    let adopted = versions(&provider_record(&provider.endpoint).await);
+    let adopted = versions(&provider_machines(&provider.endpoint, "").await);
     // sb serves the cluster from the adopted machines, which still serve it at the provider:
     // nothing is reconfigured either.
     submit(&other, 3).await.expect("demand at sb");
@@ -248,7 +181,7 @@ async fn a_cut_off_shard_is_fenced_at_the_provider_and_its_domain_handed_over_in
             ballast_testkit::assigned_machines(st) == 3
         })
         .await;
-    let record = provider_record(&provider.endpoint).await;
+    let record = provider_machines(&provider.endpoint, "").await;
     assert_eq!(serving(&record, "c1"), 3, "{record:?}");
     assert_eq!(
         versions(&record),
@@ -271,7 +204,7 @@ async fn a_cut_off_shard_is_fenced_at_the_provider_and_its_domain_handed_over_in
         "{:?}",
         fenced.fenced
     );
-    let record = provider_record(&provider.endpoint).await;
+    let record = provider_machines(&provider.endpoint, "").await;
     assert_eq!(
         owners(&record),
         handed,
@@ -301,7 +234,7 @@ async fn a_cut_off_shard_is_fenced_at_the_provider_and_its_domain_handed_over_in
             },
         )
         .await;
-    let record = provider_record(&provider.endpoint).await;
+    let record = provider_machines(&provider.endpoint, "").await;
     assert_eq!(
         owners(&record),
         handed,

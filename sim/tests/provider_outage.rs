@@ -8,33 +8,20 @@ use std::path::Path;
 use std::time::Duration;
 
 use ballast_protocol::pb;
-use ballast_protocol::pb::command::Command as Wire;
 use ballast_protocol::providerpb::provider_client::ProviderClient;
 use ballast_protocol::providerpb::{
-    CreateMachineRequest, DeleteMachineRequest, DomainGrant, FencingToken, Grant,
-    ListMachinesRequest, Machine, MachineState, QuotaGrant,
+    CreateMachineRequest, DeleteMachineRequest, DomainGrant, FencingToken, Grant, MachineState,
+    QuotaGrant,
 };
 use ballast_testkit::{
-    ClusterOptions, ProviderProcess, ShardProcess, TestCluster, assigned_machines, wait_for,
+    Allocation, ClusterOptions, ProviderProcess, ShardProcess, TestCluster, allocate,
+    assigned_machines, live, provider_machines, wait_for,
 };
 
 const DOMAIN: &str = "zone=az-a/rack=r1";
 
 fn program() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_ballast-sim"))
-}
-
-fn cmd(inner: Wire) -> pb::Command {
-    pb::Command {
-        command: Some(inner),
-    }
-}
-
-fn live(machine: &Machine) -> bool {
-    !matches!(
-        MachineState::try_from(machine.state),
-        Ok(MachineState::Deleted) | Ok(MachineState::Failed)
-    )
 }
 
 async fn provider_client(endpoint: &str) -> ProviderClient<tonic::transport::Channel> {
@@ -45,20 +32,8 @@ async fn provider_client(endpoint: &str) -> ProviderClient<tonic::transport::Cha
 
 /// The live machines the provider records for shard s1, by id.
 async fn live_of_s1(endpoint: &str) -> Vec<String> {
-    let page = provider_client(endpoint)
+    let mut ids: Vec<String> = provider_machines(endpoint, "s1")
         .await
-        .list_machines(ListMachinesRequest {
-            domain: String::new(),
-            owner_shard: "s1".into(),
-            cursor: String::new(),
-            limit: 1000,
-        })
-        .await
-        .expect("listing")
-        .into_inner();
-    assert!(page.next_cursor.is_empty(), "one page holds them all");
-    let mut ids: Vec<String> = page
-        .machines
         .into_iter()
         .filter(live)
         .map(|m| m.id)
@@ -119,43 +94,29 @@ async fn a_shard_restarted_in_a_full_outage_reconciles_with_its_provider_and_goe
         program(),
         "s1",
         "az-a",
-        &["--lease-ms", "3000", "--provider", &grpc],
+        // Named after the quota provider whose machines live there, beside a built-in
+        // simulated provider for every other quota: the shard routes by quota.
+        &[
+            "--lease-ms",
+            "3000",
+            "--provider",
+            &format!("sim={grpc},sim"),
+        ],
     );
     cluster.wait_for_shards(1).await;
-    cluster
-        .client()
-        .write(cmd(Wire::Batch(pb::Batch {
-            commands: vec![
-                cmd(Wire::SetProvider(pb::SetProvider {
-                    name: "sim".into(),
-                    endpoint: grpc.clone(),
-                    region: "local".into(),
-                    capacity_types: vec![],
-                })),
-                cmd(Wire::SetQuota(pb::SetQuota {
-                    provider: "sim".into(),
-                    region: "local".into(),
-                    total: 10,
-                    slices: vec![pb::QuotaSlice {
-                        shard: "s1".into(),
-                        amount: 10,
-                    }],
-                })),
-                cmd(Wire::BindCluster(pb::BindCluster {
-                    cluster: "c1".into(),
-                    shard: "s1".into(),
-                })),
-                cmd(Wire::AssignDomains(pb::AssignDomains {
-                    assignments: vec![pb::DomainAssignment {
-                        domain: DOMAIN.into(),
-                        shard: "s1".into(),
-                    }],
-                    allow_move: false,
-                })),
-            ],
-        })))
-        .await
-        .expect("provider, quota, binding and domain");
+    allocate(
+        &cluster.client(),
+        Allocation {
+            provider: "sim",
+            endpoint: &grpc,
+            region: "local",
+            total: 10,
+            slices: &[("s1", 10)],
+            cluster: ("c1", "s1"),
+            domain: (DOMAIN, "s1"),
+        },
+    )
+    .await;
     shard
         .wait_until("its domain, cluster and slice", |st| {
             !st.domains.is_empty() && !st.clusters.is_empty() && !st.slices.is_empty()
@@ -240,4 +201,18 @@ async fn a_shard_restarted_in_a_full_outage_reconciles_with_its_provider_and_goe
         after, expected,
         "no machine created or returned beyond the repair"
     );
+    // And the provider learns which cluster each serves, the joined one included.
+    wait_for(
+        "every live machine of s1 configured for c1 at the provider",
+        Duration::from_secs(30),
+        || async {
+            provider_machines(&provider.endpoint, "s1")
+                .await
+                .iter()
+                .filter(|m| live(m))
+                .all(|m| m.cluster == "c1" && m.state == MachineState::Configured as i32)
+                .then_some(())
+        },
+    )
+    .await;
 }

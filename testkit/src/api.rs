@@ -51,3 +51,71 @@ pub fn assigned_machines(status: &pb::ShardStatusResponse) -> u64 {
         .copied()
         .unwrap_or(0)
 }
+
+/// What [`allocate`] sets up: a provider registered with a quota sliced among shards, one cluster
+/// bound and one domain assigned.
+pub struct Allocation<'a> {
+    /// Provider (and quota provider) name.
+    pub provider: &'a str,
+    /// Its endpoint, as registered.
+    pub endpoint: &'a str,
+    /// Region of the quota.
+    pub region: &'a str,
+    /// Quota total.
+    pub total: u64,
+    /// Slices by shard.
+    pub slices: &'a [(&'a str, u64)],
+    /// (cluster, shard) to bind.
+    pub cluster: (&'a str, &'a str),
+    /// (domain, shard) to assign.
+    pub domain: (&'a str, &'a str),
+}
+
+/// Registers the provider, sets the quota, binds the cluster and assigns the domain, in one
+/// batch (one revision).
+pub async fn allocate(client: &BallastClient, grant: Allocation<'_>) -> u64 {
+    use ballast_protocol::pb::command::Command as Wire;
+    let cmd = |inner| pb::Command {
+        command: Some(inner),
+    };
+    client
+        .write(cmd(Wire::Batch(pb::Batch {
+            commands: vec![
+                cmd(Wire::SetProvider(pb::SetProvider {
+                    name: grant.provider.into(),
+                    endpoint: grant.endpoint.into(),
+                    region: grant.region.into(),
+                    capacity_types: vec![],
+                })),
+                cmd(Wire::SetQuota(pb::SetQuota {
+                    provider: grant.provider.into(),
+                    region: grant.region.into(),
+                    total: grant.total,
+                    slices: grant
+                        .slices
+                        .iter()
+                        .map(|(shard, amount)| pb::QuotaSlice {
+                            shard: shard.to_string(),
+                            amount: *amount,
+                        })
+                        .collect(),
+                })),
+                cmd(Wire::BindCluster(pb::BindCluster {
+                    cluster: grant.cluster.0.into(),
+                    shard: grant.cluster.1.into(),
+                })),
+                cmd(Wire::AssignDomains(pb::AssignDomains {
+                    assignments: vec![pb::DomainAssignment {
+                        domain: grant.domain.0.into(),
+                        shard: grant.domain.1.into(),
+                    }],
+                    allow_move: false,
+                })),
+            ],
+        })))
+        .await
+        .expect("provider, quota, binding and domain")
+        .header
+        .expect("a header")
+        .revision
+}

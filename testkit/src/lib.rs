@@ -33,13 +33,13 @@ mod shard;
 pub mod svg;
 mod wait;
 
-pub use api::{assign_domain, assigned_machines, current_revision};
+pub use api::{Allocation, allocate, assign_domain, assigned_machines, current_revision};
 pub use cluster::{ClusterOptions, FAST_FLAGS, Replica, TestCluster, az_of};
 pub use http::{http_get, https_get, metric};
 pub use pki::TestPki;
 pub use ports::{free_base_port, free_port, free_port_block};
 pub use process::{rss_bytes, rss_file_bytes};
-pub use provider::{ProviderProcess, run_bounded};
+pub use provider::{ProviderProcess, live, provider_machines, run_bounded};
 pub use proxy::Proxy;
 pub use s3::S3Server;
 pub use shard::ShardProcess;

@@ -177,3 +177,44 @@ impl Drop for ProviderProcess {
         }
     }
 }
+
+/// Whether a machine counts (not deleted or failed).
+pub fn live(machine: &ballast_protocol::providerpb::Machine) -> bool {
+    use ballast_protocol::providerpb::MachineState;
+    !matches!(
+        MachineState::try_from(machine.state),
+        Ok(MachineState::Deleted) | Ok(MachineState::Failed)
+    )
+}
+
+/// Every machine the provider at `endpoint` records for `owner` ("" for every shard's), live
+/// or not, through all pages.
+pub async fn provider_machines(
+    endpoint: &str,
+    owner: &str,
+) -> Vec<ballast_protocol::providerpb::Machine> {
+    use ballast_protocol::providerpb::ListMachinesRequest;
+    use ballast_protocol::providerpb::provider_client::ProviderClient;
+    let mut client = ProviderClient::connect(format!("http://{endpoint}"))
+        .await
+        .expect("connecting to the provider");
+    let mut all = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let page = client
+            .list_machines(ListMachinesRequest {
+                domain: String::new(),
+                owner_shard: owner.to_string(),
+                cursor: cursor.clone(),
+                limit: 1000,
+            })
+            .await
+            .expect("listing the provider's machines")
+            .into_inner();
+        all.extend(page.machines);
+        if page.next_cursor.is_empty() {
+            return all;
+        }
+        cursor = page.next_cursor;
+    }
+}

@@ -8,6 +8,7 @@
 
 pub mod grpc;
 pub mod local;
+pub mod route;
 
 use std::collections::HashMap;
 
@@ -21,6 +22,7 @@ use ballast_protocol::providerpb::{
 use crate::engine::Resources;
 
 pub use local::SimulatedConfig;
+pub use route::Providers;
 
 /// Why a provider call did not succeed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
