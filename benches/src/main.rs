@@ -6,6 +6,7 @@ mod engine;
 mod engine_fleet;
 mod kv;
 mod memory;
+mod provider;
 mod stats;
 mod tls;
 
@@ -33,6 +34,11 @@ enum Command {
     Memory(memory::MemoryBenchArgs),
     /// TLS benchmark: the same puts into a plain and a mutual-TLS group in one run.
     Tls(tls::TlsBenchArgs),
+    /// Provider benchmark: create round trips through the built-in provider and a provider
+    /// process over gRPC (in memory and durable) at 1, 32 and 128 in flight.
+    Provider(provider::ProviderBenchArgs),
+    /// Run the reference provider (same flags as `ballast-provider-sim`); used by `provider`.
+    ProviderServe(Box<ballast_provider_sim::config::ProviderArgs>),
     /// Run one coordinator replica (same flags as `ballast-coord`).
     Replica(Box<ballast_coordinator::config::CoordArgs>),
 }
@@ -48,6 +54,11 @@ async fn run() -> anyhow::Result<()> {
         Command::Kv(args) => kv::run(args).await,
         Command::Tls(args) => tls::run(args).await,
         Command::Memory(args) => memory::run(args).await,
+        Command::Provider(args) => provider::run(args).await,
+        Command::ProviderServe(args) => {
+            ballast_provider_sim::init_logging();
+            ballast_provider_sim::run_until_signal(*args).await
+        }
         Command::Engine(args) => {
             let out = args.out.clone();
             let report = engine::run(args).await?;

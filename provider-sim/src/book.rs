@@ -153,6 +153,7 @@ pub struct Book {
     answer_sequence: u64,
     version: u64,
     changes: Changes,
+    index: index::Index,
 }
 
 /// A mutating call's parts the rules look at.
@@ -348,24 +349,41 @@ impl Book {
         limit: usize,
     ) -> (Vec<Machine>, String) {
         let limit = limit.clamp(1, 1000);
-        let mut page: Vec<Machine> = self
-            .machines
-            .range::<str, _>((
-                if cursor.is_empty() {
-                    std::ops::Bound::Unbounded
-                } else {
-                    std::ops::Bound::Excluded(cursor)
-                },
-                std::ops::Bound::Unbounded,
-            ))
-            .map(|(_, m)| m)
-            .filter(|m| {
-                (domain.is_empty() || m.domain == domain)
-                    && (owner.is_empty() || m.owner_shard == owner)
-            })
-            .take(limit + 1)
-            .cloned()
-            .collect();
+        let after = if cursor.is_empty() {
+            std::ops::Bound::Unbounded
+        } else {
+            std::ops::Bound::Excluded(cursor)
+        };
+        let matches = |m: &&Machine| {
+            (domain.is_empty() || m.domain == domain)
+                && (owner.is_empty() || m.owner_shard == owner)
+        };
+        // The narrowest index that holds every match, walked in id order from the cursor.
+        let ids = if !owner.is_empty() {
+            Some(self.index.of_owner(owner))
+        } else if !domain.is_empty() {
+            Some(self.index.in_domain(domain))
+        } else {
+            None
+        };
+        let mut page: Vec<Machine> = match ids {
+            Some(ids) => ids
+                .into_iter()
+                .flat_map(|ids| ids.range::<str, _>((after, std::ops::Bound::Unbounded)))
+                .filter_map(|id| self.machines.get(id))
+                .filter(matches)
+                .take(limit + 1)
+                .cloned()
+                .collect(),
+            None => self
+                .machines
+                .range::<str, _>((after, std::ops::Bound::Unbounded))
+                .map(|(_, m)| m)
+                .filter(matches)
+                .take(limit + 1)
+                .cloned()
+                .collect(),
+        };
         let next = if page.len() > limit {
             page.truncate(limit);
             page.last().map(|m| m.id.clone()).unwrap_or_default()
@@ -380,7 +398,10 @@ impl Book {
     /// Puts back a persisted machine.
     pub fn restore_machine(&mut self, machine: Machine) {
         self.version = self.version.max(machine.version);
-        self.machines.insert(machine.id.clone(), machine);
+        self.index.added(&machine);
+        if let Some(old) = self.machines.insert(machine.id.clone(), machine) {
+            self.index.removed(&old);
+        }
     }
 
     /// Puts back a persisted domain mark.
@@ -469,10 +490,11 @@ impl Book {
     /// `DeleteMachine`.
     pub fn delete(&mut self, request: &DeleteMachineRequest) -> Result<Machine, Refusal> {
         self.call(request, |book, call| {
-            let machine = book.owned_machine(call.token, &request.machine_id)?;
-            if live(machine) {
-                machine.state = MachineState::Deleted as i32;
-                machine.cluster.clear();
+            if live(book.owned_machine(call.token, &request.machine_id)?) {
+                book.update(&request.machine_id, |machine| {
+                    machine.state = MachineState::Deleted as i32;
+                    machine.cluster.clear();
+                });
             }
             Ok(vec![book.touch(&request.machine_id)])
         })
@@ -710,20 +732,19 @@ impl Book {
         );
         self.changes.domains.insert(domain.clone());
         let adopted: Vec<String> = self
-            .machines
-            .values()
-            .filter(|m| {
-                m.domain == domain
-                    && live(m)
-                    && (m.owner_shard != token.shard_id || m.owner_grant != Some(g))
-            })
+            .index
+            .in_domain(&domain)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.machines.get(id))
+            .filter(|m| live(m) && (m.owner_shard != token.shard_id || m.owner_grant != Some(g)))
             .map(|m| m.id.clone())
             .collect();
         for id in adopted {
-            if let Some(machine) = self.machines.get_mut(&id) {
+            self.update(&id, |machine| {
                 machine.owner_shard = token.shard_id.clone();
                 machine.owner_grant = Some(g);
-            }
+            });
             self.touch(&id);
         }
         Ok(())
@@ -853,16 +874,26 @@ impl Book {
         self.quota_verdict(&quota)?;
         // What the shard would hold of this quota, the domain's machines included if this call
         // hands them over.
+        let taken_over = if adopts {
+            self.index
+                .in_domain(&request.domain)
+                .into_iter()
+                .flatten()
+                .filter_map(|id| self.machines.get(id))
+                .filter(|m| {
+                    m.owner_shard != token.shard_id
+                        && m.quota_provider == quota.quota_provider
+                        && m.region == quota.region
+                        && live(m)
+                })
+                .count() as u64
+        } else {
+            0
+        };
         let held = self
-            .machines
-            .values()
-            .filter(|m| {
-                (m.owner_shard == token.shard_id || (adopts && m.domain == request.domain))
-                    && m.quota_provider == quota.quota_provider
-                    && m.region == quota.region
-                    && live(m)
-            })
-            .count() as u64;
+            .index
+            .held(&token.shard_id, &quota.quota_provider, &quota.region)
+            + taken_over;
         if held + 1 > quota.slice && self.breach != Breach::IgnoreFencing {
             return Err(Refusal::new(
                 Reason::OverSlice,
@@ -875,7 +906,7 @@ impl Book {
             .with("slice", quota.slice.to_string()));
         }
         if let Some(capacity) = self.catalog.capacity {
-            let used = self.machines.values().filter(|m| live(m)).count() as u64;
+            let used = self.index.live();
             if used >= capacity {
                 return Err(Refusal::new(
                     Reason::InsufficientCapacity,
@@ -900,8 +931,18 @@ impl Book {
             last_error: String::new(),
             version: 0,
         };
+        self.index.added(&machine);
         self.machines.insert(machine.id.clone(), machine);
         Ok(self.touch(&request.machine_id))
+    }
+
+    /// Changes a machine through `change`, keeping the indexes in step.
+    fn update(&mut self, id: &str, change: impl FnOnce(&mut Machine)) {
+        if let Some(machine) = self.machines.get_mut(id) {
+            self.index.removed(machine);
+            change(machine);
+            self.index.added(machine);
+        }
     }
 
     /// Bumps a machine's version and notes it changed; returns it.
@@ -916,6 +957,8 @@ impl Book {
         machine.clone()
     }
 }
+
+mod index;
 
 #[cfg(test)]
 mod tests;

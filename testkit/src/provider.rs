@@ -69,6 +69,15 @@ impl ProviderProcess {
     /// `--listen 127.0.0.1:PORT --data-dir DIR` and `flags`, and waits (60 s at most) until it
     /// prints `listening on`.
     pub fn start(program: &str, flags: &str) -> ProviderProcess {
+        Self::spawn(program, flags, true)
+    }
+
+    /// [`ProviderProcess::start`] without `--data-dir`: the provider keeps everything in memory.
+    pub fn start_in_memory(program: &str, flags: &str) -> ProviderProcess {
+        Self::spawn(program, flags, false)
+    }
+
+    fn spawn(program: &str, flags: &str, durable: bool) -> ProviderProcess {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let port = free_port();
         let (data, pidfile, log) = (
@@ -78,10 +87,14 @@ impl ProviderProcess {
         );
         // The output goes to a file: the suite waits for the restart command's own output to
         // close, so the restarted provider must not hold it open.
+        let data = if durable {
+            format!("--data-dir '{}'", data.display())
+        } else {
+            String::new()
+        };
         let start = format!(
-            "{program} --listen 127.0.0.1:{port} --data-dir '{}' {flags} >>'{}' 2>&1 &\n\
+            "{program} --listen 127.0.0.1:{port} {data} {flags} >>'{}' 2>&1 &\n\
              echo $! > '{}'\n",
-            data.display(),
             log.display(),
             pidfile.display()
         );

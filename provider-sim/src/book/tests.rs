@@ -417,3 +417,92 @@ fn the_breaches_break_what_they_say() {
         Reason::AlreadyExists
     );
 }
+
+/// One step of a random history: a shard creates, deletes, or takes a domain over.
+#[derive(Clone, Debug)]
+enum Step {
+    Create { shard: usize, domain: usize },
+    Delete { machine: usize },
+    Adopt { shard: usize, domain: usize },
+}
+
+fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+    use proptest::prelude::*;
+    prop_oneof![
+        (0..3usize, 0..3usize).prop_map(|(shard, domain)| Step::Create { shard, domain }),
+        (0..40usize).prop_map(|machine| Step::Delete { machine }),
+        (0..3usize, 0..3usize).prop_map(|(shard, domain)| Step::Adopt { shard, domain }),
+    ]
+}
+
+proptest::proptest! {
+    /// Whatever happens, the indexes say what a scan of every machine says: live machines per
+    /// owner and quota, in all, and the listings by domain and by owner.
+    #[test]
+    fn the_indexes_agree_with_a_scan(steps in proptest::collection::vec(step(), 1..60)) {
+        let mut book = Book::new(catalog(), Breach::None);
+        let mut revision = 1;
+        let mut made: Vec<(String, usize)> = Vec::new();
+        let token_for = |shard: usize, domain: usize, revision: u64| FencingToken {
+            shard_id: format!("s{shard}"),
+            shard_epoch: 1,
+            sequence: 0,
+            domain: Some(DomainGrant {
+                domain: format!("d{domain}"),
+                grant: grant(revision),
+            }),
+            quota: Some(QuotaGrant {
+                quota_provider: "sim".into(),
+                region: "r1".into(),
+                grant: grant(1),
+                slice: 1000,
+            }),
+        };
+        for (n, step) in steps.into_iter().enumerate() {
+            revision += 1;
+            match step {
+                Step::Create { shard, domain } => {
+                    let id = format!("m{n}");
+                    let mut request = create(&format!("k{n}"), &id, token_for(shard, domain, revision));
+                    request.domain = format!("d{domain}");
+                    if book.create(&request).is_ok() {
+                        made.push((id, domain));
+                    }
+                }
+                Step::Delete { machine } => {
+                    if let Some((id, domain)) = made.get(machine % made.len().max(1)).cloned() {
+                        let owner = book.machine(&id).map(|m| m.owner_shard.clone()).unwrap_or_default();
+                        let shard: usize = owner.trim_start_matches('s').parse().unwrap_or(0);
+                        let _ = book.delete(&DeleteMachineRequest {
+                            idempotency_key: format!("k{n}"),
+                            token: Some(token_for(shard, domain, revision)),
+                            machine_id: id,
+                        });
+                    }
+                }
+                Step::Adopt { shard, domain } => {
+                    let _ = book.adopt(&AdoptDomainRequest {
+                        idempotency_key: format!("k{n}"),
+                        token: Some(token_for(shard, domain, revision)),
+                    });
+                }
+            }
+            let all: Vec<Machine> = book.machines.values().cloned().collect();
+            for shard in 0..3 {
+                let owner = format!("s{shard}");
+                let scanned = all.iter().filter(|m| m.owner_shard == owner && live(m)).count() as u64;
+                proptest::prop_assert_eq!(book.index.held(&owner, "sim", "r1"), scanned);
+                let listed: Vec<String> = book.list("", &owner, "", 1000).0.into_iter().map(|m| m.id).collect();
+                let expected: Vec<String> = all.iter().filter(|m| m.owner_shard == owner).map(|m| m.id.clone()).collect();
+                proptest::prop_assert_eq!(listed, expected);
+            }
+            for domain in 0..3 {
+                let name = format!("d{domain}");
+                let listed: Vec<String> = book.list(&name, "", "", 1000).0.into_iter().map(|m| m.id).collect();
+                let expected: Vec<String> = all.iter().filter(|m| m.domain == name).map(|m| m.id.clone()).collect();
+                proptest::prop_assert_eq!(listed, expected);
+            }
+            proptest::prop_assert_eq!(book.index.live(), all.iter().filter(|m| live(m)).count() as u64);
+        }
+    }
+}
