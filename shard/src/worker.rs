@@ -326,12 +326,19 @@ impl Worker {
                 message,
                 metadata,
             } => {
+                // The grant the call presented: by the time the refusal is read the watch may
+                // have brought a newer one, which the next call presents instead.
+                let presented = metadata.get("presented").and_then(|g| parse_grant(g));
                 if let Some(domain) = metadata.get("domain") {
-                    self.fence_domain(domain, message);
+                    self.fence_domain(domain, presented, message);
                 } else if let Some((provider, region)) =
                     metadata.get("quota").and_then(|q| q.split_once('/'))
                 {
-                    self.fence_quota(&(provider.to_string(), region.to_string()), message);
+                    self.fence_quota(
+                        &(provider.to_string(), region.to_string()),
+                        presented,
+                        message,
+                    );
                 } else {
                     tracing::error!(%call, %message, "a stale-grant refusal that names no domain or quota");
                     self.backoff.failed();
@@ -350,11 +357,14 @@ impl Worker {
         }
     }
 
-    fn fence_domain(&self, domain: &str, why: &str) {
+    fn fence_domain(&self, domain: &str, presented: Option<(u64, u64)>, why: &str) {
         let held = self.assignments.read();
         let Some(grant) = held.domain_grant(domain) else {
             return;
         };
+        if presented.is_some_and(|presented| presented != grant) {
+            return;
+        }
         let mut fences = self.fences.lock();
         let fence = Fence {
             grant,
@@ -369,11 +379,14 @@ impl Worker {
         }
     }
 
-    fn fence_quota(&self, quota: &QuotaKey, why: &str) {
+    fn fence_quota(&self, quota: &QuotaKey, presented: Option<(u64, u64)>, why: &str) {
         let held = self.assignments.read();
         let Some((epoch, revision, _)) = held.quota_grant(&quota.0, &quota.1) else {
             return;
         };
+        if presented.is_some_and(|presented| presented != (epoch, revision)) {
+            return;
+        }
         let mut fences = self.fences.lock();
         let fence = Fence {
             grant: (epoch, revision),
@@ -662,6 +675,12 @@ impl Worker {
             tracing::warn!(error = %e, "could not persist the cluster id");
         }
     }
+}
+
+/// A grant as a refusal names it: `restore_epoch/revision`.
+fn parse_grant(text: &str) -> Option<(u64, u64)> {
+    let (epoch, revision) = text.split_once('/')?;
+    Some((epoch.parse().ok()?, revision.parse().ok()?))
 }
 
 /// Machine counts by state name, leaving out empty states.

@@ -98,12 +98,23 @@ fn verdicts(listing: &FleetListing, views: &ShardViews) -> Vec<Check> {
         },
     ));
 
+    // A machine serving a need on two shards would be one machine doing two jobs. A handed-over
+    // machine also stays in its old owner's ledger, outside that shard's domains (foreign: never
+    // used), until the shard learns the provider gave it away: that copy serves nothing and is
+    // not counted.
     let mut machine_owner: HashMap<&str, &str> = HashMap::new();
     let mut twice = Vec::new();
     for (shard, machines) in &views.machines {
-        for m in machines {
+        let held = views.domains.get(shard);
+        let at_work = |m: &&pb::MachineInfo| {
+            !m.need.is_empty() && held.is_some_and(|domains| domains.contains(&m.domain))
+        };
+        for m in machines.iter().filter(at_work) {
             if let Some(other) = machine_owner.insert(&m.id, shard) {
-                twice.push(format!("{} on {other} and {shard}", m.id));
+                twice.push(format!(
+                    "{} (domain {}) on {other} and {shard} (for {})",
+                    m.id, m.domain, m.need
+                ));
             }
         }
     }
@@ -111,7 +122,10 @@ fn verdicts(listing: &FleetListing, views: &ShardViews) -> Vec<Check> {
         "no machine double-assigned",
         twice.is_empty(),
         if twice.is_empty() {
-            format!("{} machines, each on one shard", machine_owner.len())
+            format!(
+                "{} machines at work, each on one shard",
+                machine_owner.len()
+            )
         } else {
             twice.into_iter().take(3).collect::<Vec<_>>().join("; ")
         },
@@ -201,6 +215,60 @@ fn moved_bindings(listing: &FleetListing, acked: &[(String, String)]) -> usize {
 }
 
 impl Sim {
+    /// The providers' own record, judged against the coordinator's quotas: live machines per
+    /// (provider, region) never above the quota's total (no quota committed twice), and every
+    /// live machine owned by a registered shard.
+    async fn provider_record(&self, listing: &FleetListing) -> Check {
+        let totals: BTreeMap<(String, String), u64> = listing
+            .quotas
+            .iter()
+            .map(|q| ((q.provider.clone(), q.region.clone()), q.total))
+            .collect();
+        let registered: BTreeSet<&str> = listing.shards.iter().map(|s| s.id.as_str()).collect();
+        let mut live: BTreeMap<(String, String), u64> = BTreeMap::new();
+        let mut strays = Vec::new();
+        let mut machines = 0;
+        for (_, provider) in &self.providers {
+            for m in ballast_testkit::provider_machines(&provider.endpoint, "").await {
+                if !ballast_testkit::live(&m) {
+                    continue;
+                }
+                machines += 1;
+                *live
+                    .entry((m.quota_provider.clone(), m.region.clone()))
+                    .or_default() += 1;
+                if !registered.contains(m.owner_shard.as_str()) {
+                    strays.push(format!("{} owned by {}", m.id, m.owner_shard));
+                }
+            }
+        }
+        let over: Vec<String> = live
+            .iter()
+            .filter(|(key, n)| **n > totals.get(*key).copied().unwrap_or(0))
+            .map(|((p, r), n)| {
+                format!(
+                    "{p}/{r}: {n} live, total {}",
+                    totals.get(&(p.clone(), r.clone())).copied().unwrap_or(0)
+                )
+            })
+            .collect();
+        Check::new(
+            "the providers' record: no quota over-committed, no machine without a shard",
+            over.is_empty() && strays.is_empty(),
+            if over.is_empty() && strays.is_empty() {
+                format!(
+                    "{machines} live machines at {} provider processes, every quota within its total",
+                    self.providers.len()
+                )
+            } else {
+                format!(
+                    "over: {over:?}; strays: {:?}",
+                    strays.iter().take(3).collect::<Vec<_>>()
+                )
+            },
+        )
+    }
+
     /// Every live shard's machines, as it reports them.
     async fn machines_of_live_shards(
         &self,
@@ -285,6 +353,10 @@ impl Sim {
             },
         ));
 
+        if !self.providers.is_empty() {
+            checks.push(self.provider_record(&listing).await);
+        }
+
         if demand {
             self.shared.demand_paused.store(true, Ordering::Relaxed);
             let live = self.live_shards().len();
@@ -310,10 +382,18 @@ impl Sim {
 mod tests {
     use super::*;
 
+    /// A machine at work (`id`) or, with a `~` prefix, idle (as a handed-over copy is).
     fn machine(id: &str) -> pb::MachineInfo {
-        pb::MachineInfo {
-            id: id.into(),
-            ..Default::default()
+        match id.strip_prefix('~') {
+            Some(idle) => pb::MachineInfo {
+                id: idle.into(),
+                ..Default::default()
+            },
+            None => pb::MachineInfo {
+                id: id.into(),
+                need: "c1/web".into(),
+                ..Default::default()
+            },
         }
     }
 
@@ -349,13 +429,24 @@ mod tests {
         }
     }
 
+    fn placed(machines: &[&str], domains: &[&str]) -> Vec<pb::MachineInfo> {
+        machines
+            .iter()
+            .map(|m| pb::MachineInfo {
+                domain: domains.first().unwrap_or(&"").to_string(),
+                ..machine(m)
+            })
+            .collect()
+    }
+
     fn views(s1: &[&str], s2: &[&str], m1: &[&str], m2: &[&str]) -> ShardViews {
         let set = |d: &[&str]| d.iter().map(|s| s.to_string()).collect();
         ShardViews {
             domains: [("s1".to_string(), set(s1)), ("s2".to_string(), set(s2))].into(),
+            // Each shard's machines sit in its first domain.
             machines: [
-                ("s1".to_string(), m1.iter().map(|m| machine(m)).collect()),
-                ("s2".to_string(), m2.iter().map(|m| machine(m)).collect()),
+                ("s1".to_string(), placed(m1, s1)),
+                ("s2".to_string(), placed(m2, s2)),
             ]
             .into(),
         }
@@ -387,6 +478,9 @@ mod tests {
         );
         let checks = verdicts(&listing(), &views(&["d1"], &["d2"], &["a"], &["a"]));
         assert_eq!(failing(&checks), ["no machine double-assigned"]);
+        // A handed-over machine still idle in its old owner's ledger serves nothing there.
+        let checks = verdicts(&listing(), &views(&["d1"], &["d2"], &["~a"], &["a"]));
+        assert!(failing(&checks).is_empty(), "{:?}", failing(&checks));
         let checks = verdicts(&listing(), &views(&["d1"], &["d2"], &["a", "b", "c"], &[]));
         assert_eq!(failing(&checks), ["no quota slice exceeded"]);
     }

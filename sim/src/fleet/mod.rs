@@ -24,7 +24,7 @@ use ballast_protocol::pb;
 use ballast_protocol::pb::cluster_client::ClusterClient;
 use ballast_protocol::pb::command::Command as Wire;
 use ballast_protocol::pb::shard_worker_client::ShardWorkerClient;
-use ballast_testkit::{ClusterOptions, ShardProcess, TestCluster};
+use ballast_testkit::{ClusterOptions, ProviderProcess, ShardProcess, TestCluster};
 use futures::StreamExt;
 use tonic::transport::Channel;
 
@@ -99,6 +99,12 @@ pub struct FleetArgs {
     /// election storms (docs/simulator.md).
     #[arg(long = "replica-flag", allow_hyphen_values = true)]
     pub replica_flags: Vec<String>,
+    /// Run each quota provider as its own process (`ballast-sim provider`, durable) shared by
+    /// every shard, instead of the simulated provider built into each shard: ownership is then
+    /// fenced at the provider and moved domains are adopted there with their machines, and
+    /// the provider's own record is checked after every scenario.
+    #[arg(long)]
+    pub provider_processes: bool,
 }
 
 impl FleetArgs {
@@ -202,11 +208,40 @@ pub(crate) struct Sim {
     args: FleetArgs,
     scale: Scale,
     pub(crate) cluster: TestCluster,
+    /// Provider processes by quota provider name (none: each shard's built-in provider).
+    providers: Vec<(String, ProviderProcess)>,
     pub(crate) shards: Vec<ShardProcess>,
     shard_clients: Vec<ShardWorkerClient<Channel>>,
     client: BallastClient,
     shared: Arc<Shared>,
     windows: Vec<Window>,
+}
+
+/// One provider process per quota provider of the model, serving its regions, durable.
+fn start_providers(
+    program: &std::path::Path,
+    model: &FleetModel,
+) -> Vec<(String, ProviderProcess)> {
+    let mut regions: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for q in 0..model.scale.quotas {
+        let (provider, region) = FleetModel::quota_key(q);
+        regions.entry(provider).or_default().push(region);
+    }
+    regions
+        .into_iter()
+        .map(|(name, regions)| {
+            let process = ProviderProcess::start(
+                &format!("'{}' provider", program.display()),
+                &format!("--name {name} --region {}", regions.join(",")),
+            );
+            println!(
+                "    provider {name} ({}) at {}",
+                regions.join(", "),
+                process.endpoint
+            );
+            (name, process)
+        })
+        .collect()
 }
 
 fn command(inner: Wire) -> pb::Command {
@@ -468,25 +503,34 @@ impl Sim {
         )
         .await;
         let lease = lease_ms.to_string();
+        let providers = if args.provider_processes {
+            start_providers(&program, &model)
+        } else {
+            Vec::new()
+        };
+        let mut shard_flags: Vec<String> = [
+            "--lease-ms",
+            &lease,
+            "--sim-latency-ms",
+            "20",
+            "--foreign-release-after-ms",
+            "1000",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        if !providers.is_empty() {
+            let routes: Vec<String> = providers
+                .iter()
+                .map(|(name, p)| format!("{name}=grpc://{}", p.endpoint))
+                .collect();
+            shard_flags.extend(["--provider".to_string(), routes.join(",")]);
+        }
+        let shard_flags: Vec<&str> = shard_flags.iter().map(String::as_str).collect();
         let shards: Vec<ShardProcess> = model
             .shards
             .iter()
-            .map(|s| {
-                cluster.spawn_shard(
-                    &program,
-                    &["shard"],
-                    &s.id,
-                    s.az,
-                    &[
-                        "--lease-ms",
-                        &lease,
-                        "--sim-latency-ms",
-                        "20",
-                        "--foreign-release-after-ms",
-                        "1000",
-                    ],
-                )
-            })
+            .map(|s| cluster.spawn_shard(&program, &["shard"], &s.id, s.az, &shard_flags))
             .collect();
         let shard_clients = shards.iter().map(|s| s.client()).collect();
         let mut config = ClientConfig::new(cluster.endpoints());
@@ -510,6 +554,7 @@ impl Sim {
             args,
             scale,
             cluster,
+            providers,
             shards,
             shard_clients,
             client,
