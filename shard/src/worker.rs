@@ -362,7 +362,7 @@ impl Worker {
         let Some(grant) = held.domain_grant(domain) else {
             return;
         };
-        if presented.is_some_and(|presented| presented != grant) {
+        if !refuses_held(grant, presented) {
             return;
         }
         let mut fences = self.fences.lock();
@@ -384,7 +384,7 @@ impl Worker {
         let Some((epoch, revision, _)) = held.quota_grant(&quota.0, &quota.1) else {
             return;
         };
-        if presented.is_some_and(|presented| presented != (epoch, revision)) {
+        if !refuses_held((epoch, revision), presented) {
             return;
         }
         let mut fences = self.fences.lock();
@@ -675,6 +675,14 @@ impl Worker {
             tracing::warn!(error = %e, "could not persist the cluster id");
         }
     }
+}
+
+/// Whether a `stale-grant` refusal of the `presented` grant is about the grant the shard
+/// `held` now. Not when the watch has brought a newer grant since the call went out: the next
+/// call presents that one, and a fence set against it would never lift. A refusal that does
+/// not name the grant it refused is taken to be about the held one.
+fn refuses_held(held: (u64, u64), presented: Option<(u64, u64)>) -> bool {
+    presented.is_none_or(|presented| presented == held)
 }
 
 /// A grant as a refusal names it: `restore_epoch/revision`.
@@ -1015,5 +1023,65 @@ async fn heartbeat_loop(worker: Arc<Worker>, mut stopped: watch::Receiver<bool>)
             _ = tokio::time::sleep_until(next) => {}
             _ = stopped.wait_for(|s| *s) => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_fences_only_the_grant_it_refused() {
+        assert_eq!(parse_grant("3/128"), Some((3, 128)));
+        assert_eq!(parse_grant("3-128"), None);
+        assert_eq!(parse_grant("x/1"), None);
+        // The refused grant is the one held: fence it.
+        assert!(refuses_held((0, 128), Some((0, 128))));
+        // The watch brought table 169 while the call under 128 was out: no fence, the next
+        // create presents 169 (a fence at 169 would never lift).
+        assert!(!refuses_held((0, 169), Some((0, 128))));
+        // A provider that does not say which grant it refused: the held one.
+        assert!(refuses_held((0, 169), None));
+    }
+
+    #[test]
+    fn fences_lift_once_the_grant_moves_on_or_goes() {
+        let mut held = Assignments {
+            restore_epoch: 1,
+            domains: ["d1".to_string(), "d2".to_string()].into(),
+            domain_grants: [("d1".to_string(), 5), ("d2".to_string(), 6)].into(),
+            slices: [(("p".to_string(), "r".to_string()), 10)].into(),
+            slice_grants: [(("p".to_string(), "r".to_string()), 7)].into(),
+            ..Assignments::default()
+        };
+        let fence = |grant| Fence {
+            grant,
+            why: "older".into(),
+        };
+        let mut fences = Fences::default();
+        fences.domains.insert("d1".into(), fence((1, 5)));
+        fences.domains.insert("d2".into(), fence((1, 6)));
+        fences
+            .quotas
+            .insert(("p".into(), "r".into()), fence((1, 7)));
+        fences.lift(&held);
+        assert_eq!(fences.domains.len(), 2, "nothing moved: the fences stay");
+        assert_eq!(
+            fences.usable_domains(&held),
+            std::collections::BTreeSet::new()
+        );
+        // d1 granted again (newer), d2 taken away, the slice table renewed.
+        held.domain_grants.insert("d1".into(), 9);
+        held.domains.remove("d2");
+        held.slice_grants.insert(("p".into(), "r".into()), 8);
+        fences.lift(&held);
+        assert!(
+            fences.domains.is_empty() && fences.quotas.is_empty(),
+            "{fences:?}"
+        );
+        assert_eq!(
+            fences.usable_domains(&held),
+            ["d1".to_string()].into_iter().collect()
+        );
     }
 }

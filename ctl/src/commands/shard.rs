@@ -59,7 +59,9 @@ pub enum ShardCmd {
 fn slices_json(slices: &[pb::QuotaSliceOf]) -> Vec<serde_json::Value> {
     slices
         .iter()
-        .map(|q| json!({ "provider": q.provider, "region": q.region, "amount": q.amount }))
+        .map(|q| {
+            json!({ "provider": q.provider, "region": q.region, "amount": q.amount, "granted": q.granted })
+        })
         .collect()
 }
 
@@ -187,24 +189,32 @@ pub async fn run(ctx: &Context, cmd: ShardCmd) -> anyhow::Result<Rendered> {
                 .map_err(|e| anyhow::anyhow!("shard worker at {address}: {}", e.message()))?
                 .into_inner();
             let slices = slices_json(&s.slices);
-            let human = format!(
-                "shard {} ({}) epoch {} status {:?} revision {} term {}\ncoordinator reachable: {} (last contact {} ms ago)\n{}",
+            let mut fenced: Vec<(&String, &String)> = s.fenced.iter().collect();
+            fenced.sort();
+            let mut human = format!(
+                "shard {} ({}) epoch {} status {:?} revision {} term {} restore epoch {}\ncoordinator reachable: {} (last contact {} ms ago)\n{}",
                 s.shard_id,
                 s.az,
                 s.epoch,
                 s.status,
                 s.revision,
                 s.term,
+                s.restore_epoch,
                 s.coordinator_reachable,
                 s.cache_age_ms,
                 holdings_text(&s.domains, &s.clusters),
             );
+            for (grant, why) in &fenced {
+                human.push_str(&format!("\nfenced {grant}: {why}"));
+            }
             return Ok(Rendered {
                 json: json!({
                     "id": s.shard_id, "az": s.az, "epoch": s.epoch, "status": s.status,
                     "revision": s.revision, "term": s.term, "domains": s.domains,
                     "clusters": s.clusters, "slices": slices,
                     "coordinator_reachable": s.coordinator_reachable, "cache_age_ms": s.cache_age_ms,
+                    "restore_epoch": s.restore_epoch, "domain_grants": s.domain_grants,
+                    "fenced": s.fenced,
                 }),
                 human,
             });
