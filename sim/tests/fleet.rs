@@ -6,11 +6,14 @@
 
 use std::process::Command;
 
-#[test]
-fn every_scenario_keeps_every_invariant_at_ci_scale() {
+/// Runs `ballast-sim fleet --scale ci --seed 7` with `extra` flags; the report, the output and
+/// the directory holding the report's files. Fails with the output unless the run passed.
+fn run_fleet(extra: &[&str]) -> (serde_json::Value, String, tempfile::TempDir) {
     let out = tempfile::tempdir().expect("temp dir");
     let output = Command::new(env!("CARGO_BIN_EXE_ballast-sim"))
-        .args(["fleet", "--scale", "ci", "--seed", "7", "--out"])
+        .args(["fleet", "--scale", "ci", "--seed", "7"])
+        .args(extra)
+        .arg("--out")
         .arg(out.path())
         .env("RUST_BACKTRACE", "0")
         .output()
@@ -25,6 +28,12 @@ fn every_scenario_keeps_every_invariant_at_ci_scale() {
         &std::fs::read_to_string(out.path().join("report.json")).expect("report.json"),
     )
     .expect("report.json is JSON");
+    (report, text, out)
+}
+
+#[test]
+fn every_scenario_keeps_every_invariant_at_ci_scale() {
+    let (report, text, out) = run_fleet(&[]);
 
     let scenarios = report["scenarios"].as_array().expect("scenarios");
     let names: Vec<&str> = scenarios
@@ -85,31 +94,7 @@ fn every_scenario_keeps_every_invariant_at_ci_scale() {
 /// there with their machines; the providers' own record is judged after every scenario.
 #[test]
 fn every_scenario_keeps_every_invariant_with_provider_processes() {
-    let out = tempfile::tempdir().expect("temp dir");
-    let output = Command::new(env!("CARGO_BIN_EXE_ballast-sim"))
-        .args([
-            "fleet",
-            "--scale",
-            "ci",
-            "--seed",
-            "7",
-            "--provider-processes",
-            "--out",
-        ])
-        .arg(out.path())
-        .env("RUST_BACKTRACE", "0")
-        .output()
-        .expect("running ballast-sim fleet");
-    let text = format!(
-        "{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(output.status.success(), "{text}");
-    let report: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(out.path().join("report.json")).expect("report.json"),
-    )
-    .expect("report.json is JSON");
+    let (report, text, _out) = run_fleet(&["--provider-processes"]);
     let mut judged_by_the_providers = 0;
     for scenario in report["scenarios"].as_array().expect("scenarios") {
         for check in scenario["invariants"].as_array().unwrap() {

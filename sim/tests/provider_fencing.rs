@@ -9,7 +9,6 @@
 use std::path::Path;
 use std::time::Duration;
 
-use ballast_protocol::pb;
 use ballast_protocol::providerpb::{Machine, MachineState};
 use ballast_testkit::{
     Allocation, ClusterOptions, ProviderProcess, Proxy, ShardProcess, TestCluster, allocate, live,
@@ -58,17 +57,7 @@ fn versions(record: &[Machine]) -> Vec<(String, u64)> {
 }
 
 async fn submit(shard: &ShardProcess, count: u32) -> Result<(), tonic::Status> {
-    shard
-        .submit_demand(
-            "c1",
-            count,
-            pb::ResourceSpec {
-                cpu_millis: 1000,
-                memory_mib: 1024,
-                gpus: 0,
-            },
-        )
-        .await
+    shard.submit_small("c1", count).await
 }
 
 async fn a_cut_off_shard_is_fenced_at_the_provider_and_its_domain_handed_over_in_place(

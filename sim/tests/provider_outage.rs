@@ -43,18 +43,7 @@ async fn live_of_s1(endpoint: &str) -> Vec<String> {
 }
 
 async fn submit(shard: &ShardProcess, count: u32) {
-    shard
-        .submit_demand(
-            "c1",
-            count,
-            pb::ResourceSpec {
-                cpu_millis: 1000,
-                memory_mib: 1024,
-                gpus: 0,
-            },
-        )
-        .await
-        .expect("demand");
+    shard.submit_small("c1", count).await.expect("demand");
 }
 
 /// A token acting as shard s1 under the grants its status shows (what an operator's tool, or

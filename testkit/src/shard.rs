@@ -121,6 +121,17 @@ impl ShardProcess {
             .map(|r| r.into_inner())
     }
 
+    /// Replaces `cluster`'s demand with `count` small machines (1 core, 1 GiB): the demand of
+    /// tests where a machine's size does not matter.
+    pub async fn submit_small(&self, cluster: &str, count: u32) -> Result<(), tonic::Status> {
+        let small = pb::ResourceSpec {
+            cpu_millis: 1000,
+            memory_mib: 1024,
+            gpus: 0,
+        };
+        self.submit_demand(cluster, count, small).await
+    }
+
     /// Replaces `cluster`'s demand with one row ("web") of `count` machines of `resources`.
     pub async fn submit_demand(
         &self,

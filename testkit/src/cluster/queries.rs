@@ -83,8 +83,13 @@ impl TestCluster {
             .iter()
             .map(|d| (d.domain.clone(), d.shard.clone()))
             .collect();
+        // The tables are read one call after another: a write applied in between (a lease
+        // expiring, the rebalancer) would make one replica's reads describe two revisions. Both
+        // ends go in the first line, so callers comparing replicas only compare reads that
+        // describe one revision each.
+        let kv_revision = kv.header.as_ref().map_or(0, |h| h.revision);
         Ok(format!(
-            "revision {revision}\n{domains:?}\n{shards:?}\n{quotas:?}\n{kvs:?}"
+            "revision {revision} (kv read at {kv_revision})\n{domains:?}\n{shards:?}\n{quotas:?}\n{kvs:?}"
         ))
     }
 
