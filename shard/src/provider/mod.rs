@@ -83,7 +83,12 @@ impl ProviderError {
             };
         }
         match status.code() {
-            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+            // tonic reports a connection that broke mid-call as `Unknown` ("transport error"):
+            // an outage to retry with the same key, not a breach of the contract.
+            tonic::Code::Unavailable
+            | tonic::Code::DeadlineExceeded
+            | tonic::Code::Cancelled
+            | tonic::Code::Unknown => {
                 ProviderError::Unreachable(format!("{:?}: {}", status.code(), status.message()))
             }
             code => ProviderError::Contract(format!(
@@ -262,6 +267,9 @@ mod tests {
         assert_eq!(error.label(), "stale-grant");
         let outage = ProviderError::from_status(&tonic::Status::unavailable("down"));
         assert!(matches!(outage, ProviderError::Unreachable(_)) && outage.retryable());
+        // A connection broken mid-call, as tonic reports it.
+        let reset = ProviderError::from_status(&tonic::Status::unknown("transport error"));
+        assert!(matches!(reset, ProviderError::Unreachable(_)) && reset.retryable());
         let bare = ProviderError::from_status(&tonic::Status::failed_precondition("no reason"));
         assert!(matches!(bare, ProviderError::Contract(_)) && !bare.retryable());
     }
