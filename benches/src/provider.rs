@@ -101,7 +101,7 @@ pub async fn run(args: ProviderBenchArgs) -> anyhow::Result<()> {
     let paths: Vec<(&str, Arc<dyn Provider>)> = vec![
         (
             "built in (in-process)",
-            Arc::new(LocalProvider::open(None, SimulatedConfig::default())?),
+            Arc::new(LocalProvider::new(SimulatedConfig::default())),
         ),
         (
             "gRPC, in memory",

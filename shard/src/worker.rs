@@ -799,10 +799,7 @@ pub async fn start(config: WorkerConfig) -> Result<RunningWorker, WorkerError> {
     let mut fallback = None;
     for spec in &config.providers {
         let provider: Arc<dyn Provider> = match &spec.choice {
-            ProviderChoice::Sim(simulated) => Arc::new(
-                LocalProvider::open(None, simulated.clone())
-                    .map_err(|e| WorkerError::Config(e.to_string()))?,
-            ),
+            ProviderChoice::Sim(simulated) => Arc::new(LocalProvider::new(simulated.clone())),
             ProviderChoice::Grpc(endpoint) => Arc::new(
                 GrpcProvider::new(
                     endpoint,

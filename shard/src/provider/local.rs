@@ -1,12 +1,10 @@
 //! The simulated provider built into the shard (`--provider sim`, the default): the reference
 //! provider's rules ([`ballast_provider_sim::book::Book`]) run in this process, plus a
 //! configurable latency and rate of transient failures. It serves this shard alone and keeps
-//! its book in memory (or in a directory, for tests of its own): it cannot fence one shard
-//! against another or hand machines over, which is what a provider process shared by the
-//! shards (`ballast-provider-sim`, `--provider grpc://...`) is for.
+//! its book in memory (it says `durable: false`): it cannot fence one shard against another or
+//! hand machines over, which is what a provider process shared by the shards
+//! (`ballast-provider-sim`, `--provider grpc://...`) is for.
 
-use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use ballast_protocol::provider::Reason;
@@ -16,7 +14,6 @@ use ballast_protocol::providerpb::{
     Resources,
 };
 use ballast_provider_sim::book::{Book, Breach, Catalog, Refusal};
-use ballast_provider_sim::store::{Store, StoreError};
 use parking_lot::Mutex;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -84,34 +81,19 @@ fn catalog() -> Catalog {
 /// The built-in provider.
 pub struct LocalProvider {
     book: Mutex<Book>,
-    store: Option<Store>,
     config: SimulatedConfig,
     rng: Mutex<StdRng>,
-    /// Set when a change could not be saved: memory and disk disagree from then on, so every
-    /// later call fails until the shard restarts and reads the disk again.
-    broken: AtomicBool,
 }
 
 impl LocalProvider {
-    /// A provider whose book lives in `dir` (created if missing), or in memory when `None`.
-    pub fn open(dir: Option<&Path>, config: SimulatedConfig) -> Result<LocalProvider, StoreError> {
-        let mut book = Book::new(catalog(), Breach::None);
-        let store = match dir {
-            Some(dir) => {
-                let store = Store::open(dir)?;
-                store.load(&mut book)?;
-                Some(store)
-            }
-            None => None,
-        };
+    /// An empty provider.
+    pub fn new(config: SimulatedConfig) -> LocalProvider {
         let rng = StdRng::seed_from_u64(config.seed);
-        Ok(LocalProvider {
-            book: Mutex::new(book),
-            store,
+        LocalProvider {
+            book: Mutex::new(Book::new(catalog(), Breach::None)),
             config,
             rng: Mutex::new(rng),
-            broken: AtomicBool::new(false),
-        })
+        }
     }
 
     /// Live and deleted machines the provider remembers.
@@ -120,7 +102,7 @@ impl LocalProvider {
     }
 
     /// Runs a call after the simulated latency; a simulated failure happens before anything
-    /// changes. What the call changed is on disk before it answers.
+    /// changes.
     async fn call<T>(
         &self,
         act: impl FnOnce(&mut Book) -> Result<T, Refusal>,
@@ -141,24 +123,9 @@ impl LocalProvider {
             });
         }
         let mut book = self.book.lock();
-        if self.broken.load(Ordering::Relaxed) {
-            return Err(ProviderError::Unreachable(
-                "the built-in provider could not save a change; restart the shard".into(),
-            ));
-        }
         let outcome = act(&mut book);
-        let changes = book.take_changes();
-        if let Some(store) = &self.store
-            && let Err(e) = store.save(&book, &changes)
-        {
-            // Unlike the standalone provider this one shares the shard's process: it stops
-            // answering (the shard backs off and reports it) instead of exiting.
-            self.broken.store(true, Ordering::Relaxed);
-            tracing::error!(error = %e, "the built-in provider cannot save a change");
-            return Err(ProviderError::Unreachable(format!(
-                "the built-in provider cannot save a change: {e}"
-            )));
-        }
+        // Nothing to persist: what changed only matters to a store.
+        book.take_changes();
         outcome.map_err(|refused| ProviderError::Refused {
             reason: refused.reason(),
             message: refused.message,
@@ -170,7 +137,7 @@ impl LocalProvider {
 #[tonic::async_trait]
 impl Provider for LocalProvider {
     async fn describe(&self) -> Result<DescribeResponse, ProviderError> {
-        Ok(self.book.lock().describe(self.store.is_some()))
+        Ok(self.book.lock().describe(false))
     }
 
     async fn list(

@@ -110,7 +110,7 @@ mod tests {
     use crate::provider::local::LocalProvider;
 
     fn sim() -> Arc<dyn Provider> {
-        Arc::new(LocalProvider::open(None, SimulatedConfig::default()).expect("in memory"))
+        Arc::new(LocalProvider::new(SimulatedConfig::default()))
     }
 
     #[test]
