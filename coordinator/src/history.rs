@@ -75,8 +75,8 @@ impl History {
 pub struct ShardDelta {
     /// Domain → after the change: held since the revision it was granted at, or not held.
     pub domains: BTreeMap<String, Option<u64>>,
-    /// Cluster → bound after the change.
-    pub clusters: BTreeMap<String, bool>,
+    /// Cluster → after the change: bound since the revision it was granted at, or not bound.
+    pub clusters: BTreeMap<String, Option<u64>>,
     /// (provider, region) → slice after the change (0 = none) and the slice table's grant.
     pub slices: BTreeMap<(String, String), SliceGrant>,
     /// New status, if it changed ("active", "draining", "removed").
@@ -125,8 +125,11 @@ impl ShardDelta {
             Change::Binding { cluster, old, new } => {
                 let had = old.as_deref() == Some(shard);
                 let has = new.as_deref() == Some(shard);
-                if had != has {
-                    self.clusters.insert(cluster.to_string(), has);
+                // A binding changes only when its shard does: the grant is this revision.
+                if has {
+                    self.clusters.insert(cluster.to_string(), Some(revision));
+                } else if had {
+                    self.clusters.insert(cluster.to_string(), None);
                 }
             }
             Change::Quota {
@@ -174,7 +177,7 @@ pub fn full_listing(state: &FleetState, shard: &str) -> ShardDelta {
         clusters: state
             .bindings()
             .filter(|(_, s)| *s == shard)
-            .map(|(c, _)| (c.to_string(), true))
+            .map(|(c, _)| (c.to_string(), state.binding_row(c).map(|row| row.granted)))
             .collect(),
         slices: state
             .quotas()
@@ -284,6 +287,43 @@ mod tests {
         let d1 = h.delta_since("s1", first).expect("in history");
         assert_eq!(d1.domains, BTreeMap::from([("z=1".into(), Some(back))]));
         assert_eq!(s.domain_row("z=1").map(|r| r.granted), Some(back));
+    }
+
+    #[test]
+    fn a_cluster_is_granted_where_it_is_bound_and_a_round_trip_in_a_batch_keeps_its_grant() {
+        let mut s = state_with_two_shards();
+        let mut h = History::starting_at(s.revision());
+        let bind = |shard: &str| FleetCommand::BindCluster {
+            cluster: "c1".into(),
+            shard: shard.into(),
+        };
+        let to = |shard: &str| FleetCommand::MoveCluster {
+            cluster: "c1".into(),
+            shard: shard.into(),
+        };
+        record(&mut s, &mut h, bind("s1"));
+        let first = s.revision();
+        assert_eq!(s.binding_row("c1").map(|r| r.granted), Some(first));
+        // Away and back within one batch: never observably elsewhere, the grant stays.
+        record(
+            &mut s,
+            &mut h,
+            FleetCommand::Batch {
+                commands: vec![to("s2"), to("s1")],
+            },
+        );
+        assert_eq!(s.binding_row("c1").map(|r| r.granted), Some(first));
+        record(&mut s, &mut h, to("s2"));
+        let moved = s.revision();
+        let d1 = h.delta_since("s1", first).expect("in history");
+        assert_eq!(d1.clusters, BTreeMap::from([("c1".into(), None)]));
+        let d2 = h.delta_since("s2", first).expect("in history");
+        assert_eq!(d2.clusters, BTreeMap::from([("c1".into(), Some(moved))]));
+        assert_eq!(
+            full_listing(&s, "s2").clusters,
+            BTreeMap::from([("c1".into(), Some(moved))])
+        );
+        assert!(full_listing(&s, "s1").clusters.is_empty());
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! Grants over the wire (ADR 0016): every domain a shard's watch gives it carries the revision
-//! it was granted at, every slice the grant of its quota's slice table; a holder hears of a new
+//! Grants over the wire (ADR 0016): every domain and cluster a shard's watch gives it carries
+//! the revision it was granted at, every slice the grant of its quota's slice table; a holder hears of a new
 //! table even when its own slice stayed; and the grants survive a snapshot and a restart of
 //! every replica.
 
@@ -17,6 +17,7 @@ use common::{cmd, coord_binary, register};
 struct Watcher {
     stream: tonic::Streaming<pb::AssignmentUpdate>,
     domains: HashMap<String, u64>,
+    clusters: HashMap<String, u64>,
     slices: HashMap<(String, String), (u64, u64)>,
     revision: u64,
 }
@@ -35,6 +36,7 @@ impl Watcher {
         Watcher {
             stream,
             domains: HashMap::new(),
+            clusters: HashMap::new(),
             slices: HashMap::new(),
             revision: 0,
         }
@@ -50,6 +52,7 @@ impl Watcher {
                 .expect("watch stream open");
             if update.full {
                 self.domains.clear();
+                self.clusters.clear();
                 self.slices.clear();
             }
             for domain in &update.domains_removed {
@@ -61,6 +64,15 @@ impl Watcher {
                     .get(domain)
                     .unwrap_or_else(|| panic!("domain {domain} added without a grant: {update:?}"));
                 self.domains.insert(domain.clone(), granted);
+            }
+            for cluster in &update.clusters_removed {
+                self.clusters.remove(cluster);
+            }
+            for cluster in &update.clusters_added {
+                let granted = *update.cluster_grants.get(cluster).unwrap_or_else(|| {
+                    panic!("cluster {cluster} added without a grant: {update:?}")
+                });
+                self.clusters.insert(cluster.clone(), granted);
             }
             for slice in &update.slices {
                 let key = (slice.provider.clone(), slice.region.clone());
@@ -107,7 +119,7 @@ fn slices(pairs: &[(&str, u64)]) -> Vec<pb::QuotaSlice> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn watches_carry_domain_and_slice_table_grants_across_snapshots_and_restarts() {
+async fn watches_carry_domain_cluster_and_slice_table_grants_across_snapshots_and_restarts() {
     let mut cluster = TestCluster::start(coord_binary(), 3, FAST_FLAGS).await;
     for shard in ["s1", "s2"] {
         cluster
@@ -139,9 +151,17 @@ async fn watches_carry_domain_and_slice_table_grants_across_snapshots_and_restar
     )
     .await;
     let quota = ("p".to_string(), "r".to_string());
+    let bind = |cluster: &str, shard: &str| {
+        Wire::BindCluster(pb::BindCluster {
+            cluster: cluster.into(),
+            shard: shard.into(),
+        })
+    };
+    let staying = write(&cluster, bind("c-staying", "s1")).await;
+    write(&cluster, bind("c-moving", "s1")).await;
 
     let mut s1 = Watcher::open(&cluster, 1, "s1").await;
-    s1.reach(table).await;
+    s1.reach(staying).await;
     assert_eq!(
         s1.domains,
         HashMap::from([("z=kept".into(), kept), ("z=moving".into(), moving)])
@@ -150,9 +170,19 @@ async fn watches_carry_domain_and_slice_table_grants_across_snapshots_and_restar
 
     // The domain moves: s1 loses it, s2 gets it with the move's revision as its grant.
     let moved = write(&cluster, assign("z=moving", "s2")).await;
+    // So does a cluster.
+    let rebound = write(
+        &cluster,
+        Wire::MoveCluster(pb::MoveCluster {
+            cluster: "c-moving".into(),
+            shard: "s2".into(),
+        }),
+    )
+    .await;
     let mut s2 = Watcher::open(&cluster, 2, "s2").await;
-    s2.reach(moved).await;
+    s2.reach(rebound).await;
     assert_eq!(s2.domains, HashMap::from([("z=moving".into(), moved)]));
+    assert_eq!(s2.clusters["c-moving"], rebound);
     // s2's slice grows; s1 keeps 10 but must hear of the new table.
     let grown = write(
         &cluster,
@@ -166,6 +196,11 @@ async fn watches_carry_domain_and_slice_table_grants_across_snapshots_and_restar
     s1.reach(grown).await;
     s2.reach(grown).await;
     assert_eq!(s1.domains, HashMap::from([("z=kept".into(), kept)]));
+    assert_eq!(
+        s1.clusters,
+        HashMap::from([("c-staying".into(), staying)]),
+        "the moved cluster is gone, the other keeps its grant"
+    );
     assert_eq!(s1.slices[&quota], (10, grown), "same slice, new table");
     assert_eq!(s2.slices[&quota], (30, grown));
 
@@ -189,5 +224,9 @@ async fn watches_carry_domain_and_slice_table_grants_across_snapshots_and_restar
         again.reach(grown).await;
         assert_eq!(again.domains, s1.domains, "replica {id} after the restart");
         assert_eq!(again.slices, s1.slices, "replica {id} after the restart");
+        assert_eq!(
+            again.clusters, s1.clusters,
+            "replica {id} after the restart"
+        );
     }
 }

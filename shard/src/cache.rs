@@ -64,6 +64,10 @@ pub struct Assignments {
     pub domain_grants: BTreeMap<String, u64>,
     /// Clusters bound.
     pub clusters: BTreeSet<String>,
+    /// For every cluster in `clusters`: the fleet revision at which the coordinator bound it
+    /// to this shard (0 when the update carried none). With `restore_epoch` it is the cluster
+    /// grant presented to providers for the cluster's machines (ADR 0016).
+    pub cluster_grants: BTreeMap<String, u64>,
     /// Quota slices by (provider, region).
     pub slices: BTreeMap<(String, String), u64>,
     /// For every slice in `slices`: the revision of the quota's slice table it was given in
@@ -94,6 +98,7 @@ impl Assignments {
             self.domains.clear();
             self.domain_grants.clear();
             self.clusters.clear();
+            self.cluster_grants.clear();
             self.slices.clear();
             self.slice_grants.clear();
         }
@@ -110,8 +115,13 @@ impl Assignments {
         }
         for c in &update.clusters_removed {
             self.clusters.remove(c);
+            self.cluster_grants.remove(c);
         }
-        self.clusters.extend(update.clusters_added.iter().cloned());
+        for c in &update.clusters_added {
+            let granted = update.cluster_grants.get(c).copied().unwrap_or(0);
+            self.clusters.insert(c.clone());
+            self.cluster_grants.insert(c.clone(), granted);
+        }
         // A slice is sent when its amount or its quota's slice table changed: either way it
         // carries the table's grant.
         for s in &update.slices {
@@ -140,6 +150,16 @@ impl Assignments {
     pub fn domain_grant(&self, domain: &str) -> Option<(u64, u64)> {
         self.domains.contains(domain).then(|| {
             let revision = self.domain_grants.get(domain).copied().unwrap_or(0);
+            (self.restore_epoch, revision)
+        })
+    }
+
+    /// The grant under which this shard serves `cluster`, as `(restore_epoch, revision)`: what
+    /// it presents to a provider for any call on a machine configured for the cluster
+    /// (ADR 0016). `None` when the cluster is not bound here.
+    pub fn cluster_grant(&self, cluster: &str) -> Option<(u64, u64)> {
+        self.clusters.contains(cluster).then(|| {
+            let revision = self.cluster_grants.get(cluster).copied().unwrap_or(0);
             (self.restore_epoch, revision)
         })
     }
@@ -174,7 +194,8 @@ pub struct Ledger {
 ///
 /// Assignments live in the `assignments` keyspace, one record per item: `d/{domain}` holds the
 /// domain's grant (8 bytes, big-endian; empty in caches written before grants, read as 0),
-/// `c/{cluster}` is empty, `q/{provider}/{region}` holds the slice amount (8 bytes). The slice
+/// `c/{cluster}` the cluster's grant (8 bytes; empty before cluster grants, read as 0),
+/// `q/{provider}/{region}` holds the slice amount (8 bytes). The slice
 /// grants live apart, in `slice_grants` (see [`SLICE_GRANTS`]), so that a cache written by this
 /// build still opens in a build from before grants (a rollback keeps the cache).
 pub struct Cache {
@@ -461,7 +482,13 @@ impl Cache {
                 a.domains.insert(domain.to_string());
                 a.domain_grants.insert(domain.to_string(), granted);
             } else if let Some(cluster) = key.strip_prefix("c/") {
+                // Empty: written before cluster grants were kept, so the grant is 0.
+                let granted = match value.len() {
+                    0 => 0,
+                    _ => self.be_u64(&key, &value, "cluster grant")?,
+                };
                 a.clusters.insert(cluster.to_string());
+                a.cluster_grants.insert(cluster.to_string(), granted);
             } else if let Some(rest) = key.strip_prefix("q/") {
                 let (provider, region) = rest
                     .split_once('/')
@@ -527,8 +554,13 @@ impl Cache {
             // A cluster bound elsewhere is the other shard's to serve: its demand goes too.
             batch.remove(&self.demand, c.as_str());
         }
-        for c in next.clusters.difference(&previous.clusters) {
-            batch.insert(&self.items, cluster_key(c), []);
+        let cluster_grant =
+            |a: &Assignments, c: &str| a.cluster_grants.get(c).copied().unwrap_or(0);
+        for c in &next.clusters {
+            let granted = cluster_grant(next, c);
+            if !previous.clusters.contains(c) || cluster_grant(previous, c) != granted {
+                batch.insert(&self.items, cluster_key(c), granted.to_be_bytes());
+            }
         }
         for (provider, region) in previous.slices.keys() {
             if !next
@@ -995,12 +1027,19 @@ mod tests {
             // z=1 comes without a grant: its 0 is stored too.
             full.domain_grants = [("z=2".to_string(), 3), ("z=3".to_string(), 2)].into();
             full.slices = vec![slice("aws", "r1", 7, 3), slice("gcp", "r2", 2, 1)];
+            // c0 comes without a grant: its 0 is stored too.
+            full.clusters_added = vec!["c0".into(), "c1".into(), "c2".into()];
+            full.cluster_grants = [("c1".to_string(), 3), ("c2".to_string(), 2)].into();
             apply_and_store(&cache, &mut a, &full);
             // z=2 moved away and back in one update: only its grant changes.
             let mut moved = update(5, false, &["z=2", "z=4"], &["z=2", "z=3"]);
             moved.restore_epoch = 2;
             // The aws table changed elsewhere (same amount); gcp/r2 is removed.
             moved.slices = vec![slice("aws", "r1", 7, 5), slice("gcp", "r2", 0, 5)];
+            // c2 leaves; c3 arrives with its grant.
+            moved.clusters_removed = vec!["c2".into()];
+            moved.clusters_added = vec!["c3".into()];
+            moved.cluster_grants = [("c3".to_string(), 5)].into();
             apply_and_store(&cache, &mut a, &moved);
             let mut resized = update(6, false, &[], &[]);
             resized.restore_epoch = 2;
@@ -1016,12 +1055,17 @@ mod tests {
         assert_eq!(loaded.quota_grant("aws", "r1"), Some((2, 5, 7)));
         assert_eq!(loaded.quota_grant("gcp", "r2"), None);
         assert_eq!(loaded.quota_grant("gcp", "r3"), Some((2, 6, 4)));
+        assert_eq!(loaded.cluster_grant("c0"), Some((2, 0)));
+        assert_eq!(loaded.cluster_grant("c1"), Some((2, 3)));
+        assert_eq!(loaded.cluster_grant("c2"), None);
+        assert_eq!(loaded.cluster_grant("c3"), Some((2, 5)));
         // The removed slice's grant record is gone from disk, not only ignored.
         assert!(cache.slice_grants.get("q/gcp/r2").expect("get").is_none());
         // The records as laid out on disk: a domain's grant, a slice's amount then its grant.
         let record =
             |keyspace: &Keyspace, key: &str| keyspace.get(key).expect("get").expect(key).to_vec();
         assert_eq!(record(&cache.items, "d/z=2"), 5u64.to_be_bytes());
+        assert_eq!(record(&cache.items, "c/c3"), 5u64.to_be_bytes());
         assert_eq!(record(&cache.items, "q/aws/r1"), 7u64.to_be_bytes());
         assert_eq!(
             record(&cache.slice_grants, "q/aws/r1"),
@@ -1084,6 +1128,7 @@ mod tests {
                 domains: BTreeSet::from(["z=1".to_string(), "z=2".to_string()]),
                 domain_grants: BTreeMap::from([("z=1".to_string(), 0), ("z=2".to_string(), 0)]),
                 clusters: BTreeSet::from(["c1".to_string()]),
+                cluster_grants: BTreeMap::from([("c1".to_string(), 0)]),
                 slices: BTreeMap::from([(("aws".to_string(), "r1".to_string()), 7)]),
                 slice_grants: BTreeMap::from([(("aws".to_string(), "r1".to_string()), 0)]),
                 status: "active".into(),
@@ -1091,6 +1136,7 @@ mod tests {
         );
         assert_eq!(a.domain_grant("z=1"), Some((1, 0)));
         assert_eq!(a.quota_grant("aws", "r1"), Some((1, 0, 7)));
+        assert_eq!(a.cluster_grant("c1"), Some((1, 0)));
 
         // The first stamped update takes; the untouched z=1 keeps its old (empty) record.
         let mut stamped = update(41, false, &["z=3"], &[]);

@@ -47,6 +47,11 @@ fn held_status(a: Assignments) -> pb::ShardStatusResponse {
         .iter()
         .map(|d| (d.clone(), a.domain_grants.get(d).copied().unwrap_or(0)))
         .collect();
+    let cluster_grants = a
+        .clusters
+        .iter()
+        .map(|c| (c.clone(), a.cluster_grants.get(c).copied().unwrap_or(0)))
+        .collect();
     let slices = a
         .slices
         .iter()
@@ -64,6 +69,7 @@ fn held_status(a: Assignments) -> pb::ShardStatusResponse {
         domains: a.domains.into_iter().collect(),
         domain_grants,
         clusters: a.clusters.into_iter().collect(),
+        cluster_grants,
         slices,
         status: a.status,
         ..Default::default()
@@ -169,7 +175,8 @@ mod tests {
             restore_epoch: 3,
             domains_added: vec!["z=1".into(), "z=2".into()],
             domain_grants: [("z=1".to_string(), 7)].into(),
-            clusters_added: vec!["c1".into()],
+            clusters_added: vec!["c1".into(), "c2".into()],
+            cluster_grants: [("c2".to_string(), 6)].into(),
             slices: vec![pb::QuotaSliceOf {
                 provider: "aws".into(),
                 region: "r1".into(),
@@ -190,7 +197,11 @@ mod tests {
             status.domain_grants,
             [("z=1".to_string(), 7), ("z=2".to_string(), 0)].into()
         );
-        assert_eq!(status.clusters, ["c1"]);
+        assert_eq!(status.clusters, ["c1", "c2"]);
+        assert_eq!(
+            status.cluster_grants,
+            [("c1".to_string(), 0), ("c2".to_string(), 6)].into()
+        );
         assert_eq!(
             status.slices,
             [pb::QuotaSliceOf {

@@ -58,11 +58,13 @@ fn update(
             None => u.domains_removed.push(domain),
         }
     }
-    for (cluster, bound) in delta.clusters {
-        if bound {
-            u.clusters_added.push(cluster);
-        } else {
-            u.clusters_removed.push(cluster);
+    for (cluster, granted) in delta.clusters {
+        match granted {
+            Some(granted) => {
+                u.cluster_grants.insert(cluster.clone(), granted);
+                u.clusters_added.push(cluster);
+            }
+            None => u.clusters_removed.push(cluster),
         }
     }
     u.slices = delta

@@ -214,6 +214,7 @@ pub async fn run(ctx: &Context, cmd: ShardCmd) -> anyhow::Result<Rendered> {
                     "clusters": s.clusters, "slices": slices,
                     "coordinator_reachable": s.coordinator_reachable, "cache_age_ms": s.cache_age_ms,
                     "restore_epoch": s.restore_epoch, "domain_grants": s.domain_grants,
+                    "cluster_grants": s.cluster_grants,
                     "fenced": s.fenced,
                 }),
                 human,

@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use crate::fleet::names::Name;
 use crate::fleet::state::FleetState;
-use crate::fleet::state::records::{DomainRow, ProviderRecord, QuotaRecord, ShardRecord};
+use crate::fleet::state::records::{
+    BindingRow, DomainRow, ProviderRecord, QuotaRecord, ShardRecord,
+};
 
 /// Sets or removes `key` in `map`, returning the previous value.
 pub(super) fn put<V>(map: &mut BTreeMap<String, V>, key: &str, value: Option<V>) -> Option<V> {
@@ -93,24 +95,40 @@ pub enum Change {
 pub(super) enum Undo {
     Shard(String, Option<ShardRecord>),
     Domain(Name, Option<DomainRow>),
-    Binding(Name, Option<Name>),
+    Binding(Name, Option<BindingRow>),
     Quota(String, String, Option<QuotaRecord>),
     Provider(String, Option<ProviderRecord>),
 }
 
 impl FleetState {
-    /// A domain that left its owner and came back within one command (a batch) was never
-    /// observably elsewhere: it keeps the grant it had, so its owner's calls stay valid.
+    /// A domain or cluster that left its shard and came back within one command (a batch)
+    /// was never observably elsewhere: it keeps the grant it had, so its shard's calls stay
+    /// valid.
     pub(super) fn keep_grants_of_round_trips(&mut self, journal: &[Undo]) {
-        let mut seen: HashSet<&str> = HashSet::new();
+        let mut seen: HashSet<(bool, &str)> = HashSet::new();
         for undo in journal {
-            if let Undo::Domain(domain, old) = undo
-                && seen.insert(&**domain)
-                && let Some(old) = old
-                && let Some(row) = self.domains.get_mut(&**domain)
-                && row.shard == old.shard
-            {
-                row.granted = old.granted;
+            match undo {
+                Undo::Domain(domain, Some(old)) if seen.insert((true, &**domain)) => {
+                    if let Some(row) = self.domains.get_mut(&**domain)
+                        && row.shard == old.shard
+                    {
+                        row.granted = old.granted;
+                    }
+                }
+                Undo::Binding(cluster, Some(old)) if seen.insert((false, &**cluster)) => {
+                    if let Some(row) = self.bindings.get_mut(&**cluster)
+                        && row.shard == old.shard
+                    {
+                        row.granted = old.granted;
+                    }
+                }
+                Undo::Domain(domain, None) => {
+                    seen.insert((true, &**domain));
+                }
+                Undo::Binding(cluster, None) => {
+                    seen.insert((false, &**cluster));
+                }
+                _ => {}
             }
         }
     }
@@ -145,8 +163,13 @@ impl FleetState {
                 }
                 Undo::Binding(cluster, old) => {
                     let new = self.bindings.get(&cluster).cloned();
-                    (seen.insert(("binding", cluster.clone())) && old != new)
-                        .then_some(Change::Binding { cluster, old, new })
+                    (seen.insert(("binding", cluster.clone())) && old != new).then(|| {
+                        Change::Binding {
+                            cluster,
+                            old: old.map(|row| row.shard),
+                            new: new.map(|row| row.shard),
+                        }
+                    })
                 }
                 Undo::Quota(provider, region, old) => {
                     let new = self.quota(&provider, &region).cloned();
@@ -235,11 +258,17 @@ impl FleetState {
         journal: &mut Vec<Undo>,
     ) {
         let cluster = shared_key(&self.bindings, cluster);
-        let shard = shard.map(|shard| self.names.get(shard));
-        let old = put_named(&mut self.bindings, cluster.clone(), shard.clone());
-        if old != shard {
-            journal.push(Undo::Binding(cluster, old));
+        if self.bindings.get(&cluster).map(|row| &*row.shard) == shard {
+            // Already so: the shard keeps the grant it has.
+            return;
         }
+        // A new shard's grant is the revision this command will produce.
+        let row = shard.map(|shard| BindingRow {
+            shard: self.names.get(shard),
+            granted: self.revision + 1,
+        });
+        let old = put_named(&mut self.bindings, cluster.clone(), row);
+        journal.push(Undo::Binding(cluster, old));
     }
 
     pub(super) fn set_quota(

@@ -16,14 +16,15 @@ use serde::{Deserialize, Serialize};
 
 pub use journal::Change;
 pub use records::{
-    Applied, DomainRow, FleetCounts, ProviderRecord, QuotaRecord, ShardRecord, ShardStatus,
+    Applied, BindingRow, DomainRow, FleetCounts, ProviderRecord, QuotaRecord, ShardRecord,
+    ShardStatus,
 };
 
 use super::command::FleetCommand;
 use super::error::FleetError;
 use super::names::{Interner, Name};
 use dedup::Dedup;
-use legacy::LegacyFleetState;
+use legacy::{GrantedFleetState, LegacyFleetState};
 use syntax::check_syntax;
 
 /// Global revision: bumped once per successful change (a batch is one change).
@@ -42,7 +43,11 @@ pub const DEDUP_CAPACITY: usize = 500_000;
 
 /// First bytes of a binary snapshot (JSON snapshots of earlier versions start with `{`):
 /// the state with its grants, then the request ids' clock.
-pub const SNAPSHOT_MAGIC: &[u8] = b"BLSTSNP3";
+pub const SNAPSHOT_MAGIC: &[u8] = b"BLSTSNP4";
+
+/// First bytes of the binary snapshots before cluster grants: domains and slice tables with
+/// their grants, bindings without, then the request ids' clock.
+const SNAPSHOT_MAGIC_V3: &[u8] = b"BLSTSNP3";
 
 /// First bytes of the binary snapshots before grants: the state without them, then the
 /// request ids' clock.
@@ -66,8 +71,8 @@ pub struct FleetState {
     shards: BTreeMap<String, ShardRecord>,
     /// Domain → owning shard (the shard name shared through `names`) and its grant.
     domains: BTreeMap<Name, DomainRow>,
-    /// Cluster → shard.
-    bindings: BTreeMap<Name, Name>,
+    /// Cluster → serving shard (shared through `names`) and its grant.
+    bindings: BTreeMap<Name, BindingRow>,
     /// Provider → region → quota.
     quotas: BTreeMap<String, BTreeMap<String, QuotaRecord>>,
     providers: BTreeMap<String, ProviderRecord>,
@@ -314,12 +319,17 @@ impl FleetState {
 
     /// `(cluster, shard)` pairs in cluster order.
     pub fn bindings(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.bindings.iter().map(|(c, s)| (&**c, &**s))
+        self.bindings.iter().map(|(c, row)| (&**c, &*row.shard))
     }
 
     /// A cluster's shard.
     pub fn binding(&self, cluster: &str) -> Option<&str> {
-        self.bindings.get(cluster).map(|s| &**s)
+        self.bindings.get(cluster).map(|row| &*row.shard)
+    }
+
+    /// A cluster's shard and the revision the cluster was bound to that shard at.
+    pub fn binding_row(&self, cluster: &str) -> Option<&BindingRow> {
+        self.bindings.get(cluster)
     }
 
     /// Quotas in (provider, region) order.
@@ -372,6 +382,13 @@ impl FleetState {
                 .and_then(|(mut state, rest)| {
                     state.dedup.clock = postcard::from_bytes(rest)?;
                     Ok(state)
+                })
+                .map_err(|e| e.to_string())
+        } else if let Some(binary) = bytes.strip_prefix(SNAPSHOT_MAGIC_V3) {
+            postcard::take_from_bytes::<GrantedFleetState>(binary)
+                .and_then(|(mut state, rest)| {
+                    state.dedup.clock = postcard::from_bytes(rest)?;
+                    Ok(state.upgrade())
                 })
                 .map_err(|e| e.to_string())
         } else if let Some(binary) = bytes.strip_prefix(SNAPSHOT_MAGIC_V2) {
@@ -430,8 +447,8 @@ impl FleetState {
                 .or_default()
                 .insert(domain.clone());
         }
-        for shard in self.bindings.values_mut() {
-            *shard = names.get(shard);
+        for row in self.bindings.values_mut() {
+            row.shard = names.get(&row.shard);
         }
         self.domains_by_shard = by_shard;
         self.names = names;

@@ -17,6 +17,17 @@ pub struct DomainRow {
     pub granted: Revision,
 }
 
+/// A cluster's binding: its shard, and the revision at which the cluster was bound to that
+/// shard — the cluster grant the shard presents to providers for the cluster's machines
+/// (ADR 0016).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct BindingRow {
+    /// Serving shard (the name shared through the state's interner).
+    pub shard: Name,
+    /// Revision of the change that bound the cluster to `shard`.
+    pub granted: Revision,
+}
+
 /// Lifecycle of a shard.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub enum ShardStatus {

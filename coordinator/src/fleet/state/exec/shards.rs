@@ -64,7 +64,7 @@ impl FleetState {
         let bound: Vec<Name> = self
             .bindings
             .iter()
-            .filter(|(_, s)| ***s == *id)
+            .filter(|(_, row)| *row.shard == *id)
             .map(|(c, _)| c.clone())
             .collect();
         for cluster in bound {
