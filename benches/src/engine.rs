@@ -146,7 +146,6 @@ async fn cold_restart(inputs: &Inputs, settled: bool) -> anyhow::Result<Restart>
         lease_ttl: Duration::from_secs(10),
         heartbeat: Duration::from_secs(3),
         cycle: Duration::from_millis(10),
-        foreign_release_after: Duration::from_secs(30),
         providers: vec![ballast_shard::worker::ProviderSpec {
             name: None,
             choice: ballast_shard::worker::ProviderChoice::Sim(SimulatedConfig::default()),

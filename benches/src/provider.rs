@@ -49,9 +49,11 @@ async fn drive(
             let mut samples = Vec::new();
             // Each caller acts as its own shard in its own domain, under a slice too large to
             // matter: the round trip is what is measured, not the fences.
+            let domain = format!("{run}-d{caller}");
             let grants = Grants {
                 restore_epoch: 1,
-                domain: (format!("{run}-d{caller}"), 1),
+                domain: Some((domain.clone(), 1)),
+                cluster: None,
                 quota: Some(("sim".into(), "local".into(), 1, u64::MAX / 2)),
             };
             let shard = format!("{run}-s{caller}");
@@ -66,7 +68,7 @@ async fn drive(
                     idempotency_key: format!("create/{run}-{n}"),
                     token: Some(token(&actor, &grants)),
                     machine_id: format!("{run}-{n}"),
-                    domain: grants.domain.0.clone(),
+                    domain: domain.clone(),
                     shape: "small".into(),
                     capacity_type: String::new(),
                 };

@@ -17,12 +17,14 @@ pub const CONTRACT: &str = "ballast.provider.v1";
 /// Why a provider refused a call, as callers match on it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Reason {
-    /// A newer grant for the domain or quota was accepted.
+    /// A newer grant for the domain, cluster or quota was accepted.
     StaleGrant,
     /// The shard restarted since this incarnation.
     StaleEpoch,
     /// The create would take the shard past its slice.
     OverSlice,
+    /// The machine belongs to another shard.
+    NotOwner,
     /// The machine's state does not allow the call.
     InvalidState,
     /// The idempotency key was used for another request.
@@ -41,10 +43,11 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, for tables and checks.
-    pub const ALL: [Reason; 10] = [
+    pub const ALL: [Reason; 11] = [
         Reason::StaleGrant,
         Reason::StaleEpoch,
         Reason::OverSlice,
+        Reason::NotOwner,
         Reason::InvalidState,
         Reason::IdempotencyConflict,
         Reason::AlreadyExists,
@@ -60,6 +63,7 @@ impl Reason {
             Reason::StaleGrant => "stale-grant",
             Reason::StaleEpoch => "stale-epoch",
             Reason::OverSlice => "over-slice",
+            Reason::NotOwner => "not-owner",
             Reason::InvalidState => "invalid-state",
             Reason::IdempotencyConflict => "idempotency-conflict",
             Reason::AlreadyExists => "already-exists",
@@ -73,9 +77,11 @@ impl Reason {
     /// The gRPC code the contract gives this reason.
     pub fn code(self) -> Code {
         match self {
-            Reason::StaleGrant | Reason::StaleEpoch | Reason::OverSlice | Reason::InvalidState => {
-                Code::FailedPrecondition
-            }
+            Reason::StaleGrant
+            | Reason::StaleEpoch
+            | Reason::OverSlice
+            | Reason::NotOwner
+            | Reason::InvalidState => Code::FailedPrecondition,
             Reason::IdempotencyConflict | Reason::AlreadyExists => Code::AlreadyExists,
             Reason::InsufficientCapacity => Code::ResourceExhausted,
             Reason::NotFound => Code::NotFound,

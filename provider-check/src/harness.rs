@@ -1,18 +1,20 @@
 //! What every check needs: a client with a deadline on every call, names that are unique to
-//! this run, grants that only go up, and the expectations checks are written in (a success, a
-//! refusal with a given reason, a machine that reads back the same through `GetMachine` and
-//! `ListMachines`).
+//! this run, grants that only go up, the tokens a shard sends (a domain grant and a slice table
+//! for creates and domain claims, the cluster's grant for calls that concern a cluster), and
+//! the expectations checks are written in (a success, a refusal with a given reason, a machine
+//! that reads back the same through `GetMachine` and `ListMachines`).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use ballast_protocol::provider::{Reason, reason_of};
+use ballast_protocol::provider::{Reason, describe, reason_of};
 use ballast_protocol::providerpb::provider_client::ProviderClient;
 use ballast_protocol::providerpb::{
-    AdoptDomainRequest, ConfigureMachineRequest, CreateMachineRequest, DeleteMachineRequest,
-    DescribeRequest, DescribeResponse, DomainGrant, FencingToken, GetMachineRequest, Grant,
-    ListMachinesRequest, Machine, MachineState, QuotaGrant, ReleaseMachineRequest,
+    AdoptClusterRequest, ClaimDomainRequest, ClusterGrant, ConfigureMachineRequest,
+    CreateMachineRequest, DeleteMachineRequest, DescribeRequest, DescribeResponse, DomainGrant,
+    FencingToken, GetMachineRequest, Grant, ListMachinesRequest, Machine, MachineState, QuotaGrant,
+    ReleaseMachineRequest,
 };
 use tonic::Status;
 use tonic::transport::Channel;
@@ -48,29 +50,45 @@ pub struct Limits {
     pub settle: Duration,
 }
 
-/// One shard as the checks play it: who it is, its restart epoch, the domain it acts in and
-/// the grants it holds.
+/// One shard as the checks play it: who it is, its restart epoch, the domain it creates in
+/// and the grants it holds.
 #[derive(Debug, Clone)]
 pub struct Actor {
     /// Shard id.
     pub shard: String,
     /// Restart epoch.
     pub epoch: u64,
-    /// Domain grant.
+    /// The domain it creates in.
     pub domain: String,
-    /// When the domain was given to it.
+    /// When the domain was given to it (its domain grant: the right to create there).
     pub grant: Grant,
     /// The quota grant (slice table and slice).
     pub quota: QuotaGrant,
+    /// The clusters it serves, each with the grant it presents for it. A call about a
+    /// cluster it holds no grant for carries no cluster grant.
+    pub clusters: BTreeMap<String, Grant>,
 }
 
 impl Actor {
-    /// The same shard holding a newer grant for its domain (a handover to itself).
+    /// The same shard holding another grant for its domain (newer: a handover to itself).
     pub fn with_grant(&self, grant: Grant) -> Actor {
         Actor {
             grant,
             ..self.clone()
         }
+    }
+
+    /// The same shard presenting `grant` for `cluster` (older, equal or newer than what it
+    /// held: the check decides).
+    pub fn with_cluster(&self, cluster: &str, grant: Grant) -> Actor {
+        let mut actor = self.clone();
+        actor.clusters.insert(cluster.to_string(), grant);
+        actor
+    }
+
+    /// The grant it presents for `cluster`, if it serves it.
+    pub fn cluster_grant(&self, cluster: &str) -> Option<Grant> {
+        self.clusters.get(cluster).copied()
     }
 }
 
@@ -174,6 +192,92 @@ pub fn refusal<T: std::fmt::Debug>(
     }
 }
 
+/// Which grant a `stale-grant` refusal is about, as its metadata names it: `domain` (the
+/// domain), `cluster` (the cluster) or `quota` (`provider/region`). A shard needs to know
+/// which of its grants to stop acting under.
+#[derive(Debug, Clone, Copy)]
+pub enum Stale<'a> {
+    /// A domain grant, for the domain named.
+    Domain(&'a str),
+    /// A cluster grant, for the cluster named.
+    Cluster(&'a str),
+    /// A slice table, for the quota `provider/region` named.
+    Quota(&'a str),
+}
+
+impl Stale<'_> {
+    fn key_value(&self) -> (&'static str, &str) {
+        match self {
+            Stale::Domain(domain) => ("domain", domain),
+            Stale::Cluster(cluster) => ("cluster", cluster),
+            Stale::Quota(quota) => ("quota", quota),
+        }
+    }
+}
+
+/// Checks that a `stale-grant` refusal's metadata says which grant is stale and names both
+/// grants (`presented` and `accepted`, each `restore_epoch/revision`).
+pub fn names_both(
+    what: &str,
+    metadata: &BTreeMap<String, String>,
+    stale: Stale<'_>,
+    presented: &Grant,
+    accepted: &Grant,
+) -> Verdict {
+    let (p, a) = (describe(Some(presented)), describe(Some(accepted)));
+    ensure!(
+        metadata.get("presented") == Some(&p) && metadata.get("accepted") == Some(&a),
+        "{what}: a stale-grant refusal names both grants in its metadata (presented={p}, accepted={a}); got {metadata:?}"
+    );
+    let (key, value) = stale.key_value();
+    ensure!(
+        metadata.get(key).map(String::as_str) == Some(value),
+        "{what}: a stale-grant refusal says which grant is stale ({key}={value}); got {metadata:?}"
+    );
+    Ok(())
+}
+
+/// Expects a `stale-grant` refusal naming `stale`, the `presented` grant and the `accepted`
+/// one.
+pub fn stale_grant<T: std::fmt::Debug>(
+    what: &str,
+    outcome: Result<T, Status>,
+    stale: Stale<'_>,
+    presented: &Grant,
+    accepted: &Grant,
+) -> Verdict {
+    let (_, metadata) = refusal(what, outcome, Reason::StaleGrant)?;
+    names_both(what, &metadata, stale, presented, accepted)
+}
+
+/// Expects a `not-owner` refusal naming the `machine` and its `owner`.
+pub fn not_owner<T: std::fmt::Debug>(
+    what: &str,
+    outcome: Result<T, Status>,
+    machine: &str,
+    owner: &str,
+) -> Verdict {
+    let (_, metadata) = refusal(what, outcome, Reason::NotOwner)?;
+    ensure!(
+        metadata.get("machine").map(String::as_str) == Some(machine)
+            && metadata.get("owner").map(String::as_str) == Some(owner),
+        "{what}: a not-owner refusal names the machine and its owner in its metadata (machine={machine}, owner={owner}); got {metadata:?}"
+    );
+    Ok(())
+}
+
+/// A machine's state.
+pub fn state_of(machine: &Machine) -> MachineState {
+    MachineState::try_from(machine.state).unwrap_or_default()
+}
+
+/// The ids of `machines`, sorted.
+pub fn ids(machines: &[Machine]) -> Vec<String> {
+    let mut ids: Vec<String> = machines.iter().map(|m| m.id.clone()).collect();
+    ids.sort();
+    ids
+}
+
 impl Harness {
     /// Connects through `channel` and reads `Describe`.
     pub async fn connect(channel: Channel, limits: Limits) -> Result<Harness, Status> {
@@ -241,8 +345,8 @@ impl Harness {
         }
     }
 
-    /// A domain to act in: a fresh one if the provider serves any domain, else one of its own
-    /// (cycling, so checks spread over them).
+    /// A domain to act in: a fresh one if the provider serves any domain (`Describe` lists
+    /// none), else one of its own (cycling, so checks spread over them).
     pub fn domain(&self) -> String {
         if self.describe.domains.is_empty() {
             self.unique("domain")
@@ -279,7 +383,8 @@ impl Harness {
         self.quota_revision.fetch_add(1, Ordering::SeqCst) + 1
     }
 
-    /// A new shard `name` holding a fresh grant for a domain, with `slice`.
+    /// A new shard `name` holding a fresh grant for a domain, with `slice`; it serves no
+    /// cluster yet (see [`Harness::serve`]).
     pub fn actor(&self, name: &str, slice: u64) -> Actor {
         Actor {
             shard: self.unique(name),
@@ -287,10 +392,12 @@ impl Harness {
             domain: self.domain(),
             grant: self.grant(),
             quota: self.quota(slice),
+            clusters: BTreeMap::new(),
         }
     }
 
-    /// Another shard acting in `of`'s domain, with a newer grant.
+    /// Another shard creating in `of`'s domain, with a newer domain grant (and `of`'s slice
+    /// table); it serves no cluster yet.
     pub fn successor(&self, of: &Actor, name: &str) -> Actor {
         Actor {
             shard: self.unique(name),
@@ -298,20 +405,60 @@ impl Harness {
             domain: of.domain.clone(),
             grant: self.grant(),
             quota: of.quota.clone(),
+            clusters: BTreeMap::new(),
         }
     }
 
-    /// The token `actor` sends (a fresh sequence per call).
-    pub fn token(&self, actor: &Actor) -> FencingToken {
+    /// A cluster name no earlier call of this run used.
+    pub fn cluster(&self) -> String {
+        self.unique("cluster")
+    }
+
+    /// Gives `actor` a new cluster with a grant newer than every grant before; returns the
+    /// cluster's name.
+    pub fn serve(&self, actor: &mut Actor) -> String {
+        let cluster = self.cluster();
+        actor.clusters.insert(cluster.clone(), self.grant());
+        cluster
+    }
+
+    /// A token with `actor`'s identity and no grant (a fresh sequence per call).
+    fn bare_token(&self, actor: &Actor) -> FencingToken {
         FencingToken {
             shard_id: actor.shard.clone(),
             shard_epoch: actor.epoch,
             sequence: self.next(),
+            domain: None,
+            quota: None,
+            cluster: None,
+        }
+    }
+
+    /// The token `actor` creates and claims its domain with: its domain grant and slice table.
+    pub fn token(&self, actor: &Actor) -> FencingToken {
+        FencingToken {
             domain: Some(DomainGrant {
                 domain: actor.domain.clone(),
                 grant: Some(actor.grant),
             }),
             quota: Some(actor.quota.clone()),
+            ..self.bare_token(actor)
+        }
+    }
+
+    /// The token `actor` acts on a machine with: the grant it holds for `cluster` (the
+    /// cluster a configure is for, or the one a released or deleted machine serves; "" for an
+    /// idle machine, which needs no grant), and no domain grant or slice table.
+    pub fn cluster_token(&self, actor: &Actor, cluster: &str) -> FencingToken {
+        FencingToken {
+            cluster: (!cluster.is_empty())
+                .then(|| actor.cluster_grant(cluster))
+                .flatten()
+                .map(|grant| ClusterGrant {
+                    cluster: cluster.to_string(),
+                    grant: Some(grant),
+                }),
+            ..self.bare_token(actor)
         }
     }
 
@@ -349,7 +496,7 @@ impl Harness {
         self.send_create(self.create_request(actor)).await
     }
 
-    /// A configure request.
+    /// A configure request, under `actor`'s grant for `cluster`.
     pub fn configure_request(
         &self,
         actor: &Actor,
@@ -358,7 +505,7 @@ impl Harness {
     ) -> ConfigureMachineRequest {
         ConfigureMachineRequest {
             idempotency_key: self.unique("key"),
-            token: Some(self.token(actor)),
+            token: Some(self.cluster_token(actor, cluster)),
             machine_id: id.to_string(),
             cluster: cluster.to_string(),
         }
@@ -375,7 +522,7 @@ impl Harness {
             .and_then(machine_of)
     }
 
-    /// Configures `id` for `cluster`.
+    /// Configures `id` for `cluster`, under `actor`'s grant for it.
     pub async fn configure(
         &self,
         actor: &Actor,
@@ -386,11 +533,12 @@ impl Harness {
             .await
     }
 
-    /// A release request.
-    pub fn release_request(&self, actor: &Actor, id: &str) -> ReleaseMachineRequest {
+    /// A release request of a machine serving `serving` ("" for an idle one), under `actor`'s
+    /// grant for that cluster.
+    pub fn release_request(&self, actor: &Actor, id: &str, serving: &str) -> ReleaseMachineRequest {
         ReleaseMachineRequest {
             idempotency_key: self.unique("key"),
-            token: Some(self.token(actor)),
+            token: Some(self.cluster_token(actor, serving)),
             machine_id: id.to_string(),
         }
     }
@@ -403,16 +551,18 @@ impl Harness {
             .and_then(machine_of)
     }
 
-    /// Releases `id` from its cluster.
-    pub async fn release(&self, actor: &Actor, id: &str) -> Result<Machine, Status> {
-        self.send_release(self.release_request(actor, id)).await
+    /// Releases `id` from `serving`, the cluster it serves ("" when it is idle).
+    pub async fn release(&self, actor: &Actor, id: &str, serving: &str) -> Result<Machine, Status> {
+        self.send_release(self.release_request(actor, id, serving))
+            .await
     }
 
-    /// A delete request.
-    pub fn delete_request(&self, actor: &Actor, id: &str) -> DeleteMachineRequest {
+    /// A delete request of a machine serving `serving` ("" for an idle one), under `actor`'s
+    /// grant for that cluster.
+    pub fn delete_request(&self, actor: &Actor, id: &str, serving: &str) -> DeleteMachineRequest {
         DeleteMachineRequest {
             idempotency_key: self.unique("key"),
-            token: Some(self.token(actor)),
+            token: Some(self.cluster_token(actor, serving)),
             machine_id: id.to_string(),
         }
     }
@@ -425,30 +575,56 @@ impl Harness {
             .and_then(machine_of)
     }
 
-    /// Deletes `id`.
-    pub async fn delete(&self, actor: &Actor, id: &str) -> Result<Machine, Status> {
-        self.send_delete(self.delete_request(actor, id)).await
+    /// Deletes `id`, which serves `serving` ("" when it is idle).
+    pub async fn delete(&self, actor: &Actor, id: &str, serving: &str) -> Result<Machine, Status> {
+        self.send_delete(self.delete_request(actor, id, serving))
+            .await
     }
 
-    /// An adopt request.
-    pub fn adopt_request(&self, actor: &Actor) -> AdoptDomainRequest {
-        AdoptDomainRequest {
+    /// A domain claim by `actor` (its domain grant and slice table).
+    pub fn claim_request(&self, actor: &Actor) -> ClaimDomainRequest {
+        ClaimDomainRequest {
             idempotency_key: self.unique("key"),
             token: Some(self.token(actor)),
         }
     }
 
-    /// Sends an adopt as it is.
-    pub async fn send_adopt(&self, request: AdoptDomainRequest) -> Result<Vec<Machine>, Status> {
+    /// Sends a domain claim as it is.
+    pub async fn send_claim(&self, request: ClaimDomainRequest) -> Result<(), Status> {
         let mut client = self.client.clone();
-        self.bounded(client.adopt_domain(self.with_deadline(request)))
+        self.bounded(client.claim_domain(self.with_deadline(request)))
+            .await
+            .map(|_| ())
+    }
+
+    /// `actor` claims its domain.
+    pub async fn claim(&self, actor: &Actor) -> Result<(), Status> {
+        self.send_claim(self.claim_request(actor)).await
+    }
+
+    /// A cluster adoption by `actor`, under its grant for `cluster`.
+    pub fn adopt_request(&self, actor: &Actor, cluster: &str) -> AdoptClusterRequest {
+        AdoptClusterRequest {
+            idempotency_key: self.unique("key"),
+            token: Some(self.cluster_token(actor, cluster)),
+        }
+    }
+
+    /// Sends a cluster adoption as it is; answers the cluster's machines.
+    pub async fn send_adopt(&self, request: AdoptClusterRequest) -> Result<Vec<Machine>, Status> {
+        let mut client = self.client.clone();
+        self.bounded(client.adopt_cluster(self.with_deadline(request)))
             .await
             .map(|r| r.machines)
     }
 
-    /// `actor` adopts its domain.
-    pub async fn adopt(&self, actor: &Actor) -> Result<Vec<Machine>, Status> {
-        self.send_adopt(self.adopt_request(actor)).await
+    /// `actor` adopts `cluster` under its grant for it.
+    pub async fn adopt_cluster(
+        &self,
+        actor: &Actor,
+        cluster: &str,
+    ) -> Result<Vec<Machine>, Status> {
+        self.send_adopt(self.adopt_request(actor, cluster)).await
     }
 
     /// `GetMachine`.
@@ -480,6 +656,20 @@ impl Harness {
         owner: &str,
         limit: u32,
     ) -> Result<Vec<Machine>, Failure> {
+        self.list_where(domain, owner, "", limit).await
+    }
+
+    /// Every machine matching all of `domain`, `owner` and `cluster` ("" for any), page by
+    /// page; fails on a cursor that repeats, a machine listed twice or one that does not
+    /// match the filters.
+    pub async fn list_where(
+        &self,
+        domain: &str,
+        owner: &str,
+        cluster: &str,
+        limit: u32,
+    ) -> Result<Vec<Machine>, Failure> {
+        let filters = format!("domain {domain:?}, owner {owner:?}, cluster {cluster:?}");
         let mut machines: Vec<Machine> = Vec::new();
         let mut seen_cursors = std::collections::HashSet::new();
         let mut seen_ids = std::collections::HashSet::new();
@@ -489,38 +679,40 @@ impl Harness {
                 .list_page(ListMachinesRequest {
                     domain: domain.to_string(),
                     owner_shard: owner.to_string(),
+                    cluster: cluster.to_string(),
                     cursor: cursor.clone(),
                     limit,
                 })
                 .await
-                .or_else(|s| {
-                    fail(format!(
-                        "ListMachines(domain {domain:?}): {}",
-                        show_status(&s)
-                    ))
-                })?;
+                .or_else(|s| fail(format!("ListMachines({filters}): {}", show_status(&s))))?;
             ensure!(
                 limit == 0 || page.len() <= limit as usize,
-                "ListMachines returned {} machines for limit {limit}",
+                "ListMachines({filters}) returned {} machines for limit {limit}",
                 page.len()
             );
             for machine in page {
                 ensure!(
                     seen_ids.insert(machine.id.clone()),
-                    "ListMachines(domain {domain:?}) listed machine {} twice",
+                    "ListMachines({filters}) listed machine {} twice",
                     machine.id
                 );
                 ensure!(
                     domain.is_empty() || machine.domain == domain,
-                    "ListMachines(domain {domain:?}) listed machine {} of domain {:?}",
+                    "ListMachines({filters}) listed machine {} of domain {:?}",
                     machine.id,
                     machine.domain
                 );
                 ensure!(
                     owner.is_empty() || machine.owner_shard == owner,
-                    "ListMachines(owner {owner:?}) listed machine {} of owner {:?}",
+                    "ListMachines({filters}) listed machine {} of owner {:?}",
                     machine.id,
                     machine.owner_shard
+                );
+                ensure!(
+                    cluster.is_empty() || machine.cluster == cluster,
+                    "ListMachines({filters}) listed machine {} configured for cluster {:?}",
+                    machine.id,
+                    machine.cluster
                 );
                 machines.push(machine);
             }
@@ -529,12 +721,12 @@ impl Harness {
             }
             ensure!(
                 seen_cursors.insert(next.clone()),
-                "ListMachines(domain {domain:?}) returned cursor {next:?} twice: paging would never end"
+                "ListMachines({filters}) returned cursor {next:?} twice: paging would never end"
             );
             cursor = next;
         }
         fail(format!(
-            "ListMachines(domain {domain:?}) did not end after 100,000 pages"
+            "ListMachines({filters}) did not end after 100,000 pages"
         ))
     }
 
@@ -597,13 +789,17 @@ impl Harness {
         }
     }
 
-    /// Deletes every live machine `actor` owns in its domain, so later checks start clean.
+    /// Deletes every live machine `actor` owns, in any domain (under its grant for the
+    /// cluster a machine serves), so later checks start clean.
     pub async fn clean_up(&self, actor: &Actor) -> Verdict {
-        for machine in self.list_all(&actor.domain, &actor.shard, 0).await? {
+        for machine in self.list_all("", &actor.shard, 0).await? {
             if live(&machine) {
                 success(
-                    &format!("cleaning up: DeleteMachine({})", machine.id),
-                    self.delete(actor, &machine.id).await,
+                    &format!(
+                        "cleaning up: DeleteMachine({}) by its owner {} (serving cluster {:?})",
+                        machine.id, actor.shard, machine.cluster
+                    ),
+                    self.delete(actor, &machine.id, &machine.cluster).await,
                 )?;
             }
         }

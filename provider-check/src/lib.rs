@@ -1,10 +1,12 @@
 //! `ballast-provider-check`: the conformance suite for Ballast's provider contract
 //! (`protocol/proto/ballast/provider/v1/provider.proto`), in the spirit of CSI's sanity suite.
 //! Point it at any provider — the reference one, the Python example, yours — and it holds the
-//! implementation to what shards rely on: idempotency by key, fencing by domain grant, slice
-//! table and shard epoch, list/get consistency after every call, paging with resumable cursors,
-//! a precise code and reason for every bad input, concurrent callers, and durability across a
-//! restart when the provider claims it.
+//! implementation to what shards rely on, in 21 checks: idempotency by key, fencing by domain
+//! grant (creates), cluster grant (machines at work, which move with their cluster, in place),
+//! ownership (idle machines), slice table and shard epoch, list/get consistency after every
+//! call, paging with resumable cursors and combined filters, a precise code and reason for
+//! every bad input, concurrent callers, and durability across a restart when the provider
+//! claims it.
 //!
 //! - [`harness`]: the client, unique names and grants, and the expectations checks are written in;
 //! - [`checks`]: the checks themselves;

@@ -103,16 +103,22 @@ async fn a_provider_that_ignores_fencing_fails_the_fencing_checks_and_names_the_
     let (address, _stop) = provider(&["--broken", "ignore-fencing"], None).await;
     let report = check(
         &address,
-        &["--only", "fencing,concurrency/handover,idempotency"],
+        &[
+            "--only",
+            "fencing,concurrency/handover,concurrency/one-winner,idempotency",
+        ],
     )
     .await;
     assert!(!report.passed(), "{}", report.text());
     for name in [
         "fencing/domain",
+        "fencing/cluster",
+        "fencing/implicit-adoption",
         "fencing/quota",
         "fencing/slice",
         "fencing/epoch",
         "concurrency/handover",
+        "concurrency/one-winner",
     ] {
         match outcome(&report, name) {
             Outcome::Fail(message) => assert!(
@@ -142,7 +148,10 @@ async fn a_provider_that_is_not_idempotent_fails_the_idempotency_checks() {
     let (address, _stop) = provider(&["--broken", "not-idempotent"], None).await;
     let report = check(
         &address,
-        &["--only", "idempotency,concurrency/same-key,fencing/domain"],
+        &[
+            "--only",
+            "idempotency,concurrency/same-key,fencing/domain,fencing/cluster",
+        ],
     )
     .await;
     for name in ["idempotency/create", "concurrency/same-key"] {
@@ -157,12 +166,14 @@ async fn a_provider_that_is_not_idempotent_fails_the_idempotency_checks() {
             ),
         }
     }
-    assert_eq!(
-        outcome(&report, "fencing/domain"),
-        &Outcome::Pass,
-        "{}",
-        report.text()
-    );
+    for name in ["fencing/domain", "fencing/cluster"] {
+        assert_eq!(
+            outcome(&report, name),
+            &Outcome::Pass,
+            "{name}\n{}",
+            report.text()
+        );
+    }
 }
 
 #[tokio::test]
@@ -181,7 +192,10 @@ async fn bad_endpoints_and_selections_are_refused_before_any_call() {
         .unwrap();
     let error = run(&args).await.expect_err("no checks").to_string();
     assert!(
-        error.contains("matches no check") && error.contains("fencing/domain"),
+        error.contains("matches no check")
+            && error.contains("fencing/domain")
+            && error.contains("fencing/cluster")
+            && error.contains("fencing/not-owner"),
         "{error}"
     );
     // Nothing listens on port 1: the suite says it cannot reach the provider.

@@ -1,5 +1,5 @@
 //! The reference provider's rules, as plain data and no I/O: its machines, the newest grant it
-//! accepted per topology domain and per quota, the newest epoch per shard, and the answers it
+//! accepted per topology domain, per cluster and per quota, the newest epoch per shard, and the answers it
 //! gave per idempotency key. Each call either changes the book and answers, or refuses with a
 //! [`Reason`] and changes nothing; [`Book::take_changes`] tells the store what to persist.
 //!
@@ -14,12 +14,24 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use ballast_protocol::provider::{Reason, compare, describe};
 use ballast_protocol::providerpb::{
-    AdoptDomainRequest, ConfigureMachineRequest, CreateMachineRequest, DeleteMachineRequest,
-    DescribeResponse, DomainGrant, FencingToken, Grant, ListMachinesRequest, ListMachinesResponse,
-    Machine, MachineState, QuotaGrant, ReleaseMachineRequest, Resources, Shape,
+    AdoptClusterRequest, ClaimDomainRequest, ClusterGrant, ConfigureMachineRequest,
+    CreateMachineRequest, DeleteMachineRequest, DescribeResponse, DomainGrant, FencingToken, Grant,
+    ListMachinesRequest, ListMachinesResponse, Machine, MachineState, QuotaGrant,
+    ReleaseMachineRequest, Resources, Shape,
 };
 use prost::Message;
 use serde::{Deserialize, Serialize};
+
+/// Which machines a listing wants ("" for any).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Filter<'a> {
+    /// In this domain.
+    pub domain: &'a str,
+    /// Owned by this shard.
+    pub owner: &'a str,
+    /// Configured for this cluster.
+    pub cluster: &'a str,
+}
 
 /// What the provider offers; fixed for the life of the process.
 #[derive(Clone, Debug, Default)]
@@ -77,9 +89,9 @@ impl Refusal {
     }
 }
 
-/// The newest grant accepted for a domain, and the shard it went to.
+/// The newest grant accepted for a domain or a cluster, and the shard it went to.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DomainMark {
+pub struct Mark {
     /// Restore epoch of the grant.
     pub restore_epoch: u64,
     /// Revision of the grant.
@@ -88,7 +100,15 @@ pub struct DomainMark {
     pub shard: String,
 }
 
-impl DomainMark {
+impl Mark {
+    fn new(grant: Grant, shard: &str) -> Self {
+        Self {
+            restore_epoch: grant.restore_epoch,
+            revision: grant.revision,
+            shard: shard.to_string(),
+        }
+    }
+
     fn grant(&self) -> Grant {
         Grant {
             restore_epoch: self.restore_epoch,
@@ -116,6 +136,8 @@ pub struct Changes {
     pub machines: BTreeSet<String>,
     /// Domain marks written.
     pub domains: BTreeSet<String>,
+    /// Cluster marks written.
+    pub clusters: BTreeSet<String>,
     /// Quota marks written.
     pub quotas: BTreeSet<(String, String)>,
     /// Shard epochs written.
@@ -144,7 +166,8 @@ pub struct Book {
     catalog: Catalog,
     breach: Breach,
     machines: BTreeMap<String, Machine>,
-    domains: HashMap<String, DomainMark>,
+    domains: HashMap<String, Mark>,
+    clusters: HashMap<String, Mark>,
     quotas: HashMap<(String, String), Grant>,
     epochs: HashMap<String, u64>,
     answers: HashMap<String, Answer>,
@@ -167,15 +190,19 @@ trait Mutation: Message + Clone {
     /// The call's name: part of the intent, since two calls' requests can encode alike (a
     /// release and a delete of one machine under one key).
     const CALL: &'static str;
+    /// Whether the token's domain grant is what entitles the call (creates and claims); other
+    /// calls ignore it, since a machine stays with its holder wherever its domain went.
+    const BY_DOMAIN: bool;
     fn key(&self) -> &str;
     fn token(&self) -> Option<&FencingToken>;
     fn clear_token(&mut self);
 }
 
 macro_rules! mutation {
-    ($($request:ty),*) => {$(
+    ($($request:ty => $by_domain:expr),*) => {$(
         impl Mutation for $request {
             const CALL: &'static str = stringify!($request);
+            const BY_DOMAIN: bool = $by_domain;
             fn key(&self) -> &str {
                 &self.idempotency_key
             }
@@ -190,11 +217,12 @@ macro_rules! mutation {
 }
 
 mutation!(
-    CreateMachineRequest,
-    ConfigureMachineRequest,
-    ReleaseMachineRequest,
-    DeleteMachineRequest,
-    AdoptDomainRequest
+    CreateMachineRequest => true,
+    ConfigureMachineRequest => false,
+    ReleaseMachineRequest => false,
+    DeleteMachineRequest => false,
+    ClaimDomainRequest => true,
+    AdoptClusterRequest => false
 );
 
 /// The intent of a request: the call and its bytes without the token, hashed.
@@ -263,8 +291,13 @@ impl Book {
     }
 
     /// A domain's mark.
-    pub fn domain_mark(&self, domain: &str) -> Option<&DomainMark> {
+    pub fn domain_mark(&self, domain: &str) -> Option<&Mark> {
         self.domains.get(domain)
+    }
+
+    /// A cluster's mark.
+    pub fn cluster_mark(&self, cluster: &str) -> Option<&Mark> {
+        self.clusters.get(cluster)
     }
 
     /// A quota's mark.
@@ -328,8 +361,11 @@ impl Book {
             request.limit as usize
         };
         let (machines, next_cursor) = self.list(
-            &request.domain,
-            &request.owner_shard,
+            &Filter {
+                domain: &request.domain,
+                owner: &request.owner_shard,
+                cluster: &request.cluster,
+            },
             &request.cursor,
             limit,
         );
@@ -339,15 +375,14 @@ impl Book {
         })
     }
 
-    /// A page of machines after `cursor` (a machine id), matching `domain` and `owner` ("" for
-    /// any); the next cursor, "" after the last page.
-    pub fn list(
-        &self,
-        domain: &str,
-        owner: &str,
-        cursor: &str,
-        limit: usize,
-    ) -> (Vec<Machine>, String) {
+    /// A page of machines after `cursor` (a machine id), matching `filter`; the next cursor,
+    /// "" after the last page.
+    pub fn list(&self, filter: &Filter<'_>, cursor: &str, limit: usize) -> (Vec<Machine>, String) {
+        let Filter {
+            domain,
+            owner,
+            cluster,
+        } = *filter;
         let limit = limit.clamp(1, 1000);
         let after = if cursor.is_empty() {
             std::ops::Bound::Unbounded
@@ -357,9 +392,12 @@ impl Book {
         let matches = |m: &&Machine| {
             (domain.is_empty() || m.domain == domain)
                 && (owner.is_empty() || m.owner_shard == owner)
+                && (cluster.is_empty() || m.cluster == cluster)
         };
         // The narrowest index that holds every match, walked in id order from the cursor.
-        let ids = if !owner.is_empty() {
+        let ids = if !cluster.is_empty() {
+            Some(self.index.of_cluster(cluster))
+        } else if !owner.is_empty() {
             Some(self.index.of_owner(owner))
         } else if !domain.is_empty() {
             Some(self.index.in_domain(domain))
@@ -405,8 +443,13 @@ impl Book {
     }
 
     /// Puts back a persisted domain mark.
-    pub fn restore_domain(&mut self, domain: String, mark: DomainMark) {
+    pub fn restore_domain(&mut self, domain: String, mark: Mark) {
         self.domains.insert(domain, mark);
+    }
+
+    /// Puts back a persisted cluster mark.
+    pub fn restore_cluster(&mut self, cluster: String, mark: Mark) {
+        self.clusters.insert(cluster, mark);
     }
 
     /// Puts back a persisted quota mark.
@@ -436,20 +479,20 @@ impl Book {
         .map(|mut machines| machines.remove(0))
     }
 
-    /// `ConfigureMachine`.
+    /// `ConfigureMachine`: under the grant of the cluster it configures the machine for.
     pub fn configure(&mut self, request: &ConfigureMachineRequest) -> Result<Machine, Refusal> {
         self.call(request, |book, call| {
             check_id("cluster", &request.cluster)?;
+            check_id("machine_id", &request.machine_id)?;
+            book.existing(&request.machine_id)?;
+            book.fence_cluster_of(call.token, &request.cluster)?;
             let machine = book.owned_machine(call.token, &request.machine_id)?;
             match (
                 MachineState::try_from(machine.state),
                 machine.cluster.as_str(),
             ) {
                 (Ok(MachineState::Configured), cluster) if cluster == request.cluster => {}
-                (Ok(MachineState::Idle), _) => {
-                    machine.state = MachineState::Configured as i32;
-                    machine.cluster = request.cluster.clone();
-                }
+                (Ok(MachineState::Idle), _) => {}
                 (state, cluster) => {
                     return Err(Refusal::new(
                         Reason::InvalidState,
@@ -460,6 +503,10 @@ impl Book {
                     ));
                 }
             }
+            book.update(&request.machine_id, |machine| {
+                machine.state = MachineState::Configured as i32;
+                machine.cluster = request.cluster.clone();
+            });
             Ok(vec![book.touch(&request.machine_id)])
         })
         .map(|mut machines| machines.remove(0))
@@ -468,12 +515,14 @@ impl Book {
     /// `ReleaseMachine`.
     pub fn release(&mut self, request: &ReleaseMachineRequest) -> Result<Machine, Refusal> {
         self.call(request, |book, call| {
-            let machine = book.owned_machine(call.token, &request.machine_id)?;
+            let machine = book.held_machine(call.token, &request.machine_id)?;
             match MachineState::try_from(machine.state) {
                 Ok(MachineState::Idle) => {}
                 Ok(MachineState::Configured) => {
-                    machine.state = MachineState::Idle as i32;
-                    machine.cluster.clear();
+                    book.update(&request.machine_id, |machine| {
+                        machine.state = MachineState::Idle as i32;
+                        machine.cluster.clear();
+                    });
                 }
                 state => {
                     return Err(Refusal::new(
@@ -490,7 +539,7 @@ impl Book {
     /// `DeleteMachine`.
     pub fn delete(&mut self, request: &DeleteMachineRequest) -> Result<Machine, Refusal> {
         self.call(request, |book, call| {
-            if live(book.owned_machine(call.token, &request.machine_id)?) {
+            if live(book.held_machine(call.token, &request.machine_id)?) {
                 book.update(&request.machine_id, |machine| {
                     machine.state = MachineState::Deleted as i32;
                     machine.cluster.clear();
@@ -501,22 +550,42 @@ impl Book {
         .map(|mut machines| machines.remove(0))
     }
 
-    /// `AdoptDomain`.
-    pub fn adopt(&mut self, request: &AdoptDomainRequest) -> Result<Vec<Machine>, Refusal> {
+    /// `ClaimDomain`: records the token's domain grant (and slice table), so creates under
+    /// older grants stop now; no machine changes hands.
+    pub fn claim(&mut self, request: &ClaimDomainRequest) -> Result<(), Refusal> {
         self.call(request, |book, call| {
             let domain = book.domain_grant(call.token)?.domain.clone();
             book.serves(&domain)?;
             if let Some(quota) = &call.token.quota {
                 book.counts_against(quota)?;
+                book.quota_verdict(quota)?;
             }
             book.fence_domain(call.token)?;
             if let Some(quota) = &call.token.quota {
                 book.fence_quota(quota)?;
             }
+            Ok(Vec::new())
+        })
+        .map(|_| ())
+    }
+
+    /// `AdoptCluster`: the cluster in the token, with every live machine configured for it,
+    /// becomes the caller's under a newer grant; answers those machines.
+    pub fn adopt_cluster(
+        &mut self,
+        request: &AdoptClusterRequest,
+    ) -> Result<Vec<Machine>, Refusal> {
+        self.call(request, |book, call| {
+            let cluster = book.cluster_grant(call.token)?.cluster.clone();
+            check_id("cluster", &cluster)?;
+            book.fence_cluster(call.token)?;
             Ok(book
-                .machines
-                .values()
-                .filter(|m| m.domain == domain && live(m))
+                .index
+                .of_cluster(&cluster)
+                .into_iter()
+                .flatten()
+                .filter_map(|id| book.machines.get(id))
+                .filter(|m| live(m))
                 .cloned()
                 .collect())
         })
@@ -567,8 +636,11 @@ impl Book {
             self.epoch_verdict(token)?;
             // A replay acts on nothing, so only ownership matters: the slice table it was
             // counted under is history.
-            if token.domain.is_some() {
+            if M::BY_DOMAIN && token.domain.is_some() {
                 self.domain_verdict(token)?;
+            }
+            if token.cluster.is_some() {
+                self.cluster_verdict(token)?;
             }
             return Ok(answer
                 .machines
@@ -577,7 +649,7 @@ impl Book {
                 .collect());
         }
         // Every refusal below comes before the change it would refuse; what a call changed
-        // before a later refusal (a shard's newer epoch, a domain handed over under a newer
+        // before a later refusal (a shard's newer epoch, a cluster handed over under a newer
         // grant) is valid on its own and stays.
         let machines = self.fence_epoch(token).and_then(|()| act(self, &call))?;
         self.remember(stored, call.digest, &machines);
@@ -682,58 +754,101 @@ impl Book {
     }
 
     /// Whether the token's domain grant may act: refused if older than the newest accepted
-    /// (or equal but given to another shard); `true` if it is newer and so hands the domain
-    /// over.
+    /// (or equal but given to another shard); `true` if it is newer (to be recorded).
     fn domain_verdict(&self, token: &FencingToken) -> Result<bool, Refusal> {
         let grant = self.domain_grant(token)?;
-        let mark = self.domains.get(&grant.domain);
-        let newest = mark.map(DomainMark::grant);
-        let order = compare(grant.grant.as_ref(), newest.as_ref());
+        self.verdict(
+            "domain",
+            &grant.domain,
+            grant.grant.as_ref(),
+            self.domains.get(&grant.domain),
+            &token.shard_id,
+        )
+    }
+
+    /// Whether the token's cluster grant may act, as [`Book::domain_verdict`] for a cluster.
+    fn cluster_verdict(&self, token: &FencingToken) -> Result<bool, Refusal> {
+        let grant = self.cluster_grant(token)?;
+        self.verdict(
+            "cluster",
+            &grant.cluster,
+            grant.grant.as_ref(),
+            self.clusters.get(&grant.cluster),
+            &token.shard_id,
+        )
+    }
+
+    /// The rule of both marks: a presented grant older than the mark, or equal to it but from
+    /// another shard, is `stale-grant` naming `kind` = `name` and both grants.
+    fn verdict(
+        &self,
+        kind: &str,
+        name: &str,
+        presented: Option<&Grant>,
+        mark: Option<&Mark>,
+        shard: &str,
+    ) -> Result<bool, Refusal> {
+        let newest = mark.map(Mark::grant);
+        let order = compare(presented, newest.as_ref());
         let stale = match (order, mark) {
             (Ordering::Less, _) => true,
-            (Ordering::Equal, Some(mark)) => mark.shard != token.shard_id,
+            (Ordering::Equal, Some(mark)) => mark.shard != shard,
             _ => false,
         };
         if stale && self.breach != Breach::IgnoreFencing {
             return Err(Refusal::new(
                 Reason::StaleGrant,
                 format!(
-                    "domain {}: grant {} of shard {} is older than grant {} accepted for shard {}",
-                    grant.domain,
-                    describe(grant.grant.as_ref()),
-                    token.shard_id,
+                    "{kind} {name}: grant {} of shard {shard} is older than grant {} accepted for shard {}",
+                    describe(presented),
                     describe(newest.as_ref()),
                     mark.map_or("", |m| m.shard.as_str())
                 ),
             )
-            .with("domain", grant.domain.clone())
-            .with("presented", describe(grant.grant.as_ref()))
+            .with(kind, name)
+            .with("presented", describe(presented))
             .with("accepted", describe(newest.as_ref())));
         }
         Ok(order == Ordering::Greater || mark.is_none())
     }
 
-    /// Accepts the token's domain grant (see [`Book::domain_verdict`]); a newer one hands the
-    /// domain, with every machine in it, to the token's shard, in place.
+    /// Accepts the token's domain grant (see [`Book::domain_verdict`]), recording a newer one:
+    /// creates under older grants are refused from now on. No machine changes hands.
     fn fence_domain(&mut self, token: &FencingToken) -> Result<(), Refusal> {
         if !self.domain_verdict(token)? {
             return Ok(());
         }
         let grant = self.domain_grant(token)?.clone();
-        let domain = grant.domain;
         let g = grant.grant.unwrap_or_default();
-        self.domains.insert(
-            domain.clone(),
-            DomainMark {
-                restore_epoch: g.restore_epoch,
-                revision: g.revision,
-                shard: token.shard_id.clone(),
-            },
-        );
-        self.changes.domains.insert(domain.clone());
+        self.domains
+            .insert(grant.domain.clone(), Mark::new(g, &token.shard_id));
+        self.changes.domains.insert(grant.domain);
+        Ok(())
+    }
+
+    fn cluster_grant<'t>(&self, token: &'t FencingToken) -> Result<&'t ClusterGrant, Refusal> {
+        token
+            .cluster
+            .as_ref()
+            .filter(|c| !c.cluster.is_empty() && c.grant.is_some())
+            .ok_or_else(|| Refusal::new(Reason::InvalidArgument, "the token needs a cluster grant"))
+    }
+
+    /// Accepts the token's cluster grant (see [`Book::cluster_verdict`]); a newer one hands
+    /// the cluster, with every live machine configured for it, to the token's shard, in place.
+    fn fence_cluster(&mut self, token: &FencingToken) -> Result<(), Refusal> {
+        if !self.cluster_verdict(token)? {
+            return Ok(());
+        }
+        let grant = self.cluster_grant(token)?.clone();
+        let cluster = grant.cluster;
+        let g = grant.grant.unwrap_or_default();
+        self.clusters
+            .insert(cluster.clone(), Mark::new(g, &token.shard_id));
+        self.changes.clusters.insert(cluster.clone());
         let adopted: Vec<String> = self
             .index
-            .in_domain(&domain)
+            .of_cluster(&cluster)
             .into_iter()
             .flatten()
             .filter_map(|id| self.machines.get(id))
@@ -748,6 +863,27 @@ impl Book {
             self.touch(&id);
         }
         Ok(())
+    }
+
+    /// Fences the grant of `cluster`, which the token must carry: the cluster a machine is
+    /// configured for, or is being configured for.
+    fn fence_cluster_of(&mut self, token: &FencingToken, cluster: &str) -> Result<(), Refusal> {
+        let grant = self.cluster_grant(token).map_err(|_| {
+            Refusal::new(
+                Reason::InvalidArgument,
+                format!("the token needs the grant of cluster {cluster}"),
+            )
+        })?;
+        if grant.cluster != cluster {
+            return Err(Refusal::new(
+                Reason::InvalidArgument,
+                format!(
+                    "the call concerns cluster {cluster}, the token's grant is for cluster {}",
+                    grant.cluster
+                ),
+            ));
+        }
+        self.fence_cluster(token)
     }
 
     /// Whether a quota grant may act: refused if its slice table is older than the newest
@@ -790,31 +926,39 @@ impl Book {
         Ok(())
     }
 
-    /// The machine a call acts on, after the domain fence (which may hand it to the caller).
+    /// Refuses an unknown machine id.
+    fn existing(&self, id: &str) -> Result<&Machine, Refusal> {
+        self.machines.get(id).ok_or_else(|| {
+            Refusal::new(Reason::NotFound, format!("no machine {id}")).with("machine", id)
+        })
+    }
+
+    /// The machine a call acts on, which must be the caller's (`not-owner` otherwise).
     fn owned_machine(&mut self, token: &FencingToken, id: &str) -> Result<&mut Machine, Refusal> {
-        check_id("machine_id", id)?;
-        let domain = match self.machines.get(id) {
-            Some(m) => m.domain.clone(),
-            None => {
-                return Err(
-                    Refusal::new(Reason::NotFound, format!("no machine {id}")).with("machine", id)
-                );
-            }
-        };
-        let grant = self.domain_grant(token)?;
-        if grant.domain != domain {
+        let owner = &self.existing(id)?.owner_shard;
+        if *owner != token.shard_id && self.breach != Breach::IgnoreFencing {
             return Err(Refusal::new(
-                Reason::InvalidArgument,
+                Reason::NotOwner,
                 format!(
-                    "machine {id} is in domain {domain}, the token's grant is for {}",
-                    grant.domain
+                    "machine {id} belongs to shard {owner}, not {}",
+                    token.shard_id
                 ),
-            ));
+            )
+            .with("machine", id)
+            .with("owner", owner.clone()));
         }
-        self.fence_domain(token)?;
-        // The fence passed, so the domain — and every live machine in it — is the caller's.
-        let machine = self.machines.get_mut(id).expect("checked above");
-        Ok(machine)
+        Ok(self.machines.get_mut(id).expect("checked above"))
+    }
+
+    /// The machine a release or delete acts on: one serving a cluster under the grant of that
+    /// cluster (fenced first, which may hand the cluster over), then the caller's.
+    fn held_machine(&mut self, token: &FencingToken, id: &str) -> Result<&mut Machine, Refusal> {
+        check_id("machine_id", id)?;
+        let cluster = self.existing(id)?.cluster.clone();
+        if !cluster.is_empty() {
+            self.fence_cluster_of(token, &cluster)?;
+        }
+        self.owned_machine(token, id)
     }
 
     fn do_create(
@@ -870,30 +1014,11 @@ impl Book {
                 format!("machine id {} is taken", request.machine_id),
             ));
         }
-        let adopts = self.domain_verdict(token)?;
+        self.domain_verdict(token)?;
         self.quota_verdict(&quota)?;
-        // What the shard would hold of this quota, the domain's machines included if this call
-        // hands them over.
-        let taken_over = if adopts {
-            self.index
-                .in_domain(&request.domain)
-                .into_iter()
-                .flatten()
-                .filter_map(|id| self.machines.get(id))
-                .filter(|m| {
-                    m.owner_shard != token.shard_id
-                        && m.quota_provider == quota.quota_provider
-                        && m.region == quota.region
-                        && live(m)
-                })
-                .count() as u64
-        } else {
-            0
-        };
         let held = self
             .index
-            .held(&token.shard_id, &quota.quota_provider, &quota.region)
-            + taken_over;
+            .held(&token.shard_id, &quota.quota_provider, &quota.region);
         if held + 1 > quota.slice && self.breach != Breach::IgnoreFencing {
             return Err(Refusal::new(
                 Reason::OverSlice,

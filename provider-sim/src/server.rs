@@ -9,9 +9,10 @@ use ballast_protocol::provider::Reason;
 use ballast_protocol::provider::refusal;
 use ballast_protocol::providerpb::provider_server::{Provider, ProviderServer};
 use ballast_protocol::providerpb::{
-    AdoptDomainRequest, AdoptDomainResponse, ConfigureMachineRequest, CreateMachineRequest,
-    DeleteMachineRequest, DescribeRequest, DescribeResponse, FencingToken, GetMachineRequest,
-    ListMachinesRequest, ListMachinesResponse, MachineResponse, ReleaseMachineRequest,
+    AdoptClusterRequest, AdoptClusterResponse, ClaimDomainRequest, ClaimDomainResponse,
+    ConfigureMachineRequest, CreateMachineRequest, DeleteMachineRequest, DescribeRequest,
+    DescribeResponse, FencingToken, GetMachineRequest, ListMachinesRequest, ListMachinesResponse,
+    MachineResponse, ReleaseMachineRequest,
 };
 use ballast_tls::identity::{AuthLayer, Policy, identity};
 use ballast_tls::{Identity, Role, ServerTls};
@@ -170,14 +171,27 @@ impl Provider for SimProvider {
         }))
     }
 
-    async fn adopt_domain(
+    async fn claim_domain(
         &self,
-        request: Request<AdoptDomainRequest>,
-    ) -> Result<Response<AdoptDomainResponse>, Status> {
-        let machines = self
-            .mutate(request, |r| r.token.as_ref(), |book, r| book.adopt(r))
+        request: Request<ClaimDomainRequest>,
+    ) -> Result<Response<ClaimDomainResponse>, Status> {
+        self.mutate(request, |r| r.token.as_ref(), |book, r| book.claim(r))
             .await?;
-        Ok(Response::new(AdoptDomainResponse { machines }))
+        Ok(Response::new(ClaimDomainResponse {}))
+    }
+
+    async fn adopt_cluster(
+        &self,
+        request: Request<AdoptClusterRequest>,
+    ) -> Result<Response<AdoptClusterResponse>, Status> {
+        let machines = self
+            .mutate(
+                request,
+                |r| r.token.as_ref(),
+                |book, r| book.adopt_cluster(r),
+            )
+            .await?;
+        Ok(Response::new(AdoptClusterResponse { machines }))
     }
 }
 

@@ -8,7 +8,7 @@ use ballast_protocol::providerpb::{Grant, Machine};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use prost::Message;
 
-use crate::book::{Answer, Book, Changes, DomainMark};
+use crate::book::{Answer, Book, Changes, Mark};
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +40,7 @@ pub struct Store {
     db: Database,
     machines: Keyspace,
     domains: Keyspace,
+    clusters: Keyspace,
     quotas: Keyspace,
     epochs: Keyspace,
     answers: Keyspace,
@@ -71,6 +72,7 @@ impl Store {
         Ok(Store {
             machines: db.keyspace("machines", options).map_err(wrap)?,
             domains: db.keyspace("domains", options).map_err(wrap)?,
+            clusters: db.keyspace("clusters", options).map_err(wrap)?,
             quotas: db.keyspace("quotas", options).map_err(wrap)?,
             epochs: db.keyspace("epochs", options).map_err(wrap)?,
             answers: db.keyspace("answers", options).map_err(wrap)?,
@@ -112,8 +114,13 @@ impl Store {
             Ok(())
         })?;
         self.each(&self.domains, "domains", |key, value| {
-            let mark: DomainMark = serde_json::from_slice(value).map_err(|e| e.to_string())?;
+            let mark: Mark = serde_json::from_slice(value).map_err(|e| e.to_string())?;
             book.restore_domain(String::from_utf8_lossy(key).to_string(), mark);
+            Ok(())
+        })?;
+        self.each(&self.clusters, "clusters", |key, value| {
+            let mark: Mark = serde_json::from_slice(value).map_err(|e| e.to_string())?;
+            book.restore_cluster(String::from_utf8_lossy(key).to_string(), mark);
             Ok(())
         })?;
         self.each(&self.quotas, "quotas", |key, value| {
@@ -153,6 +160,12 @@ impl Store {
             if let Some(mark) = book.domain_mark(domain) {
                 let value = serde_json::to_vec(mark).expect("plain fields serialize");
                 batch.insert(&self.domains, domain.as_str(), value);
+            }
+        }
+        for cluster in &changes.clusters {
+            if let Some(mark) = book.cluster_mark(cluster) {
+                let value = serde_json::to_vec(mark).expect("plain fields serialize");
+                batch.insert(&self.clusters, cluster.as_str(), value);
             }
         }
         for quota in &changes.quotas {

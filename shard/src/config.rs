@@ -51,15 +51,6 @@ pub struct ShardArgs {
     /// Engine decision interval in milliseconds.
     #[arg(long, env = "BALLAST_CYCLE_MS", default_value_t = 200)]
     pub cycle_ms: u64,
-    /// Machines left in a domain the shard no longer holds ("foreign") go back to the
-    /// provider after this many milliseconds, freeing the shard's quota slice. A domain that
-    /// returns sooner keeps its machines.
-    #[arg(
-        long,
-        env = "BALLAST_FOREIGN_RELEASE_AFTER_MS",
-        default_value_t = 30_000
-    )]
-    pub foreign_release_after_ms: u64,
     /// The providers to drive (repeat or comma-separate): `sim` (the simulated provider built
     /// in, serving this shard alone), `grpc://HOST:PORT` (a provider process, e.g.
     /// `ballast-provider-sim`) or `https://HOST:PORT` (mutual TLS with the --tls-* flags),
@@ -129,7 +120,6 @@ impl ShardArgs {
             lease_ttl: Duration::from_millis(self.lease_ms),
             heartbeat: Duration::from_millis(heartbeat),
             cycle: Duration::from_millis(self.cycle_ms),
-            foreign_release_after: Duration::from_millis(self.foreign_release_after_ms),
             providers: self
                 .provider
                 .iter()

@@ -75,7 +75,7 @@ fn refresh(worker: &Worker) {
     gauge!("ballast_shard_cycles").set(worker.cycles() as f64);
     gauge!("ballast_shard_shortfall_machines").set(worker.shortfall() as f64);
     let machines = worker.machines_by_state();
-    for state in ["idle", "assigned", "foreign"] {
+    for state in ["idle", "assigned"] {
         let count = machines.get(state).copied().unwrap_or(0);
         gauge!("ballast_shard_machines", "state" => state).set(count as f64);
     }
@@ -114,9 +114,10 @@ pub fn provider_error(call: &'static str, reason: &'static str) {
 }
 
 /// Grants the provider refused as stale, which the shard does not act under now.
-pub fn fenced(domains: usize, quotas: usize) {
-    gauge!("ballast_shard_fenced", "kind" => "domain").set(domains as f64);
-    gauge!("ballast_shard_fenced", "kind" => "quota").set(quotas as f64);
+pub fn fenced(fences: &crate::worker::Fences) {
+    gauge!("ballast_shard_fenced", "kind" => "domain").set(fences.domains.len() as f64);
+    gauge!("ballast_shard_fenced", "kind" => "cluster").set(fences.clusters.len() as f64);
+    gauge!("ballast_shard_fenced", "kind" => "quota").set(fences.quotas.len() as f64);
 }
 
 /// A reconciliation of the ledger with the provider: machines that joined and were forgotten.

@@ -4,8 +4,10 @@
 //! decisions out afterwards, newest wish first, one call at a time per machine (a machine moved
 //! from one cluster to another is released, then configured), many machines at once.
 //!
-//! The provider's record matters because a domain handed to another shard is adopted with its
-//! machines' clusters (ADR 0016), and because it is what an operator sees at the provider.
+//! The provider's record matters because a cluster bound to another shard is adopted there
+//! with the machines configured for it (ADR 0016), and because it is what an operator sees at
+//! the provider. A configure presents the grant of the cluster it is for; a release, the grant
+//! of the cluster the machine serves.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -120,6 +122,25 @@ impl Placements {
         }
     }
 
+    /// The cluster the provider last confirmed `machine` serves (`None`: idle or not known).
+    pub fn confirmed_cluster(&self, machine: &str) -> Option<String> {
+        self.confirmed.get(machine).cloned().flatten()
+    }
+
+    /// Machines the provider confirmed, or the ledger wants, serving `cluster`.
+    pub fn serving(&self, cluster: &str) -> BTreeSet<String> {
+        let of = |map: &HashMap<String, Option<String>>| {
+            map.iter()
+                .filter(|(_, c)| c.as_deref() == Some(cluster))
+                .map(|(m, _)| m.clone())
+                .collect::<Vec<_>>()
+        };
+        of(&self.confirmed)
+            .into_iter()
+            .chain(of(&self.wanted))
+            .collect()
+    }
+
     /// Machines with a wish not yet carried out.
     pub fn pending(&self) -> usize {
         self.wanted.len()
@@ -169,7 +190,6 @@ async fn carry_out(worker: &Worker, step: &Step) -> (Option<Option<String>>, boo
     let Some(machine) = worker.state().engine.machine(&step.machine) else {
         return (None, false);
     };
-    let domain = machine.domain;
     let provider = match worker
         .providers()
         .of(machine.quota.as_ref().map_or("", |q| q.0.as_str()))
@@ -180,13 +200,17 @@ async fn carry_out(worker: &Worker, step: &Step) -> (Option<Option<String>>, boo
             return (None, false);
         }
     };
-    // Outside the domains the shard acts in (moved away, fenced): not this shard's to place.
-    let Some(grants) = worker.grants(&domain, None) else {
+    // A release presents the grant of the cluster the machine serves at the provider.
+    let serving = match &step.confirmed {
+        Some(Some(cluster)) => Some(cluster.clone()),
+        _ => None,
+    };
+    let Some(release_grants) = worker.grants_for_serving(serving.as_deref()) else {
         return (None, false);
     };
     let release = |key: String| ReleaseMachineRequest {
         idempotency_key: key,
-        token: Some(token(&worker.actor(), &grants)),
+        token: Some(token(&worker.actor(), &release_grants)),
         machine_id: step.machine.clone(),
     };
     let sequence = worker.next_sequence();
@@ -200,6 +224,10 @@ async fn carry_out(worker: &Worker, step: &Step) -> (Option<Option<String>>, boo
             .await
             .map(|_| None),
         Some(cluster) => {
+            // Not (or no longer) serving the cluster, or fenced: not this shard's to configure.
+            let Some(grants) = worker.cluster_grants(cluster) else {
+                return (None, false);
+            };
             let configure = |key: String| ConfigureMachineRequest {
                 idempotency_key: key,
                 token: Some(token(&worker.actor(), &grants)),

@@ -11,8 +11,8 @@ use tokio::sync::watch;
 
 use ballast_protocol::provider::Reason;
 use ballast_protocol::providerpb::{
-    AdoptDomainRequest, CreateMachineRequest, DeleteMachineRequest, ListMachinesRequest,
-    Machine as ProvidedMachine, MachineState,
+    AdoptClusterRequest, ClaimDomainRequest, CreateMachineRequest, DeleteMachineRequest,
+    ListMachinesRequest, Machine as ProvidedMachine, MachineState,
 };
 
 use crate::cache::{Assignments, Cache, CacheError};
@@ -29,9 +29,6 @@ pub struct ShardState {
     /// Provisions started and not yet answered, by machine id (re-issued after a restart;
     /// the provider is idempotent by machine id).
     pub in_flight: BTreeMap<String, Provision>,
-    /// Foreign machines by id, with when they were first seen foreign (in memory: after a
-    /// restart the wait starts again, which only delays a release).
-    pub foreign_since: HashMap<String, Instant>,
     /// Machines whose release the provider is working on.
     pub releasing: HashSet<String>,
 }
@@ -64,7 +61,6 @@ impl ShardState {
         Ok(ShardState {
             engine,
             in_flight: ledger.in_flight,
-            foreign_since: HashMap::new(),
             releasing: HashSet::new(),
         })
     }
@@ -148,23 +144,6 @@ fn carry_out(worker: &Arc<Worker>) -> Result<(), CacheError> {
                 state.in_flight.insert(id.clone(), provision.clone());
             }
         }
-        let now = Instant::now();
-        let foreign: HashSet<&String> = plan.foreign.iter().collect();
-        state.foreign_since.retain(|id, _| foreign.contains(id));
-        for id in &plan.foreign {
-            if !state.foreign_since.contains_key(id) {
-                state.foreign_since.insert(id.clone(), now);
-            }
-        }
-        let due: Vec<String> = state
-            .foreign_since
-            .iter()
-            .filter(|(id, since)| {
-                now.duration_since(**since) >= worker.foreign_release_after()
-                    && !state.releasing.contains(*id)
-            })
-            .map(|(id, _)| id.clone())
-            .collect();
         // Surplus goes back at once: the operator or the rebalancer shrank the slice, and
         // nothing will want these machines before the slice grows again.
         let surplus: Vec<String> = plan
@@ -175,10 +154,10 @@ fn carry_out(worker: &Arc<Worker>) -> Result<(), CacheError> {
         if !surplus.is_empty() {
             worker.cache().store_returning(&surplus)?;
         }
-        for id in due.iter().chain(&surplus) {
+        for id in &surplus {
             state.releasing.insert(id.clone());
         }
-        releases = due.into_iter().chain(surplus).collect::<Vec<_>>();
+        releases = surplus;
         (
             plan.shortfalls,
             state.engine.counts(),
@@ -200,7 +179,7 @@ fn carry_out(worker: &Arc<Worker>) -> Result<(), CacheError> {
     Ok(())
 }
 
-/// Returns a machine that stayed foreign, or is surplus to the shard's slice, to the provider
+/// Returns a machine that is surplus to the shard's slice to the provider
 /// (`DeleteMachine`), then forgets it. The provider goes first: a crash in between leaves a
 /// ledger record of a machine the provider no longer has, which is returned again after the
 /// restart (the call is idempotent by key); the other order could leak a machine nobody
@@ -210,7 +189,7 @@ async fn release_one(worker: Arc<Worker>, id: String) {
     let machine = worker.state().engine.machine(&id);
     let outcome = match machine {
         Some(machine) => {
-            let grants = worker.grants_to_return(&machine.domain);
+            let grants = worker.grants_for_machine(&id);
             let request = DeleteMachineRequest {
                 idempotency_key: format!("delete/{id}"),
                 token: Some(token(&worker.actor(), &grants)),
@@ -246,7 +225,6 @@ async fn release_one(worker: Arc<Worker>, id: String) {
         return;
     }
     state.engine.remove_machine(&id);
-    state.foreign_since.remove(&id);
     worker.placements().forget(&id);
     crate::observe::provision_done("released");
 }
@@ -355,57 +333,96 @@ async fn provision_one(worker: Arc<Worker>, id: String, provision: Provision) {
     }
 }
 
-/// Takes over a domain the shard was just given, with the machines in it (`AdoptDomain`):
-/// machines the ledger does not have yet join it idle, under the quota the provider counts them
-/// against, and the engine puts them to work. Nothing is released or created. Retried while the
-/// domain is held and the provider fails; a refusal of the grant fences the domain.
-pub async fn adopt_domain(worker: Arc<Worker>, domain: String) {
+/// What the shard was just given and takes over at every provider.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Takeover {
+    /// A domain: `ClaimDomain`, so creates under older grants stop (no machine moves).
+    Domain(String),
+    /// A cluster: `AdoptCluster`, so the machines configured for it become this shard's, in
+    /// place, with their cluster; they join the ledger idle and the engine puts them to work.
+    Cluster(String),
+}
+
+impl std::fmt::Display for Takeover {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Takeover::Domain(domain) => write!(f, "domain/{domain}"),
+            Takeover::Cluster(cluster) => write!(f, "cluster/{cluster}"),
+        }
+    }
+}
+
+/// Takes over a domain or cluster the shard was just given, at every provider. Nothing is
+/// released or created. Retried while it is held and a provider fails; a refusal of the grant
+/// fences it.
+pub async fn take_over(worker: Arc<Worker>, target: Takeover) {
     let mut pause = Duration::from_millis(100);
     let mut done: HashSet<String> = HashSet::new();
-    while let Some(grants) = worker.grants(&domain, None) {
+    let grants_now = |worker: &Worker| match &target {
+        Takeover::Domain(domain) => worker.grants(domain, None),
+        Takeover::Cluster(cluster) => worker.cluster_grants(cluster),
+    };
+    while let Some(grants) = grants_now(&worker) {
         let mut again = false;
+        let revision = grants
+            .domain
+            .as_ref()
+            .or(grants.cluster.as_ref())
+            .map_or(0, |g| g.1);
+        let key = format!("take/{target}/{}/{revision}", grants.restore_epoch);
         for (name, provider) in worker.providers().all() {
             if done.contains(&name) {
                 continue;
             }
-            let request = AdoptDomainRequest {
-                idempotency_key: format!(
-                    "adopt/{domain}/{}/{}",
-                    grants.restore_epoch, grants.domain.1
-                ),
-                token: Some(token(&worker.actor(), &grants)),
+            let token = Some(token(&worker.actor(), &grants));
+            let outcome = match &target {
+                Takeover::Domain(_) => provider
+                    .claim(ClaimDomainRequest {
+                        idempotency_key: key.clone(),
+                        token,
+                    })
+                    .await
+                    .map(|()| Vec::new()),
+                Takeover::Cluster(_) => {
+                    provider
+                        .adopt_cluster(AdoptClusterRequest {
+                            idempotency_key: key.clone(),
+                            token,
+                        })
+                        .await
+                }
             };
-            match provider.adopt(request).await {
+            match outcome {
                 Ok(machines) => {
                     done.insert(name.clone());
                     // Only machines this provider is the shard's provider for (by quota).
-                    let here = machines.into_iter().filter(|m| {
-                        m.domain == domain && worker.providers().serves(&name, &m.quota_provider)
-                    });
+                    let here = machines
+                        .into_iter()
+                        .filter(|m| worker.providers().serves(&name, &m.quota_provider));
                     match worker.join_ledger(here) {
                         Ok(0) => {}
                         Ok(joined) => {
-                            tracing::info!(%domain, machines = joined, "adopted the domain's machines in place");
+                            tracing::info!(%target, machines = joined, "adopted machines in place");
                             crate::observe::adopted(joined);
                         }
                         Err(e) => {
-                            tracing::error!(error = %e, %domain, "cannot record adopted machines")
+                            tracing::error!(error = %e, %target, "cannot record adopted machines")
                         }
                     }
                 }
                 Err(e) if e.retryable() => {
                     again = true;
-                    tracing::debug!(%domain, error = %e, "adopting a domain failed; retrying");
+                    tracing::debug!(%target, error = %e, "taking over failed; retrying");
                 }
                 // A provider that does not serve the domain has nothing there.
                 Err(e) if e.reason() == Some(Reason::InvalidArgument) => {
                     done.insert(name.clone());
-                    tracing::debug!(%domain, provider = %name, error = %e, "the provider does not take this domain");
+                    tracing::debug!(%target, provider = %name, error = %e, "the provider does not take this");
                 }
                 Err(e) => {
                     done.insert(name.clone());
-                    worker.provider_failed("adopt", &e);
-                    tracing::warn!(%domain, error = %e, "adopting a domain was refused");
+                    worker.provider_failed("take-over", &e);
+                    tracing::warn!(%target, error = %e, "taking over was refused");
                 }
             }
         }
@@ -415,7 +432,7 @@ pub async fn adopt_domain(worker: Arc<Worker>, domain: String) {
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_secs(5));
     }
-    worker.adoption_done(&domain);
+    worker.takeover_done(&target);
 }
 
 /// How a reconciliation with the provider ended.
@@ -493,6 +510,7 @@ async fn reconcile_with(
                 owner_shard: worker.id().to_string(),
                 cursor: cursor.clone(),
                 limit: 1000,
+                ..Default::default()
             })
             .await?;
         for machine in page.machines {

@@ -35,10 +35,14 @@ fn fenced_status(fences: &crate::worker::Fences) -> std::collections::HashMap<St
         .domains
         .iter()
         .map(|(domain, fence)| (format!("domain/{domain}"), fence.why.clone()));
+    let clusters = fences
+        .clusters
+        .iter()
+        .map(|(cluster, fence)| (format!("cluster/{cluster}"), fence.why.clone()));
     let quotas = fences.quotas.iter().map(|((provider, region), fence)| {
         (format!("quota/{provider}/{region}"), fence.why.clone())
     });
-    domains.chain(quotas).collect()
+    domains.chain(clusters).chain(quotas).collect()
 }
 
 fn held_status(a: Assignments) -> pb::ShardStatusResponse {

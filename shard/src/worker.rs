@@ -29,7 +29,7 @@ use crate::provider::local::LocalProvider;
 use crate::provider::{
     Actor, Grants, Provider, ProviderError, Providers, SimulatedConfig, resources_of,
 };
-use crate::provisioning::{Backoff, ShardState};
+use crate::provisioning::{Backoff, ShardState, Takeover};
 use crate::security::Security;
 use ballast_tls::TlsFiles;
 use ballast_tls::identity::AuthLayer;
@@ -55,8 +55,6 @@ pub struct WorkerConfig {
     pub heartbeat: Duration,
     /// Engine decision interval.
     pub cycle: Duration,
-    /// How long a machine may stay foreign before it is returned to the provider.
-    pub foreign_release_after: Duration,
     /// The providers the shard drives (at most one without a name: it takes every quota no
     /// named one claims).
     pub providers: Vec<ProviderSpec>,
@@ -132,6 +130,8 @@ pub struct Fences {
     pub domains: BTreeMap<String, Fence>,
     /// Quota → the refused slice table.
     pub quotas: BTreeMap<QuotaKey, Fence>,
+    /// Cluster → the refused cluster grant.
+    pub clusters: BTreeMap<String, Fence>,
 }
 
 impl Fences {
@@ -145,6 +145,10 @@ impl Fences {
         self.quotas.retain(|(provider, region), fence| {
             held.quota_grant(provider, region)
                 .is_some_and(|(epoch, revision, _)| (epoch, revision) == fence.grant)
+        });
+        self.clusters.retain(|cluster, fence| {
+            held.cluster_grant(cluster)
+                .is_some_and(|grant| grant == fence.grant)
         });
     }
 
@@ -204,10 +208,10 @@ pub struct Worker {
     providers: Providers,
     /// Grants the provider refused as stale.
     fences: Mutex<Fences>,
-    /// The grants of domains the watch took away, for returning the machines left in them.
+    /// The grants of clusters the watch took away, for a machine still released under one.
     lost_grants: Mutex<HashMap<String, (u64, u64)>>,
-    /// Domains being adopted.
-    adopting: Mutex<HashSet<String>>,
+    /// Domains and clusters being taken over.
+    adopting: Mutex<HashSet<Takeover>>,
     /// Which cluster each machine should serve at the provider, and what it confirmed.
     placements: Mutex<Placements>,
     placements_wake: tokio::sync::Notify,
@@ -243,11 +247,6 @@ impl Worker {
     /// Engine decision interval.
     pub fn cycle(&self) -> Duration {
         self.config.cycle
-    }
-
-    /// How long a machine may stay foreign before it goes back to the provider.
-    pub fn foreign_release_after(&self) -> Duration {
-        self.config.foreign_release_after
     }
 
     /// The durable cache.
@@ -295,25 +294,61 @@ impl Worker {
         };
         Some(Grants {
             restore_epoch,
-            domain: (domain.to_string(), revision),
+            domain: Some((domain.to_string(), revision)),
+            cluster: None,
             quota,
         })
     }
 
-    /// The grants to return a machine of `domain` under: the domain's grant if it is held,
-    /// else the last one the shard held (a provider that has since accepted the new owner's
-    /// refuses it, and the machine is the new owner's), else the zero grant.
-    pub fn grants_to_return(&self, domain: &str) -> Grants {
+    /// The grants to configure a machine for `cluster` under: `None` when the shard does not
+    /// serve it now or the provider refused its grant.
+    pub fn cluster_grants(&self, cluster: &str) -> Option<Grants> {
         let held = self.assignments.read();
-        let (restore_epoch, revision) = held
-            .domain_grant(domain)
-            .or_else(|| self.lost_grants.lock().get(domain).copied())
-            .unwrap_or((held.restore_epoch, 0));
-        Grants {
-            restore_epoch,
-            domain: (domain.to_string(), revision),
-            quota: None,
+        if self.fences.lock().clusters.contains_key(cluster) {
+            return None;
         }
+        let (restore_epoch, revision) = held.cluster_grant(cluster)?;
+        Some(Grants {
+            restore_epoch,
+            cluster: Some((cluster.to_string(), revision)),
+            ..Grants::default()
+        })
+    }
+
+    /// The grants to release or delete a machine serving `cluster` (or none) under: the
+    /// cluster's grant if it is held, else the last one the shard held (a provider that has
+    /// since accepted the new holder's refuses it), else the zero grant. An idle machine needs
+    /// no grant. `None` while the cluster's grant is fenced.
+    pub fn grants_for_serving(&self, cluster: Option<&str>) -> Option<Grants> {
+        let held = self.assignments.read();
+        let Some(cluster) = cluster else {
+            return Some(Grants {
+                restore_epoch: held.restore_epoch,
+                ..Grants::default()
+            });
+        };
+        if self.fences.lock().clusters.contains_key(cluster) {
+            return None;
+        }
+        let (restore_epoch, revision) = held
+            .cluster_grant(cluster)
+            .or_else(|| self.lost_grants.lock().get(cluster).copied())
+            .unwrap_or((held.restore_epoch, 0));
+        Some(Grants {
+            restore_epoch,
+            cluster: Some((cluster.to_string(), revision)),
+            ..Grants::default()
+        })
+    }
+
+    /// The grants to return `machine` under: those of the cluster the provider says it serves.
+    pub fn grants_for_machine(&self, machine: &str) -> Grants {
+        let serving = self.placements.lock().confirmed_cluster(machine);
+        self.grants_for_serving(serving.as_deref())
+            .unwrap_or_else(|| Grants {
+                restore_epoch: self.assignments.read().restore_epoch,
+                ..Grants::default()
+            })
     }
 
     /// Acts on a failed provider call: a stale grant fences what it names (the shard stops
@@ -331,6 +366,8 @@ impl Worker {
                 let presented = metadata.get("presented").and_then(|g| parse_grant(g));
                 if let Some(domain) = metadata.get("domain") {
                     self.fence_domain(domain, presented, message);
+                } else if let Some(cluster) = metadata.get("cluster") {
+                    self.fence_cluster(cluster, presented, message);
                 } else if let Some((provider, region)) =
                     metadata.get("quota").and_then(|q| q.split_once('/'))
                 {
@@ -342,6 +379,20 @@ impl Worker {
                 } else {
                     tracing::error!(%call, %message, "a stale-grant refusal that names no domain or quota");
                     self.backoff.failed();
+                }
+            }
+            ProviderError::Refused {
+                reason: Reason::NotOwner,
+                message,
+                metadata,
+            } => {
+                // The provider is the truth about machines: another shard's is not ours.
+                if let Some(machine) = metadata.get("machine") {
+                    tracing::warn!(%call, %machine, %message, "the provider says another shard owns this machine; forgetting it");
+                    let mut state = self.state();
+                    if let Err(e) = self.forget_locked(&mut state, std::slice::from_ref(machine)) {
+                        tracing::error!(error = %e, %machine, "cannot forget a machine");
+                    }
                 }
             }
             ProviderError::Refused {
@@ -372,10 +423,72 @@ impl Worker {
         };
         if fences.domains.insert(domain.to_string(), fence).is_none() {
             tracing::error!(%domain, %why, "the provider accepted a newer grant for this domain: not acting in it until the watch catches up");
-            crate::observe::fenced(fences.domains.len(), fences.quotas.len());
+            crate::observe::fenced(&fences);
             self.state()
                 .engine
                 .set_domains(&fences.usable_domains(&held));
+        }
+    }
+
+    /// A newer grant for `cluster` was accepted: its machines are the new holder's. The shard
+    /// forgets them (releasing nothing) and stops configuring for the cluster until its watch
+    /// catches up.
+    fn fence_cluster(&self, cluster: &str, presented: Option<(u64, u64)>, why: &str) {
+        let held = self.assignments.read();
+        let Some(grant) = held.cluster_grant(cluster) else {
+            return;
+        };
+        if !refuses_held(grant, presented) {
+            return;
+        }
+        let fence = Fence {
+            grant,
+            why: why.to_string(),
+        };
+        if self
+            .fences
+            .lock()
+            .clusters
+            .insert(cluster.to_string(), fence)
+            .is_some()
+        {
+            return;
+        }
+        crate::observe::fenced(&self.fences.lock());
+        tracing::error!(%cluster, %why, "the provider accepted a newer grant for this cluster: its machines are handed over");
+        drop(held);
+        self.hand_over(cluster);
+    }
+
+    /// Forgets the machines serving `cluster` (in the ledger or at the provider), without a
+    /// call: the shard that serves the cluster now adopts them in place. Machines at a
+    /// provider no other shard uses (the built-in simulation) stay: they go idle with the
+    /// cluster's demand and serve other work.
+    fn hand_over(&self, cluster: &str) {
+        let mut state = self.state();
+        self.hand_over_locked(&mut state, cluster);
+    }
+
+    fn hand_over_locked(&self, state: &mut ShardState, cluster: &str) {
+        let mut ids: std::collections::BTreeSet<String> = state
+            .engine
+            .allocations(cluster)
+            .into_iter()
+            .map(|m| m.id)
+            .collect();
+        ids.extend(self.placements.lock().serving(cluster));
+        state.engine.set_demand(cluster, Vec::new());
+        let shared = |id: &String| {
+            state.engine.machine(id).is_some_and(|m| {
+                let quota = m.quota.as_ref().map_or("", |q| q.0.as_str());
+                self.providers.of(quota).is_ok_and(|p| p.shared())
+            })
+        };
+        let ids: Vec<String> = ids.into_iter().filter(shared).collect();
+        match self.forget_locked(state, &ids) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(%cluster, machines = n, "handed the cluster's machines over"),
+            Err(e) => tracing::error!(error = %e, %cluster, "cannot forget handed-over machines"),
         }
     }
 
@@ -394,7 +507,7 @@ impl Worker {
         };
         if fences.quotas.insert(quota.clone(), fence).is_none() {
             tracing::error!(provider = %quota.0, region = %quota.1, %why, "the provider accepted a newer slice table: no creates under this quota until the watch brings it");
-            crate::observe::fenced(fences.domains.len(), fences.quotas.len());
+            crate::observe::fenced(&fences);
             self.state().engine.block_quotas(&fences.blocked_quotas());
         }
     }
@@ -405,14 +518,17 @@ impl Worker {
     }
 
     /// Puts machines the provider says are this shard's into the ledger: those it lacks join
-    /// idle, under the quota the provider counts them against (deleted or failed ones, and
-    /// ones already known, are skipped). Returns how many joined.
+    /// under the quota the provider counts them against (deleted or failed ones, and ones
+    /// already known, are skipped) — idle, or claimed by the cluster they serve if the shard
+    /// serves it (the engine gives them to that cluster's demand when it arrives). Returns how
+    /// many joined.
     pub fn join_ledger(
         &self,
         machines: impl IntoIterator<Item = ProvidedMachine>,
     ) -> Result<usize, CacheError> {
+        let serving = self.assignments.read().clusters.clone();
         let mut state = self.state();
-        self.join_locked(&mut state, machines)
+        self.join_locked(&mut state, machines, &serving)
     }
 
     /// Makes the ledger what the provider listed as this shard's, in one step (no decision
@@ -423,9 +539,10 @@ impl Worker {
         missing: &[String],
         listed: impl IntoIterator<Item = ProvidedMachine>,
     ) -> Result<(usize, usize), CacheError> {
+        let serving = self.assignments.read().clusters.clone();
         let mut state = self.state();
         let forgotten = self.forget_locked(&mut state, missing)?;
-        let joined = self.join_locked(&mut state, listed)?;
+        let joined = self.join_locked(&mut state, listed, &serving)?;
         Ok((joined, forgotten))
     }
 
@@ -433,6 +550,7 @@ impl Worker {
         &self,
         state: &mut ShardState,
         machines: impl IntoIterator<Item = ProvidedMachine>,
+        held: &std::collections::BTreeSet<String>,
     ) -> Result<usize, CacheError> {
         let mut joining = Vec::new();
         for machine in machines {
@@ -440,8 +558,14 @@ impl Worker {
                 MachineState::try_from(machine.state),
                 Ok(MachineState::Deleted) | Ok(MachineState::Failed)
             );
-            if !live
-                || state.engine.machine(&machine.id).is_some()
+            if !live {
+                continue;
+            }
+            // What the provider says it serves, for every machine it lists as this shard's:
+            // releases and hand-overs need it, and a restart starts without it.
+            let serving = (!machine.cluster.is_empty()).then(|| machine.cluster.clone());
+            self.placements.lock().known(&machine.id, serving);
+            if state.engine.machine(&machine.id).is_some()
                 || state.in_flight.contains_key(&machine.id)
             {
                 continue;
@@ -453,14 +577,14 @@ impl Worker {
                     continue;
                 }
             };
-            let serving = (!machine.cluster.is_empty()).then(|| machine.cluster.clone());
-            self.placements.lock().known(&machine.id, serving);
+            let claim = (!machine.cluster.is_empty() && held.contains(&machine.cluster))
+                .then(|| format!("{}/", machine.cluster));
             joining.push(Machine {
                 id: machine.id,
                 domain: machine.domain,
                 resources,
                 quota: Some((machine.quota_provider, machine.region)),
-                assigned_to: None,
+                assigned_to: claim,
             });
         }
         if joining.is_empty() {
@@ -492,7 +616,6 @@ impl Worker {
         self.cache.remove_machines(&gone)?;
         for id in &gone {
             state.engine.remove_machine(id);
-            state.foreign_since.remove(*id);
             self.placements.lock().forget(id);
         }
         Ok(gone.len())
@@ -514,9 +637,13 @@ impl Worker {
         self.placements_wake.notified().await
     }
 
-    /// Marks an adoption finished (another may start when the domain is granted again).
-    pub fn adoption_done(&self, domain: &str) {
-        self.adopting.lock().remove(domain);
+    /// Marks a takeover finished (another may start when it is granted again); the cluster's
+    /// needs are served again.
+    pub fn takeover_done(&self, target: &Takeover) {
+        if let Takeover::Cluster(cluster) = target {
+            self.state().engine.await_adoption(cluster, false);
+        }
+        self.adopting.lock().remove(target);
     }
 
     /// Backoff of new provisions after provider failures.
@@ -558,7 +685,7 @@ impl Worker {
         self.summary.lock().clone()
     }
 
-    /// Machines by state: idle, assigned, foreign (outside the shard's domains).
+    /// Machines by state: idle, assigned.
     pub fn machines_by_state(&self) -> BTreeMap<String, u64> {
         by_state(self.state().engine.counts())
     }
@@ -619,52 +746,66 @@ impl Worker {
     }
 
     /// Applies an update if it is newer than what is held, making it durable first. Returns
-    /// the domains granted by it (new, or under a newer grant), to adopt; `None` for an update
-    /// that was not newer.
-    fn apply(&self, update: &pb::AssignmentUpdate) -> Result<Option<Vec<String>>, CacheError> {
+    /// the domains and clusters granted by it (new, or under a newer grant), to take over;
+    /// `None` for an update that was not newer. Clusters bound elsewhere are handed over.
+    fn apply(&self, update: &pb::AssignmentUpdate) -> Result<Option<Vec<Takeover>>, CacheError> {
         let mut held = self.assignments.write();
         let mut next = held.clone();
         if !next.apply(update) {
             return Ok(None);
         }
         self.cache.store(&held, &next)?;
-        let granted: Vec<String> = next
+        let granted: Vec<Takeover> = next
             .domains
             .iter()
             .filter(|d| held.domain_grant(d) != next.domain_grant(d))
-            .cloned()
+            .map(|d| Takeover::Domain(d.clone()))
+            .chain(
+                next.clusters
+                    .iter()
+                    .filter(|c| held.cluster_grant(c) != next.cluster_grant(c))
+                    .map(|c| Takeover::Cluster(c.clone())),
+            )
             .collect();
+        let lost_clusters: Vec<String> =
+            held.clusters.difference(&next.clusters).cloned().collect();
         {
             let mut lost = self.lost_grants.lock();
-            for domain in held.domains.difference(&next.domains) {
-                if let Some(grant) = held.domain_grant(domain) {
-                    lost.insert(domain.clone(), grant);
+            for cluster in &lost_clusters {
+                if let Some(grant) = held.cluster_grant(cluster) {
+                    lost.insert(cluster.clone(), grant);
                 }
             }
-            for domain in &next.domains {
-                lost.remove(domain);
+            for cluster in &next.clusters {
+                lost.remove(cluster);
             }
         }
         {
             let mut fences = self.fences.lock();
             fences.lift(&next);
-            crate::observe::fenced(fences.domains.len(), fences.quotas.len());
+            crate::observe::fenced(&fences);
             let mut state = self.state();
             state.engine.set_domains(&fences.usable_domains(&next));
             state.engine.set_slices(&next.slices);
             state.engine.block_quotas(&fences.blocked_quotas());
-            for cluster in held.clusters.difference(&next.clusters) {
-                state.engine.set_demand(cluster, Vec::new());
+            for cluster in &lost_clusters {
+                self.hand_over_locked(&mut state, cluster);
             }
         }
         *held = next;
         let mut adopting = self.adopting.lock();
-        Ok(Some(
-            granted
-                .into_iter()
-                .filter(|d| adopting.insert(d.clone()))
-                .collect(),
-        ))
+        let started: Vec<Takeover> = granted
+            .into_iter()
+            .filter(|t| adopting.insert(t.clone()))
+            .collect();
+        drop(adopting);
+        let mut state = self.state();
+        for target in &started {
+            if let Takeover::Cluster(cluster) = target {
+                state.engine.await_adoption(cluster, true);
+            }
+        }
+        Ok(Some(started))
     }
 
     fn remember_cluster(&self) {
@@ -693,15 +834,11 @@ fn parse_grant(text: &str) -> Option<(u64, u64)> {
 
 /// Machine counts by state name, leaving out empty states.
 fn by_state(counts: MachineCounts) -> BTreeMap<String, u64> {
-    [
-        ("idle", counts.idle),
-        ("assigned", counts.assigned),
-        ("foreign", counts.foreign),
-    ]
-    .into_iter()
-    .filter(|(_, n)| *n > 0)
-    .map(|(state, n)| (state.to_string(), n))
-    .collect()
+    [("idle", counts.idle), ("assigned", counts.assigned)]
+        .into_iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(state, n)| (state.to_string(), n))
+        .collect()
 }
 
 /// A started worker.
@@ -935,10 +1072,10 @@ async fn watch_loop(worker: Arc<Worker>, mut stopped: watch::Receiver<bool>) {
                                         granted = granted.len(),
                                         "assignments updated"
                                     );
-                                    for domain in granted {
-                                        tokio::spawn(crate::provisioning::adopt_domain(
+                                    for target in granted {
+                                        tokio::spawn(crate::provisioning::take_over(
                                             worker.clone(),
-                                            domain,
+                                            target,
                                         ));
                                     }
                                 }

@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 
 use ballast_protocol::providerpb::provider_server::{Provider as ProviderService, ProviderServer};
 use ballast_protocol::providerpb::{
-    AdoptDomainRequest, AdoptDomainResponse, ConfigureMachineRequest, CreateMachineRequest,
-    DeleteMachineRequest, DescribeRequest, DescribeResponse, GetMachineRequest,
-    ListMachinesRequest, ListMachinesResponse, Machine, MachineResponse, ReleaseMachineRequest,
+    AdoptClusterRequest, AdoptClusterResponse, ClaimDomainRequest, ClaimDomainResponse,
+    ConfigureMachineRequest, CreateMachineRequest, DeleteMachineRequest, DescribeRequest,
+    DescribeResponse, GetMachineRequest, ListMachinesRequest, ListMachinesResponse, Machine,
+    MachineResponse, ReleaseMachineRequest,
 };
 use ballast_shard::provider::grpc::GrpcProvider;
 use ballast_shard::provider::{Provider, ProviderError};
@@ -96,14 +97,21 @@ impl ProviderService for Fake {
     ) -> Result<Response<MachineResponse>, Status> {
         self.answer().await
     }
-    async fn adopt_domain(
+    async fn claim_domain(
         &self,
-        _: Request<AdoptDomainRequest>,
-    ) -> Result<Response<AdoptDomainResponse>, Status> {
-        Ok(Response::new(AdoptDomainResponse {
+        _: Request<ClaimDomainRequest>,
+    ) -> Result<Response<ClaimDomainResponse>, Status> {
+        Ok(Response::new(ClaimDomainResponse {}))
+    }
+    async fn adopt_cluster(
+        &self,
+        _: Request<AdoptClusterRequest>,
+    ) -> Result<Response<AdoptClusterResponse>, Status> {
+        Ok(Response::new(AdoptClusterResponse {
             machines: vec![Machine {
                 id: "m1".into(),
-                domain: "another-domain".into(),
+                cluster: "another-cluster".into(),
+                owner_shard: "s1".into(),
                 ..Default::default()
             }],
         }))
@@ -147,7 +155,7 @@ async fn answers_about_other_machines_are_breaches_of_the_contract() {
     );
     assert!(!error.retryable());
     let error = provider
-        .adopt(AdoptDomainRequest {
+        .adopt_cluster(AdoptClusterRequest {
             idempotency_key: "adopt".into(),
             token: Some(ballast_shard::provider::token(
                 &ballast_shard::provider::Actor {
@@ -156,16 +164,15 @@ async fn answers_about_other_machines_are_breaches_of_the_contract() {
                     sequence: 1,
                 },
                 &ballast_shard::provider::Grants {
-                    restore_epoch: 0,
-                    domain: ("d1".into(), 1),
-                    quota: None,
+                    cluster: Some(("c1".into(), 1)),
+                    ..Default::default()
                 },
             )),
         })
         .await
-        .expect_err("a machine of another domain");
+        .expect_err("a machine of another cluster");
     assert!(
-        matches!(&error, ProviderError::Contract(m) if m.contains("another-domain")),
+        matches!(&error, ProviderError::Contract(m) if m.contains("another-cluster")),
         "{error:?}"
     );
     let error = provider

@@ -1,8 +1,8 @@
 //! Fencing at the provider and handover in place, with real processes: a coordinator cluster, a
 //! provider process (`ballast-sim provider`) shared by two shard workers, and a shard cut off
 //! from the coordinator — only from the coordinator — for longer than its lease. Its domain,
-//! cluster and slice move to the other shard, which adopts the domain's machines at the
-//! provider without releasing or creating any; the cut-off shard keeps trying to act and the
+//! cluster and slice move to the other shard, which adopts the cluster's machines at the
+//! provider without releasing, creating or reconfiguring any (ADR 0016); the cut-off shard keeps trying to act and the
 //! provider refuses it. The provider's own record is the judge. Run twice: once as is, once
 //! with the provider SIGKILLed and restarted in the middle of the partition.
 
@@ -78,8 +78,6 @@ async fn a_cut_off_shard_is_fenced_at_the_provider_and_its_domain_handed_over_in
         "1500",
         "--provider",
         grpc.as_str(),
-        "--foreign-release-after-ms",
-        "300",
         "--sim-latency-ms",
         "0",
     ];
@@ -136,7 +134,7 @@ async fn a_cut_off_shard_is_fenced_at_the_provider_and_its_domain_handed_over_in
         provider.restart();
     }
     // sa's lease lapses; the rebalancer gives the domain, cluster and slice to sb, which adopts
-    // the domain's machines at the provider.
+    // the cluster's machines at the provider.
     other
         .wait_until("the domain and cluster of the cut-off shard", |st| {
             st.domains.iter().any(|d| d == DOMAIN) && st.clusters.iter().any(|c| c == "c1")
@@ -208,8 +206,8 @@ async fn a_cut_off_shard_is_fenced_at_the_provider_and_its_domain_handed_over_in
         "the quota is over-committed at the provider: {live_under_quota} live machines, total 20"
     );
 
-    // The partition heals: sa learns it lost the domain and forgets its machines there without
-    // returning them (they are sb's now).
+    // The partition heals: sa learns it lost the domain and the cluster and forgets the
+    // cluster's machines without returning them (they are sb's now).
     for proxy in &proxies {
         proxy.heal();
     }

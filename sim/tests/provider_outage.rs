@@ -10,8 +10,8 @@ use std::time::Duration;
 use ballast_protocol::pb;
 use ballast_protocol::providerpb::provider_client::ProviderClient;
 use ballast_protocol::providerpb::{
-    CreateMachineRequest, DeleteMachineRequest, DomainGrant, FencingToken, Grant, MachineState,
-    QuotaGrant,
+    ClusterGrant, CreateMachineRequest, DeleteMachineRequest, DomainGrant, FencingToken, Grant,
+    MachineState, QuotaGrant,
 };
 use ballast_testkit::{
     Allocation, ClusterOptions, ProviderProcess, ShardProcess, TestCluster, allocate,
@@ -67,6 +67,11 @@ fn token_of(status: &pb::ShardStatusResponse) -> FencingToken {
             region: slice.region.clone(),
             grant: Some(grant(slice.granted)),
             slice: slice.amount,
+        }),
+        // Its machines serve c1: calls on them present c1's grant.
+        cluster: Some(ClusterGrant {
+            cluster: "c1".into(),
+            grant: Some(grant(status.cluster_grants["c1"])),
         }),
     }
 }

@@ -220,6 +220,7 @@ pub async fn provider_machines(
                 owner_shard: owner.to_string(),
                 cursor: cursor.clone(),
                 limit: 1000,
+                ..Default::default()
             })
             .await
             .expect("listing the provider's machines")

@@ -4,8 +4,15 @@
 It is the second, independent implementation of the contract (the first is the Rust reference
 provider, provider-sim/) and the worked example of docs/providers.md. It keeps the contract as a
 real provider must: every mutating call is idempotent by (shard, key), fenced by the shard's
-restart epoch, its topology domain's grant and its quota's slice table, and made durable before
-it is answered. Its "cloud" is the state file itself: machines are IDLE the moment they exist.
+restart epoch and by the grants it acts under, and made durable before it is answered. Its
+"cloud" is the state file itself: machines are IDLE the moment they exist.
+
+Ownership, in short: a domain grant is the right to CREATE in the domain (and a create counts
+against the quota's slice table); a machine at work belongs to the shard serving its cluster and
+moves with the CLUSTER, in place, when a newer cluster grant is presented; an idle machine
+belongs to whoever holds it. Nothing moves when a domain changes hands. Each grant kind has a
+mark (the newest grant accepted and, for domains and clusters, the shard it went to); a grant
+older than the mark, or equal to it but presented by another shard, is refused `stale-grant`.
 
 The layout, top to bottom:
   load_stubs  generates the gRPC code from the contract's .proto at start;
@@ -78,6 +85,7 @@ CODES = {
     "stale-grant": grpc.StatusCode.FAILED_PRECONDITION,
     "stale-epoch": grpc.StatusCode.FAILED_PRECONDITION,
     "over-slice": grpc.StatusCode.FAILED_PRECONDITION,
+    "not-owner": grpc.StatusCode.FAILED_PRECONDITION,
     "invalid-state": grpc.StatusCode.FAILED_PRECONDITION,
     "idempotency-conflict": grpc.StatusCode.ALREADY_EXISTS,
     "already-exists": grpc.StatusCode.ALREADY_EXISTS,
@@ -193,6 +201,7 @@ class Book:
         self.catalog = catalog
         self.machines = {}  # id -> Machine
         self.domains = {}   # domain -> (grant, shard): the newest domain grant accepted
+        self.clusters = {}  # cluster -> (grant, shard): the newest cluster grant accepted
         self.quotas = {}    # (quota_provider, region) -> the newest slice-table grant accepted
         self.epochs = {}    # shard -> its newest restart epoch seen
         self.answers = {}   # (shard, key) -> (intent, [Machine]), oldest first (dicts keep order)
@@ -205,14 +214,16 @@ class Book:
             raise Refusal("not-found", f"no machine {machine_id}", machine=machine_id)
         return self.machines[machine_id]
 
-    def list(self, domain, owner, cursor, limit):
+    def list(self, domain, owner, cluster, cursor, limit):
         """A page of machines in id order after `cursor` (the last id of the previous page), and
-        the next cursor ("" after the last page). Ids never change, so a cursor stays valid
-        and a machine created during paging is listed at most once."""
+        the next cursor ("" after the last page); each filter ("" for any) narrows the others.
+        Ids never change, so a cursor stays valid and a machine created during paging is listed
+        at most once."""
         page = []
         for machine_id in sorted(i for i in self.machines if i > cursor):
             machine = self.machines[machine_id]
-            if domain in ("", machine.domain) and owner in ("", machine.owner_shard):
+            if (domain in ("", machine.domain) and owner in ("", machine.owner_shard)
+                    and cluster in ("", machine.cluster)):
                 page.append(machine)
                 if len(page) > limit:  # one more than asked: there is a next page
                     return page[:limit], page[limit - 1].id
@@ -232,8 +243,11 @@ class Book:
     def delete(self, request):
         return self._call(request, lambda token: [self._delete(token, request)])
 
-    def adopt(self, request):
-        return self._call(request, self._adopt)
+    def claim_domain(self, request):
+        return self._call(request, self._claim_domain)
+
+    def adopt_cluster(self, request):
+        return self._call(request, self._adopt_cluster)
 
     def _call(self, request, act):
         """The frame of every mutating call: a well-formed key and token; a repeat of a
@@ -252,12 +266,15 @@ class Book:
                 raise Refusal("idempotency-conflict", f"idempotency key {key!r} of shard "
                               f"{token.shard_id} was used for another request", key=key)
             # A repeat acts on nothing, so only whether the caller may still act matters: a
-            # fenced shard must never see success. The slice table it was counted under is history.
+            # fenced shard must never see success. The slice table it was counted under is
+            # history. Verdicts only: a replay records no grant and hands nothing over.
             self._epoch_verdict(token)
             if token.HasField("domain"):
                 self._domain_verdict(token)
+            if token.HasField("cluster"):
+                self._cluster_verdict(token)
             return machines
-        # What a call changes before a later refusal (the shard's newer epoch, a domain handed
+        # What a call changes before a later refusal (the shard's newer epoch, a cluster handed
         # over under a newer grant) is valid on its own and stays.
         self._fence_epoch(token)
         machines = act(token)
@@ -287,13 +304,13 @@ class Book:
         if request.machine_id in self.machines:
             raise Refusal("already-exists", f"machine id {request.machine_id} is taken")
         # Judge the domain and quota fences and the slice before accepting any of them: a
-        # create refused over-slice must not have handed the domain over on its way.
-        hands_over = self._domain_verdict(token)
+        # create refused over-slice must not have recorded a grant on its way.
+        self._domain_verdict(token)
         self._quota_verdict(quota)
-        # What the shard would hold of this quota, counting the domain's machines if this call
-        # hands them to it.
+        # What the shard holds of this quota: a newer domain grant takes over no machine, so
+        # only the live machines it owns count.
         held = sum(1 for m in self.machines.values()
-                   if (m.owner_shard == token.shard_id or (hands_over and m.domain == domain))
+                   if m.owner_shard == token.shard_id
                    and (m.quota_provider, m.region) == (quota.quota_provider, quota.region)
                    and live(m))
         if held + 1 > quota.slice:
@@ -314,8 +331,15 @@ class Book:
         return self._touch(request.machine_id)
 
     def _configure(self, token, request):
+        check_id("machine_id", request.machine_id)
         check_id("cluster", request.cluster)
-        machine = self._owned_machine(token, request.machine_id)
+        cluster, _ = self._cluster_grant(token)
+        if cluster != request.cluster:
+            raise invalid(f"the token's grant is for cluster {cluster}, "
+                          f"the machine is to be configured for {request.cluster}")
+        machine = self.get(request.machine_id)
+        self._fence_cluster(token)  # may hand the cluster, and its machines, to the caller
+        self._check_owner(token, machine)  # the token's domain grant, if any, is not looked at
         if machine.state == pb.IDLE:
             machine.state, machine.cluster = pb.CONFIGURED, request.cluster
         elif not (machine.state == pb.CONFIGURED and machine.cluster == request.cluster):
@@ -324,7 +348,7 @@ class Book:
         return self._touch(machine.id)
 
     def _release(self, token, request):
-        machine = self._owned_machine(token, request.machine_id)
+        machine = self._held_machine(token, request.machine_id)
         if machine.state == pb.CONFIGURED:
             machine.state, machine.cluster = pb.IDLE, ""
         elif machine.state != pb.IDLE:
@@ -332,21 +356,54 @@ class Book:
         return self._touch(machine.id)
 
     def _delete(self, token, request):
-        machine = self._owned_machine(token, request.machine_id)
+        machine = self._held_machine(token, request.machine_id)
         if live(machine):  # deleting a deleted machine answers it as it is
             machine.state, machine.cluster = pb.DELETED, ""
         return self._touch(machine.id)
 
-    def _adopt(self, token):
+    def _claim_domain(self, token):
+        """The caller claims the token's domain (and the quota's slice table, if the token
+        carries one): creates under older grants are refused from then on. No machine moves."""
         domain, _ = self._domain_grant(token)
         self._serves(domain)
         if token.HasField("quota"):
             self._counts_against(token.quota)
-        self._fence_domain(token)
+            self._quota_verdict(token.quota)
+        self._domain_verdict(token)
+        # Both verdicts passed: record whichever grants are newer.
         if token.HasField("quota"):
             self._fence_quota(token.quota)
+        self._fence_domain(token)
+        return []
+
+    def _adopt_cluster(self, token):
+        """The caller takes the token's cluster over, with every live machine configured for
+        it, in place; answers those machines."""
+        cluster, _ = self._cluster_grant(token)
+        self._fence_cluster(token)
         return [snapshot(self.machines[i]) for i in sorted(self.machines)
-                if self.machines[i].domain == domain and live(self.machines[i])]
+                if self.machines[i].cluster == cluster and live(self.machines[i])]
+
+    def _held_machine(self, token, machine_id):
+        """The machine a release or delete acts on: a machine serving a cluster needs that
+        cluster's grant (whose verdict may hand the cluster over to the caller); an idle one
+        needs no grant. Either way, it must be the caller's."""
+        check_id("machine_id", machine_id)
+        machine = self.get(machine_id)
+        if machine.cluster:  # CONFIGURED (the only state with a cluster here)
+            if (not token.HasField("cluster") or token.cluster.cluster != machine.cluster
+                    or not token.cluster.HasField("grant")):
+                raise invalid(f"machine {machine_id} serves cluster {machine.cluster}: "
+                              f"the token needs a grant for cluster {machine.cluster}")
+            self._fence_cluster(token)
+        self._check_owner(token, machine)
+        return machine
+
+    def _check_owner(self, token, machine):
+        if machine.owner_shard != token.shard_id:
+            raise Refusal("not-owner", f"machine {machine.id} belongs to shard "
+                          f"{machine.owner_shard}, not {token.shard_id}",
+                          machine=machine.id, owner=machine.owner_shard)
 
     def _counts_against(self, quota):
         if (quota.quota_provider != self.catalog.quota_provider
@@ -374,32 +431,59 @@ class Book:
 
     def _domain_verdict(self, token):
         """Refuses a domain grant older than the newest accepted, or equal to it but held by
-        another shard; answers whether it is new, and so hands the domain over."""
+        another shard; answers whether it is newer (and so to be recorded)."""
         domain, grant = self._domain_grant(token)
-        if domain not in self.domains:
-            return True
-        accepted, holder = self.domains[domain]
-        if grant < accepted or (grant == accepted and holder != token.shard_id):
-            raise Refusal("stale-grant", f"domain {domain}: grant {show(grant)} of shard "
-                          f"{token.shard_id} is older than grant {show(accepted)} accepted "
-                          f"for shard {holder}",
-                          domain=domain, presented=show(grant), accepted=show(accepted))
-        return grant > accepted
+        return self._mark_verdict(self.domains, "domain", domain, grant, token.shard_id)
 
     def _fence_domain(self, token):
-        """Accepts the token's domain grant; a new one hands the domain, with every live machine
-        in it, to the token's shard in place: owner and grant change, state and cluster stay."""
-        if not self._domain_verdict(token):
+        """Accepts the token's domain grant and records it if it is newer. It moves no machine:
+        a domain grant is only the right to create in the domain."""
+        if self._domain_verdict(token):
+            domain, grant = self._domain_grant(token)
+            self.domains[domain] = (grant, token.shard_id)
+
+    def _cluster_grant(self, token):
+        if (not token.HasField("cluster") or not token.cluster.cluster
+                or not token.cluster.HasField("grant")):
+            raise invalid("the token needs a cluster grant")
+        check_id("cluster", token.cluster.cluster)
+        return token.cluster.cluster, grant_of(token.cluster)
+
+    def _cluster_verdict(self, token):
+        """The domain verdict's twin for the token's cluster grant."""
+        cluster, grant = self._cluster_grant(token)
+        return self._mark_verdict(self.clusters, "cluster", cluster, grant, token.shard_id)
+
+    def _fence_cluster(self, token):
+        """Accepts the token's cluster grant; a newer one is recorded and hands the cluster, with
+        every live machine configured for it, to the token's shard in place: owner and grant
+        change, state and cluster stay."""
+        if not self._cluster_verdict(token):
             return
-        domain, grant = self._domain_grant(token)
-        self.domains[domain] = (grant, token.shard_id)
+        cluster, grant = self._cluster_grant(token)
+        self.clusters[cluster] = (grant, token.shard_id)
         for machine_id in sorted(self.machines):
             m = self.machines[machine_id]
             owner = (m.owner_shard, grant_of(m, "owner_grant"))
-            if m.domain == domain and live(m) and owner != (token.shard_id, grant):
+            if m.cluster == cluster and live(m) and owner != (token.shard_id, grant):
                 m.owner_shard = token.shard_id
-                m.owner_grant.CopyFrom(token.domain.grant)
+                m.owner_grant.CopyFrom(token.cluster.grant)
                 self._touch(machine_id)  # a new version, so a lister can tell it moved
+
+    @staticmethod
+    def _mark_verdict(marks, kind, name, grant, shard):
+        """The verdict on a domain or cluster grant against its mark: older than the mark, or
+        equal to it but the mark went to another shard, is `stale-grant` (metadata `kind` =
+        name); answers whether the grant is newer than the mark (no mark: newer)."""
+        if name not in marks:
+            return True
+        accepted, holder = marks[name]
+        if grant < accepted or (grant == accepted and holder != shard):
+            relation = "older than" if grant < accepted else "the same as"
+            raise Refusal("stale-grant", f"{kind} {name}: grant {show(grant)} of shard {shard} "
+                          f"is {relation} grant {show(accepted)} accepted for shard {holder}",
+                          presented=show(grant), accepted=show(accepted), **{kind: name})
+        return grant > accepted
 
     def _quota_verdict(self, quota):
         key = (quota.quota_provider, quota.region)
@@ -417,18 +501,6 @@ class Book:
         key = (quota.quota_provider, quota.region)
         if rank(grant_of(quota)) > rank(self.quotas.get(key)):
             self.quotas[key] = grant_of(quota)
-
-    def _owned_machine(self, token, machine_id):
-        """The machine a call acts on, once the domain fence let the caller act (and perhaps
-        handed the domain, this machine included, to it)."""
-        check_id("machine_id", machine_id)
-        machine = self.get(machine_id)
-        domain, _ = self._domain_grant(token)
-        if domain != machine.domain:
-            raise invalid(f"machine {machine_id} is in domain {machine.domain}, "
-                          f"the token's grant is for {domain}")
-        self._fence_domain(token)
-        return machine
 
     def _serves(self, domain):
         check_id("domain", domain)
@@ -450,6 +522,8 @@ class Book:
             "machines": [as_dict(self.machines[i]) for i in sorted(self.machines)],
             "domains": [{"domain": d, "grant": g, "shard": s}
                         for d, (g, s) in self.domains.items()],
+            "clusters": [{"cluster": c, "grant": g, "shard": s}
+                         for c, (g, s) in self.clusters.items()],
             "quotas": [{"quota_provider": q, "region": r, "grant": g}
                        for (q, r), g in self.quotas.items()],
             "epochs": self.epochs,
@@ -462,6 +536,9 @@ class Book:
         self.version = state["version"]
         self.machines = {m["id"]: machine(m) for m in state["machines"]}
         self.domains = {d["domain"]: (tuple(d["grant"]), d["shard"]) for d in state["domains"]}
+        # A state file from before cluster marks existed has none: no cluster was fenced yet.
+        self.clusters = {c["cluster"]: (tuple(c["grant"]), c["shard"])
+                         for c in state.get("clusters", [])}
         self.quotas = {(q["quota_provider"], q["region"]): tuple(q["grant"])
                        for q in state["quotas"]}
         self.epochs = dict(state["epochs"])
@@ -549,7 +626,8 @@ class Provider:
             context.abort_with_status(invalid(f"limit {request.limit} is above 1000").status())
         with self.lock:
             machines, cursor = self.book.list(request.domain, request.owner_shard,
-                                              request.cursor, request.limit or 100)
+                                              request.cluster, request.cursor,
+                                              request.limit or 100)
             # Built under the lock: the response copies the machines before anyone changes them.
             return pb.ListMachinesResponse(machines=machines, next_cursor=cursor)
 
@@ -573,8 +651,13 @@ class Provider:
     def DeleteMachine(self, request, context):
         return pb.MachineResponse(machine=self._mutate(self.book.delete, request, context)[0])
 
-    def AdoptDomain(self, request, context):
-        return pb.AdoptDomainResponse(machines=self._mutate(self.book.adopt, request, context))
+    def ClaimDomain(self, request, context):
+        self._mutate(self.book.claim_domain, request, context)
+        return pb.ClaimDomainResponse()
+
+    def AdoptCluster(self, request, context):
+        return pb.AdoptClusterResponse(
+            machines=self._mutate(self.book.adopt_cluster, request, context))
 
 
 # ---- flags and start-up ---------------------------------------------------------------------

@@ -6,11 +6,9 @@ use ballast_protocol::provider::{CONTRACT, Reason};
 use ballast_protocol::providerpb::{ListMachinesRequest, MachineState};
 
 use crate::ensure;
-use crate::harness::{Harness, Verdict, fail, refusal, show_status, success};
-
-fn state(machine: &ballast_protocol::providerpb::Machine) -> MachineState {
-    MachineState::try_from(machine.state).unwrap_or_default()
-}
+use crate::harness::{
+    Harness, Verdict, fail, ids, refusal, show_status, state_of as state, success,
+};
 
 pub async fn describe(h: &Harness) -> Verdict {
     let d = &h.describe;
@@ -62,7 +60,8 @@ pub async fn describe(h: &Harness) -> Verdict {
 }
 
 pub async fn lifecycle(h: &Harness) -> Verdict {
-    let actor = h.actor("life", 10);
+    let mut actor = h.actor("life", 10);
+    let cluster = h.serve(&mut actor);
     let created = success("CreateMachine", h.create(&actor).await)?;
     ensure!(
         matches!(state(&created), MachineState::Creating | MachineState::Idle),
@@ -107,15 +106,20 @@ pub async fn lifecycle(h: &Harness) -> Verdict {
 
     let configured = success(
         "ConfigureMachine",
-        h.configure(&actor, &created.id, "cluster-a").await,
+        h.configure(&actor, &created.id, &cluster).await,
     )?;
     h.consistent("after ConfigureMachine", &configured).await?;
     let configured = h.settle(&created.id).await?;
     ensure!(
-        state(&configured) == MachineState::Configured && configured.cluster == "cluster-a",
-        "after ConfigureMachine the machine is {:?} for cluster {:?}; expected CONFIGURED for cluster-a",
+        state(&configured) == MachineState::Configured && configured.cluster == cluster,
+        "after ConfigureMachine the machine is {:?} for cluster {:?}; expected CONFIGURED for {cluster}",
         state(&configured),
         configured.cluster
+    );
+    ensure!(
+        configured.owner_shard == actor.shard,
+        "ConfigureMachine moved the machine to owner {:?}; the shard that configured it owns it",
+        configured.owner_shard
     );
     ensure!(
         configured.version > idle.version,
@@ -124,7 +128,10 @@ pub async fn lifecycle(h: &Harness) -> Verdict {
         configured.version
     );
 
-    let released = success("ReleaseMachine", h.release(&actor, &created.id).await)?;
+    let released = success(
+        "ReleaseMachine under the grant of the cluster it serves",
+        h.release(&actor, &created.id, &cluster).await,
+    )?;
     h.consistent("after ReleaseMachine", &released).await?;
     let released = h.settle(&created.id).await?;
     ensure!(
@@ -139,7 +146,10 @@ pub async fn lifecycle(h: &Harness) -> Verdict {
         released.owner_shard
     );
 
-    let deleted = success("DeleteMachine", h.delete(&actor, &created.id).await)?;
+    let deleted = success(
+        "DeleteMachine of an idle machine (no cluster grant)",
+        h.delete(&actor, &created.id, "").await,
+    )?;
     ensure!(
         matches!(
             state(&deleted),
@@ -175,40 +185,74 @@ pub async fn lifecycle(h: &Harness) -> Verdict {
 }
 
 pub async fn invalid_state(h: &Harness) -> Verdict {
-    let actor = h.actor("state", 10);
+    let mut actor = h.actor("state", 10);
+    let first = h.serve(&mut actor);
+    let second = h.serve(&mut actor);
     let machine = success("CreateMachine", h.create(&actor).await)?;
     h.settle(&machine.id).await?;
     success(
         "ConfigureMachine",
-        h.configure(&actor, &machine.id, "cluster-a").await,
+        h.configure(&actor, &machine.id, &first).await,
     )?;
     h.settle(&machine.id).await?;
     refusal(
         "ConfigureMachine for another cluster while configured",
-        h.configure(&actor, &machine.id, "cluster-b").await,
+        h.configure(&actor, &machine.id, &second).await,
         Reason::InvalidState,
     )?;
     let still = h.settle(&machine.id).await?;
     ensure!(
-        still.cluster == "cluster-a",
-        "a refused ConfigureMachine moved the machine to cluster {:?}",
+        still.cluster == first,
+        "a refused ConfigureMachine moved the machine from cluster {first} to {:?}",
         still.cluster
     );
-    success("DeleteMachine", h.delete(&actor, &machine.id).await)?;
+    let again = success(
+        "ConfigureMachine for the cluster it already serves (a no-op)",
+        h.configure(&actor, &machine.id, &first).await,
+    )?;
+    ensure!(
+        again.cluster == first && state(&again) == MachineState::Configured,
+        "ConfigureMachine for the cluster the machine already serves answered {:?} for {:?}; expected CONFIGURED for {first}",
+        state(&again),
+        again.cluster
+    );
+    success(
+        "DeleteMachine of a configured machine under its cluster's grant",
+        h.delete(&actor, &machine.id, &first).await,
+    )?;
     if h.get(&machine.id).await.is_ok() {
-        h.settle(&machine.id).await?;
+        let gone = h.settle(&machine.id).await?;
+        ensure!(
+            gone.cluster.is_empty(),
+            "a deleted machine still names cluster {:?} (a delete clears it)",
+            gone.cluster
+        );
         refusal(
             "ConfigureMachine of a deleted machine",
-            h.configure(&actor, &machine.id, "cluster-a").await,
+            h.configure(&actor, &machine.id, &first).await,
             Reason::InvalidState,
         )?;
+        refusal(
+            "ReleaseMachine of a deleted machine",
+            h.release(&actor, &machine.id, "").await,
+            Reason::InvalidState,
+        )?;
+        let repeat = success(
+            "DeleteMachine of a deleted machine under a new key (it answers as it is)",
+            h.delete(&actor, &machine.id, "").await,
+        )?;
+        ensure!(
+            state(&repeat) == MachineState::Deleted,
+            "DeleteMachine of a deleted machine answered {:?}; expected it as it is, DELETED",
+            state(&repeat)
+        );
     }
     Ok(())
 }
 
 pub async fn paging(h: &Harness) -> Verdict {
     const COUNT: usize = 23;
-    let actor = h.actor("paging", COUNT as u64 + 1);
+    let mut actor = h.actor("paging", COUNT as u64 + 1);
     let mut made = BTreeSet::new();
     for _ in 0..COUNT {
         made.insert(success("CreateMachine", h.create(&actor).await)?.id);
@@ -230,6 +274,7 @@ pub async fn paging(h: &Harness) -> Verdict {
         .list_page(ListMachinesRequest {
             domain: actor.domain.clone(),
             owner_shard: actor.shard.clone(),
+            cluster: String::new(),
             cursor: String::new(),
             limit: 5,
         })
@@ -242,6 +287,7 @@ pub async fn paging(h: &Harness) -> Verdict {
     let page = |cursor: String| ListMachinesRequest {
         domain: actor.domain.clone(),
         owner_shard: actor.shard.clone(),
+        cluster: String::new(),
         cursor,
         limit: 5,
     };
@@ -278,6 +324,56 @@ pub async fn paging(h: &Harness) -> Verdict {
         by_owner.len() == COUNT,
         "ListMachines(owner only) listed {} machines of the shard's {COUNT}",
         by_owner.len()
+    );
+    // The cluster filter: only machines configured for the cluster, combined (AND) with the
+    // domain and owner filters.
+    let cluster = h.serve(&mut actor);
+    let serving: Vec<String> = made.iter().take(5).cloned().collect();
+    for id in &serving {
+        h.settle(id).await?;
+        success("ConfigureMachine", h.configure(&actor, id, &cluster).await)?;
+    }
+    for (what, listed) in [
+        (
+            "ListMachines(domain, owner, cluster) with limit 2",
+            h.list_where(&actor.domain, &actor.shard, &cluster, 2)
+                .await?,
+        ),
+        (
+            "ListMachines(cluster only)",
+            h.list_where("", "", &cluster, 0).await?,
+        ),
+    ] {
+        ensure!(
+            ids(&listed) == serving,
+            "{what}: listed {:?}; the machines configured for {cluster} are {serving:?}",
+            ids(&listed)
+        );
+    }
+    for (what, domain, owner) in [
+        (
+            "ListMachines(cluster, another owner)",
+            actor.domain.clone(),
+            h.unique("no-such-owner"),
+        ),
+        (
+            "ListMachines(cluster, another domain)",
+            h.unique("empty-domain"),
+            String::new(),
+        ),
+    ] {
+        let listed = h.list_where(&domain, &owner, &cluster, 0).await?;
+        ensure!(
+            listed.is_empty(),
+            "{what}: listed {:?}; the filters combine, so none match",
+            ids(&listed)
+        );
+    }
+    let never = h.list_where("", "", &h.cluster(), 0).await?;
+    ensure!(
+        never.is_empty(),
+        "ListMachines for a cluster never configured listed {:?}",
+        ids(&never)
     );
     refusal(
         "ListMachines with limit 1001",

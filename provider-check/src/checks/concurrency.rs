@@ -1,4 +1,5 @@
-//! Concurrent callers: repeats, a slice raced for, and two owners racing in one domain.
+//! Concurrent callers: repeats, a slice raced for, an old owner racing the shard given its
+//! domain or its cluster, and two shards racing for one domain or one cluster under one grant.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -8,8 +9,13 @@ use futures::future::join_all;
 use parking_lot::Mutex;
 use tonic::Status;
 
+use ballast_protocol::providerpb::{Machine, MachineState};
+
 use crate::ensure;
-use crate::harness::{Harness, Verdict, fail, show_status, success};
+use crate::harness::{
+    Actor, Failure, Harness, Verdict, fail, ids, live, refusal, show, show_status, state_of,
+    success,
+};
 
 /// Retries a call refused as retryable (`unavailable`, or a busy provider's
 /// `insufficient-capacity`) a few times: concurrent callers may meet either legitimately.
@@ -104,7 +110,12 @@ pub async fn slice(h: &Harness) -> Verdict {
         "{ATTEMPTS} concurrent creates against a slice of {SLICE}: {made} succeeded and {over} were refused over-slice; expected {SLICE} and {}",
         ATTEMPTS - SLICE as usize
     );
-    let live = h.live_in(&actor.domain).await?;
+    let live: Vec<Machine> = h
+        .list_all(&actor.domain, &actor.shard, 0)
+        .await?
+        .into_iter()
+        .filter(live)
+        .collect();
     ensure!(
         live.len() as u64 == SLICE,
         "after the race the provider lists {} live machines for a slice of {SLICE}",
@@ -113,22 +124,29 @@ pub async fn slice(h: &Harness) -> Verdict {
     h.clean_up(&actor).await
 }
 
-/// One call of the old owner: when it started and whether it succeeded.
+/// One call of the old owner: when it started and what it answered (a machine id).
 struct Attempt {
     started: Instant,
     outcome: Result<String, Status>,
 }
 
-pub async fn handover(h: &Harness) -> Verdict {
-    let old = h.actor("race-old", 1_000);
-    success("CreateMachine by the first owner", h.create(&old).await)?;
-    let new = h.successor(&old, "race-new");
+/// The old owner keeps calling `old_call`, as a partitioned shard would, until it has made 20
+/// calls after the new owner's newer grant was accepted (bounded by 400 calls and 60 s in
+/// all); once it is busy, the new owner calls `new_call` once. Answers the new owner's
+/// outcome, when it was accepted, and the old owner's attempts.
+async fn race<T, O, OF, N, NF>(
+    mut old_call: O,
+    new_call: N,
+) -> (Result<T, Status>, Option<Instant>, Vec<Attempt>)
+where
+    O: FnMut() -> OF,
+    OF: std::future::Future<Output = Result<String, Status>>,
+    N: FnOnce() -> NF,
+    NF: std::future::Future<Output = Result<T, Status>>,
+{
     let attempts: Arc<Mutex<Vec<Attempt>>> = Arc::default();
     let accepted: Arc<Mutex<Option<Instant>>> = Arc::default();
     let (started_tx, started_rx) = tokio::sync::oneshot::channel::<()>();
-
-    // The old owner keeps acting, as a partitioned shard would, until it has made 20 calls
-    // after the new owner's grant was accepted (bounded by 400 calls and 60 s in all).
     let old_loop = {
         let attempts = attempts.clone();
         let accepted = accepted.clone();
@@ -137,7 +155,7 @@ pub async fn handover(h: &Harness) -> Verdict {
             let deadline = Instant::now() + Duration::from_secs(60);
             for _ in 0..400 {
                 let started = Instant::now();
-                let outcome = h.create(&old).await.map(|m| m.id);
+                let outcome = old_call().await;
                 attempts.lock().push(Attempt { started, outcome });
                 if attempts.lock().len() >= 3
                     && let Some(tx) = started_tx.take()
@@ -155,60 +173,252 @@ pub async fn handover(h: &Harness) -> Verdict {
     };
     let new_owner = {
         let accepted = accepted.clone();
-        let new = new.clone();
         async move {
             // Once the old owner is busy, the new one acts under its newer grant.
             let _ = started_rx.await;
-            let outcome = h.create(&new).await;
+            let outcome = new_call().await;
             if outcome.is_ok() {
                 *accepted.lock() = Some(Instant::now());
             }
             outcome
         }
     };
-    let ((), first_new) = tokio::join!(old_loop, new_owner);
-    success(
-        "CreateMachine by the new owner under a newer grant",
-        first_new,
-    )?;
-    let Some(accepted_at) = *accepted.lock() else {
-        return fail("the new owner's grant was never accepted");
-    };
+    let ((), outcome) = tokio::join!(old_loop, new_owner);
+    let accepted_at = *accepted.lock();
     let attempts = std::mem::take(&mut *attempts.lock());
+    (outcome, accepted_at, attempts)
+}
+
+/// Fails unless every call of the old owner that started after `accepted_at` was refused
+/// stale-grant; `what` names the race, `scope` what changed hands.
+fn judge(what: &str, scope: &str, accepted_at: Instant, attempts: &[Attempt]) -> Verdict {
     let late: Vec<&Attempt> = attempts
         .iter()
         .filter(|a| a.started > accepted_at)
         .collect();
     ensure!(
         !late.is_empty(),
-        "the old owner made no call after the handover (the check could not judge)"
+        "{what}: the old owner made no call after the handover (the check could not judge)"
     );
     for attempt in &late {
         match &attempt.outcome {
             Ok(id) => {
                 return fail(format!(
-                    "the old owner created machine {id} in a call that started {:?} after the new owner's newer grant was accepted: two owners acted in one domain",
+                    "{what}: the old owner's call (machine {id}) succeeded though it started {:?} after the new owner's newer grant was accepted; expected stale-grant: two owners acted in one {scope}",
                     attempt.started - accepted_at
                 ));
             }
             Err(status) => {
                 ensure!(
                     reason_of(status).is_some_and(|(r, _)| r == Reason::StaleGrant),
-                    "the old owner's call after the handover was refused {}; expected stale-grant",
+                    "{what}: the old owner's call after the handover was refused {}; expected stale-grant",
                     show_status(status)
                 );
             }
         }
     }
-    let listed = h.list_all(&new.domain, "", 0).await?;
-    let strays: Vec<&str> = listed
+    Ok(())
+}
+
+pub async fn handover(h: &Harness) -> Verdict {
+    // A domain: the old holder keeps creating while another shard creates under a newer
+    // domain grant.
+    let old = h.actor("race-old", 1_000);
+    let first = success(
+        "CreateMachine by the domain's first holder",
+        h.create(&old).await,
+    )?;
+    let new = h.successor(&old, "race-new");
+    let (outcome, accepted_at, attempts) = race(
+        || async { h.create(&old).await.map(|m| m.id) },
+        || h.create(&new),
+    )
+    .await;
+    let made = success(
+        "CreateMachine by the new holder under a newer domain grant",
+        outcome,
+    )?;
+    let Some(accepted_at) = accepted_at else {
+        return fail("the new holder's domain grant was never accepted");
+    };
+    let what = "CreateMachine racing a create under a newer domain grant";
+    judge(what, "domain", accepted_at, &attempts)?;
+    // Nothing moved: the old holder keeps exactly the machines it created.
+    let mut created: Vec<String> = attempts
         .iter()
-        .filter(|m| crate::harness::live(m) && m.owner_shard != new.shard)
-        .map(|m| m.id.as_str())
+        .filter_map(|a| a.outcome.as_ref().ok().cloned())
+        .chain([first.id.clone()])
+        .collect();
+    created.sort();
+    let kept: Vec<Machine> = h
+        .list_all(&old.domain, &old.shard, 0)
+        .await?
+        .into_iter()
+        .filter(live)
         .collect();
     ensure!(
-        strays.is_empty(),
-        "after the handover live machines of the domain still belong to another shard: {strays:?}"
+        ids(&kept) == created,
+        "{what}: the old holder lists live machines {:?}; it created {created:?} (a domain claim moves no machine)",
+        ids(&kept)
     );
-    h.clean_up(&new).await
+    let theirs = h.list_all(&new.domain, &new.shard, 0).await?;
+    ensure!(
+        ids(&theirs) == vec![made.id.clone()],
+        "{what}: the new holder lists machines {:?}; it created only {}",
+        ids(&theirs),
+        made.id
+    );
+    h.clean_up(&new).await?;
+    h.clean_up(&old).await?;
+
+    // A cluster: the old owner keeps configuring its machine while another shard adopts the
+    // cluster under a newer grant.
+    let mut owner = h.actor("race-owner", 10);
+    let cluster = h.serve(&mut owner);
+    let machine = success("CreateMachine", h.create(&owner).await)?;
+    h.settle(&machine.id).await?;
+    success(
+        "ConfigureMachine by the cluster's owner",
+        h.configure(&owner, &machine.id, &cluster).await,
+    )?;
+    let heir = h.actor("race-heir", 10).with_cluster(&cluster, h.grant());
+    let (outcome, accepted_at, attempts) = race(
+        || async {
+            h.configure(&owner, &machine.id, &cluster)
+                .await
+                .map(|m| m.id)
+        },
+        || h.adopt_cluster(&heir, &cluster),
+    )
+    .await;
+    let adopted = success("AdoptCluster by the new owner under a newer grant", outcome)?;
+    let Some(accepted_at) = accepted_at else {
+        return fail("the new owner's cluster grant was never accepted");
+    };
+    judge(
+        "ConfigureMachine racing an AdoptCluster under a newer grant",
+        "cluster",
+        accepted_at,
+        &attempts,
+    )?;
+    ensure!(
+        ids(&adopted) == vec![machine.id.clone()],
+        "AdoptCluster racing the old owner answered machines {:?}; the cluster is served by {}",
+        ids(&adopted),
+        machine.id
+    );
+    let now = h.settle(&machine.id).await?;
+    ensure!(
+        now.owner_shard == heir.shard
+            && now.cluster == cluster
+            && state_of(&now) == MachineState::Configured,
+        "after AdoptCluster raced the old owner, machine {} is {:?} for {:?}, owned by {:?}; expected CONFIGURED for {cluster}, owned by {}",
+        machine.id,
+        state_of(&now),
+        now.cluster,
+        now.owner_shard,
+        heir.shard
+    );
+    h.clean_up(&heir).await?;
+    h.clean_up(&owner).await
+}
+
+/// Two calls at once; Ok(index of the one that succeeded) when exactly one did and the other
+/// was refused stale-grant.
+fn one_of<T: std::fmt::Debug>(
+    what: &str,
+    a: Result<T, Status>,
+    b: Result<T, Status>,
+) -> Result<usize, Failure> {
+    let stale = |r: &Result<T, Status>| {
+        r.as_ref()
+            .err()
+            .and_then(reason_of)
+            .is_some_and(|(reason, _)| reason == Reason::StaleGrant)
+    };
+    match (&a, &b) {
+        (Ok(_), _) if stale(&b) => Ok(0),
+        (_, Ok(_)) if stale(&a) => Ok(1),
+        (Ok(_), Ok(_)) => fail(format!(
+            "{what}: both succeeded; exactly one may win, the other must be refused stale-grant (an equal grant held by another shard)"
+        )),
+        _ => fail(format!(
+            "{what}: expected one success and one stale-grant refusal, got {} and {}",
+            show(&a),
+            show(&b)
+        )),
+    }
+}
+
+pub async fn one_winner(h: &Harness) -> Verdict {
+    const ROUNDS: usize = 8;
+    for round in 1..=ROUNDS {
+        let first = h.actor("claim-a", 10);
+        let second = Actor {
+            shard: h.unique("claim-b"),
+            ..first.clone()
+        };
+        let (a, b) = (h.claim_request(&first), h.claim_request(&second));
+        let (a, b) = tokio::join!(
+            settled_outcome(|| h.send_claim(a.clone())),
+            settled_outcome(|| h.send_claim(b.clone()))
+        );
+        let what = format!(
+            "round {round}: two shards' ClaimDomain of domain {} at once under the same grant",
+            first.domain
+        );
+        let winner = one_of(&what, a, b)?;
+        let (winner, loser) = if winner == 0 {
+            (&first, &second)
+        } else {
+            (&second, &first)
+        };
+        refusal(
+            &format!("{what}: the loser's ClaimDomain again"),
+            h.claim(loser).await,
+            Reason::StaleGrant,
+        )?;
+        success(
+            &format!("{what}: the winner's ClaimDomain again"),
+            h.claim(winner).await,
+        )?;
+    }
+
+    let mut owner = h.actor("adopt-race", 10);
+    let cluster = h.serve(&mut owner);
+    let machine = success("CreateMachine", h.create(&owner).await)?;
+    h.settle(&machine.id).await?;
+    success(
+        "ConfigureMachine",
+        h.configure(&owner, &machine.id, &cluster).await,
+    )?;
+    let mut holder = owner;
+    for round in 1..=ROUNDS {
+        let grant = h.grant();
+        let first = h.actor("adopt-a", 10).with_cluster(&cluster, grant);
+        let second = h.actor("adopt-b", 10).with_cluster(&cluster, grant);
+        let (a, b) = (
+            h.adopt_request(&first, &cluster),
+            h.adopt_request(&second, &cluster),
+        );
+        let (a, b) = tokio::join!(
+            settled_outcome(|| h.send_adopt(a.clone())),
+            settled_outcome(|| h.send_adopt(b.clone()))
+        );
+        let what = format!(
+            "round {round}: two shards' AdoptCluster of cluster {cluster} at once under the same newer grant"
+        );
+        let winner = one_of(&what, a, b)?;
+        holder = if winner == 0 { first } else { second };
+        let now = h.settle(&machine.id).await?;
+        ensure!(
+            now.owner_shard == holder.shard && now.cluster == cluster,
+            "{what}: machine {} is owned by {:?} for cluster {:?}; the winner {} adopted it",
+            machine.id,
+            now.owner_shard,
+            now.cluster,
+            holder.shard
+        );
+    }
+    h.clean_up(&holder).await
 }

@@ -1,15 +1,25 @@
 //! Bad input is refused with the contract's code and reason, and changes nothing.
 
 use ballast_protocol::provider::Reason;
-use ballast_protocol::providerpb::CreateMachineRequest;
+use ballast_protocol::providerpb::{ClusterGrant, CreateMachineRequest};
 
 use crate::ensure;
 use crate::harness::{Harness, Verdict, refusal, success};
 
 pub async fn invalid_argument(h: &Harness) -> Verdict {
-    let actor = h.actor("invalid", 10);
+    let mut actor = h.actor("invalid", 10);
+    let cluster = h.serve(&mut actor);
+    let other = h.serve(&mut actor);
     // The domain is the actor's from the start, so its machine list is a fair witness.
     let anchor = success("CreateMachine", h.create(&actor).await)?;
+    let serving = success("CreateMachine", h.create(&actor).await)?;
+    h.settle(&anchor.id).await?;
+    h.settle(&serving.id).await?;
+    success(
+        "ConfigureMachine",
+        h.configure(&actor, &serving.id, &cluster).await,
+    )?;
+    h.settle(&serving.id).await?;
     let before = h.list_all(&actor.domain, "", 0).await?;
 
     let base = || h.create_request(&actor);
@@ -82,24 +92,65 @@ pub async fn invalid_argument(h: &Harness) -> Verdict {
         h.send_configure(configure.clone()).await,
         Reason::InvalidArgument,
     )?;
-    configure.cluster = "cluster-a".into();
+    configure.cluster = cluster.clone();
     configure.idempotency_key = "k".repeat(201);
     refusal(
         "ConfigureMachine with a 201-character idempotency key",
         h.send_configure(configure).await,
         Reason::InvalidArgument,
     )?;
-    let mut adopt = h.adopt_request(&actor);
-    adopt.token.as_mut().expect("a token").domain = None;
+    let mut configure = h.configure_request(&actor, &anchor.id, &cluster);
+    configure.token.as_mut().expect("a token").cluster = None;
     refusal(
-        "AdoptDomain whose token has no domain grant",
-        h.send_adopt(adopt).await,
+        "ConfigureMachine whose token has no cluster grant",
+        h.send_configure(configure).await,
         Reason::InvalidArgument,
     )?;
-    // A refused adoption hands nothing over: the owner keeps acting.
+    let mut configure = h.configure_request(&actor, &anchor.id, &cluster);
+    configure.token = Some(h.cluster_token(&actor, &other));
+    refusal(
+        "ConfigureMachine whose token's cluster grant is for another cluster",
+        h.send_configure(configure).await,
+        Reason::InvalidArgument,
+    )?;
+    // A configured machine is released or deleted only under its cluster's grant.
+    let (status, _) = refusal(
+        "ReleaseMachine of a configured machine whose token has no cluster grant",
+        h.release(&actor, &serving.id, "").await,
+        Reason::InvalidArgument,
+    )?;
+    ensure!(
+        status.message().contains(&cluster),
+        "ReleaseMachine of a configured machine without its cluster's grant: the refusal should name the cluster it serves ({cluster}); got {:?}",
+        status.message()
+    );
+    refusal(
+        "ReleaseMachine of a configured machine under the grant of another cluster",
+        h.release(&actor, &serving.id, &other).await,
+        Reason::InvalidArgument,
+    )?;
+    refusal(
+        "DeleteMachine of a configured machine whose token has no cluster grant",
+        h.delete(&actor, &serving.id, "").await,
+        Reason::InvalidArgument,
+    )?;
+    refusal(
+        "DeleteMachine of a configured machine under the grant of another cluster",
+        h.delete(&actor, &serving.id, &other).await,
+        Reason::InvalidArgument,
+    )?;
+
+    let mut claim = h.claim_request(&actor);
+    claim.token.as_mut().expect("a token").domain = None;
+    refusal(
+        "ClaimDomain whose token has no domain grant",
+        h.send_claim(claim).await,
+        Reason::InvalidArgument,
+    )?;
+    // A refused claim accepts nothing: the holder keeps creating in the domain.
     let successor = h.successor(&actor, "invalid-successor");
-    let mut adopt = h.adopt_request(&successor);
-    adopt
+    let mut claim = h.claim_request(&successor);
+    claim
         .token
         .as_mut()
         .expect("a token")
@@ -108,33 +159,55 @@ pub async fn invalid_argument(h: &Harness) -> Verdict {
         .expect("a quota")
         .quota_provider = h.unique("other-quota");
     refusal(
-        "AdoptDomain under a newer grant against a quota the provider does not count",
+        "ClaimDomain under a newer grant against a quota the provider does not count",
+        h.send_claim(claim).await,
+        Reason::InvalidArgument,
+    )?;
+    let made = success(
+        "the holder's CreateMachine after another shard's refused ClaimDomain",
+        h.create(&actor).await,
+    )?;
+    success(
+        "DeleteMachine of that machine",
+        h.delete(&actor, &made.id, "").await,
+    )?;
+
+    let mut adopt = h.adopt_request(&actor, &cluster);
+    adopt.token.as_mut().expect("a token").cluster = None;
+    refusal(
+        "AdoptCluster whose token has no cluster grant",
         h.send_adopt(adopt).await,
         Reason::InvalidArgument,
     )?;
-    let still = success(
-        "the owner's GetMachine after a refused adoption",
-        h.get(&anchor.id).await,
+    let mut adopt = h.adopt_request(&actor, &cluster);
+    adopt.token.as_mut().expect("a token").cluster = Some(ClusterGrant {
+        cluster: String::new(),
+        grant: Some(h.grant()),
+    });
+    refusal(
+        "AdoptCluster whose token's cluster grant names no cluster",
+        h.send_adopt(adopt).await,
+        Reason::InvalidArgument,
     )?;
-    ensure!(
-        still.owner_shard == actor.shard,
-        "a refused AdoptDomain handed machine {} to {}",
-        anchor.id,
-        still.owner_shard
-    );
 
-    let after = h.list_all(&actor.domain, "", 0).await?;
+    // The one machine made and deleted in between aside, nothing changed.
+    let after: Vec<_> = h
+        .list_all(&actor.domain, "", 0)
+        .await?
+        .into_iter()
+        .filter(|m| m.id != made.id)
+        .collect();
     ensure!(
         after == before,
-        "refused calls changed the domain's machines: {} before, {} after",
-        before.len(),
-        after.len()
+        "refused calls changed the domain's machines:\n  before {before:?}\n  after  {after:?}"
     );
+
     h.clean_up(&actor).await
 }
 
 pub async fn not_found(h: &Harness) -> Verdict {
-    let actor = h.actor("missing", 10);
+    let mut actor = h.actor("missing", 10);
+    let cluster = h.serve(&mut actor);
     let missing = h.unique("never-created");
     refusal(
         "GetMachine of an unknown id",
@@ -142,18 +215,18 @@ pub async fn not_found(h: &Harness) -> Verdict {
         Reason::NotFound,
     )?;
     refusal(
-        "ConfigureMachine of an unknown id",
-        h.configure(&actor, &missing, "cluster-a").await,
+        "ConfigureMachine of an unknown id (under a cluster grant)",
+        h.configure(&actor, &missing, &cluster).await,
         Reason::NotFound,
     )?;
     refusal(
         "ReleaseMachine of an unknown id",
-        h.release(&actor, &missing).await,
+        h.release(&actor, &missing, "").await,
         Reason::NotFound,
     )?;
     refusal(
         "DeleteMachine of an unknown id",
-        h.delete(&actor, &missing).await,
+        h.delete(&actor, &missing, "").await,
         Reason::NotFound,
     )?;
     let machine = success("CreateMachine", h.create(&actor).await)?;

@@ -3,7 +3,7 @@
 use ballast_protocol::provider::Reason;
 
 use crate::ensure;
-use crate::harness::{Harness, Verdict, refusal, same_or_newer, success};
+use crate::harness::{Harness, Verdict, ids, refusal, same_or_newer, success};
 
 pub async fn create(h: &Harness) -> Verdict {
     let actor = h.actor("idem", 10);
@@ -50,11 +50,13 @@ pub async fn create(h: &Harness) -> Verdict {
 }
 
 pub async fn mutations(h: &Harness) -> Verdict {
-    let actor = h.actor("idem-mut", 10);
+    let mut actor = h.actor("idem-mut", 10);
+    let first_cluster = h.serve(&mut actor);
+    let second_cluster = h.serve(&mut actor);
     let machine = success("CreateMachine", h.create(&actor).await)?;
     h.settle(&machine.id).await?;
 
-    let configure = h.configure_request(&actor, &machine.id, "cluster-a");
+    let configure = h.configure_request(&actor, &machine.id, &first_cluster);
     let first = success(
         "ConfigureMachine",
         h.send_configure(configure.clone()).await,
@@ -76,13 +78,13 @@ pub async fn mutations(h: &Harness) -> Verdict {
         after.version
     );
 
-    let release = h.release_request(&actor, &machine.id);
+    let release = h.release_request(&actor, &machine.id, &first_cluster);
     success("ReleaseMachine", h.send_release(release.clone()).await)?;
     let released = h.settle(&machine.id).await?;
     // Someone configures it again in between: replaying the old release must not undo that.
     success(
-        "ConfigureMachine after the release",
-        h.configure(&actor, &machine.id, "cluster-b").await,
+        "ConfigureMachine for another cluster after the release",
+        h.configure(&actor, &machine.id, &second_cluster).await,
     )?;
     let reconfigured = h.settle(&machine.id).await?;
     success(
@@ -91,34 +93,68 @@ pub async fn mutations(h: &Harness) -> Verdict {
     )?;
     let after = h.settle(&machine.id).await?;
     ensure!(
-        after.cluster == "cluster-b" && after.version == reconfigured.version,
-        "replaying an earlier ReleaseMachine acted again: the machine went from cluster-b (version {}) to {:?} (version {}); it was released at version {}",
+        after.cluster == second_cluster && after.version == reconfigured.version,
+        "replaying an earlier ReleaseMachine acted again: the machine went from cluster {second_cluster} (version {}) to {:?} (version {}); it was released at version {}",
         reconfigured.version,
         after.cluster,
         after.version,
         released.version
     );
 
-    let successor = h.successor(&actor, "idem-heir");
-    let adopt = h.adopt_request(&successor);
-    let adopted = success("AdoptDomain", h.send_adopt(adopt.clone()).await)?;
-    let readopted = success(
-        "AdoptDomain repeated with the same key",
-        h.send_adopt(adopt).await,
+    let claim = h.claim_request(&actor.with_grant(h.grant()));
+    success("ClaimDomain", h.send_claim(claim.clone()).await)?;
+    success(
+        "ClaimDomain repeated with the same key",
+        h.send_claim(claim).await,
     )?;
-    let ids = |ms: &[ballast_protocol::providerpb::Machine]| {
-        let mut ids: Vec<String> = ms.iter().map(|m| m.id.clone()).collect();
-        ids.sort();
-        ids
-    };
+
+    let heir = h
+        .actor("idem-heir", 10)
+        .with_cluster(&second_cluster, h.grant());
+    let adopt = h.adopt_request(&heir, &second_cluster);
+    let adopted = success("AdoptCluster", h.send_adopt(adopt.clone()).await)?;
+    ensure!(
+        ids(&adopted) == vec![machine.id.clone()],
+        "AdoptCluster answered machines {:?}; cluster {second_cluster} is served by {}",
+        ids(&adopted),
+        machine.id
+    );
+    let taken = h.settle(&machine.id).await?;
+    // A replay answers what the call answered, even under a renewed grant, and accepts
+    // nothing: a grant between the first and the renewed one still acts after it.
+    let between = h.grant();
+    let renewed = heir.with_cluster(&second_cluster, h.grant());
+    let mut replay = adopt.clone();
+    replay.token = Some(h.cluster_token(&renewed, &second_cluster));
+    let readopted = success(
+        "AdoptCluster repeated with the same key under a renewed grant",
+        h.send_adopt(replay).await,
+    )?;
     ensure!(
         ids(&adopted) == ids(&readopted),
-        "AdoptDomain repeated answered machines {:?}, the first {:?}",
+        "AdoptCluster repeated answered machines {:?}, the first {:?}",
         ids(&readopted),
         ids(&adopted)
     );
+    let after = h.settle(&machine.id).await?;
+    ensure!(
+        after.version == taken.version && after.owner_grant == taken.owner_grant,
+        "a repeated AdoptCluster changed machine {} again (version {} under {:?} to version {} under {:?})",
+        machine.id,
+        taken.version,
+        taken.owner_grant,
+        after.version,
+        after.owner_grant
+    );
+    let third = h
+        .actor("idem-third", 10)
+        .with_cluster(&second_cluster, between);
+    success(
+        "AdoptCluster by another shard under a grant newer than the first adoption's but older than the grant its replay carried (a replay changes nothing, so it accepts no grant)",
+        h.adopt_cluster(&third, &second_cluster).await,
+    )?;
 
-    let delete = h.delete_request(&successor, &machine.id);
+    let delete = h.delete_request(&third, &machine.id, &second_cluster);
     success("DeleteMachine", h.send_delete(delete.clone()).await)?;
     success(
         "DeleteMachine repeated with the same key",
@@ -128,7 +164,8 @@ pub async fn mutations(h: &Harness) -> Verdict {
 }
 
 pub async fn conflict(h: &Harness) -> Verdict {
-    let actor = h.actor("conflict", 10);
+    let mut actor = h.actor("conflict", 10);
+    let cluster = h.serve(&mut actor);
     let request = h.create_request(&actor);
     let machine = success("CreateMachine", h.send_create(request.clone()).await)?;
     let mut other = h.create_request(&actor);
@@ -143,7 +180,7 @@ pub async fn conflict(h: &Harness) -> Verdict {
         "a CreateMachine refused as a key conflict made machine {} anyway",
         other.machine_id
     );
-    let mut configure = h.configure_request(&actor, &machine.id, "cluster-a");
+    let mut configure = h.configure_request(&actor, &machine.id, &cluster);
     configure.idempotency_key = request.idempotency_key.clone();
     refusal(
         "ConfigureMachine reusing a CreateMachine's key",
@@ -152,9 +189,9 @@ pub async fn conflict(h: &Harness) -> Verdict {
     )?;
     // A release and a delete of one machine can encode alike: the call is part of the intent.
     h.settle(&machine.id).await?;
-    let release = h.release_request(&actor, &machine.id);
+    let release = h.release_request(&actor, &machine.id, "");
     success("ReleaseMachine", h.send_release(release.clone()).await)?;
-    let mut delete = h.delete_request(&actor, &machine.id);
+    let mut delete = h.delete_request(&actor, &machine.id, "");
     delete.idempotency_key = release.idempotency_key.clone();
     refusal(
         "DeleteMachine reusing a ReleaseMachine's key for the same machine",
@@ -173,6 +210,16 @@ pub async fn conflict(h: &Harness) -> Verdict {
         "a DeleteMachine refused as a key conflict deleted machine {} anyway",
         machine.id
     );
+    // So can a domain claim and a cluster adoption: without their tokens both are a key.
+    let claim = h.claim_request(&actor);
+    success("ClaimDomain", h.send_claim(claim.clone()).await)?;
+    let mut adopt = h.adopt_request(&actor, &cluster);
+    adopt.idempotency_key = claim.idempotency_key.clone();
+    refusal(
+        "AdoptCluster reusing a ClaimDomain's key",
+        h.send_adopt(adopt).await,
+        Reason::IdempotencyConflict,
+    )?;
     // Another shard may use the same key text for its own call.
     let neighbour = h.actor("conflict-other", 10);
     let mut theirs = h.create_request(&neighbour);

@@ -1,6 +1,12 @@
-//! The checks, by the part of the contract they hold a provider to. Each runs on its own
-//! shards and domains (fresh names per run), cleans up the machines it made, and fails with a
-//! message naming the call, what the contract expects, and what came back.
+//! The checks (21), by the part of the contract they hold a provider to. Each runs on its own
+//! shards, domains and clusters (fresh names per run), cleans up the machines it made, and
+//! fails with a message naming the call, what the contract expects, and what came back.
+//!
+//! Fencing follows the contract's "handover by cluster": a domain grant is the right to
+//! create in the domain (a newer one, by `ClaimDomain` or a create, moves no machine); a
+//! machine at work belongs to the shard holding its cluster's newest grant and moves with the
+//! cluster, in place (by `AdoptCluster` or any call under a newer cluster grant); an idle
+//! machine is its owner's alone (`not-owner` for anyone else).
 
 mod basics;
 mod concurrency;
@@ -82,12 +88,12 @@ pub fn all() -> Vec<Check> {
         ),
         check!(
             "lifecycle/invalid-state",
-            "configuring a machine serving another cluster, or a deleted one, is refused invalid-state",
+            "configuring a machine serving another cluster, or configuring or releasing a deleted one, is refused invalid-state; a repeated configure is a no-op and a repeated delete answers the machine as it is",
             basics::invalid_state
         ),
         check!(
             "paging",
-            "ListMachines pages with a resumable cursor: every machine exactly once, at most `limit` per page, filters by domain and owner",
+            "ListMachines pages with a resumable cursor: every machine exactly once, at most `limit` per page, filters by domain, owner and cluster (combined)",
             basics::paging
         ),
         check!(
@@ -97,32 +103,42 @@ pub fn all() -> Vec<Check> {
         ),
         check!(
             "idempotency/mutations",
-            "configure, release, delete and adopt repeated under their key change nothing more and answer the same",
+            "configure, release, delete, ClaimDomain and AdoptCluster repeated under their key change nothing more and answer the same; a replay under a renewed grant accepts no grant",
             idempotency::mutations
         ),
         check!(
             "idempotency/conflict",
-            "a key reused for another request is refused idempotency-conflict; keys are scoped per shard",
+            "a key reused for another request (or another call) is refused idempotency-conflict; keys are scoped per shard",
             idempotency::conflict
         ),
         check!(
             "fencing/domain",
-            "an older domain grant (or an equal one held by another shard) is refused stale-grant naming both grants; a newer one adopts the domain's machines in place",
+            "a create or ClaimDomain under an older domain grant (or an equal one held by another shard) is refused stale-grant naming the domain and both grants; a newer claim moves no machine: the old holder keeps configuring and releasing its machines under their cluster grants",
             fencing::domain
         ),
         check!(
+            "fencing/cluster",
+            "an older cluster grant (or an equal one held by another shard) is refused stale-grant naming the cluster and both grants; a newer one, by AdoptCluster, hands every machine serving the cluster over in place, and the old owner is refused on them from then on",
+            fencing::cluster
+        ),
+        check!(
             "fencing/implicit-adoption",
-            "any call under a newer domain grant hands the domain over, and the old owner is refused from then on",
+            "a create under a newer domain grant claims the domain and moves nothing; a configure under a newer cluster grant adopts the cluster in place, and the old owner is refused from then on",
             fencing::implicit_adoption
         ),
         check!(
+            "fencing/not-owner",
+            "acting on another shard's idle machine is refused not-owner naming the machine and its owner, even for the shard that claimed its domain",
+            fencing::not_owner_check
+        ),
+        check!(
             "fencing/quota",
-            "an older slice table is refused stale-grant; an equal or newer one acts",
+            "an older slice table is refused stale-grant naming the quota and both grants; an equal or newer one acts",
             fencing::quota
         ),
         check!(
             "fencing/slice",
-            "a create past the shard's slice is refused over-slice; deleted machines free their place",
+            "a create past the shard's slice is refused over-slice; only machines the shard owns count (created or adopted, not its domain's others); deleted machines free their place",
             fencing::slice
         ),
         check!(
@@ -152,12 +168,17 @@ pub fn all() -> Vec<Check> {
         ),
         check!(
             "concurrency/handover",
-            "while two shards race in one domain, no call of the old owner that starts after the new owner's grant was accepted succeeds",
+            "while an old owner keeps acting, no call of it that starts after the newer grant of its domain (a create) or of its cluster (AdoptCluster) was accepted succeeds; nothing else moves",
             concurrency::handover
+        ),
+        check!(
+            "concurrency/one-winner",
+            "two shards claiming one domain, or adopting one cluster, at once under the same grant: exactly one wins, the other is refused stale-grant",
+            concurrency::one_winner
         ),
         Check {
             name: "restart",
-            about: "machines, fences and idempotency answers survive the provider's restart (run when it says it is durable and --restart-command is given)",
+            about: "machines, owners, domain and cluster marks, epochs and idempotency answers survive the provider's restart (run when it says it is durable and --restart-command is given)",
             body: |cx| Box::pin(restart::restart(cx)),
         },
     ]

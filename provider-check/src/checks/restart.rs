@@ -7,7 +7,9 @@ use ballast_protocol::providerpb::Machine;
 
 use super::{Context, Outcome};
 use crate::ensure;
-use crate::harness::{Harness, Verdict, fail, refusal, same_or_newer, show_status, success};
+use crate::harness::{
+    Harness, Stale, Verdict, fail, refusal, same_or_newer, show_status, stale_grant, success,
+};
 
 pub async fn restart(cx: &Context<'_>) -> Outcome {
     let h = cx.harness;
@@ -26,22 +28,31 @@ pub async fn restart(cx: &Context<'_>) -> Outcome {
 }
 
 async fn across_restart(h: &Harness, command: &str, timeout: Duration) -> Verdict {
-    // Before: machines in two states, a handover, a newer epoch and an answered key.
-    let old = h.actor("durable-old", 10);
+    // Before: machines in two states, a domain claimed and a cluster adopted by another shard,
+    // a newer epoch and an answered key.
+    let mut old = h.actor("durable-old", 10);
+    let cluster = h.serve(&mut old);
     let a = success("CreateMachine", h.create(&old).await)?;
     let b = success("CreateMachine", h.create(&old).await)?;
     h.settle(&a.id).await?;
     h.settle(&b.id).await?;
-    success(
-        "ConfigureMachine",
-        h.configure(&old, &a.id, "cluster-a").await,
-    )?;
+    success("ConfigureMachine", h.configure(&old, &a.id, &cluster).await)?;
+    let first = old.cluster_grant(&cluster).unwrap_or_default();
     let mut new = h.successor(&old, "durable-new");
     new.epoch = 7;
-    success("AdoptDomain", h.adopt(&new).await)?;
+    let newer = h.grant();
+    let new = new.with_cluster(&cluster, newer);
+    success(
+        "ClaimDomain under a newer domain grant",
+        h.claim(&new).await,
+    )?;
+    success(
+        "AdoptCluster under a newer cluster grant",
+        h.adopt_cluster(&new, &cluster).await,
+    )?;
     let create = h.create_request(&new);
     let c = success(
-        "CreateMachine by the new owner",
+        "CreateMachine by the domain's new holder",
         h.send_create(create.clone()).await,
     )?;
     let c = h
@@ -66,19 +77,42 @@ async fn across_restart(h: &Harness, command: &str, timeout: Duration) -> Verdic
         };
         same_or_newer("across the restart", machine, now)?;
         ensure!(
-            now.owner_shard == machine.owner_shard && now.cluster == machine.cluster,
-            "across the restart machine {} went from owner {:?} cluster {:?} to owner {:?} cluster {:?}",
+            now.owner_shard == machine.owner_shard
+                && now.owner_grant == machine.owner_grant
+                && now.cluster == machine.cluster,
+            "across the restart machine {} went from owner {:?} under {:?}, cluster {:?} to owner {:?} under {:?}, cluster {:?}",
             machine.id,
             machine.owner_shard,
+            machine.owner_grant,
             machine.cluster,
             now.owner_shard,
+            now.owner_grant,
             now.cluster
         );
     }
-    refusal(
-        "the old owner's ReleaseMachine after the restart (the domain fence must survive it)",
-        h.release(&old, &a.id).await,
-        Reason::StaleGrant,
+    stale_grant(
+        "the old holder's CreateMachine after the restart (the domain fence must survive it)",
+        h.create(&old).await,
+        Stale::Domain(&old.domain),
+        &old.grant,
+        &new.grant,
+    )?;
+    stale_grant(
+        "the old owner's ReleaseMachine of a machine of the adopted cluster after the restart (the cluster fence must survive it)",
+        h.release(&old, &a.id, &cluster).await,
+        Stale::Cluster(&cluster),
+        &first,
+        &newer,
+    )?;
+    let impostor = h
+        .actor("durable-impostor", 10)
+        .with_cluster(&cluster, newer);
+    stale_grant(
+        "another shard's AdoptCluster under the adopter's (equal) grant after the restart (the cluster mark must keep the shard it went to)",
+        h.adopt_cluster(&impostor, &cluster).await,
+        Stale::Cluster(&cluster),
+        &newer,
+        &newer,
     )?;
     let mut earlier = new.clone();
     earlier.epoch = 6;
@@ -106,7 +140,13 @@ async fn across_restart(h: &Harness, command: &str, timeout: Duration) -> Verdic
         listed.len(),
         before.len()
     );
-    h.clean_up(&new).await
+    // The old owner's idle machine is still its own after the restart.
+    success(
+        "the old owner's ReleaseMachine of its idle machine after the restart (ownership must survive it)",
+        h.release(&old, &b.id, "").await,
+    )?;
+    h.clean_up(&new).await?;
+    h.clean_up(&old).await
 }
 
 async fn run_restart(command: &str) -> Verdict {

@@ -1,6 +1,7 @@
-//! The book's indexes: machine ids by domain and by owner, live machines per (owner, quota) and
-//! in all. Every rule that counts or scans — the slice check, capacity, a handover, a listing
-//! by domain or owner — reads these instead of every machine the provider ever made.
+//! The book's indexes: machine ids by domain, by owner and by the cluster they are configured
+//! for, live machines per (owner, quota) and in all. Every rule that counts or scans — the
+//! slice check, capacity, a cluster's handover, a listing by domain, owner or cluster — reads
+//! these instead of every machine the provider ever made.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -13,6 +14,8 @@ use super::live;
 pub(super) struct Index {
     by_domain: HashMap<String, BTreeSet<String>>,
     by_owner: HashMap<String, BTreeSet<String>>,
+    /// Machines configured for a cluster (the field set), by cluster.
+    by_cluster: HashMap<String, BTreeSet<String>>,
     /// Live machines per (owner, quota provider, region).
     held: HashMap<(String, String, String), u64>,
     /// Live machines.
@@ -38,6 +41,12 @@ impl Index {
             .entry(machine.owner_shard.clone())
             .or_default()
             .insert(machine.id.clone());
+        if !machine.cluster.is_empty() {
+            self.by_cluster
+                .entry(machine.cluster.clone())
+                .or_default()
+                .insert(machine.id.clone());
+        }
         if live(machine) {
             *self.held.entry(held_key(machine)).or_default() += 1;
             self.live += 1;
@@ -56,6 +65,12 @@ impl Index {
             ids.remove(&machine.id);
             if ids.is_empty() {
                 self.by_owner.remove(&machine.owner_shard);
+            }
+        }
+        if let Some(ids) = self.by_cluster.get_mut(&machine.cluster) {
+            ids.remove(&machine.id);
+            if ids.is_empty() {
+                self.by_cluster.remove(&machine.cluster);
             }
         }
         if live(machine) {
@@ -90,6 +105,11 @@ impl Index {
     /// Ids of the machines in a domain, in order.
     pub(super) fn in_domain(&self, domain: &str) -> Option<&BTreeSet<String>> {
         self.by_domain.get(domain)
+    }
+
+    /// Ids of the machines configured for a cluster, in order.
+    pub(super) fn of_cluster(&self, cluster: &str) -> Option<&BTreeSet<String>> {
+        self.by_cluster.get(cluster)
     }
 
     /// Ids of the machines an owner has, in order.

@@ -50,6 +50,31 @@ fn token(shard: &str, domain_rev: u64, quota_rev: u64, slice: u64) -> FencingTok
             grant: grant(quota_rev),
             slice,
         }),
+        cluster: None,
+    }
+}
+
+/// `token` acting for `cluster` under the cluster grant of `revision`.
+fn for_cluster(mut token: FencingToken, cluster: &str, revision: u64) -> FencingToken {
+    token.cluster = Some(ClusterGrant {
+        cluster: cluster.into(),
+        grant: grant(revision),
+    });
+    token
+}
+
+fn release(key: &str, id: &str, token: FencingToken) -> ReleaseMachineRequest {
+    ReleaseMachineRequest {
+        idempotency_key: key.into(),
+        token: Some(token),
+        machine_id: id.into(),
+    }
+}
+
+fn adopt(key: &str, token: FencingToken) -> AdoptClusterRequest {
+    AdoptClusterRequest {
+        idempotency_key: key.into(),
+        token: Some(token),
     }
 }
 
@@ -117,7 +142,7 @@ fn a_replay_is_refused_once_its_token_is_fenced() {
     let mut book = Book::new(catalog(), Breach::None);
     book.create(&create("a1", "m1", token("old", 5, 5, 10)))
         .unwrap();
-    book.adopt(&AdoptDomainRequest {
+    book.claim(&ClaimDomainRequest {
         idempotency_key: "b1".into(),
         token: Some(token("new", 6, 6, 10)),
     })
@@ -126,6 +151,26 @@ fn a_replay_is_refused_once_its_token_is_fenced() {
         reason(book.create(&create("a1", "m1", token("old", 5, 5, 10)))),
         Reason::StaleGrant
     );
+    // So is a replay under a cluster grant once the cluster moved on.
+    book.configure(&configure(
+        "a2",
+        "m1",
+        "c1",
+        for_cluster(token("old", 5, 5, 10), "c1", 5),
+    ))
+    .unwrap();
+    book.adopt_cluster(&adopt("b2", for_cluster(token("new", 6, 6, 10), "c1", 6)))
+        .unwrap();
+    let refused = book
+        .configure(&configure(
+            "a2",
+            "m1",
+            "c1",
+            for_cluster(token("old", 5, 5, 10), "c1", 5),
+        ))
+        .unwrap_err();
+    assert_eq!(refused.reason(), Reason::StaleGrant);
+    assert!(refused.metadata.contains(&("cluster".into(), "c1".into())));
 }
 
 #[test]
@@ -153,64 +198,199 @@ fn only_the_newest_answers_are_kept() {
 }
 
 #[test]
-fn a_newer_domain_grant_fences_the_older_one_and_takes_the_machines_in_place() {
+fn a_newer_domain_grant_fences_creates_and_moves_no_machine() {
     let mut book = Book::new(catalog(), Breach::None);
-    book.create(&create("a1", "m1", token("old", 5, 5, 10)))
-        .unwrap();
-    book.configure(&configure("a2", "m1", "c1", token("old", 5, 5, 10)))
+    let old = || token("old", 5, 5, 10);
+    book.create(&create("a1", "m1", old())).unwrap();
+    book.configure(&configure("a2", "m1", "c1", for_cluster(old(), "c1", 5)))
         .unwrap();
     // An equal grant from the same shard acts; from another shard it is stale.
     assert_eq!(
         reason(book.create(&create("b0", "m9", token("new", 5, 5, 10)))),
         Reason::StaleGrant
     );
-    // The new owner adopts under a newer grant: same machine, same cluster, new owner.
-    let adopted = book
-        .adopt(&AdoptDomainRequest {
-            idempotency_key: "b1".into(),
-            token: Some(token("new", 6, 6, 10)),
-        })
-        .unwrap();
-    assert_eq!(adopted.len(), 1);
-    assert_eq!(adopted[0].owner_shard, "new");
-    assert_eq!(adopted[0].cluster, "c1");
-    assert_eq!(adopted[0].state, MachineState::Configured as i32);
-    // From now on the old owner is refused, naming both grants.
-    let refused = book
-        .configure(&configure("a3", "m1", "c2", token("old", 5, 5, 10)))
-        .unwrap_err();
+    book.claim(&ClaimDomainRequest {
+        idempotency_key: "b1".into(),
+        token: Some(token("new", 6, 6, 10)),
+    })
+    .unwrap();
+    assert_eq!(book.domain_mark("rack-1").unwrap().shard, "new");
+    // The machine stays with the shard serving its cluster.
+    let m1 = book.machine("m1").unwrap();
+    assert_eq!(
+        (m1.owner_shard.as_str(), m1.cluster.as_str()),
+        ("old", "c1")
+    );
+    // The old owner can no longer create in the domain, naming both grants...
+    let refused = book.create(&create("a4", "m2", old())).unwrap_err();
     assert_eq!(refused.reason(), Reason::StaleGrant);
     assert!(
         refused.message.contains("1/5") && refused.message.contains("1/6"),
         "{}",
         refused.message
     );
-    assert_eq!(
-        reason(book.create(&create("a4", "m2", token("old", 5, 5, 10)))),
-        Reason::StaleGrant
+    assert!(
+        refused
+            .metadata
+            .contains(&("domain".into(), "rack-1".into()))
     );
-    // The new owner acts on the machine as its own.
-    book.configure(&configure("b2", "m1", "c1", token("new", 6, 6, 10)))
+    // ...but still serves its cluster with the machine it holds there.
+    book.release(&release("a5", "m1", for_cluster(old(), "c1", 5)))
+        .unwrap();
+    book.configure(&configure("a6", "m1", "c1", for_cluster(old(), "c1", 5)))
+        .unwrap();
+    // The new owner creates there.
+    book.create(&create("b2", "m3", token("new", 6, 6, 10)))
         .unwrap();
 }
 
 #[test]
-fn a_call_under_a_newer_grant_adopts_implicitly() {
+fn a_newer_cluster_grant_hands_the_cluster_over_in_place() {
+    let mut book = Book::new(catalog(), Breach::None);
+    let old = || token("old", 5, 5, 10);
+    book.create(&create("a1", "m1", old())).unwrap();
+    book.create(&create("a2", "m2", old())).unwrap();
+    book.configure(&configure("a3", "m1", "c1", for_cluster(old(), "c1", 5)))
+        .unwrap();
+    // An equal cluster grant from another shard is stale.
+    assert_eq!(
+        reason(book.adopt_cluster(&adopt("b0", for_cluster(token("new", 5, 5, 10), "c1", 5)))),
+        Reason::StaleGrant
+    );
+    let adopted = book
+        .adopt_cluster(&adopt("b1", for_cluster(token("new", 5, 5, 10), "c1", 6)))
+        .unwrap();
+    assert_eq!(adopted.len(), 1);
+    assert_eq!(adopted[0].id, "m1");
+    assert_eq!(adopted[0].owner_shard, "new");
+    assert_eq!(adopted[0].cluster, "c1");
+    assert_eq!(adopted[0].state, MachineState::Configured as i32);
+    // The idle machine stays where it was.
+    assert_eq!(book.machine("m2").unwrap().owner_shard, "old");
+    // The old owner is refused for the cluster, naming it and both grants.
+    let refused = book
+        .release(&release("a4", "m1", for_cluster(old(), "c1", 5)))
+        .unwrap_err();
+    assert_eq!(refused.reason(), Reason::StaleGrant);
+    for pair in [("cluster", "c1"), ("presented", "1/5"), ("accepted", "1/6")] {
+        assert!(
+            refused.metadata.contains(&(pair.0.into(), pair.1.into())),
+            "{:?}",
+            refused.metadata
+        );
+    }
+    assert_eq!(
+        reason(book.configure(&configure("a5", "m2", "c1", for_cluster(old(), "c1", 5)))),
+        Reason::StaleGrant
+    );
+    // A release needs the grant of the cluster the machine serves.
+    assert_eq!(
+        reason(book.release(&release("b2", "m1", token("new", 5, 5, 10)))),
+        Reason::InvalidArgument
+    );
+    // Another shard's idle machine is not the new owner's to use.
+    let refused = book
+        .configure(&configure(
+            "b3",
+            "m2",
+            "c1",
+            for_cluster(token("new", 5, 5, 10), "c1", 6),
+        ))
+        .unwrap_err();
+    assert_eq!(refused.reason(), Reason::NotOwner);
+    assert!(refused.metadata.contains(&("owner".into(), "old".into())));
+    book.release(&release(
+        "b4",
+        "m1",
+        for_cluster(token("new", 5, 5, 10), "c1", 6),
+    ))
+    .unwrap();
+    // An idle machine needs no grant, only its owner.
+    book.release(&release("a6", "m2", old())).unwrap();
+    assert_eq!(
+        reason(book.release(&release("b5", "m2", token("new", 5, 5, 10)))),
+        Reason::NotOwner
+    );
+    let listed = book.list(
+        &Filter {
+            cluster: "c1",
+            ..Filter::default()
+        },
+        "",
+        10,
+    );
+    assert!(listed.0.is_empty(), "m1 was released from c1: {listed:?}");
+}
+
+#[test]
+fn a_call_under_a_newer_cluster_grant_adopts_implicitly() {
     let mut book = Book::new(catalog(), Breach::None);
     book.create(&create("a1", "m1", token("old", 5, 5, 10)))
         .unwrap();
-    let made = book
-        .create(&create("b1", "m2", token("new", 7, 7, 10)))
-        .unwrap();
-    assert_eq!(made.owner_shard, "new");
+    book.configure(&configure(
+        "a2",
+        "m1",
+        "c1",
+        for_cluster(token("old", 5, 5, 10), "c1", 5),
+    ))
+    .unwrap();
+    let rack2 = |t: FencingToken| {
+        let mut t = t;
+        t.domain.as_mut().unwrap().domain = "rack-2".into();
+        t
+    };
+    let mut made = create("b1", "m2", rack2(token("new", 7, 7, 10)));
+    made.domain = "rack-2".into();
+    book.create(&made).unwrap();
+    book.configure(&configure(
+        "b2",
+        "m2",
+        "c1",
+        for_cluster(token("new", 7, 7, 10), "c1", 7),
+    ))
+    .unwrap();
     assert_eq!(book.machine("m1").unwrap().owner_shard, "new");
     assert_eq!(
-        reason(book.release(&ReleaseMachineRequest {
-            idempotency_key: "a2".into(),
-            token: Some(token("old", 5, 5, 10)),
-            machine_id: "m1".into(),
-        })),
+        reason(book.release(&release(
+            "a3",
+            "m1",
+            for_cluster(token("old", 5, 5, 10), "c1", 5)
+        ))),
         Reason::StaleGrant
+    );
+}
+
+#[test]
+fn adopted_machines_count_against_the_adopters_slice() {
+    let mut book = Book::new(catalog(), Breach::None);
+    for (key, id) in [("a1", "m1"), ("a2", "m2")] {
+        book.create(&create(key, id, token("old", 5, 5, 2)))
+            .unwrap();
+    }
+    for (key, id) in [("a3", "m1"), ("a4", "m2")] {
+        book.configure(&configure(
+            key,
+            id,
+            "c1",
+            for_cluster(token("old", 5, 5, 2), "c1", 5),
+        ))
+        .unwrap();
+    }
+    book.adopt_cluster(&adopt("b1", for_cluster(token("new", 5, 6, 2), "c1", 6)))
+        .unwrap();
+    let refused = book
+        .create(&create("b2", "m3", token("new", 6, 6, 2)))
+        .unwrap_err();
+    assert_eq!(refused.reason(), Reason::OverSlice);
+    assert!(refused.metadata.contains(&("held".into(), "2".into())));
+    // The old owner holds none of them any more: its slice has room again.
+    book.create(&create("a5", "m4", token("old", 5, 6, 2)))
+        .unwrap();
+    book.create(&create("a6", "m5", token("old", 5, 6, 2)))
+        .unwrap();
+    assert_eq!(
+        reason(book.create(&create("a7", "m6", token("old", 5, 6, 2)))),
+        Reason::OverSlice
     );
 }
 
@@ -242,23 +422,6 @@ fn an_older_slice_table_is_refused_and_a_create_past_the_slice_too() {
 }
 
 #[test]
-fn a_create_that_would_adopt_counts_the_adopted_machines_against_the_slice() {
-    let mut book = Book::new(catalog(), Breach::None);
-    book.create(&create("a1", "m1", token("old", 5, 5, 2)))
-        .unwrap();
-    book.create(&create("a2", "m2", token("old", 5, 5, 2)))
-        .unwrap();
-    // "new" would take both machines with the domain: a slice of 2 has no room for a third.
-    assert_eq!(
-        reason(book.create(&create("b1", "m3", token("new", 6, 6, 2)))),
-        Reason::OverSlice
-    );
-    // The refusal changed nothing: the domain is still "old"'s.
-    assert_eq!(book.domain_mark("rack-1").unwrap().shard, "old");
-    assert_eq!(book.machine("m1").unwrap().owner_shard, "old");
-}
-
-#[test]
 fn a_restarted_shard_fences_its_older_incarnation() {
     let mut book = Book::new(catalog(), Breach::None);
     let mut later = token("s1", 5, 5, 10);
@@ -275,20 +438,15 @@ fn machines_move_through_their_states_and_refuse_the_wrong_step() {
     let mut book = Book::new(catalog(), Breach::None);
     book.create(&create("k1", "m1", token("s1", 5, 5, 10)))
         .unwrap();
-    book.configure(&configure("k2", "m1", "c1", token("s1", 5, 5, 10)))
+    let s1 = |cluster: &str| for_cluster(token("s1", 5, 5, 10), cluster, 5);
+    book.configure(&configure("k2", "m1", "c1", s1("c1")))
         .unwrap();
     // Configured for another cluster: release first.
     assert_eq!(
-        reason(book.configure(&configure("k3", "m1", "c2", token("s1", 5, 5, 10)))),
+        reason(book.configure(&configure("k3", "m1", "c2", s1("c2")))),
         Reason::InvalidState
     );
-    let idle = book
-        .release(&ReleaseMachineRequest {
-            idempotency_key: "k4".into(),
-            token: Some(token("s1", 5, 5, 10)),
-            machine_id: "m1".into(),
-        })
-        .unwrap();
+    let idle = book.release(&release("k4", "m1", s1("c1"))).unwrap();
     assert_eq!(idle.state, MachineState::Idle as i32);
     assert!(idle.cluster.is_empty());
     let gone = book
@@ -300,13 +458,22 @@ fn machines_move_through_their_states_and_refuse_the_wrong_step() {
         .unwrap();
     assert_eq!(gone.state, MachineState::Deleted as i32);
     assert_eq!(
-        reason(book.configure(&configure("k6", "m1", "c1", token("s1", 5, 5, 10)))),
+        reason(book.configure(&configure("k6", "m1", "c1", s1("c1")))),
         Reason::InvalidState
     );
     assert_eq!(
-        reason(book.configure(&configure("k7", "nope", "c1", token("s1", 5, 5, 10)))),
+        reason(book.configure(&configure("k7", "nope", "c1", s1("c1")))),
         Reason::NotFound
     );
+    // A configure without the cluster's grant, or with another cluster's, is malformed.
+    book.create(&create("k8", "m2", token("s1", 5, 5, 10)))
+        .unwrap();
+    for t in [token("s1", 5, 5, 10), s1("c9")] {
+        assert_eq!(
+            reason(book.configure(&configure("k9", "m2", "c1", t))),
+            Reason::InvalidArgument
+        );
+    }
 }
 
 #[test]
@@ -389,7 +556,7 @@ fn pages_resume_after_their_cursor() {
     let mut seen = Vec::new();
     let mut cursor = String::new();
     loop {
-        let (page, next) = book.list("", "", &cursor, 10);
+        let (page, next) = book.list(&Filter::default(), &cursor, 10);
         seen.extend(page.into_iter().map(|m| m.id));
         if next.is_empty() {
             break;
@@ -398,8 +565,16 @@ fn pages_resume_after_their_cursor() {
     }
     assert_eq!(seen.len(), 25);
     assert!(seen.windows(2).all(|w| w[0] < w[1]));
-    assert_eq!(book.list("rack-2", "", "", 10).0.len(), 0);
-    assert_eq!(book.list("", "s1", "", 1000).0.len(), 25);
+    let domain = |domain| Filter {
+        domain,
+        ..Filter::default()
+    };
+    let owner = |owner| Filter {
+        owner,
+        ..Filter::default()
+    };
+    assert_eq!(book.list(&domain("rack-2"), "", 10).0.len(), 0);
+    assert_eq!(book.list(&owner("s1"), "", 1000).0.len(), 25);
 }
 
 #[test]
@@ -418,26 +593,31 @@ fn the_breaches_break_what_they_say() {
     );
 }
 
-/// One step of a random history: a shard creates, deletes, or takes a domain over.
+/// One step of a random history: a shard creates, configures for a cluster, deletes, claims
+/// a domain or adopts a cluster.
 #[derive(Clone, Debug)]
 enum Step {
     Create { shard: usize, domain: usize },
+    Configure { machine: usize, cluster: usize },
     Delete { machine: usize },
-    Adopt { shard: usize, domain: usize },
+    Claim { shard: usize, domain: usize },
+    Adopt { shard: usize, cluster: usize },
 }
 
 fn step() -> impl proptest::strategy::Strategy<Value = Step> {
     use proptest::prelude::*;
     prop_oneof![
         (0..3usize, 0..3usize).prop_map(|(shard, domain)| Step::Create { shard, domain }),
+        (0..40usize, 0..3usize).prop_map(|(machine, cluster)| Step::Configure { machine, cluster }),
         (0..40usize).prop_map(|machine| Step::Delete { machine }),
-        (0..3usize, 0..3usize).prop_map(|(shard, domain)| Step::Adopt { shard, domain }),
+        (0..3usize, 0..3usize).prop_map(|(shard, domain)| Step::Claim { shard, domain }),
+        (0..3usize, 0..3usize).prop_map(|(shard, cluster)| Step::Adopt { shard, cluster }),
     ]
 }
 
 proptest::proptest! {
     /// Whatever happens, the indexes say what a scan of every machine says: live machines per
-    /// owner and quota, in all, and the listings by domain and by owner.
+    /// owner and quota, in all, and the listings by domain, by owner and by cluster.
     #[test]
     fn the_indexes_agree_with_a_scan(steps in proptest::collection::vec(step(), 1..60)) {
         let mut book = Book::new(catalog(), Breach::None);
@@ -457,6 +637,16 @@ proptest::proptest! {
                 grant: grant(1),
                 slice: 1000,
             }),
+            cluster: None,
+        };
+        let owner_of = |book: &Book, id: &str| {
+            book.machine(id)
+                .map(|m| m.owner_shard.trim_start_matches('s').parse().unwrap_or(0))
+                .unwrap_or(0)
+        };
+        // Each shard's newest grant per cluster: acting for a cluster uses the newest it has.
+        let cluster_token = |shard: usize, domain: usize, cluster: &str, revision: u64| {
+            for_cluster(token_for(shard, domain, revision), cluster, revision)
         };
         for (n, step) in steps.into_iter().enumerate() {
             revision += 1;
@@ -469,22 +659,45 @@ proptest::proptest! {
                         made.push((id, domain));
                     }
                 }
+                Step::Configure { machine, cluster } => {
+                    if let Some((id, domain)) = made.get(machine % made.len().max(1)).cloned() {
+                        let shard = owner_of(&book, &id);
+                        let cluster = format!("c{cluster}");
+                        let _ = book.configure(&configure(
+                            &format!("k{n}"),
+                            &id,
+                            &cluster,
+                            cluster_token(shard, domain, &cluster, revision),
+                        ));
+                    }
+                }
                 Step::Delete { machine } => {
                     if let Some((id, domain)) = made.get(machine % made.len().max(1)).cloned() {
-                        let owner = book.machine(&id).map(|m| m.owner_shard.clone()).unwrap_or_default();
-                        let shard: usize = owner.trim_start_matches('s').parse().unwrap_or(0);
+                        let shard = owner_of(&book, &id);
+                        let serves = book.machine(&id).map(|m| m.cluster.clone()).unwrap_or_default();
+                        let token = if serves.is_empty() {
+                            token_for(shard, domain, revision)
+                        } else {
+                            cluster_token(shard, domain, &serves, revision)
+                        };
                         let _ = book.delete(&DeleteMachineRequest {
                             idempotency_key: format!("k{n}"),
-                            token: Some(token_for(shard, domain, revision)),
+                            token: Some(token),
                             machine_id: id,
                         });
                     }
                 }
-                Step::Adopt { shard, domain } => {
-                    let _ = book.adopt(&AdoptDomainRequest {
+                Step::Claim { shard, domain } => {
+                    let _ = book.claim(&ClaimDomainRequest {
                         idempotency_key: format!("k{n}"),
                         token: Some(token_for(shard, domain, revision)),
                     });
+                }
+                Step::Adopt { shard, cluster } => {
+                    let _ = book.adopt_cluster(&adopt(
+                        &format!("k{n}"),
+                        cluster_token(shard, 0, &format!("c{cluster}"), revision),
+                    ));
                 }
             }
             let all: Vec<Machine> = book.machines.values().cloned().collect();
@@ -492,15 +705,30 @@ proptest::proptest! {
                 let owner = format!("s{shard}");
                 let scanned = all.iter().filter(|m| m.owner_shard == owner && live(m)).count() as u64;
                 proptest::prop_assert_eq!(book.index.held(&owner, "sim", "r1"), scanned);
-                let listed: Vec<String> = book.list("", &owner, "", 1000).0.into_iter().map(|m| m.id).collect();
+                let filter = Filter { owner: &owner, ..Filter::default() };
+                let listed: Vec<String> = book.list(&filter, "", 1000).0.into_iter().map(|m| m.id).collect();
                 let expected: Vec<String> = all.iter().filter(|m| m.owner_shard == owner).map(|m| m.id.clone()).collect();
                 proptest::prop_assert_eq!(listed, expected);
             }
             for domain in 0..3 {
                 let name = format!("d{domain}");
-                let listed: Vec<String> = book.list(&name, "", "", 1000).0.into_iter().map(|m| m.id).collect();
+                let filter = Filter { domain: &name, ..Filter::default() };
+                let listed: Vec<String> = book.list(&filter, "", 1000).0.into_iter().map(|m| m.id).collect();
                 let expected: Vec<String> = all.iter().filter(|m| m.domain == name).map(|m| m.id.clone()).collect();
                 proptest::prop_assert_eq!(listed, expected);
+            }
+            for cluster in 0..3 {
+                let name = format!("c{cluster}");
+                let filter = Filter { cluster: &name, ..Filter::default() };
+                let listed: Vec<String> = book.list(&filter, "", 1000).0.into_iter().map(|m| m.id).collect();
+                let expected: Vec<String> = all.iter().filter(|m| m.cluster == name).map(|m| m.id.clone()).collect();
+                proptest::prop_assert_eq!(&listed, &expected);
+                // Every live machine serving a cluster belongs to the cluster's newest holder.
+                if let Some(mark) = book.cluster_mark(&name) {
+                    for m in all.iter().filter(|m| m.cluster == name && live(m)) {
+                        proptest::prop_assert_eq!(&m.owner_shard, &mark.shard);
+                    }
+                }
             }
             proptest::prop_assert_eq!(book.index.live(), all.iter().filter(|m| live(m)).count() as u64);
         }

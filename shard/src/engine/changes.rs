@@ -8,7 +8,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 // Dense ids the shard itself assigns: no need for a keyed hash (see `model.rs`).
-use rustc_hash::FxHashSet as HashSet;
 
 use super::model::{Engine, NeedSlot, Slot};
 use super::{Machine, MachineView, Need, Provision, QuotaKey};
@@ -28,9 +27,8 @@ fn allocate<T>(slots: &mut Vec<Option<T>>, free: &mut Vec<u32>, item: T) -> u32 
 }
 
 impl Engine {
-    /// Replaces the set of domains the shard owns. Machines in domains it lost stop counting
-    /// toward their needs (which look for replacements); machines in domains it gained
-    /// become usable.
+    /// Replaces the set of domains the shard owns: where it may create machines. Machines it
+    /// holds keep serving wherever their domain went (ADR 0016).
     pub fn set_domains(&mut self, domains: &BTreeSet<String>) {
         let wanted: Vec<u32> = domains.iter().map(|d| self.domain_id(d)).collect();
         if wanted == self.owned_list {
@@ -40,9 +38,6 @@ impl Engine {
         for d in &wanted {
             owned[*d as usize] = true;
         }
-        let changed: HashSet<u32> = (0..owned.len() as u32)
-            .filter(|d| owned[*d as usize] != self.owned[*d as usize])
-            .collect();
         self.owned_by_az.clear();
         for d in &wanted {
             if let Some(az) = self.domain_az[*d as usize] {
@@ -50,19 +45,19 @@ impl Engine {
             }
         }
         self.owned_list = wanted;
-        let affected: Vec<u32> = (0..self.machines.len() as u32)
-            .filter(|m| {
-                self.machines[*m as usize]
-                    .as_ref()
-                    .is_some_and(|s| changed.contains(&s.domain))
-            })
-            .collect();
-        for m in &affected {
-            self.detach(*m);
-        }
         self.owned = owned;
-        for m in affected {
-            self.attach(m);
+    }
+
+    /// Marks `cluster` as being adopted with its machines (or no longer): meanwhile its needs
+    /// are reported short and served from nothing else, so the adopted machines find them
+    /// open when they arrive.
+    pub fn await_adoption(&mut self, cluster: &str, waiting: bool) {
+        if waiting {
+            self.adopting.insert(cluster.to_string());
+        } else if self.adopting.remove(cluster)
+            && let Some(needs) = self.clusters.get(cluster)
+        {
+            self.dirty.extend(needs.iter().copied());
         }
     }
 

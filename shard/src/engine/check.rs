@@ -12,11 +12,7 @@ impl Engine {
         for (m, slot) in self.machines.iter().enumerate() {
             let Some(slot) = slot else { continue };
             let m = m as u32;
-            let owned = self.owned[slot.domain as usize];
             let idle = self.idle.contains(slot.domain, slot.resources, &m);
-            if owned == self.foreign.contains(&m) {
-                return Err(format!("machine {}: foreign index wrong", slot.id));
-            }
             if let Some(n) = slot.holder {
                 assigned += 1;
                 if slot.claim.is_some() || idle || self.orphans.contains(&m) {
@@ -29,7 +25,7 @@ impl Engine {
                 if !self.victims.contains(slot.domain, slot.resources, &key) {
                     return Err(format!("machine {}: missing from victims", slot.id));
                 }
-            } else if owned {
+            } else {
                 let orphan = self.orphans.contains(&m);
                 let idle = idle || self.surplus.contains(&m);
                 if orphan != slot.claim.is_some() || orphan == idle {

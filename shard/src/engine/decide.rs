@@ -48,7 +48,9 @@ impl Engine {
         }
 
         // Claims that did not hold when their machine arrived. A need arriving since may take
-        // them; otherwise they are released.
+        // them; otherwise they are released — except claims on a cluster whose demand has not
+        // arrived yet (machines adopted with their cluster), which wait for it.
+        let mut waiting = BTreeSet::new();
         for m in std::mem::take(&mut self.orphans) {
             let claim = self
                 .slot(m)
@@ -57,9 +59,13 @@ impl Engine {
                 .expect("orphans carry a claim");
             match self.claim_holds(m, claim) {
                 Some(n) => self.hold(m, n),
+                None if self.awaits_demand(claim) => {
+                    waiting.insert(m);
+                }
                 None => self.release(m, &mut plan),
             }
         }
+        self.orphans = waiting;
 
         // Serve what is short, by priority (then id, for determinism).
         let mut queue: BTreeSet<(Reverse<i32>, String, u32)> = std::mem::take(&mut self.short)
@@ -78,6 +84,12 @@ impl Engine {
             let (resources, at, priority) = (need.need.resources, need.at, need.need.priority);
             let mut missing = need.need.count.saturating_sub(self.served(n));
             if missing == 0 {
+                continue;
+            }
+            if self.adopting.contains(&need.need.cluster) {
+                let id = need.need.id.clone();
+                self.short.insert(n);
+                plan.shortfalls.push(Shortfall { need: id, missing });
                 continue;
             }
             let shape = (resources, at);
@@ -107,11 +119,6 @@ impl Engine {
                 });
             }
         }
-        plan.foreign = self
-            .foreign
-            .iter()
-            .map(|m| self.slot(*m).id.to_string())
-            .collect();
         self.set_aside_surplus();
         plan.surplus = self
             .surplus
@@ -129,7 +136,7 @@ impl Engine {
         };
         let slot = self.slot(m);
         let (domain, shape, quota) = (slot.domain, slot.resources, slot.quota);
-        let idle = slot.holder.is_none() && slot.claim.is_none() && self.owned[domain as usize];
+        let idle = slot.holder.is_none() && slot.claim.is_none();
         let Some(q) = quota.filter(|_| idle && !self.surplus.contains(&m)) else {
             return;
         };
@@ -150,17 +157,11 @@ impl Engine {
         if !(0..self.slice.len()).any(|q| over(self, q)) {
             return;
         }
-        // Rare (a slice shrank): one pass over the ledger finds foreign and idle machines.
-        let mut foreign = vec![0u64; self.slice.len()];
-        for &m in &self.foreign {
-            if let Some(q) = self.slot(m).quota {
-                foreign[q as usize] += 1;
-            }
-        }
+        // Rare (a slice shrank): one pass over the ledger finds the idle machines.
         let mut excess: Vec<u64> = (0..self.slice.len())
             .map(|q| {
                 (self.quota_held[q] + self.quota_in_flight[q])
-                    .saturating_sub(self.slice[q] + self.surplus_by_quota[q] + foreign[q])
+                    .saturating_sub(self.slice[q] + self.surplus_by_quota[q])
             })
             .collect();
         let idle: Vec<(u32, u32)> = self
@@ -172,7 +173,6 @@ impl Engine {
                 let q = slot.quota?;
                 let free = slot.holder.is_none()
                     && slot.claim.is_none()
-                    && self.owned[slot.domain as usize]
                     && !self.surplus.contains(&(m as u32));
                 (free && excess[q as usize] > 0).then_some((m as u32, q))
             })

@@ -212,32 +212,20 @@ impl Engine {
             if let Some(q) = slot.quota {
                 self.surplus_by_quota[q as usize] -= 1;
             }
-        } else if self.owned[slot.domain as usize] {
+        } else {
             let az = self.domain_az[slot.domain as usize];
             self.idle.remove(slot.domain, az, slot.resources, &m);
         }
-        if (slot.claim.is_some() || slot.holder.is_some()) && self.owned[slot.domain as usize] {
+        if slot.claim.is_some() || slot.holder.is_some() {
             self.assigned -= 1;
         }
-        self.foreign.remove(&m);
         self.orphans.remove(&m);
-    }
-
-    /// Puts a detached machine into the indexes its domain and claim call for.
-    pub(super) fn attach(&mut self, m: u32) {
-        let claim = self.slot_mut(m).claim.take();
-        self.place(m, claim.as_deref());
     }
 
     /// Indexes a machine that is in no index, given the need its record names.
     pub(super) fn place(&mut self, m: u32, claim: Option<&str>) {
         let slot = self.slot(m);
         let (domain, resources) = (slot.domain, slot.resources);
-        if !self.owned[domain as usize] {
-            self.slot_mut(m).claim = claim.map(Into::into);
-            self.foreign.insert(m);
-            return;
-        }
         let Some(claim) = claim else {
             let az = self.domain_az[domain as usize];
             self.idle.insert(domain, az, resources, m);
@@ -256,12 +244,23 @@ impl Engine {
     }
 
     /// The need machine `m` may serve under `claim`: it exists, the machine fits it, and it
-    /// is not yet fully served.
+    /// is not yet fully served. A claim on a whole cluster (`cluster/`, a machine adopted with
+    /// its cluster: the provider knows the cluster, not the row) holds for the first of the
+    /// cluster's rows that it fits and that is short.
     pub(super) fn claim_holds(&self, m: u32, claim: &str) -> Option<u32> {
-        self.need_ids
-            .get(claim)
-            .copied()
-            .filter(|n| self.fits(m, *n) && self.served(*n) < self.need(*n).need.count)
+        let open = |n: &u32| self.fits(m, *n) && self.served(*n) < self.need(*n).need.count;
+        match claim.strip_suffix('/') {
+            Some(cluster) => self.clusters.get(cluster)?.iter().copied().find(open),
+            None => self.need_ids.get(claim).copied().filter(open),
+        }
+    }
+
+    /// Whether `claim` is on a whole cluster that has sent no demand yet: a machine adopted
+    /// with its cluster waits, still counted at work, for the demand that follows the cluster.
+    pub(super) fn awaits_demand(&self, claim: &str) -> bool {
+        claim
+            .strip_suffix('/')
+            .is_some_and(|cluster| !self.clusters.contains_key(cluster))
     }
 
     /// Binds an idle or claimed machine (already out of the idle pool) to a need.
@@ -327,8 +326,9 @@ impl Engine {
         match at {
             Where::Any => index.by_az.values().collect(),
             Where::Az(az) => index.by_az.get(&Some(az)).into_iter().collect(),
-            Where::Domain(d) if self.owned[d as usize] => vec![&index.by_domain[d as usize]],
-            Where::Domain(_) => Vec::new(),
+            // A machine serves wherever its domain went: owning a domain is the right to
+            // create there, not to use what is there (ADR 0016).
+            Where::Domain(d) => vec![&index.by_domain[d as usize]],
         }
     }
 }

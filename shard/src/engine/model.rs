@@ -62,14 +62,12 @@ pub struct MachineCounts {
     pub idle: u64,
     /// Serving a need (or claimed by one and about to be resolved).
     pub assigned: u64,
-    /// Outside the shard's domains.
-    pub foreign: u64,
 }
 
 impl MachineCounts {
     /// Every machine in the ledger.
     pub fn total(&self) -> u64 {
-        self.idle + self.assigned + self.foreign
+        self.idle + self.assigned
     }
 }
 
@@ -122,8 +120,6 @@ pub struct Engine {
     pub(super) idle: Tiered<u32>,
     /// Assigned machines by shape: `(priority of the work, machine)`.
     pub(super) victims: Tiered<(i32, u32)>,
-    /// Machines outside the shard's domains.
-    pub(super) foreign: BTreeSet<u32>,
     /// Machines in owned domains whose claim did not hold when they arrived: the next
     /// decision gives them to a need or releases them.
     pub(super) orphans: BTreeSet<u32>,
@@ -153,6 +149,9 @@ pub struct Engine {
     pub(super) cursor: usize,
     /// Provisioning held back (the provider is failing); needs go short instead.
     pub(super) provisioning_paused: bool,
+    /// Clusters whose machines are being adopted at their providers: their needs wait for
+    /// them rather than take or make others (which would churn the adopted ones).
+    pub(super) adopting: BTreeSet<String>,
 }
 
 /// Whether `domain` is where a need placed `at` may take machines.
@@ -280,23 +279,19 @@ impl Engine {
         need.held.len() as u32 + in_flight
     }
 
-    /// Whether machine `m` may serve need `n`: in an owned domain its placement allows, and
-    /// big enough.
+    /// Whether machine `m` may serve need `n`: in a domain its placement allows (owned or
+    /// not: a domain grant is the right to create there), and big enough.
     pub(super) fn fits(&self, m: u32, n: u32) -> bool {
         let (slot, need) = (self.slot(m), self.need(n));
-        self.owned[slot.domain as usize]
-            && slot.resources.covers(&need.need.resources)
-            && placed(need.at, slot.domain, &self.domain_az)
+        slot.resources.covers(&need.need.resources) && placed(need.at, slot.domain, &self.domain_az)
     }
 
     /// Machines by state.
     pub fn counts(&self) -> MachineCounts {
         let total = self.machine_ids.len() as u64;
-        let foreign = self.foreign.len() as u64;
         MachineCounts {
-            idle: total - foreign - self.assigned,
+            idle: total - self.assigned,
             assigned: self.assigned,
-            foreign,
         }
     }
 

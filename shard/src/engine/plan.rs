@@ -40,9 +40,6 @@ pub struct Plan {
     pub preempt: Vec<(String, String, String)>,
     /// Machines no need wants any more (they become idle).
     pub release: Vec<String>,
-    /// Machines in the ledger outside the shard's domains (lost in a rebalance); never used
-    /// and not counted toward any need.
-    pub foreign: Vec<String>,
     /// Idle machines to return to the provider now: their quota holds more than this shard's
     /// slice of it. Listed every decision until they are gone.
     pub surplus: Vec<String>,

@@ -149,21 +149,101 @@ fn higher_priority_preempts_lower() {
 }
 
 #[test]
-fn placement_and_foreign_machines_are_respected() {
+fn placement_is_respected_and_machines_in_lost_domains_keep_serving() {
     let mut i = inputs();
     i.machines = vec![
         machine("m1", "zone=az-a/rack=1", 4, None),
-        machine("lost", "zone=az-c/rack=9", 4, Some("n1")),
+        machine("kept", "zone=az-c/rack=9", 4, Some("n0")),
     ];
-    i.needs = vec![need("n1", 1, 1, 0, Placement::Az("az-b".into()))];
+    i.needs = vec![
+        need("n0", 1, 1, 0, Placement::Any),
+        need("n1", 1, 1, 0, Placement::Az("az-b".into())),
+    ];
     let p = decide(&i);
-    assert_eq!(p.foreign, vec!["lost".to_string()]);
+    // A domain the shard no longer owns is where it may not create; its machine there keeps
+    // serving its need (ADR 0016).
+    assert!(p.release.is_empty(), "{:?}", p.release);
     assert!(p.assign.is_empty(), "m1 is in az-a");
     assert_eq!(p.provision.len(), 1);
     assert_eq!(p.provision[0].domain, "zone=az-b/rack=1");
     let mut impossible = inputs();
     impossible.needs = vec![need("n2", 1, 1, 0, Placement::Domain("zone=az-z".into()))];
     assert_eq!(decide(&impossible).shortfalls.len(), 1);
+}
+
+#[test]
+fn machines_adopted_with_their_cluster_wait_for_its_demand_and_serve_it_first() {
+    // Three machines adopted with cluster c1 (the provider knows the cluster, not the row),
+    // one idle machine of the shard's own, and no demand for c1 yet.
+    let mut i = inputs();
+    i.machines = vec![
+        machine("a1", "zone=az-a/rack=1", 4, Some("c1/")),
+        machine("a2", "zone=az-c/rack=9", 4, Some("c1/")),
+        machine("a3", "zone=az-a/rack=1", 4, Some("c1/")),
+        machine("own", "zone=az-a/rack=1", 4, None),
+    ];
+    let mut engine = Engine::from_inputs(&i);
+    let waiting = engine.decide();
+    assert!(
+        waiting.release.is_empty() && waiting.assign.is_empty(),
+        "no demand yet: they wait, at work for c1: {waiting:?}"
+    );
+    assert_eq!(engine.counts().assigned, 3);
+    assert_eq!(engine.check(), Ok(()));
+    // c1's demand follows the cluster: two rows. The adopted machines serve them before the
+    // idle one, wherever their domain; the third is surplus to c1 and goes idle.
+    engine.set_demand(
+        "c1",
+        vec![
+            Need {
+                id: "c1/web".into(),
+                ..need("c1/web", 1, 1, 0, Placement::Any)
+            },
+            Need {
+                id: "c1/db".into(),
+                ..need("c1/db", 1, 1, 0, Placement::Any)
+            },
+        ],
+    );
+    let served = engine.decide();
+    assert!(served.provision.is_empty(), "{served:?}");
+    let mut held: Vec<String> = engine.allocations("c1").into_iter().map(|m| m.id).collect();
+    held.sort();
+    assert_eq!(held.len(), 2, "{held:?}");
+    assert!(!held.contains(&"own".to_string()), "{held:?}");
+    assert_eq!(engine.check(), Ok(()));
+    // A claim on a cluster that has demand but no open row is released like any other.
+    assert_eq!(served.release.len(), 1, "{served:?}");
+}
+
+#[test]
+fn a_cluster_being_adopted_waits_for_its_machines_instead_of_making_others() {
+    let mut i = inputs();
+    i.machines = vec![machine("own", "zone=az-a/rack=1", 4, None)];
+    let mut engine = Engine::from_inputs(&i);
+    engine.await_adoption("c1", true);
+    // The demand arrives before the adopted machines: nothing is taken or made for it.
+    engine.set_demand("c1", vec![need("c1/web", 2, 1, 0, Placement::Any)]);
+    let waiting = engine.decide();
+    assert!(
+        waiting.assign.is_empty() && waiting.provision.is_empty(),
+        "{waiting:?}"
+    );
+    assert_eq!(waiting.shortfalls.len(), 1);
+    // The adopted machines arrive, claimed by the cluster, and take the rows.
+    for id in ["a1", "a2"] {
+        engine.upsert_machine(&machine(id, "zone=az-b/rack=1", 4, Some("c1/")));
+    }
+    engine.await_adoption("c1", false);
+    let served = engine.decide();
+    assert!(
+        served.provision.is_empty() && served.release.is_empty(),
+        "{served:?}"
+    );
+    let mut held: Vec<String> = engine.allocations("c1").into_iter().map(|m| m.id).collect();
+    held.sort();
+    assert_eq!(held, ["a1", "a2"]);
+    assert_eq!(engine.check(), Ok(()));
 }
 
 #[test]
@@ -191,16 +271,20 @@ fn idle_machines_above_a_shrunken_slice_go_back_to_the_provider() {
     ];
     i.needs = vec![need("n1", 2, 1, 0, Placement::Any)];
     let mut engine = Engine::from_inputs(&i);
-    assert!(
-        engine.decide().surplus.is_empty(),
-        "5 held, slice 4, one foreign"
+    // A machine in a domain the shard no longer owns is still its own and counts.
+    assert_eq!(
+        engine.decide().surplus.len(),
+        1,
+        "5 held, slice 4: one idle machine goes back"
     );
     engine.set_slices(&BTreeMap::from([(quota(), 2)]));
     let plan = engine.decide();
+    let mut surplus = plan.surplus.clone();
+    surplus.sort();
     assert_eq!(
-        plan.surplus,
-        vec!["idle1".to_string(), "idle2".to_string()],
-        "idle machines go; the foreign one is on its way out, busy ones stay"
+        surplus,
+        vec!["away".to_string(), "idle1".to_string(), "idle2".to_string()],
+        "idle machines go, wherever their domain; busy ones stay"
     );
     assert_eq!(engine.check(), Ok(()));
     assert_eq!(engine.above_slices(), 3, "5 held against a slice of 2");
@@ -292,9 +376,9 @@ proptest! {
             let new = p.provision.iter().filter(|x| &x.quota == quota).count() as u64;
             prop_assert!(new == 0 || before + new <= *slice);
         }
-        // Never touch a machine outside the shard's domains, never provision outside them.
-        let usable: BTreeSet<&str> = i.machines.iter()
-            .filter(|m| i.domains.contains(&m.domain)).map(|m| m.id.as_str()).collect();
+        // Use only machines the shard holds (wherever their domain went: ADR 0016), never
+        // provision outside its domains.
+        let usable: BTreeSet<&str> = i.machines.iter().map(|m| m.id.as_str()).collect();
         for (m, _) in &p.assign { prop_assert!(usable.contains(m.as_str())); }
         for (m, _, _) in &p.preempt { prop_assert!(usable.contains(m.as_str())); }
         for x in &p.provision { prop_assert!(i.domains.contains(&x.domain)); }
@@ -460,7 +544,7 @@ proptest! {
             // Over its slice, the shard keeps no idle machine it could give back.
             let (held, flying, slice) = engine.quota_use(&quota());
             let counts = engine.counts();
-            if held + flying > slice + plan.surplus.len() as u64 + counts.foreign {
+            if held + flying > slice + plan.surplus.len() as u64 {
                 prop_assert_eq!(counts.idle, plan.surplus.len() as u64, "idle machines kept over the slice");
             }
             prop_assert!(plan.surplus.len() as u64 <= counts.idle);

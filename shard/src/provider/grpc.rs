@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use ballast_protocol::providerpb::provider_client::ProviderClient;
 use ballast_protocol::providerpb::{
-    AdoptDomainRequest, ConfigureMachineRequest, CreateMachineRequest, DeleteMachineRequest,
-    DescribeRequest, DescribeResponse, ListMachinesRequest, ListMachinesResponse, Machine,
-    MachineResponse, ReleaseMachineRequest,
+    AdoptClusterRequest, ClaimDomainRequest, ConfigureMachineRequest, CreateMachineRequest,
+    DeleteMachineRequest, DescribeRequest, DescribeResponse, ListMachinesRequest,
+    ListMachinesResponse, Machine, MachineResponse, ReleaseMachineRequest,
 };
 use ballast_tls::ClientTls;
 use tonic::transport::{Channel, Endpoint};
@@ -193,21 +193,37 @@ impl Provider for GrpcProvider {
         Self::machine(answer, &asked)
     }
 
-    async fn adopt(&self, request: AdoptDomainRequest) -> Result<Vec<Machine>, ProviderError> {
+    async fn claim(&self, request: ClaimDomainRequest) -> Result<(), ProviderError> {
         let mut client = self.client.clone();
-        let domain = request
+        self.bounded(client.claim_domain(self.request(request)))
+            .await?;
+        Ok(())
+    }
+
+    async fn adopt_cluster(
+        &self,
+        request: AdoptClusterRequest,
+    ) -> Result<Vec<Machine>, ProviderError> {
+        let mut client = self.client.clone();
+        let (shard, cluster) = request
             .token
             .as_ref()
-            .and_then(|t| t.domain.as_ref())
-            .map(|d| d.domain.clone())
+            .map(|t| {
+                let cluster = t.cluster.as_ref().map(|c| c.cluster.clone());
+                (t.shard_id.clone(), cluster.unwrap_or_default())
+            })
             .unwrap_or_default();
         let answer = self
-            .bounded(client.adopt_domain(self.request(request)))
+            .bounded(client.adopt_cluster(self.request(request)))
             .await?;
-        if let Some(stranger) = answer.machines.iter().find(|m| m.domain != domain) {
+        if let Some(stranger) = answer
+            .machines
+            .iter()
+            .find(|m| m.cluster != cluster || m.owner_shard != shard)
+        {
             return Err(ProviderError::Contract(format!(
-                "adopting domain {domain} answered machine {} of domain {:?}",
-                stranger.id, stranger.domain
+                "adopting cluster {cluster} answered machine {} serving {:?} owned by {:?}",
+                stranger.id, stranger.cluster, stranger.owner_shard
             )));
         }
         Ok(answer.machines)

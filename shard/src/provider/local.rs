@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use ballast_protocol::provider::Reason;
 use ballast_protocol::providerpb::{
-    AdoptDomainRequest, ConfigureMachineRequest, CreateMachineRequest, DeleteMachineRequest,
-    DescribeResponse, ListMachinesRequest, ListMachinesResponse, Machine, ReleaseMachineRequest,
-    Resources,
+    AdoptClusterRequest, ClaimDomainRequest, ConfigureMachineRequest, CreateMachineRequest,
+    DeleteMachineRequest, DescribeResponse, ListMachinesRequest, ListMachinesResponse, Machine,
+    ReleaseMachineRequest, Resources,
 };
 use ballast_provider_sim::book::{Book, Breach, Catalog, Refusal};
 use parking_lot::Mutex;
@@ -163,7 +163,18 @@ impl Provider for LocalProvider {
         self.call(|book| book.delete(&request)).await
     }
 
-    async fn adopt(&self, request: AdoptDomainRequest) -> Result<Vec<Machine>, ProviderError> {
-        self.call(|book| book.adopt(&request)).await
+    fn shared(&self) -> bool {
+        false
+    }
+
+    async fn claim(&self, request: ClaimDomainRequest) -> Result<(), ProviderError> {
+        self.call(|book| book.claim(&request)).await
+    }
+
+    async fn adopt_cluster(
+        &self,
+        request: AdoptClusterRequest,
+    ) -> Result<Vec<Machine>, ProviderError> {
+        self.call(|book| book.adopt_cluster(&request)).await
     }
 }

@@ -14,9 +14,9 @@ use std::collections::HashMap;
 
 use ballast_protocol::provider::{Reason, reason_of};
 use ballast_protocol::providerpb::{
-    AdoptDomainRequest, ConfigureMachineRequest, CreateMachineRequest, DeleteMachineRequest,
-    DescribeResponse, DomainGrant, FencingToken, Grant, ListMachinesRequest, ListMachinesResponse,
-    Machine, QuotaGrant, ReleaseMachineRequest, Shape,
+    AdoptClusterRequest, ClaimDomainRequest, ClusterGrant, ConfigureMachineRequest,
+    CreateMachineRequest, DeleteMachineRequest, DescribeResponse, DomainGrant, FencingToken, Grant,
+    ListMachinesRequest, ListMachinesResponse, Machine, QuotaGrant, ReleaseMachineRequest, Shape,
 };
 
 use crate::engine::Resources;
@@ -103,6 +103,13 @@ impl ProviderError {
 /// return: a machine answered for a call is the machine the call named.
 #[tonic::async_trait]
 pub trait Provider: Send + Sync {
+    /// Whether shards share this provider, so a cluster bound to another shard is adopted
+    /// there with its machines (ADR 0016). The built-in simulation serves one shard: a shard
+    /// keeps what it holds there and puts it to other work.
+    fn shared(&self) -> bool {
+        true
+    }
+
     /// What the provider offers.
     async fn describe(&self) -> Result<DescribeResponse, ProviderError>;
     /// One page of machines.
@@ -118,18 +125,26 @@ pub trait Provider: Send + Sync {
     async fn release(&self, request: ReleaseMachineRequest) -> Result<Machine, ProviderError>;
     /// Deletes a machine.
     async fn delete(&self, request: DeleteMachineRequest) -> Result<Machine, ProviderError>;
-    /// Takes a domain over with its machines.
-    async fn adopt(&self, request: AdoptDomainRequest) -> Result<Vec<Machine>, ProviderError>;
+    /// Claims a domain (creates under older grants stop); no machine moves.
+    async fn claim(&self, request: ClaimDomainRequest) -> Result<(), ProviderError>;
+    /// Takes a cluster over with the machines configured for it; answers them.
+    async fn adopt_cluster(
+        &self,
+        request: AdoptClusterRequest,
+    ) -> Result<Vec<Machine>, ProviderError>;
 }
 
 /// The grants a shard acts under in one call, from its cache: the restore epoch of its
-/// assignments, the domain's grant and, for creates, the quota's slice table.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// assignments, the domain's grant (creates and claims), the cluster's grant (calls on a
+/// machine serving a cluster, adoptions) and, for creates, the quota's slice table.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Grants {
     /// Restore epoch of the cached assignments.
     pub restore_epoch: u64,
     /// The domain and the revision it was granted at.
-    pub domain: (String, u64),
+    pub domain: Option<(String, u64)>,
+    /// The cluster and the revision it was bound to this shard at.
+    pub cluster: Option<(String, u64)>,
     /// (quota provider, region, slice table revision, slice), for creates.
     pub quota: Option<(String, String, u64, u64)>,
 }
@@ -155,10 +170,20 @@ pub fn token(actor: &Actor, grants: &Grants) -> FencingToken {
         shard_id: actor.shard.clone(),
         shard_epoch: actor.epoch,
         sequence: actor.sequence,
-        domain: Some(DomainGrant {
-            domain: grants.domain.0.clone(),
-            grant: Some(grant(grants.domain.1)),
-        }),
+        domain: grants
+            .domain
+            .as_ref()
+            .map(|(domain, revision)| DomainGrant {
+                domain: domain.clone(),
+                grant: Some(grant(*revision)),
+            }),
+        cluster: grants
+            .cluster
+            .as_ref()
+            .map(|(cluster, revision)| ClusterGrant {
+                cluster: cluster.clone(),
+                grant: Some(grant(*revision)),
+            }),
         quota: grants
             .quota
             .as_ref()
@@ -278,7 +303,8 @@ mod tests {
     fn tokens_carry_the_grants_under_the_restore_epoch() {
         let grants = Grants {
             restore_epoch: 3,
-            domain: ("d1".into(), 17),
+            domain: Some(("d1".into(), 17)),
+            cluster: Some(("c1".into(), 21)),
             quota: Some(("aws".into(), "r1".into(), 9, 40)),
         };
         let actor = Actor {
@@ -296,6 +322,14 @@ mod tests {
         assert_eq!(
             domain.grant.map(|g| (g.restore_epoch, g.revision)),
             Some((3, 17))
+        );
+        let cluster = t.cluster.expect("cluster grant");
+        assert_eq!(
+            (
+                cluster.cluster.as_str(),
+                cluster.grant.map(|g| (g.restore_epoch, g.revision))
+            ),
+            ("c1", Some((3, 21)))
         );
         let quota = t.quota.expect("quota grant");
         assert_eq!(

@@ -98,17 +98,12 @@ fn verdicts(listing: &FleetListing, views: &ShardViews) -> Vec<Check> {
         },
     ));
 
-    // A machine serving a need on two shards would be one machine doing two jobs. A handed-over
-    // machine also stays in its old owner's ledger, outside that shard's domains (foreign: never
-    // used), until the shard learns the provider gave it away: that copy serves nothing and is
-    // not counted.
+    // A machine serving a need on two shards would be one machine doing two jobs. Machines
+    // serve wherever their domain went (ADR 0016), so every machine at work counts.
     let mut machine_owner: HashMap<&str, &str> = HashMap::new();
     let mut twice = Vec::new();
     for (shard, machines) in &views.machines {
-        let held = views.domains.get(shard);
-        let at_work = |m: &&pb::MachineInfo| {
-            !m.need.is_empty() && held.is_some_and(|domains| domains.contains(&m.domain))
-        };
+        let at_work = |m: &&pb::MachineInfo| !m.need.is_empty();
         for m in machines.iter().filter(at_work) {
             if let Some(other) = machine_owner.insert(&m.id, shard) {
                 twice.push(format!(
@@ -317,9 +312,8 @@ impl Sim {
         // quotas, so the two describe one moment for what is compared.
         //
         // A slice that shrank (moved with its clusters, or cut by the operator) leaves its shard
-        // above it until the provider has taken the idle surplus back, and a moved domain's
-        // machines until the old owner's grace for foreign machines ran out: holdings are
-        // compared again until they are within the slices, for up to 30 s.
+        // above it until the provider has taken the idle surplus back: holdings are compared
+        // again until they are within the slices, for up to 30 s.
         let settling = Instant::now();
         let mut checks = loop {
             views.machines = self.machines_of_live_shards().await?;

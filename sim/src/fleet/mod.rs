@@ -508,17 +508,10 @@ impl Sim {
         } else {
             Vec::new()
         };
-        let mut shard_flags: Vec<String> = [
-            "--lease-ms",
-            &lease,
-            "--sim-latency-ms",
-            "20",
-            "--foreign-release-after-ms",
-            "1000",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let mut shard_flags: Vec<String> = ["--lease-ms", &lease, "--sim-latency-ms", "20"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         if !providers.is_empty() {
             let routes: Vec<String> = providers
                 .iter()
