@@ -3,7 +3,7 @@
 //! serving demand from its cached allocation during an outage.
 
 use parking_lot::Mutex;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -104,15 +104,23 @@ fn carry_out(worker: &Arc<Worker>) -> Result<(), CacheError> {
         state.engine.pause_provisioning(paused);
         let plan: Plan = state.engine.decide();
         // The provider learns each machine's cluster after the decision is durable (below):
-        // the placement controller carries the wishes out.
-        for (machine, need) in &plan.assign {
-            worker.place(machine, Some(cluster_of(need)));
-        }
-        for (machine, _, to) in &plan.preempt {
-            worker.place(machine, Some(cluster_of(to)));
-        }
-        for machine in &plan.release {
-            worker.place(machine, None);
+        // the placement controller carries the wishes out. One decision can release a machine
+        // and then give it to another need (or preempt it after assigning it), so each wish is
+        // what the machine serves once the decision is made, not the last step that moved it.
+        let moved: BTreeSet<&str> = plan
+            .assign
+            .iter()
+            .map(|(m, _)| m.as_str())
+            .chain(plan.preempt.iter().map(|(m, _, _)| m.as_str()))
+            .chain(plan.release.iter().map(String::as_str))
+            .collect();
+        for machine in moved {
+            let serves = state
+                .engine
+                .machine(machine)
+                .and_then(|m| m.assigned_to)
+                .map(|need| cluster_of(&need));
+            worker.place(machine, serves);
         }
         let mut touched: Vec<&str> = plan.release.iter().map(String::as_str).collect();
         touched.extend(plan.assign.iter().map(|(m, _)| m.as_str()));

@@ -94,6 +94,9 @@ impl ShardWorker for StatusService {
         let w = &self.worker;
         let a = w.assignments();
         let cache_age_ms = w.since_contact().map_or(u64::MAX, |t| t.as_millis() as u64);
+        // Its own statement: a lock guard made inside the literal below would live until the
+        // literal ends, across calls that take the engine's lock (the opposite order).
+        let placements_pending = w.placements().pending() as u64;
         Ok(Response::new(pb::ShardStatusResponse {
             shard_id: w.id().to_string(),
             az: w.az().to_string(),
@@ -101,6 +104,7 @@ impl ShardWorker for StatusService {
             coordinator_reachable: w.reachable(),
             cache_age_ms,
             fenced: fenced_status(&w.fences()),
+            placements_pending,
             machines_by_state: w.machines_by_state().into_iter().collect(),
             shortfall: w.shortfall(),
             cycles: w.cycles(),

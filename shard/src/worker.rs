@@ -540,9 +540,27 @@ impl Worker {
         listed: impl IntoIterator<Item = ProvidedMachine>,
     ) -> Result<(usize, usize), CacheError> {
         let serving = self.assignments.read().clusters.clone();
+        let listed: Vec<ProvidedMachine> = listed.into_iter().collect();
+        let ids: Vec<String> = listed.iter().map(|m| m.id.clone()).collect();
         let mut state = self.state();
         let forgotten = self.forget_locked(&mut state, missing)?;
         let joined = self.join_locked(&mut state, listed, &serving)?;
+        // Wishes the last process had not carried out died with it: the ledger says what each
+        // machine serves, the listing what the provider has (just recorded); where they differ
+        // the controller brings the provider in step.
+        {
+            let mut placements = self.placements.lock();
+            for id in &ids {
+                if let Some(machine) = state.engine.machine(id) {
+                    let wanted = machine
+                        .assigned_to
+                        .as_deref()
+                        .map(crate::placement::cluster_of);
+                    placements.want(id, wanted);
+                }
+            }
+        }
+        self.placements_wake.notify_one();
         Ok((joined, forgotten))
     }
 

@@ -245,12 +245,24 @@ impl Engine {
 
     /// The need machine `m` may serve under `claim`: it exists, the machine fits it, and it
     /// is not yet fully served. A claim on a whole cluster (`cluster/`, a machine adopted with
-    /// its cluster: the provider knows the cluster, not the row) holds for the first of the
-    /// cluster's rows that it fits and that is short.
+    /// its cluster: the provider knows the cluster, not the row) holds for the cluster's short
+    /// row with the largest requirement the machine covers (then the highest priority): the
+    /// engine put each machine on the smallest that fits its row, so this finds the row it
+    /// served, and a small row never takes the machine a large one needs.
     pub(super) fn claim_holds(&self, m: u32, claim: &str) -> Option<u32> {
         let open = |n: &u32| self.fits(m, *n) && self.served(*n) < self.need(*n).need.count;
         match claim.strip_suffix('/') {
-            Some(cluster) => self.clusters.get(cluster)?.iter().copied().find(open),
+            Some(cluster) => self
+                .clusters
+                .get(cluster)?
+                .iter()
+                .copied()
+                .filter(open)
+                .max_by_key(|n| {
+                    let need = &self.need(*n).need;
+                    let r = need.resources;
+                    (r.gpus, r.cpu_millis, r.memory_mib, need.priority)
+                }),
             None => self.need_ids.get(claim).copied().filter(open),
         }
     }

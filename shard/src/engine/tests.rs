@@ -217,6 +217,33 @@ fn machines_adopted_with_their_cluster_wait_for_its_demand_and_serve_it_first() 
 }
 
 #[test]
+fn adopted_machines_find_the_rows_they_served() {
+    // The provider knows the cluster, not the row: a big machine must go back to the big row,
+    // not to the first row it fits, or the big row provisions while a small machine idles.
+    let mut i = inputs();
+    i.machines = vec![
+        machine("big", "zone=az-a/rack=1", 8, Some("c1/")),
+        machine("small", "zone=az-a/rack=1", 2, Some("c1/")),
+    ];
+    let mut engine = Engine::from_inputs(&i);
+    engine.set_demand(
+        "c1",
+        vec![
+            need("c1/small", 1, 2, 0, Placement::Any),
+            need("c1/big", 1, 8, 0, Placement::Any),
+        ],
+    );
+    let plan = engine.decide();
+    assert!(
+        plan.provision.is_empty() && plan.release.is_empty() && plan.shortfalls.is_empty(),
+        "{plan:?}"
+    );
+    let holder = |id: &str| engine.machine(id).and_then(|m| m.assigned_to);
+    assert_eq!(holder("big").as_deref(), Some("c1/big"));
+    assert_eq!(holder("small").as_deref(), Some("c1/small"));
+}
+
+#[test]
 fn a_cluster_being_adopted_waits_for_its_machines_instead_of_making_others() {
     let mut i = inputs();
     i.machines = vec![machine("own", "zone=az-a/rack=1", 4, None)];

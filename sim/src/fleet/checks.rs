@@ -2,7 +2,6 @@
 //! (linearizable reads) and what every live shard reports about itself.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use ballast_protocol::pb;
@@ -265,7 +264,7 @@ impl Sim {
     }
 
     /// Every live shard's machines, as it reports them.
-    async fn machines_of_live_shards(
+    pub(super) async fn machines_of_live_shards(
         &self,
     ) -> anyhow::Result<BTreeMap<String, Vec<pb::MachineInfo>>> {
         let mut machines = BTreeMap::new();
@@ -352,10 +351,11 @@ impl Sim {
         }
 
         if demand {
-            self.shared.demand_paused.store(true, Ordering::Relaxed);
+            let hold = self.shared.hold_demand();
             let live = self.live_shards().len();
             let met = self.until_demand_met(Duration::from_secs(30)).await;
-            self.shared.demand_paused.store(false, Ordering::Relaxed);
+            let drift = self.ledgers_match_providers().await?;
+            drop(hold);
             checks.push(Check::new(
                 "every live shard meets its demand",
                 met.is_ok(),
@@ -367,6 +367,7 @@ impl Sim {
                     Err(short) => format!("still short after 30 s: {short}"),
                 },
             ));
+            checks.extend(drift);
         }
         Ok(checks)
     }

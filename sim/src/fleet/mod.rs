@@ -7,6 +7,7 @@
 //! `report.html` and SVG charts.
 
 mod checks;
+mod churn;
 pub mod model;
 mod report;
 mod scenarios;
@@ -15,7 +16,7 @@ use parking_lot::Mutex;
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -180,15 +181,31 @@ struct Shared {
     acked_bindings: Mutex<Vec<(String, String)>>,
     /// The background writer is paused (the DR scenario decides what is written).
     writer_paused: AtomicBool,
-    /// Demand holds still (while a scenario measures how fast a given demand is met).
-    demand_paused: AtomicBool,
+    /// While above zero, demand holds still (a scenario measures how fast a given demand is
+    /// met, or judges what an ownership move alone did): see [`Shared::hold_demand`].
+    demand_holds: AtomicUsize,
     /// Held while demand is submitted; holds the clusters whose latest demand no shard has
     /// accepted yet (refused or unanswered), sent again when bindings are next followed.
     submitting: tokio::sync::Mutex<BTreeSet<usize>>,
     stop: AtomicBool,
 }
 
+/// Demand holds still while this lives (holds nest).
+struct DemandHold(Arc<Shared>);
+
+impl Drop for DemandHold {
+    fn drop(&mut self) {
+        self.0.demand_holds.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 impl Shared {
+    /// Holds demand still until the returned guard is dropped.
+    fn hold_demand(self: &Arc<Self>) -> DemandHold {
+        self.demand_holds.fetch_add(1, Ordering::Relaxed);
+        DemandHold(self.clone())
+    }
+
     fn now_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
     }
@@ -344,7 +361,7 @@ async fn status_of(
 async fn drive_demand(shared: Arc<Shared>, shard_clients: Vec<ShardWorkerClient<Channel>>) {
     while !shared.stop.load(Ordering::Relaxed) {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        if shared.demand_paused.load(Ordering::Relaxed) {
+        if shared.demand_holds.load(Ordering::Relaxed) > 0 {
             continue;
         }
         let changed = shared.model.lock().step_demand(0.05);
@@ -539,7 +556,7 @@ impl Sim {
             writes_failed: Mutex::default(),
             acked_bindings: Mutex::default(),
             writer_paused: AtomicBool::new(false),
-            demand_paused: AtomicBool::new(false),
+            demand_holds: AtomicUsize::new(0),
             submitting: tokio::sync::Mutex::default(),
             stop: AtomicBool::new(false),
         });

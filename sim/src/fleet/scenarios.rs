@@ -262,7 +262,7 @@ impl Sim {
             self.cluster.kill(*id);
         }
         // Demand surges on every shard while no coordinator answers.
-        self.shared.demand_paused.store(true, Ordering::Relaxed);
+        let hold = self.shared.hold_demand();
         let before = self.assigned_now().await;
         let live = self.live_shards();
         let changed = self.shared.model.lock().surge(&live, 30);
@@ -280,7 +280,7 @@ impl Sim {
             .ok()
             .map(|_| surged.elapsed());
         let after = self.assigned_now().await;
-        self.shared.demand_paused.store(false, Ordering::Relaxed);
+        drop(hold);
         let still_out = self.cluster.replicas.iter().all(|r| !r.is_running());
         checks.push(Check::new(
             "provisioning never stalled by the coordinator",
@@ -433,6 +433,10 @@ impl Sim {
 
     async fn az_loss(&mut self, m: &mut BTreeMap<String, f64>) -> anyhow::Result<Vec<Check>> {
         let az = "az-c";
+        // Demand holds still through the loss and the move home: what the providers' record
+        // shows changed is the ownership moves' doing.
+        let hold = self.shared.hold_demand();
+        let before = self.settled_record_before("the AZ loss").await?;
         let lost = self.shared.model.lock().shards_in(az);
         let replica = self
             .cluster
@@ -633,6 +637,15 @@ impl Sim {
                 .collect()
         };
         submit_demand(&self.shared, &self.shard_clients, &clusters).await;
+        if let Err(short) = self.until_demand_met(Duration::from_secs(60)).await {
+            self.shared
+                .event(format!("demand not met 60 s after the move home: {short}"));
+        }
+        checks.extend(
+            self.churn_check("the AZ loss and the move home", before, m)
+                .await,
+        );
+        drop(hold);
         Ok(checks)
     }
 
@@ -664,6 +677,10 @@ impl Sim {
             })
             .take(wanted)
             .collect();
+        // Demand holds still through the burst: whatever the providers' record shows changed
+        // is the moves' doing, and ADR 0016 says that is nothing.
+        let hold = self.shared.hold_demand();
+        let before = self.settled_record_before("the burst").await?;
         self.shared
             .event(format!("burst: {} domain moves", moves.len()));
         let started = Instant::now();
@@ -679,12 +696,8 @@ impl Sim {
         m.insert("moves".into(), moves.len() as f64);
         m.insert("commit_ms".into(), ms(committed));
         m.insert("delivered_ms".into(), ms(delivered));
-        // Machines in a moved domain become "foreign" to their old shard, which returns them
-        // to the provider after its grace period; the new owner provisions afresh. Demand is
-        // met again once both have happened.
-        self.shared.demand_paused.store(true, Ordering::Relaxed);
+        // Machines keep serving wherever their domain went: demand stays met.
         let met = self.until_demand_met(Duration::from_secs(60)).await;
-        self.shared.demand_paused.store(false, Ordering::Relaxed);
         if let Ok(d) = &met {
             m.insert("delivered_to_demand_met_ms".into(), ms(*d));
         }
@@ -695,7 +708,9 @@ impl Sim {
             ),
             Err(short) => format!("demand still not met 60 s after the burst: {short}"),
         });
-        Ok(Vec::new())
+        let checks = self.churn_check("the burst", before, m).await;
+        drop(hold);
+        Ok(checks)
     }
 
     async fn dr(&mut self, m: &mut BTreeMap<String, f64>) -> anyhow::Result<Vec<Check>> {
