@@ -18,7 +18,7 @@ use ballast_protocol::pb::raft_client::RaftClient;
 use ballast_testkit::fleet::{FleetShape, load_fleet};
 use ballast_testkit::{
     ClusterOptions, TestCluster, TestPki, assign_domain, current_revision, http_get, https_get,
-    wait_for,
+    pki, wait_for,
 };
 use ballast_tls::{ClientTls, Role};
 use tonic::Code;
@@ -381,5 +381,172 @@ fn tls_flags_are_all_or_nothing_and_checked_at_start() {
                 .unwrap_or(0)
                 == 0,
         "a refused start creates nothing"
+    );
+}
+
+/// Lists every machine at a provider served over mutual TLS, as `client`.
+async fn provider_record_over_tls(
+    address: &str,
+    client: &Arc<ClientTls>,
+) -> Vec<ballast_protocol::providerpb::Machine> {
+    use ballast_protocol::providerpb::ListMachinesRequest;
+    use ballast_protocol::providerpb::provider_client::ProviderClient;
+    ProviderClient::new(channel(address, Some(client)))
+        .list_machines(ListMachinesRequest {
+            limit: 1000,
+            ..Default::default()
+        })
+        .await
+        .expect("listing the provider's machines")
+        .into_inner()
+        .machines
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_drives_a_provider_process_over_mutual_tls_and_acts_only_as_itself() {
+    use ballast_protocol::providerpb::provider_client::ProviderClient;
+    use ballast_protocol::providerpb::{
+        CreateMachineRequest, DomainGrant, FencingToken, Grant, QuotaGrant,
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = Arc::new(TestPki::new(&dir.path().join("pki"), "fleet"));
+    let cluster = tls_cluster(&pki, 1).await;
+    let provider_tls = pki::tls_flags(&pki.issue("provider", &[]));
+    let provider = ballast_testkit::ProviderProcess::start(
+        &format!("'{}' provider", sim().display()),
+        &format!("--name sim --region local {}", provider_tls.join(" ")),
+    );
+    let url = format!("https://{}", provider.endpoint);
+    // The shard presents its own certificate (role shard/s1) to the provider, as it does to
+    // the coordinator: the same --tls-* flags.
+    let shard = cluster.spawn_sim_shard(
+        sim(),
+        "s1",
+        "az-a",
+        &["--lease-ms", "3000", "--provider", &url],
+    );
+    cluster.wait_for_shards(1).await;
+    ballast_testkit::allocate(
+        &cluster.client(),
+        ballast_testkit::Allocation {
+            provider: "sim",
+            endpoint: &url,
+            region: "local",
+            total: 10,
+            slices: &[("s1", 10)],
+            cluster: ("c1", "s1"),
+            domain: ("zone=az-a/rack=tls", "s1"),
+        },
+    )
+    .await;
+    shard
+        .wait_until("its domain, cluster and slice", |s| {
+            !s.domains.is_empty() && !s.clusters.is_empty() && !s.slices.is_empty()
+        })
+        .await;
+    shard.submit_small("c1", 3).await.expect("demand");
+    shard
+        .wait_until("three machines at work", |s| {
+            ballast_testkit::assigned_machines(s) == 3
+        })
+        .await;
+    let admin = pki.client("operator", &[Role::Admin]);
+    let record = wait_for(
+        "three machines at the provider, s1's, configured for c1",
+        Duration::from_secs(20),
+        || async {
+            let record = provider_record_over_tls(&provider.endpoint, &admin).await;
+            let at_work = record
+                .iter()
+                .filter(|m| ballast_testkit::live(m) && m.owner_shard == "s1" && m.cluster == "c1")
+                .count();
+            (at_work == 3).then_some(record)
+        },
+    )
+    .await;
+
+    // Another shard's certificate cannot act as s1, a readonly one cannot act at all, and a
+    // client without a certificate is not served; none of them changed the record.
+    let create_as_s1 = || CreateMachineRequest {
+        idempotency_key: "intruder".into(),
+        token: Some(FencingToken {
+            shard_id: "s1".into(),
+            shard_epoch: u64::MAX,
+            sequence: 1,
+            domain: Some(DomainGrant {
+                domain: "zone=az-a/rack=tls".into(),
+                grant: Some(Grant {
+                    restore_epoch: u64::MAX,
+                    revision: u64::MAX,
+                }),
+            }),
+            quota: Some(QuotaGrant {
+                quota_provider: "sim".into(),
+                region: "local".into(),
+                grant: Some(Grant {
+                    restore_epoch: u64::MAX,
+                    revision: u64::MAX,
+                }),
+                slice: 100,
+            }),
+            cluster: None,
+        }),
+        machine_id: "intruder-1".into(),
+        domain: "zone=az-a/rack=tls".into(),
+        shape: "small".into(),
+        capacity_type: String::new(),
+    };
+    let other_shard = pki.client("shard-s2", &[Role::Shard("s2".into())]);
+    denied(
+        ProviderClient::new(channel(&provider.endpoint, Some(&other_shard)))
+            .create_machine(create_as_s1())
+            .await,
+        "cannot act as shard \"s1\"",
+    );
+    let readonly = pki.client("viewer", &[Role::Readonly]);
+    denied(
+        ProviderClient::new(channel(&provider.endpoint, Some(&readonly)))
+            .create_machine(create_as_s1())
+            .await,
+        "needs role shard/<id> or admin",
+    );
+    assert!(
+        ProviderClient::new(channel(&provider.endpoint, Some(&readonly)))
+            .list_machines(ballast_protocol::providerpb::ListMachinesRequest::default())
+            .await
+            .is_ok(),
+        "readonly reads"
+    );
+    let anonymous = pki.anonymous_client();
+    assert!(
+        ProviderClient::new(channel(&provider.endpoint, Some(&anonymous)))
+            .create_machine(create_as_s1())
+            .await
+            .is_err(),
+        "a client without a certificate is refused"
+    );
+    assert_eq!(
+        provider_record_over_tls(&provider.endpoint, &admin).await,
+        record,
+        "the refused calls changed nothing at the provider"
+    );
+
+    // The conformance suite reaches a provider over mutual TLS too (as an admin, which may act
+    // as any shard).
+    let suite = pki::tls_flags(&pki.issue("provider-check", &[Role::Admin]));
+    let output = ballast_testkit::run_bounded(
+        std::process::Command::new(sim())
+            .arg("provider-check")
+            .arg("--endpoint")
+            .arg(&url)
+            .args(&suite),
+        "ballast-sim provider-check over mutual TLS",
+        Duration::from_secs(120),
+    );
+    let report = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "the suite passes over mutual TLS:\n{report}\n{}",
+        String::from_utf8_lossy(&output.stderr)
     );
 }

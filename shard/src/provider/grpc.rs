@@ -74,8 +74,10 @@ impl GrpcProvider {
                     && port.parse::<u16>().is_ok_and(|p| p > 0) => {}
             _ => return Err(bad("expected HOST:PORT with a port from 1 to 65535")),
         }
-        let scheme = if secure { "https" } else { "http" };
-        let uri = Endpoint::from_shared(format!("{scheme}://{rest}"))
+        // Always an http:// URI: with TLS the connector (`ballast_tls`) makes the TLS session
+        // itself; tonic given https:// wants its own TLS and refuses to connect ("Connecting
+        // to HTTPS without TLS enabled").
+        let uri = Endpoint::from_shared(format!("http://{rest}"))
             .map_err(|e| bad(&e.to_string()))?
             .connect_timeout(timeout)
             .tcp_nodelay(true);

@@ -4,6 +4,8 @@
 //! allowed: a slice that shrank takes idle surplus back.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use super::Sim;
@@ -30,6 +32,29 @@ impl Churn {
     pub fn is_none(&self) -> bool {
         self.created.is_empty() && self.deleted_at_work.is_empty() && self.reconfigured.is_empty()
     }
+}
+
+/// The providers' record watched while a scenario runs: how few machines served a cluster at
+/// any look (every 250 ms).
+pub struct RecordWatch {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<(usize, usize)>,
+}
+
+impl RecordWatch {
+    /// Stops watching: the fewest machines serving a cluster seen, and how many looks.
+    async fn finish(self) -> (usize, usize) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.unwrap_or((0, 0))
+    }
+}
+
+/// Machines serving a cluster in a record.
+fn serving(record: &Record) -> usize {
+    record
+        .values()
+        .filter(|cluster| !cluster.is_empty())
+        .count()
 }
 
 /// The difference between two records.
@@ -100,16 +125,47 @@ impl Sim {
     }
 
     /// With provider processes: the record to judge `what` against, taken once demand is met
-    /// and the record has settled. `None` without provider processes (each shard's built-in
-    /// provider serves it alone: there is nothing to hand over).
-    pub(super) async fn settled_record_before(&self, what: &str) -> anyhow::Result<Option<Record>> {
+    /// and the record has settled, and a watch on the record from then on. `None` without
+    /// provider processes (each shard's built-in provider serves it alone: there is nothing to
+    /// hand over).
+    pub(super) async fn settled_record_before(
+        &self,
+        what: &str,
+    ) -> anyhow::Result<Option<(Record, RecordWatch)>> {
         if self.providers.is_empty() {
             return Ok(None);
         }
         self.until_demand_met(Duration::from_secs(60))
             .await
             .map_err(|short| anyhow::anyhow!("demand not met before {what}: {short}"))?;
-        Ok(Some(self.settled_record().await))
+        let record = self.settled_record().await;
+        let endpoints: Vec<String> = self
+            .providers
+            .iter()
+            .map(|(_, p)| p.endpoint.clone())
+            .collect();
+        let stop = Arc::new(AtomicBool::new(false));
+        let task = tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                let (mut fewest, mut looks) = (usize::MAX, 0);
+                while !stop.load(Ordering::Relaxed) {
+                    let mut now = 0;
+                    for endpoint in &endpoints {
+                        now += ballast_testkit::provider_machines(endpoint, "")
+                            .await
+                            .iter()
+                            .filter(|m| ballast_testkit::live(m) && !m.cluster.is_empty())
+                            .count();
+                    }
+                    fewest = fewest.min(now);
+                    looks += 1;
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                (fewest, looks)
+            }
+        });
+        Ok(Some((record, RecordWatch { stop, task })))
     }
 
     /// Machines whose cluster differs between a live shard's ledger and the providers' record.
@@ -177,13 +233,24 @@ impl Sim {
     pub(super) async fn churn_check(
         &self,
         what: &str,
-        before: Option<Record>,
+        before: Option<(Record, RecordWatch)>,
         m: &mut BTreeMap<String, f64>,
     ) -> Vec<Check> {
-        let Some(before) = before else {
+        let Some((before, watch)) = before else {
             return Vec::new();
         };
         let after = self.settled_record().await;
+        let (fewest, looks) = watch.finish().await;
+        let serving_before = serving(&before);
+        m.insert("provider_serving_before".into(), serving_before as f64);
+        m.insert("provider_serving_fewest".into(), fewest as f64);
+        let dip = Check::new(
+            &format!("the providers' record: machines serving clusters never dipped during {what}"),
+            looks > 0 && fewest >= serving_before,
+            format!(
+                "{serving_before} serving before; the fewest in {looks} looks 250 ms apart: {fewest}"
+            ),
+        );
         let churn = churn(&before, &after);
         m.insert("provider_created".into(), churn.created.len() as f64);
         m.insert(
@@ -195,19 +262,24 @@ impl Sim {
             "provider_reconfigured".into(),
             churn.reconfigured.len() as f64,
         );
-        vec![Check::new(
-            &format!("the providers' record: {what} created, released or reconfigured no machine"),
-            churn.is_none(),
-            format!(
-                "{} live machines before, {} after; created {}, deleted at work {}, reconfigured {}, idle surplus deleted {}",
-                before.len(),
-                after.len(),
-                examples(&churn.created),
-                examples(&churn.deleted_at_work),
-                examples(&churn.reconfigured),
-                churn.deleted_idle
+        vec![
+            dip,
+            Check::new(
+                &format!(
+                    "the providers' record: {what} created, released or reconfigured no machine"
+                ),
+                churn.is_none(),
+                format!(
+                    "{} live machines before, {} after; created {}, deleted at work {}, reconfigured {}, idle surplus deleted {}",
+                    before.len(),
+                    after.len(),
+                    examples(&churn.created),
+                    examples(&churn.deleted_at_work),
+                    examples(&churn.reconfigured),
+                    churn.deleted_idle
+                ),
             ),
-        )]
+        ]
     }
 }
 
