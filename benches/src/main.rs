@@ -7,6 +7,7 @@ mod engine_fleet;
 mod kv;
 mod memory;
 mod provider;
+mod provider_memory;
 mod stats;
 mod tls;
 
@@ -37,6 +38,9 @@ enum Command {
     /// Provider benchmark: create round trips through the built-in provider and a provider
     /// process over gRPC (in memory and durable) at 1, 32 and 128 in flight.
     Provider(provider::ProviderBenchArgs),
+    /// Provider memory: RSS of a provider process under one fleet provider's load (200
+    /// shards' connections, 100K domains claimed, 20K clusters adopted, machines made).
+    ProviderMemory(provider_memory::ProviderMemoryArgs),
     /// Run the reference provider (same flags as `ballast-provider-sim`); used by `provider`.
     ProviderServe(Box<ballast_provider_sim::config::ProviderArgs>),
     /// Run one coordinator replica (same flags as `ballast-coord`).
@@ -55,6 +59,7 @@ async fn run() -> anyhow::Result<()> {
         Command::Tls(args) => tls::run(args).await,
         Command::Memory(args) => memory::run(args).await,
         Command::Provider(args) => provider::run(args).await,
+        Command::ProviderMemory(args) => provider_memory::run(args).await,
         Command::ProviderServe(args) => {
             ballast_provider_sim::init_logging();
             ballast_provider_sim::run_until_signal(*args).await

@@ -1,8 +1,9 @@
 //! `ballast-bench provider`: what a provisioning round trip costs through each way a shard can
 //! reach its provider — the simulated provider built into the shard (in-process, no I/O), a
 //! provider process over gRPC on loopback keeping its book in memory, and the same process
-//! keeping it durable (one fsynced batch per call) — at 1, 32 and 128 creates in flight,
-//! alternating the three at every level so the disk's mood hits them alike.
+//! keeping it durable, with one fsync per call and with group commit (calls running together
+//! share an fsync) — at 1, 32 and 128 creates in flight, alternating the four at every level so
+//! the disk's mood hits them alike.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -98,6 +99,7 @@ pub async fn run(args: ProviderBenchArgs) -> anyhow::Result<()> {
         program.display()
     );
     let durable = ProviderProcess::start(&serve, "");
+    let per_call = ProviderProcess::start(&serve, "--sync per-call");
     let in_memory = ProviderProcess::start_in_memory(&serve, "");
     let timeout = Duration::from_secs(30);
     let paths: Vec<(&str, Arc<dyn Provider>)> = vec![
@@ -116,6 +118,14 @@ pub async fn run(args: ProviderBenchArgs) -> anyhow::Result<()> {
         (
             "gRPC, durable (fsync per call)",
             Arc::new(GrpcProvider::new(
+                &format!("grpc://{}", per_call.endpoint),
+                None,
+                timeout,
+            )?),
+        ),
+        (
+            "gRPC, durable (group commit)",
+            Arc::new(GrpcProvider::new(
                 &format!("grpc://{}", durable.endpoint),
                 None,
                 timeout,
@@ -127,7 +137,7 @@ pub async fn run(args: ProviderBenchArgs) -> anyhow::Result<()> {
         out,
         "# Provider round trips\n\nCreated by `cargo run --release -p ballast-bench -- provider --seconds {}` \
          on this machine ({} cores). One `CreateMachine` per call, each caller its own shard and \
-         domain; the three paths alternate at every level in one run.\n",
+         domain; the four paths alternate at every level in one run.\n",
         args.seconds,
         std::thread::available_parallelism().map_or(0, |n| n.get())
     )?;

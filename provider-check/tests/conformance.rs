@@ -20,7 +20,7 @@ async fn provider(flags: &[&str], data_dir: Option<&std::path::Path>) -> (String
     let args = ProviderArgs::try_parse_from(argv).expect("provider flags");
     let mut book = Book::new(args.catalog(), args.breach());
     let store = data_dir.map(|dir| {
-        let store = Store::open(dir).expect("opening the provider's store");
+        let store = Store::open(dir, args.sync).expect("opening the provider's store");
         store.load(&mut book).expect("loading the provider's store");
         store
     });

@@ -11,6 +11,7 @@
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use ballast_protocol::provider::{Reason, compare, describe};
 use ballast_protocol::providerpb::{
@@ -148,7 +149,23 @@ pub struct Changes {
     pub forgotten: BTreeSet<String>,
 }
 
-/// Deliberate contract breaches, to show the conformance suite finds them.
+impl Changes {
+    /// Whether the call changed nothing to persist.
+    pub fn is_empty(&self) -> bool {
+        self.machines.is_empty()
+            && self.domains.is_empty()
+            && self.clusters.is_empty()
+            && self.quotas.is_empty()
+            && self.epochs.is_empty()
+            && self.answers.is_empty()
+            && self.forgotten.is_empty()
+    }
+}
+
+/// Deliberate contract breaches, for tests only: to show the conformance suite finds them
+/// (`IgnoreFencing`, `NotIdempotent`, kept by the book's rules) and what a shard does facing
+/// a provider that misbehaves (the rest, done by the gRPC service around a book that keeps
+/// the rules: `sim/tests/bad_provider.rs`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Breach {
     /// Keeps the contract.
@@ -158,6 +175,18 @@ pub enum Breach {
     IgnoreFencing,
     /// Forgets idempotency keys (a repeated create makes a second machine).
     NotIdempotent,
+    /// Answers `CreateMachine` and `ConfigureMachine` with a machine of another id than the
+    /// one asked for (the book still makes or configures the one asked for, as a buggy
+    /// provider would).
+    WrongId,
+    /// Answers `CreateMachine` with the machine in another domain than the one asked for (the
+    /// book keeps it where it was asked for).
+    WrongDomain,
+    /// Carries out every mutating call and never answers it, as if each answer were lost on
+    /// the way; reads still answer.
+    Hang,
+    /// Answers `CreateMachine` with an empty machine: no id, no domain, no resources.
+    Garbage,
 }
 
 /// The provider's state and rules.
@@ -170,9 +199,13 @@ pub struct Book {
     clusters: HashMap<String, Mark>,
     quotas: HashMap<(String, String), Grant>,
     epochs: HashMap<String, u64>,
-    answers: HashMap<String, Answer>,
+    /// Answers by stored key. Up to [`Catalog::idempotency_keys`] of them (100K by default):
+    /// the book's largest part, so each key is one allocation shared with `answer_order`, and
+    /// a B-tree holds them: a hash table whose oldest entries keep being replaced runs at
+    /// ~2.6 slots per answer (its deleted slots force a doubling).
+    answers: BTreeMap<Arc<str>, Answer>,
     /// Answered keys by answer sequence, oldest first.
-    answer_order: BTreeMap<u64, String>,
+    answer_order: BTreeMap<u64, Arc<str>>,
     answer_sequence: u64,
     version: u64,
     changes: Changes,
@@ -271,6 +304,11 @@ impl Book {
     /// The catalog.
     pub fn catalog(&self) -> &Catalog {
         &self.catalog
+    }
+
+    /// The breach the book was made with.
+    pub fn breach(&self) -> Breach {
+        self.breach
     }
 
     /// What the last calls changed since the previous take.
@@ -465,6 +503,7 @@ impl Book {
     /// Puts back a persisted answer.
     pub fn restore_answer(&mut self, stored: String, answer: Answer) {
         self.answer_sequence = self.answer_sequence.max(answer.sequence);
+        let stored: Arc<str> = stored.into();
         self.answer_order.insert(answer.sequence, stored.clone());
         self.answers.insert(stored, answer);
     }
@@ -621,7 +660,7 @@ impl Book {
         };
         let stored = Self::answer_key(&token.shard_id, key);
         if self.breach != Breach::NotIdempotent
-            && let Some(answer) = self.answers.get(&stored)
+            && let Some(answer) = self.answers.get(stored.as_str())
         {
             if answer.request != call.digest {
                 return Err(Refusal::new(
@@ -659,8 +698,9 @@ impl Book {
     fn remember(&mut self, stored: String, digest: u64, machines: &[Machine]) {
         self.answer_sequence += 1;
         let sequence = self.answer_sequence;
+        let key: Arc<str> = stored.as_str().into();
         if let Some(old) = self.answers.insert(
-            stored.clone(),
+            key.clone(),
             Answer {
                 request: digest,
                 machines: machines.iter().map(Message::encode_to_vec).collect(),
@@ -669,7 +709,7 @@ impl Book {
         ) {
             self.answer_order.remove(&old.sequence);
         }
-        self.answer_order.insert(sequence, stored.clone());
+        self.answer_order.insert(sequence, key);
         self.changes.forgotten.remove(&stored);
         self.changes.answers.insert(stored);
         while self.answers.len() > self.catalog.idempotency_keys.max(1) {
@@ -677,8 +717,8 @@ impl Book {
                 break;
             };
             self.answers.remove(&oldest);
-            self.changes.answers.remove(&oldest);
-            self.changes.forgotten.insert(oldest);
+            self.changes.answers.remove(&*oldest);
+            self.changes.forgotten.insert(oldest.to_string());
         }
     }
 

@@ -10,6 +10,16 @@ use clap::{Parser, ValueEnum};
 
 use crate::book::{Breach, Catalog};
 
+/// How the provider's changes reach its disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Sync {
+    /// Group commit: each call's batch goes to the journal under the book's lock; one fsync
+    /// outside it covers every batch written meanwhile.
+    Group,
+    /// One fsync per call, under the book's lock.
+    PerCall,
+}
+
 /// A simulated capacity provider served over Ballast's provider contract.
 #[derive(Parser, Debug, Clone)]
 #[command(name = "ballast-provider-sim", version)]
@@ -22,10 +32,14 @@ pub struct ProviderArgs {
         default_value = "127.0.0.1:7400"
     )]
     pub listen: SocketAddr,
-    /// Where machines, fences and idempotency answers are kept (fsynced before every answer).
+    /// Where machines, fences and idempotency answers are kept (on disk before every answer).
     /// Without it the provider keeps them in memory and says `durable: false`.
     #[arg(long, env = "BALLAST_PROVIDER_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// How changes reach the disk: `group` (calls running together share one fsync) or
+    /// `per-call` (one fsync per call, in turn; for comparison in benchmarks).
+    #[arg(long, env = "BALLAST_PROVIDER_SYNC", value_enum, default_value_t = Sync::Group)]
+    pub sync: Sync,
     /// The provider's name (as registered with `ballastctl provider set`).
     #[arg(long, env = "BALLAST_PROVIDER_NAME", default_value = "sim")]
     pub name: String,
@@ -72,14 +86,15 @@ pub struct ProviderArgs {
     /// Simulated latency of every mutating call, in milliseconds.
     #[arg(long, env = "BALLAST_PROVIDER_LATENCY_MS", default_value_t = 0)]
     pub latency_ms: u64,
-    /// A deliberate contract breach, to see the conformance suite catch it.
+    /// A deliberate contract breach, for tests only: to see the conformance suite catch it,
+    /// or a shard cope with it (`sim/tests/bad_provider.rs`). Hidden from `--help`.
     #[arg(long, hide = true, value_enum, default_value_t = BreachArg::None)]
     pub broken: BreachArg,
     #[command(flatten)]
     pub tls: TlsArgs,
 }
 
-/// `--broken`.
+/// `--broken` (for tests; see [`Breach`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum BreachArg {
     /// Keep the contract.
@@ -88,6 +103,14 @@ pub enum BreachArg {
     IgnoreFencing,
     /// Forget idempotency keys.
     NotIdempotent,
+    /// Answer creates and configures with a machine of another id.
+    WrongId,
+    /// Answer creates with the machine in another domain.
+    WrongDomain,
+    /// Carry out mutating calls and never answer them; reads still answer.
+    Hang,
+    /// Answer creates with an empty machine.
+    Garbage,
 }
 
 fn parse_shape(text: &str) -> Result<(String, Resources, f64), String> {
@@ -150,6 +173,10 @@ impl ProviderArgs {
             BreachArg::None => Breach::None,
             BreachArg::IgnoreFencing => Breach::IgnoreFencing,
             BreachArg::NotIdempotent => Breach::NotIdempotent,
+            BreachArg::WrongId => Breach::WrongId,
+            BreachArg::WrongDomain => Breach::WrongDomain,
+            BreachArg::Hang => Breach::Hang,
+            BreachArg::Garbage => Breach::Garbage,
         }
     }
 }

@@ -5,12 +5,15 @@
 //! the conformance suite (`ballast-provider-check`) run against a process, not a mock.
 //!
 //! - [`book`]: the rules, as plain data with no I/O;
-//! - [`store`]: the data dir (fjall), one fsynced batch per call;
+//! - [`store`]: the data dir (fjall): a batch per call, group-committed (calls running
+//!   together share an fsync, none answered before its batch is on disk);
 //! - [`server`]: the gRPC service;
+//! - [`memory`]: freed heap back to the OS (the process's RSS follows its load down);
 //! - [`config`]: the binary's flags.
 
 pub mod book;
 pub mod config;
+pub mod memory;
 pub mod server;
 pub mod store;
 
@@ -35,7 +38,7 @@ pub async fn run_until_signal(args: ProviderArgs) -> anyhow::Result<()> {
     let mut book = Book::new(args.catalog(), args.breach());
     let store = match &args.data_dir {
         Some(dir) => {
-            let store = Store::open(dir)?;
+            let store = Store::open(dir, args.sync)?;
             store.load(&mut book)?;
             Some(store)
         }
@@ -59,6 +62,8 @@ pub async fn run_until_signal(args: ProviderArgs) -> anyhow::Result<()> {
         ballast_protocol::provider::CONTRACT
     );
     let provider = SimProvider::new(book, store, Duration::from_millis(args.latency_ms));
+    // Ends with the runtime, when the process does.
+    tokio::spawn(memory::trim_loop());
     let shutdown = async {
         let mut terminate =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

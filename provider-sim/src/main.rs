@@ -1,8 +1,15 @@
 //! `ballast-provider-sim`: the reference provider as a process.
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    ballast_provider_sim::init_logging();
-    let args = ballast_settings::parse_or_exit::<ballast_provider_sim::config::ProviderArgs>();
-    ballast_provider_sim::run_until_signal(args).await
+fn main() -> anyhow::Result<()> {
+    // Before the runtime's threads exist, so none of them makes an arena of its own.
+    ballast_provider_sim::memory::tune_allocator();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(async {
+            ballast_provider_sim::init_logging();
+            let args =
+                ballast_settings::parse_or_exit::<ballast_provider_sim::config::ProviderArgs>();
+            ballast_provider_sim::run_until_signal(args).await
+        })
 }

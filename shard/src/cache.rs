@@ -252,6 +252,7 @@ const META_EPOCH: &str = "epoch";
 const META_STATUS: &str = "status";
 const META_SHARD: &str = "shard_id";
 const META_CLUSTER: &str = "cluster_id";
+const META_PROVIDER_REGISTRY: &str = "provider_registry";
 const META_LEDGER_PAGES: &str = "ledger_pages";
 const META_LEDGER_MACHINES: &str = "ledger_machines";
 
@@ -456,6 +457,29 @@ impl Cache {
     pub fn set_cluster_id(&self, id: &str) -> Result<(), CacheError> {
         self.meta
             .insert(META_CLUSTER, id)
+            .map_err(|e| self.err(e))?;
+        self.sync()
+    }
+
+    /// The coordinator's provider registry as last read (name → endpoint; empty if never).
+    pub fn provider_registry(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, String>, CacheError> {
+        match self.text(META_PROVIDER_REGISTRY)? {
+            None => Ok(Default::default()),
+            Some(json) => serde_json::from_str(&json)
+                .map_err(|e| self.corrupt(META_PROVIDER_REGISTRY, e.to_string())),
+        }
+    }
+
+    /// Remembers the provider registry (for a restart without a coordinator).
+    pub fn set_provider_registry(
+        &self,
+        entries: &std::collections::BTreeMap<String, String>,
+    ) -> Result<(), CacheError> {
+        let json = serde_json::to_string(entries).expect("strings serialize");
+        self.meta
+            .insert(META_PROVIDER_REGISTRY, json)
             .map_err(|e| self.err(e))?;
         self.sync()
     }

@@ -55,7 +55,9 @@ pub struct ShardArgs {
     /// in, serving this shard alone), `grpc://HOST:PORT` (a provider process, e.g.
     /// `ballast-provider-sim`) or `https://HOST:PORT` (mutual TLS with the --tls-* flags),
     /// each optionally named `NAME=...` for the quota provider whose machines live there; the
-    /// one without a name takes every other quota.
+    /// one without a name takes every other quota. `registry` adds every provider of the
+    /// coordinator's registry (`ballastctl provider set`) by name at its endpoint, follows its
+    /// changes and caches it for restarts without a coordinator; names given here win.
     #[arg(
         long,
         env = "BALLAST_PROVIDER",

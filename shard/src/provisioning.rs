@@ -31,6 +31,34 @@ pub struct ShardState {
     pub in_flight: BTreeMap<String, Provision>,
     /// Machines whose release the provider is working on.
     pub releasing: HashSet<String>,
+    /// Creates that ended with no answer the shard could use, by machine id (see
+    /// [`ShardState::retry_id`]).
+    pub unanswered: BTreeMap<String, Unanswered>,
+}
+
+/// A create that ended with no answer the shard could use: none came (the provider timed out
+/// or the connection broke), or one the contract does not allow (another machine, another
+/// domain, an empty record). The provider may have made the machine all the same.
+#[derive(Clone, Debug)]
+pub struct Unanswered {
+    /// What the last attempt asked for.
+    pub provision: Provision,
+    /// Attempts so far.
+    pub attempts: u32,
+    /// Whether an attempt under this id is in flight again.
+    pub retrying: bool,
+}
+
+/// Attempts after which an unanswered create's id is given up (a provider that keeps
+/// answering one key with a record the contract does not allow would hold its request short
+/// for ever). If the provider made the machine, the shard's next start joins it to the ledger
+/// (see [`reconcile`]).
+const MAX_ATTEMPTS: u32 = 20;
+
+/// Whether two provisions make the same `CreateMachine` request (the need is not part of it):
+/// only then may the second reuse the first's idempotency key.
+fn same_request(a: &Provision, b: &Provision) -> bool {
+    a.domain == b.domain && a.quota == b.quota && a.resources == b.resources
 }
 
 impl ShardState {
@@ -62,7 +90,49 @@ impl ShardState {
             engine,
             in_flight: ledger.in_flight,
             releasing: HashSet::new(),
+            unanswered: BTreeMap::new(),
         })
+    }
+
+    /// The id for a new provision: that of an unanswered create making the same request, if
+    /// there is one not being retried, so the retry carries its idempotency key
+    /// (`create/<id>`). A provider that made the machine then answers it (the contract
+    /// replays the first outcome), where a fresh id would make a second machine and leave the
+    /// first at the provider, unknown to the ledger and counted against the shard's slice
+    /// there — found by `sim/tests/bad_provider.rs`, where such machines filled the slice
+    /// and the shard could never meet its demand again.
+    pub fn retry_id(&mut self, provision: &Provision) -> Option<String> {
+        let (id, entry) = self
+            .unanswered
+            .iter_mut()
+            .find(|(_, u)| !u.retrying && same_request(&u.provision, provision))?;
+        entry.retrying = true;
+        Some(id.clone())
+    }
+
+    /// Records how the create of `id` for `provision` ended: with no usable answer
+    /// (`unknown`), kept to be retried under the same id up to [`MAX_ATTEMPTS`]; otherwise
+    /// (made, refused, dropped) forgotten.
+    fn create_ended(&mut self, id: &str, provision: &Provision, unknown: bool) {
+        if !unknown {
+            self.unanswered.remove(id);
+            return;
+        }
+        let entry = self
+            .unanswered
+            .entry(id.to_string())
+            .or_insert_with(|| Unanswered {
+                provision: provision.clone(),
+                attempts: 0,
+                retrying: false,
+            });
+        entry.provision = provision.clone();
+        entry.attempts += 1;
+        entry.retrying = false;
+        if entry.attempts >= MAX_ATTEMPTS {
+            tracing::warn!(machine = %id, attempts = entry.attempts, "giving up an unanswered create; if the provider made the machine, the shard's next start joins it");
+            self.unanswered.remove(id);
+        }
     }
 }
 
@@ -136,12 +206,14 @@ fn carry_out(worker: &Arc<Worker>) -> Result<(), CacheError> {
             worker.cache().store_machines(&records, &[])?;
         }
         for provision in plan.provision {
-            let id = format!(
-                "{}-e{}-m{}",
-                worker.id(),
-                worker.epoch(),
-                worker.next_sequence()
-            );
+            let id = state.retry_id(&provision).unwrap_or_else(|| {
+                format!(
+                    "{}-e{}-m{}",
+                    worker.id(),
+                    worker.epoch(),
+                    worker.next_sequence()
+                )
+            });
             started.push((id, provision));
         }
         if !started.is_empty() {
@@ -296,6 +368,7 @@ async fn create(worker: &Worker, id: &str, provision: &Provision) -> Result<Mach
 /// Asks the provider for one machine and records the answer.
 async fn provision_one(worker: Arc<Worker>, id: String, provision: Provision) {
     let outcome = create(&worker, &id, &provision).await;
+    let unknown = matches!(&outcome, Err(NotMade::Provider(e)) if e.outcome_unknown());
     let machine = match outcome {
         Ok(machine) => Some(machine),
         Err(NotMade::NotHeld(why)) => {
@@ -329,6 +402,7 @@ async fn provision_one(worker: Arc<Worker>, id: String, provision: Provision) {
         tracing::error!(error = %e, machine = %id, "cannot record a provisioning outcome");
         return;
     }
+    state.create_ended(&id, &provision, unknown);
     if state.in_flight.remove(&id).is_some() {
         state
             .engine
@@ -420,7 +494,11 @@ pub async fn take_over(worker: Arc<Worker>, target: Takeover) {
                 }
                 Err(e) if e.retryable() => {
                     again = true;
-                    tracing::debug!(%target, error = %e, "taking over failed; retrying");
+                    // Counted and at warn, not debug: until the takeover is done the cluster's
+                    // demand waits (reported short), and a provider that hangs or is down
+                    // would otherwise leave the operator nothing to see why.
+                    crate::observe::provider_error("take-over", e.label());
+                    tracing::warn!(%target, provider = %name, error = %e, "taking over failed; retrying");
                 }
                 // A provider that does not serve the domain has nothing there.
                 Err(e) if e.reason() == Some(Reason::InvalidArgument) => {
@@ -469,7 +547,7 @@ const MAX_LIST_PAGES: usize = 100_000;
 pub async fn reconcile_once(worker: &Worker) -> Result<Reconciled, ProviderError> {
     let (mut joined, mut forgotten, mut durable) = (0, 0, false);
     for (name, provider) in worker.providers().all() {
-        match reconcile_with(worker, &name, provider).await? {
+        match reconcile_with(worker, &name, provider.as_ref()).await? {
             Reconciled::NotDurable => {}
             Reconciled::Done {
                 joined: j,
@@ -655,6 +733,49 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unanswered_create_is_retried_under_its_id_by_the_same_request_only() {
+        let mut state = ShardState {
+            engine: Engine::default(),
+            in_flight: BTreeMap::new(),
+            releasing: HashSet::new(),
+            unanswered: BTreeMap::new(),
+        };
+        let provision = |need: &str, domain: &str| Provision {
+            need: need.into(),
+            domain: domain.into(),
+            quota: ("sim".into(), "local".into()),
+            resources: crate::engine::Resources {
+                cpu_millis: 1000,
+                memory_mib: 1024,
+                gpus: 0,
+            },
+        };
+        let asked = provision("c1/web", "d1");
+        // A refusal says nothing was made: a fresh id next time.
+        state.create_ended("m1", &asked, false);
+        assert_eq!(state.retry_id(&asked), None);
+        state.create_ended("m1", &asked, true);
+        // Another domain is another request; another need is the same one.
+        assert_eq!(state.retry_id(&provision("c1/web", "d2")), None);
+        assert_eq!(
+            state.retry_id(&provision("c2/db", "d1")).as_deref(),
+            Some("m1")
+        );
+        // Not twice at once.
+        assert_eq!(state.retry_id(&asked), None);
+        // Made at last: forgotten.
+        state.create_ended("m1", &asked, false);
+        assert!(state.unanswered.is_empty());
+        // Given up after MAX_ATTEMPTS.
+        for _ in 0..MAX_ATTEMPTS - 1 {
+            state.create_ended("m2", &asked, true);
+            assert_eq!(state.retry_id(&asked).as_deref(), Some("m2"));
+        }
+        state.create_ended("m2", &asked, true);
+        assert_eq!(state.retry_id(&asked), None);
+    }
 
     #[test]
     fn backoff_doubles_to_its_ceiling_and_a_success_ends_it() {

@@ -97,6 +97,22 @@ impl ShardWorker for StatusService {
         // Its own statement: a lock guard made inside the literal below would live until the
         // literal ends, across calls that take the engine's lock (the opposite order).
         let placements_pending = w.placements().pending() as u64;
+        let quota_use = {
+            let state = w.state();
+            a.slices
+                .keys()
+                .map(|key| {
+                    let (held, in_flight, slice) = state.engine.quota_use(key);
+                    pb::QuotaUse {
+                        provider: key.0.clone(),
+                        region: key.1.clone(),
+                        slice,
+                        held,
+                        in_flight,
+                    }
+                })
+                .collect()
+        };
         Ok(Response::new(pb::ShardStatusResponse {
             shard_id: w.id().to_string(),
             az: w.az().to_string(),
@@ -105,6 +121,7 @@ impl ShardWorker for StatusService {
             cache_age_ms,
             fenced: fenced_status(&w.fences()),
             placements_pending,
+            quota_use,
             machines_by_state: w.machines_by_state().into_iter().collect(),
             shortfall: w.shortfall(),
             cycles: w.cycles(),

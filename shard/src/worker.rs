@@ -75,6 +75,10 @@ pub enum ProviderChoice {
     Sim(SimulatedConfig),
     /// A provider process over the contract: `grpc://HOST:PORT` or `https://HOST:PORT`.
     Grpc(String),
+    /// Every provider in the coordinator's registry, by name, at its registered endpoint
+    /// (`ballastctl provider set NAME --endpoint URL`), followed as it changes and cached so a
+    /// restart without a coordinator finds them.
+    Registry,
 }
 
 /// One provider of a shard: a name (the quota provider whose machines live there) or none.
@@ -87,8 +91,14 @@ pub struct ProviderSpec {
 }
 
 impl ProviderSpec {
-    /// `sim`, `URL`, `NAME=sim` or `NAME=URL`.
+    /// `sim`, `URL`, `NAME=sim`, `NAME=URL` or `registry`.
     pub fn parse(text: &str) -> Result<ProviderSpec, String> {
+        if text == "registry" {
+            return Ok(ProviderSpec {
+                name: None,
+                choice: ProviderChoice::Registry,
+            });
+        }
         let (name, rest) = match text.split_once('=') {
             Some((name, rest)) => {
                 ballast_protocol::validate::validate_id("provider name", name)
@@ -106,7 +116,7 @@ impl ProviderSpec {
             ProviderChoice::Grpc(rest.to_string())
         } else {
             return Err(format!(
-                "--provider {text:?}: expected sim, grpc://HOST:PORT, https://HOST:PORT, or NAME= before one of them"
+                "--provider {text:?}: expected sim, grpc://HOST:PORT, https://HOST:PORT, NAME= before one of them, or registry"
             ));
         };
         Ok(ProviderSpec { name, choice })
@@ -952,17 +962,16 @@ pub async fn start(config: WorkerConfig) -> Result<RunningWorker, WorkerError> {
     );
     let mut named = BTreeMap::new();
     let mut fallback = None;
+    let connect = provider_connector(security.as_ref(), config.provider_timeout);
+    let mut registry = false;
     for spec in &config.providers {
         let provider: Arc<dyn Provider> = match &spec.choice {
             ProviderChoice::Sim(simulated) => Arc::new(LocalProvider::new(simulated.clone())),
-            ProviderChoice::Grpc(endpoint) => Arc::new(
-                GrpcProvider::new(
-                    endpoint,
-                    security.as_ref().map(|s| &s.client),
-                    config.provider_timeout,
-                )
-                .map_err(|e| WorkerError::Config(e.to_string()))?,
-            ),
+            ProviderChoice::Grpc(endpoint) => connect(endpoint).map_err(WorkerError::Config)?,
+            ProviderChoice::Registry => {
+                registry = true;
+                continue;
+            }
         };
         let taken = match &spec.name {
             Some(name) => named.insert(name.clone(), provider).is_some(),
@@ -977,10 +986,17 @@ pub async fn start(config: WorkerConfig) -> Result<RunningWorker, WorkerError> {
             )));
         }
     }
-    if named.is_empty() && fallback.is_none() {
+    if named.is_empty() && fallback.is_none() && !registry {
         return Err(WorkerError::Config("no --provider".into()));
     }
     let providers = Providers::new(named, fallback);
+    if registry {
+        // What the registry said last, until the coordinator says more.
+        let cached = cache.provider_registry()?;
+        for change in providers.set_registered(&cached, &connect) {
+            tracing::info!(%change, "provider from the cached registry");
+        }
+    }
     let freshness = Freshness::new(config.lease_ttl, HOLD_LIMIT);
     let worker = Arc::new(Worker {
         config,
@@ -1010,6 +1026,9 @@ pub async fn start(config: WorkerConfig) -> Result<RunningWorker, WorkerError> {
     let _ = loaded.set(worker.clone());
     tokio::spawn(watch_loop(worker.clone(), stopped.clone()));
     tokio::spawn(heartbeat_loop(worker.clone(), stopped.clone()));
+    if registry {
+        tokio::spawn(registry_loop(worker.clone(), connect, stopped.clone()));
+    }
     tokio::spawn(crate::provisioning::engine_loop(
         worker.clone(),
         stopped.clone(),
@@ -1173,6 +1192,66 @@ async fn heartbeat_loop(worker: Arc<Worker>, mut stopped: watch::Receiver<bool>)
         };
         tokio::select! {
             _ = tokio::time::sleep_until(next) => {}
+            _ = stopped.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// Builds the client of a provider process at `endpoint`, with the shard's TLS identity.
+fn provider_connector(
+    security: Option<&Security>,
+    timeout: Duration,
+) -> impl Fn(&str) -> Result<Arc<dyn Provider>, String> + Send + Sync + 'static {
+    let tls = security.map(|s| s.client.clone());
+    move |endpoint: &str| {
+        GrpcProvider::new(endpoint, tls.as_ref(), timeout)
+            .map(|p| Arc::new(p) as Arc<dyn Provider>)
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// How often a shard driving `--provider registry` reads the coordinator's registry.
+const REGISTRY_POLL: Duration = Duration::from_secs(5);
+
+/// Follows the coordinator's provider registry: reads it every [`REGISTRY_POLL`], and when an
+/// entry is added, moved to another endpoint or removed, caches the new list (durably, for a
+/// restart without a coordinator) and switches the providers by name. An unreachable
+/// coordinator changes nothing: the shard keeps the providers it has.
+async fn registry_loop(
+    worker: Arc<Worker>,
+    connect: impl Fn(&str) -> Result<Arc<dyn Provider>, String>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let mut last = worker.cache.provider_registry().unwrap_or_default();
+    loop {
+        let read = worker
+            .client
+            .fleet(|mut c, req| async move {
+                c.list_providers(req.wrap(pb::ListProvidersRequest { options: None }))
+                    .await
+            })
+            .await;
+        match read {
+            Ok(answer) => {
+                let entries: BTreeMap<String, String> = answer
+                    .providers
+                    .into_iter()
+                    .map(|p| (p.name, p.endpoint))
+                    .collect();
+                if entries != last {
+                    if let Err(e) = worker.cache.set_provider_registry(&entries) {
+                        tracing::error!(error = %e, "cannot cache the provider registry");
+                    }
+                    for change in worker.providers.set_registered(&entries, &connect) {
+                        tracing::info!(%change, "provider registry changed");
+                    }
+                    last = entries;
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot read the provider registry"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(REGISTRY_POLL) => {}
             _ = stopped.wait_for(|s| *s) => return,
         }
     }

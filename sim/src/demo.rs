@@ -57,9 +57,14 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     step(
         "starting 3 coordinator replicas (az-a, az-b, az-c) and 6 shard workers (two per AZ), \
          loading a seeded fleet: 600 topology domains, 120 clusters with changing demand, \
-         2 quotas sliced over the shards",
+         2 quotas sliced over the shards; the shards provision at a provider process \
+         (ballast-provider-sim) that fences ownership",
     );
-    let mut sim = Sim::start(FleetArgs::ci(dir.clone(), Some(args.base_port))).await?;
+    // The shards drive capacity outside their processes, as in production: one durable
+    // provider process per quota provider, shared by every shard, fencing ownership.
+    let mut fleet = FleetArgs::ci(dir.clone(), Some(args.base_port));
+    fleet.provider_processes = true;
+    let mut sim = Sim::start(fleet).await?;
     let leader = sim.cluster.leader().await;
     let status = sim.cluster.status(leader).await.context("reading status")?;
     print_members(&status);
@@ -67,7 +72,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     step(
         "scenarios, invariants checked after each: steady demand; 3 leader SIGKILLs; a full \
          coordinator outage with a demand surge and a shard SIGKILLed and restarted from its \
-         cache; the loss of az-c; a burst of 600 domain moves; a DR export, destroy, restore",
+         cache; the loss of az-c; a shard cut off from the coordinator past its lease; a burst \
+         of 600 domain moves; a DR export, destroy, restore",
     );
     let report = sim.run_scenarios().await?;
 

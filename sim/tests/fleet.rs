@@ -42,7 +42,15 @@ fn every_scenario_keeps_every_invariant_at_ci_scale() {
         .collect();
     assert_eq!(
         names,
-        ["steady", "leader-kill", "outage", "az-loss", "burst", "dr"]
+        [
+            "steady",
+            "leader-kill",
+            "outage",
+            "az-loss",
+            "partition",
+            "burst",
+            "dr"
+        ]
     );
     let mut checked = std::collections::BTreeSet::new();
     for scenario in scenarios {
@@ -62,6 +70,9 @@ fn every_scenario_keeps_every_invariant_at_ci_scale() {
         "returning shards drop the domains they lost",
         "every live shard meets its demand",
         "the restore is the archive, nothing later",
+        "the cut-off shard serves its clusters' new demand from its cache",
+        "the clusters of the cut-off shard are served by their new shards",
+        "the healed shard drops the domains and clusters it lost",
     ] {
         assert!(checked.contains(name), "{name} never checked: {checked:?}");
     }
@@ -74,8 +85,9 @@ fn every_scenario_keeps_every_invariant_at_ci_scale() {
     assert_eq!(figure(1, "kills"), 3.0);
     assert!(figure(2, "machines_added_during_outage") > 0.0);
     assert_eq!(figure(3, "domains_evacuated"), 200.0);
-    assert_eq!(figure(4, "moves"), 600.0);
-    assert!(figure(5, "archive_bytes") > 0.0);
+    assert!(figure(4, "cut_to_reassigned_ms") > 0.0);
+    assert_eq!(figure(5, "moves"), 600.0);
+    assert!(figure(6, "archive_bytes") > 0.0);
     assert!(report["samples"].as_array().unwrap().len() > 20);
     assert!(!report["leader_changes"].as_array().unwrap().is_empty());
     for file in [
@@ -96,18 +108,22 @@ fn every_scenario_keeps_every_invariant_at_ci_scale() {
 fn every_scenario_keeps_every_invariant_with_provider_processes() {
     let (report, text, _out) = run_fleet(&["--provider-processes"]);
     let mut judged_by_the_providers = 0;
+    let mut fenced_checked = false;
     for scenario in report["scenarios"].as_array().expect("scenarios") {
         for check in scenario["invariants"].as_array().unwrap() {
             assert!(check["holds"].as_bool().unwrap(), "{check}\n{text}");
-            if check["name"]
-                .as_str()
-                .unwrap()
-                .starts_with("the providers' record")
-            {
+            let name = check["name"].as_str().unwrap();
+            if name.starts_with("the providers' record") {
                 judged_by_the_providers += 1;
             }
+            fenced_checked |= name
+                == "the providers' record: the cut-off shard acted on nothing after the new shards took over";
         }
     }
+    assert!(
+        fenced_checked,
+        "the partition is judged by the providers: {text}"
+    );
     // After every scenario (and once more with az-c down).
     assert!(
         judged_by_the_providers >= 7,

@@ -14,8 +14,8 @@ use ballast_protocol::providerpb::{
     MachineState, QuotaGrant,
 };
 use ballast_testkit::{
-    Allocation, ClusterOptions, ProviderProcess, ShardProcess, TestCluster, allocate,
-    assigned_machines, live, provider_machines, wait_for,
+    ClusterOptions, ProviderProcess, ShardProcess, TestCluster, allocate_to_s1, assigned_machines,
+    live, provider_machines, wait_for,
 };
 
 const DOMAIN: &str = "zone=az-a/rack=r1";
@@ -98,24 +98,8 @@ async fn a_shard_restarted_in_a_full_outage_reconciles_with_its_provider_and_goe
         ],
     );
     cluster.wait_for_shards(1).await;
-    allocate(
-        &cluster.client(),
-        Allocation {
-            provider: "sim",
-            endpoint: &grpc,
-            region: "local",
-            total: 10,
-            slices: &[("s1", 10)],
-            cluster: ("c1", "s1"),
-            domain: (DOMAIN, "s1"),
-        },
-    )
-    .await;
-    shard
-        .wait_until("its domain, cluster and slice", |st| {
-            !st.domains.is_empty() && !st.clusters.is_empty() && !st.slices.is_empty()
-        })
-        .await;
+    allocate_to_s1(&cluster.client(), &grpc, DOMAIN, 10).await;
+    shard.wait_for_grants().await;
     submit(&shard, 3).await;
     shard
         .wait_until("three machines at work", |st| assigned_machines(st) == 3)

@@ -426,24 +426,8 @@ async fn a_shard_drives_a_provider_process_over_mutual_tls_and_acts_only_as_itse
         &["--lease-ms", "3000", "--provider", &url],
     );
     cluster.wait_for_shards(1).await;
-    ballast_testkit::allocate(
-        &cluster.client(),
-        ballast_testkit::Allocation {
-            provider: "sim",
-            endpoint: &url,
-            region: "local",
-            total: 10,
-            slices: &[("s1", 10)],
-            cluster: ("c1", "s1"),
-            domain: ("zone=az-a/rack=tls", "s1"),
-        },
-    )
-    .await;
-    shard
-        .wait_until("its domain, cluster and slice", |s| {
-            !s.domains.is_empty() && !s.clusters.is_empty() && !s.slices.is_empty()
-        })
-        .await;
+    ballast_testkit::allocate_to_s1(&cluster.client(), &url, "zone=az-a/rack=tls", 10).await;
+    shard.wait_for_grants().await;
     shard.submit_small("c1", 3).await.expect("demand");
     shard
         .wait_until("three machines at work", |s| {

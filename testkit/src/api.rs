@@ -119,3 +119,27 @@ pub async fn allocate(client: &BallastClient, grant: Allocation<'_>) -> u64 {
         .expect("a header")
         .revision
 }
+
+/// [`allocate`] for the one-shard layout of the provider tests: provider `sim` in region
+/// `local` at `endpoint` with `total` machines, all sliced to shard `s1`, cluster `c1` bound to
+/// it and `domain` assigned to it.
+pub async fn allocate_to_s1(
+    client: &BallastClient,
+    endpoint: &str,
+    domain: &str,
+    total: u64,
+) -> u64 {
+    allocate(
+        client,
+        Allocation {
+            provider: "sim",
+            endpoint,
+            region: "local",
+            total,
+            slices: &[("s1", total)],
+            cluster: ("c1", "s1"),
+            domain: (domain, "s1"),
+        },
+    )
+    .await
+}

@@ -33,7 +33,9 @@ mod shard;
 pub mod svg;
 mod wait;
 
-pub use api::{Allocation, allocate, assign_domain, assigned_machines, current_revision};
+pub use api::{
+    Allocation, allocate, allocate_to_s1, assign_domain, assigned_machines, current_revision,
+};
 pub use cluster::{ClusterOptions, FAST_FLAGS, Replica, TestCluster, az_of};
 pub use http::{http_get, https_get, metric};
 pub use pki::TestPki;

@@ -62,6 +62,8 @@ pub struct ProviderProcess {
     dir: tempfile::TempDir,
     /// `127.0.0.1:port`.
     pub endpoint: String,
+    program: String,
+    durable: bool,
 }
 
 impl ProviderProcess {
@@ -78,30 +80,40 @@ impl ProviderProcess {
     }
 
     fn spawn(program: &str, flags: &str, durable: bool) -> ProviderProcess {
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        let port = free_port();
-        let (data, pidfile, log) = (
-            dir.path().join("data"),
-            dir.path().join("pid"),
-            dir.path().join("provider.log"),
-        );
+        let provider = ProviderProcess {
+            dir: tempfile::tempdir().expect("a temporary directory"),
+            endpoint: format!("127.0.0.1:{}", free_port()),
+            program: program.to_string(),
+            durable,
+        };
+        provider.write_scripts(flags);
+        provider.run_script("start.sh");
+        provider
+    }
+
+    /// Writes `start.sh` and `restart.sh`, which start the provider with `flags`.
+    fn write_scripts(&self, flags: &str) {
+        let dir = self.dir.path();
+        let (pidfile, log) = (dir.join("pid"), dir.join("provider.log"));
         // The output goes to a file: the suite waits for the restart command's own output to
         // close, so the restarted provider must not hold it open.
-        let data = if durable {
-            format!("--data-dir '{}'", data.display())
+        let data = if self.durable {
+            format!("--data-dir '{}'", self.data_dir().display())
         } else {
             String::new()
         };
         let start = format!(
-            "{program} --listen 127.0.0.1:{port} {data} {flags} >>'{}' 2>&1 &\n\
+            "{program} --listen {endpoint} {data} {flags} >>'{}' 2>&1 &\n\
              echo $! > '{}'\n",
             log.display(),
-            pidfile.display()
+            pidfile.display(),
+            program = self.program,
+            endpoint = self.endpoint,
         );
-        std::fs::write(dir.path().join("start.sh"), &start).expect("writing start.sh");
+        std::fs::write(dir.join("start.sh"), &start).expect("writing start.sh");
         // SIGKILL, not SIGTERM: the data dir must be all the provider remembers.
         std::fs::write(
-            dir.path().join("restart.sh"),
+            dir.join("restart.sh"),
             format!(
                 "set -e\nkill -9 $(cat '{pid}')\n\
                  while kill -0 $(cat '{pid}') 2>/dev/null; do sleep 0.05; done\n{start}",
@@ -109,12 +121,6 @@ impl ProviderProcess {
             ),
         )
         .expect("writing restart.sh");
-        let provider = ProviderProcess {
-            dir,
-            endpoint: format!("127.0.0.1:{port}"),
-        };
-        provider.run_script("start.sh");
-        provider
     }
 
     fn run_script(&self, script: &str) {
@@ -145,6 +151,13 @@ impl ProviderProcess {
     /// SIGKILLs the provider and starts it again on the same port and data dir; returns once
     /// it listens.
     pub fn restart(&self) {
+        self.run_script("restart.sh");
+    }
+
+    /// [`ProviderProcess::restart`] with other `flags` than it was started with (say, with or
+    /// without a `--broken` breach); later restarts keep them.
+    pub fn restart_with(&self, flags: &str) {
+        self.write_scripts(flags);
         self.run_script("restart.sh");
     }
 

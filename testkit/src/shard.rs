@@ -111,14 +111,19 @@ impl ShardProcess {
         ))
     }
 
-    /// The shard's own view of its assignments, if it answers.
+    /// The shard's own view of its assignments, if it answers within 10 s (bounded, so a
+    /// shard that hangs fails [`ShardProcess::wait_until`] at its deadline instead of hanging
+    /// the test).
     pub async fn status(&self) -> Option<pb::ShardStatusResponse> {
         let mut client = self.client();
-        client
-            .status(pb::ShardStatusRequest {})
-            .await
-            .ok()
-            .map(|r| r.into_inner())
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            client.status(pb::ShardStatusRequest {}),
+        )
+        .await
+        .ok()?
+        .ok()
+        .map(|r| r.into_inner())
     }
 
     /// Replaces `cluster`'s demand with `count` small machines (1 core, 1 GiB): the demand of
@@ -154,6 +159,15 @@ impl ShardProcess {
             })
             .await
             .map(|_| ())
+    }
+
+    /// Waits until the shard holds a domain, a cluster and a quota slice (what
+    /// [`crate::allocate`] gave it).
+    pub async fn wait_for_grants(&self) -> pb::ShardStatusResponse {
+        self.wait_until("its domain, cluster and slice", |st| {
+            !st.domains.is_empty() && !st.clusters.is_empty() && !st.slices.is_empty()
+        })
+        .await
     }
 
     /// Waits until the shard's status satisfies `check`.

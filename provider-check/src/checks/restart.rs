@@ -59,7 +59,20 @@ async fn across_restart(h: &Harness, command: &str, timeout: Duration) -> Verdic
         .settle(&c.id)
         .await
         .map(|m| if m.version > c.version { m } else { c })?;
+    // Concurrent creates: a provider that batches its disk writes (group commit) must still
+    // have made each one durable before answering it.
+    let together = futures::future::join_all((0..6).map(|_| h.create(&new))).await;
+    let mut answered = Vec::new();
+    for outcome in together {
+        answered.push(success("CreateMachine among six sent at once", outcome)?.id);
+    }
     let before: Vec<Machine> = h.list_all(&new.domain, "", 0).await?;
+    for id in &answered {
+        ensure!(
+            before.iter().any(|m| &m.id == id),
+            "machine {id}, answered to one of six concurrent creates, is not listed"
+        );
+    }
 
     run_restart(command).await?;
     wait_for_describe(h, timeout).await?;

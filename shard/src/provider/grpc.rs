@@ -96,18 +96,30 @@ impl GrpcProvider {
     }
 
     /// Runs a call under the deadline (the client's deadline covers the server; this covers a
-    /// connection that never answers at all).
+    /// connection that never answers at all). A call that ran out its deadline is
+    /// [`ProviderError::TimedOut`], whichever side ended it.
     async fn bounded<T>(
         &self,
         call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     ) -> Result<T, ProviderError> {
-        match tokio::time::timeout(self.timeout + Duration::from_millis(500), call).await {
-            Ok(Ok(answer)) => Ok(answer.into_inner()),
-            Ok(Err(status)) => Err(ProviderError::from_status(&status)),
-            Err(_) => Err(ProviderError::Unreachable(format!(
+        let started = std::time::Instant::now();
+        let timed_out = || {
+            ProviderError::TimedOut(format!(
                 "{} did not answer within {:?}",
                 self.endpoint, self.timeout
-            ))),
+            ))
+        };
+        match tokio::time::timeout(self.timeout + Duration::from_millis(500), call).await {
+            Ok(Ok(answer)) => Ok(answer.into_inner()),
+            // tonic ends a call whose deadline passed as `Cancelled` ("Timeout expired"), the
+            // same code as a call cancelled for other reasons: the clock tells them apart.
+            Ok(Err(status))
+                if status.code() == tonic::Code::Cancelled && started.elapsed() >= self.timeout =>
+            {
+                Err(timed_out())
+            }
+            Ok(Err(status)) => Err(ProviderError::from_status(&status)),
+            Err(_) => Err(timed_out()),
         }
     }
 

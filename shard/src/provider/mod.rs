@@ -37,9 +37,14 @@ pub enum ProviderError {
         /// The reason's details (a `stale-grant` names `presented` and `accepted`).
         metadata: HashMap<String, String>,
     },
-    /// The provider could not be reached, or did not answer in time.
+    /// The provider could not be reached, or the connection broke.
     #[error("provider unreachable: {0}")]
     Unreachable(String),
+    /// The provider took the call and did not answer within the deadline
+    /// (`--provider-timeout-ms`): told apart from [`ProviderError::Unreachable`] because an
+    /// operator looks for a hung provider, not a network, when this is what is counted.
+    #[error("provider timed out: {0}")]
+    TimedOut(String),
     /// The provider answered something the contract does not allow (no reason on a refusal,
     /// another machine than asked for, a malformed record).
     #[error("provider broke the contract: {0}")]
@@ -51,9 +56,18 @@ impl ProviderError {
     pub fn retryable(&self) -> bool {
         match self {
             ProviderError::Refused { reason, .. } => reason.retryable(),
-            ProviderError::Unreachable(_) => true,
+            ProviderError::Unreachable(_) | ProviderError::TimedOut(_) => true,
             ProviderError::Contract(_) => false,
         }
+    }
+
+    /// Whether the provider may have carried the call out though the shard has no answer it
+    /// can use: none came (the provider is unreachable or timed out), or one the contract does
+    /// not allow. A refusal says the call changed nothing. A create that ends like this is
+    /// retried under the same idempotency key, so a machine the provider made meanwhile is
+    /// answered then instead of left behind.
+    pub fn outcome_unknown(&self) -> bool {
+        !matches!(self, ProviderError::Refused { .. })
     }
 
     /// The refusal's reason, if the provider refused.
@@ -64,11 +78,12 @@ impl ProviderError {
         }
     }
 
-    /// A label for metrics: the reason, `unreachable` or `contract`.
+    /// A label for metrics: the reason, `unreachable`, `timeout` or `contract`.
     pub fn label(&self) -> &'static str {
         match self {
             ProviderError::Refused { reason, .. } => reason.as_str(),
             ProviderError::Unreachable(_) => "unreachable",
+            ProviderError::TimedOut(_) => "timeout",
             ProviderError::Contract(_) => "contract",
         }
     }
@@ -82,13 +97,25 @@ impl ProviderError {
                 metadata,
             };
         }
+        // A status with a source was made on this side from a transport error (tonic keeps the
+        // h2 or hyper error as its source); one the provider sent carries none. An HTTP/2
+        // GOAWAY from an overloaded server reads as `ResourceExhausted` ("h2 protocol error"),
+        // but it is an outage to retry, not a refusal without a reason.
+        if std::error::Error::source(status).is_some() {
+            return ProviderError::Unreachable(format!(
+                "{:?}: {}",
+                status.code(),
+                status.message()
+            ));
+        }
         match status.code() {
+            tonic::Code::DeadlineExceeded => {
+                ProviderError::TimedOut(format!("DeadlineExceeded: {}", status.message()))
+            }
             // tonic reports a connection that broke mid-call as `Unknown` ("transport error"):
-            // an outage to retry with the same key, not a breach of the contract.
-            tonic::Code::Unavailable
-            | tonic::Code::DeadlineExceeded
-            | tonic::Code::Cancelled
-            | tonic::Code::Unknown => {
+            // an outage to retry with the same key, not a breach of the contract. (It ends a
+            // call past its deadline as `Cancelled`; `GrpcProvider` tells that one apart.)
+            tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::Unknown => {
                 ProviderError::Unreachable(format!("{:?}: {}", status.code(), status.message()))
             }
             code => ProviderError::Contract(format!(
@@ -297,6 +324,20 @@ mod tests {
         assert!(matches!(reset, ProviderError::Unreachable(_)) && reset.retryable());
         let bare = ProviderError::from_status(&tonic::Status::failed_precondition("no reason"));
         assert!(matches!(bare, ProviderError::Contract(_)) && !bare.retryable());
+        let late = ProviderError::from_status(&tonic::Status::deadline_exceeded("late"));
+        assert!(matches!(late, ProviderError::TimedOut(_)) && late.retryable());
+        assert_eq!(late.label(), "timeout");
+        // Whether a create may have made its machine: unless the provider refused.
+        assert!(!error.outcome_unknown());
+        assert!(outage.outcome_unknown() && late.outcome_unknown() && bare.outcome_unknown());
+        // The same code made locally from a transport error (an HTTP/2 GOAWAY with
+        // ENHANCE_YOUR_CALM, as a loaded provider sends it) is an outage.
+        let mut calm = tonic::Status::resource_exhausted("h2 protocol error: http2 error");
+        calm.set_source(std::sync::Arc::new(std::io::Error::other("GOAWAY")));
+        let calm = ProviderError::from_status(&calm);
+        assert!(matches!(calm, ProviderError::Unreachable(_)) && calm.retryable());
+        let sent = ProviderError::from_status(&tonic::Status::resource_exhausted("no reason"));
+        assert!(matches!(sent, ProviderError::Contract(_)));
     }
 
     #[test]

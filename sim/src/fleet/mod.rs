@@ -9,6 +9,7 @@
 mod checks;
 mod churn;
 pub mod model;
+mod partition;
 mod report;
 mod scenarios;
 
@@ -25,7 +26,7 @@ use ballast_protocol::pb;
 use ballast_protocol::pb::cluster_client::ClusterClient;
 use ballast_protocol::pb::command::Command as Wire;
 use ballast_protocol::pb::shard_worker_client::ShardWorkerClient;
-use ballast_testkit::{ClusterOptions, ProviderProcess, ShardProcess, TestCluster};
+use ballast_testkit::{ClusterOptions, ProviderProcess, Proxy, ShardProcess, TestCluster};
 use futures::StreamExt;
 use tonic::transport::Channel;
 
@@ -46,6 +47,10 @@ pub enum Scenario {
     /// Lose az-c: its replica and all its shards. Their domains move to live shards after the
     /// lease; then the AZ comes back and its domains are moved home.
     AzLoss,
+    /// Cut one shard off from the coordinator only (every replica stays healthy) for longer
+    /// than its lease: it keeps serving, its domains and clusters move, it keeps trying to
+    /// act and the providers refuse it; then the partition heals.
+    Partition,
     /// Move `--burst-moves` domains between shards of the same AZ at once.
     Burst,
     /// Export an archive, keep writing, destroy every replica, restore, rejoin; shards follow.
@@ -70,7 +75,7 @@ pub struct FleetArgs {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "steady,leader-kill,outage,az-loss,burst,dr"
+        default_value = "steady,leader-kill,outage,az-loss,partition,burst,dr"
     )]
     pub scenarios: Vec<Scenario>,
     /// Length of the steady phase.
@@ -229,10 +234,15 @@ pub(crate) struct Sim {
     providers: Vec<(String, ProviderProcess)>,
     pub(crate) shards: Vec<ShardProcess>,
     shard_clients: Vec<ShardWorkerClient<Channel>>,
+    /// The proxies between shard [`PARTITIONED`] and each replica (cut in `partition`).
+    proxies: Vec<Proxy>,
     client: BallastClient,
     shared: Arc<Shared>,
     windows: Vec<Window>,
 }
+
+/// The shard the `partition` scenario cuts off (in az-b: the AZ loss does not touch it).
+const PARTITIONED: usize = 1;
 
 /// One provider process per quota provider of the model, serving its regions, durable.
 fn start_providers(
@@ -537,10 +547,23 @@ impl Sim {
             shard_flags.extend(["--provider".to_string(), routes.join(",")]);
         }
         let shard_flags: Vec<&str> = shard_flags.iter().map(String::as_str).collect();
+        // One shard reaches the coordinator through proxies, so its connection alone can be cut.
+        let mut proxies = Vec::new();
+        for endpoint in cluster.endpoints() {
+            proxies.push(Proxy::start(&endpoint).await);
+        }
         let shards: Vec<ShardProcess> = model
             .shards
             .iter()
-            .map(|s| cluster.spawn_shard(&program, &["shard"], &s.id, s.az, &shard_flags))
+            .enumerate()
+            .map(|(i, s)| {
+                if i == PARTITIONED {
+                    let via = proxies.iter().map(|p| p.address.clone()).collect();
+                    cluster.spawn_shard_via(&program, &["shard"], &s.id, s.az, via, &shard_flags)
+                } else {
+                    cluster.spawn_shard(&program, &["shard"], &s.id, s.az, &shard_flags)
+                }
+            })
             .collect();
         let shard_clients = shards.iter().map(|s| s.client()).collect();
         let mut config = ClientConfig::new(cluster.endpoints());
@@ -567,6 +590,7 @@ impl Sim {
             providers,
             shards,
             shard_clients,
+            proxies,
             client,
             shared,
             windows: Vec::new(),

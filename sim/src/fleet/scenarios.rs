@@ -43,7 +43,7 @@ pub fn failed(scenario: Scenario, shared: &Shared, error: &anyhow::Error) -> Sce
     }
 }
 
-fn ms(d: Duration) -> f64 {
+pub(super) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
@@ -69,6 +69,7 @@ impl Sim {
             Scenario::LeaderKill => self.leader_kills(&mut measurements).await?,
             Scenario::Outage => self.outage(&mut measurements).await?,
             Scenario::AzLoss => self.az_loss(&mut measurements).await?,
+            Scenario::Partition => self.partition(&mut measurements).await?,
             Scenario::Burst => self.burst(&mut measurements).await?,
             Scenario::Dr => self.dr(&mut measurements).await?,
         };
@@ -176,6 +177,55 @@ impl Sim {
     /// periodically. A binding that moves away and back
     /// between two listings looks unmoved here, yet the shard dropped the cluster's demand
     /// when it lost the binding; only a resubmission brings it back.
+    /// What a shard reports it could not serve, need by need, with what it knows of each need's
+    /// cluster: its grant, any fence and the placements still being written: enough to tell a
+    /// full slice from a cluster stuck in adoption when the demand check fails.
+    async fn short_needs(&self, shard: usize) -> String {
+        let mut client = self.shard_clients[shard].clone();
+        let answer = tokio::time::timeout(
+            Duration::from_secs(2),
+            client.allocations(pb::AllocationsRequest::default()),
+        )
+        .await;
+        let Ok(Ok(answer)) = answer else {
+            return "no answer".into();
+        };
+        let status = self.shard_status(shard).await.unwrap_or_default();
+        let needs: Vec<String> = answer
+            .into_inner()
+            .shortfalls
+            .iter()
+            .map(|s| {
+                let cluster = s.need.split('/').next().unwrap_or_default();
+                format!(
+                    "{} missing {} (cluster grant {:?}, fence {:?})",
+                    s.need,
+                    s.missing,
+                    status.cluster_grants.get(cluster),
+                    status.fenced.get(cluster)
+                )
+            })
+            .collect();
+        let quotas: Vec<String> = status
+            .quota_use
+            .iter()
+            .map(|q| {
+                format!(
+                    "{}/{} {} held + {} in flight of {}",
+                    q.provider, q.region, q.held, q.in_flight, q.slice
+                )
+            })
+            .collect();
+        format!(
+            "{}; {} domains to create in; {} placements pending; fenced {:?}; slices as its engine counts them: {}",
+            needs.join(", "),
+            status.domains.len(),
+            status.placements_pending,
+            status.fenced,
+            quotas.join(", ")
+        )
+    }
+
     pub(super) async fn until_demand_met(&self, limit: Duration) -> Result<Duration, String> {
         let assigned =
             |s: &pb::ShardStatusResponse| s.machines_by_state.get("assigned").copied().unwrap_or(0);
@@ -232,7 +282,8 @@ impl Sim {
                     s.slices.len()
                 )
             });
-            described.push(format!("{} ({seen})", self.shards[i].id));
+            let needs = self.short_needs(i).await;
+            described.push(format!("{} ({seen}; short: {needs})", self.shards[i].id));
         }
         Err(described.join("; "))
     }
@@ -389,7 +440,7 @@ impl Sim {
 
     /// Domains `shard` holds according to the coordinator (one page of up to 10K is enough
     /// to tell "none").
-    async fn domains_of(&self, shard: &str, limit: u32) -> anyhow::Result<Vec<String>> {
+    pub(super) async fn domains_of(&self, shard: &str, limit: u32) -> anyhow::Result<Vec<String>> {
         let shard = shard.to_string();
         let page = self
             .client
@@ -554,19 +605,52 @@ impl Sim {
             dropped,
             format!("{} shards of {az} came back holding nothing", lost.len()),
         ));
-        // What an operator does when the AZ is back: its domains and clusters go home (the
-        // rebalancer handed them to live shards while it was down), and every quota is sliced
-        // again over the shards in proportion to the clusters each serves. The slices are read
-        // now, not from before the loss: the rebalancer may have moved more since.
-        let returned = Instant::now();
-        self.move_domains(&evacuees).await?;
+        // The AZ is back: its domains and clusters go home.
         let homes: Vec<(String, String)> = listing
             .bindings
             .iter()
             .filter(|b| lost_ids.contains(&b.shard))
             .map(|b| (b.cluster.clone(), b.shard.clone()))
             .collect();
-        let mut commands: Vec<pb::Command> = homes
+        self.move_home(&evacuees, &homes, m).await?;
+        self.windows.push(Window {
+            label: format!("{az} lost"),
+            from_ms,
+            to_ms: self.shared.now_ms(),
+        });
+        let clusters: Vec<usize> = {
+            let model = self.shared.model.lock();
+            (0..model.clusters.len())
+                .filter(|&n| lost.contains(&model.clusters[n].shard))
+                .collect()
+        };
+        submit_demand(&self.shared, &self.shard_clients, &clusters).await;
+        if let Err(short) = self.until_demand_met(Duration::from_secs(60)).await {
+            self.shared
+                .event(format!("demand not met 60 s after the move home: {short}"));
+        }
+        checks.extend(
+            self.churn_check("the AZ loss and the move home", before, m)
+                .await,
+        );
+        drop(hold);
+        Ok(checks)
+    }
+
+    /// What an operator does when shards that lost their domains and clusters are back:
+    /// `domains` and `clusters` (cluster, shard) go home (the rebalancer handed them to live
+    /// shards meanwhile), and every quota is sliced again over the shards in proportion to
+    /// the clusters each serves. The slices are read now: the rebalancer may have moved more
+    /// since the loss. Records `move_home_commit_ms` and `move_home_delivered_ms` in `m`.
+    pub(super) async fn move_home(
+        &self,
+        domains: &[(String, usize)],
+        clusters: &[(String, String)],
+        m: &mut BTreeMap<String, f64>,
+    ) -> anyhow::Result<()> {
+        let returned = Instant::now();
+        self.move_domains(domains).await?;
+        let mut commands: Vec<pb::Command> = clusters
             .iter()
             .map(|(cluster, shard)| {
                 command(Wire::MoveCluster(pb::MoveCluster {
@@ -575,10 +659,9 @@ impl Sim {
                 }))
             })
             .collect();
-        let clusters_home = commands.len();
         let served: BTreeMap<String, u64> = {
             let mut model = self.shared.model.lock();
-            model.follow_bindings(homes.iter().map(|(c, s)| (c.as_str(), s.as_str())));
+            model.follow_bindings(clusters.iter().map(|(c, s)| (c.as_str(), s.as_str())));
             let mut served = BTreeMap::new();
             for cluster in &model.clusters {
                 *served
@@ -614,8 +697,9 @@ impl Sim {
         let written = returned.elapsed();
         self.wait_for_shards_at(revision).await?;
         self.shared.event(format!(
-            "{} domains and {clusters_home} clusters moved home, {} quotas sliced again: committed in {:.0} ms, at every shard {:.0} ms later",
-            evacuees.len(),
+            "{} domains and {} clusters moved home, {} quotas sliced again: committed in {:.0} ms, at every shard {:.0} ms later",
+            domains.len(),
+            clusters.len(),
             quotas.len(),
             ms(written),
             ms(returned.elapsed() - written)
@@ -625,28 +709,7 @@ impl Sim {
             "move_home_delivered_ms".into(),
             ms(returned.elapsed() - written),
         );
-        self.windows.push(Window {
-            label: format!("{az} lost"),
-            from_ms,
-            to_ms: self.shared.now_ms(),
-        });
-        let clusters: Vec<usize> = {
-            let model = self.shared.model.lock();
-            (0..model.clusters.len())
-                .filter(|&n| lost.contains(&model.clusters[n].shard))
-                .collect()
-        };
-        submit_demand(&self.shared, &self.shard_clients, &clusters).await;
-        if let Err(short) = self.until_demand_met(Duration::from_secs(60)).await {
-            self.shared
-                .event(format!("demand not met 60 s after the move home: {short}"));
-        }
-        checks.extend(
-            self.churn_check("the AZ loss and the move home", before, m)
-                .await,
-        );
-        drop(hold);
-        Ok(checks)
+        Ok(())
     }
 
     async fn burst(&mut self, m: &mut BTreeMap<String, f64>) -> anyhow::Result<Vec<Check>> {

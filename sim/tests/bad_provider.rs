@@ -1,0 +1,438 @@
+//! A shard facing a provider process that misbehaves, with real processes: a coordinator, a
+//! reference provider (`ballast-sim provider`) and a shard worker driving it over gRPC. The
+//! shard first makes two machines with the provider healthy; then the provider is restarted on
+//! the same address and data dir with a hidden `--broken` breach (answers about another
+//! machine, in another domain, empty answers, or no answers to mutating calls) and the demand
+//! rises to five. Through the breach the shard must stay up and keep answering, record nothing
+//! from a bad answer, report the three machines it lacks, keep its creates in flight bounded,
+//! and show what went wrong in its log and metrics. Then the provider is restarted healthy and
+//! the shard must meet the demand by itself, its ledger agreeing with the provider's record.
+//! `never_answers_from_the_start` does the same with a provider that hangs before the shard
+//! has taken its cluster over. The breaches are listed in docs/providers.md ("What a shard
+//! does when its provider misbehaves").
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use ballast_protocol::pb;
+use ballast_protocol::providerpb::MachineState;
+use ballast_testkit::{
+    ClusterOptions, ProviderProcess, ShardProcess, TestCluster, allocate_to_s1, assigned_machines,
+    http_get, live, provider_machines, wait_for,
+};
+
+const DOMAIN: &str = "zone=az-a/rack=r1";
+const HEALTHY: &str = "--name sim --region local";
+/// The shard's deadline for every provider call (`--provider-timeout-ms`).
+const PROVIDER_TIMEOUT: Duration = Duration::from_millis(1000);
+/// Machines asked for before the breach, and during it.
+const BEFORE: u64 = 2;
+const DURING: u64 = 5;
+/// Longest any one call to the shard may take: a shard that stops answering fails the test
+/// instead of hanging it.
+const ANSWER: Duration = Duration::from_secs(5);
+
+fn program() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_ballast-sim"))
+}
+
+/// `call`, which must end within [`ANSWER`].
+async fn bounded<T>(what: &str, call: impl Future<Output = T>) -> T {
+    tokio::time::timeout(ANSWER, call)
+        .await
+        .unwrap_or_else(|_| panic!("the shard did not answer {what} within {ANSWER:?}"))
+}
+
+/// The shard's status; it must answer.
+async fn status(shard: &ShardProcess) -> pb::ShardStatusResponse {
+    bounded("Status", shard.status())
+        .await
+        .unwrap_or_else(|| panic!("the shard stopped answering Status:\n{}", shard.log()))
+}
+
+/// Every machine in the shard's ledger, the shortfalls and the creates in flight; it must
+/// answer.
+async fn allocations(shard: &ShardProcess) -> pb::AllocationsResponse {
+    let mut client = shard.client();
+    bounded(
+        "Allocations",
+        client.allocations(pb::AllocationsRequest {
+            cluster: String::new(),
+        }),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("the shard refused Allocations: {e}\n{}", shard.log()))
+    .into_inner()
+}
+
+/// The shard's Prometheus page; it must answer.
+async fn metrics(shard: &ShardProcess) -> String {
+    let address = shard.http_address.clone();
+    let page = bounded(
+        "/metrics",
+        tokio::task::spawn_blocking(move || http_get(&address, "/metrics")),
+    )
+    .await
+    .expect("the metrics request ran");
+    match page {
+        Some((200, page)) => page,
+        other => panic!("the shard's /metrics answered {other:?}"),
+    }
+}
+
+/// `ballast_shard_provider_errors_total` for `call` and `reason` (0 when not counted yet).
+fn provider_errors(page: &str, call: &str, reason: &str) -> f64 {
+    let (call, reason) = (format!("call=\"{call}\""), format!("reason=\"{reason}\""));
+    page.lines()
+        .filter(|l| l.starts_with("ballast_shard_provider_errors_total{"))
+        .filter(|l| l.contains(&call) && l.contains(&reason))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .fold(0.0, |sum, n| sum + n)
+}
+
+/// The value of an unlabelled gauge.
+fn gauge(page: &str, name: &str) -> Option<f64> {
+    ballast_testkit::metric(page, name)
+}
+
+/// Sets cluster c1's demand: one row of `count` small machines at `priority`.
+async fn submit(shard: &ShardProcess, count: u32, priority: i32) {
+    let mut client = shard.client();
+    bounded(
+        "SubmitDemand",
+        client.submit_demand(pb::SubmitDemandRequest {
+            cluster: "c1".into(),
+            rows: vec![pb::DemandRow {
+                id: "web".into(),
+                count,
+                resources: Some(pb::ResourceSpec {
+                    cpu_millis: 1000,
+                    memory_mib: 1024,
+                    gpus: 0,
+                }),
+                priority,
+                az: String::new(),
+                domain: String::new(),
+            }],
+        }),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("the shard refused the demand: {e}"));
+}
+
+fn ids(machines: &[pb::MachineInfo]) -> BTreeSet<String> {
+    machines.iter().map(|m| m.id.clone()).collect()
+}
+
+/// Every machine the provider records for shard s1 (reads answer in every breach).
+async fn provider_record_of_s1(endpoint: &str) -> Vec<ballast_protocol::providerpb::Machine> {
+    tokio::time::timeout(ANSWER, provider_machines(endpoint, "s1"))
+        .await
+        .unwrap_or_else(|_| panic!("the provider did not answer ListMachines within {ANSWER:?}"))
+}
+
+/// The live machines the provider records for shard s1.
+async fn provider_record(endpoint: &str) -> BTreeSet<String> {
+    provider_record_of_s1(endpoint)
+        .await
+        .into_iter()
+        .filter(live)
+        .map(|m| m.id)
+        .collect()
+}
+
+/// How the shard must say what went wrong.
+struct Expected {
+    /// `--broken` value.
+    breach: &'static str,
+    /// The `reason` label of `ballast_shard_provider_errors_total{call="create"}`.
+    label: &'static str,
+    /// Words of the shard's log line about the failed create.
+    logged: &'static str,
+}
+
+/// A coordinator, a provider started with `flags` and shard s1 driving it, holding cluster c1,
+/// the domain and a slice of 10 of the provider's quota.
+async fn set_up(flags: &str) -> (TestCluster, ProviderProcess, ShardProcess) {
+    // One replica: the coordinator is not under test here, and the machine has two cores.
+    let cluster = TestCluster::start_with(ClusterOptions::sim(program()), 1).await;
+    let provider = ProviderProcess::start(&format!("'{}' provider", program().display()), flags);
+    let grpc = format!("grpc://{}", provider.endpoint);
+    let timeout_ms = PROVIDER_TIMEOUT.as_millis().to_string();
+    let shard = cluster.spawn_sim_shard(
+        program(),
+        "s1",
+        "az-a",
+        &[
+            "--provider",
+            &grpc,
+            "--provider-timeout-ms",
+            &timeout_ms,
+            "--sim-latency-ms",
+            "0",
+        ],
+    );
+    cluster.wait_for_shards(1).await;
+    allocate_to_s1(&cluster.client(), &grpc, DOMAIN, 10).await;
+    shard.wait_for_grants().await;
+    (cluster, provider, shard)
+}
+
+/// After the provider is back healthy: the shard meets a demand of `count` by itself, and its
+/// ledger and the provider's record agree (nothing left at the provider that the shard does
+/// not record, nothing recorded that the provider does not have).
+async fn recovered(
+    shard: &ShardProcess,
+    provider: &ProviderProcess,
+    count: u64,
+) -> BTreeSet<String> {
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let st = status(shard).await;
+        let ledger = ids(&allocations(shard).await.machines);
+        let record = provider_record(&provider.endpoint).await;
+        let met = assigned_machines(&st) == count && st.shortfall == 0;
+        if met && ledger.len() as u64 == count && record == ledger && st.fenced.is_empty() {
+            return ledger;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "40 s after the provider came back healthy the shard has not met its demand of \
+             {count} with its ledger agreeing with the provider:\nstatus {st:?}\nledger \
+             {ledger:?}\nprovider's record {record:?}\nlog:\n{}",
+            shard.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Whether the shard is healthy as a process (`/healthz`).
+async fn healthy(shard: &ShardProcess) {
+    let address = shard.http_address.clone();
+    let health = bounded(
+        "/healthz",
+        tokio::task::spawn_blocking(move || http_get(&address, "/healthz")),
+    )
+    .await
+    .expect("the probe ran");
+    assert_eq!(health.map(|(code, _)| code), Some(200));
+}
+
+async fn a_shard_survives_a_provider_that(expected: Expected) {
+    let (_cluster, provider, shard) = set_up(HEALTHY).await;
+
+    // Healthy: two machines, made, recorded and configured for c1 at the provider.
+    submit(&shard, BEFORE as u32, 0).await;
+    shard
+        .wait_until("two machines at work", |st| {
+            assigned_machines(st) == BEFORE && st.placements_pending == 0
+        })
+        .await;
+    let held = ids(&allocations(&shard).await.machines);
+    assert_eq!(held.len() as u64, BEFORE, "{held:?}");
+    wait_for(
+        "the provider to record both machines configured for c1",
+        Duration::from_secs(30),
+        || async {
+            let record = provider_record_of_s1(&provider.endpoint).await;
+            let configured: BTreeSet<String> = record
+                .iter()
+                .filter(|m| live(m) && m.cluster == "c1")
+                .filter(|m| m.state == MachineState::Configured as i32)
+                .map(|m| m.id.clone())
+                .collect();
+            (configured == held).then_some(())
+        },
+    )
+    .await;
+
+    // The breach, at the same address and data dir; then more demand.
+    provider.restart_with(&format!("{HEALTHY} --broken {}", expected.breach));
+    submit(&shard, DURING as u32, 0).await;
+    let asked = Instant::now();
+    let short = DURING - BEFORE;
+    let (mut first_error, mut max_in_flight, mut reported_short) = (None, 0u64, false);
+    let deadline = asked + Duration::from_secs(40);
+    for sample in 0.. {
+        // The cluster's client sends its demand again now and then, with another priority
+        // each time: the engine looks at the need again, and only the creates in flight
+        // counting toward it keep it from starting more.
+        if sample % 5 == 4 {
+            submit(&shard, DURING as u32, sample / 5 % 2).await;
+        }
+        // Every sample: the shard answers, its ledger holds only the machines it made before
+        // (nothing from a bad answer), nothing more is at work, and no more creates are in
+        // flight than machines are missing (what bounds them: provisions in flight count
+        // toward their need).
+        let st = status(&shard).await;
+        let alloc = allocations(&shard).await;
+        let page = metrics(&shard).await;
+        let ledger = ids(&alloc.machines);
+        assert_eq!(
+            ledger, held,
+            "the ledger took in a machine through the breach ({}): {:?}",
+            expected.breach, alloc.machines
+        );
+        assert!(
+            assigned_machines(&st) <= BEFORE,
+            "more machines at work than the shard has: {st:?}"
+        );
+        let in_flight_gauge = gauge(&page, "ballast_shard_provisions_in_flight").unwrap_or(0.0);
+        max_in_flight = max_in_flight
+            .max(alloc.in_flight)
+            .max(in_flight_gauge as u64);
+        assert!(
+            max_in_flight <= short,
+            "{max_in_flight} creates in flight for {short} missing machines"
+        );
+        let errors = provider_errors(&page, "create", expected.label);
+        if errors > 0.0 && first_error.is_none() {
+            first_error = Some(asked.elapsed());
+        }
+        // The shortfall, in the status and in Allocations, need by need (not "demand met").
+        let missing: u64 = alloc
+            .shortfalls
+            .iter()
+            .filter(|s| s.need == "c1/web")
+            .map(|s| u64::from(s.missing))
+            .sum();
+        if st.shortfall == short && missing == short {
+            reported_short = true;
+        }
+        // At least two rounds of failed creates (three each): the shard keeps trying, bounded.
+        if reported_short && errors >= (2 * short) as f64 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "through the breach ({}) the shard did not count two rounds of failed creates as \
+             {:?} and report {short} machines short within 40 s: errors {errors}, reported short \
+             {reported_short}, status {st:?}\nmetrics:\n{}\nlog:\n{}",
+            expected.breach,
+            expected.label,
+            page.lines()
+                .filter(|l| l.starts_with("ballast_shard_provi"))
+                .collect::<Vec<_>>()
+                .join("\n"),
+            shard.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let first_error = first_error.expect("errors were counted");
+    if expected.breach == "hang" {
+        // The creates did go out (the bound was put to the test), and the first ended at the
+        // shard's deadline: not sooner (it waited for the answer), not much later (not at the
+        // default `--provider-timeout-ms`, ten seconds).
+        assert!(
+            max_in_flight > 0,
+            "no create was ever seen in flight during the hang"
+        );
+        assert!(
+            first_error >= PROVIDER_TIMEOUT
+                && first_error < PROVIDER_TIMEOUT + Duration::from_secs(3),
+            "the first create to a hanging provider ended {first_error:?} after the demand; the \
+             deadline is {PROVIDER_TIMEOUT:?}"
+        );
+    }
+    let log = shard.log();
+    assert!(
+        log.contains("provisioning failed") && log.contains(expected.logged),
+        "the shard's log says a create failed and why ({:?}):\n{log}",
+        expected.logged
+    );
+    healthy(&shard).await;
+
+    // The provider comes back healthy at the same address: the shard meets the demand by
+    // itself, with the machines it had and without leaving any behind at the provider.
+    provider.restart_with(HEALTHY);
+    let ledger = recovered(&shard, &provider, DURING).await;
+    assert!(ledger.is_superset(&held), "{ledger:?} lost {held:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_about_another_machine() {
+    a_shard_survives_a_provider_that(Expected {
+        breach: "wrong-id",
+        label: "contract",
+        logged: "broke the contract",
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_with_the_machine_in_another_domain() {
+    a_shard_survives_a_provider_that(Expected {
+        breach: "wrong-domain",
+        label: "contract",
+        logged: "the answer puts it in",
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_an_empty_machine() {
+    a_shard_survives_a_provider_that(Expected {
+        breach: "garbage",
+        label: "contract",
+        logged: "broke the contract",
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn never_answers_a_mutating_call() {
+    a_shard_survives_a_provider_that(Expected {
+        breach: "hang",
+        label: "timeout",
+        logged: "did not answer",
+    })
+    .await;
+}
+
+/// A provider that hangs from before the shard is given its cluster: the shard starts (reads
+/// answer), but taking the cluster and the domain over (`AdoptCluster`, `ClaimDomain`) never
+/// gets an answer, so the cluster's demand waits and is reported short. The failed takeovers
+/// must show in the metrics, as timeouts, and in the log; once the provider is healthy the
+/// takeover completes and the demand is met.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn never_answers_from_the_start() {
+    let (_cluster, provider, shard) = set_up(&format!("{HEALTHY} --broken hang")).await;
+    submit(&shard, DURING as u32, 0).await;
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let st = status(&shard).await;
+        let alloc = allocations(&shard).await;
+        let page = metrics(&shard).await;
+        assert!(alloc.machines.is_empty(), "{:?}", alloc.machines);
+        assert_eq!(
+            alloc.in_flight, 0,
+            "nothing is created for a cluster not yet taken over"
+        );
+        let errors = provider_errors(&page, "take-over", "timeout");
+        if st.shortfall == DURING && errors >= 2.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the shard did not count failed takeovers as timeouts and report {DURING} machines \
+             short within 40 s: errors {errors}, status {st:?}\nmetrics:\n{}\nlog:\n{}",
+            page.lines()
+                .filter(|l| l.starts_with("ballast_shard_provi"))
+                .collect::<Vec<_>>()
+                .join("\n"),
+            shard.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = shard.log();
+    assert!(
+        log.contains("taking over failed") && log.contains("did not answer"),
+        "the shard's log says the takeover failed and why:\n{log}"
+    );
+    healthy(&shard).await;
+
+    provider.restart_with(HEALTHY);
+    recovered(&shard, &provider, DURING).await;
+}
