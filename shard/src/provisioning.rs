@@ -444,7 +444,13 @@ pub async fn take_over(worker: Arc<Worker>, target: Takeover) {
         Takeover::Domain(domain) => worker.grants(domain, None),
         Takeover::Cluster(cluster) => worker.cluster_grants(cluster),
     };
-    while let Some(grants) = grants_now(&worker) {
+    loop {
+        // One slot per round over the providers, taken before the grants are read: a round
+        // that waited for its slot presents the grant held when it starts.
+        let slot = worker.takeover_slot(&target).await;
+        let Some(grants) = grants_now(&worker) else {
+            break;
+        };
         let mut again = false;
         let revision = grants
             .domain
@@ -512,6 +518,7 @@ pub async fn take_over(worker: Arc<Worker>, target: Takeover) {
                 }
             }
         }
+        drop(slot);
         if !again {
             break;
         }
@@ -647,19 +654,55 @@ fn cache_failed(e: CacheError) -> ProviderError {
 }
 
 /// Reconciles the ledger with the provider once it answers, retrying with backoff until it
-/// does (the engine keeps serving from the cache meanwhile: static stability).
+/// does (the engine keeps serving from the cache meanwhile: static stability); then again
+/// whenever the provider refuses a create over the slice (its count of the shard's machines
+/// is above the ledger's), at most once per [`RECONCILE_AGAIN_AFTER`].
 pub async fn reconcile(worker: Arc<Worker>, mut stopped: watch::Receiver<bool>) {
+    if !reconcile_until_done(&worker, &mut stopped, "ledger reconciled with the provider").await {
+        return;
+    }
+    loop {
+        tokio::select! {
+            _ = worker.reconcile_wanted() => {}
+            _ = stopped.wait_for(|s| *s) => return,
+        }
+        if !reconcile_until_done(
+            &worker,
+            &mut stopped,
+            "ledger reconciled with the provider after it refused a create over the slice",
+        )
+        .await
+        {
+            return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(RECONCILE_AGAIN_AFTER) => {}
+            _ = stopped.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// The least time between two reconciliations after the first.
+const RECONCILE_AGAIN_AFTER: Duration = Duration::from_secs(10);
+
+/// One reconciliation, retried with backoff until the provider answers. False when there is
+/// nothing more to do: the provider is not durable, or the shard stops.
+async fn reconcile_until_done(
+    worker: &Arc<Worker>,
+    stopped: &mut watch::Receiver<bool>,
+    done: &str,
+) -> bool {
     let mut pause = Duration::from_millis(100);
     loop {
-        match reconcile_once(&worker).await {
+        match reconcile_once(worker).await {
             Ok(Reconciled::NotDurable) => {
                 tracing::info!("the provider is not durable; the ledger is not reconciled with it");
-                return;
+                return false;
             }
             Ok(Reconciled::Done { joined, forgotten }) => {
-                tracing::info!(joined, forgotten, "ledger reconciled with the provider");
+                tracing::info!(joined, forgotten, "{done}");
                 crate::observe::reconciled(joined, forgotten);
-                return;
+                return true;
             }
             Err(e) if e.retryable() => {
                 tracing::debug!(error = %e, "cannot reconcile with the provider yet; retrying");
@@ -671,7 +714,7 @@ pub async fn reconcile(worker: Arc<Worker>, mut stopped: watch::Receiver<bool>) 
         }
         tokio::select! {
             _ = tokio::time::sleep(pause) => {}
-            _ = stopped.wait_for(|s| *s) => return,
+            _ = stopped.wait_for(|s| *s) => return false,
         }
         pause = (pause * 2).min(Duration::from_secs(5));
     }

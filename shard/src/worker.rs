@@ -222,6 +222,12 @@ pub struct Worker {
     lost_grants: Mutex<HashMap<String, (u64, u64)>>,
     /// Domains and clusters being taken over.
     adopting: Mutex<HashSet<Takeover>>,
+    /// Takeover calls a shard may have open at once, domain claims and cluster adoptions
+    /// apart (see [`Worker::takeover_slot`]).
+    claim_slots: tokio::sync::Semaphore,
+    adopt_slots: tokio::sync::Semaphore,
+    /// Wakes the reconciliation with the provider (see [`Worker::provider_failed`]).
+    reconcile_wake: tokio::sync::Notify,
     /// Which cluster each machine should serve at the provider, and what it confirmed.
     placements: Mutex<Placements>,
     placements_wake: tokio::sync::Notify,
@@ -411,6 +417,17 @@ impl Worker {
                 ..
             } => {
                 tracing::error!(%call, %message, "the provider has seen a newer incarnation of this shard");
+            }
+            ProviderError::Refused {
+                reason: Reason::OverSlice,
+                ..
+            } => {
+                // The provider counts more of this shard's machines than its ledger: creates
+                // that timed out were made after all. The provider is the truth about
+                // machines, so the ledger is reconciled with its list (the made machines
+                // join and go to work) instead of the shard staying short for ever.
+                self.backoff.failed();
+                self.reconcile_wake.notify_one();
             }
             _ => {
                 self.backoff.failed();
@@ -663,6 +680,28 @@ impl Worker {
     /// Resolves when a placement is wished.
     pub async fn placements_changed(&self) {
         self.placements_wake.notified().await
+    }
+
+    /// A slot for one takeover call. A shard is given hundreds of domains and clusters at once
+    /// (at start, or by a burst of moves), and each is claimed or adopted at every provider:
+    /// sent together, 200 shards' calls queued at the providers past their deadlines and the
+    /// retries kept them there (1.6M timed-out takeovers in one full-scale run, and no machine
+    /// made). Adoptions have their own slots, so the claims (which only fence) never hold
+    /// back a cluster whose demand waits for its machines.
+    pub async fn takeover_slot(&self, target: &Takeover) -> tokio::sync::SemaphorePermit<'_> {
+        let slots = match target {
+            Takeover::Domain(_) => &self.claim_slots,
+            Takeover::Cluster(_) => &self.adopt_slots,
+        };
+        slots
+            .acquire()
+            .await
+            .expect("the semaphore is never closed")
+    }
+
+    /// Resolves when the ledger should be reconciled with the provider again.
+    pub async fn reconcile_wanted(&self) {
+        self.reconcile_wake.notified().await
     }
 
     /// Marks a takeover finished (another may start when it is granted again); the cluster's
@@ -1013,6 +1052,9 @@ pub async fn start(config: WorkerConfig) -> Result<RunningWorker, WorkerError> {
         fences: Mutex::new(Fences::default()),
         lost_grants: Mutex::new(HashMap::new()),
         adopting: Mutex::new(HashSet::new()),
+        claim_slots: tokio::sync::Semaphore::new(TAKEOVER_CALLS),
+        adopt_slots: tokio::sync::Semaphore::new(TAKEOVER_CALLS),
+        reconcile_wake: tokio::sync::Notify::new(),
         placements: Mutex::new(Placements::default()),
         placements_wake: tokio::sync::Notify::new(),
         state: Mutex::new(state),
@@ -1209,6 +1251,10 @@ fn provider_connector(
             .map_err(|e| e.to_string())
     }
 }
+
+/// Takeover calls of one kind a shard has open at once (per kind; see
+/// [`Worker::takeover_slot`]).
+const TAKEOVER_CALLS: usize = 8;
 
 /// How often a shard driving `--provider registry` reads the coordinator's registry.
 const REGISTRY_POLL: Duration = Duration::from_secs(5);

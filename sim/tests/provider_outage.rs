@@ -194,3 +194,54 @@ async fn a_shard_restarted_in_a_full_outage_reconciles_with_its_provider_and_goe
     )
     .await;
 }
+
+/// A machine the provider made for the shard without the shard knowing (a create that timed
+/// out after the provider had made it) fills the shard's slice at the provider: the next
+/// create is refused `over-slice`, and the shard reconciles its ledger with the provider's
+/// list, so the machine joins and goes to work instead of the shard staying short for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_refused_over_the_slice_makes_the_shard_reconcile_and_use_what_it_has() {
+    let cluster = TestCluster::start_with(ClusterOptions::sim(program()), 1).await;
+    let provider = ProviderProcess::start(
+        &format!("'{}' provider", program().display()),
+        "--name sim --region local",
+    );
+    let grpc = format!("grpc://{}", provider.endpoint);
+    let shard = cluster.spawn_sim_shard(program(), "s1", "az-a", &["--provider", &grpc]);
+    cluster.wait_for_shards(1).await;
+    allocate_to_s1(&cluster.client(), &grpc, DOMAIN, 3).await;
+    shard.wait_for_grants().await;
+    submit(&shard, 2).await;
+    let status = shard
+        .wait_until("two machines at work", |st| assigned_machines(st) == 2)
+        .await;
+
+    // The provider makes a third for s1 under its own grants; the slice (3) is now full there.
+    provider_client(&provider.endpoint)
+        .await
+        .create_machine(CreateMachineRequest {
+            idempotency_key: "made-unknown".into(),
+            token: Some(token_of(&status)),
+            machine_id: "made-unknown".into(),
+            domain: DOMAIN.into(),
+            shape: "small".into(),
+            capacity_type: String::new(),
+        })
+        .await
+        .expect("making a machine s1 does not know of");
+
+    submit(&shard, 3).await;
+    shard
+        .wait_until("three machines at work, the unknown one among them", |st| {
+            assigned_machines(st) == 3 && st.shortfall == 0
+        })
+        .await;
+    let log = shard.log();
+    assert!(
+        log.contains("after it refused a create over the slice") && log.contains("joined=1"),
+        "{log}"
+    );
+    let live = live_of_s1(&provider.endpoint).await;
+    assert_eq!(live.len(), 3, "no machine made beyond the slice: {live:?}");
+    assert!(live.iter().any(|id| id == "made-unknown"), "{live:?}");
+}
