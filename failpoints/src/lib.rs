@@ -15,7 +15,12 @@
 //! hold point it creates `<name>.held` in `BALLAST_FAILPOINT_DIR` and waits until the test
 //! creates `<name>.release` there. A test uses them to pin a task inside a narrow window (the
 //! etcd backend's appender between registering its waiters and sending its transaction:
-//! `etcd-append-hold`) and then pause, partition or kill around it.
+//! `etcd-append-hold`) and then pause, partition or kill around it. A shard worker has four:
+//! `shard-delete-hold` (a surplus machine's return, after its grant is chosen and before the
+//! provider is called), `shard-placement-hold` (the placement controller, before the first
+//! round with a machine to release to idle) `shard-takeover-hold` (a takeover, after it
+//! chose its grant and before it calls the providers) and `shard-adopted-hold` (a takeover,
+//! after a provider answered and before what it adopted joins the ledger).
 
 use parking_lot::Mutex;
 use std::collections::HashSet;

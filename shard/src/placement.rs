@@ -166,6 +166,9 @@ pub async fn placement_loop(worker: Arc<Worker>, mut stopped: watch::Receiver<bo
             if steps.is_empty() {
                 break;
             }
+            if steps.iter().any(|step| step.wanted.is_none()) {
+                ballast_failpoints::hold("shard-placement-hold").await;
+            }
             futures::stream::iter(steps)
                 .for_each_concurrent(CONCURRENCY, |step| {
                     let worker = worker.clone();
@@ -272,7 +275,9 @@ async fn carry_out(worker: &Worker, step: &Step) -> (Option<Option<String>>, boo
         // away): nothing to place.
         Err(e) if e.reason() == Some(Reason::NotFound) => (None, false),
         Err(e) => {
-            let retry = e.retryable();
+            // A grant refused because the shard has since been given a newer one (the cluster
+            // moved away and back) is no verdict on the wish: the next call presents the new one.
+            let retry = e.retryable() || worker.holds_newer_than_refused(&e);
             worker.provider_failed(
                 if step.wanted.is_some() {
                     "configure"

@@ -264,7 +264,10 @@ fn carry_out(worker: &Arc<Worker>) -> Result<(), CacheError> {
 /// ledger record of a machine the provider no longer has, which is returned again after the
 /// restart (the call is idempotent by key); the other order could leak a machine nobody
 /// records. A machine the provider says is gone, or now another shard's (its domain was handed
-/// over), is forgotten without more ado: it is no longer this shard's to return.
+/// over), is forgotten without more ado: it is no longer this shard's to return. Not when the
+/// refused grant is one this shard has since replaced (its cluster moved away and back while
+/// the call was on its way): the machine is still its own, and forgetting it would leave it
+/// counted against the slice at the provider with no ledger record to return it by.
 async fn release_one(worker: Arc<Worker>, id: String) {
     let machine = worker.state().engine.machine(&id);
     let outcome = match machine {
@@ -275,6 +278,7 @@ async fn release_one(worker: Arc<Worker>, id: String) {
                 token: Some(token(&worker.actor(), &grants)),
                 machine_id: id.clone(),
             };
+            ballast_failpoints::hold("shard-delete-hold").await;
             let quota_provider = machine.quota.map(|q| q.0).unwrap_or_default();
             match worker.providers().of(&quota_provider) {
                 Ok(provider) => provider.delete(request).await.map(|_| ()),
@@ -286,7 +290,11 @@ async fn release_one(worker: Arc<Worker>, id: String) {
     };
     let gone = match &outcome {
         Ok(()) => true,
-        Err(e) => matches!(e.reason(), Some(Reason::NotFound | Reason::StaleGrant)),
+        Err(e) => match e.reason() {
+            Some(Reason::NotFound | Reason::NotOwner) => true,
+            Some(Reason::StaleGrant) => !worker.holds_newer_than_refused(e),
+            _ => false,
+        },
     };
     if !gone && let Err(e) = &outcome {
         // Before the engine's lock: a stale grant fences, which takes it.
@@ -444,12 +452,15 @@ pub async fn take_over(worker: Arc<Worker>, target: Takeover) {
         Takeover::Domain(domain) => worker.grants(domain, None),
         Takeover::Cluster(cluster) => worker.cluster_grants(cluster),
     };
+    let mut took = None;
     loop {
         // One slot per round over the providers, taken before the grants are read: a round
         // that waited for its slot presents the grant held when it starts.
         let slot = worker.takeover_slot(&target).await;
         let Some(grants) = grants_now(&worker) else {
-            break;
+            // Lost or fenced meanwhile: nothing left to take over.
+            worker.finish_takeover(&target, None);
+            return;
         };
         let mut again = false;
         let revision = grants
@@ -457,7 +468,14 @@ pub async fn take_over(worker: Arc<Worker>, target: Takeover) {
             .as_ref()
             .or(grants.cluster.as_ref())
             .map_or(0, |g| g.1);
+        let grant = (grants.restore_epoch, revision);
+        if took != Some(grant) {
+            // A newer grant: every provider hears it, including those done under the old one.
+            took = Some(grant);
+            done.clear();
+        }
         let key = format!("take/{target}/{}/{revision}", grants.restore_epoch);
+        ballast_failpoints::hold("shard-takeover-hold").await;
         for (name, provider) in worker.providers().all() {
             if done.contains(&name) {
                 continue;
@@ -483,11 +501,16 @@ pub async fn take_over(worker: Arc<Worker>, target: Takeover) {
             match outcome {
                 Ok(machines) => {
                     done.insert(name.clone());
+                    ballast_failpoints::hold("shard-adopted-hold").await;
                     // Only machines this provider is the shard's provider for (by quota).
                     let here = machines
                         .into_iter()
                         .filter(|m| worker.providers().serves(&name, &m.quota_provider));
-                    match worker.join_ledger(here) {
+                    let joined = match &target {
+                        Takeover::Cluster(cluster) => worker.join_adopted(cluster, here),
+                        Takeover::Domain(_) => worker.join_ledger(here),
+                    };
+                    match joined {
                         Ok(0) => {}
                         Ok(joined) => {
                             tracing::info!(%target, machines = joined, "adopted machines in place");
@@ -511,6 +534,8 @@ pub async fn take_over(worker: Arc<Worker>, target: Takeover) {
                     done.insert(name.clone());
                     tracing::debug!(%target, provider = %name, error = %e, "the provider does not take this");
                 }
+                // Refused under a grant replaced meanwhile: the next round presents the new one.
+                Err(e) if worker.holds_newer_than_refused(&e) => again = true,
                 Err(e) => {
                     done.insert(name.clone());
                     worker.provider_failed("take-over", &e);
@@ -520,12 +545,14 @@ pub async fn take_over(worker: Arc<Worker>, target: Takeover) {
         }
         drop(slot);
         if !again {
-            break;
+            if worker.finish_takeover(&target, took) {
+                return;
+            }
+            continue;
         }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_secs(5));
     }
-    worker.takeover_done(&target);
 }
 
 /// How a reconciliation with the provider ended.
@@ -765,6 +792,13 @@ impl Backoff {
     /// Whether new provisions should wait.
     pub fn is_paused(&self) -> bool {
         self.lock().1.is_some_and(|until| Instant::now() < until)
+    }
+
+    /// How long new provisions still wait (zero when they do not).
+    pub fn remaining(&self) -> Duration {
+        self.lock().1.map_or(Duration::ZERO, |until| {
+            until.saturating_duration_since(Instant::now())
+        })
     }
 
     /// Failures in a row.

@@ -122,6 +122,8 @@ impl ShardWorker for StatusService {
             fenced: fenced_status(&w.fences()),
             placements_pending,
             quota_use,
+            takeovers: w.takeovers(),
+            provider_backoff_ms: w.provider_backoff().remaining().as_millis() as u64,
             machines_by_state: w.machines_by_state().into_iter().collect(),
             shortfall: w.shortfall(),
             cycles: w.cycles(),

@@ -367,6 +367,34 @@ impl Worker {
             })
     }
 
+    /// Whether a `stale-grant` refusal refused a grant this shard has since replaced with a
+    /// newer one of its own: it was given the cluster or domain again (moved away and back)
+    /// and presented the old grant in a call sent before. What the call concerned may still
+    /// be this shard's; the call is tried again under the grant held now, which the provider
+    /// judges afresh. Not for a refusal of the grant held now: that one is final.
+    pub fn holds_newer_than_refused(&self, error: &ProviderError) -> bool {
+        let ProviderError::Refused {
+            reason: Reason::StaleGrant,
+            metadata,
+            ..
+        } = error
+        else {
+            return false;
+        };
+        let Some(presented) = metadata.get("presented").and_then(|g| parse_grant(g)) else {
+            return false;
+        };
+        let held = self.assignments.read();
+        let now = if let Some(cluster) = metadata.get("cluster") {
+            held.cluster_grant(cluster)
+        } else if let Some(domain) = metadata.get("domain") {
+            held.domain_grant(domain)
+        } else {
+            None
+        };
+        now.is_some_and(|now| !refuses_held(now, Some(presented)))
+    }
+
     /// Acts on a failed provider call: a stale grant fences what it names (the shard stops
     /// acting under it at once and waits for its watch); failures back provisioning off.
     pub fn provider_failed(&self, call: &'static str, error: &ProviderError) {
@@ -558,6 +586,25 @@ impl Worker {
         self.join_locked(&mut state, machines, &serving)
     }
 
+    /// [`Worker::join_ledger`] for machines adopted with `cluster`, unless the shard lost the
+    /// cluster while the adoption was on its way: they are then the new holder's to adopt, and
+    /// joined here they would count against this shard's slice and could be given to its
+    /// demand though the provider no longer lets it act on them. Checked under the
+    /// assignments' lock, so a loss lands either before (nothing joins) or after (the handover
+    /// forgets what joined).
+    pub fn join_adopted(
+        &self,
+        cluster: &str,
+        machines: impl IntoIterator<Item = ProvidedMachine>,
+    ) -> Result<usize, CacheError> {
+        let held = self.assignments.read();
+        if !held.clusters.contains(cluster) {
+            return Ok(0);
+        }
+        let mut state = self.state();
+        self.join_locked(&mut state, machines, &held.clusters)
+    }
+
     /// Makes the ledger what the provider listed as this shard's, in one step (no decision
     /// sees it half done): `missing` (ledger machines it did not list) are forgotten, `listed`
     /// machines the ledger lacks join. Returns (joined, forgotten).
@@ -705,12 +752,38 @@ impl Worker {
     }
 
     /// Marks a takeover finished (another may start when it is granted again); the cluster's
-    /// needs are served again.
-    pub fn takeover_done(&self, target: &Takeover) {
+    /// needs are served again. `took` is the grant it took over under: if the shard holds a
+    /// newer one now (the domain or cluster moved away and back while the takeover ran, and
+    /// the watch could not start a second one beside it), the takeover is not finished and
+    /// `false` says to go on under the new grant. `None` finishes it whatever is held.
+    ///
+    /// Checked and recorded under the assignments' lock, which [`Worker::apply`] holds while
+    /// it starts takeovers: a grant arriving now either sees this one running (and it goes
+    /// on) or sees it finished (and starts its own).
+    pub fn finish_takeover(&self, target: &Takeover, took: Option<(u64, u64)>) -> bool {
+        let held = self.assignments.read();
+        if let Some(took) = took {
+            let now = match target {
+                Takeover::Domain(domain) => held.domain_grant(domain),
+                Takeover::Cluster(cluster) => held.cluster_grant(cluster),
+            };
+            if now.is_some_and(|now| now != took) {
+                return false;
+            }
+        }
+        self.adopting.lock().remove(target);
         if let Takeover::Cluster(cluster) = target {
             self.state().engine.await_adoption(cluster, false);
         }
-        self.adopting.lock().remove(target);
+        true
+    }
+
+    /// Takeovers under way, sorted (`domain/NAME`, `cluster/NAME`).
+    pub fn takeovers(&self) -> Vec<String> {
+        let mut under_way: Vec<String> =
+            self.adopting.lock().iter().map(|t| t.to_string()).collect();
+        under_way.sort_unstable();
+        under_way
     }
 
     /// Backoff of new provisions after provider failures.

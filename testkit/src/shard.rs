@@ -30,6 +30,7 @@ pub struct ShardProcess {
     leading_args: Vec<String>,
     coordinators: Vec<String>,
     extra: Vec<String>,
+    env: Vec<(String, String)>,
     log: PathBuf,
     child: Option<Child>,
     /// TLS of calls to this worker (an admin certificate), when the cluster runs TLS.
@@ -59,6 +60,7 @@ impl ShardProcess {
             .arg(&self.http_address)
             .args(&self.extra)
             .env("RUST_LOG", "info,fjall=warn,lsm_tree=warn")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .current_dir(self.data_dir.parent().unwrap_or(Path::new("/")))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("cloning the log handle"))
@@ -218,6 +220,18 @@ impl TestCluster {
         coordinators: Vec<String>,
         extra: &[&str],
     ) -> ShardProcess {
+        self.start_shard(program, leading_args, (id, az), coordinators, extra, &[])
+    }
+
+    fn start_shard(
+        &self,
+        program: &Path,
+        leading_args: &[&str],
+        (id, az): (&str, &str),
+        coordinators: Vec<String>,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> ShardProcess {
         let mut shard = ShardProcess {
             id: id.to_string(),
             az: az.to_string(),
@@ -228,6 +242,10 @@ impl TestCluster {
             leading_args: leading_args.iter().map(|s| s.to_string()).collect(),
             coordinators,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             log: self.dir().join(format!("shard-{id}.log")),
             child: None,
             client_tls: self.client_tls.clone(),
@@ -238,6 +256,26 @@ impl TestCluster {
         }
         shard.spawn();
         shard
+    }
+
+    /// [`TestCluster::spawn_sim_shard`] with extra environment variables (failpoints, say:
+    /// `BALLAST_FAILPOINTS`, `BALLAST_FAILPOINT_DIR`).
+    pub fn spawn_sim_shard_with_env(
+        &self,
+        program: impl AsRef<Path>,
+        id: &str,
+        az: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> ShardProcess {
+        self.start_shard(
+            program.as_ref(),
+            &["shard"],
+            (id, az),
+            self.endpoints(),
+            extra,
+            env,
+        )
     }
 
     /// [`TestCluster::spawn_shard`] for `ballast-sim`'s shard subcommand (`<program> shard`),

@@ -217,11 +217,13 @@ impl Sim {
             })
             .collect();
         format!(
-            "{}; {} domains to create in; {} placements pending; fenced {:?}; slices as its engine counts them: {}",
+            "{}; {} domains to create in; {} placements pending; fenced {:?}; takeovers under way {:?}; creates paused {} ms more; slices as its engine counts them: {}",
             needs.join(", "),
             status.domains.len(),
             status.placements_pending,
             status.fenced,
+            status.takeovers,
+            status.provider_backoff_ms,
             quotas.join(", ")
         )
     }
