@@ -42,7 +42,7 @@ struct Restart {
 
 /// A fresh directory for one cache. Each cache gets its own path: fjall's background flushes of
 /// a dropped cache may still be writing, and a new cache at the same path would take their files.
-fn cache_dir() -> std::path::PathBuf {
+pub(crate) fn cache_dir() -> std::path::PathBuf {
     static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let dir = std::env::temp_dir().join(format!("ballast-bench-shard-{}-{n}", std::process::id()));
@@ -52,7 +52,7 @@ fn cache_dir() -> std::path::PathBuf {
 
 /// A shard cache in `dir` holding `inputs`' domains, machines and demand, written the way a
 /// shard takes on a fleet: machines in batches of 50,000.
-fn populate(dir: &std::path::Path, inputs: &Inputs) -> anyhow::Result<Cache> {
+pub(crate) fn populate(dir: &std::path::Path, inputs: &Inputs) -> anyhow::Result<Cache> {
     let cache = Cache::open(dir, "s1")?;
     let demand = inputs.demand_by_cluster();
     let mut held = Assignments::default();

@@ -10,6 +10,7 @@ mod provider;
 mod provider_memory;
 mod stats;
 mod tls;
+mod worker_cycle;
 
 use clap::{Parser, Subcommand};
 
@@ -41,6 +42,11 @@ enum Command {
     /// Provider memory: RSS of a provider process under one fleet provider's load (200
     /// shards' connections, 100K domains claimed, 20K clusters adopted, machines made).
     ProviderMemory(provider_memory::ProviderMemoryArgs),
+    /// Worker cycle with the provider in the loop: a running shard worker provisions its fleet
+    /// through the built-in provider and a provider process over gRPC (alternating), then its
+    /// decision cycles are timed while 1% of the demand changes per step; writes a section of
+    /// `docs/benchmarks-shard.md`.
+    WorkerCycle(worker_cycle::WorkerCycleArgs),
     /// Run the reference provider (same flags as `ballast-provider-sim`); used by `provider`.
     ProviderServe(Box<ballast_provider_sim::config::ProviderArgs>),
     /// Run one coordinator replica (same flags as `ballast-coord`).
@@ -60,6 +66,7 @@ async fn run() -> anyhow::Result<()> {
         Command::Memory(args) => memory::run(args).await,
         Command::Provider(args) => provider::run(args).await,
         Command::ProviderMemory(args) => provider_memory::run(args).await,
+        Command::WorkerCycle(args) => worker_cycle::run(args).await,
         Command::ProviderServe(args) => {
             ballast_provider_sim::init_logging();
             ballast_provider_sim::run_until_signal(*args).await

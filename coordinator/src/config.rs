@@ -96,6 +96,18 @@ pub struct CoordArgs {
     /// How often (ms) the leader moves work off draining or expired shards; 0 disables it.
     #[arg(long, env = "BALLAST_REBALANCE_INTERVAL_MS", default_value_t = 500)]
     pub rebalance_interval_ms: u64,
+    /// Share of shards (per AZ, and fleet-wide) whose leases lapse within one lease beyond
+    /// which the leader takes the coordinator side, not the shards, as the cause: evacuation
+    /// slows to --slow-evacuation-every-ms, and stops when every AZ is hit (0 < x <= 1).
+    #[arg(long, env = "BALLAST_DISRUPTION_THRESHOLD", default_value_t = 0.55)]
+    pub disruption_threshold: f64,
+    /// At the slow evacuation rate, one more lapsed shard is evacuated this often (ms).
+    #[arg(
+        long,
+        env = "BALLAST_SLOW_EVACUATION_EVERY_MS",
+        default_value_t = 60_000
+    )]
+    pub slow_evacuation_every_ms: u64,
     /// Where the leader exports archives: a directory, file:///dir, or
     /// s3://bucket/prefix[?endpoint=URL&allow_http=true&region=R] (AWS_* variables for
     /// credentials). Unset: exports only on demand with an explicit destination.
@@ -195,6 +207,12 @@ impl CoordArgs {
                 self.election_min_ms, self.election_max_ms
             )));
         }
+        if !(self.disruption_threshold > 0.0 && self.disruption_threshold <= 1.0) {
+            return Err(NodeError::Config(format!(
+                "--disruption-threshold ({}) must be above 0 and at most 1",
+                self.disruption_threshold
+            )));
+        }
         let key = match (&self.dr_key_file, &self.dr_key_env) {
             (Some(path), _) => {
                 Some(Key::from_file(path).map_err(|e| NodeError::Config(e.to_string()))?)
@@ -279,6 +297,10 @@ impl CoordArgs {
             default_shard_lease: Duration::from_millis(self.shard_lease_ms),
             rebalance_interval: (self.rebalance_interval_ms > 0)
                 .then(|| Duration::from_millis(self.rebalance_interval_ms)),
+            evacuation: crate::disruption::EvacuationPolicy {
+                threshold: self.disruption_threshold,
+                slow_every: Duration::from_millis(self.slow_evacuation_every_ms),
+            },
             dr: DrConfig {
                 destination: self.dr_destination,
                 interval: (self.dr_interval_secs > 0)

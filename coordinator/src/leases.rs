@@ -24,6 +24,8 @@ pub struct Lease {
     pub epoch: u64,
     /// Its last reported summary.
     pub summary: Option<ShardSummary>,
+    /// The lease length it asked for (ms).
+    pub ttl_ms: u64,
 }
 
 /// Leader-local lease table, valid for one term.
@@ -50,6 +52,7 @@ impl ShardLeases {
                     expires_at_ms,
                     epoch,
                     summary,
+                    ttl_ms,
                 },
             )
         });

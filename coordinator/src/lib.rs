@@ -40,6 +40,7 @@ pub mod restore;
 pub mod service;
 
 mod autopilot;
+mod disruption;
 mod error;
 mod faults;
 mod history;

@@ -36,6 +36,21 @@ pub fn rebalance_round() {
     counter!("ballast_rebalance_rounds_total").increment(1);
 }
 
+/// Records how late one rebalancing round started (the leader's own scheduling lag).
+pub fn leader_lag(lag_ms: u64) {
+    histogram!("ballast_leader_tick_lag_seconds").record(lag_ms as f64 / 1000.0);
+}
+
+/// Records the evacuation mode (`normal`, `slowed`, `stopped`); `changed` counts a change.
+pub fn evacuation_mode(mode: &str, changed: bool) {
+    for each in ["normal", "slowed", "stopped"] {
+        gauge!("ballast_evacuation_mode", "mode" => each).set(f64::from(u8::from(each == mode)));
+    }
+    if changed {
+        counter!("ballast_evacuation_mode_changes_total", "mode" => mode.to_string()).increment(1);
+    }
+}
+
 /// Counts what one applied rebalancing round moved.
 pub fn rebalanced(domains: usize, clusters: usize, quotas: usize) {
     for (kind, count) in [

@@ -58,6 +58,8 @@ pub struct Replica {
     pub timing: Timing,
     /// Shard lease renewals seen while leading.
     pub leases: ShardLeases,
+    /// The leader's last judgement of lapsed leases (`None` on a replica not leading).
+    pub evacuation: parking_lot::Mutex<Option<ballast_protocol::pb::Evacuation>>,
     /// Archive exports.
     pub dr: DrExporter,
     /// Deadlines of KV leases while leading.
@@ -136,6 +138,7 @@ impl Replica {
             store,
             timing,
             leases: ShardLeases::default(),
+            evacuation: parking_lot::Mutex::new(None),
             dr,
             lease_clock: Default::default(),
             peer_contacts,

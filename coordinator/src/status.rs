@@ -93,6 +93,7 @@ pub fn status_report(replica: &Replica) -> pb::StatusResponse {
     pb::StatusResponse {
         warnings,
         membership_changing: view.membership_changing,
+        evacuation: replica.evacuation.lock().clone(),
         dr: Some(replica.dr.status()),
         header: Some(replica.header()),
         state: view.state.to_string(),

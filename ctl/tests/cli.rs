@@ -37,6 +37,7 @@ async fn start_replica_secured(
         logs_to_keep: 100,
         default_shard_lease: Duration::from_secs(10),
         rebalance_interval: None,
+        evacuation: Default::default(),
         dr,
         force_new_cluster: false,
         backend: Default::default(),

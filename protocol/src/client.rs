@@ -307,10 +307,11 @@ impl BallastClient {
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
         let started = tokio::time::Instant::now();
+        let first = self.preferred.load(Ordering::Relaxed);
         let mut attempt: usize = 0;
         let mut last_error: String;
         loop {
-            let index = (self.preferred.load(Ordering::Relaxed) + attempt) % self.endpoints.len();
+            let index = (first + attempt) % self.endpoints.len();
             let factory = RequestFactory {
                 cluster_id: self.cluster_id(),
             };
@@ -321,6 +322,15 @@ impl BallastClient {
                 }
                 Err(status) if is_retryable(&status) => {
                     tracing::debug!(endpoint = %self.endpoints[index], %status, "retrying on another endpoint");
+                    // Off a failing endpoint for the next call too: one that stopped answering
+                    // (a paused leader keeps its socket) costs a whole attempt's deadline, and a
+                    // budget shorter than that would otherwise send every call back to it.
+                    let _ = self.preferred.compare_exchange(
+                        index,
+                        (index + 1) % self.endpoints.len(),
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    );
                     last_error = format!(
                         "{}: {}: {}",
                         self.endpoints[index],

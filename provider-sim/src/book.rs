@@ -187,6 +187,9 @@ pub enum Breach {
     Hang,
     /// Answers `CreateMachine` with an empty machine: no id, no domain, no resources.
     Garbage,
+    /// Refuses every `DeleteMachine` with `invalid-argument` (a provider that will not take
+    /// machines back, or a bug in it); everything else keeps the contract.
+    RefuseDeletes,
 }
 
 /// The provider's state and rules.
@@ -577,6 +580,12 @@ impl Book {
 
     /// `DeleteMachine`.
     pub fn delete(&mut self, request: &DeleteMachineRequest) -> Result<Machine, Refusal> {
+        if self.breach == Breach::RefuseDeletes {
+            return Err(Refusal::new(
+                Reason::InvalidArgument,
+                "this provider takes no machine back (test breach refuse-deletes)",
+            ));
+        }
         self.call(request, |book, call| {
             if live(book.held_machine(call.token, &request.machine_id)?) {
                 book.update(&request.machine_id, |machine| {

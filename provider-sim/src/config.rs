@@ -111,6 +111,8 @@ pub enum BreachArg {
     Hang,
     /// Answer creates with an empty machine.
     Garbage,
+    /// Refuse every delete.
+    RefuseDeletes,
 }
 
 fn parse_shape(text: &str) -> Result<(String, Resources, f64), String> {
@@ -177,6 +179,7 @@ impl ProviderArgs {
             BreachArg::WrongDomain => Breach::WrongDomain,
             BreachArg::Hang => Breach::Hang,
             BreachArg::Garbage => Breach::Garbage,
+            BreachArg::RefuseDeletes => Breach::RefuseDeletes,
         }
     }
 }

@@ -16,7 +16,7 @@ use ballast_protocol::providerpb::{
 };
 
 use crate::cache::{Assignments, Cache, CacheError};
-use crate::engine::{Engine, Machine, Plan, Provision};
+use crate::engine::{Engine, Machine, Plan, Provision, QuotaKey, Resources};
 use crate::placement::cluster_of;
 use crate::provider::{ProviderError, resources_of, shape_for, token};
 use crate::worker::Worker;
@@ -31,9 +31,53 @@ pub struct ShardState {
     pub in_flight: BTreeMap<String, Provision>,
     /// Machines whose release the provider is working on.
     pub releasing: HashSet<String>,
-    /// Creates that ended with no answer the shard could use, by machine id (see
-    /// [`ShardState::retry_id`]).
-    pub unanswered: BTreeMap<String, Unanswered>,
+    /// Creates that ended with no answer the shard could use (see [`ShardState::retry_id`]).
+    pub unanswered: UnansweredCreates,
+}
+
+/// What a `CreateMachine` request is made of (the need is not part of it): domain, quota,
+/// resources. Only the same request may reuse an unanswered create's idempotency key.
+type Request = (String, QuotaKey, Resources);
+
+fn request_of(provision: &Provision) -> Request {
+    (
+        provision.domain.clone(),
+        provision.quota.clone(),
+        provision.resources,
+    )
+}
+
+/// Unanswered creates by machine id, with those not being retried indexed by request: a new
+/// provision finds its id without a scan. A scan per provision, under the engine's lock, made
+/// one cycle take 51.6 s at 100K machines when every create had timed out
+/// (`ballast-bench worker-cycle`).
+#[derive(Debug, Default)]
+pub struct UnansweredCreates {
+    by_id: BTreeMap<String, Unanswered>,
+    waiting: HashMap<Request, BTreeSet<String>>,
+}
+
+impl UnansweredCreates {
+    /// Whether none is kept.
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+
+    fn wait(&mut self, id: &str, request: Request) {
+        self.waiting
+            .entry(request)
+            .or_default()
+            .insert(id.to_string());
+    }
+
+    fn unwait(&mut self, id: &str, request: &Request) {
+        if let Some(ids) = self.waiting.get_mut(request) {
+            ids.remove(id);
+            if ids.is_empty() {
+                self.waiting.remove(request);
+            }
+        }
+    }
 }
 
 /// A create that ended with no answer the shard could use: none came (the provider timed out
@@ -54,12 +98,6 @@ pub struct Unanswered {
 /// for ever). If the provider made the machine, the shard's next start joins it to the ledger
 /// (see [`reconcile`]).
 const MAX_ATTEMPTS: u32 = 20;
-
-/// Whether two provisions make the same `CreateMachine` request (the need is not part of it):
-/// only then may the second reuse the first's idempotency key.
-fn same_request(a: &Provision, b: &Provision) -> bool {
-    a.domain == b.domain && a.quota == b.quota && a.resources == b.resources
-}
 
 impl ShardState {
     /// Builds the engine from the cache: assignments, ledger, demand and provisions in flight.
@@ -90,7 +128,7 @@ impl ShardState {
             engine,
             in_flight: ledger.in_flight,
             releasing: HashSet::new(),
-            unanswered: BTreeMap::new(),
+            unanswered: UnansweredCreates::default(),
         })
     }
 
@@ -102,24 +140,29 @@ impl ShardState {
     /// there — found by `sim/tests/bad_provider.rs`, where such machines filled the slice
     /// and the shard could never meet its demand again.
     pub fn retry_id(&mut self, provision: &Provision) -> Option<String> {
-        let (id, entry) = self
-            .unanswered
-            .iter_mut()
-            .find(|(_, u)| !u.retrying && same_request(&u.provision, provision))?;
-        entry.retrying = true;
-        Some(id.clone())
+        let request = request_of(provision);
+        let id = self.unanswered.waiting.get(&request)?.first().cloned()?;
+        self.unanswered.unwait(&id, &request);
+        if let Some(entry) = self.unanswered.by_id.get_mut(&id) {
+            entry.retrying = true;
+        }
+        Some(id)
     }
 
     /// Records how the create of `id` for `provision` ended: with no usable answer
     /// (`unknown`), kept to be retried under the same id up to [`MAX_ATTEMPTS`]; otherwise
     /// (made, refused, dropped) forgotten.
     fn create_ended(&mut self, id: &str, provision: &Provision, unknown: bool) {
+        let creates = &mut self.unanswered;
+        if let Some(before) = creates.by_id.get(id).map(|u| request_of(&u.provision)) {
+            creates.unwait(id, &before);
+        }
         if !unknown {
-            self.unanswered.remove(id);
+            creates.by_id.remove(id);
             return;
         }
-        let entry = self
-            .unanswered
+        let entry = creates
+            .by_id
             .entry(id.to_string())
             .or_insert_with(|| Unanswered {
                 provision: provision.clone(),
@@ -131,8 +174,10 @@ impl ShardState {
         entry.retrying = false;
         if entry.attempts >= MAX_ATTEMPTS {
             tracing::warn!(machine = %id, attempts = entry.attempts, "giving up an unanswered create; if the provider made the machine, the shard's next start joins it");
-            self.unanswered.remove(id);
+            creates.by_id.remove(id);
+            return;
         }
+        creates.wait(id, request_of(provision));
     }
 }
 
@@ -225,12 +270,17 @@ fn carry_out(worker: &Arc<Worker>) -> Result<(), CacheError> {
             }
         }
         // Surplus goes back at once: the operator or the rebalancer shrank the slice, and
-        // nothing will want these machines before the slice grows again.
-        let surplus: Vec<String> = plan
-            .surplus
-            .into_iter()
-            .filter(|id| !state.releasing.contains(id))
-            .collect();
+        // nothing will want these machines before the slice grows again. Not while provider
+        // failures back the shard off: every cycle lists the surplus again, and a provider
+        // refusing returns would otherwise get each of them again every cycle.
+        let surplus: Vec<String> = if worker.provider_backoff().is_paused() {
+            Vec::new()
+        } else {
+            plan.surplus
+                .into_iter()
+                .filter(|id| !state.releasing.contains(id))
+                .collect()
+        };
         if !surplus.is_empty() {
             worker.cache().store_returning(&surplus)?;
         }
@@ -244,12 +294,13 @@ fn carry_out(worker: &Arc<Worker>) -> Result<(), CacheError> {
             state.engine.demand_total(),
         )
     };
+    let elapsed = cycle.elapsed();
     if worker.cycles() == 0 {
-        let elapsed_ms = cycle.elapsed().as_millis() as u64;
+        let elapsed_ms = elapsed.as_millis() as u64;
         tracing::info!(elapsed_ms, "first decision made and persisted");
     }
-    crate::observe::cycle_done(cycle.elapsed());
-    worker.finish_cycle(shortfalls, counts, demand);
+    crate::observe::cycle_done(elapsed);
+    worker.finish_cycle(shortfalls, counts, demand, elapsed);
     for (id, provision) in started {
         tokio::spawn(provision_one(worker.clone(), id, provision));
     }
@@ -375,7 +426,12 @@ async fn create(worker: &Worker, id: &str, provision: &Provision) -> Result<Mach
 
 /// Asks the provider for one machine and records the answer.
 async fn provision_one(worker: Arc<Worker>, id: String, provision: Provision) {
+    // A slot for the call only: a decision can start tens of thousands of provisions, and
+    // sent together they queued at the provider past their deadlines (122,916 failed calls
+    // provisioning 100K machines through the reference provider).
+    let slot = worker.create_slot().await;
     let outcome = create(&worker, &id, &provision).await;
+    drop(slot);
     let unknown = matches!(&outcome, Err(NotMade::Provider(e)) if e.outcome_unknown());
     let machine = match outcome {
         Ok(machine) => Some(machine),
@@ -401,11 +457,14 @@ async fn provision_one(worker: Arc<Worker>, id: String, provision: Provision) {
         crate::observe::provision_done("ok");
         worker.provider_backoff().succeeded();
     }
-    let mut state = worker.state();
+    // Durable before the engine hears of it, and outside the engine's lock: no decision
+    // touches this machine before it joins the engine below, and cycles need not wait for
+    // this fsync.
     let stored = match &machine {
         Some(m) => worker.cache().store_machines(&[m], &[id.as_str()]),
         None => worker.cache().store_machines(&[], &[id.as_str()]),
     };
+    let mut state = worker.state();
     if let Err(e) = stored {
         tracing::error!(error = %e, machine = %id, "cannot record a provisioning outcome");
         return;
@@ -817,7 +876,7 @@ mod tests {
             engine: Engine::default(),
             in_flight: BTreeMap::new(),
             releasing: HashSet::new(),
-            unanswered: BTreeMap::new(),
+            unanswered: UnansweredCreates::default(),
         };
         let provision = |need: &str, domain: &str| Provision {
             need: need.into(),

@@ -4,7 +4,7 @@
 //! its own.
 
 use parking_lot::{Mutex, RwLock};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -214,6 +214,9 @@ pub struct Worker {
     /// The heartbeat's summary, refreshed by every cycle.
     summary: Mutex<pb::ShardSummary>,
     cycles: AtomicU64,
+    /// How long the last [`RECENT_CYCLES`] cycles took, oldest first. Pushed together with the
+    /// increment of `cycles`, under this lock (taken alone, never with another held).
+    recent_cycles: Mutex<VecDeque<Duration>>,
     sequence: AtomicU64,
     providers: Providers,
     /// Grants the provider refused as stale.
@@ -226,6 +229,10 @@ pub struct Worker {
     /// apart (see [`Worker::takeover_slot`]).
     claim_slots: tokio::sync::Semaphore,
     adopt_slots: tokio::sync::Semaphore,
+    /// `CreateMachine` calls open at once (see [`Worker::create_slot`]).
+    create_slots: tokio::sync::Semaphore,
+    /// Orders demand submissions: stored and handed to the engine in one order.
+    demand: Mutex<()>,
     /// Wakes the reconciliation with the provider (see [`Worker::provider_failed`]).
     reconcile_wake: tokio::sync::Notify,
     /// Which cluster each machine should serve at the provider, and what it confirmed.
@@ -746,6 +753,20 @@ impl Worker {
             .expect("the semaphore is never closed")
     }
 
+    /// Held while a cluster's demand is stored and handed to the engine (taken before the
+    /// engine's lock, never after it).
+    pub fn demand_lock(&self) -> parking_lot::MutexGuard<'_, ()> {
+        self.demand.lock()
+    }
+
+    /// A slot for one `CreateMachine` call (at most [`MAX_CREATES_IN_FLIGHT`] at once).
+    pub async fn create_slot(&self) -> tokio::sync::SemaphorePermit<'_> {
+        self.create_slots
+            .acquire()
+            .await
+            .expect("the semaphore is never closed")
+    }
+
     /// Resolves when the ledger should be reconciled with the provider again.
     pub async fn reconcile_wanted(&self) {
         self.reconcile_wake.notified().await
@@ -806,9 +827,15 @@ impl Worker {
         self.cycles.load(Ordering::Relaxed)
     }
 
-    /// Records the outcome of a cycle: what could not be served, and the machine counts and
-    /// demand the heartbeat reports until the next cycle.
-    pub fn finish_cycle(&self, shortfalls: Vec<Shortfall>, counts: MachineCounts, demand: u64) {
+    /// Records the outcome of a cycle: what could not be served, the machine counts and
+    /// demand the heartbeat reports until the next cycle, and how long it took.
+    pub fn finish_cycle(
+        &self,
+        shortfalls: Vec<Shortfall>,
+        counts: MachineCounts,
+        demand: u64,
+        elapsed: Duration,
+    ) {
         let shortfall = shortfalls.iter().map(|s| s.missing as u64).sum();
         *self.shortfalls.lock() = shortfalls;
         *self.summary.lock() = pb::ShardSummary {
@@ -816,7 +843,20 @@ impl Worker {
             demand,
             shortfall,
         };
+        let mut recent = self.recent_cycles.lock();
+        if recent.len() == RECENT_CYCLES {
+            recent.pop_front();
+        }
+        recent.push_back(elapsed);
         self.cycles.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How long the last cycles took (up to [`RECENT_CYCLES`]), oldest first: from asking for
+    /// the engine's lock to the decision made durable. The last one is cycle number
+    /// [`Worker::cycles`] read under the same lock: a caller reading `cycles()` before and after
+    /// and seeing the same number knows which cycle each entry is.
+    pub fn recent_cycles(&self) -> Vec<Duration> {
+        self.recent_cycles.lock().iter().copied().collect()
     }
 
     /// What the last cycle saw, for heartbeats: read without the engine's lock, which a cycle
@@ -1045,7 +1085,11 @@ pub async fn start(config: WorkerConfig) -> Result<RunningWorker, WorkerError> {
     let mut client_config = ClientConfig::new(config.coordinators.clone());
     client_config.cluster_id = cache.cluster_id()?;
     client_config.retry_budget = Duration::from_secs(2);
-    client_config.attempt_timeout = Duration::from_secs(3);
+    // A third of the lease at most: a replica that stopped answering (a paused leader keeps
+    // its socket) must cost a heartbeat less than the lease, so the next one, sent elsewhere,
+    // still lands in time.
+    client_config.attempt_timeout =
+        (config.lease_ttl / 3).clamp(Duration::from_millis(200), Duration::from_secs(3));
     client_config.tls = security.as_ref().map(|s| s.client.clone());
     let client =
         BallastClient::new(client_config).map_err(|e| WorkerError::Config(e.to_string()))?;
@@ -1127,6 +1171,8 @@ pub async fn start(config: WorkerConfig) -> Result<RunningWorker, WorkerError> {
         adopting: Mutex::new(HashSet::new()),
         claim_slots: tokio::sync::Semaphore::new(TAKEOVER_CALLS),
         adopt_slots: tokio::sync::Semaphore::new(TAKEOVER_CALLS),
+        create_slots: tokio::sync::Semaphore::new(MAX_CREATES_IN_FLIGHT),
+        demand: Mutex::new(()),
         reconcile_wake: tokio::sync::Notify::new(),
         placements: Mutex::new(Placements::default()),
         placements_wake: tokio::sync::Notify::new(),
@@ -1134,6 +1180,7 @@ pub async fn start(config: WorkerConfig) -> Result<RunningWorker, WorkerError> {
         shortfalls: Mutex::new(Vec::new()),
         summary: Mutex::default(),
         cycles: AtomicU64::new(0),
+        recent_cycles: Mutex::new(VecDeque::with_capacity(RECENT_CYCLES)),
         sequence: AtomicU64::new(0),
         backoff: Backoff::new(Duration::from_millis(50), Duration::from_secs(5)),
         startup,
@@ -1188,6 +1235,9 @@ pub async fn start(config: WorkerConfig) -> Result<RunningWorker, WorkerError> {
         server,
     })
 }
+
+/// Cycle durations a worker keeps (see [`Worker::recent_cycles`]).
+pub const RECENT_CYCLES: usize = 1024;
 
 /// Longest a shard holds its decisions after a gap in contact waiting for its watch to catch
 /// up: then it acts on its cache (static stability).
@@ -1324,6 +1374,11 @@ fn provider_connector(
             .map_err(|e| e.to_string())
     }
 }
+
+/// `CreateMachine` calls a shard has open at once; further provisions wait in the shard (still
+/// counted in flight by the engine), not at the provider, where they would sit past their
+/// deadline.
+pub const MAX_CREATES_IN_FLIGHT: usize = 128;
 
 /// Takeover calls of one kind a shard has open at once (per kind; see
 /// [`Worker::takeover_slot`]).

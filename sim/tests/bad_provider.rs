@@ -436,3 +436,79 @@ async fn never_answers_from_the_start() {
     provider.restart_with(HEALTHY);
     recovered(&shard, &provider, DURING).await;
 }
+
+/// A provider that refuses every return (`refuse-deletes`, answered `invalid-argument`): the
+/// shard's surplus goes back at the pace of its backoff, not again every cycle, and once the
+/// provider takes machines back the shard returns them by itself, its ledger agreeing with the
+/// provider's record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_every_return() {
+    use ballast_protocol::pb::command::Command as Wire;
+    let (cluster, provider, shard) = set_up(HEALTHY).await;
+    submit(&shard, BEFORE as u32, 0).await;
+    shard
+        .wait_until("two machines at work", |st| {
+            assigned_machines(st) == BEFORE && st.placements_pending == 0
+        })
+        .await;
+    provider.restart_with(&format!("{HEALTHY} --broken refuse-deletes"));
+
+    // The slice shrinks to nothing and the demand goes: both machines are surplus.
+    cluster
+        .client()
+        .write(pb::Command {
+            command: Some(Wire::SetQuota(pb::SetQuota {
+                provider: "sim".into(),
+                region: "local".into(),
+                total: 10,
+                slices: vec![pb::QuotaSlice {
+                    shard: "s1".into(),
+                    amount: 0,
+                }],
+            })),
+        })
+        .await
+        .expect("shrinking the slice");
+    shard
+        .wait_until("its slice gone", |st| {
+            st.slices.iter().all(|s| s.amount == 0)
+        })
+        .await;
+    submit(&shard, 0, 0).await;
+    let refused = |page: &str| provider_errors(page, "delete", "invalid-argument");
+    let first = wait_for(
+        "the provider to refuse a return",
+        Duration::from_secs(30),
+        || async { (refused(&metrics(&shard).await) >= 1.0).then(Instant::now) },
+    )
+    .await;
+    // A window to count in (the sleep measures; it synchronises nothing).
+    const WINDOW: Duration = Duration::from_secs(3);
+    tokio::time::sleep(WINDOW.saturating_sub(first.elapsed())).await;
+    let page = metrics(&shard).await;
+    let returns = refused(&page);
+    // Sent again every cycle (200 ms), the two returns make 30 refusals in 3 s; the backoff
+    // (50 ms, doubling with each failure, up to 5 s) lets about 8 through. A slow machine only
+    // makes fewer.
+    assert!(
+        returns <= 12.0,
+        "{returns} refused returns in {WINDOW:?}: the shard sends them again every cycle\n{}",
+        shard.log()
+    );
+    assert!(
+        shard
+            .log()
+            .contains("returning a machine failed; retried later"),
+        "the refusal is logged:\n{}",
+        shard.log()
+    );
+
+    // The provider takes machines back again: the shard returns both by itself.
+    provider.restart_with(HEALTHY);
+    recovered(&shard, &provider, 0).await;
+    let record = provider_record_of_s1(&provider.endpoint).await;
+    assert!(
+        record.iter().all(|m| !live(m)),
+        "the provider still has machines of s1: {record:?}"
+    );
+}

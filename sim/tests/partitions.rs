@@ -418,3 +418,40 @@ async fn connection_resets_do_not_depose_a_live_leader() {
         "the leader's connections were cut ({cuts} times)"
     );
 }
+
+/// A client whose preferred replica stops answering (a SIGSTOPped leader keeps its socket: a
+/// call waits for its whole deadline) must try another replica on its next call, not wait on
+/// the same one again: a shard's heartbeat, whose deadline outlasted its retry budget, kept
+/// calling the stopped leader for the whole pause, lapsed at the new leader and lost its
+/// domains (`ballast-sim demo`'s starved-coordinator scenario, 100 domains moved).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_leaves_a_replica_that_stopped_answering() {
+    use ballast_protocol::client::ClientConfig;
+    let cluster = TestCluster::start_with(options(&[]), 1).await;
+    // A replica that accepts connections and never answers.
+    let hung = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a listener");
+    let hung_address = hung.local_addr().expect("its address").to_string();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((socket, _)) = hung.accept().await {
+            open.push(socket);
+        }
+    });
+    let mut config = ClientConfig::new(vec![hung_address, cluster.replicas[0].address.clone()]);
+    // The shard's settings then: each attempt outlasts the whole retry budget.
+    config.attempt_timeout = Duration::from_millis(600);
+    config.retry_budget = Duration::from_millis(300);
+    let client = BallastClient::new(config).expect("a client");
+    let mut answered = Vec::new();
+    for _ in 0..3 {
+        answered.push(client.revision().await.is_ok());
+    }
+    held.abort();
+    assert_eq!(
+        answered,
+        [false, true, true],
+        "the first call waits on the silent replica; the next ones go to the live one"
+    );
+}

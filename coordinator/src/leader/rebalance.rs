@@ -1,13 +1,18 @@
 //! The rebalancing loop on the leader: judges every shard's lease each round and proposes
 //! the moves the rebalancer ([`crate::rebalance`]) plans away from draining and expired shards.
+//! Leases are judged calmly ([`crate::disruption`]): with the leader's own lag added, with a
+//! full lease of grace after it was stopped, and with evacuation slowed or stopped when many
+//! shards lapse together.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use ballast_protocol::pb;
 use tokio::sync::watch;
 
-use crate::fleet::FleetRequest;
+use crate::disruption::{EvacuationPolicy, Evacuations, Judge, Mode, assess};
+use crate::fleet::{FleetRequest, ShardStatus};
 use crate::rebalance;
 use crate::replica::Replica;
 
@@ -15,43 +20,116 @@ use crate::replica::Replica;
 /// shards whose lease ran out. A leader judges only by heartbeats it saw in its current term;
 /// at the start of a term it has seen none, so it gives every shard one full lease of grace
 /// before judging it dead (leases get a fresh TTL after a leader change instead of expiring
-/// early, and a replica that leads again does not trust what it saw in an earlier term).
+/// early, and a replica that leads again does not trust what it saw in an earlier term). The
+/// same grace follows a round that came half a lease late (the leader itself was stopped).
 pub async fn rebalance_loop(
     replica: Arc<Replica>,
-    interval: Duration,
+    (interval, policy): (Duration, EvacuationPolicy),
     mut stopped: watch::Receiver<bool>,
 ) {
-    // (term, when this replica was first seen leading in it).
-    let mut leader_since: Option<(u64, u64)> = None;
+    let lease_ms = replica.timing.default_shard_lease.as_millis() as u64;
+    let base = Instant::now();
+    let mono = || base.elapsed().as_millis() as u64;
+    let mut judge = Judge::new(lease_ms, interval.as_millis() as u64);
+    let mut evacuations = Evacuations::default();
+    let mut leading_in: Option<u64> = None;
+    let mut last_mode: Option<(String, String)> = None;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
             _ = stopped.wait_for(|s| *s) => return,
         }
         if !replica.is_leader() {
-            leader_since = None;
+            leading_in = None;
+            *replica.evacuation.lock() = None;
             continue;
         }
         let term = replica.consensus.term();
         let now = ballast_protocol::clock::unix_ms();
-        if leader_since.is_none_or(|(t, _)| t != term) {
-            leader_since = Some((term, now));
+        if leading_in != Some(term) {
+            leading_in = Some(term);
+            judge.lead(mono());
+            evacuations = Evacuations::default();
         }
-        let since = leader_since.map_or(now, |(_, since)| since);
-        let grace_until =
-            since.saturating_add(replica.timing.default_shard_lease.as_millis() as u64);
-        let plan = {
+        let lag = judge.tick(mono());
+        if lag > 0 {
+            crate::metrics::leader_lag(lag);
+        }
+        let (plan, report) = {
             let fleet = replica.state.fleet();
-            let unhealthy: BTreeSet<String> = fleet
+            let active: Vec<_> = fleet
                 .shards()
-                .filter(|s| match replica.leases.get(term, &s.id) {
-                    Some(lease) => lease.expires_at_ms < now,
-                    None => now > grace_until && s.lease_expires_at_ms < now,
-                })
-                .map(|s| s.id.clone())
+                .filter(|s| s.status == ShardStatus::Active)
+                .map(|s| (s, replica.leases.get(term, &s.id)))
                 .collect();
-            rebalance::plan(&fleet, &unhealthy, rebalance::Limits::default())
+            // The leases the shards asked for bound the judge's windows (before any
+            // heartbeat in this term: the default lease).
+            let (shortest, longest) = active
+                .iter()
+                .filter_map(|(_, lease)| lease.as_ref().map(|l| l.ttl_ms))
+                .filter(|ttl| *ttl > 0)
+                .fold((lease_ms, lease_ms), |(lo, hi), ttl| {
+                    (lo.min(ttl), hi.max(ttl))
+                });
+            judge.set_leases(shortest, longest);
+            let at = mono();
+            // Active shards and whether their lease lapsed, the earliest lapse first.
+            let mut judged: Vec<(u64, String, String, bool)> = active
+                .iter()
+                .map(|(s, lease)| {
+                    let expires = lease
+                        .as_ref()
+                        .map_or(s.lease_expires_at_ms, |lease| lease.expires_at_ms);
+                    let lapsed = judge.lapsed(expires, now, at);
+                    (expires, s.id.clone(), s.az.clone(), lapsed)
+                })
+                .collect();
+            judged.sort();
+            let assessment = assess(
+                judged
+                    .iter()
+                    .map(|(_, _, az, lapsed)| (az.as_str(), *lapsed)),
+                policy.threshold,
+            );
+            let lapsed: Vec<(String, String)> = judged
+                .iter()
+                .filter(|(.., lapsed)| *lapsed)
+                .map(|(_, id, az, _)| (id.clone(), az.clone()))
+                .collect();
+            let evacuating = evacuations.admit(
+                &lapsed,
+                &assessment.mode,
+                at,
+                policy.slow_every.as_millis() as u64,
+            );
+            let report = pb::Evacuation {
+                mode: assessment.mode.name().to_string(),
+                reason: assessment.reason.clone(),
+                lapsed: lapsed.iter().map(|(id, _)| id.clone()).collect(),
+                evacuating: evacuating.iter().cloned().collect(),
+                allowance_ms: judge.allowance_ms(),
+                slowed_azs: match &assessment.mode {
+                    Mode::Slowed(azs) => azs.iter().cloned().collect(),
+                    _ => Vec::new(),
+                },
+            };
+            let unhealthy: BTreeSet<String> = evacuating;
+            (
+                rebalance::plan(&fleet, &unhealthy, rebalance::Limits::default()),
+                report,
+            )
         };
+        let mode = (report.mode.clone(), report.reason.clone());
+        if last_mode.as_ref().map(|(m, _)| m) != Some(&mode.0) {
+            if mode.0 == "normal" {
+                tracing::info!(reason = %mode.1, "evacuation mode normal");
+            } else {
+                tracing::warn!(mode = %mode.0, reason = %mode.1, "evacuation mode changed");
+            }
+            crate::metrics::evacuation_mode(&mode.0, last_mode.is_some());
+        }
+        last_mode = Some(mode);
+        *replica.evacuation.lock() = Some(report);
         crate::metrics::rebalance_round();
         if let Some(command) = plan {
             let (domains, clusters, quotas) = rebalance::moves(&command);

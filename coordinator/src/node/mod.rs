@@ -66,6 +66,8 @@ pub struct NodeConfig {
     /// How often the leader looks for draining or expired shards to move work from
     /// (`None` disables the rebalancer).
     pub rebalance_interval: Option<Duration>,
+    /// How lapsed shards are evacuated when many lapse together.
+    pub evacuation: crate::disruption::EvacuationPolicy,
     /// Archive exports.
     pub dr: DrConfig,
     /// Rewrite the data dir into a new single-voter cluster before starting (quorum loss).

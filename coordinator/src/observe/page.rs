@@ -111,6 +111,23 @@ pub fn render(replica: &Replica) -> String {
         }
         html.push_str("</ul>");
     }
+    if let Some(evacuation) = &status.evacuation {
+        let _ = write!(
+            html,
+            "<h2>Evacuation</h2><p id=\"evacuation\" class=\"{}\">{}: {} (lapsed {}, evacuating {}; \
+             leases extended by {} ms)</p>",
+            if evacuation.mode == "normal" {
+                "ok"
+            } else {
+                "bad"
+            },
+            escape(&evacuation.mode),
+            escape(&evacuation.reason),
+            evacuation.lapsed.len(),
+            evacuation.evacuating.len(),
+            evacuation.allowance_ms
+        );
+    }
     if let Some(placement) = &status.placement {
         let _ = write!(
             html,

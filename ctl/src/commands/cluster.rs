@@ -159,6 +159,11 @@ pub async fn run(ctx: &Context, cmd: ClusterCmd) -> anyhow::Result<Rendered> {
                     "bindings": s.binding_count, "quotas": s.quota_count, "providers": s.provider_count },
                 "restore_epoch": h.restore_epoch,
                 "warnings": s.warnings,
+                "evacuation": s.evacuation.as_ref().map(|e| json!({
+                    "mode": e.mode, "reason": e.reason, "lapsed": e.lapsed,
+                    "evacuating": e.evacuating, "allowance_ms": e.allowance_ms,
+                    "slowed_azs": e.slowed_azs,
+                })),
                 "shards": shards.iter().map(super::shard::shard_json).collect::<Vec<_>>(),
                 "dr": {
                     "destination": dr.destination, "interval_seconds": dr.interval_seconds,
@@ -202,6 +207,17 @@ pub async fn run(ctx: &Context, cmd: ClusterCmd) -> anyhow::Result<Rendered> {
                 dr_line(&dr, h.restore_epoch),
                 members_table(&s.members),
             );
+            let human = match &s.evacuation {
+                Some(e) => format!(
+                    "{human}\nevacuation: {} — {} (lapsed: {}; evacuating: {}; leases extended by {} ms)",
+                    e.mode,
+                    e.reason,
+                    list_or_none(&e.lapsed),
+                    list_or_none(&e.evacuating),
+                    e.allowance_ms
+                ),
+                None => human,
+            };
             let human = if s.warnings.is_empty() {
                 human
             } else {
@@ -292,5 +308,14 @@ pub async fn run(ctx: &Context, cmd: ClusterCmd) -> anyhow::Result<Rendered> {
                 ),
             })
         }
+    }
+}
+
+/// Names joined with commas, or `none`.
+fn list_or_none(names: &[String]) -> String {
+    if names.is_empty() {
+        "none".to_string()
+    } else {
+        names.join(", ")
     }
 }

@@ -12,6 +12,7 @@ pub mod model;
 mod partition;
 mod report;
 mod scenarios;
+mod starved;
 
 use parking_lot::Mutex;
 use std::collections::BTreeSet;
@@ -51,6 +52,9 @@ pub enum Scenario {
     /// than its lease: it keeps serving, its domains and clusters move, it keeps trying to
     /// act and the providers refuse it; then the partition heals.
     Partition,
+    /// SIGSTOP the leader for 1.5 shard leases, then every replica, while the shards keep
+    /// working: no domain may move (the coordinator, not the shards, was down).
+    StarvedCoordinator,
     /// Move `--burst-moves` domains between shards of the same AZ at once.
     Burst,
     /// Export an archive, keep writing, destroy every replica, restore, rejoin; shards follow.
@@ -75,7 +79,7 @@ pub struct FleetArgs {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "steady,leader-kill,outage,az-loss,partition,burst,dr"
+        default_value = "steady,leader-kill,outage,az-loss,partition,starved-coordinator,burst,dr"
     )]
     pub scenarios: Vec<Scenario>,
     /// Length of the steady phase.

@@ -70,6 +70,7 @@ impl Sim {
             Scenario::Outage => self.outage(&mut measurements).await?,
             Scenario::AzLoss => self.az_loss(&mut measurements).await?,
             Scenario::Partition => self.partition(&mut measurements).await?,
+            Scenario::StarvedCoordinator => self.starved_coordinator(&mut measurements).await?,
             Scenario::Burst => self.burst(&mut measurements).await?,
             Scenario::Dr => self.dr(&mut measurements).await?,
         };
