@@ -588,11 +588,7 @@ pub async fn run(args: CoordBenchArgs) -> anyhow::Result<()> {
         "\nThe side-by-side run against a 3-member etcd (the same workload through both, \
          ratios) is `ballast-bench kv`, in `benchmarks-kv.md`."
     )?;
-    if let Some(parent) = args.out.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    std::fs::write(&args.out, &report)
-        .with_context(|| format!("writing {}", args.out.display()))?;
+    crate::report::write_keeping(&args.out, &report, &[crate::heartbeat::SECTION])?;
     println!("{report}");
     drop(cluster);
     let _ = std::fs::remove_dir_all(&dir);

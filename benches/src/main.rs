@@ -4,10 +4,12 @@
 mod coord;
 mod engine;
 mod engine_fleet;
+mod heartbeat;
 mod kv;
 mod memory;
 mod provider;
 mod provider_memory;
+mod report;
 mod stats;
 mod tls;
 mod worker_cycle;
@@ -47,6 +49,10 @@ enum Command {
     /// decision cycles are timed while 1% of the demand changes per step; writes a section of
     /// `docs/benchmarks-shard.md`.
     WorkerCycle(worker_cycle::WorkerCycleArgs),
+    /// Heartbeats under load: shards' lease renewals timed while the coordinator does bulk
+    /// fleet writes with snapshots, and etcd-API puts; writes a section of
+    /// `docs/benchmarks-coord.md`.
+    Heartbeat(heartbeat::HeartbeatArgs),
     /// Run the reference provider (same flags as `ballast-provider-sim`); used by `provider`.
     ProviderServe(Box<ballast_provider_sim::config::ProviderArgs>),
     /// Run one coordinator replica (same flags as `ballast-coord`).
@@ -67,6 +73,7 @@ async fn run() -> anyhow::Result<()> {
         Command::Provider(args) => provider::run(args).await,
         Command::ProviderMemory(args) => provider_memory::run(args).await,
         Command::WorkerCycle(args) => worker_cycle::run(args).await,
+        Command::Heartbeat(args) => heartbeat::run(args).await,
         Command::ProviderServe(args) => {
             ballast_provider_sim::init_logging();
             ballast_provider_sim::run_until_signal(*args).await
@@ -74,10 +81,7 @@ async fn run() -> anyhow::Result<()> {
         Command::Engine(args) => {
             let out = args.out.clone();
             let report = engine::run(args).await?;
-            if let Some(parent) = out.parent() {
-                std::fs::create_dir_all(parent)?;
-            }
-            std::fs::write(&out, &report)?;
+            report::write_keeping(&out, &report, &[worker_cycle::SECTION])?;
             println!("{report}");
             Ok(())
         }

@@ -11,7 +11,7 @@
 //! two provider kinds alternate `--runs` times in one run.
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,7 +27,7 @@ use crate::engine_fleet::{change_demand, fleet};
 use crate::stats::{Summary, ms};
 
 /// The section of the report this benchmark owns.
-const SECTION: &str = "## Worker cycle with the provider in the loop";
+pub const SECTION: &str = "## Worker cycle with the provider in the loop";
 
 /// The quota the shard's slice is of: the provider process's `--name` and `--region`.
 const QUOTA: (&str, &str) = ("sim", "local");
@@ -54,8 +54,7 @@ pub struct WorkerCycleArgs {
     #[arg(long, default_value_t = 10)]
     cycle_ms: u64,
     /// Deadline of each call to the provider process, in milliseconds (default: the shard's).
-    /// A decision starts all its creates at once and the deadline counts their wait for one
-    /// of the 32 streams the provider admits per connection: creates queued past it time out.
+    /// The shard keeps at most 128 creates in flight; the deadline counts from the call.
     #[arg(long, default_value_t = 10_000)]
     provider_timeout_ms: u64,
     /// Most seconds to wait for the fleet to be provisioned (and for it to settle after the
@@ -255,9 +254,9 @@ impl CycleLog {
 }
 
 /// Stores one step's demand durably as `SubmitDemand` does (`Cache::store_demand`, one fsync
-/// per cluster), on a blocking thread. `SubmitDemand` does it under the engine's lock, one
-/// cluster at a time; here it comes first, outside the lock, so the cycle timed next waits for
-/// no fsync of this benchmark's (see [`apply`]).
+/// per cluster), on a blocking thread. `SubmitDemand` does it under the worker's demand lock,
+/// not the engine's, one cluster at a time; here too the cycle timed next waits for no fsync
+/// of this benchmark's (see [`apply`]).
 async fn store(worker: &Arc<Worker>, changes: &[(String, Vec<Need>)]) -> anyhow::Result<()> {
     let worker = worker.clone();
     let changes = changes.to_vec();
@@ -611,7 +610,7 @@ fn section(args: &WorkerCycleArgs, template: &Inputs, runs: &[RunFigures]) -> St
         args.cycles,
         args.runs,
         tuned(args),
-        today(),
+        crate::report::today(),
         crate::stats::machine(),
         template.domains.len(),
         template.needs.len(),
@@ -655,7 +654,7 @@ fn section(args: &WorkerCycleArgs, template: &Inputs, runs: &[RunFigures]) -> St
     let _ = writeln!(
         out,
         "\nEach step's demand (about {clusters} clusters) was stored first, one fsync per cluster \
-         as `SubmitDemand` does (which holds the engine's lock through it): {} ms per step on \
+         as `SubmitDemand` does (under the demand lock, outside the engine's): {} ms per step on \
          average (the worst run's mean). Handing it to the engine then held the lock {} ms per \
          step on average. {ambiguous} steps whose change cycle could not be told apart count \
          under every cycle only.",
@@ -675,47 +674,6 @@ fn tuned(args: &WorkerCycleArgs) -> String {
         let _ = write!(flags, " --provider-timeout-ms {}", args.provider_timeout_ms);
     }
     flags
-}
-
-/// Today's date (UTC), `YYYY-MM-DD`.
-fn today() -> String {
-    let days = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() / 86_400) as i64;
-    // Civil from days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}")
-}
-
-/// `text` with this benchmark's section replaced by `section` (or added at the end).
-fn replace_section(text: &str, section: &str) -> String {
-    let Some(start) = text.find(&format!("{SECTION}\n")) else {
-        let mut out = text.trim_end().to_string();
-        if !out.is_empty() {
-            out.push_str("\n\n");
-        }
-        out.push_str(section);
-        return out;
-    };
-    let rest = &text[start + SECTION.len()..];
-    let end = rest
-        .find("\n## ")
-        .map_or(text.len(), |i| start + SECTION.len() + i + 1);
-    let mut out = text[..start].to_string();
-    out.push_str(section);
-    if end < text.len() {
-        out.push('\n');
-        out.push_str(&text[end..]);
-    }
-    out
 }
 
 /// Runs the benchmark and writes its section into `--out`.
@@ -745,54 +703,7 @@ pub async fn run(args: WorkerCycleArgs) -> anyhow::Result<()> {
         }
     }
     let section = section(&args, &template, &runs);
-    let existing = match std::fs::read_to_string(&args.out) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", args.out.display())),
-    };
-    if let Some(parent) = args.out.parent()
-        && !parent.as_os_str().is_empty()
-    {
-        std::fs::create_dir_all(parent)?;
-    }
-    write_atomically(&args.out, &replace_section(&existing, &section))?;
+    crate::report::write_section(&args.out, SECTION, &section)?;
     println!("{section}");
     Ok(())
-}
-
-fn write_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
-    let tmp = path.with_extension("md.tmp");
-    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_section_is_replaced_in_place_or_added() {
-        let new = format!("{SECTION}\n\nnew\n");
-        assert_eq!(replace_section("", &new), new);
-        assert_eq!(
-            replace_section("# T\n\n## A\n\na\n", &new),
-            format!("# T\n\n## A\n\na\n\n{new}")
-        );
-        let old = format!("# T\n\n{SECTION}\n\nold\n\n## B\n\nb\n");
-        assert_eq!(
-            replace_section(&old, &new),
-            format!("# T\n\n{new}\n## B\n\nb\n")
-        );
-        let last = format!("# T\n\n## A\n\n{SECTION}\n\nold\n");
-        assert_eq!(
-            replace_section(&last, &new),
-            format!("# T\n\n## A\n\n{new}")
-        );
-    }
-
-    #[test]
-    fn dates_are_civil() {
-        assert_eq!(today().len(), 10);
-    }
 }

@@ -108,6 +108,16 @@ pub struct CoordArgs {
         default_value_t = 60_000
     )]
     pub slow_evacuation_every_ms: u64,
+    /// Most of a quota's total the leader moves between live shards in one rebalancing round,
+    /// to the shards whose demand found their slices full (0 <= x <= 1; 0 leaves slices where
+    /// the operator put them).
+    #[arg(long, env = "BALLAST_SLICE_MAX_MOVE", default_value_t = 0.05)]
+    pub slice_max_move: f64,
+    /// Share of what it uses a shard keeps free in its slice when slices move by demand
+    /// (0 <= x <= 1; at least 2 machines' worth): the dead band that keeps slices from
+    /// swinging back and forth.
+    #[arg(long, env = "BALLAST_SLICE_HEADROOM", default_value_t = 0.1)]
+    pub slice_headroom: f64,
     /// Where the leader exports archives: a directory, file:///dir, or
     /// s3://bucket/prefix[?endpoint=URL&allow_http=true&region=R] (AWS_* variables for
     /// credentials). Unset: exports only on demand with an explicit destination.
@@ -213,6 +223,16 @@ impl CoordArgs {
                 self.disruption_threshold
             )));
         }
+        for (flag, value) in [
+            ("--slice-max-move", self.slice_max_move),
+            ("--slice-headroom", self.slice_headroom),
+        ] {
+            if !(0.0..=1.0).contains(&value) {
+                return Err(NodeError::Config(format!(
+                    "{flag} ({value}) must be between 0 and 1"
+                )));
+            }
+        }
         let key = match (&self.dr_key_file, &self.dr_key_env) {
             (Some(path), _) => {
                 Some(Key::from_file(path).map_err(|e| NodeError::Config(e.to_string()))?)
@@ -301,6 +321,11 @@ impl CoordArgs {
                 threshold: self.disruption_threshold,
                 slow_every: Duration::from_millis(self.slow_evacuation_every_ms),
             },
+            slices: (self.slice_max_move > 0.0).then(|| crate::slice_placement::SlicePolicy {
+                headroom: self.slice_headroom,
+                max_move: self.slice_max_move,
+                ..Default::default()
+            }),
             dr: DrConfig {
                 destination: self.dr_destination,
                 interval: (self.dr_interval_secs > 0)
@@ -328,5 +353,45 @@ impl CoordArgs {
                 min_voters: self.autopilot_min_voters.max(1),
             },
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(extra: &[&str]) -> Result<NodeConfig, NodeError> {
+        let args = [
+            "ballast-coord",
+            "--id",
+            "1",
+            "--az",
+            "az-a",
+            "--data-dir",
+            "/tmp/unused",
+        ]
+        .into_iter()
+        .chain(extra.iter().copied());
+        CoordArgs::try_parse_from(args)
+            .expect("flags parse")
+            .into_config()
+    }
+
+    #[test]
+    fn slice_placement_flags_are_fractions_and_zero_turns_it_off() {
+        let config = parse(&[]).expect("defaults");
+        assert_eq!(
+            config.slices,
+            Some(crate::slice_placement::SlicePolicy::default())
+        );
+        assert!(parse(&["--slice-max-move", "0"]).unwrap().slices.is_none());
+        for (flag, bad) in [
+            ("--slice-max-move", "--slice-max-move=1.5"),
+            ("--slice-headroom", "--slice-headroom=-0.1"),
+            ("--slice-headroom", "--slice-headroom=NaN"),
+        ] {
+            let error = parse(&[bad]).expect_err("refused").to_string();
+            assert!(error.contains(flag), "{error}");
+        }
     }
 }

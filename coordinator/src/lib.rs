@@ -52,4 +52,5 @@ mod metrics;
 mod observe;
 mod replica;
 mod security;
+mod slice_placement;
 mod status;

@@ -62,6 +62,14 @@ pub fn rebalanced(domains: usize, clusters: usize, quotas: usize) {
     }
 }
 
+/// Counts a round that moved slice capacity to where demand found slices full:
+/// `ballast_slice_placements_total` (quota tables changed) and
+/// `ballast_slice_placed_machines_total` (machines' worth of slice moved).
+pub fn slices_placed(quotas: usize, machines: u64) {
+    counter!("ballast_slice_placements_total").increment(quotas as u64);
+    counter!("ballast_slice_placed_machines_total").increment(machines);
+}
+
 /// Counts an open watch stream in `ballast_watch_streams{kind}` for as long as it lives.
 pub struct WatchStream(&'static str);
 

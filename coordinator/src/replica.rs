@@ -60,6 +60,9 @@ pub struct Replica {
     pub leases: ShardLeases,
     /// The leader's last judgement of lapsed leases (`None` on a replica not leading).
     pub evacuation: parking_lot::Mutex<Option<ballast_protocol::pb::Evacuation>>,
+    /// Shards seen registered (id → address, AZ) by heartbeats: what a heartbeat trusts while
+    /// a bulk apply holds the fleet state, so renewals do not queue behind it.
+    pub registered: parking_lot::Mutex<std::collections::HashMap<String, (String, String)>>,
     /// Archive exports.
     pub dr: DrExporter,
     /// Deadlines of KV leases while leading.
@@ -139,6 +142,7 @@ impl Replica {
             timing,
             leases: ShardLeases::default(),
             evacuation: parking_lot::Mutex::new(None),
+            registered: parking_lot::Mutex::new(std::collections::HashMap::new()),
             dr,
             lease_clock: Default::default(),
             peer_contacts,
@@ -254,13 +258,14 @@ impl Replica {
     /// The header every answer carries.
     pub fn header(&self) -> pb::ResponseHeader {
         let (raft_term, leader) = self.consensus.term_and_leader();
+        let (revision, restore_epoch) = self.state.published();
         pb::ResponseHeader {
             cluster_id: self.cluster_id.clone(),
             member_id: self.id,
-            revision: self.state.revision(),
+            revision,
             raft_term,
             leader_id: leader.unwrap_or(0),
-            restore_epoch: self.state.fleet().restore_epoch(),
+            restore_epoch,
         }
     }
 

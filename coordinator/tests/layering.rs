@@ -3,7 +3,7 @@
 //!
 //! | layer | modules | what |
 //! |---|---|---|
-//! | 0 core | `fleet` `kv` `history` `rebalance` `disruption` `leadership` `leases` `error` `metrics` `memory` `faults` `dr` `security` | pure logic, leaf recorders, settings |
+//! | 0 core | `fleet` `kv` `history` `rebalance` `disruption` `slice_placement` `leadership` `leases` `error` `metrics` `memory` `faults` `dr` `security` | pure logic, leaf recorders, settings |
 //! | 1 log | `log` (`log::raft`, `log::etcd`, shared `member` `applied` `wire`) `autopilot` `restore` | the replicated log and what is applied from it |
 //! | 2 replica | `replica` `status` | one running replica and what it reports |
 //! | 3 duties and APIs | `leader` `service` | what the leader does alone; the gRPC services |
@@ -23,6 +23,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("history", 0),
     ("rebalance", 0),
     ("disruption", 0),
+    ("slice_placement", 0),
     ("leadership", 0),
     ("leases", 0),
     ("error", 0),
@@ -49,7 +50,14 @@ const LAYERS: &[(&str, u8)] = &[
 ];
 
 /// Modules with no I/O, no runtime, no RPC, no storage and no consensus: what they may not name.
-const PURE: &[&str] = &["fleet", "kv", "history", "rebalance", "disruption"];
+const PURE: &[&str] = &[
+    "fleet",
+    "kv",
+    "history",
+    "rebalance",
+    "disruption",
+    "slice_placement",
+];
 const IMPURE_CRATES: &[&str] = &[
     "tokio",
     "tonic",

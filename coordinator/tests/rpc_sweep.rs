@@ -218,6 +218,42 @@ async fn every_rpc_refuses_hostile_input_and_changes_nothing() {
             &mut tally,
         )
         .await;
+        let quota = |provider: &str, region: &str| pb::QuotaUse {
+            provider: provider.into(),
+            region: region.into(),
+            ..Default::default()
+        };
+        let summaries = [
+            (
+                "too many quotas",
+                (0..=ballast_protocol::validate::MAX_QUOTA_REPORTS)
+                    .map(|i| quota("aws", &format!("r{i}")))
+                    .collect::<Vec<_>>(),
+            ),
+            (
+                "a quota twice",
+                vec![quota("aws", "r1"), quota("aws", "r1")],
+            ),
+            ("a bad provider", vec![quota("AWS", "r1")]),
+        ];
+        for (what, quotas) in summaries {
+            refused(
+                &format!("Heartbeat summary with {what}"),
+                shards().heartbeat(pb::HeartbeatRequest {
+                    shard_id: "new-shard".into(),
+                    address: "127.0.0.1:1".into(),
+                    az: "az-a".into(),
+                    lease_ttl_ms: 0,
+                    epoch: 1,
+                    summary: Some(pb::ShardSummary {
+                        quotas,
+                        ..Default::default()
+                    }),
+                }),
+                &mut tally,
+            )
+            .await;
+        }
         for ttl in [0, u64::MAX] {
             refused(
                 &format!("CreateJoinToken ttl {ttl}"),

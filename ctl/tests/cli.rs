@@ -38,6 +38,7 @@ async fn start_replica_secured(
         default_shard_lease: Duration::from_secs(10),
         rebalance_interval: None,
         evacuation: Default::default(),
+        slices: None,
         dr,
         force_new_cluster: false,
         backend: Default::default(),

@@ -26,6 +26,9 @@ pub const MAX_DOMAIN_LEN: usize = 253;
 pub const MAX_ADDRESS_LEN: usize = 255;
 /// Most items in one batch command.
 pub const MAX_BATCH: usize = 50_000;
+/// Most quotas a heartbeat reports (see `ShardSummary.quotas`); a coordinator ignores a
+/// report with more.
+pub const MAX_QUOTA_REPORTS: usize = 256;
 
 /// Longest shard lease a registration or heartbeat may ask for: a week. Longer leases would
 /// keep a dead shard's domains from moving for practically ever.
@@ -38,6 +41,32 @@ pub fn validate_lease_ms(value: u64) -> Result<(), InvalidInput> {
             "lease_ttl_ms",
             format!("{value} is above the maximum of {MAX_LEASE_MS} (7 days)"),
         ));
+    }
+    Ok(())
+}
+
+/// A heartbeat's summary: at most [`MAX_QUOTA_REPORTS`] quotas, each named by valid ids, none
+/// twice.
+pub fn validate_summary(summary: &crate::pb::ShardSummary) -> Result<(), InvalidInput> {
+    if summary.quotas.len() > MAX_QUOTA_REPORTS {
+        return Err(invalid(
+            "summary.quotas",
+            format!(
+                "{} quotas reported; at most {MAX_QUOTA_REPORTS}",
+                summary.quotas.len()
+            ),
+        ));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for quota in &summary.quotas {
+        validate_id("summary.quotas.provider", &quota.provider)?;
+        validate_id("summary.quotas.region", &quota.region)?;
+        if !seen.insert((quota.provider.as_str(), quota.region.as_str())) {
+            return Err(invalid(
+                "summary.quotas",
+                format!("{}/{} reported twice", quota.provider, quota.region),
+            ));
+        }
     }
     Ok(())
 }

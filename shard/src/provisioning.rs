@@ -19,7 +19,7 @@ use crate::cache::{Assignments, Cache, CacheError};
 use crate::engine::{Engine, Machine, Plan, Provision, QuotaKey, Resources};
 use crate::placement::cluster_of;
 use crate::provider::{ProviderError, resources_of, shape_for, token};
-use crate::worker::Worker;
+use crate::worker::{CycleOutcome, Worker};
 
 /// What the run loop, the demand API and finishing provisions share: the live engine (which
 /// holds the machine ledger and the demand) and the provisions in flight.
@@ -213,7 +213,7 @@ fn carry_out(worker: &Arc<Worker>) -> Result<(), CacheError> {
     let mut started = Vec::new();
     let releases;
     let cycle = std::time::Instant::now();
-    let (shortfalls, counts, demand) = {
+    let outcome = {
         let mut state = worker.state();
         let paused = worker.provider_backoff().is_paused();
         state.engine.pause_provisioning(paused);
@@ -288,11 +288,13 @@ fn carry_out(worker: &Arc<Worker>) -> Result<(), CacheError> {
             state.releasing.insert(id.clone());
         }
         releases = surplus;
-        (
-            plan.shortfalls,
-            state.engine.counts(),
-            state.engine.demand_total(),
-        )
+        CycleOutcome {
+            shortfalls: plan.shortfalls,
+            quota_short: plan.quota_short,
+            counts: state.engine.counts(),
+            demand: state.engine.demand_total(),
+            quotas: state.engine.quota_uses(),
+        }
     };
     let elapsed = cycle.elapsed();
     if worker.cycles() == 0 {
@@ -300,7 +302,7 @@ fn carry_out(worker: &Arc<Worker>) -> Result<(), CacheError> {
         tracing::info!(elapsed_ms, "first decision made and persisted");
     }
     crate::observe::cycle_done(elapsed);
-    worker.finish_cycle(shortfalls, counts, demand, elapsed);
+    worker.finish_cycle(outcome, elapsed);
     for (id, provision) in started {
         tokio::spawn(provision_one(worker.clone(), id, provision));
     }

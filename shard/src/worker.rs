@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use ballast_protocol::client::{BallastClient, ClientConfig};
 use ballast_protocol::pb;
 use ballast_protocol::pb::shard_worker_server::ShardWorkerServer;
+use ballast_protocol::validate::MAX_QUOTA_REPORTS;
 use tokio::sync::watch;
 use tonic::transport::server::TcpIncoming;
 
@@ -33,6 +34,21 @@ use crate::provisioning::{Backoff, ShardState, Takeover};
 use crate::security::Security;
 use ballast_tls::TlsFiles;
 use ballast_tls::identity::AuthLayer;
+
+/// What one decision left for the heartbeat to report until the next.
+#[derive(Clone, Debug, Default)]
+pub struct CycleOutcome {
+    /// Needs not fully served.
+    pub shortfalls: Vec<Shortfall>,
+    /// Of them, machines that found every slice full.
+    pub quota_short: u64,
+    /// Machines by state.
+    pub counts: MachineCounts,
+    /// Machines asked for by all demand.
+    pub demand: u64,
+    /// Per quota: machines held, provisions in flight, this shard's slice.
+    pub quotas: Vec<(QuotaKey, (u64, u64, u64))>,
+}
 
 /// Everything a shard worker needs to start.
 #[derive(Clone, Debug)]
@@ -827,21 +843,36 @@ impl Worker {
         self.cycles.load(Ordering::Relaxed)
     }
 
-    /// Records the outcome of a cycle: what could not be served, the machine counts and
-    /// demand the heartbeat reports until the next cycle, and how long it took.
-    pub fn finish_cycle(
-        &self,
-        shortfalls: Vec<Shortfall>,
-        counts: MachineCounts,
-        demand: u64,
-        elapsed: Duration,
-    ) {
-        let shortfall = shortfalls.iter().map(|s| s.missing as u64).sum();
-        *self.shortfalls.lock() = shortfalls;
+    /// Records the outcome of a cycle (what the heartbeat reports until the next one) and how
+    /// long it took.
+    pub fn finish_cycle(&self, outcome: CycleOutcome, elapsed: Duration) {
+        let shortfall = outcome.shortfalls.iter().map(|s| s.missing as u64).sum();
+        *self.shortfalls.lock() = outcome.shortfalls;
+        // Bounded as the coordinator expects: the quotas with most use first.
+        let mut quotas = outcome.quotas;
+        if quotas.len() > MAX_QUOTA_REPORTS {
+            quotas.sort_by_key(|(_, (held, in_flight, slice))| {
+                std::cmp::Reverse((held + in_flight, *slice))
+            });
+            quotas.truncate(MAX_QUOTA_REPORTS);
+        }
         *self.summary.lock() = pb::ShardSummary {
-            machines_by_state: by_state(counts).into_iter().collect(),
-            demand,
+            machines_by_state: by_state(outcome.counts).into_iter().collect(),
+            demand: outcome.demand,
             shortfall,
+            quotas: quotas
+                .into_iter()
+                .map(
+                    |((provider, region), (held, in_flight, slice))| pb::QuotaUse {
+                        provider,
+                        region,
+                        slice,
+                        held,
+                        in_flight,
+                    },
+                )
+                .collect(),
+            quota_shortfall: outcome.quota_short,
         };
         let mut recent = self.recent_cycles.lock();
         if recent.len() == RECENT_CYCLES {

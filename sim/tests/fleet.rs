@@ -49,6 +49,7 @@ fn every_scenario_keeps_every_invariant_at_ci_scale() {
             "az-loss",
             "partition",
             "starved-coordinator",
+            "demand-shift",
             "burst",
             "dr"
         ]
@@ -76,6 +77,9 @@ fn every_scenario_keeps_every_invariant_at_ci_scale() {
         "the healed shard drops the domains and clusters it lost",
         "no domain moves when the leader is stopped past the shards' lease",
         "no domain moves when every replica is stopped past the shards' lease",
+        "a demand shift is met by slices following demand",
+        "slices move no more than the demand shift needs",
+        "no slice swings back and forth",
     ] {
         assert!(checked.contains(name), "{name} never checked: {checked:?}");
     }
@@ -90,8 +94,13 @@ fn every_scenario_keeps_every_invariant_at_ci_scale() {
     assert_eq!(figure(3, "domains_evacuated"), 200.0);
     assert!(figure(4, "cut_to_reassigned_ms") > 0.0);
     assert!(figure(5, "stop_ms") > 0.0);
-    assert_eq!(figure(6, "moves"), 600.0);
-    assert!(figure(7, "archive_bytes") > 0.0);
+    assert!(
+        figure(6, "slice_needed") > 0.0,
+        "the shift outgrew the slices"
+    );
+    assert!(figure(6, "slice_moved") > 0.0);
+    assert_eq!(figure(7, "moves"), 600.0);
+    assert!(figure(8, "archive_bytes") > 0.0);
     assert!(report["samples"].as_array().unwrap().len() > 20);
     assert!(!report["leader_changes"].as_array().unwrap().is_empty());
     for file in [

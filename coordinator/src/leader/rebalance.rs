@@ -4,7 +4,7 @@
 //! full lease of grace after it was stopped, and with evacuation slowed or stopped when many
 //! shards lapse together.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,6 +15,7 @@ use crate::disruption::{EvacuationPolicy, Evacuations, Judge, Mode, assess};
 use crate::fleet::{FleetRequest, ShardStatus};
 use crate::rebalance;
 use crate::replica::Replica;
+use crate::slice_placement::{self, QuotaReport, SlicePolicy};
 
 /// On the leader: moves domains, bindings and quota slices away from draining shards and from
 /// shards whose lease ran out. A leader judges only by heartbeats it saw in its current term;
@@ -24,7 +25,7 @@ use crate::replica::Replica;
 /// same grace follows a round that came half a lease late (the leader itself was stopped).
 pub async fn rebalance_loop(
     replica: Arc<Replica>,
-    (interval, policy): (Duration, EvacuationPolicy),
+    (interval, policy, slice_policy): (Duration, EvacuationPolicy, Option<SlicePolicy>),
     mut stopped: watch::Receiver<bool>,
 ) {
     let lease_ms = replica.timing.default_shard_lease.as_millis() as u64;
@@ -114,10 +115,31 @@ pub async fn rebalance_loop(
                 },
             };
             let unhealthy: BTreeSet<String> = evacuating;
-            (
-                rebalance::plan(&fleet, &unhealthy, rebalance::Limits::default()),
-                report,
-            )
+            let mut plan = rebalance::plan(&fleet, &unhealthy, rebalance::Limits::default())
+                .map(|command| (command, Cause::Evacuation));
+            // Slices follow demand only while the fleet is calm: nothing to evacuate, and the
+            // leader judging leases normally (its reports are current).
+            if let (None, Some(slice_policy), Mode::Normal) =
+                (&plan, slice_policy, &assessment.mode)
+            {
+                let reports: BTreeMap<String, QuotaReport> = judged
+                    .iter()
+                    .filter(|(.., lapsed)| !*lapsed)
+                    .filter_map(|(_, id, ..)| {
+                        let summary = replica.leases.get(term, id)?.summary?;
+                        Some((id.clone(), quota_report(&summary)))
+                    })
+                    .collect();
+                let tables = slice_placement::tables(&fleet);
+                let moves = slice_placement::place(&tables, &reports, slice_policy);
+                plan = slice_placement::command(&tables, &moves).map(|command| {
+                    (
+                        command,
+                        Cause::Demand(moves.iter().map(|m| m.amount).sum::<u64>()),
+                    )
+                });
+            }
+            (plan, report)
         };
         let mode = (report.mode.clone(), report.reason.clone());
         if last_mode.as_ref().map(|(m, _)| m) != Some(&mode.0) {
@@ -131,26 +153,61 @@ pub async fn rebalance_loop(
         last_mode = Some(mode);
         *replica.evacuation.lock() = Some(report);
         crate::metrics::rebalance_round();
-        if let Some(command) = plan {
-            let (domains, clusters, quotas) = rebalance::moves(&command);
-            tracing::info!(
+        let Some((command, cause)) = plan else {
+            continue;
+        };
+        let (domains, clusters, quotas) = rebalance::moves(&command);
+        match cause {
+            Cause::Evacuation => tracing::info!(
                 domains,
                 clusters,
                 quotas,
                 "rebalancing away from draining or expired shards"
-            );
-            match replica
-                .propose(FleetRequest {
-                    request_id: String::new(),
-                    command,
-                })
-                .await
-            {
-                Ok(_) => crate::metrics::rebalanced(domains, clusters, quotas),
-                Err(status) => {
-                    tracing::warn!(%status, "rebalancing round refused; retrying next round")
-                }
+            ),
+            Cause::Demand(machines) => tracing::info!(
+                quotas,
+                machines,
+                "moving slice capacity to shards whose demand found their slices full"
+            ),
+        }
+        match replica
+            .propose(FleetRequest {
+                request_id: String::new(),
+                command,
+            })
+            .await
+        {
+            Ok(_) => match cause {
+                Cause::Evacuation => crate::metrics::rebalanced(domains, clusters, quotas),
+                Cause::Demand(machines) => crate::metrics::slices_placed(quotas, machines),
+            },
+            Err(status) => {
+                tracing::warn!(%status, "rebalancing round refused; retrying next round")
             }
         }
+    }
+}
+
+/// Why a round proposes what it does.
+#[derive(Clone, Copy, Debug)]
+enum Cause {
+    /// Work leaves draining or lapsed shards.
+    Evacuation,
+    /// Slice capacity (this many machines' worth) goes where demand found slices full.
+    Demand(u64),
+}
+
+/// A heartbeat's summary as the slice placement reads it.
+fn quota_report(summary: &pb::ShardSummary) -> QuotaReport {
+    QuotaReport {
+        short: summary.quota_shortfall,
+        quotas: summary
+            .quotas
+            .iter()
+            .map(|q| {
+                let used = q.held.saturating_add(q.in_flight);
+                ((q.provider.clone(), q.region.clone()), (q.slice, used))
+            })
+            .collect(),
     }
 }

@@ -4,6 +4,7 @@
 
 use parking_lot::{RwLock, RwLockReadGuard};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -43,6 +44,9 @@ pub struct SharedState {
     history: RwLock<History>,
     /// Ticks with the fleet revision after every apply, so readers can wait for a revision.
     revision_tx: watch::Sender<u64>,
+    /// The restore epoch as of the last apply, published with the revision: response headers
+    /// read both without waiting for the apply path's lock.
+    restore_epoch: AtomicU64,
 }
 
 impl SharedState {
@@ -54,6 +58,7 @@ impl SharedState {
         let (revision_tx, _) = watch::channel(fleet.revision());
         Self {
             history: RwLock::new(History::starting_at(fleet.revision())),
+            restore_epoch: AtomicU64::new(fleet.restore_epoch()),
             fleet: RwLock::new(fleet),
             applied: RwLock::new((applied, membership)),
             revision_tx,
@@ -65,9 +70,24 @@ impl SharedState {
         self.fleet.read()
     }
 
+    /// Read access to the fleet state if the apply path does not hold it (or wait for it).
+    pub fn try_fleet(&self) -> Option<RwLockReadGuard<'_, FleetState>> {
+        self.fleet.try_read()
+    }
+
     /// Current fleet revision.
     pub fn revision(&self) -> u64 {
         self.fleet().revision()
+    }
+
+    /// The fleet revision and restore epoch as of the last apply, without the state's lock
+    /// (an apply under way is not in them yet): for response headers, which a bulk apply
+    /// holding the lock for tens of milliseconds must not delay.
+    pub fn published(&self) -> (u64, u64) {
+        (
+            *self.revision_tx.borrow(),
+            self.restore_epoch.load(Ordering::Acquire),
+        )
     }
 
     /// Last applied log id.
@@ -153,6 +173,8 @@ impl SharedState {
                 });
             }
             revision = fleet.revision();
+            self.restore_epoch
+                .store(fleet.restore_epoch(), Ordering::Release);
         }
         self.revision_tx.send_replace(revision);
         crate::metrics::applied(started);
@@ -168,6 +190,8 @@ impl SharedState {
         membership: StoredMembership,
     ) {
         let revision = fleet.revision();
+        self.restore_epoch
+            .store(fleet.restore_epoch(), Ordering::Release);
         {
             let mut current = self.fleet.write();
             *current = fleet;

@@ -68,6 +68,8 @@ pub struct NodeConfig {
     pub rebalance_interval: Option<Duration>,
     /// How lapsed shards are evacuated when many lapse together.
     pub evacuation: crate::disruption::EvacuationPolicy,
+    /// How slices follow demand between live shards (`None`: they stay where put).
+    pub slices: Option<crate::slice_placement::SlicePolicy>,
     /// Archive exports.
     pub dr: DrConfig,
     /// Rewrite the data dir into a new single-voter cluster before starting (quorum loss).

@@ -151,7 +151,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
     if let Some(interval) = config.rebalance_interval {
         tokio::spawn(crate::leader::rebalance::rebalance_loop(
             replica.clone(),
-            (interval, config.evacuation),
+            (interval, config.evacuation, config.slices),
             stopped.clone(),
         ));
     }

@@ -174,6 +174,10 @@ impl Assignments for AssignmentsService {
         let beat = request.into_inner();
         ballast_protocol::validate::validate_lease_ms(beat.lease_ttl_ms)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if let Some(summary) = &beat.summary {
+            ballast_protocol::validate::validate_summary(summary)
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        }
         let ttl = if beat.lease_ttl_ms == 0 {
             replica.timing.default_shard_lease.as_millis() as u64
         } else {
@@ -191,11 +195,26 @@ impl Assignments for AssignmentsService {
         // The registration goes through Raft only when something durable changes (first
         // contact, new address or AZ); renewals stay on the leader, as etcd keeps lease
         // refreshes off its log.
-        let known = replica
-            .state
-            .fleet()
-            .shard(&beat.shard_id)
-            .is_some_and(|s| s.address == beat.address && s.az == beat.az);
+        // While an apply holds the fleet state (a bulk write can for tens of milliseconds),
+        // the last registration this replica saw stands in for it: renewals must not queue
+        // behind the writes. A shard removed meanwhile re-registers on its next heartbeat.
+        let place = (beat.address.clone(), beat.az.clone());
+        let known = match replica.state.try_fleet() {
+            Some(fleet) => {
+                let known = fleet
+                    .shard(&beat.shard_id)
+                    .is_some_and(|s| s.address == beat.address && s.az == beat.az);
+                drop(fleet);
+                let mut registered = replica.registered.lock();
+                if known {
+                    registered.insert(beat.shard_id.clone(), place);
+                } else {
+                    registered.remove(&beat.shard_id);
+                }
+                known
+            }
+            None => replica.registered.lock().get(&beat.shard_id) == Some(&place),
+        };
         if !known {
             replica
                 .propose(FleetRequest {

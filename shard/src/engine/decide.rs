@@ -99,8 +99,11 @@ impl Engine {
                     idle_exhausted.insert(shape);
                 }
             }
+            let mut out_of_room = false;
             if missing > 0 {
-                missing -= self.provision(n, missing, &mut plan);
+                let (started, full) = self.provision(n, missing, &mut plan);
+                missing -= started;
+                out_of_room = full;
             }
             if missing > 0 && victims_exhausted.get(&shape).is_none_or(|p| *p < priority) {
                 for from in self.preempt(n, &mut missing, &mut plan) {
@@ -113,6 +116,9 @@ impl Engine {
             }
             if missing > 0 {
                 self.short.insert(n);
+                if out_of_room {
+                    plan.quota_short += u64::from(missing);
+                }
                 plan.shortfalls.push(Shortfall {
                     need: self.need(n).need.id.clone(),
                     missing,
@@ -224,21 +230,24 @@ impl Engine {
     }
 
     /// Starts up to `wanted` provisions for need `n` within quota, spreading them over the
-    /// domains its placement allows. Returns how many it started.
-    fn provision(&mut self, n: u32, wanted: u32, plan: &mut Plan) -> u32 {
+    /// domains its placement allows. Returns how many it started, and whether it stopped
+    /// short because every slice was full (not because provisioning is paused, a slice table
+    /// is refused, or no domain fits: a larger slice would not help those).
+    fn provision(&mut self, n: u32, wanted: u32, plan: &mut Plan) -> (u32, bool) {
         if self.provisioning_paused {
-            return 0;
+            return (0, false);
         }
+        let candidates = self.candidates(self.need(n).at).to_vec();
+        if candidates.is_empty() {
+            return (0, false);
+        }
+        let out_of_room = self.blocked_quotas.is_empty();
         let has_room = self.sliced.iter().any(|q| {
             let q = *q as usize;
             self.slice[q] > self.quota_held[q] + self.quota_in_flight[q]
         });
         if !has_room {
-            return 0;
-        }
-        let candidates = self.candidates(self.need(n).at).to_vec();
-        if candidates.is_empty() {
-            return 0;
+            return (0, out_of_room);
         }
         let mut started = 0;
         for q in self.sliced.clone() {
@@ -259,7 +268,7 @@ impl Engine {
                 started += 1;
             }
         }
-        started
+        (started, started < wanted && out_of_room)
     }
 
     /// Moves machines serving lower-priority needs to need `n`, cheapest victim first.

@@ -314,6 +314,25 @@ impl Engine {
             .sum()
     }
 
+    /// Every quota the shard holds a slice of or machines under, in key order, with its use
+    /// as [`Engine::quota_use`] gives it: machines held, provisions in flight, slice.
+    pub fn quota_uses(&self) -> Vec<(QuotaKey, (u64, u64, u64))> {
+        let mut uses: Vec<(QuotaKey, (u64, u64, u64))> = self
+            .quota_keys
+            .iter()
+            .enumerate()
+            .map(|(q, key)| {
+                (
+                    key.clone(),
+                    (self.quota_held[q], self.quota_in_flight[q], self.slice[q]),
+                )
+            })
+            .filter(|(_, (held, in_flight, slice))| *slice > 0 || held + in_flight > 0)
+            .collect();
+        uses.sort();
+        uses
+    }
+
     /// Use of one quota: machines held, provisions in flight, slice.
     pub fn quota_use(&self, key: &QuotaKey) -> (u64, u64, u64) {
         match self.quota_ids.get(key) {

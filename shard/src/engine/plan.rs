@@ -45,4 +45,7 @@ pub struct Plan {
     pub surplus: Vec<String>,
     /// What could not be served.
     pub shortfalls: Vec<Shortfall>,
+    /// Machines of `shortfalls` that found every slice full: what a larger slice would let
+    /// the shard provision (the coordinator places slice capacity by it).
+    pub quota_short: u64,
 }

@@ -62,6 +62,38 @@ fn idle_first_then_quota_then_shortfall() {
 }
 
 #[test]
+fn only_a_shortfall_that_found_every_slice_full_asks_for_more_slice() {
+    let mut i = inputs();
+    i.machines = vec![machine("m1", "zone=az-a/rack=1", 4, None)];
+    i.needs = vec![need("n1", 5, 2, 0, Placement::Any)];
+    let mut engine = Engine::from_inputs(&i);
+    let full = engine.decide();
+    assert_eq!(full.quota_short, 1, "a slice of 4 leaves one of five short");
+    assert_eq!(
+        engine.quota_uses(),
+        vec![(("aws".into(), "r1".into()), (1, 3, 4))],
+        "slice 4, one machine held and three in flight"
+    );
+    // No domain in az-c: a larger slice would not help.
+    let mut i = inputs();
+    i.needs = vec![need("n1", 2, 1, 0, Placement::Az("az-c".into()))];
+    assert_eq!(decide(&i).quota_short, 0);
+    assert_eq!(decide(&i).shortfalls.len(), 1);
+    // Paused by a provider's backoff: not the slice's fault either.
+    let mut i = inputs();
+    i.needs = vec![need("n1", 9, 1, 0, Placement::Any)];
+    let mut engine = Engine::from_inputs(&i);
+    engine.pause_provisioning(true);
+    assert_eq!(engine.decide().quota_short, 0);
+    engine.pause_provisioning(false);
+    assert_eq!(engine.decide().quota_short, 5, "9 wanted, 4 started");
+    // Nor while the provider refuses the slice table the shard holds.
+    let mut engine = Engine::from_inputs(&i);
+    engine.block_quotas(&BTreeSet::from([("aws".to_string(), "r1".to_string())]));
+    assert_eq!(engine.decide().quota_short, 0);
+}
+
+#[test]
 fn paused_provisioning_reports_shortfalls_and_resumes() {
     let mut i = inputs();
     i.needs = vec![need("n1", 2, 1, 0, Placement::Any)];

@@ -12,6 +12,7 @@ pub mod model;
 mod partition;
 mod report;
 mod scenarios;
+mod shift;
 mod starved;
 
 use parking_lot::Mutex;
@@ -55,6 +56,10 @@ pub enum Scenario {
     /// SIGSTOP the leader for 1.5 shard leases, then every replica, while the shards keep
     /// working: no domain may move (the coordinator, not the shards, was down).
     StarvedCoordinator,
+    /// A third of az-a's clusters triple their demand, all on its first shards: the
+    /// coordinator moves slice capacity to them from what no shard holds and other shards'
+    /// spare room, no more than the shift needs and never back and forth.
+    DemandShift,
     /// Move `--burst-moves` domains between shards of the same AZ at once.
     Burst,
     /// Export an archive, keep writing, destroy every replica, restore, rejoin; shards follow.
@@ -79,7 +84,7 @@ pub struct FleetArgs {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "steady,leader-kill,outage,az-loss,partition,starved-coordinator,burst,dr"
+        default_value = "steady,leader-kill,outage,az-loss,partition,starved-coordinator,demand-shift,burst,dr"
     )]
     pub scenarios: Vec<Scenario>,
     /// Length of the steady phase.

@@ -71,6 +71,7 @@ impl Sim {
             Scenario::AzLoss => self.az_loss(&mut measurements).await?,
             Scenario::Partition => self.partition(&mut measurements).await?,
             Scenario::StarvedCoordinator => self.starved_coordinator(&mut measurements).await?,
+            Scenario::DemandShift => self.demand_shift(&mut measurements).await?,
             Scenario::Burst => self.burst(&mut measurements).await?,
             Scenario::Dr => self.dr(&mut measurements).await?,
         };
