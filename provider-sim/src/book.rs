@@ -190,6 +190,9 @@ pub enum Breach {
     /// Refuses every `DeleteMachine` with `invalid-argument` (a provider that will not take
     /// machines back, or a bug in it); everything else keeps the contract.
     RefuseDeletes,
+    /// Carries out every `ConfigureMachine` and never answers it (as [`Breach::Hang`], for
+    /// configures only): the caller cannot tell whether the machine now serves the cluster.
+    LoseConfigureAnswers,
 }
 
 /// The provider's state and rules.

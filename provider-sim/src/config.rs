@@ -113,6 +113,8 @@ pub enum BreachArg {
     Garbage,
     /// Refuse every delete.
     RefuseDeletes,
+    /// Carry out configures and never answer them.
+    LoseConfigureAnswers,
 }
 
 fn parse_shape(text: &str) -> Result<(String, Resources, f64), String> {
@@ -178,6 +180,7 @@ impl ProviderArgs {
             BreachArg::WrongId => Breach::WrongId,
             BreachArg::WrongDomain => Breach::WrongDomain,
             BreachArg::Hang => Breach::Hang,
+            BreachArg::LoseConfigureAnswers => Breach::LoseConfigureAnswers,
             BreachArg::Garbage => Breach::Garbage,
             BreachArg::RefuseDeletes => Breach::RefuseDeletes,
         }

@@ -200,6 +200,10 @@ impl Provider for SimProvider {
         let machine = self
             .mutate(request, |r| r.token.as_ref(), |book, r| book.configure(r))
             .await?;
+        if self.breach == Breach::LoseConfigureAnswers {
+            // Done and durable; the answer is lost on the way.
+            tokio::time::sleep(HANG).await;
+        }
         Ok(Response::new(self.answer(machine, false)))
     }
 

@@ -51,7 +51,9 @@ pub struct Step {
 impl Placements {
     /// Records that the ledger wants `machine` to serve `cluster` (or to be idle).
     pub fn want(&mut self, machine: &str, cluster: Option<String>) {
-        if self.confirmed.get(machine) == Some(&cluster) {
+        // While a call is in flight the provider may already have what it asked for: a wish
+        // back to what was confirmed before it is still a wish, judged when the call ends.
+        if !self.busy.contains(machine) && self.confirmed.get(machine) == Some(&cluster) {
             self.wanted.remove(machine);
             self.dirty.remove(machine);
             return;
@@ -97,12 +99,20 @@ impl Placements {
             .collect()
     }
 
-    /// A call for `machine` ended: the provider now has `confirmed` (`None`: it failed and the
-    /// machine's state there is as before; `retry` puts it back in line).
-    pub fn finished(&mut self, machine: &str, confirmed: Option<Option<String>>, retry: bool) {
+    /// A call for `machine` ended: the provider now has `ended.confirmed` (`None`: it failed);
+    /// `ended.retry` puts it back in line; `ended.unsure` forgets what the provider was last
+    /// known to have, so the next attempt asks it first.
+    pub fn finished(&mut self, machine: &str, ended: Ended) {
+        let Ended {
+            confirmed,
+            retry,
+            unsure,
+        } = ended;
         self.busy.remove(machine);
         if let Some(cluster) = confirmed {
             self.confirmed.insert(machine.to_string(), cluster);
+        } else if unsure {
+            self.confirmed.remove(machine);
         }
         match (self.wanted.get(machine), self.confirmed.get(machine)) {
             (Some(wanted), Some(confirmed)) if wanted == confirmed => {
@@ -147,6 +157,31 @@ impl Placements {
     }
 }
 
+/// How one machine's call ended.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Ended {
+    /// What the provider now has the machine serve (`None`: the call failed).
+    pub confirmed: Option<Option<String>>,
+    /// Whether to try again.
+    pub retry: bool,
+    /// The call failed in a way that leaves the machine's state at the provider unknown (no
+    /// answer came, or the provider did not have it in the state the shard believed).
+    pub unsure: bool,
+}
+
+impl Ended {
+    fn done(confirmed: Option<String>) -> Ended {
+        Ended {
+            confirmed: Some(confirmed),
+            ..Ended::default()
+        }
+    }
+
+    fn dropped() -> Ended {
+        Ended::default()
+    }
+}
+
 /// The cluster a need id (`cluster/row`) belongs to.
 pub fn cluster_of(need: &str) -> String {
     need.split('/').next().unwrap_or(need).to_string()
@@ -173,10 +208,8 @@ pub async fn placement_loop(worker: Arc<Worker>, mut stopped: watch::Receiver<bo
                 .for_each_concurrent(CONCURRENCY, |step| {
                     let worker = worker.clone();
                     async move {
-                        let (confirmed, retry) = carry_out(&worker, &step).await;
-                        worker
-                            .placements()
-                            .finished(&step.machine, confirmed, retry);
+                        let ended = carry_out(&worker, &step).await;
+                        worker.placements().finished(&step.machine, ended);
                     }
                 })
                 .await;
@@ -187,11 +220,11 @@ pub async fn placement_loop(worker: Arc<Worker>, mut stopped: watch::Receiver<bo
     }
 }
 
-/// One machine's placement at the provider: what it confirmed (if anything) and whether to
-/// try again.
-async fn carry_out(worker: &Worker, step: &Step) -> (Option<Option<String>>, bool) {
+/// One machine's placement at the provider: what it confirmed (if anything), whether to try
+/// again, and whether the machine's state there is now unknown.
+async fn carry_out(worker: &Worker, step: &Step) -> Ended {
     let Some(machine) = worker.state().engine.machine(&step.machine) else {
-        return (None, false);
+        return Ended::dropped();
     };
     let provider = match worker
         .providers()
@@ -200,16 +233,38 @@ async fn carry_out(worker: &Worker, step: &Step) -> (Option<Option<String>>, boo
         Ok(provider) => provider,
         Err(e) => {
             tracing::warn!(machine = %step.machine, error = %e, "no provider to place the machine at");
-            return (None, false);
+            return Ended::dropped();
         }
     };
-    // A release presents the grant of the cluster the machine serves at the provider.
-    let serving = match &step.confirmed {
-        Some(Some(cluster)) => Some(cluster.clone()),
-        _ => None,
+    // Not known (an earlier call got no answer, or found the machine otherwise than
+    // believed): ask, rather than act on a guess. A release presents the grant of the
+    // cluster the machine serves, and a configure of a machine serving another cluster must
+    // release it first under that cluster's grant: both need the truth.
+    let asked = step.confirmed.is_none();
+    let confirmed = match &step.confirmed {
+        Some(known) => known.clone(),
+        None => match provider.get(&step.machine).await {
+            Ok(now) => (!now.cluster.is_empty()).then_some(now.cluster),
+            Err(e) if e.reason() == Some(Reason::NotFound) => return Ended::dropped(),
+            Err(e) => {
+                tracing::debug!(machine = %step.machine, error = %e, "asking the provider about a machine failed");
+                return Ended {
+                    confirmed: None,
+                    retry: e.retryable(),
+                    unsure: true,
+                };
+            }
+        },
     };
+    if step.wanted == confirmed {
+        return Ended::done(confirmed);
+    }
+    let serving = confirmed.clone();
     let Some(release_grants) = worker.grants_for_serving(serving.as_deref()) else {
-        return (None, false);
+        return Ended {
+            confirmed: asked.then_some(confirmed),
+            ..Ended::dropped()
+        };
     };
     let release = |key: String| ReleaseMachineRequest {
         idempotency_key: key,
@@ -229,7 +284,10 @@ async fn carry_out(worker: &Worker, step: &Step) -> (Option<Option<String>>, boo
         Some(cluster) => {
             // Not (or no longer) serving the cluster, or fenced: not this shard's to configure.
             let Some(grants) = worker.cluster_grants(cluster) else {
-                return (None, false);
+                return Ended {
+                    confirmed: asked.then_some(confirmed),
+                    ..Ended::dropped()
+                };
             };
             let configure = |key: String| ConfigureMachineRequest {
                 idempotency_key: key,
@@ -244,7 +302,7 @@ async fn carry_out(worker: &Worker, step: &Step) -> (Option<Option<String>>, boo
                     worker.epoch()
                 )
             };
-            let serving_another = matches!(&step.confirmed, Some(Some(other)) if other != cluster);
+            let serving_another = matches!(&confirmed, Some(other) if other != cluster);
             let first = if serving_another {
                 provider.release(release(key("release"))).await.map(|_| ())
             } else {
@@ -270,14 +328,23 @@ async fn carry_out(worker: &Worker, step: &Step) -> (Option<Option<String>>, boo
         }
     };
     match outcome {
-        Ok(confirmed) => (Some(confirmed), false),
+        Ok(confirmed) => Ended::done(confirmed),
         // The provider does not know the machine (a provider that forgets, or one reconciled
         // away): nothing to place.
-        Err(e) if e.reason() == Some(Reason::NotFound) => (None, false),
+        Err(e) if e.reason() == Some(Reason::NotFound) => Ended::dropped(),
         Err(e) => {
+            // No answer: the call may have been carried out. Or the machine was not in the
+            // state believed (a refusal for its state, or for the grant of a cluster it no
+            // longer serves): the belief was wrong. Either way the next attempt asks first
+            // (once, for a belief that was not just asked for).
+            let unsure = e.outcome_unknown()
+                || (!asked
+                    && matches!(e.reason(), Some(Reason::InvalidState | Reason::StaleGrant)));
             // A grant refused because the shard has since been given a newer one (the cluster
             // moved away and back) is no verdict on the wish: the next call presents the new one.
-            let retry = e.retryable() || worker.holds_newer_than_refused(&e);
+            let retry = e.retryable()
+                || worker.holds_newer_than_refused(&e)
+                || (unsure && !e.outcome_unknown());
             worker.provider_failed(
                 if step.wanted.is_some() {
                     "configure"
@@ -286,8 +353,12 @@ async fn carry_out(worker: &Worker, step: &Step) -> (Option<Option<String>>, boo
                 },
                 &e,
             );
-            tracing::debug!(machine = %step.machine, error = %e, retry, "placing a machine at the provider failed");
-            (None, retry)
+            tracing::debug!(machine = %step.machine, error = %e, retry, unsure, "placing a machine at the provider failed");
+            Ended {
+                confirmed: None,
+                retry,
+                unsure,
+            }
         }
     }
 }
@@ -313,12 +384,12 @@ mod tests {
         // In flight: not handed out twice, even when wished again.
         p.want("m1", Some("c3".into()));
         assert!(p.take(10).is_empty());
-        p.finished("m1", Some(Some("c2".into())), false);
+        p.finished("m1", Ended::done(Some("c2".into())));
         // The newer wish (c3) is still pending.
         let steps = p.take(10);
         assert_eq!(steps[0].wanted, Some("c3".into()));
         assert_eq!(steps[0].confirmed, Some(Some("c2".into())));
-        p.finished("m1", Some(Some("c3".into())), false);
+        p.finished("m1", Ended::done(Some("c3".into())));
         assert_eq!(p.pending(), 0);
         // Wishing what is confirmed costs no call.
         p.want("m1", Some("c3".into()));
@@ -331,14 +402,71 @@ mod tests {
         p.want("m1", None);
         p.want("m2", Some("c1".into()));
         assert_eq!(p.take(10).len(), 2);
-        p.finished("m1", None, true);
-        p.finished("m2", None, false);
+        p.finished(
+            "m1",
+            Ended {
+                retry: true,
+                ..Ended::default()
+            },
+        );
+        p.finished("m2", Ended::dropped());
         let again = p.take(10);
         assert_eq!(again.len(), 1);
         assert_eq!(again[0].machine, "m1");
-        p.finished("m1", Some(None), false);
+        p.finished("m1", Ended::done(None));
         assert_eq!(p.pending(), 0);
         p.forget("m1");
+        assert!(p.take(10).is_empty());
+    }
+
+    #[test]
+    fn a_wish_back_to_the_old_state_during_a_call_is_carried_out_after_it() {
+        let mut p = Placements::default();
+        p.known("m1", None);
+        p.want("m1", Some("c1".into()));
+        assert_eq!(p.take(10).len(), 1);
+        // The cluster's demand falls while the configure is in flight: idle is wished again.
+        p.want("m1", None);
+        p.finished("m1", Ended::done(Some("c1".into())));
+        let steps = p.take(10);
+        assert_eq!(
+            steps,
+            vec![Step {
+                machine: "m1".into(),
+                wanted: None,
+                confirmed: Some(Some("c1".into()))
+            }],
+            "the configure went through: the machine must be released"
+        );
+    }
+
+    #[test]
+    fn a_call_without_an_answer_leaves_the_machine_unknown_until_asked() {
+        let mut p = Placements::default();
+        p.known("m1", None);
+        p.want("m1", Some("c1".into()));
+        assert_eq!(p.take(10)[0].confirmed, Some(None));
+        // The configure timed out: it may have been carried out, or not.
+        p.finished(
+            "m1",
+            Ended {
+                retry: true,
+                unsure: true,
+                ..Ended::default()
+            },
+        );
+        // The cluster's demand fell meanwhile: the machine is wished idle. Believing it idle
+        // (as before the call) would cost no call, and leave it serving c1 at the provider if
+        // the configure went through; unknown, it is looked at.
+        p.want("m1", None);
+        let step = p.take(10);
+        assert_eq!(step.len(), 1);
+        assert_eq!(step[0].wanted, None);
+        assert_eq!(step[0].confirmed, None, "asked first");
+        p.finished("m1", Ended::done(None));
+        assert_eq!(p.pending(), 0);
+        // Known again: wishing what is confirmed costs nothing.
+        p.want("m1", None);
         assert!(p.take(10).is_empty());
     }
 

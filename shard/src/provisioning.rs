@@ -479,6 +479,9 @@ async fn provision_one(worker: Arc<Worker>, id: String, provision: Provision) {
         // Made idle at the provider; it serves its need's cluster once configured (wished
         // only now that the ledger has it, so the controller finds it there).
         if machine.is_some() {
+            // A machine is made idle: known so, the placement controller configures it
+            // without asking the provider first.
+            worker.placements().known(&id, None);
             worker.place(&id, Some(cluster_of(&provision.need)));
         }
     }

@@ -512,3 +512,50 @@ async fn refuses_every_return() {
         "the provider still has machines of s1: {record:?}"
     );
 }
+
+/// A provider that carries out every configure and loses the answer
+/// (`lose-configure-answers`): the shard cannot know whether its machines now serve their
+/// cluster. When the cluster's demand then goes away, the machines must be released at the
+/// provider too — under the cluster's grant, which only a shard that asks the provider what the
+/// machine serves knows to present. Believing them still idle (as before the configure), the
+/// shard sent the release with no cluster grant, the provider refused it, and the machines
+/// stayed configured for the cluster at the provider while idle in the ledger: the full-scale
+/// simulator's "ledger agrees with the provider" drift.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loses_the_answers_to_configures() {
+    let (_cluster, provider, shard) =
+        set_up(&format!("{HEALTHY} --broken lose-configure-answers")).await;
+    submit(&shard, BEFORE as u32, 0).await;
+    let serving_c1 = |record: &[ballast_protocol::providerpb::Machine]| {
+        record
+            .iter()
+            .filter(|m| live(m) && m.cluster == "c1")
+            .count() as u64
+    };
+    wait_for(
+        "the provider to configure both machines for c1 (answers lost)",
+        Duration::from_secs(30),
+        || async {
+            (serving_c1(&provider_record_of_s1(&provider.endpoint).await) == BEFORE).then_some(())
+        },
+    )
+    .await;
+    submit(&shard, 0, 0).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let record = provider_record_of_s1(&provider.endpoint).await;
+        let machines = allocations(&shard).await.machines;
+        let idle_in_ledger = machines.iter().all(|m| m.need.is_empty());
+        if serving_c1(&record) == 0 && idle_in_ledger && machines.len() as u64 == BEFORE {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "30 s after c1's demand went away the provider still has {} machines serving it \
+             (ledger: {machines:?}; provider: {record:?})\nlog:\n{}",
+            serving_c1(&record),
+            shard.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

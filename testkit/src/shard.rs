@@ -59,7 +59,12 @@ impl ShardProcess {
             .arg("--http-listen")
             .arg(&self.http_address)
             .args(&self.extra)
-            .env("RUST_LOG", "info,fjall=warn,lsm_tree=warn")
+            // BALLAST_TEST_SHARD_LOG overrides the shards' log filter when a test is debugged.
+            .env(
+                "RUST_LOG",
+                std::env::var("BALLAST_TEST_SHARD_LOG")
+                    .unwrap_or_else(|_| "info,fjall=warn,lsm_tree=warn".into()),
+            )
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .current_dir(self.data_dir.parent().unwrap_or(Path::new("/")))
             .stdin(Stdio::null())

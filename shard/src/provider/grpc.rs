@@ -9,8 +9,8 @@ use std::time::Duration;
 use ballast_protocol::providerpb::provider_client::ProviderClient;
 use ballast_protocol::providerpb::{
     AdoptClusterRequest, ClaimDomainRequest, ConfigureMachineRequest, CreateMachineRequest,
-    DeleteMachineRequest, DescribeRequest, DescribeResponse, ListMachinesRequest,
-    ListMachinesResponse, Machine, MachineResponse, ReleaseMachineRequest,
+    DeleteMachineRequest, DescribeRequest, DescribeResponse, GetMachineRequest,
+    ListMachinesRequest, ListMachinesResponse, Machine, MachineResponse, ReleaseMachineRequest,
 };
 use ballast_tls::ClientTls;
 use tonic::transport::{Channel, Endpoint};
@@ -162,6 +162,14 @@ impl Provider for GrpcProvider {
             )));
         }
         Ok(page)
+    }
+
+    async fn get(&self, id: &str) -> Result<Machine, ProviderError> {
+        let mut client = self.client.clone();
+        let answer = self
+            .bounded(client.get_machine(self.request(GetMachineRequest { id: id.to_string() })))
+            .await?;
+        Self::machine(answer, id)
     }
 
     async fn create(&self, request: CreateMachineRequest) -> Result<Machine, ProviderError> {

@@ -147,6 +147,16 @@ impl Provider for LocalProvider {
         self.call(|book| book.list_machines(&request)).await
     }
 
+    async fn get(&self, id: &str) -> Result<Machine, ProviderError> {
+        self.call(|book| Ok(book.machine(id).cloned()))
+            .await?
+            .ok_or_else(|| ProviderError::Refused {
+                reason: Reason::NotFound,
+                message: format!("no machine {id}"),
+                metadata: Default::default(),
+            })
+    }
+
     async fn create(&self, request: CreateMachineRequest) -> Result<Machine, ProviderError> {
         self.call(|book| book.create(&request)).await
     }

@@ -144,6 +144,8 @@ pub trait Provider: Send + Sync {
         &self,
         request: ListMachinesRequest,
     ) -> Result<ListMachinesResponse, ProviderError>;
+    /// One machine as the provider has it now (`not-found` if it has none by that id).
+    async fn get(&self, id: &str) -> Result<Machine, ProviderError>;
     /// Creates a machine.
     async fn create(&self, request: CreateMachineRequest) -> Result<Machine, ProviderError>;
     /// Configures a machine for a cluster.
