@@ -13,18 +13,27 @@ use crate::engine_fleet::{change_demand, fleet};
 
 use crate::stats::{Summary, ms};
 
+/// One shard's size at the target (500K machines, 50K demand rows, 1,000 domains): flags of
+/// `ballast-bench engine` and `worker-cycle`.
+#[derive(clap::Args, Debug, Clone, Copy)]
+pub struct ShardSize {
+    /// Machines in the ledger (for `worker-cycle`: to provision; the demand asks for about
+    /// this many).
+    #[arg(long, default_value_t = 500_000)]
+    pub machines: usize,
+    /// Demand rows.
+    #[arg(long, default_value_t = 50_000)]
+    pub rows: usize,
+    /// Domains the shard owns.
+    #[arg(long, default_value_t = 1_000)]
+    pub domains: usize,
+}
+
 /// Flags of `ballast-bench engine`.
 #[derive(clap::Args, Debug)]
 pub struct EngineBenchArgs {
-    /// Machines in the ledger.
-    #[arg(long, default_value_t = 500_000)]
-    machines: usize,
-    /// Demand rows.
-    #[arg(long, default_value_t = 50_000)]
-    rows: usize,
-    /// Domains the shard owns.
-    #[arg(long, default_value_t = 1_000)]
-    domains: usize,
+    #[command(flatten)]
+    size: ShardSize,
     /// Steady-state cycles to time.
     #[arg(long, default_value_t = 30)]
     cycles: usize,
@@ -188,11 +197,16 @@ struct Scenario {
 /// Times one shard's engine: built from the ledger, a cold decision, then steady cycles with
 /// 1% of the rows changing each cycle. Returns the figures and the ledger as the cycles left it.
 fn scenario(args: &EngineBenchArgs, demand: f64) -> (Scenario, Inputs) {
-    let mut inputs = fleet(args.machines, args.rows, args.domains, demand);
+    let mut inputs = fleet(
+        args.size.machines,
+        args.size.rows,
+        args.size.domains,
+        demand,
+    );
     let asked: u64 = inputs.needs.iter().map(|n| u64::from(n.count)).sum();
     let name = format!(
         "demand {asked} machines ({:.0}% of the fleet)",
-        asked as f64 * 100.0 / args.machines.max(1) as f64
+        asked as f64 * 100.0 / args.size.machines.max(1) as f64
     );
     let started = Instant::now();
     let mut engine = Engine::from_inputs(&inputs);
@@ -266,7 +280,7 @@ pub async fn run(args: EngineBenchArgs) -> anyhow::Result<String> {
          quarter AZ-constrained, 5 priorities); the live `Engine` on one core, no I/O. A steady \
          cycle is the demand updates of the clusters whose rows changed (1% of the rows) plus \
          `decide()`; {} steady cycles per scenario.\n",
-        args.machines, args.domains, args.rows, args.cycles
+        args.size.machines, args.size.domains, args.size.rows, args.cycles
     )?;
     writeln!(
         out,

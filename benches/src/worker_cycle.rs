@@ -35,15 +35,8 @@ const QUOTA: (&str, &str) = ("sim", "local");
 /// Flags of `ballast-bench worker-cycle`.
 #[derive(clap::Args, Debug)]
 pub struct WorkerCycleArgs {
-    /// Machines to provision: the demand asks for about this many.
-    #[arg(long, default_value_t = 500_000)]
-    machines: usize,
-    /// Demand rows.
-    #[arg(long, default_value_t = 50_000)]
-    rows: usize,
-    /// Domains the shard owns.
-    #[arg(long, default_value_t = 1_000)]
-    domains: usize,
+    #[command(flatten)]
+    size: crate::engine::ShardSize,
     /// Steady steps to time (1% of the rows change in each).
     #[arg(long, default_value_t = 30)]
     cycles: usize,
@@ -131,13 +124,13 @@ impl Drop for CacheDir {
 fn demand(args: &WorkerCycleArgs) -> Inputs {
     let asked = |inputs: &Inputs| -> u64 { inputs.needs.iter().map(|n| u64::from(n.count)).sum() };
     // `fleet` asks for somewhat less than `demand` times the fleet (rows round down): scale.
-    let probe = fleet(args.machines, args.rows, args.domains, 1.0);
-    let ratio = asked(&probe) as f64 / args.machines.max(1) as f64;
+    let probe = fleet(args.size.machines, args.size.rows, args.size.domains, 1.0);
+    let ratio = asked(&probe) as f64 / args.size.machines.max(1) as f64;
     drop(probe);
     let mut inputs = fleet(
-        args.machines,
-        args.rows,
-        args.domains,
+        args.size.machines,
+        args.size.rows,
+        args.size.domains,
         1.0 / ratio.max(0.01),
     );
     inputs.machines = Vec::new();
@@ -604,9 +597,9 @@ fn section(args: &WorkerCycleArgs, template: &Inputs, runs: &[RunFigures]) -> St
          record gives the machines made and the calls that changed a machine during the steady \
          phase and its settling; the failed calls are the shard's count. The kinds alternate \
          in one run.\n",
-        args.machines,
-        args.rows,
-        args.domains,
+        args.size.machines,
+        args.size.rows,
+        args.size.domains,
         args.cycles,
         args.runs,
         tuned(args),
@@ -679,7 +672,7 @@ fn tuned(args: &WorkerCycleArgs) -> String {
 /// Runs the benchmark and writes its section into `--out`.
 pub async fn run(args: WorkerCycleArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
-        args.machines > 0 && args.rows >= 100 && args.domains >= 3,
+        args.size.machines > 0 && args.size.rows >= 100 && args.size.domains >= 3,
         "--machines > 0, --rows >= 100 and --domains >= 3, please"
     );
     let template = demand(&args);
