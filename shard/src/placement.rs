@@ -62,9 +62,21 @@ impl Placements {
         self.dirty.insert(machine.to_string());
     }
 
-    /// Records what the provider says a machine serves (an adopted machine, say).
+    /// Records what the provider says a machine serves (a machine just made, say).
     pub fn known(&mut self, machine: &str, cluster: Option<String>) {
         self.confirmed.insert(machine.to_string(), cluster);
+    }
+
+    /// Records what a listing of the provider's machines says a machine serves, unless the
+    /// controller already knows it or has a call in flight for it: a listing can be older than
+    /// the answers the controller has had since (taken as true, a stale page made a later wish
+    /// for the old cluster look carried out, and the machine stayed serving the other one at
+    /// the provider). Where the controller's own record is wrong, the provider refuses the next
+    /// call and the controller asks it then.
+    pub fn listed(&mut self, machine: &str, cluster: Option<String>) {
+        if !self.busy.contains(machine) && !self.confirmed.contains_key(machine) {
+            self.confirmed.insert(machine.to_string(), cluster);
+        }
     }
 
     /// Forgets a machine the shard no longer has.
@@ -438,6 +450,28 @@ mod tests {
             }],
             "the configure went through: the machine must be released"
         );
+    }
+
+    #[test]
+    fn a_listing_older_than_the_last_answer_changes_nothing() {
+        let mut p = Placements::default();
+        p.known("m1", Some("a".into()));
+        p.want("m1", Some("b".into()));
+        assert_eq!(p.take(10).len(), 1);
+        // A reconcile's page, read before the move, arrives while the call is in flight…
+        p.listed("m1", Some("a".into()));
+        p.finished("m1", Ended::done(Some("b".into())));
+        // …or after it.
+        p.listed("m1", Some("a".into()));
+        // The machine goes back to a: that is a call to make, not one already made.
+        p.want("m1", Some("a".into()));
+        let steps = p.take(10);
+        assert_eq!(steps.len(), 1, "the move back to a is carried out");
+        assert_eq!(steps[0].confirmed, Some(Some("b".into())));
+        // A machine the controller knows nothing of takes the listing's word.
+        p.listed("m2", None);
+        p.want("m2", None);
+        assert!(p.take(10).iter().all(|s| s.machine != "m2"));
     }
 
     #[test]

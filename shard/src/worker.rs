@@ -679,7 +679,7 @@ impl Worker {
             // What the provider says it serves, for every machine it lists as this shard's:
             // releases and hand-overs need it, and a restart starts without it.
             let serving = (!machine.cluster.is_empty()).then(|| machine.cluster.clone());
-            self.placements.lock().known(&machine.id, serving);
+            self.placements.lock().listed(&machine.id, serving);
             if state.engine.machine(&machine.id).is_some()
                 || state.in_flight.contains_key(&machine.id)
             {
