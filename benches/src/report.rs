@@ -23,10 +23,21 @@ pub fn today() -> String {
     format!("{year:04}-{month:02}-{day:02}")
 }
 
+/// Where the section titled `title` (a `## ` line) lies in `text`: from its title up to the
+/// next `## ` title or the end.
+fn span(text: &str, title: &str) -> Option<std::ops::Range<usize>> {
+    let start = text.find(&format!("{title}\n"))?;
+    let rest = &text[start + title.len()..];
+    let end = rest
+        .find("\n## ")
+        .map_or(text.len(), |i| start + title.len() + i + 1);
+    Some(start..end)
+}
+
 /// `text` with the section titled `title` (a `## ` line) replaced by `section`, or `section`
 /// added at the end.
 pub fn replace_section(text: &str, title: &str, section: &str) -> String {
-    let Some(start) = text.find(&format!("{title}\n")) else {
+    let Some(found) = span(text, title) else {
         let mut out = text.trim_end().to_string();
         if !out.is_empty() {
             out.push_str("\n\n");
@@ -34,15 +45,11 @@ pub fn replace_section(text: &str, title: &str, section: &str) -> String {
         out.push_str(section);
         return out;
     };
-    let rest = &text[start + title.len()..];
-    let end = rest
-        .find("\n## ")
-        .map_or(text.len(), |i| start + title.len() + i + 1);
-    let mut out = text[..start].to_string();
+    let mut out = text[..found.start].to_string();
     out.push_str(section);
-    if end < text.len() {
+    if found.end < text.len() {
         out.push('\n');
-        out.push_str(&text[end..]);
+        out.push_str(&text[found.end..]);
     }
     out
 }
@@ -73,8 +80,8 @@ pub fn write_keeping(path: &Path, report: &str, kept: &[&str]) -> anyhow::Result
     let existing = std::fs::read_to_string(path).unwrap_or_default();
     let mut text = report.to_string();
     for title in kept {
-        if let Some(section) = section(&existing, title) {
-            text = replace_section(&text, title, section);
+        if let Some(found) = span(&existing, title) {
+            text = replace_section(&text, title, &existing[found]);
         }
     }
     if let Some(parent) = path.parent()
@@ -83,16 +90,6 @@ pub fn write_keeping(path: &Path, report: &str, kept: &[&str]) -> anyhow::Result
         std::fs::create_dir_all(parent)?;
     }
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
-}
-
-/// The section titled `title` in `text`, up to the next `## ` title.
-fn section<'a>(text: &'a str, title: &str) -> Option<&'a str> {
-    let start = text.find(&format!("{title}\n"))?;
-    let rest = &text[start + title.len()..];
-    let end = rest
-        .find("\n## ")
-        .map_or(text.len(), |i| start + title.len() + i + 1);
-    Some(&text[start..end])
 }
 
 #[cfg(test)]

@@ -206,10 +206,11 @@ impl Assignments for AssignmentsService {
                     .is_some_and(|s| s.address == beat.address && s.az == beat.az);
                 drop(fleet);
                 let mut registered = replica.registered.lock();
-                if known {
-                    registered.insert(beat.shard_id.clone(), place);
-                } else {
+                // Written only when it changes: every heartbeat passes here.
+                if !known {
                     registered.remove(&beat.shard_id);
+                } else if registered.get(&beat.shard_id) != Some(&place) {
+                    registered.insert(beat.shard_id.clone(), place);
                 }
                 known
             }
