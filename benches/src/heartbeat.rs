@@ -85,6 +85,8 @@ async fn heartbeats(
             })
             .collect(),
         quota_shortfall: 0,
+        // The full-scale fleet's 100 clusters per shard, each asking for 7 machines.
+        cluster_demand: (0..100).map(|c| (format!("cluster-{c:06}"), 7)).collect(),
     };
     let tasks: Vec<_> = (0..clients.len())
         .map(|i| {

@@ -31,10 +31,16 @@ impl Default for Limits {
 /// caller decides liveness) to active shards not in `unhealthy`, preferring the source's AZ
 /// and the target with the fewest domains. Returns `None` when nothing needs to move or no
 /// target exists.
+///
+/// A source's slices follow its clusters in proportion to what each cluster asks for, as the
+/// source's last heartbeat reported it in `demand` (shard → cluster → machines); a cluster
+/// the report leaves out, or asking for nothing, counts as one machine, and a source with no
+/// report weighs every cluster alike.
 pub fn plan(
     state: &FleetState,
     unhealthy: &BTreeSet<String>,
     limits: Limits,
+    demand: &ClusterDemand,
 ) -> Option<FleetCommand> {
     let sources: Vec<&str> = state
         .shards()
@@ -80,14 +86,23 @@ pub fn plan(
             allow_move: true,
         });
     }
-    // Per source: its bindings, and how many went to each target this round.
+    // Per source: the weight of its bindings, and how much of it went to each target this round.
+    let weight = |shard: &str, cluster: &str| -> u64 {
+        demand
+            .get(shard)
+            .and_then(|asked| asked.get(cluster))
+            .copied()
+            .unwrap_or(0)
+            .max(1)
+    };
     let mut bound: HashMap<&str, u64> = HashMap::new();
     let mut sent: HashMap<&str, BTreeMap<String, u64>> = HashMap::new();
     for (cluster, shard) in state.bindings() {
         if !sources.contains(&shard) {
             continue;
         }
-        *bound.entry(shard).or_default() += 1;
+        let weight = weight(shard, cluster);
+        *bound.entry(shard).or_default() += weight;
         // Room for the quota commands of this round.
         if commands.len() + state.quotas().count() < MAX_BATCH {
             let target = pick(az_of.get(shard).copied().unwrap_or(""));
@@ -95,16 +110,17 @@ pub fn plan(
                 .entry(shard)
                 .or_default()
                 .entry(target.clone())
-                .or_default() += 1;
+                .or_default() += weight;
             commands.push(FleetCommand::MoveCluster {
                 cluster: cluster.to_string(),
                 shard: target,
             });
         }
     }
-    // A slice follows the clusters it served, in proportion: a target that took a third of a
-    // source's clusters takes a third of each of its slices, so the demand that arrives with
-    // the clusters finds quota waiting. A source with no clusters hands its slices to one target.
+    // A slice follows the clusters it served, in proportion to their demand: a target that
+    // took clusters asking for a third of a source's machines takes a third of each of its
+    // slices, so the demand that arrives with the clusters finds quota waiting. A source with
+    // no clusters hands its slices to one target.
     let mut given: HashMap<&str, BTreeMap<QuotaKey, BTreeMap<String, u64>>> = HashMap::new();
     for source in &sources {
         let amounts: BTreeMap<QuotaKey, u64> = state
@@ -167,12 +183,18 @@ pub fn plan(
 /// A quota: (provider, region).
 type QuotaKey = (String, String);
 
+/// What shards last reported their clusters ask for: shard → cluster → machines.
+pub type ClusterDemand = HashMap<String, HashMap<String, u64>>;
+
 /// What a source's slices give the targets its clusters went to: of every quota, a target's
-/// share is its clusters (`weights`) over the source's `clusters`. Rounding runs over all
-/// quotas together, so a target's total stays within one of exact: rounded quota by quota, a
-/// target that took a few clusters of many would get a share that rounds to nothing in every
-/// quota, and clusters with nothing to provision from. No quota gives more than the source
-/// holds, and when every cluster leaves (`weights` add up to `clusters`) every unit does.
+/// share is the weight of the clusters it took (`weights`) over the weight of all the
+/// source's clusters (`clusters`). Rounding runs over all quotas together, so a target's total
+/// stays within one of exact: rounded quota by quota, a target that took a few clusters of
+/// many would get a share that rounds to nothing in every quota, and clusters with nothing to
+/// provision from. A target whose exact share is below one unit still gets one while the
+/// units go round (from what the source keeps, or else from the target rounding favoured
+/// most). No quota gives more than the source holds, and when every cluster leaves
+/// (`weights` add up to `clusters`) every unit does.
 pub fn shares(
     amounts: &BTreeMap<QuotaKey, u64>,
     weights: &BTreeMap<String, u64>,
@@ -224,6 +246,9 @@ pub fn shares(
                 *given.get_mut(target).expect("listed") += 1;
                 *parts.get_mut(*target).expect("listed") += 1;
             }
+            if !behind.is_empty() {
+                left = 0;
+            }
         }
         out.insert(key.clone(), parts);
         left_over.insert(key.clone(), left);
@@ -243,6 +268,46 @@ pub fn shares(
                     .or_default() += part;
             }
         }
+    }
+    // No target that took clusters goes without.
+    for target in weights.keys().filter(|t| weights[*t] > 0) {
+        if given.get(target.as_str()).copied().unwrap_or(0) > 0 {
+            continue;
+        }
+        if let Some((key, left)) = left_over.iter_mut().find(|(_, left)| **left > 0) {
+            *left -= 1;
+            *out.get_mut(key)
+                .expect("every quota listed")
+                .entry(target.clone())
+                .or_default() += 1;
+            given.insert(target.as_str(), 1);
+            continue;
+        }
+        // The donor is the target furthest above its exact share that keeps at least one.
+        let donor = weights
+            .keys()
+            .filter(|t| given.get(t.as_str()).copied().unwrap_or(0) >= 2)
+            .max_by(|a, b| {
+                let above = |t: &str| {
+                    i128::try_from(u128::from(given[t]) * clusters).unwrap_or(i128::MAX)
+                        - i128::try_from(owed[t]).unwrap_or(i128::MAX)
+                };
+                above(a).cmp(&above(b)).then(b.cmp(a))
+            })
+            .cloned();
+        let Some(donor) = donor else {
+            break;
+        };
+        let Some(parts) = out
+            .values_mut()
+            .find(|parts| parts.get(&donor).copied().unwrap_or(0) > 0)
+        else {
+            break;
+        };
+        *parts.get_mut(&donor).expect("found above") -= 1;
+        *parts.entry(target.clone()).or_default() += 1;
+        *given.get_mut(donor.as_str()).expect("a donor was given") -= 1;
+        given.insert(target.as_str(), 1);
     }
     for parts in out.values_mut() {
         parts.retain(|_, part| *part > 0);
@@ -339,14 +404,22 @@ mod tests {
 
     #[test]
     fn healthy_fleets_stay_put() {
-        assert!(plan(&state(), &BTreeSet::new(), Limits::default()).is_none());
+        assert!(
+            plan(
+                &state(),
+                &BTreeSet::new(),
+                Limits::default(),
+                &ClusterDemand::new()
+            )
+            .is_none()
+        );
     }
 
     #[test]
     fn a_dead_shard_hands_everything_to_its_az_peer() {
         let mut s = state();
         let dead = BTreeSet::from(["a1".to_string()]);
-        let cmd = plan(&s, &dead, Limits::default()).expect("moves");
+        let cmd = plan(&s, &dead, Limits::default(), &ClusterDemand::new()).expect("moves");
         s.apply(&cmd).expect("plan applies");
         assert!(s.domains_of("a1").is_empty());
         assert_eq!(s.domains_of("a2").len(), 6, "same-AZ peer preferred");
@@ -355,7 +428,7 @@ mod tests {
         assert_eq!(q.slices.get("a2"), Some(&50));
         assert_eq!(q.slices.get("a1"), None);
         // Once empty, nothing more to do: no oscillation.
-        assert!(plan(&s, &dead, Limits::default()).is_none());
+        assert!(plan(&s, &dead, Limits::default(), &ClusterDemand::new()).is_none());
     }
 
     #[test]
@@ -370,6 +443,7 @@ mod tests {
             Limits {
                 max_domain_moves: 4,
             },
+            &ClusterDemand::new(),
         )
         .expect("moves");
         s.apply(&cmd).expect("applies");
@@ -398,7 +472,7 @@ mod tests {
             .expect("bind");
         }
         let dead = BTreeSet::from(["a1".to_string()]);
-        let cmd = plan(&s, &dead, Limits::default()).expect("moves");
+        let cmd = plan(&s, &dead, Limits::default(), &ClusterDemand::new()).expect("moves");
         s.apply(&cmd).expect("applies");
         let clusters_of = |shard: &str| s.bindings().filter(|(_, to)| *to == shard).count() as u64;
         let q = s.quota("aws", "r").expect("quota");
@@ -418,6 +492,71 @@ mod tests {
                 "{shard}"
             );
         }
+    }
+
+    #[test]
+    fn slices_follow_the_clusters_demand_not_their_number() {
+        let mut s = state();
+        s.apply(&FleetCommand::RegisterShard {
+            id: "a3".into(),
+            address: "x:1".into(),
+            az: "az-a".into(),
+            now_ms: 0,
+            lease_ttl_ms: 1,
+        })
+        .expect("a3");
+        for c in ["c2", "c3", "c4"] {
+            s.apply(&FleetCommand::BindCluster {
+                cluster: c.into(),
+                shard: "a1".into(),
+            })
+            .expect("bind");
+        }
+        // c1 asks for 57 machines, c2 and c3 for 1 each; c4 is missing from the report (it
+        // counts as one machine): 60 in all, 30 units of slice to share.
+        let asked = HashMap::from([
+            ("c1".to_string(), 57),
+            ("c2".to_string(), 1),
+            ("c3".to_string(), 0),
+        ]);
+        let demand = ClusterDemand::from([("a1".to_string(), asked)]);
+        let dead = BTreeSet::from(["a1".to_string()]);
+        let cmd = plan(&s, &dead, Limits::default(), &demand).expect("moves");
+        s.apply(&cmd).expect("applies");
+        let q = s.quota("aws", "r").expect("quota");
+        let weight = |c: &str| match c {
+            "c1" => 57,
+            _ => 1,
+        };
+        for (shard, before) in [("a2", 20), ("a3", 0)] {
+            let weights: u64 = s
+                .bindings()
+                .filter(|(_, to)| *to == shard)
+                .map(|(c, _)| weight(c))
+                .sum();
+            let exact = 30.0 * weights as f64 / 60.0;
+            let gained = q.slices.get(shard).copied().unwrap_or(0) - before;
+            assert!(
+                (gained as f64 - exact).abs() < 1.0,
+                "{shard} took clusters weighing {weights} of 60 and {gained} of 30 units"
+            );
+            assert!(weights > 0 && gained > 0, "{shard} took a cluster");
+        }
+    }
+
+    #[test]
+    fn no_target_that_took_a_cluster_goes_without() {
+        // Ten units; one target took clusters asking for 1,000 machines, the other for one.
+        let weights = BTreeMap::from([("big".to_string(), 1000), ("tiny".to_string(), 1)]);
+        let given = shares(&quotas(&[10]), &weights, 1001);
+        let parts = &given[&("p".to_string(), "r00".to_string())];
+        assert_eq!(parts.get("tiny"), Some(&1), "{parts:?}");
+        assert_eq!(parts.get("big"), Some(&9), "{parts:?}");
+        // The same when clusters stay behind: the unit comes from what the source keeps.
+        let given = shares(&quotas(&[10]), &weights, 2000);
+        let parts = &given[&("p".to_string(), "r00".to_string())];
+        assert_eq!(parts.get("tiny"), Some(&1), "{parts:?}");
+        assert_eq!(parts.get("big"), Some(&5), "{parts:?}");
     }
 
     proptest::proptest! {
@@ -490,10 +629,18 @@ mod tests {
                 }
             }
             let total: u64 = amounts.values().sum();
+            let exact = |weight: u64| total as f64 * weight as f64 / clusters as f64;
+            // Within one of exact, unless a target owed less than one unit was given one (the
+            // unit it takes from another may put that one up to one more below).
+            let topped_up = weights.values().any(|w| exact(*w) < 1.0);
+            let bound = if topped_up { 2.0 } else { 1.0 };
             for (target, weight) in &weights {
-                let exact = total as f64 * *weight as f64 / clusters as f64;
+                let exact = exact(*weight);
                 let got: u64 = given.values().filter_map(|p| p.get(target)).sum();
-                proptest::prop_assert!((got as f64 - exact).abs() < 1.0, "{target}: {got} vs {exact}");
+                proptest::prop_assert!((got as f64 - exact).abs() < bound, "{target}: {got} vs {exact}");
+                if total >= 2 * weights.len() as u64 {
+                    proptest::prop_assert!(got >= 1, "{target} took clusters and got nothing");
+                }
             }
         }
     }
@@ -502,6 +649,6 @@ mod tests {
     fn no_target_means_no_plan() {
         let s = state();
         let all: BTreeSet<String> = ["a1", "a2", "b1"].iter().map(|s| s.to_string()).collect();
-        assert!(plan(&s, &all, Limits::default()).is_none());
+        assert!(plan(&s, &all, Limits::default(), &ClusterDemand::new()).is_none());
     }
 }

@@ -235,8 +235,34 @@ async fn every_rpc_refuses_hostile_input_and_changes_nothing() {
                 vec![quota("aws", "r1"), quota("aws", "r1")],
             ),
             ("a bad provider", vec![quota("AWS", "r1")]),
-        ];
-        for (what, quotas) in summaries {
+        ]
+        .into_iter()
+        .map(|(what, quotas)| {
+            let summary = pb::ShardSummary {
+                quotas,
+                ..Default::default()
+            };
+            (what, summary)
+        })
+        .chain([
+            (
+                "too many clusters",
+                pb::ShardSummary {
+                    cluster_demand: (0..=ballast_protocol::validate::MAX_CLUSTER_REPORTS)
+                        .map(|i| (format!("c{i}"), 1))
+                        .collect(),
+                    ..Default::default()
+                },
+            ),
+            (
+                "a bad cluster id",
+                pb::ShardSummary {
+                    cluster_demand: [("Not An Id".to_string(), 1)].into(),
+                    ..Default::default()
+                },
+            ),
+        ]);
+        for (what, summary) in summaries {
             refused(
                 &format!("Heartbeat summary with {what}"),
                 shards().heartbeat(pb::HeartbeatRequest {
@@ -245,10 +271,7 @@ async fn every_rpc_refuses_hostile_input_and_changes_nothing() {
                     az: "az-a".into(),
                     lease_ttl_ms: 0,
                     epoch: 1,
-                    summary: Some(pb::ShardSummary {
-                        quotas,
-                        ..Default::default()
-                    }),
+                    summary: Some(summary),
                 }),
                 &mut tally,
             )

@@ -29,6 +29,9 @@ pub const MAX_BATCH: usize = 50_000;
 /// Most quotas a heartbeat reports (see `ShardSummary.quotas`); a coordinator ignores a
 /// report with more.
 pub const MAX_QUOTA_REPORTS: usize = 256;
+/// Most clusters a heartbeat reports the demand of (see `ShardSummary.cluster_demand`): the
+/// largest first, so a shard serving more clusters leaves out the smallest.
+pub const MAX_CLUSTER_REPORTS: usize = 1_024;
 
 /// Longest shard lease a registration or heartbeat may ask for: a week. Longer leases would
 /// keep a dead shard's domains from moving for practically ever.
@@ -46,7 +49,7 @@ pub fn validate_lease_ms(value: u64) -> Result<(), InvalidInput> {
 }
 
 /// A heartbeat's summary: at most [`MAX_QUOTA_REPORTS`] quotas, each named by valid ids, none
-/// twice.
+/// twice; the demand of at most [`MAX_CLUSTER_REPORTS`] clusters, each a valid id.
 pub fn validate_summary(summary: &crate::pb::ShardSummary) -> Result<(), InvalidInput> {
     if summary.quotas.len() > MAX_QUOTA_REPORTS {
         return Err(invalid(
@@ -67,6 +70,18 @@ pub fn validate_summary(summary: &crate::pb::ShardSummary) -> Result<(), Invalid
                 format!("{}/{} reported twice", quota.provider, quota.region),
             ));
         }
+    }
+    if summary.cluster_demand.len() > MAX_CLUSTER_REPORTS {
+        return Err(invalid(
+            "summary.cluster_demand",
+            format!(
+                "{} clusters reported; at most {MAX_CLUSTER_REPORTS}",
+                summary.cluster_demand.len()
+            ),
+        ));
+    }
+    for cluster in summary.cluster_demand.keys() {
+        validate_id("summary.cluster_demand", cluster)?;
     }
     Ok(())
 }

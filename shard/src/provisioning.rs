@@ -70,6 +70,22 @@ impl UnansweredCreates {
             .insert(id.to_string());
     }
 
+    /// Forgets an unanswered create whose machine the shard found at the provider (a listing
+    /// joined it): retried under its key, the create would be answered with the first
+    /// outcome, a machine the ledger already has, and recorded again for another need. Not
+    /// while an attempt is in flight again; its answer settles it.
+    pub fn found(&mut self, id: &str) {
+        let Some(entry) = self.by_id.get(id) else {
+            return;
+        };
+        if entry.retrying {
+            return;
+        }
+        let request = request_of(&entry.provision);
+        self.unwait(id, &request);
+        self.by_id.remove(id);
+    }
+
     fn unwait(&mut self, id: &str, request: &Request) {
         if let Some(ids) = self.waiting.get_mut(request) {
             ids.remove(id);
@@ -139,14 +155,25 @@ impl ShardState {
     /// first at the provider, unknown to the ledger and counted against the shard's slice
     /// there — found by `sim/tests/bad_provider.rs`, where such machines filled the slice
     /// and the shard could never meet its demand again.
+    ///
+    /// Never the id of a machine the ledger has: its create was made, and a retry would
+    /// record it again for this provision, whatever it serves now (or after it was returned
+    /// and deleted, as made). Under load, creates that timed out and were joined by a listing
+    /// came back this way and left ledgers disagreeing with their providers.
     pub fn retry_id(&mut self, provision: &Provision) -> Option<String> {
         let request = request_of(provision);
-        let id = self.unanswered.waiting.get(&request)?.first().cloned()?;
-        self.unanswered.unwait(&id, &request);
-        if let Some(entry) = self.unanswered.by_id.get_mut(&id) {
-            entry.retrying = true;
+        loop {
+            let id = self.unanswered.waiting.get(&request)?.first().cloned()?;
+            if self.engine.machine(&id).is_some() {
+                self.unanswered.found(&id);
+                continue;
+            }
+            self.unanswered.unwait(&id, &request);
+            if let Some(entry) = self.unanswered.by_id.get_mut(&id) {
+                entry.retrying = true;
+            }
+            return Some(id);
         }
-        Some(id)
     }
 
     /// Records how the create of `id` for `provision` ended: with no usable answer
@@ -294,6 +321,7 @@ fn carry_out(worker: &Arc<Worker>) -> Result<(), CacheError> {
             counts: state.engine.counts(),
             demand: state.engine.demand_total(),
             quotas: state.engine.quota_uses(),
+            cluster_demand: state.engine.cluster_demands(),
         }
     };
     let elapsed = cycle.elapsed();
@@ -909,6 +937,23 @@ mod tests {
         // Made at last: forgotten.
         state.create_ended("m1", &asked, false);
         assert!(state.unanswered.is_empty());
+        // Joined by a listing meanwhile (the provider made it): never retried, whatever it
+        // serves now.
+        state.create_ended("m3", &asked, true);
+        state.engine.upsert_machine(&crate::engine::Machine {
+            id: "m3".into(),
+            domain: "d1".into(),
+            resources: asked.resources,
+            quota: Some(asked.quota.clone()),
+            assigned_to: None,
+        });
+        assert_eq!(state.retry_id(&asked), None, "a machine the ledger has");
+        assert!(state.unanswered.is_empty());
+        // Found by a listing before the ledger had it: forgotten too.
+        state.create_ended("m4", &asked, true);
+        state.unanswered.found("m4");
+        assert!(state.unanswered.is_empty());
+        assert_eq!(state.retry_id(&asked), None);
         // Given up after MAX_ATTEMPTS.
         for _ in 0..MAX_ATTEMPTS - 1 {
             state.create_ended("m2", &asked, true);

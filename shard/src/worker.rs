@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use ballast_protocol::client::{BallastClient, ClientConfig};
 use ballast_protocol::pb;
 use ballast_protocol::pb::shard_worker_server::ShardWorkerServer;
-use ballast_protocol::validate::MAX_QUOTA_REPORTS;
+use ballast_protocol::validate::{MAX_CLUSTER_REPORTS, MAX_QUOTA_REPORTS};
 use tokio::sync::watch;
 use tonic::transport::server::TcpIncoming;
 
@@ -48,6 +48,8 @@ pub struct CycleOutcome {
     pub demand: u64,
     /// Per quota: machines held, provisions in flight, this shard's slice.
     pub quotas: Vec<(QuotaKey, (u64, u64, u64))>,
+    /// Machines each cluster asks for.
+    pub cluster_demand: Vec<(String, u64)>,
 }
 
 /// Everything a shard worker needs to start.
@@ -680,9 +682,12 @@ impl Worker {
             // releases and hand-overs need it, and a restart starts without it.
             let serving = (!machine.cluster.is_empty()).then(|| machine.cluster.clone());
             self.placements.lock().listed(&machine.id, serving);
-            if state.engine.machine(&machine.id).is_some()
-                || state.in_flight.contains_key(&machine.id)
-            {
+            if state.in_flight.contains_key(&machine.id) {
+                continue;
+            }
+            // Made: a create of it that went unanswered is settled.
+            state.unanswered.found(&machine.id);
+            if state.engine.machine(&machine.id).is_some() {
                 continue;
             }
             let resources = match resources_of(&machine) {
@@ -856,6 +861,11 @@ impl Worker {
             });
             quotas.truncate(MAX_QUOTA_REPORTS);
         }
+        let mut cluster_demand = outcome.cluster_demand;
+        if cluster_demand.len() > MAX_CLUSTER_REPORTS {
+            cluster_demand.sort_by_key(|(_, asked)| std::cmp::Reverse(*asked));
+            cluster_demand.truncate(MAX_CLUSTER_REPORTS);
+        }
         *self.summary.lock() = pb::ShardSummary {
             machines_by_state: by_state(outcome.counts).into_iter().collect(),
             demand: outcome.demand,
@@ -873,6 +883,7 @@ impl Worker {
                 )
                 .collect(),
             quota_shortfall: outcome.quota_short,
+            cluster_demand: cluster_demand.into_iter().collect(),
         };
         let mut recent = self.recent_cycles.lock();
         if recent.len() == RECENT_CYCLES {

@@ -115,8 +115,18 @@ pub async fn rebalance_loop(
                 },
             };
             let unhealthy: BTreeSet<String> = evacuating;
-            let mut plan = rebalance::plan(&fleet, &unhealthy, rebalance::Limits::default())
-                .map(|command| (command, Cause::Evacuation));
+            // What the leaving shards' clusters asked for when last heard from in this term
+            // (their slices follow that demand; without a report, the number of clusters).
+            let demand: rebalance::ClusterDemand = unhealthy
+                .iter()
+                .filter_map(|id| {
+                    let summary = replica.leases.get(term, id)?.summary?;
+                    Some((id.clone(), summary.cluster_demand))
+                })
+                .collect();
+            let mut plan =
+                rebalance::plan(&fleet, &unhealthy, rebalance::Limits::default(), &demand)
+                    .map(|command| (command, Cause::Evacuation));
             // Slices follow demand only while the fleet is calm: nothing to evacuate, and the
             // leader judging leases normally (its reports are current).
             if let (None, Some(slice_policy), Mode::Normal) =

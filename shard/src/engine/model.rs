@@ -333,6 +333,20 @@ impl Engine {
         uses
     }
 
+    /// Machines each cluster's demand asks for, clusters with rows only, in cluster order.
+    pub fn cluster_demands(&self) -> Vec<(String, u64)> {
+        self.clusters
+            .iter()
+            .map(|(cluster, rows)| {
+                let asked = rows
+                    .iter()
+                    .map(|n| u64::from(self.need(*n).need.count))
+                    .sum();
+                (cluster.clone(), asked)
+            })
+            .collect()
+    }
+
     /// Use of one quota: machines held, provisions in flight, slice.
     pub fn quota_use(&self, key: &QuotaKey) -> (u64, u64, u64) {
         match self.quota_ids.get(key) {

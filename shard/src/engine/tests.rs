@@ -94,6 +94,26 @@ fn only_a_shortfall_that_found_every_slice_full_asks_for_more_slice() {
 }
 
 #[test]
+fn each_clusters_demand_is_the_sum_of_its_rows_as_they_change() {
+    let mut i = inputs();
+    let mut other = need("n3", 4, 1, 0, Placement::Any);
+    other.cluster = "c2".into();
+    i.needs = vec![
+        need("n1", 5, 2, 0, Placement::Any),
+        need("n2", 2, 1, 0, Placement::Any),
+        other,
+    ];
+    let mut engine = Engine::from_inputs(&i);
+    assert_eq!(
+        engine.cluster_demands(),
+        vec![("c1".to_string(), 7), ("c2".to_string(), 4)]
+    );
+    engine.set_demand("c1", vec![need("n1", 1, 2, 0, Placement::Any)]);
+    engine.set_demand("c2", Vec::new());
+    assert_eq!(engine.cluster_demands(), vec![("c1".to_string(), 1)]);
+}
+
+#[test]
 fn paused_provisioning_reports_shortfalls_and_resumes() {
     let mut i = inputs();
     i.needs = vec![need("n1", 2, 1, 0, Placement::Any)];
