@@ -11,7 +11,10 @@ use ballast_coordinator::node::RESTORE_BUMP;
 use ballast_coordinator::restore::{Archived, restore_into};
 use ballast_dr::{ArchiveUrl, NoProgress};
 use ballast_protocol::pb;
-use ballast_testkit::{ClusterOptions, ShardProcess, TestCluster, assign_domain, wait_for};
+use ballast_testkit::{
+    Allocation, ClusterOptions, ProviderProcess, ShardProcess, TestCluster, allocate,
+    assign_domain, wait_for,
+};
 
 fn program() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_ballast-sim"))
@@ -183,4 +186,90 @@ async fn force_new_cluster_recovers_from_quorum_loss() {
     assert!(after > header.revision);
     s1.wait_until("a grant after the recovery", |st| st.domains.len() == 21)
         .await;
+}
+
+/// A cluster a shard held all along through a new restore epoch keeps being served while the
+/// shard takes it over again at its provider: the takeover only tells the provider the new
+/// grant, and the cluster's machines are in the shard's ledger already. Here the provider
+/// hangs (SIGSTOP) through the epoch change, so the takeover cannot finish; the cluster's
+/// demand grows by two and the shard's two idle machines serve it. Before, the cluster's
+/// demand waited for the takeover (a full-scale run on a loaded box left a shard with 1,345
+/// idle machines three short for over 30 s after a restore).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_held_through_a_new_epoch_is_served_while_its_takeover_waits() {
+    let mut cluster = cluster().await;
+    let provider = ProviderProcess::start(
+        &format!("'{}' provider", program().display()),
+        "--name sim --region local",
+    );
+    let grpc = format!("grpc://{}", provider.endpoint);
+    let s1 = cluster.spawn_sim_shard(
+        program(),
+        "s1",
+        "az-a",
+        &[
+            "--provider",
+            &grpc,
+            "--sim-latency-ms",
+            "0",
+            "--lease-ms",
+            "3000",
+        ],
+    );
+    cluster.wait_for_shards(1).await;
+    allocate(
+        &cluster.client(),
+        Allocation {
+            provider: "sim",
+            endpoint: &grpc,
+            region: "local",
+            total: 10,
+            slices: &[("s1", 10)],
+            cluster: ("c1", "s1"),
+            domain: ("zone=az-a/rack=r1", "s1"),
+        },
+    )
+    .await;
+    s1.wait_for_grants().await;
+    let count = |st: &pb::ShardStatusResponse, state: &str| {
+        st.machines_by_state.get(state).copied().unwrap_or(0)
+    };
+    s1.submit_small("c1", 3).await.expect("demand of 3");
+    s1.wait_until("three machines at work", |st| {
+        count(st, "assigned") == 3 && st.shortfall == 0 && st.takeovers.is_empty()
+    })
+    .await;
+    s1.submit_small("c1", 1).await.expect("demand of 1");
+    s1.wait_until("two machines idle", |st| {
+        count(st, "assigned") == 1 && count(st, "idle") == 2
+    })
+    .await;
+
+    provider.pause();
+    for id in 1..=3 {
+        cluster.kill(id);
+    }
+    cluster.restart_with(1, &["--force-new-cluster"]);
+    cluster.wait_for_voters(1).await;
+    s1.wait_until("the new epoch, c1 being taken over again", |st| {
+        st.restore_epoch == 1 && st.takeovers.iter().any(|t| t == "cluster/c1")
+    })
+    .await;
+    s1.submit_small("c1", 3).await.expect("demand of 3 again");
+    let served = s1
+        .wait_until("c1's demand served from the idle machines", |st| {
+            count(st, "assigned") == 3 && st.shortfall == 0
+        })
+        .await;
+    assert!(
+        served.takeovers.iter().any(|t| t == "cluster/c1"),
+        "served while the takeover waits for the hung provider: {:?}",
+        served.takeovers
+    );
+
+    provider.resume();
+    s1.wait_until("the takeover done once the provider answers", |st| {
+        st.takeovers.is_empty() && st.shortfall == 0 && count(st, "assigned") == 3
+    })
+    .await;
 }

@@ -161,6 +161,21 @@ impl ProviderProcess {
         self.run_script("restart.sh");
     }
 
+    /// Stops the provider with SIGSTOP (a hung provider: calls connect and get no answer)
+    /// until [`ProviderProcess::resume`].
+    pub fn pause(&self) {
+        if let Some(pid) = self.pid() {
+            crate::process::signal(pid, libc::SIGSTOP);
+        }
+    }
+
+    /// Continues a paused provider (SIGCONT).
+    pub fn resume(&self) {
+        if let Some(pid) = self.pid() {
+            crate::process::signal(pid, libc::SIGCONT);
+        }
+    }
+
     /// The provider's pid, once started.
     pub fn pid(&self) -> Option<u32> {
         std::fs::read_to_string(self.dir.path().join("pid"))
