@@ -453,8 +453,8 @@ mod tests {
         assert_eq!(q.slices.values().sum::<u64>(), 60, "slices keep their sum");
     }
 
-    #[test]
-    fn slices_follow_the_clusters_in_proportion() {
+    /// [`state`] with a third shard in az-a, a3, and clusters c1 to c4 bound to a1.
+    fn four_clusters_on_a1() -> FleetState {
         let mut s = state();
         s.apply(&FleetCommand::RegisterShard {
             id: "a3".into(),
@@ -471,6 +471,12 @@ mod tests {
             })
             .expect("bind");
         }
+        s
+    }
+
+    #[test]
+    fn slices_follow_the_clusters_in_proportion() {
+        let mut s = four_clusters_on_a1();
         let dead = BTreeSet::from(["a1".to_string()]);
         let cmd = plan(&s, &dead, Limits::default(), &ClusterDemand::new()).expect("moves");
         s.apply(&cmd).expect("applies");
@@ -496,22 +502,7 @@ mod tests {
 
     #[test]
     fn slices_follow_the_clusters_demand_not_their_number() {
-        let mut s = state();
-        s.apply(&FleetCommand::RegisterShard {
-            id: "a3".into(),
-            address: "x:1".into(),
-            az: "az-a".into(),
-            now_ms: 0,
-            lease_ttl_ms: 1,
-        })
-        .expect("a3");
-        for c in ["c2", "c3", "c4"] {
-            s.apply(&FleetCommand::BindCluster {
-                cluster: c.into(),
-                shard: "a1".into(),
-            })
-            .expect("bind");
-        }
+        let mut s = four_clusters_on_a1();
         // c1 asks for 57 machines, c2 and c3 for 1 each; c4 is missing from the report (it
         // counts as one machine): 60 in all, 30 units of slice to share.
         let asked = HashMap::from([

@@ -19,9 +19,13 @@ use common::{cmd, coord_binary, register};
 const LEASE_MS: u64 = 1_500;
 
 /// One heartbeat of `shard` to whichever replica leads (the others refuse it).
-async fn heartbeat(cluster: &TestCluster, shard: &str, demand: &HashMap<String, u64>) {
-    for replica in 1..=3 {
-        let answer = AssignmentsClient::new(cluster.channel(replica))
+async fn heartbeat(
+    replicas: &[tonic::transport::Channel],
+    shard: &str,
+    demand: &HashMap<String, u64>,
+) {
+    for channel in replicas {
+        let answer = AssignmentsClient::new(channel.clone())
             .heartbeat(pb::HeartbeatRequest {
                 shard_id: shard.into(),
                 address: "127.0.0.1:1".into(),
@@ -79,32 +83,16 @@ async fn a_lapsed_shards_slices_follow_its_clusters_demand() {
     }
     // a1 reports its clusters' demand and goes silent; a2 and a3 keep heartbeating.
     let asked = HashMap::from([("c-big".to_string(), 90), ("c-small".to_string(), 10)]);
-    heartbeat(&cluster, "a1", &asked).await;
-    let live = {
-        let cluster_channels: Vec<_> = (1..=3).map(|id| cluster.channel(id)).collect();
-        tokio::spawn(async move {
-            loop {
-                for shard in ["a2", "a3"] {
-                    for channel in &cluster_channels {
-                        let answer = AssignmentsClient::new(channel.clone())
-                            .heartbeat(pb::HeartbeatRequest {
-                                shard_id: shard.into(),
-                                address: "127.0.0.1:1".into(),
-                                az: "az-a".into(),
-                                lease_ttl_ms: LEASE_MS,
-                                epoch: 1,
-                                summary: Some(pb::ShardSummary::default()),
-                            })
-                            .await;
-                        if answer.is_ok() {
-                            break;
-                        }
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
+    let replicas: Vec<_> = (1..=3).map(|id| cluster.channel(id)).collect();
+    heartbeat(&replicas, "a1", &asked).await;
+    let live = tokio::spawn(async move {
+        loop {
+            for shard in ["a2", "a3"] {
+                heartbeat(&replicas, shard, &HashMap::new()).await;
             }
-        })
-    };
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
 
     let listing = wait_for(
         "a1's clusters and slice to move off it",
