@@ -61,8 +61,15 @@ impl ShardLeases {
 
     /// The last heartbeat of `shard` seen by this replica while leading in `term`.
     pub fn get(&self, term: u64, shard: &str) -> Option<Lease> {
+        self.read(term, shard, Lease::clone)
+    }
+
+    /// `f` of the last heartbeat of `shard` seen while leading in `term`, read in place: the
+    /// rebalancer looks at every shard's lease each round, and a copy would carry its whole
+    /// summary (every quota and cluster it reports).
+    pub fn read<T>(&self, term: u64, shard: &str, f: impl FnOnce(&Lease) -> T) -> Option<T> {
         self.leases
-            .read(term, |leases| leases.and_then(|l| l.get(shard).cloned()))
+            .read(term, |leases| leases.and_then(|l| l.get(shard)).map(f))
     }
 }
 

@@ -997,21 +997,15 @@ impl Worker {
         // and its demand goes on being served meanwhile. Waiting for that, after a restore on a
         // loaded box, left a shard with 1,345 idle machines short of three for over 30 s while
         // its adoptions of every cluster queued at the providers behind every other shard's.
-        let new_clusters: HashSet<&String> = next
-            .clusters
-            .iter()
-            .filter(|c| !held.clusters.contains(*c))
-            .collect();
         let waits: HashSet<String> = granted
             .iter()
             .filter_map(|t| match t {
-                Takeover::Cluster(cluster) if new_clusters.contains(cluster) => {
+                Takeover::Cluster(cluster) if !held.clusters.contains(cluster) => {
                     Some(cluster.clone())
                 }
                 _ => None,
             })
             .collect();
-        drop(new_clusters);
         {
             let mut lost = self.lost_grants.lock();
             for cluster in &lost_clusters {

@@ -61,13 +61,18 @@ pub async fn rebalance_loop(
             let active: Vec<_> = fleet
                 .shards()
                 .filter(|s| s.status == ShardStatus::Active)
-                .map(|s| (s, replica.leases.get(term, &s.id)))
+                .map(|s| {
+                    let lease = replica
+                        .leases
+                        .read(term, &s.id, |l| (l.expires_at_ms, l.ttl_ms));
+                    (s, lease)
+                })
                 .collect();
             // The leases the shards asked for bound the judge's windows (before any
             // heartbeat in this term: the default lease).
             let (shortest, longest) = active
                 .iter()
-                .filter_map(|(_, lease)| lease.as_ref().map(|l| l.ttl_ms))
+                .filter_map(|(_, lease)| lease.map(|(_, ttl)| ttl))
                 .filter(|ttl| *ttl > 0)
                 .fold((lease_ms, lease_ms), |(lo, hi), ttl| {
                     (lo.min(ttl), hi.max(ttl))
@@ -78,9 +83,7 @@ pub async fn rebalance_loop(
             let mut judged: Vec<(u64, String, String, bool)> = active
                 .iter()
                 .map(|(s, lease)| {
-                    let expires = lease
-                        .as_ref()
-                        .map_or(s.lease_expires_at_ms, |lease| lease.expires_at_ms);
+                    let expires = lease.map_or(s.lease_expires_at_ms, |(expires, _)| expires);
                     let lapsed = judge.lapsed(expires, now, at);
                     (expires, s.id.clone(), s.az.clone(), lapsed)
                 })
@@ -120,8 +123,10 @@ pub async fn rebalance_loop(
             let demand: rebalance::ClusterDemand = unhealthy
                 .iter()
                 .filter_map(|id| {
-                    let summary = replica.leases.get(term, id)?.summary?;
-                    Some((id.clone(), summary.cluster_demand))
+                    let asked = replica.leases.read(term, id, |l| {
+                        l.summary.as_ref().map(|s| s.cluster_demand.clone())
+                    })??;
+                    Some((id.clone(), asked))
                 })
                 .collect();
             let mut plan =
@@ -136,8 +141,10 @@ pub async fn rebalance_loop(
                     .iter()
                     .filter(|(.., lapsed)| !*lapsed)
                     .filter_map(|(_, id, ..)| {
-                        let summary = replica.leases.get(term, id)?.summary?;
-                        Some((id.clone(), quota_report(&summary)))
+                        let report = replica
+                            .leases
+                            .read(term, id, |l| l.summary.as_ref().map(quota_report))??;
+                        Some((id.clone(), report))
                     })
                     .collect();
                 let tables = slice_placement::tables(&fleet);

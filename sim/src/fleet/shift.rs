@@ -136,11 +136,7 @@ impl Sim {
         let swung: Vec<String> = series
             .iter()
             .filter(|((shard, ..), _)| !shards.contains(&shard.as_str()))
-            .filter(|(_, s)| {
-                let up = s.windows(2).any(|w| w[1] > w[0]);
-                let down = s.windows(2).any(|w| w[1] < w[0]);
-                up && down
-            })
+            .filter(|entry| swings(entry))
             .map(|((shard, p, r), s)| format!("{shard} {p}/{r} {s:?}"))
             .collect();
         let changed = series.values().filter(|s| s.len() > 1).count();
