@@ -8,6 +8,14 @@
 //! with the machines configured for it (ADR 0016), and because it is what an operator sees at
 //! the provider. A configure presents the grant of the cluster it is for; a release, the grant
 //! of the cluster the machine serves.
+//!
+//! A call that got no answer may still be carried out later: an overloaded provider runs a
+//! queued call whose caller gave up long ago. So nothing else is done with the machine until
+//! that call is sent again under its idempotency key and answered (the provider then carries
+//! it out, or replays what it did): asked instead, the provider could answer with the state
+//! from before the late call, and the shard would act on, and keep believing, a state the
+//! late call then changed. A provider that never answers the call (it loses its answers)
+//! is asked after [`MAX_RESENDS`] tries: the call has had ample time to land by then.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -35,6 +43,37 @@ pub struct Placements {
     dirty: BTreeSet<String>,
     /// Machines with a call in flight.
     busy: BTreeSet<String>,
+    /// Machines whose last call got no answer: sent again before anything else.
+    unanswered: HashMap<String, Call>,
+}
+
+/// Times an unanswered call is sent again before the provider is asked instead.
+const MAX_RESENDS: u32 = 3;
+
+/// One call about a machine, as sent: sent again with the same key until it is answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Call {
+    /// Idempotency key.
+    pub key: String,
+    /// What the call asks for.
+    pub action: Action,
+    /// Times it was sent again without an answer.
+    pub resends: u32,
+}
+
+/// What a [`Call`] asks the provider for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// `ReleaseMachine`, under the grant of the cluster believed served (`None`: idle).
+    Release {
+        /// The cluster whose grant the release presents.
+        serving: Option<String>,
+    },
+    /// `ConfigureMachine` for the cluster, under its grant.
+    Configure {
+        /// The cluster to serve.
+        cluster: String,
+    },
 }
 
 /// One machine to bring in step.
@@ -46,6 +85,8 @@ pub struct Step {
     pub wanted: Option<String>,
     /// What the provider last confirmed, if known.
     pub confirmed: Option<Option<String>>,
+    /// A call that got no answer, to send again first.
+    pub unanswered: Option<Call>,
 }
 
 impl Placements {
@@ -71,10 +112,14 @@ impl Placements {
     /// controller already knows it or has a call in flight for it: a listing can be older than
     /// the answers the controller has had since (taken as true, a stale page made a later wish
     /// for the old cluster look carried out, and the machine stayed serving the other one at
-    /// the provider). Where the controller's own record is wrong, the provider refuses the next
+    /// the provider). Nor while a call of the controller's is unanswered (it may land after the
+    /// listing). Where the controller's own record is wrong, the provider refuses the next
     /// call and the controller asks it then.
     pub fn listed(&mut self, machine: &str, cluster: Option<String>) {
-        if !self.busy.contains(machine) && !self.confirmed.contains_key(machine) {
+        if !self.busy.contains(machine)
+            && !self.confirmed.contains_key(machine)
+            && !self.unanswered.contains_key(machine)
+        {
             self.confirmed.insert(machine.to_string(), cluster);
         }
     }
@@ -84,6 +129,7 @@ impl Placements {
         self.wanted.remove(machine);
         self.confirmed.remove(machine);
         self.dirty.remove(machine);
+        self.unanswered.remove(machine);
     }
 
     /// Up to `limit` machines to bring in step (not already in flight); marks them busy.
@@ -102,10 +148,12 @@ impl Placements {
                 let wanted = self.wanted.get(&machine).cloned()?;
                 self.busy.insert(machine.clone());
                 let confirmed = self.confirmed.get(&machine).cloned();
+                let unanswered = self.unanswered.get(&machine).cloned();
                 Some(Step {
                     machine,
                     wanted,
                     confirmed,
+                    unanswered,
                 })
             })
             .collect()
@@ -113,14 +161,19 @@ impl Placements {
 
     /// A call for `machine` ended: the provider now has `ended.confirmed` (`None`: it failed);
     /// `ended.retry` puts it back in line; `ended.unsure` forgets what the provider was last
-    /// known to have, so the next attempt asks it first.
+    /// known to have, so the next attempt asks it first; `ended.unanswered` is sent again first.
     pub fn finished(&mut self, machine: &str, ended: Ended) {
         let Ended {
             confirmed,
             retry,
             unsure,
+            unanswered,
         } = ended;
         self.busy.remove(machine);
+        match unanswered {
+            Some(call) => self.unanswered.insert(machine.to_string(), call),
+            None => self.unanswered.remove(machine),
+        };
         if let Some(cluster) = confirmed {
             self.confirmed.insert(machine.to_string(), cluster);
         } else if unsure {
@@ -179,6 +232,8 @@ pub struct Ended {
     /// The call failed in a way that leaves the machine's state at the provider unknown (no
     /// answer came, or the provider did not have it in the state the shard believed).
     pub unsure: bool,
+    /// The call that got no answer, to send again under its key before anything else.
+    pub unanswered: Option<Call>,
 }
 
 impl Ended {
@@ -248,13 +303,40 @@ async fn carry_out(worker: &Worker, step: &Step) -> Ended {
             return Ended::dropped();
         }
     };
+    let provider = provider.as_ref();
+    // An unanswered call first, under its key: once answered, it can no longer land late.
+    let believed = match &step.unanswered {
+        None => step.confirmed.clone(),
+        Some(call) => match send(worker, provider, &step.machine, call).await {
+            Ok(now) => Some(now),
+            Err(Some(e)) if e.outcome_unknown() => {
+                worker.provider_failed(call.action.name(), &e);
+                let resends = call.resends + 1;
+                if resends >= MAX_RESENDS {
+                    tracing::warn!(machine = %step.machine, key = %call.key, resends, error = %e, "a call about a machine is still unanswered; asking the provider instead");
+                }
+                return Ended {
+                    confirmed: None,
+                    retry: true,
+                    unsure: true,
+                    unanswered: (resends < MAX_RESENDS).then(|| Call {
+                        resends,
+                        ..call.clone()
+                    }),
+                };
+            }
+            Err(Some(e)) if e.reason() == Some(Reason::NotFound) => return Ended::dropped(),
+            // Refused (it changed nothing), or its grant is no longer held: ask.
+            Err(_) => None,
+        },
+    };
     // Not known (an earlier call got no answer, or found the machine otherwise than
     // believed): ask, rather than act on a guess. A release presents the grant of the
     // cluster the machine serves, and a configure of a machine serving another cluster must
     // release it first under that cluster's grant: both need the truth.
-    let asked = step.confirmed.is_none();
-    let confirmed = match &step.confirmed {
-        Some(known) => known.clone(),
+    let asked = believed.is_none();
+    let confirmed = match believed {
+        Some(known) => known,
         None => match provider.get(&step.machine).await {
             Ok(now) => (!now.cluster.is_empty()).then_some(now.cluster),
             Err(e) if e.reason() == Some(Reason::NotFound) => return Ended::dropped(),
@@ -264,6 +346,7 @@ async fn carry_out(worker: &Worker, step: &Step) -> Ended {
                     confirmed: None,
                     retry: e.retryable(),
                     unsure: true,
+                    unanswered: None,
                 };
             }
         },
@@ -271,106 +354,139 @@ async fn carry_out(worker: &Worker, step: &Step) -> Ended {
     if step.wanted == confirmed {
         return Ended::done(confirmed);
     }
-    let serving = confirmed.clone();
-    let Some(release_grants) = worker.grants_for_serving(serving.as_deref()) else {
-        return Ended {
-            confirmed: asked.then_some(confirmed),
-            ..Ended::dropped()
-        };
+    // Not (or no longer) serving the cluster, or fenced: not this shard's to configure (or
+    // to release, without the grant of what the machine serves).
+    let not_ours = || Ended {
+        confirmed: asked.then(|| confirmed.clone()),
+        ..Ended::dropped()
     };
-    let release = |key: String| ReleaseMachineRequest {
-        idempotency_key: key,
-        token: Some(token(&worker.actor(), &release_grants)),
-        machine_id: step.machine.clone(),
-    };
+    if worker.grants_for_serving(confirmed.as_deref()).is_none() {
+        return not_ours();
+    }
     let sequence = worker.next_sequence();
-    let outcome = match &step.wanted {
-        None => provider
-            .release(release(format!(
-                "release/{}/{}/{sequence}",
-                step.machine,
-                worker.epoch()
-            )))
-            .await
-            .map(|_| None),
+    let epoch = worker.epoch();
+    let release = |key: String| Call {
+        key,
+        action: Action::Release {
+            serving: confirmed.clone(),
+        },
+        resends: 0,
+    };
+    let calls = match &step.wanted {
+        None => vec![release(format!(
+            "release/{}/{epoch}/{sequence}",
+            step.machine
+        ))],
         Some(cluster) => {
-            // Not (or no longer) serving the cluster, or fenced: not this shard's to configure.
-            let Some(grants) = worker.cluster_grants(cluster) else {
-                return Ended {
-                    confirmed: asked.then_some(confirmed),
-                    ..Ended::dropped()
-                };
-            };
-            let configure = |key: String| ConfigureMachineRequest {
-                idempotency_key: key,
-                token: Some(token(&worker.actor(), &grants)),
-                machine_id: step.machine.clone(),
-                cluster: cluster.clone(),
-            };
-            let key = |call: &str| {
-                format!(
-                    "{call}/{}/{cluster}/{}/{sequence}",
-                    step.machine,
-                    worker.epoch()
-                )
-            };
-            let serving_another = matches!(&confirmed, Some(other) if other != cluster);
-            let first = if serving_another {
-                provider.release(release(key("release"))).await.map(|_| ())
-            } else {
-                Ok(())
-            };
-            match first {
-                Err(e) => Err(e),
-                Ok(()) => match provider.configure(configure(key("configure"))).await {
-                    // Serving another cluster than the shard knew: release, then configure.
-                    Err(ProviderError::Refused {
-                        reason: Reason::InvalidState,
-                        ..
-                    }) => match provider.release(release(key("release-again"))).await {
-                        Ok(_) => provider
-                            .configure(configure(key("configure-again")))
-                            .await
-                            .map(|_| Some(cluster.clone())),
-                        Err(e) => Err(e),
-                    },
-                    other => other.map(|_| Some(cluster.clone())),
+            if worker.cluster_grants(cluster).is_none() {
+                return not_ours();
+            }
+            let key = |call: &str| format!("{call}/{}/{cluster}/{epoch}/{sequence}", step.machine);
+            let configure = Call {
+                key: key("configure"),
+                action: Action::Configure {
+                    cluster: cluster.clone(),
                 },
+                resends: 0,
+            };
+            match &confirmed {
+                Some(other) if other != cluster => vec![release(key("release")), configure],
+                _ => vec![configure],
             }
         }
     };
-    match outcome {
-        Ok(confirmed) => Ended::done(confirmed),
+    let mut now = confirmed.clone();
+    let mut progressed = false;
+    for call in calls {
+        let e = match send(worker, provider, &step.machine, &call).await {
+            Ok(state) => {
+                now = state;
+                progressed = true;
+                continue;
+            }
+            // The grant went away between the calls.
+            Err(None) => {
+                return Ended {
+                    confirmed: (asked || progressed).then_some(now),
+                    ..Ended::dropped()
+                };
+            }
+            Err(Some(e)) => e,
+        };
         // The provider does not know the machine (a provider that forgets, or one reconciled
         // away): nothing to place.
-        Err(e) if e.reason() == Some(Reason::NotFound) => Ended::dropped(),
-        Err(e) => {
-            // No answer: the call may have been carried out. Or the machine was not in the
-            // state believed (a refusal for its state, or for the grant of a cluster it no
-            // longer serves): the belief was wrong. Either way the next attempt asks first
-            // (once, for a belief that was not just asked for).
-            let unsure = e.outcome_unknown()
-                || (!asked
-                    && matches!(e.reason(), Some(Reason::InvalidState | Reason::StaleGrant)));
-            // A grant refused because the shard has since been given a newer one (the cluster
-            // moved away and back) is no verdict on the wish: the next call presents the new one.
-            let retry = e.retryable()
-                || worker.holds_newer_than_refused(&e)
-                || (unsure && !e.outcome_unknown());
-            worker.provider_failed(
-                if step.wanted.is_some() {
-                    "configure"
-                } else {
-                    "release"
-                },
-                &e,
-            );
-            tracing::debug!(machine = %step.machine, error = %e, retry, unsure, "placing a machine at the provider failed");
-            Ended {
-                confirmed: None,
-                retry,
-                unsure,
-            }
+        if e.reason() == Some(Reason::NotFound) {
+            return Ended::dropped();
+        }
+        // No answer: the call may be carried out yet, so it is sent again first. Or the
+        // machine was not in the state believed (a refusal for its state, or for the grant
+        // of a cluster it no longer serves): the belief was wrong, and the next attempt asks
+        // (once, for a belief that was not just asked for).
+        let unknown = e.outcome_unknown();
+        let unsure = unknown
+            || (!asked
+                && !progressed
+                && matches!(e.reason(), Some(Reason::InvalidState | Reason::StaleGrant)));
+        // A grant refused because the shard has since been given a newer one (the cluster
+        // moved away and back) is no verdict on the wish: the next call presents the new one.
+        let retry = e.retryable() || worker.holds_newer_than_refused(&e) || unsure;
+        worker.provider_failed(call.action.name(), &e);
+        tracing::debug!(machine = %step.machine, error = %e, retry, unsure, "placing a machine at the provider failed");
+        return Ended {
+            // A refusal changed nothing: what the calls before it did is what the provider has.
+            confirmed: (!unsure && progressed).then_some(now),
+            retry,
+            unsure,
+            unanswered: unknown.then_some(call),
+        };
+    }
+    Ended::done(now)
+}
+
+impl Action {
+    /// The call's name in metrics.
+    fn name(&self) -> &'static str {
+        match self {
+            Action::Release { .. } => "release",
+            Action::Configure { .. } => "configure",
+        }
+    }
+}
+
+/// Sends `call` about `machine` under the grants it needs now: the provider's word on what the
+/// machine serves after it, a provider error, or `Err(None)` when the shard no longer holds
+/// the grant to present.
+async fn send(
+    worker: &Worker,
+    provider: &dyn crate::provider::Provider,
+    machine: &str,
+    call: &Call,
+) -> Result<Option<String>, Option<ProviderError>> {
+    match &call.action {
+        Action::Release { serving } => {
+            let grants = worker.grants_for_serving(serving.as_deref()).ok_or(None)?;
+            provider
+                .release(ReleaseMachineRequest {
+                    idempotency_key: call.key.clone(),
+                    token: Some(token(&worker.actor(), &grants)),
+                    machine_id: machine.to_string(),
+                })
+                .await
+                .map(|_| None)
+                .map_err(Some)
+        }
+        Action::Configure { cluster } => {
+            let grants = worker.cluster_grants(cluster).ok_or(None)?;
+            provider
+                .configure(ConfigureMachineRequest {
+                    idempotency_key: call.key.clone(),
+                    token: Some(token(&worker.actor(), &grants)),
+                    machine_id: machine.to_string(),
+                    cluster: cluster.clone(),
+                })
+                .await
+                .map(|_| Some(cluster.clone()))
+                .map_err(Some)
         }
     }
 }
@@ -390,7 +506,8 @@ mod tests {
             vec![Step {
                 machine: "m1".into(),
                 wanted: Some("c2".into()),
-                confirmed: None
+                confirmed: None,
+                unanswered: None,
             }]
         );
         // In flight: not handed out twice, even when wished again.
@@ -446,7 +563,8 @@ mod tests {
             vec![Step {
                 machine: "m1".into(),
                 wanted: None,
-                confirmed: Some(Some("c1".into()))
+                confirmed: Some(Some("c1".into())),
+                unanswered: None,
             }],
             "the configure went through: the machine must be released"
         );
@@ -502,6 +620,75 @@ mod tests {
         // Known again: wishing what is confirmed costs nothing.
         p.want("m1", None);
         assert!(p.take(10).is_empty());
+    }
+
+    #[test]
+    fn an_unanswered_call_is_sent_again_first_and_listings_wait_for_its_answer() {
+        let mut p = Placements::default();
+        p.known("m1", None);
+        p.want("m1", Some("c1".into()));
+        assert_eq!(p.take(10)[0].unanswered, None);
+        let configure = Call {
+            key: "configure/m1/c1/1/7".into(),
+            action: Action::Configure {
+                cluster: "c1".into(),
+            },
+            resends: 0,
+        };
+        p.finished(
+            "m1",
+            Ended {
+                retry: true,
+                unsure: true,
+                unanswered: Some(configure.clone()),
+                ..Ended::default()
+            },
+        );
+        // A listing read before the configure landed says idle: not taken as true, the
+        // configure may land after it.
+        p.listed("m1", None);
+        // The wish moves on to c2; the configure for c1 still goes first, under its key.
+        p.want("m1", Some("c2".into()));
+        let step = p.take(10);
+        assert_eq!(step.len(), 1);
+        assert_eq!(step[0].wanted, Some("c2".into()));
+        assert_eq!(step[0].confirmed, None, "the listing was not believed");
+        assert_eq!(step[0].unanswered, Some(configure.clone()));
+        // Still no answer: kept.
+        p.finished(
+            "m1",
+            Ended {
+                retry: true,
+                unsure: true,
+                unanswered: Some(configure.clone()),
+                ..Ended::default()
+            },
+        );
+        assert_eq!(p.take(10)[0].unanswered, Some(configure));
+        // Answered, and the machine moved to c2: nothing is sent again.
+        p.finished("m1", Ended::done(Some("c2".into())));
+        assert_eq!(p.pending(), 0);
+        p.want("m1", None);
+        assert_eq!(p.take(10)[0].unanswered, None);
+        // A forgotten machine keeps nothing.
+        p.finished(
+            "m1",
+            Ended {
+                retry: true,
+                unsure: true,
+                unanswered: Some(Call {
+                    key: "release/m1/1/8".into(),
+                    action: Action::Release {
+                        serving: Some("c2".into()),
+                    },
+                    resends: 0,
+                }),
+                ..Ended::default()
+            },
+        );
+        p.forget("m1");
+        p.want("m1", None);
+        assert_eq!(p.take(10)[0].unanswered, None);
     }
 
     #[test]

@@ -559,3 +559,112 @@ async fn loses_the_answers_to_configures() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// A machine the shard believes idle is configured for another of its clusters at the
+/// provider, as when a configure that timed out reaches the provider after the shard asked
+/// about the machine and moved on (an overloaded provider runs a queued call whose caller
+/// gave up). The shard then wants it for c1: the provider refuses the configure (the machine
+/// serves c2), and the shard must find out what the machine serves and release it under c2's
+/// grant before configuring it for c1. It sent that release with no cluster grant at all (its
+/// belief), the provider refused it, and the machine stayed serving c2 for good while the
+/// ledger had it at work for c1: the drift of the loaded full-scale simulator runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configured_behind_the_shards_back() {
+    use ballast_protocol::providerpb::{
+        ClusterGrant, ConfigureMachineRequest, FencingToken, Grant, provider_client::ProviderClient,
+    };
+    let (cluster, provider, shard) = set_up(HEALTHY).await;
+    cluster
+        .client()
+        .write(pb::Command {
+            command: Some(pb::command::Command::BindCluster(pb::BindCluster {
+                cluster: "c2".into(),
+                shard: "s1".into(),
+            })),
+        })
+        .await
+        .expect("binding c2 to s1");
+    // Two machines made and put to work for c1, then idle again (and so at the provider).
+    submit(&shard, BEFORE as u32, 0).await;
+    shard
+        .wait_until("two machines at work", |st| {
+            assigned_machines(st) == BEFORE && st.placements_pending == 0
+        })
+        .await;
+    submit(&shard, 0, 0).await;
+    let status = shard
+        .wait_until("both machines idle, c2 granted", |st| {
+            assigned_machines(st) == 0
+                && st.placements_pending == 0
+                && st.cluster_grants.contains_key("c2")
+        })
+        .await;
+    wait_for(
+        "the provider to record both machines idle",
+        Duration::from_secs(30),
+        || async {
+            let record = provider_record_of_s1(&provider.endpoint).await;
+            let idle = record
+                .iter()
+                .filter(|m| live(m) && m.state == MachineState::Idle as i32)
+                .count() as u64;
+            (idle == BEFORE).then_some(())
+        },
+    )
+    .await;
+    let machine = ids(&allocations(&shard).await.machines)
+        .into_iter()
+        .next()
+        .expect("a machine in the ledger");
+
+    // Behind the shard's back: configured for c2, under the shard's own grant of c2.
+    let mut client = ProviderClient::connect(format!("http://{}", provider.endpoint))
+        .await
+        .expect("connecting to the provider");
+    client
+        .configure_machine(ConfigureMachineRequest {
+            idempotency_key: "late-configure".into(),
+            token: Some(FencingToken {
+                shard_id: "s1".into(),
+                shard_epoch: status.epoch,
+                sequence: 1,
+                cluster: Some(ClusterGrant {
+                    cluster: "c2".into(),
+                    grant: Some(Grant {
+                        restore_epoch: status.restore_epoch,
+                        revision: status.cluster_grants["c2"],
+                    }),
+                }),
+                ..Default::default()
+            }),
+            machine_id: machine.clone(),
+            cluster: "c2".into(),
+        })
+        .await
+        .expect("configuring the machine for c2 at the provider");
+
+    // c1 wants both machines again: the provider must end up with both serving c1.
+    submit(&shard, BEFORE as u32, 0).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let record = provider_record_of_s1(&provider.endpoint).await;
+        let machines = allocations(&shard).await.machines;
+        let agree = machines.iter().all(|m| {
+            let serves = m.need.split('/').next().unwrap_or("");
+            record
+                .iter()
+                .any(|r| r.id == m.id && live(r) && r.cluster == serves)
+        });
+        let at_work = machines.iter().filter(|m| !m.need.is_empty()).count() as u64;
+        if agree && at_work == BEFORE {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "30 s after c1 asked for its machines again, the ledger and the provider disagree \
+             about what {machine} serves (ledger: {machines:?}; provider: {record:?})\nlog:\n{}",
+            shard.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
