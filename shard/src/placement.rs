@@ -10,12 +10,15 @@
 //! of the cluster the machine serves.
 //!
 //! A call that got no answer may still be carried out later: an overloaded provider runs a
-//! queued call whose caller gave up long ago. So nothing else is done with the machine until
-//! that call is sent again under its idempotency key and answered (the provider then carries
-//! it out, or replays what it did): asked instead, the provider could answer with the state
-//! from before the late call, and the shard would act on, and keep believing, a state the
-//! late call then changed. A provider that never answers the call (it loses its answers)
-//! is asked after [`MAX_RESENDS`] tries: the call has had ample time to land by then.
+//! queued call whose caller gave up long ago. So the next step for that machine asks the
+//! provider first: if the machine is as the call asked, it landed; if not, the call is sent
+//! again under its idempotency key before anything else is done, so it lands now (or is
+//! replayed) instead of after the shard has moved on and changed the machine again. Sending a
+//! new call under a new key instead, the shard acted on a state the late call then changed.
+//! Asking first keeps the provider's load what it was: a resend only where the call has not
+//! landed (resending at once, before asking, queued copies of calls behind the originals on
+//! an overloaded provider and more than doubled its timeouts at full scale). A call still
+//! unanswered after [`MAX_RESENDS`] resends is given up (a provider that loses its answers).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -304,52 +307,61 @@ async fn carry_out(worker: &Worker, step: &Step) -> Ended {
         }
     };
     let provider = provider.as_ref();
-    // An unanswered call first, under its key: once answered, it can no longer land late.
-    let believed = match &step.unanswered {
-        None => step.confirmed.clone(),
-        Some(call) => match send(worker, provider, &step.machine, call).await {
-            Ok(now) => Some(now),
-            Err(Some(e)) if e.outcome_unknown() => {
-                worker.provider_failed(call.action.name(), &e);
-                let resends = call.resends + 1;
-                if resends >= MAX_RESENDS {
-                    tracing::warn!(machine = %step.machine, key = %call.key, resends, error = %e, "a call about a machine is still unanswered; asking the provider instead");
+    // A call that got no answer may land yet. The provider is asked first: if the machine is
+    // as the call asked, it landed; if not, the call is sent again under its key, so it lands
+    // now (or is replayed) rather than after the shard has moved on.
+    let (confirmed, asked) = match &step.unanswered {
+        None => match &step.confirmed {
+            Some(known) => (known.clone(), false),
+            // Not known (found otherwise than believed, say): asked, rather than acted on a
+            // guess. A release presents the grant of the cluster the machine serves, and a
+            // configure of a machine serving another cluster releases it under that grant.
+            None => match ask(provider, &step.machine).await {
+                Ok(now) => (now, true),
+                Err(ended) => return ended,
+            },
+        },
+        Some(call) => {
+            let now = match ask(provider, &step.machine).await {
+                Ok(now) => now,
+                Err(ended) if ended.unsure => {
+                    return Ended {
+                        unanswered: Some(call.clone()),
+                        ..ended
+                    };
                 }
-                return Ended {
-                    confirmed: None,
-                    retry: true,
-                    unsure: true,
-                    unanswered: (resends < MAX_RESENDS).then(|| Call {
-                        resends,
-                        ..call.clone()
-                    }),
-                };
+                Err(ended) => return ended,
+            };
+            if now == call.action.target() {
+                (now, true)
+            } else {
+                match send(worker, provider, &step.machine, call).await {
+                    Ok(after) => (after, true),
+                    Err(Some(e)) if e.outcome_unknown() => {
+                        worker.provider_failed(call.action.name(), &e);
+                        let resends = call.resends + 1;
+                        if resends >= MAX_RESENDS {
+                            tracing::warn!(machine = %step.machine, key = %call.key, resends, error = %e, "a call about a machine is still unanswered; asking the provider instead");
+                        }
+                        return Ended {
+                            confirmed: None,
+                            retry: true,
+                            unsure: true,
+                            unanswered: (resends < MAX_RESENDS).then(|| Call {
+                                resends,
+                                ..call.clone()
+                            }),
+                        };
+                    }
+                    Err(Some(e)) if e.reason() == Some(Reason::NotFound) => {
+                        return Ended::dropped();
+                    }
+                    // Refused (it changed nothing), or its grant is no longer held: the
+                    // machine is as the provider just said.
+                    Err(_) => (now, true),
+                }
             }
-            Err(Some(e)) if e.reason() == Some(Reason::NotFound) => return Ended::dropped(),
-            // Refused (it changed nothing), or its grant is no longer held: ask.
-            Err(_) => None,
-        },
-    };
-    // Not known (an earlier call got no answer, or found the machine otherwise than
-    // believed): ask, rather than act on a guess. A release presents the grant of the
-    // cluster the machine serves, and a configure of a machine serving another cluster must
-    // release it first under that cluster's grant: both need the truth.
-    let asked = believed.is_none();
-    let confirmed = match believed {
-        Some(known) => known,
-        None => match provider.get(&step.machine).await {
-            Ok(now) => (!now.cluster.is_empty()).then_some(now.cluster),
-            Err(e) if e.reason() == Some(Reason::NotFound) => return Ended::dropped(),
-            Err(e) => {
-                tracing::debug!(machine = %step.machine, error = %e, "asking the provider about a machine failed");
-                return Ended {
-                    confirmed: None,
-                    retry: e.retryable(),
-                    unsure: true,
-                    unanswered: None,
-                };
-            }
-        },
+        }
     };
     if step.wanted == confirmed {
         return Ended::done(confirmed);
@@ -443,7 +455,36 @@ async fn carry_out(worker: &Worker, step: &Step) -> Ended {
     Ended::done(now)
 }
 
+/// What the provider says `machine` serves now (`None`: idle); or how the step ends when it
+/// cannot say.
+async fn ask(
+    provider: &dyn crate::provider::Provider,
+    machine: &str,
+) -> Result<Option<String>, Ended> {
+    match provider.get(machine).await {
+        Ok(now) => Ok((!now.cluster.is_empty()).then_some(now.cluster)),
+        Err(e) if e.reason() == Some(Reason::NotFound) => Err(Ended::dropped()),
+        Err(e) => {
+            tracing::debug!(machine = %machine, error = %e, "asking the provider about a machine failed");
+            Err(Ended {
+                confirmed: None,
+                retry: e.retryable(),
+                unsure: true,
+                unanswered: None,
+            })
+        }
+    }
+}
+
 impl Action {
+    /// What the machine serves once the call is carried out (`None`: idle).
+    fn target(&self) -> Option<String> {
+        match self {
+            Action::Release { .. } => None,
+            Action::Configure { cluster } => Some(cluster.clone()),
+        }
+    }
+
     /// The call's name in metrics.
     fn name(&self) -> &'static str {
         match self {
