@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "ballast/v1/shard.proto",
         "ballast/provider/v1/provider.proto",
         "etcd/mvccpb/kv.proto",
+        "etcd/authpb/auth.proto",
         "etcd/etcdserverpb/rpc.proto",
     ];
     let descriptors = protox::compile(files, ["proto"])?;

@@ -52,6 +52,9 @@ const READS: &[&str] = &[
     "/etcdserverpb.Lease/LeaseLeases",
     "/etcdserverpb.Cluster/MemberList",
     "/etcdserverpb.Maintenance/Status",
+    "/etcdserverpb.Maintenance/Hash",
+    "/etcdserverpb.Maintenance/HashKV",
+    "/etcdserverpb.Auth/AuthStatus",
 ];
 
 /// Calls a `shard/<id>` certificate may make; the handlers check the shard id in the body.

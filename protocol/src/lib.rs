@@ -32,6 +32,12 @@ pub mod mvccpb {
     tonic::include_proto!("mvccpb");
 }
 
+/// etcd's auth messages (package `authpb`), as carried by its v3 Auth API.
+pub mod authpb {
+    #![allow(missing_docs, clippy::all)]
+    tonic::include_proto!("authpb");
+}
+
 /// etcd's v3 client API (package `etcdserverpb`): the services Ballast serves so `etcdctl` and
 /// etcd client libraries work against it.
 pub mod etcdserverpb {

@@ -417,3 +417,159 @@ async fn bad_input_gets_etcds_error_codes_and_changes_nothing() {
         assert_eq!(&value[1..], &big[1..]);
     }
 }
+
+/// `etcdctl endpoint hashkv --rev REVISION` against every endpoint: (endpoint, hash) per line,
+/// once every replica has applied the revision (a follower a moment behind answers "future
+/// revision", as etcd's does).
+fn hashes_at(ctl: &Etcdctl, revision: i64) -> Vec<(String, String)> {
+    let rev = revision.to_string();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = ctl.run(&["endpoint", "hashkv", "--rev", &rev]);
+        if out.status.success() {
+            return String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter_map(|l| l.split_once(", "))
+                .map(|(endpoint, hash)| (endpoint.to_string(), hash.to_string()))
+                .collect();
+        }
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(
+            stderr.contains("future revision") && Instant::now() < deadline,
+            "etcdctl endpoint hashkv --rev {rev}: {stderr}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The members' ids (hex, as etcdctl prints them) and the leader's, from `endpoint status`.
+fn leader_and_members(ctl: &Etcdctl) -> (u64, Vec<u64>) {
+    let status: serde_json::Value =
+        serde_json::from_str(&ctl.ok(&["endpoint", "status", "-w", "json"])).expect("json");
+    let statuses = status.as_array().expect("one status per endpoint");
+    let leader = statuses[0]["Status"]["leader"].as_u64().expect("leader");
+    let members = statuses
+        .iter()
+        .map(|s| {
+            s["Status"]["header"]["member_id"]
+                .as_u64()
+                .expect("member id")
+        })
+        .collect();
+    (leader, members)
+}
+
+/// What an etcd operator runs besides reads and writes: hashes that compare replicas, alarms,
+/// defragmentation, moving the leader, membership changes and auth — each answered as etcd
+/// answers it, or, where Ballast does it its own way, with an error naming what to run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maintenance_membership_and_auth_answer_as_etcd_does() {
+    let cluster = cluster().await;
+    let ctl = Etcdctl {
+        path: ballast_testkit::etcd::install(),
+        endpoints: cluster.endpoints().join(","),
+    };
+    let fails_with = |args: &[&str], words: &str| {
+        let out = ctl.run(args);
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(
+            !out.status.success() && stderr.contains(words),
+            "etcdctl {args:?} must fail saying {words:?}: {stderr}"
+        );
+    };
+
+    // Every replica hashes the keyspace alike at one revision; a change changes the hash.
+    for i in 0..20 {
+        ctl.ok(&["put", &format!("h/{i}"), &format!("v{i}")]);
+    }
+    let revision = ctl.revision();
+    let hashes = hashes_at(&ctl, revision);
+    assert_eq!(hashes.len(), 3, "{hashes:?}");
+    assert!(hashes.iter().all(|(_, h)| *h == hashes[0].1), "{hashes:?}");
+    ctl.ok(&["put", "h/0", "changed"]);
+    let after = hashes_at(&ctl, ctl.revision());
+    assert!(after.iter().all(|(_, h)| *h == after[0].1), "{after:?}");
+    assert_ne!(after[0].1, hashes[0].1, "the hash follows the data");
+    assert_eq!(
+        hashes_at(&ctl, revision),
+        hashes,
+        "the past hashes as it was"
+    );
+
+    // No alarm is raised; disarming finds none; defragmenting has nothing to do.
+    assert_eq!(ctl.ok(&["alarm", "list"]), "");
+    assert_eq!(ctl.ok(&["alarm", "disarm"]), "");
+    let defrag = ctl.ok(&["defrag"]);
+    assert_eq!(
+        defrag.matches("Finished defragmenting etcd member").count(),
+        3,
+        "{defrag}"
+    );
+
+    // Every replica reports the size of its data dir, and a leader.
+    let status: serde_json::Value =
+        serde_json::from_str(&ctl.ok(&["endpoint", "status", "-w", "json"])).expect("json");
+    let sizes: Vec<u64> = status
+        .as_array()
+        .expect("statuses")
+        .iter()
+        .map(|s| s["Status"]["dbSize"].as_u64().expect("dbSize"))
+        .collect();
+    assert!(sizes.iter().all(|s| *s > 0), "{sizes:?}");
+    eprintln!("data dir sizes as endpoint status reports them: {sizes:?}");
+
+    // move-leader hands leadership to the follower named; an unknown member cannot lead.
+    fails_with(&["move-leader", "63"], "bad leader transferee");
+    let (leader, members) = leader_and_members(&ctl);
+    let target = *members.iter().find(|m| **m != leader).expect("a follower");
+    let moved = ctl.ok(&["move-leader", &format!("{target:x}")]);
+    assert!(moved.contains("Leadership transferred"), "{moved}");
+    wait_for(
+        "the named follower to lead",
+        Duration::from_secs(20),
+        || async { (leader_and_members(&ctl).0 == target).then_some(()) },
+    )
+    .await;
+
+    // Membership: removal and promotion map onto Ballast's; adding and moving a member say
+    // what to run instead.
+    fails_with(&["member", "remove", "63"], "member not found");
+    fails_with(
+        &["member", "promote", &format!("{target:x}")],
+        "can only promote a learner member",
+    );
+    fails_with(
+        &["member", "add", "r4", "--peer-urls=http://127.0.0.1:1"],
+        "ballastctl cluster token create",
+    );
+    fails_with(
+        &[
+            "member",
+            "update",
+            &format!("{target:x}"),
+            "--peer-urls=http://127.0.0.1:2",
+        ],
+        "new join token",
+    );
+
+    // Auth is off, as etcd reports it; changes name mutual TLS.
+    assert_eq!(ctl.ok(&["user", "list"]), "");
+    assert_eq!(ctl.ok(&["role", "list"]), "");
+    fails_with(&["user", "get", "alice"], "user name not found");
+    fails_with(&["role", "get", "readers"], "role name not found");
+    fails_with(&["user", "add", "alice:secret"], "mutual TLS");
+    fails_with(&["auth", "enable"], "mutual TLS");
+
+    // A snapshot file in etcd's format is not written; the error names the archive command.
+    let file = tempfile::NamedTempFile::new().expect("a file");
+    let one = Etcdctl {
+        path: ctl.path.clone(),
+        endpoints: cluster.endpoints()[0].clone(),
+    };
+    let out = one.run(&["snapshot", "save", &file.path().display().to_string()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("ballastctl dr export"),
+        "snapshot save must fail naming the archive command: {stderr}"
+    );
+}

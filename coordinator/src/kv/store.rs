@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::ops::Bound;
 
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use super::{
     Compare, CompareResult, CompareTarget, DeleteOp, Event, EventKind, KeyRange, KeyValue,
@@ -34,6 +35,24 @@ pub struct KvStore {
     events: VecDeque<Event>,
     /// Events at or below this revision are gone.
     compacted: u64,
+}
+
+/// Feeds one key, length-prefixed so no two stores hash alike by shifting bytes between fields.
+fn hash_key_value(hasher: &mut Sha256, kv: &KeyValue) {
+    for bytes in [&kv.key, &kv.value] {
+        hasher.update((bytes.len() as u64).to_be_bytes());
+        hasher.update(bytes);
+    }
+    for number in [kv.create_revision, kv.mod_revision, kv.version] {
+        hasher.update(number.to_be_bytes());
+    }
+    hasher.update(kv.lease.to_be_bytes());
+}
+
+/// The first 32 bits of the digest: etcd's hash fields are 32-bit.
+fn fold(hasher: Sha256) -> u32 {
+    let digest = hasher.finalize();
+    u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]])
 }
 
 /// Undo record of one key write inside a command.
@@ -469,6 +488,44 @@ impl KvStore {
             };
             self.compact(oldest);
         }
+    }
+
+    /// A hash of every key as of `revision` (its value, revisions, version and lease), for
+    /// comparing replicas (etcd's `HashKV`): two replicas at one revision hash alike unless
+    /// their data diverged. `current` is the store's revision.
+    pub fn hash_at(&self, revision: u64, current: u64) -> Result<u32, KvError> {
+        let every_key = RangeOp {
+            range: super::KeyRange {
+                key: vec![0],
+                end: vec![0],
+            },
+            revision,
+            ..RangeOp::default()
+        };
+        let reply = self.range(&every_key, current)?;
+        let mut hasher = Sha256::new();
+        for kv in &reply.kvs {
+            hash_key_value(&mut hasher, kv);
+        }
+        Ok(fold(hasher))
+    }
+
+    /// A hash of the whole store now: every key and every lease (etcd's `Hash`).
+    pub fn hash(&self, current: u64) -> u32 {
+        let mut hasher = Sha256::new();
+        for kv in self.keys.values() {
+            hash_key_value(&mut hasher, kv);
+        }
+        hasher.update(current.to_be_bytes());
+        for (id, lease) in &self.leases {
+            hasher.update(id.to_be_bytes());
+            hasher.update(lease.ttl.to_be_bytes());
+            for key in &lease.keys {
+                hasher.update((key.len() as u64).to_be_bytes());
+                hasher.update(key);
+            }
+        }
+        fold(hasher)
     }
 
     /// Events after `revision`, oldest first; `Err(compacted)` when some are gone.

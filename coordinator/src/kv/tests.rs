@@ -354,6 +354,45 @@ proptest! {
 }
 
 #[test]
+fn hashes_match_at_one_revision_and_tell_diverged_data_apart() {
+    let (mut a, mut b) = (Harness::default(), Harness::default());
+    for h in [&mut a, &mut b] {
+        h.apply(&put("app/a", "1")).expect("put");
+        h.apply(&put("app/b", "2")).expect("put");
+    }
+    let at_two = a.kv.hash_at(2, a.revision).expect("hash");
+    assert_eq!(at_two, b.kv.hash_at(0, b.revision).expect("hash"));
+    assert_eq!(a.kv.hash(a.revision), b.kv.hash(b.revision));
+    // The same change on both keeps them alike; a different one does not.
+    a.apply(&put("app/a", "3")).expect("put");
+    b.apply(&put("app/a", "4")).expect("put");
+    assert_ne!(
+        a.kv.hash_at(3, a.revision).expect("hash"),
+        b.kv.hash_at(3, b.revision).expect("hash")
+    );
+    assert_ne!(a.kv.hash(a.revision), b.kv.hash(b.revision));
+    // The past hashes as it was, on either.
+    assert_eq!(a.kv.hash_at(2, a.revision).expect("hash"), at_two);
+    assert_eq!(b.kv.hash_at(2, b.revision).expect("hash"), at_two);
+    // Moving a byte from the key to the value is a different store.
+    let (mut c, mut d) = (Harness::default(), Harness::default());
+    c.apply(&put("ab", "c")).expect("put");
+    d.apply(&put("a", "bc")).expect("put");
+    assert_ne!(
+        c.kv.hash_at(0, c.revision).expect("hash"),
+        d.kv.hash_at(0, d.revision).expect("hash")
+    );
+    // etcd's errors for revisions it cannot hash.
+    assert_eq!(a.kv.hash_at(9, a.revision), Err(KvError::FutureRevision));
+    a.apply(&KvCommand::Compact { revision: 3 })
+        .expect("compact");
+    assert!(matches!(
+        a.kv.hash_at(1, a.revision),
+        Err(KvError::Compacted { .. })
+    ));
+}
+
+#[test]
 fn fleet_snapshots_carry_the_kv_store() {
     use crate::fleet::{FleetCommand, FleetState};
     let mut fleet = FleetState::new();

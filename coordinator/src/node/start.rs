@@ -4,8 +4,8 @@
 use super::{Backend, MAX_MESSAGE_BYTES, NodeConfig, NodeError, RESTORE_BUMP, RunningNode};
 
 use ballast_protocol::etcdserverpb::{
-    cluster_server as etcd_cluster, kv_server as etcd_kv, lease_server as etcd_lease,
-    maintenance_server as etcd_maintenance, watch_server as etcd_watch,
+    auth_server as etcd_auth, cluster_server as etcd_cluster, kv_server as etcd_kv,
+    lease_server as etcd_lease, maintenance_server as etcd_maintenance, watch_server as etcd_watch,
 };
 
 use crate::service::etcd_api::EtcdApi;
@@ -313,7 +313,8 @@ pub(super) fn serve(
         .add_service(etcd_watch::WatchServer::new(etcd.clone()))
         .add_service(etcd_lease::LeaseServer::new(etcd.clone()))
         .add_service(etcd_cluster::ClusterServer::new(etcd.clone()))
-        .add_service(etcd_maintenance::MaintenanceServer::new(etcd));
+        .add_service(etcd_maintenance::MaintenanceServer::new(etcd.clone()))
+        .add_service(etcd_auth::AuthServer::new(etcd));
     let shutdown = async move {
         let _ = stopped.wait_for(|s| *s).await;
     };

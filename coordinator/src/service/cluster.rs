@@ -16,7 +16,8 @@ use crate::error::invalid;
 use crate::error::raft_write_error;
 use crate::fleet::FleetCommand;
 use crate::fleet::FleetRequest;
-use crate::log::member::{NodeId, ReplicaNode};
+use crate::leader::members::MemberChangeError;
+use crate::log::member::ReplicaNode;
 use crate::log::raft::membership;
 use crate::replica::{Replica, Route};
 use crate::status::status_report;
@@ -213,26 +214,13 @@ impl Cluster for ClusterService {
     ) -> Result<Response<pb::RemoveMemberResponse>, Status> {
         let replica = &self.replica;
         let id = on_leader!(self, request, remove_member).id;
-        let raft = replica.raft()?;
-        let membership = membership::current(raft);
-        if membership.get_node(&id).is_none() {
-            return Err(Status::not_found(format!("replica {id} is not a member")));
-        }
-        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
-        if voters.contains(&id) {
-            if voters.len() == 1 {
-                return Err(Status::failed_precondition(format!(
-                    "replica {id} is the last voter; removing it would leave no cluster"
-                )));
-            }
-            membership::remove_voters(raft, BTreeSet::from([id]))
-                .await
-                .map_err(|e| Status::from(raft_write_error(e)))?;
-        } else {
-            membership::change_membership(raft, ChangeMembers::RemoveNodes(BTreeSet::from([id])))
-                .await
-                .map_err(|e| Status::from(raft_write_error(e)))?;
-        }
+        crate::leader::members::remove(replica, id)
+            .await
+            .map_err(|e| match e {
+                MemberChangeError::NotMember(_) => Status::not_found(e.to_string()),
+                MemberChangeError::Replica(e) => Status::from(e),
+                other => Status::failed_precondition(other.to_string()),
+            })?;
         Ok(replica.respond(pb::RemoveMemberResponse {
             header: Some(replica.header()),
         }))

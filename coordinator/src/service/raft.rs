@@ -193,6 +193,7 @@ impl RaftApi for RaftService {
         let pause = Duration::from_millis(control.millis.min(10_000));
         let raft = self.replica.raft()?.clone();
         raft.runtime_config().elect(false);
+        self.presence.pause_campaigns(pause);
         tokio::spawn(async move {
             tokio::time::sleep(pause).await;
             raft.runtime_config().elect(true);

@@ -1,13 +1,15 @@
-//! etcd's v3 API on the client port: `KV`, `Watch`, `Lease`, and the `Cluster.MemberList` and
-//! `Maintenance.Status` calls etcdctl uses. Writes go through Raft on the leader (followers
+//! etcd's v3 API on the client port: `KV`, `Watch`, `Lease`, `Cluster`, `Maintenance` and `Auth`
+//! (what each does on Ballast: docs/etcd-api.md). Writes go through Raft on the leader (followers
 //! forward them once); reads are linearizable unless `serializable`; watches are served by any
 //! replica from its applied history, so they survive leader changes. Lease expiry is decided by
 //! the leader and replicated as a revoke; a new leader gives every lease a fresh TTL.
 
+mod auth;
 mod cluster;
 mod convert;
 mod kv;
 mod lease;
+mod maintenance;
 mod watch;
 
 use std::sync::Arc;

@@ -1,0 +1,169 @@
+//! `etcdserverpb.Maintenance`: what etcdctl's `endpoint status`, `endpoint hashkv`, `alarm`,
+//! `defrag` and `move-leader` use. Ballast has no space quota (so no alarm is ever raised) and
+//! nothing to defragment (its storage compacts itself); `Snapshot` answers with the archive
+//! command to use instead, since etcd's snapshot file is etcd's own database format.
+
+use std::pin::Pin;
+
+use ballast_protocol::etcdserverpb as epb;
+use ballast_protocol::etcdserverpb::alarm_request::AlarmAction;
+use ballast_protocol::etcdserverpb::maintenance_client::MaintenanceClient;
+use ballast_protocol::etcdserverpb::maintenance_server::Maintenance;
+use futures::Stream;
+use tonic::{Request, Response, Status};
+
+use super::{EtcdApi, on_leader_call};
+use crate::error::{ReplicaError, kv_status};
+
+/// etcd protocol version Ballast answers as (the API generation it implements).
+const ETCD_API_VERSION: &str = "3.4.0";
+
+/// What `Snapshot` answers.
+const SNAPSHOT_INSTEAD: &str = "etcdserver: Ballast does not write etcd's snapshot format: \
+     take a consistent archive with `ballastctl dr export --to file:///DIR` (checked with \
+     `ballastctl dr verify`, restored with `ballastctl dr restore`; docs/dr.md)";
+
+/// What raising an alarm by hand answers.
+const NO_ALARMS: &str = "etcdserver: Ballast has no space quota and checks its own state, so \
+     it raises no alarms and none can be raised by hand";
+
+#[tonic::async_trait]
+impl Maintenance for EtcdApi {
+    async fn status(
+        &self,
+        request: Request<epb::StatusRequest>,
+    ) -> Result<Response<epb::StatusResponse>, Status> {
+        self.replica.check_cluster(request.metadata())?;
+        let view = self.replica.view();
+        // Every file of the data dir (log, snapshot, metadata, journals): what the replica
+        // holds on disk, measured the same way on every replica.
+        let size = self.replica.store.bytes_on_disk() as i64;
+        let errors = if view.leader.is_none() {
+            vec!["etcdserver: no leader".to_string()]
+        } else {
+            Vec::new()
+        };
+        Ok(Response::new(epb::StatusResponse {
+            header: Some(self.header_at(self.replica.state.revision())),
+            version: ETCD_API_VERSION.into(),
+            db_size: size,
+            leader: view.leader.unwrap_or(0),
+            raft_index: view.last_log_index,
+            raft_term: view.term,
+            raft_applied_index: view.applied_index,
+            errors,
+            db_size_in_use: size,
+            is_learner: !view.voters().contains(&self.replica.id),
+        }))
+    }
+
+    async fn alarm(
+        &self,
+        request: Request<epb::AlarmRequest>,
+    ) -> Result<Response<epb::AlarmResponse>, Status> {
+        self.replica.check_cluster(request.metadata())?;
+        let request = request.into_inner();
+        let action = AlarmAction::try_from(request.action)
+            .map_err(|_| Status::invalid_argument("etcdserver: unknown alarm action"))?;
+        let alarm = epb::AlarmType::try_from(request.alarm)
+            .map_err(|_| Status::invalid_argument("etcdserver: unknown alarm type"))?;
+        if action == AlarmAction::Activate && alarm != epb::AlarmType::None {
+            return Err(Status::failed_precondition(NO_ALARMS));
+        }
+        // Listing and disarming: none is raised, none to disarm.
+        Ok(Response::new(epb::AlarmResponse {
+            header: Some(self.header_at(self.replica.state.revision())),
+            alarms: Vec::new(),
+        }))
+    }
+
+    async fn defragment(
+        &self,
+        request: Request<epb::DefragmentRequest>,
+    ) -> Result<Response<epb::DefragmentResponse>, Status> {
+        self.replica.check_cluster(request.metadata())?;
+        Ok(Response::new(epb::DefragmentResponse {
+            header: Some(self.header_at(self.replica.state.revision())),
+        }))
+    }
+
+    async fn hash(
+        &self,
+        request: Request<epb::HashRequest>,
+    ) -> Result<Response<epb::HashResponse>, Status> {
+        self.replica.check_cluster(request.metadata())?;
+        let fleet = self.replica.state.fleet();
+        let current = fleet.revision();
+        let hash = fleet.kv().hash(current);
+        drop(fleet);
+        Ok(Response::new(epb::HashResponse {
+            header: Some(self.header_at(current)),
+            hash,
+        }))
+    }
+
+    async fn hash_kv(
+        &self,
+        request: Request<epb::HashKvRequest>,
+    ) -> Result<Response<epb::HashKvResponse>, Status> {
+        self.replica.check_cluster(request.metadata())?;
+        let revision = request.into_inner().revision;
+        if revision < 0 {
+            return Err(Status::out_of_range(
+                "etcdserver: mvcc: required revision has been compacted",
+            ));
+        }
+        let fleet = self.replica.state.fleet();
+        let current = fleet.revision();
+        let at = if revision == 0 {
+            current
+        } else {
+            revision as u64
+        };
+        let kv = fleet.kv();
+        let hash = kv.hash_at(at, current).map_err(|e| kv_status(&e))?;
+        let compacted = kv.compacted();
+        drop(fleet);
+        Ok(Response::new(epb::HashKvResponse {
+            header: Some(self.header_at(current)),
+            hash,
+            compact_revision: compacted as i64,
+            hash_revision: at as i64,
+        }))
+    }
+
+    type SnapshotStream =
+        Pin<Box<dyn Stream<Item = Result<epb::SnapshotResponse, Status>> + Send + 'static>>;
+
+    async fn snapshot(
+        &self,
+        request: Request<epb::SnapshotRequest>,
+    ) -> Result<Response<Self::SnapshotStream>, Status> {
+        self.replica.check_cluster(request.metadata())?;
+        Err(Status::unimplemented(SNAPSHOT_INSTEAD))
+    }
+
+    async fn move_leader(
+        &self,
+        request: Request<epb::MoveLeaderRequest>,
+    ) -> Result<Response<epb::MoveLeaderResponse>, Status> {
+        on_leader_call!(
+            self,
+            request,
+            MaintenanceClient::move_leader,
+            |body| async move {
+                crate::leader::transfer::transfer_leadership(&self.replica, body.target_id)
+                    .await
+                    .map_err(|e| match e {
+                        ReplicaError::NotFound(_) | ReplicaError::Precondition(_) => {
+                            Status::failed_precondition("etcdserver: bad leader transferee")
+                        }
+                        other => Status::from(other),
+                    })?;
+                Ok(epb::MoveLeaderResponse {
+                    header: Some(self.header_at(self.replica.state.revision())),
+                })
+            }
+        )
+    }
+}
