@@ -6,7 +6,7 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
-use ballast_dr::{ArchiveUrl, Key, Progress};
+use ballast_dr::{Key, Progress};
 use ballast_protocol::validate::{validate_address, validate_id};
 use clap::Parser;
 use serde_json::json;
@@ -86,20 +86,19 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<serde_json::Value> {
             data_dir.display()
         );
     }
-    let archive = ArchiveUrl::parse(&url)?;
     let key = match (&args.key_file, &args.key_env) {
         (Some(path), _) => Some(Key::from_file(path)?),
         (None, Some(var)) => Some(Key::from_env(var)?),
         (None, None) => None,
     };
     let progress = Tenths(std::sync::atomic::AtomicU64::new(0));
-    let verified = ballast_dr::verify(&archive, key.as_ref(), true, &progress).await?;
+    let (archive, verified) = ballast_dr::verify_any(&url, key.as_ref(), true, &progress).await?;
     let manifest = verified.manifest;
     let Some(data) = verified.data.as_deref() else {
         bail!("verified archive without data");
     };
-    let archived = Archived::of(&manifest, data)
-        .map_err(|e| anyhow::anyhow!("archive {} {e}", archive.url()))?;
+    let archived =
+        Archived::of(&manifest, data).map_err(|e| anyhow::anyhow!("archive {archive} {e}"))?;
     let parent = data_dir
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -146,7 +145,7 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<serde_json::Value> {
          Then join the other replicas with fresh data dirs: ballast-coord --id N --az AZ \
          --listen ADDR --data-dir DIR --join {advertise}",
         manifest.cluster_id,
-        archive.url(),
+        archive,
         manifest.revision,
         data_dir.display(),
         restored.revision,
@@ -154,7 +153,7 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<serde_json::Value> {
         data_dir.display()
     );
     Ok(json!({
-        "archive": archive.url(), "data_dir": data_dir, "cluster_id": manifest.cluster_id,
+        "archive": archive, "data_dir": data_dir, "cluster_id": manifest.cluster_id,
         "archived_revision": manifest.revision, "revision": restored.revision,
         "restore_epoch": restored.restore_epoch, "id": id, "message": message,
     }))

@@ -72,7 +72,7 @@ pub async fn export(
     progress: &dyn Progress,
 ) -> Result<Manifest, DrError> {
     let created_at_ms = ballast_protocol::clock::unix_ms();
-    let name = format!("{created_at_ms:016}-r{}", input.revision);
+    let name = archive_name(input, created_at_ms);
     let plain_checksum = checksum(&input.data);
     let (stored, encryption) = match key {
         Some(key) => {
@@ -87,23 +87,10 @@ pub async fn export(
         None => (Bytes::from(input.data.clone()), Encryption::None),
     };
     let manifest = Manifest {
-        format_version: FORMAT_VERSION,
-        name: name.clone(),
-        cluster_id: input.cluster_id.clone(),
-        term: input.term,
-        log_index: input.log_index,
-        revision: input.revision,
-        restore_epoch: input.restore_epoch,
-        created_at: chrono::DateTime::from_timestamp_millis(created_at_ms as i64)
-            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-            .unwrap_or_default(),
-        created_at_ms,
         size: stored.len() as u64,
         checksum: checksum(&stored),
-        plain_size: input.data.len() as u64,
-        plain_checksum,
         encryption,
-        payload: input.payload.clone(),
+        ..plain_manifest(input, created_at_ms, plain_checksum)
     };
     let data_path = destination.object(&name, DATA);
     let store = &destination.store;
@@ -161,6 +148,61 @@ pub async fn export(
     Ok(manifest)
 }
 
+/// An archive's name when made at `created_at_ms`: names sort by creation time.
+pub(crate) fn archive_name(input: &ArchiveInput, created_at_ms: u64) -> String {
+    format!("{created_at_ms:016}-r{}", input.revision)
+}
+
+/// The manifest of `input` stored as is (no encryption), made at `created_at_ms`.
+pub(crate) fn plain_manifest(
+    input: &ArchiveInput,
+    created_at_ms: u64,
+    plain_checksum: String,
+) -> Manifest {
+    Manifest {
+        format_version: FORMAT_VERSION,
+        name: archive_name(input, created_at_ms),
+        cluster_id: input.cluster_id.clone(),
+        term: input.term,
+        log_index: input.log_index,
+        revision: input.revision,
+        restore_epoch: input.restore_epoch,
+        created_at: chrono::DateTime::from_timestamp_millis(created_at_ms as i64)
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+            .unwrap_or_default(),
+        created_at_ms,
+        size: input.data.len() as u64,
+        checksum: plain_checksum.clone(),
+        plain_size: input.data.len() as u64,
+        plain_checksum,
+        encryption: Encryption::None,
+        payload: input.payload.clone(),
+    }
+}
+
+/// Parses a manifest read from `url`, refusing a format this build does not read.
+pub(crate) fn parse_manifest(raw: &[u8], url: &str) -> Result<Manifest, DrError> {
+    #[derive(serde::Deserialize)]
+    struct VersionOnly {
+        format_version: u32,
+    }
+    let version: VersionOnly = serde_json::from_slice(raw).map_err(|e| DrError::Corrupt {
+        archive: url.to_string(),
+        reason: format!("unreadable manifest: {e}"),
+    })?;
+    if version.format_version != FORMAT_VERSION {
+        return Err(DrError::UnknownFormat {
+            archive: url.to_string(),
+            found: version.format_version,
+            supported: FORMAT_VERSION,
+        });
+    }
+    serde_json::from_slice(raw).map_err(|e| DrError::Corrupt {
+        archive: url.to_string(),
+        reason: format!("unreadable manifest: {e}"),
+    })
+}
+
 /// Reads and checks an archive's manifest.
 pub async fn read_manifest(archive: &ArchiveUrl) -> Result<Manifest, DrError> {
     let destination = &archive.destination;
@@ -177,25 +219,7 @@ pub async fn read_manifest(archive: &ArchiveUrl) -> Result<Manifest, DrError> {
         Err(object_store::Error::NotFound { .. }) => return Err(DrError::NotFound(url)),
         Err(e) => return Err(destination.storage_error(e)),
     };
-    #[derive(serde::Deserialize)]
-    struct VersionOnly {
-        format_version: u32,
-    }
-    let version: VersionOnly = serde_json::from_slice(&raw).map_err(|e| DrError::Corrupt {
-        archive: url.clone(),
-        reason: format!("unreadable manifest: {e}"),
-    })?;
-    if version.format_version != FORMAT_VERSION {
-        return Err(DrError::UnknownFormat {
-            archive: url,
-            found: version.format_version,
-            supported: FORMAT_VERSION,
-        });
-    }
-    serde_json::from_slice(&raw).map_err(|e| DrError::Corrupt {
-        archive: url,
-        reason: format!("unreadable manifest: {e}"),
-    })
+    parse_manifest(&raw, &url)
 }
 
 /// Checks an archive end to end: manifest, size and checksum of the stored data, and — when
@@ -288,6 +312,31 @@ pub async fn verify(
         ));
     }
     Ok(Verified { manifest, data })
+}
+
+/// [`verify`] for an archive URL, or for the path of a snapshot file in etcd's format
+/// (`etcdctl snapshot save`; see [`crate::snapshot_file`]). Returns the archive's URL or path
+/// as given, for messages, with what was verified.
+pub async fn verify_any(
+    url: &str,
+    key: Option<&Key>,
+    need_data: bool,
+    progress: &dyn Progress,
+) -> Result<(String, Verified), DrError> {
+    let local = url.strip_prefix("file://").unwrap_or(url);
+    if std::path::Path::new(local).is_file() {
+        let bytes = tokio::fs::read(local)
+            .await
+            .map_err(|e| DrError::Destination {
+                url: url.to_string(),
+                reason: format!("cannot read the file: {e}"),
+            })?;
+        progress.update(bytes.len() as u64, bytes.len() as u64);
+        return Ok((url.to_string(), crate::snapshot_file::read(&bytes, url)?));
+    }
+    let archive = ArchiveUrl::parse(url)?;
+    let verified = verify(&archive, key, need_data, progress).await?;
+    Ok((archive.url(), verified))
 }
 
 /// Archive names under a destination, oldest first (complete or not).

@@ -9,15 +9,21 @@
 //! (`s3://bucket/prefix`, standard AWS environment variables, `?endpoint=..&allow_http=true&
 //! region=..` for on-prem stores). This crate knows nothing of the coordinator: the snapshot is
 //! opaque bytes plus the identity fields the caller puts in the manifest.
+//!
+//! The same archive also travels as one file in etcd's snapshot format ([`snapshot_file`]),
+//! which is what `etcdctl snapshot save` gets from a Ballast replica.
 
 mod archive;
+pub mod bolt;
 mod destination;
 mod error;
 mod key;
 mod manifest;
+pub mod snapshot_file;
 
 pub use archive::{
     ArchiveInput, Listed, Retention, Verified, delete, export, list, read_manifest, retain, verify,
+    verify_any,
 };
 pub use destination::{ArchiveUrl, Destination};
 pub use error::DrError;

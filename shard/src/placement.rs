@@ -15,10 +15,10 @@
 //! again under its idempotency key before anything else is done, so it lands now (or is
 //! replayed) instead of after the shard has moved on and changed the machine again. Sending a
 //! new call under a new key instead, the shard acted on a state the late call then changed.
-//! Asking first keeps the provider's load what it was: a resend only where the call has not
-//! landed (resending at once, before asking, queued copies of calls behind the originals on
-//! an overloaded provider and more than doubled its timeouts at full scale). A call still
-//! unanswered after [`MAX_RESENDS`] resends is given up (a provider that loses its answers).
+//! Asking first keeps the calls what they were before (a read, then a change only where the
+//! call has not landed); resending at once would queue copies of calls behind their originals
+//! on an overloaded provider. A call still unanswered after [`MAX_RESENDS`] resends is given
+//! up (a provider that loses its answers).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;

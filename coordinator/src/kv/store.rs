@@ -490,6 +490,11 @@ impl KvStore {
         }
     }
 
+    /// Every key now, in key order.
+    pub fn current(&self) -> impl Iterator<Item = &KeyValue> {
+        self.keys.values()
+    }
+
     /// A hash of every key as of `revision` (its value, revisions, version and lease), for
     /// comparing replicas (etcd's `HashKV`): two replicas at one revision hash alike unless
     /// their data diverged. `current` is the store's revision.

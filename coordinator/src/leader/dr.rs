@@ -21,21 +21,24 @@ pub async fn export_now(
         .dr
         .export(to, || async {
             replica.linearize().await?;
-            let fleet = replica.state.fleet();
-            let applied = replica.state.applied_log_id();
-            let input = ArchiveInput {
-                cluster_id: replica.cluster_id.clone(),
-                term: applied.map(|l| l.leader_id.term).unwrap_or(0),
-                log_index: applied.map(|l| l.index).unwrap_or(0),
-                revision: fleet.revision(),
-                restore_epoch: fleet.restore_epoch(),
-                payload: PAYLOAD.to_string(),
-                data: fleet.encode(),
-            };
-            drop(fleet);
+            let input = archive_input(replica, &replica.state.fleet());
             Ok((input, replica.header()))
         })
         .await
+}
+
+/// What an archive of `fleet`, this replica's applied state, holds.
+pub fn archive_input(replica: &Replica, fleet: &crate::fleet::FleetState) -> ArchiveInput {
+    let applied = replica.state.applied_log_id();
+    ArchiveInput {
+        cluster_id: replica.cluster_id.clone(),
+        term: applied.map(|l| l.leader_id.term).unwrap_or(0),
+        log_index: applied.map(|l| l.index).unwrap_or(0),
+        revision: fleet.revision(),
+        restore_epoch: fleet.restore_epoch(),
+        payload: PAYLOAD.to_string(),
+        data: fleet.encode(),
+    }
 }
 
 /// Exports on the configured schedule while this replica leads.

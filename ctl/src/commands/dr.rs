@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context as _, bail};
-use ballast_dr::{ArchiveUrl, Destination, Key, Progress};
+use ballast_dr::{Destination, Key, Progress};
 use ballast_protocol::pb;
 
 use clap::{Args, Subcommand};
@@ -51,7 +51,8 @@ pub enum DrCmd {
     },
     /// Check an archive: manifest, size, checksum, and decryption when a key is given.
     Verify {
-        /// Archive URL: <destination>/<archive name>.
+        /// Archive URL (<destination>/<archive name>), or the path of a snapshot file that
+        /// `etcdctl snapshot save` took from a replica.
         url: String,
         #[command(flatten)]
         key: KeyArgs,
@@ -59,7 +60,8 @@ pub enum DrCmd {
     /// Build a single-voter cluster's data dir from an archive; start `ballast-coord` on it,
     /// then join the other replicas with fresh data dirs.
     Restore {
-        /// Archive URL: <destination>/<archive name>.
+        /// Archive URL (<destination>/<archive name>), or the path of a snapshot file that
+        /// `etcdctl snapshot save` took from a replica.
         url: String,
         /// Data dir to create (must be empty or absent unless --force).
         #[arg(long)]
@@ -242,20 +244,19 @@ pub async fn run(ctx: &Context, cmd: DrCmd) -> anyhow::Result<Rendered> {
             })
         }
         DrCmd::Verify { url, key } => {
-            let archive = ArchiveUrl::parse(&url)?;
             let key = key.key()?;
-            let verified = {
+            let (archive, verified) = {
                 let bar = Bar::new("verifying");
-                ballast_dr::verify(&archive, key.as_ref(), false, &bar).await?
+                ballast_dr::verify_any(&url, key.as_ref(), false, &bar).await?
             };
             let m = verified.manifest;
             let decrypted = verified.data.is_some();
             Ok(Rendered {
-                json: json!({"archive": archive.url(), "ok": true, "decrypted": decrypted,
+                json: json!({"archive": archive, "ok": true, "decrypted": decrypted,
                              "manifest": serde_json::to_value(&m)?}),
                 human: format!(
                     "{} is intact: revision {}, {} bytes, {}{}",
-                    archive.url(),
+                    archive,
                     m.revision,
                     m.size,
                     m.checksum,

@@ -1,7 +1,8 @@
 //! `etcdserverpb.Maintenance`: what etcdctl's `endpoint status`, `endpoint hashkv`, `alarm`,
-//! `defrag` and `move-leader` use. Ballast has no space quota (so no alarm is ever raised) and
-//! nothing to defragment (its storage compacts itself); `Snapshot` answers with the archive
-//! command to use instead, since etcd's snapshot file is etcd's own database format.
+//! `defrag`, `move-leader` and `snapshot save` use. Ballast has no space quota (so no alarm is
+//! ever raised) and nothing to defragment (its storage compacts itself). A snapshot is the
+//! archive `ballastctl dr export` would write, in a file of etcd's format
+//! (`ballast_dr::snapshot_file`).
 
 use std::pin::Pin;
 
@@ -12,16 +13,15 @@ use ballast_protocol::etcdserverpb::maintenance_server::Maintenance;
 use futures::Stream;
 use tonic::{Request, Response, Status};
 
+use super::convert::kv;
 use super::{EtcdApi, on_leader_call};
 use crate::error::{ReplicaError, kv_status};
 
 /// etcd protocol version Ballast answers as (the API generation it implements).
 const ETCD_API_VERSION: &str = "3.4.0";
 
-/// What `Snapshot` answers.
-const SNAPSHOT_INSTEAD: &str = "etcdserver: Ballast does not write etcd's snapshot format: \
-     take a consistent archive with `ballastctl dr export --to file:///DIR` (checked with \
-     `ballastctl dr verify`, restored with `ballastctl dr restore`; docs/dr.md)";
+/// Bytes of snapshot per message, as etcd sends them.
+const SNAPSHOT_CHUNK: usize = 32 * 1024;
 
 /// What raising an alarm by hand answers.
 const NO_ALARMS: &str = "etcdserver: Ballast has no space quota and checks its own state, so \
@@ -140,7 +140,46 @@ impl Maintenance for EtcdApi {
         request: Request<epb::SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
         self.replica.check_cluster(request.metadata())?;
-        Err(Status::unimplemented(SNAPSHOT_INSTEAD))
+        // Every write acknowledged before the call is in it, as in an archive.
+        self.replica.linearize().await?;
+        let (input, kvs, header) = {
+            let fleet = self.replica.state.fleet();
+            let input = crate::leader::dr::archive_input(&self.replica, &fleet);
+            let kvs: Vec<(u64, Vec<u8>)> = fleet
+                .kv()
+                .current()
+                .map(|k| (k.mod_revision, prost::Message::encode_to_vec(&kv(k))))
+                .collect();
+            (input, kvs, self.header_at(fleet.revision()))
+        };
+        let created_at_ms = ballast_protocol::clock::unix_ms();
+        let file = tokio::task::spawn_blocking(move || {
+            ballast_dr::snapshot_file::write(&input, created_at_ms, kvs)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("building the snapshot stopped: {e}")))?
+        .map_err(|e| Status::internal(e.to_string()))?;
+        // etcd's stream: the file in chunks counting down what remains, then its SHA-256.
+        let total = file.len();
+        let mut messages: Vec<Result<epb::SnapshotResponse, Status>> = file
+            .chunks(SNAPSHOT_CHUNK)
+            .scan(0usize, |sent, chunk| {
+                *sent += chunk.len();
+                Some(Ok(epb::SnapshotResponse {
+                    header: Some(header),
+                    remaining_bytes: (total - *sent) as u64,
+                    blob: chunk.to_vec(),
+                    version: String::new(),
+                }))
+            })
+            .collect();
+        messages.push(Ok(epb::SnapshotResponse {
+            header: Some(header),
+            remaining_bytes: 0,
+            blob: ballast_dr::snapshot_file::trailer(&file),
+            version: String::new(),
+        }));
+        Ok(Response::new(Box::pin(futures::stream::iter(messages))))
     }
 
     async fn move_leader(
