@@ -663,6 +663,16 @@ mod tests {
         assert!(p.take(10).is_empty());
     }
 
+    /// How a step ends when `call` got no answer.
+    fn no_answer(call: &Call) -> Ended {
+        Ended {
+            retry: true,
+            unsure: true,
+            unanswered: Some(call.clone()),
+            ..Ended::default()
+        }
+    }
+
     #[test]
     fn an_unanswered_call_is_sent_again_first_and_listings_wait_for_its_answer() {
         let mut p = Placements::default();
@@ -676,15 +686,7 @@ mod tests {
             },
             resends: 0,
         };
-        p.finished(
-            "m1",
-            Ended {
-                retry: true,
-                unsure: true,
-                unanswered: Some(configure.clone()),
-                ..Ended::default()
-            },
-        );
+        p.finished("m1", no_answer(&configure));
         // A listing read before the configure landed says idle: not taken as true, the
         // configure may land after it.
         p.listed("m1", None);
@@ -696,15 +698,7 @@ mod tests {
         assert_eq!(step[0].confirmed, None, "the listing was not believed");
         assert_eq!(step[0].unanswered, Some(configure.clone()));
         // Still no answer: kept.
-        p.finished(
-            "m1",
-            Ended {
-                retry: true,
-                unsure: true,
-                unanswered: Some(configure.clone()),
-                ..Ended::default()
-            },
-        );
+        p.finished("m1", no_answer(&configure));
         assert_eq!(p.take(10)[0].unanswered, Some(configure));
         // Answered, and the machine moved to c2: nothing is sent again.
         p.finished("m1", Ended::done(Some("c2".into())));
@@ -712,21 +706,14 @@ mod tests {
         p.want("m1", None);
         assert_eq!(p.take(10)[0].unanswered, None);
         // A forgotten machine keeps nothing.
-        p.finished(
-            "m1",
-            Ended {
-                retry: true,
-                unsure: true,
-                unanswered: Some(Call {
-                    key: "release/m1/1/8".into(),
-                    action: Action::Release {
-                        serving: Some("c2".into()),
-                    },
-                    resends: 0,
-                }),
-                ..Ended::default()
+        let release = Call {
+            key: "release/m1/1/8".into(),
+            action: Action::Release {
+                serving: Some("c2".into()),
             },
-        );
+            resends: 0,
+        };
+        p.finished("m1", no_answer(&release));
         p.forget("m1");
         p.want("m1", None);
         assert_eq!(p.take(10)[0].unanswered, None);
