@@ -7,7 +7,7 @@
 //! Every phase is bounded in time; all traffic is on loopback.
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -96,20 +96,6 @@ fn memory(pid: u32) -> Memory {
     }
 }
 
-fn dir_size(dir: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .map(|e| match e.metadata() {
-            Ok(m) if m.is_dir() => dir_size(&e.path()),
-            Ok(m) => m.len(),
-            Err(_) => 0,
-        })
-        .sum()
-}
-
 fn domain(n: usize) -> String {
     format!("topology.kubernetes.io/zone=az-{}/rack=r{n:06}", n % 3)
 }
@@ -179,7 +165,7 @@ async fn load(args: &ProviderMemoryArgs, provider: &Target) -> anyhow::Result<Ve
     let mut reading = |phase: &str, took: Option<Duration>| {
         let m = memory(pid);
         let disk = match &provider.data_dir {
-            Some(dir) => format!("{:.1}", dir_size(dir) as f64 / 1048576.0),
+            Some(dir) => format!("{:.1}", crate::stats::dir_bytes(dir) as f64 / 1048576.0),
             None => "-".into(),
         };
         let row = format!(
