@@ -170,37 +170,32 @@ pub fn write(buckets: &[Bucket]) -> Result<Vec<u8>, BoltError> {
             continue;
         }
         let chunks: Vec<&[(Vec<u8>, Vec<u8>)]> = bucket.items.chunks(LEAF_ITEMS).collect();
-        let bucket_root = if chunks.len() == 1 {
-            next
-        } else {
-            // The branch first: its size depends only on the first keys.
+        // More than one leaf hangs under a branch, laid out first: its size depends only on
+        // the leaves' first keys.
+        let branch_id = (chunks.len() > 1).then(|| {
             let body: usize = chunks.iter().map(|c| ELEMENT + c[0].0.len()).sum();
-            let branch_id = next;
+            let id = next;
             next += pages_for(HEADER + body) as u64;
-            let mut children = Vec::with_capacity(chunks.len());
-            for chunk in &chunks {
-                let items: Vec<(u32, &[u8], &[u8])> = chunk
-                    .iter()
-                    .map(|(k, v)| (0, k.as_slice(), v.as_slice()))
-                    .collect();
-                let page = leaf(next, &items)?;
-                children.push((chunk[0].0.as_slice(), next));
-                next += page.pages();
-                pages.push(page);
-            }
-            pages.push(branch(branch_id, &children)?);
-            branch_id
-        };
-        if chunks.len() == 1 {
-            let items: Vec<(u32, &[u8], &[u8])> = bucket
-                .items
+            id
+        });
+        let mut children = Vec::with_capacity(chunks.len());
+        for chunk in &chunks {
+            let items: Vec<(u32, &[u8], &[u8])> = chunk
                 .iter()
                 .map(|(k, v)| (0, k.as_slice(), v.as_slice()))
                 .collect();
             let page = leaf(next, &items)?;
+            children.push((chunk[0].0.as_slice(), next));
             next += page.pages();
             pages.push(page);
         }
+        let bucket_root = match branch_id {
+            Some(id) => {
+                pages.push(branch(id, &children)?);
+                id
+            }
+            None => children[0].1,
+        };
         let mut header = vec![0u8; 16];
         header[0..8].copy_from_slice(&bucket_root.to_le_bytes());
         headers.push(header);

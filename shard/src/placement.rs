@@ -366,15 +366,6 @@ async fn carry_out(worker: &Worker, step: &Step) -> Ended {
     if step.wanted == confirmed {
         return Ended::done(confirmed);
     }
-    // Not (or no longer) serving the cluster, or fenced: not this shard's to configure (or
-    // to release, without the grant of what the machine serves).
-    let not_ours = || Ended {
-        confirmed: asked.then(|| confirmed.clone()),
-        ..Ended::dropped()
-    };
-    if worker.grants_for_serving(confirmed.as_deref()).is_none() {
-        return not_ours();
-    }
     let sequence = worker.next_sequence();
     let epoch = worker.epoch();
     let release = |key: String| Call {
@@ -390,8 +381,12 @@ async fn carry_out(worker: &Worker, step: &Step) -> Ended {
             step.machine
         ))],
         Some(cluster) => {
+            // Not (or no longer) serving the cluster, or fenced: not this shard's to configure.
             if worker.cluster_grants(cluster).is_none() {
-                return not_ours();
+                return Ended {
+                    confirmed: asked.then(|| confirmed.clone()),
+                    ..Ended::dropped()
+                };
             }
             let key = |call: &str| format!("{call}/{}/{cluster}/{epoch}/{sequence}", step.machine);
             let configure = Call {
@@ -416,7 +411,8 @@ async fn carry_out(worker: &Worker, step: &Step) -> Ended {
                 progressed = true;
                 continue;
             }
-            // The grant went away between the calls.
+            // No grant to present: the release's (the machine serves a cluster this shard no
+            // longer holds, or one fenced), or the configure's, gone between the calls.
             Err(None) => {
                 return Ended {
                     confirmed: (asked || progressed).then_some(now),

@@ -63,16 +63,7 @@ pub async fn promote(replica: &Replica, id: NodeId) -> Result<(), MemberChangeEr
     if current.voter_ids().any(|v| v == id) {
         return Err(MemberChangeError::NotLearner(id));
     }
-    let caught_up = {
-        let metrics = raft.metrics().borrow().clone();
-        let matched = metrics
-            .replication
-            .as_ref()
-            .and_then(|r| r.get(&id).cloned().flatten())
-            .map(|l| l.index);
-        matched.is_some() && matched == metrics.last_log_index
-    };
-    if !caught_up {
+    if !membership::holds_whole_log(&raft.metrics().borrow(), id) {
         return Err(MemberChangeError::Behind(id));
     }
     membership::change_membership(raft, ChangeMembers::AddVoterIds(BTreeSet::from([id])))

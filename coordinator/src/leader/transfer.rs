@@ -34,14 +34,7 @@ pub async fn transfer_leadership(replica: &Replica, target: NodeId) -> Result<()
     let caught_up = raft
         .wait(Some(Duration::from_secs(3)))
         .metrics(
-            |m| {
-                let last = m.last_log_index;
-                m.replication
-                    .as_ref()
-                    .and_then(|r| r.get(&target).cloned().flatten())
-                    .map(|l| Some(l.index) == last)
-                    .unwrap_or(false)
-            },
+            |m| crate::log::raft::membership::holds_whole_log(m, target),
             "transfer target caught up",
         )
         .await;

@@ -53,6 +53,17 @@ pub async fn remove_voters(raft: &Raft, ids: BTreeSet<NodeId>) -> WriteResult {
     change_membership(raft, ChangeMembers::RemoveVoters(ids)).await
 }
 
+/// Whether replica `id` holds this leader's whole log (by the leader's replication metrics):
+/// the condition for it to win a transferred election or be promoted without slowing commits.
+pub fn holds_whole_log(metrics: &openraft::RaftMetrics<NodeId, ReplicaNode>, id: NodeId) -> bool {
+    let matched = metrics
+        .replication
+        .as_ref()
+        .and_then(|r| r.get(&id).cloned().flatten())
+        .map(|l| l.index);
+    matched.is_some() && matched == metrics.last_log_index
+}
+
 /// The membership the Raft node works with now.
 pub fn current(raft: &Raft) -> crate::log::member::Membership {
     raft.metrics()
