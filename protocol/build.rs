@@ -12,6 +12,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "etcd/etcdserverpb/rpc.proto",
     ];
     let descriptors = protox::compile(files, ["proto"])?;
+    if std::env::var_os("CARGO_FEATURE_ETCD_JSON").is_some() {
+        // The proto3 JSON mapping of etcd's messages, as etcd's gRPC gateway writes them.
+        let mut json = pbjson_build::Builder::new();
+        for file in descriptors.file.iter().cloned() {
+            json.register_file_descriptor(file);
+        }
+        json.preserve_proto_field_names()
+            .build(&[".etcdserverpb", ".mvccpb", ".authpb"])?;
+    }
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)

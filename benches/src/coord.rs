@@ -360,12 +360,7 @@ pub async fn run(args: CoordBenchArgs) -> anyhow::Result<()> {
     }
 
     let leader = cluster.leader().await;
-    let follower = cluster
-        .replicas
-        .iter()
-        .map(|r| r.id)
-        .find(|id| *id != leader)
-        .context("no follower")?;
+    let follower = cluster.follower_of(leader);
     eprintln!("reads");
     let read_leader_linear = read_latency(&cluster.client_of(leader), args.reads, false).await?;
     let read_follower_linear =

@@ -4,6 +4,7 @@
 mod coord;
 mod engine;
 mod engine_fleet;
+mod etcd_tools;
 mod heartbeat;
 mod kv;
 mod memory;
@@ -33,6 +34,9 @@ enum Command {
     Engine(engine::EngineBenchArgs),
     /// KV benchmark: etcd-API puts into Ballast and a real 3-member etcd in the same run.
     Kv(kv::KvBenchArgs),
+    /// The tools etcd operators run, against Ballast and etcd in the same run: `etcdctl
+    /// check perf` and puts through the HTTP/JSON gateway; writes a markdown report.
+    EtcdTools(etcd_tools::EtcdToolsArgs),
     /// Memory benchmark: RSS of three replicas with a 100M-machine fleet's state loaded,
     /// after snapshots and after restarts.
     Memory(memory::MemoryBenchArgs),
@@ -68,6 +72,7 @@ async fn run() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Coord(args) => coord::run(args).await,
         Command::Kv(args) => kv::run(args).await,
+        Command::EtcdTools(args) => etcd_tools::run(args).await,
         Command::Tls(args) => tls::run(args).await,
         Command::Memory(args) => memory::run(args).await,
         Command::Provider(args) => provider::run(args).await,

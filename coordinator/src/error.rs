@@ -91,8 +91,10 @@ impl From<ReplicaError> for Status {
 
 /// Maps a fleet state-machine refusal to its gRPC status; the message is the error's own text.
 pub fn fleet_status(error: &FleetError) -> Status {
-    if let FleetError::Kv(e) = error {
-        return kv_status(e);
+    match error {
+        FleetError::Kv(e) => return kv_status(e),
+        FleetError::Auth(e) => return auth_status(e),
+        _ => {}
     }
     let code = match error.kind() {
         ErrorKind::InvalidArgument => Code::InvalidArgument,
@@ -126,6 +128,30 @@ pub fn kv_status(error: &crate::kv::KvError) -> Status {
         KvError::LeaseTtlTooLarge | KvError::Compacted { .. } | KvError::FutureRevision => {
             Code::OutOfRange
         }
+    };
+    Status::new(code, error.to_string())
+}
+
+/// The gRPC status etcd answers an auth refusal with (same code, same message).
+pub fn auth_status(error: &crate::auth::AuthError) -> Status {
+    use crate::auth::AuthError;
+    let code = match error {
+        AuthError::UserEmpty
+        | AuthError::RoleEmpty
+        | AuthError::AuthFailed
+        | AuthError::InvalidManagement
+        | AuthError::OldRevision => Code::InvalidArgument,
+        AuthError::UserAlreadyExists
+        | AuthError::UserNotFound
+        | AuthError::RoleAlreadyExists
+        | AuthError::RoleNotFound
+        | AuthError::RoleNotGranted
+        | AuthError::PermissionNotGranted
+        | AuthError::NotEnabled
+        | AuthError::RootUserMissing
+        | AuthError::RootRoleMissing => Code::FailedPrecondition,
+        AuthError::PermissionDenied => Code::PermissionDenied,
+        AuthError::InvalidToken => Code::Unauthenticated,
     };
     Status::new(code, error.to_string())
 }

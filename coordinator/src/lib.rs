@@ -39,6 +39,7 @@ pub mod restore;
 #[doc(hidden)]
 pub mod service;
 
+mod auth;
 mod autopilot;
 mod disruption;
 mod error;

@@ -55,6 +55,9 @@ const READS: &[&str] = &[
     "/etcdserverpb.Maintenance/Hash",
     "/etcdserverpb.Maintenance/HashKV",
     "/etcdserverpb.Auth/AuthStatus",
+    // A login is no read, but harmless: what its token allows is etcd auth's to decide, and
+    // the certificate still gates every call made with it.
+    "/etcdserverpb.Auth/Authenticate",
 ];
 
 /// Calls a `shard/<id>` certificate may make; the handlers check the shard id in the body.
@@ -71,6 +74,15 @@ pub struct CoordinatorPolicy;
 
 impl Policy for CoordinatorPolicy {
     fn check(&self, identity: &Identity, path: &str) -> Result<(), String> {
+        // etcd's HTTP gateway paths are judged as the gRPC methods they stand for; its version
+        // and health probes as a status read.
+        let path = match ballast_protocol::etcd_gateway::grpc_method(path) {
+            Some(method) => method,
+            None if ballast_protocol::etcd_gateway::PROBES.contains(&path) => {
+                "/etcdserverpb.Maintenance/Status"
+            }
+            None => path,
+        };
         if identity.has(&Role::Peer) {
             return Ok(());
         }
@@ -104,6 +116,7 @@ mod tests {
     fn holder(roles: Vec<Role>) -> Identity {
         Identity {
             subject: "CN=test".into(),
+            common_name: Some("test".into()),
             roles,
         }
     }
@@ -129,9 +142,22 @@ mod tests {
             let shard_reads = SHARD_CALLS.contains(path);
             assert_eq!(policy.check(&shard, path).is_ok(), shard_reads, "{path}");
         }
-        for path in [write, put, vote, SHARD_CALLS[0]] {
+        for path in [
+            write,
+            put,
+            vote,
+            SHARD_CALLS[0],
+            "/v3/kv/put",
+            "/v3beta/kv/txn",
+        ] {
             assert!(policy.check(&readonly, path).is_err(), "{path}");
         }
+        // The gateway's paths are their gRPC methods: reads for readonly, all for admin.
+        for path in ["/v3/kv/range", "/v3/watch", "/version", "/health"] {
+            assert!(policy.check(&readonly, path).is_ok(), "{path}");
+            assert!(policy.check(&shard, path).is_err(), "{path}");
+        }
+        assert!(policy.check(&admin, "/v3/kv/put").is_ok());
         for path in SHARD_CALLS {
             assert!(policy.check(&shard, path).is_ok(), "{path}");
         }

@@ -53,7 +53,7 @@ async fn writes_through_any_replica_reach_all_three() {
     // the read began: each read goes out the moment the write is acknowledged, before the
     // follower has been told the entry is committed (it learns that with the next append).
     let leader = cluster.leader().await;
-    let follower = (1..=3u64).find(|id| *id != leader).expect("a follower");
+    let follower = cluster.follower_of(leader);
     let (to_leader, to_follower) = (cluster.client_of(leader), cluster.client_of(follower));
     for n in 0..40 {
         let domain = format!("zone=az-b/rack=fresh-{n:02}");
@@ -183,7 +183,7 @@ async fn restarted_follower_catches_up_and_new_replica_gets_a_snapshot() {
         .await
         .expect("register");
     let leader = cluster.leader().await;
-    let follower = (1..=3u64).find(|id| *id != leader).expect("follower");
+    let follower = cluster.follower_of(leader);
     cluster.kill(follower);
 
     let mut revision = 0;
@@ -242,7 +242,7 @@ async fn remove_a_voter_add_a_fresh_one_and_transfer_leadership() {
     let mut cluster = TestCluster::start(coord_binary(), 3, FAST_FLAGS).await;
     let client = cluster.client();
     let leader = cluster.leader().await;
-    let victim = (1..=3u64).find(|id| *id != leader).expect("follower");
+    let victim = cluster.follower_of(leader);
 
     client
         .cluster(|mut c, req| async move {
@@ -266,12 +266,7 @@ async fn remove_a_voter_add_a_fresh_one_and_transfer_leadership() {
     );
 
     let leader = cluster.leader().await;
-    let target = cluster
-        .replicas
-        .iter()
-        .map(|r| r.id)
-        .find(|id| *id != leader)
-        .expect("target");
+    let target = cluster.follower_of(leader);
     let client = cluster.client();
     client
         .cluster(|mut c, req| async move {
@@ -565,10 +560,7 @@ async fn autopilot_reports_and_removes_a_dead_voter_while_quorum_holds() {
         .collect();
     let mut cluster = TestCluster::start(coord_binary(), 3, &flags).await;
     let leader = cluster.leader().await;
-    let victim = [1, 2, 3]
-        .into_iter()
-        .find(|id| *id != leader)
-        .expect("a follower");
+    let victim = cluster.follower_of(leader);
     cluster.kill(victim);
 
     // The leader reports it unreachable, with a warning, before removing it.
@@ -648,10 +640,7 @@ async fn autopilot_warns_about_shared_azs_and_keeps_the_minimum() {
     assert!(!status.placement.expect("placement").healthy);
 
     // With the default minimum of three voters, a dead voter is reported but kept.
-    let victim = [1, 2, 3]
-        .into_iter()
-        .find(|id| *id != leader)
-        .expect("a follower");
+    let victim = cluster.follower_of(leader);
     cluster.kill(victim);
     wait_for(
         "autopilot declining the removal",

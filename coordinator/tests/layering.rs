@@ -3,7 +3,7 @@
 //!
 //! | layer | modules | what |
 //! |---|---|---|
-//! | 0 core | `fleet` `kv` `history` `rebalance` `disruption` `slice_placement` `leadership` `leases` `error` `metrics` `memory` `faults` `dr` `security` | pure logic, leaf recorders, settings |
+//! | 0 core | `fleet` `kv` `auth` `history` `rebalance` `disruption` `slice_placement` `leadership` `leases` `error` `metrics` `memory` `faults` `dr` `security` | pure logic, leaf recorders, settings |
 //! | 1 log | `log` (`log::raft`, `log::etcd`, shared `member` `applied` `wire`) `autopilot` `restore` | the replicated log and what is applied from it |
 //! | 2 replica | `replica` `status` | one running replica and what it reports |
 //! | 3 duties and APIs | `leader` `service` | what the leader does alone; the gRPC services |
@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[(&str, u8)] = &[
     ("fleet", 0),
     ("kv", 0),
+    ("auth", 0),
     ("history", 0),
     ("rebalance", 0),
     ("disruption", 0),
@@ -53,6 +54,7 @@ const LAYERS: &[(&str, u8)] = &[
 const PURE: &[&str] = &[
     "fleet",
     "kv",
+    "auth",
     "history",
     "rebalance",
     "disruption",

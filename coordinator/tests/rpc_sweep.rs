@@ -75,12 +75,7 @@ async fn every_rpc_refuses_hostile_input_and_changes_nothing() {
     .await
     .expect("fleet");
     let leader = cluster.leader().await;
-    let follower = cluster
-        .replicas
-        .iter()
-        .map(|r| r.id)
-        .find(|id| *id != leader)
-        .expect("follower");
+    let follower = cluster.follower_of(leader);
     let before = cluster.state_of(leader, "").await.expect("state");
     let mut tally = Vec::new();
 

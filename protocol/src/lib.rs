@@ -10,6 +10,7 @@
 pub mod client;
 pub mod clock;
 pub mod coordination;
+pub mod etcd_gateway;
 pub mod provider;
 pub mod validate;
 
@@ -30,19 +31,27 @@ pub mod providerpb {
 pub mod mvccpb {
     #![allow(missing_docs, clippy::all)]
     tonic::include_proto!("mvccpb");
+    #[cfg(feature = "etcd-json")]
+    include!(concat!(env!("OUT_DIR"), "/mvccpb.serde.rs"));
 }
 
 /// etcd's auth messages (package `authpb`), as carried by its v3 Auth API.
 pub mod authpb {
     #![allow(missing_docs, clippy::all)]
     tonic::include_proto!("authpb");
+    #[cfg(feature = "etcd-json")]
+    include!(concat!(env!("OUT_DIR"), "/authpb.serde.rs"));
 }
 
 /// etcd's v3 client API (package `etcdserverpb`): the services Ballast serves so `etcdctl` and
-/// etcd client libraries work against it.
+/// etcd client libraries work against it. With feature `etcd-json`, every message also
+/// (de)serializes as the proto3 JSON etcd's HTTP gateway speaks (original field names, 64-bit
+/// integers as strings, bytes as base64, enums by name).
 pub mod etcdserverpb {
     #![allow(missing_docs, clippy::all)]
     tonic::include_proto!("etcdserverpb");
+    #[cfg(feature = "etcd-json")]
+    include!(concat!(env!("OUT_DIR"), "/etcdserverpb.serde.rs"));
 }
 
 /// gRPC metadata key carrying the cluster id a request is meant for; a replica of another

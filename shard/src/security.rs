@@ -60,6 +60,7 @@ mod tests {
     fn reads_for_every_role_demand_for_admins() {
         let with = |roles| Identity {
             subject: "CN=t".into(),
+            common_name: Some("t".into()),
             roles,
         };
         let policy = ShardApiPolicy;

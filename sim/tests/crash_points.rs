@@ -102,12 +102,7 @@ async fn crashes_while_snapshotting_and_purging_recover() {
         let victim = if point == "log-purge" {
             leader
         } else {
-            cluster
-                .replicas
-                .iter()
-                .map(|r| r.id)
-                .find(|id| *id != leader)
-                .expect("a follower")
+            cluster.follower_of(leader)
         };
         crash_at(&mut cluster, victim, point, |channel| async move {
             // The snapshot call dies with the process.
@@ -262,12 +257,7 @@ async fn a_failing_fsync_stops_the_replica_and_loses_nothing() {
         // back up (the 40th from its start on), while writes keep coming.
         let leader = cluster.leader().await;
         let victim = if round == 0 {
-            cluster
-                .replicas
-                .iter()
-                .map(|r| r.id)
-                .find(|id| *id != leader)
-                .expect("a follower")
+            cluster.follower_of(leader)
         } else {
             leader
         };

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use ballast_testkit::{ClusterOptions, TestCluster, wait_for};
 use etcd_client::{
-    Client, Compare, CompareOp, Error, EventType, GetOptions, LeaseTimeToLiveOptions, PutOptions,
-    Txn, TxnOp, WatchOptions,
+    Client, Compare, CompareOp, ConnectOptions, Error, EventType, GetOptions,
+    LeaseTimeToLiveOptions, Permission, PutOptions, Txn, TxnOp, WatchOptions,
 };
 use tonic::Code;
 
@@ -263,4 +263,96 @@ async fn etcd_client_crate_works_against_ballast() {
         Some(&b"20"[..]),
         "acknowledged writes survive the leader kill"
     );
+}
+
+/// etcd auth through the crate: an application logs in with `with_user`, reads what its role
+/// allows, is refused the rest with etcd's errors, and its watch sees the keys it may read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_client_crate_logs_in_and_is_held_to_its_role() {
+    let cluster = cluster().await;
+    let mut admin = Client::connect(cluster.endpoints(), None)
+        .await
+        .expect("connect");
+    admin.user_add("root", "rootpw", None).await.expect("root");
+    admin
+        .user_grant_role("root", "root")
+        .await
+        .expect("root role");
+    admin.role_add("cfg-reader").await.expect("role");
+    admin
+        .role_grant_permission("cfg-reader", Permission::read("cfg/").with_prefix())
+        .await
+        .expect("grant");
+    admin
+        .user_add("reader", "readerpw", None)
+        .await
+        .expect("reader");
+    admin
+        .user_grant_role("reader", "cfg-reader")
+        .await
+        .expect("reader's role");
+    admin.put("cfg/a", "1", None).await.expect("put");
+    admin.auth_enable().await.expect("enable");
+
+    let (code_seen, message) = code(admin.get("cfg/a", None).await.expect_err("no user"));
+    assert_eq!(
+        (code_seen, message.as_str()),
+        (Code::InvalidArgument, "etcdserver: user name is empty")
+    );
+    let login = |user: &str, password: &str| {
+        ConnectOptions::new()
+            .with_user(user, password)
+            .with_timeout(Duration::from_secs(10))
+    };
+    let wrong = Client::connect(cluster.endpoints(), Some(login("reader", "wrong"))).await;
+    let Err(error) = wrong else {
+        panic!("a wrong password logged in");
+    };
+    assert_eq!(
+        code(error).1,
+        "etcdserver: authentication failed, invalid user ID or password"
+    );
+    let mut reader = Client::connect(cluster.endpoints(), Some(login("reader", "readerpw")))
+        .await
+        .expect("the reader logs in");
+    let mut root = Client::connect(cluster.endpoints(), Some(login("root", "rootpw")))
+        .await
+        .expect("root logs in");
+    let read = reader
+        .get("cfg/a", None)
+        .await
+        .expect("read inside the role");
+    assert_eq!(value(&read), Some(&b"1"[..]));
+    let (code_seen, message) = code(reader.put("cfg/a", "2", None).await.expect_err("read-only"));
+    assert_eq!(
+        (code_seen, message.as_str()),
+        (Code::PermissionDenied, "etcdserver: permission denied")
+    );
+    let (code_seen, _) = code(
+        reader
+            .get("cfgx", None)
+            .await
+            .expect_err("beside the prefix"),
+    );
+    assert_eq!(code_seen, Code::PermissionDenied);
+
+    let mut watch = reader
+        .watch("cfg/", Some(WatchOptions::new().with_prefix()))
+        .await
+        .expect("watch inside the role");
+    root.put("cfg/b", "2", None).await.expect("root writes");
+    let seen = loop {
+        let message = tokio::time::timeout(Duration::from_secs(10), watch.message())
+            .await
+            .expect("watch events in time")
+            .expect("watch stream")
+            .expect("watch open");
+        assert!(!message.canceled(), "{:?}", message.cancel_reason());
+        if let Some(event) = message.events().first() {
+            break event.kv().expect("kv").key().to_vec();
+        }
+    };
+    assert_eq!(seen, b"cfg/b");
+    root.auth_disable().await.expect("disable");
+    admin.put("cfg/c", "3", None).await.expect("open again");
 }

@@ -175,12 +175,7 @@ async fn run(leader_changes: usize) {
         );
         if changes == leader_changes / 2 && attempts > 1 {
             let leader = cluster.leader().await;
-            let victim = cluster
-                .replicas
-                .iter()
-                .map(|r| r.id)
-                .find(|id| *id != leader)
-                .unwrap();
+            let victim = cluster.follower_of(leader);
             cluster.kill(victim);
             tokio::time::sleep(Duration::from_millis(300)).await;
             cluster.restart(victim);

@@ -205,12 +205,7 @@ async fn metrics_probes_and_status_page_over_http() {
     .await;
 
     // Two replicas die: the survivor stays alive but is no longer ready.
-    let survivor = cluster
-        .replicas
-        .iter()
-        .map(|r| r.id)
-        .find(|id| *id != leader)
-        .expect("a follower");
+    let survivor = cluster.follower_of(leader);
     for id in [1, 2, 3].into_iter().filter(|id| *id != survivor) {
         cluster.kill(id);
     }

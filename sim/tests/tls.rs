@@ -534,3 +534,127 @@ async fn a_shard_drives_a_provider_process_over_mutual_tls_and_acts_only_as_itse
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificates_common_name_is_its_etcd_user_once_auth_is_on() {
+    use ballast_protocol::authpb;
+    use ballast_protocol::etcdserverpb as epb;
+    use ballast_protocol::etcdserverpb::auth_client::AuthClient;
+    let dir = tempfile::tempdir().expect("a directory");
+    let pki = Arc::new(TestPki::new(&dir.path().join("pki"), "ballast"));
+    let cluster = tls_cluster(&pki, 3).await;
+    let leader = cluster.leader().await;
+    let follower = cluster.follower_of(leader);
+    // Ballast admins by certificate role, each with a common name of its own.
+    let carol = pki.client("carol", &[Role::Admin]);
+    let dave = pki.client("dave", &[Role::Admin]);
+    let at = |id: u64, tls: &Arc<ClientTls>| channel(&cluster.replica(id).address, Some(tls));
+
+    // Root, and carol without a password (certificate only), read-write on /app/.
+    let mut auth = AuthClient::new(at(leader, &carol));
+    auth.user_add(epb::AuthUserAddRequest {
+        name: "root".into(),
+        password: "rootpw".into(),
+        ..Default::default()
+    })
+    .await
+    .expect("root");
+    auth.user_grant_role(epb::AuthUserGrantRoleRequest {
+        user: "root".into(),
+        role: "root".into(),
+    })
+    .await
+    .expect("root role");
+    auth.role_add(epb::AuthRoleAddRequest { name: "app".into() })
+        .await
+        .expect("role");
+    auth.role_grant_permission(epb::AuthRoleGrantPermissionRequest {
+        name: "app".into(),
+        perm: Some(authpb::Permission {
+            perm_type: authpb::permission::Type::Readwrite as i32,
+            key: b"/app/".to_vec(),
+            range_end: b"/app0".to_vec(),
+        }),
+    })
+    .await
+    .expect("grant");
+    auth.user_add(epb::AuthUserAddRequest {
+        name: "carol".into(),
+        options: Some(authpb::UserAddOptions { no_password: true }),
+        ..Default::default()
+    })
+    .await
+    .expect("carol");
+    auth.user_grant_role(epb::AuthUserGrantRoleRequest {
+        user: "carol".into(),
+        role: "app".into(),
+    })
+    .await
+    .expect("carol's role");
+    auth.auth_enable(epb::AuthEnableRequest {})
+        .await
+        .expect("enable");
+
+    let put = |key: &str| PutRequest {
+        key: key.as_bytes().to_vec(),
+        value: b"v".to_vec(),
+        ..Default::default()
+    };
+    // Carol's certificate makes her carol: she writes /app/ on the leader and through a
+    // follower (which forwards her name to the leader), and nothing else, Ballast admin or not.
+    for id in [leader, follower] {
+        KvClient::new(at(id, &carol))
+            .put(put("/app/k"))
+            .await
+            .unwrap_or_else(|e| panic!("carol's put through replica {id}: {e}"));
+        let refused = KvClient::new(at(id, &carol))
+            .put(put("/other"))
+            .await
+            .expect_err("outside carol's permissions");
+        assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+        assert_eq!(refused.message(), "etcdserver: permission denied");
+    }
+    // A certificate naming no etcd user gets nothing; a password-less user cannot log in.
+    let refused = KvClient::new(at(follower, &dave))
+        .put(put("/app/k"))
+        .await
+        .expect_err("dave is no etcd user");
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    let refused = AuthClient::new(at(follower, &dave))
+        .authenticate(epb::AuthenticateRequest {
+            name: "carol".into(),
+            password: String::new(),
+        })
+        .await
+        .expect_err("carol has no password");
+    assert_eq!(
+        refused.message(),
+        "etcdserver: authentication failed, invalid user ID or password"
+    );
+    let refused = AuthClient::new(at(leader, &carol))
+        .user_list(epb::AuthUserListRequest {})
+        .await
+        .expect_err("carol is no etcd administrator");
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    // Root's token works over any certificate (the token names the user).
+    let token = AuthClient::new(at(follower, &dave))
+        .authenticate(epb::AuthenticateRequest {
+            name: "root".into(),
+            password: "rootpw".into(),
+        })
+        .await
+        .expect("root logs in")
+        .into_inner()
+        .token;
+    let mut request = tonic::Request::new(epb::AuthUserListRequest {});
+    request
+        .metadata_mut()
+        .insert("token", token.parse().expect("ascii token"));
+    let users = AuthClient::new(at(follower, &dave))
+        .user_list(request)
+        .await
+        .expect("root lists users")
+        .into_inner()
+        .users;
+    assert_eq!(users, ["carol", "root"]);
+}

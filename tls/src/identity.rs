@@ -64,6 +64,9 @@ impl Role {
 pub struct Identity {
     /// The certificate's subject, for messages and logs.
     pub subject: String,
+    /// The subject's common name, if it has one: the etcd user of a call that carries no
+    /// token while etcd auth is on, as etcd takes it with `--client-cert-auth`.
+    pub common_name: Option<String>,
     /// Roles granted by the certificate.
     pub roles: Vec<Role>,
 }
@@ -74,6 +77,7 @@ impl Identity {
         let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
             return Identity {
                 subject: "<unparsable certificate>".into(),
+                common_name: None,
                 roles: Vec::new(),
             };
         };
@@ -92,8 +96,15 @@ impl Identity {
                     .collect()
             })
             .unwrap_or_default();
+        let common_name = cert
+            .subject()
+            .iter_common_name()
+            .next()
+            .and_then(|cn| cn.as_str().ok())
+            .map(str::to_string);
         Identity {
             subject: cert.subject().to_string(),
+            common_name,
             roles,
         }
     }
@@ -240,6 +251,11 @@ where
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         let path = request.uri().path().to_string();
+        let grpc = request
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/grpc"));
         let verdict = match self.layer.identity(&request) {
             None => Err(format!(
                 "{path} needs a client certificate signed by the cluster's CA"
@@ -259,7 +275,12 @@ where
             Ok(()) => Box::pin(self.inner.call(request)),
             Err(message) => {
                 tracing::info!(%message, "call refused");
-                let response = tonic::Status::permission_denied(message).into_http();
+                let mut response = tonic::Status::permission_denied(message).into_http();
+                if !grpc {
+                    // An HTTP/JSON client (etcd's gateway paths) reads the status line; the
+                    // reason stays in the grpc-message header.
+                    *response.status_mut() = http::StatusCode::FORBIDDEN;
+                }
                 Box::pin(async move { Ok(response) })
             }
         }

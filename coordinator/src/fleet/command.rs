@@ -158,6 +158,22 @@ pub enum FleetCommand {
         /// The request.
         request: Box<FleetRequest>,
     },
+    /// A KV command from an etcd client with who sent it: while etcd auth is on it applies
+    /// only if that user may run it at this point of the log ([`crate::auth`]).
+    KvAs {
+        /// The sender (`None`: the call named no user).
+        caller: Option<crate::auth::Caller>,
+        /// The command.
+        command: crate::kv::KvCommand,
+    },
+    /// A change to etcd's users, roles or auth switch, with who asked for it (while auth is
+    /// on, an administrator).
+    Auth {
+        /// The sender (`None`: the call named no user).
+        caller: Option<crate::auth::Caller>,
+        /// The change.
+        command: crate::auth::AuthCommand,
+    },
 }
 
 /// One command as the log carries it: a fleet change plus the client request id that makes it

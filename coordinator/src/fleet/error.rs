@@ -133,6 +133,9 @@ pub enum FleetError {
         /// The window.
         window_secs: u64,
     },
+    /// etcd auth refused a command.
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthError),
 }
 
 impl FleetError {
@@ -158,6 +161,8 @@ impl FleetError {
             FleetError::Kv(_) => ErrorKind::InvalidArgument,
             FleetError::JoinToken(_) => ErrorKind::PermissionDenied,
             FleetError::DedupFull { .. } => ErrorKind::Unavailable,
+            // The etcd services map these to etcd's codes themselves.
+            FleetError::Auth(_) => ErrorKind::PermissionDenied,
         }
     }
 

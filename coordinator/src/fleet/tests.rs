@@ -728,6 +728,71 @@ fn binary_snapshots_round_trip_and_json_ones_still_read() {
 }
 
 #[test]
+fn snapshots_carry_etcd_auth_and_those_without_it_still_read() {
+    use crate::auth::{AuthCommand, Caller};
+    let mut s = FleetState::new();
+    s.apply_request(Some("r1"), &register("s1", "az-a"))
+        .expect("apply");
+    let before_auth = s.encode();
+    let empty_auth = postcard::to_allocvec(s.auth()).expect("postcard").len();
+    for command in [
+        AuthCommand::UserAdd {
+            name: "root".into(),
+            password_hash: Some("h".into()),
+        },
+        AuthCommand::UserGrantRole {
+            user: "root".into(),
+            role: "root".into(),
+        },
+        AuthCommand::Enable {
+            secret: vec![7; 32],
+        },
+    ] {
+        s.apply(&FleetCommand::Auth {
+            caller: None,
+            command,
+        })
+        .expect("auth change");
+    }
+    assert!(s.auth().enabled());
+    let decoded = FleetState::decode(&s.encode()).expect("snapshot with auth");
+    assert_eq!(decoded, s);
+    assert_eq!(decoded.auth().secret(), &[7; 32]);
+    // The layout before auth: the same bytes without the auth store, under its own magic.
+    let mut v4 = b"BLSTSNP4".to_vec();
+    v4.extend_from_slice(&before_auth[SNAPSHOT_MAGIC.len()..before_auth.len() - empty_auth]);
+    let old = FleetState::decode(&v4).expect("a BLSTSNP4 snapshot decodes");
+    assert!(!old.auth().enabled());
+    assert_eq!(old.shard("s1").map(|r| r.az.as_str()), Some("az-a"));
+    // Once on, a KV write names a current user or is refused, and leaves nothing behind.
+    let put = crate::kv::KvCommand::Put(crate::kv::PutOp {
+        key: b"k".to_vec(),
+        value: b"v".to_vec(),
+        ..Default::default()
+    });
+    let revision = s.revision();
+    let refused = s.apply(&FleetCommand::KvAs {
+        caller: None,
+        command: put.clone(),
+    });
+    assert_eq!(
+        refused.map(|_| ()),
+        Err(FleetError::Auth(crate::auth::AuthError::UserEmpty))
+    );
+    assert_eq!(s.revision(), revision);
+    let root = Caller {
+        user: "root".into(),
+        revision: s.auth().revision(),
+    };
+    s.apply(&FleetCommand::KvAs {
+        caller: Some(root),
+        command: put,
+    })
+    .expect("root writes");
+    assert_eq!(s.revision(), revision + 1);
+}
+
+#[test]
 fn a_nudge_changes_nothing_and_cannot_be_batched() {
     let mut s = seeded();
     let before = s.encode();

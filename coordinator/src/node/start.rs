@@ -298,9 +298,8 @@ pub(super) fn serve(
     let layers = tower::ServiceBuilder::new()
         .layer(crate::metrics::RpcMetricsLayer)
         .option_layer(tls.is_some().then(Security::auth_layer));
-    let router = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
-        .layer(layers)
+    let mut services = tonic::service::Routes::builder();
+    services
         .add_service(raft)
         .add_service(fleet)
         .add_service(cluster)
@@ -314,7 +313,20 @@ pub(super) fn serve(
         .add_service(etcd_lease::LeaseServer::new(etcd.clone()))
         .add_service(etcd_cluster::ClusterServer::new(etcd.clone()))
         .add_service(etcd_maintenance::MaintenanceServer::new(etcd.clone()))
-        .add_service(etcd_auth::AuthServer::new(etcd));
+        .add_service(etcd_auth::AuthServer::new(etcd.clone()));
+    // etcd's HTTP/JSON gateway shares the port, as on etcd's client port (HTTP/1.1 beside
+    // gRPC's HTTP/2).
+    let routes = tonic::service::Routes::from(
+        services
+            .routes()
+            .into_axum_router()
+            .merge(crate::service::etcd_api::gateway::routes(etcd)),
+    );
+    let router = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .accept_http1(true)
+        .layer(layers)
+        .add_routes(routes);
     let shutdown = async move {
         let _ = stopped.wait_for(|s| *s).await;
     };

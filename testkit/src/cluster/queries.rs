@@ -143,6 +143,16 @@ impl TestCluster {
             .map(|r| r.into_inner())
     }
 
+    /// A replica other than `leader` (the first in id order), for tests that act on a
+    /// follower.
+    pub fn follower_of(&self, leader: u64) -> u64 {
+        self.replicas
+            .iter()
+            .map(|r| r.id)
+            .find(|id| *id != leader)
+            .expect("the cluster has a replica besides the leader")
+    }
+
     /// The leader id agreed by a running replica, waiting up to 20 s for one.
     pub async fn leader(&self) -> u64 {
         let ids: Vec<u64> = self

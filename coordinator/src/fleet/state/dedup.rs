@@ -224,7 +224,9 @@ mod format_tests {
             &mut bad,
         )
         .expect("postcard");
-        assert!(FleetState::decode(&bad).is_err());
+        postcard::to_io(&s.auth, &mut bad).expect("postcard");
+        let error = FleetState::decode(&bad).expect_err("mismatched times");
+        assert!(error.to_string().contains("request-id times"), "{error}");
     }
 
     #[test]

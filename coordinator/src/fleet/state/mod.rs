@@ -42,8 +42,12 @@ pub const DEDUP_WINDOW_MS: u64 = 60_000;
 pub const DEDUP_CAPACITY: usize = 500_000;
 
 /// First bytes of a binary snapshot (JSON snapshots of earlier versions start with `{`):
-/// the state with its grants, then the request ids' clock.
-pub const SNAPSHOT_MAGIC: &[u8] = b"BLSTSNP4";
+/// the state with its grants, then the request ids' clock, then etcd's users and roles.
+pub const SNAPSHOT_MAGIC: &[u8] = b"BLSTSNP5";
+
+/// First bytes of the binary snapshots before etcd auth: the state with its grants, then the
+/// request ids' clock.
+const SNAPSHOT_MAGIC_V4: &[u8] = b"BLSTSNP4";
 
 /// First bytes of the binary snapshots before cluster grants: domains and slice tables with
 /// their grants, bindings without, then the request ids' clock.
@@ -80,6 +84,10 @@ pub struct FleetState {
     /// Join tokens (hashes only).
     #[serde(default)]
     join_tokens: super::tokens::JoinTokens,
+    /// etcd's users, roles and auth switch; encoded after the request ids' clock (a layout
+    /// that older snapshots, without it, share up to there).
+    #[serde(skip)]
+    auth: crate::auth::AuthStore,
     /// Shard → its domains; derived from `domains` (sharing its names), rebuilt after decoding.
     #[serde(skip)]
     domains_by_shard: HashMap<Name, BTreeSet<Name>>,
@@ -102,6 +110,11 @@ impl FleetState {
     /// The coordination KV.
     pub fn kv(&self) -> &crate::kv::KvStore {
         &self.kv
+    }
+
+    /// etcd's users, roles and auth switch.
+    pub fn auth(&self) -> &crate::auth::AuthStore {
+        &self.auth
     }
 
     /// Restore epoch (0 until the first restore).
@@ -134,9 +147,17 @@ impl FleetState {
         &mut self,
         cmd: &FleetCommand,
     ) -> Result<(Applied, Vec<Change>), FleetError> {
-        if let FleetCommand::Kv(op) = cmd {
-            let (reply, wrote) = self.kv.apply(op, self.revision, self.revision + 1)?;
-            return Ok((self.settle(wrote, Some(reply)), Vec::new()));
+        match cmd {
+            FleetCommand::Kv(op) => return self.apply_kv(op),
+            FleetCommand::KvAs { caller, command } => {
+                self.auth.check_kv(caller.as_ref(), command, &self.kv)?;
+                return self.apply_kv(command);
+            }
+            FleetCommand::Auth { caller, command } => {
+                let changed = self.auth.apply(caller.as_ref(), command)?;
+                return Ok((self.settle(changed, None), Vec::new()));
+            }
+            _ => {}
         }
         check_syntax(cmd, false)?;
         // Join tokens are checked in full before anything changes, so they need no journal.
@@ -172,6 +193,15 @@ impl FleetState {
             }
         };
         Ok((self.settle(changed, None), Vec::new()))
+    }
+
+    /// Applies a KV command at the next revision.
+    fn apply_kv(
+        &mut self,
+        op: &crate::kv::KvCommand,
+    ) -> Result<(Applied, Vec<Change>), FleetError> {
+        let (reply, wrote) = self.kv.apply(op, self.revision, self.revision + 1)?;
+        Ok((self.settle(wrote, Some(reply)), Vec::new()))
     }
 
     /// Moves the revision on by one if the command changed anything, and says so.
@@ -371,6 +401,7 @@ impl FleetState {
         postcard::to_io(self, &mut bytes).expect("the fleet state always serializes");
         postcard::to_io(&self.dedup.clock, &mut bytes)
             .expect("the request-id clock always serializes");
+        postcard::to_io(&self.auth, &mut bytes).expect("the auth store always serializes");
         bytes
     }
 
@@ -378,6 +409,15 @@ impl FleetState {
     /// earlier versions; corrupt bytes give an error, never a panic.
     pub fn decode(bytes: &[u8]) -> Result<FleetState, FleetError> {
         let decoded = if let Some(binary) = bytes.strip_prefix(SNAPSHOT_MAGIC) {
+            postcard::take_from_bytes::<FleetState>(binary)
+                .and_then(|(mut state, rest)| {
+                    let (clock, rest) = postcard::take_from_bytes(rest)?;
+                    state.dedup.clock = clock;
+                    state.auth = postcard::from_bytes(rest)?;
+                    Ok(state)
+                })
+                .map_err(|e| e.to_string())
+        } else if let Some(binary) = bytes.strip_prefix(SNAPSHOT_MAGIC_V4) {
             postcard::take_from_bytes::<FleetState>(binary)
                 .and_then(|(mut state, rest)| {
                     state.dedup.clock = postcard::from_bytes(rest)?;

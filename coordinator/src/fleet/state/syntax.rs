@@ -65,13 +65,16 @@ fn check_domains<'a>(
 /// Syntax checks that need no state; `depth` refuses nested batches.
 pub(super) fn check_syntax(cmd: &FleetCommand, nested: bool) -> Result<(), FleetError> {
     match cmd {
-        FleetCommand::Kv(_) if nested => {
+        FleetCommand::Kv(_) | FleetCommand::KvAs { .. } | FleetCommand::Auth { .. } if nested => {
             return Err(FleetError::invalid(
                 "command",
                 "KV commands cannot be batched with fleet commands (use a KV transaction)",
             ));
         }
-        FleetCommand::Kv(op) => crate::kv::check_command(op)?,
+        FleetCommand::Kv(op) | FleetCommand::KvAs { command: op, .. } => {
+            crate::kv::check_command(op)?
+        }
+        FleetCommand::Auth { .. } => {}
         FleetCommand::CreateJoinToken { .. } | FleetCommand::UseJoinToken { .. } if nested => {
             return Err(FleetError::invalid(
                 "command",

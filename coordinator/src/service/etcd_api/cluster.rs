@@ -79,6 +79,7 @@ impl Cluster for EtcdApi {
         request: Request<epb::MemberAddRequest>,
     ) -> Result<Response<epb::MemberAddResponse>, Status> {
         self.replica.check_cluster(request.metadata())?;
+        self.check_admin(self.request_auth(&request)?.caller.as_ref())?;
         Err(Status::failed_precondition(ADD_INSTEAD))
     }
 
@@ -87,6 +88,7 @@ impl Cluster for EtcdApi {
         request: Request<epb::MemberUpdateRequest>,
     ) -> Result<Response<epb::MemberUpdateResponse>, Status> {
         self.replica.check_cluster(request.metadata())?;
+        self.check_admin(self.request_auth(&request)?.caller.as_ref())?;
         Err(Status::failed_precondition(UPDATE_INSTEAD))
     }
 
@@ -98,7 +100,8 @@ impl Cluster for EtcdApi {
             self,
             request,
             ClusterClient::member_remove,
-            |body| async move {
+            |body, caller| async move {
+                self.check_admin(caller)?;
                 members::remove(&self.replica, body.id)
                     .await
                     .map_err(member_change_status)?;
@@ -118,7 +121,8 @@ impl Cluster for EtcdApi {
             self,
             request,
             ClusterClient::member_promote,
-            |body| async move {
+            |body, caller| async move {
+                self.check_admin(caller)?;
                 members::promote(&self.replica, body.id)
                     .await
                     .map_err(member_change_status)?;

@@ -18,12 +18,17 @@ impl Kv for EtcdApi {
         request: Request<epb::RangeRequest>,
     ) -> Result<Response<epb::RangeResponse>, Status> {
         self.replica.check_cluster(request.metadata())?;
+        let caller = self.request_auth(&request)?.caller;
         let request = request.into_inner();
         let op = range_op(&request)?;
         if !request.serializable {
             self.replica.linearize().await?;
         }
         let fleet = self.replica.state.fleet();
+        fleet
+            .auth()
+            .check_read(caller.as_ref(), &op.range.key, &op.range.end)
+            .map_err(|e| crate::error::auth_status(&e))?;
         let current = fleet.revision();
         let reply = fleet.kv().range(&op, current).map_err(|e| kv_status(&e))?;
         drop(fleet);
@@ -37,8 +42,8 @@ impl Kv for EtcdApi {
         &self,
         request: Request<epb::PutRequest>,
     ) -> Result<Response<epb::PutResponse>, Status> {
-        on_leader_call!(self, request, KvClient::put, |body| async move {
-            let (reply, revision) = self.propose(KvCommand::Put(put_op(body))).await?;
+        on_leader_call!(self, request, KvClient::put, |body, caller| async move {
+            let (reply, revision) = self.propose(KvCommand::Put(put_op(body)), caller).await?;
             let KvReply::Put { prev } = reply else {
                 return Err(Status::internal("put answered with another reply"));
             };
@@ -53,17 +58,24 @@ impl Kv for EtcdApi {
         &self,
         request: Request<epb::DeleteRangeRequest>,
     ) -> Result<Response<epb::DeleteRangeResponse>, Status> {
-        on_leader_call!(self, request, KvClient::delete_range, |body| async move {
-            let (reply, revision) = self.propose(KvCommand::Delete(delete_op(body))).await?;
-            let KvReply::Delete { deleted, prev } = reply else {
-                return Err(Status::internal("delete answered with another reply"));
-            };
-            Ok(epb::DeleteRangeResponse {
-                header: Some(self.header_at(revision)),
-                deleted: deleted as i64,
-                prev_kvs: prev.iter().map(kv).collect(),
-            })
-        })
+        on_leader_call!(
+            self,
+            request,
+            KvClient::delete_range,
+            |body, caller| async move {
+                let (reply, revision) = self
+                    .propose(KvCommand::Delete(delete_op(body)), caller)
+                    .await?;
+                let KvReply::Delete { deleted, prev } = reply else {
+                    return Err(Status::internal("delete answered with another reply"));
+                };
+                Ok(epb::DeleteRangeResponse {
+                    header: Some(self.header_at(revision)),
+                    deleted: deleted as i64,
+                    prev_kvs: prev.iter().map(kv).collect(),
+                })
+            }
+        )
     }
 
     async fn txn(
@@ -71,8 +83,8 @@ impl Kv for EtcdApi {
         request: Request<epb::TxnRequest>,
     ) -> Result<Response<epb::TxnResponse>, Status> {
         let txn = &txn_op(request.get_ref())?;
-        on_leader_call!(self, request, KvClient::txn, |body| async move {
-            let (reply, revision) = self.propose(KvCommand::Txn(txn.clone())).await?;
+        on_leader_call!(self, request, KvClient::txn, |_body, caller| async move {
+            let (reply, revision) = self.propose(KvCommand::Txn(txn.clone()), caller).await?;
             let header = self.header_at(revision);
             let KvReply::Txn {
                 succeeded,
@@ -98,15 +110,23 @@ impl Kv for EtcdApi {
                 "etcdserver: compaction revision must be positive",
             ));
         }
-        on_leader_call!(self, request, KvClient::compact, |body| async move {
-            let (_, current) = self
-                .propose(KvCommand::Compact {
-                    revision: body.revision as u64,
+        on_leader_call!(
+            self,
+            request,
+            KvClient::compact,
+            |body, caller| async move {
+                let (_, current) = self
+                    .propose(
+                        KvCommand::Compact {
+                            revision: body.revision as u64,
+                        },
+                        caller,
+                    )
+                    .await?;
+                Ok(epb::CompactionResponse {
+                    header: Some(self.header_at(current)),
                 })
-                .await?;
-            Ok(epb::CompactionResponse {
-                header: Some(self.header_at(current)),
-            })
-        })
+            }
+        )
     }
 }

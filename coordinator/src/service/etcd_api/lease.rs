@@ -11,8 +11,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
-use super::EtcdApi;
 use super::on_leader_call;
+use super::{CallAuth, EtcdApi};
+use crate::auth::Caller;
 use crate::error::kv_status;
 use crate::kv::{KvCommand, KvError, KvReply, MAX_LEASE_TTL};
 
@@ -20,7 +21,11 @@ impl EtcdApi {
     /// Renews lease `id` on the leader; the TTL granted, or 0 when the lease does not exist.
     /// Only once a majority confirmed this replica's leadership after the renewal arrived: a
     /// deposed leader must not extend a lease the new leader is about to expire.
-    async fn keep_alive_once(&self, id: i64) -> Result<epb::LeaseKeepAliveResponse, Status> {
+    async fn keep_alive_once(
+        &self,
+        id: i64,
+        auth: &CallAuth,
+    ) -> Result<epb::LeaseKeepAliveResponse, Status> {
         self.on_leader(
             &tonic::metadata::MetadataMap::new(),
             || async move {
@@ -43,7 +48,7 @@ impl EtcdApi {
                 // One keep-alive through the leader's stream.
                 let outbound = tokio_stream::once(epb::LeaseKeepAliveRequest { id });
                 let mut answers = LeaseClient::new(channel)
-                    .lease_keep_alive(self.replica.forwarded(outbound))
+                    .lease_keep_alive(self.forwarded_as(outbound, auth))
                     .await?
                     .into_inner();
                 answers
@@ -59,6 +64,7 @@ impl EtcdApi {
     async fn grant_here(
         &self,
         request: &epb::LeaseGrantRequest,
+        caller: Option<&Caller>,
     ) -> Result<epb::LeaseGrantResponse, Status> {
         if request.ttl < 0 {
             return Err(kv_status(&KvError::LeaseTtlNegative));
@@ -77,10 +83,13 @@ impl EtcdApi {
                 (rand::random::<u64>() >> 1).max(1) as i64
             };
             match self
-                .propose(KvCommand::LeaseGrant {
-                    id,
-                    ttl: request.ttl,
-                })
+                .propose(
+                    KvCommand::LeaseGrant {
+                        id,
+                        ttl: request.ttl,
+                    },
+                    caller,
+                )
                 .await
             {
                 Ok((KvReply::LeaseGranted { id, ttl }, revision)) => {
@@ -113,7 +122,9 @@ impl EtcdApi {
     async fn time_to_live_here(
         &self,
         request: &epb::LeaseTimeToLiveRequest,
+        caller: Option<&Caller>,
     ) -> Result<epb::LeaseTimeToLiveResponse, Status> {
+        self.check_user(caller)?;
         let term = self.replica.confirm_leadership(Instant::now()).await?;
         let fleet = self.replica.state.fleet();
         let revision = fleet.revision();
@@ -143,7 +154,33 @@ impl EtcdApi {
     }
 }
 
-type KeepAliveStream =
+impl EtcdApi {
+    /// Answers each keep-alive of `inbound` (from the caller of `auth`) in turn, until
+    /// `inbound` ends, an answer fails or its reader goes away.
+    pub(crate) fn keep_alive_stream(
+        &self,
+        auth: CallAuth,
+        mut inbound: impl Stream<Item = Result<epb::LeaseKeepAliveRequest, Status>>
+        + Send
+        + Unpin
+        + 'static,
+    ) -> KeepAliveStream {
+        let (tx, rx) = mpsc::channel(16);
+        let api = self.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(message)) = inbound.next().await {
+                let answer = api.keep_alive_once(message.id, &auth).await;
+                let failed = answer.is_err();
+                if tx.send(answer).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        Box::pin(ReceiverStream::new(rx))
+    }
+}
+
+pub(crate) type KeepAliveStream =
     Pin<Box<dyn Stream<Item = Result<epb::LeaseKeepAliveResponse, Status>> + Send + 'static>>;
 
 #[tonic::async_trait]
@@ -152,8 +189,8 @@ impl Lease for EtcdApi {
         &self,
         request: Request<epb::LeaseGrantRequest>,
     ) -> Result<Response<epb::LeaseGrantResponse>, Status> {
-        on_leader_call!(self, request, LeaseClient::lease_grant, |body| self
-            .grant_here(body))
+        on_leader_call!(self, request, LeaseClient::lease_grant, |body, caller| self
+            .grant_here(body, caller))
     }
 
     async fn lease_revoke(
@@ -164,8 +201,10 @@ impl Lease for EtcdApi {
             self,
             request,
             LeaseClient::lease_revoke,
-            |body| async move {
-                let (_, revision) = self.propose(KvCommand::LeaseRevoke { id: body.id }).await?;
+            |body, caller| async move {
+                let (_, revision) = self
+                    .propose(KvCommand::LeaseRevoke { id: body.id }, caller)
+                    .await?;
                 Ok(epb::LeaseRevokeResponse {
                     header: Some(self.header_at(revision)),
                 })
@@ -180,27 +219,23 @@ impl Lease for EtcdApi {
         request: Request<Streaming<epb::LeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
         self.replica.check_cluster(request.metadata())?;
-        let mut inbound = request.into_inner();
-        let (tx, rx) = mpsc::channel(16);
-        let api = self.clone();
-        tokio::spawn(async move {
-            while let Some(Ok(message)) = inbound.next().await {
-                let answer = api.keep_alive_once(message.id).await;
-                let failed = answer.is_err();
-                if tx.send(answer).await.is_err() || failed {
-                    return;
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let auth = self.request_auth(&request)?;
+        self.check_user(auth.caller.as_ref())?;
+        Ok(Response::new(
+            self.keep_alive_stream(auth, request.into_inner()),
+        ))
     }
 
     async fn lease_time_to_live(
         &self,
         request: Request<epb::LeaseTimeToLiveRequest>,
     ) -> Result<Response<epb::LeaseTimeToLiveResponse>, Status> {
-        on_leader_call!(self, request, LeaseClient::lease_time_to_live, |body| self
-            .time_to_live_here(body))
+        on_leader_call!(
+            self,
+            request,
+            LeaseClient::lease_time_to_live,
+            |body, caller| self.time_to_live_here(body, caller)
+        )
     }
 
     async fn lease_leases(
@@ -208,7 +243,9 @@ impl Lease for EtcdApi {
         request: Request<epb::LeaseLeasesRequest>,
     ) -> Result<Response<epb::LeaseLeasesResponse>, Status> {
         self.replica.check_cluster(request.metadata())?;
+        let auth = self.request_auth(&request)?;
         self.replica.linearize().await?;
+        self.check_user(auth.caller.as_ref())?;
         let fleet = self.replica.state.fleet();
         Ok(Response::new(epb::LeaseLeasesResponse {
             header: Some(self.header_at(fleet.revision())),

@@ -3,6 +3,10 @@
 //! ever raised) and nothing to defragment (its storage compacts itself). A snapshot is the
 //! archive `ballastctl dr export` would write, in a file of etcd's format
 //! (`ballast_dr::snapshot_file`).
+//!
+//! While etcd auth is on, what reads or moves the whole store (defragment, hash, hash-kv,
+//! snapshot, move-leader, raising or clearing an alarm) needs the root role; status and the
+//! alarm list stay open to monitoring, as in etcd.
 
 use std::pin::Pin;
 
@@ -18,7 +22,7 @@ use super::{EtcdApi, on_leader_call};
 use crate::error::{ReplicaError, kv_status};
 
 /// etcd protocol version Ballast answers as (the API generation it implements).
-const ETCD_API_VERSION: &str = "3.4.0";
+pub(super) const ETCD_API_VERSION: &str = "3.4.0";
 
 /// Bytes of snapshot per message, as etcd sends them.
 const SNAPSHOT_CHUNK: usize = 32 * 1024;
@@ -62,9 +66,13 @@ impl Maintenance for EtcdApi {
         request: Request<epb::AlarmRequest>,
     ) -> Result<Response<epb::AlarmResponse>, Status> {
         self.replica.check_cluster(request.metadata())?;
+        let caller = self.request_auth(&request)?.caller;
         let request = request.into_inner();
         let action = AlarmAction::try_from(request.action)
             .map_err(|_| Status::invalid_argument("etcdserver: unknown alarm action"))?;
+        if action != AlarmAction::Get {
+            self.check_admin(caller.as_ref())?;
+        }
         let alarm = epb::AlarmType::try_from(request.alarm)
             .map_err(|_| Status::invalid_argument("etcdserver: unknown alarm type"))?;
         if action == AlarmAction::Activate && alarm != epb::AlarmType::None {
@@ -82,6 +90,7 @@ impl Maintenance for EtcdApi {
         request: Request<epb::DefragmentRequest>,
     ) -> Result<Response<epb::DefragmentResponse>, Status> {
         self.replica.check_cluster(request.metadata())?;
+        self.check_admin(self.request_auth(&request)?.caller.as_ref())?;
         Ok(Response::new(epb::DefragmentResponse {
             header: Some(self.header_at(self.replica.state.revision())),
         }))
@@ -92,6 +101,7 @@ impl Maintenance for EtcdApi {
         request: Request<epb::HashRequest>,
     ) -> Result<Response<epb::HashResponse>, Status> {
         self.replica.check_cluster(request.metadata())?;
+        self.check_admin(self.request_auth(&request)?.caller.as_ref())?;
         let fleet = self.replica.state.fleet();
         let current = fleet.revision();
         let hash = fleet.kv().hash(current);
@@ -107,6 +117,7 @@ impl Maintenance for EtcdApi {
         request: Request<epb::HashKvRequest>,
     ) -> Result<Response<epb::HashKvResponse>, Status> {
         self.replica.check_cluster(request.metadata())?;
+        self.check_admin(self.request_auth(&request)?.caller.as_ref())?;
         let revision = request.into_inner().revision;
         if revision < 0 {
             return Err(Status::out_of_range(
@@ -140,6 +151,7 @@ impl Maintenance for EtcdApi {
         request: Request<epb::SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
         self.replica.check_cluster(request.metadata())?;
+        self.check_admin(self.request_auth(&request)?.caller.as_ref())?;
         // Every write acknowledged before the call is in it, as in an archive.
         self.replica.linearize().await?;
         let (input, kvs, header) = {
@@ -190,7 +202,8 @@ impl Maintenance for EtcdApi {
             self,
             request,
             MaintenanceClient::move_leader,
-            |body| async move {
+            |body, caller| async move {
+                self.check_admin(caller)?;
                 crate::leader::transfer::transfer_leadership(&self.replica, body.target_id)
                     .await
                     .map_err(|e| match e {

@@ -7,6 +7,7 @@
 mod auth;
 mod cluster;
 mod convert;
+pub mod gateway;
 mod kv;
 mod lease;
 mod maintenance;
@@ -16,12 +17,36 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ballast_protocol::etcdserverpb as epb;
-use tonic::Status;
+use ballast_tls::{Identity, Role};
+use tonic::metadata::{MetadataMap, MetadataValue};
+use tonic::{Request, Status};
 
+use crate::auth::{AuthError, Caller};
+use crate::error::auth_status;
 use crate::fleet::FleetRequest;
 use crate::fleet::{Applied, FleetCommand};
 use crate::kv::{KvCommand, KvReply};
 use crate::replica::{Replica, Route};
+
+/// Metadata keys etcd reads a token from: its gRPC clients' and its JSON gateway's
+/// (`Authorization` header).
+const TOKEN_KEYS: [&str; 2] = ["token", "authorization"];
+
+/// Metadata a follower adds when it forwards a call whose user is its client certificate's
+/// common name; believed only from a peer certificate.
+const CERTIFICATE_USER: &str = "x-ballast-etcd-user-bin";
+
+/// Who an etcd call is from, as the replica that received it read it.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct CallAuth {
+    /// The user, if the call names one this replica can check: a valid token's (while auth
+    /// is on) or the client certificate's common name.
+    pub caller: Option<Caller>,
+    /// The token the call carried, passed on when it is forwarded.
+    token: Option<String>,
+    /// The user a client certificate named, passed on when the call is forwarded.
+    certificate_user: Option<String>,
+}
 
 /// Serves etcd's services for one replica.
 #[derive(Clone)]
@@ -40,22 +65,133 @@ impl EtcdApi {
         header(&self.replica, revision)
     }
 
-    /// Proposes a KV command on the leader (this replica must lead).
-    async fn propose(&self, command: KvCommand) -> Result<(KvReply, u64), Status> {
+    /// Proposes a client's KV command on the leader (this replica must lead); it applies only
+    /// if `caller` may run it then (while etcd auth is on).
+    async fn propose(
+        &self,
+        command: KvCommand,
+        caller: Option<&Caller>,
+    ) -> Result<(KvReply, u64), Status> {
         // Bad input is refused here so it never reaches the log (the same checks run again
-        // when the entry applies).
+        // when the entry applies), and so is a caller refused now.
         crate::kv::check_command(&command).map_err(|e| crate::error::kv_status(&e))?;
+        {
+            let fleet = self.replica.state.fleet();
+            fleet
+                .auth()
+                .check_kv(caller, &command, fleet.kv())
+                .map_err(|e| auth_status(&e))?;
+        }
         let applied: Applied = self
             .replica
             .propose(FleetRequest {
                 request_id: String::new(),
-                command: FleetCommand::Kv(command),
+                command: FleetCommand::KvAs {
+                    caller: caller.cloned(),
+                    command,
+                },
             })
             .await?;
         let reply = applied
             .kv
             .ok_or_else(|| Status::internal("a KV command applied without a KV reply"))?;
         Ok((reply, applied.revision))
+    }
+}
+
+impl EtcdApi {
+    /// Reads who a call is from: a token (checked against the auth secret while auth is on;
+    /// ignored while it is off, as etcd does), else a client certificate's common name (or,
+    /// from a peer forwarding a call, the name the peer read from its client's certificate).
+    pub(crate) fn call_auth(
+        &self,
+        metadata: &MetadataMap,
+        identity: Option<&Identity>,
+    ) -> Result<CallAuth, Status> {
+        let token = match TOKEN_KEYS.iter().find_map(|key| metadata.get(*key)) {
+            Some(value) => Some(
+                value
+                    .to_str()
+                    .map_err(|_| auth_status(&AuthError::InvalidToken))?
+                    .to_string(),
+            ),
+            None => None,
+        };
+        let certificate_user = match identity {
+            Some(peer) if peer.has(&Role::Peer) => metadata
+                .get_bin(CERTIFICATE_USER)
+                .and_then(|value| value.to_bytes().ok())
+                .and_then(|bytes| String::from_utf8(bytes.to_vec()).ok()),
+            Some(client) => client.common_name.clone(),
+            None => None,
+        };
+        let fleet = self.replica.state.fleet();
+        let auth = fleet.auth();
+        let caller = match (&token, &certificate_user) {
+            (Some(token), _) if auth.enabled() => {
+                let claims = crate::auth::token::verify(
+                    auth.secret(),
+                    token,
+                    ballast_protocol::clock::unix_ms() / 1000,
+                )
+                .map_err(|e| auth_status(&e))?;
+                Some(Caller {
+                    user: claims.username,
+                    revision: claims.revision,
+                })
+            }
+            (_, Some(user)) => Some(Caller {
+                user: user.clone(),
+                revision: auth.revision(),
+            }),
+            _ => None,
+        };
+        Ok(CallAuth {
+            caller,
+            token,
+            certificate_user,
+        })
+    }
+
+    /// [`EtcdApi::call_auth`] of a request.
+    pub(crate) fn request_auth<T>(&self, request: &Request<T>) -> Result<CallAuth, Status> {
+        self.call_auth(request.metadata(), ballast_tls::identity::identity(request))
+    }
+
+    /// `message` as this replica forwards it to the leader, carrying who sent it.
+    pub(crate) fn forwarded_as<T>(&self, message: T, auth: &CallAuth) -> Request<T> {
+        let mut request = self.replica.forwarded(message);
+        if let Some(token) = &auth.token
+            && let Ok(value) = MetadataValue::try_from(token.as_str())
+        {
+            request.metadata_mut().insert(TOKEN_KEYS[0], value);
+        }
+        if let Some(user) = &auth.certificate_user {
+            request
+                .metadata_mut()
+                .insert_bin(CERTIFICATE_USER, MetadataValue::from_bytes(user.as_bytes()));
+        }
+        request
+    }
+
+    /// Passes when `caller` may administer (auth off, or the root role).
+    pub(crate) fn check_admin(&self, caller: Option<&Caller>) -> Result<(), Status> {
+        self.replica
+            .state
+            .fleet()
+            .auth()
+            .check_admin(caller)
+            .map_err(|e| auth_status(&e))
+    }
+
+    /// Passes when `caller` is a current user (auth off, or any user).
+    pub(crate) fn check_user(&self, caller: Option<&Caller>) -> Result<(), Status> {
+        self.replica
+            .state
+            .fleet()
+            .auth()
+            .check_user(caller)
+            .map_err(|e| auth_status(&e))
     }
 }
 
@@ -78,18 +214,22 @@ fn not_sent(status: &Status) -> bool {
 }
 
 /// Answers a unary etcd call where the leader must: `local` (an async block using `body`, the
-/// request's message) here if this replica leads, else the same call (`Client::method`) on the
-/// leader, with the forwarded copy of the message; the answer wrapped for the caller.
+/// request's message, and `caller`, who sent it) here if this replica leads, else the same
+/// call (`Client::method`) on the leader, with the forwarded copy of the message and its
+/// credentials; the answer wrapped for the caller.
 macro_rules! on_leader_call {
-    ($api:expr, $request:expr, $client:ident :: $method:ident, |$body:ident| $local:expr) => {{
+    ($api:expr, $request:expr, $client:ident :: $method:ident, |$body:ident, $caller:ident| $local:expr) => {{
+        let auth = $api.request_auth(&$request)?;
         let (metadata, _, body) = $request.into_parts();
         let $body = &body;
+        let $caller = auth.caller.as_ref();
+        let auth = &auth;
         let answer = $api
             .on_leader(
                 &metadata,
                 || $local,
                 |channel| async move {
-                    let request = $api.replica.forwarded(Clone::clone($body));
+                    let request = $api.forwarded_as(Clone::clone($body), auth);
                     Ok($client::new(channel).$method(request).await?.into_inner())
                 },
             )

@@ -14,14 +14,20 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::EtcdApi;
 use super::convert::event;
+use crate::auth::Caller;
 use crate::kv::{EventKind, KeyRange};
+
+/// The cancel reason of a watcher the caller may not read (etcd sends its gRPC error's text).
+const PERMISSION_DENIED: &str =
+    "rpc error: code = PermissionDenied desc = etcdserver: permission denied";
 
 /// Idle watchers that asked for progress notifications get one this often.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 /// Events per response, so one huge revision does not make one huge message.
 const EVENTS_PER_RESPONSE: usize = 1000;
 
-type WatchStream = Pin<Box<dyn Stream<Item = Result<epb::WatchResponse, Status>> + Send + 'static>>;
+pub(crate) type WatchStream =
+    Pin<Box<dyn Stream<Item = Result<epb::WatchResponse, Status>> + Send + 'static>>;
 type Sender = mpsc::Sender<Result<epb::WatchResponse, Status>>;
 
 impl EtcdApi {
@@ -134,7 +140,23 @@ impl Watch for EtcdApi {
         request: Request<Streaming<epb::WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         self.replica.check_cluster(request.metadata())?;
-        let mut inbound = request.into_inner();
+        // Who the stream is from is read once, as etcd does; each watcher it creates is
+        // checked against the users and roles as they are then.
+        let caller = self.request_auth(&request)?.caller;
+        Ok(Response::new(
+            self.watch_stream(caller, request.into_inner()),
+        ))
+    }
+}
+
+impl EtcdApi {
+    /// Serves one watch stream: `inbound`'s create, cancel and progress requests, answered on
+    /// the returned stream, until `inbound` ends or the answers' reader goes away.
+    pub(crate) fn watch_stream(
+        &self,
+        caller: Option<Caller>,
+        mut inbound: impl Stream<Item = Result<epb::WatchRequest, Status>> + Send + Unpin + 'static,
+    ) -> WatchStream {
         let (tx, rx) = mpsc::channel::<Result<epb::WatchResponse, Status>>(256);
         let api = self.clone();
         tokio::spawn(async move {
@@ -142,7 +164,14 @@ impl Watch for EtcdApi {
             use epb::watch_request::RequestUnion;
             let mut watchers: HashMap<i64, tokio::task::JoinHandle<()>> = HashMap::new();
             let mut next_id: i64 = 0;
-            while let Some(Ok(message)) = inbound.next().await {
+            loop {
+                let message = tokio::select! {
+                    message = inbound.next() => message,
+                    () = tx.closed() => break,
+                };
+                let Some(Ok(message)) = message else {
+                    break;
+                };
                 match message.request_union {
                     Some(RequestUnion::CreateRequest(create)) => {
                         let id = if create.watch_id != 0 {
@@ -153,12 +182,24 @@ impl Watch for EtcdApi {
                             }
                             next_id
                         };
-                        if watchers.contains_key(&id) || create.key.is_empty() {
-                            let reason = if create.key.is_empty() {
-                                "etcdserver: key is not provided"
-                            } else {
-                                "etcdserver: duplicate watch ID"
-                            };
+                        let refusal = if create.key.is_empty() {
+                            Some("etcdserver: key is not provided")
+                        } else if watchers.contains_key(&id) {
+                            Some("etcdserver: duplicate watch ID")
+                        } else if api
+                            .replica
+                            .state
+                            .fleet()
+                            .auth()
+                            .check_read(caller.as_ref(), &create.key, &create.range_end)
+                            .is_err()
+                        {
+                            // etcd's wording: the status it would have failed a call with.
+                            Some(PERMISSION_DENIED)
+                        } else {
+                            None
+                        };
+                        if let Some(reason) = refusal {
                             let _ = tx
                                 .send(Ok(epb::WatchResponse {
                                     header: Some(api.header_at(api.replica.state.revision())),
@@ -203,6 +244,6 @@ impl Watch for EtcdApi {
                 task.abort();
             }
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Box::pin(ReceiverStream::new(rx))
     }
 }

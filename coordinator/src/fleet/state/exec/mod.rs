@@ -24,6 +24,8 @@ impl FleetState {
             // Applied before `exec` (KV commands journal themselves); only a batch gets here,
             // and `check_syntax` refuses KV commands in batches.
             FleetCommand::Kv(_)
+            | FleetCommand::KvAs { .. }
+            | FleetCommand::Auth { .. }
             | FleetCommand::Group(_)
             | FleetCommand::Timed { .. }
             | FleetCommand::CreateJoinToken { .. }
