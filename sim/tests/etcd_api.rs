@@ -1292,3 +1292,132 @@ async fn hashkv_tells_a_replica_corrupted_on_disk_from_the_others() {
         "corrupted-value-001"
     );
 }
+
+/// Waits up to `limit` for a line equal to `wanted` on `lines`; panics naming what came.
+fn wait_line(lines: &mpsc::Receiver<String>, wanted: &str, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) if line.trim() == wanted => return,
+            Ok(line) => seen.push(line),
+            Err(_) => panic!("no line {wanted:?} within {limit:?}; saw {seen:?}"),
+        }
+    }
+}
+
+/// The etcdctl families the other tests do not reach: `endpoint health`, `compaction`, and
+/// etcd's concurrency recipes `lock` and `elect` (session leases, create-revision queues,
+/// watches on the predecessor's key), including a lock holder that dies without unlocking and
+/// a leader that resigns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcdctl_health_compaction_lock_and_elect_work() {
+    let cluster = cluster().await;
+    let ctl = Etcdctl {
+        path: ballast_testkit::etcd::install(),
+        endpoints: cluster.endpoints().join(","),
+    };
+    // etcdctl 3.4 prints the verdicts on stderr.
+    let out = ctl.run(&["endpoint", "health"]);
+    let health =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{health}");
+    assert_eq!(health.matches("is healthy").count(), 3, "{health}");
+
+    ctl.ok(&["put", "k", "1"]);
+    ctl.ok(&["put", "k", "2"]);
+    let revision = ctl.revision();
+    let compacted = ctl.ok(&["compaction", &revision.to_string()]);
+    assert!(
+        compacted.contains(&format!("compacted revision {revision}")),
+        "{compacted}"
+    );
+    let out = ctl.run(&["get", "k", &format!("--rev={}", revision - 2)]);
+    assert!(
+        !out.status.success()
+            && String::from_utf8_lossy(&out.stderr)
+                .contains("required revision has been compacted"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A lock holder that is SIGKILLed never unlocks: its 5 s session lease runs out at the
+    // leader, which deletes its key, and the queued locker runs its command.
+    let mut holder = ctl
+        .command(&["lock", "--ttl=5", "jobs"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("etcdctl lock");
+    let held = lines_of(holder.stdout.take().expect("stdout"));
+    let key = held
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the holder prints its lock key");
+    assert!(key.starts_with("jobs/"), "{key}");
+    let waiter = ctl
+        .command(&["lock", "jobs", "echo", "ran-with-the-lock"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("a second etcdctl lock");
+    wait_for(
+        "the second locker to queue",
+        Duration::from_secs(30),
+        || async {
+            let keys = ctl.ok(&["get", "jobs/", "--prefix", "--keys-only"]);
+            (keys.lines().filter(|l| !l.trim().is_empty()).count() == 2).then_some(())
+        },
+    )
+    .await;
+    let (done_tx, done) = mpsc::channel();
+    let waiter_pid = waiter.id();
+    std::thread::spawn(move || {
+        let _ = done_tx.send(waiter.wait_with_output());
+    });
+    assert!(
+        done.try_recv().is_err(),
+        "the queued locker ran while the lock was held"
+    );
+    holder.kill().expect("SIGKILL the holder");
+    let _ = holder.wait();
+    let out = done
+        .recv_timeout(Duration::from_secs(60))
+        .unwrap_or_else(|_| panic!("locker {waiter_pid} still waiting 60 s after the holder died"))
+        .expect("the locker's output");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ran-with-the-lock"));
+
+    // Election: p1 wins, p2 waits, an observer follows; p1 resigns (SIGINT closes its
+    // session) and p2 leads, which the observer sees.
+    let spawn = |args: &[&str]| {
+        let mut child = ctl
+            .command(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("etcdctl elect");
+        let lines = lines_of(child.stdout.take().expect("stdout"));
+        (child, lines)
+    };
+    let (mut first, first_lines) = spawn(&["elect", "leader", "p1"]);
+    wait_line(&first_lines, "p1", Duration::from_secs(30));
+    let (mut second, second_lines) = spawn(&["elect", "leader", "p2"]);
+    let (mut observer, observed) = spawn(&["elect", "--listen", "leader"]);
+    wait_line(&observed, "p1", Duration::from_secs(30));
+    let interrupted = Command::new("kill")
+        .args(["-INT", &first.id().to_string()])
+        .status()
+        .expect("kill -INT");
+    assert!(interrupted.success());
+    wait_line(&second_lines, "p2", Duration::from_secs(30));
+    wait_line(&observed, "p2", Duration::from_secs(30));
+    for child in [&mut first, &mut second, &mut observer] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
