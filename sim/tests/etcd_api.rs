@@ -39,7 +39,8 @@ impl Etcdctl {
         String::from_utf8_lossy(&out.stdout).to_string()
     }
 
-    fn with_stdin(&self, args: &[&str], input: &str) -> String {
+    /// Runs etcdctl with `input` on its standard input.
+    fn run_with_stdin(&self, args: &[&str], input: &str) -> Output {
         let mut child = self
             .command(args)
             .stdin(Stdio::piped())
@@ -53,7 +54,11 @@ impl Etcdctl {
             .expect("stdin")
             .write_all(input.as_bytes())
             .expect("write");
-        let out = child.wait_with_output().expect("etcdctl");
+        child.wait_with_output().expect("etcdctl")
+    }
+
+    fn with_stdin(&self, args: &[&str], input: &str) -> String {
+        let out = self.run_with_stdin(args, input);
         assert!(
             out.status.success(),
             "etcdctl {args:?}: {}",
@@ -723,22 +728,7 @@ async fn etcd_auth_users_roles_and_tokens_work_with_etcdctl() {
     // A transaction is checked in both branches, so bob cannot smuggle a write through the
     // branch that does not run.
     let txn = "value(\"/app/k\") = \"v1\"\n\nput /app/t yes\n\nput /elsewhere no\n\n";
-    let out = {
-        let mut child = ctl
-            .command(&["--user=bob:bobpw", "txn"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("etcdctl txn");
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(txn.as_bytes())
-            .expect("write");
-        child.wait_with_output().expect("etcdctl txn")
-    };
+    let out = ctl.run_with_stdin(&["--user=bob:bobpw", "txn"], txn);
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("permission denied"),
         "{}",
@@ -840,8 +830,16 @@ async fn etcd_auth_users_roles_and_tokens_work_with_etcdctl() {
 
 /// `curl` POSTing `body` (GET when `None`); the HTTP status and the JSON answer.
 fn curl(url: &str, body: Option<&str>) -> (u16, serde_json::Value) {
+    curl_with(url, body, &[])
+}
+
+/// [`curl`] with extra request headers.
+fn curl_with(url: &str, body: Option<&str>, headers: &[&str]) -> (u16, serde_json::Value) {
     let mut command = Command::new("curl");
     command.args(["-s", "--max-time", "15", "-w", "\n%{http_code}"]);
+    for header in headers {
+        command.args(["-H", header]);
+    }
     if let Some(body) = body {
         command.args([
             "-X",
@@ -1121,32 +1119,9 @@ async fn the_json_gateway_answers_curl_and_an_http_only_client() {
         .as_str()
         .expect("a token")
         .to_string();
-    let with_token = |path: &str, body: serde_json::Value| -> (u16, serde_json::Value) {
-        let out = Command::new("curl")
-            .args([
-                "-s",
-                "--max-time",
-                "15",
-                "-w",
-                "\n%{http_code}",
-                "-X",
-                "POST",
-            ])
-            .args([
-                "-H",
-                &format!("Authorization: {token}"),
-                "-d",
-                &body.to_string(),
-            ])
-            .arg(url(any, path))
-            .output()
-            .expect("curl");
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
-        let (json, code) = text.trim_end().rsplit_once('\n').expect("body and status");
-        (
-            code.parse().expect("status"),
-            serde_json::from_str(json).expect("json"),
-        )
+    let authorization = format!("Authorization: {token}");
+    let with_token = |path: &str, body: serde_json::Value| {
+        curl_with(&url(any, path), Some(&body.to_string()), &[&authorization])
     };
     let (code, range) = with_token("/v3/kv/range", serde_json::json!({"key": b64("w/1")}));
     assert_eq!(code, 200, "{range}");

@@ -79,7 +79,7 @@ impl Cluster for EtcdApi {
         request: Request<epb::MemberAddRequest>,
     ) -> Result<Response<epb::MemberAddResponse>, Status> {
         self.replica.check_cluster(request.metadata())?;
-        self.check_admin(self.request_auth(&request)?.caller.as_ref())?;
+        self.require_admin(&request)?;
         Err(Status::failed_precondition(ADD_INSTEAD))
     }
 
@@ -88,7 +88,7 @@ impl Cluster for EtcdApi {
         request: Request<epb::MemberUpdateRequest>,
     ) -> Result<Response<epb::MemberUpdateResponse>, Status> {
         self.replica.check_cluster(request.metadata())?;
-        self.check_admin(self.request_auth(&request)?.caller.as_ref())?;
+        self.require_admin(&request)?;
         Err(Status::failed_precondition(UPDATE_INSTEAD))
     }
 

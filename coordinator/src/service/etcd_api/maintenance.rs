@@ -90,7 +90,7 @@ impl Maintenance for EtcdApi {
         request: Request<epb::DefragmentRequest>,
     ) -> Result<Response<epb::DefragmentResponse>, Status> {
         self.replica.check_cluster(request.metadata())?;
-        self.check_admin(self.request_auth(&request)?.caller.as_ref())?;
+        self.require_admin(&request)?;
         Ok(Response::new(epb::DefragmentResponse {
             header: Some(self.header_at(self.replica.state.revision())),
         }))
@@ -101,7 +101,7 @@ impl Maintenance for EtcdApi {
         request: Request<epb::HashRequest>,
     ) -> Result<Response<epb::HashResponse>, Status> {
         self.replica.check_cluster(request.metadata())?;
-        self.check_admin(self.request_auth(&request)?.caller.as_ref())?;
+        self.require_admin(&request)?;
         let fleet = self.replica.state.fleet();
         let current = fleet.revision();
         let hash = fleet.kv().hash(current);
@@ -117,7 +117,7 @@ impl Maintenance for EtcdApi {
         request: Request<epb::HashKvRequest>,
     ) -> Result<Response<epb::HashKvResponse>, Status> {
         self.replica.check_cluster(request.metadata())?;
-        self.check_admin(self.request_auth(&request)?.caller.as_ref())?;
+        self.require_admin(&request)?;
         let revision = request.into_inner().revision;
         if revision < 0 {
             return Err(Status::out_of_range(
@@ -151,7 +151,7 @@ impl Maintenance for EtcdApi {
         request: Request<epb::SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
         self.replica.check_cluster(request.metadata())?;
-        self.check_admin(self.request_auth(&request)?.caller.as_ref())?;
+        self.require_admin(&request)?;
         // Every write acknowledged before the call is in it, as in an archive.
         self.replica.linearize().await?;
         let (input, kvs, header) = {
