@@ -61,7 +61,7 @@ pub struct CoordArgs {
     #[arg(long, env = "BALLAST_JOIN", value_delimiter = ',')]
     pub join: Vec<String>,
     /// Single-use token that lets this replica join (`ballastctl cluster token create`);
-    /// needed with --join unless the replica is already a voter at its address.
+    /// needed with --join unless the replica is already a member at its address.
     #[arg(
         long,
         env = "BALLAST_JOIN_TOKEN",
@@ -69,6 +69,10 @@ pub struct CoordArgs {
         hide_env_values = true
     )]
     pub join_token: String,
+    /// Join as a non-voting learner and stay one until promoted (`ballastctl cluster promote
+    /// ID`, `etcdctl member promote ID`): it receives the log and serves serializable reads.
+    #[arg(long, env = "BALLAST_LEARNER", requires = "join")]
+    pub learner: bool,
     /// Leader heartbeat interval in milliseconds.
     #[arg(long, env = "BALLAST_HEARTBEAT_MS", default_value_t = DEFAULT_HEARTBEAT_MS)]
     pub heartbeat_ms: u64,
@@ -306,6 +310,7 @@ impl CoordArgs {
             bootstrap: self.bootstrap,
             join: self.join,
             join_token: self.join_token,
+            learner: self.learner,
             heartbeat: Duration::from_millis(self.heartbeat_ms),
             election_timeout: (
                 Duration::from_millis(self.election_min_ms),

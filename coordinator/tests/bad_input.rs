@@ -190,6 +190,7 @@ async fn bad_fleet_writes_are_refused_precisely_and_change_nothing() {
                     address: address.into(),
                     az: az.into(),
                     token: String::new(),
+                    learner: false,
                 }))
                 .await
             })
@@ -208,6 +209,7 @@ async fn bad_fleet_writes_are_refused_precisely_and_change_nothing() {
                     address: taken,
                     az: "az-d".into(),
                     token: String::new(),
+                    learner: false,
                 }))
                 .await
             }

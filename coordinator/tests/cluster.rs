@@ -359,6 +359,7 @@ async fn joining_needs_a_single_use_unexpired_token() {
             address: "127.0.0.1:1".into(),
             az: "az-x".into(),
             token: token.into(),
+            learner: false,
         };
         let client = &client;
         async move {

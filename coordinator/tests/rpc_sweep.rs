@@ -102,6 +102,7 @@ async fn every_rpc_refuses_hostile_input_and_changes_nothing() {
                     address: s.clone(),
                     az: "az-d".into(),
                     token: "x.y".into(),
+                    learner: false,
                 }),
                 &mut tally,
             )
@@ -113,6 +114,7 @@ async fn every_rpc_refuses_hostile_input_and_changes_nothing() {
                     address: "127.0.0.1:1".into(),
                     az: s.clone(),
                     token: "x.y".into(),
+                    learner: false,
                 }),
                 &mut tally,
             )
@@ -124,6 +126,7 @@ async fn every_rpc_refuses_hostile_input_and_changes_nothing() {
                     address: "127.0.0.1:1".into(),
                     az: "az-d".into(),
                     token: s.clone(),
+                    learner: false,
                 }),
                 &mut tally,
             )
@@ -288,6 +291,7 @@ async fn every_rpc_refuses_hostile_input_and_changes_nothing() {
                     address: "127.0.0.1:1".into(),
                     az: "az-d".into(),
                     token: String::new(),
+                    learner: false,
                 }),
                 &mut tally,
             )
@@ -295,6 +299,12 @@ async fn every_rpc_refuses_hostile_input_and_changes_nothing() {
             refused(
                 &format!("RemoveMember {id}"),
                 admin().remove_member(pb::RemoveMemberRequest { id }),
+                &mut tally,
+            )
+            .await;
+            refused(
+                &format!("PromoteMember {id}"),
+                admin().promote_member(pb::PromoteMemberRequest { id }),
                 &mut tally,
             )
             .await;

@@ -44,6 +44,18 @@ struct Cli {
     /// Give up after this many seconds of retries.
     #[arg(long, global = true, default_value_t = 15)]
     timeout_secs: u64,
+    /// etcd user for `kv` and `lease` once etcd auth is on, as `etcdctl --user`: `NAME` or
+    /// `NAME:PASSWORD`.
+    #[arg(long, global = true, env = "BALLAST_ETCD_USER")]
+    user: Option<String>,
+    /// Password of --user (when not given as `NAME:PASSWORD`).
+    #[arg(
+        long,
+        global = true,
+        env = "BALLAST_ETCD_PASSWORD",
+        hide_env_values = true
+    )]
+    password: Option<String>,
     /// Mutual TLS to the coordinators and shard workers (a certificate with role admin, or
     /// readonly for reads).
     #[command(flatten)]
@@ -118,6 +130,22 @@ async fn run(cli: Cli) -> anyhow::Result<output::Rendered> {
         &config.endpoints,
         config.tls.clone(),
     )?;
+    if matches!(cli.command, Command::Kv(_) | Command::Lease(_))
+        && let Some(user) = &cli.user
+    {
+        let (name, password) = match (user.split_once(':'), &cli.password) {
+            (Some((name, password)), _) => (name, password),
+            (None, Some(password)) => (user.as_str(), password.as_str()),
+            (None, None) => anyhow::bail!(
+                "--user {user} needs a password: --user {user}:PASSWORD, --password or \
+                 BALLAST_ETCD_PASSWORD"
+            ),
+        };
+        coordinator
+            .login(name, password)
+            .await
+            .map_err(|e| anyhow::anyhow!("logging in as {name}: {e}"))?;
+    }
     let ctx = Context {
         tls: config.tls.clone(),
         client: BallastClient::new(config)?,

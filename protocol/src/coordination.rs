@@ -9,13 +9,16 @@
 
 use std::time::Duration;
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock, Weak};
 use tokio::sync::watch;
 
 use ballast_tls::ClientTls;
+use tonic::metadata::AsciiMetadataValue;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::etcdserverpb as epb;
+use crate::etcdserverpb::auth_client::AuthClient;
 use crate::etcdserverpb::kv_client::KvClient;
 use crate::etcdserverpb::lease_client::LeaseClient;
 use crate::etcdserverpb::watch_client::WatchClient;
@@ -35,11 +38,39 @@ pub enum CoordinationError {
     SessionLost(i64),
 }
 
+/// How often a logged-in [`Coordinator`] fetches a fresh token: well inside the 300 s a
+/// token lives (etcd's default, and Ballast's), so a long watch or keep-alive never presents
+/// an expired one.
+const TOKEN_REFRESH: Duration = Duration::from_secs(120);
+
+/// The etcd auth token sent with every call once [`Coordinator::login`] ran (none before).
+#[derive(Clone, Default)]
+pub struct Credentials {
+    token: Arc<RwLock<Option<AsciiMetadataValue>>>,
+}
+
+impl tonic::service::Interceptor for Credentials {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        let token = self.token.read().map(|t| t.clone()).unwrap_or_default();
+        if let Some(token) = token {
+            request.metadata_mut().insert("token", token);
+        }
+        Ok(request)
+    }
+}
+
+/// A channel that carries [`Credentials`].
+pub type CredentialedChannel = InterceptedService<Channel, Credentials>;
+
 /// A connection to the coordinator's KV, balanced over every replica (writes are forwarded to
 /// the leader by the replica reached; reads and watches are served by any).
 #[derive(Clone)]
 pub struct Coordinator {
     channel: Channel,
+    credentials: Credentials,
 }
 
 impl Coordinator {
@@ -79,17 +110,33 @@ impl Coordinator {
                 .ok_or_else(|| CoordinationError::Endpoint(String::new(), "no endpoints".into()))?,
             None => Channel::balance_list(list.into_iter()),
         };
-        Ok(Coordinator { channel })
+        Ok(Coordinator {
+            channel,
+            credentials: Credentials::default(),
+        })
+    }
+
+    /// Logs in as etcd user `user` (etcd's `Authenticate`, as `etcdctl --user` does): every
+    /// call after this one carries the token, refreshed in the background while any clone of
+    /// this coordinator lives. Needed once `etcdctl auth enable` is on.
+    pub async fn login(&self, user: &str, password: &str) -> Result<(), CoordinationError> {
+        let token = authenticate(&self.channel, user, password).await?;
+        *self.credentials.token.write().expect("token lock") = Some(token);
+        let held = Arc::downgrade(&self.credentials.token);
+        let (channel, user, password) =
+            (self.channel.clone(), user.to_string(), password.to_string());
+        tokio::spawn(refresh_token(held, channel, user, password));
+        Ok(())
     }
 
     /// The etcd KV client.
-    pub fn kv(&self) -> KvClient<Channel> {
-        KvClient::new(self.channel.clone())
+    pub fn kv(&self) -> KvClient<CredentialedChannel> {
+        KvClient::with_interceptor(self.channel.clone(), self.credentials.clone())
     }
 
     /// The etcd Lease client.
-    pub fn lease(&self) -> LeaseClient<Channel> {
-        LeaseClient::new(self.channel.clone())
+    pub fn lease(&self) -> LeaseClient<CredentialedChannel> {
+        LeaseClient::with_interceptor(self.channel.clone(), self.credentials.clone())
     }
 
     /// Opens a watch stream with one watcher. The request side stays open as long as the
@@ -109,8 +156,53 @@ impl Coordinator {
     }
 
     /// The etcd Watch client.
-    pub fn watch(&self) -> WatchClient<Channel> {
-        WatchClient::new(self.channel.clone())
+    pub fn watch(&self) -> WatchClient<CredentialedChannel> {
+        WatchClient::with_interceptor(self.channel.clone(), self.credentials.clone())
+    }
+}
+
+/// One `Authenticate` call: the token it gives, as a header value.
+async fn authenticate(
+    channel: &Channel,
+    user: &str,
+    password: &str,
+) -> Result<AsciiMetadataValue, CoordinationError> {
+    let answer = AuthClient::new(channel.clone())
+        .authenticate(epb::AuthenticateRequest {
+            name: user.to_string(),
+            password: password.to_string(),
+        })
+        .await?
+        .into_inner();
+    AsciiMetadataValue::try_from(answer.token.as_str()).map_err(|_| {
+        CoordinationError::Status(tonic::Status::internal(
+            "the coordinator answered a token that is not a header value",
+        ))
+    })
+}
+
+/// Replaces the token every [`TOKEN_REFRESH`] until no coordinator holds it any more. A failed
+/// refresh keeps the old token (it may still be valid) and tries again sooner.
+async fn refresh_token(
+    held: Weak<RwLock<Option<AsciiMetadataValue>>>,
+    channel: Channel,
+    user: String,
+    password: String,
+) {
+    let mut wait = TOKEN_REFRESH;
+    loop {
+        tokio::time::sleep(wait).await;
+        if held.strong_count() == 0 {
+            return;
+        }
+        wait = match authenticate(&channel, &user, &password).await {
+            Ok(token) => {
+                let Some(slot) = held.upgrade() else { return };
+                *slot.write().expect("token lock") = Some(token);
+                TOKEN_REFRESH
+            }
+            Err(_) => Duration::from_secs(5),
+        };
     }
 }
 

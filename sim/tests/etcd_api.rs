@@ -1396,3 +1396,118 @@ async fn etcdctl_health_compaction_lock_and_elect_work() {
         let _ = child.wait();
     }
 }
+
+/// `member list -w json`: each member's id and learner flag.
+fn members_and_learners(ctl: &Etcdctl) -> Vec<(u64, bool)> {
+    let list: serde_json::Value =
+        serde_json::from_str(&ctl.ok(&["member", "list", "-w", "json"])).expect("member list json");
+    list["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .map(|m| {
+            let id = m["ID"].as_u64().expect("member id");
+            (id, m["isLearner"].as_bool().unwrap_or(false))
+        })
+        .collect()
+}
+
+/// Learners as an etcd operator runs them: a replica started with `--learner` joins, receives
+/// the log and answers serializable reads without voting, stays a learner across a restart
+/// that repeats its flags, and becomes a voter only when promoted — through etcd's
+/// `member promote` or Ballast's `PromoteMember` (`ballastctl cluster promote`); `member
+/// remove` then takes it out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn learners_join_stay_learners_and_are_promoted_and_removed_on_request() {
+    let mut cluster = cluster().await;
+    let voters = cluster.endpoints().join(",");
+    let ctl = Etcdctl {
+        path: ballast_testkit::etcd::install(),
+        endpoints: voters.clone(),
+    };
+    ctl.ok(&["put", "before", "1"]);
+    let limit = Duration::from_secs(60);
+
+    for (id, promote_with_etcdctl) in [(4u64, true), (5, false)] {
+        let token = cluster.join_token().await;
+        cluster.spawn_joiner_with(id, &token, &["--learner"]);
+        let on_learner = Etcdctl {
+            path: ctl.path.clone(),
+            endpoints: cluster.replica(id).address.clone(),
+        };
+        let serves_reads = || async {
+            let out = on_learner.run(&["get", "before", "--consistency=s"]);
+            (String::from_utf8_lossy(&out.stdout) == "before\n1\n").then_some(())
+        };
+        wait_for(
+            "the learner to serve a serializable read",
+            limit,
+            serves_reads,
+        )
+        .await;
+        assert!(
+            members_and_learners(&ctl).contains(&(id, true)),
+            "replica {id} is listed as a learner: {:?}",
+            members_and_learners(&ctl)
+        );
+
+        // Restarted with the same flags (its token already spent), it comes back a learner.
+        cluster.kill(id);
+        cluster.restart_with(
+            id,
+            &["--join", &voters, "--join-token", &token, "--learner"],
+        );
+        let log = cluster.dir().join(format!("replica-{id}.log"));
+        wait_for("the restarted learner to join again", limit, || async {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            (text.matches("joined the cluster").count() == 2).then_some(())
+        })
+        .await;
+        wait_for("the restarted learner to serve reads", limit, serves_reads).await;
+        assert!(
+            members_and_learners(&ctl).contains(&(id, true)),
+            "replica {id} is still a learner after its restart: {:?}",
+            members_and_learners(&ctl)
+        );
+
+        if promote_with_etcdctl {
+            let promoted = ctl.ok(&["member", "promote", &format!("{id:x}")]);
+            assert!(promoted.contains("promoted in cluster"), "{promoted}");
+        } else {
+            cluster
+                .client()
+                .cluster(|mut c, req| async move {
+                    c.promote_member(req.wrap(ballast_protocol::pb::PromoteMemberRequest { id }))
+                        .await
+                })
+                .await
+                .expect("PromoteMember of a caught-up learner");
+        }
+        let members = members_and_learners(&ctl);
+        assert_eq!(members.len(), 4, "{members:?}");
+        assert!(members.iter().all(|(_, learner)| !learner), "{members:?}");
+        let out = ctl.run(&["member", "promote", &format!("{id:x}")]);
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("can only promote a learner member"),
+            "a second promotion is refused as etcd refuses it: {out:?}"
+        );
+        // The new voter counts: writes still commit, and it holds them.
+        ctl.ok(&["put", "after", &id.to_string()]);
+        wait_for(
+            "the promoted voter to hold the newest write",
+            limit,
+            || async {
+                let out = on_learner.run(&["get", "after", "--consistency=s"]);
+                (String::from_utf8_lossy(&out.stdout) == format!("after\n{id}\n")).then_some(())
+            },
+        )
+        .await;
+
+        let removed = ctl.ok(&["member", "remove", &format!("{id:x}")]);
+        assert!(removed.contains("removed from cluster"), "{removed}");
+        let members = members_and_learners(&ctl);
+        assert_eq!(members.len(), 3, "{members:?}");
+        assert!(!members.iter().any(|(m, _)| *m == id), "{members:?}");
+        cluster.discard(id);
+    }
+}

@@ -199,10 +199,16 @@ impl TestCluster {
     /// Starts a fresh replica `id` joining through the running members with `token` (none if
     /// empty), without waiting for the outcome.
     pub fn spawn_joiner(&mut self, id: u64, token: &str) {
+        self.spawn_joiner_with(id, token, &[]);
+    }
+
+    /// [`TestCluster::spawn_joiner`] with extra flags (`--learner`).
+    pub fn spawn_joiner_with(&mut self, id: u64, token: &str, extra: &[&str]) {
         let mut args = vec!["--join".to_string(), self.running_endpoints().join(",")];
         if !token.is_empty() {
             args.extend(["--join-token".to_string(), token.to_string()]);
         }
+        args.extend(extra.iter().map(|f| f.to_string()));
         self.spawn_new(id, &args);
     }
 

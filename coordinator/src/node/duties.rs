@@ -42,7 +42,11 @@ pub(super) async fn start_raft_duties(
     if !config.join.is_empty() {
         tokio::spawn(join_loop(
             replica.clone(),
-            (config.join.clone(), config.join_token.clone()),
+            JoinAsk {
+                through: config.join.clone(),
+                token: config.join_token.clone(),
+                learner: config.learner,
+            },
             node,
             stopped.clone(),
         ));
@@ -63,14 +67,30 @@ pub(super) async fn start_raft_duties(
     Ok(())
 }
 
-/// Asks the leader (through any join address) to add this replica until it is a voter.
-/// Idempotent, so it also runs after a restart that still passes `--join`.
+/// What a joining replica asks for (`--join`, `--join-token`, `--learner`).
+pub(super) struct JoinAsk {
+    /// Members to join through.
+    through: Vec<String>,
+    /// The join token, empty if none.
+    token: String,
+    /// Stay a learner.
+    learner: bool,
+}
+
+/// Asks the leader (through any join address) to add this replica until it is a voter, or a
+/// learner when it asked to stay one. Idempotent, so it also runs after a restart that still
+/// passes `--join`.
 pub(super) async fn join_loop(
     replica: Arc<Replica>,
-    (join, token): (Vec<String>, String),
+    ask: JoinAsk,
     node: ReplicaNode,
     mut stopped: watch::Receiver<bool>,
 ) {
+    let JoinAsk {
+        through: join,
+        token,
+        learner,
+    } = ask;
     let mut client_config = ClientConfig::new(join.clone());
     client_config.cluster_id = Some(replica.cluster_id.clone());
     client_config.tls = replica.client_tls.clone();
@@ -90,6 +110,7 @@ pub(super) async fn join_loop(
             address: node.address.clone(),
             az: node.az.clone(),
             token: token.clone(),
+            learner,
         };
         let outcome = tokio::select! {
             r = client.cluster(|mut c, req| {
@@ -99,8 +120,8 @@ pub(super) async fn join_loop(
             _ = stopped.wait_for(|s| *s) => return,
         };
         match outcome {
-            Ok(_) => {
-                tracing::info!(id = replica.id, "joined the cluster as a voter");
+            Ok(answer) => {
+                tracing::info!(id = replica.id, role = %answer.role, "joined the cluster");
                 return;
             }
             Err(ballast_protocol::client::ClientError::Rejected(status))

@@ -51,6 +51,8 @@ pub struct NodeConfig {
     pub join: Vec<String>,
     /// Join token presented when joining (`ballastctl cluster token create`).
     pub join_token: String,
+    /// Stay a learner after joining (`--learner`).
+    pub learner: bool,
     /// Heartbeat interval.
     pub heartbeat: Duration,
     /// Election timeout range.

@@ -82,6 +82,15 @@ async fn spend_join_token(replica: &Replica, join: &pb::JoinRequest) -> Result<(
         .map_err(Status::from)
 }
 
+/// A refused membership change in Ballast's words.
+fn member_change_status(error: MemberChangeError) -> Status {
+    match error {
+        MemberChangeError::NotMember(_) => Status::not_found(error.to_string()),
+        MemberChangeError::Replica(e) => Status::from(e),
+        other => Status::failed_precondition(other.to_string()),
+    }
+}
+
 /// Checks the cluster id, then either lets the rest of a leader-only call run here (giving
 /// back the request's message) or forwards the request to the leader and returns its answer.
 macro_rules! on_leader {
@@ -143,14 +152,27 @@ impl Cluster for ClusterService {
             )));
         }
         // Checked after the request itself, so a malformed or conflicting join spends no token.
-        let rejoining = membership.voter_ids().any(|v| v == join.id)
-            && membership
-                .get_node(&join.id)
-                .is_some_and(|n| n.address == node.address);
+        // A member at its own address was admitted once; its restart needs no new token.
+        let voter = membership.voter_ids().any(|v| v == join.id);
+        let rejoining = membership
+            .get_node(&join.id)
+            .is_some_and(|n| n.address == node.address);
         if !rejoining {
             spend_join_token(replica, &join).await?;
         }
-        if !membership.voter_ids().any(|v| v == join.id) {
+        if join.learner && !voter {
+            if !rejoining {
+                tracing::info!(id = join.id, address = %node.address, az = %node.az, "adding learner to stay one");
+                raft.add_learner(join.id, node, false)
+                    .await
+                    .map_err(|e| Status::from(raft_write_error(e)))?;
+            }
+            return Ok(replica.respond(pb::JoinResponse {
+                header: Some(replica.header()),
+                role: "learner".to_string(),
+            }));
+        }
+        if !voter {
             tracing::info!(id = join.id, address = %node.address, az = %node.az, "adding learner");
             // Blocks until the learner has caught up, so promotion never stalls the quorum.
             raft.add_learner(join.id, node, true)
@@ -216,12 +238,22 @@ impl Cluster for ClusterService {
         let id = on_leader!(self, request, remove_member).id;
         crate::leader::members::remove(replica, id)
             .await
-            .map_err(|e| match e {
-                MemberChangeError::NotMember(_) => Status::not_found(e.to_string()),
-                MemberChangeError::Replica(e) => Status::from(e),
-                other => Status::failed_precondition(other.to_string()),
-            })?;
+            .map_err(member_change_status)?;
         Ok(replica.respond(pb::RemoveMemberResponse {
+            header: Some(replica.header()),
+        }))
+    }
+
+    async fn promote_member(
+        &self,
+        request: Request<pb::PromoteMemberRequest>,
+    ) -> Result<Response<pb::PromoteMemberResponse>, Status> {
+        let replica = &self.replica;
+        let id = on_leader!(self, request, promote_member).id;
+        crate::leader::members::promote(replica, id)
+            .await
+            .map_err(member_change_status)?;
+        Ok(replica.respond(pb::PromoteMemberResponse {
             header: Some(replica.header()),
         }))
     }

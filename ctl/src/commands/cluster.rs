@@ -26,6 +26,11 @@ pub enum ClusterCmd {
         /// Replica id.
         id: u64,
     },
+    /// Make a learner (a replica started with `--learner`) a voter, once it holds the log.
+    Promote {
+        /// Replica id.
+        id: u64,
+    },
     /// Take a snapshot on the replica reached (compacting its log).
     Snapshot,
     /// Join tokens: a new replica needs one (`ballast-coord --join-token`).
@@ -277,6 +282,18 @@ pub async fn run(ctx: &Context, cmd: ClusterCmd) -> anyhow::Result<Rendered> {
             Ok(Rendered {
                 json: json!({ "removed": id }),
                 human: format!("replica {id} removed"),
+            })
+        }
+        ClusterCmd::Promote { id } => {
+            ctx.client
+                .cluster(|mut c, req| async move {
+                    c.promote_member(req.wrap(pb::PromoteMemberRequest { id }))
+                        .await
+                })
+                .await?;
+            Ok(Rendered {
+                json: json!({ "promoted": id }),
+                human: format!("replica {id} promoted to voter"),
             })
         }
         ClusterCmd::Token(TokenCmd::Create { ttl }) => {
