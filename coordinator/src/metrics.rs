@@ -31,6 +31,12 @@ pub fn snapshot_built(started: Instant) {
     histogram!("ballast_snapshot_duration_seconds").record(started.elapsed().as_secs_f64());
 }
 
+/// Records how long copying the state for a snapshot or archive held its read lock: writes
+/// wait that long to apply.
+pub fn state_copied(locked: Instant) {
+    histogram!("ballast_snapshot_lock_seconds").record(locked.elapsed().as_secs_f64());
+}
+
 /// Counts one rebalancing round: the leader judged every shard's lease.
 pub fn rebalance_round() {
     counter!("ballast_rebalance_rounds_total").increment(1);

@@ -51,3 +51,20 @@ impl<'de> serde::de::Visitor<'de> for BytesVisitor {
         Ok(bytes)
     }
 }
+
+/// The same encoding for a shared value (`Arc<[u8]>`): identical bytes on the wire.
+pub mod shared {
+    use std::sync::Arc;
+
+    use serde::{Deserializer, Serializer};
+
+    /// Serializes shared bytes as [`super::serialize`] does.
+    pub fn serialize<S: Serializer>(bytes: &Arc<[u8]>, serializer: S) -> Result<S::Ok, S::Error> {
+        super::serialize(bytes, serializer)
+    }
+
+    /// Deserializes as [`super::deserialize`] does, into shared bytes.
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Arc<[u8]>, D::Error> {
+        super::deserialize(deserializer).map(Arc::from)
+    }
+}

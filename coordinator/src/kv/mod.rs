@@ -30,12 +30,13 @@ pub const MIN_LEASE_TTL: i64 = 2;
 /// One key as stored.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 pub struct KeyValue {
-    /// Key.
-    #[serde(with = "b64")]
-    pub key: Vec<u8>,
-    /// Value.
-    #[serde(with = "b64")]
-    pub value: Vec<u8>,
+    /// Key (shared, as the value is).
+    #[serde(with = "b64::shared")]
+    pub key: std::sync::Arc<[u8]>,
+    /// Value, shared by the key and the history events that carry it, so a value is held
+    /// once however many events name it and copying the store (for a snapshot) copies none.
+    #[serde(with = "b64::shared")]
+    pub value: std::sync::Arc<[u8]>,
     /// Revision that created the key (since its last delete).
     pub create_revision: u64,
     /// Revision of its last change.

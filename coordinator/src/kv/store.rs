@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::ops::Bound;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -30,7 +31,7 @@ pub struct LeaseRecord {
 pub struct KvStore {
     /// Stored as a list of key-values (JSON maps need string keys).
     #[serde(with = "keys_as_list")]
-    keys: BTreeMap<Vec<u8>, KeyValue>,
+    keys: BTreeMap<Key, KeyValue>,
     leases: BTreeMap<i64, LeaseRecord>,
     events: VecDeque<Event>,
     /// Events at or below this revision are gone.
@@ -55,22 +56,25 @@ fn fold(hasher: Sha256) -> u32 {
     u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]])
 }
 
-/// Undo record of one key write inside a command.
-type Journal = Vec<(Vec<u8>, Option<KeyValue>)>;
+/// A stored key, shared by the map, its value and the history events naming it.
+type Key = Arc<[u8]>;
 
-fn bounds(range: &KeyRange) -> (Bound<Vec<u8>>, Bound<Vec<u8>>) {
+/// Undo record of one key write inside a command.
+type Journal = Vec<(Key, Option<KeyValue>)>;
+
+fn bounds(range: &KeyRange) -> (Bound<&[u8]>, Bound<&[u8]>) {
     if range.is_single() {
         return (
-            Bound::Included(range.key.clone()),
-            Bound::Included(range.key.clone()),
+            Bound::Included(range.key.as_slice()),
+            Bound::Included(range.key.as_slice()),
         );
     }
     let end = if range.end == [0] {
         Bound::Unbounded
     } else {
-        Bound::Excluded(range.end.clone())
+        Bound::Excluded(range.end.as_slice())
     };
-    (Bound::Included(range.key.clone()), end)
+    (Bound::Included(range.key.as_slice()), end)
 }
 
 fn check_key(key: &[u8]) -> Result<(), KvError> {
@@ -261,7 +265,7 @@ impl KvStore {
                 {
                     lease.keys.insert(key.to_vec());
                 }
-                self.keys.insert(key.to_vec(), kv);
+                self.keys.insert(kv.key.clone(), kv);
             }
             None => {
                 self.keys.remove(key);
@@ -270,12 +274,12 @@ impl KvStore {
     }
 
     fn write(&mut self, key: &[u8], value: Option<KeyValue>, journal: &mut Journal) {
-        journal.push((key.to_vec(), self.keys.get(key).cloned()));
+        journal.push((Key::from(key), self.keys.get(key).cloned()));
         self.set_key(key, value);
     }
 
     fn put(&mut self, p: &PutOp, next: u64, journal: &mut Journal) -> Result<KvReply, KvError> {
-        let prev = self.keys.get(&p.key).cloned();
+        let prev = self.keys.get(p.key.as_slice()).cloned();
         if (p.ignore_value || p.ignore_lease) && prev.is_none() {
             return Err(KvError::KeyNotFound);
         }
@@ -288,11 +292,13 @@ impl KvStore {
             return Err(KvError::LeaseNotFound);
         }
         let kv = KeyValue {
-            key: p.key.clone(),
+            key: prev
+                .as_ref()
+                .map_or_else(|| Key::from(p.key.as_slice()), |k| k.key.clone()),
             value: if p.ignore_value {
                 prev.as_ref().map(|k| k.value.clone()).unwrap_or_default()
             } else {
-                p.value.clone()
+                std::sync::Arc::from(p.value.as_slice())
             },
             create_revision: prev.as_ref().map(|k| k.create_revision).unwrap_or(next),
             mod_revision: next,
@@ -314,7 +320,7 @@ impl KvStore {
     fn delete(&mut self, d: &DeleteOp, next: u64, journal: &mut Journal) -> KvReply {
         let doomed: Vec<KeyValue> = self
             .keys
-            .range(bounds(&d.range))
+            .range::<[u8], _>(bounds(&d.range))
             .map(|(_, v)| v.clone())
             .collect();
         for old in &doomed {
@@ -338,17 +344,17 @@ impl KvStore {
 
     fn compare_holds(&self, c: &Compare) -> bool {
         let keys: Vec<Option<&KeyValue>> = if c.range.is_single() {
-            vec![self.keys.get(&c.range.key)]
+            vec![self.keys.get(c.range.key.as_slice())]
         } else {
             self.keys
-                .range(bounds(&c.range))
+                .range::<[u8], _>(bounds(&c.range))
                 .map(|(_, v)| Some(v))
                 .collect()
         };
         keys.into_iter().all(|kv| {
             let ordering = match (&c.target, kv) {
                 (CompareTarget::Value(_), None) => return false,
-                (CompareTarget::Value(v), Some(kv)) => kv.value.as_slice().cmp(v.as_slice()),
+                (CompareTarget::Value(v), Some(kv)) => kv.value[..].cmp(v.as_slice()),
                 (CompareTarget::Version(v), kv) => {
                     (kv.map(|k| k.version).unwrap_or(0) as i64).cmp(v)
                 }
@@ -405,9 +411,9 @@ impl KvStore {
                 compacted: self.compacted,
             });
         }
-        let mut found: BTreeMap<Vec<u8>, KeyValue> = self
+        let mut found: BTreeMap<Key, KeyValue> = self
             .keys
-            .range(bounds(&op.range))
+            .range::<[u8], _>(bounds(&op.range))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         if historic {
@@ -421,7 +427,7 @@ impl KvStore {
                 }
                 match &event.prev {
                     Some(prev) => found.insert(prev.key.clone(), prev.clone()),
-                    None => found.remove(&event.kv.key),
+                    None => found.remove(&*event.kv.key),
                 };
             }
         }
@@ -467,7 +473,7 @@ impl KvStore {
         }
         if op.keys_only {
             for kv in &mut kvs {
-                kv.value.clear();
+                kv.value = std::sync::Arc::default();
             }
         }
         Ok(RangeReply { kvs, more, count })
@@ -573,7 +579,7 @@ impl KvStore {
         let mut seen = std::collections::HashSet::new();
         for (id, lease) in &self.leases {
             for key in &lease.keys {
-                if self.keys.get(key).map(|k| k.lease) != Some(*id) {
+                if self.keys.get(key.as_slice()).map(|k| k.lease) != Some(*id) {
                     return 1;
                 }
                 seen.insert(key.clone());
@@ -581,7 +587,7 @@ impl KvStore {
         }
         self.keys
             .values()
-            .filter(|k| k.lease != 0 && !seen.contains(&k.key))
+            .filter(|k| k.lease != 0 && !seen.contains(&k.key[..]))
             .count()
     }
 }
@@ -594,7 +600,7 @@ mod keys_as_list {
     use crate::kv::KeyValue;
 
     pub fn serialize<S: Serializer>(
-        keys: &BTreeMap<Vec<u8>, KeyValue>,
+        keys: &BTreeMap<super::Key, KeyValue>,
         serializer: S,
     ) -> Result<S::Ok, S::Error> {
         serializer.collect_seq(keys.values())
@@ -602,7 +608,7 @@ mod keys_as_list {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(
         deserializer: D,
-    ) -> Result<BTreeMap<Vec<u8>, KeyValue>, D::Error> {
+    ) -> Result<BTreeMap<super::Key, KeyValue>, D::Error> {
         let list = Vec::<KeyValue>::deserialize(deserializer)?;
         Ok(list.into_iter().map(|kv| (kv.key.clone(), kv)).collect())
     }

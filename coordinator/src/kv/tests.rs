@@ -96,7 +96,7 @@ fn prefix_ranges_limits_and_sorting() {
     }
     let all = h.get(prefix("app/"), 0).expect("range");
     assert_eq!(all.count, 3);
-    let keys: Vec<&[u8]> = all.kvs.iter().map(|k| k.key.as_slice()).collect();
+    let keys: Vec<&[u8]> = all.kvs.iter().map(|k| &k.key[..]).collect();
     assert_eq!(keys, vec![&b"app/a"[..], b"app/b", b"app/c"]);
     let limited =
         h.kv.range(
@@ -112,7 +112,7 @@ fn prefix_ranges_limits_and_sorting() {
         .expect("range");
     assert!(limited.more);
     assert_eq!(limited.count, 3);
-    assert_eq!(limited.kvs[0].value, b"3");
+    assert_eq!(&limited.kvs[0].value[..], b"3");
     let everything = h
         .get(
             KeyRange {
@@ -168,7 +168,7 @@ fn transactions_are_atomic_and_guarded() {
     assert!(succeeded);
     // Both puts at one revision; the read inside sees the write before it.
     assert_eq!(h.revision, 2);
-    assert!(matches!(&responses[2], KvReply::Range(r) if r.kvs[0].value == b"2"));
+    assert!(matches!(&responses[2], KvReply::Range(r) if &r.kvs[0].value[..] == b"2"));
     let KvReply::Txn { succeeded, .. } = h.apply(&txn("1")).expect("txn") else {
         panic!("txn reply")
     };
@@ -289,12 +289,15 @@ fn compaction_bounds_history_and_refuses_old_revisions() {
     for i in 0..10 {
         h.apply(&put("k", &i.to_string())).expect("put");
     }
-    assert_eq!(h.get(key("k"), 3).expect("historic").kvs[0].value, b"2");
+    assert_eq!(
+        &h.get(key("k"), 3).expect("historic").kvs[0].value[..],
+        b"2"
+    );
     h.apply(&KvCommand::Compact { revision: 5 })
         .expect("compact");
     assert_eq!(h.get(key("k"), 4), Err(KvError::Compacted { compacted: 5 }));
     assert_eq!(
-        h.get(key("k"), 5).expect("at compaction").kvs[0].value,
+        &h.get(key("k"), 5).expect("at compaction").kvs[0].value[..],
         b"4"
     );
     assert_eq!(h.kv.events_after(3), Err(5));
@@ -415,4 +418,29 @@ fn fleet_snapshots_carry_the_kv_store() {
     assert_eq!(back, fleet);
     assert_eq!(back.kv().len(), 2);
     assert_eq!(back.kv().lease(3).map(|l| l.keys.len()), Some(2));
+}
+
+/// A key's bytes and value are held once: the history events of a put and of the delete after
+/// it, and a copy of the store (what a snapshot encodes outside the state's lock), all share
+/// them instead of copying them.
+#[test]
+fn values_are_shared_by_history_and_copies() {
+    let mut h = Harness::default();
+    h.apply(&put("k", &"v".repeat(4096))).expect("put");
+    let copy = h.kv.clone();
+    let stored = h.kv.current().next().expect("the key").clone();
+    let copied = copy.current().next().expect("the copied key");
+    assert!(std::sync::Arc::ptr_eq(&stored.value, &copied.value));
+    assert!(std::sync::Arc::ptr_eq(&stored.key, &copied.key));
+    let events = h.kv.events_after(0).expect("history");
+    assert!(std::sync::Arc::ptr_eq(&events[0].kv.value, &stored.value));
+    h.apply(&KvCommand::Delete(DeleteOp {
+        range: key("k"),
+        ..DeleteOp::default()
+    }))
+    .expect("delete");
+    let events = h.kv.events_after(0).expect("history");
+    let prev = events[1].prev.as_ref().expect("the deleted key");
+    assert!(std::sync::Arc::ptr_eq(&prev.value, &stored.value));
+    assert!(std::sync::Arc::ptr_eq(&events[1].kv.key, &stored.key));
 }

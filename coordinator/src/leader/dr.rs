@@ -21,15 +21,19 @@ pub async fn export_now(
         .dr
         .export(to, || async {
             replica.linearize().await?;
-            let input = archive_input(replica, &replica.state.fleet());
+            let (fleet, applied, _) = replica.state.copy_applied();
+            let input = archive_input(replica, &fleet, applied);
             Ok((input, replica.header()))
         })
         .await
 }
 
-/// What an archive of `fleet`, this replica's applied state, holds.
-pub fn archive_input(replica: &Replica, fleet: &crate::fleet::FleetState) -> ArchiveInput {
-    let applied = replica.state.applied_log_id();
+/// What an archive of `fleet`, this replica's state as applied up to `applied`, holds.
+pub fn archive_input(
+    replica: &Replica,
+    fleet: &crate::fleet::FleetState,
+    applied: Option<crate::log::member::LogId>,
+) -> ArchiveInput {
     ArchiveInput {
         cluster_id: replica.cluster_id.clone(),
         term: applied.map(|l| l.leader_id.term).unwrap_or(0),

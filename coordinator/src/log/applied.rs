@@ -70,6 +70,21 @@ impl SharedState {
         self.fleet.read()
     }
 
+    /// A copy of the fleet state with the applied log id and membership it belongs to, for
+    /// snapshots and archives. Taken under the read lock, which is released before the caller
+    /// encodes it: the copy shares every KV value, so the apply path waits milliseconds for
+    /// the copy instead of the whole encoding (which with ~100 MB of values took 150–300 ms
+    /// here and was the slowest write of `etcdctl check perf`).
+    pub fn copy_applied(&self) -> (FleetState, Option<LogId>, StoredMembership) {
+        let fleet = self.fleet.read();
+        let locked = std::time::Instant::now();
+        let (log_id, membership) = self.applied_state();
+        let copy = fleet.clone();
+        drop(fleet);
+        crate::metrics::state_copied(locked);
+        (copy, log_id, membership)
+    }
+
     /// Read access to the fleet state if the apply path does not hold it (or wait for it).
     pub fn try_fleet(&self) -> Option<RwLockReadGuard<'_, FleetState>> {
         self.fleet.try_read()

@@ -532,11 +532,11 @@ impl EtcdLog {
     }
 
     async fn write_snapshot(&self, term: u64) -> Result<u64, EtcdLogError> {
-        let (data, log_id) = {
-            // Under the state's read lock, the data and the applied index belong together.
-            let fleet = self.shared.fleet();
-            (fleet.encode(), self.shared.applied_log_id())
-        };
+        // A copy taken under the state's read lock: the data and the applied index belong
+        // together.
+        let (fleet, log_id, _) = self.shared.copy_applied();
+        let data = fleet.encode();
+        drop(fleet);
         let Some(log_id) = log_id else { return Ok(0) };
         let index = log_id.index;
         let mut client = self.client.clone();

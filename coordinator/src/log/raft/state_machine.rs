@@ -65,9 +65,8 @@ impl StateMachineStore {
     }
 
     fn build_snapshot_now(&self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        // Encode under the read lock so the data and the applied log id belong together.
-        let fleet = self.shared.fleet();
-        let (last_log_id, membership) = self.shared.applied_state();
+        // A copy taken under the read lock, so the data and the applied log id belong together.
+        let (fleet, last_log_id, membership) = self.shared.copy_applied();
         let data = fleet.encode();
         drop(fleet);
         let snapshot_id = match last_log_id {

@@ -131,11 +131,11 @@ pub fn txn_op(t: &epb::TxnRequest) -> Result<TxnOp, Status> {
 /// A stored key on the wire.
 pub fn kv(k: &KeyValue) -> mvccpb::KeyValue {
     mvccpb::KeyValue {
-        key: k.key.clone(),
+        key: k.key.to_vec(),
         create_revision: k.create_revision as i64,
         mod_revision: k.mod_revision as i64,
         version: k.version as i64,
-        value: k.value.clone(),
+        value: k.value.to_vec(),
         lease: k.lease,
     }
 }

@@ -154,18 +154,17 @@ impl Maintenance for EtcdApi {
         self.require_admin(&request)?;
         // Every write acknowledged before the call is in it, as in an archive.
         self.replica.linearize().await?;
-        let (input, kvs, header) = {
-            let fleet = self.replica.state.fleet();
-            let input = crate::leader::dr::archive_input(&self.replica, &fleet);
+        let (fleet, applied, _) = self.replica.state.copy_applied();
+        let header = self.header_at(fleet.revision());
+        let replica = self.replica.clone();
+        let created_at_ms = ballast_protocol::clock::unix_ms();
+        let file = tokio::task::spawn_blocking(move || {
+            let input = crate::leader::dr::archive_input(&replica, &fleet, applied);
             let kvs: Vec<(u64, Vec<u8>)> = fleet
                 .kv()
                 .current()
                 .map(|k| (k.mod_revision, prost::Message::encode_to_vec(&kv(k))))
                 .collect();
-            (input, kvs, self.header_at(fleet.revision()))
-        };
-        let created_at_ms = ballast_protocol::clock::unix_ms();
-        let file = tokio::task::spawn_blocking(move || {
             ballast_dr::snapshot_file::write(&input, created_at_ms, kvs)
         })
         .await
