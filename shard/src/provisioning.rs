@@ -669,7 +669,9 @@ const MAX_LIST_PAGES: usize = 100_000;
 /// provider is the truth about machines (the cache is the truth about grants). Machines it
 /// lists as this shard's that the ledger lacks join it; ledger machines it does not list (gone,
 /// or handed to another shard) are forgotten — only those the ledger held before the listing
-/// began, so a machine made meanwhile is never mistaken for a missing one.
+/// began, so a machine made meanwhile is never mistaken for a missing one. Nor does a machine
+/// the ledger held when the listing began join again from it: gone from the ledger since, it
+/// was released or forgotten meanwhile, and the listing predates that.
 pub async fn reconcile_once(worker: &Worker) -> Result<Reconciled, ProviderError> {
     let (mut joined, mut forgotten, mut durable) = (0, 0, false);
     for (name, provider) in worker.providers().all() {
@@ -702,7 +704,7 @@ async fn reconcile_with(
     if !provider.describe().await?.durable {
         return Ok(Reconciled::NotDurable);
     }
-    let before: Vec<String> = worker
+    let before: HashSet<String> = worker
         .state()
         .engine
         .allocations("")
@@ -744,14 +746,15 @@ async fn reconcile_with(
                 )
             };
             let missing: Vec<String> = before
-                .into_iter()
-                .filter(|id| !listed.get(id).is_some_and(live))
+                .iter()
+                .filter(|id| !listed.get(*id).is_some_and(live))
+                .cloned()
                 .collect();
             let here = listed
                 .into_values()
                 .filter(|m| worker.providers().serves(name, &m.quota_provider));
             let (joined, forgotten) = worker
-                .reconcile_ledger(&missing, here)
+                .reconcile_ledger(&missing, here, &before)
                 .map_err(cache_failed)?;
             return Ok(Reconciled::Done { joined, forgotten });
         }

@@ -608,7 +608,7 @@ impl Worker {
     ) -> Result<usize, CacheError> {
         let serving = self.assignments.read().clusters.clone();
         let mut state = self.state();
-        self.join_locked(&mut state, machines, &serving)
+        self.join_locked(&mut state, machines, &serving, &HashSet::new())
     }
 
     /// [`Worker::join_ledger`] for machines adopted with `cluster`, unless the shard lost the
@@ -627,23 +627,28 @@ impl Worker {
             return Ok(0);
         }
         let mut state = self.state();
-        self.join_locked(&mut state, machines, &held.clusters)
+        self.join_locked(&mut state, machines, &held.clusters, &HashSet::new())
     }
 
     /// Makes the ledger what the provider listed as this shard's, in one step (no decision
     /// sees it half done): `missing` (ledger machines it did not list) are forgotten, `listed`
-    /// machines the ledger lacks join. Returns (joined, forgotten).
+    /// machines the ledger lacks join — except those it held when the listing began
+    /// (`held_at_listing`) and no longer does: the shard released or forgot them meanwhile, and
+    /// joined from the older listing they would be machines the provider has deleted, counted
+    /// as capacity for ever (found by the loaded full-scale simulator run). Returns (joined,
+    /// forgotten).
     pub fn reconcile_ledger(
         &self,
         missing: &[String],
         listed: impl IntoIterator<Item = ProvidedMachine>,
+        held_at_listing: &HashSet<String>,
     ) -> Result<(usize, usize), CacheError> {
         let serving = self.assignments.read().clusters.clone();
         let listed: Vec<ProvidedMachine> = listed.into_iter().collect();
         let ids: Vec<String> = listed.iter().map(|m| m.id.clone()).collect();
         let mut state = self.state();
         let forgotten = self.forget_locked(&mut state, missing)?;
-        let joined = self.join_locked(&mut state, listed, &serving)?;
+        let joined = self.join_locked(&mut state, listed, &serving, held_at_listing)?;
         // Wishes the last process had not carried out died with it: the ledger says what each
         // machine serves, the listing what the provider has (just recorded); where they differ
         // the controller brings the provider in step.
@@ -668,6 +673,7 @@ impl Worker {
         state: &mut ShardState,
         machines: impl IntoIterator<Item = ProvidedMachine>,
         held: &std::collections::BTreeSet<String>,
+        held_at_listing: &HashSet<String>,
     ) -> Result<usize, CacheError> {
         let mut joining = Vec::new();
         for machine in machines {
@@ -675,7 +681,7 @@ impl Worker {
                 MachineState::try_from(machine.state),
                 Ok(MachineState::Deleted) | Ok(MachineState::Failed)
             );
-            if !live {
+            if !live || removed_since_listing(state, held_at_listing, &machine.id) {
                 continue;
             }
             // What the provider says it serves, for every machine it lists as this shard's:
@@ -1490,9 +1496,50 @@ async fn registry_loop(
     }
 }
 
+/// Whether the ledger held `id` when a listing began and has dropped it since (released or
+/// forgotten meanwhile): the listing is older than that, so it cannot bring the machine back.
+fn removed_since_listing(state: &ShardState, held_at_listing: &HashSet<String>, id: &str) -> bool {
+    held_at_listing.contains(id) && state.engine.machine(id).is_none()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A machine released while a reconcile's listing was on its way is not joined back from
+    /// that listing (it would be a machine the provider deleted, counted as capacity); one the
+    /// ledger did not hold when the listing began joins, and one still held is just known.
+    #[test]
+    fn a_listing_older_than_a_release_cannot_bring_the_machine_back() {
+        let mut state = ShardState {
+            engine: crate::engine::Engine::default(),
+            in_flight: BTreeMap::new(),
+            releasing: HashSet::new(),
+            unanswered: crate::provisioning::UnansweredCreates::default(),
+        };
+        let machine = |id: &str| crate::engine::Machine {
+            id: id.into(),
+            domain: "d1".into(),
+            resources: crate::engine::Resources {
+                cpu_millis: 1000,
+                memory_mib: 1024,
+                gpus: 0,
+            },
+            quota: Some(("p".into(), "r".into())),
+            assigned_to: None,
+        };
+        state.engine.upsert_machine(&machine("released"));
+        state.engine.upsert_machine(&machine("kept"));
+        let held_at_listing: HashSet<String> = ["released".to_string(), "kept".to_string()].into();
+        // The listing is on its way; the shard returns a machine and forgets it.
+        state.engine.remove_machine("released");
+        assert!(removed_since_listing(&state, &held_at_listing, "released"));
+        assert!(!removed_since_listing(&state, &held_at_listing, "kept"));
+        assert!(
+            !removed_since_listing(&state, &held_at_listing, "made-late"),
+            "a machine the ledger never held (a create answered too late) joins"
+        );
+    }
 
     #[test]
     fn a_refusal_fences_only_the_grant_it_refused() {
