@@ -21,6 +21,10 @@
 //! round with a machine to release to idle) `shard-takeover-hold` (a takeover, after it
 //! chose its grant and before it calls the providers) and `shard-adopted-hold` (a takeover,
 //! after a provider answered and before what it adopted joins the ledger).
+//!
+//! A blocking hold point ([`block`]) stops a thread the same way: `shard-demand-fsync` (the
+//! shard's shared fsync of submitted demand, before the disk is asked) stands for a disk that
+//! stalls.
 
 use parking_lot::Mutex;
 use std::collections::HashSet;
@@ -70,22 +74,46 @@ pub fn hit(name: &str) {
 /// releases it (see the crate docs). Returns at once when `name` is not armed, when it already
 /// held once, or when `BALLAST_FAILPOINT_DIR` is unset.
 pub async fn hold(name: &str) {
+    let Some(release) = start_holding(name) else {
+        return;
+    };
+    while !release.exists() {
+        tokio::time::sleep(HOLD_POLL).await;
+    }
+    eprintln!("failpoint {name}: released");
+}
+
+/// [`hold`] for code on a thread of its own (an fsync on a blocking thread): blocks the
+/// calling thread instead of yielding a task.
+pub fn block(name: &str) {
+    let Some(release) = start_holding(name) else {
+        return;
+    };
+    while !release.exists() {
+        std::thread::sleep(HOLD_POLL);
+    }
+    eprintln!("failpoint {name}: released");
+}
+
+const HOLD_POLL: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// Marks hold point `name` held and returns the file whose creation releases it, or `None`
+/// when it does not hold (see [`hold`]).
+fn start_holding(name: &str) -> Option<PathBuf> {
     static HELD: Mutex<Option<HashSet<String>>> = Mutex::new(None);
     if !armed().iter().any(|a| a == name) {
-        return;
+        return None;
     }
     let Some(dir) = std::env::var_os("BALLAST_FAILPOINT_DIR").map(PathBuf::from) else {
         eprintln!("failpoint {name}: BALLAST_FAILPOINT_DIR is unset; not holding");
-        return;
+        return None;
     };
+    if !HELD
+        .lock()
+        .get_or_insert_with(HashSet::new)
+        .insert(name.to_string())
     {
-        let mut held = HELD.lock();
-        if !held
-            .get_or_insert_with(HashSet::new)
-            .insert(name.to_string())
-        {
-            return;
-        }
+        return None;
     }
     let release = dir.join(format!("{name}.release"));
     if let Err(e) = std::fs::write(dir.join(format!("{name}.held")), b"") {
@@ -93,14 +121,11 @@ pub async fn hold(name: &str) {
             "failpoint {name}: cannot mark the hold in {}: {e}",
             dir.display()
         );
-        return;
+        return None;
     }
     eprintln!(
         "failpoint {name}: holding until {} exists",
         release.display()
     );
-    while !release.exists() {
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    eprintln!("failpoint {name}: released");
+    Some(release)
 }

@@ -9,6 +9,7 @@ use std::path::Path;
 use ballast_protocol::pb;
 
 use crate::engine::{Machine, MachineView, Need, Provision};
+use ballast_group_commit::GroupCommit;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch, PersistMode};
 
 /// Why the cache could not be used. Every variant names the data directory; a corrupt cache is
@@ -212,6 +213,9 @@ pub struct Cache {
     /// committed.
     ledger_writes: Mutex<u64>,
     demand: Keyspace,
+    /// Demand submissions journaled and how far an fsync has covered them: submissions
+    /// share fsyncs instead of taking one each under the demand lock.
+    demand_commit: GroupCommit,
     in_flight: Keyspace,
     returning: Keyspace,
     path: String,
@@ -306,6 +310,7 @@ impl Cache {
         let in_flight = db.keyspace("in_flight", options).map_err(wrap)?;
         let returning = db.keyspace("returning", options).map_err(wrap)?;
         let cache = Cache {
+            demand_commit: GroupCommit::new(db.clone()).with_hold_point("shard-demand-fsync"),
             db,
             items,
             slice_grants,
@@ -813,8 +818,9 @@ impl Cache {
         self.sync()
     }
 
-    /// Replaces a cluster's demand durably.
-    pub fn store_demand(&self, cluster: &str, rows: &[Need]) -> Result<(), CacheError> {
+    /// Replaces a cluster's demand in the journal, without an fsync: durable once
+    /// [`Cache::demand_durable_through`] the returned batch number resolves.
+    pub fn write_demand(&self, cluster: &str, rows: &[Need]) -> Result<u64, CacheError> {
         if rows.is_empty() {
             self.demand.remove(cluster).map_err(|e| self.err(e))?;
         } else {
@@ -822,6 +828,21 @@ impl Cache {
                 .insert(cluster, self.encode(cluster, &rows)?)
                 .map_err(|e| self.err(e))?;
         }
+        Ok(self.demand_commit.wrote())
+    }
+
+    /// Resolves once demand batch `batch` and every one before it is fsynced; one fsync,
+    /// on a blocking thread, covers every batch written while it waited.
+    pub async fn demand_durable_through(&self, batch: u64) -> Result<(), CacheError> {
+        self.demand_commit
+            .durable_through(batch)
+            .await
+            .map_err(|e| self.err(e))
+    }
+
+    /// Replaces a cluster's demand durably, waiting on the disk (start-up and tests).
+    pub fn store_demand(&self, cluster: &str, rows: &[Need]) -> Result<(), CacheError> {
+        self.write_demand(cluster, rows)?;
         self.sync()
     }
 }

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ballast_protocol::provider::Reason;
-use ballast_protocol::providerpb::{ConfigureMachineRequest, ReleaseMachineRequest};
+use ballast_protocol::providerpb::{ConfigureMachineRequest, MachineState, ReleaseMachineRequest};
 use futures::StreamExt;
 use tokio::sync::watch;
 
@@ -171,6 +171,7 @@ impl Placements {
             retry,
             unsure,
             unanswered,
+            gone: _,
         } = ended;
         self.busy.remove(machine);
         match unanswered {
@@ -237,6 +238,10 @@ pub struct Ended {
     pub unsure: bool,
     /// The call that got no answer, to send again under its key before anything else.
     pub unanswered: Option<Call>,
+    /// The provider has no such machine, or has it deleted or failed: the ledger forgets it
+    /// ([`Worker::forget_gone`]) rather than count it as capacity until the next
+    /// reconciliation.
+    pub gone: bool,
 }
 
 impl Ended {
@@ -249,6 +254,13 @@ impl Ended {
 
     fn dropped() -> Ended {
         Ended::default()
+    }
+
+    fn gone() -> Ended {
+        Ended {
+            gone: true,
+            ..Ended::default()
+        }
     }
 }
 
@@ -279,7 +291,11 @@ pub async fn placement_loop(worker: Arc<Worker>, mut stopped: watch::Receiver<bo
                     let worker = worker.clone();
                     async move {
                         let ended = carry_out(&worker, &step).await;
+                        let gone = ended.gone;
                         worker.placements().finished(&step.machine, ended);
+                        if gone {
+                            worker.forget_gone(&step.machine);
+                        }
                     }
                 })
                 .await;
@@ -351,10 +367,11 @@ async fn carry_out(worker: &Worker, step: &Step) -> Ended {
                                 resends,
                                 ..call.clone()
                             }),
+                            gone: false,
                         };
                     }
                     Err(Some(e)) if e.reason() == Some(Reason::NotFound) => {
-                        return Ended::dropped();
+                        return Ended::gone();
                     }
                     // Refused (it changed nothing), or its grant is no longer held: the
                     // machine is as the provider just said.
@@ -422,9 +439,9 @@ async fn carry_out(worker: &Worker, step: &Step) -> Ended {
             Err(Some(e)) => e,
         };
         // The provider does not know the machine (a provider that forgets, or one reconciled
-        // away): nothing to place.
+        // away): nothing to place, and nothing to count as capacity.
         if e.reason() == Some(Reason::NotFound) {
-            return Ended::dropped();
+            return Ended::gone();
         }
         // No answer: the call may be carried out yet, so it is sent again first. Or the
         // machine was not in the state believed (a refusal for its state, or for the grant
@@ -446,6 +463,7 @@ async fn carry_out(worker: &Worker, step: &Step) -> Ended {
             retry,
             unsure,
             unanswered: unknown.then_some(call),
+            gone: false,
         };
     }
     Ended::done(now)
@@ -458,8 +476,17 @@ async fn ask(
     machine: &str,
 ) -> Result<Option<String>, Ended> {
     match provider.get(machine).await {
+        // Deleted or failed there: it serves nothing and never will again.
+        Ok(now)
+            if matches!(
+                MachineState::try_from(now.state),
+                Ok(MachineState::Deleted) | Ok(MachineState::Failed)
+            ) =>
+        {
+            Err(Ended::gone())
+        }
         Ok(now) => Ok((!now.cluster.is_empty()).then_some(now.cluster)),
-        Err(e) if e.reason() == Some(Reason::NotFound) => Err(Ended::dropped()),
+        Err(e) if e.reason() == Some(Reason::NotFound) => Err(Ended::gone()),
         Err(e) => {
             tracing::debug!(machine = %machine, error = %e, "asking the provider about a machine failed");
             Err(Ended {
@@ -467,6 +494,7 @@ async fn ask(
                 retry: e.retryable(),
                 unsure: true,
                 unanswered: None,
+                gone: false,
             })
         }
     }

@@ -52,6 +52,38 @@ pub struct CycleOutcome {
     pub cluster_demand: Vec<(String, u64)>,
 }
 
+/// Which submitted demand the engine takes: demand is journaled in submission order, made
+/// durable by a shared fsync, and handed to the engine only once durable — and only if it is
+/// newer than what the engine took for the cluster, since fsyncs finish in any order. Per
+/// cluster: the newest batch handed over and the submissions still on their way (the entry
+/// goes once none is).
+#[derive(Debug, Default)]
+pub struct DemandOrder(HashMap<String, (u64, u32)>);
+
+impl DemandOrder {
+    /// A submission of `cluster`'s demand was journaled.
+    pub fn journaled(&mut self, cluster: &str) {
+        self.0.entry(cluster.to_string()).or_insert((0, 0)).1 += 1;
+    }
+
+    /// A submission of `cluster`'s demand in journal batch `batch` is durable (or its fsync
+    /// failed): whether the engine takes it now.
+    pub fn resolved(&mut self, cluster: &str, batch: u64, durable: bool) -> bool {
+        let Some((taken, on_the_way)) = self.0.get_mut(cluster) else {
+            return durable;
+        };
+        *on_the_way = on_the_way.saturating_sub(1);
+        let take = durable && batch > *taken;
+        if take {
+            *taken = batch;
+        }
+        if *on_the_way == 0 {
+            self.0.remove(cluster);
+        }
+        take
+    }
+}
+
 /// Everything a shard worker needs to start.
 #[derive(Clone, Debug)]
 pub struct WorkerConfig {
@@ -249,8 +281,9 @@ pub struct Worker {
     adopt_slots: tokio::sync::Semaphore,
     /// `CreateMachine` calls open at once (see [`Worker::create_slot`]).
     create_slots: tokio::sync::Semaphore,
-    /// Orders demand submissions: stored and handed to the engine in one order.
-    demand: Mutex<()>,
+    /// Orders demand submissions: journaled and handed to the engine under this lock, the
+    /// engine taking a cluster's newest durable demand.
+    demand: Mutex<DemandOrder>,
     /// Wakes the reconciliation with the provider (see [`Worker::provider_failed`]).
     reconcile_wake: tokio::sync::Notify,
     /// Which cluster each machine should serve at the provider, and what it confirmed.
@@ -747,6 +780,24 @@ impl Worker {
         Ok(gone.len())
     }
 
+    /// Forgets a machine the provider says it has not got, or has deleted or failed (the
+    /// placement controller asked or called about it), unless a call of this process is
+    /// working on it. Without this, a machine the ledger gained by mistake (the reconcile race
+    /// the loaded full-scale simulator found) counted as capacity until a reconciliation
+    /// happened to run, and the controller's configures kept failing on it.
+    pub fn forget_gone(&self, id: &str) {
+        let mut state = self.state();
+        match self.forget_locked(&mut state, &[id.to_string()]) {
+            Ok(0) => {}
+            Ok(_) => {
+                tracing::info!(machine = %id, "the provider has no live machine by this id; forgotten")
+            }
+            Err(e) => {
+                tracing::error!(machine = %id, error = %e, "cannot forget a machine the provider does not have")
+            }
+        }
+    }
+
     /// The placements at the provider (lock briefly; never while taking the engine's lock).
     pub fn placements(&self) -> parking_lot::MutexGuard<'_, Placements> {
         self.placements.lock()
@@ -782,7 +833,7 @@ impl Worker {
 
     /// Held while a cluster's demand is stored and handed to the engine (taken before the
     /// engine's lock, never after it).
-    pub fn demand_lock(&self) -> parking_lot::MutexGuard<'_, ()> {
+    pub fn demand_lock(&self) -> parking_lot::MutexGuard<'_, DemandOrder> {
         self.demand.lock()
     }
 
@@ -1237,7 +1288,7 @@ pub async fn start(config: WorkerConfig) -> Result<RunningWorker, WorkerError> {
         claim_slots: tokio::sync::Semaphore::new(TAKEOVER_CALLS),
         adopt_slots: tokio::sync::Semaphore::new(TAKEOVER_CALLS),
         create_slots: tokio::sync::Semaphore::new(MAX_CREATES_IN_FLIGHT),
-        demand: Mutex::new(()),
+        demand: Mutex::new(DemandOrder::default()),
         reconcile_wake: tokio::sync::Notify::new(),
         placements: Mutex::new(Placements::default()),
         placements_wake: tokio::sync::Notify::new(),
@@ -1505,6 +1556,29 @@ fn removed_since_listing(state: &ShardState, held_at_listing: &HashSet<String>, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Demand is handed to the engine once durable, newest first whatever order the fsyncs
+    /// finish in: an older submission made durable after a newer one does not undo it, a
+    /// failed fsync hands nothing over, and nothing is kept once no submission is on its way.
+    #[test]
+    fn the_engine_takes_only_a_clusters_newest_durable_demand() {
+        let mut order = DemandOrder::default();
+        order.journaled("c1"); // batch 1
+        order.journaled("c1"); // batch 2
+        order.journaled("c2"); // batch 3
+        assert!(order.resolved("c1", 2, true), "the newest, durable first");
+        assert!(
+            !order.resolved("c1", 1, true),
+            "older than what the engine took"
+        );
+        assert!(!order.resolved("c2", 3, false), "its fsync failed");
+        assert!(order.0.is_empty(), "nothing on its way, nothing kept");
+        order.journaled("c1"); // batch 4
+        order.journaled("c1"); // batch 5
+        assert!(order.resolved("c1", 4, true), "durable before 5");
+        assert!(order.resolved("c1", 5, true), "then 5, newer");
+        assert!(order.0.is_empty());
+    }
 
     /// A machine released while a reconcile's listing was on its way is not joined back from
     /// that listing (it would be a machine the provider deleted, counted as capacity); one the

@@ -668,3 +668,93 @@ async fn configured_behind_the_shards_back() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// A machine the shard holds idle is deleted at the provider behind its back (an operator, or
+/// the provider's own clean-up). When the shard next puts it to work the provider says it is
+/// deleted: the shard must forget it and make another, rather than count it as capacity for
+/// ever while every configure of it fails (a phantom of the kind the loaded full-scale
+/// simulator run found).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletes_a_machine_behind_the_shards_back() {
+    use ballast_protocol::providerpb::{
+        DeleteMachineRequest, FencingToken, provider_client::ProviderClient,
+    };
+    let (_cluster, provider, shard) = set_up(HEALTHY).await;
+    // Two machines made and put to work for c1, then idle again (and so at the provider).
+    submit(&shard, BEFORE as u32, 0).await;
+    shard
+        .wait_until("two machines at work", |st| {
+            assigned_machines(st) == BEFORE && st.placements_pending == 0
+        })
+        .await;
+    submit(&shard, 0, 0).await;
+    let status = shard
+        .wait_until("both machines idle", |st| {
+            assigned_machines(st) == 0 && st.placements_pending == 0
+        })
+        .await;
+    wait_for(
+        "the provider to record both machines idle",
+        Duration::from_secs(30),
+        || async {
+            let record = provider_record_of_s1(&provider.endpoint).await;
+            let idle = record
+                .iter()
+                .filter(|m| live(m) && m.state == MachineState::Idle as i32)
+                .count() as u64;
+            (idle == BEFORE).then_some(())
+        },
+    )
+    .await;
+    let deleted = ids(&allocations(&shard).await.machines)
+        .into_iter()
+        .next()
+        .expect("a machine in the ledger");
+
+    // Behind the shard's back: deleted at the provider, under the shard's own token.
+    let mut client = ProviderClient::connect(format!("http://{}", provider.endpoint))
+        .await
+        .expect("connecting to the provider");
+    client
+        .delete_machine(DeleteMachineRequest {
+            idempotency_key: "behind-the-back".into(),
+            token: Some(FencingToken {
+                shard_id: "s1".into(),
+                shard_epoch: status.epoch,
+                sequence: 1,
+                ..Default::default()
+            }),
+            machine_id: deleted.clone(),
+        })
+        .await
+        .expect("deleting the machine at the provider");
+
+    // c1 wants two machines again: the provider must end up with two live machines serving
+    // it, and the shard's ledger without the deleted one.
+    submit(&shard, BEFORE as u32, 0).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let record = provider_record_of_s1(&provider.endpoint).await;
+        let ledger = ids(&allocations(&shard).await.machines);
+        let serving = record
+            .iter()
+            .filter(|m| live(m) && m.cluster == "c1")
+            .count() as u64;
+        if serving == BEFORE && !ledger.contains(&deleted) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "30 s after c1 asked for two machines again, {serving} serve it at the provider and \
+             the ledger {} {deleted}, deleted behind the shard's back (ledger: {ledger:?}; \
+             provider: {record:?})\nlog:\n{}",
+            if ledger.contains(&deleted) {
+                "still holds"
+            } else {
+                "no longer holds"
+            },
+            shard.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -341,12 +341,15 @@ impl Sim {
         // Timed from the first submission: shards serve what reached them while the rest is
         // still being submitted.
         let surged = Instant::now();
-        submit_demand(&self.shared, &self.shard_clients, &changed).await;
-        let served = self
-            .until_demand_met(Duration::from_secs(60))
-            .await
-            .ok()
-            .map(|_| surged.elapsed());
+        let accepted = submit_demand(&self.shared, &self.shard_clients, &changed).await;
+        let submitted_in = surged.elapsed();
+        self.shared.event(format!(
+            "surge submitted: {accepted} of {} clusters' demand accepted by their shards in {:.0} ms",
+            changed.len(),
+            ms(submitted_in)
+        ));
+        let met = self.until_demand_met(Duration::from_secs(60)).await;
+        let served = met.as_ref().ok().map(|_| surged.elapsed());
         let after = self.assigned_now().await;
         drop(hold);
         let still_out = self.cluster.replicas.iter().all(|r| !r.is_running());
@@ -358,7 +361,11 @@ impl Sim {
                     "surge submitted and served in {:.0} ms with every replica down; assigned machines {before} → {after}",
                     ms(d)
                 ),
-                None => "the surge was not served within 60 s of outage".to_string(),
+                None => format!(
+                    "the surge (submitted in {:.0} ms) was not served within 60 s of its submission: {}",
+                    ms(submitted_in),
+                    met.err().unwrap_or_default()
+                ),
             },
         ));
         if let Some(d) = served {
