@@ -37,8 +37,9 @@ enum Command {
     /// The tools etcd operators run, against Ballast and etcd in the same run: `etcdctl
     /// check perf` and puts through the HTTP/JSON gateway; writes a markdown report.
     EtcdTools(etcd_tools::EtcdToolsArgs),
-    /// Memory benchmark: RSS of three replicas with a 100M-machine fleet's state loaded,
-    /// after snapshots and after restarts.
+    /// Memory benchmark: RSS, PSS, private memory, live heap and data dirs of three
+    /// `ballast-coord` replicas idle, with a 100M-machine fleet's state loaded, after
+    /// snapshots, restarts and KV writes, and of a three-member etcd in the same run.
     Memory(memory::MemoryBenchArgs),
     /// TLS benchmark: the same puts into a plain and a mutual-TLS group in one run.
     Tls(tls::TlsBenchArgs),

@@ -38,10 +38,13 @@ pub fn ms(d: Duration) -> String {
     format!("{:.2}", d.as_secs_f64() * 1000.0)
 }
 
-pub use ballast_testkit::{rss_bytes, rss_file_bytes};
+pub use ballast_testkit::rss_bytes;
 
-/// Bytes used by the files under `dir`.
+/// Bytes the files under `dir` take on disk, as `du` counts them (allocated blocks): not
+/// their apparent length, which for a preallocated journal (fjall's, etcd's WAL) is its
+/// reserved size however little is in it.
 pub fn dir_bytes(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
     let Ok(entries) = std::fs::read_dir(dir) else {
         return 0;
     };
@@ -49,7 +52,7 @@ pub fn dir_bytes(dir: &Path) -> u64 {
         .flatten()
         .map(|e| match e.metadata() {
             Ok(m) if m.is_dir() => dir_bytes(&e.path()),
-            Ok(m) => m.len(),
+            Ok(m) => m.blocks() * 512,
             Err(_) => 0,
         })
         .sum()

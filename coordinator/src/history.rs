@@ -8,10 +8,13 @@ use crate::fleet::{Change, FleetState, ShardStatus};
 
 /// Revisions of history kept; older resumes get a full listing.
 pub const HISTORY_REVISIONS: usize = 20_000;
-/// Individual changes kept, so a few huge batches cannot hold memory hostage: about two
-/// AZ evacuations of a 100M-machine fleet (~33K domain moves each), ~3.5 MiB at 56 bytes a
-/// change (names are shared with the state). A shard further behind re-lists, a few MB.
-pub const HISTORY_CHANGES: usize = 64_000;
+/// Individual changes kept, so a few huge batches cannot hold memory hostage: half an AZ
+/// evacuation of a 100M-machine fleet (~33K domain moves), ~2 MiB at ~130 bytes a change (a
+/// 56-byte slot and the domain's name; shard names are shared with the state). A shard further
+/// behind re-lists its own assignments instead: a full update of tens of KB for a shard of a
+/// 100M-machine fleet (~500 domains, ~100 clusters, ~30 slices), against the 8 MiB this
+/// history cost at 64K changes once names were no longer shared with the tables (issue #24).
+pub const HISTORY_CHANGES: usize = 16_384;
 
 /// Changes of the most recent revisions.
 #[derive(Debug, Default)]

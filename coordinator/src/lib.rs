@@ -27,8 +27,6 @@ pub mod fleet;
 #[doc(hidden)]
 pub mod log;
 #[doc(hidden)]
-pub mod memory;
-#[doc(hidden)]
 pub mod node;
 #[doc(hidden)]
 pub mod offline;

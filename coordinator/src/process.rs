@@ -9,22 +9,10 @@ pub fn init_logging() {
     ballast_telemetry::init_logging("info,openraft=warn,fjall=warn,lsm_tree=warn");
 }
 
-/// Keeps glibc's allocator from holding freed memory in per-thread arenas: a replica's heap is
-/// a few tens of MB of long-lived maps plus bursts of short-lived buffers (bulk commands,
-/// snapshots), and with the default arena count those bursts stay resident per thread.
-/// Call before the async runtime starts its threads.
-pub fn tune_allocator() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only adjusts allocator parameters; called before other threads allocate.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 2);
-    }
-}
-
 /// The runtime for processes that run a replica: allocator tuned first, then a multi-threaded
 /// tokio runtime.
 pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tune_allocator();
+    ballast_telemetry::memory::limit_arenas();
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -50,7 +50,7 @@ pub fn plan(
     let mut targets: Vec<(&str, &str, usize)> = state
         .shards()
         .filter(|s| s.status == ShardStatus::Active && !unhealthy.contains(&s.id))
-        .map(|s| (s.id.as_str(), s.az.as_str(), state.domains_of(&s.id).len()))
+        .map(|s| (s.id.as_str(), s.az.as_str(), state.domain_count_of(&s.id)))
         .collect();
     if sources.is_empty() || targets.is_empty() {
         return None;

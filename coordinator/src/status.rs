@@ -147,7 +147,7 @@ pub fn shard_messages(fleet: &FleetState, leases: (&ShardLeases, u64)) -> Vec<pb
             shard_message(
                 s,
                 leases,
-                fleet.domains_of(&s.id).len(),
+                fleet.domain_count_of(&s.id),
                 bindings.get(s.id.as_str()).copied().unwrap_or(0),
             )
         })

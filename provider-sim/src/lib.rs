@@ -8,12 +8,10 @@
 //! - [`store`]: the data dir (fjall): a batch per call, group-committed (calls running
 //!   together share an fsync, none answered before its batch is on disk);
 //! - [`server`]: the gRPC service;
-//! - [`memory`]: freed heap back to the OS (the process's RSS follows its load down);
 //! - [`config`]: the binary's flags.
 
 pub mod book;
 pub mod config;
-pub mod memory;
 pub mod server;
 pub mod store;
 
@@ -63,7 +61,7 @@ pub async fn run_until_signal(args: ProviderArgs) -> anyhow::Result<()> {
     );
     let provider = SimProvider::new(book, store, Duration::from_millis(args.latency_ms));
     // Ends with the runtime, when the process does.
-    tokio::spawn(memory::trim_loop());
+    tokio::spawn(ballast_telemetry::memory::trim_loop(std::future::pending()));
     let shutdown = async {
         let mut terminate =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

@@ -2,7 +2,7 @@
 
 fn main() -> anyhow::Result<()> {
     // Before the runtime's threads exist, so none of them makes an arena of its own.
-    ballast_provider_sim::memory::tune_allocator();
+    ballast_telemetry::memory::limit_arenas();
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?

@@ -10,8 +10,8 @@
 //! anything a read shows) leaves before what it depends on is on disk.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 
+use ballast_group_commit::GroupCommit;
 use ballast_protocol::providerpb::{Grant, Machine};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use prost::Message;
@@ -50,12 +50,8 @@ const MEMTABLE_BYTES: u64 = 1024 * 1024;
 /// The provider's data dir.
 pub struct Store {
     db: Database,
-    /// Batches written to the journal (a sequence number: the last one written).
-    written: AtomicU64,
-    /// The last batch an fsync covered.
-    durable: AtomicU64,
-    /// Held while an fsync runs: callers queue here and the first in syncs for all of them.
-    syncing: tokio::sync::Mutex<()>,
+    /// Batches written to the journal and how far an fsync has covered them.
+    commit: GroupCommit,
     sync: Sync,
     machines: Keyspace,
     domains: Keyspace,
@@ -100,10 +96,8 @@ impl Store {
             quotas: db.keyspace("quotas", options).map_err(wrap)?,
             epochs: db.keyspace("epochs", options).map_err(wrap)?,
             answers: db.keyspace("answers", options).map_err(wrap)?,
+            commit: GroupCommit::new(db.clone()),
             db,
-            written: AtomicU64::new(0),
-            durable: AtomicU64::new(0),
-            syncing: tokio::sync::Mutex::new(()),
             sync,
             path,
         })
@@ -234,39 +228,27 @@ impl Store {
             path: self.path.clone(),
             source,
         })?;
-        let sequence = self.written.fetch_add(1, Ordering::AcqRel) + 1;
-        if per_call {
-            self.durable.fetch_max(sequence, Ordering::AcqRel);
-        }
-        Ok(sequence)
+        Ok(if per_call {
+            self.commit.wrote_durably()
+        } else {
+            self.commit.wrote()
+        })
     }
 
     /// The last batch written to the journal: what a read answered now may show.
     pub fn written(&self) -> u64 {
-        self.written.load(Ordering::Acquire)
+        self.commit.written()
     }
 
-    /// Resolves once batch `sequence` (and every batch before it) is fsynced. The first
-    /// caller to find it not yet durable syncs everything written so far, on a blocking
-    /// thread; the rest wait for that sync or the next.
+    /// Resolves once batch `sequence` (and every batch before it) is fsynced (see
+    /// [`GroupCommit::durable_through`]).
     pub async fn durable_through(&self, sequence: u64) -> Result<(), StoreError> {
-        if self.durable.load(Ordering::Acquire) >= sequence {
-            return Ok(());
-        }
-        let _turn = self.syncing.lock().await;
-        if self.durable.load(Ordering::Acquire) >= sequence {
-            return Ok(());
-        }
-        let covered = self.written();
-        let db = self.db.clone();
-        let synced = tokio::task::spawn_blocking(move || db.persist(PersistMode::SyncAll))
+        self.commit
+            .durable_through(sequence)
             .await
-            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
-        synced.map_err(|source| StoreError::Storage {
-            path: self.path.clone(),
-            source,
-        })?;
-        self.durable.fetch_max(covered, Ordering::AcqRel);
-        Ok(())
+            .map_err(|source| StoreError::Storage {
+                path: self.path.clone(),
+                source,
+            })
     }
 }

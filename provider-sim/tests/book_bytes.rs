@@ -12,9 +12,9 @@ use ballast_provider_sim::book::{Book, Breach, Catalog};
 /// Bytes glibc has handed out and not had back: chunks in its arenas and the large blocks
 /// (a big table's array) it maps on their own.
 fn heap() -> usize {
-    // SAFETY: mallinfo2 only reads the allocator's counters.
-    let info = unsafe { libc::mallinfo2() };
-    info.uordblks + info.hblkhd
+    ballast_telemetry::memory::heap()
+        .expect("glibc reports its heap")
+        .live_bytes as usize
 }
 
 fn catalog(idempotency_keys: usize) -> Catalog {

@@ -1,6 +1,8 @@
 //! The HTTP port plumbing every Ballast binary shares: one Prometheus recorder per process and
-//! a small axum server for `/metrics`, probes and pages. What each binary reports and how it
-//! judges readiness stays in that binary.
+//! a small axum server for `/metrics`, probes and pages; logging; and the heap ([`memory`]).
+//! What each binary reports and how it judges readiness stays in that binary.
+
+pub mod memory;
 
 use std::net::SocketAddr;
 use std::sync::OnceLock;

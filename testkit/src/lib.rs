@@ -13,7 +13,7 @@
 //! - `http`: [`http_get`], [`https_get`], [`metric`].
 //! - `wait`: [`wait_for`].
 //! - `api`: [`current_revision`], [`assign_domain`], [`assigned_machines`].
-//! - `process`: [`rss_bytes`], [`rss_file_bytes`], signals and kill-and-reap.
+//! - `process`: [`rss_bytes`], signals and kill-and-reap.
 //! - [`pki`] (a test CA), [`etcd`] (a real etcd), [`fleet`] (synthetic fleets), [`svg`] (report
 //!   charts), [`deps`] (dependency-graph checks), `s3` ([`S3Server`]).
 
@@ -40,7 +40,7 @@ pub use cluster::{ClusterOptions, FAST_FLAGS, Replica, TestCluster, az_of};
 pub use http::{http_get, https_get, metric};
 pub use pki::TestPki;
 pub use ports::{free_base_port, free_port, free_port_block};
-pub use process::{rss_bytes, rss_file_bytes};
+pub use process::rss_bytes;
 pub use provider::{ProviderProcess, live, provider_machines, run_bounded};
 pub use proxy::Proxy;
 pub use s3::S3Server;

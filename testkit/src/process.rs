@@ -7,12 +7,6 @@ pub fn rss_bytes(pid: u32) -> Option<u64> {
     status_bytes(pid, "VmRSS:")
 }
 
-/// The file-backed part of a process's RSS in bytes: its program's code and read-only data,
-/// shared by every process running the same binary and dropped by the kernel under pressure.
-pub fn rss_file_bytes(pid: u32) -> Option<u64> {
-    status_bytes(pid, "RssFile:")
-}
-
 /// A `kB` field of `/proc/<pid>/status`, in bytes.
 fn status_bytes(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

@@ -6,6 +6,7 @@ mod command;
 mod error;
 mod names;
 mod state;
+pub mod table;
 pub mod tokens;
 
 pub use command::{FleetCommand, FleetRequest};

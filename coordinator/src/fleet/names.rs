@@ -1,7 +1,8 @@
-//! Shared names. A 100M-machine fleet names ~200 shards from ~120K rows (domain owners,
-//! cluster bindings) and the change history names the same domains again; holding each
-//! distinct name once, behind an `Arc<str>`, keeps a replica's state a fraction of the size
-//! that one `String` per mention costs.
+//! Shared shard names. A 100M-machine fleet names ~200 shards from ~120K rows (domain owners,
+//! cluster bindings) and the change history names them again; holding each shard's name once,
+//! behind an `Arc<str>`, keeps those mentions a pointer each instead of a `String`. (Domain and
+//! cluster names, each mentioned by one row, live in the tables' name buffers:
+//! [`crate::fleet::table`].)
 
 use std::collections::HashSet;
 use std::sync::Arc;

@@ -829,3 +829,77 @@ fn owners_share_one_name_before_and_after_a_snapshot() {
     assert_eq!(restored, s);
     assert!(shared(owners(&restored)), "decoding shares the names again");
 }
+
+/// What the fleet tables and the change history cost a replica in heap, as glibc counts it
+/// (allocator headers and rounding included), at the 100M-machine fleet's shape: 200 shards,
+/// 100K domains, 20K cluster bindings, then 16K domain moves kept in the history. A
+/// measurement, not a check (issue #24):
+/// `cargo test --release -p ballast-coordinator --lib state_bytes -- --ignored --nocapture --test-threads 1`.
+#[test]
+#[ignore = "a measurement: run alone with --ignored --nocapture --test-threads 1"]
+fn state_bytes() {
+    let heap = || {
+        ballast_telemetry::memory::heap()
+            .expect("glibc reports its heap")
+            .live_bytes as i64
+    };
+    let domain = |n: usize| format!("topology.kubernetes.io/zone=az-{}/rack=r{n:06}", n % 3);
+    let shard = |n: usize| format!("shard-{:03}", n % 200);
+    let start = heap();
+    let mut s = FleetState::new();
+    for i in 0..200 {
+        s.apply(&register(&shard(i), ["az-a", "az-b", "az-c"][i % 3]))
+            .expect("register");
+    }
+    let after_shards = heap();
+    for first in (0..100_000).step_by(10_000) {
+        let assignments = (first..first + 10_000)
+            .map(|n| (domain(n), shard(n)))
+            .collect();
+        s.apply(&FleetCommand::AssignDomains {
+            assignments,
+            allow_move: false,
+        })
+        .expect("assign");
+    }
+    let after_domains = heap();
+    for first in (0..20_000).step_by(10_000) {
+        let commands = (first..first + 10_000)
+            .map(|n| FleetCommand::BindCluster {
+                cluster: format!("cluster-{n:06}"),
+                shard: shard(n),
+            })
+            .collect();
+        s.apply(&FleetCommand::Batch { commands }).expect("bind");
+    }
+    let after_bindings = heap();
+    let mut history = crate::history::History::starting_at(s.revision());
+    for first in (0..crate::history::HISTORY_CHANGES).step_by(4_096) {
+        let assignments = (first..first + 4_096)
+            .map(|n| (domain(n), shard(n + 1)))
+            .collect();
+        let (applied, changes) = s
+            .apply_tracked(&FleetCommand::AssignDomains {
+                assignments,
+                allow_move: true,
+            })
+            .expect("move");
+        history.push(applied.revision, changes);
+    }
+    let after_history = heap();
+    let per = |bytes: i64, rows: i64| bytes as f64 / rows as f64;
+    println!(
+        "shards: {} B in all; domains: {:.0} B each; bindings: {:.0} B each; history: {:.0} B a \
+         domain move; state and history {:.1} MiB",
+        after_shards - start,
+        per(after_domains - after_shards, 100_000),
+        per(after_bindings - after_domains, 20_000),
+        per(
+            after_history - after_bindings,
+            crate::history::HISTORY_CHANGES as i64
+        ),
+        (after_history - start) as f64 / 1048576.0
+    );
+    assert_eq!(s.counts().domains, 100_000);
+    drop(history);
+}

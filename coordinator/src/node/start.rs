@@ -163,7 +163,10 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
         replica.clone(),
         stopped.clone(),
     ));
-    tokio::spawn(crate::memory::trim_loop(stopped.clone()));
+    let mut trim_stopped = stopped.clone();
+    tokio::spawn(ballast_telemetry::memory::trim_loop(async move {
+        let _ = trim_stopped.wait_for(|s| *s).await;
+    }));
     tokio::spawn(crate::leader::leases::lease_expiry_loop(
         replica.clone(),
         stopped.clone(),

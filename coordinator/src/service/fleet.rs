@@ -198,7 +198,7 @@ impl Fleet for FleetService {
         let limit = page_size(message.limit)?;
         let (header, (domains, next_after)) = self.read(|fleet| {
             let (items, next_after) = if message.shard.is_empty() {
-                page(fleet.domains(), &message.after, limit)
+                page(fleet.domains_after(&message.after), &message.after, limit)
             } else {
                 if fleet.shard(&message.shard).is_none() {
                     return Err(Status::not_found(format!(
@@ -241,7 +241,7 @@ impl Fleet for FleetService {
             let shard = message.shard.as_str();
             let (items, next_after) = page(
                 fleet
-                    .bindings()
+                    .bindings_after(&message.after)
                     .filter(|(_, s)| shard.is_empty() || *s == shard),
                 &message.after,
                 limit,

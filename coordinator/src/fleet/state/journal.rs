@@ -3,13 +3,13 @@
 //! from.
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::Arc;
 
 use crate::fleet::names::Name;
 use crate::fleet::state::FleetState;
 use crate::fleet::state::records::{
     BindingRow, DomainRow, ProviderRecord, QuotaRecord, ShardRecord,
 };
+use crate::fleet::table::NameTable;
 
 /// Sets or removes `key` in `map`, returning the previous value.
 pub(super) fn put<V>(map: &mut BTreeMap<String, V>, key: &str, value: Option<V>) -> Option<V> {
@@ -19,26 +19,22 @@ pub(super) fn put<V>(map: &mut BTreeMap<String, V>, key: &str, value: Option<V>)
     }
 }
 
-/// Sets or removes a name-keyed row, returning the previous value.
-pub(super) fn put_named<V>(map: &mut BTreeMap<Name, V>, key: Name, value: Option<V>) -> Option<V> {
+/// Sets or removes a row of a name table, returning the previous value.
+pub(super) fn put_row<V: Clone>(
+    table: &mut NameTable<V>,
+    key: &str,
+    value: Option<V>,
+) -> Option<V> {
     match value {
-        Some(v) => map.insert(key, v),
-        None => map.remove(&*key),
+        Some(v) => table.insert(key, v).1,
+        None => table.remove(key).map(|(_, old)| old),
     }
 }
 
-/// The key of `map` equal to `key`, shared, or a new one: a row and the history entries about
-/// it hold one copy of the name.
-pub(super) fn shared_key<V>(map: &BTreeMap<Name, V>, key: &str) -> Name {
-    map.get_key_value(key)
-        .map(|(k, _)| k.clone())
-        .unwrap_or_else(|| Arc::from(key))
-}
-
 /// One net change made by a command, with the value before and after; assignment watches are
-/// built from these. Replicas keep tens of thousands of changes in memory and most are domain
-/// moves: names are shared with the state ([`Name`]) and large records boxed, so a domain move
-/// costs one 56-byte slot and no allocation of its own.
+/// built from these. Replicas keep thousands of changes in memory and most are domain moves:
+/// shard names are shared with the state ([`Name`]) and large records boxed, so a domain move
+/// costs one 56-byte slot and its domain's name.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Change {
     /// A shard record changed (registered, renewed, drained, activated, removed).
@@ -94,8 +90,8 @@ pub enum Change {
 /// One reversible mutation, recorded so a failed command (or batch) can be undone exactly.
 pub(super) enum Undo {
     Shard(String, Option<ShardRecord>),
-    Domain(Name, Option<DomainRow>),
-    Binding(Name, Option<BindingRow>),
+    Domain(Box<str>, Option<DomainRow>),
+    Binding(Box<str>, Option<BindingRow>),
     Quota(String, String, Option<QuotaRecord>),
     Provider(String, Option<ProviderRecord>),
 }
@@ -109,14 +105,14 @@ impl FleetState {
         for undo in journal {
             match undo {
                 Undo::Domain(domain, Some(old)) if seen.insert((true, &**domain)) => {
-                    if let Some(row) = self.domains.get_mut(&**domain)
+                    if let Some(row) = self.domains.get_mut(domain)
                         && row.shard == old.shard
                     {
                         row.granted = old.granted;
                     }
                 }
                 Undo::Binding(cluster, Some(old)) if seen.insert((false, &**cluster)) => {
-                    if let Some(row) = self.bindings.get_mut(&**cluster)
+                    if let Some(row) = self.bindings.get_mut(cluster)
                         && row.shard == old.shard
                     {
                         row.granted = old.granted;
@@ -153,6 +149,7 @@ impl FleetState {
                 }
                 Undo::Domain(domain, old) => {
                     let new = self.domains.get(&domain).cloned();
+                    let domain = Name::from(domain);
                     (seen.insert(("domain", domain.clone())) && old != new).then(|| {
                         Change::Domain {
                             domain,
@@ -163,6 +160,7 @@ impl FleetState {
                 }
                 Undo::Binding(cluster, old) => {
                     let new = self.bindings.get(&cluster).cloned();
+                    let cluster = Name::from(cluster);
                     (seen.insert(("binding", cluster.clone())) && old != new).then(|| {
                         Change::Binding {
                             cluster,
@@ -215,8 +213,7 @@ impl FleetState {
         owner: Option<&str>,
         journal: &mut Vec<Undo>,
     ) {
-        let domain = shared_key(&self.domains, domain);
-        let current = self.domains.get(&domain);
+        let current = self.domains.get(domain);
         if current.map(|row| &*row.shard) == owner {
             // Already so: the owner keeps the grant it has.
             return;
@@ -226,27 +223,33 @@ impl FleetState {
             shard: self.names.get(shard),
             granted: self.revision + 1,
         });
-        let old = self.put_domain(domain.clone(), row);
-        journal.push(Undo::Domain(domain, old));
+        let old = self.put_domain(domain, row);
+        journal.push(Undo::Domain(domain.into(), old));
     }
 
     /// Writes a domain's row and keeps the per-shard index in step.
-    pub(super) fn put_domain(&mut self, domain: Name, row: Option<DomainRow>) -> Option<DomainRow> {
-        let owner = row.as_ref().map(|row| row.shard.clone());
-        let old = put_named(&mut self.domains, domain.clone(), row);
+    pub(super) fn put_domain(&mut self, domain: &str, row: Option<DomainRow>) -> Option<DomainRow> {
+        let (slot, owner, old) = match row {
+            Some(row) => {
+                let owner = row.shard.clone();
+                let (slot, old) = self.domains.insert(domain, row);
+                (slot, Some(owner), old)
+            }
+            None => {
+                let (slot, old) = self.domains.remove(domain)?;
+                (slot, None, Some(old))
+            }
+        };
         if let Some(previous) = &old
             && let Some(set) = self.domains_by_shard.get_mut(&previous.shard)
         {
-            set.remove(&*domain);
+            set.remove(&slot);
             if set.is_empty() {
                 self.domains_by_shard.remove(&previous.shard);
             }
         }
         if let Some(shard) = owner {
-            self.domains_by_shard
-                .entry(shard)
-                .or_default()
-                .insert(domain);
+            self.domains_by_shard.entry(shard).or_default().insert(slot);
         }
         old
     }
@@ -257,8 +260,7 @@ impl FleetState {
         shard: Option<&str>,
         journal: &mut Vec<Undo>,
     ) {
-        let cluster = shared_key(&self.bindings, cluster);
-        if self.bindings.get(&cluster).map(|row| &*row.shard) == shard {
+        if self.bindings.get(cluster).map(|row| &*row.shard) == shard {
             // Already so: the shard keeps the grant it has.
             return;
         }
@@ -267,8 +269,8 @@ impl FleetState {
             shard: self.names.get(shard),
             granted: self.revision + 1,
         });
-        let old = put_named(&mut self.bindings, cluster.clone(), row);
-        journal.push(Undo::Binding(cluster, old));
+        let old = put_row(&mut self.bindings, cluster, row);
+        journal.push(Undo::Binding(cluster.into(), old));
     }
 
     pub(super) fn set_quota(
@@ -336,10 +338,10 @@ impl FleetState {
                     put(&mut self.shards, &id, old);
                 }
                 Undo::Domain(domain, old) => {
-                    self.put_domain(domain, old);
+                    self.put_domain(&domain, old);
                 }
                 Undo::Binding(cluster, old) => {
-                    put_named(&mut self.bindings, cluster, old);
+                    put_row(&mut self.bindings, &cluster, old);
                 }
                 Undo::Quota(provider, region, old) => {
                     self.put_quota(&provider, &region, old);

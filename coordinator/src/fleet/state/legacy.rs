@@ -157,12 +157,12 @@ impl<D, Q> OlderFleetState<D, Q> {
             domains: state
                 .domains
                 .iter()
-                .map(|(d, row)| (d.clone(), domain(row)))
+                .map(|(d, row)| (Name::from(d), domain(row)))
                 .collect(),
             bindings: state
                 .bindings
                 .iter()
-                .map(|(c, row)| (c.clone(), row.shard.clone()))
+                .map(|(c, row)| (Name::from(c), row.shard.clone()))
                 .collect(),
             quotas: state
                 .quotas

@@ -10,7 +10,7 @@ mod legacy;
 mod records;
 mod syntax;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -23,6 +23,7 @@ pub use records::{
 use super::command::FleetCommand;
 use super::error::FleetError;
 use super::names::{Interner, Name};
+use super::table::NameTable;
 use dedup::Dedup;
 use legacy::{GrantedFleetState, LegacyFleetState};
 use syntax::check_syntax;
@@ -73,10 +74,11 @@ pub struct FleetState {
     #[serde(default)]
     kv: crate::kv::KvStore,
     shards: BTreeMap<String, ShardRecord>,
-    /// Domain → owning shard (the shard name shared through `names`) and its grant.
-    domains: BTreeMap<Name, DomainRow>,
+    /// Domain → owning shard (the shard name shared through `names`) and its grant; encoded
+    /// as the ordered map it replaced (issue #24: a row costs its name and ~40 bytes).
+    domains: NameTable<DomainRow>,
     /// Cluster → serving shard (shared through `names`) and its grant.
-    bindings: BTreeMap<Name, BindingRow>,
+    bindings: NameTable<BindingRow>,
     /// Provider → region → quota.
     quotas: BTreeMap<String, BTreeMap<String, QuotaRecord>>,
     providers: BTreeMap<String, ProviderRecord>,
@@ -88,12 +90,44 @@ pub struct FleetState {
     /// that older snapshots, without it, share up to there).
     #[serde(skip)]
     auth: crate::auth::AuthStore,
-    /// Shard → its domains; derived from `domains` (sharing its names), rebuilt after decoding.
+    /// Shard → its domains' slots in `domains`; derived, rebuilt after decoding.
     #[serde(skip)]
-    domains_by_shard: HashMap<Name, BTreeSet<Name>>,
+    domains_by_shard: DomainsByShard,
     /// Shard names in use; rebuilt after decoding.
     #[serde(skip)]
     names: Interner,
+}
+
+/// Shard → the slots of its domains in [`FleetState`]'s domain table. Slot numbers are the
+/// table's own: a state built by commands and the same state decoded from a snapshot number
+/// their rows differently. Two indexes are therefore equal when they give every shard as many
+/// domains; which domains those are is the table's to say, and it is compared on its own.
+#[derive(Clone, Debug, Default)]
+struct DomainsByShard(HashMap<Name, HashSet<u32>>);
+
+impl PartialEq for DomainsByShard {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.len() == other.0.len()
+            && self
+                .0
+                .iter()
+                .all(|(shard, slots)| other.0.get(shard).is_some_and(|o| o.len() == slots.len()))
+    }
+}
+
+impl Eq for DomainsByShard {}
+
+impl std::ops::Deref for DomainsByShard {
+    type Target = HashMap<Name, HashSet<u32>>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for DomainsByShard {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
 }
 
 impl FleetState {
@@ -326,15 +360,33 @@ impl FleetState {
 
     /// `(domain, shard)` pairs in domain order.
     pub fn domains(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.domains.iter().map(|(d, row)| (&**d, &*row.shard))
+        self.domains.iter().map(|(d, row)| (d, &*row.shard))
+    }
+
+    /// `(domain, shard)` pairs after `after` in domain order (a listing's next page).
+    pub fn domains_after<'a>(
+        &'a self,
+        after: &str,
+    ) -> impl Iterator<Item = (&'a str, &'a str)> + use<'a> {
+        self.domains
+            .iter_after(after)
+            .map(|(d, row)| (d, &*row.shard))
     }
 
     /// A shard's domains in order.
     pub fn domains_of(&self, shard: &str) -> Vec<&str> {
-        self.domains_by_shard
+        let mut domains: Vec<&str> = self
+            .domains_by_shard
             .get(shard)
-            .map(|set| set.iter().map(|d| &**d).collect())
-            .unwrap_or_default()
+            .map(|slots| slots.iter().map(|&slot| self.domains.name(slot)).collect())
+            .unwrap_or_default();
+        domains.sort_unstable();
+        domains
+    }
+
+    /// How many domains a shard owns.
+    pub fn domain_count_of(&self, shard: &str) -> usize {
+        self.domains_by_shard.get(shard).map_or(0, HashSet::len)
     }
 
     /// Owner of a domain.
@@ -349,7 +401,17 @@ impl FleetState {
 
     /// `(cluster, shard)` pairs in cluster order.
     pub fn bindings(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.bindings.iter().map(|(c, row)| (&**c, &*row.shard))
+        self.bindings.iter().map(|(c, row)| (c, &*row.shard))
+    }
+
+    /// `(cluster, shard)` pairs after `after` in cluster order (a listing's next page).
+    pub fn bindings_after<'a>(
+        &'a self,
+        after: &str,
+    ) -> impl Iterator<Item = (&'a str, &'a str)> + use<'a> {
+        self.bindings
+            .iter_after(after)
+            .map(|(c, row)| (c, &*row.shard))
     }
 
     /// A cluster's shard.
@@ -479,18 +541,17 @@ impl FleetState {
     /// allocated once per row.
     pub fn rebuild_indexes(&mut self) {
         let mut names = Interner::default();
-        let mut by_shard: HashMap<Name, BTreeSet<Name>> = HashMap::new();
-        for (domain, row) in self.domains.iter_mut() {
+        let mut by_shard: HashMap<Name, HashSet<u32>> = HashMap::new();
+        let slots: Vec<u32> = self.domains.slots().collect();
+        for slot in slots {
+            let row = self.domains.value_mut(slot);
             row.shard = names.get(&row.shard);
-            by_shard
-                .entry(row.shard.clone())
-                .or_default()
-                .insert(domain.clone());
+            by_shard.entry(row.shard.clone()).or_default().insert(slot);
         }
         for row in self.bindings.values_mut() {
             row.shard = names.get(&row.shard);
         }
-        self.domains_by_shard = by_shard;
+        self.domains_by_shard = DomainsByShard(by_shard);
         self.names = names;
         self.dedup.rebuild();
     }

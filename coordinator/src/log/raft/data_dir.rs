@@ -1,8 +1,9 @@
-//! The replica's one fjall database: the Raft log, Raft metadata (vote, committed index, purge
-//! point, cluster identity) and the latest state-machine snapshot live in separate keyspaces of
-//! it, so a single journal fsync makes a log append durable.
+//! The replica's one fjall database: the Raft log and Raft metadata (vote, committed index,
+//! purge point, cluster identity) live in separate keyspaces of it, so a single journal fsync
+//! makes a log append durable. The latest state-machine snapshot has a file of its own in the
+//! same directory ([`super::snapshot_file`]).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use serde::Serialize;
@@ -42,8 +43,11 @@ pub struct DataDir {
     pub log: Keyspace,
     /// Raft and cluster metadata: small JSON records under fixed keys.
     pub meta: Keyspace,
-    /// The latest snapshot: `meta` → JSON snapshot metadata, `data` → encoded fleet state.
+    /// Where snapshots were kept before they had their own file: in a data dir written since,
+    /// only a marker that turns older builds away
+    /// ([`super::state_machine::MOVED_TO_FILE`]).
     pub snapshot: Keyspace,
+    dir: PathBuf,
     path: String,
 }
 
@@ -93,6 +97,7 @@ impl DataDir {
             log,
             meta,
             snapshot,
+            dir: dir.to_path_buf(),
             path,
         })
     }
@@ -100,6 +105,11 @@ impl DataDir {
     /// Data directory path, for messages.
     pub fn path(&self) -> &str {
         &self.path
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// Wraps a fjall error with the data directory.
@@ -176,11 +186,6 @@ impl DataDir {
             .map_err(|e| self.err(e))
     }
 
-    /// Bytes the database occupies on disk.
-    pub fn disk_space(&self) -> u64 {
-        self.db.disk_space().unwrap_or(0)
-    }
-
     /// Bytes the files under the data dir take on disk (what `du` counts: allocated blocks):
     /// the log, the snapshot, the journals and metadata, measured alike on every replica. Not
     /// their apparent length: fjall preallocates its journal, which then reads as 64 MiB
@@ -200,7 +205,7 @@ impl DataDir {
                 })
                 .sum()
         }
-        walk(Path::new(&self.path))
+        walk(&self.dir)
     }
 }
 

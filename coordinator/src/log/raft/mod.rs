@@ -1,4 +1,5 @@
-//! Raft plumbing: type configuration, fjall-backed log and state machine, gRPC peer network.
+//! Raft plumbing: type configuration, fjall-backed log, the state machine and its snapshot
+//! file, gRPC peer network.
 
 // openraft's storage and RPC error types are large by design and fixed by its traits; boxing
 // them here would only add conversions at every trait boundary.
@@ -10,5 +11,6 @@ pub mod membership;
 pub mod network;
 pub mod presence;
 pub mod proposer;
+pub mod snapshot_file;
 pub mod state_machine;
 pub mod types;

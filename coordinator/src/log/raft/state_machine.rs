@@ -1,7 +1,8 @@
 //! openraft's side of the state machine: the applied state ([`crate::log::applied`], the fleet
 //! state in memory — a few MB even for a 100M-machine fleet) made durable by the fsync'd Raft
-//! log plus periodic snapshots stored in fjall. After a crash the replica loads the latest
-//! snapshot and openraft re-applies the committed entries after it.
+//! log plus periodic snapshots, each in a file of its own ([`super::snapshot_file`]). After a
+//! crash the replica loads the latest snapshot and openraft re-applies the committed entries
+//! after it.
 
 use std::io::Cursor;
 use std::sync::Arc;
@@ -13,18 +14,27 @@ use openraft::{
 use serde::{Deserialize, Serialize};
 
 use super::data_dir::DataDir;
+use super::snapshot_file;
 use super::types::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 use crate::fleet::FleetState;
 use crate::log::applied::{EntryOutcome, SharedState, Step};
 
-/// Snapshot as stored in fjall and shipped to followers.
+/// Snapshot metadata as stored (JSON).
 #[derive(Serialize, Deserialize)]
 struct StoredSnapshotMeta {
     meta: SnapshotMeta,
 }
 
+/// Keys of the snapshot keyspace, where snapshots were kept before they had their own file.
 const SNAPSHOT_META_KEY: &str = "meta";
 const SNAPSHOT_DATA_KEY: &str = "data";
+
+/// What the snapshot keyspace holds under `meta` once the snapshot has its own file. A build
+/// from before the move reads it as snapshot metadata, fails to decode it with this text in
+/// the message, and refuses to start; without it, that build would find no snapshot and start
+/// from an empty state on a log purged behind the snapshot.
+pub const MOVED_TO_FILE: &str = "this data dir keeps its snapshot in the file state.snapshot, \
+     written by a newer Ballast (ADR 0017): run that version or newer, or restore a DR archive";
 
 /// openraft's view of the state machine.
 #[derive(Clone)]
@@ -89,10 +99,34 @@ impl StateMachineStore {
 pub(crate) fn load_snapshot(
     store: &DataDir,
 ) -> Result<Option<(SnapshotMeta, Vec<u8>)>, StorageError> {
-    let meta: Option<StoredSnapshotMeta> = store
-        .read_json(&store.snapshot, "snapshot", SNAPSHOT_META_KEY)
-        .map_err(sm_read_err)?;
-    let Some(meta) = meta else { return Ok(None) };
+    let corrupt_meta = |e: serde_json::Error| {
+        sm_read_err(format!(
+            "snapshot metadata in {} is corrupt: {e}",
+            store.path()
+        ))
+    };
+    if let Some(stored) = snapshot_file::read(store.dir()).map_err(sm_read_err)? {
+        let meta: StoredSnapshotMeta =
+            serde_json::from_slice(&stored.meta).map_err(corrupt_meta)?;
+        return Ok(Some((meta.meta, stored.data)));
+    }
+    // No file: a data dir written before snapshots had their own file, or one without a
+    // snapshot yet.
+    let Some(meta) = store
+        .snapshot
+        .get(SNAPSHOT_META_KEY)
+        .map_err(|e| sm_read_err(store.err(e)))?
+    else {
+        return Ok(None);
+    };
+    if serde_json::from_slice::<String>(&meta).is_ok_and(|m| m == MOVED_TO_FILE) {
+        return Err(sm_read_err(format!(
+            "{} is missing: this data dir's snapshot was moved there, and the log behind it \
+             is purged; restore a DR archive or add this replica afresh",
+            snapshot_file::path_in(store.dir()).display()
+        )));
+    }
+    let meta: StoredSnapshotMeta = serde_json::from_slice(&meta).map_err(corrupt_meta)?;
     let data = store
         .snapshot
         .get(SNAPSHOT_DATA_KEY)
@@ -106,6 +140,7 @@ pub(crate) fn load_snapshot(
     Ok(Some((meta.meta, data.to_vec())))
 }
 
+/// Writes the snapshot durably, before the log behind it is purged.
 pub(crate) fn save_snapshot(
     store: &DataDir,
     meta: &SnapshotMeta,
@@ -114,16 +149,30 @@ pub(crate) fn save_snapshot(
     let meta_bytes = serde_json::to_vec(&StoredSnapshotMeta { meta: meta.clone() })
         .map_err(snapshot_write_err)?;
     ballast_failpoints::hit("snapshot-before-save");
-    let mut batch = store.db.batch();
-    batch.insert(&store.snapshot, SNAPSHOT_DATA_KEY, data);
-    batch.insert(&store.snapshot, SNAPSHOT_META_KEY, meta_bytes);
-    batch
-        .commit()
-        .map_err(|e| snapshot_write_err(store.err(e)))?;
-    // The log behind this snapshot is purged next; the snapshot must be on disk first.
-    store.sync().map_err(snapshot_write_err)?;
+    snapshot_file::write(store.dir(), &meta_bytes, data).map_err(snapshot_write_err)?;
+    mark_snapshot_moved(store).map_err(snapshot_write_err)?;
     ballast_failpoints::hit("snapshot-after-save");
     Ok(())
+}
+
+/// Leaves only [`MOVED_TO_FILE`] in the snapshot keyspace: once per data dir (the first
+/// snapshot after an upgrade, or a new data dir's first), which also drops the copies an
+/// upgraded data dir kept there. Not fsynced on its own: the snapshot file is durable already
+/// and is read first, and the next log append's fsync covers the marker.
+fn mark_snapshot_moved(store: &DataDir) -> Result<(), crate::log::raft::data_dir::DataDirError> {
+    let marker = serde_json::to_vec(MOVED_TO_FILE).expect("a string encodes as JSON");
+    let current = store
+        .snapshot
+        .get(SNAPSHOT_META_KEY)
+        .map_err(|e| store.err(e))?;
+    if current.as_deref() == Some(marker.as_slice()) {
+        return Ok(());
+    }
+    store.snapshot.clear().map_err(|e| store.err(e))?;
+    store
+        .snapshot
+        .insert(SNAPSHOT_META_KEY, marker)
+        .map_err(|e| store.err(e))
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
@@ -200,5 +249,95 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             meta,
             snapshot: Box::new(Cursor::new(data)),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(index: u64) -> SnapshotMeta {
+        SnapshotMeta {
+            last_log_id: Some(LogId::new(openraft::CommittedLeaderId::new(3, 1), index)),
+            last_membership: StoredMembership::default(),
+            snapshot_id: SnapshotId::from(format!("3-{index}")),
+        }
+    }
+
+    /// How releases before the snapshot file stored a snapshot: both keys of the snapshot
+    /// keyspace in one batch, fsynced.
+    fn save_in_keyspace(store: &DataDir, meta: &SnapshotMeta, data: &[u8]) {
+        let meta_bytes =
+            serde_json::to_vec(&StoredSnapshotMeta { meta: meta.clone() }).expect("encodes");
+        let mut batch = store.db.batch();
+        batch.insert(&store.snapshot, SNAPSHOT_DATA_KEY, data);
+        batch.insert(&store.snapshot, SNAPSHOT_META_KEY, meta_bytes);
+        batch.commit().expect("commit");
+        store.sync().expect("fsync");
+    }
+
+    /// An upgraded replica reads the snapshot its older release kept in fjall, writes the next
+    /// one to the file, drops the keyspace's copy for a marker that an older release refuses
+    /// to start on (naming why), and reads the file back after a restart.
+    #[test]
+    fn a_snapshot_kept_in_fjall_by_an_older_release_is_read_then_moved_to_the_file() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = DataDir::open(dir.path()).expect("open");
+        save_in_keyspace(&store, &meta(10), b"state at 10");
+        let (loaded, data) = load_snapshot(&store).expect("load").expect("present");
+        assert_eq!(
+            (loaded.last_log_id, data),
+            (meta(10).last_log_id, b"state at 10".to_vec())
+        );
+
+        save_snapshot(&store, &meta(20), b"state at 20").expect("save");
+        assert!(
+            snapshot_file::path_in(dir.path()).exists(),
+            "written to the file"
+        );
+        assert_eq!(
+            store.snapshot.get(SNAPSHOT_DATA_KEY).expect("get"),
+            None,
+            "the keyspace's copy is dropped"
+        );
+        let marker = store
+            .snapshot
+            .get(SNAPSHOT_META_KEY)
+            .expect("get")
+            .expect("the marker");
+        let older = serde_json::from_slice::<StoredSnapshotMeta>(&marker)
+            .err()
+            .expect("an older release cannot read the marker as a snapshot")
+            .to_string();
+        assert!(older.contains("newer Ballast"), "{older}");
+        store.sync().expect("fsync");
+        drop(store);
+
+        let store = DataDir::open(dir.path()).expect("reopen");
+        let (loaded, data) = load_snapshot(&store).expect("load").expect("present");
+        assert_eq!(
+            (loaded.last_log_id, data),
+            (meta(20).last_log_id, b"state at 20".to_vec())
+        );
+        save_snapshot(&store, &meta(30), b"state at 30").expect("save again");
+        assert_eq!(
+            load_snapshot(&store).expect("load").expect("present").1,
+            b"state at 30"
+        );
+    }
+
+    /// A data dir whose snapshot file was lost refuses to start instead of starting empty.
+    #[test]
+    fn a_moved_snapshot_whose_file_is_gone_is_an_error_not_an_empty_state() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = DataDir::open(dir.path()).expect("open");
+        assert!(
+            load_snapshot(&store).expect("load").is_none(),
+            "a new data dir has none"
+        );
+        save_snapshot(&store, &meta(5), b"state at 5").expect("save");
+        std::fs::remove_file(snapshot_file::path_in(dir.path())).expect("lose the file");
+        let message = load_snapshot(&store).expect_err("missing file").to_string();
+        assert!(message.contains("state.snapshot is missing"), "{message}");
     }
 }

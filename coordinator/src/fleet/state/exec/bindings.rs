@@ -53,7 +53,7 @@ impl FleetState {
         cluster: &str,
         journal: &mut Vec<Undo>,
     ) -> Result<(), FleetError> {
-        if !self.bindings.contains_key(cluster) {
+        if !self.bindings.contains(cluster) {
             return Err(FleetError::UnknownCluster(cluster.to_string()));
         }
         self.set_binding(cluster, None, journal);

@@ -38,7 +38,7 @@ impl FleetState {
         journal: &mut Vec<Undo>,
     ) -> Result<(), FleetError> {
         for domain in domains {
-            if !self.domains.contains_key(domain.as_str()) {
+            if !self.domains.contains(domain) {
                 return Err(FleetError::UnknownDomain(domain.clone()));
             }
             self.set_domain(domain, None, journal);

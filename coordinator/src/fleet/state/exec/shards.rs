@@ -2,7 +2,6 @@
 //! domains return to the pool, its bindings and quota slices are deleted.
 
 use crate::fleet::FleetError;
-use crate::fleet::names::Name;
 use crate::fleet::state::FleetState;
 use crate::fleet::state::journal::Undo;
 use crate::fleet::state::records::{QuotaRecord, ShardRecord, ShardStatus};
@@ -53,19 +52,15 @@ impl FleetState {
         journal: &mut Vec<Undo>,
     ) -> Result<(), FleetError> {
         self.require_shard(id)?;
-        let owned: Vec<Name> = self
-            .domains_by_shard
-            .get(id)
-            .map(|set| set.iter().cloned().collect())
-            .unwrap_or_default();
+        // In name order, so every replica journals (and reports) the same sequence.
+        let owned: Vec<String> = self.domains_of(id).into_iter().map(String::from).collect();
         for domain in owned {
             self.set_domain(&domain, None, journal);
         }
-        let bound: Vec<Name> = self
-            .bindings
-            .iter()
-            .filter(|(_, row)| *row.shard == *id)
-            .map(|(c, _)| c.clone())
+        let bound: Vec<String> = self
+            .bindings()
+            .filter(|(_, shard)| *shard == id)
+            .map(|(c, _)| c.to_string())
             .collect();
         for cluster in bound {
             self.set_binding(&cluster, None, journal);
