@@ -37,7 +37,8 @@ pub struct MemoryBenchArgs {
     /// Value size of the KV writes, bytes.
     #[arg(long, default_value_t = 256)]
     value_bytes: usize,
-    /// Replica program: `ballast-coord` next to this binary, built with `cargo build --release`
+    /// Replica program: the `dist` build of `ballast-coord` (what operators ship; see
+    /// docs/deployment.md) in this target directory, built with `cargo build --profile dist`
     /// when missing.
     #[arg(long)]
     replica_binary: Option<PathBuf>,
@@ -201,20 +202,28 @@ async fn restart_etcd(etcd: &mut EtcdCluster) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The replica program to measure: the release `ballast-coord`.
+/// The replica program to measure: the `dist` build of `ballast-coord`.
 fn replica_program(args: &MemoryBenchArgs) -> anyhow::Result<PathBuf> {
     if let Some(path) = &args.replica_binary {
-        return Ok(path.clone());
+        // Replicas run in directories of their own: a relative path would not find it there.
+        return std::fs::canonicalize(path)
+            .with_context(|| format!("--replica-binary {}", path.display()));
     }
     let here = std::env::current_exe().context("locating ballast-bench")?;
-    let program = here.with_file_name("ballast-coord");
+    // target/<profile>/ballast-bench → target/dist/ballast-coord
+    let target = here
+        .parent()
+        .and_then(Path::parent)
+        .context("locating the target directory")?;
+    let program = target.join("dist").join("ballast-coord");
     if !program.exists() {
         eprintln!("building {}", program.display());
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = std::process::Command::new(cargo)
             .args([
                 "build",
-                "--release",
+                "--profile",
+                "dist",
                 "-p",
                 "ballast-coordinator",
                 "--bin",
@@ -224,7 +233,7 @@ fn replica_program(args: &MemoryBenchArgs) -> anyhow::Result<PathBuf> {
             .context("running cargo build")?;
         if !status.success() || !program.exists() {
             bail!(
-                "could not build {}; build it with `cargo build --release -p ballast-coordinator`",
+                "could not build {}; build it with `cargo build --profile dist -p ballast-coordinator`",
                 program.display()
             );
         }
@@ -338,9 +347,6 @@ fn against(measured: u64, target: u64) -> String {
 /// Runs the benchmark and writes the report.
 pub async fn run(args: MemoryBenchArgs) -> anyhow::Result<()> {
     let program = replica_program(&args)?;
-    let program_bytes = std::fs::metadata(&program)
-        .with_context(|| format!("reading {}", program.display()))?
-        .len();
     let work = tempfile::tempdir().context("temp dir")?;
     // Two trim intervals: what a quiet replica holds, not what it freed a moment ago.
     let quiet = ballast_telemetry::memory::TRIM_INTERVAL * 2;
@@ -471,7 +477,7 @@ pub async fn run(args: MemoryBenchArgs) -> anyhow::Result<()> {
     let out = report(
         &args,
         shape,
-        program_bytes,
+        &program,
         quiet,
         &rows,
         &etcd_rows,
@@ -487,7 +493,7 @@ pub async fn run(args: MemoryBenchArgs) -> anyhow::Result<()> {
 fn report(
     args: &MemoryBenchArgs,
     shape: FleetShape,
-    program_bytes: u64,
+    program: &Path,
     quiet: Duration,
     rows: &[(String, Vec<Footprint>)],
     etcd_rows: &[(String, Vec<Footprint>)],
@@ -499,14 +505,30 @@ fn report(
         out,
         "# Memory: three replicas with a 100M-machine fleet's state\n"
     )?;
+    let program_bytes = std::fs::metadata(program)
+        .with_context(|| format!("reading {}", program.display()))?
+        .len();
+    // The directory under target/ names the build profile.
+    let profile = program
+        .parent()
+        .and_then(Path::file_name)
+        .map_or("?".into(), |p| p.to_string_lossy().to_string());
+    let etcd_sentence = if args.no_etcd {
+        String::new()
+    } else {
+        format!(
+            " The same run then starts a three-member etcd {} (default flags) and gives it the \
+             fleet's facts as keys and the same puts.",
+            ballast_testkit::etcd::version()
+        )
+    };
     writeln!(
         out,
         "`cargo run --release -p ballast-bench -- memory`: three `ballast-coord` replicas \
-         (release build, {} MB program file) on loopback; the coordinator state of a \
+         (`{profile}` build, {} MB program file) on loopback; the coordinator state of a \
          100M-machine fleet ({} shards, {} topology domains, {} cluster bindings, {} sliced \
          quotas) written through the API in batches of 10,000; then {} etcd-API puts of {} B \
-         values to {} keys, {IN_FLIGHT} in flight. The same run then starts a three-member \
-         etcd {} (default flags) and gives it the fleet's facts as keys and the same puts. \
+         values to {} keys, {IN_FLIGHT} in flight.{etcd_sentence} \
          Figures read after {} s of quiet at each step (two of the replicas' memory-trim \
          intervals); MB are 10^6 bytes. Machine: {}.\n",
         mb(program_bytes),
@@ -517,7 +539,6 @@ fn report(
         args.kv_writes,
         args.value_bytes,
         args.kv_keys,
-        ballast_testkit::etcd::version(),
         quiet.as_secs(),
         crate::stats::machine()
     )?;

@@ -208,6 +208,47 @@ async fn recovered(
     }
 }
 
+/// Two machines made and put to work for c1, then idle again, in the ledger and at the
+/// provider, with the shard's status also showing `also` (described by `what`): the status and
+/// one of the machines.
+async fn two_idle_machines(
+    shard: &ShardProcess,
+    provider: &ProviderProcess,
+    what: &str,
+    also: impl Fn(&pb::ShardStatusResponse) -> bool,
+) -> (pb::ShardStatusResponse, String) {
+    submit(shard, BEFORE as u32, 0).await;
+    shard
+        .wait_until("two machines at work", |st| {
+            assigned_machines(st) == BEFORE && st.placements_pending == 0
+        })
+        .await;
+    submit(shard, 0, 0).await;
+    let status = shard
+        .wait_until(&format!("both machines idle, {what}"), |st| {
+            assigned_machines(st) == 0 && st.placements_pending == 0 && also(st)
+        })
+        .await;
+    wait_for(
+        "the provider to record both machines idle",
+        Duration::from_secs(30),
+        || async {
+            let record = provider_record_of_s1(&provider.endpoint).await;
+            let idle = record
+                .iter()
+                .filter(|m| live(m) && m.state == MachineState::Idle as i32)
+                .count() as u64;
+            (idle == BEFORE).then_some(())
+        },
+    )
+    .await;
+    let machine = ids(&allocations(shard).await.machines)
+        .into_iter()
+        .next()
+        .expect("a machine in the ledger");
+    (status, machine)
+}
+
 /// Whether the shard is healthy as a process (`/healthz`).
 async fn healthy(shard: &ShardProcess) {
     let address = shard.http_address.clone();
@@ -584,38 +625,10 @@ async fn configured_behind_the_shards_back() {
         })
         .await
         .expect("binding c2 to s1");
-    // Two machines made and put to work for c1, then idle again (and so at the provider).
-    submit(&shard, BEFORE as u32, 0).await;
-    shard
-        .wait_until("two machines at work", |st| {
-            assigned_machines(st) == BEFORE && st.placements_pending == 0
-        })
-        .await;
-    submit(&shard, 0, 0).await;
-    let status = shard
-        .wait_until("both machines idle, c2 granted", |st| {
-            assigned_machines(st) == 0
-                && st.placements_pending == 0
-                && st.cluster_grants.contains_key("c2")
-        })
-        .await;
-    wait_for(
-        "the provider to record both machines idle",
-        Duration::from_secs(30),
-        || async {
-            let record = provider_record_of_s1(&provider.endpoint).await;
-            let idle = record
-                .iter()
-                .filter(|m| live(m) && m.state == MachineState::Idle as i32)
-                .count() as u64;
-            (idle == BEFORE).then_some(())
-        },
-    )
+    let (status, machine) = two_idle_machines(&shard, &provider, "c2 granted", |st| {
+        st.cluster_grants.contains_key("c2")
+    })
     .await;
-    let machine = ids(&allocations(&shard).await.machines)
-        .into_iter()
-        .next()
-        .expect("a machine in the ledger");
 
     // Behind the shard's back: configured for c2, under the shard's own grant of c2.
     let mut client = ProviderClient::connect(format!("http://{}", provider.endpoint))
@@ -680,36 +693,7 @@ async fn deletes_a_machine_behind_the_shards_back() {
         DeleteMachineRequest, FencingToken, provider_client::ProviderClient,
     };
     let (_cluster, provider, shard) = set_up(HEALTHY).await;
-    // Two machines made and put to work for c1, then idle again (and so at the provider).
-    submit(&shard, BEFORE as u32, 0).await;
-    shard
-        .wait_until("two machines at work", |st| {
-            assigned_machines(st) == BEFORE && st.placements_pending == 0
-        })
-        .await;
-    submit(&shard, 0, 0).await;
-    let status = shard
-        .wait_until("both machines idle", |st| {
-            assigned_machines(st) == 0 && st.placements_pending == 0
-        })
-        .await;
-    wait_for(
-        "the provider to record both machines idle",
-        Duration::from_secs(30),
-        || async {
-            let record = provider_record_of_s1(&provider.endpoint).await;
-            let idle = record
-                .iter()
-                .filter(|m| live(m) && m.state == MachineState::Idle as i32)
-                .count() as u64;
-            (idle == BEFORE).then_some(())
-        },
-    )
-    .await;
-    let deleted = ids(&allocations(&shard).await.machines)
-        .into_iter()
-        .next()
-        .expect("a machine in the ledger");
+    let (status, deleted) = two_idle_machines(&shard, &provider, "nothing more", |_| true).await;
 
     // Behind the shard's back: deleted at the provider, under the shard's own token.
     let mut client = ProviderClient::connect(format!("http://{}", provider.endpoint))
