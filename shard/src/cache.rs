@@ -840,7 +840,8 @@ impl Cache {
             .map_err(|e| self.err(e))
     }
 
-    /// Replaces a cluster's demand durably, waiting on the disk (start-up and tests).
+    /// Replaces a cluster's demand durably, waiting on the disk (benches and tests, which fill a
+    /// cache without a running worker).
     pub fn store_demand(&self, cluster: &str, rows: &[Need]) -> Result<(), CacheError> {
         self.write_demand(cluster, rows)?;
         self.sync()

@@ -12,7 +12,7 @@ use std::time::Duration;
 use ballast_protocol::pb;
 use ballast_testkit::{
     ClusterOptions, ProviderProcess, ShardProcess, TestCluster, allocate_to_s1, assigned_machines,
-    wait_for,
+    submit_small_through, wait_for,
 };
 
 const DOMAIN: &str = "zone=az-a/rack=r1";
@@ -21,30 +21,6 @@ const ANSWER: Duration = Duration::from_secs(5);
 
 fn program() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_ballast-sim"))
-}
-
-/// Sets cluster c1's demand to `count` small machines.
-async fn submit(
-    mut client: pb::shard_worker_client::ShardWorkerClient<tonic::transport::Channel>,
-    count: u32,
-) -> Result<tonic::Response<pb::SubmitDemandResponse>, tonic::Status> {
-    client
-        .submit_demand(pb::SubmitDemandRequest {
-            cluster: "c1".into(),
-            rows: vec![pb::DemandRow {
-                id: "web".into(),
-                count,
-                resources: Some(pb::ResourceSpec {
-                    cpu_millis: 1000,
-                    memory_mib: 1024,
-                    gpus: 0,
-                }),
-                priority: 0,
-                az: String::new(),
-                domain: String::new(),
-            }],
-        })
-        .await
 }
 
 /// The shard's status, which must come within [`ANSWER`].
@@ -89,7 +65,8 @@ async fn a_stalled_disk_holds_back_demand_answers_but_not_the_shard() {
     // first fsync of them stalls.
     let mut submissions = tokio::task::JoinSet::new();
     for count in 1..=8 {
-        submissions.spawn(submit(shard.client(), count));
+        let client = shard.client();
+        submissions.spawn(async move { submit_small_through(client, "c1", count).await });
     }
     let held = failpoints.path().join("shard-demand-fsync.held");
     wait_for(
@@ -136,7 +113,8 @@ async fn a_stalled_disk_holds_back_demand_answers_but_not_the_shard() {
     }
 
     // The newest demand is what the shard serves.
-    submit(shard.client(), 3)
+    shard
+        .submit_small("c1", 3)
         .await
         .unwrap_or_else(|e| panic!("the last submission was refused: {e}"));
     wait_for(

@@ -44,5 +44,5 @@ pub use process::rss_bytes;
 pub use provider::{ProviderProcess, live, provider_machines, run_bounded};
 pub use proxy::Proxy;
 pub use s3::S3Server;
-pub use shard::ShardProcess;
+pub use shard::{ShardProcess, submit_small_through};
 pub use wait::wait_for;

@@ -136,12 +136,7 @@ impl ShardProcess {
     /// Replaces `cluster`'s demand with `count` small machines (1 core, 1 GiB): the demand of
     /// tests where a machine's size does not matter.
     pub async fn submit_small(&self, cluster: &str, count: u32) -> Result<(), tonic::Status> {
-        let small = pb::ResourceSpec {
-            cpu_millis: 1000,
-            memory_mib: 1024,
-            gpus: 0,
-        };
-        self.submit_demand(cluster, count, small).await
+        submit_small_through(self.client(), cluster, count).await
     }
 
     /// Replaces `cluster`'s demand with one row ("web") of `count` machines of `resources`.
@@ -151,21 +146,7 @@ impl ShardProcess {
         count: u32,
         resources: pb::ResourceSpec,
     ) -> Result<(), tonic::Status> {
-        let mut client = self.client();
-        client
-            .submit_demand(pb::SubmitDemandRequest {
-                cluster: cluster.to_string(),
-                rows: vec![pb::DemandRow {
-                    id: "web".into(),
-                    count,
-                    resources: Some(resources),
-                    priority: 0,
-                    az: String::new(),
-                    domain: String::new(),
-                }],
-            })
-            .await
-            .map(|_| ())
+        submit_demand_through(self.client(), cluster, count, resources).await
     }
 
     /// Waits until the shard holds a domain, a cluster and a quota slice (what
@@ -296,4 +277,41 @@ impl TestCluster {
     ) -> ShardProcess {
         self.spawn_shard(program.as_ref(), &["shard"], id, az, extra)
     }
+}
+
+/// [`ShardProcess::submit_small`] through `client`, for submissions sent from tasks of their own.
+pub async fn submit_small_through(
+    client: ShardWorkerClient<tonic::transport::Channel>,
+    cluster: &str,
+    count: u32,
+) -> Result<(), tonic::Status> {
+    let small = pb::ResourceSpec {
+        cpu_millis: 1000,
+        memory_mib: 1024,
+        gpus: 0,
+    };
+    submit_demand_through(client, cluster, count, small).await
+}
+
+/// [`ShardProcess::submit_demand`] through `client`.
+async fn submit_demand_through(
+    mut client: ShardWorkerClient<tonic::transport::Channel>,
+    cluster: &str,
+    count: u32,
+    resources: pb::ResourceSpec,
+) -> Result<(), tonic::Status> {
+    client
+        .submit_demand(pb::SubmitDemandRequest {
+            cluster: cluster.to_string(),
+            rows: vec![pb::DemandRow {
+                id: "web".into(),
+                count,
+                resources: Some(resources),
+                priority: 0,
+                az: String::new(),
+                domain: String::new(),
+            }],
+        })
+        .await
+        .map(|_| ())
 }

@@ -90,8 +90,9 @@ pub enum Change {
 /// One reversible mutation, recorded so a failed command (or batch) can be undone exactly.
 pub(super) enum Undo {
     Shard(String, Option<ShardRecord>),
-    Domain(Box<str>, Option<DomainRow>),
-    Binding(Box<str>, Option<BindingRow>),
+    /// The name in the form the change history keeps, so a change reuses it.
+    Domain(Name, Option<DomainRow>),
+    Binding(Name, Option<BindingRow>),
     Quota(String, String, Option<QuotaRecord>),
     Provider(String, Option<ProviderRecord>),
 }
@@ -149,7 +150,6 @@ impl FleetState {
                 }
                 Undo::Domain(domain, old) => {
                     let new = self.domains.get(&domain).cloned();
-                    let domain = Name::from(domain);
                     (seen.insert(("domain", domain.clone())) && old != new).then(|| {
                         Change::Domain {
                             domain,
@@ -160,7 +160,6 @@ impl FleetState {
                 }
                 Undo::Binding(cluster, old) => {
                     let new = self.bindings.get(&cluster).cloned();
-                    let cluster = Name::from(cluster);
                     (seen.insert(("binding", cluster.clone())) && old != new).then(|| {
                         Change::Binding {
                             cluster,
@@ -224,7 +223,7 @@ impl FleetState {
             granted: self.revision + 1,
         });
         let old = self.put_domain(domain, row);
-        journal.push(Undo::Domain(domain.into(), old));
+        journal.push(Undo::Domain(Name::from(domain), old));
     }
 
     /// Writes a domain's row and keeps the per-shard index in step.
@@ -270,7 +269,7 @@ impl FleetState {
             granted: self.revision + 1,
         });
         let old = put_row(&mut self.bindings, cluster, row);
-        journal.push(Undo::Binding(cluster.into(), old));
+        journal.push(Undo::Binding(Name::from(cluster), old));
     }
 
     pub(super) fn set_quota(
