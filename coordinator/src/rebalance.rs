@@ -28,9 +28,16 @@ impl Default for Limits {
 }
 
 /// Plans one round: moves away from `unhealthy` shards (draining, or lease expired — the
-/// caller decides liveness) to active shards not in `unhealthy`, preferring the source's AZ
-/// and the target with the fewest domains. Returns `None` when nothing needs to move or no
-/// target exists.
+/// caller decides liveness) to active shards not in `unhealthy`, preferring shards that are
+/// not `quiet`, then the source's AZ, then the target with the fewest domains. Returns `None`
+/// when nothing needs to move or no target exists.
+///
+/// A quiet shard missed a heartbeat but its lease has not lapsed yet. When an AZ goes down,
+/// its shards' leases lapse over a heartbeat interval rather than together; without this
+/// preference the first to lapse would hand its work to a same-AZ peer that is about to lapse
+/// too, and every domain would hop from dying shard to dying shard before it left the AZ
+/// (one domain moved five times in a full-scale AZ loss). A quiet shard still takes work when
+/// no other shard can.
 ///
 /// A source's slices follow its clusters in proportion to what each cluster asks for, as the
 /// source's last heartbeat reported it in `demand` (shard → cluster → machines); a cluster
@@ -39,6 +46,7 @@ impl Default for Limits {
 pub fn plan(
     state: &FleetState,
     unhealthy: &BTreeSet<String>,
+    quiet: &BTreeSet<String>,
     limits: Limits,
     demand: &ClusterDemand,
 ) -> Option<FleetCommand> {
@@ -47,10 +55,13 @@ pub fn plan(
         .filter(|s| s.status == ShardStatus::Draining || unhealthy.contains(&s.id))
         .map(|s| s.id.as_str())
         .collect();
-    let mut targets: Vec<(&str, &str, usize)> = state
+    let mut targets: Vec<(&str, &str, bool, usize)> = state
         .shards()
         .filter(|s| s.status == ShardStatus::Active && !unhealthy.contains(&s.id))
-        .map(|s| (s.id.as_str(), s.az.as_str(), state.domain_count_of(&s.id)))
+        .map(|s| {
+            let load = state.domain_count_of(&s.id);
+            (s.id.as_str(), s.az.as_str(), quiet.contains(&s.id), load)
+        })
         .collect();
     if sources.is_empty() || targets.is_empty() {
         return None;
@@ -59,13 +70,14 @@ pub fn plan(
         .shards()
         .map(|s| (s.id.as_str(), s.az.as_str()))
         .collect();
-    // Least-loaded target, same AZ first; ties by id keep the choice deterministic.
+    // Least-loaded target, heartbeating ones first, then the same AZ; ties by id keep the
+    // choice deterministic.
     let mut pick = |source_az: &str| -> String {
         let best = targets
             .iter_mut()
-            .min_by_key(|(id, az, load)| (*az != source_az, *load, *id))
+            .min_by_key(|(id, az, quiet, load)| (*quiet, *az != source_az, *load, *id))
             .expect("targets is not empty");
-        best.2 += 1;
+        best.3 += 1;
         best.0.to_string()
     };
 
@@ -408,6 +420,7 @@ mod tests {
             plan(
                 &state(),
                 &BTreeSet::new(),
+                &BTreeSet::new(),
                 Limits::default(),
                 &ClusterDemand::new()
             )
@@ -419,7 +432,14 @@ mod tests {
     fn a_dead_shard_hands_everything_to_its_az_peer() {
         let mut s = state();
         let dead = BTreeSet::from(["a1".to_string()]);
-        let cmd = plan(&s, &dead, Limits::default(), &ClusterDemand::new()).expect("moves");
+        let cmd = plan(
+            &s,
+            &dead,
+            &BTreeSet::new(),
+            Limits::default(),
+            &ClusterDemand::new(),
+        )
+        .expect("moves");
         s.apply(&cmd).expect("plan applies");
         assert!(s.domains_of("a1").is_empty());
         assert_eq!(s.domains_of("a2").len(), 6, "same-AZ peer preferred");
@@ -428,7 +448,38 @@ mod tests {
         assert_eq!(q.slices.get("a2"), Some(&50));
         assert_eq!(q.slices.get("a1"), None);
         // Once empty, nothing more to do: no oscillation.
-        assert!(plan(&s, &dead, Limits::default(), &ClusterDemand::new()).is_none());
+        assert!(
+            plan(
+                &s,
+                &dead,
+                &BTreeSet::new(),
+                Limits::default(),
+                &ClusterDemand::new()
+            )
+            .is_none()
+        );
+    }
+
+    #[test]
+    fn work_skips_a_peer_that_stopped_heartbeating_while_another_shard_can_take_it() {
+        let mut s = state();
+        let dead = BTreeSet::from(["a1".to_string()]);
+        let quiet = BTreeSet::from(["a2".to_string()]);
+        let cmd = plan(&s, &dead, &quiet, Limits::default(), &ClusterDemand::new()).expect("moves");
+        s.apply(&cmd).expect("plan applies");
+        assert_eq!(
+            s.domains_of("b1").len(),
+            7,
+            "straight to the heartbeating AZ"
+        );
+        assert!(s.domains_of("a2").is_empty(), "nothing to the quiet peer");
+        assert_eq!(s.binding("c1"), Some("b1"));
+        // With every live shard quiet, the quiet ones still take the work.
+        let mut s = state();
+        let quiet = BTreeSet::from(["a2".to_string(), "b1".to_string()]);
+        let cmd = plan(&s, &dead, &quiet, Limits::default(), &ClusterDemand::new()).expect("moves");
+        s.apply(&cmd).expect("plan applies");
+        assert_eq!(s.domains_of("a2").len(), 6, "same AZ among the quiet");
     }
 
     #[test]
@@ -440,6 +491,7 @@ mod tests {
         let cmd = plan(
             &s,
             &dead,
+            &BTreeSet::new(),
             Limits {
                 max_domain_moves: 4,
             },
@@ -478,7 +530,14 @@ mod tests {
     fn slices_follow_the_clusters_in_proportion() {
         let mut s = four_clusters_on_a1();
         let dead = BTreeSet::from(["a1".to_string()]);
-        let cmd = plan(&s, &dead, Limits::default(), &ClusterDemand::new()).expect("moves");
+        let cmd = plan(
+            &s,
+            &dead,
+            &BTreeSet::new(),
+            Limits::default(),
+            &ClusterDemand::new(),
+        )
+        .expect("moves");
         s.apply(&cmd).expect("applies");
         let clusters_of = |shard: &str| s.bindings().filter(|(_, to)| *to == shard).count() as u64;
         let q = s.quota("aws", "r").expect("quota");
@@ -512,7 +571,7 @@ mod tests {
         ]);
         let demand = ClusterDemand::from([("a1".to_string(), asked)]);
         let dead = BTreeSet::from(["a1".to_string()]);
-        let cmd = plan(&s, &dead, Limits::default(), &demand).expect("moves");
+        let cmd = plan(&s, &dead, &BTreeSet::new(), Limits::default(), &demand).expect("moves");
         s.apply(&cmd).expect("applies");
         let q = s.quota("aws", "r").expect("quota");
         let weight = |c: &str| match c {
@@ -640,6 +699,15 @@ mod tests {
     fn no_target_means_no_plan() {
         let s = state();
         let all: BTreeSet<String> = ["a1", "a2", "b1"].iter().map(|s| s.to_string()).collect();
-        assert!(plan(&s, &all, Limits::default(), &ClusterDemand::new()).is_none());
+        assert!(
+            plan(
+                &s,
+                &all,
+                &BTreeSet::new(),
+                Limits::default(),
+                &ClusterDemand::new()
+            )
+            .is_none()
+        );
     }
 }

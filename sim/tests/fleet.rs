@@ -80,6 +80,9 @@ fn every_scenario_keeps_every_invariant_at_ci_scale() {
         "a demand shift is met by slices following demand",
         "slices move no more than the demand shift needs",
         "no slice swings back and forth",
+        "domains and clusters move only off shards whose state changed",
+        "the coordinator moves nothing onto a shard whose state changed",
+        "no slice moves back and forth unless its shard's state changed",
     ] {
         assert!(checked.contains(name), "{name} never checked: {checked:?}");
     }
@@ -100,6 +103,23 @@ fn every_scenario_keeps_every_invariant_at_ci_scale() {
     );
     assert!(figure(6, "slice_moved") > 0.0);
     assert_eq!(figure(7, "moves"), 600.0);
+    // Moves per scenario, as the shards' watches delivered them: the coordinator moves the
+    // lost AZ's domains once and the operator moves them home; the burst is the operator's
+    // alone; a starved coordinator moves nothing.
+    assert_eq!(figure(3, "moves.domains_by_coordinator"), 200.0);
+    assert_eq!(figure(3, "moves.domains_by_operator"), 200.0);
+    assert_eq!(figure(3, "moves.most_moves_of_one"), 1.0);
+    assert_eq!(figure(5, "moves.domains_by_coordinator"), 0.0);
+    assert_eq!(figure(5, "moves.clusters_by_coordinator"), 0.0);
+    assert!(figure(6, "moves.slice_changes_by_coordinator") > 0.0);
+    assert_eq!(figure(7, "moves.domains_by_operator"), 600.0);
+    assert_eq!(figure(7, "moves.domains_by_coordinator"), 0.0);
+    for scenario in scenarios {
+        assert!(
+            scenario["measurements"]["moves.slices_changed"].is_f64(),
+            "moves are reported for every scenario: {scenario}"
+        );
+    }
     assert!(figure(8, "archive_bytes") > 0.0);
     assert!(report["samples"].as_array().unwrap().len() > 20);
     assert!(!report["leader_changes"].as_array().unwrap().is_empty());

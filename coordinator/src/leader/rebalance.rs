@@ -118,6 +118,14 @@ pub async fn rebalance_loop(
                 },
             };
             let unhealthy: BTreeSet<String> = evacuating;
+            // Shards that missed a heartbeat without lapsing yet: the last to take work.
+            let quiet: BTreeSet<String> = active
+                .iter()
+                .filter_map(|(s, lease)| {
+                    let (expires, ttl) = (*lease)?;
+                    quiet(expires, ttl, now).then(|| s.id.clone())
+                })
+                .collect();
             // What the leaving shards' clusters asked for when last heard from in this term
             // (their slices follow that demand; without a report, the number of clusters).
             let demand: rebalance::ClusterDemand = unhealthy
@@ -129,9 +137,14 @@ pub async fn rebalance_loop(
                     Some((id.clone(), asked))
                 })
                 .collect();
-            let mut plan =
-                rebalance::plan(&fleet, &unhealthy, rebalance::Limits::default(), &demand)
-                    .map(|command| (command, Cause::Evacuation));
+            let mut plan = rebalance::plan(
+                &fleet,
+                &unhealthy,
+                &quiet,
+                rebalance::Limits::default(),
+                &demand,
+            )
+            .map(|command| (command, Cause::Evacuation));
             // Slices follow demand only while the fleet is calm: nothing to evacuate, and the
             // leader judging leases normally (its reports are current).
             if let (None, Some(slice_policy), Mode::Normal) =
@@ -203,6 +216,13 @@ pub async fn rebalance_loop(
             }
         }
     }
+}
+
+/// A shard heartbeats every third of its lease, so a lease renewed on time always has more
+/// than two thirds of it left, minus the network's delay. Under half left means a heartbeat
+/// is missing: the shard may be going down with its AZ.
+fn quiet(expires_at_ms: u64, ttl_ms: u64, now_ms: u64) -> bool {
+    ttl_ms > 0 && expires_at_ms.saturating_sub(now_ms) < ttl_ms / 2
 }
 
 /// Why a round proposes what it does.

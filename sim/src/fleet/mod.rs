@@ -9,6 +9,7 @@
 mod checks;
 mod churn;
 pub mod model;
+mod moves;
 mod partition;
 mod report;
 mod scenarios;
@@ -201,6 +202,11 @@ struct Shared {
     /// Held while demand is submitted; holds the clusters whose latest demand no shard has
     /// accepted yet (refused or unanswered), sent again when bindings are next followed.
     submitting: tokio::sync::Mutex<BTreeSet<usize>>,
+    /// Shards whose state the running scenario changed (killed, restarted, cut off, their
+    /// demand shifted): what the coordinator may move things off.
+    disturbed: Mutex<BTreeSet<usize>>,
+    /// Revisions of the writes the simulator made as the operator (moves, slices cut again).
+    operator_writes: Mutex<BTreeSet<u64>>,
     stop: AtomicBool,
 }
 
@@ -218,6 +224,11 @@ impl Shared {
     fn hold_demand(self: &Arc<Self>) -> DemandHold {
         self.demand_holds.fetch_add(1, Ordering::Relaxed);
         DemandHold(self.clone())
+    }
+
+    /// The running scenario changes `shard`'s state.
+    fn disturb(&self, shard: usize) {
+        self.disturbed.lock().insert(shard);
     }
 
     fn now_ms(&self) -> u64 {
@@ -248,6 +259,8 @@ pub(crate) struct Sim {
     client: BallastClient,
     shared: Arc<Shared>,
     windows: Vec<Window>,
+    /// Every shard's assignment watch, for the moves of each scenario (while scenarios run).
+    recorder: Option<moves::Recorder>,
 }
 
 /// The shard the `partition` scenario cuts off (in az-b: the AZ loss does not touch it).
@@ -590,6 +603,8 @@ impl Sim {
             writer_paused: AtomicBool::new(false),
             demand_holds: AtomicUsize::new(0),
             submitting: tokio::sync::Mutex::default(),
+            disturbed: Mutex::default(),
+            operator_writes: Mutex::default(),
             stop: AtomicBool::new(false),
         });
         let sim = Sim {
@@ -603,6 +618,7 @@ impl Sim {
             client,
             shared,
             windows: Vec::new(),
+            recorder: None,
         };
         // 200 processes starting on two cores take a while: wait longer than tests do.
         sim.cluster
@@ -792,6 +808,19 @@ impl Sim {
     /// writes the report. The cluster and the shards keep running afterwards.
     pub(crate) async fn run_scenarios(&mut self) -> anyhow::Result<Report> {
         let background = self.start_background();
+        self.recorder = Some(
+            moves::Recorder::start(
+                self.shared.clone(),
+                self.shards.iter().map(|s| s.id.clone()).collect(),
+                self.cluster
+                    .replicas
+                    .iter()
+                    .map(|r| self.cluster.channel(r.id))
+                    .collect(),
+                Duration::from_secs(120),
+            )
+            .await?,
+        );
         let mut results = Vec::new();
         for scenario in self.args.scenarios.clone() {
             println!("\n==> scenario {scenario:?}");
@@ -812,6 +841,9 @@ impl Sim {
         self.shared.stop.store(true, Ordering::Relaxed);
         for task in background {
             let _ = task.await;
+        }
+        if let Some(recorder) = self.recorder.take() {
+            recorder.stop().await;
         }
         let rss = self
             .cluster

@@ -49,6 +49,7 @@ impl Sim {
         ));
         let from_ms = self.shared.now_ms();
         let cut = Instant::now();
+        self.shared.disturb(k);
         for proxy in &self.proxies {
             proxy.cut();
         }

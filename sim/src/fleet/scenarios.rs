@@ -63,6 +63,7 @@ impl Sim {
     ) -> anyhow::Result<ScenarioResult> {
         let started_ms = self.shared.now_ms();
         let started = Instant::now();
+        self.shared.disturbed.lock().clear();
         let mut measurements = BTreeMap::new();
         let mut invariants = match scenario {
             Scenario::Steady => {
@@ -89,6 +90,7 @@ impl Sim {
             Scenario::Dr => self.dr(&mut measurements).await?,
         };
         invariants.extend(self.checkpoint(true).await?);
+        invariants.extend(self.moves_of(started_ms, &mut measurements).await?);
         Ok(ScenarioResult {
             scenario,
             started_ms,
@@ -96,6 +98,40 @@ impl Sim {
             measurements,
             invariants,
         })
+    }
+
+    /// The moves since `started_ms` (once every shard's watch has reached the current
+    /// revision), recorded in `m` and judged.
+    async fn moves_of(
+        &self,
+        started_ms: u64,
+        m: &mut BTreeMap<String, f64>,
+    ) -> anyhow::Result<Vec<Check>> {
+        let Some(recorder) = &self.recorder else {
+            return Ok(Vec::new());
+        };
+        let revision = self.client.revision().await?;
+        let limit = Duration::from_secs(60);
+        if !recorder.reach(revision, limit).await {
+            return Ok(vec![Check::new(
+                "domains and clusters move only off shards whose state changed",
+                false,
+                format!(
+                    "the shards' watches had not reached revision {revision} within {limit:?} \
+                     (at {}): the scenario's moves are unknown",
+                    recorder.ledger.lock().reached()
+                ),
+            )]);
+        }
+        let names: Vec<String> = self.shards.iter().map(|s| s.id.clone()).collect();
+        let moves = recorder.ledger.lock().moves(
+            (started_ms, self.shared.now_ms()),
+            &self.shared.disturbed.lock(),
+            &self.shared.operator_writes.lock(),
+            &names,
+        );
+        moves.record(m);
+        Ok(moves.checks())
     }
 
     /// A fleet write with its own request id, waited for across elections.
@@ -387,6 +423,7 @@ impl Sim {
             "SIGKILL {} during the outage and restart it",
             self.shards[victim].id
         ));
+        self.shared.disturb(victim);
         self.shards[victim].kill();
         let restarted = Instant::now();
         self.shards[victim].restart();
@@ -502,6 +539,7 @@ impl Sim {
                 .await
                 .context("moving domains")?;
             revision = answer.header.map(|h| h.revision).unwrap_or(revision);
+            self.shared.operator_writes.lock().insert(revision);
         }
         Ok(revision)
     }
@@ -541,6 +579,7 @@ impl Sim {
         let killed = Instant::now();
         self.cluster.kill(replica);
         for &i in &lost {
+            self.shared.disturb(i);
             self.shared.alive[i].store(false, Ordering::Relaxed);
             self.shards[i].kill();
         }
@@ -717,6 +756,7 @@ impl Sim {
                 .await
                 .context("moving clusters and slices home")?;
             revision = answer.header.map(|h| h.revision).unwrap_or(revision);
+            self.shared.operator_writes.lock().insert(revision);
         }
         let written = returned.elapsed();
         self.wait_for_shards_at(revision).await?;

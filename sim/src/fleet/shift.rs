@@ -66,6 +66,9 @@ impl Sim {
                 })
                 .sum()
         };
+        for &i in &shifted_shards {
+            self.shared.disturb(i);
+        }
         let sent = submit_demand(&self.shared, &self.shard_clients, &shifted).await;
         let shards: Vec<&str> = shifted_shards
             .iter()
