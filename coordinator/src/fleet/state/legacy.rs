@@ -223,7 +223,7 @@ mod tests {
         let archived = s.revision();
         let mut v2 = SNAPSHOT_MAGIC_V2.to_vec();
         postcard::to_io(&LegacyFleetState::without_grants(&s), &mut v2).expect("postcard");
-        postcard::to_io(&s.dedup.clock, &mut v2).expect("postcard");
+        postcard::to_io(&s.dedup.clock(), &mut v2).expect("postcard");
         let read = FleetState::decode(&v2).expect("a BLSTSNP2 snapshot decodes");
         assert_eq!(read.revision(), archived);
         assert_eq!(read.domain_owner("z=1"), Some("s1"));
@@ -269,7 +269,7 @@ mod tests {
         let mut v3 = SNAPSHOT_MAGIC_V3.to_vec();
         let older = GrantedFleetState::downgrade(&s, DomainRow::clone, QuotaRecord::clone);
         postcard::to_io(&older, &mut v3).expect("postcard");
-        postcard::to_io(&s.dedup.clock, &mut v3).expect("postcard");
+        postcard::to_io(&s.dedup.clock(), &mut v3).expect("postcard");
         let read = FleetState::decode(&v3).expect("a BLSTSNP3 snapshot decodes");
         assert_eq!(read.revision(), archived);
         assert_eq!(

@@ -24,7 +24,7 @@ use super::command::FleetCommand;
 use super::error::FleetError;
 use super::names::{Interner, Name};
 use super::table::NameTable;
-use dedup::Dedup;
+use dedup::{Dedup, DedupClock};
 use legacy::{GrantedFleetState, LegacyFleetState};
 use syntax::check_syntax;
 
@@ -329,7 +329,7 @@ impl FleetState {
                 // Not remembered either: the retry this asks for must be able to succeed.
                 return (
                     Err(FleetError::DedupFull {
-                        ids: self.dedup.entries.len(),
+                        ids: self.dedup.len(),
                         window_secs: DEDUP_WINDOW_MS / 1000,
                     }),
                     Vec::new(),
@@ -461,7 +461,7 @@ impl FleetState {
         // Plain maps, strings, integers and byte strings: postcard cannot fail on them, and
         // an empty snapshot would be far worse than stopping here.
         postcard::to_io(self, &mut bytes).expect("the fleet state always serializes");
-        postcard::to_io(&self.dedup.clock, &mut bytes)
+        postcard::to_io(&self.dedup.clock(), &mut bytes)
             .expect("the request-id clock always serializes");
         postcard::to_io(&self.auth, &mut bytes).expect("the auth store always serializes");
         bytes
@@ -470,54 +470,43 @@ impl FleetState {
     /// Inverse of [`FleetState::encode`], also reading the JSON snapshots and archives of
     /// earlier versions; corrupt bytes give an error, never a panic.
     pub fn decode(bytes: &[u8]) -> Result<FleetState, FleetError> {
-        let decoded = if let Some(binary) = bytes.strip_prefix(SNAPSHOT_MAGIC) {
+        // The state, and the request ids' clock where the format has one.
+        type Decoded = Result<(FleetState, Option<DedupClock>), String>;
+        let decoded: Decoded = if let Some(binary) = bytes.strip_prefix(SNAPSHOT_MAGIC) {
             postcard::take_from_bytes::<FleetState>(binary)
                 .and_then(|(mut state, rest)| {
                     let (clock, rest) = postcard::take_from_bytes(rest)?;
-                    state.dedup.clock = clock;
                     state.auth = postcard::from_bytes(rest)?;
-                    Ok(state)
+                    Ok((state, Some(clock)))
                 })
                 .map_err(|e| e.to_string())
         } else if let Some(binary) = bytes.strip_prefix(SNAPSHOT_MAGIC_V4) {
             postcard::take_from_bytes::<FleetState>(binary)
-                .and_then(|(mut state, rest)| {
-                    state.dedup.clock = postcard::from_bytes(rest)?;
-                    Ok(state)
-                })
+                .and_then(|(state, rest)| Ok((state, Some(postcard::from_bytes(rest)?))))
                 .map_err(|e| e.to_string())
         } else if let Some(binary) = bytes.strip_prefix(SNAPSHOT_MAGIC_V3) {
             postcard::take_from_bytes::<GrantedFleetState>(binary)
-                .and_then(|(mut state, rest)| {
-                    state.dedup.clock = postcard::from_bytes(rest)?;
-                    Ok(state.upgrade())
-                })
+                .and_then(|(state, rest)| Ok((state.upgrade(), Some(postcard::from_bytes(rest)?))))
                 .map_err(|e| e.to_string())
         } else if let Some(binary) = bytes.strip_prefix(SNAPSHOT_MAGIC_V2) {
             postcard::take_from_bytes::<LegacyFleetState>(binary)
-                .and_then(|(mut state, rest)| {
-                    state.dedup.clock = postcard::from_bytes(rest)?;
-                    Ok(state.upgrade())
-                })
+                .and_then(|(state, rest)| Ok((state.upgrade(), Some(postcard::from_bytes(rest)?))))
                 .map_err(|e| e.to_string())
         } else if let Some(binary) = bytes.strip_prefix(SNAPSHOT_MAGIC_V1) {
             postcard::from_bytes::<LegacyFleetState>(binary)
-                .map(LegacyFleetState::upgrade)
+                .map(|state| (state.upgrade(), None))
                 .map_err(|e| e.to_string())
         } else {
             serde_json::from_slice::<LegacyFleetState>(bytes)
-                .map(LegacyFleetState::upgrade)
+                .map(|state| (state.upgrade(), None))
                 .map_err(|e| e.to_string())
         };
-        let mut state: FleetState = decoded.map_err(FleetError::CorruptSnapshot)?;
-        if !state.dedup.clock.times.is_empty()
-            && state.dedup.clock.times.len() != state.dedup.entries.len()
-        {
-            return Err(FleetError::CorruptSnapshot(format!(
-                "{} request-id times for {} remembered request ids",
-                state.dedup.clock.times.len(),
-                state.dedup.entries.len()
-            )));
+        let (mut state, clock) = decoded.map_err(FleetError::CorruptSnapshot)?;
+        if let Some(clock) = clock {
+            state
+                .dedup
+                .set_clock(clock)
+                .map_err(FleetError::CorruptSnapshot)?;
         }
         // Sequence numbers grow by one per remembered id; a snapshot claiming one near the top
         // of u64 cannot come from a real history and would overflow on the next write.
@@ -525,12 +514,6 @@ impl FleetState {
             return Err(FleetError::CorruptSnapshot(format!(
                 "request-id sequence {} is beyond any possible history",
                 state.dedup.first_seq
-            )));
-        }
-        if state.dedup.entries.len() > DEDUP_CAPACITY {
-            return Err(FleetError::CorruptSnapshot(format!(
-                "{} remembered request ids, above the capacity of {DEDUP_CAPACITY}",
-                state.dedup.entries.len()
             )));
         }
         state.rebuild_indexes();
@@ -553,6 +536,5 @@ impl FleetState {
         }
         self.domains_by_shard = DomainsByShard(by_shard);
         self.names = names;
-        self.dedup.rebuild();
     }
 }
