@@ -372,6 +372,18 @@ pub fn moves(command: &FleetCommand) -> (usize, usize, usize) {
 mod tests {
     use super::*;
 
+    /// A round with `unhealthy` evacuated, no quiet shard, the default limits and no demand
+    /// reports.
+    fn plan_away(state: &FleetState, unhealthy: &BTreeSet<String>) -> Option<FleetCommand> {
+        plan(
+            state,
+            unhealthy,
+            &BTreeSet::new(),
+            Limits::default(),
+            &ClusterDemand::new(),
+        )
+    }
+
     fn state() -> FleetState {
         let mut s = FleetState::new();
         let mut commands = Vec::new();
@@ -416,30 +428,14 @@ mod tests {
 
     #[test]
     fn healthy_fleets_stay_put() {
-        assert!(
-            plan(
-                &state(),
-                &BTreeSet::new(),
-                &BTreeSet::new(),
-                Limits::default(),
-                &ClusterDemand::new()
-            )
-            .is_none()
-        );
+        assert!(plan_away(&state(), &BTreeSet::new()).is_none());
     }
 
     #[test]
     fn a_dead_shard_hands_everything_to_its_az_peer() {
         let mut s = state();
         let dead = BTreeSet::from(["a1".to_string()]);
-        let cmd = plan(
-            &s,
-            &dead,
-            &BTreeSet::new(),
-            Limits::default(),
-            &ClusterDemand::new(),
-        )
-        .expect("moves");
+        let cmd = plan_away(&s, &dead).expect("moves");
         s.apply(&cmd).expect("plan applies");
         assert!(s.domains_of("a1").is_empty());
         assert_eq!(s.domains_of("a2").len(), 6, "same-AZ peer preferred");
@@ -448,16 +444,7 @@ mod tests {
         assert_eq!(q.slices.get("a2"), Some(&50));
         assert_eq!(q.slices.get("a1"), None);
         // Once empty, nothing more to do: no oscillation.
-        assert!(
-            plan(
-                &s,
-                &dead,
-                &BTreeSet::new(),
-                Limits::default(),
-                &ClusterDemand::new()
-            )
-            .is_none()
-        );
+        assert!(plan_away(&s, &dead).is_none());
     }
 
     #[test]
@@ -530,14 +517,7 @@ mod tests {
     fn slices_follow_the_clusters_in_proportion() {
         let mut s = four_clusters_on_a1();
         let dead = BTreeSet::from(["a1".to_string()]);
-        let cmd = plan(
-            &s,
-            &dead,
-            &BTreeSet::new(),
-            Limits::default(),
-            &ClusterDemand::new(),
-        )
-        .expect("moves");
+        let cmd = plan_away(&s, &dead).expect("moves");
         s.apply(&cmd).expect("applies");
         let clusters_of = |shard: &str| s.bindings().filter(|(_, to)| *to == shard).count() as u64;
         let q = s.quota("aws", "r").expect("quota");
@@ -699,15 +679,6 @@ mod tests {
     fn no_target_means_no_plan() {
         let s = state();
         let all: BTreeSet<String> = ["a1", "a2", "b1"].iter().map(|s| s.to_string()).collect();
-        assert!(
-            plan(
-                &s,
-                &all,
-                &BTreeSet::new(),
-                Limits::default(),
-                &ClusterDemand::new()
-            )
-            .is_none()
-        );
+        assert!(plan_away(&s, &all).is_none());
     }
 }

@@ -203,8 +203,9 @@ struct Shared {
     /// accepted yet (refused or unanswered), sent again when bindings are next followed.
     submitting: tokio::sync::Mutex<BTreeSet<usize>>,
     /// Shards whose state the running scenario changed (killed, restarted, cut off, their
-    /// demand shifted): what the coordinator may move things off.
-    disturbed: Mutex<BTreeSet<usize>>,
+    /// demand shifted) and when they were down: what the coordinator may move things off,
+    /// and when it may not move things onto them.
+    disturbed: Mutex<moves::Disturbed>,
     /// Revisions of the writes the simulator made as the operator (moves, slices cut again).
     operator_writes: Mutex<BTreeSet<u64>>,
     stop: AtomicBool,
@@ -226,9 +227,21 @@ impl Shared {
         DemandHold(self.clone())
     }
 
-    /// The running scenario changes `shard`'s state.
+    /// The running scenario changes `shard`'s state while it keeps running.
     fn disturb(&self, shard: usize) {
-        self.disturbed.lock().insert(shard);
+        self.disturbed.lock().changed(shard);
+    }
+
+    /// The running scenario takes `shard` down or cuts it off, from now.
+    fn take_down(&self, shard: usize) {
+        let now = self.now_ms();
+        self.disturbed.lock().down(shard, now);
+    }
+
+    /// `shard` is back from now.
+    fn bring_back(&self, shard: usize) {
+        let now = self.now_ms();
+        self.disturbed.lock().back(shard, now);
     }
 
     fn now_ms(&self) -> u64 {

@@ -11,8 +11,9 @@
 //!
 //! The judgement, per scenario: the coordinator moves domains and clusters only off a shard
 //! whose state the scenario changed (killed, cut off, restarted), so nothing moves twice
-//! unless its shard's state did; it moves nothing onto such a shard (a domain handed to a
-//! shard going down with its AZ has to move again); and no slice moves back and forth (its
+//! unless its shard's state did; it moves nothing onto a shard while that one is down or cut
+//! off (a domain handed to a shard going down with its AZ has to move again; once the shard
+//! is back it may take work like any other); and no slice moves back and forth (its
 //! automatic changes never reverse direction) unless its shard's state changed. An
 //! operator's write starts a thing's count afresh: it changed the state on purpose.
 
@@ -29,6 +30,44 @@ use tonic::transport::Channel;
 
 use super::Shared;
 use super::checks::Check;
+
+/// Shards whose state the running scenario changed, and when they were down.
+#[derive(Default)]
+pub(super) struct Disturbed {
+    /// Killed, restarted, cut off or their demand shifted, at some point of the scenario.
+    changed: BTreeSet<usize>,
+    /// Per shard, the stretches (ms since the run started) it was down or cut off; an open
+    /// end means it still is.
+    down: BTreeMap<usize, Vec<(u64, Option<u64>)>>,
+}
+
+impl Disturbed {
+    /// `shard`'s state changes (its demand shifts, say) while it keeps running.
+    pub(super) fn changed(&mut self, shard: usize) {
+        self.changed.insert(shard);
+    }
+
+    /// `shard` goes down (or is cut off) at `at_ms`.
+    pub(super) fn down(&mut self, shard: usize, at_ms: u64) {
+        self.changed.insert(shard);
+        self.down.entry(shard).or_default().push((at_ms, None));
+    }
+
+    /// `shard` is back at `at_ms`.
+    pub(super) fn back(&mut self, shard: usize, at_ms: u64) {
+        if let Some((_, end @ None)) = self.down.get_mut(&shard).and_then(|w| w.last_mut()) {
+            *end = Some(at_ms);
+        }
+    }
+
+    fn was_down(&self, shard: usize, at_ms: u64) -> bool {
+        self.down.get(&shard).is_some_and(|windows| {
+            windows
+                .iter()
+                .any(|&(from, to)| from <= at_ms && to.is_none_or(|to| at_ms <= to))
+        })
+    }
+}
 
 /// What moves between shards.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -109,9 +148,9 @@ pub(super) struct Moves {
     pub most_changes_of_one_slice: usize,
     /// Coordinator moves off a shard whose state the scenario did not change.
     pub off_undisturbed: Vec<String>,
-    /// Coordinator moves onto a shard whose state the scenario changed (one going down with
-    /// its AZ, say): the thing will have to move again.
-    pub onto_disturbed: Vec<String>,
+    /// Coordinator moves onto a shard while it was down or cut off (one going down with its
+    /// AZ, say): the thing will have to move again.
+    pub onto_down: Vec<String>,
     /// Slices whose coordinator changes reversed direction at a shard whose state the
     /// scenario did not change.
     pub swung: Vec<String>,
@@ -209,13 +248,13 @@ impl Ledger {
         stream.listed |= update.full;
     }
 
-    /// The moves received in `[from_ms, to_ms]`: `disturbed` are the shards whose state the
-    /// scenario changed, `operator` the revisions of the operator's writes, `names` the
-    /// shards' ids (for the counterexamples).
+    /// The moves received in `[from_ms, to_ms]`: `disturbed` says which shards' state the
+    /// scenario changed and when they were down, `operator` the revisions of the operator's
+    /// writes, `names` the shards' ids (for the counterexamples).
     pub(super) fn moves(
         &self,
         (from_ms, to_ms): (u64, u64),
-        disturbed: &BTreeSet<usize>,
+        disturbed: &Disturbed,
         operator: &BTreeSet<u64>,
         names: &[String],
     ) -> Moves {
@@ -262,11 +301,11 @@ impl Ledger {
                         h.grant
                     )
                 };
-                if !disturbed.contains(&from) {
+                if !disturbed.changed.contains(&from) {
                     moves.off_undisturbed.push(shown());
                 }
-                if disturbed.contains(&h.to) {
-                    moves.onto_disturbed.push(shown());
+                if disturbed.was_down(h.to, h.at_ms) {
+                    moves.onto_down.push(shown());
                 }
             }
         }
@@ -302,7 +341,7 @@ impl Ledger {
                 moves.slice_added += step.amount.saturating_sub(before);
                 let up = step.amount > before;
                 if directions.last().is_some_and(|&last| last != up)
-                    && !disturbed.contains(&shard)
+                    && !disturbed.changed.contains(&shard)
                     && !swung
                 {
                     swung = true;
@@ -376,18 +415,17 @@ impl Moves {
                 },
             ),
             Check::new(
-                "the coordinator moves nothing onto a shard whose state changed",
-                self.onto_disturbed.is_empty(),
-                if self.onto_disturbed.is_empty() {
+                "the coordinator moves nothing onto a shard that is down",
+                self.onto_down.is_empty(),
+                if self.onto_down.is_empty() {
                     format!(
-                        "{} domains and {} clusters went straight to shards the scenario left \
-                         alone",
+                        "{} domains and {} clusters went to shards that were up",
                         self.domains.0, self.clusters.0
                     )
                 } else {
                     format!(
-                        "moved onto shards the scenario changed, to move again: {}",
-                        examples(&self.onto_disturbed)
+                        "moved onto shards while they were down or cut off, to move again: {}",
+                        examples(&self.onto_down)
                     )
                 },
             ),
@@ -519,6 +557,18 @@ impl Recorder {
 mod tests {
     use super::*;
 
+    /// Shards changed (`changed`) and down from 0 ms on (`down`).
+    fn disturbed(changed: &[usize], down: &[usize]) -> Disturbed {
+        let mut d = Disturbed::default();
+        for &shard in changed {
+            d.changed(shard);
+        }
+        for &shard in down {
+            d.down(shard, 0);
+        }
+        d
+    }
+
     fn names() -> Vec<String> {
         (0..4).map(|i| format!("s{i}")).collect()
     }
@@ -577,12 +627,12 @@ mod tests {
             &listing(7, &[("d1", 6), ("d2", 6), ("d3", 1)], &[("p", 10, 1)]),
             150,
         );
-        let moves = ledger.moves((50, 200), &BTreeSet::from([0]), &BTreeSet::new(), &names());
+        let moves = ledger.moves((50, 200), &disturbed(&[], &[0]), &BTreeSet::new(), &names());
         assert_eq!(moves.domains, (2, 0));
         assert_eq!(moves.most_moves_of_one, 1);
         assert!(moves.checks().iter().all(|c| c.holds), "{moves:?}");
         // Outside the window, nothing.
-        let before = ledger.moves((0, 50), &BTreeSet::from([0]), &BTreeSet::new(), &names());
+        let before = ledger.moves((0, 50), &disturbed(&[], &[0]), &BTreeSet::new(), &names());
         assert_eq!(before, Moves::default());
     }
 
@@ -593,7 +643,7 @@ mod tests {
         // watch delivers its part before s1's.
         ledger.observe(2, &delta(8, &[("d1", 8)], &[]), 100);
         ledger.observe(1, &delta(8, &[("d1", 6)], &[]), 110);
-        let moves = ledger.moves((50, 200), &BTreeSet::from([0]), &BTreeSet::new(), &names());
+        let moves = ledger.moves((50, 200), &disturbed(&[], &[0]), &BTreeSet::new(), &names());
         assert_eq!(moves.domains, (2, 0));
         assert_eq!(moves.most_moves_of_one, 2);
         assert_eq!(moves.off_undisturbed, ["domain d1 s1 -> s2 at revision 8"]);
@@ -606,20 +656,23 @@ mod tests {
         // s0 and s1 go down together; d1 goes to s1 first, then on to s2.
         ledger.observe(1, &delta(6, &[("d1", 6)], &[]), 100);
         ledger.observe(2, &delta(8, &[("d1", 8)], &[]), 120);
-        let moves = ledger.moves(
-            (50, 200),
-            &BTreeSet::from([0, 1]),
-            &BTreeSet::new(),
-            &names(),
-        );
+        let down = disturbed(&[], &[0, 1]);
+        let moves = ledger.moves((50, 200), &down, &BTreeSet::new(), &names());
         assert!(moves.off_undisturbed.is_empty());
-        assert_eq!(moves.onto_disturbed, ["domain d1 s0 -> s1 at revision 6"]);
+        assert_eq!(moves.onto_down, ["domain d1 s0 -> s1 at revision 6"]);
         let checks = moves.checks();
         assert_eq!(
             checks.iter().map(|c| c.holds).collect::<Vec<_>>(),
             [true, false, true],
             "{checks:?}"
         );
+        // Had s1 been back (at 90 ms) before d1 reached it, s1 would have been a shard like
+        // any other: its state changed in the scenario, but it was up.
+        let mut back = disturbed(&[], &[0, 1]);
+        back.back(1, 90);
+        let moves = ledger.moves((50, 200), &back, &BTreeSet::new(), &names());
+        assert!(moves.onto_down.is_empty(), "{moves:?}");
+        assert!(moves.off_undisturbed.is_empty(), "s1's state changed");
     }
 
     #[test]
@@ -629,7 +682,7 @@ mod tests {
         ledger.observe(0, &delta(9, &[("d1", 9)], &[]), 120);
         let moves = ledger.moves(
             (50, 200),
-            &BTreeSet::from([0]),
+            &disturbed(&[], &[0]),
             &BTreeSet::from([9]),
             &names(),
         );
@@ -644,7 +697,7 @@ mod tests {
         update.clusters_added = vec!["c-new".into()];
         update.cluster_grants.insert("c-new".into(), 6);
         ledger.observe(2, &update, 100);
-        let moves = ledger.moves((50, 200), &BTreeSet::new(), &BTreeSet::new(), &names());
+        let moves = ledger.moves((50, 200), &disturbed(&[], &[]), &BTreeSet::new(), &names());
         assert_eq!((moves.clusters, moves.clusters_created), ((0, 0), 1));
         assert!(moves.checks().iter().all(|c| c.holds));
     }
@@ -655,15 +708,20 @@ mod tests {
         ledger.observe(1, &delta(6, &[], &[("p", 14, 6)]), 100);
         ledger.observe(1, &delta(7, &[], &[("p", 16, 7)]), 110);
         ledger.observe(1, &delta(8, &[], &[("p", 12, 8)]), 120);
-        let moves = ledger.moves((50, 200), &BTreeSet::new(), &BTreeSet::new(), &names());
+        let moves = ledger.moves((50, 200), &disturbed(&[], &[]), &BTreeSet::new(), &names());
         assert_eq!(moves.slice_changes, (3, 0));
         assert_eq!(moves.slice_added, 6);
         assert_eq!(moves.most_changes_of_one_slice, 3);
         assert_eq!(moves.swung, ["s1 p/r [14, 16, 12]"]);
         // At a shard whose state changed, or with the operator between, it is not a swing.
-        let changed = ledger.moves((50, 200), &BTreeSet::from([1]), &BTreeSet::new(), &names());
+        let changed = ledger.moves((50, 200), &disturbed(&[], &[1]), &BTreeSet::new(), &names());
         assert!(changed.swung.is_empty());
-        let cut = ledger.moves((50, 200), &BTreeSet::new(), &BTreeSet::from([7]), &names());
+        let cut = ledger.moves(
+            (50, 200),
+            &disturbed(&[], &[]),
+            &BTreeSet::from([7]),
+            &names(),
+        );
         assert!(cut.swung.is_empty(), "{cut:?}");
         assert_eq!(cut.slice_changes, (2, 1));
     }
@@ -672,7 +730,7 @@ mod tests {
     fn a_slice_left_out_of_a_full_listing_is_gone() {
         let mut ledger = started();
         ledger.observe(2, &listing(9, &[], &[]), 100);
-        let moves = ledger.moves((50, 200), &BTreeSet::new(), &BTreeSet::new(), &names());
+        let moves = ledger.moves((50, 200), &disturbed(&[], &[]), &BTreeSet::new(), &names());
         assert_eq!(moves.slice_changes, (1, 0));
         assert_eq!(
             ledger.streams[2].slices[&("p".to_string(), "r".to_string())],

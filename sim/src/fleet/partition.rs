@@ -49,7 +49,7 @@ impl Sim {
         ));
         let from_ms = self.shared.now_ms();
         let cut = Instant::now();
-        self.shared.disturb(k);
+        self.shared.take_down(k);
         for proxy in &self.proxies {
             proxy.cut();
         }
@@ -170,6 +170,7 @@ impl Sim {
         for proxy in &self.proxies {
             proxy.heal();
         }
+        self.shared.bring_back(k);
         let healed = Instant::now();
         self.shared.event(format!(
             "partition healed after {:.0} ms",

@@ -63,7 +63,7 @@ impl Sim {
     ) -> anyhow::Result<ScenarioResult> {
         let started_ms = self.shared.now_ms();
         let started = Instant::now();
-        self.shared.disturbed.lock().clear();
+        *self.shared.disturbed.lock() = Default::default();
         let mut measurements = BTreeMap::new();
         let mut invariants = match scenario {
             Scenario::Steady => {
@@ -423,10 +423,11 @@ impl Sim {
             "SIGKILL {} during the outage and restart it",
             self.shards[victim].id
         ));
-        self.shared.disturb(victim);
+        self.shared.take_down(victim);
         self.shards[victim].kill();
         let restarted = Instant::now();
         self.shards[victim].restart();
+        self.shared.bring_back(victim);
         let mut back = None;
         while restarted.elapsed() < Duration::from_secs(30) {
             if let Some(s) = self.shard_status(victim).await
@@ -579,7 +580,7 @@ impl Sim {
         let killed = Instant::now();
         self.cluster.kill(replica);
         for &i in &lost {
-            self.shared.disturb(i);
+            self.shared.take_down(i);
             self.shared.alive[i].store(false, Ordering::Relaxed);
             self.shards[i].kill();
         }
@@ -631,6 +632,7 @@ impl Sim {
         for &i in &lost {
             self.shards[i].restart();
             self.shared.alive[i].store(true, Ordering::Relaxed);
+            self.shared.bring_back(i);
         }
         // Back means heartbeating again: a shard that has not renewed its lease yet would
         // lose whatever is moved home to the rebalancer straight away.
