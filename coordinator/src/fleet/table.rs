@@ -209,6 +209,31 @@ impl<V> NameTable<V> {
             .find_entry(hash, |&slot| name_in(text, slots, slot) == name)
             .ok()?;
         let (slot, _) = found.remove();
+        Some((slot, self.vacate(slot)))
+    }
+
+    /// Removes the live row in `slot` (a caller that kept the slot need not name it again);
+    /// returns its value.
+    ///
+    /// # Panics
+    /// If `slot` is not live.
+    pub fn remove_slot(&mut self, slot: u32) -> V
+    where
+        V: Clone,
+    {
+        let hash = self.hash(self.name(slot));
+        self.index
+            .find_entry(hash, |&s| s == slot)
+            .expect("a live slot is indexed")
+            .remove();
+        self.vacate(slot)
+    }
+
+    /// Frees `slot`, already out of the index; returns its value.
+    fn vacate(&mut self, slot: u32) -> V
+    where
+        V: Clone,
+    {
         let row = &mut self.slots[slot as usize];
         self.dead += row.len as usize;
         row.len = VACANT;
@@ -217,7 +242,7 @@ impl<V> NameTable<V> {
         self.len -= 1;
         self.order = OnceLock::new();
         self.compact_if_mostly_dead();
-        Some((slot, value))
+        value
     }
 
     /// Rewrites the name buffer without removed names once they are most of it. Slots keep

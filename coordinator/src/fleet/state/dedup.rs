@@ -113,8 +113,7 @@ impl Dedup {
                 break;
             }
             self.order.pop_front();
-            let id = self.ids.name(slot).to_string();
-            self.ids.remove(&id);
+            self.ids.remove_slot(slot);
             self.others.remove(&slot);
             self.first_seq += 1;
         }
