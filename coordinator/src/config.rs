@@ -112,6 +112,14 @@ pub struct CoordArgs {
         default_value_t = 60_000
     )]
     pub slow_evacuation_every_ms: u64,
+    /// Most domain moves in one proposal of an evacuation. A round proposes as many as it
+    /// takes to empty the shards it evacuates, one after another (1..=50,000).
+    #[arg(
+        long,
+        env = "BALLAST_EVACUATION_BATCH_DOMAINS",
+        default_value_t = crate::disruption::EvacuationPolicy::default().batch_domains
+    )]
+    pub evacuation_batch_domains: usize,
     /// Most of a quota's total the leader moves between live shards in one rebalancing round,
     /// to the shards whose demand found their slices full (0 <= x <= 1; 0 leaves slices where
     /// the operator put them).
@@ -227,6 +235,13 @@ impl CoordArgs {
                 self.disruption_threshold
             )));
         }
+        if !(1..=ballast_protocol::validate::MAX_BATCH).contains(&self.evacuation_batch_domains) {
+            return Err(NodeError::Config(format!(
+                "--evacuation-batch-domains ({}) must be between 1 and {}",
+                self.evacuation_batch_domains,
+                ballast_protocol::validate::MAX_BATCH
+            )));
+        }
         for (flag, value) in [
             ("--slice-max-move", self.slice_max_move),
             ("--slice-headroom", self.slice_headroom),
@@ -325,6 +340,7 @@ impl CoordArgs {
             evacuation: crate::disruption::EvacuationPolicy {
                 threshold: self.disruption_threshold,
                 slow_every: Duration::from_millis(self.slow_evacuation_every_ms),
+                batch_domains: self.evacuation_batch_domains,
             },
             slices: (self.slice_max_move > 0.0).then(|| crate::slice_placement::SlicePolicy {
                 headroom: self.slice_headroom,

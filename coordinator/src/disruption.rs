@@ -1,7 +1,7 @@
 //! Judging shard leases when the judge may be what failed. Pure logic: the leader's rebalancing
 //! loop feeds it the times and the shards, and moves away only from the shards it lets go.
 //!
-//! - [`Judge`]: the leader's own scheduling lag. The loop ticks at a fixed interval; a tick that
+//! - [`Judge`]: the leader's own scheduling lag. A sampler ticks at a fixed interval; a tick that
 //!   comes late says the leader was not running (paused, starved of CPU, swapping), and the
 //!   heartbeats that reached it meanwhile may not have been handled yet. Every lease is judged
 //!   with the lag of the last lease window added to it, and a tick late by half a lease or more
@@ -17,7 +17,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// How the leader evacuates lapsed shards (`--disruption-threshold`,
-/// `--slow-evacuation-every-ms`).
+/// `--slow-evacuation-every-ms`, `--evacuation-batch-domains`).
 #[derive(Clone, Copy, Debug)]
 pub struct EvacuationPolicy {
     /// Share of shards (per AZ, and fleet-wide) lapsed within one lease beyond which the
@@ -25,6 +25,9 @@ pub struct EvacuationPolicy {
     pub threshold: f64,
     /// At the slow rate, one more shard is let go this often.
     pub slow_every: std::time::Duration,
+    /// Most domain moves in one proposal; a round proposes until the shards it evacuates
+    /// hold nothing, so this bounds a proposal's size, not how much a round moves.
+    pub batch_domains: usize,
 }
 
 impl Default for EvacuationPolicy {
@@ -32,6 +35,7 @@ impl Default for EvacuationPolicy {
         EvacuationPolicy {
             threshold: 0.55,
             slow_every: std::time::Duration::from_secs(60),
+            batch_domains: crate::rebalance::Limits::default().max_domain_moves,
         }
     }
 }
@@ -83,8 +87,8 @@ impl Judge {
         self.lags.clear();
     }
 
-    /// A tick of the loop at monotonic `now`. Returns the lag of this tick (ms past the
-    /// interval), which the caller reports.
+    /// A tick of the leader's clock sampler at monotonic `now`, an interval after the last.
+    /// Returns the lag of this tick (ms past the interval), which the caller reports.
     pub fn tick(&mut self, now: u64) -> u64 {
         let lag = self.last_tick.map_or(0, |last| {
             now.saturating_sub(last).saturating_sub(self.interval_ms)
@@ -109,6 +113,11 @@ impl Judge {
     /// Extra time every lease gets now: the leader's lag over the last lease.
     pub fn allowance_ms(&self) -> u64 {
         self.lags.iter().map(|(_, lag)| lag).sum()
+    }
+
+    /// Monotonic ms at which the latest grace period ends or ended (0: none yet).
+    pub fn grace_ends(&self) -> u64 {
+        self.grace_until
     }
 
     /// Whether shards are in a grace period at monotonic `now` (no lease is judged).
@@ -240,25 +249,42 @@ pub fn assess<'a>(shards: impl IntoIterator<Item = (&'a str, bool)>, threshold: 
 
 /// Which lapsed shards are let go, round after round, at the slow rate where the mode says so.
 /// A shard once let go stays let go while it is lapsed (its evacuation takes several rounds).
+///
+/// A lapsed shard whose AZ has shards that missed a heartbeat without lapsing yet (*settling*)
+/// waits, for at most `hold_ms`: an AZ going down loses its shards' leases over a heartbeat
+/// interval, and letting the first go on its own would move the AZ's work in a string of
+/// rounds, each changing the receiving shards' slices again. Held, the AZ is found lost in one
+/// round, which moves all of it.
 #[derive(Debug, Default)]
 pub struct Evacuations {
     admitted: BTreeSet<String>,
     last_slow: Option<u64>,
+    /// Lapsed shards held while their AZ settles, since when (monotonic ms).
+    held: BTreeMap<String, u64>,
+}
+
+/// What a round lets lapsed shards go under.
+#[derive(Clone, Copy, Debug)]
+pub struct Admission<'a> {
+    /// This round's mode.
+    pub mode: &'a Mode,
+    /// Monotonic ms of the round.
+    pub now: u64,
+    /// At the slow rate, one more shard this often.
+    pub slow_every_ms: u64,
+    /// AZs with a shard that missed a heartbeat but has not lapsed.
+    pub settling: &'a BTreeSet<String>,
+    /// Longest a lapsed shard waits for its AZ to settle.
+    pub hold_ms: u64,
 }
 
 impl Evacuations {
-    /// The shards to evacuate this round, of `lapsed` (shard → AZ, lapsed first first), under
-    /// `mode`, at monotonic `now`: one more slowed shard every `slow_every_ms`.
-    pub fn admit(
-        &mut self,
-        lapsed: &[(String, String)],
-        mode: &Mode,
-        now: u64,
-        slow_every_ms: u64,
-    ) -> BTreeSet<String> {
+    /// The shards to evacuate this round, of `lapsed` (shard → AZ, lapsed first first).
+    pub fn admit(&mut self, lapsed: &[(String, String)], round: Admission) -> BTreeSet<String> {
         let still: BTreeSet<&String> = lapsed.iter().map(|(shard, _)| shard).collect();
         self.admitted.retain(|shard| still.contains(shard));
-        if *mode == Mode::Stopped {
+        self.held.retain(|shard, _| still.contains(shard));
+        if *round.mode == Mode::Stopped {
             self.admitted.clear();
             return BTreeSet::new();
         }
@@ -266,15 +292,21 @@ impl Evacuations {
             if self.admitted.contains(shard) {
                 continue;
             }
-            let slowed = matches!(mode, Mode::Slowed(azs) if azs.contains(az));
+            if round.settling.contains(az) {
+                let since = *self.held.entry(shard.clone()).or_insert(round.now);
+                if round.now.saturating_sub(since) < round.hold_ms {
+                    continue;
+                }
+            }
+            let slowed = matches!(round.mode, Mode::Slowed(azs) if azs.contains(az));
             if !slowed {
                 self.admitted.insert(shard.clone());
             } else if self
                 .last_slow
-                .is_none_or(|last| now.saturating_sub(last) >= slow_every_ms)
+                .is_none_or(|last| round.now.saturating_sub(last) >= round.slow_every_ms)
             {
                 self.admitted.insert(shard.clone());
-                self.last_slow = Some(now);
+                self.last_slow = Some(round.now);
             }
         }
         self.admitted.clone()
@@ -316,6 +348,7 @@ mod tests {
         // Stopped 4.5 s (1.5 leases): every lease looks lapsed, none is judged.
         judge.tick(8_000);
         assert!(judge.in_grace(8_000));
+        assert_eq!(judge.grace_ends(), 11_000);
         assert!(!judge.lapsed(0, 1_000_000, 10_999));
         assert!(judge.lapsed(0, 1_000_000, 11_001));
     }
@@ -361,6 +394,17 @@ mod tests {
         );
     }
 
+    fn round(mode: &Mode, now: u64) -> Admission<'_> {
+        static NONE: BTreeSet<String> = BTreeSet::new();
+        Admission {
+            mode,
+            now,
+            slow_every_ms: 60_000,
+            settling: &NONE,
+            hold_ms: 5_000,
+        }
+    }
+
     #[test]
     fn slowed_shards_are_let_go_one_per_period_and_stay_let_go() {
         let mut evacuations = Evacuations::default();
@@ -370,18 +414,54 @@ mod tests {
             ("a2".to_string(), "a".to_string()),
             ("b1".to_string(), "b".to_string()),
         ];
-        let first = evacuations.admit(&lapsed, &slowed, 0, 60_000);
+        let first = evacuations.admit(&lapsed, round(&slowed, 0));
         assert_eq!(first, BTreeSet::from(["a1".to_string(), "b1".to_string()]));
-        assert_eq!(evacuations.admit(&lapsed, &slowed, 30_000, 60_000), first);
-        let later = evacuations.admit(&lapsed, &slowed, 60_000, 60_000);
+        assert_eq!(evacuations.admit(&lapsed, round(&slowed, 30_000)), first);
+        let later = evacuations.admit(&lapsed, round(&slowed, 60_000));
         assert_eq!(later.len(), 3);
         // Back in time: a1 is fine again and leaves the set; stopping clears it.
-        let back = evacuations.admit(&lapsed[1..], &slowed, 61_000, 60_000);
+        let back = evacuations.admit(&lapsed[1..], round(&slowed, 61_000));
         assert!(!back.contains("a1"));
         assert!(
             evacuations
-                .admit(&lapsed, &Mode::Stopped, 62_000, 60_000)
+                .admit(&lapsed, round(&Mode::Stopped, 62_000))
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn a_lapsed_shard_waits_while_its_az_settles_and_no_longer_than_the_hold() {
+        let mut evacuations = Evacuations::default();
+        let normal = Mode::Normal;
+        let settling = BTreeSet::from(["a".to_string()]);
+        let held = |now| Admission {
+            settling: &settling,
+            ..round(&normal, now)
+        };
+        let lapsed = vec![
+            ("a1".to_string(), "a".to_string()),
+            ("b1".to_string(), "b".to_string()),
+        ];
+        // a2 in az a missed a heartbeat: a1 waits, b1 (az b settled) goes.
+        assert_eq!(
+            evacuations.admit(&lapsed, held(0)),
+            BTreeSet::from(["b1".to_string()])
+        );
+        assert_eq!(evacuations.admit(&lapsed, held(4_999)).len(), 1);
+        // Still settling after the hold: a1 goes anyway.
+        assert_eq!(evacuations.admit(&lapsed, held(5_000)).len(), 2);
+        // Az a settled (its quiet shard lapsed too, or heartbeat again): no wait.
+        let mut evacuations = Evacuations::default();
+        let both = vec![
+            ("a1".to_string(), "a".to_string()),
+            ("a2".to_string(), "a".to_string()),
+        ];
+        assert!(evacuations.admit(&both[..1], held(0)).is_empty());
+        assert_eq!(evacuations.admit(&both, round(&normal, 1_500)).len(), 2);
+        // A shard held once and fine again is forgotten: its next lapse waits afresh.
+        let mut evacuations = Evacuations::default();
+        assert!(evacuations.admit(&both[..1], held(0)).is_empty());
+        assert!(evacuations.admit(&[], held(3_000)).is_empty());
+        assert!(evacuations.admit(&both[..1], held(6_000)).is_empty());
     }
 }

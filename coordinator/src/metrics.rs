@@ -37,12 +37,17 @@ pub fn state_copied(locked: Instant) {
     histogram!("ballast_snapshot_lock_seconds").record(locked.elapsed().as_secs_f64());
 }
 
+/// Counts a rebalancing round that ended with work still on a shard it evacuated.
+pub fn evacuation_carried_over() {
+    counter!("ballast_evacuation_carried_over_total").increment(1);
+}
+
 /// Counts one rebalancing round: the leader judged every shard's lease.
 pub fn rebalance_round() {
     counter!("ballast_rebalance_rounds_total").increment(1);
 }
 
-/// Records how late one rebalancing round started (the leader's own scheduling lag).
+/// Records how late a tick of the leader's clock sampler came (its own scheduling lag).
 pub fn leader_lag(lag_ms: u64) {
     histogram!("ballast_leader_tick_lag_seconds").record(lag_ms as f64 / 1000.0);
 }

@@ -1,6 +1,7 @@
 //! The rebalancer's decision: which domains, cluster bindings and quota slices leave shards
 //! that are draining or whose lease ran out, and where they go. Pure logic over the fleet
-//! state; the leader runs it on a timer and proposes the result as one batch.
+//! state; the leader runs it on a timer and proposes the result as a batch, planning again
+//! after each commit until nothing is left to move (`crate::leader::rebalance`).
 //!
 //! Only unhealthy shards give anything away. Live shards are never rebalanced among
 //! themselves, which is the dead band that keeps the fleet from oscillating (the jitter
@@ -12,10 +13,10 @@ use ballast_protocol::validate::MAX_BATCH;
 
 use crate::fleet::{FleetCommand, FleetState, ShardStatus};
 
-/// Limits of one rebalancing round.
+/// Limits of one plan (one proposal).
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
-    /// Most domain moves proposed in one round (rate limit).
+    /// Most domain moves in one plan; what does not fit waits for the next plan.
     pub max_domain_moves: usize,
 }
 
@@ -489,6 +490,36 @@ mod tests {
         assert_eq!(s.domains_of("a1").len(), 2, "rate limited to 4 moves");
         assert_eq!(s.domains_of("b1").len(), 5);
         let q = s.quota("aws", "r").expect("quota");
+        assert_eq!(q.slices.values().sum::<u64>(), 60, "slices keep their sum");
+    }
+
+    #[test]
+    fn plans_one_after_another_empty_a_shard_larger_than_one_plan_and_then_stop() {
+        let mut s = state();
+        let dead = BTreeSet::from(["a1".to_string()]);
+        let limits = Limits {
+            max_domain_moves: 4,
+        };
+        let mut moved = Vec::new();
+        while let Some(cmd) = plan(&s, &dead, &BTreeSet::new(), limits, &ClusterDemand::new()) {
+            assert!(
+                moved.len() < 2,
+                "a third plan for 6 domains at 4 a plan: {cmd:?}"
+            );
+            s.apply(&cmd).expect("applies");
+            moved.push(moves(&cmd));
+        }
+        // The first takes four domains, the cluster and its slice; the second the rest.
+        assert_eq!(moved, [(4, 1, 1), (2, 0, 0)]);
+        assert!(s.domains_of("a1").is_empty());
+        assert!(s.bindings().all(|(_, shard)| shard != "a1"));
+        let q = s.quota("aws", "r").expect("quota");
+        assert_eq!(
+            q.slices.get("a1").copied().unwrap_or(0),
+            0,
+            "{:?}",
+            q.slices
+        );
         assert_eq!(q.slices.values().sum::<u64>(), 60, "slices keep their sum");
     }
 

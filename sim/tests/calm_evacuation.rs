@@ -68,21 +68,7 @@ async fn holders(cluster: &TestCluster) -> BTreeMap<String, String> {
 
 /// The leader's evacuation report, if a replica leads and has judged a round.
 async fn evacuation(cluster: &TestCluster) -> Option<pb::Evacuation> {
-    for id in 1..=3 {
-        let status = cluster
-            .client_of(id)
-            .cluster(|mut c, req| async move {
-                c.status(req.wrap(pb::StatusRequest { options: None }))
-                    .await
-            })
-            .await;
-        if let Ok(status) = status
-            && status.state == "leader"
-        {
-            return status.evacuation;
-        }
-    }
-    None
+    cluster.leader_status().await?.evacuation
 }
 
 async fn wait_for_mode(cluster: &TestCluster, mode: &str) -> pb::Evacuation {
@@ -182,4 +168,82 @@ async fn lapses_in_every_az_together_stop_evacuation_and_a_lost_az_is_still_evac
     .await;
     let lost = evacuation(&cluster).await.expect("the leader reports");
     assert_eq!(lost.mode, "normal", "{lost:?}");
+}
+
+/// A lost AZ holding more than one proposal's worth of domains (`--evacuation-batch-domains
+/// 40`; 50 domains a shard) is evacuated by the round that finds it lost, in as many proposals
+/// as it takes: no round leaves work behind and no later round has any of its domains to move.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_az_larger_than_one_proposal_moves_in_one_round() {
+    let cluster = TestCluster::start_with(
+        ClusterOptions::sim(program()).with_extra(&["--evacuation-batch-domains", "40"]),
+        3,
+    )
+    .await;
+    let lease = LEASE.as_millis().to_string();
+    let mut shards: Vec<ShardProcess> = ["a1", "a2", "b1", "b2", "c1", "c2"]
+        .into_iter()
+        .map(|id| {
+            cluster.spawn_sim_shard(
+                program(),
+                id,
+                &format!("az-{}", &id[..1]),
+                &["--lease-ms", &lease],
+            )
+        })
+        .collect();
+    cluster.wait_for_shards(shards.len()).await;
+    let assignments = shards
+        .iter()
+        .flat_map(|s| {
+            (0..50).map(|n| pb::DomainAssignment {
+                domain: format!("{}/host=h{n:02}", domain_of(&s.id)),
+                shard: s.id.clone(),
+            })
+        })
+        .collect();
+    cluster
+        .client()
+        .write(pb::Command {
+            command: Some(pb::command::Command::AssignDomains(pb::AssignDomains {
+                assignments,
+                allow_move: false,
+            })),
+        })
+        .await
+        .expect("assigning 300 domains");
+    let killed_ms = ballast_protocol::clock::unix_ms();
+    for shard in shards.iter_mut().filter(|s| s.id.starts_with('c')) {
+        shard.kill();
+    }
+    wait_for(
+        "az-c's 100 domains to move to live shards",
+        Duration::from_secs(30),
+        || async {
+            let now = holders(&cluster).await;
+            (now.len() == 300 && now.values().all(|s| !s.starts_with('c'))).then_some(())
+        },
+    )
+    .await;
+    let report = evacuation(&cluster).await.expect("the leader reports");
+    let rounds: Vec<&pb::RebalanceRound> = report
+        .rounds
+        .iter()
+        .filter(|r| r.started_unix_ms >= killed_ms && r.domains > 0)
+        .collect();
+    assert!(
+        rounds.iter().all(|r| !r.carried_over),
+        "a round left work behind: {rounds:?}"
+    );
+    assert_eq!(
+        rounds.iter().map(|r| r.domains).sum::<u64>(),
+        100,
+        "{rounds:?}"
+    );
+    // The last round to move domains is the one that found az-c lost (its first shard to lapse
+    // may have gone in a round of its own), and it needed more than one proposal.
+    let last = rounds.last().expect("a round moved az-c's domains");
+    assert_eq!(last.lost_azs, ["az-c"], "{rounds:?}");
+    assert!(last.proposals >= 2, "{rounds:?}");
+    assert_eq!(report.rounds_carried_over, 0, "{report:?}");
 }

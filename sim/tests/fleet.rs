@@ -83,6 +83,9 @@ fn every_scenario_keeps_every_invariant_at_ci_scale() {
         "domains and clusters move only off shards whose state changed",
         "the coordinator moves nothing onto a shard that is down",
         "no slice moves back and forth unless its shard's state changed",
+        "az-c is found lost within its leases, the leader's allowance and a round",
+        "the round that finds az-c lost moves all of its work",
+        "the lost AZ's work moves in one step",
     ] {
         assert!(checked.contains(name), "{name} never checked: {checked:?}");
     }

@@ -167,7 +167,9 @@ pub async fn run(ctx: &Context, cmd: ClusterCmd) -> anyhow::Result<Rendered> {
                 "evacuation": s.evacuation.as_ref().map(|e| json!({
                     "mode": e.mode, "reason": e.reason, "lapsed": e.lapsed,
                     "evacuating": e.evacuating, "allowance_ms": e.allowance_ms,
-                    "slowed_azs": e.slowed_azs,
+                    "slowed_azs": e.slowed_azs, "grace_until_unix_ms": e.grace_until_unix_ms,
+                    "interval_ms": e.interval_ms, "rounds_carried_over": e.rounds_carried_over,
+                    "rounds": e.rounds.iter().map(round_json).collect::<Vec<_>>(),
                 })),
                 "shards": shards.iter().map(super::shard::shard_json).collect::<Vec<_>>(),
                 "dr": {
@@ -220,6 +222,25 @@ pub async fn run(ctx: &Context, cmd: ClusterCmd) -> anyhow::Result<Rendered> {
                     list_or_none(&e.lapsed),
                     list_or_none(&e.evacuating),
                     e.allowance_ms
+                ),
+                None => human,
+            };
+            let human = match s.evacuation.as_ref().and_then(|e| e.rounds.last()) {
+                Some(r) => format!(
+                    "{human}\nlast round that acted: {} at {} ms (Unix), {} proposals in {} ms: \
+                     {} domains, {} clusters, {} slice tables{}",
+                    r.cause,
+                    r.started_unix_ms,
+                    r.proposals,
+                    r.duration_ms,
+                    r.domains,
+                    r.clusters,
+                    r.quotas,
+                    if r.carried_over {
+                        "; work left for the next round"
+                    } else {
+                        ""
+                    }
                 ),
                 None => human,
             };
@@ -335,4 +356,15 @@ fn list_or_none(names: &[String]) -> String {
     } else {
         names.join(", ")
     }
+}
+
+/// One of the leader's recent rebalancing rounds, for `--json`.
+fn round_json(r: &pb::RebalanceRound) -> serde_json::Value {
+    json!({
+        "started_unix_ms": r.started_unix_ms, "duration_ms": r.duration_ms,
+        "cause": r.cause, "proposals": r.proposals, "domains": r.domains,
+        "clusters": r.clusters, "quotas": r.quotas,
+        "carried_over": r.carried_over, "allowance_ms": r.allowance_ms,
+        "grace_until_unix_ms": r.grace_until_unix_ms, "lost_azs": r.lost_azs,
+    })
 }

@@ -8,6 +8,7 @@
 
 mod checks;
 mod churn;
+mod evacuation;
 pub mod model;
 mod moves;
 mod partition;

@@ -11,6 +11,7 @@ use ballast_protocol::pb::command::Command as Wire;
 use ballast_testkit::fleet::list_fleet;
 
 use super::checks::Check;
+use super::evacuation;
 use super::{Scenario, Shared, Sim, Window, command, submit_demand};
 
 /// What one scenario measured and whether the invariants held after it.
@@ -90,7 +91,10 @@ impl Sim {
             Scenario::Dr => self.dr(&mut measurements).await?,
         };
         invariants.extend(self.checkpoint(true).await?);
-        invariants.extend(self.moves_of(started_ms, &mut measurements).await?);
+        invariants.extend(
+            self.moves_of(scenario, started_ms, &mut measurements)
+                .await?,
+        );
         Ok(ScenarioResult {
             scenario,
             started_ms,
@@ -104,6 +108,7 @@ impl Sim {
     /// revision), recorded in `m` and judged.
     async fn moves_of(
         &self,
+        scenario: Scenario,
         started_ms: u64,
         m: &mut BTreeMap<String, f64>,
     ) -> anyhow::Result<Vec<Check>> {
@@ -131,7 +136,24 @@ impl Sim {
             &names,
         );
         moves.record(m);
-        Ok(moves.checks())
+        let mut checks = moves.checks();
+        if scenario == Scenario::AzLoss {
+            // The AZ is found lost in one round, which moves all of it: nothing of its goes
+            // in steps, and a slice that takes some of it grows once.
+            checks.push(Check::new(
+                "the lost AZ's work moves in one step",
+                moves.most_moves_of_one <= 1 && moves.most_changes_of_one_slice <= 1,
+                format!(
+                    "by the coordinator: at most {} moves of one domain or cluster, at most {} \
+                     changes of one slice ({} changes on {} slices)",
+                    moves.most_moves_of_one,
+                    moves.most_changes_of_one_slice,
+                    moves.slice_changes.0,
+                    moves.slices_changed
+                ),
+            ));
+        }
+        Ok(checks)
     }
 
     /// A fleet write with its own request id, waited for across elections.
@@ -521,6 +543,25 @@ impl Sim {
         Ok(page.domains.into_iter().map(|d| d.domain).collect())
     }
 
+    /// The leader's evacuation report, waiting up to `limit` for a replica that leads.
+    async fn leader_evacuation(&self, limit: Duration) -> Option<pb::Evacuation> {
+        let asked = Instant::now();
+        loop {
+            if let Some(report) = self
+                .cluster
+                .leader_status()
+                .await
+                .and_then(|s| s.evacuation)
+            {
+                return Some(report);
+            }
+            if asked.elapsed() > limit {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Moves `moves` (domain, shard index) in batches of 10K; returns the last revision.
     async fn move_domains(&self, moves: &[(String, usize)]) -> anyhow::Result<u64> {
         let mut revision = 0;
@@ -578,6 +619,7 @@ impl Sim {
         ));
         let from_ms = self.shared.now_ms();
         let killed = Instant::now();
+        let killed_unix_ms = ballast_protocol::clock::unix_ms();
         self.cluster.kill(replica);
         for &i in &lost {
             self.shared.take_down(i);
@@ -599,6 +641,8 @@ impl Sim {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let committed = killed.elapsed();
+        // The leader's record of its rounds, read while it still holds the evacuation's.
+        let leader = self.leader_evacuation(Duration::from_secs(10)).await;
         let revision = self.client.revision().await?;
         self.wait_for_shards_at(revision).await?;
         let delivered = killed.elapsed();
@@ -624,6 +668,38 @@ impl Sim {
                 c
             })
             .collect();
+        let loss = evacuation::Loss {
+            az,
+            killed_ms: killed_unix_ms,
+            lease_ms: self.args.shard_lease_ms.unwrap_or_default(),
+        };
+        match leader
+            .as_ref()
+            .and_then(|e| evacuation::evacuated(&loss, &e.rounds, e.interval_ms))
+        {
+            Some(evacuated) => {
+                self.shared.event(format!(
+                    "the leader found {az} lost {} ms after the kill (leases and allowance: {} ms, \
+                     bound {} ms) and moved {} domains in {} proposals, {} ms",
+                    evacuated.found_lost_ms,
+                    evacuated.lapsed_ms,
+                    evacuated.bound_ms,
+                    evacuated.domains,
+                    evacuated.proposals,
+                    evacuated.round_ms
+                ));
+                evacuated.record(m);
+                checks.extend(evacuated.checks(az));
+            }
+            None => checks.push(Check::new(
+                &format!("the round that finds {az} lost moves all of its work"),
+                false,
+                format!(
+                    "no round of the leader after the kill found {az} lost: {:?}",
+                    leader.map(|e| e.rounds)
+                ),
+            )),
+        }
 
         self.shared.event(format!(
             "{az} returns: replica {replica} and its shards restart"

@@ -143,6 +143,20 @@ impl TestCluster {
             .map(|r| r.into_inner())
     }
 
+    /// The status of a running replica that says it leads, if one answers within a second
+    /// (a paused replica does not answer at all).
+    pub async fn leader_status(&self) -> Option<pb::StatusResponse> {
+        for replica in self.replicas.iter().filter(|r| r.is_running()) {
+            let status = tokio::time::timeout(Duration::from_secs(1), self.status(replica.id));
+            if let Ok(Some(status)) = status.await
+                && status.state == "leader"
+            {
+                return Some(status);
+            }
+        }
+        None
+    }
+
     /// A replica other than `leader` (the first in id order), for tests that act on a
     /// follower.
     pub fn follower_of(&self, leader: u64) -> u64 {
