@@ -30,11 +30,18 @@ fn domain_of(shard: &str) -> String {
 /// shards of every AZ lapse, one of two here, and slows when more than 40% of all shards do; a
 /// lost AZ is a third) and shards a1 a2 b1 b2 c1 c2 in az-a, az-b, az-c, each holding its domain.
 async fn start() -> (TestCluster, Vec<ShardProcess>) {
-    let cluster = TestCluster::start_with(
-        ClusterOptions::sim(program()).with_extra(&["--disruption-threshold", "0.4"]),
-        3,
-    )
-    .await;
+    let (cluster, shards) = start_with(&["--disruption-threshold", "0.4"]).await;
+    for shard in &shards {
+        assign_domain(&cluster.client(), &domain_of(&shard.id), &shard.id, false).await;
+    }
+    (cluster, shards)
+}
+
+/// Three replicas with `flags` and shards a1 a2 b1 b2 c1 c2 in az-a, az-b, az-c, holding
+/// nothing yet.
+async fn start_with(flags: &[&str]) -> (TestCluster, Vec<ShardProcess>) {
+    let cluster =
+        TestCluster::start_with(ClusterOptions::sim(program()).with_extra(flags), 3).await;
     let lease = LEASE.as_millis().to_string();
     let shards: Vec<ShardProcess> = ["a1", "a2", "b1", "b2", "c1", "c2"]
         .into_iter()
@@ -48,9 +55,6 @@ async fn start() -> (TestCluster, Vec<ShardProcess>) {
         })
         .collect();
     cluster.wait_for_shards(shards.len()).await;
-    for shard in &shards {
-        assign_domain(&cluster.client(), &domain_of(&shard.id), &shard.id, false).await;
-    }
     (cluster, shards)
 }
 
@@ -175,24 +179,7 @@ async fn lapses_in_every_az_together_stop_evacuation_and_a_lost_az_is_still_evac
 /// as it takes: no round leaves work behind and no later round has any of its domains to move.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_az_larger_than_one_proposal_moves_in_one_round() {
-    let cluster = TestCluster::start_with(
-        ClusterOptions::sim(program()).with_extra(&["--evacuation-batch-domains", "40"]),
-        3,
-    )
-    .await;
-    let lease = LEASE.as_millis().to_string();
-    let mut shards: Vec<ShardProcess> = ["a1", "a2", "b1", "b2", "c1", "c2"]
-        .into_iter()
-        .map(|id| {
-            cluster.spawn_sim_shard(
-                program(),
-                id,
-                &format!("az-{}", &id[..1]),
-                &["--lease-ms", &lease],
-            )
-        })
-        .collect();
-    cluster.wait_for_shards(shards.len()).await;
+    let (cluster, mut shards) = start_with(&["--evacuation-batch-domains", "40"]).await;
     let assignments = shards
         .iter()
         .flat_map(|s| {
