@@ -53,3 +53,4 @@ mod replica;
 mod security;
 mod slice_placement;
 mod status;
+mod stopping;

@@ -33,6 +33,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("faults", 0),
     ("dr", 0),
     ("security", 0),
+    ("stopping", 0),
     ("log", 1),
     ("autopilot", 1),
     ("restore", 1),

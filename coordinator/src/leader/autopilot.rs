@@ -22,9 +22,8 @@ pub async fn run(replica: Arc<Replica>, mut stopped: watch::Receiver<bool>) {
     };
     let mut leading_since: Option<Instant> = None;
     loop {
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-            _ = stopped.wait_for(|s| *s) => return,
+        if crate::stopping::pause(Duration::from_millis(500), &mut stopped).await {
+            return;
         }
         let view = replica.view();
         if view.leader != Some(replica.id) {

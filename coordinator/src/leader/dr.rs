@@ -51,9 +51,8 @@ pub async fn export_loop(replica: Arc<Replica>, mut stopped: watch::Receiver<boo
         return;
     };
     loop {
-        tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
-            _ = stopped.wait_for(|s| *s) => return,
+        if crate::stopping::pause(interval, &mut stopped).await {
+            return;
         }
         if !replica.is_leader() {
             continue;

@@ -18,9 +18,8 @@ use crate::replica::Replica;
 pub async fn lease_expiry_loop(replica: Arc<Replica>, mut stopped: watch::Receiver<bool>) {
     let mut leading = false;
     loop {
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-            _ = stopped.wait_for(|s| *s) => return,
+        if crate::stopping::pause(Duration::from_millis(100), &mut stopped).await {
+            return;
         }
         let now_leading = replica.is_leader();
         if !now_leading {

@@ -41,9 +41,8 @@ pub async fn rebalance_loop(
     let mut leading_in: Option<u64> = None;
     let mut last_mode: Option<(String, String)> = None;
     loop {
-        tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
-            _ = stopped.wait_for(|s| *s) => return,
+        if crate::stopping::pause(interval, &mut stopped).await {
+            return;
         }
         if !replica.is_leader() {
             leading_in = None;
@@ -236,11 +235,12 @@ pub async fn rebalance_loop(
                     round.carried_over = true;
                     break;
                 }
-                let (domains, clusters, quotas) = rebalance::moves(&command);
-                if !propose(&replica, command.clone(), cause).await {
+                let Some((domains, clusters, quotas)) =
+                    propose(&replica, command.clone(), cause).await
+                else {
                     round.carried_over = matches!(cause, Cause::Evacuation);
                     break;
-                }
+                };
                 round.proposals += 1;
                 round.domains += domains as u64;
                 round.clusters += clusters as u64;
@@ -285,9 +285,8 @@ async fn sample_lag(
     mut stopped: watch::Receiver<bool>,
 ) {
     loop {
-        tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
-            _ = stopped.wait_for(|s| *s) => return,
+        if crate::stopping::pause(interval, &mut stopped).await {
+            return;
         }
         let lag = judge.lock().tick(base.elapsed().as_millis() as u64);
         if lag > 0 {
@@ -320,8 +319,13 @@ impl Evacuation {
     }
 }
 
-/// Proposes one round's command; whether it committed.
-async fn propose(replica: &Replica, command: FleetCommand, cause: Cause) -> bool {
+/// Proposes one of a round's commands; what it moved (domains, clusters, slice tables) once
+/// it committed, `None` when it was refused.
+async fn propose(
+    replica: &Replica,
+    command: FleetCommand,
+    cause: Cause,
+) -> Option<(usize, usize, usize)> {
     let (domains, clusters, quotas) = rebalance::moves(&command);
     match cause {
         Cause::Evacuation => tracing::info!(
@@ -348,11 +352,11 @@ async fn propose(replica: &Replica, command: FleetCommand, cause: Cause) -> bool
                 Cause::Evacuation => crate::metrics::rebalanced(domains, clusters, quotas),
                 Cause::Demand(machines) => crate::metrics::slices_placed(quotas, machines),
             }
-            true
+            Some((domains, clusters, quotas))
         }
         Err(status) => {
             tracing::warn!(%status, "rebalancing proposal refused; retrying next round");
-            false
+            None
         }
     }
 }

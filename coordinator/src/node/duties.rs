@@ -150,9 +150,8 @@ pub(super) async fn snapshot_timer(
     mut stopped: watch::Receiver<bool>,
 ) {
     loop {
-        tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
-            _ = stopped.wait_for(|s| *s) => return,
+        if crate::stopping::pause(interval, &mut stopped).await {
+            return;
         }
         let metrics = raft.metrics().borrow().clone();
         let applied = metrics.last_applied.map(|l| l.index);

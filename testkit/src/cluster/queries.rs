@@ -169,21 +169,8 @@ impl TestCluster {
 
     /// The leader id agreed by a running replica, waiting up to 20 s for one.
     pub async fn leader(&self) -> u64 {
-        let ids: Vec<u64> = self
-            .replicas
-            .iter()
-            .filter(|r| r.is_running())
-            .map(|r| r.id)
-            .collect();
         wait_for("a leader", Duration::from_secs(20), || async {
-            for id in &ids {
-                if let Some(status) = self.status(*id).await
-                    && status.state == "leader"
-                {
-                    return Some(*id);
-                }
-            }
-            None
+            Some(self.leader_status().await?.header?.member_id)
         })
         .await
     }

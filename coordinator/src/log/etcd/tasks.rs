@@ -18,6 +18,7 @@ use super::{
 };
 use crate::error::ReplicaError;
 use crate::log::member::{NodeId, ReplicaNode};
+use crate::stopping::pause;
 
 /// Pause before retrying after etcd could not be reached.
 const RETRY: Duration = Duration::from_millis(300);
@@ -34,15 +35,6 @@ pub(super) fn spawn(
     tokio::spawn(log.clone().follow_loop(revision, stopped.clone()));
     tokio::spawn(log.clone().append_loop(proposals));
     tokio::spawn(log.snapshot_loop(stopped));
-}
-
-/// Sleeps, or returns true early when the replica stops.
-async fn pause(duration: Duration, stopped: &mut watch::Receiver<bool>) -> bool {
-    let slept = tokio::select! {
-        _ = tokio::time::sleep(duration) => true,
-        _ = stopped.wait_for(|s| *s) => false,
-    };
-    !slept || *stopped.borrow()
 }
 
 impl EtcdLog {
