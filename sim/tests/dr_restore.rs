@@ -273,3 +273,88 @@ async fn a_cluster_held_through_a_new_epoch_is_served_while_its_takeover_waits()
     })
     .await;
 }
+
+/// A replica that has not caught up with the restore epoch a shard already follows (one
+/// rejoining with a fresh data dir, say) must not list its older state to that shard: it waits
+/// until it holds the shard's epoch, as it waits when it is behind the shard's revision. Before,
+/// it sent a full listing of its empty state at epoch 0 at once: the shard ignored it (an
+/// older epoch), but a watcher that trusted it saw every grant vanish and come back (the full
+/// simulator's DR scenario saw 60 slices fall to 0 and return).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_behind_the_shards_restore_epoch_waits_instead_of_listing_an_older_state() {
+    let options = ClusterOptions {
+        faults: true,
+        ..ClusterOptions::sim(program())
+    };
+    let mut cluster = TestCluster::start_with(options, 3).await;
+    let s1 = cluster.spawn_sim_shard(program(), "s1", "az-a", &["--lease-ms", "3000"]);
+    let client = cluster.client();
+    cluster.wait_for_shards(1).await;
+    let last = assign_domain(&client, "zone=az-a/rack=r1", "s1", false).await;
+    cluster.wait_for_revision(1, last).await;
+    for id in 1..=3 {
+        cluster.kill(id);
+    }
+    cluster.restart_with(1, &["--force-new-cluster"]);
+    cluster.wait_for_voters(1).await;
+    let header = cluster
+        .status(1)
+        .await
+        .and_then(|s| s.header)
+        .expect("replica 1 answers");
+    assert_eq!(header.restore_epoch, 1);
+    s1.wait_until("the new epoch", |st| {
+        st.restore_epoch == 1 && st.revision >= header.revision
+    })
+    .await;
+
+    // Replica 2 comes back empty; the leader sends it nothing yet, so it cannot catch up.
+    let token = cluster.join_token().await;
+    cluster.set_faults(1, &format!("block {}\n", cluster.replica(2).address));
+    cluster.spawn_fresh_rejoiner(2, &token);
+    let mut watch = None;
+    let mut refused = None;
+    for _ in 0..100 {
+        let opened = pb::assignments_client::AssignmentsClient::new(cluster.channel(2))
+            .watch(pb::WatchAssignmentsRequest {
+                shard_id: "s1".into(),
+                from_revision: header.revision,
+                restore_epoch: 1,
+            })
+            .await;
+        match opened {
+            Ok(stream) => {
+                watch = Some(stream.into_inner());
+                break;
+            }
+            Err(status) => refused = Some(status),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let Some(mut watch) = watch else {
+        panic!("the rejoining replica serves no watch within 10 s: {refused:?}");
+    };
+    // Longer than the watch's one-second progress reports: an older state would be listed
+    // at once, and its progress after a second.
+    let held = tokio::time::timeout(Duration::from_millis(2500), watch.message()).await;
+    if let Ok(update) = held {
+        let update = update.expect("watch").expect("an open watch");
+        panic!(
+            "a replica at epoch {} revision {} answered a watch from epoch 1 (full listing: {})",
+            update.restore_epoch, update.revision, update.full
+        );
+    }
+
+    // Once it has caught up, the same watch carries on from the shard's place.
+    cluster.set_faults(1, "");
+    let update = tokio::time::timeout(Duration::from_secs(60), watch.message())
+        .await
+        .expect("the rejoined replica answers the watch within 60 s")
+        .expect("watch")
+        .expect("an open watch");
+    assert_eq!(update.restore_epoch, 1, "{update:?}");
+    assert!(update.revision >= header.revision, "{update:?}");
+    if update.full {
+        assert_eq!(update.domains_added, vec!["zone=az-a/rack=r1".to_string()]);
+    }
+}

@@ -396,23 +396,30 @@ impl TestCluster {
     /// Replaces replica `id`'s data dir with a fresh one and starts it joining through the
     /// running members (how replicas come back after a restore); waits until it is a voter.
     pub async fn rejoin_fresh(&mut self, id: u64) {
+        let voters = self.voter_count().await + 1;
+        let token = self.join_token().await;
+        self.spawn_fresh_rejoiner(id, &token);
+        self.wait_for_voters(voters).await;
+    }
+
+    /// Replaces replica `id` by a fresh one (empty data dir) joining through the running
+    /// members with `token`, without waiting for it to join: until it does, it serves an
+    /// empty state.
+    pub fn spawn_fresh_rejoiner(&mut self, id: u64, token: &str) {
         self.kill(id);
         let index = self.index_of(id);
         let dir = self.replicas[index].data_dir.clone();
         let _ = std::fs::remove_dir_all(&dir);
         let join = self.running_endpoints().join(",");
-        let voters = self.voter_count().await + 1;
-        let token = self.join_token().await;
         self.spawn(
             index,
             &[
                 "--join".to_string(),
                 join,
                 "--join-token".to_string(),
-                token,
+                token.to_string(),
             ],
         );
-        self.wait_for_voters(voters).await;
     }
 
     /// Forgets a replica entirely (after it was removed from the cluster).

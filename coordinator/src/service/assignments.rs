@@ -85,7 +85,7 @@ fn update(
 async fn stream_updates(
     replica: Arc<Replica>,
     shard: String,
-    (from_epoch, mut from): (u64, u64),
+    (mut from_epoch, mut from): (u64, u64),
     tx: mpsc::Sender<Result<pb::AssignmentUpdate, Status>>,
 ) {
     let _open = crate::metrics::WatchStream::open("assignments");
@@ -95,12 +95,15 @@ async fn stream_updates(
     loop {
         let current = *revisions.borrow_and_update();
         let epoch = replica.state.fleet().restore_epoch();
-        // A revision from another restore epoch says nothing about this state: start over
-        // with a full listing.
-        let relist = first && (from == 0 || from_epoch != epoch);
         // A shard that is ahead of this replica (it was served by a more current one) waits
-        // until this replica catches up: an older listing would take back newer grants.
-        if relist || current >= from {
+        // until this replica catches up: an older state would take back newer grants. That
+        // holds for a later restore epoch (this replica rejoining after a restore, empty) as
+        // for a later revision.
+        let behind = epoch < from_epoch;
+        // A revision from an earlier restore epoch says nothing about this state: start over
+        // with a full listing.
+        let relist = !behind && (from_epoch != epoch || (first && from == 0));
+        if !behind && (relist || current >= from) {
             let term = replica.consensus.term();
             let message = {
                 let history = replica.state.history();
@@ -135,6 +138,7 @@ async fn stream_updates(
                 }
             };
             if let Some(message) = message {
+                from_epoch = message.restore_epoch;
                 from = message.revision;
                 last_sent_at = tokio::time::Instant::now();
                 if tx.send(Ok(message)).await.is_err() {

@@ -12,6 +12,7 @@ mod evacuation;
 pub mod model;
 mod moves;
 mod partition;
+mod progress;
 mod report;
 mod scenarios;
 mod shift;
