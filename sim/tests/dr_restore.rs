@@ -312,28 +312,26 @@ async fn a_replica_behind_the_shards_restore_epoch_waits_instead_of_listing_an_o
     let token = cluster.join_token().await;
     cluster.set_faults(1, &format!("block {}\n", cluster.replica(2).address));
     cluster.spawn_fresh_rejoiner(2, &token);
-    let mut watch = None;
-    let mut refused = None;
-    for _ in 0..100 {
-        let opened = pb::assignments_client::AssignmentsClient::new(cluster.channel(2))
-            .watch(pb::WatchAssignmentsRequest {
-                shard_id: "s1".into(),
-                from_revision: header.revision,
-                restore_epoch: 1,
-            })
-            .await;
-        match opened {
-            Ok(stream) => {
-                watch = Some(stream.into_inner());
-                break;
+    let mut watch = wait_for(
+        "the rejoining replica to serve watches",
+        Duration::from_secs(10),
+        || {
+            let channel = cluster.channel(2);
+            let from_revision = header.revision;
+            async move {
+                pb::assignments_client::AssignmentsClient::new(channel)
+                    .watch(pb::WatchAssignmentsRequest {
+                        shard_id: "s1".into(),
+                        from_revision,
+                        restore_epoch: 1,
+                    })
+                    .await
+                    .ok()
+                    .map(tonic::Response::into_inner)
             }
-            Err(status) => refused = Some(status),
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let Some(mut watch) = watch else {
-        panic!("the rejoining replica serves no watch within 10 s: {refused:?}");
-    };
+        },
+    )
+    .await;
     // Longer than the watch's one-second progress reports: an older state would be listed
     // at once, and its progress after a second.
     let held = tokio::time::timeout(Duration::from_millis(2500), watch.message()).await;

@@ -92,27 +92,9 @@ struct CleanMapping {
 /// The mappings of `program` in `smaps` (the format of `/proc/PID/smaps`) that are private,
 /// not writable, and hold no anonymous (copied-on-write) page.
 fn clean_program_mappings(smaps: &str, program: &str) -> Vec<CleanMapping> {
-    struct Candidate {
-        start: usize,
-        len: usize,
-        eligible: bool,
-        resident: u64,
-        copied: bool,
-    }
     let mut found = Vec::new();
-    let mut current: Option<Candidate> = None;
-    let finish = |c: Option<Candidate>, found: &mut Vec<CleanMapping>| {
-        if let Some(c) = c
-            && c.eligible
-            && !c.copied
-        {
-            found.push(CleanMapping {
-                start: c.start,
-                len: c.len,
-                resident: c.resident,
-            });
-        }
-    };
+    // The mapping being read, and whether it still qualifies.
+    let mut current: Option<(CleanMapping, bool)> = None;
     for line in smaps.lines() {
         let mut fields = line.split_whitespace();
         let first = fields.next().unwrap_or("");
@@ -122,41 +104,40 @@ fn clean_program_mappings(smaps: &str, program: &str) -> Vec<CleanMapping> {
                 usize::from_str_radix(to, 16),
             )
         {
-            finish(current.take(), &mut found);
+            found.extend(current.take().filter(|(_, keep)| *keep).map(|(m, _)| m));
             let perms = fields.next().unwrap_or("");
             // The path is the rest of the line from its first '/': it may hold spaces.
             let path = line.find('/').map(|at| &line[at..]).unwrap_or("");
-            current = Some(Candidate {
+            let keep = path == program
+                && perms.len() == 4
+                && perms.starts_with('r')
+                && !perms.contains('w')
+                && perms.ends_with('p');
+            let mapping = CleanMapping {
                 start,
                 len: end.saturating_sub(start),
-                eligible: path == program
-                    && perms.len() == 4
-                    && perms.starts_with('r')
-                    && !perms.contains('w')
-                    && perms.ends_with('p'),
                 resident: 0,
-                copied: false,
-            });
+            };
+            current = Some((mapping, keep));
             continue;
         }
-        let Some(c) = current.as_mut() else { continue };
-        let kb = || {
-            fields
-                .clone()
-                .next()
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0)
+        let Some((mapping, keep)) = current.as_mut() else {
+            continue;
         };
+        let kb = fields
+            .next()
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
         match first {
-            "Rss:" => c.resident = kb() * 1024,
+            "Rss:" => mapping.resident = kb * 1024,
             // A page copied on write (relocated at load) is anonymous. A dirty page of the
             // file itself (a program written moments ago, not yet on disk) is not: it stays
             // in the page cache and maps back as it is.
-            "Anonymous:" => c.copied = kb() > 0,
+            "Anonymous:" if kb > 0 => *keep = false,
             _ => {}
         }
     }
-    finish(current.take(), &mut found);
+    found.extend(current.filter(|(_, keep)| *keep).map(|(m, _)| m));
     found
 }
 

@@ -204,12 +204,18 @@ impl TestCluster {
 
     /// [`TestCluster::spawn_joiner`] with extra flags (`--learner`).
     pub fn spawn_joiner_with(&mut self, id: u64, token: &str, extra: &[&str]) {
+        let mut args = self.join_args(token);
+        args.extend(extra.iter().map(|f| f.to_string()));
+        self.spawn_new(id, &args);
+    }
+
+    /// `--join` through the running members, with `--join-token` unless `token` is empty.
+    fn join_args(&self, token: &str) -> Vec<String> {
         let mut args = vec!["--join".to_string(), self.running_endpoints().join(",")];
         if !token.is_empty() {
             args.extend(["--join-token".to_string(), token.to_string()]);
         }
-        args.extend(extra.iter().map(|f| f.to_string()));
-        self.spawn_new(id, &args);
+        args
     }
 
     fn spawn_new(&mut self, id: u64, role_args: &[String]) {
@@ -410,16 +416,8 @@ impl TestCluster {
         let index = self.index_of(id);
         let dir = self.replicas[index].data_dir.clone();
         let _ = std::fs::remove_dir_all(&dir);
-        let join = self.running_endpoints().join(",");
-        self.spawn(
-            index,
-            &[
-                "--join".to_string(),
-                join,
-                "--join-token".to_string(),
-                token.to_string(),
-            ],
-        );
+        let args = self.join_args(token);
+        self.spawn(index, &args);
     }
 
     /// Forgets a replica entirely (after it was removed from the cluster).
