@@ -49,6 +49,18 @@ pub struct ChaosArgs {
     /// must then report violations. Checks that the checker can see them.
     #[arg(long)]
     pub stale_reads: bool,
+    /// Answered operations each schedule must hold: once its faults are over, a schedule's
+    /// clients keep working (faults healed, for at most --extra-limit-ms) until they have this
+    /// many, so a slow machine still gives histories with content instead of a short count.
+    #[arg(long, default_value_t = 0)]
+    pub min_definite: usize,
+    /// Longest a schedule's clients keep working past its faults for --min-definite (ms).
+    #[arg(long, default_value_t = 60_000)]
+    pub extra_limit_ms: u64,
+    /// Stop after the first schedule that finds a violation (the check of the checker: on a
+    /// slow machine few stale reads land inside a fault, so it runs schedules until one does).
+    #[arg(long)]
+    pub stop_at_violation: bool,
     /// Where the report (`report.json`), failed histories and the replicas' data and logs go.
     #[arg(long, default_value = "target/chaos")]
     pub out: PathBuf,
@@ -71,6 +83,8 @@ struct ScheduleReport {
     /// Lock holdings checked for mutual exclusion.
     lock_holdings: usize,
     violations: Vec<String>,
+    /// How long the clients worked on past the faults to reach --min-definite.
+    past_faults_ms: u64,
     elapsed_ms: u64,
 }
 
@@ -119,7 +133,11 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
                 format!("VIOLATIONS: {}", report.violations.join("; "))
             }
         );
+        let found = !report.violations.is_empty();
         reports.push(report);
+        if found && args.stop_at_violation {
+            break;
+        }
     }
     let violations: usize = reports.iter().map(|r| r.violations.len()).sum();
     let mut faults_by_kind: BTreeMap<String, usize> = BTreeMap::new();
@@ -398,6 +416,13 @@ async fn run_schedule(
     let wait =
         Duration::from_millis(schedule.duration_ms).saturating_sub(workload.started.elapsed());
     tokio::time::sleep(wait).await;
+    // Every step has ended by the schedule's duration, so what runs on is fault-free.
+    let faults_over = Instant::now();
+    let extra_until = faults_over + Duration::from_millis(args.extra_limit_ms);
+    while workload.definite() < args.min_definite && Instant::now() < extra_until {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let past_faults_ms = faults_over.elapsed().as_millis() as u64;
     workload.stop.store(true, Ordering::Relaxed);
     for task in tasks {
         let _ = task.await;
@@ -461,6 +486,7 @@ async fn run_schedule(
         bindings: workload.binds.lock().len(),
         lock_holdings: holdings.len(),
         violations,
+        past_faults_ms,
         elapsed_ms: run_started.elapsed().as_millis() as u64,
     })
 }

@@ -66,6 +66,15 @@ impl Workload {
         self.started.elapsed().as_micros() as u64
     }
 
+    /// Operations recorded so far with a known outcome.
+    pub fn definite(&self) -> usize {
+        self.history
+            .lock()
+            .iter()
+            .filter(|r| r.op.ret.is_some())
+            .count()
+    }
+
     fn record(&self, register: &Register, op: Operation) {
         self.history.lock().push(Record {
             register: register.clone(),

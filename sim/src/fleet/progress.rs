@@ -1,6 +1,8 @@
-//! Whether short shards are still provisioning: each shard found short keeps the most
-//! machines it has been seen with at work and when that count last rose. A shard that adds
-//! nothing for a whole window while short has stalled, however slowly the box runs the rest.
+//! Whether short shards are still provisioning: each shard whose own status shows it short
+//! keeps the most machines it has been seen with at work and when that count last rose. A
+//! shard that adds nothing for a whole window while short has stalled, however slowly the box
+//! runs the rest. Only a shard seen short counts: one that did not answer a status call in
+//! time, or whose demand is met, is not judged.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -20,27 +22,28 @@ pub(super) struct Stall {
 }
 
 impl Progress {
-    /// Notes that shard `shard` was short with `at_work` machines at work at `now`; its clock
-    /// starts the first time it is seen and restarts whenever the count rises.
-    pub(super) fn observe(&mut self, shard: usize, at_work: u64, now: Instant) {
-        let seen = self.seen.entry(shard).or_insert((at_work, now));
-        if at_work > seen.0 {
-            *seen = (at_work, now);
+    /// Notes one pass over the fleet at `now`: `short` holds each shard whose own status just
+    /// showed it short, with its machines at work. A shard's clock starts when it is first seen
+    /// short and restarts whenever its count rises; a shard missing from the pass (met, or not
+    /// answering) is forgotten, so one found short again later starts a fresh clock.
+    pub(super) fn observe(&mut self, short: &[(usize, u64)], now: Instant) {
+        self.seen
+            .retain(|shard, _| short.iter().any(|(i, _)| i == shard));
+        for &(shard, at_work) in short {
+            let seen = self.seen.entry(shard).or_insert((at_work, now));
+            if at_work > seen.0 {
+                *seen = (at_work, now);
+            }
         }
     }
 
-    /// The shard among `short` that has gone longest without a machine added, if that is at
+    /// The shard last seen short that has gone longest without a machine added, if that is at
     /// least `window` at `now`.
-    pub(super) fn stalled(&self, short: &[usize], window: Duration, now: Instant) -> Option<Stall> {
-        short
+    pub(super) fn stalled(&self, window: Duration, now: Instant) -> Option<Stall> {
+        self.seen
             .iter()
-            .filter_map(|i| {
-                self.seen
-                    .get(i)
-                    .map(|&(at_work, since)| (*i, at_work, since))
-            })
-            .min_by_key(|&(_, _, since)| since)
-            .map(|(shard, at_work, since)| Stall {
+            .min_by_key(|(_, (_, since))| *since)
+            .map(|(&shard, &(at_work, since))| Stall {
                 shard,
                 at_work,
                 quiet: now.saturating_duration_since(since),
@@ -62,8 +65,8 @@ mod tests {
         // One machine every 50 s for ten minutes: slow, never stalled.
         for step in 0..12u64 {
             let now = start + Duration::from_secs(50 * step);
-            progress.observe(3, 100 + step, now);
-            assert_eq!(progress.stalled(&[3], WINDOW, now), None, "step {step}");
+            progress.observe(&[(3, 100 + step)], now);
+            assert_eq!(progress.stalled(WINDOW, now), None, "step {step}");
         }
     }
 
@@ -71,28 +74,45 @@ mod tests {
     fn a_short_shard_adding_nothing_for_the_window_stalls() {
         let start = Instant::now();
         let mut progress = Progress::default();
-        progress.observe(1, 10, start);
-        progress.observe(2, 50, start);
-        progress.observe(2, 51, start + Duration::from_secs(30));
+        progress.observe(&[(1, 10), (2, 50)], start);
+        progress.observe(&[(1, 10), (2, 51)], start + Duration::from_secs(30));
         let now = start + Duration::from_secs(61);
-        progress.observe(1, 10, now);
-        progress.observe(2, 51, now);
-        let stall = progress
-            .stalled(&[1, 2], WINDOW, now)
-            .expect("shard 1 stalled");
+        progress.observe(&[(1, 10), (2, 51)], now);
+        let stall = progress.stalled(WINDOW, now).expect("shard 1 stalled");
         assert_eq!((stall.shard, stall.at_work), (1, 10));
         assert_eq!(stall.quiet, Duration::from_secs(61));
-        // A shard no longer short does not count, however long ago it last grew.
-        assert_eq!(progress.stalled(&[2], WINDOW, now), None);
+        // Shard 1 met its demand: only shard 2 is short, and it grew 31 s ago.
+        progress.observe(&[(2, 51)], now);
+        assert_eq!(progress.stalled(WINDOW, now), None);
+    }
+
+    #[test]
+    fn a_shard_short_again_after_meeting_its_demand_starts_a_fresh_clock() {
+        let start = Instant::now();
+        let mut progress = Progress::default();
+        progress.observe(&[(0, 700)], start);
+        progress.observe(&[(0, 701)], start + Duration::from_secs(10));
+        // Met at 20 s (absent from the pass), short again at 70 s with the same count: its
+        // count has not risen for 60 s, but it has been short for no time at all.
+        progress.observe(&[], start + Duration::from_secs(20));
+        let now = start + Duration::from_secs(70);
+        progress.observe(&[(0, 701)], now);
+        assert_eq!(progress.stalled(WINDOW, now), None);
+        let later = start + Duration::from_secs(131);
+        progress.observe(&[(0, 701)], later);
+        assert_eq!(
+            progress.stalled(WINDOW, later).map(|s| s.quiet),
+            Some(Duration::from_secs(61))
+        );
     }
 
     #[test]
     fn fewer_machines_at_work_is_not_progress() {
         let start = Instant::now();
         let mut progress = Progress::default();
-        progress.observe(0, 20, start);
-        progress.observe(0, 19, start + Duration::from_secs(40));
+        progress.observe(&[(0, 20)], start);
+        progress.observe(&[(0, 19)], start + Duration::from_secs(40));
         let now = start + Duration::from_secs(60);
-        assert!(progress.stalled(&[0], WINDOW, now).is_some());
+        assert!(progress.stalled(WINDOW, now).is_some());
     }
 }

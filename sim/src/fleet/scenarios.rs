@@ -346,6 +346,9 @@ impl Sim {
                 Ok(_) => return Ok(started.elapsed()),
                 Err(short) if started.elapsed() >= limit => break short,
                 Err(short) => {
+                    // `short` also holds shards whose status call timed out; only a shard
+                    // whose fresh status shows it short is judged for progress.
+                    let mut seen_short = Vec::new();
                     // Only where the shard itself sees nothing missing: it lacks demand.
                     let mut unaware = Vec::new();
                     for &i in &short {
@@ -355,10 +358,13 @@ impl Sim {
                         if status.shortfall == 0 {
                             unaware.push(i);
                         }
-                        progress.observe(i, assigned(&status), Instant::now());
+                        if status.shortfall > 0 || assigned(&status) < demand(i) {
+                            seen_short.push((i, assigned(&status)));
+                        }
                     }
+                    progress.observe(&seen_short, Instant::now());
                     if let Some(window) = stall
-                        && let Some(found) = progress.stalled(&short, window, Instant::now())
+                        && let Some(found) = progress.stalled(window, Instant::now())
                     {
                         stalled = Some(found);
                         break short;
@@ -394,10 +400,12 @@ impl Sim {
         }
         let why = match stalled {
             Some(stall) => format!(
-                "stalled: {} added no machine for {:.0} ms while short ({} at work): ",
+                "stalled: {} added no machine for {:.0} ms while its own status showed it \
+                 short ({} assigned when last seen, {} demanded): ",
                 self.shards[stall.shard].id,
                 ms(stall.quiet),
-                stall.at_work
+                stall.at_work,
+                demand(stall.shard)
             ),
             None => format!("not met within {:.0} ms: ", ms(limit)),
         };
