@@ -124,6 +124,7 @@ impl ShardWorker for StatusService {
             quota_use,
             takeovers: w.takeovers(),
             provider_backoff_ms: w.provider_backoff().remaining().as_millis() as u64,
+            provider_failures: w.provider_failures(),
             machines_by_state: w.machines_by_state().into_iter().collect(),
             shortfall: w.shortfall(),
             cycles: w.cycles(),

@@ -290,6 +290,8 @@ pub struct Worker {
     placements: Mutex<Placements>,
     placements_wake: tokio::sync::Notify,
     backoff: Backoff,
+    /// Provider calls that failed since start (any call, any reason).
+    provider_failures: AtomicU64,
     startup: Startup,
 }
 
@@ -457,6 +459,7 @@ impl Worker {
     /// acting under it at once and waits for its watch); failures back provisioning off.
     pub fn provider_failed(&self, call: &'static str, error: &ProviderError) {
         crate::observe::provider_error(call, error.label());
+        self.provider_failures.fetch_add(1, Ordering::Relaxed);
         match error {
             ProviderError::Refused {
                 reason: Reason::StaleGrant,
@@ -900,6 +903,11 @@ impl Worker {
         self.startup
     }
 
+    /// Provider calls that failed since start.
+    pub fn provider_failures(&self) -> u64 {
+        self.provider_failures.load(Ordering::Relaxed)
+    }
+
     /// Engine cycles completed since start.
     pub fn cycles(&self) -> u64 {
         self.cycles.load(Ordering::Relaxed)
@@ -1299,6 +1307,7 @@ pub async fn start(config: WorkerConfig) -> Result<RunningWorker, WorkerError> {
         recent_cycles: Mutex::new(VecDeque::with_capacity(RECENT_CYCLES)),
         sequence: AtomicU64::new(0),
         backoff: Backoff::new(Duration::from_millis(50), Duration::from_secs(5)),
+        provider_failures: AtomicU64::new(0),
         startup,
     });
     let _ = loaded.set(worker.clone());

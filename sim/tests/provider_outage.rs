@@ -230,12 +230,15 @@ async fn a_create_refused_over_the_slice_makes_the_shard_reconcile_and_use_what_
         .await
         .expect("making a machine s1 does not know of");
 
+    assert_eq!(status.provider_failures, 0, "{status:?}");
     submit(&shard, 3).await;
-    shard
+    let status = shard
         .wait_until("three machines at work, the unknown one among them", |st| {
             assigned_machines(st) == 3 && st.shortfall == 0
         })
         .await;
+    // The refusal counts as a failed provider call in the shard's status.
+    assert!(status.provider_failures >= 1, "{status:?}");
     let log = shard.log();
     assert!(
         log.contains("after it refused a create over the slice") && log.contains("joined=1"),

@@ -12,7 +12,7 @@ use ballast_testkit::fleet::list_fleet;
 
 use super::checks::Check;
 use super::evacuation;
-use super::progress::Progress;
+use super::progress::{Progress, Seen};
 use super::{Scenario, Shared, Sim, Window, command, submit_demand};
 
 /// What one scenario measured and whether the invariants held after it.
@@ -359,7 +359,11 @@ impl Sim {
                             unaware.push(i);
                         }
                         if status.shortfall > 0 || assigned(&status) < demand(i) {
-                            seen_short.push((i, assigned(&status)));
+                            let seen = Seen {
+                                at_work: assigned(&status),
+                                provider_failures: status.provider_failures,
+                            };
+                            seen_short.push((i, seen));
                         }
                     }
                     progress.observe(&seen_short, Instant::now());
@@ -400,12 +404,14 @@ impl Sim {
         }
         let why = match stalled {
             Some(stall) => format!(
-                "stalled: {} added no machine for {:.0} ms while its own status showed it \
-                 short ({} assigned when last seen, {} demanded): ",
+                "stalled: {} added no machine and had no provider call fail for {:.0} ms \
+                 while its own status showed it short ({} assigned when last seen, {} \
+                 demanded, {} failed provider calls since it started): ",
                 self.shards[stall.shard].id,
                 ms(stall.quiet),
-                stall.at_work,
-                demand(stall.shard)
+                stall.seen.at_work,
+                demand(stall.shard),
+                stall.seen.provider_failures
             ),
             None => format!("not met within {:.0} ms: ", ms(limit)),
         };
