@@ -9,6 +9,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use ballast_protocol::etcdserverpb as epb;
+use ballast_protocol::etcdserverpb::kv_client::KvClient;
 use ballast_protocol::pb;
 use ballast_protocol::pb::command::Command as Wire;
 use ballast_testkit::{FAST_FLAGS, TestCluster, wait_for};
@@ -183,6 +185,11 @@ async fn restarted_follower_catches_up_and_new_replica_gets_a_snapshot() {
         .await
         .expect("register");
     let leader = cluster.leader().await;
+    // KV values long enough to live in each replica's value store (ADR 0019), then written
+    // again, so the history holds both versions: they must come back from the snapshot and
+    // the log on a restarted replica and on one that installs a snapshot.
+    let first_values = put_values(&cluster, leader, "first").await;
+    put_values(&cluster, leader, "second").await;
     let follower = cluster.follower_of(leader);
     cluster.kill(follower);
 
@@ -235,6 +242,66 @@ async fn restarted_follower_catches_up_and_new_replica_gets_a_snapshot() {
         "replica 4 did not install a snapshot"
     );
     assert_eq!(domains(&cluster.client_of(4), true).await.len(), 180);
+    let everywhere = cluster.state_of(leader, "kv/").await.expect("leader state");
+    assert!(everywhere.contains("second-19-vvvv"), "{everywhere}");
+    for id in [follower, 4] {
+        let state = cluster.state_of(id, "kv/").await.expect("replica state");
+        assert_eq!(state, everywhere, "replica {id} against the leader");
+        // The values before the overwrite, from the history the snapshot carried.
+        let then = kv_range(&cluster, id, first_values).await;
+        assert_eq!(then.len(), 20, "replica {id} at revision {first_values}");
+        for (n, (key, value)) in then.iter().enumerate() {
+            assert_eq!(key, &format!("kv/{n:02}"));
+            assert!(value.starts_with(&format!("first-{n}-v")), "{value}");
+        }
+    }
+}
+
+/// Puts 20 keys `kv/NN` with 200-byte values tagged `tag` through replica `id`; the revision
+/// of the last.
+async fn put_values(cluster: &TestCluster, id: u64, tag: &str) -> i64 {
+    let mut kv = KvClient::new(cluster.channel(id));
+    let mut revision = 0;
+    for n in 0..20 {
+        let value = format!("{tag}-{n}-{}", "v".repeat(200));
+        revision = kv
+            .put(epb::PutRequest {
+                key: format!("kv/{n:02}").into_bytes(),
+                value: value.into_bytes(),
+                ..Default::default()
+            })
+            .await
+            .expect("put")
+            .into_inner()
+            .header
+            .expect("header")
+            .revision;
+    }
+    revision
+}
+
+/// Keys and values under `kv/` on replica `id` as of `revision`, read there.
+async fn kv_range(cluster: &TestCluster, id: u64, revision: i64) -> Vec<(String, String)> {
+    KvClient::new(cluster.channel(id))
+        .range(epb::RangeRequest {
+            key: b"kv/".to_vec(),
+            range_end: b"kv0".to_vec(),
+            revision,
+            serializable: true,
+            ..Default::default()
+        })
+        .await
+        .expect("historic range")
+        .into_inner()
+        .kvs
+        .iter()
+        .map(|kv| {
+            (
+                String::from_utf8_lossy(&kv.key).into_owned(),
+                String::from_utf8_lossy(&kv.value).into_owned(),
+            )
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,10 +9,12 @@ pub(crate) mod b64;
 mod store;
 #[cfg(test)]
 mod tests;
+pub mod value;
 
 #[cfg(test)]
 use store::MAX_EVENTS;
 pub use store::{KvStore, check_command};
+pub use value::{Value, ValueStore};
 
 use serde::{Deserialize, Serialize};
 
@@ -34,9 +36,10 @@ pub struct KeyValue {
     #[serde(with = "b64::shared")]
     pub key: std::sync::Arc<[u8]>,
     /// Value, shared by the key and the history events that carry it, so a value is held
-    /// once however many events name it and copying the store (for a snapshot) copies none.
-    #[serde(with = "b64::shared")]
-    pub value: std::sync::Arc<[u8]>,
+    /// once however many events name it and copying the store (for a snapshot) copies none;
+    /// on a replica with a value store, its bytes are there (ADR 0019).
+    #[serde(with = "value")]
+    pub value: Value,
     /// Revision that created the key (since its last delete).
     pub create_revision: u64,
     /// Revision of its last change.

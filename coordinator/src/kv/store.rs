@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use super::{
     Compare, CompareResult, CompareTarget, DeleteOp, Event, EventKind, KeyRange, KeyValue,
     KvCommand, KvError, KvReply, MAX_KEY_BYTES, MAX_LEASE_TTL, MAX_TXN_OPS, MAX_VALUE_BYTES,
-    MIN_LEASE_TTL, Op, PutOp, RangeOp, RangeReply, SortOrder, SortTarget, TxnOp,
+    MIN_LEASE_TTL, Op, PutOp, RangeOp, RangeReply, SortOrder, SortTarget, TxnOp, Value, ValueStore,
 };
 
 /// Events kept for watches and historical reads; older revisions are compacted automatically.
@@ -36,11 +36,33 @@ pub struct KvStore {
     events: VecDeque<Event>,
     /// Events at or below this revision are gone.
     compacted: u64,
+    /// Where values longer than [`super::value::INLINE_MAX`] go; none keeps them on the heap.
+    #[serde(skip)]
+    values: Sink,
+}
+
+/// The value store of a [`KvStore`], if it has one. Not part of the state: two stores with
+/// the same keys and history are equal wherever their values are.
+#[derive(Clone, Default)]
+struct Sink(Option<Arc<dyn ValueStore>>);
+
+impl PartialEq for Sink {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Sink {}
+
+impl std::fmt::Debug for Sink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "store" } else { "heap" })
+    }
 }
 
 /// Feeds one key, length-prefixed so no two stores hash alike by shifting bytes between fields.
 fn hash_key_value(hasher: &mut Sha256, kv: &KeyValue) {
-    for bytes in [&kv.key, &kv.value] {
+    for bytes in [&kv.key[..], &kv.value.bytes()] {
         hasher.update((bytes.len() as u64).to_be_bytes());
         hasher.update(bytes);
     }
@@ -298,7 +320,7 @@ impl KvStore {
             value: if p.ignore_value {
                 prev.as_ref().map(|k| k.value.clone()).unwrap_or_default()
             } else {
-                std::sync::Arc::from(p.value.as_slice())
+                Value::new(&p.value, self.values.0.as_ref())
             },
             create_revision: prev.as_ref().map(|k| k.create_revision).unwrap_or(next),
             mod_revision: next,
@@ -354,7 +376,7 @@ impl KvStore {
         keys.into_iter().all(|kv| {
             let ordering = match (&c.target, kv) {
                 (CompareTarget::Value(_), None) => return false,
-                (CompareTarget::Value(v), Some(kv)) => kv.value[..].cmp(v.as_slice()),
+                (CompareTarget::Value(v), Some(kv)) => (*kv.value.bytes()).cmp(v.as_slice()),
                 (CompareTarget::Version(v), kv) => {
                     (kv.map(|k| k.version).unwrap_or(0) as i64).cmp(v)
                 }
@@ -473,7 +495,7 @@ impl KvStore {
         }
         if op.keys_only {
             for kv in &mut kvs {
-                kv.value = std::sync::Arc::default();
+                kv.value = Value::default();
             }
         }
         Ok(RangeReply { kvs, more, count })
@@ -494,6 +516,32 @@ impl KvStore {
             };
             self.compact(oldest);
         }
+    }
+
+    /// Keeps values longer than [`super::value::INLINE_MAX`] in `store` from now on, and moves
+    /// the ones on the heap there, each once: a decoded store holds a separate copy of a value
+    /// in its key and in every event naming it, and they become one again here.
+    pub fn store_values_in(&mut self, store: Arc<dyn ValueStore>) {
+        let mut moved: std::collections::HashMap<(Key, u64), Value> =
+            std::collections::HashMap::new();
+        let mut one = |kv: &mut KeyValue| {
+            kv.value = moved
+                .entry((kv.key.clone(), kv.mod_revision))
+                .or_insert_with(|| kv.value.stored_in(&store))
+                .clone();
+        };
+        for kv in self.keys.values_mut() {
+            one(kv);
+        }
+        for event in &mut self.events {
+            if event.kind == EventKind::Put {
+                one(&mut event.kv);
+            }
+            if let Some(prev) = &mut event.prev {
+                one(prev);
+            }
+        }
+        self.values = Sink(Some(store));
     }
 
     /// Every key now, in key order.
@@ -571,6 +619,21 @@ impl KvStore {
     /// Whether there are no keys.
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
+    }
+
+    /// Distinct stored values the state can reach: its keys' and its history's.
+    #[cfg(test)]
+    pub fn stored_values(&self) -> usize {
+        let events = self
+            .events
+            .iter()
+            .flat_map(|e| std::iter::once(&e.kv).chain(e.prev.as_ref()));
+        self.keys
+            .values()
+            .chain(events)
+            .filter_map(|kv| kv.value.stored_id())
+            .collect::<std::collections::HashSet<_>>()
+            .len()
     }
 
     /// Keys attached to leases that no longer exist (must be none).

@@ -112,7 +112,7 @@ fn prefix_ranges_limits_and_sorting() {
         .expect("range");
     assert!(limited.more);
     assert_eq!(limited.count, 3);
-    assert_eq!(&limited.kvs[0].value[..], b"3");
+    assert_eq!(&limited.kvs[0].value.bytes()[..], b"3");
     let everything = h
         .get(
             KeyRange {
@@ -168,7 +168,7 @@ fn transactions_are_atomic_and_guarded() {
     assert!(succeeded);
     // Both puts at one revision; the read inside sees the write before it.
     assert_eq!(h.revision, 2);
-    assert!(matches!(&responses[2], KvReply::Range(r) if &r.kvs[0].value[..] == b"2"));
+    assert!(matches!(&responses[2], KvReply::Range(r) if &r.kvs[0].value.bytes()[..] == b"2"));
     let KvReply::Txn { succeeded, .. } = h.apply(&txn("1")).expect("txn") else {
         panic!("txn reply")
     };
@@ -290,14 +290,16 @@ fn compaction_bounds_history_and_refuses_old_revisions() {
         h.apply(&put("k", &i.to_string())).expect("put");
     }
     assert_eq!(
-        &h.get(key("k"), 3).expect("historic").kvs[0].value[..],
+        &h.get(key("k"), 3).expect("historic").kvs[0].value.bytes()[..],
         b"2"
     );
     h.apply(&KvCommand::Compact { revision: 5 })
         .expect("compact");
     assert_eq!(h.get(key("k"), 4), Err(KvError::Compacted { compacted: 5 }));
     assert_eq!(
-        &h.get(key("k"), 5).expect("at compaction").kvs[0].value[..],
+        &h.get(key("k"), 5).expect("at compaction").kvs[0]
+            .value
+            .bytes()[..],
         b"4"
     );
     assert_eq!(h.kv.events_after(3), Err(5));
@@ -353,6 +355,128 @@ proptest! {
         for (revision, then) in seen.into_iter().filter(|(r, _)| *r > 0) {
             prop_assert_eq!(h.get(prefix("k"), revision).expect("then"), then);
         }
+    }
+}
+
+/// A command of the value-store property: long and short puts, deletes of a key and of a
+/// range, a transaction comparing a value, a compaction, and a transaction that stores a value
+/// and then fails (its value must go with the rollback).
+fn value_store_command(kind: u8, k: u8, v: u8, revision: u64) -> KvCommand {
+    let long = |v: u8| format!("{v}-{}", "x".repeat(40 + v as usize));
+    let k = format!("k{k}");
+    match kind {
+        0 | 1 => put(&k, &long(v)),
+        2 => put(&k, &v.to_string()),
+        3 => KvCommand::Delete(DeleteOp {
+            range: key(&k),
+            prev_kv: true,
+        }),
+        4 => KvCommand::Delete(DeleteOp {
+            range: prefix("k"),
+            prev_kv: false,
+        }),
+        5 => KvCommand::Txn(TxnOp {
+            compare: vec![Compare {
+                range: key(&k),
+                target: CompareTarget::Value(long(v).into_bytes()),
+                result: CompareResult::Equal,
+            }],
+            success: vec![Op::Put(PutOp {
+                key: k.clone().into_bytes(),
+                value: long(v.wrapping_add(1)).into_bytes(),
+                prev_kv: true,
+                ..PutOp::default()
+            })],
+            failure: vec![Op::Range(RangeOp {
+                range: prefix("k"),
+                ..RangeOp::default()
+            })],
+        }),
+        6 => KvCommand::Compact {
+            revision: revision.saturating_sub(v as u64).max(1),
+        },
+        _ => KvCommand::Txn(TxnOp {
+            compare: Vec::new(),
+            success: vec![
+                Op::Put(PutOp {
+                    key: format!("{k}-doomed").into_bytes(),
+                    value: long(v).into_bytes(),
+                    ..PutOp::default()
+                }),
+                Op::Put(PutOp {
+                    key: k.into_bytes(),
+                    value: vec![v],
+                    lease: 99,
+                    ..PutOp::default()
+                }),
+            ],
+            failure: Vec::new(),
+        }),
+    }
+}
+
+/// Key, value, (create, mod, version), lease.
+type PlainKey = (Vec<u8>, Vec<u8>, [u64; 3], i64);
+
+/// A read's keys as bytes and numbers: holds no value handle, so the store's count of values
+/// stays the state's own.
+fn plain(reply: &RangeReply) -> Vec<PlainKey> {
+    reply
+        .kvs
+        .iter()
+        .map(|kv| {
+            let revisions = [kv.create_revision, kv.mod_revision, kv.version];
+            (
+                kv.key.to_vec(),
+                kv.value.bytes().to_vec(),
+                revisions,
+                kv.lease,
+            )
+        })
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// With a value store, the same commands give the same replies, reads now and in the past,
+    /// and encoding as with every value on the heap; the store holds exactly the values the
+    /// state can reach, each once, whatever was overwritten, deleted, compacted or rolled back;
+    /// and a decoded copy moved into a fresh store is the same state again.
+    #[test]
+    fn a_value_store_changes_where_values_are_and_nothing_else(
+        ops in prop::collection::vec((0..8u8, 0..4u8, 0..4u8), 1..60)
+    ) {
+        let store = std::sync::Arc::new(value::MemoryStore::default());
+        let mut heap = Harness::default();
+        let mut stored = Harness::default();
+        stored.kv.store_values_in(store.clone());
+        let mut seen = Vec::new();
+        for (kind, k, v) in ops {
+            let cmd = value_store_command(kind, k, v, heap.revision);
+            prop_assert_eq!(heap.apply(&cmd), stored.apply(&cmd));
+            prop_assert_eq!(heap.revision, stored.revision);
+            let now = plain(&stored.get(prefix("k"), 0).expect("now"));
+            prop_assert_eq!(&plain(&heap.get(prefix("k"), 0).expect("now")), &now);
+            prop_assert_eq!(store.len(), stored.kv.stored_values());
+            seen.push((stored.revision, now));
+        }
+        for (revision, then) in seen {
+            if revision > stored.kv.compacted() {
+                prop_assert_eq!(plain(&stored.get(prefix("k"), revision).expect("then")), then);
+            }
+        }
+        prop_assert_eq!(&heap.kv, &stored.kv);
+        let encoded = serde_json::to_vec(&stored.kv).expect("encode");
+        prop_assert_eq!(&serde_json::to_vec(&heap.kv).expect("encode"), &encoded);
+        let mut decoded: KvStore = serde_json::from_slice(&encoded).expect("decode");
+        let fresh = std::sync::Arc::new(value::MemoryStore::default());
+        decoded.store_values_in(fresh.clone());
+        prop_assert_eq!(&decoded, &stored.kv);
+        prop_assert_eq!(fresh.len(), decoded.stored_values());
+        prop_assert_eq!(fresh.len(), store.len());
+        drop(stored);
+        prop_assert_eq!(store.len(), 0, "every value goes with its last holder");
     }
 }
 
@@ -430,10 +554,10 @@ fn values_are_shared_by_history_and_copies() {
     let copy = h.kv.clone();
     let stored = h.kv.current().next().expect("the key").clone();
     let copied = copy.current().next().expect("the copied key");
-    assert!(std::sync::Arc::ptr_eq(&stored.value, &copied.value));
+    assert!(Value::ptr_eq(&stored.value, &copied.value));
     assert!(std::sync::Arc::ptr_eq(&stored.key, &copied.key));
     let events = h.kv.events_after(0).expect("history");
-    assert!(std::sync::Arc::ptr_eq(&events[0].kv.value, &stored.value));
+    assert!(Value::ptr_eq(&events[0].kv.value, &stored.value));
     h.apply(&KvCommand::Delete(DeleteOp {
         range: key("k"),
         ..DeleteOp::default()
@@ -441,6 +565,97 @@ fn values_are_shared_by_history_and_copies() {
     .expect("delete");
     let events = h.kv.events_after(0).expect("history");
     let prev = events[1].prev.as_ref().expect("the deleted key");
-    assert!(std::sync::Arc::ptr_eq(&prev.value, &stored.value));
+    assert!(Value::ptr_eq(&prev.value, &stored.value));
     assert!(std::sync::Arc::ptr_eq(&events[1].kv.key, &stored.key));
+}
+
+/// A store that keeps nothing: what the state costs with every value elsewhere.
+struct Elsewhere(std::sync::atomic::AtomicU64);
+
+impl ValueStore for Elsewhere {
+    fn put(&self, _: &[u8]) -> Option<u64> {
+        Some(self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+    }
+    fn get(&self, _: u64) -> std::sync::Arc<[u8]> {
+        std::sync::Arc::default()
+    }
+    fn remove(&self, _: u64) {}
+}
+
+/// A store that takes nothing, as a value store on a full disk.
+struct Full;
+
+impl ValueStore for Full {
+    fn put(&self, _: &[u8]) -> Option<u64> {
+        None
+    }
+    fn get(&self, id: u64) -> std::sync::Arc<[u8]> {
+        panic!("value {id} read from a store that took nothing")
+    }
+    fn remove(&self, id: u64) {
+        panic!("value {id} removed from a store that took nothing")
+    }
+}
+
+/// A store that cannot take a value (its disk is full) leaves it on the heap: the put
+/// succeeds and reads answer it, as without a store.
+#[test]
+fn values_a_store_refuses_stay_on_the_heap() {
+    let mut h = Harness::default();
+    h.kv.store_values_in(std::sync::Arc::new(Full));
+    let long = "v".repeat(100);
+    h.apply(&put("k", &long)).expect("put");
+    let kv = h.kv.current().next().expect("the key").clone();
+    assert!(!kv.value.is_stored());
+    assert_eq!(&kv.value.bytes()[..], long.as_bytes());
+}
+
+/// What the KV costs a replica in heap, as glibc counts it, for `ballast-bench memory`'s write
+/// step: 100K puts of 256 B values to 100K keys (`bench/key-NNNNNNN`), so every put makes a
+/// key and an event. Then 100K more puts overwriting them: each key's new value, and the
+/// history now naming the values of both writes. Once with the values on the heap, once with
+/// them in a value store (ADR 0019), whose own memory is not counted here. A measurement, not a
+/// check (issue #24):
+/// `cargo test -p ballast-coordinator --lib kv_bytes -- --ignored --nocapture --test-threads 1`.
+#[test]
+#[ignore = "a measurement: run alone with --ignored --nocapture --test-threads 1"]
+fn kv_bytes() {
+    let heap = || {
+        ballast_telemetry::memory::heap()
+            .expect("glibc reports its heap")
+            .live_bytes as i64
+    };
+    let value = |n: usize, round: usize| {
+        let mut v = format!("{round}-{n:09}-").into_bytes();
+        v.resize(256, b'x');
+        v
+    };
+    for stored in [false, true] {
+        let start = heap();
+        let mut h = Harness::default();
+        if stored {
+            h.kv.store_values_in(std::sync::Arc::new(Elsewhere(Default::default())));
+        }
+        for round in 0..2 {
+            let before = heap();
+            for n in 0..100_000 {
+                h.apply(&KvCommand::Put(PutOp {
+                    key: format!("bench/key-{n:07}").into_bytes(),
+                    value: value(n, round),
+                    ..PutOp::default()
+                }))
+                .expect("put");
+            }
+            println!(
+                "values {}, round {round}: {:.0} B a put ({} keys, {} events kept); KV {:.1} MiB \
+                 in all",
+                if stored { "in a store" } else { "on the heap" },
+                (heap() - before) as f64 / 100_000.0,
+                h.kv.len(),
+                h.kv.events_after(h.kv.compacted()).map_or(0, |e| e.len()),
+                (heap() - start) as f64 / 1048576.0
+            );
+        }
+        assert_eq!(h.kv.len(), 100_000);
+    }
 }

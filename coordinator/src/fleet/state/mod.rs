@@ -141,6 +141,12 @@ impl FleetState {
         self.revision
     }
 
+    /// Keeps the KV's longer values in `store` from now on, moving the ones it holds there
+    /// (ADR 0019).
+    pub fn store_kv_values_in(&mut self, store: std::sync::Arc<dyn crate::kv::ValueStore>) {
+        self.kv.store_values_in(store);
+    }
+
     /// The coordination KV.
     pub fn kv(&self) -> &crate::kv::KvStore {
         &self.kv

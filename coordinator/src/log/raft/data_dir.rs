@@ -47,6 +47,8 @@ pub struct DataDir {
     /// only a marker that turns older builds away
     /// ([`super::state_machine::MOVED_TO_FILE`]).
     pub snapshot: Keyspace,
+    /// KV values off the heap (ADR 0019): emptied at open, filled by the applied state.
+    values: std::sync::Arc<super::values::FjallValues>,
     dir: PathBuf,
     path: String,
 }
@@ -92,14 +94,21 @@ impl DataDir {
             })
             .map_err(wrap)?;
         let snapshot = db.keyspace("snapshot", keyspace_options).map_err(wrap)?;
+        let values = std::sync::Arc::new(super::values::FjallValues::open(dir).map_err(wrap)?);
         Ok(Self {
             db,
             log,
             meta,
             snapshot,
+            values,
             dir: dir.to_path_buf(),
             path,
         })
+    }
+
+    /// Where the applied state keeps its KV values.
+    pub fn values(&self) -> std::sync::Arc<dyn crate::kv::ValueStore> {
+        self.values.clone()
     }
 
     /// Data directory path, for messages.

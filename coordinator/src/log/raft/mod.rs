@@ -14,3 +14,4 @@ pub mod proposer;
 pub mod snapshot_file;
 pub mod state_machine;
 pub mod types;
+pub mod values;

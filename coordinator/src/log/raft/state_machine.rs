@@ -54,7 +54,7 @@ fn snapshot_write_err(e: impl std::fmt::Display) -> StorageError {
 impl StateMachineStore {
     /// Loads the latest snapshot from `store` (if any) into memory.
     pub fn open(store: DataDir) -> Result<Self, StorageError> {
-        let (fleet, applied, membership) = match load_snapshot(&store)? {
+        let (mut fleet, applied, membership) = match load_snapshot(&store)? {
             Some((meta, data)) => {
                 let fleet = FleetState::decode(&data).map_err(|e| {
                     sm_read_err(format!("snapshot in {} is corrupt: {e}", store.path()))
@@ -63,6 +63,7 @@ impl StateMachineStore {
             }
             None => (FleetState::new(), None, StoredMembership::default()),
         };
+        fleet.store_kv_values_in(store.values());
         Ok(Self {
             shared: Arc::new(SharedState::new(fleet, applied, membership)),
             store,
@@ -224,7 +225,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
         let data = snapshot.into_inner();
-        let fleet = FleetState::decode(&data).map_err(|e| {
+        let mut fleet = FleetState::decode(&data).map_err(|e| {
             StorageIOError::read_snapshot(
                 Some(meta.signature()),
                 &std::io::Error::other(format!("received snapshot is corrupt: {e}")),
@@ -235,6 +236,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         tokio::task::spawn_blocking(move || save_snapshot(&store, &meta_owned, &data))
             .await
             .map_err(snapshot_write_err)??;
+        fleet.store_kv_values_in(self.store.values());
         self.shared
             .replace(fleet, meta.last_log_id, meta.last_membership.clone());
         Ok(())

@@ -135,7 +135,7 @@ pub fn kv(k: &KeyValue) -> mvccpb::KeyValue {
         create_revision: k.create_revision as i64,
         mod_revision: k.mod_revision as i64,
         version: k.version as i64,
-        value: k.value.to_vec(),
+        value: k.value.bytes().to_vec(),
         lease: k.lease,
     }
 }
