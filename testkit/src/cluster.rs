@@ -309,6 +309,12 @@ impl TestCluster {
         process::kill(&mut self.replicas[index].child);
     }
 
+    /// Sends replica `id` a SIGKILL and returns without waiting for it to die; [`Self::kill`]
+    /// then reaps it. Several processes that must die at one moment get their signals first.
+    pub fn send_kill(&self, id: u64) {
+        self.signal(id, libc::SIGKILL);
+    }
+
     /// Restarts a killed replica with only its identity flags: membership is on disk.
     pub fn restart(&mut self, id: u64) {
         let index = self.index_of(id);

@@ -80,6 +80,12 @@ impl ShardProcess {
         process::kill(&mut self.child);
     }
 
+    /// Sends the shard a SIGKILL and returns without waiting for it to die; [`Self::kill`] then
+    /// reaps it. Several processes that must die at one moment get their signals first.
+    pub fn send_kill(&self) {
+        self.signal(libc::SIGKILL);
+    }
+
     /// Stops the shard with SIGSTOP (a frozen process or VM) until [`ShardProcess::resume`].
     pub fn pause(&self) {
         self.signal(libc::SIGSTOP);
