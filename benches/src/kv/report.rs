@@ -388,3 +388,113 @@ impl Report {
         charts
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn level(system: System, in_flight: usize, via: Via, rate: f64) -> Measured {
+        Measured {
+            system,
+            value_bytes: 256,
+            in_flight,
+            via,
+            rate,
+            latency: Summary {
+                count: 10,
+                p50: Duration::from_millis(2),
+                p99: Duration::from_millis(5),
+                max: Duration::from_millis(9),
+            },
+            errors: 0,
+            fsync: Duration::from_micros(1500),
+        }
+    }
+
+    fn report(compared: bool) -> Report {
+        let mut puts = vec![
+            level(System::Etcd, 32, Via::Balanced, 4000.0),
+            level(System::Ballast, 32, Via::Balanced, 8000.0),
+            level(System::OnEtcd, 32, Via::Balanced, 1000.0),
+            level(System::Etcd, 32, Via::Follower, 3000.0),
+            level(System::Ballast, 32, Via::Follower, 6000.0),
+        ];
+        if compared {
+            puts.push(level(System::Compared, 32, Via::Balanced, 10000.0));
+        }
+        let kill = |ms| Failover {
+            to_leader: Duration::from_millis(ms - 20),
+            to_ack: Duration::from_millis(ms),
+        };
+        Report {
+            value_bytes: vec![256],
+            seconds: 5,
+            etcd_version: "3.4.30".into(),
+            machine: "test".into(),
+            ballast_timers: "its default timers".into(),
+            matched_etcd: "--heartbeat-interval 50 --election-timeout 250".into(),
+            compared_with: compared.then(|| PathBuf::from("/tmp/old-bench")),
+            probing: Probing {
+                every: Duration::from_millis(20),
+                timeout: Duration::from_millis(250),
+            },
+            puts,
+            reads: vec![
+                level(System::Etcd, 1, Via::Leader, 900.0),
+                level(System::Ballast, 1, Via::Leader, 1800.0),
+            ],
+            kills: vec![
+                (System::Etcd, kill(1200)),
+                (System::EtcdMatched, kill(400)),
+                (System::Ballast, kill(250)),
+            ],
+            rss_idle: (30 << 20, 80 << 20),
+            rss_loaded: (60 << 20, 300 << 20),
+            disk: (40 << 20, 200 << 20),
+        }
+    }
+
+    /// Each row pairs the same level of the two systems, and the ratios follow from them.
+    #[test]
+    fn rows_pair_the_same_level_and_give_ratios() {
+        let text = report(false).render("kv");
+        assert!(
+            text.contains("| 32 | all three | 8000 | 4000 | 2.00 |"),
+            "{text}"
+        );
+        assert!(
+            text.contains("| 32 | a follower | 6000 | 3000 | 2.00 |"),
+            "{text}"
+        );
+        assert!(text.contains("| 256 | 32 | 1000 | 0.25 |"), "{text}");
+        assert!(text.contains("| 1 | leader | 1800 | 900 |"), "{text}");
+        assert!(
+            text.contains("| Ballast | 1 | 230.00 / 230.00 | 250.00 / 250.00 |"),
+            "{text}"
+        );
+        assert!(
+            text.contains("| etcd, defaults | 1 | 1180.00 / 1180.00 | 1200.00 / 1200.00 |"),
+            "{text}"
+        );
+        assert!(text.contains("1.50 / 1.50"), "fsync probes printed: {text}");
+        assert!(!text.contains("This build against another"), "{text}");
+    }
+
+    /// The build compared with gets its own table only when there is one.
+    #[test]
+    fn a_compared_build_gets_its_own_table() {
+        let text = report(true).render("kv");
+        assert!(text.contains("This build against another"), "{text}");
+        assert!(
+            text.contains("| 256 | 32 | 8000 | 10000 | 0.80 |"),
+            "{text}"
+        );
+    }
+
+    /// A system that measured nothing gives a dash, not a division by zero.
+    #[test]
+    fn a_ratio_over_nothing_is_a_dash() {
+        assert_eq!(ratio(5.0, 0.0), "–");
+        assert_eq!(ratio(3.0, 2.0), "1.50");
+    }
+}
