@@ -289,19 +289,13 @@ pub async fn run(args: KvBenchArgs) -> anyhow::Result<()> {
                         contender.system,
                         fsync.as_secs_f64() * 1000.0
                     );
-                    let (rate, latency, errors) =
-                        puts(client, in_flight, args.seconds, &value).await;
-                    eprintln!("  {rate:.0}/s, p99 {:?}", latency.p99);
-                    measured.push(Measured {
-                        system: contender.system,
-                        value_bytes,
-                        in_flight,
-                        via,
-                        rate,
-                        latency,
-                        errors,
+                    let run = puts(client, in_flight, args.seconds, &value).await;
+                    eprintln!("  {:.0}/s, p99 {:?}", run.0, run.1.p99);
+                    measured.push(Measured::of(
+                        (contender.system, value_bytes, in_flight, via),
+                        run,
                         fsync,
-                    });
+                    ));
                 }
             }
         }
@@ -328,17 +322,12 @@ pub async fn run(args: KvBenchArgs) -> anyhow::Result<()> {
                 };
                 let fsync = fsync_probe(probe_dir).await?;
                 eprintln!("reads × {in_flight} via {via:?}: {:?}", contender.system);
-                let (rate, latency, errors) = reads(client, in_flight, args.seconds).await;
-                read_results.push(Measured {
-                    system: contender.system,
-                    value_bytes: READ_VALUE.len(),
-                    in_flight,
-                    via,
-                    rate,
-                    latency,
-                    errors,
+                let run = reads(client, in_flight, args.seconds).await;
+                read_results.push(Measured::of(
+                    (contender.system, READ_VALUE.len(), in_flight, via),
+                    run,
                     fsync,
-                });
+                ));
             }
         }
     }

@@ -57,6 +57,27 @@ pub struct Measured {
     pub fsync: Duration,
 }
 
+impl Measured {
+    /// The level `(system, value bytes, in flight, via)` from what a load run returned
+    /// (`(rate, latency, errors)`), and the fsync probe taken before it.
+    pub fn of(
+        (system, value_bytes, in_flight, via): (System, usize, usize, Via),
+        (rate, latency, errors): (f64, Summary, usize),
+        fsync: Duration,
+    ) -> Measured {
+        Measured {
+            system,
+            value_bytes,
+            in_flight,
+            via,
+            rate,
+            latency,
+            errors,
+            fsync,
+        }
+    }
+}
+
 /// Everything one run measured.
 pub struct Report {
     pub value_bytes: Vec<usize>,
