@@ -75,6 +75,7 @@ impl EtcdCluster {
     /// independent of one another.
     pub fn start_with(dir: &Path, size: u16, extra: &[&str]) -> std::io::Result<EtcdCluster> {
         install();
+        std::fs::create_dir_all(dir)?;
         let base = free_port_block(size * 2);
         let peer = |i: u16| format!("http://127.0.0.1:{}", base + size + i);
         let initial: Vec<String> = (0..size).map(|i| format!("e{i}={}", peer(i))).collect();

@@ -73,25 +73,56 @@ pub(crate) async fn puts(
     in_flight: usize,
     seconds: u64,
     value: &[u8],
-) -> (f64, Summary, usize) {
+) -> (f64, Summary, usize, Option<String>) {
     let value = Arc::new(value.to_vec());
     let coordinator = coordinator.clone();
     let size = value.len();
+    let first_error = FirstError::default();
+    let noted = first_error.clone();
     let mut run = closed_loop(in_flight, Duration::from_secs(seconds), move |worker, n| {
         let mut kv = coordinator.kv();
         let value = value.to_vec();
+        let noted = noted.clone();
         async move {
-            kv.put(epb::PutRequest {
-                key: format!("bench/{size}/{in_flight}/{worker}/{n}").into_bytes(),
-                value,
-                ..Default::default()
-            })
-            .await
-            .is_ok()
+            let put = kv
+                .put(epb::PutRequest {
+                    key: format!("bench/{size}/{in_flight}/{worker}/{n}").into_bytes(),
+                    value,
+                    ..Default::default()
+                })
+                .await;
+            noted.ok(put)
         }
     })
     .await;
-    (run.rate(), Summary::of(&mut run.latencies), run.errors)
+    (
+        run.rate(),
+        Summary::of(&mut run.latencies),
+        run.errors,
+        first_error.take(),
+    )
+}
+
+/// The first failure of a load run, shared by its workers.
+#[derive(Clone, Default)]
+struct FirstError(Arc<std::sync::Mutex<Option<String>>>);
+
+impl FirstError {
+    /// Whether `result` succeeded; notes its status if it is the run's first failure.
+    fn ok<T>(&self, result: Result<T, tonic::Status>) -> bool {
+        match result {
+            Ok(_) => true,
+            Err(status) => {
+                let mut first = self.0.lock().expect("not poisoned");
+                first.get_or_insert_with(|| format!("{:?}: {}", status.code(), status.message()));
+                false
+            }
+        }
+    }
+
+    fn take(&self) -> Option<String> {
+        self.0.lock().expect("not poisoned").take()
+    }
 }
 
 /// The key the read levels read, and its value.
@@ -99,21 +130,40 @@ const READ_KEY: &[u8] = b"bench/read";
 const READ_VALUE: &[u8] = b"value";
 
 /// Linearizable reads of [`READ_KEY`] for `seconds` with `in_flight` concurrent readers.
-async fn reads(coordinator: &Coordinator, in_flight: usize, seconds: u64) -> (f64, Summary, usize) {
+async fn reads(
+    coordinator: &Coordinator,
+    in_flight: usize,
+    seconds: u64,
+) -> (f64, Summary, usize, Option<String>) {
     let coordinator = coordinator.clone();
+    let first_error = FirstError::default();
+    let noted = first_error.clone();
     let mut run = closed_loop(in_flight, Duration::from_secs(seconds), move |_, _| {
         let mut kv = coordinator.kv();
+        let noted = noted.clone();
         async move {
-            kv.range(epb::RangeRequest {
-                key: READ_KEY.to_vec(),
-                ..Default::default()
-            })
-            .await
-            .is_ok_and(|r| r.into_inner().kvs.len() == 1)
+            let read = kv
+                .range(epb::RangeRequest {
+                    key: READ_KEY.to_vec(),
+                    ..Default::default()
+                })
+                .await
+                .and_then(|r| match r.into_inner().kvs.len() {
+                    1 => Ok(()),
+                    n => Err(tonic::Status::data_loss(format!(
+                        "the read found {n} values of the key written before the reads"
+                    ))),
+                });
+            noted.ok(read)
         }
     })
     .await;
-    (run.rate(), Summary::of(&mut run.latencies), run.errors)
+    (
+        run.rate(),
+        Summary::of(&mut run.latencies),
+        run.errors,
+        first_error.take(),
+    )
 }
 
 /// Waits until `coordinator` accepts a put.

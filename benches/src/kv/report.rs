@@ -53,16 +53,18 @@ pub struct Measured {
     pub rate: f64,
     pub latency: Summary,
     pub errors: usize,
+    /// The first failed request's gRPC code and message, when one failed.
+    pub first_error: Option<String>,
     /// The fsync probe taken right before this level.
     pub fsync: Duration,
 }
 
 impl Measured {
     /// The level `(system, value bytes, in flight, via)` from what a load run returned
-    /// (`(rate, latency, errors)`), and the fsync probe taken before it.
+    /// (`(rate, latency, errors, first error)`), and the fsync probe taken before it.
     pub fn of(
         (system, value_bytes, in_flight, via): (System, usize, usize, Via),
-        (rate, latency, errors): (f64, Summary, usize),
+        (rate, latency, errors, first_error): (f64, Summary, usize, Option<String>),
         fsync: Duration,
     ) -> Measured {
         Measured {
@@ -73,6 +75,7 @@ impl Measured {
             rate,
             latency,
             errors,
+            first_error,
             fsync,
         }
     }
@@ -305,6 +308,44 @@ impl Report {
         }
         writeln!(out)?;
 
+        let failed: Vec<&Measured> = self
+            .puts
+            .iter()
+            .chain(&self.reads)
+            .filter(|m| m.errors > 0)
+            .collect();
+        if !failed.is_empty() {
+            writeln!(out, "## Failed requests\n")?;
+            writeln!(
+                out,
+                "Levels where requests failed, with the first failure (a failed request is not \
+                 retried: the client sends its next one at once).\n"
+            )?;
+            writeln!(
+                out,
+                "| system | kind | value B | in flight | to | failed | first failure |"
+            )?;
+            writeln!(out, "|---|---|---:|---:|---|---:|---|")?;
+            for m in failed {
+                let kind = if self.reads.iter().any(|r| std::ptr::eq(r, m)) {
+                    "reads"
+                } else {
+                    "puts"
+                };
+                writeln!(
+                    out,
+                    "| {:?} | {kind} | {} | {} | {} | {} | {} |",
+                    m.system,
+                    m.value_bytes,
+                    m.in_flight,
+                    m.via.label(),
+                    m.errors,
+                    m.first_error.as_deref().unwrap_or("-").replace('|', "\\|")
+                )?;
+            }
+            writeln!(out)?;
+        }
+
         writeln!(out, "## Leader SIGKILL\n")?;
         writeln!(
             out,
@@ -428,6 +469,7 @@ mod tests {
                 max: Duration::from_millis(9),
             },
             errors: 0,
+            first_error: None,
             fsync: Duration::from_micros(1500),
         }
     }
