@@ -67,7 +67,15 @@ pub struct EtcdCluster {
 impl EtcdCluster {
     /// Installs etcd if needed and starts `size` members keeping data and logs under `dir`.
     pub fn start(dir: &Path, size: u16) -> std::io::Result<EtcdCluster> {
+        Self::start_with(dir, size, &[])
+    }
+
+    /// Like [`EtcdCluster::start`], with `extra` flags for every member (say,
+    /// `--heartbeat-interval 50`). Clusters started this way under different `dir`s are
+    /// independent of one another.
+    pub fn start_with(dir: &Path, size: u16, extra: &[&str]) -> std::io::Result<EtcdCluster> {
         install();
+        std::fs::create_dir_all(dir)?;
         let base = free_port_block(size * 2);
         let peer = |i: u16| format!("http://127.0.0.1:{}", base + size + i);
         let initial: Vec<String> = (0..size).map(|i| format!("e{i}={}", peer(i))).collect();
@@ -96,9 +104,10 @@ impl EtcdCluster {
                 "--initial-cluster-state",
                 "new",
                 "--initial-cluster-token",
-                "ballast-test",
+                &format!("ballast-test-{base}"),
             ]
             .iter()
+            .chain(extra)
             .map(|s| s.to_string())
             .collect();
             let mut member = Member {
@@ -120,6 +129,11 @@ impl EtcdCluster {
             .iter()
             .filter_map(|m| m.child.as_ref().map(Child::id))
             .collect()
+    }
+
+    /// Whether member `index` runs (it was not killed, or was restarted since).
+    pub fn is_running(&self, index: usize) -> bool {
+        self.members[index].child.is_some()
     }
 
     /// Data directories of the members.
