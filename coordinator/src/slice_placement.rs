@@ -11,6 +11,12 @@
 //! coordinator holds now: once a quota's slices change, the shards involved are heard from again
 //! before they give or get more, and each round moves at most [`SlicePolicy::max_move`] of a
 //! quota's total.
+//!
+//! Demand that arrives over several rounds is met by further givers rather than by the same
+//! ones again: a shard that gave slice of a quota rests for [`SlicePolicy::giver_rest_ms`]
+//! ([`RecentGivers`]) and is asked again within that time only once every other giver of the
+//! quota is spent. So a shard whose own demand holds still sees its slice change once, not in
+//! a string of small cuts.
 
 use std::collections::BTreeMap;
 
@@ -47,6 +53,8 @@ pub struct SlicePolicy {
     pub min_headroom: u64,
     /// Most of a quota's total moved in one round (at least one machine's worth).
     pub max_move: f64,
+    /// How long a shard that gave slice of a quota is asked again only as a last resort.
+    pub giver_rest_ms: u64,
 }
 
 impl Default for SlicePolicy {
@@ -55,7 +63,37 @@ impl Default for SlicePolicy {
             headroom: 0.1,
             min_headroom: 2,
             max_move: 0.05,
+            giver_rest_ms: 10 * 60 * 1000,
         }
+    }
+}
+
+/// The shards that gave slice of each quota lately, and when (the leader's monotonic ms). The
+/// leader keeps one for its term; a new leader starts without (at worst a shard gives twice).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecentGivers {
+    gave: BTreeMap<(String, QuotaKey), u64>,
+}
+
+impl RecentGivers {
+    /// Notes the givers of `moves`, planned at `now_ms`.
+    pub fn record(&mut self, moves: &[SliceMove], now_ms: u64) {
+        for m in moves {
+            if let Some(from) = &m.from {
+                self.gave.insert((from.clone(), m.quota.clone()), now_ms);
+            }
+        }
+    }
+
+    /// Forgets the givers that gave `rest_ms` or longer before `now_ms`.
+    pub fn forget_rested(&mut self, now_ms: u64, rest_ms: u64) {
+        self.gave
+            .retain(|_, at| now_ms.saturating_sub(*at) < rest_ms);
+    }
+
+    /// Whether `shard` gave slice of `quota` within its rest.
+    fn resting(&self, shard: &str, quota: &QuotaKey) -> bool {
+        self.gave.contains_key(&(shard.to_string(), quota.clone()))
     }
 }
 
@@ -103,13 +141,14 @@ fn current(shard: &str, report: &QuotaReport, tables: &BTreeMap<QuotaKey, QuotaT
 
 /// Plans one round: for each shard reporting a quota-bound shortfall (largest first), slice
 /// capacity up to its shortfall from the quota with most to give, first what no shard holds,
-/// then the live shards' spare room (most spare first). `reports` holds live shards only: the
-/// slices of a shard whose lease ran out move with its clusters instead
-/// ([`crate::rebalance::plan`]).
+/// then the live shards' spare room: shards not resting from an earlier give first, most spare
+/// first. `reports` holds live shards only: the slices of a shard whose lease ran out move
+/// with its clusters instead ([`crate::rebalance::plan`]).
 pub fn place(
     tables: &BTreeMap<QuotaKey, QuotaTable>,
     reports: &BTreeMap<String, QuotaReport>,
     policy: SlicePolicy,
+    recent: &RecentGivers,
 ) -> Vec<SliceMove> {
     let fresh: BTreeMap<&str, &QuotaReport> = reports
         .iter()
@@ -184,10 +223,12 @@ pub fn place(
                 unheld.get_mut(key).expect("every quota listed"),
                 &mut wanted,
             );
-            let mut givers: Vec<(&str, u64)> =
-                spare[key].iter().map(|(s, room)| (*s, *room)).collect();
-            givers.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
-            for (giver, _) in givers {
+            let mut givers: Vec<(bool, &str, u64)> = spare[key]
+                .iter()
+                .map(|(s, room)| (recent.resting(s, key), *s, *room))
+                .collect();
+            givers.sort_by(|a, b| a.0.cmp(&b.0).then(b.2.cmp(&a.2)).then(a.1.cmp(b.1)));
+            for (_, giver, _) in givers {
                 if wanted == 0 {
                     break;
                 }
@@ -270,6 +311,7 @@ mod tests {
             headroom: 0.1,
             min_headroom: 2,
             max_move: 1.0,
+            giver_rest_ms: 1000,
         }
     }
 
@@ -281,7 +323,7 @@ mod tests {
             ("b".to_string(), report(0, &[("r1", 40, 20)])),
             ("c".to_string(), report(0, &[("r1", 40, 30)])),
         ]);
-        let moves = place(&tables, &reports, policy());
+        let moves = place(&tables, &reports, policy(), &RecentGivers::default());
         assert_eq!(
             moves,
             vec![
@@ -314,25 +356,62 @@ mod tests {
     }
 
     #[test]
+    fn a_shard_that_gave_lately_is_asked_again_only_when_every_other_giver_is_spent() {
+        let tables = BTreeMap::from([(key("r1"), table(120, &[("a", 40), ("b", 40), ("c", 40)]))]);
+        let reports = |a_short| {
+            BTreeMap::from([
+                ("a".to_string(), report(a_short, &[("r1", 40, 40)])),
+                ("b".to_string(), report(0, &[("r1", 40, 10)])),
+                ("c".to_string(), report(0, &[("r1", 40, 20)])),
+            ])
+        };
+        let from = |moves: &[SliceMove]| -> Vec<(Option<String>, u64)> {
+            moves.iter().map(|m| (m.from.clone(), m.amount)).collect()
+        };
+        // b has most spare (40 - 10 - 2 = 28) and gives first.
+        let mut recent = RecentGivers::default();
+        let first = place(&tables, &reports(5), policy(), &recent);
+        assert_eq!(from(&first), [(Some("b".into()), 5)]);
+        recent.record(&first, 100);
+        // More demand a round later: c gives, though b still has more spare.
+        assert_eq!(
+            from(&place(&tables, &reports(5), policy(), &recent)),
+            [(Some("c".into()), 5)]
+        );
+        // More than c can give (18): b is asked for the rest.
+        assert_eq!(
+            from(&place(&tables, &reports(30), policy(), &recent)),
+            [(Some("c".into()), 18), (Some("b".into()), 12)]
+        );
+        // Once rested, b is first again.
+        recent.forget_rested(100 + policy().giver_rest_ms, policy().giver_rest_ms);
+        assert_eq!(recent, RecentGivers::default());
+        assert_eq!(
+            from(&place(&tables, &reports(5), policy(), &recent)),
+            [(Some("b".into()), 5)]
+        );
+    }
+
+    #[test]
     fn nothing_moves_without_a_quota_bound_shortfall_or_room_to_give() {
         let tables = BTreeMap::from([(key("r1"), table(80, &[("a", 40), ("b", 40)]))]);
         let calm = BTreeMap::from([
             ("a".to_string(), report(0, &[("r1", 40, 39)])),
             ("b".to_string(), report(0, &[("r1", 40, 10)])),
         ]);
-        assert!(place(&tables, &calm, policy()).is_empty());
+        assert!(place(&tables, &calm, policy(), &RecentGivers::default()).is_empty());
         // b's spare room is within its margin: 38 used + 4 kept > 40.
         let tight = BTreeMap::from([
             ("a".to_string(), report(5, &[("r1", 40, 40)])),
             ("b".to_string(), report(0, &[("r1", 40, 38)])),
         ]);
-        assert!(place(&tables, &tight, policy()).is_empty());
+        assert!(place(&tables, &tight, policy(), &RecentGivers::default()).is_empty());
         // Both short: neither gives.
         let both = BTreeMap::from([
             ("a".to_string(), report(5, &[("r1", 40, 40)])),
             ("b".to_string(), report(1, &[("r1", 40, 30)])),
         ]);
-        assert!(place(&tables, &both, policy()).is_empty());
+        assert!(place(&tables, &both, policy(), &RecentGivers::default()).is_empty());
     }
 
     #[test]
@@ -343,11 +422,11 @@ mod tests {
             ("a".to_string(), report(10, &[("r1", 40, 40)])),
             ("b".to_string(), report(0, &[("r1", 40, 0)])),
         ]);
-        assert!(place(&tables, &reports, policy()).is_empty());
+        assert!(place(&tables, &reports, policy(), &RecentGivers::default()).is_empty());
         // A shard reporting a slice of a quota it holds none of is behind as well.
         let reports =
             BTreeMap::from([("a".to_string(), report(10, &[("r1", 50, 50), ("r2", 5, 5)]))]);
-        assert!(place(&tables, &reports, policy()).is_empty());
+        assert!(place(&tables, &reports, policy(), &RecentGivers::default()).is_empty());
     }
 
     #[test]
@@ -364,7 +443,7 @@ mod tests {
             max_move: 0.1,
             ..policy()
         };
-        let moves = place(&tables, &reports, budget);
+        let moves = place(&tables, &reports, budget, &RecentGivers::default());
         let moved: u64 = moves.iter().map(|m| m.amount).sum();
         assert_eq!(moved, 20, "10 of each quota's 100: {moves:?}");
         for m in &moves {
@@ -426,7 +505,7 @@ mod tests {
                     max_move,
                     ..policy()
                 };
-                let moves = place(&tables, &reports, policy);
+                let moves = place(&tables, &reports, policy, &RecentGivers::default());
                 let Some(FleetCommand::Batch { commands }) = command(&tables, &moves) else {
                     prop_assert!(moves.is_empty());
                     return Ok(());

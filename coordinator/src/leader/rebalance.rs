@@ -15,7 +15,7 @@ use crate::disruption::{Admission, AzState, EvacuationPolicy, Evacuations, Judge
 use crate::fleet::{FleetCommand, FleetRequest, ShardStatus};
 use crate::rebalance;
 use crate::replica::Replica;
-use crate::slice_placement::{self, QuotaReport, SlicePolicy};
+use crate::slice_placement::{self, QuotaReport, RecentGivers, SlicePolicy};
 
 /// On the leader: moves domains, bindings and quota slices away from draining shards and from
 /// shards whose lease ran out. A leader judges only by heartbeats it saw in its current term;
@@ -38,6 +38,7 @@ pub async fn rebalance_loop(
     )));
     tokio::spawn(sample_lag(judge.clone(), interval, base, stopped.clone()));
     let mut evacuations = Evacuations::default();
+    let mut givers = RecentGivers::default();
     let mut leading_in: Option<u64> = None;
     let mut last_mode: Option<(String, String)> = None;
     loop {
@@ -55,6 +56,7 @@ pub async fn rebalance_loop(
             leading_in = Some(term);
             judge.lock().lead(mono());
             evacuations = Evacuations::default();
+            givers = RecentGivers::default();
         }
         // The rounds and counts of this term carry from report to report.
         let previous = replica.evacuation.lock().clone().unwrap_or_default();
@@ -182,7 +184,9 @@ pub async fn rebalance_loop(
                     })
                     .collect();
                 let tables = slice_placement::tables(&fleet);
-                let moves = slice_placement::place(&tables, &reports, slice_policy);
+                givers.forget_rested(mono(), slice_policy.giver_rest_ms);
+                let moves = slice_placement::place(&tables, &reports, slice_policy, &givers);
+                givers.record(&moves, mono());
                 plan = slice_placement::command(&tables, &moves).map(|command| {
                     (
                         command,

@@ -146,6 +146,9 @@ pub(super) struct Moves {
     /// Most coordinator moves of one domain or cluster, and most changes of one slice.
     pub most_moves_of_one: usize,
     pub most_changes_of_one_slice: usize,
+    /// The slice changed most often by the coordinator: its shard, quota, amounts and whether
+    /// the scenario changed that shard's state (a shard given slice or tapped for it says so).
+    pub most_changed_slice: Option<String>,
     /// Coordinator moves off a shard whose state the scenario did not change.
     pub off_undisturbed: Vec<String>,
     /// Coordinator moves onto a shard while it was down or cut off (one going down with its
@@ -154,6 +157,9 @@ pub(super) struct Moves {
     /// Slices whose coordinator changes reversed direction at a shard whose state the
     /// scenario did not change.
     pub swung: Vec<String>,
+    /// Slices the coordinator changed more than once at a shard whose state the scenario did
+    /// not change (a donor giving its spare in several steps, say).
+    pub repeated_at_held: Vec<String>,
 }
 
 impl Ledger {
@@ -328,16 +334,22 @@ impl Ledger {
                 .unwrap_or(0);
             let mut directions: Vec<bool> = Vec::new();
             let mut automatic = 0;
+            // Coordinator changes since the operator last set this slice: an operator's change
+            // is a change of the shard's state, after which the coordinator may adjust afresh.
+            let (mut since_operator, mut most_since_operator) = (0, 0);
             let mut swung = false;
             for step in &steps {
                 let before = std::mem::replace(&mut amount, step.amount);
                 if operator.contains(&step.grant) {
                     moves.slice_changes.1 += 1;
                     directions.clear();
+                    since_operator = 0;
                     continue;
                 }
                 moves.slice_changes.0 += 1;
                 automatic += 1;
+                since_operator += 1;
+                most_since_operator = most_since_operator.max(since_operator);
                 moves.slice_added += step.amount.saturating_sub(before);
                 let up = step.amount > before;
                 if directions.last().is_some_and(|&last| last != up)
@@ -355,7 +367,28 @@ impl Ledger {
                 }
                 directions.push(up);
             }
-            moves.most_changes_of_one_slice = moves.most_changes_of_one_slice.max(automatic);
+            let held = !disturbed.changed.contains(&shard);
+            let shown = || {
+                format!(
+                    "{} {}/{}{}: {:?}",
+                    names[shard],
+                    quota.0,
+                    quota.1,
+                    if held {
+                        ", whose state held"
+                    } else {
+                        ", whose state the scenario changed"
+                    },
+                    steps.iter().map(|s| s.amount).collect::<Vec<_>>()
+                )
+            };
+            if held && most_since_operator > 1 {
+                moves.repeated_at_held.push(shown());
+            }
+            if automatic > moves.most_changes_of_one_slice {
+                moves.most_changes_of_one_slice = automatic;
+                moves.most_changed_slice = Some(shown());
+            }
         }
         moves
     }
@@ -377,6 +410,10 @@ impl Moves {
             (
                 "moves.most_changes_of_one_slice",
                 self.most_changes_of_one_slice,
+            ),
+            (
+                "moves.slices_changed_repeatedly_at_held_shards",
+                self.repeated_at_held.len(),
             ),
         ] {
             m.insert(key.into(), value as f64);
@@ -435,12 +472,21 @@ impl Moves {
                 if self.swung.is_empty() {
                     format!(
                         "{} slices changed ({} changes by the coordinator, {} by the operator, \
-                         at most {} of one slice), none back and forth at a shard the scenario \
-                         left alone",
+                         at most {} of one slice{}), none back and forth at a shard the scenario \
+                         left alone; changed more than once there: {}",
                         self.slices_changed,
                         self.slice_changes.0,
                         self.slice_changes.1,
-                        self.most_changes_of_one_slice
+                        self.most_changes_of_one_slice,
+                        self.most_changed_slice
+                            .as_ref()
+                            .map(|s| format!(": {s}"))
+                            .unwrap_or_default(),
+                        if self.repeated_at_held.is_empty() {
+                            "none".to_string()
+                        } else {
+                            examples(&self.repeated_at_held)
+                        }
                     )
                 } else {
                     format!(
@@ -713,9 +759,14 @@ mod tests {
         assert_eq!(moves.slice_added, 6);
         assert_eq!(moves.most_changes_of_one_slice, 3);
         assert_eq!(moves.swung, ["s1 p/r [14, 16, 12]"]);
+        assert_eq!(
+            moves.repeated_at_held,
+            ["s1 p/r, whose state held: [14, 16, 12]"]
+        );
         // At a shard whose state changed, or with the operator between, it is not a swing.
         let changed = ledger.moves((50, 200), &disturbed(&[], &[1]), &BTreeSet::new(), &names());
         assert!(changed.swung.is_empty());
+        assert!(changed.repeated_at_held.is_empty());
         let cut = ledger.moves(
             (50, 200),
             &disturbed(&[], &[]),
@@ -723,6 +774,7 @@ mod tests {
             &names(),
         );
         assert!(cut.swung.is_empty(), "{cut:?}");
+        assert!(cut.repeated_at_held.is_empty(), "{cut:?}");
         assert_eq!(cut.slice_changes, (2, 1));
     }
 
