@@ -72,7 +72,8 @@ impl Default for SlicePolicy {
 /// leader keeps one for its term; a new leader starts without (at worst a shard gives twice).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RecentGivers {
-    gave: BTreeMap<(String, QuotaKey), u64>,
+    /// Quota → giving shard → when it gave (keyed so a lookup needs no owned key).
+    gave: BTreeMap<QuotaKey, BTreeMap<String, u64>>,
 }
 
 impl RecentGivers {
@@ -80,20 +81,27 @@ impl RecentGivers {
     pub fn record(&mut self, moves: &[SliceMove], now_ms: u64) {
         for m in moves {
             if let Some(from) = &m.from {
-                self.gave.insert((from.clone(), m.quota.clone()), now_ms);
+                self.gave
+                    .entry(m.quota.clone())
+                    .or_default()
+                    .insert(from.clone(), now_ms);
             }
         }
     }
 
     /// Forgets the givers that gave `rest_ms` or longer before `now_ms`.
     pub fn forget_rested(&mut self, now_ms: u64, rest_ms: u64) {
-        self.gave
-            .retain(|_, at| now_ms.saturating_sub(*at) < rest_ms);
+        for givers in self.gave.values_mut() {
+            givers.retain(|_, at| now_ms.saturating_sub(*at) < rest_ms);
+        }
+        self.gave.retain(|_, givers| !givers.is_empty());
     }
 
     /// Whether `shard` gave slice of `quota` within its rest.
     fn resting(&self, shard: &str, quota: &QuotaKey) -> bool {
-        self.gave.contains_key(&(shard.to_string(), quota.clone()))
+        self.gave
+            .get(quota)
+            .is_some_and(|givers| givers.contains_key(shard))
     }
 }
 

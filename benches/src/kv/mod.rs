@@ -22,7 +22,7 @@ use ballast_testkit::{ClusterOptions, TestCluster};
 
 use self::failover::{Failover, Probing, Victim};
 use self::report::{Measured, Report, System, Via};
-use crate::stats::{Summary, closed_loop, rss_bytes};
+use crate::stats::{LoadRun, Summary, closed_loop, rss_bytes};
 
 /// etcd flags that match Ballast's default timers (heartbeat 50 ms, election 150–250 ms) as
 /// closely as etcd's flags allow.
@@ -79,7 +79,7 @@ pub(crate) async fn puts(
     let size = value.len();
     let first_error = FirstError::default();
     let noted = first_error.clone();
-    let mut run = closed_loop(in_flight, Duration::from_secs(seconds), move |worker, n| {
+    let run = closed_loop(in_flight, Duration::from_secs(seconds), move |worker, n| {
         let mut kv = coordinator.kv();
         let value = value.to_vec();
         let noted = noted.clone();
@@ -95,12 +95,7 @@ pub(crate) async fn puts(
         }
     })
     .await;
-    (
-        run.rate(),
-        Summary::of(&mut run.latencies),
-        run.errors,
-        first_error.take(),
-    )
+    first_error.level(run)
 }
 
 /// The first failure of a load run, shared by its workers.
@@ -120,8 +115,14 @@ impl FirstError {
         }
     }
 
-    fn take(&self) -> Option<String> {
-        self.0.lock().expect("not poisoned").take()
+    /// What a finished load run measured: (rate, latency, errors, first failure).
+    fn level(&self, mut run: LoadRun) -> (f64, Summary, usize, Option<String>) {
+        (
+            run.rate(),
+            Summary::of(&mut run.latencies),
+            run.errors,
+            self.0.lock().expect("not poisoned").take(),
+        )
     }
 }
 
@@ -138,7 +139,7 @@ async fn reads(
     let coordinator = coordinator.clone();
     let first_error = FirstError::default();
     let noted = first_error.clone();
-    let mut run = closed_loop(in_flight, Duration::from_secs(seconds), move |_, _| {
+    let run = closed_loop(in_flight, Duration::from_secs(seconds), move |_, _| {
         let mut kv = coordinator.kv();
         let noted = noted.clone();
         async move {
@@ -158,12 +159,7 @@ async fn reads(
         }
     })
     .await;
-    (
-        run.rate(),
-        Summary::of(&mut run.latencies),
-        run.errors,
-        first_error.take(),
-    )
+    first_error.level(run)
 }
 
 /// Waits until `coordinator` accepts a put.
