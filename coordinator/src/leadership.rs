@@ -68,20 +68,29 @@ pub fn heard_from_majority(
 }
 
 /// Leadership confirmations shared by the requests that wait for one: a request is answered
-/// by the first round that began after it arrived.
-#[derive(Default)]
-pub struct Confirmations {
-    last: tokio::sync::Mutex<Option<(Instant, Result<(), ReplicaError>)>>,
+/// by the first round that began after it arrived. Linearizable reads share them the same way
+/// (`T` is then what the round found, such as a read index), as etcd batches its read-index
+/// requests: without it, every read sent its own heartbeat to every voter.
+pub struct Confirmations<T = ()> {
+    last: tokio::sync::Mutex<Option<(Instant, Result<T, ReplicaError>)>>,
 }
 
-impl Confirmations {
+impl<T> Default for Confirmations<T> {
+    fn default() -> Self {
+        Confirmations {
+            last: tokio::sync::Mutex::new(None),
+        }
+    }
+}
+
+impl<T: Clone> Confirmations<T> {
     /// Confirms for a request that arrived at `asked`: reuses a round that began at or after
     /// `asked`, or runs one with `round` (one at a time; requests arriving meanwhile share the
     /// next).
-    pub async fn confirm<F, Fut>(&self, asked: Instant, round: F) -> Result<(), ReplicaError>
+    pub async fn confirm<F, Fut>(&self, asked: Instant, round: F) -> Result<T, ReplicaError>
     where
         F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<(), ReplicaError>>,
+        Fut: Future<Output = Result<T, ReplicaError>>,
     {
         let mut last = self.last.lock().await;
         if let Some((began, outcome)) = &*last
@@ -183,5 +192,43 @@ mod tests {
             assert!(request.await.unwrap().is_err());
         }
         assert_eq!(rounds.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_read_index_round_answers_with_the_index_it_found_after_every_read_arrived() {
+        // The log's commit index rises with every acknowledged write; a read index round
+        // reports the index it saw when it began.
+        let committed = Arc::new(AtomicUsize::new(0));
+        let indexes = Arc::new(Confirmations::<u64>::default());
+        let rounds = Arc::new(AtomicUsize::new(0));
+        let reads: Vec<_> = (0..32)
+            .map(|_| {
+                // A write is acknowledged, then a read is asked.
+                let before = committed.fetch_add(1, Ordering::SeqCst) as u64 + 1;
+                let (indexes, committed, rounds) =
+                    (indexes.clone(), committed.clone(), rounds.clone());
+                let asked = Instant::now();
+                tokio::spawn(async move {
+                    let index = indexes
+                        .confirm(asked, || async move {
+                            rounds.fetch_add(1, Ordering::SeqCst);
+                            let index = committed.load(Ordering::SeqCst) as u64;
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                            Ok(index)
+                        })
+                        .await
+                        .unwrap();
+                    assert!(index >= before, "read index {index} misses write {before}");
+                })
+            })
+            .collect();
+        for read in reads {
+            tokio::time::timeout(Duration::from_secs(10), read)
+                .await
+                .expect("answered within 10 s")
+                .unwrap();
+        }
+        let rounds = rounds.load(Ordering::SeqCst);
+        assert!(rounds < 32, "{rounds} rounds for 32 reads asked together");
     }
 }

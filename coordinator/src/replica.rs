@@ -75,12 +75,22 @@ pub struct Replica {
     proposer: Option<crate::log::raft::proposer::Proposer>,
     /// Leadership confirmations shared by the requests that need one.
     confirmations: crate::leadership::Confirmations,
+    /// Linearizable-read confirmations (a quorum round here, or a read index from the leader
+    /// and the wait to apply it), shared by the reads that arrive together.
+    reads: crate::leadership::Confirmations,
+    /// Read indexes handed to followers, shared the same way.
+    read_indexes: crate::leadership::Confirmations<u64>,
     channels: Mutex<HashMap<String, Channel>>,
     /// Mutual TLS of calls to other replicas (`None`: plain text).
     pub client_tls: Option<Arc<ClientTls>>,
     /// Test-only network faults toward peers.
     faults: Option<Arc<FaultRules>>,
 }
+
+/// How long one shared read round may take: past it the reads waiting on it fail with "retry"
+/// rather than queue behind a round that will not end (a follower's read index call and its
+/// wait to apply had this limit each before reads shared rounds).
+const READ_ROUND_LIMIT: Duration = Duration::from_secs(5);
 
 /// Where a write or linearizable read must go.
 pub enum Route {
@@ -149,6 +159,8 @@ impl Replica {
             autopilot,
             proposer,
             confirmations: Default::default(),
+            reads: Default::default(),
+            read_indexes: Default::default(),
             channels: Mutex::new(HashMap::new()),
             client_tls,
             faults,
@@ -402,40 +414,85 @@ impl Replica {
 
     /// Makes a following read linearizable: on the leader by confirming leadership with a
     /// quorum; on a follower by asking the leader for its read index and waiting to apply it.
+    /// Reads that arrive together share one round (the first round that began after each
+    /// arrived), so 32 reads in flight cost one heartbeat to each voter, not 32.
     pub async fn linearize(&self) -> Result<(), ReplicaError> {
         let raft = match &self.consensus {
             Consensus::Raft(raft) => raft,
             // Any replica can read the log head from etcd itself.
             Consensus::Etcd(log) => return log.linearize().await,
         };
-        match self.route(&MetadataMap::new())? {
-            Route::Local => {
-                raft.ensure_linearizable().await.map_err(|e| {
-                    ReplicaError::retry(format!(
-                        "could not confirm leadership for a linearizable read: {e}"
-                    ))
-                })?;
-                Ok(())
-            }
-            Route::Forward(address) => {
-                let mut client = RaftClient::new(self.channel_to(&address)?);
-                let mut request = Request::new(pb::ReadIndexRequest {
-                    cluster_id: self.cluster_id.clone(),
-                });
-                request.set_timeout(Duration::from_secs(5));
-                let index = client.read_index(request).await?.into_inner().index;
-                raft.wait(Some(Duration::from_secs(5)))
-                    .applied_index_at_least(Some(index), "linearizable read")
+        let asked = std::time::Instant::now();
+        let limit = READ_ROUND_LIMIT;
+        self.reads
+            .confirm(asked, || async move {
+                let round = async {
+                    match self.route(&MetadataMap::new())? {
+                        Route::Local => {
+                            raft.ensure_linearizable().await.map_err(|e| {
+                                ReplicaError::retry(format!(
+                                    "could not confirm leadership for a linearizable read: {e}"
+                                ))
+                            })?;
+                            Ok(())
+                        }
+                        Route::Forward(address) => {
+                            let mut client = RaftClient::new(self.channel_to(&address)?);
+                            let mut request = Request::new(pb::ReadIndexRequest {
+                                cluster_id: self.cluster_id.clone(),
+                            });
+                            request.set_timeout(limit);
+                            let index = client.read_index(request).await?.into_inner().index;
+                            raft.wait(Some(limit))
+                                .applied_index_at_least(Some(index), "linearizable read")
+                                .await
+                                .map_err(|e| {
+                                    ReplicaError::retry(format!(
+                                        "replica {} did not catch up to read index {index}: {e}",
+                                        self.id
+                                    ))
+                                })?;
+                            Ok(())
+                        }
+                    }
+                };
+                tokio::time::timeout(limit, round)
                     .await
-                    .map_err(|e| {
+                    .unwrap_or_else(|_| {
+                        Err(ReplicaError::retry(format!(
+                            "linearizable read not confirmed within {limit:?}"
+                        )))
+                    })
+            })
+            .await
+    }
+
+    /// The read index a follower asks the leader for: the commit index, once a quorum confirmed
+    /// this replica still leads. Followers' requests that arrive together share one round.
+    pub async fn read_index(&self) -> Result<u64, ReplicaError> {
+        let raft = self.raft()?;
+        let asked = std::time::Instant::now();
+        let limit = READ_ROUND_LIMIT;
+        self.read_indexes
+            .confirm(asked, || async move {
+                let round = async {
+                    let (read_log_id, _) = raft.get_read_log_id().await.map_err(|e| {
                         ReplicaError::retry(format!(
-                            "replica {} did not catch up to read index {index}: {e}",
+                            "replica {} cannot serve a read index: {e}",
                             self.id
                         ))
                     })?;
-                Ok(())
-            }
-        }
+                    Ok(read_log_id.map(|l| l.index).unwrap_or(0))
+                };
+                tokio::time::timeout(limit, round)
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(ReplicaError::retry(format!(
+                            "read index not confirmed within {limit:?}"
+                        )))
+                    })
+            })
+            .await
     }
 
     /// Whether this replica currently leads, with a majority heard from within the election

@@ -224,15 +224,8 @@ impl RaftApi for RaftService {
     ) -> Result<Response<pb::ReadIndexReply>, Status> {
         self.replica
             .check_peer_cluster(&request.get_ref().cluster_id)?;
-        let (read_log_id, _) = self.replica.raft()?.get_read_log_id().await.map_err(|e| {
-            Status::unavailable(format!(
-                "replica {} cannot serve a read index: {e}",
-                self.replica.id
-            ))
-        })?;
-        Ok(Response::new(pb::ReadIndexReply {
-            index: read_log_id.map(|l| l.index).unwrap_or(0),
-        }))
+        let index = self.replica.read_index().await?;
+        Ok(Response::new(pb::ReadIndexReply { index }))
     }
 
     async fn leader_presence(
