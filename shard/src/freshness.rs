@@ -115,9 +115,74 @@ impl Freshness {
     }
 }
 
+/// How often the shard's lease may have run out at the coordinator. The coordinator renews the
+/// lease when it handles a heartbeat, somewhere between the shard sending it and the answer
+/// arriving; so from sending the last answered heartbeat to the next answer is the longest the
+/// coordinator can have gone without a renewal. Longer than the lease counts as a lapse, so a
+/// count that did not rise says the lease held.
+#[derive(Debug, Default)]
+pub struct ContactLapses {
+    /// When the last answered heartbeat was sent.
+    last_answered_sent: Option<Instant>,
+    /// Lapses that ended with an answer.
+    ended: u64,
+}
+
+impl ContactLapses {
+    /// A heartbeat sent at `sent` was answered at `now`; returns how long contact may have
+    /// been lost when that was longer than the lease.
+    pub fn answered(&mut self, sent: Instant, now: Instant, lease: Duration) -> Option<Duration> {
+        let lapse = self
+            .last_answered_sent
+            .map(|last| now.saturating_duration_since(last))
+            .filter(|gap| *gap > lease);
+        self.ended += u64::from(lapse.is_some());
+        self.last_answered_sent = Some(sent);
+        lapse
+    }
+
+    /// Lapses so far, one still going on at `now` included, and whether one is.
+    pub fn count(&self, now: Instant, lease: Duration) -> (u64, bool) {
+        let ongoing = self
+            .last_answered_sent
+            .is_some_and(|last| now.saturating_duration_since(last) > lease);
+        (self.ended + u64::from(ongoing), ongoing)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lapse_counts_from_the_last_answered_send_to_the_next_answer() {
+        let lease = Duration::from_secs(3);
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut lapses = ContactLapses::default();
+        assert_eq!(
+            lapses.count(at(10_000), lease),
+            (0, false),
+            "no contact yet is no lapse"
+        );
+        lapses.answered(at(0), at(100), lease);
+        // Answered every second, each answer 2.5 s after the send before it: within the lease.
+        lapses.answered(at(1_000), at(2_500), lease);
+        lapses.answered(at(2_000), at(3_400), lease);
+        assert_eq!(lapses.count(at(4_000), lease), (0, false));
+        // Sent at 2.0 s and nothing answered since: at 5.1 s the lease may have run out.
+        assert_eq!(
+            lapses.count(at(5_100), lease),
+            (1, true),
+            "an ongoing lapse counts"
+        );
+        // The answer at 6 s to a heartbeat sent at 5.5 s ends that lapse; it stays counted.
+        lapses.answered(at(5_500), at(6_000), lease);
+        assert_eq!(lapses.count(at(6_100), lease), (1, false));
+        // An answer slow enough on its own: sent at 5.5 s, the next answered at 8.6 s.
+        lapses.answered(at(7_000), at(8_600), lease);
+        assert_eq!(lapses.count(at(8_700), lease), (2, false));
+    }
 
     const LEASE: Duration = Duration::from_secs(10);
     const LIMIT: Duration = Duration::from_secs(2);

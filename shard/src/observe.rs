@@ -66,6 +66,7 @@ async fn prometheus(State(loaded): State<Loaded>) -> Response {
 fn refresh(worker: &Worker) {
     let assignments = worker.assignments();
     gauge!("ballast_shard_coordinator_reachable").set(f64::from(u8::from(worker.reachable())));
+    gauge!("ballast_shard_contact_lapses").set(worker.contact_lapses().0 as f64);
     if let Some(age) = worker.since_contact() {
         gauge!("ballast_shard_cache_age_seconds").set(age.as_secs_f64());
     }

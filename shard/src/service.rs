@@ -97,6 +97,7 @@ impl ShardWorker for StatusService {
         // Its own statement: a lock guard made inside the literal below would live until the
         // literal ends, across calls that take the engine's lock (the opposite order).
         let placements_pending = w.placements().pending() as u64;
+        let (contact_lapses, contact_lapsing) = w.contact_lapses();
         let quota_use = {
             let state = w.state();
             a.slices
@@ -125,6 +126,8 @@ impl ShardWorker for StatusService {
             takeovers: w.takeovers(),
             provider_backoff_ms: w.provider_backoff().remaining().as_millis() as u64,
             provider_failures: w.provider_failures(),
+            contact_lapses,
+            contact_lapsing,
             machines_by_state: w.machines_by_state().into_iter().collect(),
             shortfall: w.shortfall(),
             cycles: w.cycles(),

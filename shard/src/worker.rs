@@ -23,7 +23,7 @@ use ballast_protocol::providerpb::{Machine as ProvidedMachine, MachineState};
 
 use crate::cache::{Assignments, Cache, CacheError};
 use crate::engine::{Machine, MachineCounts, QuotaKey, Shortfall};
-use crate::freshness::{Freshness, Verdict};
+use crate::freshness::{ContactLapses, Freshness, Verdict};
 use crate::placement::Placements;
 use crate::provider::grpc::GrpcProvider;
 use crate::provider::local::LocalProvider;
@@ -292,6 +292,8 @@ pub struct Worker {
     backoff: Backoff,
     /// Provider calls that failed since start (any call, any reason).
     provider_failures: AtomicU64,
+    /// Times the lease may have run out at the coordinator (see [`ContactLapses`]).
+    contact_lapses: Mutex<ContactLapses>,
     startup: Startup,
 }
 
@@ -908,6 +910,14 @@ impl Worker {
         self.provider_failures.load(Ordering::Relaxed)
     }
 
+    /// Times since start that the lease may have run out at the coordinator, one going on
+    /// now included, and whether one is.
+    pub fn contact_lapses(&self) -> (u64, bool) {
+        self.contact_lapses
+            .lock()
+            .count(Instant::now(), self.config.lease_ttl)
+    }
+
     /// Engine cycles completed since start.
     pub fn cycles(&self) -> u64 {
         self.cycles.load(Ordering::Relaxed)
@@ -1308,6 +1318,7 @@ pub async fn start(config: WorkerConfig) -> Result<RunningWorker, WorkerError> {
         sequence: AtomicU64::new(0),
         backoff: Backoff::new(Duration::from_millis(50), Duration::from_secs(5)),
         provider_failures: AtomicU64::new(0),
+        contact_lapses: Mutex::default(),
         startup,
     });
     let _ = loaded.set(worker.clone());
@@ -1460,6 +1471,19 @@ async fn heartbeat_loop(worker: Arc<Worker>, mut stopped: watch::Receiver<bool>)
             .await;
         let next = match answer {
             Ok(answer) => {
+                let lapse = worker.contact_lapses.lock().answered(
+                    started.into_std(),
+                    Instant::now(),
+                    worker.config.lease_ttl,
+                );
+                if let Some(gap) = lapse {
+                    tracing::warn!(
+                        gap_ms = gap.as_millis() as u64,
+                        lease_ms = worker.config.lease_ttl.as_millis() as u64,
+                        "no heartbeat answered for longer than the lease: the coordinator may have \
+                         given this shard's work away"
+                    );
+                }
                 worker.touch();
                 worker.remember_cluster();
                 let revision = answer.header.map_or(0, |h| h.revision);

@@ -305,7 +305,8 @@ pub async fn run(args: KvBenchArgs) -> anyhow::Result<()> {
         Contender::with_roles(System::Ballast, &ballast.endpoints()).await?,
     ];
     if let Some(cluster) = &compared {
-        contenders.push(Contender::balanced(System::Compared, &cluster.endpoints())?);
+        // Roles known, so its reads can be compared too; its puts go balanced only.
+        contenders.push(Contender::with_roles(System::Compared, &cluster.endpoints()).await?);
     }
     contenders.push(Contender::balanced(System::OnEtcd, &on_etcd.endpoints())?);
     for contender in &contenders {
@@ -326,7 +327,10 @@ pub async fn run(args: KvBenchArgs) -> anyhow::Result<()> {
             // Balanced clients first, etcd leading; then through a follower.
             for via in [Via::Balanced, Via::Follower] {
                 for contender in &contenders {
-                    let Some(client) = contender.client(via) else {
+                    let Some(client) = contender
+                        .client(via)
+                        .filter(|_| via == Via::Balanced || contender.system != System::Compared)
+                    else {
                         continue;
                     };
                     let fsync = fsync_probe(probe_dir).await?;

@@ -307,6 +307,32 @@ impl Report {
             )?;
         }
         writeln!(out)?;
+        if let Some(other) = &self.compared_with {
+            writeln!(
+                out,
+                "Reads of `{}`'s replicas, run right after this build's at each level:\n",
+                other.display()
+            )?;
+            writeln!(
+                out,
+                "| in flight | to | this build reads/s | compared build reads/s | ratio | this p50 / p99 / max ms | compared p50 / p99 / max ms |"
+            )?;
+            writeln!(out, "|---:|---|---:|---:|---:|---|---|")?;
+            for (b, a) in Self::pairs(&self.reads, System::Ballast, System::Compared) {
+                writeln!(
+                    out,
+                    "| {} | {} | {:.0} | {:.0} | {} | {} | {} |",
+                    b.in_flight,
+                    b.via.label(),
+                    b.rate,
+                    a.rate,
+                    ratio(b.rate, a.rate),
+                    spread(&b.latency),
+                    spread(&a.latency)
+                )?;
+            }
+            writeln!(out)?;
+        }
 
         let failed: Vec<&Measured> = self
             .puts

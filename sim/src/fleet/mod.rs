@@ -779,6 +779,20 @@ impl Sim {
         status_of(&self.shard_clients[shard], Duration::from_secs(2)).await
     }
 
+    /// Each shard's count of its own contact lapses, with whether one is going on (`None`: no
+    /// status from it).
+    async fn contact_lapses(&self) -> Vec<Option<(u64, bool)>> {
+        futures::future::join_all((0..self.shards.len()).map(|i| async move {
+            // Asked twice: a starved shard may miss the first call's deadline.
+            let status = match self.shard_status(i).await {
+                Some(status) => Some(status),
+                None => self.shard_status(i).await,
+            };
+            status.map(|s| (s.contact_lapses, s.contact_lapsing))
+        }))
+        .await
+    }
+
     fn live_shards(&self) -> Vec<usize> {
         (0..self.shards.len())
             .filter(|&i| self.shared.alive[i].load(Ordering::Relaxed))

@@ -39,9 +39,22 @@ pub(super) struct Disturbed {
     /// Per shard, the stretches (ms since the run started) it was down or cut off; an open
     /// end means it still is.
     down: BTreeMap<usize, Vec<(u64, Option<u64>)>>,
+    /// Shards whose lease may have run out although the scenario did nothing to them: by their
+    /// own count, no heartbeat was answered for longer than the lease (a starved machine).
+    lapsed: BTreeSet<usize>,
 }
 
 impl Disturbed {
+    /// `shard` lost contact with the coordinator for longer than its lease on its own.
+    pub(super) fn lapsed(&mut self, shard: usize) {
+        self.lapsed.insert(shard);
+    }
+
+    /// Whether `shard`'s state held through the scenario: nothing done to it, no lapse.
+    fn held(&self, shard: usize) -> bool {
+        !self.changed.contains(&shard) && !self.lapsed.contains(&shard)
+    }
+
     /// `shard`'s state changes (its demand shifts, say) while it keeps running.
     pub(super) fn changed(&mut self, shard: usize) {
         self.changed.insert(shard);
@@ -151,6 +164,10 @@ pub(super) struct Moves {
     pub most_changed_slice: Option<String>,
     /// Coordinator moves off a shard whose state the scenario did not change.
     pub off_undisturbed: Vec<String>,
+    /// Coordinator moves off shards the scenario left alone but whose lease ran out on its own
+    /// (judged right: the shard did not renew in time), and those shards.
+    pub off_lapsed: usize,
+    pub lapsed_shards: Vec<String>,
     /// Coordinator moves onto a shard while it was down or cut off (one going down with its
     /// AZ, say): the thing will have to move again.
     pub onto_down: Vec<String>,
@@ -265,7 +282,15 @@ impl Ledger {
         names: &[String],
     ) -> Moves {
         let within = |at: u64| (from_ms..=to_ms).contains(&at);
-        let mut moves = Moves::default();
+        let mut moves = Moves {
+            lapsed_shards: disturbed
+                .lapsed
+                .iter()
+                .filter(|shard| !disturbed.changed.contains(shard))
+                .map(|&shard| names[shard].clone())
+                .collect(),
+            ..Moves::default()
+        };
         // Every hand-off of a thing, in grant order, to tell where each came from.
         let mut by_thing: BTreeMap<(Kind, &str), Vec<&Handoff>> = BTreeMap::new();
         for h in &self.handoffs {
@@ -307,8 +332,10 @@ impl Ledger {
                         h.grant
                     )
                 };
-                if !disturbed.changed.contains(&from) {
+                if disturbed.held(from) {
                     moves.off_undisturbed.push(shown());
+                } else if !disturbed.changed.contains(&from) {
+                    moves.off_lapsed += 1;
                 }
                 if disturbed.was_down(h.to, h.at_ms) {
                     moves.onto_down.push(shown());
@@ -353,7 +380,7 @@ impl Ledger {
                 moves.slice_added += step.amount.saturating_sub(before);
                 let up = step.amount > before;
                 if directions.last().is_some_and(|&last| last != up)
-                    && !disturbed.changed.contains(&shard)
+                    && disturbed.held(shard)
                     && !swung
                 {
                     swung = true;
@@ -367,7 +394,7 @@ impl Ledger {
                 }
                 directions.push(up);
             }
-            let held = !disturbed.changed.contains(&shard);
+            let held = disturbed.held(shard);
             let shown = || {
                 format!(
                     "{} {}/{}{}: {:?}",
@@ -407,6 +434,7 @@ impl Moves {
             ("moves.slice_changes_by_operator", self.slice_changes.1),
             ("moves.slices_changed", self.slices_changed),
             ("moves.most_moves_of_one", self.most_moves_of_one),
+            ("moves.off_shards_that_lapsed_alone", self.off_lapsed),
             (
                 "moves.most_changes_of_one_slice",
                 self.most_changes_of_one_slice,
@@ -424,6 +452,19 @@ impl Moves {
         );
     }
 
+    /// The shards whose leases ran out on their own, and what moved off them.
+    fn lapsed_note(&self) -> String {
+        if self.lapsed_shards.is_empty() {
+            return String::new();
+        }
+        format!(
+            " or that went without a heartbeat answered for longer than its lease on its own \
+             ({} of the moves, off {})",
+            self.off_lapsed,
+            self.lapsed_shards.join(", ")
+        )
+    }
+
     /// The three invariants.
     pub(super) fn checks(&self) -> Vec<Check> {
         let examples = |list: &[String]| {
@@ -437,9 +478,10 @@ impl Moves {
                 if self.off_undisturbed.is_empty() {
                     format!(
                         "the coordinator moved {} domains and {} clusters, each off a shard the \
-                         scenario changed, none more than {} times; the operator moved {} and {}",
+                         scenario changed{}, none more than {} times; the operator moved {} and {}",
                         self.domains.0,
                         self.clusters.0,
+                        self.lapsed_note(),
                         self.most_moves_of_one,
                         self.domains.1,
                         self.clusters.1
@@ -694,6 +736,27 @@ mod tests {
         assert_eq!(moves.most_moves_of_one, 2);
         assert_eq!(moves.off_undisturbed, ["domain d1 s1 -> s2 at revision 8"]);
         assert!(!moves.checks()[0].holds);
+    }
+
+    #[test]
+    fn a_move_off_a_shard_whose_lease_ran_out_on_its_own_is_counted_not_failed() {
+        let mut ledger = started();
+        ledger.observe(1, &delta(6, &[("d1", 6)], &[]), 100);
+        // s0 held by the scenario's account: the move is a failure...
+        let alone = ledger.moves((50, 200), &disturbed(&[], &[]), &BTreeSet::new(), &names());
+        assert_eq!(alone.off_undisturbed, ["domain d1 s0 -> s1 at revision 6"]);
+        // ...unless s0 counted a lapse of its own: then the coordinator judged right.
+        let mut lapsed = disturbed(&[], &[]);
+        lapsed.lapsed(0);
+        let moves = ledger.moves((50, 200), &lapsed, &BTreeSet::new(), &names());
+        assert!(moves.off_undisturbed.is_empty(), "{moves:?}");
+        assert_eq!(
+            (moves.off_lapsed, moves.lapsed_shards.clone()),
+            (1, vec!["s0".to_string()])
+        );
+        let check = &moves.checks()[0];
+        assert!(check.holds, "{check:?}");
+        assert!(check.detail.contains("off s0"), "{}", check.detail);
     }
 
     #[test]

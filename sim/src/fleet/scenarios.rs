@@ -73,6 +73,7 @@ impl Sim {
         let started_ms = self.shared.now_ms();
         let started = Instant::now();
         *self.shared.disturbed.lock() = Default::default();
+        let lapses_before = self.contact_lapses().await;
         let mut measurements = BTreeMap::new();
         let mut invariants = match scenario {
             Scenario::Steady => {
@@ -99,6 +100,21 @@ impl Sim {
             Scenario::Dr => self.dr(&mut measurements).await?,
         };
         invariants.extend(self.checkpoint(true).await?);
+        // A shard that went longer than its lease without a heartbeat answered, by its own
+        // count, lost its work rightly although the scenario did nothing to it (the machine
+        // starved it): moves off it are reported, not failed. A restarted shard counts afresh.
+        // A lapse going on when the scenario began is the scenario's too (it may end in it).
+        for (shard, (before, after)) in lapses_before
+            .into_iter()
+            .zip(self.contact_lapses().await)
+            .enumerate()
+        {
+            // No status at the start (a starved shard may not answer in time) counts as none.
+            let (before, lapsing) = before.unwrap_or((0, false));
+            if after.is_some_and(|(after, _)| after > before) || lapsing {
+                self.shared.disturbed.lock().lapsed(shard);
+            }
+        }
         invariants.extend(
             self.moves_of(scenario, started_ms, &mut measurements)
                 .await?,
