@@ -23,6 +23,7 @@ use ballast_testkit::{ClusterOptions, TestCluster};
 use self::failover::{Failover, Probing, Victim};
 use self::report::{Measured, Report, System, Via};
 use crate::stats::{LoadRun, Summary, closed_loop, rss_bytes};
+use ballast_testkit::cpu_time;
 
 /// etcd flags that match Ballast's default timers (heartbeat 50 ms, election 150–250 ms) as
 /// closely as etcd's flags allow.
@@ -215,6 +216,8 @@ struct Contender {
     leader: Option<Coordinator>,
     /// Only one follower's endpoint (at the start of the run).
     follower: Option<Coordinator>,
+    /// The processes serving it, whose CPU time each level counts.
+    servers: Vec<u32>,
 }
 
 impl Contender {
@@ -229,6 +232,7 @@ impl Contender {
             balanced: Coordinator::new(endpoints)?,
             leader: Some(Coordinator::new(&[endpoints[leader].clone()])?),
             follower: Some(Coordinator::new(&[endpoints[follower].clone()])?),
+            servers: Vec::new(),
         })
     }
 
@@ -239,7 +243,18 @@ impl Contender {
             balanced: Coordinator::new(endpoints)?,
             leader: None,
             follower: None,
+            servers: Vec::new(),
         })
+    }
+
+    /// The same contender, its CPU time counted over `servers`.
+    fn served_by(self, servers: Vec<u32>) -> Contender {
+        Contender { servers, ..self }
+    }
+
+    /// CPU time its servers have used so far.
+    fn cpu(&self) -> Duration {
+        self.servers.iter().filter_map(|&pid| cpu_time(pid)).sum()
     }
 
     fn client(&self, via: Via) -> Option<&Coordinator> {
@@ -275,6 +290,10 @@ pub async fn run(args: KvBenchArgs) -> anyhow::Result<()> {
     // etcd's quorum, and "etcd alone" carries none of it.
     let etcd_under = EtcdCluster::start(&work.path().join("etcd-under"), 3)
         .context("starting the etcd under Ballast")?;
+    // Ballast's etcd backend gives up at start on an etcd that is not listening yet.
+    ready(&Coordinator::new(&etcd_under.endpoints)?)
+        .await
+        .context("the etcd under Ballast")?;
     let on_etcd = TestCluster::start_unformed(
         ClusterOptions {
             program: program.clone(),
@@ -300,23 +319,38 @@ pub async fn run(args: KvBenchArgs) -> anyhow::Result<()> {
     ready(&etcd_client).await?;
     let ballast_client = Coordinator::new(&ballast.endpoints())?;
     ready(&ballast_client).await?;
+    let ballast_pids = |cluster: &TestCluster| -> Vec<u32> {
+        cluster.replicas.iter().filter_map(|r| r.pid()).collect()
+    };
     let mut contenders = vec![
-        Contender::with_roles(System::Etcd, &etcd.endpoints).await?,
-        Contender::with_roles(System::Ballast, &ballast.endpoints()).await?,
+        Contender::with_roles(System::Etcd, &etcd.endpoints)
+            .await?
+            .served_by(etcd.pids()),
+        Contender::with_roles(System::Ballast, &ballast.endpoints())
+            .await?
+            .served_by(ballast_pids(&ballast)),
     ];
     if let Some(cluster) = &compared {
         // Roles known, so its reads can be compared too; its puts go balanced only.
-        contenders.push(Contender::with_roles(System::Compared, &cluster.endpoints()).await?);
+        contenders.push(
+            Contender::with_roles(System::Compared, &cluster.endpoints())
+                .await?
+                .served_by(ballast_pids(cluster)),
+        );
     }
-    contenders.push(Contender::balanced(System::OnEtcd, &on_etcd.endpoints())?);
+    // Ballast on etcd is served by its replicas and the etcd under them.
+    let on_etcd_servers = ballast_pids(&on_etcd)
+        .into_iter()
+        .chain(etcd_under.pids())
+        .collect();
+    contenders.push(
+        Contender::balanced(System::OnEtcd, &on_etcd.endpoints())?.served_by(on_etcd_servers),
+    );
     for contender in &contenders {
         ready(&contender.balanced).await?;
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss = |pids: Vec<u32>| -> u64 { pids.into_iter().filter_map(rss_bytes).sum() };
-    let ballast_pids = |cluster: &TestCluster| -> Vec<u32> {
-        cluster.replicas.iter().filter_map(|r| r.pid()).collect()
-    };
     let idle = (rss(ballast_pids(&ballast)), rss(etcd.pids()));
 
     let probe_dir = work.path();
@@ -339,13 +373,14 @@ pub async fn run(args: KvBenchArgs) -> anyhow::Result<()> {
                         contender.system,
                         fsync.as_secs_f64() * 1000.0
                     );
+                    let cpu = contender.cpu();
                     let run = puts(client, in_flight, args.seconds, &value).await;
-                    eprintln!("  {:.0}/s, p99 {:?}", run.0, run.1.p99);
-                    measured.push(Measured::of(
-                        (contender.system, value_bytes, in_flight, via),
-                        run,
-                        fsync,
-                    ));
+                    let cpu = contender.cpu().saturating_sub(cpu);
+                    eprintln!("  {:.0}/s, p99 {:?}, server CPU {cpu:?}", run.0, run.1.p99);
+                    measured.push(
+                        Measured::of((contender.system, value_bytes, in_flight, via), run, fsync)
+                            .with_cpu(cpu, args.seconds),
+                    );
                 }
             }
         }
@@ -372,12 +407,17 @@ pub async fn run(args: KvBenchArgs) -> anyhow::Result<()> {
                 };
                 let fsync = fsync_probe(probe_dir).await?;
                 eprintln!("reads × {in_flight} via {via:?}: {:?}", contender.system);
+                let cpu = contender.cpu();
                 let run = reads(client, in_flight, args.seconds).await;
-                read_results.push(Measured::of(
-                    (contender.system, READ_VALUE.len(), in_flight, via),
-                    run,
-                    fsync,
-                ));
+                let cpu = contender.cpu().saturating_sub(cpu);
+                read_results.push(
+                    Measured::of(
+                        (contender.system, READ_VALUE.len(), in_flight, via),
+                        run,
+                        fsync,
+                    )
+                    .with_cpu(cpu, args.seconds),
+                );
             }
         }
     }

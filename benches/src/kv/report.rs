@@ -57,6 +57,9 @@ pub struct Measured {
     pub first_error: Option<String>,
     /// The fsync probe taken right before this level.
     pub fsync: Duration,
+    /// CPU time the system's server processes used per successful operation (zero: not
+    /// measured).
+    pub cpu_per_op: Duration,
 }
 
 impl Measured {
@@ -77,7 +80,30 @@ impl Measured {
             errors,
             first_error,
             fsync,
+            cpu_per_op: Duration::ZERO,
         }
+    }
+
+    /// The same level, with `cpu` of server time used over the `seconds` it ran.
+    pub fn with_cpu(self, cpu: Duration, seconds: u64) -> Measured {
+        let ops = self.rate * seconds as f64;
+        Measured {
+            cpu_per_op: if ops >= 1.0 {
+                cpu.div_f64(ops)
+            } else {
+                Duration::ZERO
+            },
+            ..self
+        }
+    }
+}
+
+/// CPU per operation in microseconds, or a dash when not measured.
+fn cpu_us(m: &Measured) -> String {
+    if m.cpu_per_op.is_zero() {
+        "—".into()
+    } else {
+        format!("{:.0}", m.cpu_per_op.as_secs_f64() * 1e6)
     }
 }
 
@@ -176,7 +202,10 @@ impl Report {
              turns — etcd, Ballast{}, Ballast on etcd, then etcd and Ballast through a follower \
              — for {} s each, and each turn starts with an fsync probe of the disk (a 4 KiB \
              write and `fdatasync`, median of 16), printed with its row, so a change in disk \
-             speed during the run shows. The client is the same for all: etcd's v3 API over \
+             speed during the run shows. \"server CPU\" is the user and system CPU time the \
+             system's server processes used during the turn (from `/proc`), per request that \
+             succeeded; the client and the other systems are not counted, and on a box with \
+             few cores it bounds throughput. The client is the same for all: etcd's v3 API over \
              tonic, balanced over the three endpoints unless the row says otherwise, unique \
              keys. etcd {} (Debian `etcd-server`, default flags, fsync on) runs as a cluster of \
              its own; Ballast with {}.\n",
@@ -195,15 +224,15 @@ impl Report {
             writeln!(out, "## Puts of {size}-byte values\n")?;
             writeln!(
                 out,
-                "| in flight | to | Ballast puts/s | etcd puts/s | ratio | Ballast p50 / p99 / max ms | etcd p50 / p99 / max ms | fsync before B / e ms | errors B / e |"
+                "| in flight | to | Ballast puts/s | etcd puts/s | ratio | Ballast p50 / p99 / max ms | etcd p50 / p99 / max ms | fsync before B / e ms | server CPU µs a put B / e | errors B / e |"
             )?;
-            writeln!(out, "|---:|---|---:|---:|---:|---|---|---|---|")?;
+            writeln!(out, "|---:|---|---:|---:|---:|---|---|---|---|---|")?;
             for (b, e) in Self::pairs(&self.puts, System::Ballast, System::Etcd)
                 .filter(|(b, _)| b.value_bytes == size)
             {
                 writeln!(
                     out,
-                    "| {} | {} | {:.0} | {:.0} | {} | {} | {} | {} / {} | {} / {} |",
+                    "| {} | {} | {:.0} | {:.0} | {} | {} | {} | {} / {} | {} / {} | {} / {} |",
                     b.in_flight,
                     b.via.label(),
                     b.rate,
@@ -213,6 +242,8 @@ impl Report {
                     spread(&e.latency),
                     ms(b.fsync),
                     ms(e.fsync),
+                    cpu_us(b),
+                    cpu_us(e),
                     b.errors,
                     e.errors
                 )?;
@@ -260,13 +291,13 @@ impl Report {
             )?;
             writeln!(
                 out,
-                "| value B | in flight | this build puts/s | compared build puts/s | ratio | this p50 / p99 / max ms | compared p50 / p99 / max ms | fsync before this / compared ms |"
+                "| value B | in flight | this build puts/s | compared build puts/s | ratio | this p50 / p99 / max ms | compared p50 / p99 / max ms | fsync before this / compared ms | server CPU µs a put this / compared |"
             )?;
-            writeln!(out, "|---:|---:|---:|---:|---:|---|---|---|")?;
+            writeln!(out, "|---:|---:|---:|---:|---:|---|---|---|---|")?;
             for (b, a) in Self::pairs(&self.puts, System::Ballast, System::Compared) {
                 writeln!(
                     out,
-                    "| {} | {} | {:.0} | {:.0} | {} | {} | {} | {} / {} |",
+                    "| {} | {} | {:.0} | {:.0} | {} | {} | {} | {} / {} | {} / {} |",
                     b.value_bytes,
                     b.in_flight,
                     b.rate,
@@ -275,7 +306,9 @@ impl Report {
                     spread(&b.latency),
                     spread(&a.latency),
                     ms(b.fsync),
-                    ms(a.fsync)
+                    ms(a.fsync),
+                    cpu_us(b),
+                    cpu_us(a)
                 )?;
             }
             writeln!(out)?;
@@ -289,19 +322,21 @@ impl Report {
         )?;
         writeln!(
             out,
-            "| in flight | to | Ballast reads/s | etcd reads/s | Ballast p50 / p99 / max ms | etcd p50 / p99 / max ms | errors B / e |"
+            "| in flight | to | Ballast reads/s | etcd reads/s | Ballast p50 / p99 / max ms | etcd p50 / p99 / max ms | server CPU µs a read B / e | errors B / e |"
         )?;
-        writeln!(out, "|---:|---|---:|---:|---|---|---|")?;
+        writeln!(out, "|---:|---|---:|---:|---|---|---|---|")?;
         for (b, e) in Self::pairs(&self.reads, System::Ballast, System::Etcd) {
             writeln!(
                 out,
-                "| {} | {} | {:.0} | {:.0} | {} | {} | {} / {} |",
+                "| {} | {} | {:.0} | {:.0} | {} | {} | {} / {} | {} / {} |",
                 b.in_flight,
                 b.via.label(),
                 b.rate,
                 e.rate,
                 spread(&b.latency),
                 spread(&e.latency),
+                cpu_us(b),
+                cpu_us(e),
                 b.errors,
                 e.errors
             )?;
@@ -497,6 +532,7 @@ mod tests {
             errors: 0,
             first_error: None,
             fsync: Duration::from_micros(1500),
+            cpu_per_op: Duration::from_micros(400),
         }
     }
 
