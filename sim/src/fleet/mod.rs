@@ -69,6 +69,17 @@ pub enum Scenario {
     Dr,
 }
 
+impl Scenario {
+    /// Whether the scenario leaves every coordinator replica running and unpaused (it may cut
+    /// shards off, shift demand or move work, but it never kills, stops or restores a replica).
+    pub fn leaves_the_coordinator_alone(self) -> bool {
+        matches!(
+            self,
+            Scenario::Steady | Scenario::Partition | Scenario::DemandShift | Scenario::Burst
+        )
+    }
+}
+
 /// Flags of `ballast-sim fleet`.
 #[derive(clap::Args, Debug)]
 pub struct FleetArgs {

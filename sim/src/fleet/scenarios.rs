@@ -73,7 +73,11 @@ impl Sim {
         let started_ms = self.shared.now_ms();
         let started = Instant::now();
         *self.shared.disturbed.lock() = Default::default();
-        let lapses_before = self.contact_lapses().await;
+        let lapses_before = if scenario.leaves_the_coordinator_alone() {
+            self.contact_lapses().await
+        } else {
+            Vec::new()
+        };
         let mut measurements = BTreeMap::new();
         let mut invariants = match scenario {
             Scenario::Steady => {
@@ -104,15 +108,20 @@ impl Sim {
         // count, lost its work rightly although the scenario did nothing to it (the machine
         // starved it): moves off it are reported, not failed. A restarted shard counts afresh.
         // A lapse going on when the scenario began is the scenario's too (it may end in it).
-        for (shard, (before, after)) in lapses_before
-            .into_iter()
-            .zip(self.contact_lapses().await)
-            .enumerate()
-        {
-            // No status at the start (a starved shard may not answer in time) counts as none.
-            let (before, lapsing) = before.unwrap_or((0, false));
-            if after.is_some_and(|(after, _)| after > before) || lapsing {
-                self.shared.disturbed.lock().lapsed(shard);
+        // Only where the scenario leaves every replica running: where it kills or stops them,
+        // every shard's heartbeats go unanswered for a while, and moving work off shards for
+        // that is exactly what the moves check is there to catch.
+        if scenario.leaves_the_coordinator_alone() {
+            for (shard, (before, after)) in lapses_before
+                .into_iter()
+                .zip(self.contact_lapses().await)
+                .enumerate()
+            {
+                // No status at the start (a starved shard may not answer in time) counts as none.
+                let (before, lapsing) = before.unwrap_or((0, false));
+                if after.is_some_and(|(after, _)| after > before) || lapsing {
+                    self.shared.disturbed.lock().lapsed(shard);
+                }
             }
         }
         invariants.extend(
