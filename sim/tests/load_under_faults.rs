@@ -68,6 +68,15 @@ async fn open_watchers(cluster: &TestCluster, seen: Seen, start_revision: i64) {
                     let mut responses = responses.into_inner();
                     let _keep_open = tx;
                     while let Ok(Some(response)) = responses.message().await {
+                        if response.canceled {
+                            // Said here, so a watcher that then misses puts shows why.
+                            eprintln!(
+                                "watcher {stream}/{} canceled: compact revision {}, reason {:?}",
+                                response.watch_id,
+                                response.compact_revision,
+                                response.cancel_reason
+                            );
+                        }
                         let mut seen = seen.lock().await;
                         let revisions = seen.entry((stream, response.watch_id)).or_default();
                         revisions.extend(
@@ -129,7 +138,7 @@ async fn run(leader_changes: usize) {
             .iter()
             .map(|r| cluster.channel(r.id))
             .collect();
-        let (stop, acked) = (stop.clone(), acked.clone());
+        let (stop, acked, seen) = (stop.clone(), acked.clone(), seen.clone());
         writers.push(tokio::spawn(async move {
             let mut n = 0usize;
             while !stop.load(Ordering::Relaxed) {
@@ -149,9 +158,23 @@ async fn run(leader_changes: usize) {
                 // that grows can only be something leaking.
                 if writer == 0 && n.is_multiple_of(200) {
                     let head = acked.lock().await.iter().max().copied().unwrap_or(0);
+                    // Never past what a watcher still has to see: one whose stream broke
+                    // resumes after the last revision it saw, and a compacted start revision
+                    // cancels its watch (as etcd does), which would read as missed puts.
+                    let slowest = {
+                        let seen = seen.lock().await;
+                        if seen.len() < STREAMS * WATCHERS_PER_STREAM {
+                            start - 1
+                        } else {
+                            seen.values()
+                                .map(|r| r.last().copied().unwrap_or(start - 1))
+                                .min()
+                                .unwrap_or(start - 1)
+                        }
+                    };
                     let _ = kv
                         .compact(epb::CompactionRequest {
-                            revision: head - 100,
+                            revision: (head - 100).min(slowest),
                             physical: false,
                         })
                         .await;
