@@ -84,10 +84,16 @@ impl<T> Default for Confirmations<T> {
 }
 
 impl<T: Clone> Confirmations<T> {
-    /// Confirms for a request that arrived at `asked`: reuses a round that began at or after
-    /// `asked`, or runs one with `round` (one at a time; requests arriving meanwhile share the
-    /// next).
-    pub async fn confirm<F, Fut>(&self, asked: Instant, round: F) -> Result<T, ReplicaError>
+    /// Confirms `what` for a request that arrived at `asked`: reuses a round that began at or
+    /// after `asked`, or runs one with `round` (one at a time; requests arriving meanwhile share
+    /// the next). A round that takes longer than `limit` fails with "retry", so the requests
+    /// waiting on it do not queue behind a round that will not end.
+    pub async fn confirm<F, Fut>(
+        &self,
+        asked: Instant,
+        (what, limit): (&str, Duration),
+        round: F,
+    ) -> Result<T, ReplicaError>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, ReplicaError>>,
@@ -99,7 +105,13 @@ impl<T: Clone> Confirmations<T> {
             return outcome.clone();
         }
         let began = Instant::now();
-        let outcome = round().await;
+        let outcome = tokio::time::timeout(limit, round())
+            .await
+            .unwrap_or_else(|_| {
+                Err(ReplicaError::retry(format!(
+                    "{what} not confirmed within {limit:?}"
+                )))
+            });
         *last = Some((began, outcome.clone()));
         outcome
     }
@@ -159,11 +171,15 @@ mod tests {
                 (confirmations.clone(), rounds.clone(), gate.clone());
             tokio::spawn(async move {
                 confirmations
-                    .confirm(Instant::now(), || async move {
-                        rounds.fetch_add(1, Ordering::SeqCst);
-                        let _ = gate.wait_for(|open| *open).await;
-                        Ok(())
-                    })
+                    .confirm(
+                        Instant::now(),
+                        ("test", Duration::from_secs(60)),
+                        || async move {
+                            rounds.fetch_add(1, Ordering::SeqCst);
+                            let _ = gate.wait_for(|open| *open).await;
+                            Ok(())
+                        },
+                    )
                     .await
             })
         };
@@ -176,7 +192,7 @@ mod tests {
                 let asked = Instant::now();
                 tokio::spawn(async move {
                     confirmations
-                        .confirm(asked, || async move {
+                        .confirm(asked, ("test", Duration::from_secs(60)), || async move {
                             rounds.fetch_add(1, Ordering::SeqCst);
                             Err(ReplicaError::retry("no quorum"))
                         })
@@ -210,7 +226,7 @@ mod tests {
                 let asked = Instant::now();
                 tokio::spawn(async move {
                     let index = indexes
-                        .confirm(asked, || async move {
+                        .confirm(asked, ("test", Duration::from_secs(60)), || async move {
                             rounds.fetch_add(1, Ordering::SeqCst);
                             let index = committed.load(Ordering::SeqCst) as u64;
                             tokio::time::sleep(Duration::from_millis(5)).await;

@@ -232,24 +232,15 @@ impl Replica {
         // A round that does not answer within a few election timeouts has failed.
         let limit = self.timing.election_timeout_max * 4;
         self.confirmations
-            .confirm(asked, || async move {
-                let round = async {
-                    match &self.consensus {
-                        Consensus::Raft(raft) => {
-                            raft.get_read_log_id().await.map(|_| ()).map_err(|e| {
-                                ReplicaError::retry(format!("leadership not confirmed: {e}"))
-                            })
-                        }
-                        Consensus::Etcd(log) => log.confirm_leading().await,
+            .confirm(asked, ("leadership by a majority", limit), || async move {
+                match &self.consensus {
+                    Consensus::Raft(raft) => {
+                        raft.get_read_log_id().await.map(|_| ()).map_err(|e| {
+                            ReplicaError::retry(format!("leadership not confirmed: {e}"))
+                        })
                     }
-                };
-                tokio::time::timeout(limit, round)
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(ReplicaError::retry(format!(
-                            "leadership not confirmed by a majority within {limit:?}"
-                        )))
-                    })
+                    Consensus::Etcd(log) => log.confirm_leading().await,
+                }
             })
             .await?;
         // Leadership confirmed in the term read before the round: a later term means another
@@ -425,44 +416,35 @@ impl Replica {
         let asked = std::time::Instant::now();
         let limit = READ_ROUND_LIMIT;
         self.reads
-            .confirm(asked, || async move {
-                let round = async {
-                    match self.route(&MetadataMap::new())? {
-                        Route::Local => {
-                            raft.ensure_linearizable().await.map_err(|e| {
+            .confirm(asked, ("linearizable read", limit), || async move {
+                match self.route(&MetadataMap::new())? {
+                    Route::Local => {
+                        raft.ensure_linearizable().await.map_err(|e| {
+                            ReplicaError::retry(format!(
+                                "could not confirm leadership for a linearizable read: {e}"
+                            ))
+                        })?;
+                        Ok(())
+                    }
+                    Route::Forward(address) => {
+                        let mut client = RaftClient::new(self.channel_to(&address)?);
+                        let mut request = Request::new(pb::ReadIndexRequest {
+                            cluster_id: self.cluster_id.clone(),
+                        });
+                        request.set_timeout(limit);
+                        let index = client.read_index(request).await?.into_inner().index;
+                        raft.wait(Some(limit))
+                            .applied_index_at_least(Some(index), "linearizable read")
+                            .await
+                            .map_err(|e| {
                                 ReplicaError::retry(format!(
-                                    "could not confirm leadership for a linearizable read: {e}"
+                                    "replica {} did not catch up to read index {index}: {e}",
+                                    self.id
                                 ))
                             })?;
-                            Ok(())
-                        }
-                        Route::Forward(address) => {
-                            let mut client = RaftClient::new(self.channel_to(&address)?);
-                            let mut request = Request::new(pb::ReadIndexRequest {
-                                cluster_id: self.cluster_id.clone(),
-                            });
-                            request.set_timeout(limit);
-                            let index = client.read_index(request).await?.into_inner().index;
-                            raft.wait(Some(limit))
-                                .applied_index_at_least(Some(index), "linearizable read")
-                                .await
-                                .map_err(|e| {
-                                    ReplicaError::retry(format!(
-                                        "replica {} did not catch up to read index {index}: {e}",
-                                        self.id
-                                    ))
-                                })?;
-                            Ok(())
-                        }
+                        Ok(())
                     }
-                };
-                tokio::time::timeout(limit, round)
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(ReplicaError::retry(format!(
-                            "linearizable read not confirmed within {limit:?}"
-                        )))
-                    })
+                }
             })
             .await
     }
@@ -474,23 +456,14 @@ impl Replica {
         let asked = std::time::Instant::now();
         let limit = READ_ROUND_LIMIT;
         self.read_indexes
-            .confirm(asked, || async move {
-                let round = async {
-                    let (read_log_id, _) = raft.get_read_log_id().await.map_err(|e| {
-                        ReplicaError::retry(format!(
-                            "replica {} cannot serve a read index: {e}",
-                            self.id
-                        ))
-                    })?;
-                    Ok(read_log_id.map(|l| l.index).unwrap_or(0))
-                };
-                tokio::time::timeout(limit, round)
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(ReplicaError::retry(format!(
-                            "read index not confirmed within {limit:?}"
-                        )))
-                    })
+            .confirm(asked, ("read index", limit), || async move {
+                let (read_log_id, _) = raft.get_read_log_id().await.map_err(|e| {
+                    ReplicaError::retry(format!(
+                        "replica {} cannot serve a read index: {e}",
+                        self.id
+                    ))
+                })?;
+                Ok(read_log_id.map(|l| l.index).unwrap_or(0))
             })
             .await
     }
