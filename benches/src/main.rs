@@ -34,6 +34,9 @@ enum Command {
     Engine(engine::EngineBenchArgs),
     /// KV benchmark: etcd-API puts into Ballast and a real 3-member etcd in the same run.
     Kv(kv::KvBenchArgs),
+    /// One put level against a Ballast cluster alone: CPU a put per replica, and with
+    /// `--perf-out` a `perf record` of the leader (issue #23's CPU work).
+    KvProfile(kv::profile::KvProfileArgs),
     /// The tools etcd operators run, against Ballast and etcd in the same run: `etcdctl
     /// check perf` and puts through the HTTP/JSON gateway; writes a markdown report.
     EtcdTools(etcd_tools::EtcdToolsArgs),
@@ -73,6 +76,7 @@ async fn run() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Coord(args) => coord::run(args).await,
         Command::Kv(args) => kv::run(args).await,
+        Command::KvProfile(args) => kv::profile::run(args).await,
         Command::EtcdTools(args) => etcd_tools::run(args).await,
         Command::Tls(args) => tls::run(args).await,
         Command::Memory(args) => memory::run(args).await,

@@ -16,6 +16,12 @@ pub fn proposal_done(started: Instant, ok: bool) {
     }
 }
 
+/// Notes one batch of writes a follower forwarded to its leader.
+pub fn forwarded_batch(writes: usize) {
+    counter!("ballast_forwarded_writes_total").increment(writes as u64);
+    counter!("ballast_forwarded_batches_total").increment(1);
+}
+
 /// Notes the commit index openraft reports to the log store.
 pub fn committed(index: u64) {
     gauge!("ballast_raft_commit_index").set(index as f64);

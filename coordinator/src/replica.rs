@@ -73,6 +73,9 @@ pub struct Replica {
     pub autopilot: crate::autopilot::AutopilotConfig,
     /// Groups concurrent proposals into shared log entries (Raft backend).
     proposer: Option<crate::log::raft::proposer::Proposer>,
+    /// Sends the writes this replica's clients make while it follows to the leader, in
+    /// batches.
+    forwarder: crate::log::forward::Forwarder,
     /// Leadership confirmations shared by the requests that need one.
     confirmations: crate::leadership::Confirmations,
     /// Linearizable-read confirmations (a quorum round here, or a read index from the leader
@@ -141,6 +144,7 @@ impl Replica {
             }
             Consensus::Etcd(_) => None,
         };
+        let forwarder = crate::log::forward::Forwarder::start(cluster_id.clone());
         Self {
             id,
             az: node.az,
@@ -158,6 +162,7 @@ impl Replica {
             peer_contacts,
             autopilot,
             proposer,
+            forwarder,
             confirmations: Default::default(),
             reads: Default::default(),
             read_indexes: Default::default(),
@@ -401,6 +406,19 @@ impl Replica {
         };
         crate::metrics::proposal_done(started, outcome.is_ok());
         outcome
+    }
+
+    /// Proposes `request` on the leader at `address` (this replica follows), batched with the
+    /// other writes this replica forwards meanwhile; waits for its own outcome.
+    pub async fn propose_on_leader(
+        &self,
+        address: &str,
+        request: FleetRequest,
+    ) -> Result<Applied, ReplicaError> {
+        let channel = self.channel_to(address)?;
+        self.forwarder
+            .propose((address.to_string(), channel), request)
+            .await
     }
 
     /// Makes a following read linearizable: on the leader by confirming leadership with a

@@ -344,6 +344,12 @@ async fn every_rpc_refuses_hostile_input_and_changes_nothing() {
             .await;
             refused(&format!("Vote {label}"), raft().vote(message()), &mut tally).await;
             refused(
+                &format!("Propose {label}"),
+                raft().propose(message()),
+                &mut tally,
+            )
+            .await;
+            refused(
                 &format!("InstallSnapshot {label}"),
                 raft().install_snapshot(pb::SnapshotChunk {
                     cluster_id: id.clone(),
@@ -357,6 +363,23 @@ async fn every_rpc_refuses_hostile_input_and_changes_nothing() {
             )
             .await;
         }
+        // Forwarded batches carry etcd-API writes only: a fleet command is refused whole.
+        let fleet_command = ballast_coordinator::log::wire::encode(&vec![
+            ballast_coordinator::fleet::FleetRequest {
+                request_id: String::new(),
+                command: ballast_coordinator::fleet::FleetCommand::Group(Vec::new()),
+            },
+        ])
+        .expect("encoding");
+        refused(
+            "Propose a fleet command",
+            raft().propose(pb::RaftMessage {
+                cluster_id: cluster_id.clone(),
+                payload: fleet_command,
+            }),
+            &mut tally,
+        )
+        .await;
         for id in ["other", ""] {
             refused(
                 &format!("ReadIndex cluster {id:?}"),

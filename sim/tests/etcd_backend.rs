@@ -403,3 +403,50 @@ fn etcd_backend_flags_are_checked_before_starting() {
         "nothing was written for refused flags"
     );
 }
+
+/// A replica started before its etcd is listening (a reboot brings both up in any order)
+/// waits for it, saying so in its log, and serves once etcd is up, instead of exiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_started_before_its_etcd_waits_for_it() {
+    let work = tempfile::tempdir().expect("temp dir");
+    let mut etcd = EtcdCluster::start(&work.path().join("etcd"), 1).expect("starting etcd");
+    wait_for("etcd to elect a leader", Duration::from_secs(30), || {
+        etcd.leader()
+    })
+    .await;
+    etcd.kill(0);
+
+    let dir = work.path().join("ballast");
+    let forming = tokio::spawn(TestCluster::start_unformed(
+        ClusterOptions {
+            dir: Some(dir.clone()),
+            ..options(&etcd)
+        },
+        1,
+    ));
+    let log = dir.join("replica-1.log");
+    wait_for(
+        "the replica to log that it waits for etcd",
+        Duration::from_secs(30),
+        || {
+            let log = log.clone();
+            async move {
+                std::fs::read_to_string(&log)
+                    .ok()
+                    .filter(|text| text.contains("waiting for etcd"))
+            }
+        },
+    )
+    .await;
+
+    etcd.restart(0).expect("restarting etcd");
+    let cluster = forming.await.expect("the replica leads once etcd is up");
+    let mut kv = Client::connect(cluster.endpoints(), None)
+        .await
+        .expect("connect");
+    kv_put(&mut kv, "after/etcd-came-up", "ok").await;
+    assert_eq!(
+        kv_get(&mut kv, "after/etcd-came-up").await.as_deref(),
+        Some("ok")
+    );
+}

@@ -356,3 +356,124 @@ async fn etcd_client_crate_logs_in_and_is_held_to_its_role() {
     root.auth_disable().await.expect("disable");
     admin.put("cfg/c", "3", None).await.expect("open again");
 }
+
+/// Writes made through a follower reach the leader in batches (`Raft.Propose`), not one
+/// forwarded call each: every one is acknowledged once, at its own revision, and readable;
+/// the leader served none of them as a KV call; who wrote still decides (a read-only user
+/// is refused through the follower, root is not).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_forwards_its_clients_writes_to_the_leader_in_batches() {
+    const WRITES: usize = 200;
+    let cluster = cluster().await;
+    let leader = cluster.leader().await;
+    let follower = cluster.follower_of(leader);
+    let through_follower = Client::connect([cluster.replica(follower).address.clone()], None)
+        .await
+        .expect("connect to the follower");
+
+    let puts = (0..WRITES).map(|i| {
+        let mut client = through_follower.clone();
+        async move {
+            client
+                .put(format!("batch/{i:03}"), format!("v{i}"), None)
+                .await
+                .unwrap_or_else(|e| panic!("put {i} through the follower: {e}"))
+                .header()
+                .expect("a header")
+                .revision()
+        }
+    });
+    let mut revisions = futures::future::join_all(puts).await;
+    revisions.sort_unstable();
+    revisions.dedup();
+    assert_eq!(
+        revisions.len(),
+        WRITES,
+        "each write at a revision of its own"
+    );
+
+    let mut through_leader = Client::connect([cluster.replica(leader).address.clone()], None)
+        .await
+        .expect("connect to the leader");
+    let listed = through_leader
+        .get("batch/", Some(GetOptions::new().with_prefix()))
+        .await
+        .expect("listing");
+    assert_eq!(listed.kvs().len(), WRITES);
+    for kv in listed.kvs() {
+        let key = kv.key_str().expect("utf-8 key");
+        let i: usize = key["batch/".len()..].parse().expect("a numbered key");
+        assert_eq!(kv.value_str().expect("utf-8 value"), format!("v{i}"));
+        assert_eq!(kv.version(), 1, "{key} written once");
+    }
+
+    let leader_metrics = |series: &str| {
+        let (_, page) =
+            ballast_testkit::http_get(&cluster.replica(leader).http_address, "/metrics")
+                .expect("the leader's metrics");
+        ballast_testkit::metric(&page, series).unwrap_or(0.0)
+    };
+    let put_calls =
+        leader_metrics("ballast_rpc_duration_seconds_count{method=\"etcdserverpb.KV/Put\"}");
+    let batches =
+        leader_metrics("ballast_rpc_duration_seconds_count{method=\"ballast.v1.Raft/Propose\"}");
+    assert_eq!(
+        put_calls, 0.0,
+        "the leader served forwarded puts one call each"
+    );
+    assert!(
+        batches >= 1.0 && batches < WRITES as f64,
+        "{WRITES} writes reached the leader in {batches} batches"
+    );
+    eprintln!("{WRITES} writes through the follower reached the leader in {batches} batches");
+
+    // The caller travels with a batched write: the state machine holds it to its role.
+    let mut admin = through_leader.clone();
+    admin.user_add("root", "rootpw", None).await.expect("root");
+    admin
+        .user_grant_role("root", "root")
+        .await
+        .expect("root role");
+    admin.role_add("batch-reader").await.expect("role");
+    admin
+        .role_grant_permission("batch-reader", Permission::read("batch/").with_prefix())
+        .await
+        .expect("grant");
+    admin
+        .user_add("reader", "readerpw", None)
+        .await
+        .expect("reader");
+    admin
+        .user_grant_role("reader", "batch-reader")
+        .await
+        .expect("reader's role");
+    admin.auth_enable().await.expect("enable");
+    let login = |user: &str, password: &str| {
+        ConnectOptions::new()
+            .with_user(user, password)
+            .with_timeout(Duration::from_secs(10))
+    };
+    let follower_address = [cluster.replica(follower).address.clone()];
+    let mut reader = Client::connect(follower_address.clone(), Some(login("reader", "readerpw")))
+        .await
+        .expect("the reader logs in");
+    let (code_seen, message) = code(
+        reader
+            .put("batch/000", "no", None)
+            .await
+            .expect_err("read-only"),
+    );
+    assert_eq!(
+        (code_seen, message.as_str()),
+        (Code::PermissionDenied, "etcdserver: permission denied")
+    );
+    let mut root = Client::connect(follower_address, Some(login("root", "rootpw")))
+        .await
+        .expect("root logs in");
+    root.put("batch/000", "root", None)
+        .await
+        .expect("root writes");
+    let read = root.get("batch/000", None).await.expect("read");
+    assert_eq!(value(&read), Some(&b"root"[..]));
+    root.auth_disable().await.expect("disable");
+}

@@ -8,6 +8,7 @@
 //! with its defaults and in etcd with timers matched to Ballast's, taking turns.
 
 mod failover;
+pub mod profile;
 mod report;
 
 use std::path::{Path, PathBuf};

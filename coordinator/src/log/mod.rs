@@ -7,6 +7,7 @@
 
 pub mod applied;
 pub mod etcd;
+pub mod forward;
 pub mod member;
 pub mod raft;
 pub mod wire;

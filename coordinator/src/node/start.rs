@@ -235,7 +235,9 @@ pub(super) async fn start_etcd(
         endpoints: etcd.endpoints.join(","),
         reason: e.to_string(),
     };
-    let (client, cluster_id) = crate::log::etcd::connect(etcd).await.map_err(etcd_error)?;
+    let (client, cluster_id) = crate::log::etcd::connect_when_reachable(etcd, stopped.clone())
+        .await
+        .map_err(etcd_error)?;
     check_replica_id(config, store)?;
     let dir = config.data_dir.display().to_string();
     match store.read_meta::<String>(META_CLUSTER_ID)? {

@@ -14,9 +14,11 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tonic::{Request, Response, Status};
 
+use crate::fleet::{FleetCommand, FleetRequest};
+use crate::log::forward::{Outcome, Refusal};
 use crate::log::raft::presence::{PresenceStream, PresenceWatch};
 use crate::log::raft::types::TypeConfig;
-use crate::replica::Replica;
+use crate::replica::{Replica, Route};
 
 /// Serves Raft traffic for one replica.
 pub struct RaftService {
@@ -226,6 +228,41 @@ impl RaftApi for RaftService {
             .check_peer_cluster(&request.get_ref().cluster_id)?;
         let index = self.replica.read_index().await?;
         Ok(Response::new(pb::ReadIndexReply { index }))
+    }
+
+    async fn propose(
+        &self,
+        request: Request<pb::RaftMessage>,
+    ) -> Result<Response<pb::RaftMessage>, Status> {
+        let requests: Vec<FleetRequest> = self.open(request.get_ref())?;
+        if requests.is_empty() {
+            return Err(Status::invalid_argument(
+                "an empty batch of forwarded writes",
+            ));
+        }
+        // Peers forward only their clients' etcd-API writes this way.
+        if requests
+            .iter()
+            .any(|r| !r.request_id.is_empty() || !matches!(r.command, FleetCommand::KvAs { .. }))
+        {
+            return Err(Status::invalid_argument(
+                "only etcd-API writes without a request id are forwarded in batches",
+            ));
+        }
+        // Not leading (any more): nothing is proposed, and the follower sends them again to
+        // whoever leads now.
+        if let Route::Forward(_) = self.replica.route(&tonic::metadata::MetadataMap::new())? {
+            return Err(Status::unavailable(format!(
+                "replica {} is not the leader; forwarded writes were not proposed",
+                self.replica.id
+            )));
+        }
+        let outcomes: Vec<Outcome> =
+            futures::future::join_all(requests.into_iter().map(|request| async {
+                self.replica.propose(request).await.map_err(Refusal::from)
+            }))
+            .await;
+        self.reply(&outcomes)
     }
 
     async fn leader_presence(

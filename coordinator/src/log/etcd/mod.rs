@@ -216,6 +216,52 @@ pub struct EtcdLog {
     purged_index: AtomicU64,
 }
 
+/// First and longest pause between two attempts of [`connect_when_reachable`].
+const CONNECT_RETRY: (Duration, Duration) = (Duration::from_millis(200), Duration::from_secs(5));
+
+/// [`connect`], retried while etcd cannot be reached: a replica started alongside its etcd
+/// (a reboot, a fresh deployment) waits for it, logging each failed attempt, instead of
+/// exiting. Anything else etcd answers (a refusal, a corrupt cluster id) ends it at once, and
+/// so does `stopped`.
+pub async fn connect_when_reachable(
+    config: &EtcdBackendConfig,
+    mut stopped: watch::Receiver<bool>,
+) -> Result<(Client, String), EtcdLogError> {
+    let (mut pause, longest) = CONNECT_RETRY;
+    for attempt in 1u64.. {
+        let error = match connect(config).await {
+            Err(EtcdLogError::Etcd(error)) if unreachable(&error) => error,
+            settled => return settled,
+        };
+        tracing::warn!(
+            attempt,
+            endpoints = %config.endpoints.join(","),
+            %error,
+            "waiting for etcd: it cannot be reached yet; retrying in {pause:?}"
+        );
+        tokio::select! {
+            () = tokio::time::sleep(pause) => {}
+            _ = stopped.wait_for(|stop| *stop) => return Err(EtcdLogError::Etcd(error)),
+        }
+        pause = (pause * 2).min(longest);
+    }
+    unreachable!("the attempts are unbounded")
+}
+
+/// Whether `error` says etcd could not be reached (as opposed to etcd answering with a
+/// refusal, which retrying would not change).
+fn unreachable(error: &etcd_client::Error) -> bool {
+    match error {
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        // etcd answers Unavailable while it has no leader (a cluster still forming).
+        etcd_client::Error::GRpcStatus(status) => matches!(
+            status.code(),
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
+        ),
+        _ => false,
+    }
+}
+
 /// Connects to etcd and settles the group's cluster id (creating it on first use).
 pub async fn connect(config: &EtcdBackendConfig) -> Result<(Client, String), EtcdLogError> {
     let options = ConnectOptions::new()

@@ -3,13 +3,27 @@
 use ballast_protocol::etcdserverpb as epb;
 use ballast_protocol::etcdserverpb::kv_client::KvClient;
 use ballast_protocol::etcdserverpb::kv_server::Kv;
+use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
 use super::EtcdApi;
 use super::convert::{delete_op, kv, put_op, range_op, range_response, response_op, txn_op};
 use super::on_leader_call;
+use crate::auth::Caller;
 use crate::error::kv_status;
 use crate::kv::{KvCommand, KvReply};
+
+impl EtcdApi {
+    /// A write call's metadata, caller (its credentials checked here) and message.
+    fn write_parts<T>(
+        &self,
+        request: Request<T>,
+    ) -> Result<(MetadataMap, Option<Caller>, T), Status> {
+        let auth = self.request_auth(&request)?;
+        let (metadata, _, body) = request.into_parts();
+        Ok((metadata, auth.caller, body))
+    }
+}
 
 #[tonic::async_trait]
 impl Kv for EtcdApi {
@@ -42,63 +56,63 @@ impl Kv for EtcdApi {
         &self,
         request: Request<epb::PutRequest>,
     ) -> Result<Response<epb::PutResponse>, Status> {
-        on_leader_call!(self, request, KvClient::put, |body, caller| async move {
-            let (reply, revision) = self.propose(KvCommand::Put(put_op(body)), caller).await?;
-            let KvReply::Put { prev } = reply else {
-                return Err(Status::internal("put answered with another reply"));
-            };
-            Ok(epb::PutResponse {
-                header: Some(self.header_at(revision)),
-                prev_kv: prev.as_ref().map(kv),
-            })
-        })
+        let (metadata, caller, body) = self.write_parts(request)?;
+        let (reply, revision) = self
+            .write(&metadata, KvCommand::Put(put_op(&body)), caller.as_ref())
+            .await?;
+        let KvReply::Put { prev } = reply else {
+            return Err(Status::internal("put answered with another reply"));
+        };
+        Ok(Response::new(epb::PutResponse {
+            header: Some(self.header_at(revision)),
+            prev_kv: prev.as_ref().map(kv),
+        }))
     }
 
     async fn delete_range(
         &self,
         request: Request<epb::DeleteRangeRequest>,
     ) -> Result<Response<epb::DeleteRangeResponse>, Status> {
-        on_leader_call!(
-            self,
-            request,
-            KvClient::delete_range,
-            |body, caller| async move {
-                let (reply, revision) = self
-                    .propose(KvCommand::Delete(delete_op(body)), caller)
-                    .await?;
-                let KvReply::Delete { deleted, prev } = reply else {
-                    return Err(Status::internal("delete answered with another reply"));
-                };
-                Ok(epb::DeleteRangeResponse {
-                    header: Some(self.header_at(revision)),
-                    deleted: deleted as i64,
-                    prev_kvs: prev.iter().map(kv).collect(),
-                })
-            }
-        )
+        let (metadata, caller, body) = self.write_parts(request)?;
+        let (reply, revision) = self
+            .write(
+                &metadata,
+                KvCommand::Delete(delete_op(&body)),
+                caller.as_ref(),
+            )
+            .await?;
+        let KvReply::Delete { deleted, prev } = reply else {
+            return Err(Status::internal("delete answered with another reply"));
+        };
+        Ok(Response::new(epb::DeleteRangeResponse {
+            header: Some(self.header_at(revision)),
+            deleted: deleted as i64,
+            prev_kvs: prev.iter().map(kv).collect(),
+        }))
     }
 
     async fn txn(
         &self,
         request: Request<epb::TxnRequest>,
     ) -> Result<Response<epb::TxnResponse>, Status> {
-        let txn = &txn_op(request.get_ref())?;
-        on_leader_call!(self, request, KvClient::txn, |_body, caller| async move {
-            let (reply, revision) = self.propose(KvCommand::Txn(txn.clone()), caller).await?;
-            let header = self.header_at(revision);
-            let KvReply::Txn {
-                succeeded,
-                responses,
-            } = reply
-            else {
-                return Err(Status::internal("txn answered with another reply"));
-            };
-            Ok(epb::TxnResponse {
-                header: Some(header),
-                succeeded,
-                responses: responses.iter().map(|r| response_op(r, &header)).collect(),
-            })
-        })
+        let txn = txn_op(request.get_ref())?;
+        let (metadata, caller, _) = self.write_parts(request)?;
+        let (reply, revision) = self
+            .write(&metadata, KvCommand::Txn(txn), caller.as_ref())
+            .await?;
+        let header = self.header_at(revision);
+        let KvReply::Txn {
+            succeeded,
+            responses,
+        } = reply
+        else {
+            return Err(Status::internal("txn answered with another reply"));
+        };
+        Ok(Response::new(epb::TxnResponse {
+            header: Some(header),
+            succeeded,
+            responses: responses.iter().map(|r| response_op(r, &header)).collect(),
+        }))
     }
 
     async fn compact(

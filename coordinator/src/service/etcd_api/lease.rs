@@ -44,7 +44,8 @@ impl EtcdApi {
                     ttl: ttl.unwrap_or(0),
                 })
             },
-            |channel| async move {
+            |address| async move {
+                let channel = self.replica.channel_to(&address)?;
                 // One keep-alive through the leader's stream.
                 let outbound = tokio_stream::once(epb::LeaseKeepAliveRequest { id });
                 let mut answers = LeaseClient::new(channel)

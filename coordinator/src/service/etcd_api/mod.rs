@@ -72,8 +72,43 @@ impl EtcdApi {
         command: KvCommand,
         caller: Option<&Caller>,
     ) -> Result<(KvReply, u64), Status> {
-        // Bad input is refused here so it never reaches the log (the same checks run again
-        // when the entry applies), and so is a caller refused now.
+        let request = self.checked_write(command, caller)?;
+        kv_outcome(self.replica.propose(request).await?)
+    }
+
+    /// Runs a client's KV write wherever the leader is: here if this replica leads, else
+    /// forwarded to the leader together with the other writes this replica's clients make
+    /// meanwhile ([`crate::log::forward`]). The answer is built here either way.
+    async fn write(
+        &self,
+        metadata: &MetadataMap,
+        command: KvCommand,
+        caller: Option<&Caller>,
+    ) -> Result<(KvReply, u64), Status> {
+        let request = &self.checked_write(command, caller)?;
+        let applied = self
+            .on_leader(
+                metadata,
+                || async move { Ok(self.replica.propose(request.clone()).await?) },
+                |address| async move {
+                    Ok(self
+                        .replica
+                        .propose_on_leader(&address, request.clone())
+                        .await?)
+                },
+            )
+            .await?;
+        kv_outcome(applied)
+    }
+
+    /// The log request for a client's KV command, once it passed the checks a replica can
+    /// make before proposing: bad input is refused here so it never reaches the log (the same
+    /// checks run again when the entry applies), and so is a caller refused now.
+    fn checked_write(
+        &self,
+        command: KvCommand,
+        caller: Option<&Caller>,
+    ) -> Result<FleetRequest, Status> {
         crate::kv::check_command(&command).map_err(|e| crate::error::kv_status(&e))?;
         {
             let fleet = self.replica.state.fleet();
@@ -82,20 +117,13 @@ impl EtcdApi {
                 .check_kv(caller, &command, fleet.kv())
                 .map_err(|e| auth_status(&e))?;
         }
-        let applied: Applied = self
-            .replica
-            .propose(FleetRequest {
-                request_id: String::new(),
-                command: FleetCommand::KvAs {
-                    caller: caller.cloned(),
-                    command,
-                },
-            })
-            .await?;
-        let reply = applied
-            .kv
-            .ok_or_else(|| Status::internal("a KV command applied without a KV reply"))?;
-        Ok((reply, applied.revision))
+        Ok(FleetRequest {
+            request_id: String::new(),
+            command: FleetCommand::KvAs {
+                caller: caller.cloned(),
+                command,
+            },
+        })
     }
 }
 
@@ -238,7 +266,8 @@ macro_rules! on_leader_call {
             .on_leader(
                 &metadata,
                 || $local,
-                |channel| async move {
+                |address| async move {
+                    let channel = $api.replica.channel_to(&address)?;
                     let request = $api.forwarded_as(Clone::clone($body), auth);
                     Ok($client::new(channel).$method(request).await?.into_inner())
                 },
@@ -250,7 +279,7 @@ macro_rules! on_leader_call {
 pub(crate) use on_leader_call;
 
 impl EtcdApi {
-    /// Runs `local` if this replica leads, else `forward` on a channel to the leader; while no
+    /// Runs `local` if this replica leads, else `forward` with the leader's address; while no
     /// leader is reachable, retries until [`LEADER_WAIT`] runs out.
     async fn on_leader<T, L, LF, F, FF>(
         &self,
@@ -261,7 +290,7 @@ impl EtcdApi {
     where
         L: Fn() -> LF,
         LF: std::future::Future<Output = Result<T, Status>>,
-        F: Fn(tonic::transport::Channel) -> FF,
+        F: Fn(String) -> FF,
         FF: std::future::Future<Output = Result<T, Status>>,
     {
         self.replica.check_cluster(metadata)?;
@@ -269,10 +298,7 @@ impl EtcdApi {
         loop {
             let attempt = match self.replica.route(metadata) {
                 Ok(Route::Local) => local().await,
-                Ok(Route::Forward(address)) => match self.replica.channel_to(&address) {
-                    Ok(channel) => forward(channel).await,
-                    Err(e) => Err(e.into()),
-                },
+                Ok(Route::Forward(address)) => forward(address).await,
                 Err(e) => Err(e.into()),
             };
             match attempt {
@@ -283,6 +309,14 @@ impl EtcdApi {
             }
         }
     }
+}
+
+/// A KV command's reply and the revision it applied at.
+fn kv_outcome(applied: Applied) -> Result<(KvReply, u64), Status> {
+    let reply = applied
+        .kv
+        .ok_or_else(|| Status::internal("a KV command applied without a KV reply"))?;
+    Ok((reply, applied.revision))
 }
 
 /// Ballast's cluster id (a UUID) folded into etcd's 64-bit cluster id.
