@@ -27,6 +27,36 @@ fn value(response: &etcd_client::GetResponse) -> Option<&[u8]> {
     response.kvs().first().map(|kv| kv.value())
 }
 
+/// Adds `root` (password `rootpw`, role root) and `reader` (password `readerpw`), who may
+/// only read keys under `prefix`.
+async fn add_root_and_reader(admin: &mut Client, prefix: &str) {
+    admin.user_add("root", "rootpw", None).await.expect("root");
+    admin
+        .user_grant_role("root", "root")
+        .await
+        .expect("root role");
+    admin.role_add("prefix-reader").await.expect("role");
+    admin
+        .role_grant_permission("prefix-reader", Permission::read(prefix).with_prefix())
+        .await
+        .expect("grant");
+    admin
+        .user_add("reader", "readerpw", None)
+        .await
+        .expect("reader");
+    admin
+        .user_grant_role("reader", "prefix-reader")
+        .await
+        .expect("reader's role");
+}
+
+/// Options that log in as `user`.
+fn login(user: &str, password: &str) -> ConnectOptions {
+    ConnectOptions::new()
+        .with_user(user, password)
+        .with_timeout(Duration::from_secs(10))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_client_crate_works_against_ballast() {
     let mut cluster = cluster().await;
@@ -273,24 +303,7 @@ async fn etcd_client_crate_logs_in_and_is_held_to_its_role() {
     let mut admin = Client::connect(cluster.endpoints(), None)
         .await
         .expect("connect");
-    admin.user_add("root", "rootpw", None).await.expect("root");
-    admin
-        .user_grant_role("root", "root")
-        .await
-        .expect("root role");
-    admin.role_add("cfg-reader").await.expect("role");
-    admin
-        .role_grant_permission("cfg-reader", Permission::read("cfg/").with_prefix())
-        .await
-        .expect("grant");
-    admin
-        .user_add("reader", "readerpw", None)
-        .await
-        .expect("reader");
-    admin
-        .user_grant_role("reader", "cfg-reader")
-        .await
-        .expect("reader's role");
+    add_root_and_reader(&mut admin, "cfg/").await;
     admin.put("cfg/a", "1", None).await.expect("put");
     admin.auth_enable().await.expect("enable");
 
@@ -299,11 +312,6 @@ async fn etcd_client_crate_logs_in_and_is_held_to_its_role() {
         (code_seen, message.as_str()),
         (Code::InvalidArgument, "etcdserver: user name is empty")
     );
-    let login = |user: &str, password: &str| {
-        ConnectOptions::new()
-            .with_user(user, password)
-            .with_timeout(Duration::from_secs(10))
-    };
     let wrong = Client::connect(cluster.endpoints(), Some(login("reader", "wrong"))).await;
     let Err(error) = wrong else {
         panic!("a wrong password logged in");
@@ -429,30 +437,8 @@ async fn a_follower_forwards_its_clients_writes_to_the_leader_in_batches() {
 
     // The caller travels with a batched write: the state machine holds it to its role.
     let mut admin = through_leader.clone();
-    admin.user_add("root", "rootpw", None).await.expect("root");
-    admin
-        .user_grant_role("root", "root")
-        .await
-        .expect("root role");
-    admin.role_add("batch-reader").await.expect("role");
-    admin
-        .role_grant_permission("batch-reader", Permission::read("batch/").with_prefix())
-        .await
-        .expect("grant");
-    admin
-        .user_add("reader", "readerpw", None)
-        .await
-        .expect("reader");
-    admin
-        .user_grant_role("reader", "batch-reader")
-        .await
-        .expect("reader's role");
+    add_root_and_reader(&mut admin, "batch/").await;
     admin.auth_enable().await.expect("enable");
-    let login = |user: &str, password: &str| {
-        ConnectOptions::new()
-            .with_user(user, password)
-            .with_timeout(Duration::from_secs(10))
-    };
     let follower_address = [cluster.replica(follower).address.clone()];
     let mut reader = Client::connect(follower_address.clone(), Some(login("reader", "readerpw")))
         .await

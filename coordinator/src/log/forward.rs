@@ -6,18 +6,18 @@
 //! proposals to their leader in its Raft transport; the leader proposes each on its own and
 //! answers them in order.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use ballast_protocol::pb;
 use ballast_protocol::pb::raft_client::RaftClient;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 
 use crate::error::ReplicaError;
 use crate::fleet::{Applied, FleetRequest};
+use crate::log::batches::{self, Items, Limits};
 
 /// Batches on their way to the leader at once; more writes wait and join the next batch.
 const IN_FLIGHT: usize = 4;
@@ -109,46 +109,23 @@ impl Forwarder {
     }
 }
 
-async fn batch_loop(cluster_id: String, mut queue: mpsc::Receiver<Pending>) {
-    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
-    let mut carried = None;
-    loop {
-        let first = match carried.take() {
-            Some(first) => first,
-            None => match queue.recv().await {
-                Some(first) => first,
-                None => return,
-            },
-        };
-        // Wait for a free slot first: writes arriving meanwhile join this batch.
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        let mut bytes = first.size;
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match queue.try_recv() {
-                // A batch goes to one leader; a write for another (leadership moved) starts
-                // the next batch.
-                Ok(next)
-                    if bytes + next.size <= MAX_BATCH_BYTES && next.leader == batch[0].leader =>
-                {
-                    bytes += next.size;
-                    batch.push(next);
-                }
-                Ok(next) => {
-                    carried = Some(next);
-                    break;
-                }
-                Err(_) => break,
-            }
-        }
+const LIMITS: Limits = Limits {
+    in_flight: IN_FLIGHT,
+    items: MAX_BATCH,
+    bytes: MAX_BATCH_BYTES,
+};
+
+async fn batch_loop(cluster_id: String, queue: mpsc::Receiver<Pending>) {
+    let items = Items {
+        size: |pending: &Pending| pending.size,
+        // A batch goes to one leader; a write for another (leadership moved) starts the next.
+        together: |first, next| first.leader == next.leader,
+    };
+    batches::run(queue, LIMITS, items, move |batch| {
         let cluster_id = cluster_id.clone();
-        tokio::spawn(async move {
-            let _slot = slot;
-            send(&cluster_id, batch).await;
-        });
-    }
+        async move { send(&cluster_id, batch).await }
+    })
+    .await;
 }
 
 /// Sends one batch and hands each write its outcome.

@@ -6,6 +6,7 @@
 //! administration.
 
 pub mod applied;
+pub mod batches;
 pub mod etcd;
 pub mod forward;
 pub mod member;

@@ -4,15 +4,14 @@
 //! entries — each an openraft round, a storage write and an apply — into a few large ones;
 //! a lone proposal still goes out at once, alone.
 
-use std::sync::Arc;
-
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
 use super::types::Raft;
 use crate::error::ReplicaError;
 use crate::error::raft_write_error;
 use crate::fleet::FleetRequest;
 use crate::fleet::{Applied, FleetCommand};
+use crate::log::batches::{self, Items, Limits};
 
 /// Groups in flight at once; more proposals wait and join the next group.
 const IN_FLIGHT: usize = 2;
@@ -26,7 +25,7 @@ type Answer = oneshot::Sender<Result<Applied, ReplicaError>>;
 /// Submits proposals to a Raft node in groups.
 #[derive(Clone)]
 pub struct Proposer {
-    queue: mpsc::Sender<(FleetRequest, usize, Answer)>,
+    queue: mpsc::Sender<Queued>,
 }
 
 impl Proposer {
@@ -51,42 +50,25 @@ impl Proposer {
     }
 }
 
-async fn group_loop(raft: Raft, mut pending: mpsc::Receiver<(FleetRequest, usize, Answer)>) {
-    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
-    let mut carried = None;
-    loop {
-        let first = match carried.take() {
-            Some(first) => first,
-            None => match pending.recv().await {
-                Some(first) => first,
-                None => return,
-            },
-        };
-        // Wait for a free slot first: proposals arriving meanwhile join this group.
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        let mut bytes = first.1;
-        let mut group = vec![first];
-        while group.len() < MAX_GROUP {
-            match pending.try_recv() {
-                Ok(next) if bytes + next.1 <= MAX_GROUP_BYTES => {
-                    bytes += next.1;
-                    group.push(next);
-                }
-                Ok(next) => {
-                    carried = Some(next);
-                    break;
-                }
-                Err(_) => break,
-            }
-        }
+/// Proposals that queue while earlier groups are being replicated go into the log together.
+const LIMITS: Limits = Limits {
+    in_flight: IN_FLIGHT,
+    items: MAX_GROUP,
+    bytes: MAX_GROUP_BYTES,
+};
+
+type Queued = (FleetRequest, usize, Answer);
+
+async fn group_loop(raft: Raft, pending: mpsc::Receiver<Queued>) {
+    let items = Items {
+        size: |queued: &Queued| queued.1,
+        together: |_, _| true,
+    };
+    batches::run(pending, LIMITS, items, move |group| {
         let raft = raft.clone();
-        tokio::spawn(async move {
-            let _slot = slot;
-            submit(&raft, group).await;
-        });
-    }
+        async move { submit(&raft, group).await }
+    })
+    .await;
 }
 
 async fn submit(raft: &Raft, mut group: Vec<(FleetRequest, usize, Answer)>) {
