@@ -903,3 +903,24 @@ fn state_bytes() {
     assert_eq!(s.counts().domains, 100_000);
     drop(history);
 }
+
+/// A snapshot round trip keeps each KV key in one copy shared by the map and the history,
+/// as the running state does (a restarted replica held ~7 MB more heap when it did not).
+#[test]
+fn a_decoded_snapshot_shares_each_kv_key_with_its_history() {
+    let mut s = FleetState::new();
+    for v in ["1", "2", "3"] {
+        s.apply(&FleetCommand::Kv(crate::kv::KvCommand::Put(
+            crate::kv::PutOp {
+                key: b"app/k".to_vec(),
+                value: v.as_bytes().to_vec(),
+                ..Default::default()
+            },
+        )))
+        .expect("put");
+    }
+    assert_eq!(s.kv().key_copies(b"app/k"), 1);
+    let decoded = FleetState::decode(&s.encode()).expect("decode");
+    assert_eq!(decoded.kv().key_copies(b"app/k"), 1);
+    assert_eq!(decoded.encode(), s.encode());
+}

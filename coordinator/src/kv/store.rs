@@ -544,6 +544,39 @@ impl KvStore {
         self.values = Sink(Some(store));
     }
 
+    /// Makes the history events name their keys with the map's copy (a deleted key's events,
+    /// with one copy among them), as they do while the store runs. Decoding gives every
+    /// occurrence bytes of its own: after 100K puts to 100K keys a restarted replica held
+    /// ~7 MB more heap than before the restart (issue #24).
+    pub fn share_keys(&mut self) {
+        let mut shared: std::collections::HashSet<Key> = self.keys.keys().cloned().collect();
+        let mut one = |key: &mut Key| match shared.get(key) {
+            Some(copy) => *key = copy.clone(),
+            None => {
+                shared.insert(key.clone());
+            }
+        };
+        for event in &mut self.events {
+            one(&mut event.kv.key);
+            if let Some(prev) = &mut event.prev {
+                one(&mut prev.key);
+            }
+        }
+    }
+
+    /// How many separate copies of key `name` the map and the history hold.
+    #[cfg(test)]
+    pub(crate) fn key_copies(&self, name: &[u8]) -> usize {
+        self.keys
+            .values()
+            .chain(self.events.iter().map(|e| &e.kv))
+            .chain(self.events.iter().filter_map(|e| e.prev.as_ref()))
+            .filter(|kv| &kv.key[..] == name)
+            .map(|kv| Arc::as_ptr(&kv.key) as *const u8)
+            .collect::<std::collections::HashSet<_>>()
+            .len()
+    }
+
     /// Every key now, in key order.
     pub fn current(&self) -> impl Iterator<Item = &KeyValue> {
         self.keys.values()

@@ -526,9 +526,10 @@ impl FleetState {
         Ok(state)
     }
 
-    /// Rebuilds derived indexes after decoding, and shares the shard names that decoding
-    /// allocated once per row.
+    /// Rebuilds derived indexes after decoding, and shares the shard names and KV keys that
+    /// decoding allocated once per row.
     pub fn rebuild_indexes(&mut self) {
+        self.kv.share_keys();
         let mut names = Interner::default();
         let mut by_shard: HashMap<Name, HashSet<u32>> = HashMap::new();
         let slots: Vec<u32> = self.domains.slots().collect();
