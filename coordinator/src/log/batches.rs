@@ -7,7 +7,21 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use crate::error::ReplicaError;
+
+/// Queues `item` for the next batch and waits for the answer `outcome` brings; a closed queue
+/// or a dropped answer means the replica is shutting down.
+pub async fn queue_and_wait<T, R>(
+    queue: &mpsc::Sender<T>,
+    item: T,
+    outcome: oneshot::Receiver<Result<R, ReplicaError>>,
+) -> Result<R, ReplicaError> {
+    let stopping = || ReplicaError::retry("the replica is shutting down");
+    queue.send(item).await.map_err(|_| stopping())?;
+    outcome.await.map_err(|_| stopping())?
+}
 
 /// How big batches get and how many are on their way at once.
 #[derive(Clone, Copy, Debug)]

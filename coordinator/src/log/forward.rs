@@ -99,13 +99,7 @@ impl Forwarder {
             size,
             answer,
         };
-        self.queue
-            .send(pending)
-            .await
-            .map_err(|_| ReplicaError::retry("the replica is shutting down"))?;
-        outcome
-            .await
-            .map_err(|_| ReplicaError::retry("the replica is shutting down"))?
+        batches::queue_and_wait(&self.queue, pending, outcome).await
     }
 }
 

@@ -40,13 +40,7 @@ impl Proposer {
     pub async fn propose(&self, request: FleetRequest) -> Result<Applied, ReplicaError> {
         let size = crate::log::wire::encoded_size(&request).unwrap_or(MAX_GROUP_BYTES);
         let (answer, outcome) = oneshot::channel();
-        self.queue
-            .send((request, size, answer))
-            .await
-            .map_err(|_| ReplicaError::retry("the replica is shutting down"))?;
-        outcome
-            .await
-            .map_err(|_| ReplicaError::retry("the replica is shutting down"))?
+        batches::queue_and_wait(&self.queue, (request, size, answer), outcome).await
     }
 }
 
