@@ -40,7 +40,7 @@ pub use cluster::{ClusterOptions, FAST_FLAGS, Replica, TestCluster, az_of};
 pub use http::{http_get, https_get, metric};
 pub use pki::TestPki;
 pub use ports::{free_base_port, free_port, free_port_block};
-pub use process::{cpu_time, rss_bytes};
+pub use process::{cpu_time, interrupt, rss_bytes};
 pub use provider::{ProviderProcess, live, provider_machines, run_bounded};
 pub use proxy::Proxy;
 pub use s3::S3Server;

@@ -38,6 +38,11 @@ pub(crate) fn kill(slot: &mut Option<Child>) {
     }
 }
 
+/// Sends SIGINT to process `pid`, a child the caller started, as Ctrl-C would.
+pub fn interrupt(pid: u32) {
+    signal(pid, libc::SIGINT);
+}
+
 /// Sends `signal` to process `pid`, a child the harness started.
 pub(crate) fn signal(pid: u32, signal: i32) {
     // SAFETY: kill(2) on a child process we own; no memory is shared.

@@ -93,7 +93,7 @@ pub async fn run(args: KvProfileArgs) -> anyhow::Result<()> {
         .map(|&p| cpu_time(p).unwrap_or_default())
         .collect();
     if let Some((child, data)) = perf.take() {
-        stop_perf(child)?;
+        stop_perf(child).await?;
         eprintln!("perf data: {}", data.display());
     }
 
@@ -129,12 +129,8 @@ pub async fn run(args: KvProfileArgs) -> anyhow::Result<()> {
 }
 
 /// Stops `perf record` with SIGINT, as Ctrl-C would, so it writes its data file out whole.
-fn stop_perf(mut child: std::process::Child) -> anyhow::Result<()> {
-    let status = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .context("signalling perf")?;
-    anyhow::ensure!(status.success(), "kill -INT perf failed: {status}");
+async fn stop_perf(mut child: std::process::Child) -> anyhow::Result<()> {
+    ballast_testkit::interrupt(child.id());
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
         if let Some(status) = child.try_wait()? {
@@ -148,6 +144,6 @@ fn stop_perf(mut child: std::process::Child) -> anyhow::Result<()> {
             std::time::Instant::now() < deadline,
             "perf record did not stop within 60 s"
         );
-        std::thread::sleep(Duration::from_millis(100));
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

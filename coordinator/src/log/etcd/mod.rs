@@ -228,7 +228,9 @@ pub async fn connect_when_reachable(
     mut stopped: watch::Receiver<bool>,
 ) -> Result<(Client, String), EtcdLogError> {
     let (mut pause, longest) = CONNECT_RETRY;
-    for attempt in 1u64.. {
+    let mut attempt = 0u64;
+    loop {
+        attempt += 1;
         let error = match connect(config).await {
             Err(EtcdLogError::Etcd(error)) if unreachable(&error) => error,
             settled => return settled,
@@ -245,7 +247,6 @@ pub async fn connect_when_reachable(
         }
         pause = (pause * 2).min(longest);
     }
-    unreachable!("the attempts are unbounded")
 }
 
 /// Whether `error` says etcd could not be reached (as opposed to etcd answering with a
