@@ -12,6 +12,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::log::etcd::EtcdBackendConfig;
+use crate::log::raft::read_lease::ReadPolicy;
 use crate::node::{Backend, NodeConfig, NodeError};
 
 /// Default leader heartbeat interval (ms).
@@ -85,6 +86,13 @@ pub struct CoordArgs {
     /// random election timeout.
     #[arg(long, env = "BALLAST_ELECTION_MAX_MS", default_value_t = DEFAULT_ELECTION_MAX_MS)]
     pub election_max_ms: u64,
+    /// How the leader makes a linearizable read: `read-index` (as etcd: confirm leadership
+    /// with a majority, one heartbeat round shared by the reads that arrive together) or
+    /// `lease` (answer from its own state while a majority accepted its appends within nine
+    /// tenths of --election-max-ms; needs the same --election-max-ms on every replica and
+    /// clocks whose rates differ by under 5%). Followers ask the leader either way. ADR 0020.
+    #[arg(long, env = "BALLAST_READ_POLICY", value_enum, default_value_t = ReadPolicy::ReadIndex)]
+    pub read_policy: ReadPolicy,
     /// Snapshot after this many log entries since the last snapshot.
     #[arg(long, env = "BALLAST_SNAPSHOT_ENTRIES", default_value_t = 10_000)]
     pub snapshot_entries: u64,
@@ -285,6 +293,13 @@ impl CoordArgs {
                         "--backend etcd needs --etcd-endpoints HOST:PORT[,...]".into(),
                     ));
                 }
+                if self.read_policy == ReadPolicy::Lease {
+                    return Err(NodeError::Config(
+                        "--read-policy lease is a Raft-backend flag: with --backend etcd every \
+                         linearizable read asks etcd for its revision"
+                            .into(),
+                    ));
+                }
                 if self.bootstrap || !self.join.is_empty() || self.force_new_cluster {
                     return Err(NodeError::Config(
                         "--bootstrap, --join and --force-new-cluster are Raft-backend flags: with \
@@ -331,6 +346,7 @@ impl CoordArgs {
                 Duration::from_millis(self.election_min_ms),
                 Duration::from_millis(self.election_max_ms),
             ),
+            read_policy: self.read_policy,
             snapshot_entries: self.snapshot_entries,
             snapshot_interval: Duration::from_secs(self.snapshot_interval_secs),
             logs_to_keep: self.logs_to_keep,

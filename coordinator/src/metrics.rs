@@ -16,6 +16,13 @@ pub fn proposal_done(started: Instant, ok: bool) {
     }
 }
 
+/// A linearizable read was made: `how` is `lease` or `round` (a leader's own read or a
+/// follower's, which asks the leader), or `lease_read_index` / `round_read_index` (a read
+/// index handed to a follower).
+pub fn linearizable_read(how: &'static str) {
+    counter!("ballast_linearizable_reads_total", "how" => how).increment(1);
+}
+
 /// Notes one batch of writes a follower forwarded to its leader.
 pub fn forwarded_batch(writes: usize) {
     counter!("ballast_forwarded_writes_total").increment(writes as u64);

@@ -6,7 +6,7 @@ use crate::error::ReplicaError;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::faults::{FaultRules, Verdict};
 use ballast_protocol::pb;
@@ -24,6 +24,7 @@ use crate::log::applied::SharedState;
 use crate::log::member::{NodeId, ReplicaNode};
 use crate::log::raft::data_dir::DataDir;
 use crate::log::raft::network::{PeerContacts, PeerDialer};
+use crate::log::raft::read_lease::ReadPolicy;
 use crate::log::raft::types::Raft;
 use crate::log::{Consensus, View};
 
@@ -71,6 +72,11 @@ pub struct Replica {
     pub peer_contacts: PeerContacts,
     /// Health thresholds and automatic removal of dead voters.
     pub autopilot: crate::autopilot::AutopilotConfig,
+    /// How this replica makes linearizable reads while it leads.
+    pub read_policy: ReadPolicy,
+    /// When this replica was assembled: it grants no vote for one election timeout after
+    /// (see [`crate::log::raft::read_lease::votes_allowed`]).
+    pub started: Instant,
     /// Groups concurrent proposals into shared log entries (Raft backend).
     proposer: Option<crate::log::raft::proposer::Proposer>,
     /// Sends the writes this replica's clients make while it follows to the leader, in
@@ -113,6 +119,8 @@ pub struct ReplicaParts {
     pub peer_contacts: PeerContacts,
     /// Member health thresholds.
     pub autopilot: crate::autopilot::AutopilotConfig,
+    /// How linearizable reads are made while leading.
+    pub read_policy: ReadPolicy,
     /// Mutual TLS toward peers.
     pub client_tls: Option<Arc<ClientTls>>,
     /// Test-only network faults toward peers.
@@ -135,6 +143,7 @@ impl Replica {
             dr,
             peer_contacts,
             autopilot,
+            read_policy,
             client_tls,
             faults,
         } = parts;
@@ -161,6 +170,8 @@ impl Replica {
             lease_clock: Default::default(),
             peer_contacts,
             autopilot,
+            read_policy,
+            started: Instant::now(),
             proposer,
             forwarder,
             confirmations: Default::default(),
@@ -431,6 +442,14 @@ impl Replica {
             // Any replica can read the log head from etcd itself.
             Consensus::Etcd(log) => return log.linearize().await,
         };
+        if self.read_policy == ReadPolicy::Lease
+            && self.is_leader()
+            && self.lease_read(raft).await?.is_some()
+        {
+            crate::metrics::linearizable_read("lease");
+            return Ok(());
+        }
+        crate::metrics::linearizable_read("round");
         let asked = std::time::Instant::now();
         let limit = READ_ROUND_LIMIT;
         self.reads
@@ -471,6 +490,13 @@ impl Replica {
     /// this replica still leads. Followers' requests that arrive together share one round.
     pub async fn read_index(&self) -> Result<u64, ReplicaError> {
         let raft = self.raft()?;
+        if self.read_policy == ReadPolicy::Lease
+            && let Some(index) = self.lease_read(raft).await?
+        {
+            crate::metrics::linearizable_read("lease_read_index");
+            return Ok(index);
+        }
+        crate::metrics::linearizable_read("round_read_index");
         let asked = std::time::Instant::now();
         let limit = READ_ROUND_LIMIT;
         self.read_indexes
@@ -484,6 +510,63 @@ impl Replica {
                 Ok(read_log_id.map(|l| l.index).unwrap_or(0))
             })
             .await
+    }
+
+    /// A linearizable read without a quorum round, while this leader's read lease holds
+    /// (`--read-policy lease`, ADR 0020): returns the read index once this replica applied
+    /// it, or `None` when the lease does not hold (not leading, no entry of its own term
+    /// committed yet, or no majority accepted an append within the lease) and a round is
+    /// needed.
+    ///
+    /// openraft's core answers whether it leads and what is committed. It processes one
+    /// event at a time, so a core that still leads has granted no vote since; the lease is
+    /// then checked at a time after that answer.
+    async fn lease_read(&self, raft: &Raft) -> Result<Option<u64>, ReplicaError> {
+        let core = raft
+            .with_raft_state(|st| {
+                if st.server_state != openraft::ServerState::Leader {
+                    return None;
+                }
+                let term = st.vote_ref().leader_id().term;
+                // Until an entry of its own term is committed a new leader does not know the
+                // commit index: the read index rule waits for it, and so does the lease.
+                let committed = st.committed.filter(|c| c.leader_id.term == term)?;
+                let configs = st
+                    .membership_state
+                    .effective()
+                    .membership()
+                    .get_joint_config()
+                    .iter()
+                    .map(|voters| voters.iter().copied().collect::<Vec<_>>())
+                    .collect::<Vec<_>>();
+                Some((term, committed.index, configs))
+            })
+            .await
+            .map_err(|e| ReplicaError::retry(format!("raft stopped: {e}")))?;
+        let Some((term, index, configs)) = core else {
+            return Ok(None);
+        };
+        let now = Instant::now();
+        let length = crate::log::raft::read_lease::lease_length(self.timing.election_timeout_max);
+        let end = crate::log::raft::read_lease::lease_end(self.id, &configs, now, length, |peer| {
+            self.peer_contacts.accepted_in(peer, term)
+        });
+        if end.is_none_or(|end| end <= now) {
+            return Ok(None);
+        }
+        let applied = raft.metrics().borrow().last_applied.map_or(0, |l| l.index);
+        if applied < index {
+            raft.wait(Some(READ_ROUND_LIMIT))
+                .applied_index_at_least(Some(index), "lease read")
+                .await
+                .map_err(|e| {
+                    ReplicaError::retry(format!(
+                        "replica {} did not apply read index {index}: {e}",
+                        self.id
+                    ))
+                })?;
+        }
+        Ok(Some(index))
     }
 
     /// Whether this replica currently leads, with a majority heard from within the election

@@ -33,6 +33,7 @@ async fn start_replica_secured(
         learner: false,
         heartbeat: Duration::from_millis(50),
         election_timeout: (Duration::from_millis(300), Duration::from_millis(600)),
+        read_policy: Default::default(),
         snapshot_entries: 1000,
         snapshot_interval: Duration::from_secs(300),
         logs_to_keep: 100,

@@ -387,6 +387,21 @@ pub async fn run(args: KvBenchArgs) -> anyhow::Result<()> {
         }
     }
 
+    // Lease reads on a cluster of their own, started only now so the put levels ran without
+    // it; its reads follow the read-index cluster's at each level.
+    let mut lease_flags = args.replica_flags.clone();
+    lease_flags.extend(["--read-policy".to_string(), "lease".to_string()]);
+    let lease = ballast_cluster(&program, &lease_flags).await;
+    let ballast_at = contenders
+        .iter()
+        .position(|c| c.system == System::Ballast)
+        .map_or(contenders.len(), |i| i + 1);
+    contenders.insert(
+        ballast_at,
+        Contender::with_roles(System::BallastLease, &lease.endpoints())
+            .await?
+            .served_by(ballast_pids(&lease)),
+    );
     let mut read_results = Vec::new();
     for contender in contenders.iter().filter(|c| c.leader.is_some()) {
         contender
@@ -436,6 +451,7 @@ pub async fn run(args: KvBenchArgs) -> anyhow::Result<()> {
     );
     // The throughput-only clusters go before the kills, which need none of them.
     drop(contenders);
+    drop(lease);
     drop(compared);
     drop(on_etcd);
     drop(etcd_under);

@@ -20,6 +20,8 @@ pub enum System {
     Compared,
     /// This build's Ballast keeping its log in an etcd of its own (`--backend etcd`).
     OnEtcd,
+    /// This build's Ballast with `--read-policy lease` (reads only).
+    BallastLease,
 }
 
 /// Which endpoints a client sends to.
@@ -342,6 +344,36 @@ impl Report {
             )?;
         }
         writeln!(out)?;
+        writeln!(
+            out,
+            "The same reads of a third Ballast cluster whose replicas run with `--read-policy \
+             lease` (ADR 0020): the leader answers from its own state while a majority accepted \
+             its appends within its lease, and hands followers a read index the same way. Run \
+             right after the read-index cluster's level, at each level.\n"
+        )?;
+        writeln!(
+            out,
+            "| in flight | to | lease reads/s | read-index reads/s | ratio | lease p50 / p99 / max ms | read-index p50 / p99 / max ms | server CPU µs a read, lease / read-index | errors lease / read-index |"
+        )?;
+        writeln!(out, "|---:|---|---:|---:|---:|---|---|---|---|")?;
+        for (l, b) in Self::pairs(&self.reads, System::BallastLease, System::Ballast) {
+            writeln!(
+                out,
+                "| {} | {} | {:.0} | {:.0} | {} | {} | {} | {} / {} | {} / {} |",
+                l.in_flight,
+                l.via.label(),
+                l.rate,
+                b.rate,
+                ratio(l.rate, b.rate),
+                spread(&l.latency),
+                spread(&b.latency),
+                cpu_us(l),
+                cpu_us(b),
+                l.errors,
+                b.errors
+            )?;
+        }
+        writeln!(out)?;
         if let Some(other) = &self.compared_with {
             writeln!(
                 out,
@@ -567,6 +599,7 @@ mod tests {
             reads: vec![
                 level(System::Etcd, 1, Via::Leader, 900.0),
                 level(System::Ballast, 1, Via::Leader, 1800.0),
+                level(System::BallastLease, 1, Via::Leader, 3600.0),
             ],
             kills: vec![
                 (System::Etcd, kill(1200)),
@@ -593,6 +626,10 @@ mod tests {
         );
         assert!(text.contains("| 256 | 32 | 1000 | 0.25 |"), "{text}");
         assert!(text.contains("| 1 | leader | 1800 | 900 |"), "{text}");
+        assert!(
+            text.contains("| 1 | leader | 3600 | 1800 | 2.00 |"),
+            "lease reads: {text}"
+        );
         assert!(
             text.contains("| Ballast | 1 | 230.00 / 230.00 | 250.00 / 250.00 |"),
             "{text}"

@@ -22,6 +22,7 @@ use crate::log::Consensus;
 use crate::log::etcd::EtcdBackendConfig;
 use crate::log::member::NodeId;
 use crate::log::raft::data_dir::DataDirError;
+use crate::log::raft::read_lease::ReadPolicy;
 use crate::replica::Replica;
 use ballast_tls::TlsFiles;
 
@@ -57,6 +58,8 @@ pub struct NodeConfig {
     pub heartbeat: Duration,
     /// Election timeout range.
     pub election_timeout: (Duration, Duration),
+    /// How a leader makes its linearizable reads (ADR 0020).
+    pub read_policy: ReadPolicy,
     /// Snapshot after this many entries since the last one.
     pub snapshot_entries: u64,
     /// Snapshot at least this often when anything was applied.

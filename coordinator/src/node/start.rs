@@ -126,6 +126,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
             dr: DrExporter::new(config.dr.clone()),
             peer_contacts,
             autopilot: config.autopilot.clone(),
+            read_policy: config.read_policy,
             client_tls,
             faults,
         },

@@ -17,6 +17,7 @@ use tonic::{Request, Response, Status};
 use crate::fleet::{FleetCommand, FleetRequest};
 use crate::log::forward::{Outcome, Refusal};
 use crate::log::raft::presence::{PresenceStream, PresenceWatch};
+use crate::log::raft::read_lease::votes_allowed;
 use crate::log::raft::types::TypeConfig;
 use crate::replica::{Replica, Route};
 
@@ -53,10 +54,7 @@ fn lock<T>(mutex: &Mutex<T>) -> parking_lot::MutexGuard<'_, T> {
     mutex.lock()
 }
 
-/// Appends at least this big are answered once for all identical retries (see
-/// [`RaftService::append_entries`]). Small ones, heartbeats among them, always reach the node,
-/// which is what keeps its election timer from firing.
-const SHARED_APPEND_BYTES: usize = 64 * 1024;
+use crate::log::raft::network::SHARED_APPEND_BYTES;
 
 /// How long a stored append's answer serves identical retries after it is ready.
 const SHARED_APPEND_WINDOW: Duration = Duration::from_secs(2);
@@ -162,7 +160,18 @@ impl RaftApi for RaftService {
         request: Request<pb::RaftMessage>,
     ) -> Result<Response<pb::RaftMessage>, Status> {
         let rpc = self.open(request.get_ref())?;
-        let result = self.replica.raft()?.vote(rpc).await;
+        let replica = &self.replica;
+        let election_max = replica.timing.election_timeout_max;
+        if !votes_allowed(replica.started, Instant::now(), election_max) {
+            return Err(Status::unavailable(format!(
+                "replica {} started under {} ms ago and votes only after that long: before it \
+                 stopped it may have accepted a leader's append, which that leader counts on \
+                 for its read lease",
+                replica.id,
+                election_max.as_millis()
+            )));
+        }
+        let result = replica.raft()?.vote(rpc).await;
         self.reply(&result)
     }
 

@@ -11,6 +11,7 @@ pub mod membership;
 pub mod network;
 pub mod presence;
 pub mod proposer;
+pub mod read_lease;
 pub mod snapshot_file;
 pub mod state_machine;
 pub mod types;

@@ -1,7 +1,7 @@
 //! Raft RPCs to peers over tonic. Every message names the cluster it belongs to; a replica of
 //! another cluster refuses it, so two Ballast groups sharing hosts can never mix.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ballast_protocol::client::endpoint_uri;
 use ballast_protocol::pb::raft_client::RaftClient;
@@ -46,10 +46,13 @@ impl PeerNetwork {
     }
 }
 
-/// When each peer last answered a Raft message (openraft 0.9 reports no per-peer contact).
+/// When each peer last answered a Raft message (openraft 0.9 reports no per-peer contact), and
+/// when the last append it accepted was sent (the leader's read lease, [`super::read_lease`]).
 #[derive(Clone, Default)]
 pub struct PeerContacts {
     seen: std::sync::Arc<parking_lot::Mutex<std::collections::HashMap<NodeId, std::time::Instant>>>,
+    /// Peer -> (the term of the leader whose append it accepted, when that append was sent).
+    accepted: std::sync::Arc<parking_lot::Mutex<std::collections::HashMap<NodeId, (u64, Instant)>>>,
 }
 
 impl PeerContacts {
@@ -60,6 +63,24 @@ impl PeerContacts {
     /// Time since `peer` last answered, if it ever did.
     pub fn age(&self, peer: NodeId) -> Option<Duration> {
         self.seen.lock().get(&peer).map(|t| t.elapsed())
+    }
+
+    /// Notes that `peer` accepted an append this replica sent at `sent` while leading in
+    /// `term`. Appends answered out of order keep the latest send time.
+    fn accepted(&self, peer: NodeId, term: u64, sent: Instant) {
+        let mut accepted = self.accepted.lock();
+        let entry = accepted.entry(peer).or_insert((term, sent));
+        if (term, sent) > *entry {
+            *entry = (term, sent);
+        }
+    }
+
+    /// When the last append `peer` accepted from the leader of `term` was sent.
+    pub fn accepted_in(&self, peer: NodeId, term: u64) -> Option<Instant> {
+        match self.accepted.lock().get(&peer) {
+            Some(&(t, sent)) if t == term => Some(sent),
+            _ => None,
+        }
     }
 }
 
@@ -121,6 +142,12 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
 }
 
 type RpcResult<T, E> = Result<T, RPCError<NodeId, ReplicaNode, RaftError<NodeId, E>>>;
+
+/// Appends at least this big are answered once for all identical retries (see
+/// `service::raft`). Small ones, heartbeats among them, always reach the node, which is what
+/// keeps its election timer from firing, and what the read lease counts on: a shared answer
+/// may come from a copy that reached the node before the one the leader just sent.
+pub const SHARED_APPEND_BYTES: usize = 64 * 1024;
 
 /// Most encoded entry bytes sent in one AppendEntries (a single larger entry still goes alone).
 /// openraft waits one heartbeat interval for an append and otherwise sends up to
@@ -345,6 +372,9 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         _option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>, openraft::error::Infallible> {
         self.faults().await?;
+        // Taken before anything is sent: the follower's lease counts from when a message
+        // arrives, which is after this (see `read_lease`).
+        let sent = Instant::now();
         // A message that does not continue from where this follower is known to match is
         // part of a new leader's search for the match point: openraft sends up to
         // `max_payload_entries` entries from the middle of its log, which a follower that is
@@ -365,6 +395,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
             }
             held = search.held;
         }
+        let mut fresh_answer = true;
         let response = if held > 0 && held == rpc.entries.len() {
             AppendEntriesResponse::Success
         } else {
@@ -383,6 +414,9 @@ impl RaftNetwork<TypeConfig> for PeerClient {
                     payload = self.encode(&rpc)?;
                 }
             }
+            // A retry of a large message may be answered from an earlier copy (see
+            // SHARED_APPEND_BYTES): it proves nothing about when the follower took the vote.
+            fresh_answer = payload.len() < SHARED_APPEND_BYTES;
             // openraft's contract for a partial send: report how far the follower now matches.
             match (self.send_append(payload).await?, sliced) {
                 (AppendEntriesResponse::Success, Some(last)) => {
@@ -400,6 +434,16 @@ impl RaftNetwork<TypeConfig> for PeerClient {
             AppendEntriesResponse::PartialSuccess(matching) => *matching,
             _ => None,
         };
+        // Any answer but a higher vote means the follower took this leader's vote, and with it
+        // refuses to vote for anyone else for the lease openraft gives (a conflict is answered
+        // after the vote is taken).
+        if fresh_answer
+            && !matches!(response, AppendEntriesResponse::HigherVote(_))
+            && rpc.vote.is_committed()
+        {
+            self.contacts
+                .accepted(self.target, rpc.vote.leader_id().term, sent);
+        }
         Ok(response)
     }
 
