@@ -78,6 +78,42 @@ fn twenty_fault_schedules_without_a_violation() {
     assert!(report["lock_holdings"].as_u64().unwrap_or(0) >= 5, "{text}");
 }
 
+/// The same faults with lease reads (`--read-policy lease`, ADR 0020): pauses past every
+/// lease, isolated leaders and lost heartbeats must not let a leader answer from a lease that
+/// ran out.
+#[test]
+fn lease_reads_through_ten_fault_schedules_without_a_violation() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (ok, report, text) = chaos(
+        dir.path(),
+        &[
+            "--schedules",
+            "10",
+            "--seed",
+            "101",
+            "--duration-ms",
+            "2000",
+            "--min-definite",
+            "60",
+            "--read-policy",
+            "lease",
+        ],
+    );
+    assert!(ok, "{text}");
+    assert_eq!(report["schedules"], 10, "{text}");
+    assert_eq!(report["violations"], 0, "{text}");
+    let definite = report["definite"].as_u64().unwrap_or(0);
+    assert!(
+        definite >= 500,
+        "only {definite} answered operations: {text}"
+    );
+    let lease_reads = report["lease_reads"].as_u64().unwrap_or(0);
+    assert!(
+        lease_reads > 0,
+        "no read was answered under a lease: {text}"
+    );
+}
+
 #[test]
 fn stale_reads_are_caught_as_violations() {
     let dir = tempfile::tempdir().expect("temp dir");

@@ -463,3 +463,66 @@ async fn a_follower_forwards_its_clients_writes_to_the_leader_in_batches() {
     assert_eq!(value(&read), Some(&b"root"[..]));
     root.auth_disable().await.expect("disable");
 }
+
+/// A follower that has not yet applied an auth change leaves the decision on a write to the
+/// leader: with the leader's messages to it delayed, a client writes through it right after
+/// root turned auth off, and the write applies (the follower's own, older view would refuse
+/// it as "user name is empty"). Whoever wrote is still held to the leader's view when the
+/// entry applies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_behind_on_an_auth_change_leaves_the_write_to_the_leader() {
+    let cluster = TestCluster::start_with(
+        ClusterOptions {
+            faults: true,
+            ..ClusterOptions::sim(env!("CARGO_BIN_EXE_ballast-sim"))
+        },
+        3,
+    )
+    .await;
+    let leader = cluster.leader().await;
+    let follower = cluster.follower_of(leader);
+    let leader_address = [cluster.replica(leader).address.clone()];
+    let mut admin = Client::connect(leader_address.clone(), None)
+        .await
+        .expect("connect to the leader");
+    add_root_and_reader(&mut admin, "cfg/").await;
+    admin.auth_enable().await.expect("enable");
+    let mut root = Client::connect(leader_address, Some(login("root", "rootpw")))
+        .await
+        .expect("root logs in");
+    let mut anonymous = Client::connect([cluster.replica(follower).address.clone()], None)
+        .await
+        .expect("connect to the follower");
+    // The follower has applied auth being on: it refuses an anonymous write itself.
+    wait_for(
+        "the follower to apply auth on",
+        Duration::from_secs(10),
+        || {
+            let mut client = anonymous.clone();
+            async move {
+                let refused = client.put("cfg/early", "no", None).await.err()?;
+                (code(refused).0 == Code::InvalidArgument).then_some(())
+            }
+        },
+    )
+    .await;
+
+    // Everything the leader sends the follower now arrives 200 ms late (below the election
+    // timeout, so the follower keeps its leader), commit indexes included.
+    cluster.set_faults(
+        leader,
+        &format!("delay {} 200 200\n", cluster.replica(follower).address),
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    root.auth_disable().await.expect("disable");
+    anonymous
+        .put("cfg/late", "yes", None)
+        .await
+        .expect("a write through a follower right after auth went off");
+    cluster.set_faults(leader, "");
+    let mut open = Client::connect(cluster.endpoints(), None)
+        .await
+        .expect("connect");
+    let read = open.get("cfg/late", None).await.expect("read");
+    assert_eq!(value(&read), Some(&b"yes"[..]));
+}

@@ -268,6 +268,19 @@ impl RaftApi for RaftService {
         }
         let outcomes: Vec<Outcome> =
             futures::future::join_all(requests.into_iter().map(|request| async {
+                // The follower checked the input only; a caller this leader refuses now
+                // costs no log entry (the entry is checked again when it applies).
+                if let FleetCommand::KvAs { caller, command } = &request.command {
+                    let fleet = self.replica.state.fleet();
+                    fleet
+                        .auth()
+                        .check_kv(caller.as_ref(), command, fleet.kv())
+                        .map_err(|e| {
+                            Refusal::from(crate::error::ReplicaError::from(
+                                crate::error::auth_status(&e),
+                            ))
+                        })?;
+                }
                 self.replica.propose(request).await.map_err(Refusal::from)
             }))
             .await;

@@ -21,10 +21,12 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+use ballast_coordinator::log::raft::read_lease::ReadPolicy;
 use ballast_protocol::client::BallastClient;
 use ballast_protocol::etcdserverpb as epb;
 use ballast_protocol::pb;
 use ballast_testkit::{ClusterOptions, FAST_FLAGS, TestCluster, current_revision};
+use clap::ValueEnum as _;
 
 use checker::{Input, Operation, Output, Verdict};
 use schedule::{Fault, Schedule, Target};
@@ -61,6 +63,10 @@ pub struct ChaosArgs {
     /// slow machine few stale reads land inside a fault, so it runs schedules until one does).
     #[arg(long)]
     pub stop_at_violation: bool,
+    /// How the replicas' leaders make linearizable reads (`--read-policy` of the replicas):
+    /// with `lease` the histories check lease reads under the same faults (ADR 0020).
+    #[arg(long, value_enum, default_value_t = ReadPolicy::ReadIndex)]
+    pub read_policy: ReadPolicy,
     /// Where the report (`report.json`), failed histories and the replicas' data and logs go.
     #[arg(long, default_value = "target/chaos")]
     pub out: PathBuf,
@@ -82,6 +88,10 @@ struct ScheduleReport {
     bindings: usize,
     /// Lock holdings checked for mutual exclusion.
     lock_holdings: usize,
+    /// Linearizable reads the leaders answered under a read lease, their own and the read
+    /// indexes they handed followers (`--read-policy lease`; a lower bound: a replica's
+    /// count restarts with it).
+    lease_reads: u64,
     violations: Vec<String>,
     /// How long the clients worked on past the faults to reach --min-definite.
     past_faults_ms: u64,
@@ -102,6 +112,11 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
     let mut extra: Vec<String> = FAST_FLAGS.iter().map(|s| s.to_string()).collect();
     // The rebalancer would move domains on its own; the histories must hold every write.
     extra.extend(["--rebalance-interval-ms".into(), "0".into()]);
+    let policy = args
+        .read_policy
+        .to_possible_value()
+        .context("every read policy has a flag value")?;
+    extra.extend(["--read-policy".into(), policy.get_name().to_string()]);
     let mut cluster = TestCluster::start_with(
         ClusterOptions {
             program,
@@ -157,6 +172,7 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
         "unknown": reports.iter().map(|r| r.unknown).sum::<usize>(),
         "bindings": reports.iter().map(|r| r.bindings).sum::<usize>(),
         "lock_holdings": reports.iter().map(|r| r.lock_holdings).sum::<usize>(),
+        "lease_reads": reports.iter().map(|r| r.lease_reads).sum::<u64>(),
         "violations": violations,
         "elapsed_s": started.elapsed().as_secs(),
         "runs": reports,
@@ -301,6 +317,7 @@ async fn run_schedule(
     let (clients, out) = (args.clients, args.out.as_path());
     let run_started = Instant::now();
     let seed = schedule.seed;
+    let lease_reads_before = lease_reads(cluster);
     let registers = vec![
         Register::Key(format!("chaos/{seed}/k0")),
         Register::Key(format!("chaos/{seed}/k1")),
@@ -443,6 +460,15 @@ async fn run_schedule(
     let revision = current_revision(&client).await;
     cluster.wait_until_converged(revision).await;
 
+    let lease_reads_after = lease_reads(cluster);
+    let lease_reads: u64 = lease_reads_after
+        .iter()
+        .map(|(id, after)| match lease_reads_before.get(id) {
+            Some(before) if before <= after => after - before,
+            _ => *after,
+        })
+        .sum();
+
     // A final linearizable read of every register: lost acknowledged writes show here.
     final_reads(&client, cluster, &workload).await?;
 
@@ -485,10 +511,34 @@ async fn run_schedule(
         registers: registers.len(),
         bindings: workload.binds.lock().len(),
         lock_holdings: holdings.len(),
+        lease_reads,
         violations,
         past_faults_ms,
         elapsed_ms: run_started.elapsed().as_millis() as u64,
     })
+}
+
+/// Each running replica's count of reads answered under a read lease (see
+/// [`ScheduleReport::lease_reads`]); read while no replica is paused.
+fn lease_reads(cluster: &TestCluster) -> BTreeMap<u64, u64> {
+    cluster
+        .replicas
+        .iter()
+        .filter(|r| r.is_running())
+        .filter_map(|r| {
+            let (_, page) = ballast_testkit::http_get(&r.http_address, "/metrics")?;
+            let count: f64 = ["lease", "lease_read_index"]
+                .iter()
+                .filter_map(|how| {
+                    ballast_testkit::metric(
+                        &page,
+                        &format!("ballast_linearizable_reads_total{{how=\"{how}\"}}"),
+                    )
+                })
+                .sum();
+            Some((r.id, count as u64))
+        })
+        .collect()
 }
 
 async fn final_reads(

@@ -79,22 +79,34 @@ impl EtcdApi {
     /// Runs a client's KV write wherever the leader is: here if this replica leads, else
     /// forwarded to the leader together with the other writes this replica's clients make
     /// meanwhile ([`crate::log::forward`]). The answer is built here either way.
+    ///
+    /// A follower checks the input, not the caller's permissions: its view of users, roles
+    /// and the auth switch may be behind the leader's (a write right after auth went off
+    /// would be refused), and the entry is checked against the current view when it applies.
     async fn write(
         &self,
         metadata: &MetadataMap,
         command: KvCommand,
         caller: Option<&Caller>,
     ) -> Result<(KvReply, u64), Status> {
-        let request = &self.checked_write(command, caller)?;
+        crate::kv::check_command(&command).map_err(|e| crate::error::kv_status(&e))?;
+        let command = &command;
         let applied = self
             .on_leader(
                 metadata,
-                || async move { Ok(self.replica.propose(request.clone()).await?) },
+                || async move {
+                    let request = self.checked_write(command.clone(), caller)?;
+                    Ok(self.replica.propose(request).await?)
+                },
                 |address| async move {
-                    Ok(self
-                        .replica
-                        .propose_on_leader(&address, request.clone())
-                        .await?)
+                    let request = FleetRequest {
+                        request_id: String::new(),
+                        command: FleetCommand::KvAs {
+                            caller: caller.cloned(),
+                            command: command.clone(),
+                        },
+                    };
+                    Ok(self.replica.propose_on_leader(&address, request).await?)
                 },
             )
             .await?;
