@@ -66,6 +66,7 @@ pub fn refresh(replica: &Replica) {
     for shard in &shards {
         gauge!("ballast_shard_domains", "shard" => shard.id.clone()).set(shard.domain_count as f64);
     }
+    gauge!("ballast_storage_write_buffer_bytes").set(replica.store.write_buffer_bytes() as f64);
     if let Some(dr) = &status.dr {
         gauge!("ballast_dr_exports").set(dr.exports_total as f64);
         gauge!("ballast_dr_export_failures").set(dr.failures_total as f64);

@@ -195,6 +195,21 @@ impl DataDir {
             .map_err(|e| self.err(e))
     }
 
+    /// Hands the log's memtable to fjall's flush worker: once flushed, the entries it held
+    /// are read from a table file, and their memory is released.
+    pub fn release_log_memory(&self) -> Result<(), DataDirError> {
+        self.log
+            .rotate_memtable()
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    /// Bytes the memtables of every keyspace hold (active and sealed, not yet flushed): the
+    /// part of the storage engine's memory that grows with writes.
+    pub fn write_buffer_bytes(&self) -> u64 {
+        self.db.write_buffer_size()
+    }
+
     /// Bytes the files under the data dir take on disk (what `du` counts: allocated blocks):
     /// the log, the snapshot, the journals and metadata, measured alike on every replica. Not
     /// their apparent length: fjall preallocates its journal, which then reads as 64 MiB

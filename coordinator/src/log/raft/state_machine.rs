@@ -153,6 +153,13 @@ pub(crate) fn save_snapshot(
     snapshot_file::write(store.dir(), &meta_bytes, data).map_err(snapshot_write_err)?;
     mark_snapshot_moved(store).map_err(snapshot_write_err)?;
     ballast_failpoints::hit("snapshot-after-save");
+    // The log behind a snapshot is purged or kept only for followers that lag, which read it
+    // rarely; its memtable held the newest of it in memory for good, since fjall flushes a
+    // memtable only once it passes its size limit (about 4 MB a replica after loading the
+    // 100M-machine fleet's state, by a heap profile). A snapshot is a good time to flush it.
+    if let Err(e) = store.release_log_memory() {
+        tracing::warn!(error = %e, "could not hand the log's memtable to the flush worker");
+    }
     Ok(())
 }
 
