@@ -470,16 +470,7 @@ impl Replica {
                         });
                         request.set_timeout(limit);
                         let index = client.read_index(request).await?.into_inner().index;
-                        raft.wait(Some(limit))
-                            .applied_index_at_least(Some(index), "linearizable read")
-                            .await
-                            .map_err(|e| {
-                                ReplicaError::retry(format!(
-                                    "replica {} did not catch up to read index {index}: {e}",
-                                    self.id
-                                ))
-                            })?;
-                        Ok(())
+                        self.wait_applied(raft, index).await
                     }
                 }
             })
@@ -554,19 +545,26 @@ impl Replica {
         if end.is_none_or(|end| end <= now) {
             return Ok(None);
         }
-        let applied = raft.metrics().borrow().last_applied.map_or(0, |l| l.index);
-        if applied < index {
-            raft.wait(Some(READ_ROUND_LIMIT))
-                .applied_index_at_least(Some(index), "lease read")
-                .await
-                .map_err(|e| {
-                    ReplicaError::retry(format!(
-                        "replica {} did not apply read index {index}: {e}",
-                        self.id
-                    ))
-                })?;
-        }
+        self.wait_applied(raft, index).await?;
         Ok(Some(index))
+    }
+
+    /// Waits (at most a read round's limit) until this replica has applied `index`.
+    async fn wait_applied(&self, raft: &Raft, index: u64) -> Result<(), ReplicaError> {
+        let applied = raft.metrics().borrow().last_applied.map_or(0, |l| l.index);
+        if applied >= index {
+            return Ok(());
+        }
+        raft.wait(Some(READ_ROUND_LIMIT))
+            .applied_index_at_least(Some(index), "linearizable read")
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                ReplicaError::retry(format!(
+                    "replica {} did not catch up to read index {index}: {e}",
+                    self.id
+                ))
+            })
     }
 
     /// Whether this replica currently leads, with a majority heard from within the election
