@@ -1,5 +1,5 @@
-//! The log's memory goes with a snapshot: the entries behind it leave the storage engine's
-//! memtable, even on a replica that then goes quiet (issue #24). fjall flushes a memtable only
+//! The log's memory goes with a snapshot, and when the log goes quiet: its entries leave the
+//! storage engine's memtable (issue #24). fjall flushes a memtable only
 //! when it passes its size limit, so without a flush the last megabytes of log stayed in
 //! memory for good, purged or kept for lagging followers alike.
 
@@ -20,17 +20,9 @@ fn write_buffer(cluster: &TestCluster, id: u64) -> f64 {
         .unwrap_or_else(|| panic!("replica {id} exports no write buffer gauge"))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_snapshot_releases_the_logs_memory_on_a_quiet_replica() {
-    let mut flags = FAST_FLAGS.to_vec();
-    // No automatic snapshot during the load. The few entries the load makes stay in the log
-    // behind the snapshot (kept for followers that lag, up to --logs-to-keep): not purged,
-    // and still not worth memory.
-    flags.extend(["--snapshot-entries", "1000000"]);
-    let cluster = TestCluster::start(coord_binary(), 3, &flags).await;
-    let leader = cluster.leader().await;
-    // About a megabyte of log: under the log memtable's 2 MiB limit, so fjall would not flush
-    // it on its own.
+/// Loads about a megabyte of log: under the log memtable's 2 MiB limit, so fjall would not
+/// flush it on its own. Returns the write buffer bytes on `id` right after.
+async fn load_under_the_memtable_limit(cluster: &TestCluster, id: u64) -> f64 {
     load_fleet(
         &cluster.client(),
         FleetShape {
@@ -42,21 +34,30 @@ async fn a_snapshot_releases_the_logs_memory_on_a_quiet_replica() {
     )
     .await
     .expect("loading domains");
-    let loaded = write_buffer(&cluster, leader);
+    let loaded = write_buffer(cluster, id);
     eprintln!("write buffer after the load: {loaded} bytes");
     assert!(
         loaded > 512.0 * 1024.0,
         "the load left only {loaded} bytes in the memtables; the test needs more log than that"
     );
+    loaded
+}
 
-    let snapshot = cluster
-        .client_of(leader)
-        .cluster(|mut c, req| async move { c.snapshot(req.wrap(pb::SnapshotRequest {})).await })
-        .await
-        .expect("on-demand snapshot");
-    assert!(snapshot.snapshot_index > 0);
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_log_releases_its_memory_without_a_snapshot() {
+    let mut flags = FAST_FLAGS.to_vec();
+    flags.extend([
+        "--snapshot-entries",
+        "1000000",
+        "--snapshot-interval-secs",
+        "3600",
+    ]);
+    let cluster = TestCluster::start(coord_binary(), 3, &flags).await;
+    let leader = cluster.leader().await;
+    let loaded = load_under_the_memtable_limit(&cluster, leader).await;
+    // Nothing more is written: within a few seconds the log counts as quiet.
     let released = wait_for(
-        "the log behind the snapshot to leave the memtables",
+        "the quiet log to leave the memtables",
         Duration::from_secs(30),
         || async {
             let now = write_buffer(&cluster, leader);
@@ -64,5 +65,50 @@ async fn a_snapshot_releases_the_logs_memory_on_a_quiet_replica() {
         },
     )
     .await;
-    eprintln!("write buffer after the snapshot: {released} bytes");
+    eprintln!("write buffer once the log was quiet: {released} bytes");
+    let status = cluster.status(leader).await.expect("the leader's status");
+    assert_eq!(status.snapshot_index, 0, "no snapshot was taken");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_releases_the_logs_memory_on_a_busy_replica() {
+    let mut flags = FAST_FLAGS.to_vec();
+    // No automatic snapshot during the load. The few entries the load makes stay in the log
+    // behind the snapshot (kept for followers that lag, up to --logs-to-keep): not purged,
+    // and still not worth memory.
+    flags.extend(["--snapshot-entries", "1000000"]);
+    let cluster = TestCluster::start(coord_binary(), 3, &flags).await;
+    let leader = cluster.leader().await;
+    let loaded = load_under_the_memtable_limit(&cluster, leader).await;
+
+    let snapshot = cluster
+        .client_of(leader)
+        .cluster(|mut c, req| async move { c.snapshot(req.wrap(pb::SnapshotRequest {})).await })
+        .await
+        .expect("on-demand snapshot");
+    assert!(snapshot.snapshot_index > 0);
+    // Small writes all along, so the log is never quiet (which would flush it too).
+    let client = cluster.client();
+    let mut n = 0;
+    let released = wait_for(
+        "the log behind the snapshot to leave the memtables",
+        Duration::from_secs(30),
+        || {
+            n += 1;
+            let (client, cluster) = (&client, &cluster);
+            async move {
+                client
+                    .write(common::assign(
+                        &format!("zone=az-a/rack=small-{n}"),
+                        &ballast_testkit::fleet::shard_id(0),
+                    ))
+                    .await
+                    .expect("a small write");
+                let now = write_buffer(cluster, leader);
+                (now < loaded / 4.0).then_some(now)
+            }
+        },
+    )
+    .await;
+    eprintln!("write buffer after the snapshot, writes going on: {released} bytes");
 }

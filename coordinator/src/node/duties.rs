@@ -64,7 +64,43 @@ pub(super) async fn start_raft_duties(
         config.snapshot_interval,
         stopped.clone(),
     ));
+    tokio::spawn(flush_quiet_log(
+        raft.clone(),
+        replica.store.clone(),
+        stopped.clone(),
+    ));
     Ok(())
+}
+
+/// How long the log must go without appends before its memtable is flushed.
+const QUIET_LOG_FLUSH_AFTER: Duration = Duration::from_secs(5);
+
+/// Flushes the log's memtable once the log has had no append for [`QUIET_LOG_FLUSH_AFTER`]:
+/// fjall flushes a memtable only past its size limit, so on a replica that goes quiet the
+/// last megabytes of log would stay in memory until the next snapshot, which on a quiet
+/// cluster comes only with `--snapshot-interval-secs` (ADR 0017, decision 8). A write burst
+/// keeps the log busy and is not slowed.
+pub(super) async fn flush_quiet_log(
+    raft: Raft,
+    store: crate::log::raft::data_dir::DataDir,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let last_index = || raft.metrics().borrow().last_log_index;
+    let mut seen = last_index();
+    let mut flushed = seen;
+    loop {
+        if crate::stopping::pause(QUIET_LOG_FLUSH_AFTER, &mut stopped).await {
+            return;
+        }
+        let now = last_index();
+        if now == seen && now != flushed {
+            if let Err(e) = store.release_log_memory() {
+                tracing::warn!(error = %e, "could not hand a quiet log's memtable to the flush worker");
+            }
+            flushed = now;
+        }
+        seen = now;
+    }
 }
 
 /// What a joining replica asks for (`--join`, `--join-token`, `--learner`).
