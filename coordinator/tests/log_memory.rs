@@ -9,14 +9,13 @@ use std::time::Duration;
 
 use ballast_protocol::pb;
 use ballast_testkit::fleet::{FleetShape, load_fleet};
-use ballast_testkit::{FAST_FLAGS, TestCluster, http_get, metric, wait_for};
+use ballast_testkit::{FAST_FLAGS, TestCluster, wait_for};
 use common::coord_binary;
 
 /// `ballast_storage_write_buffer_bytes` of replica `id`.
 fn write_buffer(cluster: &TestCluster, id: u64) -> f64 {
-    let (_, page) = http_get(&cluster.replica(id).http_address, "/metrics")
-        .unwrap_or_else(|| panic!("replica {id}'s metrics"));
-    metric(&page, "ballast_storage_write_buffer_bytes")
+    cluster
+        .metric(id, "ballast_storage_write_buffer_bytes")
         .unwrap_or_else(|| panic!("replica {id} exports no write buffer gauge"))
 }
 

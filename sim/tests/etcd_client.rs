@@ -415,12 +415,7 @@ async fn a_follower_forwards_its_clients_writes_to_the_leader_in_batches() {
         assert_eq!(kv.version(), 1, "{key} written once");
     }
 
-    let leader_metrics = |series: &str| {
-        let (_, page) =
-            ballast_testkit::http_get(&cluster.replica(leader).http_address, "/metrics")
-                .expect("the leader's metrics");
-        ballast_testkit::metric(&page, series).unwrap_or(0.0)
-    };
+    let leader_metrics = |series: &str| cluster.metric(leader, series).unwrap_or(0.0);
     let put_calls =
         leader_metrics("ballast_rpc_duration_seconds_count{method=\"etcdserverpb.KV/Put\"}");
     let batches =

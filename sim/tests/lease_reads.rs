@@ -31,13 +31,12 @@ async fn client_of(cluster: &TestCluster, id: u64) -> Client {
 
 /// `ballast_linearizable_reads_total{how=...}` on replica `id`.
 fn reads_counted(cluster: &TestCluster, id: u64, how: &str) -> f64 {
-    let (_, page) = ballast_testkit::http_get(&cluster.replica(id).http_address, "/metrics")
-        .unwrap_or_else(|| panic!("replica {id}'s metrics"));
-    ballast_testkit::metric(
-        &page,
-        &format!("ballast_linearizable_reads_total{{how=\"{how}\"}}"),
-    )
-    .unwrap_or(0.0)
+    cluster
+        .metric(
+            id,
+            &format!("ballast_linearizable_reads_total{{how=\"{how}\"}}"),
+        )
+        .unwrap_or(0.0)
 }
 
 async fn get(client: &mut Client, key: &str) -> Result<Option<String>, etcd_client::Error> {
@@ -46,6 +45,22 @@ async fn get(client: &mut Client, key: &str) -> Result<Option<String>, etcd_clie
         .kvs()
         .first()
         .map(|kv| kv.value_str().expect("utf-8 value").to_string()))
+}
+
+/// Writes `lease/k` = `{tag}{i}` through `writer` and reads it back at once through `reader`,
+/// for i in 1..=`count`: every read must see the write before it.
+async fn writes_read_back(writer: &mut Client, reader: &mut Client, tag: &str, count: usize) {
+    for i in 1..=count {
+        let value = format!("{tag}{i}");
+        writer
+            .put("lease/k", value.as_str(), None)
+            .await
+            .unwrap_or_else(|e| panic!("put {value}: {e}"));
+        let read = get(reader, "lease/k")
+            .await
+            .unwrap_or_else(|e| panic!("read after {value}: {e}"));
+        assert_eq!(read.as_deref(), Some(value.as_str()), "read {i} of {tag}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -61,22 +76,8 @@ async fn a_leader_with_a_read_lease_answers_reads_without_a_quorum_round() {
     // accepted one within the lease; heartbeats renew it every 50 ms.
     on_leader.put("lease/k", "v0", None).await.expect("put");
     let before = reads_counted(&cluster, leader, "lease");
-    for i in 1..=READS {
-        let value = format!("v{i}");
-        // Written through the follower, read on the leader: the read sees the write.
-        on_follower
-            .put("lease/k", value.as_str(), None)
-            .await
-            .expect("put through the follower");
-        let read = get(&mut on_leader, "lease/k")
-            .await
-            .expect("read on the leader");
-        assert_eq!(
-            read.as_deref(),
-            Some(value.as_str()),
-            "read {i} on the leader"
-        );
-    }
+    // Written through the follower, read on the leader: each read sees the write before it.
+    writes_read_back(&mut on_follower, &mut on_leader, "v", READS).await;
     let by_lease = reads_counted(&cluster, leader, "lease") - before;
     let by_round = reads_counted(&cluster, leader, "round");
     eprintln!("{READS} reads on the leader: {by_lease} by lease, {by_round} by a quorum round");
@@ -89,21 +90,7 @@ async fn a_leader_with_a_read_lease_answers_reads_without_a_quorum_round() {
 
     // A follower asks the leader for a read index; the leader answers from its lease.
     let before = reads_counted(&cluster, leader, "lease_read_index");
-    for i in 1..=READS {
-        let value = format!("w{i}");
-        on_leader
-            .put("lease/k", value.as_str(), None)
-            .await
-            .expect("put on the leader");
-        let read = get(&mut on_follower, "lease/k")
-            .await
-            .expect("read on the follower");
-        assert_eq!(
-            read.as_deref(),
-            Some(value.as_str()),
-            "read {i} on the follower"
-        );
-    }
+    writes_read_back(&mut on_leader, &mut on_follower, "w", READS).await;
     let handed = reads_counted(&cluster, leader, "lease_read_index") - before;
     eprintln!("{READS} reads on a follower: {handed} read indexes from the leader's lease");
     assert!(

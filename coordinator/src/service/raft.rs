@@ -20,6 +20,7 @@ use crate::log::raft::presence::{PresenceStream, PresenceWatch};
 use crate::log::raft::read_lease::votes_allowed;
 use crate::log::raft::types::TypeConfig;
 use crate::replica::{Replica, Route};
+use crate::service::etcd_api::check_caller;
 
 /// Serves Raft traffic for one replica.
 pub struct RaftService {
@@ -268,19 +269,9 @@ impl RaftApi for RaftService {
         }
         let outcomes: Vec<Outcome> =
             futures::future::join_all(requests.into_iter().map(|request| async {
-                // The follower checked the input only; a caller this leader refuses now
-                // costs no log entry (the entry is checked again when it applies).
-                if let FleetCommand::KvAs { caller, command } = &request.command {
-                    let fleet = self.replica.state.fleet();
-                    fleet
-                        .auth()
-                        .check_kv(caller.as_ref(), command, fleet.kv())
-                        .map_err(|e| {
-                            Refusal::from(crate::error::ReplicaError::from(
-                                crate::error::auth_status(&e),
-                            ))
-                        })?;
-                }
+                // The follower checked the input only.
+                check_caller(&self.replica, &request)
+                    .map_err(|s| Refusal::from(crate::error::ReplicaError::from(s)))?;
                 self.replica.propose(request).await.map_err(Refusal::from)
             }))
             .await;

@@ -525,18 +525,17 @@ fn lease_reads(cluster: &TestCluster) -> BTreeMap<u64, u64> {
         .replicas
         .iter()
         .filter(|r| r.is_running())
-        .filter_map(|r| {
-            let (_, page) = ballast_testkit::http_get(&r.http_address, "/metrics")?;
+        .map(|r| {
             let count: f64 = ["lease", "lease_read_index"]
                 .iter()
                 .filter_map(|how| {
-                    ballast_testkit::metric(
-                        &page,
+                    cluster.metric(
+                        r.id,
                         &format!("ballast_linearizable_reads_total{{how=\"{how}\"}}"),
                     )
                 })
                 .sum();
-            Some((r.id, count as u64))
+            (r.id, count as u64)
         })
         .collect()
 }

@@ -131,6 +131,13 @@ impl TestCluster {
         BallastClient::new(config).expect("building a client")
     }
 
+    /// One series of replica `id`'s Prometheus metrics, read over plain HTTP; `None` when it
+    /// does not answer or does not export the series.
+    pub fn metric(&self, id: u64, series: &str) -> Option<f64> {
+        let (_, page) = crate::http_get(&self.replica(id).http_address, "/metrics")?;
+        crate::metric(&page, series)
+    }
+
     /// Status as replica `id` sees it (no retries beyond its own endpoint).
     pub async fn status(&self, id: u64) -> Option<pb::StatusResponse> {
         let mut client = ClusterClient::new(self.channel(id));

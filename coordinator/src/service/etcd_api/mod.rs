@@ -72,7 +72,9 @@ impl EtcdApi {
         command: KvCommand,
         caller: Option<&Caller>,
     ) -> Result<(KvReply, u64), Status> {
-        let request = self.checked_write(command, caller)?;
+        crate::kv::check_command(&command).map_err(|e| crate::error::kv_status(&e))?;
+        let request = kv_request(command, caller);
+        check_caller(&self.replica, &request)?;
         kv_outcome(self.replica.propose(request).await?)
     }
 
@@ -80,9 +82,10 @@ impl EtcdApi {
     /// forwarded to the leader together with the other writes this replica's clients make
     /// meanwhile ([`crate::log::forward`]). The answer is built here either way.
     ///
-    /// A follower checks the input, not the caller's permissions: its view of users, roles
-    /// and the auth switch may be behind the leader's (a write right after auth went off
-    /// would be refused), and the entry is checked against the current view when it applies.
+    /// Bad input is refused here so it never reaches the log. The caller's permissions are
+    /// checked only by the leader (here, or when the forwarded batch arrives): a follower's
+    /// view of users, roles and the auth switch may be behind the leader's (a write right
+    /// after auth went off would be refused). The entry is checked again when it applies.
     async fn write(
         &self,
         metadata: &MetadataMap,
@@ -90,53 +93,49 @@ impl EtcdApi {
         caller: Option<&Caller>,
     ) -> Result<(KvReply, u64), Status> {
         crate::kv::check_command(&command).map_err(|e| crate::error::kv_status(&e))?;
-        let command = &command;
+        let request = &kv_request(command, caller);
         let applied = self
             .on_leader(
                 metadata,
                 || async move {
-                    let request = self.checked_write(command.clone(), caller)?;
-                    Ok(self.replica.propose(request).await?)
+                    check_caller(&self.replica, request)?;
+                    Ok(self.replica.propose(request.clone()).await?)
                 },
                 |address| async move {
-                    let request = FleetRequest {
-                        request_id: String::new(),
-                        command: FleetCommand::KvAs {
-                            caller: caller.cloned(),
-                            command: command.clone(),
-                        },
-                    };
-                    Ok(self.replica.propose_on_leader(&address, request).await?)
+                    Ok(self
+                        .replica
+                        .propose_on_leader(&address, request.clone())
+                        .await?)
                 },
             )
             .await?;
         kv_outcome(applied)
     }
+}
 
-    /// The log request for a client's KV command, once it passed the checks a replica can
-    /// make before proposing: bad input is refused here so it never reaches the log (the same
-    /// checks run again when the entry applies), and so is a caller refused now.
-    fn checked_write(
-        &self,
-        command: KvCommand,
-        caller: Option<&Caller>,
-    ) -> Result<FleetRequest, Status> {
-        crate::kv::check_command(&command).map_err(|e| crate::error::kv_status(&e))?;
-        {
-            let fleet = self.replica.state.fleet();
-            fleet
-                .auth()
-                .check_kv(caller, &command, fleet.kv())
-                .map_err(|e| auth_status(&e))?;
-        }
-        Ok(FleetRequest {
-            request_id: String::new(),
-            command: FleetCommand::KvAs {
-                caller: caller.cloned(),
-                command,
-            },
-        })
+/// The log request for a client's KV command, run as `caller`.
+fn kv_request(command: KvCommand, caller: Option<&Caller>) -> FleetRequest {
+    FleetRequest {
+        request_id: String::new(),
+        command: FleetCommand::KvAs {
+            caller: caller.cloned(),
+            command,
+        },
     }
+}
+
+/// Refuses a client's KV write now if its caller may not run it by this replica's view of
+/// etcd's users, roles and auth switch; the leader runs it, so a refused write costs no log
+/// entry (the entry is checked again when it applies). Other requests pass.
+pub(crate) fn check_caller(replica: &Replica, request: &FleetRequest) -> Result<(), Status> {
+    let FleetCommand::KvAs { caller, command } = &request.command else {
+        return Ok(());
+    };
+    let fleet = replica.state.fleet();
+    fleet
+        .auth()
+        .check_kv(caller.as_ref(), command, fleet.kv())
+        .map_err(|e| auth_status(&e))
 }
 
 impl EtcdApi {
