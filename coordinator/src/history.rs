@@ -9,8 +9,8 @@ use crate::fleet::{Change, FleetState, ShardStatus};
 /// Revisions of history kept; older resumes get a full listing.
 pub const HISTORY_REVISIONS: usize = 20_000;
 /// Individual changes kept, so a few huge batches cannot hold memory hostage: half an AZ
-/// evacuation of a 100M-machine fleet (~33K domain moves), ~2 MiB at ~130 bytes a change (a
-/// 56-byte slot and the domain's name; shard names are shared with the state). A shard further
+/// evacuation of a 100M-machine fleet (~33K domain moves), ~1.8 MiB at ~112 bytes a change (a
+/// 32-byte slot and the domain's name; shard names are shared with the state). A shard further
 /// behind re-lists its own assignments instead: a full update of tens of KB for a shard of a
 /// 100M-machine fleet (~500 domains, ~100 clusters, ~30 slices), against the 8 MiB this
 /// history cost at 64K changes once names were no longer shared with the tables (issue #24).
@@ -135,12 +135,10 @@ impl ShardDelta {
                     self.clusters.insert(cluster.to_string(), None);
                 }
             }
-            Change::Quota {
-                provider,
-                region,
-                old,
-                new,
-            } => {
+            Change::Quota { old, new } => {
+                let Some(quota) = new.as_deref().or(old.as_deref()) else {
+                    return;
+                };
                 let before = old.as_ref().and_then(|q| q.slices.get(shard)).copied();
                 let after = new.as_ref().and_then(|q| q.slices.get(shard)).copied();
                 let granted = new.as_ref().map_or(0, |q| q.granted);
@@ -149,7 +147,7 @@ impl ShardDelta {
                 let table_moved = old.as_ref().map(|q| q.granted) != Some(granted);
                 if before != after || (after.is_some() && table_moved) {
                     self.slices.insert(
-                        (provider.to_string(), region.to_string()),
+                        (quota.provider.clone(), quota.region.clone()),
                         SliceGrant {
                             amount: after.unwrap_or(0),
                             granted,
@@ -175,12 +173,18 @@ pub fn full_listing(state: &FleetState, shard: &str) -> ShardDelta {
         domains: state
             .domains_of(shard)
             .into_iter()
-            .map(|d| (d.to_string(), state.domain_row(d).map(|row| row.granted)))
+            .map(|d| {
+                let granted = state.domain_row(&d).map(|row| row.granted);
+                (d.into_owned(), granted)
+            })
             .collect(),
         clusters: state
             .bindings()
             .filter(|(_, s)| *s == shard)
-            .map(|(c, _)| (c.to_string(), state.binding_row(c).map(|row| row.granted)))
+            .map(|(c, _)| {
+                let granted = state.binding_row(&c).map(|row| row.granted);
+                (c.into_owned(), granted)
+            })
             .collect(),
         slices: state
             .quotas()

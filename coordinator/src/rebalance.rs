@@ -114,7 +114,7 @@ pub fn plan(
         if !sources.contains(&shard) {
             continue;
         }
-        let weight = weight(shard, cluster);
+        let weight = weight(shard, &cluster);
         *bound.entry(shard).or_default() += weight;
         // Room for the quota commands of this round.
         if commands.len() + state.quotas().count() < MAX_BATCH {
@@ -125,7 +125,7 @@ pub fn plan(
                 .entry(target.clone())
                 .or_default() += weight;
             commands.push(FleetCommand::MoveCluster {
-                cluster: cluster.to_string(),
+                cluster: cluster.into_owned(),
                 shard: target,
             });
         }
@@ -593,7 +593,7 @@ mod tests {
             let weights: u64 = s
                 .bindings()
                 .filter(|(_, to)| *to == shard)
-                .map(|(c, _)| weight(c))
+                .map(|(c, _)| weight(&c))
                 .sum();
             let exact = 30.0 * weights as f64 / 60.0;
             let gained = q.slices.get(shard).copied().unwrap_or(0) - before;

@@ -286,9 +286,12 @@ async fn run(leader_changes: usize) {
         end as f64 / (1 << 20) as f64,
     );
     // A leak per leader change would show as growth proportional to the changes; allow the
-    // steady working set to settle but not to grow with them.
+    // steady working set to settle but not to grow with them. The settling allowance is what
+    // the footprint work (issue #24) left: the 10,000-change run grew by 27.3 MiB after
+    // warm-up on 2026-12-07 (it was 69.5 MiB on 2026-12-02, under a bound of 64 + 0.002 a
+    // change), the CI run by ~5 MiB.
     assert!(
-        growth < 64.0 + leader_changes as f64 * 0.002,
+        growth < 32.0 + leader_changes as f64 * 0.002,
         "memory grew by {growth:.1} MiB over {leader_changes} leader changes"
     );
 }

@@ -4,6 +4,7 @@
 
 mod command;
 mod error;
+mod hash;
 mod names;
 mod state;
 pub mod table;

@@ -70,18 +70,20 @@ fn page_size(limit: u32) -> Result<usize, Status> {
 }
 
 /// One page of `(key, value)` pairs from an ordered iterator, resuming after `after`.
-fn page<'a>(
-    items: impl Iterator<Item = (&'a str, &'a str)>,
+fn page<'a, K: AsRef<str>>(
+    items: impl Iterator<Item = (K, &'a str)>,
     after: &str,
     limit: usize,
-) -> (Vec<(&'a str, &'a str)>, String) {
+) -> (Vec<(K, &'a str)>, String) {
     let mut out: Vec<_> = items
-        .skip_while(|(k, _)| !after.is_empty() && *k <= after)
+        .skip_while(|(k, _)| !after.is_empty() && k.as_ref() <= after)
         .take(limit + 1)
         .collect();
     let next = if out.len() > limit {
         out.truncate(limit);
-        out.last().map(|(k, _)| k.to_string()).unwrap_or_default()
+        out.last()
+            .map(|(k, _)| k.as_ref().to_string())
+            .unwrap_or_default()
     } else {
         String::new()
     };
@@ -216,7 +218,7 @@ impl Fleet for FleetService {
             let domains = items
                 .into_iter()
                 .map(|(domain, shard)| pb::DomainAssignment {
-                    domain: domain.to_string(),
+                    domain: domain.into_owned(),
                     shard: shard.to_string(),
                 })
                 .collect();
@@ -249,7 +251,7 @@ impl Fleet for FleetService {
             let bindings = items
                 .into_iter()
                 .map(|(cluster, shard)| pb::Binding {
-                    cluster: cluster.to_string(),
+                    cluster: cluster.into_owned(),
                     shard: shard.to_string(),
                 })
                 .collect();

@@ -16,6 +16,7 @@ use super::records::Applied;
 use super::{DEDUP_CAPACITY, DEDUP_WINDOW_MS, Revision};
 use crate::fleet::FleetError;
 use crate::fleet::table::NameTable;
+use std::borrow::Cow;
 
 /// What an outcome is, in a byte.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -166,7 +167,7 @@ impl Dedup {
     }
 
     /// Every remembered id with its record, oldest first.
-    fn entries(&self) -> impl ExactSizeIterator<Item = (u32, &str, &Record)> + '_ {
+    fn entries(&self) -> impl ExactSizeIterator<Item = (u32, Cow<'_, str>, &Record)> + '_ {
         self.order
             .iter()
             .map(|&slot| (slot, self.ids.name(slot), self.ids.value(slot)))

@@ -10,7 +10,8 @@ mod legacy;
 mod records;
 mod syntax;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::borrow::Cow;
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -22,6 +23,7 @@ pub use records::{
 
 use super::command::FleetCommand;
 use super::error::FleetError;
+use super::hash::{HashMap, HashSet};
 use super::names::{Interner, Name};
 use super::table::NameTable;
 use dedup::{Dedup, DedupClock};
@@ -365,7 +367,7 @@ impl FleetState {
     }
 
     /// `(domain, shard)` pairs in domain order.
-    pub fn domains(&self) -> impl Iterator<Item = (&str, &str)> {
+    pub fn domains(&self) -> impl Iterator<Item = (Cow<'_, str>, &str)> {
         self.domains.iter().map(|(d, row)| (d, &*row.shard))
     }
 
@@ -373,15 +375,15 @@ impl FleetState {
     pub fn domains_after<'a>(
         &'a self,
         after: &str,
-    ) -> impl Iterator<Item = (&'a str, &'a str)> + use<'a> {
+    ) -> impl Iterator<Item = (Cow<'a, str>, &'a str)> + use<'a> {
         self.domains
             .iter_after(after)
             .map(|(d, row)| (d, &*row.shard))
     }
 
     /// A shard's domains in order.
-    pub fn domains_of(&self, shard: &str) -> Vec<&str> {
-        let mut domains: Vec<&str> = self
+    pub fn domains_of(&self, shard: &str) -> Vec<Cow<'_, str>> {
+        let mut domains: Vec<Cow<'_, str>> = self
             .domains_by_shard
             .get(shard)
             .map(|slots| slots.iter().map(|&slot| self.domains.name(slot)).collect())
@@ -406,7 +408,7 @@ impl FleetState {
     }
 
     /// `(cluster, shard)` pairs in cluster order.
-    pub fn bindings(&self) -> impl Iterator<Item = (&str, &str)> {
+    pub fn bindings(&self) -> impl Iterator<Item = (Cow<'_, str>, &str)> {
         self.bindings.iter().map(|(c, row)| (c, &*row.shard))
     }
 
@@ -414,7 +416,7 @@ impl FleetState {
     pub fn bindings_after<'a>(
         &'a self,
         after: &str,
-    ) -> impl Iterator<Item = (&'a str, &'a str)> + use<'a> {
+    ) -> impl Iterator<Item = (Cow<'a, str>, &'a str)> + use<'a> {
         self.bindings
             .iter_after(after)
             .map(|(c, row)| (c, &*row.shard))
@@ -531,7 +533,7 @@ impl FleetState {
     pub fn rebuild_indexes(&mut self) {
         self.kv.share_keys();
         let mut names = Interner::default();
-        let mut by_shard: HashMap<Name, HashSet<u32>> = HashMap::new();
+        let mut by_shard: HashMap<Name, HashSet<u32>> = HashMap::default();
         let slots: Vec<u32> = self.domains.slots().collect();
         for slot in slots {
             let row = self.domains.value_mut(slot);
