@@ -348,8 +348,10 @@ fn against(measured: u64, target: u64) -> String {
 pub async fn run(args: MemoryBenchArgs) -> anyhow::Result<()> {
     let program = replica_program(&args)?;
     let work = tempfile::tempdir().context("temp dir")?;
-    // Two trim intervals: what a quiet replica holds, not what it freed a moment ago.
-    let quiet = ballast_telemetry::memory::TRIM_INTERVAL * 2;
+    // What a quiet replica holds, not what it freed a moment ago: a replica releases its
+    // log's memtable 5-10 s after the last append (ADR 0017, decision 8), and returns freed
+    // memory and refreshes its heap gauge every trim interval. Two intervals after that.
+    let quiet = Duration::from_secs(10) + ballast_telemetry::memory::TRIM_INTERVAL * 2;
     let settle = || tokio::time::sleep(quiet);
     let shape = FleetShape::HUNDRED_MILLION;
 
@@ -529,8 +531,9 @@ fn report(
          100M-machine fleet ({} shards, {} topology domains, {} cluster bindings, {} sliced \
          quotas) written through the API in batches of 10,000; then {} etcd-API puts of {} B \
          values to {} keys, {IN_FLIGHT} in flight.{etcd_sentence} \
-         Figures read after {} s of quiet at each step (two of the replicas' memory-trim \
-         intervals); MB are 10^6 bytes. Machine: {}.\n",
+         Figures read after {} s of quiet at each step (the 5-10 s after which a replica \
+         releases its log's memtable, then two of its memory-trim intervals); MB are 10^6 \
+         bytes. Machine: {}.\n",
         mb(program_bytes),
         shape.shards,
         shape.domains,

@@ -94,8 +94,14 @@ pub(super) async fn flush_quiet_log(
         }
         let now = last_index();
         if now == seen && now != flushed {
-            if let Err(e) = store.release_log_memory() {
-                tracing::warn!(error = %e, "could not hand a quiet log's memtable to the flush worker");
+            // It waits for the flush: off the async workers.
+            let store = store.clone();
+            match tokio::task::spawn_blocking(move || store.release_log_memory()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "could not release a quiet log's memtable")
+                }
+                Err(e) => tracing::warn!(error = %e, "releasing a quiet log's memtable failed"),
             }
             flushed = now;
         }

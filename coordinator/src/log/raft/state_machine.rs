@@ -158,7 +158,7 @@ pub(crate) fn save_snapshot(
     // memtable only once it passes its size limit (about 4 MB a replica after loading the
     // 100M-machine fleet's state, by a heap profile). A snapshot is a good time to flush it.
     if let Err(e) = store.release_log_memory() {
-        tracing::warn!(error = %e, "could not hand the log's memtable to the flush worker");
+        tracing::warn!(error = %e, "could not release the log's memtable");
     }
     Ok(())
 }
