@@ -349,9 +349,11 @@ pub async fn run(args: MemoryBenchArgs) -> anyhow::Result<()> {
     let program = replica_program(&args)?;
     let work = tempfile::tempdir().context("temp dir")?;
     // What a quiet replica holds, not what it freed a moment ago: a replica releases its
-    // log's memtable 5-10 s after the last append (ADR 0017, decision 8), and returns freed
-    // memory and refreshes its heap gauge every trim interval. Two intervals after that.
-    let quiet = Duration::from_secs(10) + ballast_telemetry::memory::TRIM_INTERVAL * 2;
+    // log's memtable one to two quiet-log intervals after the last append (ADR 0017,
+    // decision 8), and returns freed memory and refreshes its heap gauge every trim
+    // interval. Two trim intervals after that.
+    let quiet = ballast_coordinator::node::QUIET_LOG_FLUSH_AFTER * 2
+        + ballast_telemetry::memory::TRIM_INTERVAL * 2;
     let settle = || tokio::time::sleep(quiet);
     let shape = FleetShape::HUNDRED_MILLION;
 

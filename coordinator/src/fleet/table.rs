@@ -389,8 +389,18 @@ impl<V> NameTable<V> {
     where
         V: Clone,
     {
-        let slot = self.slot_of(name)?;
-        Some((slot, self.remove_slot(slot)))
+        // One hash and one probe: found and taken out of the index in the same step.
+        let (prefix, tail) = split(name);
+        let id = self.prefix_id(prefix)?;
+        let (text, slots) = (&self.text, &self.slots);
+        let (slot, _) = self
+            .index
+            .find_entry(Self::hash_parts((prefix, tail)), |&slot| {
+                row_in(text, slots, slot) == (id, tail)
+            })
+            .ok()?
+            .remove();
+        Some((slot, self.vacate(slot)))
     }
 
     /// Removes the live row in `slot` (a caller that kept the slot need not name it again);

@@ -72,8 +72,9 @@ pub(super) async fn start_raft_duties(
     Ok(())
 }
 
-/// How long the log must go without appends before its memtable is flushed.
-const QUIET_LOG_FLUSH_AFTER: Duration = Duration::from_secs(5);
+/// How long the log must go without appends before its memtable is flushed. It is checked
+/// once per this interval, so the flush comes one to two intervals after the last append.
+pub const QUIET_LOG_FLUSH_AFTER: Duration = Duration::from_secs(5);
 
 /// Flushes the log's memtable once the log has had no append for [`QUIET_LOG_FLUSH_AFTER`]:
 /// fjall flushes a memtable only past its size limit, so on a replica that goes quiet the

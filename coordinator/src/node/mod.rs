@@ -7,6 +7,7 @@ mod duties;
 mod identity;
 mod start;
 
+pub use duties::QUIET_LOG_FLUSH_AFTER;
 pub use start::start;
 
 use std::net::SocketAddr;
