@@ -4,6 +4,7 @@
 use std::hint::black_box;
 
 use ballast_coordinator::fleet::{FleetCommand, FleetState};
+use ballast_coordinator::history::History;
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 
 fn shard(i: usize) -> String {
@@ -94,6 +95,37 @@ fn benches(c: &mut Criterion) {
                         })
                         .ok(),
                 );
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    c.bench_function("history: record a batch of 10K domain moves", |b| {
+        // What a replica does after applying a rebalance: the batch's changes go into the
+        // history, which is full and evicts as many.
+        let (_, changes) = state
+            .clone()
+            .apply_tracked(&FleetCommand::AssignDomains {
+                assignments: (0..10_000)
+                    .map(|n| {
+                        (
+                            format!(
+                                "topology.kubernetes.io/zone=az-{}/rack=r{n:06}",
+                                ["a", "b", "c"][n % 3]
+                            ),
+                            shard((n + 1) % 200),
+                        )
+                    })
+                    .collect(),
+                allow_move: true,
+            })
+            .expect("moving domains");
+        let mut history = History::starting_at(0);
+        let mut revision = 0;
+        b.iter_batched(
+            || changes.clone(),
+            |changes| {
+                revision += 1;
+                history.push(revision, changes);
             },
             BatchSize::LargeInput,
         )

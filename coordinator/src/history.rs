@@ -4,26 +4,48 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use crate::fleet::{Change, FleetState, ShardStatus};
+use crate::fleet::table::NameTable;
+use crate::fleet::{Change, FleetState, Name, ShardStatus};
 
 /// Revisions of history kept; older resumes get a full listing.
 pub const HISTORY_REVISIONS: usize = 20_000;
 /// Individual changes kept, so a few huge batches cannot hold memory hostage: half an AZ
-/// evacuation of a 100M-machine fleet (~33K domain moves), ~1.8 MiB at ~112 bytes a change (a
-/// 32-byte slot and the domain's name; shard names are shared with the state). A shard further
-/// behind re-lists its own assignments instead: a full update of tens of KB for a shard of a
-/// 100M-machine fleet (~500 domains, ~100 clusters, ~30 slices), against the 8 MiB this
-/// history cost at 64K changes once names were no longer shared with the tables (issue #24).
+/// evacuation of a 100M-machine fleet (~33K domain moves), ~1.1 MiB at ~72 bytes a domain
+/// move (a 32-byte record and the domain's name, kept once under its shared prefix; shard
+/// names are shared with the state). A shard further behind re-lists its own assignments
+/// instead: a full update of tens of KB for a shard of a 100M-machine fleet (~500 domains,
+/// ~100 clusters, ~30 slices), against the 8 MiB this history cost at 64K changes once names
+/// were no longer shared with the tables (issue #24).
 pub const HISTORY_CHANGES: usize = 16_384;
 
 /// Changes of the most recent revisions.
 #[derive(Debug, Default)]
 pub struct History {
-    entries: VecDeque<(u64, Vec<Change>)>,
+    entries: VecDeque<(u64, Vec<Kept>)>,
     /// Changes held in `entries`.
     changes: usize,
     /// Every change after this revision is in `entries`.
     floor: u64,
+    /// The names of the domains the kept changes moved, each once with the number of kept
+    /// changes naming it. Most of a change's memory was its domain's name in a heap block of
+    /// its own (~80 bytes for a 45-byte name); here a name shares its prefix with the other
+    /// domains of its rack's parent and costs its tail and ~20 bytes (issue #24).
+    domains: NameTable<u32>,
+}
+
+/// A kept change: a domain move with its name in [`History::domains`], or any other change
+/// as it came.
+#[derive(Debug)]
+enum Kept {
+    Domain {
+        /// The domain's row in [`History::domains`].
+        slot: u32,
+        /// Owner before.
+        old: Option<Name>,
+        /// Owner after.
+        new: Option<Name>,
+    },
+    Other(Change),
 }
 
 impl History {
@@ -31,9 +53,8 @@ impl History {
     /// earlier is known).
     pub fn starting_at(revision: u64) -> Self {
         Self {
-            entries: VecDeque::new(),
-            changes: 0,
             floor: revision,
+            ..Self::default()
         }
     }
 
@@ -43,17 +64,64 @@ impl History {
     }
 
     /// Records the changes that produced `revision`.
-    pub fn push(&mut self, revision: u64, mut changes: Vec<Change>) {
-        // Kept for thousands of revisions: drop the slack the vector grew with.
-        changes.shrink_to_fit();
-        self.changes += changes.len();
-        self.entries.push_back((revision, changes));
-        while self.entries.len() > HISTORY_REVISIONS || self.changes > HISTORY_CHANGES {
-            let Some((evicted, dropped)) = self.entries.pop_front() else {
-                break;
-            };
-            self.changes -= dropped.len();
-            self.floor = evicted;
+    pub fn push(&mut self, revision: u64, changes: Vec<Change>) {
+        // What would be evicted after the push goes first, so the name table never holds the
+        // old names and the new at once (it keeps the capacity of its fullest moment).
+        while !self.entries.is_empty()
+            && (self.entries.len() >= HISTORY_REVISIONS
+                || self.changes + changes.len() > HISTORY_CHANGES)
+        {
+            self.evict_oldest();
+        }
+        let mut kept: Vec<Kept> = changes
+            .into_iter()
+            .map(|change| match change {
+                Change::Domain { domain, old, new } => {
+                    let slot = match self.domains.slot_of(&domain) {
+                        Some(slot) => {
+                            *self.domains.value_mut(slot) += 1;
+                            slot
+                        }
+                        None => self.domains.insert(&domain, 1).0,
+                    };
+                    Kept::Domain { slot, old, new }
+                }
+                other => Kept::Other(other),
+            })
+            .collect();
+        // Kept for thousands of revisions: drop the slack the journal's vector grew with (the
+        // collect reuses its allocation).
+        kept.shrink_to_fit();
+        self.changes += kept.len();
+        self.entries.push_back((revision, kept));
+        // A batch larger than the whole history is not kept either.
+        if self.changes > HISTORY_CHANGES {
+            self.evict_oldest();
+        }
+    }
+
+    /// Drops the oldest revision's changes, and the names only they used.
+    fn evict_oldest(&mut self) {
+        let Some((evicted, dropped)) = self.entries.pop_front() else {
+            return;
+        };
+        self.changes -= dropped.len();
+        self.floor = evicted;
+        let mut released = false;
+        for kept in dropped {
+            if let Kept::Domain { slot, .. } = kept {
+                let naming = self.domains.value_mut(slot);
+                *naming -= 1;
+                if *naming == 0 {
+                    self.domains.remove_slot(slot);
+                    released = true;
+                }
+            }
+        }
+        // A table keeps the capacity of its fullest moment: once a burst of moves has left
+        // the history, so does the room it took (a 10,000-domain batch's ~0.4 MB).
+        if released && self.domains.is_empty() {
+            self.domains = NameTable::new();
         }
     }
 
@@ -66,10 +134,28 @@ impl History {
         let mut delta = ShardDelta::default();
         for (revision, changes) in self.entries.iter().filter(|(r, _)| *r > from) {
             for change in changes {
-                delta.absorb(shard, *revision, change);
+                match change {
+                    Kept::Domain { slot, old, new } => {
+                        let had = old.as_deref() == Some(shard);
+                        let has = new.as_deref() == Some(shard);
+                        // A domain given (again) to this shard is granted at this change's
+                        // revision.
+                        if has || had {
+                            let domain = self.domains.name(*slot).into_owned();
+                            delta.domains.insert(domain, has.then_some(*revision));
+                        }
+                    }
+                    Kept::Other(change) => delta.absorb(shard, *revision, change),
+                }
             }
         }
         Some(delta)
+    }
+
+    /// Domain names the history holds (each once, however many kept changes name it).
+    #[cfg(test)]
+    fn domain_names(&self) -> usize {
+        self.domains.len()
     }
 }
 
@@ -115,16 +201,6 @@ impl ShardDelta {
 
     fn absorb(&mut self, shard: &str, revision: u64, change: &Change) {
         match change {
-            Change::Domain { domain, old, new } => {
-                let had = old.as_deref() == Some(shard);
-                let has = new.as_deref() == Some(shard);
-                // A domain given (again) to this shard is granted at this change's revision.
-                if has {
-                    self.domains.insert(domain.to_string(), Some(revision));
-                } else if had {
-                    self.domains.insert(domain.to_string(), None);
-                }
-            }
             Change::Binding { cluster, old, new } => {
                 let had = old.as_deref() == Some(shard);
                 let has = new.as_deref() == Some(shard);
@@ -162,7 +238,8 @@ impl ShardDelta {
                     self.status = Some(status_name(after));
                 }
             }
-            Change::Shard { .. } | Change::Provider { .. } => {}
+            // Domain moves are kept apart ([`Kept::Domain`]) and read there.
+            Change::Shard { .. } | Change::Provider { .. } | Change::Domain { .. } => {}
         }
     }
 }
@@ -458,8 +535,8 @@ mod tests {
     #[test]
     fn a_change_is_small_and_the_change_count_is_bounded() {
         assert!(
-            std::mem::size_of::<Change>() <= 56,
-            "a domain move must stay one small slot"
+            std::mem::size_of::<Kept>() <= 32,
+            "a kept change must stay one small slot"
         );
         let mut h = History::starting_at(0);
         let moved = Change::Domain {
@@ -472,5 +549,64 @@ mod tests {
         h.push(2, vec![moved; 2]);
         assert!(h.delta_since("s1", 0).is_none(), "revision 1 was evicted");
         assert!(h.delta_since("s1", 1).is_some());
+    }
+
+    #[test]
+    fn a_domain_name_is_kept_once_and_goes_with_the_last_change_naming_it() {
+        let moved = |domain: &str, from: Option<&str>, to: &str| Change::Domain {
+            domain: domain.into(),
+            old: from.map(Name::from),
+            new: Some(to.into()),
+        };
+        let bound = Change::Binding {
+            cluster: "c1".into(),
+            old: None,
+            new: Some("s1".into()),
+        };
+        let mut h = History::starting_at(0);
+        h.push(
+            1,
+            vec![
+                moved("zone=az-a/rack=r1", None, "s1"),
+                moved("zone=az-a/rack=r2", None, "s1"),
+            ],
+        );
+        h.push(2, vec![moved("zone=az-a/rack=r1", Some("s1"), "s2")]);
+        assert_eq!(h.domain_names(), 2, "r1 is named twice and kept once");
+        assert_eq!(
+            h.delta_since("s1", 0).expect("in history").domains,
+            BTreeMap::from([
+                ("zone=az-a/rack=r1".into(), None),
+                ("zone=az-a/rack=r2".into(), Some(1)),
+            ])
+        );
+        // Fills the history so that revision 1 alone goes.
+        h.push(3, vec![bound.clone(); HISTORY_CHANGES - 1]);
+        assert!(h.delta_since("s1", 0).is_none(), "revision 1 was evicted");
+        assert_eq!(
+            h.domain_names(),
+            1,
+            "r2 went with revision 1; r1 stays, named by revision 2"
+        );
+        assert_eq!(
+            h.delta_since("s2", 1).expect("in history").domains,
+            BTreeMap::from([("zone=az-a/rack=r1".into(), Some(2))])
+        );
+        h.push(4, vec![bound]);
+        assert!(h.delta_since("s2", 1).is_none(), "revision 2 was evicted");
+        assert_eq!(h.domain_names(), 0, "no kept change names a domain");
+        assert_eq!(
+            h.domains.heap_bytes(),
+            NameTable::<u32>::new().heap_bytes(),
+            "the names' table gave its room back with its last name"
+        );
+        // A batch larger than the whole history is not kept, nor are its names.
+        h.push(
+            5,
+            vec![moved("zone=az-a/rack=r3", None, "s1"); HISTORY_CHANGES + 1],
+        );
+        assert!(h.delta_since("s1", 4).is_none(), "revision 5 is not kept");
+        assert!(h.delta_since("s1", 5).is_some());
+        assert_eq!(h.domain_names(), 0);
     }
 }

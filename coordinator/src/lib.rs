@@ -25,6 +25,8 @@ pub mod dr;
 #[doc(hidden)]
 pub mod fleet;
 #[doc(hidden)]
+pub mod history;
+#[doc(hidden)]
 pub mod log;
 #[doc(hidden)]
 pub mod node;
@@ -42,7 +44,6 @@ mod autopilot;
 mod disruption;
 mod error;
 mod faults;
-mod history;
 mod kv;
 mod leader;
 mod leadership;
