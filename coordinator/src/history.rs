@@ -73,17 +73,20 @@ impl History {
         {
             self.evict_oldest();
         }
+        self.domains
+            .reserve(changes.iter().filter_map(|change| match change {
+                Change::Domain { domain, .. } => Some(domain.as_str()),
+                _ => None,
+            }));
         let mut kept: Vec<Kept> = changes
             .into_iter()
             .map(|change| match change {
                 Change::Domain { domain, old, new } => {
-                    let slot = match self.domains.slot_of(&domain) {
-                        Some(slot) => {
-                            *self.domains.value_mut(slot) += 1;
-                            slot
-                        }
-                        None => self.domains.insert(&domain, 1).0,
-                    };
+                    // One lookup: a name already kept gets its count back, plus one.
+                    let (slot, naming) = self.domains.insert(&domain, 1);
+                    if let Some(naming) = naming {
+                        *self.domains.value_mut(slot) = naming + 1;
+                    }
                     Kept::Domain { slot, old, new }
                 }
                 other => Kept::Other(other),

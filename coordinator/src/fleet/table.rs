@@ -384,6 +384,24 @@ impl<V> NameTable<V> {
         (slot, None)
     }
 
+    /// Makes room for rows named `names` (whether or not they are new): one allocation per
+    /// buffer where inserting them one by one would grow each an eighth at a time.
+    pub fn reserve<'a>(&mut self, names: impl IntoIterator<Item = &'a str>) {
+        let (mut rows, mut bytes) = (0usize, 0usize);
+        for name in names {
+            let (prefix, tail) = split(name);
+            rows += 1;
+            bytes += tail.len() + if prefix.is_empty() { 0 } else { 4 };
+        }
+        self.slots
+            .reserve_exact(rows.saturating_sub(self.free.len()));
+        self.text.reserve_exact(bytes);
+        let (text, prefixes, slots) = (&self.text, &self.prefixes, &self.slots);
+        self.index.reserve(rows, |&s| {
+            Self::hash_parts(parts_in(text, prefixes, slots, s))
+        });
+    }
+
     /// Removes `name`'s row; returns its slot (now vacant, reused by a later insert) and value.
     pub fn remove(&mut self, name: &str) -> Option<(u32, V)>
     where
@@ -721,6 +739,28 @@ mod tests {
             3 => format!("zone=az-{}/rack=r{:02}/host=h{key}", key % 3, key % 7),
             _ => format!("a/{key:02}"),
         }
+    }
+
+    #[test]
+    fn rows_reserved_for_go_in_without_growing_a_buffer() {
+        let names: Vec<String> = (0..1_000)
+            .map(|n| format!("topology.kubernetes.io/zone=az-a/rack=r{n:06}"))
+            .chain((0..1_000).map(|n| format!("cluster-{n}")))
+            .collect();
+        let mut table = NameTable::new();
+        table.insert("zone=az-b/rack=r1", 0u32);
+        table.reserve(names.iter().map(String::as_str));
+        let reserved = table.heap_bytes();
+        for name in &names {
+            table.insert(name, 1);
+        }
+        // The shared prefix's own entry is the only new allocation.
+        let prefix = "topology.kubernetes.io/zone=az-a/".len() + std::mem::size_of::<Prefix>();
+        assert!(
+            table.heap_bytes() <= reserved + prefix + 64,
+            "{} bytes after the inserts, {reserved} reserved",
+            table.heap_bytes()
+        );
     }
 
     #[test]
