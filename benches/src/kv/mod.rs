@@ -355,9 +355,30 @@ pub async fn run(args: KvBenchArgs) -> anyhow::Result<()> {
     let idle = (rss(ballast_pids(&ballast)), rss(etcd.pids()));
 
     let probe_dir = work.path();
+    // One turn of puts: an fsync probe, then `in_flight` writers for the run's seconds.
+    let turn = async |contender: &Contender, client: &Coordinator, level: (usize, usize, Via)| {
+        let (value_bytes, in_flight, via) = level;
+        let fsync = fsync_probe(probe_dir).await?;
+        eprintln!(
+            "{value_bytes} B × {in_flight} via {via:?}: {:?} (fsync {:.2} ms)",
+            contender.system,
+            fsync.as_secs_f64() * 1000.0
+        );
+        let cpu = contender.cpu();
+        let run = puts(client, in_flight, args.seconds, &vec![b'x'; value_bytes]).await;
+        let cpu = contender.cpu().saturating_sub(cpu);
+        eprintln!("  {:.0}/s, p99 {:?}, server CPU {cpu:?}", run.0, run.1.p99);
+        anyhow::Ok(
+            Measured::of((contender.system, value_bytes, in_flight, via), run, fsync)
+                .with_cpu(cpu, args.seconds),
+        )
+    };
     let mut measured = Vec::new();
+    // The compared build's and this build's turns again, in the opposite order: a system's
+    // place in the rotation moves its figures by a few percent (right after etcd's turn, its
+    // background writes are still running), so the comparison of two builds takes both orders.
+    let mut swapped = Vec::new();
     for &value_bytes in &args.value_bytes {
-        let value = vec![b'x'; value_bytes];
         for in_flight in PUT_LEVELS {
             // Balanced clients first, etcd leading; then through a follower.
             for via in [Via::Balanced, Via::Follower] {
@@ -368,20 +389,19 @@ pub async fn run(args: KvBenchArgs) -> anyhow::Result<()> {
                     else {
                         continue;
                     };
-                    let fsync = fsync_probe(probe_dir).await?;
-                    eprintln!(
-                        "{value_bytes} B × {in_flight} via {via:?}: {:?} (fsync {:.2} ms)",
-                        contender.system,
-                        fsync.as_secs_f64() * 1000.0
-                    );
-                    let cpu = contender.cpu();
-                    let run = puts(client, in_flight, args.seconds, &value).await;
-                    let cpu = contender.cpu().saturating_sub(cpu);
-                    eprintln!("  {:.0}/s, p99 {:?}, server CPU {cpu:?}", run.0, run.1.p99);
-                    measured.push(
-                        Measured::of((contender.system, value_bytes, in_flight, via), run, fsync)
-                            .with_cpu(cpu, args.seconds),
-                    );
+                    measured.push(turn(contender, client, (value_bytes, in_flight, via)).await?);
+                }
+                if via != Via::Balanced {
+                    continue;
+                }
+                for system in [System::Compared, System::Ballast] {
+                    if let Some(contender) = compared
+                        .as_ref()
+                        .and_then(|_| contenders.iter().find(|c| c.system == system))
+                    {
+                        let level = (value_bytes, in_flight, via);
+                        swapped.push(turn(contender, &contender.balanced, level).await?);
+                    }
                 }
             }
         }
@@ -509,6 +529,7 @@ pub async fn run(args: KvBenchArgs) -> anyhow::Result<()> {
         compared_with: args.compare_with.clone(),
         probing,
         puts: measured,
+        swapped_puts: swapped,
         reads: read_results,
         kills,
         rss_idle: idle,

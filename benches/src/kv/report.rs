@@ -102,10 +102,24 @@ impl Measured {
 
 /// CPU per operation in microseconds, or a dash when not measured.
 fn cpu_us(m: &Measured) -> String {
-    if m.cpu_per_op.is_zero() {
+    micros(m.cpu_per_op)
+}
+
+/// A CPU time per operation in microseconds, or a dash when not measured (zero).
+fn micros(per_op: Duration) -> String {
+    if per_op.is_zero() {
         "—".into()
     } else {
-        format!("{:.0}", m.cpu_per_op.as_secs_f64() * 1e6)
+        format!("{:.0}", per_op.as_secs_f64() * 1e6)
+    }
+}
+
+/// The mean CPU per operation of two turns, zero (not measured) when either was not.
+fn mean_cpu(x: &Measured, y: &Measured) -> Duration {
+    if x.cpu_per_op.is_zero() || y.cpu_per_op.is_zero() {
+        Duration::ZERO
+    } else {
+        (x.cpu_per_op + y.cpu_per_op) / 2
     }
 }
 
@@ -122,6 +136,9 @@ pub struct Report {
     pub compared_with: Option<PathBuf>,
     pub probing: Probing,
     pub puts: Vec<Measured>,
+    /// With a compared build: its turn and this build's again at each balanced put level,
+    /// in the opposite order (the compared build first).
+    pub swapped_puts: Vec<Measured>,
     pub reads: Vec<Measured>,
     /// Leader kills in the order they happened.
     pub kills: Vec<(System, Failover)>,
@@ -287,30 +304,46 @@ impl Report {
             writeln!(out, "## This build against another\n")?;
             writeln!(
                 out,
-                "`{}`'s replicas, run right after this build's at each level, same flags, \
-                 client and workload.\n",
+                "`{}`'s replicas, same flags, client and workload. At each level the two builds \
+                 take two turns each, in both orders: this build right after etcd, then the \
+                 compared build; after the other systems, the compared build, then this build \
+                 (a system's place in the rotation moves its figures by a few percent). Puts/s \
+                 and CPU are the means of a build's two turns; the ratio in each order is shown \
+                 too, and latencies are from the first order.\n",
                 other.display()
             )?;
             writeln!(
                 out,
-                "| value B | in flight | this build puts/s | compared build puts/s | ratio | this p50 / p99 / max ms | compared p50 / p99 / max ms | fsync before this / compared ms | server CPU µs a put this / compared |"
+                "| value B | in flight | this build puts/s | compared build puts/s | ratio | ratio, this first / compared first | this p50 / p99 / max ms | compared p50 / p99 / max ms | server CPU µs a put this / compared |"
             )?;
             writeln!(out, "|---:|---:|---:|---:|---:|---|---|---|---|")?;
             for (b, a) in Self::pairs(&self.puts, System::Ballast, System::Compared) {
+                let again = |system| {
+                    Self::find(
+                        &self.swapped_puts,
+                        system,
+                        b.value_bytes,
+                        b.in_flight,
+                        b.via,
+                    )
+                };
+                let (Some(b2), Some(a2)) = (again(System::Ballast), again(System::Compared)) else {
+                    continue;
+                };
                 writeln!(
                     out,
-                    "| {} | {} | {:.0} | {:.0} | {} | {} | {} | {} / {} | {} / {} |",
+                    "| {} | {} | {:.0} | {:.0} | {} | {} / {} | {} | {} | {} / {} |",
                     b.value_bytes,
                     b.in_flight,
-                    b.rate,
-                    a.rate,
+                    (b.rate + b2.rate) / 2.0,
+                    (a.rate + a2.rate) / 2.0,
+                    ratio(b.rate + b2.rate, a.rate + a2.rate),
                     ratio(b.rate, a.rate),
+                    ratio(b2.rate, a2.rate),
                     spread(&b.latency),
                     spread(&a.latency),
-                    ms(b.fsync),
-                    ms(a.fsync),
-                    cpu_us(b),
-                    cpu_us(a)
+                    micros(mean_cpu(b, b2)),
+                    micros(mean_cpu(a, a2))
                 )?;
             }
             writeln!(out)?;
@@ -576,8 +609,14 @@ mod tests {
             level(System::Etcd, 32, Via::Follower, 3000.0),
             level(System::Ballast, 32, Via::Follower, 6000.0),
         ];
+        let mut swapped_puts = Vec::new();
         if compared {
             puts.push(level(System::Compared, 32, Via::Balanced, 10000.0));
+            swapped_puts.push(level(System::Compared, 32, Via::Balanced, 6000.0));
+            swapped_puts.push(Measured {
+                cpu_per_op: Duration::from_micros(200),
+                ..level(System::Ballast, 32, Via::Balanced, 12000.0)
+            });
         }
         let kill = |ms| Failover {
             to_leader: Duration::from_millis(ms - 20),
@@ -596,6 +635,7 @@ mod tests {
                 timeout: Duration::from_millis(250),
             },
             puts,
+            swapped_puts,
             reads: vec![
                 level(System::Etcd, 1, Via::Leader, 900.0),
                 level(System::Ballast, 1, Via::Leader, 1800.0),
@@ -642,15 +682,17 @@ mod tests {
         assert!(!text.contains("This build against another"), "{text}");
     }
 
-    /// The build compared with gets its own table only when there is one.
+    /// The build compared with gets its own table only when there is one, from both orders
+    /// of the two builds' turns.
     #[test]
-    fn a_compared_build_gets_its_own_table() {
+    fn a_compared_build_gets_its_own_table_from_both_orders() {
         let text = report(true).render("kv");
         assert!(text.contains("This build against another"), "{text}");
         assert!(
-            text.contains("| 256 | 32 | 8000 | 10000 | 0.80 |"),
-            "{text}"
+            text.contains("| 256 | 32 | 10000 | 8000 | 1.25 | 0.80 / 2.00 |"),
+            "means of both turns, then the ratio in each order: {text}"
         );
+        assert!(text.contains("| 300 / 400 |"), "mean CPU a put: {text}");
     }
 
     /// A system that measured nothing gives a dash, not a division by zero.

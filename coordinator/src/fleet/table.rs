@@ -226,35 +226,38 @@ impl<V> NameTable<V> {
             .copied()
     }
 
-    /// The id of `prefix`, stored now if no row had it, counting one more row on it.
-    fn take_prefix(&mut self, prefix: &str) -> u32 {
-        let id = match self.prefix_id(prefix) {
-            Some(id) => id,
-            None => {
-                let entry = Prefix {
-                    text: prefix.into(),
-                    rows: 0,
-                };
-                let id = match self.free_prefixes.pop() {
-                    Some(id) => {
-                        self.prefixes[id as usize] = entry;
-                        id
-                    }
-                    None => {
-                        self.prefixes.push(entry);
-                        u32::try_from(self.prefixes.len() - 1).expect("under 4G prefixes")
-                    }
-                };
-                let prefixes = &self.prefixes;
-                self.prefix_ids
-                    .insert_unique(FixedState.hash_one(prefix), id, |&p| {
-                        FixedState.hash_one(&*prefixes[p as usize].text)
-                    });
+    /// The id of `prefix`, stored now if no row had it (one hash and one probe either way),
+    /// and whether it was stored now: a name with a new prefix is a new name.
+    fn find_or_add_prefix(&mut self, prefix: &str) -> (u32, bool) {
+        if prefix.is_empty() {
+            return (NO_PREFIX, false);
+        }
+        let prefixes = &self.prefixes;
+        let entry = self.prefix_ids.entry(
+            FixedState.hash_one(prefix),
+            |&id| &*prefixes[id as usize].text == prefix,
+            |&id| FixedState.hash_one(&*prefixes[id as usize].text),
+        );
+        let vacant = match entry {
+            hashbrown::hash_table::Entry::Occupied(found) => return (*found.get(), false),
+            hashbrown::hash_table::Entry::Vacant(vacant) => vacant,
+        };
+        let added = Prefix {
+            text: prefix.into(),
+            rows: 0,
+        };
+        let id = match self.free_prefixes.pop() {
+            Some(id) => {
+                self.prefixes[id as usize] = added;
                 id
             }
+            None => {
+                self.prefixes.push(added);
+                u32::try_from(self.prefixes.len() - 1).expect("under 4G prefixes")
+            }
         };
-        self.prefixes[id as usize].rows += 1;
-        id
+        vacant.insert(id);
+        (id, true)
     }
 
     /// Counts one row fewer on prefix `id`, and forgets the prefix when none is left.
@@ -275,9 +278,15 @@ impl<V> NameTable<V> {
         self.free_prefixes.push(id);
     }
 
-    /// The hash under which a name with these parts is indexed.
-    fn hash_parts((prefix, tail): (&str, &str)) -> u64 {
+    /// The hash under which a row is indexed: its prefix's id and its tail, so the prefix's
+    /// bytes, already hashed to find its id, are not hashed again.
+    fn row_hash((prefix, tail): (u32, &str)) -> u64 {
         FixedState.hash_one((prefix, tail))
+    }
+
+    /// Bytes a row with these name parts takes in the buffer.
+    fn stored_len(prefix: &str, tail: &str) -> usize {
+        tail.len() + if prefix.is_empty() { 0 } else { 4 }
     }
 
     /// The slot of `name`'s row.
@@ -286,7 +295,7 @@ impl<V> NameTable<V> {
         let id = self.prefix_id(prefix)?;
         let (text, slots) = (&self.text, &self.slots);
         self.index
-            .find(Self::hash_parts((prefix, tail)), |&slot| {
+            .find(Self::row_hash((id, tail)), |&slot| {
                 row_in(text, slots, slot) == (id, tail)
             })
             .copied()
@@ -337,19 +346,32 @@ impl<V> NameTable<V> {
     /// # Panics
     /// If the names' bytes would pass 4 GiB (a replica's state is a few MB).
     pub fn insert(&mut self, name: &str, value: V) -> (u32, Option<V>) {
-        if let Some(slot) = self.slot_of(name) {
-            let old = std::mem::replace(self.value_mut(slot), value);
-            return (slot, Some(old));
-        }
+        // The prefix and the row are each hashed once and probed once: the lookup's entry is
+        // where a new one goes.
         let (prefix_text, tail) = split(name);
-        let prefix = self.take_prefix(prefix_text);
+        let (prefix, new_prefix) = self.find_or_add_prefix(prefix_text);
+        let (text, slots) = (&self.text, &self.slots);
+        let entry = self.index.entry(
+            Self::row_hash((prefix, tail)),
+            |&slot| !new_prefix && row_in(text, slots, slot) == (prefix, tail),
+            |&slot| Self::row_hash(row_in(text, slots, slot)),
+        );
+        let vacant = match entry {
+            hashbrown::hash_table::Entry::Occupied(found) => {
+                let slot = *found.get();
+                let old = std::mem::replace(&mut self.slots[slot as usize].value, value);
+                return (slot, Some(old));
+            }
+            hashbrown::hash_table::Entry::Vacant(vacant) => vacant,
+        };
+        self.prefixes[prefix as usize].rows += 1;
         let start = u32::try_from(self.text.len()).expect("names fit in 4 GiB");
-        let header = if prefix == NO_PREFIX { 0 } else { 4 };
-        let len = u32::try_from(header + tail.len())
+        let stored = Self::stored_len(prefix_text, tail);
+        let len = u32::try_from(stored)
             .ok()
             .filter(|len| len & PREFIXED == 0)
             .expect("a name fits in 2 GiB");
-        grow(&mut self.text, header + tail.len());
+        grow(&mut self.text, stored);
         if prefix != NO_PREFIX {
             self.text.extend_from_slice(&prefix.to_le_bytes());
         }
@@ -374,11 +396,7 @@ impl<V> NameTable<V> {
                 u32::try_from(self.slots.len() - 1).expect("under 4G rows")
             }
         };
-        let hash = Self::hash_parts((prefix_text, tail));
-        let (text, prefixes, slots) = (&self.text, &self.prefixes, &self.slots);
-        self.index.insert_unique(hash, slot, |&s| {
-            Self::hash_parts(parts_in(text, prefixes, slots, s))
-        });
+        vacant.insert(slot);
         self.len += 1;
         self.order = OnceLock::new();
         (slot, None)
@@ -391,15 +409,14 @@ impl<V> NameTable<V> {
         for name in names {
             let (prefix, tail) = split(name);
             rows += 1;
-            bytes += tail.len() + if prefix.is_empty() { 0 } else { 4 };
+            bytes += Self::stored_len(prefix, tail);
         }
         self.slots
             .reserve_exact(rows.saturating_sub(self.free.len()));
         self.text.reserve_exact(bytes);
-        let (text, prefixes, slots) = (&self.text, &self.prefixes, &self.slots);
-        self.index.reserve(rows, |&s| {
-            Self::hash_parts(parts_in(text, prefixes, slots, s))
-        });
+        let (text, slots) = (&self.text, &self.slots);
+        self.index
+            .reserve(rows, |&s| Self::row_hash(row_in(text, slots, s)));
     }
 
     /// Removes `name`'s row; returns its slot (now vacant, reused by a later insert) and value.
@@ -413,7 +430,7 @@ impl<V> NameTable<V> {
         let (text, slots) = (&self.text, &self.slots);
         let (slot, _) = self
             .index
-            .find_entry(Self::hash_parts((prefix, tail)), |&slot| {
+            .find_entry(Self::row_hash((id, tail)), |&slot| {
                 row_in(text, slots, slot) == (id, tail)
             })
             .ok()?
@@ -434,7 +451,7 @@ impl<V> NameTable<V> {
             self.slots[slot as usize].len, VACANT,
             "slot {slot} is vacant"
         );
-        let hash = Self::hash_parts(self.parts(slot));
+        let hash = Self::row_hash(row_in(&self.text, &self.slots, slot));
         self.index
             .find_entry(hash, |&s| s == slot)
             .expect("a live slot is indexed")
