@@ -309,7 +309,8 @@ impl Report {
                  compared build; after the other systems, the compared build, then this build \
                  (a system's place in the rotation moves its figures by a few percent). Puts/s \
                  and CPU are the means of a build's two turns; the ratio in each order is shown \
-                 too, and latencies are from the first order.\n",
+                 too, and latencies are from the first order. The compared build also takes the \
+                 follower turns (not shown), so both carry the same data into later levels.\n",
                 other.display()
             )?;
             writeln!(
