@@ -359,12 +359,19 @@ VmFlags: rd mr mw me sd
         );
     }
 
+    /// This process's program path and its `/proc/self/smaps`.
+    #[cfg(target_os = "linux")]
+    fn own_smaps() -> (String, String) {
+        let exe = std::fs::read_link("/proc/self/exe").expect("own program");
+        let smaps = std::fs::read_to_string("/proc/self/smaps").expect("own smaps");
+        (exe.to_string_lossy().into_owned(), smaps)
+    }
+
     /// Resident bytes of this program's and its libraries' clean read-only mappings.
     #[cfg(target_os = "linux")]
     fn resident_code() -> u64 {
-        let exe = std::fs::read_link("/proc/self/exe").expect("own program");
-        let smaps = std::fs::read_to_string("/proc/self/smaps").expect("own smaps");
-        clean_code_mappings(&smaps, &exe.to_string_lossy())
+        let (exe, smaps) = own_smaps();
+        clean_code_mappings(&smaps, &exe)
             .iter()
             .map(|m| m.resident)
             .sum()
@@ -389,14 +396,12 @@ VmFlags: rd mr mw me sd
         );
         let sum: u64 = (0..1000u64).map(|n| n * n).sum();
         assert_eq!(sum, 332_833_500);
-        let exe = std::fs::read_link("/proc/self/exe").expect("own program");
-        let smaps = std::fs::read_to_string("/proc/self/smaps").expect("own smaps");
-        let exe = exe.to_string_lossy();
+        let (exe, smaps) = own_smaps();
         let mut in_code = false;
         let mut flags = None;
         for line in smaps.lines() {
             if line.contains(" r-xp ") {
-                in_code = line.ends_with(&*exe);
+                in_code = line.ends_with(&exe);
             } else if in_code && line.starts_with("VmFlags:") {
                 flags = Some(line.to_string());
             }

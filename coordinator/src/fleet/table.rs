@@ -181,17 +181,6 @@ fn row_in<'a, V>(text: &'a [u8], slots: &[Slot<V>], slot: u32) -> (u32, &'a str)
     (prefix, unsafe { std::str::from_utf8_unchecked(bytes) })
 }
 
-/// The two parts of `slot`'s name.
-fn parts_in<'a, V>(
-    text: &'a [u8],
-    prefixes: &'a [Prefix],
-    slots: &[Slot<V>],
-    slot: u32,
-) -> (&'a str, &'a str) {
-    let (prefix, tail) = row_in(text, slots, slot);
-    (&prefixes[prefix as usize].text, tail)
-}
-
 impl<V> NameTable<V> {
     /// An empty table.
     pub fn new() -> Self {
@@ -210,7 +199,8 @@ impl<V> NameTable<V> {
 
     /// The two parts of a slot's name.
     fn parts(&self, slot: u32) -> (&str, &str) {
-        parts_in(&self.text, &self.prefixes, &self.slots, slot)
+        let (prefix, tail) = row_in(&self.text, &self.slots, slot);
+        (&self.prefixes[prefix as usize].text, tail)
     }
 
     /// The id of a shared prefix, if a row uses it.
