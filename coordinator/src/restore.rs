@@ -15,7 +15,7 @@ use crate::log::raft::data_dir::{
     DataDir, DataDirError, META_CLUSTER_ID, META_COMMITTED, META_NODE_ID, META_PURGED,
     META_UNFINISHED_REWRITE, META_VOTE,
 };
-use crate::log::raft::state_machine::{load_snapshot, save_snapshot};
+use crate::log::raft::state_machine::{load_snapshot, save_snapshot_with};
 use crate::log::raft::types::{Entry, SnapshotMeta, Vote};
 
 /// Why a restore or forced new cluster failed.
@@ -196,10 +196,13 @@ fn rewrite_single_voter(
         batch.remove(&store.log, key);
     }
     batch.commit().map_err(|e| store.err(e))?;
+    store.rotate_full_memtables()?;
     ballast_failpoints::hit("restore-rewrite");
-    save_snapshot(store, &meta, &fleet.encode()).map_err(|e| RestoreError::Corrupt {
-        what: format!("writing the snapshot into {}", store.path()),
-        reason: e.to_string(),
+    save_snapshot_with(store, &meta, |out| fleet.encode_to(out)).map_err(|e| {
+        RestoreError::Corrupt {
+            what: format!("writing the snapshot into {}", store.path()),
+            reason: e.to_string(),
+        }
     })?;
     store.write_meta(META_PURGED, &Some(last), false)?;
     store.write_meta(META_COMMITTED, &Some(last), false)?;

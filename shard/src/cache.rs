@@ -221,6 +221,9 @@ pub struct Cache {
     path: String,
 }
 
+/// Memtable limit of every keyspace of the cache.
+const MEMTABLE_BYTES: u64 = 4 * 1024 * 1024;
+
 /// How many pages the machine ledger is split into. fjall replays every journal entry written
 /// since its last journal rotation (every ~64 MB) when it opens, at about a microsecond each,
 /// flushed or not. One entry per machine made that up to ~550K entries, 0.6 s of a restart;
@@ -301,7 +304,7 @@ impl Cache {
             .worker_threads(1)
             .open()
             .map_err(wrap)?;
-        let options = || KeyspaceCreateOptions::default().max_memtable_size(4 * 1024 * 1024);
+        let options = || KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES);
         let items = db.keyspace("assignments", options).map_err(wrap)?;
         let slice_grants = db.keyspace(SLICE_GRANTS, options).map_err(wrap)?;
         let meta = db.keyspace("meta", options).map_err(wrap)?;
@@ -415,7 +418,29 @@ impl Cache {
         }
     }
 
+    /// Rotates every keyspace's memtable past its limit on this thread
+    /// ([`ballast_memtables::rotate_when_full`]: fjall's one worker can stall on its own queue
+    /// under a burst of writes, and flushes then stop for good).
+    fn rotate_full_memtables(&self) -> Result<(), CacheError> {
+        for keyspace in [
+            &self.items,
+            &self.slice_grants,
+            &self.meta,
+            &self.ledger,
+            &self.demand,
+            &self.in_flight,
+            &self.returning,
+        ] {
+            ballast_memtables::rotate_when_full(keyspace, MEMTABLE_BYTES)
+                .map_err(|e| self.err(e))?;
+        }
+        Ok(())
+    }
+
+    /// Makes everything written so far durable; every write but the demand's (group
+    /// committed) ends here, so the full memtables are rotated here too.
     fn sync(&self) -> Result<(), CacheError> {
+        self.rotate_full_memtables()?;
         self.db
             .persist(PersistMode::SyncAll)
             .map_err(|e| self.err(e))
@@ -828,6 +853,7 @@ impl Cache {
                 .insert(cluster, self.encode(cluster, &rows)?)
                 .map_err(|e| self.err(e))?;
         }
+        self.rotate_full_memtables()?;
         Ok(self.demand_commit.wrote())
     }
 
@@ -1140,7 +1166,7 @@ mod tests {
     /// `meta` keyspaces only, empty domain records, 8-byte slice records.
     fn write_cache_without_grants(dir: &Path) {
         let db = Database::builder(dir).open().expect("db");
-        let options = || KeyspaceCreateOptions::default().max_memtable_size(4 * 1024 * 1024);
+        let options = || KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES);
         let items = db.keyspace("assignments", options).expect("assignments");
         let meta = db.keyspace("meta", options).expect("meta");
         meta.insert("shard_id", "s1").expect("shard");
@@ -1352,6 +1378,41 @@ mod tests {
         expected.remove("m7");
         assert_eq!(ledger(&cache), expected);
         assert_eq!(cache.machine_count(), expected.len() as u64);
+    }
+
+    /// A burst of demand writes (no fsync between them, as a busy worker makes them) leaves
+    /// the cache's memtables flushed rather than held on the heap.
+    #[test]
+    fn a_burst_of_demand_writes_is_flushed_out_of_memory() {
+        let dir = tempfile::tempdir().expect("dir");
+        let cache = Cache::open(dir.path(), "s1").expect("open");
+        let rows: Vec<Need> = (0..1)
+            .map(|n| Need {
+                id: format!("c/web-{n}"),
+                cluster: "c".into(),
+                count: 2,
+                resources: crate::engine::Resources::default(),
+                priority: 0,
+                placement: crate::engine::Placement::Any,
+            })
+            .collect();
+        for n in 0..400_000 {
+            cache
+                .write_demand(&format!("cluster-{n}"), &rows)
+                .expect("write");
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let held = cache.db.write_buffer_size();
+            if held <= 4 * MEMTABLE_BYTES {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{held} bytes of demand still in memtables 60 s after the burst: flushes stopped"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
     }
 
     #[test]

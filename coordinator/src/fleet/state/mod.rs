@@ -465,14 +465,43 @@ impl FleetState {
     /// few thousand writes: as JSON (KV bytes in base64) encoding them was the largest CPU
     /// cost of a write-heavy leader.
     pub fn encode(&self) -> Vec<u8> {
-        let mut bytes = SNAPSHOT_MAGIC.to_vec();
-        // Plain maps, strings, integers and byte strings: postcard cannot fail on them, and
-        // an empty snapshot would be far worse than stopping here.
-        postcard::to_io(self, &mut bytes).expect("the fleet state always serializes");
-        postcard::to_io(&self.dedup.clock(), &mut bytes)
-            .expect("the request-id clock always serializes");
-        postcard::to_io(&self.auth, &mut bytes).expect("the auth store always serializes");
+        let mut bytes = Vec::new();
+        // Plain maps, strings, integers and byte strings into memory: postcard cannot fail on
+        // them, and an empty snapshot would be far worse than stopping here.
+        self.encode_to(&mut bytes)
+            .expect("the fleet state always serializes");
         bytes
+    }
+
+    /// [`FleetState::encode`] into `out` as it goes (a snapshot file), never whole in memory.
+    /// Fails only when `out` does, with its error.
+    pub fn encode_to(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        /// Keeps the writer's own error: postcard reports any failed write as a full buffer.
+        struct Kept<'a> {
+            out: &'a mut dyn std::io::Write,
+            failed: Option<std::io::Error>,
+        }
+        impl std::io::Write for Kept<'_> {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.out.write(buf).inspect_err(|e| {
+                    self.failed = Some(std::io::Error::new(e.kind(), e.to_string()));
+                })
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                self.out.flush()
+            }
+        }
+        out.write_all(SNAPSHOT_MAGIC)?;
+        let mut kept = Kept { out, failed: None };
+        let encoded = postcard::to_io(self, &mut kept)
+            .and_then(|kept| postcard::to_io(&self.dedup.clock(), kept))
+            .and_then(|kept| postcard::to_io(&self.auth, kept))
+            .map(|_| ());
+        match (encoded, kept.failed) {
+            (Ok(_), _) => Ok(()),
+            (Err(_), Some(failed)) => Err(failed),
+            (Err(e), None) => Err(std::io::Error::other(format!("encoding the state: {e}"))),
+        }
     }
 
     /// Inverse of [`FleetState::encode`], also reading the JSON snapshots and archives of

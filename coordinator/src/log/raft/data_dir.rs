@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
+use ballast_memtables::{rotate_when_full, run_version_gc};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -93,9 +94,7 @@ impl DataDir {
         let log = db.keyspace("log", keyspace_options).map_err(wrap)?;
         let meta = db
             .keyspace("meta", || {
-                // Rewritten on every commit (the committed index): a memtable keeps every
-                // version until it is flushed, so a small one bounds that history.
-                KeyspaceCreateOptions::default().max_memtable_size(512 * 1024)
+                KeyspaceCreateOptions::default().max_memtable_size(META_MEMTABLE_BYTES)
             })
             .map_err(wrap)?;
         let snapshot = db.keyspace("snapshot", keyspace_options).map_err(wrap)?;
@@ -109,6 +108,11 @@ impl DataDir {
             dir: dir.to_path_buf(),
             path,
         })
+    }
+
+    /// The value store itself, for its upkeep.
+    pub(crate) fn values_store(&self) -> &super::values::FjallValues {
+        &self.values
     }
 
     /// Where the applied state keeps its KV values.
@@ -173,6 +177,7 @@ impl DataDir {
             reason: e.to_string(),
         })?;
         self.meta.insert(key, bytes).map_err(|e| self.err(e))?;
+        self.rotate_full_memtables()?;
         if durable {
             self.sync()?;
         }
@@ -182,8 +187,23 @@ impl DataDir {
     /// Removes a meta record; `durable` fsyncs the journal before returning.
     pub fn remove_meta(&self, key: &str, durable: bool) -> Result<(), DataDirError> {
         self.meta.remove(key).map_err(|e| self.err(e))?;
+        self.rotate_full_memtables()?;
         if durable {
             self.sync()?;
+        }
+        Ok(())
+    }
+
+    /// Rotates every keyspace's memtable that is past its limit, on this thread
+    /// ([`ballast_memtables::rotate_when_full`]: fjall's one worker can stall on its own
+    /// queue); every write to the database is followed by this.
+    pub fn rotate_full_memtables(&self) -> Result<(), DataDirError> {
+        for (keyspace, limit) in [
+            (&self.log, LOG_MEMTABLE_BYTES),
+            (&self.meta, META_MEMTABLE_BYTES),
+            (&self.snapshot, LOG_MEMTABLE_BYTES),
+        ] {
+            rotate_when_full(keyspace, limit).map_err(|e| self.err(e))?;
         }
         Ok(())
     }
@@ -227,13 +247,7 @@ impl DataDir {
             }
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
-        self.meta
-            .insert(META_VERSION_GC, [])
-            .map_err(|e| self.err(e))?;
-        self.meta
-            .rotate_memtable()
-            .map(|_| ())
-            .map_err(|e| self.err(e))
+        run_version_gc(&self.meta, META_VERSION_GC.as_bytes()).map_err(|e| self.err(e))
     }
 
     /// Bytes the memtables of every keyspace hold (active and sealed, not yet flushed): the
@@ -265,15 +279,54 @@ impl DataDir {
     }
 }
 
-/// Small memtables: the log is written once, read rarely (replication of recent entries hits
-/// the memtable anyway) and purged behind snapshots, so large write buffers only cost memory.
-/// A memtable below its limit is never flushed, so on a quiet replica this much of the log
-/// stays in memory for good. 2 MiB still takes a second of a write burst between flushes.
+/// Memtable limit of the log (and the old snapshot keyspace). Small: the log is written once,
+/// read rarely (replication of recent entries hits the memtable anyway) and purged behind
+/// snapshots, so large write buffers only cost memory. A memtable below its limit is never
+/// flushed, so on a quiet replica this much of the log stays in memory for good. 2 MiB still
+/// takes a second of a write burst between flushes.
+const LOG_MEMTABLE_BYTES: u64 = 2 * 1024 * 1024;
+
+/// Memtable limit of the meta keyspace, rewritten on every commit (the committed index): a
+/// memtable keeps every version until it is flushed, so a small one bounds that history.
+const META_MEMTABLE_BYTES: u64 = 512 * 1024;
+
 fn keyspace_options() -> KeyspaceCreateOptions {
-    KeyspaceCreateOptions::default().max_memtable_size(2 * 1024 * 1024)
+    KeyspaceCreateOptions::default().max_memtable_size(LOG_MEMTABLE_BYTES)
 }
 
 /// Log keys are big-endian indexes so that key order is log order.
 pub fn log_key(index: u64) -> [u8; 8] {
     index.to_be_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A burst of small log appends, one commit each as the Raft log makes them, leaves the
+    /// log's memtables flushed rather than held on the heap.
+    #[test]
+    fn a_burst_of_log_appends_is_flushed_out_of_memory() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = DataDir::open(dir.path()).expect("open");
+        let entry = [3u8; 350];
+        for index in 0..300_000u64 {
+            let mut batch = store.db.batch();
+            batch.insert(&store.log, log_key(index), entry);
+            batch.commit().expect("commit");
+            store.rotate_full_memtables().expect("rotate");
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let held = store.write_buffer_bytes();
+            if held <= 4 * LOG_MEMTABLE_BYTES {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{held} bytes of log still in memtables 60 s after the burst: flushes stopped"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
 }

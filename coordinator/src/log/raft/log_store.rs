@@ -180,6 +180,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             batch.insert(&self.store.log, log_key(entry.log_id.index), bytes);
         }
         batch.commit().map_err(|e| write_err(self.store.err(e)))?;
+        self.store.rotate_full_memtables().map_err(write_err)?;
         self.flush_jobs
             .send(callback)
             .map_err(|e| write_err_msg(format!("log flusher stopped: {e}")))?;
@@ -193,6 +194,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             batch.remove(&self.store.log, key);
         }
         batch.commit().map_err(|e| write_err(self.store.err(e)))?;
+        self.store.rotate_full_memtables().map_err(write_err)?;
         // Durable at once: truncated entries of a deposed leader must not come back after a
         // crash and make this replica look more up to date than it is.
         self.store.sync().map_err(write_err)
@@ -207,6 +209,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             batch.remove(&self.store.log, key);
         }
         batch.commit().map_err(|e| write_err(self.store.err(e)))?;
+        self.store.rotate_full_memtables().map_err(write_err)?;
         ballast_failpoints::hit("log-purge");
         Ok(())
     }

@@ -78,21 +78,27 @@ impl StateMachineStore {
     fn build_snapshot_now(&self) -> Result<Snapshot<TypeConfig>, StorageError> {
         // A copy taken under the read lock, so the data and the applied log id belong together.
         let (fleet, last_log_id, membership) = self.shared.copy_applied();
-        let data = fleet.encode();
-        drop(fleet);
+        // Unique among this replica's snapshots without the data's length, which is known only
+        // once the data is in the file (after the metadata naming the snapshot).
+        let built_at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_micros());
         let snapshot_id = match last_log_id {
-            Some(id) => format!("{}-{}-{}", id.leader_id.term, id.index, data.len()),
-            None => format!("0-0-{}", data.len()),
+            Some(id) => format!("{}-{}-{built_at}", id.leader_id.term, id.index),
+            None => format!("0-0-{built_at}"),
         };
         let meta = SnapshotMeta {
             last_log_id,
             last_membership: membership,
             snapshot_id: SnapshotId::from(snapshot_id),
         };
-        save_snapshot(&self.store, &meta, &data)?;
+        save_snapshot_with(&self.store, &meta, |out| fleet.encode_to(out))?;
+        // openraft keeps only the metadata of a snapshot it had built (0.9 `sm::worker`
+        // `build_snapshot`), and reads the file through `get_current_snapshot` when a follower
+        // needs it: the data stays on disk.
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(data)),
+            snapshot: Box::new(Cursor::new(Vec::new())),
         })
     }
 }
@@ -147,10 +153,19 @@ pub(crate) fn save_snapshot(
     meta: &SnapshotMeta,
     data: &[u8],
 ) -> Result<(), StorageError> {
+    save_snapshot_with(store, meta, |out| out.write_all(data))
+}
+
+/// As [`save_snapshot`], with the data written by `encode` straight into the snapshot file.
+pub(crate) fn save_snapshot_with(
+    store: &DataDir,
+    meta: &SnapshotMeta,
+    encode: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<()>,
+) -> Result<(), StorageError> {
     let meta_bytes = serde_json::to_vec(&StoredSnapshotMeta { meta: meta.clone() })
         .map_err(snapshot_write_err)?;
     ballast_failpoints::hit("snapshot-before-save");
-    snapshot_file::write(store.dir(), &meta_bytes, data).map_err(snapshot_write_err)?;
+    snapshot_file::write_with(store.dir(), &meta_bytes, encode).map_err(snapshot_write_err)?;
     mark_snapshot_moved(store).map_err(snapshot_write_err)?;
     ballast_failpoints::hit("snapshot-after-save");
     // The log behind a snapshot is purged or kept only for followers that lag, which read it
@@ -159,6 +174,9 @@ pub(crate) fn save_snapshot(
     // 100M-machine fleet's state, by a heap profile). A snapshot is a good time to flush it.
     if let Err(e) = store.release_log_memory() {
         tracing::warn!(error = %e, "could not release the log's memtable");
+    }
+    if let Err(e) = store.values_store().release_replaced_files() {
+        tracing::warn!(error = %e, "could not release the value store's replaced files");
     }
     Ok(())
 }

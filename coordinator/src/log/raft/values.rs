@@ -12,9 +12,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions};
 
 use crate::kv::ValueStore;
+use ballast_memtables::{rotate_when_full, run_version_gc};
 
 /// Folder of the value store inside the data dir (fjall reads only its own files there).
 pub const VALUES_FOLDER: &str = "kv-values";
+
+/// The store's memtable limit: what it holds is on the heap.
+const MEMTABLE_BYTES: u64 = 1024 * 1024;
 
 /// Values in a fjall keyspace.
 pub struct FjallValues {
@@ -56,7 +60,7 @@ impl FjallValues {
         // A small memtable: what it holds is on the heap.
         let keyspace = db.keyspace("values", || {
             KeyspaceCreateOptions::default()
-                .max_memtable_size(1024 * 1024)
+                .max_memtable_size(MEMTABLE_BYTES)
                 .manual_journal_persist(true)
         })?;
         Ok(Self {
@@ -66,6 +70,14 @@ impl FjallValues {
             next: AtomicU64::new(1),
             refusing: Default::default(),
         })
+    }
+
+    /// Lets fjall delete the table files its compactions replaced, which otherwise stay until
+    /// the next memtable rotation ([`ballast_memtables::run_version_gc`]): called after every
+    /// snapshot.
+    pub fn release_replaced_files(&self) -> Result<(), fjall::Error> {
+        // Ids are 8 bytes; this key is never one.
+        run_version_gc(&self.keyspace, b"gc")
     }
 
     /// A value that cannot be read means the local disk failed. The replica stops rather than
@@ -88,7 +100,11 @@ impl FjallValues {
 impl ValueStore for FjallValues {
     fn put(&self, bytes: &[u8]) -> Option<u64> {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        match self.keyspace.insert(id.to_be_bytes(), bytes) {
+        let stored = self
+            .keyspace
+            .insert(id.to_be_bytes(), bytes)
+            .and_then(|()| rotate_when_full(&self.keyspace, MEMTABLE_BYTES));
+        match stored {
             Ok(()) => Some(id),
             Err(e) => {
                 // A full disk, most likely: the value stays on the heap, and the Raft log on the
@@ -111,13 +127,45 @@ impl ValueStore for FjallValues {
 
     fn remove(&self, id: u64) {
         // Not removed (a full disk): the bytes stay in a store deleted at the next start.
-        let _ = self.keyspace.remove(id.to_be_bytes());
+        let _ = self
+            .keyspace
+            .remove(id.to_be_bytes())
+            .and_then(|()| rotate_when_full(&self.keyspace, MEMTABLE_BYTES));
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A burst of puts (a restart moves every value of the loaded snapshot into the store in
+    /// one loop) leaves the store's memtables flushed, not held on the heap.
+    #[test]
+    fn a_burst_of_values_is_flushed_out_of_memory() {
+        let data = tempfile::tempdir().expect("temp dir");
+        let store = FjallValues::open(data.path()).expect("open");
+        let value = [7u8; 256];
+        let ids: Vec<u64> = (0..200_000)
+            .map(|_| store.put(&value).expect("stored"))
+            .collect();
+        for id in &ids[..100_000] {
+            store.remove(*id);
+        }
+        // Flushes run on fjall's worker; a healthy store gets below a few memtables soon.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let held = store._db.write_buffer_size();
+            if held <= 4 * MEMTABLE_BYTES {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{held} bytes of values still in memtables 60 s after the burst: flushes stopped"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        assert_eq!(&store.get(ids[150_000])[..], &value[..]);
+    }
 
     fn folders(root: &Path) -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(root)
