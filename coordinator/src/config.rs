@@ -93,7 +93,8 @@ pub struct CoordArgs {
     /// clocks whose rates differ by under 5%). Followers ask the leader either way. ADR 0020.
     #[arg(long, env = "BALLAST_READ_POLICY", value_enum, default_value_t = ReadPolicy::ReadIndex)]
     pub read_policy: ReadPolicy,
-    /// Snapshot after this many log entries since the last snapshot.
+    /// Snapshot after this many log entries since the last snapshot (or after 64 MiB of log,
+    /// whichever comes first).
     #[arg(long, env = "BALLAST_SNAPSHOT_ENTRIES", default_value_t = 10_000)]
     pub snapshot_entries: u64,
     /// Snapshot at least this often (seconds) when anything changed.

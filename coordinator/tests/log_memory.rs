@@ -111,3 +111,43 @@ async fn a_snapshot_releases_the_logs_memory_on_a_busy_replica() {
     .await;
     eprintln!("write buffer after the snapshot, writes going on: {released} bytes");
 }
+
+/// A log past `SNAPSHOT_LOG_BYTES` (64 MiB) since the last snapshot is snapshotted, however
+/// far `--snapshot-entries` and `--snapshot-interval-secs` are: entries carry groups of
+/// requests, so their count alone does not bound the log's bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_past_its_byte_limit_is_snapshotted() {
+    use ballast_protocol::etcdserverpb as epb;
+    use ballast_protocol::etcdserverpb::kv_client::KvClient;
+
+    let mut flags = FAST_FLAGS.to_vec();
+    flags.extend([
+        "--snapshot-entries",
+        "1000000",
+        "--snapshot-interval-secs",
+        "3600",
+    ]);
+    let cluster = TestCluster::start(coord_binary(), 3, &flags).await;
+    let leader = cluster.leader().await;
+    let mut kv = KvClient::new(cluster.channel(leader));
+    // 72 puts of 1 MiB: 72 MiB of log, past the limit once.
+    for n in 0..72u8 {
+        kv.put(epb::PutRequest {
+            key: format!("big/{n:02}").into_bytes(),
+            value: vec![n; 1024 * 1024],
+            ..Default::default()
+        })
+        .await
+        .expect("a 1 MiB put");
+    }
+    let snapshot_index = wait_for(
+        "a snapshot of the log past its byte limit",
+        Duration::from_secs(60),
+        || async {
+            let status = cluster.status(leader).await?;
+            (status.snapshot_index > 0).then_some(status.snapshot_index)
+        },
+    )
+    .await;
+    eprintln!("snapshot at index {snapshot_index}");
+}

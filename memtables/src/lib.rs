@@ -20,7 +20,9 @@
 //! [`run_version_gc`] makes one small write and rotates, which runs that GC for every
 //! keyspace of the database.
 
-use fjall::{AbstractTree, Keyspace};
+use std::time::{Duration, Instant};
+
+use fjall::{AbstractTree, Database, Keyspace};
 
 /// Rotates `keyspace`'s memtable on the calling thread once it holds more than `limit` bytes
 /// by fjall's own measure. Pass the limit the keyspace was created with
@@ -42,29 +44,25 @@ pub fn run_version_gc(keyspace: &Keyspace, key: &[u8]) -> fjall::Result<()> {
     keyspace.rotate_memtable().map(|_| ())
 }
 
+/// Waits until `db`'s memtables (active and sealed, every keyspace) hold at most `bytes`, or
+/// until `within` has passed, and returns what they hold then: for tests of the flush path.
+pub fn wait_for_write_buffer(db: &Database, bytes: u64, within: Duration) -> u64 {
+    let deadline = Instant::now() + within;
+    loop {
+        let held = db.write_buffer_size();
+        if held <= bytes || Instant::now() >= deadline {
+            return held;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fjall::{Database, KeyspaceCreateOptions};
-    use std::time::{Duration, Instant};
+    use fjall::KeyspaceCreateOptions;
 
     const LIMIT: u64 = 1024 * 1024;
-
-    /// Waits (bounded) until the database's memtables hold at most a few limits' worth.
-    fn wait_for_flushes(db: &Database) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let held = db.write_buffer_size();
-            if held <= 4 * LIMIT {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{held} bytes still in memtables 60 s after the burst: flushes stopped"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
 
     /// A burst of small writes on a database with one worker thread, as Ballast opens them:
     /// without the writer's rotation, fjall's worker stalls on its own queue and the
@@ -90,7 +88,11 @@ mod tests {
             keyspace.remove(id.to_be_bytes()).expect("remove");
             rotate_when_full(&keyspace, LIMIT).expect("rotate");
         }
-        wait_for_flushes(&db);
+        let held = wait_for_write_buffer(&db, 4 * LIMIT, Duration::from_secs(60));
+        assert!(
+            held <= 4 * LIMIT,
+            "{held} bytes still in memtables 60 s after the burst: flushes stopped"
+        );
         assert_eq!(
             keyspace
                 .get(150_000u64.to_be_bytes())

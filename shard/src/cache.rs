@@ -1401,18 +1401,15 @@ mod tests {
                 .write_demand(&format!("cluster-{n}"), &rows)
                 .expect("write");
         }
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        loop {
-            let held = cache.db.write_buffer_size();
-            if held <= 4 * MEMTABLE_BYTES {
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{held} bytes of demand still in memtables 60 s after the burst: flushes stopped"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
+        let held = ballast_memtables::wait_for_write_buffer(
+            &cache.db,
+            4 * MEMTABLE_BYTES,
+            std::time::Duration::from_secs(60),
+        );
+        assert!(
+            held <= 4 * MEMTABLE_BYTES,
+            "{held} bytes of demand still in memtables 60 s after the burst: flushes stopped"
+        );
     }
 
     #[test]

@@ -50,6 +50,8 @@ pub struct DataDir {
     pub snapshot: Keyspace,
     /// KV values off the heap (ADR 0019): emptied at open, filled by the applied state.
     values: std::sync::Arc<super::values::FjallValues>,
+    /// Bytes of log entries appended since the last snapshot was saved (this process's count).
+    log_bytes: std::sync::Arc<std::sync::atomic::AtomicU64>,
     dir: PathBuf,
     path: String,
 }
@@ -105,6 +107,7 @@ impl DataDir {
             meta,
             snapshot,
             values,
+            log_bytes: Default::default(),
             dir: dir.to_path_buf(),
             path,
         })
@@ -113,6 +116,24 @@ impl DataDir {
     /// The value store itself, for its upkeep.
     pub(crate) fn values_store(&self) -> &super::values::FjallValues {
         &self.values
+    }
+
+    /// Counts `bytes` of log entries appended.
+    pub fn count_log_bytes(&self, bytes: u64) {
+        self.log_bytes
+            .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Bytes of log entries appended since the last snapshot was saved.
+    pub fn log_bytes_since_snapshot(&self) -> u64 {
+        self.log_bytes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Restarts the count of [`DataDir::log_bytes_since_snapshot`]: a snapshot was saved. The
+    /// entries appended while it was built count as covered, which errs by one build's worth.
+    pub fn snapshot_saved(&self) {
+        self.log_bytes
+            .store(0, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Where the applied state keeps its KV values.
@@ -316,17 +337,14 @@ mod tests {
             batch.commit().expect("commit");
             store.rotate_full_memtables().expect("rotate");
         }
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        loop {
-            let held = store.write_buffer_bytes();
-            if held <= 4 * LOG_MEMTABLE_BYTES {
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{held} bytes of log still in memtables 60 s after the burst: flushes stopped"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
+        let held = ballast_memtables::wait_for_write_buffer(
+            &store.db,
+            4 * LOG_MEMTABLE_BYTES,
+            std::time::Duration::from_secs(60),
+        );
+        assert!(
+            held <= 4 * LOG_MEMTABLE_BYTES,
+            "{held} bytes of log still in memtables 60 s after the burst: flushes stopped"
+        );
     }
 }

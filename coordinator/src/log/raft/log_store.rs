@@ -174,12 +174,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let mut batch = self.store.db.batch();
+        let mut appended = 0;
         for entry in entries {
             let bytes = crate::log::wire::encode(&entry)
                 .map_err(|e| StorageIOError::write_log_entry(entry.log_id, &io_err(e)))?;
+            appended += bytes.len() as u64;
             batch.insert(&self.store.log, log_key(entry.log_id.index), bytes);
         }
         batch.commit().map_err(|e| write_err(self.store.err(e)))?;
+        self.store.count_log_bytes(appended);
         self.store.rotate_full_memtables().map_err(write_err)?;
         self.flush_jobs
             .send(callback)

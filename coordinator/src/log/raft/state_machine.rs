@@ -167,6 +167,7 @@ pub(crate) fn save_snapshot_with(
     ballast_failpoints::hit("snapshot-before-save");
     snapshot_file::write_with(store.dir(), &meta_bytes, encode).map_err(snapshot_write_err)?;
     mark_snapshot_moved(store).map_err(snapshot_write_err)?;
+    store.snapshot_saved();
     ballast_failpoints::hit("snapshot-after-save");
     // The log behind a snapshot is purged or kept only for followers that lag, which read it
     // rarely; its memtable held the newest of it in memory for good, since fjall flushes a

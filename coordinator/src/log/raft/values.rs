@@ -152,18 +152,15 @@ mod tests {
             store.remove(*id);
         }
         // Flushes run on fjall's worker; a healthy store gets below a few memtables soon.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        loop {
-            let held = store._db.write_buffer_size();
-            if held <= 4 * MEMTABLE_BYTES {
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{held} bytes of values still in memtables 60 s after the burst: flushes stopped"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
+        let held = ballast_memtables::wait_for_write_buffer(
+            &store._db,
+            4 * MEMTABLE_BYTES,
+            std::time::Duration::from_secs(60),
+        );
+        assert!(
+            held <= 4 * MEMTABLE_BYTES,
+            "{held} bytes of values still in memtables 60 s after the burst: flushes stopped"
+        );
         assert_eq!(&store.get(ids[150_000])[..], &value[..]);
     }
 
