@@ -42,8 +42,9 @@ async fn load_under_the_memtable_limit(cluster: &TestCluster, id: u64) -> f64 {
     loaded
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_quiet_log_releases_its_memory_without_a_snapshot() {
+/// Three replicas whose snapshots come neither from the entry count nor from the timer
+/// within a test's time.
+async fn start_without_timed_snapshots() -> TestCluster {
     let mut flags = FAST_FLAGS.to_vec();
     flags.extend([
         "--snapshot-entries",
@@ -51,7 +52,12 @@ async fn a_quiet_log_releases_its_memory_without_a_snapshot() {
         "--snapshot-interval-secs",
         "3600",
     ]);
-    let cluster = TestCluster::start(coord_binary(), 3, &flags).await;
+    TestCluster::start(coord_binary(), 3, &flags).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_log_releases_its_memory_without_a_snapshot() {
+    let cluster = start_without_timed_snapshots().await;
     let leader = cluster.leader().await;
     let loaded = load_under_the_memtable_limit(&cluster, leader).await;
     // Nothing more is written: within a few seconds the log counts as quiet.
@@ -120,14 +126,7 @@ async fn a_log_past_its_byte_limit_is_snapshotted() {
     use ballast_protocol::etcdserverpb as epb;
     use ballast_protocol::etcdserverpb::kv_client::KvClient;
 
-    let mut flags = FAST_FLAGS.to_vec();
-    flags.extend([
-        "--snapshot-entries",
-        "1000000",
-        "--snapshot-interval-secs",
-        "3600",
-    ]);
-    let cluster = TestCluster::start(coord_binary(), 3, &flags).await;
+    let cluster = start_without_timed_snapshots().await;
     let leader = cluster.leader().await;
     let mut kv = KvClient::new(cluster.channel(leader));
     // 72 puts of 1 MiB: 72 MiB of log, past the limit once.

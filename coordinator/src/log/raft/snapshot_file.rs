@@ -68,8 +68,8 @@ pub fn write(dir: &Path, meta: &[u8], data: &[u8]) -> Result<(), SnapshotFileErr
 
 /// As [`write`], with the data written by `encode` straight into the file: a snapshot is never
 /// whole in memory (one holding 100K KV keys of 256 B and their history encodes to ~89 MB,
-/// rebuilt every 10K writes; a heap profile found its buffer grown to 155 MB). Returns the
-/// data's length.
+/// rebuilt every 10K log entries under a write load; a heap profile found its buffer grown
+/// to 155 MB). Returns the data's length.
 pub fn write_with(
     dir: &Path,
     meta: &[u8],
