@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use ballast_protocol::pb;
-use ballast_testkit::fleet::list_fleet;
+use ballast_testkit::fleet::{FleetListing, list_fleet};
 
 use super::checks::Check;
 use super::scenarios::ms;
@@ -80,11 +80,14 @@ impl Sim {
         // Its lease lapses: its domains and clusters move to live shards.
         self.shared.alive[k].store(false, Ordering::Relaxed);
         loop {
-            if self.domains_of(&id, 1).await?.is_empty() {
+            // The cheap question first: the full listing only once the domains have gone.
+            if self.domains_of(&id, 1).await?.is_empty()
+                && reassigned(&list_fleet(&self.client).await?, &id, &lost_clusters)
+            {
                 break;
             }
             if cut.elapsed() > Duration::from_secs(120) {
-                bail!("{id}'s domains still assigned to it 120 s after the partition");
+                bail!("{id}'s domains or clusters still assigned to it 120 s after the partition");
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -253,5 +256,74 @@ impl Sim {
             }
         }
         all
+    }
+}
+
+/// Whether the coordinator has moved everything `shard` held when it was cut off: none of the
+/// fleet's domains and none of `lost_clusters` is assigned to it any more.
+fn reassigned(listing: &FleetListing, shard: &str, lost_clusters: &BTreeSet<String>) -> bool {
+    !listing.domains.iter().any(|d| d.shard == shard)
+        && !listing
+            .bindings
+            .iter()
+            .any(|b| b.shard == shard && lost_clusters.contains(&b.cluster))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listing(domains: &[(&str, &str)], bindings: &[(&str, &str)]) -> FleetListing {
+        FleetListing {
+            domains: domains
+                .iter()
+                .map(|(domain, shard)| pb::DomainAssignment {
+                    domain: domain.to_string(),
+                    shard: shard.to_string(),
+                })
+                .collect(),
+            bindings: bindings
+                .iter()
+                .map(|(cluster, shard)| pb::Binding {
+                    cluster: cluster.to_string(),
+                    shard: shard.to_string(),
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    /// A shard that had already lost its domains before the cut (its lease lapsed under load
+    /// once) still holds its clusters: the partition must not heal before they move too, or
+    /// the healed shard has nothing to drop (a CI run failed that way, 2026-12-07).
+    #[test]
+    fn a_shard_is_reassigned_only_once_its_clusters_moved_too() {
+        let lost: BTreeSet<String> = ["c1".to_string(), "c2".to_string()].into();
+        let held = listing(
+            &[("d1", "shard-002")],
+            &[("c1", "shard-001"), ("c2", "shard-002")],
+        );
+        assert!(
+            !reassigned(&held, "shard-001", &lost),
+            "c1 is still bound to shard-001"
+        );
+        let domain_left = listing(
+            &[("d1", "shard-001")],
+            &[("c1", "shard-002"), ("c2", "shard-002")],
+        );
+        assert!(
+            !reassigned(&domain_left, "shard-001", &lost),
+            "d1 is still on shard-001"
+        );
+        // New clusters the background writer binds to it meanwhile are not what it lost.
+        let moved = listing(
+            &[("d1", "shard-002")],
+            &[
+                ("c1", "shard-002"),
+                ("c2", "shard-003"),
+                ("c9", "shard-001"),
+            ],
+        );
+        assert!(reassigned(&moved, "shard-001", &lost));
     }
 }

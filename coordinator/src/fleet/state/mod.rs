@@ -3,6 +3,7 @@
 //! table; [`journal`]: the journaled writes and the net changes), the rows ([`records`]),
 //! exactly-once memory ([`dedup`]), the stateless checks ([`syntax`]), reads and snapshots.
 
+mod chunked;
 mod dedup;
 mod exec;
 mod journal;
@@ -476,32 +477,9 @@ impl FleetState {
     /// [`FleetState::encode`] into `out` as it goes (a snapshot file), never whole in memory.
     /// Fails only when `out` does, with its error.
     pub fn encode_to(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
-        /// Keeps the writer's own error: postcard reports any failed write as a full buffer.
-        struct Kept<'a> {
-            out: &'a mut dyn std::io::Write,
-            failed: Option<std::io::Error>,
-        }
-        impl std::io::Write for Kept<'_> {
-            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-                self.out.write(buf).inspect_err(|e| {
-                    self.failed = Some(std::io::Error::new(e.kind(), e.to_string()));
-                })
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                self.out.flush()
-            }
-        }
         out.write_all(SNAPSHOT_MAGIC)?;
-        let mut kept = Kept { out, failed: None };
-        let encoded = postcard::to_io(self, &mut kept)
-            .and_then(|kept| postcard::to_io(&self.dedup.clock(), kept))
-            .and_then(|kept| postcard::to_io(&self.auth, kept))
-            .map(|_| ());
-        match (encoded, kept.failed) {
-            (Ok(_), _) => Ok(()),
-            (Err(_), Some(failed)) => Err(failed),
-            (Err(e), None) => Err(std::io::Error::other(format!("encoding the state: {e}"))),
-        }
+        // A tuple is its fields back to back in postcard: the same bytes as three encodings.
+        chunked::encode_into(&(self, &self.dedup.clock(), &self.auth), out)
     }
 
     /// Inverse of [`FleetState::encode`], also reading the JSON snapshots and archives of
