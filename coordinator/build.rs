@@ -1,7 +1,7 @@
 //! Links `ballast-coord`'s code in the order of `symbol-order.txt`: the functions a replica
 //! runs while idle and under load first, side by side, so the pages of code it keeps
 //! resident are few (issue #24, ADR 0017 decision 20). The file lists symbol names of the
-//! `dist` build and is written by `scripts/symbol-order`; names that do not match the build
+//! `dist` build and is written by `deploy/symbol-order`; names that do not match the build
 //! being linked (another profile, a changed dependency) are skipped by the linker, so a
 //! stale file costs memory, never correctness.
 
