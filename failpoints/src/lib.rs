@@ -22,9 +22,10 @@
 //! chose its grant and before it calls the providers) and `shard-adopted-hold` (a takeover,
 //! after a provider answered and before what it adopted joins the ledger).
 //!
-//! A blocking hold point ([`block`]) stops a thread the same way: `shard-demand-fsync` (the
-//! shard's shared fsync of submitted demand, before the disk is asked) stands for a disk that
-//! stalls.
+//! A blocking hold point ([`block`]) stops a thread the same way and stands for a disk that
+//! stalls: `shard-demand-fsync` (the shard's shared fsync of submitted demand, before the disk
+//! is asked) and `log-leader-fsync-hold` (a coordinator leader's fsync of its own new log
+//! entries, which it has already sent to its followers).
 
 use parking_lot::Mutex;
 use std::collections::HashSet;

@@ -30,7 +30,7 @@ use crate::log::etcd::{EtcdBackendConfig, EtcdLog, EtcdLogError};
 use crate::log::member::ReplicaNode;
 use crate::log::raft::data_dir::{DataDir, META_CLUSTER_ID};
 use crate::log::raft::log_store::LogStore;
-use crate::log::raft::network::{PeerContacts, PeerDialer, PeerNetwork};
+use crate::log::raft::network::{LeaderDisk, PeerContacts, PeerDialer, PeerNetwork};
 use crate::log::raft::presence::PresenceWatch;
 use crate::log::raft::state_machine::StateMachineStore;
 use crate::log::raft::types::Raft;
@@ -207,14 +207,27 @@ pub(super) async fn start_raft(
         );
     }
     let raft_config = Arc::new(raft_config(config, &cluster_id)?);
-    let log_store = LogStore::new(store.clone());
-    let state_machine =
-        StateMachineStore::open(store.clone()).map_err(|e| NodeError::Raft(e.to_string()))?;
+    let log_store =
+        LogStore::new(store.clone(), config.id).map_err(|e| NodeError::Raft(e.to_string()))?;
+    let local_log = log_store.local_log();
+    let state_machine = StateMachineStore::open(store.clone())
+        .map_err(|e| NodeError::Raft(e.to_string()))?
+        .waiting_for(local_log.clone());
     let shared = state_machine.shared();
+    let leader_disk = LeaderDisk {
+        log: local_log,
+        patience: config.heartbeat / 2,
+        stall_limit: config.election_timeout.1,
+    };
     let raft = Raft::new(
         config.id,
         raft_config,
-        PeerNetwork::new(cluster_id.clone(), contacts, PeerDialer { tls, faults }),
+        PeerNetwork::new(
+            cluster_id.clone(),
+            contacts,
+            PeerDialer { tls, faults },
+            leader_disk,
+        ),
         log_store,
         state_machine,
     )

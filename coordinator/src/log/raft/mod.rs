@@ -6,6 +6,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod data_dir;
+pub mod durability;
 pub mod log_store;
 pub mod membership;
 pub mod network;

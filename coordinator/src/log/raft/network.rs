@@ -24,6 +24,7 @@ use ballast_tls::client::{lazy_channel, observed_channel};
 use tonic::Status;
 use tonic::transport::{Channel, Endpoint};
 
+use super::durability::LocalLog;
 use super::types::{LogId, NodeId, ReplicaNode, TypeConfig};
 
 /// Creates peer clients for openraft.
@@ -32,17 +33,62 @@ pub struct PeerNetwork {
     cluster_id: String,
     contacts: PeerContacts,
     dialer: PeerDialer,
+    leader_disk: LeaderDisk,
 }
 
 impl PeerNetwork {
     /// A network that stamps `cluster_id` on every message, notes every peer answer in
-    /// `contacts` and dials through `dialer`.
-    pub fn new(cluster_id: String, contacts: PeerContacts, dialer: PeerDialer) -> Self {
+    /// `contacts`, dials through `dialer` and tells followers of no commit beyond what
+    /// `leader_disk` holds.
+    pub fn new(
+        cluster_id: String,
+        contacts: PeerContacts,
+        dialer: PeerDialer,
+        leader_disk: LeaderDisk,
+    ) -> Self {
         Self {
             cluster_id,
             contacts,
             dialer,
+            leader_disk,
         }
+    }
+}
+
+/// The leader's own log as its appends to followers see it ([`super::durability`]).
+#[derive(Clone)]
+pub struct LeaderDisk {
+    /// How far the leader's log is on disk.
+    pub log: LocalLog,
+    /// How long a message that only carries a new commit index waits for the leader's fsync
+    /// before it goes with the commit lowered (half a heartbeat interval, inside the time
+    /// openraft gives the message).
+    pub patience: Duration,
+    /// An fsync waited on for longer than this (the longest election timeout) makes the
+    /// leader stop sending, so that its followers elect another.
+    pub stall_limit: Duration,
+}
+
+impl LeaderDisk {
+    /// `rpc`'s commit index lowered to what the leader holds on disk; an error when the
+    /// leader's disk has stalled.
+    async fn clamp(&self, rpc: &mut AppendEntriesRequest<TypeConfig>) -> Result<(), NetworkError> {
+        if let Some(waited) = self.log.unsynced_for()
+            && waited > self.stall_limit
+        {
+            return Err(NetworkError::new(&std::io::Error::other(format!(
+                "this leader's log fsync has not finished for {} ms; not sending, so that \
+                 the followers elect another leader",
+                waited.as_millis()
+            ))));
+        }
+        let patience = if rpc.entries.is_empty() {
+            self.patience
+        } else {
+            Duration::ZERO
+        };
+        rpc.leader_commit = self.log.clamp(rpc.leader_commit, patience).await;
+        Ok(())
     }
 }
 
@@ -94,6 +140,7 @@ pub struct PeerClient {
     cluster_id: String,
     contacts: PeerContacts,
     faults: Option<Arc<FaultRules>>,
+    leader_disk: LeaderDisk,
 }
 
 /// How a replica dials its peers: over mutual TLS when `tls` is set, through the test-only
@@ -137,6 +184,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
             cluster_id: self.cluster_id.clone(),
             contacts: self.contacts.clone(),
             faults: self.dialer.faults.clone(),
+            leader_disk: self.leader_disk.clone(),
         }
     }
 }
@@ -372,6 +420,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         _option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>, openraft::error::Infallible> {
         self.faults().await?;
+        self.leader_disk.clamp(&mut rpc).await?;
         // Taken before anything is sent: the follower's lease counts from when a message
         // arrives, which is after this (see `read_lease`).
         let sent = Instant::now();

@@ -14,6 +14,7 @@ use openraft::{
 use serde::{Deserialize, Serialize};
 
 use super::data_dir::DataDir;
+use super::durability::LocalLog;
 use super::snapshot_file;
 use super::types::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 use crate::fleet::FleetState;
@@ -41,6 +42,9 @@ pub const MOVED_TO_FILE: &str = "this data dir keeps its snapshot in the file st
 pub struct StateMachineStore {
     shared: Arc<SharedState>,
     store: DataDir,
+    /// This replica's own log: an entry is applied only once its copy there is on disk
+    /// ([`super::durability`]).
+    local_log: Option<LocalLog>,
 }
 
 fn sm_read_err(e: impl std::fmt::Display) -> StorageError {
@@ -67,7 +71,14 @@ impl StateMachineStore {
         Ok(Self {
             shared: Arc::new(SharedState::new(fleet, applied, membership)),
             store,
+            local_log: None,
         })
+    }
+
+    /// Applies entries only once `log` has them on disk.
+    pub fn waiting_for(mut self, log: LocalLog) -> Self {
+        self.local_log = Some(log);
+        self
     }
 
     /// The state the services read.
@@ -226,6 +237,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        if let (Some(log), Some(last)) = (&self.local_log, entries.last()) {
+            // A leader's own entries may be committed before its fsync of them ended.
+            log.wait_for(last.log_id.index)
+                .await
+                .map_err(|e| StorageIOError::write_logs(&std::io::Error::other(e.to_string())))?;
+        }
         let responses = self.shared.apply_entries(entries.into_iter().map(|entry| {
             let step = match entry.payload {
                 EntryPayload::Blank => Step::Blank,
