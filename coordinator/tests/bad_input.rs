@@ -268,6 +268,7 @@ async fn unknown_endpoints_and_foreign_clusters_are_refused() {
         .vote(pb::RaftMessage {
             cluster_id: a_id,
             payload: b"{}".to_vec(),
+            id: 0,
         })
         .await
         .expect_err("foreign raft message");
@@ -283,6 +284,7 @@ async fn unknown_endpoints_and_foreign_clusters_are_refused() {
         .append_entries(pb::RaftMessage {
             cluster_id: b_id,
             payload: b"not json".to_vec(),
+            id: 0,
         })
         .await
         .expect_err("garbage raft message");

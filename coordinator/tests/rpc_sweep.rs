@@ -335,6 +335,7 @@ async fn every_rpc_refuses_hostile_input_and_changes_nothing() {
             let message = || pb::RaftMessage {
                 cluster_id: id.clone(),
                 payload: payload.clone(),
+                id: 0,
             };
             refused(
                 &format!("AppendEntries {label}"),
@@ -342,6 +343,20 @@ async fn every_rpc_refuses_hostile_input_and_changes_nothing() {
                 &mut tally,
             )
             .await;
+            // On a stream the call itself opens; the message's answer is the refusal.
+            let streamed = async {
+                let (send, outbound) = tokio::sync::mpsc::channel(1);
+                send.send(message()).await.expect("queued");
+                let mut answers = raft()
+                    .append_stream(tokio_stream::wrappers::ReceiverStream::new(outbound))
+                    .await?
+                    .into_inner();
+                match answers.message().await? {
+                    Some(answer) => Ok(tonic::Response::new(answer)),
+                    None => Err(tonic::Status::unavailable("the stream ended unanswered")),
+                }
+            };
+            refused(&format!("AppendStream {label}"), streamed, &mut tally).await;
             refused(&format!("Vote {label}"), raft().vote(message()), &mut tally).await;
             refused(
                 &format!("Propose {label}"),
@@ -376,6 +391,7 @@ async fn every_rpc_refuses_hostile_input_and_changes_nothing() {
             raft().propose(pb::RaftMessage {
                 cluster_id: cluster_id.clone(),
                 payload: fleet_command,
+                id: 0,
             }),
             &mut tally,
         )

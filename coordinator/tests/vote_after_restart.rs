@@ -42,6 +42,7 @@ async fn a_restarted_replica_grants_no_vote_within_one_election_maximum() {
     let message = pb::RaftMessage {
         cluster_id: header.cluster_id.clone(),
         payload: wire::encode(&request).expect("encoding a vote request"),
+        id: 0,
     };
 
     cluster.kill(follower);

@@ -162,6 +162,7 @@ async fn exchange(
     let mut request = Request::new(pb::RaftMessage {
         cluster_id: cluster_id.to_string(),
         payload,
+        id: 0,
     });
     request.set_timeout(BATCH_TIMEOUT);
     let answer = RaftClient::new(channel)

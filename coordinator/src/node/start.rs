@@ -305,6 +305,13 @@ pub(super) fn serve(
         replica.timing.election_timeout_max,
         stopped.clone(),
     );
+    if let Ok(raft) = replica.raft() {
+        tokio::spawn(crate::log::raft::presence::hold_campaigns_after_start(
+            raft.clone(),
+            presence.clone(),
+            replica.timing.election_timeout_max,
+        ));
+    }
     let raft = RaftServer::new(RaftService::new(replica.clone(), presence))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);

@@ -12,7 +12,9 @@ use ballast_protocol::pb::raft_server::Raft as RaftApi;
 use openraft::raft::InstallSnapshotRequest;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tonic::{Request, Response, Status};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::fleet::{FleetCommand, FleetRequest};
 use crate::log::forward::{Outcome, Refusal};
@@ -25,9 +27,17 @@ use crate::service::etcd_api::check_caller;
 /// Serves Raft traffic for one replica.
 pub struct RaftService {
     replica: Arc<Replica>,
-    /// The last large append and its (coming) answer, for the leader's retries of it.
-    recent_append: Mutex<Option<RecentAppend>>,
+    appends: Appends,
     /// Campaigns early when a crashed leader's presence call ends.
+    presence: PresenceWatch,
+}
+
+/// Takes the leader's appends, from single calls and from streams alike.
+#[derive(Clone)]
+struct Appends {
+    replica: Arc<Replica>,
+    /// The last large append and its (coming) answer, for the leader's retries of it.
+    recent: Arc<Mutex<Option<RecentAppend>>>,
     presence: PresenceWatch,
 }
 
@@ -60,21 +70,64 @@ use crate::log::raft::network::SHARED_APPEND_BYTES;
 /// How long a stored append's answer serves identical retries after it is ready.
 const SHARED_APPEND_WINDOW: Duration = Duration::from_secs(2);
 
+/// Answers an append stream buffers before it waits for the leader to read them.
+const APPEND_STREAM_DEPTH: usize = 4;
+
 impl RaftService {
     /// Wraps a replica; `presence` watches for its leader's departure.
     pub fn new(replica: Arc<Replica>, presence: PresenceWatch) -> Self {
         Self {
+            appends: Appends {
+                replica: replica.clone(),
+                recent: Arc::default(),
+                presence: presence.clone(),
+            },
             replica,
-            recent_append: Mutex::new(None),
             presence,
         }
     }
 
-    /// The answer to an append message: a fresh task that decodes and stores it, or, for a
-    /// large message identical to one already being stored (the leader's retry after its
-    /// wait ran out), that task's answer.
-    fn answer_append(&self, payload: Vec<u8>) -> Result<AppendAnswer, Status> {
-        let mut recent = lock(&self.recent_append);
+    fn open<T: DeserializeOwned>(&self, message: &pb::RaftMessage) -> Result<T, Status> {
+        self.replica.check_peer_cluster(&message.cluster_id)?;
+        decode_message(&message.payload)
+    }
+
+    fn reply<T: Serialize>(&self, value: &T) -> Result<Response<pb::RaftMessage>, Status> {
+        let payload = crate::log::wire::encode(value)
+            .map_err(|e| Status::internal(format!("encoding raft reply: {e}")))?;
+        Ok(Response::new(pb::RaftMessage {
+            cluster_id: self.replica.cluster_id.clone(),
+            payload,
+            id: 0,
+        }))
+    }
+}
+
+impl Appends {
+    /// The encoded answer to one append message from the leader.
+    async fn answer(&self, message: pb::RaftMessage) -> Result<Vec<u8>, Status> {
+        self.replica.check_peer_cluster(&message.cluster_id)?;
+        self.presence.heard_from_leader();
+        // openraft waits one heartbeat interval for an append and then sends the same message
+        // again. A message that takes longer than that to decode and store (megabytes of
+        // entries on a busy host) would otherwise be decoded anew for every retry, each
+        // answer would come too late, and the follower would never be seen to catch up.
+        // Retries of it share the first one's answer instead; Raft tolerates a duplicated
+        // answer as it tolerates a duplicated message.
+        if message.payload.len() >= SHARED_APPEND_BYTES {
+            return self.shared_answer(message.payload)?.await;
+        }
+        let rpc = decode_message(&message.payload)?;
+        let answer = self.replica.raft()?.append_entries(rpc).await;
+        crate::log::wire::encode(&answer)
+            .map_err(|e| Status::internal(format!("encoding raft reply: {e}")))
+    }
+
+    /// The answer to a large append message: a fresh task that decodes and stores it, or, for
+    /// a message identical to one already being stored (the leader's retry after its wait ran
+    /// out), that task's answer.
+    fn shared_answer(&self, payload: Vec<u8>) -> Result<AppendAnswer, Status> {
+        let mut recent = lock(&self.recent);
         if let Some(r) = recent.as_ref()
             && *r.payload == payload
             && r.serves_retries()
@@ -102,28 +155,12 @@ impl RaftService {
         }
         .boxed()
         .shared();
-        if payload.len() >= SHARED_APPEND_BYTES {
-            *recent = Some(RecentAppend {
-                payload,
-                finished,
-                reply: reply.clone(),
-            });
-        }
-        Ok(reply)
-    }
-
-    fn open<T: DeserializeOwned>(&self, message: &pb::RaftMessage) -> Result<T, Status> {
-        self.replica.check_peer_cluster(&message.cluster_id)?;
-        decode_message(&message.payload)
-    }
-
-    fn reply<T: Serialize>(&self, value: &T) -> Result<Response<pb::RaftMessage>, Status> {
-        let payload = crate::log::wire::encode(value)
-            .map_err(|e| Status::internal(format!("encoding raft reply: {e}")))?;
-        Ok(Response::new(pb::RaftMessage {
-            cluster_id: self.replica.cluster_id.clone(),
+        *recent = Some(RecentAppend {
             payload,
-        }))
+            finished,
+            reply: reply.clone(),
+        });
+        Ok(reply)
     }
 }
 
@@ -135,25 +172,47 @@ fn decode_message<T: DeserializeOwned>(payload: &[u8]) -> Result<T, Status> {
 #[tonic::async_trait]
 impl RaftApi for RaftService {
     type LeaderPresenceStream = PresenceStream;
+    type AppendStreamStream = ReceiverStream<Result<pb::RaftMessage, Status>>;
 
     async fn append_entries(
         &self,
         request: Request<pb::RaftMessage>,
     ) -> Result<Response<pb::RaftMessage>, Status> {
-        let message = request.into_inner();
-        self.replica.check_peer_cluster(&message.cluster_id)?;
-        self.presence.heard_from_leader();
-        // openraft waits one heartbeat interval for an append and then sends the same message
-        // again. A message that takes longer than that to decode and store (megabytes of
-        // entries on a busy host) would otherwise be decoded anew for every retry, each
-        // answer would come too late, and the follower would never be seen to catch up.
-        // Retries of it share the first one's answer instead; Raft tolerates a duplicated
-        // answer as it tolerates a duplicated message.
-        let payload = self.answer_append(message.payload)?.await?;
+        let payload = self.appends.answer(request.into_inner()).await?;
         Ok(Response::new(pb::RaftMessage {
             cluster_id: self.replica.cluster_id.clone(),
             payload,
+            id: 0,
         }))
+    }
+
+    async fn append_stream(
+        &self,
+        request: Request<Streaming<pb::RaftMessage>>,
+    ) -> Result<Response<Self::AppendStreamStream>, Status> {
+        let mut inbound = request.into_inner();
+        let appends = self.appends.clone();
+        let (answers, outbound) = mpsc::channel(APPEND_STREAM_DEPTH);
+        // One message at a time, in order, as openraft's follower takes them anyway; the task
+        // ends with the leader's side of the stream or at the first failed message.
+        tokio::spawn(async move {
+            while let Ok(Some(message)) = inbound.message().await {
+                let id = message.id;
+                let answer = appends
+                    .answer(message)
+                    .await
+                    .map(|payload| pb::RaftMessage {
+                        cluster_id: String::new(),
+                        payload,
+                        id,
+                    });
+                let failed = answer.is_err();
+                if answers.send(answer).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(outbound)))
     }
 
     async fn vote(

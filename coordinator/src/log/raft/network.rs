@@ -1,6 +1,7 @@
 //! Raft RPCs to peers over tonic. Every message names the cluster it belongs to; a replica of
 //! another cluster refuses it, so two Ballast groups sharing hosts can never mix.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use ballast_protocol::client::endpoint_uri;
@@ -21,6 +22,7 @@ use std::sync::Arc;
 use crate::faults::FaultRules;
 use ballast_tls::ClientTls;
 use ballast_tls::client::{lazy_channel, observed_channel};
+use tokio::sync::{mpsc, oneshot};
 use tonic::Status;
 use tonic::transport::{Channel, Endpoint};
 
@@ -132,6 +134,20 @@ impl PeerContacts {
 
 /// Connection to one peer (one per replication stream: openraft makes a new one per term).
 pub struct PeerClient {
+    /// The open `AppendStream` to the peer, if any.
+    stream: Option<AppendStream>,
+    /// An append was sent on `stream` and its caller stopped waiting before the answer:
+    /// openraft's timeout ran out. The next append opens a fresh stream rather than queue
+    /// behind whatever held that one up.
+    abandoned: bool,
+    /// Most entry bytes in one append to this peer, between [`MIN_APPEND_BYTES`] and
+    /// [`MAX_APPEND_BYTES`]. openraft gives an append one heartbeat interval and, to a peer
+    /// that was unreachable, sends nothing for 500 ms after each one that ran out of time,
+    /// until one succeeds. A follower catching up on megabytes, on a busy host, then went
+    /// without a message for longer than its election timeout and campaigned, deposing the
+    /// leader. So an append that ran out of time shrinks the next one to a quarter, and one
+    /// that got through grows it back, doubling.
+    slice_bytes: usize,
     /// The last log id the peer confirmed holding, as far as this client has seen.
     confirmed: Option<LogId>,
     target: NodeId,
@@ -177,6 +193,9 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
             Endpoint::from_static("http://0.0.0.0:1").connect_lazy()
         });
         PeerClient {
+            stream: None,
+            abandoned: false,
+            slice_bytes: MAX_APPEND_BYTES,
             confirmed: None,
             target,
             target_node: node.clone(),
@@ -209,12 +228,16 @@ pub const SHARED_APPEND_BYTES: usize = 64 * 1024;
 /// retries shared answers.
 const MAX_APPEND_BYTES: usize = 4 * 1024 * 1024;
 
-/// How many of `entries`, from the first, fit in [`MAX_APPEND_BYTES`] (at least one).
-fn entries_that_fit<T: Serialize>(entries: &[T]) -> usize {
+/// The smallest slice an append to a slow follower is cut down to (see
+/// [`PeerClient::slice_bytes`]).
+const MIN_APPEND_BYTES: usize = 64 * 1024;
+
+/// How many of `entries`, from the first, fit in `budget` bytes (at least one).
+fn entries_that_fit<T: Serialize>(entries: &[T], budget: usize) -> usize {
     let mut bytes = 0;
     for (i, entry) in entries.iter().enumerate() {
-        bytes += crate::log::wire::encoded_size(entry).unwrap_or(MAX_APPEND_BYTES);
-        if i > 0 && bytes > MAX_APPEND_BYTES {
+        bytes += crate::log::wire::encoded_size(entry).unwrap_or(budget);
+        if i > 0 && bytes > budget {
             return i;
         }
     }
@@ -277,6 +300,7 @@ impl PeerClient {
         let mut request = tonic::Request::new(RaftMessage {
             cluster_id: self.cluster_id.clone(),
             payload,
+            id: 0,
         });
         request.set_timeout(option.hard_ttl());
         request
@@ -327,25 +351,47 @@ impl PeerClient {
         .map(tonic::Response::into_inner)
     }
 
-    /// Sends one append message and decodes the answer.
+    /// Sends one append message on the append stream and decodes the answer. A stream that
+    /// broke under the message is replaced and the message sent once more: Raft messages are
+    /// idempotent, so a message that did arrive is harmless.
     async fn send_append(
         &mut self,
         payload: Vec<u8>,
     ) -> RpcResult<AppendEntriesResponse<NodeId>, openraft::error::Infallible> {
-        // No gRPC deadline: openraft already bounds the wait, and a deadline would make the
-        // follower abandon an append the leader's retry then has to redo from scratch.
-        let message = RaftMessage {
-            cluster_id: self.cluster_id.clone(),
-            payload,
+        // No deadline of its own: openraft already bounds the wait, and a deadline would make
+        // the follower abandon an append the leader's retry then has to redo from scratch.
+        // Should openraft stop waiting, `abandoned` stays set (`send_on_stream`).
+        let mut tries = 0;
+        let reply = loop {
+            tries += 1;
+            match self.send_on_stream(payload.clone()).await {
+                Ok(reply) => break reply,
+                Err(status) => {
+                    self.stream = None;
+                    if tries > 1 || !transport_failure(&status) {
+                        return Err(self.status_error(status));
+                    }
+                    tracing::debug!(peer = self.target, %status, "append stream broke; sending again on a new one");
+                }
+            }
         };
-        let reply = self
-            .retrying(|mut client| {
-                let message = message.clone();
-                async move { client.append_entries(message).await }
-            })
-            .await
-            .map_err(|s| self.status_error(s))?;
         self.decode(reply)
+    }
+
+    /// Sends `payload` on the append stream, opening one if there is none, and waits for its
+    /// answer.
+    async fn send_on_stream(&mut self, payload: Vec<u8>) -> Result<RaftMessage, Status> {
+        if self.stream.as_ref().is_none_or(AppendStream::is_closed) {
+            self.stream = Some(AppendStream::open(self.client.clone()).await?);
+        }
+        let Some(stream) = self.stream.as_mut() else {
+            return Err(Status::unavailable("no append stream"));
+        };
+        // Stays set if openraft stops waiting (drops this future) before the answer.
+        self.abandoned = true;
+        let answer = stream.send(&self.cluster_id, payload).await;
+        self.abandoned = false;
+        answer
     }
 
     /// Whether the follower holds `entry` (and, by Raft's log matching, every entry before
@@ -369,6 +415,86 @@ impl PeerClient {
             // It lacks that entry or holds another one there.
             _ => Ok(false),
         })
+    }
+}
+
+/// The leader's side of one `AppendStream` to a follower: messages go out in order, and a
+/// reader task hands each answer to the caller waiting for that message's id.
+struct AppendStream {
+    requests: mpsc::Sender<RaftMessage>,
+    /// Callers waiting for answers by message id; `None` once the stream has ended.
+    waiting: Arc<parking_lot::Mutex<Option<HashMap<u64, Answer>>>>,
+    next_id: u64,
+}
+
+type Answer = oneshot::Sender<Result<RaftMessage, Status>>;
+
+/// Messages the leader's side queues before a send waits for the connection.
+const APPEND_STREAM_DEPTH: usize = 4;
+
+impl AppendStream {
+    async fn open(mut client: RaftClient<Channel>) -> Result<Self, Status> {
+        let (requests, outbound) = mpsc::channel(APPEND_STREAM_DEPTH);
+        let mut answers = client
+            .append_stream(tokio_stream::wrappers::ReceiverStream::new(outbound))
+            .await?
+            .into_inner();
+        let waiting = Arc::new(parking_lot::Mutex::new(Some(HashMap::<u64, Answer>::new())));
+        let readers = waiting.clone();
+        tokio::spawn(async move {
+            let ended = loop {
+                match answers.message().await {
+                    Ok(Some(answer)) => {
+                        let caller = readers.lock().as_mut().and_then(|w| w.remove(&answer.id));
+                        if let Some(caller) = caller {
+                            let _ = caller.send(Ok(answer));
+                        }
+                    }
+                    Ok(None) => break Status::unavailable("the follower ended the append stream"),
+                    Err(status) => break status,
+                }
+            };
+            // Everyone still waiting learns why; later sends find the stream closed.
+            for (_, caller) in readers.lock().take().into_iter().flatten() {
+                let _ = caller.send(Err(ended.clone()));
+            }
+        });
+        Ok(Self {
+            requests,
+            waiting,
+            next_id: 0,
+        })
+    }
+
+    fn is_closed(&self) -> bool {
+        self.waiting.lock().is_none() || self.requests.is_closed()
+    }
+
+    /// Sends `payload` and returns the answer to it.
+    async fn send(&mut self, cluster_id: &str, payload: Vec<u8>) -> Result<RaftMessage, Status> {
+        self.next_id += 1;
+        let id = self.next_id;
+        let (caller, answer) = oneshot::channel();
+        match self.waiting.lock().as_mut() {
+            Some(waiting) => {
+                // Answers to callers that stopped waiting are left behind by the reader only
+                // until their stream ends; drop any such leftovers here too.
+                waiting.retain(|_, caller| !caller.is_closed());
+                waiting.insert(id, caller);
+            }
+            None => return Err(Status::unavailable("the append stream has ended")),
+        }
+        let message = RaftMessage {
+            cluster_id: cluster_id.to_string(),
+            payload,
+            id,
+        };
+        if self.requests.send(message).await.is_err() {
+            return Err(Status::unavailable("the append stream has ended"));
+        }
+        answer
+            .await
+            .unwrap_or_else(|_| Err(Status::unavailable("the append stream has ended")))
     }
 }
 
@@ -421,6 +547,11 @@ impl RaftNetwork<TypeConfig> for PeerClient {
     ) -> RpcResult<AppendEntriesResponse<NodeId>, openraft::error::Infallible> {
         self.faults().await?;
         self.leader_disk.clamp(&mut rpc).await?;
+        if std::mem::take(&mut self.abandoned) {
+            // The last append ran out of time: a fresh stream, and smaller slices.
+            self.stream = None;
+            self.slice_bytes = (self.slice_bytes / 4).max(MIN_APPEND_BYTES);
+        }
         // Taken before anything is sent: the follower's lease counts from when a message
         // arrives, which is after this (see `read_lease`).
         let sent = Instant::now();
@@ -455,8 +586,8 @@ impl RaftNetwork<TypeConfig> for PeerClient {
             let mut payload = self.encode(&rpc)?;
             let mut sliced = None;
             // Sizing entry by entry costs another pass, so only for a message already too big.
-            if payload.len() > MAX_APPEND_BYTES {
-                let fit = entries_that_fit(&rpc.entries);
+            if payload.len() > self.slice_bytes {
+                let fit = entries_that_fit(&rpc.entries, self.slice_bytes);
                 if fit < rpc.entries.len() {
                     rpc.entries.truncate(fit);
                     sliced = rpc.entries.last().map(|entry| entry.log_id);
@@ -467,7 +598,11 @@ impl RaftNetwork<TypeConfig> for PeerClient {
             // SHARED_APPEND_BYTES): it proves nothing about when the follower took the vote.
             fresh_answer = payload.len() < SHARED_APPEND_BYTES;
             // openraft's contract for a partial send: report how far the follower now matches.
-            match (self.send_append(payload).await?, sliced) {
+            let response = self.send_append(payload).await?;
+            if !rpc.entries.is_empty() {
+                self.slice_bytes = (self.slice_bytes * 2).min(MAX_APPEND_BYTES);
+            }
+            match (response, sliced) {
                 (AppendEntriesResponse::Success, Some(last)) => {
                     AppendEntriesResponse::PartialSuccess(Some(last))
                 }
@@ -578,13 +713,22 @@ mod tests {
     fn appends_are_sliced_by_encoded_bytes() {
         let small = MAX_APPEND_BYTES / 4;
         // Everything fits.
-        assert_eq!(entries_that_fit(&entries(&[small, small, small])), 3);
+        assert_eq!(
+            entries_that_fit(&entries(&[small, small, small]), MAX_APPEND_BYTES),
+            3
+        );
         // The fourth entry, with its length prefix, would go over the budget.
-        assert_eq!(entries_that_fit(&entries(&[small; 6])), 3);
+        assert_eq!(entries_that_fit(&entries(&[small; 6]), MAX_APPEND_BYTES), 3);
         // An entry above the budget goes alone, and stops a slice before it.
         let huge = 3 * MAX_APPEND_BYTES;
-        assert_eq!(entries_that_fit(&entries(&[huge, small])), 1);
-        assert_eq!(entries_that_fit(&entries(&[small, huge])), 1);
-        assert_eq!(entries_that_fit::<Vec<u8>>(&[]), 0);
+        assert_eq!(
+            entries_that_fit(&entries(&[huge, small]), MAX_APPEND_BYTES),
+            1
+        );
+        assert_eq!(
+            entries_that_fit(&entries(&[small, huge]), MAX_APPEND_BYTES),
+            1
+        );
+        assert_eq!(entries_that_fit::<Vec<u8>>(&[], MAX_APPEND_BYTES), 0);
     }
 }

@@ -114,6 +114,31 @@ async fn hold(address: String, hello: pb::LeaderHello, dialer: PeerDialer, retry
     }
 }
 
+/// How long openraft 0.9's leader sends nothing to a peer after finding it unreachable (its
+/// default `RaftNetwork::backoff`), and again after every failed send until one succeeds.
+const UNREACHABLE_BACKOFF: Duration = Duration::from_millis(500);
+
+/// Keeps a replica that just started from campaigning until it has heard from a leader, or
+/// until a leader would have reached it: `election_max` (the lease a leader may still hold)
+/// plus openraft's backoff from a peer it found unreachable, plus a margin. A replica
+/// restarted while the others carry on would otherwise often campaign before the leader's
+/// backoff from it ended: its higher term then deposes the leader on the next append, and
+/// the group is without one until the next election. (Campaigns started by hand, leader
+/// presence and leadership transfer, are not held back; `Raft::initialize` elects at once.)
+pub async fn hold_campaigns_after_start(raft: Raft, watch: PresenceWatch, election_max: Duration) {
+    let started = Instant::now();
+    let deadline = started + election_max + UNREACHABLE_BACKOFF + watch.heartbeat;
+    raft.runtime_config().elect(false);
+    let mut stopped = watch.stopped.clone();
+    while Instant::now() < deadline && *lock(&watch.last_append) <= started {
+        tokio::select! {
+            _ = tokio::time::sleep(watch.heartbeat / 2) => {}
+            _ = stopped.wait_for(|s| *s) => return,
+        }
+    }
+    raft.runtime_config().elect(true);
+}
+
 /// A voter's side: when the leader last sent an append, and what to do when its presence call
 /// ends.
 #[derive(Clone)]
