@@ -17,18 +17,23 @@ use std::time::Duration;
 
 use ballast_protocol::etcdserverpb::kv_client::KvClient;
 use ballast_protocol::etcdserverpb::maintenance_client::MaintenanceClient;
-use ballast_protocol::etcdserverpb::{PutRequest, RangeRequest, StatusRequest};
+use ballast_protocol::etcdserverpb::{PutRequest, RangeRequest, StatusRequest, StatusResponse};
 use ballast_testkit::{ClusterOptions, TestCluster, current_revision, wait_for};
 
 const HOLD: &str = "log-leader-fsync-hold";
 
-/// (last log index, applied index) as replica `id` reports them.
-async fn indexes(cluster: &TestCluster, id: u64) -> Option<(u64, u64)> {
+/// Replica `id`'s answer to etcd's `Maintenance.Status`.
+async fn etcd_status(cluster: &TestCluster, id: u64) -> Option<StatusResponse> {
     let status = MaintenanceClient::new(cluster.channel(id))
         .status(StatusRequest {})
         .await
-        .ok()?
-        .into_inner();
+        .ok()?;
+    Some(status.into_inner())
+}
+
+/// (last log index, applied index) as replica `id` reports them.
+async fn indexes(cluster: &TestCluster, id: u64) -> Option<(u64, u64)> {
+    let status = etcd_status(cluster, id).await?;
     Some((status.raft_index, status.raft_applied_index))
 }
 
@@ -219,12 +224,7 @@ async fn local_keys(cluster: &TestCluster, id: u64, prefix: &str) -> BTreeSet<St
 
 /// The term replica `id` reports.
 async fn term(cluster: &TestCluster, id: u64) -> Option<u64> {
-    let status = MaintenanceClient::new(cluster.channel(id))
-        .status(StatusRequest {})
-        .await
-        .ok()?
-        .into_inner();
-    Some(status.header?.raft_term)
+    Some(etcd_status(cluster, id).await?.header?.raft_term)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -266,28 +266,12 @@ async fn a_leader_killed_in_a_stream_of_writes_loses_none_it_acknowledged() {
         .collect();
     let leader = cluster.leader().await;
     let before = current_revision(&cluster.client()).await;
-    wait_for(
-        "500 puts before the kill",
-        Duration::from_secs(60),
-        || async {
-            let revision = cluster.status(leader).await?.header?.revision;
-            (revision >= before + 500).then_some(())
-        },
-    )
-    .await;
+    cluster.wait_for_revision(leader, before + 500).await;
     cluster.kill(leader);
     let new_leader = cluster.leader().await;
     assert_ne!(new_leader, leader);
     let at_kill = current_revision(&cluster.client()).await;
-    wait_for(
-        "500 puts after the kill",
-        Duration::from_secs(60),
-        || async {
-            let revision = cluster.status(new_leader).await?.header?.revision;
-            (revision >= at_kill + 500).then_some(())
-        },
-    )
-    .await;
+    cluster.wait_for_revision(new_leader, at_kill + 500).await;
     stop.store(true, Ordering::Relaxed);
     let mut acknowledged = BTreeSet::new();
     for writer in writers {

@@ -148,6 +148,8 @@ pub struct PeerClient {
     /// leader. So an append that ran out of time shrinks the next one to a quarter, and one
     /// that got through grows it back, doubling.
     slice_bytes: usize,
+    /// Append messages sent by this client.
+    sent: u64,
     /// The last log id the peer confirmed holding, as far as this client has seen.
     confirmed: Option<LogId>,
     target: NodeId,
@@ -196,6 +198,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
             stream: None,
             abandoned: false,
             slice_bytes: MAX_APPEND_BYTES,
+            sent: 0,
             confirmed: None,
             target,
             target_node: node.clone(),
@@ -360,6 +363,26 @@ impl PeerClient {
     ) -> RpcResult<AppendEntriesResponse<NodeId>, openraft::error::Infallible> {
         // No deadline of its own: openraft already bounds the wait, and a deadline would make
         // the follower abandon an append the leader's retry then has to redo from scratch.
+        self.sent += 1;
+        if self.sent == 1 {
+            // openraft 0.9 makes a client for every leadership confirmation (a round of
+            // linearizable reads) and sends one heartbeat on it: opening a stream for that
+            // costs more than the call. Clients that keep sending (replication) switch to the
+            // stream from their second message on.
+            let message = RaftMessage {
+                cluster_id: self.cluster_id.clone(),
+                payload,
+                id: 0,
+            };
+            let reply = self
+                .retrying(|mut client| {
+                    let message = message.clone();
+                    async move { client.append_entries(message).await }
+                })
+                .await
+                .map_err(|s| self.status_error(s))?;
+            return self.decode(reply);
+        }
         // Should openraft stop waiting, `abandoned` stays set (`send_on_stream`).
         let mut tries = 0;
         let reply = loop {
