@@ -106,21 +106,8 @@ async fn rss_total(cluster: &TestCluster) -> u64 {
 async fn run(leader_changes: usize) {
     let control = std::env::var_os("BALLAST_CONTROL_NO_TRANSFERS").is_some();
     let mut cluster = TestCluster::start_with(
-        ClusterOptions {
-            // Short leases: a transfer waits one out, and this test makes thousands.
-            extra: [
-                "--heartbeat-ms",
-                "20",
-                "--election-min-ms",
-                "100",
-                "--election-max-ms",
-                "200",
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
-            ..ClusterOptions::sim(env!("CARGO_BIN_EXE_ballast-sim"))
-        },
+        // Short leases: a transfer waits one out, and this test makes thousands.
+        ClusterOptions::sim(env!("CARGO_BIN_EXE_ballast-sim")).with_timers(20, 100, 200),
         3,
     )
     .await;

@@ -63,24 +63,8 @@ async fn a_write_is_answered_only_once_the_leaders_own_copy_is_on_disk() {
     let hold = hold_dir.path().display().to_string();
     // Long timers, so the checks below run well inside the election timeout (3 s), past
     // which a leader with a stalled disk stops sending.
-    let mut cluster = TestCluster::start_with(
-        ClusterOptions {
-            extra: [
-                "--heartbeat-ms",
-                "100",
-                "--election-min-ms",
-                "1500",
-                "--election-max-ms",
-                "3000",
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
-            ..ClusterOptions::sim(env!("CARGO_BIN_EXE_ballast-sim"))
-        },
-        3,
-    )
-    .await;
+    let mut cluster =
+        TestCluster::start_with(fast_cluster_options().with_timers(100, 1500, 3000), 3).await;
     let ids: Vec<u64> = cluster.replicas.iter().map(|r| r.id).collect();
     for &id in &ids {
         cluster.kill(id);

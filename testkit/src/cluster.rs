@@ -97,6 +97,31 @@ impl ClusterOptions {
         }
     }
 
+    /// These options with the Raft timers set to these (instead of [`FAST_FLAGS`]'s), in
+    /// milliseconds.
+    pub fn with_timers(mut self, heartbeat: u64, election_min: u64, election_max: u64) -> Self {
+        let timers = [
+            ("--heartbeat-ms", heartbeat),
+            ("--election-min-ms", election_min),
+            ("--election-max-ms", election_max),
+        ];
+        // Each timer flag already there goes, with the value after it.
+        let mut kept = Vec::with_capacity(self.extra.len());
+        let mut flags = std::mem::take(&mut self.extra).into_iter();
+        while let Some(flag) = flags.next() {
+            if timers.iter().any(|(name, _)| *name == flag) {
+                flags.next();
+            } else {
+                kept.push(flag);
+            }
+        }
+        for (flag, ms) in timers {
+            kept.extend([flag.to_string(), ms.to_string()]);
+        }
+        self.extra = kept;
+        self
+    }
+
     /// These options with `flags` appended to [`ClusterOptions::extra`].
     pub fn with_extra(mut self, flags: &[&str]) -> ClusterOptions {
         self.extra.extend(flags.iter().map(|s| s.to_string()));

@@ -383,26 +383,22 @@ impl PeerClient {
                 .map_err(|s| self.status_error(s))?;
             return self.decode(reply);
         }
-        // Should openraft stop waiting, `abandoned` stays set (`send_on_stream`).
-        let mut tries = 0;
-        let reply = loop {
-            tries += 1;
-            match self.send_on_stream(payload.clone()).await {
-                Ok(reply) => break reply,
-                Err(status) => {
-                    self.stream = None;
-                    if tries > 1 || !transport_failure(&status) {
-                        return Err(self.status_error(status));
-                    }
-                    tracing::debug!(peer = self.target, %status, "append stream broke; sending again on a new one");
-                }
+        // As `retrying` does for single calls: once more at once on a fresh stream when the
+        // one under the message broke. Should openraft stop waiting, `abandoned` stays set
+        // (`send_on_stream`).
+        let reply = match self.send_on_stream(payload.clone()).await {
+            Err(status) if transport_failure(&status) => {
+                tracing::debug!(peer = self.target, %status, "append stream broke; sending again on a new one");
+                self.send_on_stream(payload).await
             }
-        };
+            other => other,
+        }
+        .map_err(|s| self.status_error(s))?;
         self.decode(reply)
     }
 
     /// Sends `payload` on the append stream, opening one if there is none, and waits for its
-    /// answer.
+    /// answer; a stream that failed the message is dropped, so the next send opens another.
     async fn send_on_stream(&mut self, payload: Vec<u8>) -> Result<RaftMessage, Status> {
         if self.stream.as_ref().is_none_or(AppendStream::is_closed) {
             self.stream = Some(AppendStream::open(self.client.clone()).await?);
@@ -414,6 +410,9 @@ impl PeerClient {
         self.abandoned = true;
         let answer = stream.send(&self.cluster_id, payload).await;
         self.abandoned = false;
+        if answer.is_err() {
+            self.stream = None;
+        }
         answer
     }
 
